@@ -1,0 +1,103 @@
+"""Assemble the extension after registration: config → producer → relay → servers.
+
+This module imports confluent-kafka, so ``__main__`` imports it only once the
+extension has registered (Lambda measures init from process start).
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from kafka_relay.config import Config
+from kafka_relay.deadletter.spill import Spiller
+from kafka_relay.errors import AuthError, ConfigError
+from kafka_relay.handoff.server import HandoffServer, HandoffState
+from kafka_relay.lifecycle.api import ExtensionsApi
+from kafka_relay.lifecycle.loop import Parts
+from kafka_relay.lifecycle.signals import HandlerSignals
+from kafka_relay.lifecycle.telemetry import TelemetryListener
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.producer.classify import describe, is_auth_failure
+from kafka_relay.producer.relay import Relay
+from kafka_relay.producer.settings import producer_settings, resolve_credentials
+from kafka_relay.record import IdSource
+
+_PROBE_S = 3.0
+
+
+def _bad_property_message(config: Config, exc: KafkaException) -> str:
+    names = ", ".join(f"KAFKA_PRODUCER_{p.upper().replace('.', '_')}"
+                      for p in config.producer_overrides) or "none set"
+    return (f"the Kafka producer rejected its configuration ({exc.args[0]}); check the "
+            f"KAFKA_PRODUCER_* variables ({names}) against librdkafka's producer properties")
+
+
+def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = None) -> Parts:
+    """Everything but the event loop. Without ``api`` (tests) there is no telemetry."""
+    settings = producer_settings(config, resolve_credentials(config))
+    auth_errors: list[KafkaError] = []
+
+    def on_client_error(error: KafkaError) -> None:
+        if is_auth_failure(error):
+            auth_errors.append(error)
+        relay.on_client_error(error)
+
+    def make_producer() -> Producer:
+        return Producer({**settings, "error_cb": on_client_error})
+
+    spiller = Spiller(config, logger)
+    try:
+        relay = Relay(config, producer_factory=make_producer, spill=spiller, logger=logger)
+    except KafkaException as exc:
+        raise ConfigError(_bad_property_message(config, exc)) from exc
+    relay.start()
+    _probe(relay, auth_errors, config, logger)
+    spiller.warm()
+
+    signals = HandlerSignals()
+    state = HandoffState(config=config, relay=relay, signals=signals, logger=logger,
+                         ids=IdSource(), started=time.monotonic(),
+                         flush_strategy=str(config.flush))
+    server = HandoffServer(state)
+    server.start()
+    parts = Parts(api=api, config=config, relay=relay, spiller=spiller, server=server,
+                  state=state, signals=signals, logger=logger)
+    if config.telemetry and api is not None:
+        _subscribe(parts, api, logger)
+    logger.info("init.ready", port=server.port, flush=str(config.flush),
+                bootstrap=config.bootstrap_servers, protocol=config.security_protocol,
+                broker_state=relay.broker_state)
+    return parts
+
+
+def _probe(relay: Relay, auth_errors: list[KafkaError], config: Config,
+           logger: JsonLogger) -> None:
+    """Open the first broker connection now (warm for the first invoke) and catch bad creds."""
+    try:
+        relay.producer.list_topics(timeout=_PROBE_S)
+        relay.broker_state = "up"
+    except KafkaException as exc:
+        logger.warning("init.broker_unreachable", error=str(exc.args[0]),
+                       bootstrap=config.bootstrap_servers)
+    if auth_errors:
+        raise AuthError(
+            f"Kafka refused the credentials ({describe(auth_errors[0])}): check KAFKA_API_KEY/"
+            f"KAFKA_API_SECRET (or the secret in KAFKA_SECRET_ARN), KAFKA_SASL_MECHANISM="
+            f"{config.sasl_mechanism} and KAFKA_SECURITY_PROTOCOL={config.security_protocol}"
+        )
+
+
+def _subscribe(parts: Parts, api: ExtensionsApi, logger: JsonLogger) -> None:
+    def on_runtime_done(request_id: str, status: str) -> None:
+        parts.signals.mark_done(request_id)
+
+    try:
+        listener = TelemetryListener(on_runtime_done)
+        uri = listener.start()
+        api.subscribe_telemetry(uri, types=["platform"])
+        parts.stop_telemetry = listener.stop
+    except Exception as exc:
+        # The client's end call still works; only the fallback signal is lost.
+        logger.warning("telemetry.unavailable", error=str(exc))

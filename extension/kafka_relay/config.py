@@ -1,0 +1,229 @@
+"""All configuration, resolved once at start: explicit argument > environment > default.
+
+``load_config(env)`` turns the environment into a frozen ``Config`` or raises
+``ConfigError`` naming the variable and the fix. Nothing else in the package
+reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from kafka_relay.errors import ConfigError
+
+DEFAULT_PORT = 4195
+EXTENSION_NAME = "kafka-relay"
+PRODUCER_PREFIX = "KAFKA_PRODUCER_"
+TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class FlushMode(str, Enum):
+    END = "end"
+    PERIODIC = "periodic"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class FlushStrategy:
+    mode: FlushMode
+    interval_ms: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> FlushStrategy:
+        text = text.strip().lower()
+        if text in (FlushMode.END.value, FlushMode.SHUTDOWN.value):
+            return cls(FlushMode(text))
+        name, _, interval = text.partition(":")
+        if name == FlushMode.PERIODIC.value and interval.isdigit() and int(interval) > 0:
+            return cls(FlushMode.PERIODIC, int(interval))
+        raise ConfigError(
+            f"KAFKA_RELAY_FLUSH={text!r} is not a flush strategy: use 'end' (flush after every "
+            "invocation), 'periodic:<ms>' (e.g. periodic:1000) or 'shutdown'"
+        )
+
+    def __str__(self) -> str:
+        if self.mode is FlushMode.PERIODIC:
+            return f"periodic:{self.interval_ms}"
+        return str(self.mode.value)
+
+
+@dataclass(frozen=True)
+class Config:
+    bootstrap_servers: str
+    default_topic: str | None = None
+    dlq_topic: str | None = None
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    api_secret: str | None = field(default=None, repr=False)
+    secret_arn: str | None = None
+    producer_overrides: Mapping[str, str] = field(default_factory=dict)
+    flush: FlushStrategy = FlushStrategy(FlushMode.END)
+    flush_budget_ms: int = 10_000
+    shutdown_margin_ms: int = 300
+    port: int = DEFAULT_PORT
+    token: str | None = field(default=None, repr=False)
+    max_buffer_records: int = 100_000
+    max_buffer_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_attempts: int = 3
+    retry_backoff_ms: int = 500
+    spill_bucket: str | None = None
+    spool_dir: Path = Path("/tmp/kafka-relay-spool")
+    telemetry: bool = True
+    log_level: str = "INFO"
+    function_name: str = ""
+    region: str | None = None
+
+    def dlq_for(self, topic: str) -> str:
+        """Where a record of ``topic`` is dead-lettered."""
+        return self.dlq_topic or f"dlq.{topic}"
+
+
+def _text(env: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be an integer >= {minimum}; fix or unset it")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be true or false")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    if raw.upper() not in choices:
+        raise ConfigError(f"{name}={raw!r} is not supported: use one of {', '.join(choices)}")
+    return raw.upper()
+
+
+def _topic(env: Mapping[str, str], *names: str) -> str | None:
+    value = _text(env, *names)
+    if value is not None and not TOPIC_PATTERN.match(value):
+        raise ConfigError(
+            f"{names[0]}={value!r} is not a valid Kafka topic name: use 1-249 characters "
+            "from letters, digits, '.', '_' and '-'"
+        )
+    return value
+
+
+def producer_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    """``KAFKA_PRODUCER_LINGER_MS=5`` → ``{"linger.ms": "5"}`` (any librdkafka property)."""
+    overrides: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(PRODUCER_PREFIX):
+            continue
+        prop = name[len(PRODUCER_PREFIX):].lower().replace("_", ".")
+        if not re.fullmatch(r"[a-z0-9]+(\.[a-z0-9]+)*", prop) or not value.strip():
+            raise ConfigError(
+                f"{name}={value!r} is malformed: name a librdkafka producer property with '_' "
+                "for '.', e.g. KAFKA_PRODUCER_LINGER_MS=5, and give it a value"
+            )
+        overrides[prop] = value.strip()
+    return overrides
+
+
+def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
+    """Resolve the configuration once. ``explicit`` keyword arguments win over ``env``."""
+    unknown = set(explicit) - {f.name for f in fields(Config)}
+    if unknown:
+        raise TypeError(f"unknown Config fields: {sorted(unknown)}")
+
+    bootstrap = explicit.get("bootstrap_servers") or _text(
+        env, "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_ENDPOINT"
+    )
+    if not bootstrap:
+        raise ConfigError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: set it (or its alias KAFKA_ENDPOINT) to the "
+            "brokers, e.g. pkc-xxxx.us-east-1.aws.confluent.cloud:9092"
+        )
+
+    api_key, api_secret = _text(env, "KAFKA_API_KEY"), _text(env, "KAFKA_API_SECRET")
+    if (api_key is None) != (api_secret is None):
+        missing = "KAFKA_API_SECRET" if api_secret is None else "KAFKA_API_KEY"
+        raise ConfigError(
+            f"{missing} is not set but its pair is: set both KAFKA_API_KEY and KAFKA_API_SECRET "
+            "(or neither, and use KAFKA_SECRET_ARN or a PLAINTEXT cluster)"
+        )
+    secret_arn = _text(env, "KAFKA_SECRET_ARN")
+    has_credentials = api_key is not None or secret_arn is not None
+    protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", _SECURITY_PROTOCOLS) or (
+        "SASL_SSL" if has_credentials else "PLAINTEXT"
+    )
+    mechanism = _choice(env, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS)
+    if protocol.startswith("SASL") and mechanism is None:
+        mechanism = "PLAIN"
+    if protocol.startswith("SASL") and not has_credentials:
+        raise ConfigError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol} needs credentials: set KAFKA_API_KEY and "
+            "KAFKA_API_SECRET, or KAFKA_SECRET_ARN"
+        )
+
+    flush_raw = _text(env, "KAFKA_RELAY_FLUSH")
+    port = _int(env, "KAFKA_RELAY_PORT", DEFAULT_PORT, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"KAFKA_RELAY_PORT={port} is not a TCP port: use 1-65535")
+    log_level = _choice(env, "KAFKA_RELAY_LOG_LEVEL", _LOG_LEVELS) or "INFO"
+
+    resolved = Config(
+        bootstrap_servers=bootstrap,
+        default_topic=_topic(env, "KAFKA_TOPIC"),
+        dlq_topic=_topic(env, "KAFKA_DLQ_TOPIC", "DLQ_TOPIC"),
+        security_protocol=protocol,
+        sasl_mechanism=mechanism,
+        api_key=api_key,
+        api_secret=api_secret,
+        secret_arn=secret_arn,
+        producer_overrides=producer_overrides(env),
+        flush=FlushStrategy.parse(flush_raw) if flush_raw else FlushStrategy(FlushMode.END),
+        flush_budget_ms=_int(env, "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, minimum=1),
+        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300),
+        port=port,
+        token=_text(env, "KAFKA_RELAY_TOKEN", "AWS_SESSION_TOKEN"),
+        max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 100_000, minimum=1),
+        max_buffer_bytes=_int(env, "KAFKA_RELAY_MAX_BUFFER_BYTES", 64 * 1024 * 1024, minimum=1),
+        max_body_bytes=_int(env, "KAFKA_RELAY_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1),
+        max_attempts=_int(env, "KAFKA_RELAY_MAX_ATTEMPTS", 3, minimum=1),
+        retry_backoff_ms=_int(env, "KAFKA_RELAY_RETRY_BACKOFF_MS", 500),
+        spill_bucket=_text(env, "KAFKA_RELAY_SPILL_BUCKET"),
+        spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR") or "/tmp/kafka-relay-spool"),
+        telemetry=_bool(env, "KAFKA_RELAY_TELEMETRY", True),
+        log_level=log_level,
+        function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",
+        region=_text(env, "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
+    return replace(resolved, **explicit) if explicit else resolved

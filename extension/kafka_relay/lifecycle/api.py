@@ -1,0 +1,104 @@
+"""Extensions API and Telemetry API client: plain HTTP, stdlib only.
+
+Imported before anything heavy so the extension registers fast. Liberal in
+what it accepts (unknown fields and event types are passed through), exact in
+what it sends.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+
+from kafka_relay.errors import LambdaApiError
+
+_EXT = "/2020-01-01/extension"
+_TELEMETRY = "/2022-07-01/telemetry"
+
+
+class ExtensionsApi:
+    def __init__(self, runtime_api: str, *, name: str) -> None:
+        if not runtime_api:
+            raise LambdaApiError(
+                "AWS_LAMBDA_RUNTIME_API is not set: kafka-relay runs as a Lambda extension "
+                "(from the layer's extensions/ directory), not as a standalone program"
+            )
+        self._address = runtime_api
+        self.name = name
+        self.identifier = ""
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = 10.0,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self._address, timeout=timeout)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            all_headers = {"Content-Type": "application/json", **(headers or {})}
+            if self.identifier:
+                all_headers["Lambda-Extension-Identifier"] = self.identifier
+            conn.request(method, path, body=payload, headers=all_headers)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        except OSError as exc:
+            raise LambdaApiError(f"{method} {path} on {self._address} failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    def register(self, events: list[str]) -> dict[str, Any]:
+        status, headers, data = self._request(
+            "POST", f"{_EXT}/register", body={"events": events},
+            headers={"Lambda-Extension-Name": self.name},
+        )
+        identifier = {k.lower(): v for k, v in headers.items()}.get("lambda-extension-identifier")
+        if status != 200 or not identifier:
+            raise LambdaApiError(f"register answered {status}: {data[:500]!r}")
+        self.identifier = identifier
+        return _json_object(data)
+
+    def next_event(self) -> dict[str, Any]:
+        # No client timeout: the call legitimately blocks while the sandbox is frozen.
+        status, _, data = self._request("GET", f"{_EXT}/event/next", timeout=None)
+        if status != 200:
+            raise LambdaApiError(f"event/next answered {status}: {data[:500]!r}")
+        return _json_object(data)
+
+    def init_error(self, error_type: str, message: str) -> None:
+        self._report("init/error", error_type, message)
+
+    def exit_error(self, error_type: str, message: str) -> None:
+        self._report("exit/error", error_type, message)
+
+    def _report(self, kind: str, error_type: str, message: str) -> None:
+        self._request(
+            "POST", f"{_EXT}/{kind}",
+            body={"errorMessage": message, "errorType": error_type, "stackTrace": []},
+            headers={"Lambda-Extension-Function-Error-Type": error_type},
+        )
+
+    def subscribe_telemetry(self, uri: str, *, types: list[str]) -> None:
+        status, _, data = self._request(
+            "PUT", _TELEMETRY,
+            body={
+                "schemaVersion": "2022-12-13",
+                "destination": {"protocol": "HTTP", "URI": uri},
+                "types": types,
+                "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},
+            },
+        )
+        if status != 200:
+            raise LambdaApiError(f"telemetry subscribe answered {status}: {data[:500]!r}")
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

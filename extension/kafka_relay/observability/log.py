@@ -1,0 +1,59 @@
+"""One JSON object per log line, CloudWatch-friendly: level, event, request id, counts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+
+
+class JsonLogger:
+    def __init__(
+        self,
+        *,
+        level: str = "INFO",
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._threshold = _LEVELS[level]
+        self._stream = stream or sys.stdout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.request_id: str | None = None
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        if _LEVELS[level] < self._threshold:
+            return
+        record: dict[str, Any] = {
+            "ts": round(self._clock(), 3),
+            "level": level,
+            "logger": "kafka-relay",
+            "event": event,
+        }
+        if self.request_id is not None and "request_id" not in fields:
+            record["request_id"] = self.request_id
+        record.update(fields)
+        self.write_raw(json.dumps(record, default=str, separators=(",", ":")))
+
+    def write_raw(self, line: str) -> None:
+        """Write one pre-formatted line (EMF blobs, spill lines) atomically."""
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self.log("DEBUG", event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.log("INFO", event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.log("WARNING", event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self.log("ERROR", event, **fields)

@@ -1,0 +1,1 @@
+"""The persistent producer: settings, error classification, the relay engine."""

@@ -1,0 +1,66 @@
+"""Which Kafka errors are the record's fault, which are the weather, which kill the producer."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from confluent_kafka import KafkaError
+
+
+class ErrorKind(str, Enum):
+    PERMANENT = "permanent"  # this record will never go through: dead-letter it
+    TRANSIENT = "transient"  # try again later: counts as an attempt
+    REQUEUE = "requeue"  # purged by us (producer rebuild): send again, no attempt spent
+    FATAL = "fatal"  # the producer instance is unusable: build a new one
+
+
+_PERMANENT = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._INVALID_ARG,
+        KafkaError.POLICY_VIOLATION,
+    }
+)
+_REQUEUE = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+_FATAL = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
+
+
+def classify(error: KafkaError) -> ErrorKind:
+    code = error.code()
+    if error.fatal() or code in _FATAL:
+        return ErrorKind.FATAL
+    if code in _REQUEUE:
+        return ErrorKind.REQUEUE
+    if code in _PERMANENT:
+        return ErrorKind.PERMANENT
+    return ErrorKind.TRANSIENT
+
+
+def describe(error: KafkaError) -> str:
+    return f"{error.name()}: {error.str()}"
+
+
+def is_auth_failure(error: KafkaError) -> bool:
+    return error.code() in (
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._SSL,
+    )

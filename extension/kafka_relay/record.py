@@ -1,0 +1,137 @@
+"""The extension's own copy of an accepted record, kept until it reaches an outcome.
+
+Delivery reports from librdkafka do not carry headers back, so this copy is
+what retries, the dead-letter queue and spills are built from.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+from enum import Enum
+from typing import Any
+
+RELAY_HEADER_PREFIX = "x-relay-"
+ID_HEADER = "x-relay-id"
+
+
+class Outcome(str, Enum):
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead_lettered"
+    SPILLED = "spilled"
+
+
+class IdSource:
+    """Unique record ids: a random per-environment prefix and a counter (cheap, sortable)."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self._prefix = prefix or os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter):08x}"
+
+
+class Record:
+    """One accepted record. ``dlq_error`` set means it is on its way to the DLQ."""
+
+    __slots__ = (
+        "accepted_ms",
+        "attempts",
+        "dlq_error",
+        "first_failed_ms",
+        "headers",
+        "id",
+        "key",
+        "last_error",
+        "not_before_ms",
+        "request_id",
+        "size",
+        "timestamp_ms",
+        "topic",
+        "value",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+        timestamp_ms: int | None = None,
+        request_id: str | None = None,
+        accepted_ms: int = 0,
+    ) -> None:
+        self.id = id
+        self.topic = topic
+        self.key = key
+        self.value = value
+        self.headers = headers
+        self.timestamp_ms = timestamp_ms
+        self.request_id = request_id
+        self.accepted_ms = accepted_ms
+        self.attempts = 0
+        self.first_failed_ms: int | None = None
+        self.last_error: str | None = None
+        self.not_before_ms = 0
+        self.dlq_error: str | None = None
+        self.size = len(key or b"") + len(value or b"") + sum(
+            len(k) + len(v) for k, v in headers
+        )
+
+    def kafka_headers(self, *, dlq_topic: str | None = None) -> list[tuple[str, bytes]]:
+        """Headers as produced: the caller's, the relay id, and on the DLQ why it failed."""
+        out = [*self.headers, (ID_HEADER, self.id.encode())]
+        if dlq_topic is not None:
+            out += [
+                ("x-relay-error", (self.dlq_error or "").encode()),
+                ("x-relay-original-topic", self.topic.encode()),
+                ("x-relay-attempts", str(self.attempts).encode()),
+                ("x-relay-request-id", (self.request_id or "").encode()),
+                ("x-relay-first-failed-ms", str(self.first_failed_ms or 0).encode()),
+            ]
+        return out
+
+    def to_spill(self) -> dict[str, Any]:
+        """A JSON-safe form that replay can turn back into the same Kafka record."""
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "key_b64": _b64(self.key),
+            "value_b64": _b64(self.value),
+            "headers": {k: base64.b64encode(v).decode() for k, v in self.headers},
+            "timestamp_ms": self.timestamp_ms,
+            "request_id": self.request_id,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "dlq_error": self.dlq_error,
+        }
+
+    @classmethod
+    def from_spill(cls, data: dict[str, Any]) -> Record:
+        record = cls(
+            id=str(data["id"]),
+            topic=str(data["topic"]),
+            key=_unb64(data.get("key_b64")),
+            value=_unb64(data.get("value_b64")),
+            headers=tuple(
+                (str(k), base64.b64decode(v)) for k, v in (data.get("headers") or {}).items()
+            ),
+            timestamp_ms=data.get("timestamp_ms"),
+            request_id=data.get("request_id"),
+        )
+        record.attempts = int(data.get("attempts") or 0)
+        record.last_error = data.get("last_error")
+        record.dlq_error = data.get("dlq_error")
+        return record
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)

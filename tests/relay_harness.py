@@ -1,0 +1,57 @@
+"""Run the extension's parts in-process against a real broker (no Lambda APIs needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kafka_relay.app import assemble
+from kafka_relay.client import RelayClient
+from kafka_relay.config import Config, load_config
+from kafka_relay.lifecycle.loop import EventLoop, Parts
+from kafka_relay.observability.log import JsonLogger
+from tests.kafka_broker import free_port
+
+TOKEN = "test-session-token"
+
+
+class Harness:
+    def __init__(self, parts: Parts, log: io.StringIO) -> None:
+        self.parts = parts
+        self.loop = EventLoop(parts)
+        self._log = log
+        self.client = RelayClient(env={}, port=parts.config.port, token=TOKEN)
+
+    @property
+    def config(self) -> Config:
+        return self.parts.config
+
+    def log_events(self, event: str | None = None) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self._log.getvalue().splitlines() if line.strip()]
+        return [e for e in lines if event is None or e.get("event") == event]
+
+
+@contextmanager
+def running_relay(bootstrap: str, tmp_path: Path, **overrides: Any) -> Iterator[Harness]:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_RELAY_TOKEN": TOKEN,
+        "KAFKA_RELAY_PORT": str(free_port()),
+        "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
+        "KAFKA_RELAY_TELEMETRY": "false",
+    }
+    config = load_config(env, **overrides)
+    log = io.StringIO()
+    parts = assemble(config, JsonLogger(stream=log, level="DEBUG"))
+    harness = Harness(parts, log)
+    try:
+        yield harness
+    finally:
+        harness.client.close()
+        if parts.server is not None:
+            parts.relay.stop()
+            parts.server.stop()
