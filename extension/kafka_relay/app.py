@@ -24,8 +24,6 @@ from kafka_relay.producer.relay import Relay
 from kafka_relay.producer.settings import producer_settings, resolve_credentials
 from kafka_relay.record import IdSource
 
-_PROBE_S = 3.0
-
 
 def _bad_property_message(config: Config, exc: KafkaException) -> str:
     names = ", ".join(f"KAFKA_PRODUCER_{p.upper().replace('.', '_')}"
@@ -76,7 +74,7 @@ def _probe(relay: Relay, auth_errors: list[KafkaError], config: Config,
            logger: JsonLogger) -> None:
     """Open the first broker connection now (warm for the first invoke) and catch bad creds."""
     try:
-        relay.producer.list_topics(timeout=_PROBE_S)
+        relay.producer.list_topics(timeout=config.init_probe_ms / 1000)
         relay.broker_state = "up"
     except KafkaException as exc:
         logger.warning("init.broker_unreachable", error=str(exc.args[0]),

@@ -70,6 +70,7 @@ class Config:
     flush: FlushStrategy = FlushStrategy(FlushMode.END)
     flush_budget_ms: int = 10_000
     shutdown_margin_ms: int = 300
+    init_probe_ms: int = 3_000
     port: int = DEFAULT_PORT
     token: str | None = field(default=None, repr=False)
     max_buffer_records: int = 100_000
@@ -212,6 +213,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         flush=FlushStrategy.parse(flush_raw) if flush_raw else FlushStrategy(FlushMode.END),
         flush_budget_ms=_int(env, "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, minimum=1),
         shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300),
+        init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000),
         port=port,
         token=_text(env, "KAFKA_RELAY_TOKEN", "AWS_SESSION_TOKEN"),
         max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 100_000, minimum=1),

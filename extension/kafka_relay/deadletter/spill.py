@@ -47,7 +47,8 @@ class Spiller:
         if self._config.spill_bucket:
             threading.Thread(target=self._client, name="kafka-relay-s3-warm", daemon=True).start()
 
-    def __call__(self, records: Sequence[Record], *, reason: str) -> str:
+    def __call__(self, records: Sequence[Record], *, reason: str, retry_later: bool = True) -> str:
+        """Spill ``records``; ``retry_later=False`` skips the spool (retrying cannot help)."""
         if not records:
             return "none"
         if self._config.spill_bucket:
@@ -56,7 +57,7 @@ class Spiller:
             except Exception as exc:
                 self._log.error("spill.s3_failed", bucket=self._config.spill_bucket,
                                 error=str(exc), records=len(records))
-        if not self.final:
+        if retry_later and not self.final:
             try:
                 return self._to_spool(records, reason)
             except OSError as exc:

@@ -12,6 +12,7 @@ delivered + dead_lettered + spilled + pending.
 from __future__ import annotations
 
 import heapq
+import json
 import threading
 import time
 from collections import deque
@@ -46,7 +47,9 @@ class BufferFull(Exception):
 
 
 class Spill(Protocol):
-    def __call__(self, records: Sequence[Record], *, reason: str) -> str: ...
+    def __call__(
+        self, records: Sequence[Record], *, reason: str, retry_later: bool = True
+    ) -> str: ...
 
 
 @dataclass
@@ -403,7 +406,9 @@ class Relay:
             self._schedule(record, 0)
             return
         if record.dlq_error is None:
-            if kind is ErrorKind.PERMANENT:
+            if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                self._spill_oversize(record, reason)
+            elif kind is ErrorKind.PERMANENT:
                 record.dlq_error = reason
                 self._log.warning("record.dead_letter", id=record.id, topic=record.topic,
                                   error=reason, request_id=record.request_id)
@@ -422,6 +427,27 @@ class Relay:
             self._settle(record, Outcome.SPILLED, destination)
         else:
             self._schedule(record, self._backoff_ms(record.attempts))
+
+    def _spill_oversize(self, record: Record, reason: str) -> None:
+        """Too large for Kafka, so for its DLQ too: spill the bytes, dead-letter a pointer."""
+        record.dlq_error = reason
+        destination = self._spill([record], reason=reason, retry_later=False)
+        self._settle(record, Outcome.SPILLED, destination)
+        pointer = json.dumps({"spilled_to": destination, "id": record.id,
+                              "size": record.size, "error": reason}).encode()
+        dlq = self._config.dlq_for(record.topic)
+
+        def report(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                self._log.error("dead_letter.pointer_failed", id=record.id, error=describe(err),
+                                spilled_to=destination)
+
+        try:
+            self._producer.produce(dlq, value=pointer, key=record.key,
+                                   headers=record.kafka_headers(dlq_topic=dlq), on_delivery=report)
+        except (BufferError, KafkaException) as exc:
+            self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),
+                            spilled_to=destination)
 
     def _backoff_ms(self, attempts: int) -> int:
         base = self._config.retry_backoff_ms

@@ -1,0 +1,97 @@
+"""Requests are validated whole: every bad record is named, nothing is half-accepted."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+
+import pytest
+
+from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
+from kafka_relay.record import ID_HEADER, Record
+
+_ids = itertools.count()
+
+
+def _validate(items: list[object], default_topic: str | None = "events") -> list[Record]:
+    return validate(items, default_topic=default_topic, new_id=lambda: f"id-{next(_ids)}",
+                    request_id="req-1", now_ms=123)
+
+
+def test_json_and_ndjson_bodies_give_the_same_items() -> None:
+    records = [{"key": "a", "value": {"x": 1}}, {"key": "b", "value": [1, 2]}]
+    as_json = parse_body(json.dumps({"records": records}).encode(), "application/json")
+    as_ndjson = parse_body("\n".join(json.dumps(r) for r in records).encode(),
+                           "application/x-ndjson")
+    assert as_json == as_ndjson == records
+
+
+def test_values_become_utf8_json_and_value_b64_raw_bytes() -> None:
+    raw = b"\x00\xffbinary"
+    first, second = _validate([
+        {"key": "k", "value": {"title": "café"}, "headers": {"source": "rss"},
+         "timestamp_ms": 1700000000000},
+        {"topic": "other", "key": None, "value_b64": base64.b64encode(raw).decode()},
+    ])
+    assert first.topic == "events"
+    assert first.value == '{"title":"café"}'.encode()
+    assert first.key == b"k"
+    assert first.timestamp_ms == 1700000000000
+    assert first.request_id == "req-1"
+    assert dict(first.kafka_headers())["source"] == b"rss"
+    assert dict(first.kafka_headers())[ID_HEADER] == first.id.encode()
+    assert (second.topic, second.key, second.value) == ("other", None, raw)
+
+
+def test_every_invalid_record_is_reported_with_its_index() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        _validate([
+            {"key": "ok", "value": 1},
+            "not an object",
+            {"key": 5, "value": 1},
+            {"key": "k"},
+            {"key": "k", "value": 1, "value_b64": "AA=="},
+            {"key": "k", "value_b64": "***"},
+            {"key": "k", "value": 1, "topic": "bad topic"},
+            {"key": "k", "value": 1, "headers": {"a": 1}},
+            {"key": "k", "value": 1, "headers": {"x-relay-id": "spoof"}},
+            {"key": "k", "value": 1, "timestamp_ms": -1},
+            {"key": "k", "value": 1, "colour": "red"},
+        ])
+    reasons = {r.index: r.reason for r in caught.value.reasons}
+    assert sorted(reasons) == list(range(1, 11))
+    assert "JSON object" in reasons[1]
+    assert "'key'" in reasons[2]
+    assert "exactly one" in reasons[3]
+    assert "exactly one" in reasons[4]
+    assert "base64" in reasons[5]
+    assert "topic" in reasons[6]
+    assert "headers" in reasons[7]
+    assert "reserved" in reasons[8]
+    assert "timestamp_ms" in reasons[9]
+    assert "colour" in reasons[10]
+
+
+def test_a_record_without_topic_needs_a_default_topic() -> None:
+    with pytest.raises(InvalidRequest, match="KAFKA_TOPIC"):
+        _validate([{"key": "k", "value": 1}], default_topic=None)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (b"{not json", "application/json", "not valid JSON"),
+        (b'{"rows": []}', "application/json", '{"records"'),
+        (b'{"a":1}\n{oops', "application/x-ndjson", "line is not valid JSON"),
+        (b"\xff\xfe", "application/json", "UTF-8"),
+    ],
+)
+def test_malformed_bodies_are_rejected(body: bytes, content_type: str, reason: str) -> None:
+    with pytest.raises(InvalidRequest, match=reason):
+        parse_body(body, content_type)
+
+
+def test_an_empty_request_is_rejected() -> None:
+    with pytest.raises(InvalidRequest, match="no records"):
+        _validate([])

@@ -1,0 +1,56 @@
+"""Handler-done signals survive races; spilled records round-trip byte for byte."""
+
+from __future__ import annotations
+
+import threading
+
+from kafka_relay.deadletter.spill import records_from_log_lines, spill_lines
+from kafka_relay.lifecycle.signals import HandlerSignals
+from kafka_relay.record import IdSource, Record
+
+
+def test_an_end_that_arrives_before_the_invoke_event_is_remembered() -> None:
+    signals = HandlerSignals()
+    signals.mark_done("req-2")
+    assert signals.wait("req-2", 0)
+    assert not signals.wait("req-3", 0.01)
+
+
+def test_an_anonymous_end_releases_one_waiter() -> None:
+    signals = HandlerSignals()
+    threading.Timer(0.05, signals.mark_done, args=(None,)).start()
+    assert signals.wait("req-1", 2)
+    assert not signals.wait("req-1b", 0.01)
+
+
+def test_ids_are_unique_per_environment() -> None:
+    a, b = IdSource(), IdSource()
+    ids = {a.next() for _ in range(1000)} | {b.next() for _ in range(1000)}
+    assert len(ids) == 2000
+
+
+def _record(size: int) -> Record:
+    record = Record(id="abc-1", topic="rss.events", key=b"k", value=bytes(range(256)) * size,
+                    headers=(("h", b"\x00v"),), timestamp_ms=42, request_id="req-1")
+    record.attempts, record.dlq_error = 2, "TOPIC_EXCEPTION: bad"
+    return record
+
+
+def test_spill_form_round_trips_every_field() -> None:
+    original = _record(3)
+    again = Record.from_spill(original.to_spill())
+    assert (again.id, again.topic, again.key, again.value, again.headers, again.timestamp_ms,
+            again.request_id, again.attempts, again.dlq_error) == (
+        original.id, original.topic, original.key, original.value, original.headers,
+        original.timestamp_ms, original.request_id, original.attempts, original.dlq_error)
+
+
+def test_large_records_spill_as_chunked_log_lines_and_reassemble() -> None:
+    original = _record(2_000)  # 512 KB: over CloudWatch's 256 KB event limit
+    lines = list(spill_lines(original, reason="shutdown"))
+    assert len(lines) > 1
+    assert all(len(line) < 200_000 for line in lines)
+    noise = ["START RequestId: x", '{"event":"other"}']
+    (again,) = records_from_log_lines(["2026-01-01T00:00:00Z " + lines[-1], *noise, *lines[:-1]])
+    assert again.value == original.value
+    assert again.id == original.id
