@@ -1,0 +1,119 @@
+"""Faults between the extension and Kafka: every accepted record ends delivered, DLQ'd, spilled."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from kafka_relay.deadletter.spill import records_from_log_lines
+from tests.conftest import ProxiedBroker
+from tests.relay_harness import Harness, running_relay
+
+pytestmark = pytest.mark.integration
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _invoke(h: Harness, request_id: str, records: int, *, start: int = 0) -> list[str]:
+    h.client.request_id = request_id
+    ids = h.client.send([{"key": f"k{i}", "value": i} for i in range(start, start + records)]).ids
+    h.client.invocation_end()
+    h.loop.invoke({"requestId": request_id, "deadlineMs": _now_ms() + 3000})
+    return ids
+
+
+def _assert_accounted(h: Harness) -> None:
+    counts = h.parts.relay.counts
+    pending, _ = h.parts.relay.depth()
+    settled = counts.delivered + counts.dead_lettered + counts.spilled
+    assert counts.accepted + counts.restored == settled + pending
+
+
+def _outage_then_recovery(proxied: ProxiedBroker, tmp_path: Path, outage_s: float) -> None:
+    broker, proxy = proxied.broker, proxied.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, flush_budget_ms=500,
+                       producer_overrides={"reconnect.backoff.max.ms": "200"}) as h:
+        sent = _invoke(h, "before", 10)
+        proxy.cut()
+        cut_at = time.monotonic()
+        n = 1
+        while time.monotonic() - cut_at < outage_s:
+            sent += _invoke(h, f"during-{n}", 10, start=10 * n)
+            n += 1
+        assert h.parts.relay.depth()[0] > 0, "records sent during the cut must still be pending"
+        proxy.restore()
+        deadline = time.monotonic() + 30
+        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
+            h.parts.relay.flush(1.0, retry_now=True)
+        _assert_accounted(h)
+        assert h.parts.relay.counts.delivered == len(sent)
+        assert h.parts.relay.counts.dead_lettered == h.parts.relay.counts.spilled == 0
+    got = broker.read(topic, expected=len(sent), timeout=20)
+    ids = [r.headers["x-relay-id"].decode() for r in got]
+    assert set(ids) == set(sent)  # 0 lost; any duplicates carry the same id
+
+
+def test_a_short_broker_outage_across_invocations_loses_nothing(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    _outage_then_recovery(proxied_broker, tmp_path, outage_s=3)
+
+
+@pytest.mark.slow
+def test_a_30_second_broker_outage_across_invocations_loses_nothing(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    _outage_then_recovery(proxied_broker, tmp_path, outage_s=30)
+
+
+def test_shutdown_during_a_stalled_flush_spills_the_rest_before_the_deadline(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    proxy.set_latency(up_ms=10, down_ms=10)
+    with running_relay(proxy.address, tmp_path, default_topic=topic) as h:
+        _invoke(h, "warm", 100)
+        proxy.pause()  # the broker stops answering mid-flight
+        ids = h.client.send([{"key": f"k{i}", "value": "x" * 200} for i in range(5_000)]).ids
+        started = time.monotonic()
+        assert h.loop.shutdown("spindown", _now_ms() + 2000) == 0
+        took = time.monotonic() - started
+        log = h._log.getvalue().splitlines()
+        (summary,) = h.log_events("shutdown.summary")
+    assert took < 2.0
+    assert summary["unaccounted"] == 0
+    assert summary["pending"] == 0
+    assert summary["spilled"] == summary["spilled_at_shutdown"] == 5_000
+    spilled = records_from_log_lines(log)
+    assert {r.id for r in spilled} == set(ids)
+
+
+def test_a_fenced_producer_is_replaced_and_its_records_resent(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    overrides = {"message.timeout.ms": "1500", "reconnect.backoff.max.ms": "200"}
+    with running_relay(proxy.address, tmp_path, default_topic=topic, producer_overrides=overrides,
+                       retry_backoff_ms=100, max_attempts=5) as h:
+        first = _invoke(h, "one", 5)
+        proxy.cut()
+        during = h.client.send([{"key": f"c{i}", "value": i} for i in range(5)]).ids
+        time.sleep(2.0)  # past message.timeout.ms: local timeouts, epoch bump pending
+        proxy.restore()
+        deadline = time.monotonic() + 30
+        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
+            h.parts.relay.flush(1.0, retry_now=True)
+        _assert_accounted(h)
+        counts = h.parts.relay.counts
+        assert counts.delivered == 10
+        assert counts.retries >= 1
+        assert counts.producers_built >= 2  # this broker fences the bumped epoch
+    got = broker.read(topic, expected=10, timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(first + during)
