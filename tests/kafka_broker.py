@@ -242,6 +242,7 @@ def read_topic(
     expected: int | None = None,
     timeout: float = 10.0,
     idle: float = 1.0,
+    client_config: Mapping[str, str | int | float | bool] | None = None,
 ) -> list[ConsumedRecord]:
     """Everything on ``topic`` from the beginning, via ``assign()`` (no group join wait).
 
@@ -254,6 +255,7 @@ def read_topic(
             "group.id": f"kafka-relay-test-{time.monotonic_ns()}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            **(client_config or {}),
         }
     )
     try:

@@ -36,13 +36,16 @@ class Harness:
 
 
 @contextmanager
-def running_relay(bootstrap: str, tmp_path: Path, **overrides: Any) -> Iterator[Harness]:
+def running_relay(
+    bootstrap: str, tmp_path: Path, *, env_extra: dict[str, str] | None = None, **overrides: Any
+) -> Iterator[Harness]:
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "KAFKA_RELAY_TOKEN": TOKEN,
         "KAFKA_RELAY_PORT": str(free_port()),
         "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
         "KAFKA_RELAY_TELEMETRY": "false",
+        **(env_extra or {}),
     }
     config = load_config(env, **overrides)
     log = io.StringIO()

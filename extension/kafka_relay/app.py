@@ -51,7 +51,11 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     except KafkaException as exc:
         raise ConfigError(_bad_property_message(config, exc)) from exc
     relay.start()
-    _probe(relay, auth_errors, config, logger)
+    try:
+        _probe(relay, auth_errors, config, logger)
+    except AuthError:
+        relay.stop()
+        raise
     spiller.warm()
 
     signals = HandlerSignals()

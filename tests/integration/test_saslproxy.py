@@ -1,0 +1,268 @@
+"""The SASL proxy gives the plaintext test broker a real SASL_SSL (PLAIN) front door."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import (
+    KafkaError,
+    Message,
+    Producer,
+)
+
+from tests.kafka_broker import read_topic
+from tests.saslproxy import (
+    API_SASL_AUTHENTICATE,
+    API_SASL_HANDSHAKE,
+    API_VERSIONS,
+    SASL_AUTHENTICATION_FAILED,
+    UNSUPPORTED_SASL_MECHANISM,
+    ClientConfig,
+    SaslBroker,
+    SaslProxyError,
+    sasl_broker,
+)
+
+pytestmark = pytest.mark.integration
+
+_METADATA = 3
+_AUTH_ERRORS = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
+
+
+@pytest.fixture
+def sasl() -> Iterator[SaslBroker]:
+    with sasl_broker() as running:
+        yield running
+
+
+def _topic(sasl: SaslBroker) -> str:
+    return sasl.create_topic(f"test.{uuid.uuid4().hex[:12]}")
+
+
+def _producer(config: ClientConfig, **extra: object) -> Producer:
+    return Producer({**config, "acks": "all", "enable.idempotence": True, **extra})
+
+
+def _read_values(config: ClientConfig, topic: str, *, expected: int) -> list[bytes]:
+    records = read_topic(str(config["bootstrap.servers"]), topic, expected=expected or None,
+                         timeout=15, client_config=config)
+    return [r.value or b"" for r in records]
+
+
+def test_sasl_ssl_producer_delivers_and_consumer_reads_the_same_bytes(sasl: SaslBroker) -> None:
+    topic = _topic(sasl)
+    producer = _producer(sasl.proxy.client_config())
+    results: list[KafkaError | None] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        results.append(err)
+
+    values = [b"\x00binary\xff", "ünïcode".encode(), b"x" * 10_000]
+    for value in values:
+        producer.produce(topic, value=value, on_delivery=on_delivery)
+    assert producer.flush(15) == 0
+    assert results == [None, None, None]
+
+    assert _read_values(sasl.proxy.client_config(), topic, expected=3) == values
+    assert sasl.proxy.stats.auth_succeeded >= 2  # producer and consumer each authenticated
+    assert sasl.proxy.stats.auth_failed == 0
+
+
+def test_wrong_password_reports_an_authentication_error_and_delivers_nothing(
+    sasl: SaslBroker,
+) -> None:
+    topic = _topic(sasl)
+    errors: list[KafkaError] = []
+    producer = _producer(
+        sasl.proxy.client_config(password="wrong"),
+        **{"error_cb": errors.append, "message.timeout.ms": 1000},
+    )
+    results: list[KafkaError | None] = []
+    producer.produce(topic, value=b"never", on_delivery=lambda err, _msg: results.append(err))
+
+    deadline = time.monotonic() + 5
+    while not errors and time.monotonic() < deadline:
+        producer.poll(0.1)
+    assert errors, "no error reached the error callback within 5 s"
+    assert errors[0].code() in _AUTH_ERRORS
+    assert "Invalid username or password" in errors[0].str()
+
+    producer.flush(5)
+    assert len(results) == 1
+    assert results[0] is not None
+    assert sasl.proxy.stats.auth_failed >= 1
+    assert _read_values(sasl.proxy.client_config(), topic, expected=0) == []
+
+
+def test_plaintext_client_cannot_produce_through_the_tls_listener(sasl: SaslBroker) -> None:
+    topic = _topic(sasl)
+    tls_sessions = sasl.proxy.stats.connections
+    producer = Producer({"bootstrap.servers": sasl.bootstrap, "message.timeout.ms": 1000})
+    results: list[KafkaError | None] = []
+    producer.produce(topic, value=b"cleartext", on_delivery=lambda err, _msg: results.append(err))
+    producer.flush(5)
+
+    assert len(results) == 1
+    assert results[0] is not None
+    assert sasl.proxy.stats.connections == tls_sessions  # no TLS session was ever set up
+    assert _read_values(sasl.proxy.client_config(), topic, expected=0) == []
+
+
+def test_without_tls_the_proxy_speaks_sasl_plaintext() -> None:
+    with sasl_broker(tls=False, users={"alice": "pw"}) as plain:
+        config = plain.proxy.client_config()
+        assert config["security.protocol"] == "SASL_PLAINTEXT"
+        with pytest.raises(SaslProxyError, match="without TLS"):
+            _ = plain.proxy.ca_path
+        topic = plain.create_topic(f"test.{uuid.uuid4().hex[:12]}")
+        producer = _producer(config)
+        producer.produce(topic, value=b"plain-sasl")
+        assert producer.flush(15) == 0
+        assert _read_values(config, topic, expected=1) == [b"plain-sasl"]
+
+
+# -- the wire exchange, byte by byte ----------------------------------------------
+
+
+def _connect(sasl: SaslBroker) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(sasl.proxy.ca_path))
+    raw = socket.create_connection((sasl.proxy.host, sasl.proxy.port), timeout=5)
+    return context.wrap_socket(raw, server_hostname=sasl.proxy.host)
+
+
+def _recv_exact(sock: ssl.SSLSocket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the proxy closed the connection")
+        data += chunk
+    return data
+
+
+def _recv_frame(sock: ssl.SSLSocket) -> bytes:
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    return _recv_exact(sock, size)
+
+
+def _request(
+    sock: ssl.SSLSocket, api_key: int, version: int, body: bytes = b"", *, flexible: bool = False
+) -> bytes:
+    """Send one request (client id "t"); the response body, correlation id checked."""
+    header = struct.pack(">hhih", api_key, version, 42, 1) + b"t" + (b"\x00" if flexible else b"")
+    sock.sendall(struct.pack(">i", len(header) + len(body)) + header + body)
+    response = _recv_frame(sock)
+    assert struct.unpack(">i", response[:4])[0] == 42
+    return response[4:]
+
+
+def _string(text: str) -> bytes:
+    return struct.pack(">h", len(text)) + text.encode()
+
+
+def _api_ranges(body: bytes, *, flexible: bool) -> dict[int, tuple[int, int]]:
+    assert struct.unpack(">h", body[:2])[0] == 0
+    if flexible:  # compact array: count + 1 as a varint (one byte for these sizes)
+        count, pos, entry = body[2] - 1, 3, 7  # each entry ends with an empty tag buffer
+    else:
+        count, pos, entry = struct.unpack(">i", body[2:6])[0], 6, 6
+    ranges = {}
+    for i in range(count):
+        key, low, high = struct.unpack(">hhh", body[pos + i * entry : pos + i * entry + 6])
+        ranges[key] = (low, high)
+    return ranges
+
+
+@pytest.mark.parametrize(("version", "flexible"), [(0, False), (2, False), (3, True)])
+def test_api_versions_answer_adds_the_sasl_apis_to_the_brokers_list(
+    sasl: SaslBroker, version: int, flexible: bool
+) -> None:
+    body = b"\x02t\x021\x00" if flexible else b""  # v3+: client software name/version
+    with _connect(sasl) as sock:
+        ranges = _api_ranges(
+            _request(sock, API_VERSIONS, version, body, flexible=flexible), flexible=flexible
+        )
+    assert ranges[API_SASL_HANDSHAKE] == (0, 1)
+    assert ranges[API_SASL_AUTHENTICATE] == (0, 2)
+    assert 0 in ranges  # Produce: the broker's own entries are kept
+    assert ranges[API_VERSIONS][1] >= 3
+
+
+def test_any_other_request_before_authentication_closes_the_connection(
+    sasl: SaslBroker,
+) -> None:
+    with _connect(sasl) as sock, pytest.raises(ConnectionError):
+        _request(sock, _METADATA, 0, struct.pack(">i", 0))
+    assert sasl.proxy.stats.rejected == 1
+    assert sasl.proxy.stats.auth_succeeded == 0
+
+
+def test_unknown_mechanism_is_refused_and_authenticate_then_closes(sasl: SaslBroker) -> None:
+    with _connect(sasl) as sock:
+        answer = _request(sock, API_SASL_HANDSHAKE, 1, _string("SCRAM-SHA-256"))
+        assert answer == struct.pack(">hi", UNSUPPORTED_SASL_MECHANISM, 1) + _string("PLAIN")
+        token = b"\x00key\x00secret"
+        with pytest.raises(ConnectionError):
+            _request(sock, API_SASL_AUTHENTICATE, 1, struct.pack(">i", len(token)) + token)
+    assert sasl.proxy.stats.auth_succeeded == 0
+
+
+def _authenticate(sock: ssl.SSLSocket, version: int, password: str) -> tuple[int, bytes]:
+    """Handshake v1 then SaslAuthenticate at ``version``: (error code, whole answer)."""
+    assert _request(sock, API_SASL_HANDSHAKE, 1, _string("PLAIN"))[:2] == b"\x00\x00"
+    token = b"\x00key\x00" + password.encode()
+    if version >= 2:  # compact bytes + empty tag buffer; the answer's header has a tag buffer
+        answer = _request(
+            sock,
+            API_SASL_AUTHENTICATE,
+            version,
+            bytes([len(token) + 1]) + token + b"\x00",
+            flexible=True,
+        )
+        assert answer[0] == 0
+        answer = answer[1:]
+    else:
+        answer = _request(
+            sock, API_SASL_AUTHENTICATE, version, struct.pack(">i", len(token)) + token
+        )
+    return struct.unpack(">h", answer[:2])[0], answer
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_authenticate_failure_carries_the_reason_then_closes(
+    sasl: SaslBroker, version: int
+) -> None:
+    with _connect(sasl) as sock:
+        code, answer = _authenticate(sock, version, "nope")
+        assert code == SASL_AUTHENTICATION_FAILED
+        assert b"Invalid username or password" in answer
+        with pytest.raises(ConnectionError):
+            _recv_frame(sock)
+    assert sasl.proxy.stats.auth_failed == 1
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_authenticate_success_then_pipes_to_the_broker(sasl: SaslBroker, version: int) -> None:
+    with _connect(sasl) as sock:
+        code, _ = _authenticate(sock, version, "secret")
+        assert code == 0
+        # Authenticated: requests now reach the broker untouched.
+        assert _api_ranges(_request(sock, API_VERSIONS, 0), flexible=False)
+    assert sasl.proxy.stats.auth_succeeded == 1
+
+
+def test_handshake_v0_takes_a_bare_token_and_answers_with_an_empty_one(sasl: SaslBroker) -> None:
+    with _connect(sasl) as sock:
+        answer = _request(sock, API_SASL_HANDSHAKE, 0, _string("PLAIN"))
+        assert answer == struct.pack(">hi", 0, 1) + _string("PLAIN")
+        token = b"\x00key\x00secret"
+        sock.sendall(struct.pack(">i", len(token)) + token)
+        assert _recv_frame(sock) == b""  # PLAIN's empty server token
+        assert _api_ranges(_request(sock, API_VERSIONS, 0), flexible=False)
+    assert sasl.proxy.stats.auth_succeeded == 1

@@ -1,0 +1,546 @@
+"""A TLS + SASL/PLAIN front for the local Kafka broker, so tests can exercise SASL_SSL.
+
+The test broker speaks plaintext only. This proxy terminates TLS (a throwaway
+CA and server certificate from ``trustme``), performs the Kafka SASL/PLAIN
+exchange itself (ApiVersions, SaslHandshake, SaslAuthenticate) and, once a
+client has authenticated, pipes bytes to the broker untouched. Like
+``tests.faultproxy`` it runs an asyncio loop in a daemon thread.
+
+Kafka clients learn broker addresses from metadata, so the broker behind the
+proxy must advertise the proxy's port; ``sasl_broker()`` wires that up::
+
+    with sasl_broker() as sasl:
+        producer = Producer(sasl.proxy.client_config())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import ssl
+import struct
+import tempfile
+import threading
+from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
+
+import trustme
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from tests.kafka_broker import KafkaBroker, free_port
+
+_T = TypeVar("_T")
+#: librdkafka settings as confluent-kafka's constructors type them.
+ClientConfig = dict[str, str | int | float | bool]
+_CHUNK = 64 * 1024
+
+DEFAULT_USERNAME = "key"
+DEFAULT_PASSWORD = "secret"
+
+# Kafka API keys and error codes this proxy speaks (Kafka protocol guide).
+API_SASL_HANDSHAKE = 17
+API_VERSIONS = 18
+API_SASL_AUTHENTICATE = 36
+UNSUPPORTED_SASL_MECHANISM = 33
+SASL_AUTHENTICATION_FAILED = 58
+
+#: Version ranges advertised for the SASL APIs, i.e. what this proxy can answer.
+SASL_API_VERSIONS = {API_SASL_HANDSHAKE: (0, 1), API_SASL_AUTHENTICATE: (0, 2)}
+_MECHANISM = "PLAIN"
+# Kafka brokers cap unauthenticated frames at this size (sasl.server.max.receive.size).
+_MAX_PREAUTH_FRAME = 512 * 1024
+
+
+class SaslProxyError(RuntimeError):
+    """The SASL proxy was used wrongly; the message says what to do instead."""
+
+
+class _ProtocolViolation(Exception):
+    """A client or the broker sent something this proxy will not accept; close the connection."""
+
+
+@dataclass
+class SaslStats:
+    connections: int = 0  # past the TLS handshake (when TLS is on)
+    auth_succeeded: int = 0
+    auth_failed: int = 0
+    rejected: int = 0  # closed before authentication for a protocol violation
+
+
+# -- wire codec ----------------------------------------------------------------
+
+
+class _Reader:
+    """Sequential reads of Kafka primitive types; running short is a protocol violation."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.pos = 0
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self.pos + size > len(self._data):
+            raise _ProtocolViolation(f"truncated field: wanted {size} bytes at {self.pos}")
+        chunk = self._data[self.pos : self.pos + size]
+        self.pos += size
+        return chunk
+
+    def rest(self) -> bytes:
+        return self.take(len(self._data) - self.pos)
+
+    def int16(self) -> int:
+        return int(struct.unpack(">h", self.take(2))[0])
+
+    def int32(self) -> int:
+        return int(struct.unpack(">i", self.take(4))[0])
+
+    def uvarint(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+            if shift > 28:
+                raise _ProtocolViolation("unsigned varint longer than 5 bytes")
+
+    def nullable_string(self) -> str | None:
+        size = self.int16()
+        if size < 0:
+            return None
+        try:
+            return self.take(size).decode()
+        except UnicodeDecodeError as exc:
+            raise _ProtocolViolation("string field is not UTF-8") from exc
+
+    def compact_bytes(self) -> bytes:
+        size = self.uvarint() - 1  # compact lengths are stored plus one (0 means null)
+        return b"" if size < 0 else self.take(size)
+
+    def skip_tagged_fields(self) -> None:
+        for _ in range(self.uvarint()):
+            self.uvarint()  # tag
+            self.take(self.uvarint())
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def _compact_nullable_string(text: str | None) -> bytes:
+    if text is None:
+        return _uvarint(0)
+    data = text.encode()
+    return _uvarint(len(data) + 1) + data
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack(">i", len(payload)) + payload
+
+
+class _RequestHeader(NamedTuple):
+    api_key: int
+    api_version: int
+    correlation_id: int
+
+
+def _flexible(api_key: int, api_version: int) -> bool:
+    """Whether a request/response uses flexible encoding (tagged fields, compact types)."""
+    return (api_key == API_VERSIONS and api_version >= 3) or (
+        api_key == API_SASL_AUTHENTICATE and api_version >= 2
+    )
+
+
+def _read_request_header(reader: _Reader) -> _RequestHeader:
+    header = _RequestHeader(reader.int16(), reader.int16(), reader.int32())
+    reader.nullable_string()  # client_id: a classic string even in flexible headers
+    if _flexible(header.api_key, header.api_version):
+        reader.skip_tagged_fields()
+    return header
+
+
+def _with_sasl_apis(body: bytes, version: int) -> bytes:
+    """An ApiVersions response body that advertises the proxy's SASL APIs.
+
+    Entries the broker lists for the SASL keys are replaced (the proxy answers
+    those, not the broker); every other byte is kept as the broker sent it.
+    """
+    reader = _Reader(body)
+    if reader.int16() != 0:
+        return body  # an error answer (e.g. UNSUPPORTED_VERSION) is always v0-shaped: pass it on
+    flexible = version >= 3
+    count = reader.uvarint() - 1 if flexible else reader.int32()
+    entries: dict[int, bytes] = {}
+    for _ in range(count):
+        start = reader.pos
+        api_key = reader.int16()
+        reader.take(4)  # min and max version
+        if flexible:
+            reader.skip_tagged_fields()
+        entries[api_key] = body[start : reader.pos]
+    tail = reader.rest()  # throttle_time_ms and, when flexible, the tagged fields
+    for api_key, (low, high) in SASL_API_VERSIONS.items():
+        entries[api_key] = struct.pack(">hhh", api_key, low, high) + (b"\x00" if flexible else b"")
+    counted = _uvarint(len(entries) + 1) if flexible else struct.pack(">i", len(entries))
+    return body[:2] + counted + b"".join(entries[k] for k in sorted(entries)) + tail
+
+
+def _check_plain(token: bytes, users: Mapping[str, str]) -> str | None:
+    """None when the PLAIN token (authzid NUL user NUL password) is valid, else why not."""
+    parts = token.split(b"\x00")
+    if len(parts) != 3:
+        return "malformed SASL/PLAIN token: expected authzid\\0username\\0password"
+    try:
+        authzid, username, password = (part.decode() for part in parts)
+    except UnicodeDecodeError:
+        return "malformed SASL/PLAIN token: not UTF-8"
+    if authzid and authzid != username:
+        return "authorization id must be empty or equal to the username"
+    if users.get(username) != password:
+        return "Authentication failed: Invalid username or password"
+    return None
+
+
+def _authenticate_response(header: _RequestHeader, error: str | None) -> bytes:
+    version = header.api_version
+    code = 0 if error is None else SASL_AUTHENTICATION_FAILED
+    if version >= 2:
+        body = struct.pack(">h", code) + _compact_nullable_string(error)
+        body += _uvarint(1)  # auth_bytes: empty, PLAIN has no server challenge
+        body += struct.pack(">q", 0) + b"\x00"  # session_lifetime_ms 0: no re-authentication
+        header_bytes = struct.pack(">i", header.correlation_id) + b"\x00"
+    else:
+        body = struct.pack(">h", code)
+        body += struct.pack(">h", -1) if error is None else _string(error)
+        body += struct.pack(">i", 0)
+        if version >= 1:
+            body += struct.pack(">q", 0)
+        header_bytes = struct.pack(">i", header.correlation_id)
+    return _frame(header_bytes + body)
+
+
+# -- the proxy -----------------------------------------------------------------
+
+
+class SaslProxy:
+    """A SASL/PLAIN (and by default TLS) terminating proxy in front of one broker.
+
+    ``users`` maps usernames to passwords (default ``key``/``secret``).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        users: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = True,
+    ) -> None:
+        up_host, _, up_port = upstream.rpartition(":")
+        self._upstream = (up_host, int(up_port))
+        self.users = dict(users) if users is not None else {DEFAULT_USERNAME: DEFAULT_PASSWORD}
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.stats = SaslStats()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="saslproxy", daemon=True
+        )
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._cert_dir: Path | None = None
+
+    # -- control (any thread) -------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def security_protocol(self) -> str:
+        return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
+
+    @property
+    def ca_path(self) -> Path:
+        """PEM file of the CA that signed the proxy's certificate (``ssl.ca.location``)."""
+        if not self.tls:
+            raise SaslProxyError("this proxy runs without TLS (tls=False): it has no CA file")
+        if self._cert_dir is None:
+            raise SaslProxyError("the CA file exists only while the proxy runs: start() it first")
+        return self._cert_dir / "ca.pem"
+
+    def client_config(
+        self, *, username: str | None = None, password: str | None = None
+    ) -> ClientConfig:
+        """librdkafka settings that reach the broker through this proxy.
+
+        Credentials default to the first configured user; pass others to fail on purpose.
+        """
+        if username is None:
+            username = next(iter(self.users), DEFAULT_USERNAME)
+        if password is None:
+            password = self.users.get(username, "")
+        config: ClientConfig = {
+            "bootstrap.servers": self.address,
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": _MECHANISM,
+            "sasl.username": username,
+            "sasl.password": password,
+        }
+        if self.tls:
+            config["ssl.ca.location"] = str(self.ca_path)
+        return config
+
+    def start(self) -> SaslProxy:
+        context = self._server_context() if self.tls else None
+        self._thread.start()
+        try:
+            self._call(self._listen(context))
+        except OSError as exc:
+            self.stop()
+            raise SaslProxyError(
+                f"the SASL proxy cannot listen on {self.address} ({exc.strerror}): "
+                "stop whatever uses that port or pass port=0 for a free one"
+            ) from exc
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._call(self._shutdown())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+        if self._cert_dir is not None:
+            shutil.rmtree(self._cert_dir, ignore_errors=True)
+            self._cert_dir = None
+
+    def __enter__(self) -> SaslProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _server_context(self) -> ssl.SSLContext:
+        ca = trustme.CA()
+        cert = ca.issue_cert(*dict.fromkeys([self.host, "127.0.0.1", "localhost"]))
+        self._cert_dir = Path(tempfile.mkdtemp(prefix="saslproxy-"))
+        ca.cert_pem.write_to_path(str(self._cert_dir / "ca.pem"))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        return context
+
+    def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    # -- loop side --------------------------------------------------------------
+
+    async def _listen(self, context: ssl.SSLContext | None) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, ssl=context, reuse_address=True
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _shutdown(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._conns):
+            writer.transport.abort()
+        self._conns.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1)
+
+    async def _accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
+        self._conns.add(c_writer)
+        try:
+            u_reader, u_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            self._close(c_writer)
+            return
+        self._conns.add(u_writer)
+        try:
+            authenticated = await self._authenticate(c_reader, c_writer, u_reader, u_writer)
+        except _ProtocolViolation:
+            self.stats.rejected += 1
+            authenticated = False
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            authenticated = False
+        if not authenticated:
+            self._close(c_writer)
+            self._close(u_writer)
+            return
+        for src, dst in ((c_reader, u_writer), (u_reader, c_writer)):
+            task = asyncio.ensure_future(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _authenticate(
+        self,
+        c_reader: asyncio.StreamReader,
+        c_writer: asyncio.StreamWriter,
+        u_reader: asyncio.StreamReader,
+        u_writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Run the SASL exchange; True once the client is authenticated."""
+        mechanism_agreed = False
+        raw_token_next = False  # after SaslHandshake v0 the token comes as a bare frame
+        while True:
+            payload = await _read_frame(c_reader)
+            if raw_token_next:
+                authenticated = self._counted(_check_plain(payload, self.users))
+                if authenticated:
+                    c_writer.write(_frame(b""))  # PLAIN's empty server token
+                    await c_writer.drain()
+                return authenticated
+            reader = _Reader(payload)
+            header = _read_request_header(reader)
+            if header.api_key == API_VERSIONS:
+                c_writer.write(await self._broker_api_versions(header, payload, u_reader, u_writer))
+            elif header.api_key == API_SASL_HANDSHAKE and header.api_version <= 1:
+                mechanism = reader.nullable_string()
+                mechanism_agreed = mechanism == _MECHANISM
+                body = struct.pack(">hi", 0 if mechanism_agreed else UNSUPPORTED_SASL_MECHANISM, 1)
+                c_writer.write(
+                    _frame(struct.pack(">i", header.correlation_id) + body + _string(_MECHANISM))
+                )
+                raw_token_next = mechanism_agreed and header.api_version == 0
+            elif (
+                header.api_key == API_SASL_AUTHENTICATE
+                and header.api_version <= 2
+                and mechanism_agreed
+            ):
+                token = (
+                    reader.compact_bytes()
+                    if header.api_version >= 2
+                    else reader.take(reader.int32())
+                )
+                error = _check_plain(token, self.users)
+                authenticated = self._counted(error)
+                c_writer.write(_authenticate_response(header, error))
+                await c_writer.drain()
+                return authenticated
+            else:
+                raise _ProtocolViolation(
+                    f"API key {header.api_key} v{header.api_version} before authentication"
+                )
+            await c_writer.drain()
+
+    def _counted(self, error: str | None) -> bool:
+        if error is None:
+            self.stats.auth_succeeded += 1
+            return True
+        self.stats.auth_failed += 1
+        return False
+
+    @staticmethod
+    async def _broker_api_versions(
+        header: _RequestHeader,
+        request: bytes,
+        u_reader: asyncio.StreamReader,
+        u_writer: asyncio.StreamWriter,
+    ) -> bytes:
+        """The broker's answer to the client's own ApiVersions request, plus the SASL APIs."""
+        u_writer.write(_frame(request))
+        await u_writer.drain()
+        response = await _read_frame(u_reader)
+        reader = _Reader(response)
+        if reader.int32() != header.correlation_id:
+            raise _ProtocolViolation("the broker answered ApiVersions with another correlation id")
+        # ApiVersions responses always use header v0 (no tagged fields), even when flexible.
+        return _frame(response[:4] + _with_sasl_apis(reader.rest(), header.api_version))
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await src.read(_CHUNK):
+                dst.write(chunk)
+                await dst.drain()
+        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
+            pass
+        finally:
+            self._close(dst)
+
+    def _close(self, writer: asyncio.StreamWriter) -> None:
+        # close(), not abort(): a last answer (e.g. an authentication failure) may
+        # still sit in the transport's buffer, and the client must read it.
+        self._conns.discard(writer)
+        writer.close()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (size,) = struct.unpack(">i", await reader.readexactly(4))
+    if not 0 <= size <= _MAX_PREAUTH_FRAME:
+        raise _ProtocolViolation(f"frame of {size} bytes before authentication")
+    return await reader.readexactly(size)
+
+
+# -- a broker reachable only through the proxy ------------------------------------
+
+
+class SaslBroker(NamedTuple):
+    """A dedicated broker behind a SASL proxy; unpacks as (listen_address, proxy, bootstrap)."""
+
+    listen_address: str  # the broker itself: plaintext, but it advertises the proxy
+    proxy: SaslProxy
+    bootstrap: str  # the proxy: where SASL clients bootstrap
+
+    def create_topic(self, name: str, *, partitions: int = 1) -> str:
+        """Create ``name`` through the proxy (the broker's metadata only names the proxy)."""
+        admin = AdminClient(self.proxy.client_config())
+        future = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)],
+            operation_timeout=10,
+        )[name]
+        try:
+            future.result(timeout=15)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise SaslProxyError(
+                    f"could not create topic {name!r} through the SASL proxy: {exc}"
+                ) from exc
+        return name
+
+
+@contextlib.contextmanager
+def sasl_broker(
+    *, users: Mapping[str, str] | None = None, tls: bool = True
+) -> Iterator[SaslBroker]:
+    """Its own broker advertising the proxy's port, and the proxy in front of it.
+
+    The kafka-relay extension reaches it with ``KAFKA_BOOTSTRAP_SERVERS=<bootstrap>``,
+    ``KAFKA_API_KEY``/``KAFKA_API_SECRET`` (a user from ``users``) and
+    ``KAFKA_PRODUCER_SSL_CA_LOCATION=<proxy.ca_path>``.
+    """
+    proxy_port = free_port()
+    with (
+        KafkaBroker(advertised_port=proxy_port) as broker,
+        SaslProxy(broker.listen_address, users=users, port=proxy_port, tls=tls) as proxy,
+    ):
+        yield SaslBroker(broker.listen_address, proxy, proxy.address)
