@@ -12,6 +12,10 @@ usage() {
 usage: ./build.sh <command> [args]
 
   test     install pinned deps into .venv, run ruff, mypy and the default pytest run
+  build    dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
+           [--arch x86_64 arm64] [--python-version 3.10 ...] [--out dist]
+  deploy   publish the layer and deploy both producers with boto3
+           [--env-file .env] [--dry-run] [--arch x86_64] [--region R] [--prefix kafka-relay]
   faults   the slow fault-injection and soak suite (real broker, fault proxy, sandbox)
   lock     regenerate constraints.txt from requirements-dev.txt
 USAGE
@@ -51,6 +55,14 @@ case "$cmd" in
   faults)
     ensure_venv
     "$PY" -m pytest -m slow "$@"
+    ;;
+  build)
+    ensure_venv
+    "$PY" -m layer_build.build "$@"
+    ;;
+  deploy)
+    ensure_venv
+    "$PY" -m layer_build.deploy "$@"
     ;;
   lock)
     ensure_venv

@@ -106,6 +106,7 @@ class Record:
             "timestamp_ms": self.timestamp_ms,
             "request_id": self.request_id,
             "attempts": self.attempts,
+            "first_failed_ms": self.first_failed_ms,
             "last_error": self.last_error,
             "dlq_error": self.dlq_error,
         }
@@ -124,6 +125,7 @@ class Record:
             request_id=data.get("request_id"),
         )
         record.attempts = int(data.get("attempts") or 0)
+        record.first_failed_ms = data.get("first_failed_ms")
         record.last_error = data.get("last_error")
         record.dlq_error = data.get("dlq_error")
         return record

@@ -100,16 +100,18 @@ class EventLoop:
                                      budget_ms=budget_ms, handler_done=done)
         self._report(flush_ms)
 
-    def _report(self, flush_ms: float) -> None:
-        """One INFO line and one EMF line per invocation: what changed since the last one."""
+    def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
+        """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
+        the last report."""
         p = self._p
         now = p.relay.counts.as_dict()
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
         depth, _ = p.relay.depth()
-        p.logger.info("invocation.done", accepted=delta["accepted"],
-                      delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
-                      spilled=delta["spilled"], pending=depth, flush_ms=flush_ms)
+        if invocation:
+            p.logger.info("invocation.done", accepted=delta["accepted"],
+                          delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
+                          spilled=delta["spilled"], pending=depth, flush_ms=flush_ms)
         p.logger.write_raw(emf_line(
             {
                 "RecordsAccepted": delta["accepted"],
@@ -150,5 +152,5 @@ class EventLoop:
             spilled_at_shutdown=spilled, pending=pending,
             unaccounted=counts["accepted"] + counts["restored"] - settled - pending, **counts,
         )
-        self._report(drained.duration_ms)
+        self._report(drained.duration_ms, invocation=False)
         return 0

@@ -1,0 +1,419 @@
+"""Replay spilled records: read them back and re-produce them with their original ``x-relay-id``.
+
+Sources: an S3 prefix (``s3://bucket/prefix``: the NDJSON objects the spiller
+wrote), a spool directory or ``.ndjson`` file, a log file with
+``KAFKA_RELAY_SPILL`` lines (a sandbox log, an ``aws logs`` export, or the
+output of ``python -m kafka_relay.logs --spilled-out``), or a CloudWatch log
+group.
+
+Each record goes back to its original topic or, when it was on its way to the
+dead-letter queue, to the DLQ with the ``x-relay-*`` headers. Replaying twice
+produces duplicates carrying identical ``x-relay-id`` headers; consumers
+dedupe on that id (as for the extension's own at-least-once delivery), so
+replay never reads the topic to skip what is already there.
+
+Two layers: reading (sources → ``Batch`` of ``Record``) and producing
+(``replay``), both driven by injected clients so tests can run them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from kafka_relay.config import Config, load_config
+from kafka_relay.deadletter.spill import SPILL_EVENT, read_ndjson, records_from_log_lines
+from kafka_relay.errors import ConfigError, RelayError
+from kafka_relay.logs import (
+    SPILL_FILTER_PATTERN,
+    CloudWatchTail,
+    LogsError,
+    aws_errors,
+    json_in_line,
+    parse_time,
+)
+from kafka_relay.producer.classify import describe
+from kafka_relay.producer.settings import producer_settings, resolve_credentials
+from kafka_relay.record import Record
+
+_MAX_FAILURES_SHOWN = 20
+# A dry run never connects: only the DLQ routing of the configuration matters.
+_DRY_RUN_BOOTSTRAP = "dry-run.invalid:9092"
+# Extra seconds for flush() beyond message.timeout.ms, so every record gets its report.
+_FLUSH_SLACK_S = 5.0
+
+
+class ReplayError(RelayError):
+    """A replay source could not be read, or its contents are not kafka-relay spills."""
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records read from one place; ``delete`` removes that place (None: not removable)."""
+
+    origin: str
+    records: list[Record]
+    incomplete: tuple[str, ...] = ()  # ids of chunked log spills with chunks missing
+    delete: Callable[[], None] | None = None  # raises ReplayError
+
+
+def _parse_ndjson(text: str, *, origin: str) -> list[Record]:
+    try:
+        return read_ndjson(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReplayError(
+            f"{origin} is not a kafka-relay spill (one JSON record per line): {exc!r}"
+        ) from exc
+
+
+def read_spool(path: Path) -> Iterator[Batch]:
+    """A spool directory's ``*.ndjson`` files (oldest first), or one such file."""
+    if path.is_dir():
+        files = sorted(path.glob("*.ndjson"))  # *.partial files are half-written: skipped
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ReplayError(f"no spool directory or .ndjson file at {path}")
+    return (
+        Batch(str(file), _parse_ndjson(file.read_text(encoding="utf-8"), origin=str(file)),
+              delete=functools.partial(_unlink, file))
+        for file in files
+    )
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise ReplayError(f"could not delete {path}: {exc}") from exc
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ``("bucket", "some/prefix")``."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not url.startswith("s3://") or not bucket:
+        raise ReplayError(f"{url!r} is not an S3 location: use s3://bucket or s3://bucket/prefix")
+    return bucket, prefix
+
+
+def read_s3(client: Any, url: str) -> Iterator[Batch]:
+    """Every ``.ndjson`` object under an S3 prefix, in key (= time) order."""
+    bucket, prefix = parse_s3_url(url)
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                     Prefix=prefix):
+            for listed in page.get("Contents", []):
+                key = str(listed["Key"])
+                if not key.endswith(".ndjson"):
+                    continue
+                origin = f"s3://{bucket}/{key}"
+                body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                records = _parse_ndjson(body.decode("utf-8"), origin=origin)
+                yield Batch(origin, records,
+                            delete=functools.partial(_delete_object, client, bucket, key))
+    except aws_errors() as exc:
+        raise ReplayError(
+            f"reading {url} failed ({exc}); check the bucket, the region (--region or "
+            "AWS_REGION) and that your credentials allow s3:ListBucket and s3:GetObject"
+        ) from exc
+
+
+def _delete_object(client: Any, bucket: str, key: str) -> None:
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except aws_errors() as exc:
+        raise ReplayError(
+            f"could not delete s3://{bucket}/{key} ({exc}); your credentials need s3:DeleteObject"
+        ) from exc
+
+
+def read_log_lines(lines: Iterable[str], *, origin: str) -> Batch:
+    """Records spilled as ``KAFKA_RELAY_SPILL`` lines; any other line is ignored."""
+    lines = list(lines)
+    try:
+        records = records_from_log_lines(lines)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReplayError(f"a {SPILL_EVENT} line in {origin} is malformed: {exc!r}") from exc
+    entries = (json_in_line(line) for line in lines if SPILL_EVENT in line)
+    spilled_ids = {str(e.get("id")) for e in entries if e and e.get("event") == SPILL_EVENT}
+    incomplete = tuple(sorted(spilled_ids - {r.id for r in records}))
+    return Batch(origin, records, incomplete=incomplete)
+
+
+def read_log_file(path: Path) -> Iterator[Batch]:
+    if not path.is_file():
+        raise ReplayError(f"no log file at {path}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return iter([read_log_lines(text.splitlines(), origin=str(path))])
+
+
+def read_cloudwatch(
+    client: Any, group: str, *, start_ms: int | None, end_ms: int | None,
+    page_size: int | None = None,
+) -> Iterator[Batch]:
+    """The spill lines of a log group, fetched with a server-side filter on the spill marker."""
+    tail = CloudWatchTail(client, group, start_ms=start_ms, end_ms=end_ms,
+                          filter_pattern=SPILL_FILTER_PATTERN, page_size=page_size)
+    yield read_log_lines((line.message for line in tail.poll()), origin=f"log group {group}")
+
+
+# -- producing -------------------------------------------------------------------------------
+
+
+class ProducerLike(Protocol):
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def flush(self, timeout: float = ...) -> int: ...
+
+
+def destination(
+    record: Record, config: Config, *, to_original: bool = False
+) -> tuple[str, list[tuple[str, bytes]]]:
+    """Topic and headers for a replayed record: where the extension was sending it."""
+    if record.dlq_error is not None and not to_original:
+        dlq = config.dlq_for(record.topic)
+        return dlq, record.kafka_headers(dlq_topic=dlq)
+    return record.topic, record.kafka_headers()
+
+
+@dataclass
+class ReplayReport:
+    read: int = 0
+    produced: int = 0
+    failed: int = 0
+    sources: int = 0
+    deleted: int = 0
+    by_topic: Counter[str] = field(default_factory=Counter)
+    incomplete: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    error: str | None = None  # reading stopped, or deleting failed
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.incomplete and self.error is None
+
+    def fail(self, count: int, reason: str) -> None:
+        self.failed += count
+        if len(self.failures) < _MAX_FAILURES_SHOWN:
+            self.failures.append(reason)
+
+
+def replay(
+    batches: Iterable[Batch],
+    *,
+    config: Config,
+    producer: ProducerLike | None,
+    to_original: bool = False,
+    timeout_s: float = 30.0,
+    delete: bool = False,
+) -> ReplayReport:
+    """Produce every record of ``batches``; ``producer=None`` is a dry run (count only).
+
+    With ``delete``, sources are removed only if everything was produced.
+    """
+    report = ReplayReport()
+    deleters: list[Callable[[], None]] = []  # not the batches: their records can go
+
+    def delivered(record: Record, topic: str, error: KafkaError | None, _msg: object) -> None:
+        if error is None:
+            report.produced += 1
+        else:
+            report.fail(1, f"{record.id} → {topic}: {describe(error)}")
+
+    try:
+        for batch in batches:
+            report.sources += 1
+            report.read += len(batch.records)
+            report.incomplete += batch.incomplete
+            if batch.delete is not None:
+                deleters.append(batch.delete)
+            for record in batch.records:
+                topic, headers = destination(record, config, to_original=to_original)
+                report.by_topic[topic] += 1
+                if producer is not None:
+                    _produce(producer, record, topic, headers, report,
+                             on_delivery=functools.partial(delivered, record, topic))
+    except (ReplayError, LogsError, OSError) as exc:
+        report.error = f"reading stopped: {exc}"
+    if producer is not None:
+        unsent = producer.flush(timeout_s + _FLUSH_SLACK_S)
+        if unsent:
+            report.fail(unsent, f"{unsent} records got no delivery report in {timeout_s:g} s")
+    if delete and producer is not None and report.ok:
+        for delete_source in deleters:
+            try:
+                delete_source()
+            except ReplayError as exc:
+                report.error = f"replayed everything, but {exc}"
+                break
+            report.deleted += 1
+    return report
+
+
+def _produce(
+    producer: ProducerLike,
+    record: Record,
+    topic: str,
+    headers: list[tuple[str, bytes]],
+    report: ReplayReport,
+    *,
+    on_delivery: Callable[[KafkaError | None, object], None],
+) -> None:
+    while True:
+        try:
+            producer.produce(topic, key=record.key, value=record.value, headers=headers,
+                             timestamp=record.timestamp_ms or 0, on_delivery=on_delivery)
+        except BufferError:
+            producer.poll(0.1)  # librdkafka's queue is full: let deliveries drain it
+            continue
+        except KafkaException as exc:
+            report.fail(1, f"{record.id} → {topic}: {exc.args[0]}")
+        producer.poll(0)
+        return
+
+
+def kafka_producer(config: Config, timeout_s: float) -> ProducerLike:
+    """A producer with the extension's settings; records give up after ``timeout_s``."""
+    settings = producer_settings(config, resolve_credentials(config))
+    settings["client.id"] = "kafka-relay-replay"
+    # librdkafka's default (300 s) would make an unreachable topic hang the command.
+    settings.setdefault("message.timeout.ms", int(timeout_s * 1000))
+    try:
+        return Producer(settings)
+    except KafkaException as exc:
+        raise ConfigError(
+            f"the Kafka producer rejected its configuration ({exc.args[0]}); check "
+            "--bootstrap and the KAFKA_* / KAFKA_PRODUCER_* variables"
+        ) from exc
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def _default_aws_client(service: str, region: str | None) -> Any:
+    import boto3  # noqa: PLC0415 - only S3 and CloudWatch sources need boto3
+
+    return boto3.client(service, region_name=region)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kafka_relay.replay",
+        description="Re-produce records kafka-relay spilled, with their original x-relay-id. "
+                    "Replaying twice makes duplicates with identical ids: consumers dedupe on "
+                    "the x-relay-id header.",
+    )
+    parser.add_argument("source", nargs="?",
+                        help="s3://bucket/prefix, a spool directory, or a spooled .ndjson file")
+    parser.add_argument("--log-file", type=Path,
+                        help=f"a log file with {SPILL_EVENT} lines (sandbox log, aws logs "
+                             "export, or python -m kafka_relay.logs --spilled-out)")
+    parser.add_argument("--log-group", help=f"a CloudWatch log group to search for {SPILL_EVENT}")
+    parser.add_argument("--start", help="with --log-group: from (epoch ms, ISO 8601, or an age "
+                                        "like 2h; default: all retained events)")
+    parser.add_argument("--end", help="with --log-group: until (same forms; default now)")
+    parser.add_argument("--region", help="AWS region for S3 and CloudWatch (default: AWS_REGION)")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: "
+                                            "KAFKA_BOOTSTRAP_SERVERS; credentials from KAFKA_*)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and count by destination topic; produce nothing")
+    parser.add_argument("--delete", action="store_true",
+                        help="remove the spool files / S3 objects after a fully successful replay")
+    parser.add_argument("--to-original-topic", action="store_true",
+                        help="send records that were bound for the DLQ to their original topic "
+                             "(after fixing what made them fail)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="how long a record may take to be acknowledged (default 30)")
+    return parser
+
+
+def _batches(
+    args: argparse.Namespace,
+    config: Config,
+    aws_client: Callable[[str, str | None], Any],
+    wall_ms: Callable[[], int],
+) -> Iterator[Batch]:
+    region = args.region or config.region
+    if args.log_file:
+        return read_log_file(args.log_file)
+    if args.log_group:
+        now = wall_ms()
+        return read_cloudwatch(
+            aws_client("logs", region), args.log_group,
+            start_ms=parse_time(args.start, now_ms=now) if args.start else None,
+            end_ms=parse_time(args.end, now_ms=now) if args.end else None,
+        )
+    if args.source.startswith("s3://"):
+        return read_s3(aws_client("s3", region), args.source)
+    path = Path(args.source)
+    if path.is_file() and path.suffix != ".ndjson":
+        raise ReplayError(f"{path} is not a spooled .ndjson file; for a log file use --log-file")
+    return read_spool(path)
+
+
+def main(
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    stdout: TextIO,
+    stderr: TextIO,
+    aws_client_factory: Callable[[str, str | None], Any] = _default_aws_client,
+    producer_factory: Callable[[Config, float], ProducerLike] = kafka_producer,
+    wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+) -> int:
+    """0: everything replayed; 1: some records failed or were unreadable; 2: bad usage."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    chosen = [name for name in ("source", "log_file", "log_group") if getattr(args, name)]
+    if len(chosen) != 1:
+        parser.error("give exactly one source: SOURCE, --log-file or --log-group")
+    if (args.start or args.end) and not args.log_group:
+        parser.error("--start/--end select CloudWatch events; they need --log-group")
+    if args.delete and (args.dry_run or not args.source):
+        parser.error("--delete removes spool files or S3 objects after a real replay: it needs "
+                     "a SOURCE and no --dry-run")
+    bootstrap = args.bootstrap or (_DRY_RUN_BOOTSTRAP if args.dry_run else None)
+    try:
+        config = load_config(env, **({"bootstrap_servers": bootstrap} if bootstrap else {}))
+        batches = _batches(args, config, aws_client_factory, wall_ms)
+        producer = None if args.dry_run else producer_factory(config, args.timeout)
+        report = replay(batches, config=config, producer=producer,
+                        to_original=args.to_original_topic, timeout_s=args.timeout,
+                        delete=args.delete)
+    except RelayError as exc:
+        stderr.write(f"error: {exc}\n")
+        return 2
+    _print_report(report, args, stdout)
+    return 0 if report.ok else 1
+
+
+def _print_report(report: ReplayReport, args: argparse.Namespace, out: TextIO) -> None:
+    source = args.source or args.log_file or args.log_group
+    out.write(f"read {report.read} records from {report.sources} source(s) at {source}\n")
+    for topic, count in sorted(report.by_topic.items()):
+        out.write(f"  {topic}: {count}\n")
+    for record_id in report.incomplete:
+        out.write(f"incomplete: {record_id} (some of its {SPILL_EVENT} chunks are missing; "
+                  "widen --start/--end or export the whole log stream)\n")
+    if args.dry_run:
+        out.write("dry run: nothing produced\n")
+    else:
+        out.write(f"produced {report.produced}, failed {report.failed}\n")
+        for failure in report.failures:
+            out.write(f"  failed: {failure}\n")
+    if report.deleted:
+        out.write(f"deleted {report.deleted} source file(s)/object(s)\n")
+    if report.error:
+        out.write(f"error: {report.error}\n")
+

@@ -1,0 +1,335 @@
+"""Build the kafka-relay layer (one zip per architecture) and the producer functions' zip.
+
+    python -m layer_build.build [--arch x86_64 arm64] [--python-version 3.11 ...]
+                                [--out dist] [--wheelhouse build/wheelhouse] [--root .]
+
+Layer ``kafka-relay-layer-<arch>.zip`` (unpacks to /opt in Lambda)::
+
+    extensions/kafka-relay       the launcher, mode 0755
+    python/kafka_relay/...       the extension and its client
+    python/confluent_kafka/...   from manylinux wheels, one extension module per Python version
+
+Function zip ``producer-functions.zip``: ``function/*.py`` at the top and the
+pure-Python wheels they need. Both are reproducible (see ``zipper``) and
+described in ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from layer_build.errors import BuildError, LayerBuildError
+from layer_build.limits import LAYER_GOAL_ZIPPED, check_combined, check_size
+from layer_build.manifest import (
+    FUNCTION_ARCH,
+    FUNCTION_FILE_NAME,
+    Artifact,
+    Manifest,
+    layer_file_name,
+)
+from layer_build.targets import (
+    ARCHES,
+    PYTHON_VERSIONS,
+    Arch,
+    arch,
+    check_python_version,
+    compatible_runtimes,
+    elf_machine,
+    glibc_text,
+    local_python_version,
+    wheel_glibc,
+)
+from layer_build.wheels import WheelSet, fetch_wheels, read_pins, unpack_wheel
+from layer_build.zipper import FileTree, source_date_epoch, write_zip, zip_date_time
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = "extension/kafka-relay"
+PACKAGE = "extension/kafka_relay"
+LAYER_PINS = "extension/requirements.txt"
+FUNCTION_DIR = "function"
+FUNCTION_PINS = "function/requirements.txt"
+CONSTRAINTS = "constraints.txt"
+
+Log = Callable[[str], None]
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    root: Path = REPO_ROOT
+    out: Path = REPO_ROOT / "dist"
+    wheelhouse: Path = REPO_ROOT / "build" / "wheelhouse"
+    arches: tuple[str, ...] = tuple(ARCHES)
+    python_versions: tuple[str, ...] = PYTHON_VERSIONS
+    epoch: int | None = None  # SOURCE_DATE_EPOCH
+    pip: tuple[str, ...] = field(default=(sys.executable, "-m", "pip"))
+
+    def __post_init__(self) -> None:
+        if not self.arches or not self.python_versions:
+            raise BuildError("nothing to build: give at least one --arch and --python-version")
+        for name in self.arches:
+            arch(name)
+        for version in self.python_versions:
+            check_python_version(version)
+
+
+def _is_package_file(path: PurePosixPath) -> bool:
+    """Sources that belong in the layer: modules and the typing marker, never tests or caches."""
+    if any(part in {"__pycache__", "tests"} or part.startswith(".") for part in path.parts):
+        return False
+    if path.name.startswith("test_") or path.name.endswith("_test.py"):
+        return False
+    return path.suffix == ".py" or path.name == "py.typed"
+
+
+def add_extension_sources(root: Path, tree: FileTree) -> None:
+    launcher = root / LAUNCHER
+    try:
+        script = launcher.read_bytes()
+    except FileNotFoundError:
+        raise BuildError(f"{launcher} (the extension launcher) is missing") from None
+    if not script.startswith(b"#!"):
+        raise BuildError(
+            f"{launcher} has no #! line: Lambda executes files in extensions/ directly"
+        )
+    # Lambda starts only executable files in /opt/extensions, whatever the checkout's mode.
+    tree.add("extensions/kafka-relay", script, executable=True)
+    package = root / PACKAGE
+    if not (package / "__init__.py").is_file():
+        raise BuildError(f"{package}/__init__.py is missing: the layer needs kafka_relay")
+    tree.add_dir(package, "python/kafka_relay/", include=_is_package_file)
+
+
+def add_function_sources(root: Path, tree: FileTree) -> None:
+    sources = [
+        path
+        for path in sorted((root / FUNCTION_DIR).glob("*.py"))
+        if not path.name.startswith("test_")
+    ]
+    if not sources:
+        raise BuildError(f"{root / FUNCTION_DIR} has no *.py handlers to package")
+    for path in sources:
+        tree.add(path.name, path.read_bytes(), executable=False)
+
+
+def check_binaries(tree: FileTree, target: Arch, artifact: str) -> None:
+    """Every ELF file must be for the target machine: pip's --platform is easy to get wrong."""
+    for name, entry in tree.items():
+        machine = elf_machine(entry.data)
+        if machine is not None and machine != target.elf_machine:
+            raise BuildError(
+                f"{artifact}: {name} is built for ELF machine {machine}, not {target.name} "
+                f"({target.elf_machine}); delete build/wheelhouse and build again"
+            )
+
+
+def _oldest(versions: Sequence[str]) -> str:
+    return min(versions, key=lambda version: tuple(int(part) for part in version.split(".")))
+
+
+class Builder:
+    def __init__(self, config: BuildConfig, *, log: Log = say) -> None:
+        self.config = config
+        self.log = log
+        self.date_time = zip_date_time(config.epoch)
+
+    def _wheels(self, wheels: WheelSet) -> list[Path]:
+        return fetch_wheels(
+            wheels, wheelhouse=self.config.wheelhouse, pip=self.config.pip, log=self.log
+        )
+
+    def layer(self, arch_name: str) -> Artifact:
+        target = arch(arch_name)
+        root = self.config.root
+        tree = FileTree()
+        add_extension_sources(root, tree)
+        pins = read_pins(root / LAYER_PINS)
+        wheel_names: list[str] = []
+        floors: list[tuple[int, int]] = []
+        for version in self.config.python_versions:
+            # --no-deps: confluent-kafka needs nothing else at run time (typing_extensions,
+            # declared for 3.10, is imported only under TYPE_CHECKING by the producer API).
+            wheels = WheelSet(
+                label=f"layer-{target.name}",
+                pins=pins,
+                platforms=target.pip_platforms,
+                python_version=version,
+                implementation="cp",
+            )
+            for wheel in self._wheels(wheels):
+                unpack_wheel(wheel, tree, prefix="python/")
+                wheel_names.append(wheel.name)
+                floor = wheel_glibc(wheel.name)
+                if floor is not None:
+                    floors.append(floor)
+        name = layer_file_name(target.name)
+        check_binaries(tree, target, name)
+        glibc = max(floors) if floors else None
+        return self._write(
+            tree,
+            name=name,
+            kind="layer",
+            arch_name=target.name,
+            python_versions=self.config.python_versions,
+            wheel_names=wheel_names,
+            glibc=glibc,
+            goal=LAYER_GOAL_ZIPPED,
+        )
+
+    def function(self) -> Artifact:
+        root = self.config.root
+        tree = FileTree()
+        add_function_sources(root, tree)
+        constraints = root / CONSTRAINTS
+        # Pure-Python wheels only: one zip for every architecture and runtime, resolved
+        # for the oldest Python the build targets.
+        python = _oldest(self.config.python_versions)
+        wheels = WheelSet(
+            label="function",
+            pins=read_pins(root / FUNCTION_PINS),
+            platforms=("any",),
+            python_version=python,
+            implementation="py",
+            with_deps=True,
+            constraints=constraints if constraints.is_file() else None,
+        )
+        wheel_names: list[str] = []
+        for wheel in self._wheels(wheels):
+            unpack_wheel(wheel, tree, prefix="")
+            wheel_names.append(wheel.name)
+        supported = PYTHON_VERSIONS[PYTHON_VERSIONS.index(python):]
+        return self._write(
+            tree,
+            name=FUNCTION_FILE_NAME,
+            kind="function",
+            arch_name=FUNCTION_ARCH,
+            python_versions=supported,
+            wheel_names=wheel_names,
+            glibc=None,
+            goal=None,
+        )
+
+    def _write(
+        self,
+        tree: FileTree,
+        *,
+        name: str,
+        kind: Literal["layer", "function"],
+        arch_name: str,
+        python_versions: tuple[str, ...],
+        wheel_names: list[str],
+        glibc: tuple[int, int] | None,
+        goal: int | None,
+    ) -> Artifact:
+        result = write_zip(tree, self.config.out / name, date_time=self.date_time)
+        report = check_size(
+            name,
+            zipped_bytes=result.zipped_bytes,
+            unzipped_bytes=result.unzipped_bytes,
+            goal_bytes=goal,
+        )
+        runtimes = compatible_runtimes(python_versions, glibc)
+        self.log(f"built {report.line()}, {result.files} files")
+        self.log(f"  sha256 {result.sha256}")
+        self.log(f"  runtimes {', '.join(runtimes) or 'none'}"
+                 + (f" (its wheels need glibc >= {glibc_text(glibc)})" if glibc else ""))
+        return Artifact(
+            file=name,
+            kind=kind,
+            arch=arch_name,
+            python_versions=python_versions,
+            sha256=result.sha256,
+            zipped_bytes=result.zipped_bytes,
+            unzipped_bytes=result.unzipped_bytes,
+            files=result.files,
+            wheels=tuple(sorted(set(wheel_names))),
+            glibc=glibc_text(glibc),
+            compatible_runtimes=runtimes,
+        )
+
+    def run(self) -> Manifest:
+        config = self.config
+        self.log(
+            f"building kafka-relay for {', '.join(config.arches)}, Python "
+            f"{', '.join(config.python_versions)} into {config.out}"
+        )
+        if local_python_version() not in config.python_versions:
+            self.log(f"note: no binaries for this interpreter (Python {local_python_version()}): "
+                     "the local sandbox cannot run this layer")
+        function = self.function()  # first: its sources are the likelier to be missing
+        layers = [self.layer(name) for name in config.arches]
+        for layer in layers:
+            check_combined(
+                (function.file, layer.file), function.unzipped_bytes + layer.unzipped_bytes
+            )
+        manifest = Manifest(
+            source_date_epoch=config.epoch,
+            pins={
+                LAYER_PINS: read_pins(config.root / LAYER_PINS),
+                FUNCTION_PINS: read_pins(config.root / FUNCTION_PINS),
+            },
+            artifacts=(*layers, function),
+        )
+        path = manifest.write(config.out)
+        self.log(f"wrote {path}")
+        return manifest
+
+
+def build(config: BuildConfig, *, log: Log = say) -> Manifest:
+    return Builder(config, log=log).run()
+
+
+def parse_args(argv: Sequence[str] | None) -> BuildConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m layer_build.build",
+        description="Build the kafka-relay layer zips and the producer functions' zip.",
+    )
+    parser.add_argument(
+        "--arch", nargs="+", action="extend", choices=list(ARCHES),
+        help="architectures to build a layer for (default: all)",
+    )
+    parser.add_argument(
+        "--python-version", nargs="+", action="extend", choices=list(PYTHON_VERSIONS),
+        help="Python versions whose confluent-kafka binaries the layer carries "
+        f"(default: all of {', '.join(PYTHON_VERSIONS)})",
+    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "dist", help="default: dist")
+    parser.add_argument(
+        "--root", type=Path, default=REPO_ROOT,
+        help="checkout to build from: its extension/ and function/ (default: this one)",
+    )
+    parser.add_argument(
+        "--wheelhouse", type=Path, default=REPO_ROOT / "build" / "wheelhouse",
+        help="wheel cache; rebuilds are offline once it is filled (default: build/wheelhouse)",
+    )
+    args = parser.parse_args(argv)
+    return BuildConfig(
+        root=args.root,
+        out=args.out,
+        wheelhouse=args.wheelhouse,
+        arches=tuple(dict.fromkeys(args.arch or ARCHES)),
+        python_versions=tuple(sorted(set(args.python_version or PYTHON_VERSIONS))),
+        epoch=source_date_epoch(os.environ),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        build(parse_args(argv))
+    except LayerBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""The real build: layer and function zips from this checkout and binary wheels.
+
+Wheels come from the shared cache ``build/wheelhouse`` (the first run
+downloads them from the package index, later runs are offline), so after
+that the whole file takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from layer_build.build import REPO_ROOT, BuildConfig, build
+from layer_build.limits import LAYER_GOAL_ZIPPED, mib
+from layer_build.manifest import FUNCTION_FILE_NAME, MANIFEST_NAME, Manifest, layer_file_name
+from layer_build.targets import PYTHON_VERSIONS
+from layer_build.zipper import extract_zip, file_sha256
+
+WHEELHOUSE = REPO_ROOT / "build" / "wheelhouse"
+HANDLERS = ("rss_producer.py", "polymarket_producer.py")
+EM_X86_64, EM_AARCH64 = 62, 183
+
+
+@pytest.fixture(scope="module")
+def source_root() -> Path:
+    """This checkout: the real launcher, package and handlers."""
+    return REPO_ROOT
+
+
+@dataclass(frozen=True)
+class Built:
+    out: Path
+    manifest: Manifest
+    log: list[str]
+
+
+def run_build(root: Path, out: Path, arches: tuple[str, ...]) -> Built:
+    log: list[str] = []
+    manifest = build(
+        BuildConfig(root=root, out=out, wheelhouse=WHEELHOUSE, arches=arches), log=log.append
+    )
+    return Built(out, manifest, log)
+
+
+@pytest.fixture(scope="module")
+def x86(source_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return run_build(source_root, tmp_path_factory.mktemp("dist"), ("x86_64",))
+
+
+@pytest.fixture(scope="module")
+def unpacked_layer(x86: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    opt = tmp_path_factory.mktemp("opt")
+    extract_zip(x86.out / layer_file_name("x86_64"), opt)
+    return opt
+
+
+def isolated_python(code: str, *paths: Path) -> subprocess.CompletedProcess[str]:
+    """This interpreter without site-packages (-S -s): only ``paths`` and the stdlib."""
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(map(str, paths))}
+    return subprocess.run(
+        [sys.executable, "-S", "-s", "-c", code],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) -> None:
+    with zipfile.ZipFile(x86.out / layer_file_name("x86_64")) as layer:
+        infos = {info.filename: info for info in layer.infolist()}
+    names = set(infos)
+
+    assert infos["extensions/kafka-relay"].external_attr >> 16 == 0o100755
+    assert "python/kafka_relay/__init__.py" in names
+    assert "python/kafka_relay/client.py" in names
+    assert "python/confluent_kafka/__init__.py" in names
+    for version in PYTHON_VERSIONS:  # one extension module per Lambda Python runtime
+        tag = version.replace(".", "")
+        assert f"python/confluent_kafka/cimpl.cpython-{tag}-x86_64-linux-gnu.so" in names
+    assert any(name.startswith("python/confluent_kafka.libs/librdkafka") for name in names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if n.split("/")[1].startswith(("boto3", "botocore"))]
+    assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_")]
+    assert {n.split("/")[0] for n in names} == {"extensions", "python"}
+
+
+def test_manifest_describes_each_zip_exactly(x86: Built) -> None:
+    on_disk = Manifest.load(x86.out)
+
+    assert on_disk == x86.manifest
+    assert [a.file for a in on_disk.artifacts] == [layer_file_name("x86_64"), FUNCTION_FILE_NAME]
+    for artifact in on_disk.artifacts:
+        path = x86.out / artifact.file
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+        assert artifact.sha256 == file_sha256(path)
+        assert artifact.zipped_bytes == path.stat().st_size
+        assert artifact.unzipped_bytes == sum(info.file_size for info in infos)
+        assert artifact.files == len(infos)
+    layer = on_disk.layer("x86_64")
+    assert layer.python_versions == PYTHON_VERSIONS
+    assert layer.glibc == "2.28"  # confluent-kafka 2.16.1 publishes manylinux_2_28 wheels only
+    assert layer.compatible_runtimes == ("python3.12", "python3.13")
+    assert len(layer.wheels) == len(PYTHON_VERSIONS)
+    assert on_disk.pins["extension/requirements.txt"] == {"confluent-kafka": "2.16.1"}
+    assert on_disk.function().python_versions == PYTHON_VERSIONS
+
+
+def test_rebuilding_from_the_cli_gives_byte_identical_artifacts(
+    x86: Built, source_root: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "layer_build.build", "--arch", "x86_64",
+            "--root", str(source_root), "--out", str(tmp_path), "--wheelhouse", str(WHEELHOUSE),
+        ],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "downloading" not in result.stdout  # served from the wheelhouse
+    assert "goal <= 8.00 MB zipped: OK" in result.stdout
+    assert (tmp_path / MANIFEST_NAME).read_bytes() == (x86.out / MANIFEST_NAME).read_bytes()
+    for artifact in x86.manifest.artifacts:
+        assert file_sha256(tmp_path / artifact.file) == artifact.sha256
+
+
+def test_layer_is_within_the_8_mb_goal(x86: Built, request: pytest.FixtureRequest) -> None:
+    layer = x86.manifest.layer("x86_64")
+    # The actual size, for reports (junit-xml) and the -rA summary.
+    request.node.user_properties.append(("layer_zipped_bytes", layer.zipped_bytes))
+    print(f"x86_64 layer: {mib(layer.zipped_bytes)} zipped, {mib(layer.unzipped_bytes)} unzipped")
+
+    assert layer.zipped_bytes <= LAYER_GOAL_ZIPPED, f"layer is {mib(layer.zipped_bytes)} zipped"
+    assert any(f"{mib(layer.zipped_bytes)} zipped" in line for line in x86.log)
+
+
+def test_unpacked_layer_imports_confluent_kafka_and_kafka_relay_without_site_packages(
+    unpacked_layer: Path,
+) -> None:
+    python = unpacked_layer / "python"
+    code = (
+        "import json, sys\n"
+        "import confluent_kafka, kafka_relay, kafka_relay.client\n"
+        "producer = confluent_kafka.Producer({'bootstrap.servers': '127.0.0.1:9'})\n"
+        "print(json.dumps({'confluent_kafka': confluent_kafka.__file__,"
+        " 'kafka_relay': kafka_relay.__file__, 'librdkafka': confluent_kafka.libversion()[0],"
+        " 'site': [p for p in sys.path if 'site-packages' in p], 'queued': len(producer)}))\n"
+    )
+
+    result = isolated_python(code, python)
+
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert Path(seen["confluent_kafka"]).is_relative_to(python)
+    assert Path(seen["kafka_relay"]).is_relative_to(python)
+    assert seen["librdkafka"].startswith("2.")
+    assert seen["site"] == []
+    assert seen["queued"] == 0
+    assert os.access(unpacked_layer / "extensions" / "kafka-relay", os.X_OK)
+    shared = [p for p in python.rglob("*") if p.is_file() and ".so" in p.name]
+    assert {elf_machine_of(p) for p in shared} == {EM_X86_64}
+
+
+def test_function_zip_holds_the_handlers_and_pure_python_dependencies(
+    x86: Built, unpacked_layer: Path, tmp_path: Path
+) -> None:
+    files = extract_zip(x86.out / FUNCTION_FILE_NAME, tmp_path)
+    top = {path.relative_to(tmp_path).parts[0] for path in files}
+
+    assert set(HANDLERS) <= top
+    assert {"requests", "feedparser", "urllib3", "certifi", "idna"} <= top
+    assert not [p for p in files if ".so" in p.name]  # one zip fits every arch and runtime
+    function = x86.manifest.function()
+    assert function.glibc is None
+    assert all(wheel.endswith("-none-any.whl") for wheel in function.wheels)
+    # Everything a handler imports must come from its zip or the layer (as in /var/task, /opt).
+    result = isolated_python(
+        "import requests, rss_producer, polymarket_producer\n"
+        "assert callable(rss_producer.handler) and callable(polymarket_producer.handler)\n"
+        "print(requests.__version__)",
+        tmp_path, unpacked_layer / "python",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2.34.2"
+
+
+def elf_machine_of(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    order = "<" if header[5] == 1 else ">"
+    return int(struct.unpack_from(f"{order}H", header, 18)[0])
+
+
+def test_arm64_layer_holds_only_aarch64_shared_objects(
+    source_root: Path, tmp_path: Path
+) -> None:
+    arm = run_build(source_root, tmp_path / "dist", ("arm64",))
+    opt = tmp_path / "opt"
+    extract_zip(tmp_path / "dist" / layer_file_name("arm64"), opt)
+    shared = [p for p in opt.rglob("*") if p.is_file() and ".so" in p.name]
+
+    assert {p.name for p in shared} >= {
+        f"cimpl.cpython-{v.replace('.', '')}-aarch64-linux-gnu.so" for v in PYTHON_VERSIONS
+    }
+    assert {elf_machine_of(p) for p in shared} == {EM_AARCH64}
+    layer = arm.manifest.layer("arm64")
+    assert layer.zipped_bytes <= LAYER_GOAL_ZIPPED, f"arm64 layer is {mib(layer.zipped_bytes)}"
