@@ -11,11 +11,14 @@ usage() {
   cat <<'USAGE'
 usage: ./build.sh <command> [args]
 
+  demo     the main job end to end: build, local broker + feed fixtures, both producers in
+           the local Lambda sandbox with the extension, then what arrived on each topic
   test     install pinned deps into .venv, run ruff, mypy and the default pytest run
   build    dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
            [--arch x86_64 arm64] [--python-version 3.10 ...] [--out dist]
   deploy   publish the layer and deploy both producers with boto3
            [--env-file .env] [--dry-run] [--arch x86_64] [--region R] [--prefix kafka-relay]
+  bench    benchmarks against the baselines: table + ratios, bench/results/*.json
   faults   the slow fault-injection and soak suite (real broker, fault proxy, sandbox)
   lock     regenerate constraints.txt from requirements-dev.txt
 USAGE
@@ -51,6 +54,16 @@ case "$cmd" in
     run_checks
     echo "==> pytest"
     "$PY" -m pytest -m "not slow" "$@"
+    ;;
+  demo)
+    ensure_venv
+    "$PY" -m layer_build.build --arch x86_64
+    "$PY" -m tests.demo "$@"
+    ;;
+  bench)
+    ensure_venv
+    "$PY" -m layer_build.build --arch x86_64
+    "$PY" -m bench "$@"
     ;;
   faults)
     ensure_venv

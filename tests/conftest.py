@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +37,25 @@ class Broker:
         self, topic: str, *, expected: int | None = None, timeout: float = 10.0
     ) -> list[ConsumedRecord]:
         return read_topic(self.bootstrap, topic, expected=expected, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    layer: Path
+    functions: Path
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    """The built x86_64 layer and function zips for this interpreter: tests run the artifacts."""
+    from layer_build.build import BuildConfig, build  # noqa: PLC0415 - only e2e tests need it
+
+    out = tmp_path_factory.mktemp("dist")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    manifest = build(BuildConfig(out=out, arches=("x86_64",), python_versions=(version,)),
+                     log=lambda _line: None)
+    return Artifacts(layer=out / manifest.layer("x86_64").file,
+                     functions=out / manifest.function().file)
 
 
 @pytest.fixture(scope="session")

@@ -222,7 +222,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         max_attempts=_int(env, "KAFKA_RELAY_MAX_ATTEMPTS", 3, minimum=1),
         retry_backoff_ms=_int(env, "KAFKA_RELAY_RETRY_BACKOFF_MS", 500),
         spill_bucket=_text(env, "KAFKA_RELAY_SPILL_BUCKET"),
-        spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR") or "/tmp/kafka-relay-spool"),
+        spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR")
+                       or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-spool"),
         telemetry=_bool(env, "KAFKA_RELAY_TELEMETRY", True),
         log_level=log_level,
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,14 @@ from kafka_relay.record import RELAY_HEADER_PREFIX, Record
 
 _FIELDS = frozenset({"topic", "key", "value", "value_b64", "headers", "timestamp_ms"})
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+# Hot path (every record): one encoder instead of json.dumps building one per call.
+_encode_value = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_topic(topic: str) -> bool:
+    """Cached: a batch names the same few topics over and over."""
+    return TOPIC_PATTERN.match(topic) is not None
 
 
 @dataclass(frozen=True)
@@ -106,14 +115,14 @@ def _record(
 ) -> Record:
     if not isinstance(item, dict):
         raise ValueError("a record must be a JSON object")
-    unknown = item.keys() - _FIELDS
-    if unknown:
+    if not _FIELDS.issuperset(item):
+        unknown = item.keys() - _FIELDS
         raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_FIELDS)}")
 
     topic = item.get("topic", default_topic)
     if topic is None:
         raise ValueError("no 'topic' and no default topic: add 'topic' or set KAFKA_TOPIC")
-    if not isinstance(topic, str) or not TOPIC_PATTERN.match(topic):
+    if not isinstance(topic, str) or not _valid_topic(topic):
         raise ValueError(
             f"topic {topic!r} is not a valid Kafka topic name (1-249 of letters, digits, ._-)"
         )
@@ -134,18 +143,19 @@ def _record(
             raise ValueError(f"'value_b64' is not valid base64: {exc}") from exc
     else:
         raw = item["value"]
-        value = None if raw is None else json.dumps(
-            raw, ensure_ascii=False, separators=(",", ":")
-        ).encode()
+        value = None if raw is None else _encode_value(raw).encode()
 
     headers = item.get("headers") or {}
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise ValueError("'headers' must be an object of string to string")
-    reserved = [k for k in headers if k.lower().startswith(RELAY_HEADER_PREFIX)]
-    if reserved:
-        raise ValueError(f"header(s) {reserved} use the reserved prefix {RELAY_HEADER_PREFIX!r}")
+    if headers:  # most records have none: skip the checks' per-record generators
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ValueError("'headers' must be an object of string to string")
+        reserved = [k for k in headers if k.lower().startswith(RELAY_HEADER_PREFIX)]
+        if reserved:
+            raise ValueError(
+                f"header(s) {reserved} use the reserved prefix {RELAY_HEADER_PREFIX!r}"
+            )
 
     timestamp = item.get("timestamp_ms")
     if timestamp is not None and (
@@ -158,7 +168,7 @@ def _record(
         topic=topic,
         key=None if key is None else key.encode(),
         value=value,
-        headers=tuple((k, v.encode()) for k, v in headers.items()),
+        headers=tuple((k, v.encode()) for k, v in headers.items()) if headers else (),
         timestamp_ms=timestamp,
         request_id=request_id,
         accepted_ms=now_ms,

@@ -1,0 +1,96 @@
+"""Invoke a function with its layers in the local Lambda sandbox.
+
+    python -m tests.sandbox --layer dist/kafka-relay-layer-x86_64.zip \\
+        --function dist/producer-functions.zip --handler rss_producer.handler \\
+        --event '{}' --invocations 3 --env KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \\
+        [--timeout 30] [--log out.log]
+
+Prints one JSON line per invocation, then the log stream; exits 1 when init
+or any invocation failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from tests.sandbox.errors import SandboxError, SandboxInitError
+from tests.sandbox.sandbox import Sandbox
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--env wants NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _event(text: str) -> Any:
+    source = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        return json.loads(source)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--event is not JSON ({exc}): {text[:80]!r}") from exc
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tests.sandbox", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", type=Path, action="append", default=[],
+                        help="a layer zip or directory (repeat; merged in order)")
+    parser.add_argument("--function", type=Path, required=True, help="function zip or directory")
+    parser.add_argument("--handler", required=True, help="module.function")
+    parser.add_argument("--event", type=_event, default={},
+                        help="the event as JSON, or @file.json (default {})")
+    parser.add_argument("--invocations", type=int, default=1)
+    parser.add_argument("--env", type=_env_pair, action="append", default=[],
+                        help="NAME=VALUE for the function's environment (repeat)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="function timeout, s")
+    parser.add_argument("--init-timeout", type=float, default=10.0, help="init limit, s")
+    parser.add_argument("--memory", type=int, default=256, help="memory size, MB")
+    parser.add_argument("--name", default="kafka-relay-sandbox", help="function name")
+    parser.add_argument("--log", type=Path, help="write the log stream to this file too")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="let processes see the interpreter's site-packages")
+    return parser
+
+
+def main(argv: list[str], *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    args = _parser().parse_args(argv)
+    failed = False
+    try:
+        sandbox = Sandbox(layers=args.layer, function=args.function, handler=args.handler,
+                          env=dict(args.env), function_name=args.name, memory_mb=args.memory,
+                          timeout_s=args.timeout, init_timeout_s=args.init_timeout,
+                          log_path=args.log, isolated=not args.no_isolation)
+    except SandboxError as exc:
+        err.write(f"{exc}\n")
+        return 2
+    try:
+        with sandbox:
+            for number in range(1, args.invocations + 1):
+                result = sandbox.invoke(args.event)
+                failed |= result.status != "success"
+                fields = {k: v for k, v in dataclasses.asdict(result).items()
+                          if k not in ("raw_payload", "error")}
+                out.write(json.dumps({"invocation": number, **fields}, default=str) + "\n")
+            shutdown = sandbox.shutdown("spindown")
+            out.write(json.dumps({"shutdown": dataclasses.asdict(shutdown)}) + "\n")
+            lines = sandbox.log_lines()
+    except SandboxInitError as exc:
+        err.write(f"{exc}\n")
+        failed, lines = True, sandbox.log_lines()
+    except SandboxError as exc:
+        err.write(f"{exc}\n")
+        return 2
+    out.write("--- log stream ---\n")
+    out.writelines(line + "\n" for line in lines)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
