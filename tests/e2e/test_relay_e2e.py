@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from kafka_relay import logs
 from tests.conftest import Artifacts, Broker
 from tests.kafka_broker import free_port
 from tests.sandbox import Sandbox, SandboxInitError
@@ -130,3 +132,23 @@ def test_bad_configuration_fails_init_with_the_variable_named(
         sandbox.start()
     assert caught.value.error_type == "Extension.ConfigError"
     assert "KAFKA_RELAY_FLUSH" in str(caught.value)
+
+
+def test_the_logs_cli_summarises_a_sandbox_log_stream(
+    artifacts: Artifacts, broker: Broker, tmp_path: Path
+) -> None:
+    topic = broker.create_topic()
+    with _sandbox(artifacts, broker, topic, tmp_path) as sandbox:
+        list(_run(sandbox, 3, 7))
+        sandbox.shutdown("spindown")
+        log_path = sandbox.log_path
+        out, err = io.StringIO(), io.StringIO()
+        assert logs.main(["--file", str(log_path), "--json"], env={}, stdout=out,
+                         stderr=err) == 0, err.getvalue()
+    summary = json.loads(out.getvalue())
+    rows = summary["invocations"]
+    assert len(rows) == 3
+    assert [row["cold_start"] for row in rows] == [True, False, False]
+    assert all(row["billed_ms"] >= row["duration_ms"] for row in rows)
+    assert summary["totals"]["accepted"] == summary["totals"]["delivered"] == 21
+    assert any(e["event"] == "shutdown.summary" for e in summary["events"])
