@@ -20,6 +20,7 @@ from tests.kafka_broker import (
     free_port,
     read_topic,
 )
+from tests.moto_server import MotoServer
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,13 @@ def broker() -> Iterator[Broker]:
         return
     with KafkaBroker() as local:
         yield Broker(local.bootstrap)
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoServer]:
+    """One moto server for the session; ``use_moto`` empties it for each test."""
+    with MotoServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,6 @@ pytestmark = pytest.mark.integration
 REQ1 = "7d1e9f3a-0000-4000-8000-000000000001"
 REQ2 = "7d1e9f3a-0000-4000-8000-000000000002"
 
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture

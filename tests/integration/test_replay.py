@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -148,11 +147,6 @@ def test_log_line_spills_replay_and_dlq_bound_records_reach_the_dlq(
     assert dead.headers["x-relay-attempts"] == b"2"
     assert dead.headers["x-relay-request-id"] == b"req-0"
 
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def test_s3_spills_replay_from_a_prefix_and_delete_removes_only_spill_objects(
