@@ -134,7 +134,7 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str 
 
 def _topic(env: Mapping[str, str], *names: str) -> str | None:
     value = _text(env, *names)
-    if value is not None and not TOPIC_PATTERN.match(value):
+    if value is not None and (not TOPIC_PATTERN.match(value) or value in (".", "..")):
         raise ConfigError(
             f"{names[0]}={value!r} is not a valid Kafka topic name: use 1-249 characters "
             "from letters, digits, '.', '_' and '-'"

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from kafka_relay.deadletter.spill import SPILL_EVENT, records_from_log_lines
+from kafka_relay.deadletter.spill import SPILL_EVENT, parse_spill_lines
 from kafka_relay.errors import RelayError
 
 LOGGER_NAME = "kafka-relay"
@@ -320,7 +320,7 @@ class LogParser:
             "events": [e.as_dict() for e in self.events],
             "totals": totals,
             "spill": {"lines": len(self.spill_lines),
-                      "records": len(records_from_log_lines(self.spill_lines)),
+                      "records": len(parse_spill_lines(self.spill_lines).records),
                       "written_to": None},
         }
 

@@ -124,7 +124,8 @@ def test_the_logs_cli_summarises_a_log_group_and_hands_spills_to_replay(
     assert rows[REQ2]["relay"]["accepted"] == 2
     assert rows[REQ2]["max_memory_mb"] == 88
     assert [e["event"] for e in summary["events"]] == ["spill.log", "shutdown.summary"]
-    assert summary["spill"] == {"lines": 3, "records": 3, "written_to": str(spilled)}
+    # three small records share one packed KAFKA_RELAY_SPILL line
+    assert summary["spill"] == {"lines": 1, "records": 3, "written_to": str(spilled)}
 
     out_replay, err_replay = io.StringIO(), io.StringIO()
     code = replay.main(["--log-file", str(spilled), "--bootstrap", broker.bootstrap],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kafka_relay.deadletter.spill import records_from_log_lines
+from kafka_relay.deadletter.spill import parse_spill_lines
 from tests.conftest import ProxiedBroker
 from tests.relay_harness import Harness, running_relay
 
@@ -90,7 +90,7 @@ def test_shutdown_during_a_stalled_flush_spills_the_rest_before_the_deadline(
     assert summary["unaccounted"] == 0
     assert summary["pending"] == 0
     assert summary["spilled"] == summary["spilled_at_shutdown"] == 5_000
-    spilled = records_from_log_lines(log)
+    spilled = parse_spill_lines(log).records
     assert {r.id for r in spilled} == set(ids)
 
 

@@ -57,7 +57,7 @@ SANDBOX = [
     f"END RequestId: {REQ2}",
     _report(REQ2, init=False),
     _relay("spill.log", "WARNING", records=1, reason="shutdown (spindown) before delivery"),
-    *spill_lines(_spilled_record(), reason="shutdown (spindown) before delivery"),
+    *spill_lines([_spilled_record()], reason="shutdown (spindown) before delivery"),
     _relay("shutdown.summary", reason="spindown", accepted=14, delivered=12, spilled=1),
     _relay("invocation.done", accepted=0, delivered=0, dead_lettered=0, spilled=0, pending=0,
            flush_ms=0.0),
@@ -157,7 +157,7 @@ def test_json_output_has_rows_events_totals_and_spill_counts(tmp_path: Path) -> 
         "request_id": REQ2, "fields": {"remaining": 2, "budget_ms": 500}}
     assert summary["totals"] == {"invocations": 2, "cold_starts": 1, "accepted": 14,
                                  "delivered": 12, "dead_lettered": 2, "spilled": 0}
-    chunks = len(list(spill_lines(_spilled_record(), reason="")))
+    chunks = len(list(spill_lines([_spilled_record()], reason="")))
     assert chunks > 1
     assert summary["spill"] == {"lines": chunks, "records": 1, "written_to": None}
 
@@ -182,7 +182,7 @@ def test_spilled_lines_are_written_for_the_replay_tool(tmp_path: Path) -> None:
     assert code == 0
     assert f"--log-file {spilled}" in out
     assert len(spilled.read_text(encoding="utf-8").splitlines()) == len(
-        list(spill_lines(_spilled_record(), reason="")))
+        list(spill_lines([_spilled_record()], reason="")))
     (batch,) = read_log_file(spilled)
     (record,) = batch.records
     original = _spilled_record()

@@ -87,14 +87,14 @@ def test_log_lines_give_back_chunked_spills_among_noise_and_prefixes() -> None:
     big = Record(id="env1-big", topic="rss.events", key=None, value=bytes(range(256)) * 1_500,
                  headers=(("a", b"\x00\xff"),), timestamp_ms=5)
     small = _dead_letter(_records(count=1)[0])
-    big_lines = list(spill_lines(big, reason="shutdown"))
+    big_lines = list(spill_lines([big], reason="shutdown"))
     assert len(big_lines) > 1
     lines = [
         "START RequestId: r1 Version: $LATEST",
         f"2026-01-01T00:00:00.000Z\t{big_lines[1]}",
         '{"ts":1,"level":"WARNING","logger":"kafka-relay","event":"spill.log","records":2}',
         "a handler line mentioning KAFKA_RELAY_SPILL {but not json",
-        *(f"2026/01/01/[$LATEST]abc {line}" for line in spill_lines(small, reason="shutdown")),
+        *(f"2026/01/01/[$LATEST]abc {line}" for line in spill_lines([small], reason="shutdown")),
         big_lines[0],
         *big_lines[2:],
         "END RequestId: r1",
@@ -109,8 +109,8 @@ def test_log_lines_give_back_chunked_spills_among_noise_and_prefixes() -> None:
 
 def test_a_chunked_spill_with_a_missing_chunk_is_reported_incomplete() -> None:
     big = Record(id="env1-big", topic="t", key=None, value=b"x" * 400_000)
-    lines = list(spill_lines(big, reason="shutdown"))
-    batch = read_log_lines(lines[:-1] + list(spill_lines(_records()[0], reason="r")),
+    lines = list(spill_lines([big], reason="shutdown"))
+    batch = read_log_lines(lines[:-1] + list(spill_lines([_records()[0]], reason="r")),
                            origin="test")
     assert [r.id for r in batch.records] == [_records()[0].id]
     assert batch.incomplete == ("env1-big",)
@@ -154,7 +154,7 @@ def test_a_dry_run_counts_by_destination_topic_and_produces_nothing(tmp_path: Pa
 
 def test_a_dry_run_report_counts_incomplete_spills_as_not_ok() -> None:
     big = Record(id="env1-big", topic="t", key=None, value=b"x" * 400_000)
-    batch = read_log_lines(list(spill_lines(big, reason="r"))[1:], origin="test")
+    batch = read_log_lines(list(spill_lines([big], reason="r"))[1:], origin="test")
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"})
     report = replay([batch], config=config, producer=None)
     assert (report.read, report.incomplete, report.ok) == (0, ["env1-big"], False)
@@ -163,7 +163,7 @@ def test_a_dry_run_report_counts_incomplete_spills_as_not_ok() -> None:
 def test_dry_run_from_a_log_file(tmp_path: Path) -> None:
     log = tmp_path / "export.log"
     lines = [json.dumps({"message": "noise"}),
-             *(line for r in _records(count=2) for line in spill_lines(r, reason="r"))]
+             *(line for r in _records(count=2) for line in spill_lines([r], reason="r"))]
     log.write_text("\n".join(lines), encoding="utf-8")
     out = io.StringIO()
     code = main(["--log-file", str(log), "--dry-run"], env={}, stdout=out, stderr=io.StringIO())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from kafka_relay.deadletter.spill import records_from_log_lines, spill_lines
+from kafka_relay.deadletter.spill import parse_spill_lines, spill_lines
 from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.record import IdSource, Record
 
@@ -47,10 +47,10 @@ def test_spill_form_round_trips_every_field() -> None:
 
 def test_large_records_spill_as_chunked_log_lines_and_reassemble() -> None:
     original = _record(2_000)  # 512 KB: over CloudWatch's 256 KB event limit
-    lines = list(spill_lines(original, reason="shutdown"))
+    lines = list(spill_lines([original], reason="shutdown"))
     assert len(lines) > 1
     assert all(len(line) < 200_000 for line in lines)
     noise = ["START RequestId: x", '{"event":"other"}']
-    (again,) = records_from_log_lines(["2026-01-01T00:00:00Z " + lines[-1], *noise, *lines[:-1]])
+    (again,) = parse_spill_lines(["2026-01-01T00:00:00Z " + lines[-1], *noise, *lines[:-1]]).records
     assert again.value == original.value
     assert again.id == original.id

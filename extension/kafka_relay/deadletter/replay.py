@@ -30,14 +30,13 @@ from typing import Any, Protocol, TextIO
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import Config, load_config
-from kafka_relay.deadletter.spill import SPILL_EVENT, read_ndjson, records_from_log_lines
+from kafka_relay.deadletter.spill import SPILL_EVENT, parse_spill_lines, read_ndjson
 from kafka_relay.errors import ConfigError, RelayError
 from kafka_relay.logs import (
     SPILL_FILTER_PATTERN,
     CloudWatchTail,
     LogsError,
     aws_errors,
-    json_in_line,
     parse_time,
 )
 from kafka_relay.producer.classify import describe
@@ -140,14 +139,11 @@ def _delete_object(client: Any, bucket: str, key: str) -> None:
 
 def read_log_lines(lines: Iterable[str], *, origin: str) -> Batch:
     """Records spilled as ``KAFKA_RELAY_SPILL`` lines; any other line is ignored."""
-    lines = list(lines)
     try:
-        records = records_from_log_lines(lines)
+        read = parse_spill_lines(lines)
     except (ValueError, KeyError, TypeError) as exc:
         raise ReplayError(f"a {SPILL_EVENT} line in {origin} is malformed: {exc!r}") from exc
-    entries = (json_in_line(line) for line in lines if SPILL_EVENT in line)
-    spilled_ids = {str(e.get("id")) for e in entries if e and e.get("event") == SPILL_EVENT}
-    incomplete = tuple(sorted(spilled_ids - {r.id for r in records}))
+    records, incomplete = read.records, tuple(sorted(read.incomplete))
     return Batch(origin, records, incomplete=incomplete)
 
 

@@ -13,7 +13,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kafka_relay.config import Config
@@ -21,6 +22,7 @@ from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 
 SPILL_EVENT = "KAFKA_RELAY_SPILL"
+SPOOL_PREFIX = "spool:"
 # CloudWatch Logs caps an event at 256 KB; stay well under with the envelope.
 _MAX_LINE_DATA = 150_000
 
@@ -41,6 +43,7 @@ class Spiller:
         self._s3: Any = None
         self._s3_lock = threading.Lock()
         self.final = False  # set at SHUTDOWN: the spool would die with the environment
+        self._deadline: float | None = None
 
     def warm(self) -> None:
         """Import boto3 and build the S3 client off the critical path (SHUTDOWN has 2 s)."""
@@ -65,12 +68,21 @@ class Spiller:
                                 error=str(exc), records=len(records))
         return self._to_log(records, reason)
 
+    def until(self, deadline: float) -> None:
+        """From now on an S3 put that has not finished by ``deadline`` (monotonic) is abandoned
+        for log lines: at SHUTDOWN a hung endpoint must not outlast the budget."""
+        self._deadline = deadline
+
     # -- destinations ----------------------------------------------------------------
 
     def _default_s3_client(self) -> Any:
         import boto3  # noqa: PLC0415 - only environments with a spill bucket pay for boto3
+        from botocore.config import Config as BotoConfig  # noqa: PLC0415
 
-        return boto3.client("s3", region_name=self._config.region)
+        # botocore's defaults (60 s timeouts, retries) would outlast any SHUTDOWN budget.
+        bounded = BotoConfig(connect_timeout=1, read_timeout=2,
+                             retries={"mode": "standard", "max_attempts": 2})
+        return boto3.client("s3", region_name=self._config.region, config=bounded)
 
     def _client(self) -> Any:
         with self._s3_lock:
@@ -84,14 +96,29 @@ class Spiller:
         function = self._config.function_name or "local"
         key = f"kafka-relay/{function}/{day}/{now}-{uuid.uuid4().hex[:12]}.ndjson"
         body = "".join(json.dumps(r.to_spill(), separators=(",", ":")) + "\n" for r in records)
-        self._client().put_object(
-            Bucket=self._config.spill_bucket, Key=key, Body=body.encode(),
-            ContentType="application/x-ndjson",
-            Metadata={"reason": reason[:512], "records": str(len(records))},
+        errors: list[BaseException] = []
+        put = threading.Thread(
+            target=self._put, name="kafka-relay-s3-put", daemon=True,
+            args=(key, body.encode(), {"reason": reason[:512], "records": str(len(records))},
+                  errors),
         )
+        put.start()
+        put.join(None if self._deadline is None else max(0.0, self._deadline - time.monotonic()))
+        if put.is_alive():
+            raise TimeoutError("the S3 put did not finish before the SHUTDOWN deadline")
+        if errors:
+            raise errors[0]
         destination = f"s3://{self._config.spill_bucket}/{key}"
         self._log.warning("spill.s3", destination=destination, records=len(records), reason=reason)
         return destination
+
+    def _put(self, key: str, body: bytes, metadata: dict[str, str],
+             errors: list[BaseException]) -> None:
+        try:
+            self._client().put_object(Bucket=self._config.spill_bucket, Key=key, Body=body,
+                                      ContentType="application/x-ndjson", Metadata=metadata)
+        except Exception as exc:  # handed to the waiting thread
+            errors.append(exc)
 
     def _to_spool(self, records: Sequence[Record], reason: str) -> str:
         spool = self._config.spool_dir
@@ -104,12 +131,12 @@ class Spiller:
         os.replace(tmp, path)  # a crash mid-write leaves no half file to replay
         self._log.warning("spill.spool", destination=str(path), records=len(records),
                           reason=reason)
-        return f"spool:{path}"
+        return f"{SPOOL_PREFIX}{path}"
 
     def _to_log(self, records: Sequence[Record], reason: str) -> str:
-        for record in records:
-            for line in spill_lines(record, reason=reason):
-                self._log.write_raw(line)
+        # One write for everything: a line per record under a lock is too slow for
+        # 100k records in SHUTDOWN's budget.
+        self._log.write_raw("\n".join(spill_lines(records, reason=reason)))
         self._log.warning("spill.log", records=len(records), reason=reason)
         return "log"
 
@@ -125,13 +152,35 @@ class Spiller:
         return records
 
 
-def spill_lines(record: Record, *, reason: str) -> Iterator[str]:
-    """``KAFKA_RELAY_SPILL`` log lines for one record, chunked under the CloudWatch limit."""
-    data = json.dumps(record.to_spill(), separators=(",", ":"))
-    chunks = [data[i:i + _MAX_LINE_DATA] for i in range(0, len(data), _MAX_LINE_DATA)] or [""]
+def spill_lines(records: Iterable[Record], *, reason: str) -> Iterator[str]:
+    """``KAFKA_RELAY_SPILL`` log lines: records packed up to CloudWatch's event size, and a
+    record too large for one line split into numbered chunks."""
+    pack: list[str] = []
+    size = 0
+
+    def packed() -> str:
+        return (f'{{"event":"{SPILL_EVENT}","level":"WARNING","reason":{json.dumps(reason)},'
+                f'"records":[{",".join(pack)}]}}')
+
+    for record in records:
+        data = json.dumps(record.to_spill(), separators=(",", ":"))
+        if len(data) > _MAX_LINE_DATA:
+            yield from _chunks(record.id, data, reason)
+            continue
+        if pack and size + len(data) > _MAX_LINE_DATA:
+            yield packed()
+            pack, size = [], 0
+        pack.append(data)
+        size += len(data) + 1
+    if pack:
+        yield packed()
+
+
+def _chunks(record_id: str, data: str, reason: str) -> Iterator[str]:
+    chunks = [data[i:i + _MAX_LINE_DATA] for i in range(0, len(data), _MAX_LINE_DATA)]
     for index, chunk in enumerate(chunks):
         yield json.dumps(
-            {"event": SPILL_EVENT, "level": "WARNING", "id": record.id, "reason": reason,
+            {"event": SPILL_EVENT, "level": "WARNING", "id": record_id, "reason": reason,
              "chunk": index, "chunks": len(chunks), "data": chunk},
             separators=(",", ":"),
         )
@@ -141,8 +190,15 @@ def read_ndjson(text: str) -> list[Record]:
     return [Record.from_spill(json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
-def records_from_log_lines(lines: Iterator[str] | Sequence[str]) -> list[Record]:
-    """Reassemble spilled records from log lines (other lines are ignored)."""
+@dataclass(frozen=True)
+class SpillRead:
+    records: list[Record]
+    incomplete: list[str]  # ids of chunked records with chunks missing from the lines read
+
+
+def parse_spill_lines(lines: Iterable[str]) -> SpillRead:
+    """Spilled records in log lines (other lines are ignored), chunked ones reassembled."""
+    records: list[Record] = []
     parts: dict[str, dict[int, str]] = {}
     totals: dict[str, int] = {}
     for line in lines:
@@ -155,11 +211,16 @@ def records_from_log_lines(lines: Iterator[str] | Sequence[str]) -> list[Record]
             continue
         if not isinstance(entry, dict) or entry.get("event") != SPILL_EVENT:
             continue
+        if "records" in entry:
+            records.extend(Record.from_spill(item) for item in entry["records"])
+            continue
         parts.setdefault(entry["id"], {})[int(entry["chunk"])] = entry["data"]
         totals[entry["id"]] = int(entry["chunks"])
-    records = []
+    incomplete = []
     for record_id, chunks in parts.items():
         if len(chunks) == totals[record_id]:
             data = "".join(chunks[i] for i in range(totals[record_id]))
             records.append(Record.from_spill(json.loads(data)))
-    return records
+        else:
+            incomplete.append(record_id)
+    return SpillRead(records, incomplete)

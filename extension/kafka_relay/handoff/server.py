@@ -144,12 +144,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)
         request_id = self.headers.get(REQUEST_ID_HEADER) or state.current_request_id
+        items: list[object] = []
         try:
             items = parse_body(body, self.headers.get("Content-Type") or "")
             records = validate(items, default_topic=state.config.default_topic,
                                new_id=state.ids.next, request_id=request_id,
                                now_ms=state.wall_ms())
         except InvalidRequest as exc:
+            state.relay.note_rejected(len(items))
             state.logger.warning("handoff.rejected", reasons=len(exc.reasons),
                                  first=exc.reasons[0].reason, request_id=request_id)
             self._send(400, {"error": "request rejected, nothing accepted",

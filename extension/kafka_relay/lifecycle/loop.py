@@ -26,6 +26,11 @@ from kafka_relay.producer.relay import Relay
 _INVOKE_MARGIN_MS = 50
 # If /next itself fails we have no deadline: drain within Lambda's external budget.
 _LOST_API_BUDGET_MS = 1_500
+# What spilling at SHUTDOWN costs (measured: packed KAFKA_RELAY_SPILL lines run at well over
+# 100k records/s; these leave a margin for a slow log reader).
+_SPILL_BASE_MS = 100
+_SPILL_US_PER_RECORD = 10
+_S3_RESERVE_MS = 500
 
 
 @dataclass
@@ -111,7 +116,8 @@ class EventLoop:
         if invocation:
             p.logger.info("invocation.done", accepted=delta["accepted"],
                           delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
-                          spilled=delta["spilled"], pending=depth, flush_ms=flush_ms)
+                          spilled=delta["spilled"], spooled=delta["spooled"],
+                          restored=delta["restored"], pending=depth, flush_ms=flush_ms)
         p.logger.write_raw(emf_line(
             {
                 "RecordsAccepted": delta["accepted"],
@@ -134,17 +140,23 @@ class EventLoop:
         spooled = p.spiller.take_spool()
         if spooled:
             p.relay.restore(spooled)
-        # Reserve time to spill what is left: an S3 put is slower than log lines.
-        reserve_ms = 600 if p.config.spill_bucket else 150
-        budget_ms = deadline_ms - p.config.shutdown_margin_ms - reserve_ms - self._wall_ms()
+        # Keep back the time spilling what is left takes: log lines for every pending
+        # record, and an S3 put before them when a bucket is set.
+        pending, _ = p.relay.depth()
+        log_reserve_ms = _SPILL_BASE_MS + pending * _SPILL_US_PER_RECORD / 1000
+        s3_reserve_ms = _S3_RESERVE_MS if p.config.spill_bucket else 0
+        end_ms = deadline_ms - p.config.shutdown_margin_ms
+        budget_ms = end_ms - log_reserve_ms - s3_reserve_ms - self._wall_ms()
         drained = p.relay.flush(max(0, budget_ms) / 1000, retry_now=True)
+        p.spiller.until(time.monotonic() + max(0, end_ms - log_reserve_ms - self._wall_ms()) / 1000)
         spilled = p.relay.spill_unsettled(reason=f"shutdown ({reason}) before delivery")
         p.relay.stop()
         p.stop_telemetry()
         p.server.stop()
         counts = p.relay.counts.as_dict()
         pending, _ = p.relay.depth()
-        settled = counts["delivered"] + counts["dead_lettered"] + counts["spilled"]
+        settled = (counts["delivered"] + counts["dead_lettered"] + counts["spilled"]
+                   + counts["spooled"])
         p.logger.request_id = None
         p.logger.info(
             "shutdown.summary", reason=reason, duration_ms=self._wall_ms() - started,

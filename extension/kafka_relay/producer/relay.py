@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config
+from kafka_relay.deadletter.spill import SPOOL_PREFIX
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
 from kafka_relay.record import Outcome, Record
@@ -59,6 +60,7 @@ class Counts:
     delivered: int = 0
     dead_lettered: int = 0
     spilled: int = 0
+    spooled: int = 0  # parked in /tmp for a later invocation; comes back as ``restored``
     rejected: int = 0
     retries: int = 0
     producers_built: int = 0
@@ -113,6 +115,7 @@ class Relay:
         self._stopping = False
         self._accepting = True
         self._watches: dict[str, _Watch] = {}
+        self._to_spill: list[Record] = []  # the DLQ failed them; spilled together by the pump
         self.counts = Counts()
         self.last_error: str | None = None
         self.broker_state = "unknown"
@@ -152,6 +155,11 @@ class Relay:
             self._take(records)
             self.counts.accepted += len(records)
             self._cond.notify_all()
+
+    def note_rejected(self, records: int) -> None:
+        """Records refused by validation (400): never accepted, but counted."""
+        with self._cond:
+            self.counts.rejected += records
 
     def restore(self, records: Iterable[Record]) -> int:
         """Re-own records spilled to the local spool earlier; they get a new outcome."""
@@ -273,7 +281,7 @@ class Relay:
     def _has_due_work(self) -> bool:
         now = self._wall_ms()
         due_retry = bool(self._retry) and self._retry[0][0] <= now
-        return bool(self._fresh) or self._in_flight > 0 or due_retry
+        return bool(self._fresh) or self._in_flight > 0 or due_retry or bool(self._to_spill)
 
     def _release_retries(self) -> None:
         while self._retry:
@@ -289,7 +297,8 @@ class Relay:
         self._retry_seq += 1
         heapq.heappush(self._retry, (record.not_before_ms, self._retry_seq, record))
 
-    def _settle(self, record: Record, outcome: Outcome, error: str | None) -> None:
+    def _settle(self, record: Record, outcome: Outcome, detail: str | None) -> None:
+        """``detail``: the error that sent it to the DLQ, or where it was spilled."""
         if self._unsettled.pop(record.id, None) is None:
             return  # already settled (e.g. spilled, then a late delivery report)
         self._bytes -= record.size
@@ -297,11 +306,13 @@ class Relay:
             self.counts.delivered += 1
         elif outcome is Outcome.DEAD_LETTERED:
             self.counts.dead_lettered += 1
+        elif (detail or "").startswith(SPOOL_PREFIX):
+            self.counts.spooled += 1
         else:
             self.counts.spilled += 1
         watch = self._watches.get(record.id)
         if watch is not None:
-            watch.outcomes[record.id] = (outcome.value, error)
+            watch.outcomes[record.id] = (outcome.value, detail)
             self._cond.notify_all()
 
     def _build(self) -> ProducerLike:
@@ -327,6 +338,7 @@ class Relay:
             for index, record in enumerate(batch):
                 if not self._produce(record):
                     with self._cond:
+                        self._in_flight -= len(batch) - index
                         self._fresh.extendleft(reversed(batch[index:]))
                     break
             try:
@@ -337,6 +349,10 @@ class Relay:
             except KafkaException as exc:
                 self.on_client_error(exc.args[0])
             with self._cond:
+                failed_dlq, self._to_spill = self._to_spill, []
+            if failed_dlq:
+                self._spill_failed_dlq(failed_dlq)
+            with self._cond:
                 self._cond.notify_all()
 
     def _take_due(self) -> list[Record]:
@@ -345,11 +361,17 @@ class Relay:
             _, _, record = heapq.heappop(self._retry)
             self._fresh.append(record)
         count = min(len(self._fresh), _PRODUCE_BATCH)
+        # Counted as in flight from the moment they leave the queue, so a concurrent
+        # flush() never sees "nothing to do" while a batch is on its way to librdkafka.
+        self._in_flight += count
         return [self._fresh.popleft() for _ in range(count)]
 
     def _produce(self, record: Record) -> bool:
-        """Hand one record to librdkafka; False when its queue is full (try again later)."""
+        """Hand one record (already counted in flight) to librdkafka; False when its queue
+        is full (try again later)."""
         if record.id not in self._unsettled:
+            with self._cond:
+                self._in_flight -= 1
             return True
         to_dlq = record.dlq_error is not None
         target = self._config.dlq_for(record.topic) if to_dlq else record.topic
@@ -366,16 +388,17 @@ class Relay:
             return False
         except KafkaException as exc:
             with self._cond:
+                self._in_flight -= 1
                 self._failed(record, exc.args[0])
-            return True
-        with self._cond:
-            self._in_flight += 1
         return True
 
     def _on_delivery(self, record: Record, error: KafkaError | None) -> None:
         with self._cond:
             self._in_flight -= 1
             if error is None:
+                if self.broker_state != "up":
+                    # The cluster is back: records waiting out a backoff go now, not in 30 s.
+                    self._release_retries()
                 self.broker_state = "up"
                 outcome = Outcome.DEAD_LETTERED if record.dlq_error else Outcome.DELIVERED
                 self._settle(record, outcome, record.dlq_error)
@@ -401,6 +424,8 @@ class Relay:
         record.first_failed_ms = record.first_failed_ms or self._wall_ms()
         record.attempts += 1
         self.counts.retries += 1
+        if kind is ErrorKind.TRANSIENT:
+            self.broker_state = "degraded"
         if kind is ErrorKind.FATAL:
             self._rebuild = True
             self._schedule(record, 0)
@@ -423,10 +448,15 @@ class Relay:
             return
         # The DLQ itself refuses it or stays unreachable: spill, never drop.
         if kind is ErrorKind.PERMANENT or record.attempts >= 2 * self._config.max_attempts:
-            destination = self._spill([record], reason=f"dead-letter failed: {reason}")
-            self._settle(record, Outcome.SPILLED, destination)
+            self._to_spill.append(record)
         else:
             self._schedule(record, self._backoff_ms(record.attempts))
+
+    def _spill_failed_dlq(self, records: list[Record]) -> None:
+        destination = self._spill(records, reason=f"dead-letter failed: {records[0].last_error}")
+        with self._cond:
+            for record in records:
+                self._settle(record, Outcome.SPILLED, destination)
 
     def _spill_oversize(self, record: Record, reason: str) -> None:
         """Too large for Kafka, so for its DLQ too: spill the bytes, dead-letter a pointer."""
