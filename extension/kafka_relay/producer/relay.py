@@ -30,6 +30,7 @@ from kafka_relay.record import Outcome, Record
 
 _BACKOFF_CAP_MS = 30_000
 _PRODUCE_BATCH = 2_000
+_IDLE_WAIT_S = 0.05
 
 
 class ProducerLike(Protocol):
@@ -343,9 +344,12 @@ class Relay:
                     break
             try:
                 if flushing:
-                    self._producer.flush(0.02)
+                    self._producer.flush(0.005)
+                elif batch or self._in_flight:
+                    self._producer.poll(0 if batch else 0.001)
                 else:
-                    self._producer.poll(0 if batch else 0.005)
+                    self._producer.poll(0)  # error callbacks, then sleep until work arrives
+                    self._idle()
             except KafkaException as exc:
                 self.on_client_error(exc.args[0])
             with self._cond:
@@ -354,6 +358,17 @@ class Relay:
                 self._spill_failed_dlq(failed_dlq)
             with self._cond:
                 self._cond.notify_all()
+
+    def _idle(self) -> None:
+        """Nothing queued or in flight: wait for accept/flush/stop (they notify), or for the
+        next retry to fall due, rather than polling librdkafka on a timer."""
+        with self._cond:
+            if self._fresh or self._flush_requests or self._to_spill or self._stopping:
+                return
+            wait_s = _IDLE_WAIT_S
+            if self._retry:
+                wait_s = min(wait_s, max(0.0, (self._retry[0][0] - self._wall_ms()) / 1000))
+            self._cond.wait(wait_s)
 
     def _take_due(self) -> list[Record]:
         now = self._wall_ms()
