@@ -21,12 +21,10 @@ import shutil
 import ssl
 import struct
 import tempfile
-import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple
 
 import trustme
 from confluent_kafka import KafkaException
@@ -34,11 +32,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from tests.kafka_broker import KafkaBroker, free_port
+from tests.tcpproxy import LoopbackProxy
 
-_T = TypeVar("_T")
 #: librdkafka settings as confluent-kafka's constructors type them.
 ClientConfig = dict[str, str | int | float | bool]
-_CHUNK = 64 * 1024
 
 DEFAULT_USERNAME = "key"
 DEFAULT_PASSWORD = "secret"
@@ -238,7 +235,7 @@ def _authenticate_response(header: _RequestHeader, error: str | None) -> bytes:
 # -- the proxy -----------------------------------------------------------------
 
 
-class SaslProxy:
+class SaslProxy(LoopbackProxy):
     """A SASL/PLAIN (and by default TLS) terminating proxy in front of one broker.
 
     ``users`` maps usernames to passwords (default ``key``/``secret``).
@@ -253,27 +250,14 @@ class SaslProxy:
         port: int = 0,
         tls: bool = True,
     ) -> None:
-        up_host, _, up_port = upstream.rpartition(":")
-        self._upstream = (up_host, int(up_port))
+        super().__init__(upstream, host=host, port=port, name="saslproxy")
         self.users = dict(users) if users is not None else {DEFAULT_USERNAME: DEFAULT_PASSWORD}
-        self.host = host
-        self.port = port
         self.tls = tls
         self.stats = SaslStats()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="saslproxy", daemon=True
-        )
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._cert_dir: Path | None = None
+        self._context: ssl.SSLContext | None = None
 
     # -- control (any thread) -------------------------------------------------
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
 
     @property
     def security_protocol(self) -> str:
@@ -311,38 +295,21 @@ class SaslProxy:
         return config
 
     def start(self) -> SaslProxy:
-        context = self._server_context() if self.tls else None
-        self._thread.start()
+        self._context = self._server_context() if self.tls else None
         try:
-            self._call(self._listen(context))
+            return super().start()
         except OSError as exc:
             self.stop()
             raise SaslProxyError(
                 f"the SASL proxy cannot listen on {self.address} ({exc.strerror}): "
                 "stop whatever uses that port or pass port=0 for a free one"
             ) from exc
-        return self
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._call(self._shutdown())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-            self._loop.close()
+        super().stop()
         if self._cert_dir is not None:
             shutil.rmtree(self._cert_dir, ignore_errors=True)
             self._cert_dir = None
-
-    def __enter__(self) -> SaslProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _server_context(self) -> ssl.SSLContext:
         ca = trustme.CA()
@@ -353,54 +320,26 @@ class SaslProxy:
         cert.configure_cert(context)
         return context
 
-    def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
-
     # -- loop side --------------------------------------------------------------
 
-    async def _listen(self, context: ssl.SSLContext | None) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, ssl=context, reuse_address=True
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+    async def _started(self) -> None:
+        await self._listen(self._context)
 
-    async def _shutdown(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for writer in list(self._conns):
-            writer.transport.abort()
-        self._conns.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        if server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 1)
-
-    async def _accept(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+    async def _handshake(
+        self,
+        c_reader: asyncio.StreamReader,
+        c_writer: asyncio.StreamWriter,
+        u_reader: asyncio.StreamReader,
+        u_writer: asyncio.StreamWriter,
+    ) -> bool:
         self.stats.connections += 1
-        self._conns.add(c_writer)
         try:
-            u_reader, u_writer = await asyncio.open_connection(*self._upstream)
-        except OSError:
-            self._close(c_writer)
-            return
-        self._conns.add(u_writer)
-        try:
-            authenticated = await self._authenticate(c_reader, c_writer, u_reader, u_writer)
+            return await self._authenticate(c_reader, c_writer, u_reader, u_writer)
         except _ProtocolViolation:
             self.stats.rejected += 1
-            authenticated = False
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            authenticated = False
-        if not authenticated:
-            self._close(c_writer)
-            self._close(u_writer)
-            return
-        for src, dst in ((c_reader, u_writer), (u_reader, c_writer)):
-            task = asyncio.ensure_future(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            pass
+        return False
 
     async def _authenticate(
         self,
@@ -476,22 +415,6 @@ class SaslProxy:
             raise _ProtocolViolation("the broker answered ApiVersions with another correlation id")
         # ApiVersions responses always use header v0 (no tagged fields), even when flexible.
         return _frame(response[:4] + _with_sasl_apis(reader.rest(), header.api_version))
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while chunk := await src.read(_CHUNK):
-                dst.write(chunk)
-                await dst.drain()
-        except (ConnectionError, ssl.SSLError, asyncio.CancelledError):
-            pass
-        finally:
-            self._close(dst)
-
-    def _close(self, writer: asyncio.StreamWriter) -> None:
-        # close(), not abort(): a last answer (e.g. an authentication failure) may
-        # still sit in the transport's buffer, and the client must read it.
-        self._conns.discard(writer)
-        writer.close()
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes:
