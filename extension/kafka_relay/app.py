@@ -18,7 +18,7 @@ from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.loop import Parts
 from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.lifecycle.telemetry import TelemetryListener
-from kafka_relay.observability.log import JsonLogger
+from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
 from kafka_relay.producer.relay import Relay
 from kafka_relay.producer.settings import producer_settings, resolve_credentials
@@ -42,8 +42,10 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
             auth_errors.append(error)
         relay.on_client_error(error)
 
+    librdkafka = librdkafka_logger(logger)
+
     def make_producer() -> Producer:
-        return Producer({**settings, "error_cb": on_client_error})
+        return Producer({**settings, "error_cb": on_client_error, "logger": librdkafka})
 
     spiller = Spiller(config, logger)
     try:

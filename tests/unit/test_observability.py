@@ -8,6 +8,7 @@ import json
 import pytest
 
 from kafka_relay.observability import JsonLogger, emf_line
+from kafka_relay.observability.log import librdkafka_logger
 
 
 def test_log_lines_carry_level_event_request_id_and_fields() -> None:
@@ -36,3 +37,14 @@ def test_emf_lines_declare_every_metric_with_its_unit() -> None:
 def test_unknown_metric_names_are_refused() -> None:
     with pytest.raises(ValueError, match="Typo"):
         emf_line({"Typo": 1}, function_name="f", timestamp_ms=0)
+
+
+def test_librdkafka_lines_become_json_lines_at_their_level() -> None:
+    stream = io.StringIO()
+    logger = librdkafka_logger(JsonLogger(stream=stream, level="INFO"))
+    logger.debug("too chatty")
+    logger.error("FAIL|rdkafka#producer-1| Connect to 127.0.0.1:9 failed")
+    (line,) = stream.getvalue().splitlines()
+    event = json.loads(line)
+    assert (event["level"], event["event"]) == ("ERROR", "librdkafka")
+    assert "Connect to 127.0.0.1:9 failed" in event["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -57,3 +58,23 @@ class JsonLogger:
 
     def error(self, event: str, **fields: Any) -> None:
         self.log("ERROR", event, **fields)
+
+
+class _ToJson(logging.Handler):
+    def __init__(self, target: JsonLogger) -> None:
+        super().__init__()
+        self._target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = next((name for name in ("ERROR", "WARNING", "INFO")
+                      if record.levelno >= _LEVELS[name]), "DEBUG")
+        self._target.log(level, "librdkafka", message=record.getMessage())
+
+
+def librdkafka_logger(target: JsonLogger) -> logging.Logger:
+    """A ``logger`` for confluent-kafka: librdkafka's own lines become JSON lines too."""
+    logger = logging.getLogger("kafka_relay.librdkafka")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.handlers = [_ToJson(target)]
+    return logger

@@ -116,7 +116,9 @@ class Relay:
         self._stopping = False
         self._accepting = True
         self._watches: dict[str, _Watch] = {}
-        self._to_spill: list[Record] = []  # the DLQ failed them; spilled together by the pump
+        # Spills wait for the pump, which does them outside the lock (an S3 put takes time).
+        self._to_spill: list[Record] = []  # the DLQ failed them: spilled together
+        self._oversize: list[Record] = []  # too large for Kafka: spilled, pointer to the DLQ
         self.counts = Counts()
         self.last_error: str | None = None
         self.broker_state = "unknown"
@@ -282,7 +284,8 @@ class Relay:
     def _has_due_work(self) -> bool:
         now = self._wall_ms()
         due_retry = bool(self._retry) and self._retry[0][0] <= now
-        return bool(self._fresh) or self._in_flight > 0 or due_retry or bool(self._to_spill)
+        spills = bool(self._to_spill) or bool(self._oversize)
+        return bool(self._fresh) or self._in_flight > 0 or due_retry or spills
 
     def _release_retries(self) -> None:
         while self._retry:
@@ -327,15 +330,12 @@ class Relay:
             with self._cond:
                 if self._stopping:
                     return
-                if self._rebuild:
-                    self._rebuild = False
-                    rebuild = True
-                else:
-                    rebuild = False
+                rebuild, self._rebuild = self._rebuild, False
+            if rebuild:  # before taking a batch: the rebuild re-queues everything unsettled
+                self._replace_producer()
+            with self._cond:
                 batch = self._take_due()
                 flushing = self._flush_requests > 0
-            if rebuild:
-                self._replace_producer()
             for index, record in enumerate(batch):
                 if not self._produce(record):
                     with self._cond:
@@ -354,8 +354,11 @@ class Relay:
                 self.on_client_error(exc.args[0])
             with self._cond:
                 failed_dlq, self._to_spill = self._to_spill, []
+                oversize, self._oversize = self._oversize, []
             if failed_dlq:
                 self._spill_failed_dlq(failed_dlq)
+            for record in oversize:
+                self._spill_oversize(record)
             with self._cond:
                 self._cond.notify_all()
 
@@ -363,7 +366,8 @@ class Relay:
         """Nothing queued or in flight: wait for accept/flush/stop (they notify), or for the
         next retry to fall due, rather than polling librdkafka on a timer."""
         with self._cond:
-            if self._fresh or self._flush_requests or self._to_spill or self._stopping:
+            if (self._fresh or self._flush_requests or self._to_spill or self._oversize
+                    or self._stopping or self._rebuild):
                 return
             wait_s = _IDLE_WAIT_S
             if self._retry:
@@ -447,7 +451,8 @@ class Relay:
             return
         if record.dlq_error is None:
             if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                self._spill_oversize(record, reason)
+                record.dlq_error = reason
+                self._oversize.append(record)
             elif kind is ErrorKind.PERMANENT:
                 record.dlq_error = reason
                 self._log.warning("record.dead_letter", id=record.id, topic=record.topic,
@@ -473,11 +478,12 @@ class Relay:
             for record in records:
                 self._settle(record, Outcome.SPILLED, destination)
 
-    def _spill_oversize(self, record: Record, reason: str) -> None:
+    def _spill_oversize(self, record: Record) -> None:
         """Too large for Kafka, so for its DLQ too: spill the bytes, dead-letter a pointer."""
-        record.dlq_error = reason
+        reason = record.dlq_error or "too large"
         destination = self._spill([record], reason=reason, retry_later=False)
-        self._settle(record, Outcome.SPILLED, destination)
+        with self._cond:
+            self._settle(record, Outcome.SPILLED, destination)
         pointer = json.dumps({"spilled_to": destination, "id": record.id,
                               "size": record.size, "error": reason}).encode()
         dlq = self._config.dlq_for(record.topic)
