@@ -30,8 +30,12 @@ class Harness:
     def config(self) -> Config:
         return self.parts.config
 
+    def log_lines(self) -> list[str]:
+        """Everything the extension logged, one JSON object per line."""
+        return self._log.getvalue().splitlines()
+
     def log_events(self, event: str | None = None) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self._log.getvalue().splitlines() if line.strip()]
+        lines = [json.loads(line) for line in self.log_lines() if line.strip()]
         return [e for e in lines if event is None or e.get("event") == event]
 
 

@@ -114,7 +114,7 @@ def test_an_oversize_record_is_spilled_with_a_pointer_in_the_dlq(
                                 {"key": "small", "value": 1}], wait=True)
         assert result.outcomes is not None
         assert [o["outcome"] for o in result.outcomes] == ["spilled", "delivered"]
-        spill_lines = [line for line in h._log.getvalue().splitlines()
+        spill_lines = [line for line in h.log_lines()
                        if "KAFKA_RELAY_SPILL" in line]
     assert spill_lines, "the oversize record must be recoverable from the spill"
     (pointer,) = broker.read(f"dlq.{topic}", expected=1)

@@ -84,7 +84,7 @@ def test_shutdown_during_a_stalled_flush_spills_the_rest_before_the_deadline(
         started = time.monotonic()
         assert h.loop.shutdown("spindown", _now_ms() + 2000) == 0
         took = time.monotonic() - started
-        log = h._log.getvalue().splitlines()
+        log = h.log_lines()
         (summary,) = h.log_events("shutdown.summary")
     assert took < 2.0
     assert summary["unaccounted"] == 0
