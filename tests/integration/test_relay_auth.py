@@ -1,4 +1,5 @@
-"""SASL_SSL/PLAIN: right credentials deliver through TLS; wrong ones stop init, naming the cause."""
+"""SASL_SSL/PLAIN: right credentials deliver through TLS; wrong ones (or a bad producer setting)
+stop init, naming the cause."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kafka_relay.errors import AuthError
+from kafka_relay.errors import AuthError, ConfigError
 from tests.kafka_broker import read_topic
 from tests.relay_harness import running_relay
 from tests.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
@@ -42,3 +43,11 @@ def test_wrong_credentials_fail_init_with_an_auth_error_naming_the_cause(tmp_pat
     assert "Authentication failed" in message
     assert "KAFKA_API_KEY" in message
     assert caught.value.lambda_error_type == "Extension.AuthError"
+
+
+def test_an_unknown_producer_property_fails_init_naming_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_PRODUCER_NO_SUCH_PROPERTY") as caught:  # noqa: SIM117
+        with running_relay("127.0.0.1:9", tmp_path,
+                           env_extra={"KAFKA_PRODUCER_NO_SUCH_PROPERTY": "1"}):
+            pytest.fail("init must not succeed with an unknown librdkafka property")
+    assert "librdkafka" in str(caught.value)
