@@ -46,6 +46,9 @@ run_checks() {
   "$VENV/bin/mypy"
 }
 
+# demo and bench import the extension's package (its log parsing) from the source tree.
+export PYTHONPATH="$ROOT/extension${PYTHONPATH:+:$PYTHONPATH}"
+
 cmd="${1:-}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in

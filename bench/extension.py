@@ -17,10 +17,10 @@ from bench.infra import (
     extension_pid,
     memory_kb,
     process_start_epoch,
-    relay_events,
     sandbox,
 )
 from bench.stats import Summary
+from kafka_relay.logs import events_named
 from tests.sandbox import InvokeResult, Sandbox
 
 Progress = Callable[[str], None]
@@ -135,7 +135,7 @@ def run_init(
             launched = time.time()
             whole.append(sb.start())
             started = process_start_epoch(extension_pid(sb))
-            events = relay_events(sb.log_lines()[mark:], "init.ready")
+            events = events_named(sb.log_lines()[mark:], "init.ready")
             if not events:
                 raise BenchError(f"init: no init.ready line from the extension; see {sb.log_path}")
             ready.append((events[0]["ts"] - launched) * 1000)
@@ -200,7 +200,7 @@ def run_drain(
                                  f"{records} records; see {sb.log_path}")
             shutdown = sb.shutdown("spindown")
             lines = sb.log_lines()[mark:]
-            summaries = relay_events(lines, "shutdown.summary")
+            summaries = events_named(lines, "shutdown.summary")
             if not summaries:
                 raise BenchError(f"drain: the extension logged no shutdown.summary (killed: "
                                  f"{shutdown.killed}); see {sb.log_path}")

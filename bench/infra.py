@@ -3,7 +3,6 @@ the extension's log lines and its process in /proc."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -12,7 +11,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from layer_build.manifest import Manifest
 from layer_build.zipper import extract_zip
@@ -152,22 +150,6 @@ def sandbox(
         init_timeout_s=20.0,
         log_path=workdir / f"{name}.log",
     )
-
-
-def relay_events(lines: Iterable[str], event: str) -> list[dict[str, Any]]:
-    """The extension's JSON log lines named ``event``, in order."""
-    found = []
-    for line in lines:
-        start = line.find('{"')
-        if start < 0 or f'"event":"{event}"' not in line:
-            continue
-        try:
-            parsed = json.loads(line[start:])
-        except ValueError:
-            continue
-        if isinstance(parsed, dict) and parsed.get("event") == event:
-            found.append(parsed)
-    return found
 
 
 # -- the extension's process -----------------------------------------------------------------

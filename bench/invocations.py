@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.infra import BenchError, Delivery, Layers, Network, relay_events, sandbox
+from bench.infra import BenchError, Delivery, Layers, Network, sandbox
 from bench.stats import Summary
+from kafka_relay.logs import events_named
 from tests.sandbox import InvokeResult, Sandbox
 
 
@@ -167,7 +168,7 @@ def run_scenarios(
             if shutdown.killed:
                 run.errors.append(f"SIGKILLed at SHUTDOWN: {shutdown.killed}")
             if run.scenario.relay:
-                summaries = relay_events(sb.log_lines(), "shutdown.summary")
+                summaries = events_named(sb.log_lines(), "shutdown.summary")
                 run.relay_summary = summaries[-1] if summaries else None
                 if run.relay_summary is None:
                     run.errors.append("no shutdown.summary from the extension")

@@ -13,7 +13,6 @@ Options point it elsewhere: ``--bootstrap`` (a real cluster), ``--layer`` /
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kafka_relay.logs import events_named
 from tests.fixture_server import FixtureServer
 from tests.kafka_broker import (
     ConsumedRecord,
@@ -105,22 +105,9 @@ def _run_producer(
         print(f"  shutdown: spindown in {outcome.shutdown_ms:.0f} ms, exit codes "
               f"{shutdown.exit_codes}, killed {shutdown.killed or 'none'}")
         outcome.log = sandbox.log_lines()
-    for line in outcome.log:
-        event = _json(line)
-        if event.get("event") == "shutdown.summary":
-            outcome.summary = event
+    for event in events_named(outcome.log, "shutdown.summary"):
+        outcome.summary = event
     return outcome
-
-
-def _json(line: str) -> dict[str, Any]:
-    start = line.find("{")
-    if start < 0:
-        return {}
-    try:
-        value = json.loads(line[start:])
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _check(outcome: Outcome, records: list[ConsumedRecord]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from kafka_relay.app import assemble
 from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, load_config
 from kafka_relay.lifecycle.loop import EventLoop, Parts
+from kafka_relay.logs import events_named
 from kafka_relay.observability.log import JsonLogger
 from tests.kafka_broker import free_port
 
@@ -34,9 +34,8 @@ class Harness:
         """Everything the extension logged, one JSON object per line."""
         return self._log.getvalue().splitlines()
 
-    def log_events(self, event: str | None = None) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.log_lines() if line.strip()]
-        return [e for e in lines if event is None or e.get("event") == event]
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        return events_named(self.log_lines(), event)
 
 
 @contextmanager

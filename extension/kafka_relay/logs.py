@@ -78,6 +78,16 @@ def json_in_line(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def events_named(lines: Iterable[str], name: str) -> list[dict[str, Any]]:
+    """The JSON log events called ``name`` (``"event": name``) among ``lines``, in order."""
+    found = []
+    for line in lines:
+        event = json_in_line(line) if name in line else None  # skip parsing most lines
+        if event is not None and event.get("event") == name:
+            found.append(event)
+    return found
+
+
 def parse_time(text: str, *, now_ms: int) -> int:
     """Epoch ms (``1767225600000``), ISO 8601 (UTC unless zoned), or an age (``90m``, ``2h``)."""
     text = text.strip()

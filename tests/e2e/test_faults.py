@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from kafka_relay.deadletter.spill import parse_spill_lines
-from kafka_relay.logs import json_in_line
+from kafka_relay.logs import events_named, json_in_line
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 from tests.kafka_broker import ConsumedRecord, free_port, read_topic
 from tests.moto_server import MotoServer
@@ -80,14 +80,9 @@ def _delivered(sandbox: Sandbox, run: str, count: int) -> list[str]:
     return list(payload["ids"])
 
 
-def _events(lines: Sequence[str], name: str) -> list[dict[str, Any]]:
-    """The extension's JSON log events called ``name``, in order."""
-    return [e for e in map(json_in_line, lines) if e is not None and e.get("event") == name]
-
-
 def _done(sandbox: Sandbox, result: InvokeResult) -> dict[str, Any]:
     """The extension's ``invocation.done`` line for one invocation."""
-    (done,) = [e for e in _events(sandbox.log_lines(), "invocation.done")
+    (done,) = [e for e in events_named(sandbox.log_lines(), "invocation.done")
                if e.get("request_id") == result.request_id]
     return done
 
@@ -103,7 +98,7 @@ def _assert_summary(
     lines: Sequence[str], *, accepted: int, delivered: int, dead_lettered: int = 0,
     spilled: int = 0,
 ) -> dict[str, Any]:
-    (summary,) = _events(lines, "shutdown.summary")
+    (summary,) = events_named(lines, "shutdown.summary")
     got = {k: summary[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
                                    "pending", "unaccounted")}
     assert got == {"accepted": accepted, "delivered": delivered,
@@ -323,7 +318,7 @@ def test_broker_down_through_shutdown_spills_to_s3_and_replay_restores_every_id(
     stranded = _down_through_shutdown(
         artifacts, proxied_broker, {**moto.env(), "KAFKA_RELAY_SPILL_BUCKET": SPILL_BUCKET},
         tmp_path / "sandbox.log")
-    spills = _events(stranded.lines, "spill.s3")
+    spills = events_named(stranded.lines, "spill.s3")
     assert sum(e["records"] for e in spills) == 40
     prefix = f"kafka-relay/{FUNCTION_NAME}/"
     assert all(e["destination"].startswith(f"s3://{SPILL_BUCKET}/{prefix}") for e in spills)
@@ -400,9 +395,9 @@ def test_retries_exhausted_with_the_dlq_down_too_spool_to_tmp_and_a_later_invoca
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     _assert_clean_exit(shutdown)
-    assert sum(e["records"] for e in _events(lines, "spill.spool")) >= 10
-    assert sum(e["records"] for e in _events(lines, "spool.restored")) >= 10
-    (summary,) = _events(lines, "shutdown.summary")
+    assert sum(e["records"] for e in events_named(lines, "spill.spool")) >= 10
+    assert sum(e["records"] for e in events_named(lines, "spool.restored")) >= 10
+    (summary,) = events_named(lines, "shutdown.summary")
     assert (summary["accepted"], summary["delivered"], summary["dead_lettered"]) == (10, 0, 10)
     assert summary["spooled"] == summary["restored"] >= 10  # every spooled record came back
     assert (summary["spilled"], summary["pending"], summary["unaccounted"]) == (0, 0, 0)
@@ -506,7 +501,7 @@ def test_after_a_timeout_reset_the_fresh_environment_reuses_the_port_and_deliver
     _assert_clean_exit(shutdown)
     assert fresh.init_ms is not None, "the invoke after the reset ran a new init"
     assert second_pid != first_pid
-    summaries = _events(lines, "shutdown.summary")
+    summaries = events_named(lines, "shutdown.summary")
     assert [(s["reason"], s["accepted"], s["delivered"], s["unaccounted"]) for s in summaries] == [
         ("timeout", 25, 25, 0), ("spindown", 10, 10, 0)]
     records = _read_all(broker, topic)
@@ -546,7 +541,7 @@ def test_shutdown_during_a_stalled_large_flush_settles_everything_before_sigkill
     _assert_clean_exit(shutdown)
     assert shutdown.duration_ms < sandbox.shutdown_budget_ms
     sent = [*warm, *result.payload["ids"]]
-    (summary,) = _events(lines, "shutdown.summary")
+    (summary,) = events_named(lines, "shutdown.summary")
     stranded = summary["spilled"]
     assert 0 < stranded == summary["spilled_at_shutdown"]
     _assert_summary(lines, accepted=len(sent), delivered=len(sent) - stranded, spilled=stranded)
@@ -591,7 +586,7 @@ def test_right_sasl_credentials_deliver_over_sasl_ssl(artifacts: Artifacts) -> N
         records = read_topic(sasl.bootstrap, topic, expected=5,
                              client_config=sasl.proxy.client_config())
     _assert_clean_exit(shutdown)
-    (ready,) = _events(lines, "init.ready")
+    (ready,) = events_named(lines, "init.ready")
     assert ready["protocol"] == "SASL_SSL"
     _assert_summary(lines, accepted=5, delivered=5)
     assert _ids(records) == Counter(ids)

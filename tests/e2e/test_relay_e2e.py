@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kafka_relay import logs
+from kafka_relay.logs import events_named
 from tests.conftest import Artifacts, Broker
 from tests.kafka_broker import free_port
 from tests.sandbox import Sandbox, SandboxInitError
@@ -18,21 +19,6 @@ from tests.sandbox import Sandbox, SandboxInitError
 pytestmark = pytest.mark.e2e
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
-
-
-def _events(lines: list[str], name: str) -> list[dict[str, Any]]:
-    found = []
-    for line in lines:
-        start = line.find('{"')
-        if start < 0:
-            continue
-        try:
-            event = json.loads(line[start:])
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == name:
-            found.append(event)
-    return found
 
 
 def _sandbox(artifacts: Artifacts, broker: Broker, topic: str, tmp_path: Path,
@@ -64,7 +50,7 @@ def test_records_from_several_invocations_all_arrive_and_the_summary_matches(
         lines = sandbox.log_lines()
     assert shutdown.killed == []
     assert shutdown.exit_codes == {"kafka-relay": 0}
-    (summary,) = _events(lines, "shutdown.summary")
+    (summary,) = events_named(lines, "shutdown.summary")
     assert summary["reason"] == "spindown"
     assert (summary["accepted"], summary["delivered"], summary["unaccounted"]) == (100, 100, 0)
     assert summary["producers_built"] == 1
@@ -81,7 +67,7 @@ def test_end_flush_delivers_before_the_environment_freezes(
         list(_run(sandbox, 1, 10))
         # The environment is frozen now; the records must already be on the topic.
         assert len(broker.read(topic, expected=10, timeout=5)) == 10
-        done = _events(sandbox.log_lines(), "invocation.done")
+        done = events_named(sandbox.log_lines(), "invocation.done")
         assert done[-1]["delivered"] == 10
 
 
@@ -118,7 +104,7 @@ def test_records_accepted_before_a_function_timeout_are_still_delivered(
         sandbox_timeout = sandbox.invoke({"run": "late", "count": 25})
         lines = sandbox.log_lines()
     assert sandbox_timeout.status == "timeout"
-    (summary,) = _events(lines, "shutdown.summary")
+    (summary,) = events_named(lines, "shutdown.summary")
     assert summary["reason"] == "timeout"
     assert summary["unaccounted"] == 0
     assert len({r.headers["x-relay-id"] for r in broker.read(topic, expected=25)}) == 25
