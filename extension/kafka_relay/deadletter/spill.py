@@ -95,7 +95,7 @@ class Spiller:
         day = time.strftime("%Y/%m/%d", time.gmtime(now / 1000))
         function = self._config.function_name or "local"
         key = f"kafka-relay/{function}/{day}/{now}-{uuid.uuid4().hex[:12]}.ndjson"
-        body = "".join(json.dumps(r.to_spill(), separators=(",", ":")) + "\n" for r in records)
+        body = to_ndjson(records)
         errors: list[BaseException] = []
         put = threading.Thread(
             target=self._put, name="kafka-relay-s3-put", daemon=True,
@@ -125,9 +125,7 @@ class Spiller:
         spool.mkdir(parents=True, exist_ok=True)
         path = spool / f"{self._wall_ms()}-{uuid.uuid4().hex[:12]}.ndjson"
         tmp = path.with_suffix(".partial")
-        with open(tmp, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record.to_spill(), separators=(",", ":")) + "\n")
+        tmp.write_text(to_ndjson(records), encoding="utf-8")
         os.replace(tmp, path)  # a crash mid-write leaves no half file to replay
         self._log.warning("spill.spool", destination=str(path), records=len(records),
                           reason=reason)
@@ -163,7 +161,7 @@ def spill_lines(records: Iterable[Record], *, reason: str) -> Iterator[str]:
                 f'"records":[{",".join(pack)}]}}')
 
     for record in records:
-        data = json.dumps(record.to_spill(), separators=(",", ":"))
+        data = _spill_json(record)
         if len(data) > _MAX_LINE_DATA:
             yield from _chunks(record.id, data, reason)
             continue
@@ -184,6 +182,15 @@ def _chunks(record_id: str, data: str, reason: str) -> Iterator[str]:
              "chunk": index, "chunks": len(chunks), "data": chunk},
             separators=(",", ":"),
         )
+
+
+def _spill_json(record: Record) -> str:
+    return json.dumps(record.to_spill(), separators=(",", ":"))
+
+
+def to_ndjson(records: Iterable[Record]) -> str:
+    """One spilled record a line: the S3 object and spool file format."""
+    return "".join(_spill_json(r) + "\n" for r in records)
 
 
 def read_ndjson(text: str) -> list[Record]:

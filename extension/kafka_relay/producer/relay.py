@@ -202,11 +202,8 @@ class Relay:
             finally:
                 self._flush_requests -= 1
             self.unwatch(ids)
-            return [
-                {"id": i, "outcome": watch.outcomes.get(i, ("pending", None))[0],
-                 "error": watch.outcomes.get(i, ("pending", None))[1]}
-                for i in ids
-            ]
+            outcomes = [(i, *watch.outcomes.get(i, ("pending", None))) for i in ids]
+            return [{"id": i, "outcome": outcome, "error": error} for i, outcome, error in outcomes]
 
     def flush(self, timeout_s: float, *, retry_now: bool = False) -> FlushResult:
         """Push everything due to Kafka and wait for the outcomes, at most ``timeout_s``.
