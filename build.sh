@@ -61,7 +61,7 @@ case "$cmd" in
   demo)
     ensure_venv
     "$PY" -m layer_build.build --arch x86_64
-    "$PY" -m tests.demo "$@"
+    "$PY" -m devtools.demo "$@"
     ;;
   bench)
     ensure_venv

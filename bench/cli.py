@@ -20,9 +20,9 @@ from bench.extension import run_drain, run_handoff, run_init
 from bench.infra import REPO_ROOT, BenchError, layer_sizes, network, prepare_layers
 from bench.invocations import SCENARIO_NAMES, SCENARIOS, Workload, run_scenarios
 from bench.report import BenchResults, checks, render, to_json
+from devtools.kafka_broker import BrokerError
+from devtools.sandbox import SandboxError
 from layer_build.errors import LayerBuildError
-from tests.kafka_broker import BrokerError
-from tests.sandbox import SandboxError
 
 EXTRAS = ("handoff", "init", "drain", "size")
 DRAIN_RECORDS = 10_000

@@ -20,8 +20,8 @@ from bench.infra import (
     sandbox,
 )
 from bench.stats import Summary
+from devtools.sandbox import InvokeResult, Sandbox
 from kafka_relay.logs import events_named
-from tests.sandbox import InvokeResult, Sandbox
 
 Progress = Callable[[str], None]
 

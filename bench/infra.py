@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.faultproxy import FaultProxy
+from devtools.kafka_broker import KafkaBroker, create_topics, free_port, read_topic
+from devtools.sandbox import Sandbox
 from layer_build.manifest import Manifest
 from layer_build.zipper import extract_zip
-from tests.faultproxy import FaultProxy
-from tests.kafka_broker import KafkaBroker, create_topics, free_port, read_topic
-from tests.sandbox import Sandbox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = Path(__file__).resolve().parent / "functions"

@@ -22,8 +22,8 @@ from typing import Any
 
 from bench.infra import BenchError, Delivery, Layers, Network, sandbox
 from bench.stats import Summary
+from devtools.sandbox import InvokeResult, Sandbox
 from kafka_relay.logs import events_named
-from tests.sandbox import InvokeResult, Sandbox
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""kafka-relay test suite and its local infrastructure (broker, fault proxy, Lambda sandbox)."""
+"""kafka-relay test suite: unit, integration (real broker) and end-to-end (local sandbox)."""

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultproxy import FaultProxy
-from tests.kafka_broker import (
+from devtools.faultproxy import FaultProxy
+from devtools.kafka_broker import (
     EXTERNAL_BOOTSTRAP_ENV,
     ConsumedRecord,
     KafkaBroker,
@@ -20,7 +20,7 @@ from tests.kafka_broker import (
     free_port,
     read_topic,
 )
-from tests.moto_server import MotoServer
+from devtools.moto_server import MotoServer
 
 
 @dataclass(frozen=True)

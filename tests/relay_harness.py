@@ -8,13 +8,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from devtools.kafka_broker import free_port
 from kafka_relay.app import assemble
 from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, load_config
 from kafka_relay.lifecycle.loop import EventLoop, Parts
 from kafka_relay.logs import events_named
 from kafka_relay.observability.log import JsonLogger
-from tests.kafka_broker import free_port
 
 TOKEN = "test-session-token"
 

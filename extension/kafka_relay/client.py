@@ -27,34 +27,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-DEFAULT_PORT = 4195
-TOKEN_HEADER = "X-Kafka-Relay-Token"
-REQUEST_ID_HEADER = "X-Kafka-Relay-Request-Id"
+from kafka_relay.protocol import (
+    DEFAULT_PORT,
+    REQUEST_ID_HEADER,
+    TOKEN_HEADER,
+    RecordRejected,
+    RelayBusy,
+    RelayError,
+    RelayUnavailable,
+)
+
+__all__ = ["RecordRejected", "RelayBusy", "RelayClient", "RelayError", "RelayUnavailable",
+           "SendResult", "default_client", "flush", "invocation", "invocation_end",
+           "relay_handler", "send", "send_one", "status"]
+
 _BATCH = 1000
 _DEFAULT_TIMEOUT_S = 30.0
 _MAX_BACKOFF_S = 2.0
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-class RelayError(Exception):
-    """Base of the client's errors."""
-
-
-class RelayUnavailable(RelayError):
-    """No kafka-relay extension is listening (layer not attached, or it failed to start)."""
-
-
-class RecordRejected(RelayError):
-    """The extension refused the request; nothing in it was accepted. ``reasons`` says why."""
-
-    def __init__(self, message: str, reasons: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.reasons = reasons
-
-
-class RelayBusy(RelayError):
-    """The extension's buffer stayed full for the whole time this invocation had left."""
 
 
 @dataclass(frozen=True)

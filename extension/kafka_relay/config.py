@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from kafka_relay.errors import ConfigError
+from kafka_relay.protocol import DEFAULT_PORT
 
-DEFAULT_PORT = 4195
 EXTENSION_NAME = "kafka-relay"
 PRODUCER_PREFIX = "KAFKA_PRODUCER_"
 TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")

@@ -6,12 +6,10 @@
 
 from __future__ import annotations
 
+from kafka_relay.protocol import RelayError
 
-class RelayError(Exception):
-    """Base of every kafka-relay error."""
-
-    lambda_error_type = "Extension.Error"
-
+__all__ = ["AuthError", "ConfigError", "FatalProducerError", "LambdaApiError", "PortInUseError",
+           "RelayError"]
 
 class ConfigError(RelayError):
     """A setting is missing or malformed; the message names the variable and the fix."""

@@ -12,8 +12,14 @@ import os
 from enum import Enum
 from typing import Any
 
-RELAY_HEADER_PREFIX = "x-relay-"
-ID_HEADER = "x-relay-id"
+from kafka_relay.protocol import (
+    ATTEMPTS_HEADER,
+    ERROR_HEADER,
+    FIRST_FAILED_HEADER,
+    ID_HEADER,
+    ORIGINAL_TOPIC_HEADER,
+    REQUEST_ID_KAFKA_HEADER,
+)
 
 
 class Outcome(str, Enum):
@@ -87,11 +93,11 @@ class Record:
         out = [*self.headers, (ID_HEADER, self.id.encode())]
         if dlq_topic is not None:
             out += [
-                ("x-relay-error", (self.dlq_error or "").encode()),
-                ("x-relay-original-topic", self.topic.encode()),
-                ("x-relay-attempts", str(self.attempts).encode()),
-                ("x-relay-request-id", (self.request_id or "").encode()),
-                ("x-relay-first-failed-ms", str(self.first_failed_ms or 0).encode()),
+                (ERROR_HEADER, (self.dlq_error or "").encode()),
+                (ORIGINAL_TOPIC_HEADER, self.topic.encode()),
+                (ATTEMPTS_HEADER, str(self.attempts).encode()),
+                (REQUEST_ID_KAFKA_HEADER, (self.request_id or "").encode()),
+                (FIRST_FAILED_HEADER, str(self.first_failed_ms or 0).encode()),
             ]
         return out
 

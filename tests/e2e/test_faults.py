@@ -25,14 +25,14 @@ from typing import Any
 
 import pytest
 
+from devtools.kafka_broker import ConsumedRecord, free_port, read_topic
+from devtools.moto_server import MotoServer
+from devtools.sandbox import InvokeResult, Sandbox, SandboxInitError, ShutdownResult
+from devtools.sandbox.environment import process_state
+from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
 from kafka_relay.deadletter.spill import parse_spill_lines
 from kafka_relay.logs import events_named, json_in_line
 from tests.conftest import Artifacts, Broker, ProxiedBroker
-from tests.kafka_broker import ConsumedRecord, free_port, read_topic
-from tests.moto_server import MotoServer
-from tests.sandbox import InvokeResult, Sandbox, SandboxInitError, ShutdownResult
-from tests.sandbox.environment import process_state
-from tests.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
 
 pytestmark = pytest.mark.e2e
 

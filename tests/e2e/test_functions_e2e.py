@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from devtools.fixture_server import FixtureServer
+from devtools.kafka_broker import ConsumedRecord, free_port
+from devtools.sandbox import Sandbox
 from polymarket_prices import PolymarketConfig, PolymarketProducer
 from producer_common import Batch, JsonLog
 from rss_feed import RssConfig, RssProducer
 from tests.conftest import Artifacts, Broker
-from tests.fixture_server import FixtureServer
-from tests.kafka_broker import ConsumedRecord, free_port
-from tests.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 

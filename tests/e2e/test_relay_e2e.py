@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from devtools.kafka_broker import free_port
+from devtools.sandbox import Sandbox, SandboxInitError
 from kafka_relay import logs
 from kafka_relay.logs import events_named
 from tests.conftest import Artifacts, Broker
-from tests.kafka_broker import free_port
-from tests.sandbox import Sandbox, SandboxInitError
 
 pytestmark = pytest.mark.e2e
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox import Sandbox, SandboxInitError
-from tests.sandbox.__main__ import main as sandbox_cli
-from tests.sandbox.environment import process_state
-from tests.sandbox.telemetry import Destination, TelemetryHub, TelemetryRequestError
+from devtools.sandbox import Sandbox, SandboxInitError
+from devtools.sandbox.__main__ import main as sandbox_cli
+from devtools.sandbox.environment import process_state
+from devtools.sandbox.telemetry import Destination, TelemetryHub, TelemetryRequestError
 
 pytestmark = pytest.mark.e2e
 
@@ -448,7 +448,7 @@ def test_function_sees_only_the_runtime_packages_and_its_zip(make_sandbox: MakeS
 def test_cli_invokes_and_prints_responses_then_the_log_stream(tmp_path: Path) -> None:
     log = tmp_path / "stream.log"
     done = subprocess.run(
-        [sys.executable, "-m", "tests.sandbox", "--layer", str(PROBE_LAYER), "--function",
+        [sys.executable, "-m", "devtools.sandbox", "--layer", str(PROBE_LAYER), "--function",
          str(FUNCTION), "--handler", HANDLER, "--event", '{"action": "echo"}',
          "--invocations", "2", "--env", "SANDBOX_FUNCTION_VAR=cli", "--log", str(log)],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
+from devtools.kafka_broker import BrokerError, KafkaBroker
 from tests.conftest import Broker
-from tests.kafka_broker import BrokerError, KafkaBroker
 
 pytestmark = pytest.mark.integration
 

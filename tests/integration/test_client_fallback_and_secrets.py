@@ -7,13 +7,13 @@ import json
 import boto3
 import pytest
 
+from devtools.kafka_broker import free_port
+from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.client import RelayClient
 from kafka_relay.config import load_config
 from kafka_relay.errors import AuthError, ConfigError
 from kafka_relay.producer.settings import producer_settings, resolve_credentials
 from tests.conftest import Broker
-from tests.kafka_broker import free_port
-from tests.moto_server import MotoServer, use_moto
 
 pytestmark = pytest.mark.integration
 

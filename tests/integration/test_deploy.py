@@ -14,13 +14,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from devtools.moto_server import ACCOUNT_ID, MotoServer, use_moto
 from layer_build.deploy import DeployResult, deploy, main, retry_while_role_propagates
 from layer_build.errors import DeployError, EnvFileError, MissingArtifactError
 from layer_build.manifest import FUNCTION_FILE_NAME, Artifact, Manifest, layer_file_name
 from layer_build.plan import DeployOptions, resolve_plan
 from layer_build.targets import compatible_runtimes
 from layer_build.zipper import FileTree, ZipResult, write_zip
-from tests.moto_server import ACCOUNT_ID, MotoServer, use_moto
 
 REGION = "eu-west-1"
 RSS, POLYMARKET = "kafka-relay-rss-producer", "kafka-relay-polymarket-producer"

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
+from devtools.faultproxy import FaultProxy
 from tests.conftest import ProxiedBroker
-from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ import requests
 import rss_producer
 from awslambdaric.lambda_context import LambdaContext
 
+from devtools.fixture_server import FIXTURES, FixtureServer
 from kafka_relay import client
 from polymarket_prices import PolymarketConfig, PolymarketProducer
 from producer_common import HttpSettings, JsonLog, retrying_session
 from rss_feed import RssConfig, RssProducer, Validators, fetch_feed
 from tests.conftest import Broker
-from tests.fixture_server import FixtureServer
 from tests.relay_harness import TOKEN, running_relay
 
 WORLD = "/rss/world_news_rss2.xml"
@@ -84,7 +84,7 @@ def test_a_changed_feed_is_fetched_again_and_only_its_new_entry_sent(
 ) -> None:
     feeds = rss(server, WORLD)
     feeds.poll(log=log()).commit()
-    body = (Path(__file__).parent.parent / "fixtures" / "rss" / "world_news_rss2.xml").read_bytes()
+    body = (FIXTURES / "rss" / "world_news_rss2.xml").read_bytes()
     server.put(WORLD, body.replace(b"<item>", (
         b'<item><title>Port strike ends</title><guid isPermaLink="false">example-wire-88600'
         b"</guid><pubDate>Wed, 01 May 2024 15:00:00 -0400</pubDate></item><item>"
@@ -190,7 +190,7 @@ def test_gamma_pages_are_followed_over_http_and_every_token_priced(
 
 
 def test_a_token_whose_history_keeps_failing_is_reported(server: FixtureServer) -> None:
-    fixtures = Path(__file__).parent.parent / "fixtures" / "polymarket" / "markets.json"
+    fixtures = FIXTURES / "polymarket" / "markets.json"
     token = json.loads(json.loads(fixtures.read_text())[0]["clobTokenIds"])[0]
     server.fault("/clob/prices-history", status=500, times=None, query={"market": token})
     batch = polymarket(server, max_markets=1).poll(log=log())

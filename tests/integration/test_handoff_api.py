@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.kafka_broker import free_port
 from kafka_relay.client import RecordRejected, RelayBusy, RelayClient, RelayUnavailable
 from kafka_relay.config import FlushStrategy
 from tests.conftest import Broker
-from tests.kafka_broker import free_port
 from tests.relay_harness import TOKEN, Harness, running_relay
 
 pytestmark = pytest.mark.integration

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import load_config
 from kafka_relay.deadletter import replay
 from kafka_relay.deadletter.spill import Spiller
@@ -19,7 +20,6 @@ from kafka_relay.logs import CloudWatchTail, main
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 from tests.conftest import Broker
-from tests.moto_server import MotoServer, use_moto
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.kafka_broker import read_topic
+from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
 from kafka_relay.errors import AuthError, ConfigError
-from tests.kafka_broker import read_topic
 from tests.relay_harness import running_relay
-from tests.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
 
 pytestmark = pytest.mark.integration
 

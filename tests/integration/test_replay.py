@@ -8,14 +8,14 @@ from pathlib import Path
 import boto3
 import pytest
 
+from devtools.kafka_broker import ConsumedRecord, free_port
+from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import Config, load_config
 from kafka_relay.deadletter.replay import main
 from kafka_relay.deadletter.spill import Spiller
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 from tests.conftest import Broker
-from tests.kafka_broker import ConsumedRecord, free_port
-from tests.moto_server import MotoServer, use_moto
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from confluent_kafka import (
     Producer,
 )
 
-from tests.kafka_broker import read_topic
-from tests.saslproxy import (
+from devtools.kafka_broker import read_topic
+from devtools.saslproxy import (
     API_SASL_AUTHENTICATE,
     API_SASL_HANDSHAKE,
     API_VERSIONS,

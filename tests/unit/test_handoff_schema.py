@@ -9,7 +9,8 @@ import json
 import pytest
 
 from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
-from kafka_relay.record import ID_HEADER, Record
+from kafka_relay.protocol import ID_HEADER
+from kafka_relay.record import Record
 
 _ids = itertools.count()
 

@@ -24,7 +24,7 @@ from polymarket_prices import (
 )
 from producer_common import ConfigError, FetchFailed, JsonLog, error_entry
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "polymarket"
+FIXTURES = Path(__file__).resolve().parents[2] / "devtools" / "fixtures" / "polymarket"
 MARKETS: list[dict[str, Any]] = json.loads((FIXTURES / "markets.json").read_text())
 HISTORY: dict[str, list[dict[str, Any]]] = json.loads(
     (FIXTURES / "prices_history.json").read_text()

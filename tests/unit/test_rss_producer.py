@@ -31,7 +31,7 @@ from rss_feed import (
     stable_key,
 )
 
-RSS = Path(__file__).resolve().parent.parent / "fixtures" / "rss"
+RSS = Path(__file__).resolve().parents[2] / "devtools" / "fixtures" / "rss"
 BASE = "https://feeds.example.test/"
 FETCHED_AT = "2024-05-01T12:10:00Z"
 NOW = 1714565400.0  # 2024-05-01T12:10:00Z

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka_relay.config import TOPIC_PATTERN
-from kafka_relay.record import RELAY_HEADER_PREFIX, Record
+from kafka_relay.protocol import NDJSON_TYPES, RELAY_HEADER_PREFIX
+from kafka_relay.record import Record
 
 _FIELDS = frozenset({"topic", "key", "value", "value_b64", "headers", "timestamp_ms"})
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
 # Hot path (every record): one encoder instead of json.dumps building one per call.
 _encode_value = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 

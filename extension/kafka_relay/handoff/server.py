@@ -26,10 +26,9 @@ from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
 from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.relay import BufferFull, Relay
+from kafka_relay.protocol import REQUEST_ID_HEADER, TOKEN_HEADER
 from kafka_relay.record import IdSource
 
-TOKEN_HEADER = "X-Kafka-Relay-Token"
-REQUEST_ID_HEADER = "X-Kafka-Relay-Request-Id"
 _DEFAULT_WAIT_S = 30.0
 
 

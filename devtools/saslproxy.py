@@ -4,7 +4,7 @@ The test broker speaks plaintext only. This proxy terminates TLS (a throwaway
 CA and server certificate from ``trustme``), performs the Kafka SASL/PLAIN
 exchange itself (ApiVersions, SaslHandshake, SaslAuthenticate) and, once a
 client has authenticated, pipes bytes to the broker untouched. Like
-``tests.faultproxy`` it runs an asyncio loop in a daemon thread.
+``devtools.faultproxy`` it runs an asyncio loop in a daemon thread.
 
 Kafka clients learn broker addresses from metadata, so the broker behind the
 proxy must advertise the proxy's port; ``sasl_broker()`` wires that up::
@@ -31,8 +31,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from tests.kafka_broker import KafkaBroker, free_port
-from tests.tcpproxy import LoopbackProxy
+from devtools.kafka_broker import KafkaBroker, free_port
+from devtools.tcpproxy import LoopbackProxy
 
 #: librdkafka settings as confluent-kafka's constructors type them.
 ClientConfig = dict[str, str | int | float | bool]

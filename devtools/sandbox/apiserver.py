@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.sandbox.state import EnvState, ErrorReport, ExtensionState, Invocation
-from tests.sandbox.telemetry import TelemetryRequestError, iso_time
+from devtools.sandbox.state import EnvState, ErrorReport, ExtensionState, Invocation
+from devtools.sandbox.telemetry import TelemetryRequestError, iso_time
 
 _RUNTIME = "/2018-06-01/runtime"
 _EXTENSION = "/2020-01-01/extension"

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tests.sandbox.errors import SandboxError
-from tests.sandbox.logstream import OutputPump
+from devtools.sandbox.errors import SandboxError
+from devtools.sandbox.logstream import OutputPump
 
 #: Variables Lambda hides from extensions (they belong to the runtime and the function).
 REDACTED_FOR_EXTENSIONS = ("_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR")

@@ -1,13 +1,13 @@
 """A loopback HTTP server standing in for the producer functions' upstreams.
 
-It serves the recorded fixtures under ``tests/fixtures/`` (GET only)::
+It serves the recorded fixtures under ``devtools/fixtures/`` (GET only)::
 
-    /rss/<file>                  tests/fixtures/rss/<file>, with ETag and Last-Modified;
+    /rss/<file>                  devtools/fixtures/rss/<file>, with ETag and Last-Modified;
                                  304 when If-None-Match (or, without it, If-Modified-Since)
                                  matches
-    /gamma/markets               tests/fixtures/polymarket/markets.json like the Gamma API:
+    /gamma/markets               devtools/fixtures/polymarket/markets.json like the Gamma API:
                                  active / closed filters, order + ascending, limit / offset
-    /clob/prices-history         tests/fixtures/polymarket/prices_history.json like the CLOB:
+    /clob/prices-history         devtools/fixtures/polymarket/prices_history.json like the CLOB:
                                  ?market=<token id>[&startTs=&endTs=] -> {"history": [...]};
                                  interval and fidelity are accepted and ignored
 
@@ -21,7 +21,7 @@ and lets tests break it per path::
         server.put("/rss/world_news_rss2.xml", new_bytes)           # the feed changed
         server.hits("/rss/world_news_rss2.xml")                     # what clients asked
 
-``python -m tests.fixture_server [--port N]`` prints the base URL on its first line, then
+``python -m devtools.fixture_server [--port N]`` prints the base URL on its first line, then
 the producers' environment (``RSS_FEED_URLS=...`` etc.), and serves until Ctrl-C.
 """
 
@@ -354,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fixture_server",
+        prog="python -m devtools.fixture_server",
         description="Serve the RSS, Gamma and CLOB fixtures on loopback until Ctrl-C.",
     )
     parser.add_argument("--host", default="127.0.0.1")

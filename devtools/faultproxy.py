@@ -16,7 +16,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from tests.tcpproxy import CHUNK, LoopbackProxy
+from devtools.tcpproxy import CHUNK, LoopbackProxy
 
 
 @dataclass

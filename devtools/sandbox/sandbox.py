@@ -19,18 +19,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TextIO, TypeVar
 
-from tests.sandbox.apiserver import LambdaApiServer, tracing
-from tests.sandbox.environment import (
+from devtools.sandbox.apiserver import LambdaApiServer, tracing
+from devtools.sandbox.environment import (
     Layout,
     Proc,
     Processes,
     extension_environment,
     lambda_environment,
 )
-from tests.sandbox.errors import SandboxError, SandboxInitError
-from tests.sandbox.logstream import LogStream
-from tests.sandbox.state import EnvState, Invocation
-from tests.sandbox.telemetry import TelemetryHub, iso_time
+from devtools.sandbox.errors import SandboxError, SandboxInitError
+from devtools.sandbox.logstream import LogStream
+from devtools.sandbox.state import EnvState, Invocation
+from devtools.sandbox.telemetry import TelemetryHub, iso_time
 
 _T = TypeVar("_T")
 _ACCOUNT_ID = "123456789012"

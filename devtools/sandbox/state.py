@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.sandbox.telemetry import TelemetryHub
+from devtools.sandbox.telemetry import TelemetryHub
 
 
 @dataclass(frozen=True)

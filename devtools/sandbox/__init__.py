@@ -8,7 +8,7 @@ starts every executable in ``<opt>/extensions/`` as Lambda does, then the
 real runtime interface client (``python -m awslambdaric <handler>``), and
 drives the lifecycle::
 
-    from tests.sandbox import Sandbox, SandboxInitError
+    from devtools.sandbox import Sandbox, SandboxInitError
 
     with Sandbox(layers=[Path("dist/kafka-relay-layer-x86_64.zip")],   # zips or dirs, in order
                  function=Path("dist/producer-functions.zip"),          # zip or dir
@@ -67,12 +67,12 @@ layer's ``python/`` on the path itself. ``TMPDIR`` is a fresh directory per
 environment. Telemetry destinations may use ``sandbox.localdomain`` (resolved
 to 127.0.0.1 here, as inside Lambda), ``127.0.0.1`` or ``localhost``.
 
-Also a command: ``python -m tests.sandbox --layer L.zip --function F.zip
+Also a command: ``python -m devtools.sandbox --layer L.zip --function F.zip
 --handler mod.fn --event '{}' --invocations 3 [--env K=V] [--timeout 30]
 [--log out.log]``.
 """
 
-from tests.sandbox.errors import SandboxError, SandboxInitError
-from tests.sandbox.sandbox import InvokeResult, Sandbox, ShutdownResult
+from devtools.sandbox.errors import SandboxError, SandboxInitError
+from devtools.sandbox.sandbox import InvokeResult, Sandbox, ShutdownResult
 
 __all__ = ["InvokeResult", "Sandbox", "SandboxError", "SandboxInitError", "ShutdownResult"]

@@ -1,6 +1,6 @@
 """Invoke a function with its layers in the local Lambda sandbox.
 
-    python -m tests.sandbox --layer dist/kafka-relay-layer-x86_64.zip \\
+    python -m devtools.sandbox --layer dist/kafka-relay-layer-x86_64.zip \\
         --function dist/producer-functions.zip --handler rss_producer.handler \\
         --event '{}' --invocations 3 --env KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \\
         [--timeout 30] [--log out.log]
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from tests.sandbox.errors import SandboxError, SandboxInitError
-from tests.sandbox.sandbox import Sandbox
+from devtools.sandbox.errors import SandboxError, SandboxInitError
+from devtools.sandbox.sandbox import Sandbox
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -38,7 +38,7 @@ def _event(text: str) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tests.sandbox", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.sandbox", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layer", type=Path, action="append", default=[],
                         help="a layer zip or directory (repeat; merged in order)")

@@ -1,0 +1,5 @@
+"""Developer tools for kafka-relay: the local Lambda sandbox, a real Kafka broker, fault and SASL
+proxies, the recorded upstream fixtures, moto in server mode and the demo.
+
+Imported by tests, bench and the demo; never by the layer (extension/).
+"""
