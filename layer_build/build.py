@@ -7,7 +7,10 @@ Layer ``kafka-relay-layer-<arch>.zip`` (unpacks to /opt in Lambda)::
 
     extensions/kafka-relay       the launcher, mode 0755
     python/kafka_relay/...       the extension and its client
-    python/confluent_kafka/...   from manylinux wheels, one extension module per Python version
+    python/confluent_kafka/...   from manylinux wheels, one extension module per Python version,
+                                 without the subpackages nothing imports (UNUSED_SUBPACKAGES)
+    python/aws_msk_iam_sasl_signer/...  pure Python, for KAFKA_AUTH=msk-iam (boto3 and
+                                 botocore come with the Lambda Python runtime)
 
 Function zip ``producer-functions.zip``: ``function/*.py`` at the top and the
 pure-Python wheels they need. Both are reproducible (see ``zipper``) and
@@ -35,7 +38,9 @@ from layer_build.manifest import (
 )
 from layer_build.targets import (
     ARCHES,
+    LOCAL_ONLY_VERSIONS,
     PYTHON_VERSIONS,
+    UNUSED_SUBPACKAGES,
     Arch,
     arch,
     check_python_version,
@@ -43,6 +48,7 @@ from layer_build.targets import (
     elf_machine,
     glibc_text,
     local_python_version,
+    version_key,
     wheel_glibc,
 )
 from layer_build.wheels import WheelSet, fetch_wheels, read_pins, unpack_wheel
@@ -133,7 +139,14 @@ def check_binaries(tree: FileTree, target: Arch, artifact: str) -> None:
 
 
 def _oldest(versions: Sequence[str]) -> str:
-    return min(versions, key=lambda version: tuple(int(part) for part in version.split(".")))
+    return min(versions, key=version_key)
+
+
+def drop_unused_subpackages(tree: FileTree) -> int:
+    """Remove confluent-kafka's subpackages that nothing in a producer imports."""
+    return sum(
+        tree.remove_prefix(f"python/confluent_kafka/{name}/") for name in UNUSED_SUBPACKAGES
+    )
 
 
 class Builder:
@@ -157,7 +170,9 @@ class Builder:
         floors: list[tuple[int, int]] = []
         for version in self.config.python_versions:
             # --no-deps: confluent-kafka needs nothing else at run time (typing_extensions,
-            # declared for 3.10, is imported only under TYPE_CHECKING by the producer API).
+            # declared for 3.10, is imported only under TYPE_CHECKING by the producer API);
+            # the MSK IAM signer's boto3/botocore ship with the runtime, its click only
+            # serves its CLI.
             wheels = WheelSet(
                 label=f"layer-{target.name}",
                 pins=pins,
@@ -171,6 +186,7 @@ class Builder:
                 floor = wheel_glibc(wheel.name)
                 if floor is not None:
                     floors.append(floor)
+        drop_unused_subpackages(tree)
         name = layer_file_name(target.name)
         check_binaries(tree, target, name)
         glibc = max(floors) if floors else None
@@ -206,7 +222,11 @@ class Builder:
         for wheel in self._wheels(wheels):
             unpack_wheel(wheel, tree, prefix="")
             wheel_names.append(wheel.name)
-        supported = PYTHON_VERSIONS[PYTHON_VERSIONS.index(python):]
+        supported = tuple(
+            version
+            for version in (*LOCAL_ONLY_VERSIONS, *PYTHON_VERSIONS)
+            if version_key(version) >= version_key(python)
+        )
         return self._write(
             tree,
             name=FUNCTION_FILE_NAME,
@@ -298,9 +318,11 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         help="architectures to build a layer for (default: all)",
     )
     parser.add_argument(
-        "--python-version", nargs="+", action="extend", choices=list(PYTHON_VERSIONS),
+        "--python-version", nargs="+", action="extend",
+        choices=[*PYTHON_VERSIONS, *LOCAL_ONLY_VERSIONS],
         help="Python versions whose confluent-kafka binaries the layer carries "
-        f"(default: all of {', '.join(PYTHON_VERSIONS)})",
+        f"(default: all of {', '.join(PYTHON_VERSIONS)}; "
+        f"{', '.join(LOCAL_ONLY_VERSIONS)} only for a local sandbox)",
     )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "dist", help="default: dist")
     parser.add_argument(
@@ -317,7 +339,9 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         out=args.out,
         wheelhouse=args.wheelhouse,
         arches=tuple(dict.fromkeys(args.arch or ARCHES)),
-        python_versions=tuple(sorted(set(args.python_version or PYTHON_VERSIONS))),
+        python_versions=tuple(
+            sorted(set(args.python_version or PYTHON_VERSIONS), key=version_key)
+        ),
         epoch=source_date_epoch(os.environ),
     )
 

@@ -41,7 +41,7 @@ from layer_build.plan import (
     role_policy,
     trust_policy,
 )
-from layer_build.targets import ARCHES, RUNTIME_GLIBC
+from layer_build.targets import ARCHES, REFUSED_RUNTIMES, RUNTIME_GLIBC
 
 Log = Callable[[str], None]
 Sleep = Callable[[float], None]
@@ -456,7 +456,8 @@ def parse_args(argv: Sequence[str] | None) -> DeployOptions:
     parser.add_argument("--region", help="default: boto3's (AWS_DEFAULT_REGION, profile)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX,
                         help="prefix of every resource name (default: %(default)s)")
-    parser.add_argument("--runtime", choices=list(RUNTIME_GLIBC), default=DEFAULT_RUNTIME,
+    parser.add_argument("--runtime", choices=[*RUNTIME_GLIBC, *REFUSED_RUNTIMES],
+                        default=DEFAULT_RUNTIME,
                         help="the functions' Lambda runtime (default: %(default)s)")
     parser.add_argument("--dist", type=Path, default=REPO_ROOT / "dist",
                         help="where ./build.sh build put the artifacts (default: dist)")

@@ -13,11 +13,12 @@ from layer_build.build import REPO_ROOT
 from layer_build.envfile import parse_env_file
 from layer_build.errors import DeployError, EnvFileError, MissingArtifactError
 from layer_build.manifest import Artifact, Manifest
-from layer_build.targets import ARCHES, RUNTIME_GLIBC
+from layer_build.targets import ARCHES, REFUSED_RUNTIMES, RUNTIME_GLIBC
 from layer_build.zipper import file_sha256
 
 #: Amazon Linux 2023: the oldest Lambda Python runtime whose glibc loads confluent-kafka
-#: 2.16.1's manylinux_2_28 wheels (python3.10/3.11 run on Amazon Linux 2, glibc 2.26).
+#: 2.16.1's manylinux_2_28 wheels (python3.10/3.11 run on Amazon Linux 2, glibc 2.26:
+#: refused, see targets.REFUSED_RUNTIMES).
 DEFAULT_RUNTIME = "python3.12"
 DEFAULT_PREFIX = "kafka-relay"
 #: Lambda refuses a function whose variables (names + values) exceed 4 KB.
@@ -177,6 +178,8 @@ def _checked_zip(dist: Path, artifact: Artifact) -> Path:
 
 
 def _check_runtime(runtime: str, layer: Artifact) -> None:
+    if runtime in REFUSED_RUNTIMES:
+        raise DeployError(REFUSED_RUNTIMES[runtime])
     if runtime not in RUNTIME_GLIBC:
         raise DeployError(
             f"runtime {runtime!r} is not one the layer targets: use one of "

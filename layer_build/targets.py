@@ -31,17 +31,40 @@ ARCHES: dict[str, Arch] = {
     "arm64": Arch("arm64", "aarch64", 183),  # EM_AARCH64
 }
 
-#: Python versions with a Lambda runtime the layer can target.
-PYTHON_VERSIONS: tuple[str, ...] = ("3.10", "3.11", "3.12", "3.13")
+#: Python versions with a Lambda runtime the layer targets (the default build).
+PYTHON_VERSIONS: tuple[str, ...] = ("3.12", "3.13", "3.14")
 
-#: glibc of the OS under each Lambda Python runtime: Amazon Linux 2 for 3.10 and 3.11,
-#: Amazon Linux 2023 from 3.12. A manylinux_2_28 wheel cannot load on Amazon Linux 2.
+#: Versions buildable on request for a local interpreter only (the sandbox on a dev
+#: machine): no Lambda runtime of theirs can load confluent-kafka 2.16.1, so their
+#: artifacts list no compatible runtime and deploy refuses them.
+LOCAL_ONLY_VERSIONS: tuple[str, ...] = ("3.10", "3.11")
+
+#: glibc of the OS under each Lambda Python runtime the layer targets: Amazon Linux 2023.
 RUNTIME_GLIBC: dict[str, tuple[int, int]] = {
-    "python3.10": (2, 26),
-    "python3.11": (2, 26),
     "python3.12": (2, 34),
     "python3.13": (2, 34),
+    "python3.14": (2, 34),
 }
+
+_AL2_REFUSAL = (
+    "runs on Amazon Linux 2 (glibc 2.26), which cannot load confluent-kafka 2.16.1's "
+    "manylinux_2_28 wheels. The last confluent-kafka with manylinux2014 wheels (2.4.0, "
+    "May 2024) bundles OpenSSL 3.0.12 (Oct 2023) and misses two years of librdkafka "
+    "producer fixes, so kafka-relay ships no layer for it: move the function to "
+    "python3.12, python3.13 or python3.14 (Amazon Linux 2023)"
+)
+
+#: Lambda Python runtimes the layer deliberately does not support, and why.
+REFUSED_RUNTIMES: dict[str, str] = {
+    "python3.10": f"python3.10 {_AL2_REFUSAL}",
+    "python3.11": f"python3.11 {_AL2_REFUSAL}",
+}
+
+#: confluent-kafka subpackages nothing in the layer imports: Schema Registry clients,
+#: the legacy Avro producer, asyncio wrappers and the test harness (about 1.6 MB unzipped
+#: per copy). ``confluent_kafka/__init__`` imports only cimpl, _model, serialization,
+#: error and the (de)serializing clients; cimpl imports admin and _oauthbearer.
+UNUSED_SUBPACKAGES: tuple[str, ...] = ("aio", "avro", "kafkatest", "schema_registry")
 
 _LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
 _MANYLINUX = re.compile(r"^manylinux_(\d+)_(\d+)_")
@@ -57,12 +80,17 @@ def arch(name: str) -> Arch:
 
 
 def check_python_version(version: str) -> str:
-    if version not in PYTHON_VERSIONS:
+    if version not in PYTHON_VERSIONS + LOCAL_ONLY_VERSIONS:
         raise BuildError(
             f"unsupported Python version {version!r}: Lambda runtimes the layer targets are "
-            f"{', '.join(PYTHON_VERSIONS)}"
+            f"{', '.join(PYTHON_VERSIONS)} ({', '.join(LOCAL_ONLY_VERSIONS)} only for a local "
+            "sandbox)"
         )
     return version
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def local_python_version() -> str:
@@ -106,9 +134,11 @@ def compatible_runtimes(
     python_versions: Iterable[str], glibc: tuple[int, int] | None
 ) -> tuple[str, ...]:
     """Lambda runtimes whose Python the artifact carries binaries for and whose OS loads them."""
-    runtimes = (runtime_for(version) for version in sorted(set(python_versions)))
+    runtimes = (runtime_for(version) for version in sorted(set(python_versions), key=version_key))
     return tuple(
-        runtime for runtime in runtimes if glibc is None or RUNTIME_GLIBC[runtime] >= glibc
+        runtime
+        for runtime in runtimes
+        if runtime in RUNTIME_GLIBC and (glibc is None or RUNTIME_GLIBC[runtime] >= glibc)
     )
 
 

@@ -109,6 +109,13 @@ class FileTree:
                 added += 1
         return added
 
+    def remove_prefix(self, prefix: str) -> int:
+        """Drop every entry whose name starts with ``prefix``; how many were dropped."""
+        doomed = [name for name in self._entries if name.startswith(prefix)]
+        for name in doomed:
+            del self._entries[name]
+        return len(doomed)
+
     def items(self) -> Iterator[tuple[str, Entry]]:
         return iter(sorted(self._entries.items()))
 

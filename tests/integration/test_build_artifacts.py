@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 from layer_build.build import REPO_ROOT, BuildConfig, build
 from layer_build.limits import LAYER_GOAL_ZIPPED, mib
 from layer_build.manifest import FUNCTION_FILE_NAME, MANIFEST_NAME, Manifest, layer_file_name
-from layer_build.targets import PYTHON_VERSIONS
+from layer_build.targets import PYTHON_VERSIONS, UNUSED_SUBPACKAGES
 from layer_build.zipper import extract_zip, file_sha256
 
 WHEELHOUSE = REPO_ROOT / "build" / "wheelhouse"
@@ -62,13 +63,29 @@ def unpacked_layer(x86: Built, tmp_path_factory: pytest.TempPathFactory) -> Path
     return opt
 
 
-def isolated_python(code: str, *paths: Path) -> subprocess.CompletedProcess[str]:
-    """This interpreter without site-packages (-S -s): only ``paths`` and the stdlib."""
+def isolated_python(
+    code: str, *paths: Path, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    """An interpreter without site-packages (-S -s): only ``paths`` and the stdlib."""
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(map(str, paths))}
     return subprocess.run(
-        [sys.executable, "-S", "-s", "-c", code],
+        [python, "-S", "-s", "-c", code],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )
+
+
+def interpreter(version: str) -> str | None:
+    """A working ``python<version>`` on PATH or under pyenv, if this machine has one."""
+    candidates = [shutil.which(f"python{version}") or ""]
+    candidates += sorted(map(str, Path.home().glob(f".pyenv/versions/{version}.*/bin/python3")))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
 
 
 def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) -> None:
@@ -84,6 +101,14 @@ def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) 
         tag = version.replace(".", "")
         assert f"python/confluent_kafka/cimpl.cpython-{tag}-x86_64-linux-gnu.so" in names
     assert any(name.startswith("python/confluent_kafka.libs/librdkafka") for name in names)
+    assert not [n for n in names if ".cpython-310-" in n or ".cpython-311-" in n]
+    for unused in UNUSED_SUBPACKAGES:
+        assert not [n for n in names if n.startswith(f"python/confluent_kafka/{unused}/")]
+    assert "python/confluent_kafka/admin/__init__.py" in names  # cimpl imports it
+    assert "python/confluent_kafka/_oauthbearer/aws/aws_autowire.py" in names  # cimpl, too
+    # The MSK IAM signer, with the metadata it reads its own version from.
+    assert "python/aws_msk_iam_sasl_signer/MSKAuthTokenProvider.py" in names
+    assert "python/aws_msk_iam_sasl_signer_python-1.0.2.dist-info/METADATA" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.split("/")[1].startswith(("boto3", "botocore"))]
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_")]
@@ -106,9 +131,12 @@ def test_manifest_describes_each_zip_exactly(x86: Built) -> None:
     layer = on_disk.layer("x86_64")
     assert layer.python_versions == PYTHON_VERSIONS
     assert layer.glibc == "2.28"  # confluent-kafka 2.16.1 publishes manylinux_2_28 wheels only
-    assert layer.compatible_runtimes == ("python3.12", "python3.13")
-    assert len(layer.wheels) == len(PYTHON_VERSIONS)
-    assert on_disk.pins["extension/requirements.txt"] == {"confluent-kafka": "2.16.1"}
+    assert layer.compatible_runtimes == ("python3.12", "python3.13", "python3.14")
+    assert len(layer.wheels) == len(PYTHON_VERSIONS) + 1  # one pure wheel shared by all
+    assert "aws_msk_iam_sasl_signer_python-1.0.2-py2.py3-none-any.whl" in layer.wheels
+    assert on_disk.pins["extension/requirements.txt"] == {
+        "confluent-kafka": "2.16.1", "aws-msk-iam-sasl-signer-python": "1.0.2"
+    }
     assert on_disk.function().python_versions == PYTHON_VERSIONS
 
 
@@ -145,6 +173,9 @@ def test_layer_is_within_the_8_mb_goal(x86: Built, request: pytest.FixtureReques
 def test_unpacked_layer_imports_confluent_kafka_and_kafka_relay_without_site_packages(
     unpacked_layer: Path,
 ) -> None:
+    target = next(filter(None, map(interpreter, PYTHON_VERSIONS)), None)
+    if target is None:
+        pytest.skip(f"no Python {' / '.join(PYTHON_VERSIONS)} interpreter on this machine")
     python = unpacked_layer / "python"
     code = (
         "import json, sys\n"
@@ -156,7 +187,7 @@ def test_unpacked_layer_imports_confluent_kafka_and_kafka_relay_without_site_pac
         " 'producer': type(producer).__name__}))\n"
     )
 
-    result = isolated_python(code, python)
+    result = isolated_python(code, python, python=target)
 
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
@@ -168,6 +199,27 @@ def test_unpacked_layer_imports_confluent_kafka_and_kafka_relay_without_site_pac
     assert os.access(unpacked_layer / "extensions" / "kafka-relay", os.X_OK)
     shared = [p for p in python.rglob("*") if p.is_file() and ".so" in p.name]
     assert {elf_machine_of(p) for p in shared} == {EM_X86_64}
+
+
+@pytest.mark.parametrize("version", PYTHON_VERSIONS)
+def test_each_target_python_imports_confluent_kafka_from_the_stripped_layer(
+    unpacked_layer: Path, version: str
+) -> None:
+    python = interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} interpreter on this machine")
+    code = (
+        "import confluent_kafka, kafka_relay.client\n"
+        "from confluent_kafka import Producer\n"
+        "Producer({'bootstrap.servers': '127.0.0.1:9', 'compression.type': 'zstd',"
+        " 'enable.idempotence': True})\n"
+        "print(confluent_kafka.__file__)\n"
+    )
+
+    result = isolated_python(code, unpacked_layer / "python", python=python)
+
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(unpacked_layer / "python")
 
 
 def test_function_zip_holds_the_handlers_and_pure_python_dependencies(

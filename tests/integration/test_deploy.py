@@ -53,7 +53,7 @@ def make_dist(
     dist: Path,
     *,
     layer_version: str = "1",
-    python_versions: tuple[str, ...] = ("3.10", "3.11", "3.12", "3.13"),
+    python_versions: tuple[str, ...] = ("3.12", "3.13", "3.14"),
     handlers: tuple[str, ...] = ("rss_producer.py", "polymarket_producer.py"),
 ) -> Manifest:
     """A small dist/ shaped like the real build's: what deploy reads, without the wheels."""
@@ -147,7 +147,7 @@ def test_the_layer_version_holds_the_built_zip(
     assert version["Content"]["CodeSha256"] == lambda_sha(layer_zip)
     assert version["Content"]["CodeSize"] == layer_zip.stat().st_size
     assert f"sha256:{manifest.layer('x86_64').sha256}" in version["Description"]
-    assert version["CompatibleRuntimes"] == ["python3.12", "python3.13"]
+    assert version["CompatibleRuntimes"] == ["python3.12", "python3.13", "python3.14"]
     assert version["CompatibleArchitectures"] == ["x86_64"]
 
 
@@ -457,10 +457,13 @@ def test_cli_without_credentials_or_region_says_how_to_set_them(
 # --- what is refused before any AWS call ----------------------------------------------------
 
 
-def test_a_runtime_whose_os_cannot_load_the_wheels_is_refused(dist: Path) -> None:
+def test_an_amazon_linux_2_runtime_is_refused_with_the_reason_and_the_runtimes_to_use(
+    dist: Path,
+) -> None:
     with pytest.raises(DeployError, match=(
-        r"python3.11 runs on glibc 2.26, but kafka-relay-layer-x86_64.zip's confluent-kafka "
-        r"wheels need glibc >= 2.28 .*--runtime python3.12 or python3.13"
+        r"^python3.11 runs on Amazon Linux 2 \(glibc 2.26\), which cannot load confluent-kafka "
+        r"2.16.1's manylinux_2_28 wheels.*move the function to python3.12, python3.13 or "
+        r"python3.14 \(Amazon Linux 2023\)$"
     )):
         resolve_plan(DeployOptions(dist=dist, runtime="python3.11"), variables=ENV)
 

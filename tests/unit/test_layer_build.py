@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from layer_build.build import add_extension_sources, check_binaries
+from layer_build.build import (
+    BuildConfig,
+    add_extension_sources,
+    check_binaries,
+    drop_unused_subpackages,
+    parse_args,
+)
 from layer_build.envfile import parse_env_file, parse_env_text
 from layer_build.errors import BuildError, EnvFileError, SizeLimitError
 from layer_build.limits import (
@@ -21,7 +27,15 @@ from layer_build.limits import (
     check_combined,
     check_size,
 )
-from layer_build.targets import ARCHES, compatible_runtimes, elf_machine, wheel_glibc
+from layer_build.targets import (
+    ARCHES,
+    PYTHON_VERSIONS,
+    REFUSED_RUNTIMES,
+    RUNTIME_GLIBC,
+    compatible_runtimes,
+    elf_machine,
+    wheel_glibc,
+)
 from layer_build.wheels import WheelSet, fetch_wheels, read_pins, unpack_wheel
 from layer_build.zipper import (
     ZIP_EPOCH,
@@ -268,10 +282,12 @@ def test_wheel_platform_tags_decide_which_lambda_runtimes_can_load_them() -> Non
     pure = wheel_glibc("requests-2.34.2-py3-none-any.whl")
 
     assert (new, old, pure) == ((2, 28), (2, 17), None)
-    everything = ("3.10", "3.11", "3.12", "3.13")
-    assert compatible_runtimes(everything, new) == ("python3.12", "python3.13")
-    assert compatible_runtimes(everything, old) == tuple(f"python{v}" for v in everything)
-    assert compatible_runtimes(["3.11"], pure) == ("python3.11",)
+    everything = ("3.14", "3.12", "3.13")
+    assert compatible_runtimes(everything, new) == ("python3.12", "python3.13", "python3.14")
+    assert compatible_runtimes(everything, old) == ("python3.12", "python3.13", "python3.14")
+    assert compatible_runtimes(["3.13"], pure) == ("python3.13",)
+    # A local-only build (the sandbox's 3.11) loads on no Lambda runtime the layer targets.
+    assert compatible_runtimes(["3.11"], pure) == ()
     with pytest.raises(BuildError, match="not a manylinux or pure-Python wheel"):
         wheel_glibc("x-1-cp311-cp311-linux_x86_64.whl")
 
@@ -440,3 +456,53 @@ def test_env_file_errors_name_the_line_and_the_problem(line: str, problem: str) 
 def test_a_missing_env_file_says_what_to_create(tmp_path: Path) -> None:
     with pytest.raises(EnvFileError, match=r"not found: create it .*or pass --env-file"):
         parse_env_file(tmp_path / ".env")
+
+
+# --- targets -------------------------------------------------------------------------------
+
+
+def test_the_default_build_targets_the_amazon_linux_2023_runtimes_3_12_to_3_14() -> None:
+    assert PYTHON_VERSIONS == ("3.12", "3.13", "3.14")
+    assert parse_args([]).python_versions == PYTHON_VERSIONS
+    assert set(RUNTIME_GLIBC) == {f"python{v}" for v in PYTHON_VERSIONS}
+    assert all(glibc >= (2, 28) for glibc in RUNTIME_GLIBC.values())
+
+
+def test_versions_sort_numerically_and_old_ones_build_only_on_request() -> None:
+    assert parse_args(["--python-version", "3.14", "3.12"]).python_versions == ("3.12", "3.14")
+    assert BuildConfig(python_versions=("3.11",)).python_versions == ("3.11",)  # sandbox
+    with pytest.raises(BuildError, match=r"unsupported Python version '3.9'.*3.12, 3.13, 3.14"):
+        BuildConfig(python_versions=("3.9",))
+
+
+def test_amazon_linux_2_runtimes_are_refused_with_the_reason_and_the_way_out() -> None:
+    for runtime in ("python3.10", "python3.11"):
+        reason = REFUSED_RUNTIMES[runtime]
+        assert reason.startswith(f"{runtime} runs on Amazon Linux 2 (glibc 2.26)")
+        assert "manylinux2014" in reason
+        assert "2.4.0" in reason
+        assert reason.endswith("python3.12, python3.13 or python3.14 (Amazon Linux 2023)")
+        assert runtime not in RUNTIME_GLIBC
+
+
+def test_unused_confluent_kafka_subpackages_are_dropped_and_the_rest_kept() -> None:
+    tree = FileTree()
+    kept = [
+        "python/confluent_kafka/__init__.py",
+        "python/confluent_kafka/admin/__init__.py",
+        "python/confluent_kafka/serialization/__init__.py",
+        "python/confluent_kafka/_oauthbearer/aws/__init__.py",
+        "python/confluent_kafka/avro_like.py",  # a prefix match must stop at the slash
+    ]
+    dropped = [
+        "python/confluent_kafka/schema_registry/__init__.py",
+        "python/confluent_kafka/schema_registry/rules/cel/x.py",
+        "python/confluent_kafka/avro/__init__.py",
+        "python/confluent_kafka/aio/producer/_p.py",
+        "python/confluent_kafka/kafkatest/verifiable_client.py",
+    ]
+    for name in kept + dropped:
+        tree.add(name, name.encode(), executable=False)
+
+    assert drop_unused_subpackages(tree) == len(dropped)
+    assert tree.names() == sorted(kept)
