@@ -35,6 +35,8 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
     try:
         config = load_config(env)
         logger = JsonLogger(level=config.log_level, stream=stream)
+        from kafka_relay.producer.runtime_check import require_confluent_kafka  # noqa: PLC0415
+        require_confluent_kafka(env)  # a layer for another runtime: ConfigError, no traceback
         from kafka_relay.app import assemble  # noqa: PLC0415 - heavy imports after register
 
         parts = assemble(config, logger, api=api)
