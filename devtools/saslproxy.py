@@ -1,9 +1,10 @@
-"""A TLS + SASL/PLAIN front for the local Kafka broker, so tests can exercise SASL_SSL.
+"""A TLS + SASL front for the local Kafka broker, so tests can exercise SASL_SSL.
 
 The test broker speaks plaintext only. This proxy terminates TLS (a throwaway
-CA and server certificate from ``trustme``), performs the Kafka SASL/PLAIN
-exchange itself (ApiVersions, SaslHandshake, SaslAuthenticate) and, once a
-client has authenticated, pipes bytes to the broker untouched. Like
+CA and server certificate from ``trustme``), performs the Kafka SASL exchange
+itself (ApiVersions, SaslHandshake, SaslAuthenticate) for PLAIN, SCRAM-SHA-256,
+SCRAM-SHA-512 or OAUTHBEARER (``devtools.sasl_mechanisms``) and, once a client
+has authenticated, pipes bytes to the broker untouched. Like
 ``devtools.faultproxy`` it runs an asyncio loop in a daemon thread.
 
 Kafka clients learn broker addresses from metadata, so the broker behind the
@@ -21,7 +22,7 @@ import shutil
 import ssl
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -32,6 +33,15 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from devtools.kafka_broker import KafkaBroker, free_port
+from devtools.sasl_mechanisms import (
+    MECHANISMS,
+    OAUTHBEARER,
+    PLAIN,
+    Exchange,
+    Step,
+    TokenVerifier,
+    exchange_for,
+)
 from devtools.tcpproxy import LoopbackProxy
 
 #: librdkafka settings as confluent-kafka's constructors type them.
@@ -49,7 +59,6 @@ SASL_AUTHENTICATION_FAILED = 58
 
 #: Version ranges advertised for the SASL APIs, i.e. what this proxy can answer.
 SASL_API_VERSIONS = {API_SASL_HANDSHAKE: (0, 1), API_SASL_AUTHENTICATE: (0, 2)}
-_MECHANISM = "PLAIN"
 # Kafka brokers cap unauthenticated frames at this size (sasl.server.max.receive.size).
 _MAX_PREAUTH_FRAME = 512 * 1024
 
@@ -198,34 +207,18 @@ def _with_sasl_apis(body: bytes, version: int) -> bytes:
     return body[:2] + counted + b"".join(entries[k] for k in sorted(entries)) + tail
 
 
-def _check_plain(token: bytes, users: Mapping[str, str]) -> str | None:
-    """None when the PLAIN token (authzid NUL user NUL password) is valid, else why not."""
-    parts = token.split(b"\x00")
-    if len(parts) != 3:
-        return "malformed SASL/PLAIN token: expected authzid\\0username\\0password"
-    try:
-        authzid, username, password = (part.decode() for part in parts)
-    except UnicodeDecodeError:
-        return "malformed SASL/PLAIN token: not UTF-8"
-    if authzid and authzid != username:
-        return "authorization id must be empty or equal to the username"
-    if users.get(username) != password:
-        return "Authentication failed: Invalid username or password"
-    return None
-
-
-def _authenticate_response(header: _RequestHeader, error: str | None) -> bytes:
-    version = header.api_version
+def _authenticate_response(header: _RequestHeader, step: Step) -> bytes:
+    version, error = header.api_version, step.error
     code = 0 if error is None else SASL_AUTHENTICATION_FAILED
     if version >= 2:
         body = struct.pack(">h", code) + _compact_nullable_string(error)
-        body += _uvarint(1)  # auth_bytes: empty, PLAIN has no server challenge
+        body += _uvarint(len(step.reply) + 1) + step.reply  # the server's challenge, if any
         body += struct.pack(">q", 0) + b"\x00"  # session_lifetime_ms 0: no re-authentication
         header_bytes = struct.pack(">i", header.correlation_id) + b"\x00"
     else:
         body = struct.pack(">h", code)
         body += struct.pack(">h", -1) if error is None else _string(error)
-        body += struct.pack(">i", 0)
+        body += struct.pack(">i", len(step.reply)) + step.reply
         if version >= 1:
             body += struct.pack(">q", 0)
         header_bytes = struct.pack(">i", header.correlation_id)
@@ -236,9 +229,11 @@ def _authenticate_response(header: _RequestHeader, error: str | None) -> bytes:
 
 
 class SaslProxy(LoopbackProxy):
-    """A SASL/PLAIN (and by default TLS) terminating proxy in front of one broker.
+    """A SASL (and by default TLS) terminating proxy in front of one broker.
 
-    ``users`` maps usernames to passwords (default ``key``/``secret``).
+    ``users`` maps usernames to passwords (default ``key``/``secret``) for PLAIN and
+    SCRAM; ``mechanisms`` are those it accepts (the first is what ``client_config``
+    uses); OAUTHBEARER needs ``verify_token``.
     """
 
     def __init__(
@@ -249,8 +244,17 @@ class SaslProxy(LoopbackProxy):
         host: str = "127.0.0.1",
         port: int = 0,
         tls: bool = True,
+        mechanisms: Sequence[str] = (PLAIN,),
+        verify_token: TokenVerifier | None = None,
     ) -> None:
         super().__init__(upstream, host=host, port=port, name="saslproxy")
+        unknown = [m for m in mechanisms if m not in MECHANISMS]
+        if not mechanisms or unknown:
+            raise SaslProxyError(f"mechanisms {list(mechanisms)!r}: use some of {MECHANISMS}")
+        if OAUTHBEARER in mechanisms and verify_token is None:
+            raise SaslProxyError("OAUTHBEARER needs verify_token, the check of a bearer token")
+        self.mechanisms = tuple(mechanisms)
+        self.verify_token = verify_token
         self.users = dict(users) if users is not None else {DEFAULT_USERNAME: DEFAULT_PASSWORD}
         self.tls = tls
         self.stats = SaslStats()
@@ -273,23 +277,30 @@ class SaslProxy(LoopbackProxy):
         return self._cert_dir / "ca.pem"
 
     def client_config(
-        self, *, username: str | None = None, password: str | None = None
+        self,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        mechanism: str | None = None,
     ) -> ClientConfig:
         """librdkafka settings that reach the broker through this proxy.
 
         Credentials default to the first configured user; pass others to fail on purpose.
+        For OAUTHBEARER the caller adds its ``oauth_cb``.
         """
-        if username is None:
-            username = next(iter(self.users), DEFAULT_USERNAME)
-        if password is None:
-            password = self.users.get(username, "")
+        mechanism = mechanism or self.mechanisms[0]
         config: ClientConfig = {
             "bootstrap.servers": self.address,
             "security.protocol": self.security_protocol,
-            "sasl.mechanism": _MECHANISM,
-            "sasl.username": username,
-            "sasl.password": password,
+            "sasl.mechanism": mechanism,
         }
+        if mechanism != OAUTHBEARER:
+            if username is None:
+                username = next(iter(self.users), DEFAULT_USERNAME)
+            if password is None:
+                password = self.users.get(username, "")
+            config["sasl.username"] = username
+            config["sasl.password"] = password
         if self.tls:
             config["ssl.ca.location"] = str(self.ca_path)
         return config
@@ -349,43 +360,50 @@ class SaslProxy(LoopbackProxy):
         u_writer: asyncio.StreamWriter,
     ) -> bool:
         """Run the SASL exchange; True once the client is authenticated."""
-        mechanism_agreed = False
-        raw_token_next = False  # after SaslHandshake v0 the token comes as a bare frame
+        exchange: Exchange | None = None  # set once a mechanism is agreed
+        raw_tokens = False  # after SaslHandshake v0 the tokens come as bare frames
         while True:
             payload = await _read_frame(c_reader)
-            if raw_token_next:
-                authenticated = self._counted(_check_plain(payload, self.users))
-                if authenticated:
-                    c_writer.write(_frame(b""))  # PLAIN's empty server token
+            if raw_tokens and exchange is not None:
+                step = exchange.step(payload)
+                if step.error is None:
+                    c_writer.write(_frame(step.reply))  # the server's token (PLAIN: empty)
                     await c_writer.drain()
-                return authenticated
+                if step.done or step.error is not None:
+                    return self._counted(step.error)
+                continue
             reader = _Reader(payload)
             header = _read_request_header(reader)
             if header.api_key == API_VERSIONS:
                 c_writer.write(await self._broker_api_versions(header, payload, u_reader, u_writer))
             elif header.api_key == API_SASL_HANDSHAKE and header.api_version <= 1:
                 mechanism = reader.nullable_string()
-                mechanism_agreed = mechanism == _MECHANISM
-                body = struct.pack(">hi", 0 if mechanism_agreed else UNSUPPORTED_SASL_MECHANISM, 1)
-                c_writer.write(
-                    _frame(struct.pack(">i", header.correlation_id) + body + _string(_MECHANISM))
+                agreed = mechanism in self.mechanisms
+                exchange = (
+                    exchange_for(str(mechanism), users=self.users, verify_token=self.verify_token)
+                    if agreed
+                    else None
                 )
-                raw_token_next = mechanism_agreed and header.api_version == 0
+                body = struct.pack(">hi", 0 if agreed else UNSUPPORTED_SASL_MECHANISM,
+                                   len(self.mechanisms))
+                body += b"".join(_string(name) for name in self.mechanisms)
+                c_writer.write(_frame(struct.pack(">i", header.correlation_id) + body))
+                raw_tokens = agreed and header.api_version == 0
             elif (
                 header.api_key == API_SASL_AUTHENTICATE
                 and header.api_version <= 2
-                and mechanism_agreed
+                and exchange is not None
             ):
                 token = (
                     reader.compact_bytes()
                     if header.api_version >= 2
                     else reader.take(reader.int32())
                 )
-                error = _check_plain(token, self.users)
-                authenticated = self._counted(error)
-                c_writer.write(_authenticate_response(header, error))
+                step = exchange.step(token)
+                c_writer.write(_authenticate_response(header, step))
                 await c_writer.drain()
-                return authenticated
+                if step.done or step.error is not None:
+                    return self._counted(step.error)
             else:
                 raise _ProtocolViolation(
                     f"API key {header.api_key} v{header.api_version} before authentication"
@@ -453,7 +471,11 @@ class SaslBroker(NamedTuple):
 
 @contextlib.contextmanager
 def sasl_broker(
-    *, users: Mapping[str, str] | None = None, tls: bool = True
+    *,
+    users: Mapping[str, str] | None = None,
+    tls: bool = True,
+    mechanisms: Sequence[str] = (PLAIN,),
+    verify_token: TokenVerifier | None = None,
 ) -> Iterator[SaslBroker]:
     """Its own broker advertising the proxy's port, and the proxy in front of it.
 
@@ -464,6 +486,7 @@ def sasl_broker(
     proxy_port = free_port()
     with (
         KafkaBroker(advertised_port=proxy_port) as broker,
-        SaslProxy(broker.listen_address, users=users, port=proxy_port, tls=tls) as proxy,
+        SaslProxy(broker.listen_address, users=users, port=proxy_port, tls=tls,
+                  mechanisms=mechanisms, verify_token=verify_token) as proxy,
     ):
         yield SaslBroker(broker.listen_address, proxy, proxy.address)

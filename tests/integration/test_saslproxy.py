@@ -17,6 +17,7 @@ from confluent_kafka import (
 )
 
 from devtools.kafka_broker import read_topic
+from devtools.sasl_mechanisms import SCRAM_SHA_256, SCRAM_SHA_512
 from devtools.saslproxy import (
     API_SASL_AUTHENTICATE,
     API_SASL_HANDSHAKE,
@@ -266,3 +267,42 @@ def test_handshake_v0_takes_a_bare_token_and_answers_with_an_empty_one(sasl: Sas
         assert _recv_frame(sock) == b""  # PLAIN's empty server token
         assert _api_ranges(_request(sock, API_VERSIONS, 0), flexible=False)
     assert sasl.proxy.stats.auth_succeeded == 1
+
+
+# -- SCRAM-SHA-256/512 ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", [SCRAM_SHA_256, SCRAM_SHA_512])
+def test_scram_producer_delivers_and_wrong_password_is_refused(mechanism: str) -> None:
+    with sasl_broker(mechanisms=(mechanism,), users={"alice": "s3cr=t,pw"}) as scram:
+        topic = scram.create_topic(f"test.{uuid.uuid4().hex[:12]}")  # itself over SCRAM
+        config = scram.proxy.client_config()
+        assert config["sasl.mechanism"] == mechanism
+        producer = _producer(config)
+        producer.produce(topic, value=mechanism.encode())
+        assert producer.flush(15) == 0
+        assert _read_values(config, topic, expected=1) == [mechanism.encode()]
+        succeeded = scram.proxy.stats.auth_succeeded
+
+        errors: list[KafkaError] = []
+        wrong = _producer(scram.proxy.client_config(password="s3cr=t,pX"),
+                          **{"error_cb": errors.append, "message.timeout.ms": 1000})
+        wrong.produce(topic, value=b"never")
+        deadline = time.monotonic() + 5
+        while not errors and time.monotonic() < deadline:
+            wrong.poll(0.1)
+        wrong.flush(5)
+
+    assert succeeded >= 3  # admin, producer, consumer
+    assert errors, "no error reached the error callback within 5 s"
+    assert errors[0].code() in _AUTH_ERRORS
+    assert "Invalid username or password" in errors[0].str()
+    assert scram.proxy.stats.auth_failed >= 1
+    assert scram.proxy.stats.auth_succeeded == succeeded  # the wrong password never got in
+
+
+def test_a_plain_client_is_refused_by_a_scram_only_proxy_naming_what_it_accepts() -> None:
+    with sasl_broker(mechanisms=(SCRAM_SHA_512, SCRAM_SHA_256)) as scram, _connect(scram) as sock:
+        answer = _request(sock, API_SASL_HANDSHAKE, 1, _string("PLAIN"))
+    assert answer == (struct.pack(">hi", UNSUPPORTED_SASL_MECHANISM, 2)
+                      + _string(SCRAM_SHA_512) + _string(SCRAM_SHA_256))
