@@ -53,7 +53,8 @@ def resolve_credentials(
     except (ValueError, KeyError, AttributeError) as exc:
         raise ConfigError(
             f"the secret KAFKA_SECRET_ARN={config.secret_arn!r} must be JSON "
-            '{"api_key": "...", "api_secret": "..."}'
+            '{"api_key": "...", "api_secret": "..."} or, as MSK stores SASL/SCRAM secrets, '
+            '{"username": "...", "password": "..."}'
         ) from exc
 
 
