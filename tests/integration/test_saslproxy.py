@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import ssl
 import struct
@@ -17,7 +18,8 @@ from confluent_kafka import (
 )
 
 from devtools.kafka_broker import read_topic
-from devtools.sasl_mechanisms import SCRAM_SHA_256, SCRAM_SHA_512
+from devtools.msk_iam_verifier import KnownKey, MskIamVerifier
+from devtools.sasl_mechanisms import OAUTHBEARER, PLAIN, SCRAM_SHA_256, SCRAM_SHA_512
 from devtools.saslproxy import (
     API_SASL_AUTHENTICATE,
     API_SASL_HANDSHAKE,
@@ -28,6 +30,12 @@ from devtools.saslproxy import (
     SaslBroker,
     SaslProxyError,
     sasl_broker,
+)
+from kafka_relay.producer.msk_iam import (
+    AwsCredentials,
+    MskIamTokenProvider,
+    Signer,
+    msk_signer,
 )
 
 pytestmark = pytest.mark.integration
@@ -306,3 +314,72 @@ def test_a_plain_client_is_refused_by_a_scram_only_proxy_naming_what_it_accepts(
         answer = _request(sock, API_SASL_HANDSHAKE, 1, _string("PLAIN"))
     assert answer == (struct.pack(">hi", UNSUPPORTED_SASL_MECHANISM, 2)
                       + _string(SCRAM_SHA_512) + _string(SCRAM_SHA_256))
+
+
+# -- OAUTHBEARER with MSK IAM tokens ---------------------------------------------------------
+
+MSK_REGION = "eu-west-1"
+MSK_KEYS = {"AKIATESTKEY": KnownKey("test-secret-key", "test-session-token")}
+
+
+def _msk_tokens(signer: Signer = msk_signer) -> MskIamTokenProvider:
+    credentials = AwsCredentials("AKIATESTKEY", "test-secret-key", "test-session-token")
+    return MskIamTokenProvider(region=MSK_REGION, credentials=lambda: credentials,
+                               signer=signer)
+
+
+def _tampered(region: str, credentials: AwsCredentials) -> tuple[str, int]:
+    """A real token whose signed expiry was stretched after signing."""
+    token, expiry_ms = msk_signer(region, credentials)
+    url = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    url = url.replace("X-Amz-Expires=900", "X-Amz-Expires=3600")
+    return base64.urlsafe_b64encode(url.encode()).decode().rstrip("="), expiry_ms
+
+
+def _first_error(producer: Producer, errors: list[KafkaError]) -> KafkaError | None:
+    deadline = time.monotonic() + 5
+    while not errors and time.monotonic() < deadline:
+        producer.poll(0.1)
+    return errors[0] if errors else None
+
+
+def test_msk_iam_tokens_from_the_provider_authenticate_through_oauth_cb() -> None:
+    verifier = MskIamVerifier(MSK_REGION, MSK_KEYS)
+    tokens = _msk_tokens()
+    with sasl_broker(mechanisms=(PLAIN, OAUTHBEARER), verify_token=verifier) as iam:
+        topic = iam.create_topic(f"test.{uuid.uuid4().hex[:12]}")  # over PLAIN
+        config = iam.proxy.client_config(mechanism=OAUTHBEARER)
+        producer = _producer(config, oauth_cb=tokens)
+        producer.produce(topic, value=b"iam")
+        assert producer.flush(15) == 0
+        assert _read_values(iam.proxy.client_config(), topic, expected=1) == [b"iam"]
+
+    assert verifier.accepted
+    assert set(verifier.accepted) == {"AKIATESTKEY"}
+    assert verifier.rejected == []
+    assert tokens.minted == 1  # one token serves every connection until near its expiry
+
+
+@pytest.mark.parametrize("case", ["tampered", "expired"])
+def test_a_tampered_or_expired_msk_iam_token_is_refused(case: str) -> None:
+    if case == "tampered":
+        verifier, tokens = MskIamVerifier(MSK_REGION, MSK_KEYS), _msk_tokens(_tampered)
+    else:  # the front's clock is past the token's 900 s lifetime
+        verifier = MskIamVerifier(MSK_REGION, MSK_KEYS, clock=lambda: time.time() + 1000)
+        tokens = _msk_tokens()
+    with sasl_broker(mechanisms=(PLAIN, OAUTHBEARER), verify_token=verifier) as iam:
+        topic = iam.create_topic(f"test.{uuid.uuid4().hex[:12]}")
+        errors: list[KafkaError] = []
+        producer = _producer(iam.proxy.client_config(mechanism=OAUTHBEARER), oauth_cb=tokens,
+                             error_cb=errors.append, **{"message.timeout.ms": 1000})
+        producer.produce(topic, value=b"never")
+        error = _first_error(producer, errors)
+        producer.flush(5)
+        stored = _read_values(iam.proxy.client_config(), topic, expected=0)
+
+    assert error is not None, "no error reached the error callback within 5 s"
+    assert error.code() in _AUTH_ERRORS
+    reason = "signature does not match" if case == "tampered" else "token expired"
+    assert reason in error.str()
+    assert verifier.accepted == []
+    assert stored == []

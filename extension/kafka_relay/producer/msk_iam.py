@@ -1,0 +1,139 @@
+"""MSK IAM: OAUTHBEARER tokens for confluent-kafka's ``oauth_cb``.
+
+A token is ``aws-msk-iam-sasl-signer-python``'s base64url SigV4-presigned URL for
+``kafka-cluster:Connect``, signed with the execution role's credentials. Both the
+region and the credentials are handed in (config reads the environment, not this
+module). A token never outlives the credentials that signed it, and ``refresh()``
+mints a new one at once (after a thaw, before producing).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka_relay.errors import AuthError, ConfigError
+
+#: Mint a new token this long before the current one (or the credentials) expires.
+REFRESH_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    expiration: float | None = None  # epoch seconds; None when the source does not say
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> AwsCredentials:
+        """The execution role's credentials, as Lambda puts them in the environment."""
+        key, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
+        if not key or not secret:
+            raise ConfigError(
+                "KAFKA_AUTH=msk-iam signs with the execution role's credentials, but "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set: run in Lambda or set them"
+            )
+        return cls(key, secret, env.get("AWS_SESSION_TOKEN") or None)
+
+
+#: (region, credentials) -> (token, expiry in epoch milliseconds), as the MSK signer returns.
+Signer = Callable[[str, AwsCredentials], "tuple[str, int]"]
+CredentialSource = Callable[[], AwsCredentials]
+
+
+def msk_signer(region: str, credentials: AwsCredentials) -> tuple[str, int]:
+    """aws-msk-iam-sasl-signer-python with exactly these credentials (no credential chain)."""
+    # Imported here: boto3/botocore load only when MSK IAM is configured.
+    from aws_msk_iam_sasl_signer import (  # type: ignore[import-untyped]  # noqa: PLC0415
+        MSKAuthTokenProvider,
+    )
+    from botocore.credentials import CredentialProvider, Credentials  # noqa: PLC0415
+
+    class _Given(CredentialProvider):  # type: ignore[misc]
+        METHOD = "kafka-relay"
+
+        def load(self) -> Any:
+            return Credentials(
+                credentials.access_key_id, credentials.secret_access_key,
+                credentials.session_token,
+            )
+
+    token, expiry_ms = MSKAuthTokenProvider.generate_auth_token_from_credentials_provider(
+        region, _Given()
+    )
+    return str(token), int(expiry_ms)
+
+
+class MskIamTokenProvider:
+    """``oauth_cb`` for confluent-kafka: cached tokens, re-minted near expiry or on demand.
+
+    Thread-safe: librdkafka calls it from ``poll()``, the lifecycle from its own thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        credentials: CredentialSource,
+        signer: Signer = msk_signer,
+        clock: Callable[[], float] = time.time,
+        refresh_margin_s: float = REFRESH_MARGIN_S,
+    ) -> None:
+        if not region:
+            raise ConfigError(
+                "KAFKA_AUTH=msk-iam needs the cluster's region: Lambda sets AWS_REGION"
+            )
+        self.region = region
+        self._credentials = credentials
+        self._signer = signer
+        self._clock = clock
+        self._margin = refresh_margin_s
+        self._lock = threading.Lock()
+        self._current: tuple[str, float] | None = None
+        self.minted = 0
+
+    def __call__(self, oauth_config: str) -> tuple[str, float]:
+        """confluent-kafka's ``oauth_cb(sasl.oauthbearer.config)`` -> (token, expiry s)."""
+        return self.token()
+
+    def token(self) -> tuple[str, float]:
+        with self._lock:
+            if self._current is None or self.stale():
+                self._current = self._mint()
+            return self._current
+
+    def refresh(self) -> tuple[str, float]:
+        """A new token now, whatever the cached one's age (call after a thaw)."""
+        with self._lock:
+            self._current = self._mint()
+            return self._current
+
+    def stale(self) -> bool:
+        """Whether the cached token is missing or within the margin of its expiry."""
+        current = self._current
+        return current is None or self._clock() >= current[1] - self._margin
+
+    def _mint(self) -> tuple[str, float]:
+        credentials = self._credentials()
+        try:
+            token, expiry_ms = self._signer(self.region, credentials)
+        except Exception as exc:
+            raise AuthError(
+                f"could not sign an MSK IAM token in {self.region} ({exc}); check the "
+                "execution role's credentials"
+            ) from exc
+        expiry = expiry_ms / 1000
+        if credentials.expiration is not None:
+            expiry = min(expiry, credentials.expiration)
+        if expiry <= self._clock():
+            raise AuthError(
+                f"the execution role's credentials ({credentials.access_key_id}) expired at "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expiry))}: an MSK IAM token "
+                "signed with them would be refused"
+            )
+        self.minted += 1
+        return token, expiry
