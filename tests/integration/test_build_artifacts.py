@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.sandbox.runtime_paths import runtime_paths
 from layer_build.build import REPO_ROOT, BuildConfig, build
 from layer_build.limits import LAYER_GOAL_ZIPPED, mib
 from layer_build.manifest import FUNCTION_FILE_NAME, MANIFEST_NAME, Manifest, layer_file_name
@@ -220,6 +221,32 @@ def test_each_target_python_imports_confluent_kafka_from_the_stripped_layer(
 
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(unpacked_layer / "python")
+
+
+def test_the_layers_msk_iam_signer_runs_on_the_runtimes_boto3_alone(
+    unpacked_layer: Path, tmp_path: Path
+) -> None:
+    runtime = tmp_path / "runtime"  # what Lambda's Python runtime offers: boto3 and its deps
+    runtime.mkdir()
+    for path in runtime_paths(("boto3",)):
+        (runtime / Path(path).name).symlink_to(path)
+    code = (
+        "import base64, json\n"
+        "from kafka_relay.producer.msk_iam import AwsCredentials, msk_signer\n"
+        "import aws_msk_iam_sasl_signer\n"
+        "token, expiry = msk_signer('eu-west-1', AwsCredentials('AKIATEST', 's', 't'))\n"
+        "url = base64.urlsafe_b64decode(token + '=' * (-len(token) % 4)).decode()\n"
+        "print(json.dumps({'signer': aws_msk_iam_sasl_signer.__file__, 'url': url}))\n"
+    )
+
+    result = isolated_python(code, unpacked_layer / "python", runtime)
+
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert Path(seen["signer"]).is_relative_to(unpacked_layer / "python")
+    assert seen["url"].startswith("https://kafka.eu-west-1.amazonaws.com/?Action=kafka-cluster")
+    assert "User-Agent=aws-msk-iam-sasl-signer-python%2F1.0.2" in seen["url"]
+    assert not (runtime / "click").exists()  # the signer's CLI dependency is not needed
 
 
 def test_function_zip_holds_the_handlers_and_pure_python_dependencies(
