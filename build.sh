@@ -15,7 +15,7 @@ usage: ./build.sh <command> [args]
            the local Lambda sandbox with the extension, then what arrived on each topic
   test     install pinned deps into .venv, run ruff, mypy and the default pytest run
   build    dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
-           [--arch x86_64 arm64] [--python-version 3.10 ...] [--out dist]
+           [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
   deploy   publish the layer and deploy both producers with boto3
            [--env-file .env] [--dry-run] [--arch x86_64] [--region R] [--prefix kafka-relay]
   bench    benchmarks against the baselines: table + ratios, bench/results/*.json
@@ -60,12 +60,12 @@ case "$cmd" in
     ;;
   demo)
     ensure_venv
-    "$PY" -m layer_build.build --arch x86_64
+    "$PY" -m layer_build.build --arch x86_64 --for-sandbox
     "$PY" -m devtools.demo "$@"
     ;;
   bench)
     ensure_venv
-    "$PY" -m layer_build.build --arch x86_64
+    "$PY" -m layer_build.build --arch x86_64 --for-sandbox
     "$PY" -m bench "$@"
     ;;
   faults)

@@ -333,15 +333,21 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         "--wheelhouse", type=Path, default=REPO_ROOT / "build" / "wheelhouse",
         help="wheel cache; rebuilds are offline once it is filled (default: build/wheelhouse)",
     )
+    parser.add_argument(
+        "--for-sandbox", action="store_true",
+        help="also carry the binaries for this interpreter, so the local sandbox (which runs "
+        "the extension with it) can load the layer: demo and bench use this",
+    )
     args = parser.parse_args(argv)
+    versions = set(args.python_version or PYTHON_VERSIONS)
+    if args.for_sandbox:
+        versions.add(local_python_version())
     return BuildConfig(
         root=args.root,
         out=args.out,
         wheelhouse=args.wheelhouse,
         arches=tuple(dict.fromkeys(args.arch or ARCHES)),
-        python_versions=tuple(
-            sorted(set(args.python_version or PYTHON_VERSIONS), key=version_key)
-        ),
+        python_versions=tuple(sorted(versions, key=version_key)),
         epoch=source_date_epoch(os.environ),
     )
 

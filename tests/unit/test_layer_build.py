@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -470,6 +471,9 @@ def test_the_default_build_targets_the_amazon_linux_2023_runtimes_3_12_to_3_14()
 
 def test_versions_sort_numerically_and_old_ones_build_only_on_request() -> None:
     assert parse_args(["--python-version", "3.14", "3.12"]).python_versions == ("3.12", "3.14")
+    local = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for_sandbox = parse_args(["--for-sandbox"]).python_versions  # demo and bench: + this one
+    assert set(for_sandbox) == {*PYTHON_VERSIONS, local}
     assert BuildConfig(python_versions=("3.11",)).python_versions == ("3.11",)  # sandbox
     with pytest.raises(BuildError, match=r"unsupported Python version '3.9'.*3.12, 3.13, 3.14"):
         BuildConfig(python_versions=("3.9",))
