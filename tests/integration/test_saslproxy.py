@@ -383,3 +383,35 @@ def test_a_tampered_or_expired_msk_iam_token_is_refused(case: str) -> None:
     assert reason in error.str()
     assert verifier.accepted == []
     assert stored == []
+
+
+def test_tokens_capped_by_short_lived_credentials_are_refetched_and_delivery_continues() -> None:
+    """Credentials that live 3 s cap each token at 3 s. confluent-kafka serves oauth_cb on
+    its background thread, so librdkafka re-fetches by itself; past the first token's
+    expiry await_fresh finds a fresh one and records still get through."""
+    verifier = MskIamVerifier(MSK_REGION, MSK_KEYS)
+    issued: list[float] = []
+
+    def rotating() -> AwsCredentials:  # the role's credentials, renewed on every read
+        issued.append(time.time())
+        return AwsCredentials("AKIATESTKEY", "test-secret-key", "test-session-token",
+                              expiration=issued[-1] + 3)
+
+    tokens = MskIamTokenProvider(region=MSK_REGION, credentials=rotating)
+    with sasl_broker(mechanisms=(PLAIN, OAUTHBEARER), verify_token=verifier) as iam:
+        topic = iam.create_topic(f"test.{uuid.uuid4().hex[:12]}")
+        producer = _producer(iam.proxy.client_config(mechanism=OAUTHBEARER), oauth_cb=tokens)
+        producer.produce(topic, value=b"before")
+        assert producer.flush(15) == 0
+        first_expiry = issued[0] + 3
+        time.sleep(max(0.0, first_expiry - time.time()) + 0.5)  # no poll from this thread
+
+        assert tokens.await_fresh(producer.poll, timeout_s=5)
+        producer.produce(topic, value=b"after")
+        assert producer.flush(15) == 0
+        values = _read_values(iam.proxy.client_config(), topic, expected=2)
+
+    assert values == [b"before", b"after"]
+    assert tokens.minted >= 2  # re-fetched past the first token's expiry
+    assert tokens.token()[1] > first_expiry
+    assert verifier.rejected == []

@@ -170,3 +170,46 @@ def test_an_expired_a_foreign_or_a_wrongly_keyed_token_is_rejected() -> None:
     assert "signature does not match" in (other_secret(token) or "")
     assert "unknown access key AKIATESTKEY" in (stranger(token) or "")
     assert "not base64url" in (MskIamVerifier(REGION, KEYS)("%%%") or "")
+
+
+def test_a_short_lived_token_goes_stale_when_librdkafka_asks_for_a_new_one() -> None:
+    clock = FakeClock()
+    short = AwsCredentials("AKIATESTKEY", "s", "t", expiration=clock.now + 100)
+    tokens, _ = provider(clock, short)
+    tokens("")
+
+    clock.now += 79  # librdkafka refreshes at 80% of the lifetime, not 60 s before expiry
+    assert not tokens.stale()
+    clock.now += 1
+    assert tokens.stale()
+
+
+def test_await_fresh_polls_until_librdkafka_has_fetched_a_new_token() -> None:
+    clock = FakeClock()
+    tokens, signer = provider(clock)
+    tokens("")
+    clock.now += 3600  # a freeze that outlived the token
+    polls: list[float] = []
+
+    def poll(timeout: float) -> None:  # librdkafka's refresh timer fires on the third poll
+        polls.append(timeout)
+        if len(polls) == 3:
+            tokens("")
+
+    assert tokens.await_fresh(poll)
+    assert len(polls) == 3
+    assert signer.calls == 2
+    assert tokens.await_fresh(poll)  # already fresh: no polling
+    assert len(polls) == 3
+
+
+def test_await_fresh_gives_up_at_its_timeout_when_no_token_comes() -> None:
+    clock = FakeClock()
+    tokens, _ = provider(clock)
+    tokens("")
+    clock.now += 3600
+    ticks = iter(range(1000))  # each look at the clock advances it a second
+    polls: list[float] = []
+
+    assert not tokens.await_fresh(polls.append, timeout_s=5, monotonic=lambda: next(ticks))
+    assert len(polls) == 4  # at t=1..4; t=5 is the deadline

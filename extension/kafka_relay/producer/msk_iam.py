@@ -17,8 +17,10 @@ from typing import Any
 
 from kafka_relay.errors import AuthError, ConfigError
 
-#: Mint a new token this long before the current one (or the credentials) expires.
+#: Mint a new token this long before the current one (or the credentials) expires; never
+#: earlier than librdkafka asks (at 80% of a token's lifetime), so stale() implies it asked.
 REFRESH_MARGIN_S = 60.0
+_LIBRDKAFKA_REFRESH_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class MskIamTokenProvider:
         self._margin = refresh_margin_s
         self._lock = threading.Lock()
         self._current: tuple[str, float] | None = None
+        self._stale_at = 0.0
         self.minted = 0
 
     def __call__(self, oauth_config: str) -> tuple[str, float]:
@@ -114,8 +117,22 @@ class MskIamTokenProvider:
 
     def stale(self) -> bool:
         """Whether the cached token is missing or within the margin of its expiry."""
-        current = self._current
-        return current is None or self._clock() >= current[1] - self._margin
+        return self._current is None or self._clock() >= self._stale_at
+
+    def await_fresh(
+        self, poll: Callable[[float], object], *, timeout_s: float = 3.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> bool:
+        """After a thaw, before producing: wait until librdkafka holds a token that is not
+        stale. Its refresh timer fires within a second of the wall clock passing 80% of the
+        token's lifetime and calls oauth_cb (confluent-kafka serves that on its background
+        thread; ``poll``, the producer's, serves it too where it does not). False when no
+        fresh token came within ``timeout_s``.
+        """
+        deadline = monotonic() + timeout_s
+        while self.stale() and monotonic() < deadline:
+            poll(0.05)
+        return not self.stale()
 
     def _mint(self) -> tuple[str, float]:
         credentials = self._credentials()
@@ -135,5 +152,9 @@ class MskIamTokenProvider:
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expiry))}: an MSK IAM token "
                 "signed with them would be refused"
             )
+        now = self._clock()
+        self._stale_at = expiry - min(
+            self._margin, (1 - _LIBRDKAFKA_REFRESH_FRACTION) * (expiry - now)
+        )
         self.minted += 1
         return token, expiry
