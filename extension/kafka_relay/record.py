@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import itertools
 import os
-from enum import Enum
 from typing import Any
 
 from kafka_relay.protocol import (
@@ -20,12 +19,6 @@ from kafka_relay.protocol import (
     ORIGINAL_TOPIC_HEADER,
     REQUEST_ID_KAFKA_HEADER,
 )
-
-
-class Outcome(str, Enum):
-    DELIVERED = "delivered"
-    DEAD_LETTERED = "dead_lettered"
-    SPILLED = "spilled"
 
 
 class IdSource:

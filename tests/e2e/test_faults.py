@@ -30,8 +30,8 @@ from devtools.moto_server import MotoServer
 from devtools.sandbox import InvokeResult, Sandbox, SandboxInitError, ShutdownResult
 from devtools.sandbox.environment import process_state
 from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
-from kafka_relay.deadletter.spill import parse_spill_lines
 from kafka_relay.logs import events_named, json_in_line
+from kafka_relay.spill.codec import parse_spill_lines
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
 pytestmark = pytest.mark.e2e

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from kafka_relay.deadletter.spill import parse_spill_lines, spill_lines
 from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.record import IdSource, Record
+from kafka_relay.spill.codec import parse_spill_lines, spill_lines
 
 
 def test_an_end_that_arrives_before_the_invoke_event_is_remembered() -> None:

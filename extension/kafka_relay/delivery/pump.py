@@ -1,0 +1,272 @@
+"""The pump: the only code that touches the confluent-kafka Producer.
+
+One thread produces what the ledger's queue holds, polls or flushes, applies
+``routing.route`` to every failure, spills what must be spilled and rebuilds a
+producer that a fatal error killed. Delivery callbacks run only here. Any
+exception while producing ONE record settles that record and the pump goes
+on; an exception that escapes an iteration ends the pump, and ``on_death``
+hands everything still unsettled to the spill chain.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException
+
+from kafka_relay.config import Config
+from kafka_relay.delivery.ledger import Ledger
+from kafka_relay.delivery.routing import Action, Decision, route
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.producer.classify import ErrorKind, classify, describe
+from kafka_relay.protocol import BrokerState, Outcome
+from kafka_relay.record import Record
+from kafka_relay.spill.sinks import SpillResult
+
+PRODUCE_BATCH = 2_000
+_IDLE_WAIT_S = 0.05
+
+
+class ProducerLike(Protocol):
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def flush(self, timeout: float = ...) -> int: ...
+    def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+    def __len__(self) -> int: ...
+
+
+class Spill(Protocol):
+    def __call__(self, records: Sequence[Record], *, reason: str,
+                 retry_later: bool = True) -> SpillResult: ...
+
+
+class Pump:
+    def __init__(self, ledger: Ledger, config: Config, *,
+                 producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
+                 on_death: Callable[[BaseException], None],
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self._ledger = ledger
+        self._queue = ledger.queue
+        self._config = config
+        self._factory = producer_factory
+        self._spill = spill
+        self._log = logger
+        self._on_death = on_death
+        self._wall_ms = wall_ms
+        self._rebuild = False
+        self._stopping = False
+        self.broker_state = BrokerState.UNKNOWN
+        self.last_error: str | None = None
+        self.producer = self._build()
+        self._thread = threading.Thread(target=self._run, name="kafka-relay-pump", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, join_s: float = 2.0) -> None:
+        with self._ledger.cond:
+            self._stopping = True
+            self._ledger.cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=join_s)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                if not self.step():
+                    self._idle()
+        except BaseException as exc:
+            self._on_death(exc)
+
+    def step(self) -> bool:
+        """One round: rebuild if due, produce a batch, poll (or flush), do waiting spills.
+        True when there was something to do. Tests call it without the thread."""
+        with self._ledger.cond:
+            rebuild, self._rebuild = self._rebuild, False
+        if rebuild:  # before taking a batch: the rebuild re-queues everything unsettled
+            self._replace_producer()
+        with self._ledger.cond:
+            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH)
+            flushing = self._queue.flush_requests > 0
+            in_flight = self._queue.in_flight
+        for index, record in enumerate(batch):
+            if not self._produce(record):
+                with self._ledger.cond:
+                    self._queue.give_back(batch[index:])
+                break
+        try:
+            if flushing:
+                self.producer.flush(0.005)
+            else:
+                self.producer.poll(0 if batch or not in_flight else 0.001)
+        except KafkaException as exc:
+            self.on_client_error(exc.args[0])
+        spilled = self._spill_waiting()
+        with self._ledger.cond:
+            self._ledger.cond.notify_all()
+        return bool(batch or in_flight or spilled or flushing)
+
+    def _idle(self) -> None:
+        """Nothing to do: sleep until accept/flush/stop notify or the next retry falls due."""
+        with self._ledger.cond:
+            queue = self._queue
+            if queue.fresh or queue.to_spill or queue.oversize or self._stopping or self._rebuild:
+                return
+            wait_s = _IDLE_WAIT_S
+            due = queue.next_due_ms()
+            if due is not None:
+                wait_s = min(wait_s, max(0.0, (due - self._wall_ms()) / 1000))
+            self._ledger.cond.wait(wait_s)
+
+    # -- producing and its reports -------------------------------------------------------
+
+    def _produce(self, record: Record) -> bool:
+        """Hand one record (counted in flight) to librdkafka; False when its queue is full.
+        Any exception settles this record (DLQ, else spill), never the pump."""
+        if not self._ledger.holds(record):
+            self._done_one()
+            return True
+        to_dlq = record.dlq_error is not None
+        target = self._config.dlq_for(record.topic) if to_dlq else record.topic
+        try:
+            self.producer.produce(
+                target, value=record.value, key=record.key,
+                headers=record.kafka_headers(dlq_topic=target if to_dlq else None),
+                timestamp=record.timestamp_ms or 0,
+                on_delivery=lambda err, _msg, rec=record: self._on_delivery(rec, err),
+            )
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            self._done_one()
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError):
+                self._failed(record, classify(error), error.code(), describe(error))
+            else:
+                self._failed(record, ErrorKind.POISON, None, f"KafkaException: {exc}")
+        except Exception as exc:
+            self._done_one()
+            self._log.error("record.unproducible", id=record.id, topic=target,
+                            error=f"{type(exc).__name__}: {exc}")
+            self._failed(record, ErrorKind.POISON, None,
+                         f"produce raised {type(exc).__name__}: {exc}")
+        return True
+
+    def _done_one(self) -> None:
+        with self._ledger.cond:
+            self._queue.in_flight -= 1
+
+    def _on_delivery(self, record: Record, error: KafkaError | None) -> None:
+        self._done_one()
+        if error is not None:
+            self._failed(record, classify(error), error.code(), describe(error))
+            return
+        with self._ledger.cond:
+            if self.broker_state is not BrokerState.UP:
+                # The cluster is back: records waiting out a backoff go now, not in 30 s.
+                self._queue.release_retries()
+            self.broker_state = BrokerState.UP
+        outcome = Outcome.DEAD_LETTERED if record.dlq_error else Outcome.DELIVERED
+        self._ledger.settle(record, outcome, record.dlq_error)
+
+    def on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error_cb (and errors poll raises): remember; rebuild when fatal."""
+        with self._ledger.cond:
+            self.last_error = describe(error)
+            if classify(error) is ErrorKind.FATAL:
+                self._rebuild = True
+
+    def _failed(self, record: Record, kind: ErrorKind, code: int | None, reason: str) -> None:
+        with self._ledger.cond:
+            if not self._ledger.holds(record):
+                return
+            if kind is not ErrorKind.REQUEUE:
+                self.last_error = record.last_error = reason
+                record.first_failed_ms = record.first_failed_ms or self._wall_ms()
+                record.attempts += 1
+                self._ledger.counts.retries += 1
+            if kind is ErrorKind.TRANSIENT:
+                self.broker_state = BrokerState.DEGRADED
+            decision = route(kind, code=code, reason=reason, attempts=record.attempts,
+                             max_attempts=self._config.max_attempts,
+                             to_dlq=record.dlq_error is not None,
+                             backoff_base_ms=self._config.retry_backoff_ms)
+            self._apply(record, decision)
+
+    def _apply(self, record: Record, decision: Decision) -> None:
+        queue, action = self._queue, decision.action
+        if action is Action.REBUILD:
+            self._rebuild = True
+        if action in (Action.REQUEUE, Action.REBUILD):
+            queue.push(record)
+        elif action is Action.RETRY:
+            queue.schedule(record, self._wall_ms() + decision.delay_ms)
+        elif action is Action.DEAD_LETTER:
+            record.dlq_error = decision.reason
+            self._log.warning("record.dead_letter", id=record.id, topic=record.topic,
+                              error=decision.reason, request_id=record.request_id)
+            queue.push(record)
+        elif action is Action.SPILL_OVERSIZE:
+            record.dlq_error = decision.reason
+            queue.oversize.append(record)
+        else:  # SPILL
+            record.last_error = decision.reason
+            queue.to_spill.append((record, decision.retry_later))
+
+    # -- spills and rebuilds (outside the lock) -------------------------------------------
+
+    def _spill_waiting(self) -> bool:
+        with self._ledger.cond:
+            waiting, self._queue.to_spill = self._queue.to_spill, []
+            oversize, self._queue.oversize = self._queue.oversize, []
+        for retry_later in (True, False):
+            group = [r for r, later in waiting if later is retry_later]
+            if group:
+                result = self._spill(group, reason=group[0].last_error or "dead-letter failed",
+                                     retry_later=retry_later)
+                self._ledger.settle_spilled(group, result)
+        for record in oversize:
+            self._spill_oversize(record)
+        return bool(waiting or oversize)
+
+    def _spill_oversize(self, record: Record) -> None:
+        """Too large for Kafka, so for its DLQ too: spill the bytes, dead-letter a pointer."""
+        reason = record.dlq_error or "too large"
+        result = self._spill([record], reason=reason, retry_later=False)
+        self._ledger.settle_spilled([record], result)
+        pointer = json.dumps({"spilled_to": result.location, "id": record.id,
+                              "size": record.size, "error": reason}).encode()
+        dlq = self._config.dlq_for(record.topic)
+
+        def report(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                self._log.error("dead_letter.pointer_failed", id=record.id, error=describe(err),
+                                spilled_to=result.location)
+
+        try:
+            self.producer.produce(dlq, value=pointer, key=record.key,
+                                  headers=record.kafka_headers(dlq_topic=dlq), on_delivery=report)
+        except Exception as exc:  # the record is spilled; only its pointer is lost
+            self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),
+                            spilled_to=result.location)
+
+    def _build(self) -> ProducerLike:
+        with self._ledger.cond:
+            self._ledger.counts.producers_built += 1
+        return self._factory()
+
+    def _replace_producer(self) -> None:
+        """A fatal error: purge the old instance (its records come back as REQUEUE)."""
+        self._log.warning("producer.rebuild", error=self.last_error)
+        try:
+            self.producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self.producer.flush(1.0)
+        except KafkaException as exc:
+            self._log.warning("producer.purge_failed", error=str(exc))
+        self._ledger.requeue_unsettled()
+        self.producer = self._build()
