@@ -15,18 +15,28 @@ from kafka_relay.delivery.ledger import Limits
 
 SHUTDOWN_BUDGET_MS = 2_000  # what Lambda gives external extensions at SHUTDOWN
 SPILL_BASE_MS = 100  # fixed cost of a spill (the summary, a slow first write)
-SPILL_BYTES_PER_MS = 20_000  # record bytes spilled per ms (measured ~80k/ms; /4)
-SPILL_US_PER_RECORD = 8.0  # per-record cost on top of its bytes (measured ~2 µs; times 4)
+# Spill cost on one vCPU, from the measurement in the README: ~8 us per record plus ~100 MB/s
+# of record bytes on a loaded 2-core machine; these leave a margin on top.
+SPILL_US_PER_RECORD = 15.0
+SPILL_BYTES_PER_MS = 50_000
+# Lambda gives a function CPU in proportion to its memory: one vCPU at 1,769 MB.
+FULL_VCPU_MEMORY_MB = 1_769
 S3_RESERVE_MS = 500  # an S3 put before the log lines, abandoned at its deadline
 MEMORY_SHARE = 0.25  # of the function's memory, for records waiting for Kafka
-MEMORY_PER_PENDING_BYTE = 1.5  # resident bytes per record byte held (measured ~1.2)
-MEMORY_PER_RECORD = 600  # resident bytes per pending record beyond its bytes (measured ~450)
+MEMORY_PER_PENDING_BYTE = 1.5  # resident bytes per record byte held (measured 1.4 at 1 KB)
+MEMORY_PER_RECORD = 500  # resident bytes per pending record beyond its bytes (measured ~400)
 _MIB = 1024 * 1024
 
 
-def spill_ms(records: int, nbytes: int) -> float:
+def cpu_share(memory_mb: int) -> float:
+    """The fraction of a vCPU a function of ``memory_mb`` gets (1 when unknown)."""
+    return 1.0 if memory_mb <= 0 else min(1.0, memory_mb / FULL_VCPU_MEMORY_MB)
+
+
+def spill_ms(records: int, nbytes: int, *, memory_mb: int = 0) -> float:
     """Time to spill ``records`` holding ``nbytes`` as log lines."""
-    return SPILL_BASE_MS + records * SPILL_US_PER_RECORD / 1000 + nbytes / SPILL_BYTES_PER_MS
+    cpu_ms = records * SPILL_US_PER_RECORD / 1000 + nbytes / SPILL_BYTES_PER_MS
+    return SPILL_BASE_MS + cpu_ms / cpu_share(memory_mb)
 
 
 @dataclass(frozen=True)
@@ -36,9 +46,9 @@ class DrainPlan:
 
 
 def drain_plan(*, deadline_ms: int, margin_ms: int, pending: int, pending_bytes: int,
-               has_bucket: bool) -> DrainPlan:
+               has_bucket: bool, memory_mb: int = 0) -> DrainPlan:
     end = deadline_ms - margin_ms
-    log_reserve = int(spill_ms(pending, pending_bytes)) + 1
+    log_reserve = int(spill_ms(pending, pending_bytes, memory_mb=memory_mb)) + 1
     s3_reserve = S3_RESERVE_MS if has_bucket else 0
     return DrainPlan(flush_until_ms=end - log_reserve - s3_reserve, s3_until_ms=end - log_reserve)
 
@@ -51,12 +61,13 @@ class BufferPlan:
 
 
 def buffer_limits(config: Config) -> BufferPlan:
-    """Defaults that SHUTDOWN can always spill: half the spill window for the per-record
-    cost, half for the bytes, both capped by a share of the function's memory. Explicit
+    """Defaults that SHUTDOWN can always spill (at the function's CPU share): half the spill
+    window for the per-record cost, half for the bytes, both capped by a share of the
+    function's memory. Explicit
     ``KAFKA_RELAY_MAX_BUFFER_*`` settings win (reported in ``over`` when larger)."""
     window_ms = (SHUTDOWN_BUDGET_MS - config.shutdown_margin_ms - SPILL_BASE_MS
                  - (S3_RESERVE_MS if config.spill_bucket else 0))
-    half = max(1.0, window_ms / 2)
+    half = max(1.0, window_ms / 2) * cpu_share(config.function_memory_mb)
     safe_records = int(half * 1000 / SPILL_US_PER_RECORD)
     safe_bytes = int(half * SPILL_BYTES_PER_MS)
     if config.function_memory_mb > 0:

@@ -173,7 +173,8 @@ class DeliveryEngine:
         pending, nbytes = self._ledger.depth()
         plan = drain_plan(deadline_ms=deadline_ms, margin_ms=self._config.shutdown_margin_ms,
                           pending=pending, pending_bytes=nbytes,
-                          has_bucket=self._spill.s3 is not None)
+                          has_bucket=self._spill.s3 is not None,
+                          memory_mb=self._config.function_memory_mb)
         drained = self.flush(max(0, plan.flush_until_ms - self._wall_ms()) / 1000, retry_now=True)
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
         spilled = self._spill_all(f"shutdown ({reason}) before delivery")

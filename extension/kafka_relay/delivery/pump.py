@@ -63,7 +63,7 @@ class Pump:
         self.broker_state = BrokerState.UNKNOWN
         self.last_error: str | None = None
         self.producer = self._build()
-        self._thread = threading.Thread(target=self._run, name="kafka-relay-pump", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="kafka-relay-pump", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -75,7 +75,8 @@ class Pump:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=join_s)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The pump thread's body (tests may call it in their own thread)."""
         try:
             while not self._stopping:
                 if not self.step():

@@ -33,7 +33,7 @@ def spill_lines(records: Iterable[Record], *, reason: str) -> Iterator[str]:
                 f'"records":[{",".join(pack)}]}}')
 
     for record in records:
-        data = _spill_json(record)
+        data = record.spill_json()
         if len(data) > _MAX_LINE_DATA:
             yield from _chunks(record.id, data, reason)
             continue
@@ -56,14 +56,10 @@ def _chunks(record_id: str, data: str, reason: str) -> Iterator[str]:
         )
 
 
-def _spill_json(record: Record) -> str:
-    return json.dumps(record.to_spill(), separators=(",", ":"))
-
-
 def ndjson_lines(records: Iterable[Record]) -> Iterator[str]:
     """One spilled record a line (newline included): the S3 object and spool file body."""
     for record in records:
-        yield _spill_json(record) + "\n"
+        yield record.spill_json() + "\n"
 
 
 def to_ndjson(records: Iterable[Record]) -> str:
