@@ -149,7 +149,7 @@ class Rig:
         pending, _ = self.engine.depth()
         assert c["accepted"] + c["restored"] == (c["delivered"] + c["dead_lettered"]
                                                  + c["spilled"] + c["spooled"] + pending), c
-        assert self.engine.unaccounted() == 0
+        assert self.engine.status()["unaccounted"] == 0
 
     def events(self, name: str) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.log.getvalue().splitlines() if line]

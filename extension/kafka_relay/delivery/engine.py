@@ -216,9 +216,6 @@ class DeliveryEngine:
         """(pending records, pending bytes)."""
         return self._ledger.depth()
 
-    def unaccounted(self) -> int:
-        return self._ledger.unaccounted()
-
     def status(self) -> dict[str, Any]:
         ledger = self._ledger
         with ledger.cond:
@@ -227,6 +224,7 @@ class DeliveryEngine:
                 "counts": ledger.counts.as_dict(),
                 "pending": pending,
                 "pending_bytes": nbytes,
+                "unaccounted": ledger.unaccounted(),
                 "in_flight": ledger.queue.in_flight,
                 "waiting_retry": ledger.queue.waiting_retry(),
                 "limits": {"records": ledger.limits.records, "bytes": ledger.limits.bytes},

@@ -1,7 +1,7 @@
 """The pump: the only code that touches the confluent-kafka Producer.
 
-One thread produces what the ledger's queue holds, polls or flushes, applies
-``routing.route`` to every failure, spills what must be spilled and rebuilds a
+One thread produces what the ledger's queue holds, polls or flushes, hands
+every failure to ``Failures`` (routing applied, spills done) and rebuilds a
 producer that a fatal error killed. Delivery callbacks run only here. Any
 exception while producing ONE record settles that record and the pump goes
 on; an exception that escapes an iteration ends the pump, and ``on_death``
@@ -10,22 +10,21 @@ hands everything still unsettled to the spill chain.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config
+from kafka_relay.delivery.failures import Failures, Pointer, Spill
 from kafka_relay.delivery.ledger import Ledger
-from kafka_relay.delivery.routing import Action, Decision, route
+from kafka_relay.delivery.routing import Action
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
 from kafka_relay.protocol import BrokerState, Outcome
 from kafka_relay.record import Record
-from kafka_relay.spill.sinks import SpillResult
 
 PRODUCE_BATCH = 2_000
 _IDLE_WAIT_S = 0.05
@@ -40,11 +39,6 @@ class ProducerLike(Protocol):
     def __len__(self) -> int: ...
 
 
-class Spill(Protocol):
-    def __call__(self, records: Sequence[Record], *, reason: str,
-                 retry_later: bool = True) -> SpillResult: ...
-
-
 class Pump:
     def __init__(self, ledger: Ledger, config: Config, *,
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
@@ -54,7 +48,7 @@ class Pump:
         self._queue = ledger.queue
         self._config = config
         self._factory = producer_factory
-        self._spill = spill
+        self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
         self._log = logger
         self._on_death = on_death
         self._wall_ms = wall_ms
@@ -183,78 +177,38 @@ class Pump:
                 self._rebuild = True
 
     def _failed(self, record: Record, kind: ErrorKind, code: int | None, reason: str) -> None:
+        decision = self._failures.failed(record, kind, code, reason)
+        if decision is None:
+            return
         with self._ledger.cond:
-            if not self._ledger.holds(record):
-                return
             if kind is not ErrorKind.REQUEUE:
-                self.last_error = record.last_error = reason
-                record.first_failed_ms = record.first_failed_ms or self._wall_ms()
-                record.attempts += 1
-                self._ledger.counts.retries += 1
+                self.last_error = reason
             if kind is ErrorKind.TRANSIENT:
                 self.broker_state = BrokerState.DEGRADED
-            decision = route(kind, code=code, reason=reason, attempts=record.attempts,
-                             max_attempts=self._config.max_attempts,
-                             to_dlq=record.dlq_error is not None,
-                             backoff_base_ms=self._config.retry_backoff_ms)
-            self._apply(record, decision)
-
-    def _apply(self, record: Record, decision: Decision) -> None:
-        queue, action = self._queue, decision.action
-        if action is Action.REBUILD:
-            self._rebuild = True
-        if action in (Action.REQUEUE, Action.REBUILD):
-            queue.push(record)
-        elif action is Action.RETRY:
-            queue.schedule(record, self._wall_ms() + decision.delay_ms)
-        elif action is Action.DEAD_LETTER:
-            record.dlq_error = decision.reason
-            self._log.warning("record.dead_letter", id=record.id, topic=record.topic,
-                              error=decision.reason, request_id=record.request_id)
-            queue.push(record)
-        elif action is Action.SPILL_OVERSIZE:
-            record.dlq_error = decision.reason
-            queue.oversize.append(record)
-        else:  # SPILL
-            record.last_error = decision.reason
-            queue.to_spill.append((record, decision.retry_later))
-
-    # -- spills and rebuilds (outside the lock) -------------------------------------------
+            if decision.action is Action.REBUILD:
+                self._rebuild = True
 
     def _spill_waiting(self) -> bool:
-        with self._ledger.cond:
-            waiting, self._queue.to_spill = self._queue.to_spill, []
-            oversize, self._queue.oversize = self._queue.oversize, []
-        for retry_later in (True, False):
-            group = [r for r, later in waiting if later is retry_later]
-            if group:
-                result = self._spill(group, reason=group[0].last_error or "dead-letter failed",
-                                     retry_later=retry_later)
-                self._ledger.settle_spilled(group, result)
-        for record in oversize:
-            self._spill_oversize(record)
-        return bool(waiting or oversize)
+        spilled, pointers = self._failures.spill_waiting()
+        for pointer in pointers:
+            self._dead_letter_pointer(pointer)
+        return spilled > 0
 
-    def _spill_oversize(self, record: Record) -> None:
-        """Too large for Kafka, so for its DLQ too: spill the bytes, dead-letter a pointer."""
-        reason = record.dlq_error or "too large"
-        result = self._spill([record], reason=reason, retry_later=False)
-        self._ledger.settle_spilled([record], result)
-        pointer = json.dumps({"spilled_to": result.location, "id": record.id,
-                              "size": record.size, "error": reason}).encode()
-        dlq = self._config.dlq_for(record.topic)
+    def _dead_letter_pointer(self, pointer: Pointer) -> None:
+        record = pointer.record
 
         def report(err: KafkaError | None, _msg: object) -> None:
             if err is not None:
                 self._log.error("dead_letter.pointer_failed", id=record.id, error=describe(err),
-                                spilled_to=result.location)
+                                spilled_to=pointer.location)
 
         try:
-            self.producer.produce(dlq, value=pointer, key=record.key,
-                                  headers=record.kafka_headers(dlq_topic=dlq), on_delivery=report)
+            self.producer.produce(pointer.topic, value=pointer.value, key=record.key,
+                                  headers=record.kafka_headers(dlq_topic=pointer.topic),
+                                  on_delivery=report)
         except Exception as exc:  # the record is spilled; only its pointer is lost
             self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),
-                            spilled_to=result.location)
+                            spilled_to=pointer.location)
 
     def _build(self) -> ProducerLike:
         with self._ledger.cond:
