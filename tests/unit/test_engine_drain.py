@@ -11,6 +11,7 @@ from confluent_kafka import KafkaError
 
 from kafka_relay.config import load_config
 from kafka_relay.delivery.budget import (
+    MEMORY_PER_PENDING_BYTE,
     SHUTDOWN_BUDGET_MS,
     buffer_limits,
     cpu_share,
@@ -113,7 +114,7 @@ def test_default_buffer_limits_can_always_be_spilled_before_the_shutdown_deadlin
     worst = spill_ms(plan.limits.records, plan.limits.bytes, memory_mb=memory_mb)
     assert worst <= SHUTDOWN_BUDGET_MS - config.shutdown_margin_ms
     if memory_mb:
-        assert plan.limits.bytes * 1.5 <= memory_mb * 1024 * 1024 * 0.25 + 1
+        assert plan.limits.bytes * MEMORY_PER_PENDING_BYTE <= memory_mb * 1024 * 1024 * 0.25 + 1
 
 
 def test_explicit_buffer_limits_win_and_are_reported_when_over_the_safe_ones(

@@ -301,3 +301,26 @@ def test_a_watch_reports_each_outcome_and_pending(tmp_path: Path) -> None:
     outcomes = rig.engine.wait_settled(watch, 0)
     assert [(o["id"], o["outcome"]) for o in outcomes] == [("r1", "delivered"),
                                                           ("r2", "pending")]
+
+
+def test_librdkafka_holds_at_most_the_in_flight_byte_cap_of_a_stalled_backlog(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True),
+              limits=Limits(records=100, bytes=100 * 1024 * 1024))
+    rig.engine.accept(rig.records(5, value=b"x" * (3 * 1024 * 1024)))
+    rig.step(3)
+    assert len(rig.producer.sent) == 2  # 6 MiB; a third would pass the 8 MiB cap
+    rig.producer.hold = False
+    rig.step(4)
+    assert rig.counts()["delivered"] == 5
+    rig.assert_accounted()
+
+
+def test_a_record_larger_than_the_in_flight_cap_still_goes_alone(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, limits=Limits(records=10, bytes=100 * 1024 * 1024))
+    rig.engine.accept(rig.records(2, value=b"x" * (9 * 1024 * 1024)))
+    rig.step(2)
+    assert rig.counts()["delivered"] == 2
+    assert rig.engine.status()["in_flight"] == 0
+    rig.assert_accounted()

@@ -18,12 +18,14 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.budget import buffer_limits, drain_plan
-from kafka_relay.delivery.ledger import Ledger, Limits, Watch
+from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillChain
+
+__all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Watch"]
 
 
 @dataclass(frozen=True)

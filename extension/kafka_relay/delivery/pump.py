@@ -27,6 +27,7 @@ from kafka_relay.protocol import BrokerState, Outcome
 from kafka_relay.record import Record
 
 PRODUCE_BATCH = 2_000
+IN_FLIGHT_BYTES = 8 * 1024 * 1024  # what librdkafka may hold a copy of at once
 _IDLE_WAIT_S = 0.05
 
 
@@ -86,7 +87,7 @@ class Pump:
         if rebuild:  # before taking a batch: the rebuild re-queues everything unsettled
             self._replace_producer()
         with self._ledger.cond:
-            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH)
+            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH, IN_FLIGHT_BYTES)
             flushing = self._queue.flush_requests > 0
             in_flight = self._queue.in_flight
         for index, record in enumerate(batch):
@@ -124,7 +125,7 @@ class Pump:
         """Hand one record (counted in flight) to librdkafka; False when its queue is full.
         Any exception settles this record (DLQ, else spill), never the pump."""
         if not self._ledger.holds(record):
-            self._done_one()
+            self._done_one(record)
             return True
         to_dlq = record.dlq_error is not None
         target = self._config.dlq_for(record.topic) if to_dlq else record.topic
@@ -138,26 +139,26 @@ class Pump:
         except BufferError:
             return False
         except KafkaException as exc:
-            self._done_one()
+            self._done_one(record)
             error = exc.args[0] if exc.args else None
             if isinstance(error, KafkaError):
                 self._failed(record, classify(error), error.code(), describe(error))
             else:
                 self._failed(record, ErrorKind.POISON, None, f"KafkaException: {exc}")
         except Exception as exc:
-            self._done_one()
+            self._done_one(record)
             self._log.error("record.unproducible", id=record.id, topic=target,
                             error=f"{type(exc).__name__}: {exc}")
             self._failed(record, ErrorKind.POISON, None,
                          f"produce raised {type(exc).__name__}: {exc}")
         return True
 
-    def _done_one(self) -> None:
+    def _done_one(self, record: Record) -> None:
         with self._ledger.cond:
-            self._queue.in_flight -= 1
+            self._queue.done(record)
 
     def _on_delivery(self, record: Record, error: KafkaError | None) -> None:
-        self._done_one()
+        self._done_one(record)
         if error is not None:
             self._failed(record, classify(error), error.code(), describe(error))
             return

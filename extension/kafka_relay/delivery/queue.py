@@ -18,6 +18,9 @@ class SendQueue:
         # Counted from the moment a record leaves the queue, so a flush never sees "nothing
         # to do" while a batch is on its way to librdkafka.
         self.in_flight = 0
+        # librdkafka keeps its own copy of what it holds: capped so a stalled broker does
+        # not double the memory of everything pending.
+        self.in_flight_bytes = 0
         self.flush_requests = 0  # callers waiting for outcomes: the pump flushes, not polls
         # Spills the pump does outside the lock (an S3 put takes time): (record, spool ok).
         self.to_spill: list[tuple[Record, bool]] = []
@@ -38,22 +41,36 @@ class SendQueue:
             record.not_before_ms = 0
             self.fresh.append(record)
 
-    def take_due(self, now_ms: int, limit: int) -> list[Record]:
+    def take_due(self, now_ms: int, limit: int, max_bytes: int) -> list[Record]:
+        """Up to ``limit`` records due now, keeping in-flight bytes under ``max_bytes`` (one
+        record always goes when nothing is in flight)."""
         while self._retry and self._retry[0][0] <= now_ms:
             self.fresh.append(heapq.heappop(self._retry)[2])
-        count = min(len(self.fresh), limit)
-        self.in_flight += count
-        return [self.fresh.popleft() for _ in range(count)]
+        batch: list[Record] = []
+        while self.fresh and len(batch) < limit:
+            size = self.fresh[0].size
+            if self.in_flight_bytes + size > max_bytes and (batch or self.in_flight):
+                break
+            batch.append(self.fresh.popleft())
+            self.in_flight_bytes += size
+        self.in_flight += len(batch)
+        return batch
+
+    def done(self, record: Record) -> None:
+        """Its delivery report came (or it never reached librdkafka)."""
+        self.in_flight -= 1
+        self.in_flight_bytes = max(0, self.in_flight_bytes - record.size)
 
     def give_back(self, records: list[Record]) -> None:
         """Taken but not handed to librdkafka (its queue was full): first in line again."""
         self.in_flight -= len(records)
+        self.in_flight_bytes = max(0, self.in_flight_bytes - sum(r.size for r in records))
         self.fresh.extendleft(reversed(records))
 
     def requeue_missing(self, unsettled: Iterable[Record]) -> None:
         queued = {r.id for r in self.fresh} | {entry[2].id for entry in self._retry}
         self.fresh.extend(r for r in unsettled if r.id not in queued)
-        self.in_flight = 0
+        self.in_flight = self.in_flight_bytes = 0
 
     def waiting_retry(self) -> int:
         return len(self._retry)

@@ -21,8 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from kafka_relay import __version__
 from kafka_relay.config import Config
-from kafka_relay.delivery.engine import DeliveryEngine
-from kafka_relay.delivery.ledger import BufferFull
+from kafka_relay.delivery.engine import BufferFull, DeliveryEngine
 from kafka_relay.errors import PortInUseError
 from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
 from kafka_relay.lifecycle.signals import HandlerSignals
