@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from kafka_relay.client import RelayBusy, RelayClient
+from kafka_relay.record import Record
 from kafka_relay.spill.codec import parse_spill_lines
-from tests.conftest import ProxiedBroker
+from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
 pytestmark = pytest.mark.integration
@@ -152,3 +153,25 @@ def test_a_fenced_producer_is_replaced_and_its_records_resent(
         assert counts["producers_built"] >= 2  # this broker fences the bumped epoch
     got = broker.read(topic, expected=10, timeout=20)
     assert {r.headers["x-relay-id"].decode() for r in got} == set(first + during)
+
+
+def test_a_record_the_real_producer_cannot_take_is_spilled_and_the_pump_goes_on(
+    broker: Broker, tmp_path: Path
+) -> None:
+    topic = broker.create_topic()
+    # Handed to the engine directly: whatever validation lets through, the pump must survive.
+    poison = Record(id="poison-1", topic=topic, key=b"p", value=b"v", timestamp_ms=2**63)
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic) as h:
+        h.parts.relay.accept([poison])
+        ids = _invoke(h, "after", 5)
+        status = h.client.status()
+        h.loop.shutdown("spindown", _now_ms() + 2000)
+        (summary,) = h.log_events("shutdown.summary")
+        unproducible = h.log_events("record.unproducible")
+        spilled = parse_spill_lines(h.log_lines()).records
+    assert status["pump"] == {"healthy": True, "error": None}
+    assert (summary["delivered"], summary["spilled"], summary["unaccounted"]) == (5, 1, 0)
+    assert [e["id"] for e in unproducible] == ["poison-1", "poison-1"]  # topic, then its DLQ
+    assert [r.id for r in spilled] == ["poison-1"]
+    got = broker.read(topic, expected=5, timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(ids)
