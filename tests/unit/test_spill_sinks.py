@@ -103,6 +103,7 @@ def test_foreign_files_in_the_spool_dir_are_never_read_or_deleted(tmp_path: Path
     '{"format":"kafka-relay-spool","version":99}\n',
     '{"format":"kafka-relay-spool","version":1}\n{"topic":"t"}\n',
     "\udcff",
+    '{"format":"kafka-relay-spool","version":1}\n' + "[" * 100_000 + "]" * 100_000 + "\n",
 ])
 def test_a_corrupt_own_file_is_quarantined_and_the_rest_restored(
     tmp_path: Path, content: str

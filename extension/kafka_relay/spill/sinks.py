@@ -191,7 +191,7 @@ class SpoolSink:
             try:
                 records.extend(self._read(path))
                 path.unlink()
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:  # whatever is wrong with one file must not stop the rest
                 self._quarantine(path, exc)
         return records
 
