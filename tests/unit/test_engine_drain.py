@@ -82,6 +82,9 @@ def test_a_pump_that_dies_spills_everything_and_reports_unhealthy(tmp_path: Path
     assert refused.value.retry_after_ms == 0
     assert rig.engine.flush(5.0).remaining == 0  # returns at once: nobody would send
     assert rig.engine.restore_spool() == 0
+    report = rig.engine.drain(rig.clock.now_ms + 2_000, reason="spindown")
+    assert report.as_log()["pump_error"] == "RuntimeError: librdkafka went away"
+    assert (report.unaccounted, report.counts["spilled"]) == (0, 3)
 
 
 def test_the_drain_keeps_back_more_time_for_more_pending_bytes() -> None:

@@ -49,6 +49,7 @@ class DrainReport:
     spilled_at_shutdown: int
     pending: int
     unaccounted: int
+    pump_error: str | None  # the pump died before SHUTDOWN (its records were spilled then)
     counts: dict[str, int]
 
     def as_log(self) -> dict[str, Any]:
@@ -185,7 +186,7 @@ class DeliveryEngine:
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,
             drained=drained.delivered + drained.dead_lettered, spilled_at_shutdown=spilled,
             pending=self._ledger.depth()[0], unaccounted=self._ledger.unaccounted(),
-            counts=self.counts(),
+            pump_error=self.failure, counts=self.counts(),
         )
 
     def _spill_all(self, reason: str) -> int:
