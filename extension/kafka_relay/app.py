@@ -11,7 +11,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import Config
-from kafka_relay.deadletter.spill import Spiller
+from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, ConfigError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.lifecycle.api import ExtensionsApi
@@ -20,9 +20,9 @@ from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.lifecycle.telemetry import TelemetryListener
 from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
-from kafka_relay.producer.relay import Relay
 from kafka_relay.producer.settings import producer_settings, resolve_credentials
 from kafka_relay.record import IdSource
+from kafka_relay.spill.sinks import SpillChain
 
 
 def _bad_property_message(config: Config, exc: KafkaException) -> str:
@@ -47,9 +47,9 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     def make_producer() -> Producer:
         return Producer({**settings, "error_cb": on_client_error, "logger": librdkafka})
 
-    spiller = Spiller(config, logger)
+    spill = SpillChain.from_config(config, logger)
     try:
-        relay = Relay(config, producer_factory=make_producer, spill=spiller, logger=logger)
+        relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger)
     except KafkaException as exc:
         raise ConfigError(_bad_property_message(config, exc)) from exc
     relay.start()
@@ -58,7 +58,7 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     except AuthError:
         relay.stop()
         raise
-    spiller.warm()
+    spill.warm()
 
     signals = HandlerSignals()
     state = HandoffState(config=config, relay=relay, signals=signals, logger=logger,
@@ -66,25 +66,22 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
                          flush_strategy=str(config.flush))
     server = HandoffServer(state)
     server.start()
-    parts = Parts(api=api, config=config, relay=relay, spiller=spiller, server=server,
+    parts = Parts(api=api, config=config, relay=relay, server=server,
                   state=state, signals=signals, logger=logger)
     if config.telemetry and api is not None:
         _subscribe(parts, api, logger)
     logger.info("init.ready", port=server.port, flush=str(config.flush),
                 bootstrap=config.bootstrap_servers, protocol=config.security_protocol,
-                broker_state=relay.broker_state)
+                broker_state=relay.broker_state.value)
     return parts
 
 
-def _probe(relay: Relay, auth_errors: list[KafkaError], config: Config,
+def _probe(relay: DeliveryEngine, auth_errors: list[KafkaError], config: Config,
            logger: JsonLogger) -> None:
     """Open the first broker connection now (warm for the first invoke) and catch bad creds."""
-    try:
-        relay.producer.list_topics(timeout=config.init_probe_ms / 1000)
-        relay.broker_state = "up"
-    except KafkaException as exc:
-        logger.warning("init.broker_unreachable", error=str(exc.args[0]),
-                       bootstrap=config.bootstrap_servers)
+    error = relay.probe(config.init_probe_ms / 1000)
+    if error is not None:
+        logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers)
     if auth_errors:
         raise AuthError(
             f"Kafka refused the credentials ({describe(auth_errors[0])}): check KAFKA_API_KEY/"

@@ -73,8 +73,9 @@ class Config:
     init_probe_ms: int = 3_000
     port: int = DEFAULT_PORT
     token: str | None = field(default=None, repr=False)
-    max_buffer_records: int = 100_000
-    max_buffer_bytes: int = 64 * 1024 * 1024
+    # 0: derived from the spill rate and the function's memory (delivery/budget.py)
+    max_buffer_records: int = 0
+    max_buffer_bytes: int = 0
     max_body_bytes: int = 16 * 1024 * 1024
     max_attempts: int = 3
     retry_backoff_ms: int = 500
@@ -83,6 +84,7 @@ class Config:
     telemetry: bool = True
     log_level: str = "INFO"
     function_name: str = ""
+    function_memory_mb: int = 0  # AWS_LAMBDA_FUNCTION_MEMORY_SIZE; 0 outside Lambda
     region: str | None = None
 
     def dlq_for(self, topic: str) -> str:
@@ -216,8 +218,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000),
         port=port,
         token=_text(env, "KAFKA_RELAY_TOKEN", "AWS_SESSION_TOKEN"),
-        max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 100_000, minimum=1),
-        max_buffer_bytes=_int(env, "KAFKA_RELAY_MAX_BUFFER_BYTES", 64 * 1024 * 1024, minimum=1),
+        max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, minimum=1),
+        max_buffer_bytes=_int(env, "KAFKA_RELAY_MAX_BUFFER_BYTES", 0, minimum=1),
         max_body_bytes=_int(env, "KAFKA_RELAY_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1),
         max_attempts=_int(env, "KAFKA_RELAY_MAX_ATTEMPTS", 3, minimum=1),
         retry_backoff_ms=_int(env, "KAFKA_RELAY_RETRY_BACKOFF_MS", 500),
@@ -227,6 +229,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         telemetry=_bool(env, "KAFKA_RELAY_TELEMETRY", True),
         log_level=log_level,
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",
+        function_memory_mb=_int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0),
         region=_text(env, "AWS_REGION", "AWS_DEFAULT_REGION"),
     )
     return replace(resolved, **explicit) if explicit else resolved

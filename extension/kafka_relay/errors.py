@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kafka_relay.protocol import RelayError
 
-__all__ = ["AuthError", "ConfigError", "FatalProducerError", "LambdaApiError", "PortInUseError",
+__all__ = ["AuthError", "ConfigError", "LambdaApiError", "PortInUseError",
            "RelayError"]
 
 class ConfigError(RelayError):
@@ -33,9 +33,3 @@ class LambdaApiError(RelayError):
     """The Extensions or Telemetry API answered unexpectedly."""
 
     lambda_error_type = "Extension.LambdaApiError"
-
-
-class FatalProducerError(RelayError):
-    """The producer hit an unrecoverable state and cannot be rebuilt."""
-
-    lambda_error_type = "Extension.FatalProducerError"

@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from kafka_relay.deadletter.spill import SPILL_EVENT, parse_spill_lines
 from kafka_relay.errors import RelayError
+from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines
 
 LOGGER_NAME = "kafka-relay"
 SPILL_FILTER_PATTERN = f'"{SPILL_EVENT}"'

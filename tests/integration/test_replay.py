@@ -11,10 +11,10 @@ import pytest
 from devtools.kafka_broker import ConsumedRecord, free_port
 from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import Config, load_config
-from kafka_relay.deadletter.replay import main
-from kafka_relay.deadletter.spill import Spiller
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
+from kafka_relay.spill.replay import main
+from kafka_relay.spill.sinks import SpillChain, SpillKind
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -53,9 +53,9 @@ def _assert_same(got: list[ConsumedRecord], sent: list[Record]) -> None:
 @pytest.fixture
 def spool(broker: Broker, tmp_path: Path, topic: str) -> tuple[Path, list[Record]]:
     records = _records(topic, 5)
-    spiller = Spiller(_config(broker, tmp_path), JsonLogger(stream=io.StringIO()))
-    spiller(records[:3], reason="kafka unreachable")
-    spiller(records[3:], reason="kafka unreachable")
+    spiller = SpillChain.from_config(_config(broker, tmp_path), JsonLogger(stream=io.StringIO()))
+    spiller.spill(records[:3], reason="kafka unreachable")
+    spiller.spill(records[3:], reason="kafka unreachable")
     return tmp_path / "spool", records
 
 
@@ -125,9 +125,10 @@ def test_log_line_spills_replay_and_dlq_bound_records_reach_the_dlq(
     failed = _records(topic, 1, prefix="env2")[0]
     failed.dlq_error, failed.attempts = "TOPIC_AUTHORIZATION_FAILED: denied", 2
     log = io.StringIO()
-    spiller = Spiller(_config(broker, tmp_path), JsonLogger(stream=log))
+    spiller = SpillChain.from_config(_config(broker, tmp_path), JsonLogger(stream=log))
     spiller.final = True  # at SHUTDOWN the spool would die with the environment: log lines
-    assert spiller([*records, failed], reason="shutdown (spindown) before delivery") == "log"
+    spilled = spiller.spill([*records, failed], reason="shutdown (spindown) before delivery")
+    assert spilled.kind is SpillKind.LOG
     exported = tmp_path / "sandbox.log"
     exported.write_text(
         "START RequestId: r1 Version: $LATEST\n"
@@ -153,15 +154,15 @@ def test_s3_spills_replay_from_a_prefix_and_delete_removes_only_spill_objects(
     moto: MotoServer, monkeypatch: pytest.MonkeyPatch, broker: Broker, topic: str,
     tmp_path: Path,
 ) -> None:
-    use_moto(moto, monkeypatch)  # the Spiller's and the CLI's boto3 clients both reach moto
+    use_moto(moto, monkeypatch)  # the spill chain's and the CLI's boto3 clients both reach moto
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="relay-spill")
     config = _config(broker, tmp_path, KAFKA_RELAY_SPILL_BUCKET="relay-spill",
                      AWS_LAMBDA_FUNCTION_NAME="rss-producer")
-    spiller = Spiller(config, JsonLogger(stream=io.StringIO()))
+    spiller = SpillChain.from_config(config, JsonLogger(stream=io.StringIO()))
     records = _records(topic, 4)
-    destinations = [spiller(records[:2], reason="kafka unreachable"),
-                    spiller(records[2:], reason="kafka unreachable")]
+    destinations = [spiller.spill(records[:2], reason="kafka unreachable").location,
+                    spiller.spill(records[2:], reason="kafka unreachable").location]
     assert all(d.startswith("s3://relay-spill/kafka-relay/rss-producer/") for d in destinations)
     s3.put_object(Bucket="relay-spill", Key="kafka-relay/rss-producer/NOTES.txt", Body=b"keep")
 

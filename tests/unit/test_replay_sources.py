@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from kafka_relay.config import Config, load_config
-from kafka_relay.deadletter.replay import (
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.record import Record
+from kafka_relay.spill.codec import spill_lines
+from kafka_relay.spill.replay import (
     ProducerLike,
     ReplayError,
     destination,
@@ -19,9 +22,7 @@ from kafka_relay.deadletter.replay import (
     read_spool,
     replay,
 )
-from kafka_relay.deadletter.spill import Spiller, spill_lines
-from kafka_relay.observability.log import JsonLogger
-from kafka_relay.record import Record
+from kafka_relay.spill.sinks import SpillChain
 
 
 def _records(topic: str = "rss.events", count: int = 3) -> list[Record]:
@@ -38,11 +39,12 @@ def _dead_letter(record: Record) -> Record:
     return record
 
 
-def _spool_spiller(tmp_path: Path) -> Spiller:
+def _spool_spiller(tmp_path: Path) -> SpillChain:
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "unused:9092",
                           "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool")})
     clock = iter(range(1767225600000, 1767225700000, 1000))
-    return Spiller(config, JsonLogger(stream=io.StringIO()), wall_ms=lambda: next(clock))
+    return SpillChain.from_config(config, JsonLogger(stream=io.StringIO()),
+                                  wall_ms=lambda: next(clock))
 
 
 def _same(a: Record, b: Record) -> bool:
@@ -55,8 +57,8 @@ def test_a_spool_directory_reads_back_every_spilled_record_oldest_file_first(
 ) -> None:
     spiller = _spool_spiller(tmp_path)
     first, second = _records(count=2), _records("prices", count=1)
-    spiller(first, reason="kafka down")
-    spiller(second, reason="kafka down")
+    spiller.spill(first, reason="kafka down")
+    spiller.spill(second, reason="kafka down")
     (tmp_path / "spool" / "0-half.partial").write_text("{not json", encoding="utf-8")
     batches = list(read_spool(tmp_path / "spool"))
     assert [len(b.records) for b in batches] == [2, 1]
@@ -66,7 +68,7 @@ def test_a_spool_directory_reads_back_every_spilled_record_oldest_file_first(
 
 
 def test_a_single_spooled_file_can_be_replayed(tmp_path: Path) -> None:
-    _spool_spiller(tmp_path)(_records(), reason="x")
+    _spool_spiller(tmp_path).spill(_records(), reason="x")
     (file,) = (tmp_path / "spool").glob("*.ndjson")
     (batch,) = read_spool(file)
     assert [r.id for r in batch.records] == [r.id for r in _records()]
@@ -136,7 +138,7 @@ def test_a_dry_run_counts_by_destination_topic_and_produces_nothing(tmp_path: Pa
     spiller = _spool_spiller(tmp_path)
     records = _records(count=3) + _records("prices", count=1)
     _dead_letter(records[0])
-    spiller(records, reason="x")
+    spiller.spill(records, reason="x")
 
     def no_producer(_config: Config, _timeout: float) -> ProducerLike:
         raise AssertionError("a dry run must not build a producer")

@@ -21,11 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from kafka_relay import __version__
 from kafka_relay.config import Config
+from kafka_relay.delivery.engine import BufferFull, DeliveryEngine
 from kafka_relay.errors import PortInUseError
 from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
 from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.producer.relay import BufferFull, Relay
 from kafka_relay.protocol import REQUEST_ID_HEADER, TOKEN_HEADER
 from kafka_relay.record import IdSource
 
@@ -37,7 +37,7 @@ class HandoffState:
     """What the server shares with the lifecycle loop."""
 
     config: Config
-    relay: Relay
+    relay: DeliveryEngine
     signals: HandlerSignals
     logger: JsonLogger
     ids: IdSource
@@ -159,12 +159,9 @@ class _Handler(BaseHTTPRequestHandler):
         ids = [r.id for r in records]
         query = self._query()
         wait = query.get("wait") == "delivered"
-        watch = state.relay.watch(ids) if wait else None
         try:
-            state.relay.accept(records)
+            watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:
-            if watch is not None:
-                state.relay.unwatch(ids)
             status = 503 if exc.retry_after_ms == 0 else 429
             retry_s = max(1, (exc.retry_after_ms + 999) // 1000)
             self._send(status, {"error": str(exc), "retry_after_ms": exc.retry_after_ms},
@@ -173,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
         if watch is None:
             self._send(202, {"accepted": len(ids), "ids": ids})
             return
-        outcomes = state.relay.wait_settled(watch, ids, self._wait_budget_s(query))
+        outcomes = state.relay.wait_settled(watch, self._wait_budget_s(query))
         self._send(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
     def _wait_budget_s(self, query: dict[str, str]) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka_relay.config import Config
-from kafka_relay.deadletter.spill import Spiller
+from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import LambdaApiError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.lifecycle.api import ExtensionsApi
@@ -20,25 +20,18 @@ from kafka_relay.lifecycle.policy import Moment, decide
 from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.observability.metrics import emf_line
-from kafka_relay.producer.relay import Relay
 
 # Leave the runtime this much of the invocation for its own /next after our flush.
 _INVOKE_MARGIN_MS = 50
 # If /next itself fails we have no deadline: drain within Lambda's external budget.
 _LOST_API_BUDGET_MS = 1_500
-# What spilling at SHUTDOWN costs (measured: packed KAFKA_RELAY_SPILL lines run at well over
-# 100k records/s; these leave a margin for a slow log reader).
-_SPILL_BASE_MS = 100
-_SPILL_US_PER_RECORD = 10
-_S3_RESERVE_MS = 500
 
 
 @dataclass
 class Parts:
     api: ExtensionsApi | None
     config: Config
-    relay: Relay
-    spiller: Spiller
+    relay: DeliveryEngine
     server: HandoffServer
     state: HandoffState
     signals: HandlerSignals
@@ -53,7 +46,7 @@ class EventLoop:
         self._p = parts
         self._wall_ms = wall_ms
         self._last_flush_ms = wall_ms()
-        self._reported = parts.relay.counts.as_dict()
+        self._reported = parts.relay.counts()
         self.invocations = 0
 
     def run(self) -> int:
@@ -82,9 +75,7 @@ class EventLoop:
         p.logger.request_id = request_id
         p.state.current_request_id = request_id
         p.state.current_deadline_ms = deadline_ms
-        spooled = p.spiller.take_spool()
-        if spooled:
-            p.logger.info("spool.restored", records=p.relay.restore(spooled))
+        p.relay.restore_spool()
 
         decision = decide(p.config.flush, last_flush_ms=self._last_flush_ms,
                           now_ms=self._wall_ms(), moment=Moment.INVOKE)
@@ -109,7 +100,7 @@ class EventLoop:
         """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
         the last report."""
         p = self._p
-        now = p.relay.counts.as_dict()
+        now = p.relay.counts()
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
         depth, _ = p.relay.depth()
@@ -132,37 +123,12 @@ class EventLoop:
         ))
 
     def shutdown(self, reason: str, deadline_ms: int) -> int:
-        """Stop accepting, drain until the deadline minus a margin, spill the rest, summarise."""
+        """Drain (the engine restores, flushes, spills within the deadline), summarise."""
         p = self._p
-        started = self._wall_ms()
-        p.relay.stop_accepting()
-        p.spiller.final = True
-        spooled = p.spiller.take_spool()
-        if spooled:
-            p.relay.restore(spooled)
-        # Keep back the time spilling what is left takes: log lines for every pending
-        # record, and an S3 put before them when a bucket is set.
-        pending, _ = p.relay.depth()
-        log_reserve_ms = _SPILL_BASE_MS + pending * _SPILL_US_PER_RECORD / 1000
-        s3_reserve_ms = _S3_RESERVE_MS if p.config.spill_bucket else 0
-        end_ms = deadline_ms - p.config.shutdown_margin_ms
-        budget_ms = end_ms - log_reserve_ms - s3_reserve_ms - self._wall_ms()
-        drained = p.relay.flush(max(0, budget_ms) / 1000, retry_now=True)
-        p.spiller.until(time.monotonic() + max(0, end_ms - log_reserve_ms - self._wall_ms()) / 1000)
-        spilled = p.relay.spill_unsettled(reason=f"shutdown ({reason}) before delivery")
-        p.relay.stop()
+        drained = p.relay.drain(deadline_ms, reason=reason)
         p.stop_telemetry()
         p.server.stop()
-        counts = p.relay.counts.as_dict()
-        pending, _ = p.relay.depth()
-        settled = (counts["delivered"] + counts["dead_lettered"] + counts["spilled"]
-                   + counts["spooled"])
         p.logger.request_id = None
-        p.logger.info(
-            "shutdown.summary", reason=reason, duration_ms=self._wall_ms() - started,
-            invocations=self.invocations, drained=drained.delivered + drained.dead_lettered,
-            spilled_at_shutdown=spilled, pending=pending,
-            unaccounted=counts["accepted"] + counts["restored"] - settled - pending, **counts,
-        )
-        self._report(drained.duration_ms, invocation=False)
+        p.logger.info("shutdown.summary", invocations=self.invocations, **drained.as_log())
+        self._report(drained.flush_ms, invocation=False)
         return 0

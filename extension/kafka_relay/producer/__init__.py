@@ -1,1 +1,1 @@
-"""The persistent producer: settings, error classification, the relay engine."""
+"""The persistent producer: settings and error classification."""

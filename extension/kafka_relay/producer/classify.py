@@ -12,6 +12,7 @@ class ErrorKind(str, Enum):
     TRANSIENT = "transient"  # try again later: counts as an attempt
     REQUEUE = "requeue"  # purged by us (producer rebuild): send again, no attempt spent
     FATAL = "fatal"  # the producer instance is unusable: build a new one
+    POISON = "poison"  # produce() itself raised: this record cannot be produced as it is
 
 
 _PERMANENT = frozenset(

@@ -30,7 +30,6 @@ from typing import Any, Protocol, TextIO
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import Config, load_config
-from kafka_relay.deadletter.spill import SPILL_EVENT, parse_spill_lines, read_ndjson
 from kafka_relay.errors import ConfigError, RelayError
 from kafka_relay.logs import (
     SPILL_FILTER_PATTERN,
@@ -42,6 +41,7 @@ from kafka_relay.logs import (
 from kafka_relay.producer.classify import describe
 from kafka_relay.producer.settings import producer_settings, resolve_credentials
 from kafka_relay.record import Record
+from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines, read_ndjson
 
 _MAX_FAILURES_SHOWN = 20
 # A dry run never connects: only the DLQ routing of the configuration matters.

@@ -1,0 +1,103 @@
+"""What happens to a record whose produce failed: ``routing.route`` decides, this applies it
+(requeue, retry later, dead-letter, spill), and does the spills the pump queued. It never
+touches the Producer: a spilled oversize record's DLQ pointer goes back to the pump."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kafka_relay.config import Config
+from kafka_relay.delivery.ledger import Ledger
+from kafka_relay.delivery.routing import Action, Decision, route
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.producer.classify import ErrorKind
+from kafka_relay.record import Record
+from kafka_relay.spill.sinks import SpillResult
+
+
+class Spill(Protocol):
+    def __call__(self, records: Sequence[Record], *, reason: str,
+                 retry_later: bool = True) -> SpillResult: ...
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A DLQ record saying where an oversize record was spilled."""
+
+    record: Record
+    topic: str
+    value: bytes
+    location: str
+
+
+class Failures:
+    def __init__(self, ledger: Ledger, config: Config, *, spill: Spill, logger: JsonLogger,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self._ledger = ledger
+        self._queue = ledger.queue
+        self._config = config
+        self._spill = spill
+        self._log = logger
+        self._wall_ms = wall_ms
+
+    def failed(self, record: Record, kind: ErrorKind, code: int | None,
+               reason: str) -> Decision | None:
+        """Route and apply; None when the record had settled already (a late report)."""
+        with self._ledger.cond:
+            if not self._ledger.holds(record):
+                return None
+            if kind is not ErrorKind.REQUEUE:
+                record.last_error = reason
+                record.first_failed_ms = record.first_failed_ms or self._wall_ms()
+                record.attempts += 1
+                self._ledger.counts.retries += 1
+            decision = route(kind, code=code, reason=reason, attempts=record.attempts,
+                             max_attempts=self._config.max_attempts,
+                             to_dlq=record.dlq_error is not None,
+                             backoff_base_ms=self._config.retry_backoff_ms)
+            self._apply(record, decision)
+            return decision
+
+    def _apply(self, record: Record, decision: Decision) -> None:
+        queue, action = self._queue, decision.action
+        if action in (Action.REQUEUE, Action.REBUILD):
+            queue.push(record)  # a rebuilt producer sends it again
+        elif action is Action.RETRY:
+            queue.schedule(record, self._wall_ms() + decision.delay_ms)
+        elif action is Action.DEAD_LETTER:
+            record.dlq_error = decision.reason
+            self._log.warning("record.dead_letter", id=record.id, topic=record.topic,
+                              error=decision.reason, request_id=record.request_id)
+            queue.push(record)
+        elif action is Action.SPILL_OVERSIZE:
+            record.dlq_error = decision.reason
+            queue.oversize.append(record)
+        else:  # SPILL, outside the lock (an S3 put takes time): see spill_waiting
+            record.last_error = decision.reason
+            queue.to_spill.append((record, decision.retry_later))
+
+    def spill_waiting(self) -> tuple[int, list[Pointer]]:
+        """Spill what routing sent to the spill chain; (records spilled, DLQ pointers due)."""
+        with self._ledger.cond:
+            waiting, self._queue.to_spill = self._queue.to_spill, []
+            oversize, self._queue.oversize = self._queue.oversize, []
+        for retry_later in (True, False):
+            group = [r for r, later in waiting if later is retry_later]
+            if group:
+                result = self._spill(group, reason=group[0].last_error or "dead-letter failed",
+                                     retry_later=retry_later)
+                self._ledger.settle_spilled(group, result)
+        return len(waiting) + len(oversize), [self._spill_oversize(r) for r in oversize]
+
+    def _spill_oversize(self, record: Record) -> Pointer:
+        """Too large for Kafka, so for its DLQ too: spill the bytes; a pointer for the DLQ."""
+        reason = record.dlq_error or "too large"
+        result = self._spill([record], reason=reason, retry_later=False)
+        self._ledger.settle_spilled([record], result)
+        value = json.dumps({"spilled_to": result.location, "id": record.id,
+                            "size": record.size, "error": reason}).encode()
+        return Pointer(record, self._config.dlq_for(record.topic), value, result.location)

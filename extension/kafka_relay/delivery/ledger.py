@@ -1,0 +1,197 @@
+"""The ledger: the single owner of every accepted record until it settles.
+
+It holds the unsettled records and their bytes, the send queue, the counts and
+the ``wait=delivered`` watches, all under one condition variable that the pump
+and the callers of the engine share. The invariant it keeps:
+accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kafka_relay.delivery.queue import SendQueue
+from kafka_relay.protocol import Outcome
+from kafka_relay.record import Record
+from kafka_relay.spill.sinks import SpillResult
+
+
+class BufferFull(Exception):
+    """Nothing was accepted. ``retry_after_ms == 0``: the engine takes no more records at all
+    (SHUTDOWN, or its pump stopped)."""
+
+    def __init__(self, retry_after_ms: int, detail: str) -> None:
+        super().__init__(detail)
+        self.retry_after_ms = retry_after_ms
+
+
+@dataclass(frozen=True)
+class Limits:
+    records: int
+    bytes: int
+
+
+@dataclass
+class Counts:
+    accepted: int = 0
+    restored: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    spilled: int = 0
+    spooled: int = 0  # parked in /tmp for a later invocation; comes back as ``restored``
+    rejected: int = 0
+    retries: int = 0
+    producers_built: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Watch:
+    ids: Sequence[str]
+    outcomes: dict[str, tuple[Outcome, str | None]] = field(default_factory=dict)
+
+
+class Ledger:
+    def __init__(self, limits: Limits, *, retry_after_ms: int,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.cond = threading.Condition()
+        self.queue = SendQueue()  # guarded by ``cond`` too
+        self.counts = Counts()
+        self.limits = limits
+        self._retry_after_ms = retry_after_ms
+        self._monotonic = monotonic
+        self._unsettled: dict[str, Record] = {}
+        self._bytes = 0
+        self._watches: dict[str, Watch] = {}
+        self._closed: str | None = None  # why no more records are accepted
+
+    # -- records in --------------------------------------------------------------------
+
+    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
+        """Own all of ``records`` or none (BufferFull)."""
+        size = sum(r.size for r in records)
+        with self.cond:
+            if self._closed is not None:
+                raise BufferFull(0, self._closed)
+            if (len(self._unsettled) + len(records) > self.limits.records
+                    or self._bytes + size > self.limits.bytes):
+                self.counts.rejected += len(records)
+                raise BufferFull(
+                    self._retry_after_ms,
+                    f"buffer full ({len(self._unsettled)} records, {self._bytes} bytes pending; "
+                    f"limits {self.limits.records} records (KAFKA_RELAY_MAX_BUFFER_RECORDS), "
+                    f"{self.limits.bytes} bytes (KAFKA_RELAY_MAX_BUFFER_BYTES))",
+                )
+            registered = None
+            if watch:
+                registered = Watch([r.id for r in records])
+                self._watches.update((i, registered) for i in registered.ids)
+            self._take(records)
+            self.counts.accepted += len(records)
+            self.cond.notify_all()
+            return registered
+
+    def restore(self, records: Iterable[Record]) -> int:
+        """Re-own records spooled earlier; they get a new outcome."""
+        with self.cond:
+            fresh = [r for r in records if r.id not in self._unsettled]
+            self._take(fresh)
+            self.counts.restored += len(fresh)
+            self.cond.notify_all()
+            return len(fresh)
+
+    def _take(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self._unsettled[record.id] = record
+            self._bytes += record.size
+            self.queue.push(record)
+
+    def note_rejected(self, records: int) -> None:
+        with self.cond:
+            self.counts.rejected += records
+
+    def close(self, why: str) -> None:
+        """Accept nothing more; ``why`` is the answer to the next caller."""
+        with self.cond:
+            self._closed = self._closed or why
+
+    # -- records out ---------------------------------------------------------------------
+
+    def holds(self, record: Record) -> bool:
+        with self.cond:
+            return record.id in self._unsettled
+
+    def settle(self, record: Record, outcome: Outcome, detail: str | None,
+               *, spooled: bool = False) -> bool:
+        """``detail``: the error that sent it to the DLQ, or where it was spilled. False when
+        it had settled already (e.g. spilled, then a late delivery report)."""
+        with self.cond:
+            if self._unsettled.pop(record.id, None) is None:
+                return False
+            self._bytes -= record.size
+            if outcome is Outcome.DELIVERED:
+                self.counts.delivered += 1
+            elif outcome is Outcome.DEAD_LETTERED:
+                self.counts.dead_lettered += 1
+            elif spooled:
+                self.counts.spooled += 1
+            else:
+                self.counts.spilled += 1
+            watch = self._watches.pop(record.id, None)
+            if watch is not None:
+                watch.outcomes[record.id] = (outcome, detail)
+            self.cond.notify_all()
+            return True
+
+    def settle_spilled(self, records: Iterable[Record], result: SpillResult) -> None:
+        with self.cond:
+            for record in records:
+                self.settle(record, Outcome.SPILLED, result.location, spooled=result.spooled)
+
+    def unsettled(self) -> list[Record]:
+        with self.cond:
+            return list(self._unsettled.values())
+
+    def requeue_unsettled(self) -> None:
+        """After a producer rebuild: whatever is not queued (its report never came) goes again."""
+        with self.cond:
+            self.queue.requeue_missing(self._unsettled.values())
+            self.cond.notify_all()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def depth(self) -> tuple[int, int]:
+        with self.cond:
+            return len(self._unsettled), self._bytes
+
+    def unaccounted(self) -> int:
+        """accepted + restored - settled - pending: 0 unless a record was lost."""
+        with self.cond:
+            c = self.counts
+            settled = c.delivered + c.dead_lettered + c.spilled + c.spooled
+            return c.accepted + c.restored - settled - len(self._unsettled)
+
+    def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]:
+        """Per-record outcomes; records not settled in time are reported as ``pending``."""
+        deadline = self._monotonic() + timeout_s
+        with self.cond:
+            self.queue.flush_requests += 1
+            try:
+                while len(watch.outcomes) < len(watch.ids):
+                    remaining = deadline - self._monotonic()
+                    if remaining <= 0:
+                        break
+                    self.cond.wait(min(remaining, 0.1))
+            finally:
+                self.queue.flush_requests -= 1
+                for record_id in watch.ids:
+                    self._watches.pop(record_id, None)
+            pending = (Outcome.PENDING, None)
+            return [{"id": i, "outcome": outcome.value, "error": detail}
+                    for i in watch.ids
+                    for outcome, detail in [watch.outcomes.get(i, pending)]]

@@ -1,0 +1,228 @@
+"""The pump: the only code that touches the confluent-kafka Producer.
+
+One thread produces what the ledger's queue holds, polls or flushes, hands
+every failure to ``Failures`` (routing applied, spills done) and rebuilds a
+producer that a fatal error killed. Delivery callbacks run only here. Any
+exception while producing ONE record settles that record and the pump goes
+on; an exception that escapes an iteration ends the pump, and ``on_death``
+hands everything still unsettled to the spill chain.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException
+
+from kafka_relay.config import Config
+from kafka_relay.delivery.failures import Failures, Pointer, Spill
+from kafka_relay.delivery.ledger import Ledger
+from kafka_relay.delivery.routing import Action
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.producer.classify import ErrorKind, classify, describe
+from kafka_relay.protocol import BrokerState, Outcome
+from kafka_relay.record import Record
+
+PRODUCE_BATCH = 2_000
+IN_FLIGHT_BYTES = 8 * 1024 * 1024  # what librdkafka may hold a copy of at once
+_IDLE_WAIT_S = 0.05
+
+
+class ProducerLike(Protocol):
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None: ...
+    def poll(self, timeout: float = ...) -> int: ...
+    def flush(self, timeout: float = ...) -> int: ...
+    def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
+    def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+    def __len__(self) -> int: ...
+
+
+class Pump:
+    def __init__(self, ledger: Ledger, config: Config, *,
+                 producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
+                 on_death: Callable[[BaseException], None],
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self._ledger = ledger
+        self._queue = ledger.queue
+        self._config = config
+        self._factory = producer_factory
+        self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
+        self._log = logger
+        self._on_death = on_death
+        self._wall_ms = wall_ms
+        self._rebuild = False
+        self._stopping = False
+        self.broker_state = BrokerState.UNKNOWN
+        self.last_error: str | None = None
+        self.producer = self._build()
+        self._thread = threading.Thread(target=self.run, name="kafka-relay-pump", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, join_s: float = 2.0) -> None:
+        with self._ledger.cond:
+            self._stopping = True
+            self._ledger.cond.notify_all()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=join_s)
+
+    def run(self) -> None:
+        """The pump thread's body (tests may call it in their own thread)."""
+        try:
+            while not self._stopping:
+                if not self.step():
+                    self._idle()
+        except BaseException as exc:
+            self._on_death(exc)
+
+    def step(self) -> bool:
+        """One round: rebuild if due, produce a batch, poll (or flush), do waiting spills.
+        True when there was something to do. Tests call it without the thread."""
+        with self._ledger.cond:
+            rebuild, self._rebuild = self._rebuild, False
+        if rebuild:  # before taking a batch: the rebuild re-queues everything unsettled
+            self._replace_producer()
+        with self._ledger.cond:
+            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH, IN_FLIGHT_BYTES)
+            flushing = self._queue.flush_requests > 0
+            in_flight = self._queue.in_flight
+        for index, record in enumerate(batch):
+            if not self._produce(record):
+                with self._ledger.cond:
+                    self._queue.give_back(batch[index:])
+                break
+        try:
+            if flushing:
+                self.producer.flush(0.005)
+            else:
+                self.producer.poll(0 if batch or not in_flight else 0.001)
+        except KafkaException as exc:
+            self.on_client_error(exc.args[0])
+        spilled = self._spill_waiting()
+        with self._ledger.cond:
+            self._ledger.cond.notify_all()
+        return bool(batch or in_flight or spilled or flushing)
+
+    def _idle(self) -> None:
+        """Nothing to do: sleep until accept/flush/stop notify or the next retry falls due."""
+        with self._ledger.cond:
+            queue = self._queue
+            if queue.fresh or queue.to_spill or queue.oversize or self._stopping or self._rebuild:
+                return
+            wait_s = _IDLE_WAIT_S
+            due = queue.next_due_ms()
+            if due is not None:
+                wait_s = min(wait_s, max(0.0, (due - self._wall_ms()) / 1000))
+            self._ledger.cond.wait(wait_s)
+
+    # -- producing and its reports -------------------------------------------------------
+
+    def _produce(self, record: Record) -> bool:
+        """Hand one record (counted in flight) to librdkafka; False when its queue is full.
+        Any exception settles this record (DLQ, else spill), never the pump."""
+        if not self._ledger.holds(record):
+            self._done_one(record)
+            return True
+        to_dlq = record.dlq_error is not None
+        target = self._config.dlq_for(record.topic) if to_dlq else record.topic
+        try:
+            self.producer.produce(
+                target, value=record.value, key=record.key,
+                headers=record.kafka_headers(dlq_topic=target if to_dlq else None),
+                timestamp=record.timestamp_ms or 0,
+                on_delivery=lambda err, _msg, rec=record: self._on_delivery(rec, err),
+            )
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            self._done_one(record)
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError):
+                self._failed(record, classify(error), error.code(), describe(error))
+            else:
+                self._failed(record, ErrorKind.POISON, None, f"KafkaException: {exc}")
+        except Exception as exc:
+            self._done_one(record)
+            self._log.error("record.unproducible", id=record.id, topic=target,
+                            error=f"{type(exc).__name__}: {exc}")
+            self._failed(record, ErrorKind.POISON, None,
+                         f"produce raised {type(exc).__name__}: {exc}")
+        return True
+
+    def _done_one(self, record: Record) -> None:
+        with self._ledger.cond:
+            self._queue.done(record)
+
+    def _on_delivery(self, record: Record, error: KafkaError | None) -> None:
+        self._done_one(record)
+        if error is not None:
+            self._failed(record, classify(error), error.code(), describe(error))
+            return
+        with self._ledger.cond:
+            if self.broker_state is not BrokerState.UP:
+                # The cluster is back: records waiting out a backoff go now, not in 30 s.
+                self._queue.release_retries()
+            self.broker_state = BrokerState.UP
+        outcome = Outcome.DEAD_LETTERED if record.dlq_error else Outcome.DELIVERED
+        self._ledger.settle(record, outcome, record.dlq_error)
+
+    def on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error_cb (and errors poll raises): remember; rebuild when fatal."""
+        with self._ledger.cond:
+            self.last_error = describe(error)
+            if classify(error) is ErrorKind.FATAL:
+                self._rebuild = True
+
+    def _failed(self, record: Record, kind: ErrorKind, code: int | None, reason: str) -> None:
+        decision = self._failures.failed(record, kind, code, reason)
+        if decision is None:
+            return
+        with self._ledger.cond:
+            if kind is not ErrorKind.REQUEUE:
+                self.last_error = reason
+            if kind is ErrorKind.TRANSIENT:
+                self.broker_state = BrokerState.DEGRADED
+            if decision.action is Action.REBUILD:
+                self._rebuild = True
+
+    def _spill_waiting(self) -> bool:
+        spilled, pointers = self._failures.spill_waiting()
+        for pointer in pointers:
+            self._dead_letter_pointer(pointer)
+        return spilled > 0
+
+    def _dead_letter_pointer(self, pointer: Pointer) -> None:
+        record = pointer.record
+
+        def report(err: KafkaError | None, _msg: object) -> None:
+            if err is not None:
+                self._log.error("dead_letter.pointer_failed", id=record.id, error=describe(err),
+                                spilled_to=pointer.location)
+
+        try:
+            self.producer.produce(pointer.topic, value=pointer.value, key=record.key,
+                                  headers=record.kafka_headers(dlq_topic=pointer.topic),
+                                  on_delivery=report)
+        except Exception as exc:  # the record is spilled; only its pointer is lost
+            self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),
+                            spilled_to=pointer.location)
+
+    def _build(self) -> ProducerLike:
+        with self._ledger.cond:
+            self._ledger.counts.producers_built += 1
+        return self._factory()
+
+    def _replace_producer(self) -> None:
+        """A fatal error: purge the old instance (its records come back as REQUEUE)."""
+        self._log.warning("producer.rebuild", error=self.last_error)
+        try:
+            self.producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self.producer.flush(1.0)
+        except KafkaException as exc:
+            self._log.warning("producer.purge_failed", error=str(exc))
+        self._ledger.requeue_unsettled()
+        self.producer = self._build()

@@ -1,0 +1,84 @@
+"""What the pump sends next: fresh records, a heap of retries due later, records waiting to be
+spilled, and how many are in flight. Not thread-safe: the ledger's condition guards it."""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Iterable
+
+from kafka_relay.record import Record
+
+
+class SendQueue:
+    def __init__(self) -> None:
+        self.fresh: deque[Record] = deque()
+        self._retry: list[tuple[int, int, Record]] = []  # heap of (due_ms, seq, record)
+        self._seq = 0
+        # Counted from the moment a record leaves the queue, so a flush never sees "nothing
+        # to do" while a batch is on its way to librdkafka.
+        self.in_flight = 0
+        # librdkafka keeps its own copy of what it holds: capped so a stalled broker does
+        # not double the memory of everything pending.
+        self.in_flight_bytes = 0
+        self.flush_requests = 0  # callers waiting for outcomes: the pump flushes, not polls
+        # Spills the pump does outside the lock (an S3 put takes time): (record, spool ok).
+        self.to_spill: list[tuple[Record, bool]] = []
+        self.oversize: list[Record] = []
+
+    def push(self, record: Record) -> None:
+        self.fresh.append(record)
+
+    def schedule(self, record: Record, due_ms: int) -> None:
+        record.not_before_ms = due_ms
+        self._seq += 1
+        heapq.heappush(self._retry, (due_ms, self._seq, record))
+
+    def release_retries(self) -> None:
+        """Every record waiting out a backoff goes now (the broker is back, or a drain)."""
+        while self._retry:
+            _, _, record = heapq.heappop(self._retry)
+            record.not_before_ms = 0
+            self.fresh.append(record)
+
+    def take_due(self, now_ms: int, limit: int, max_bytes: int) -> list[Record]:
+        """Up to ``limit`` records due now, keeping in-flight bytes under ``max_bytes`` (one
+        record always goes when nothing is in flight)."""
+        while self._retry and self._retry[0][0] <= now_ms:
+            self.fresh.append(heapq.heappop(self._retry)[2])
+        batch: list[Record] = []
+        while self.fresh and len(batch) < limit:
+            size = self.fresh[0].size
+            if self.in_flight_bytes + size > max_bytes and (batch or self.in_flight):
+                break
+            batch.append(self.fresh.popleft())
+            self.in_flight_bytes += size
+        self.in_flight += len(batch)
+        return batch
+
+    def done(self, record: Record) -> None:
+        """Its delivery report came (or it never reached librdkafka)."""
+        self.in_flight -= 1
+        self.in_flight_bytes = max(0, self.in_flight_bytes - record.size)
+
+    def give_back(self, records: list[Record]) -> None:
+        """Taken but not handed to librdkafka (its queue was full): first in line again."""
+        self.in_flight -= len(records)
+        self.in_flight_bytes = max(0, self.in_flight_bytes - sum(r.size for r in records))
+        self.fresh.extendleft(reversed(records))
+
+    def requeue_missing(self, unsettled: Iterable[Record]) -> None:
+        queued = {r.id for r in self.fresh} | {entry[2].id for entry in self._retry}
+        self.fresh.extend(r for r in unsettled if r.id not in queued)
+        self.in_flight = self.in_flight_bytes = 0
+
+    def waiting_retry(self) -> int:
+        return len(self._retry)
+
+    def next_due_ms(self) -> int | None:
+        return self._retry[0][0] if self._retry else None
+
+    def has_due_work(self, now_ms: int) -> bool:
+        due = self.next_due_ms()
+        return bool(self.fresh or self.in_flight > 0 or (due is not None and due <= now_ms)
+                    or self.to_spill or self.oversize)

@@ -1,0 +1,326 @@
+"""The delivery engine on a scripted fake producer and a fake clock: every failure path settles
+each record exactly once, and the ledger's invariant holds after every step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from kafka_relay.delivery.ledger import BufferFull, Limits
+from kafka_relay.protocol import BrokerState
+from kafka_relay.spill.codec import parse_spill_lines
+from tests.unit.engine_fakes import FakeProducer, Rig, Sent, error_for
+
+
+def test_accepted_records_are_delivered_and_accounted(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.engine.accept(rig.records(3))
+    rig.assert_accounted()
+    rig.step()
+    rig.assert_accounted()
+    assert rig.counts()["delivered"] == 3
+    assert [m.relay_id for m in rig.producer.sent] == ["r1", "r2", "r3"]
+    assert rig.engine.broker_state is BrokerState.UP
+
+
+def test_in_flight_is_counted_from_dequeue_until_the_report(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True))
+    rig.engine.accept(rig.records(4))
+    rig.step()
+    assert rig.engine.status()["in_flight"] == 4
+    assert rig.engine.depth()[0] == 4
+    rig.assert_accounted()
+    rig.producer.hold = False
+    rig.step()
+    assert rig.engine.status()["in_flight"] == 0
+    assert rig.counts()["delivered"] == 4
+    rig.assert_accounted()
+
+
+def test_a_full_local_queue_gives_records_back_in_order_and_sends_them_later(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, producer=lambda: FakeProducer(capacity=2, hold=True))
+    rig.engine.accept(rig.records(5))
+    rig.step()  # BufferError after 2: the other 3 go back to the front of the queue
+    assert [m.relay_id for m in rig.producer.sent] == ["r1", "r2"]
+    assert rig.engine.status()["in_flight"] == 2
+    rig.assert_accounted()
+    rig.producer.hold = False
+    rig.step(4)
+    assert [m.relay_id for m in rig.producer.sent] == ["r1", "r2", "r3", "r4", "r5"]
+    assert rig.counts()["delivered"] == 5
+    rig.assert_accounted()
+
+
+def test_a_transient_error_retries_with_backoff_then_dead_letters_with_headers(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=3, retry_backoff_ms=500)
+    rig.producer.respond = error_for("t", KafkaError._MSG_TIMED_OUT)
+    rig.engine.accept(rig.records(1))
+    rig.step()  # attempt 1 fails: due again in 500 ms
+    assert rig.engine.broker_state is BrokerState.DEGRADED
+    assert rig.engine.status()["waiting_retry"] == 1
+    rig.step()
+    assert len(rig.producer.sent) == 1, "not before its backoff"
+    rig.assert_accounted()
+    rig.clock.advance(500)
+    rig.step()  # attempt 2 fails: 1000 ms
+    rig.clock.advance(999)
+    rig.step()
+    assert len(rig.producer.sent) == 2
+    rig.clock.advance(1)
+    rig.step()  # attempt 3 fails: gave up, to the DLQ now
+    rig.step()
+    rig.assert_accounted()
+    dlq = rig.producer.sent[-1]
+    assert dlq.topic == "dlq.t"
+    assert rig.counts()["dead_lettered"] == 1
+    assert rig.counts()["retries"] == 3
+    assert dlq.headers["x-relay-error"].startswith(b"gave up after 3 attempts: _MSG_TIMED_OUT")
+    assert dlq.headers["x-relay-original-topic"] == b"t"
+    assert dlq.headers["x-relay-attempts"] == b"3"
+    assert dlq.headers["x-relay-request-id"] == b"req-1"
+    assert int(dlq.headers["x-relay-first-failed-ms"]) == rig.clock.now_ms - 1500
+
+
+def test_records_waiting_out_a_backoff_go_at_once_when_the_broker_is_back(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, retry_backoff_ms=10_000)
+    failing = {"r1"}
+    rig.producer.respond = lambda sent: (
+        KafkaError(KafkaError._TRANSPORT) if sent.relay_id in failing else None)
+    rig.engine.accept(rig.records(1))
+    rig.step()
+    assert rig.engine.status()["waiting_retry"] == 1
+    failing.clear()
+    rig.engine.accept(rig.records(1))
+    rig.step()  # r2 delivered: the broker is up, r1 is released from its backoff
+    rig.step()
+    assert rig.counts()["delivered"] == 2
+    assert rig.engine.status()["waiting_retry"] == 0
+    rig.assert_accounted()
+
+
+@pytest.mark.parametrize("code", [KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                                  KafkaError._UNKNOWN_TOPIC, KafkaError.INVALID_RECORD])
+def test_a_permanent_error_dead_letters_at_once(tmp_path: Path, code: int) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = error_for("t", code)
+    rig.engine.accept(rig.records(2))
+    rig.step()
+    rig.assert_accounted()
+    rig.step()
+    assert rig.counts()["dead_lettered"] == 2
+    assert [m.topic for m in rig.producer.sent] == ["t", "t", "dlq.t", "dlq.t"]
+    assert rig.producer.sent[-1].headers["x-relay-error"].startswith(
+        KafkaError(code).name().encode())
+    assert len(rig.events("record.dead_letter")) == 2
+    rig.assert_accounted()
+
+
+def test_a_purged_record_is_requeued_without_spending_an_attempt(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    answers = iter([KafkaError(KafkaError._PURGE_QUEUE)])
+    rig.producer.respond = lambda _s: next(answers, None)
+    (record,) = rig.records(1)
+    rig.engine.accept([record])
+    rig.step()
+    rig.assert_accounted()
+    rig.step()
+    assert rig.counts()["delivered"] == 1
+    assert (record.attempts, rig.counts()["retries"]) == (0, 0)
+    rig.assert_accounted()
+
+
+def test_a_fenced_producer_is_rebuilt_and_its_records_resent(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    first = rig.producer
+    first.respond = error_for("t", KafkaError.PRODUCER_FENCED)
+    rig.engine.accept(rig.records(3))
+    rig.step()  # fenced: a rebuild is due, the records queued again
+    rig.assert_accounted()
+    rig.step()
+    assert len(rig.producers) == 2
+    assert rig.engine.producer is rig.producers[1]
+    assert rig.counts()["producers_built"] == 2
+    assert rig.counts()["delivered"] == 3
+    assert [m.relay_id for m in rig.producers[1].sent] == ["r1", "r2", "r3"]
+    assert rig.events("producer.rebuild")
+    rig.assert_accounted()
+
+
+def test_a_fatal_client_error_rebuilds_and_resends_what_the_old_producer_held(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True))
+    rig.engine.accept(rig.records(2))
+    rig.step()
+    rig.engine.on_client_error(KafkaError(KafkaError._FATAL, fatal=True))
+    rig.producers[0].hold = True
+    rig.step()  # purge: the old producer's records come back, a new producer is built
+    assert rig.producers[0].purged == 2
+    rig.producer.hold = False
+    rig.step(2)
+    assert rig.counts()["delivered"] == 2
+    assert [m.relay_id for m in rig.producer.sent] == ["r1", "r2"]
+    rig.assert_accounted()
+
+
+def test_an_oversize_record_is_spilled_and_a_pointer_dead_lettered(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = error_for(
+        "t", KafkaError.MSG_SIZE_TOO_LARGE)
+    rig.engine.accept(rig.records(1, value=b"x" * 2_000))
+    rig.step(2)
+    rig.assert_accounted()
+    assert rig.counts()["spilled"] == 1
+    assert rig.counts()["spooled"] == 0, "retrying an oversize record cannot help"
+    pointer = rig.producer.sent[-1]
+    assert pointer.topic == "dlq.t"
+    body = json.loads(pointer.value or b"")
+    assert (body["id"], body["spilled_to"], body["size"]) == ("r1", "log", 2_001)
+    assert [r.id for r in parse_spill_lines(rig.log.getvalue().splitlines()).records] == ["r1"]
+
+
+@pytest.mark.parametrize("error", [OverflowError("int too big to convert"),
+                                   TypeError("bad header"), RuntimeError("anything")])
+def test_a_produce_call_that_raises_dead_letters_that_record_and_the_pump_goes_on(
+    tmp_path: Path, error: BaseException
+) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.raise_on_produce = (
+        lambda sent: error if sent.topic == "t" and sent.key == b"poison" else None)
+    poison, *good = rig.records(3)
+    poison.key = b"poison"
+    rig.engine.accept([poison, *good])
+    rig.step(2)
+    rig.assert_accounted()
+    counts = rig.counts()
+    assert (counts["delivered"], counts["dead_lettered"]) == (2, 1)
+    dlq = rig.producer.sent[-1]
+    assert dlq.topic == "dlq.t"
+    assert dlq.headers["x-relay-error"].startswith(
+        f"produce raised {type(error).__name__}".encode())
+    assert rig.engine.healthy
+    assert rig.events("record.unproducible")
+
+
+def test_a_record_that_not_even_the_dlq_can_take_is_spilled(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.raise_on_produce = (
+        lambda sent: OverflowError("timestamp") if sent.timestamp >= 2**63 else None)
+    bad = rig.records(1, timestamp_ms=2**63)
+    rig.engine.accept([*bad, *rig.records(1)])
+    rig.step(3)
+    rig.assert_accounted()
+    counts = rig.counts()
+    assert (counts["delivered"], counts["spilled"], counts["spooled"]) == (1, 1, 0)
+    assert [r.id for r in parse_spill_lines(rig.log.getvalue().splitlines()).records] == ["r1"]
+
+
+@pytest.mark.parametrize(("raised", "expect"), [
+    (KafkaException(KafkaError(KafkaError._INVALID_ARG)), "_INVALID_ARG"),
+    (KafkaException("no KafkaError inside"), "KafkaException"),
+])
+def test_a_kafka_exception_from_produce_is_routed_like_its_error(
+    tmp_path: Path, raised: KafkaException, expect: str
+) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.raise_on_produce = (
+        lambda sent: raised if sent.topic == "t" else None)
+    rig.engine.accept(rig.records(1))
+    rig.step(2)
+    rig.assert_accounted()
+    assert rig.counts()["dead_lettered"] == 1
+    assert rig.producer.sent[-1].headers["x-relay-error"].startswith(expect.encode())
+
+
+def test_dlq_down_after_a_permanent_error_spools_then_a_restore_dead_letters(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=2, retry_backoff_ms=0)
+    dlq_up = False
+
+    def respond(sent: Sent) -> KafkaError | None:
+        if sent.topic == "t":
+            return KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+        return None if dlq_up else KafkaError(KafkaError._MSG_TIMED_OUT)
+
+    rig.producer.respond = respond
+    rig.engine.accept(rig.records(2))
+    for _ in range(10):
+        rig.step()
+        rig.assert_accounted()
+    counts = rig.counts()
+    assert (counts["spooled"], counts["spilled"], counts["dead_lettered"]) == (2, 0, 0)
+    assert len(list((tmp_path / "spool").glob("kafka-relay-spool-*.ndjson"))) == 1
+    dlq_up = True
+    assert rig.engine.restore_spool() == 2
+    rig.step(2)
+    counts = rig.counts()
+    assert (counts["restored"], counts["dead_lettered"]) == (2, 2)
+    assert not list((tmp_path / "spool").glob("*.ndjson"))
+    rig.assert_accounted()
+
+
+def test_a_dlq_that_refuses_the_record_spills_it_without_the_spool(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = (
+        lambda _sent: KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    rig.engine.accept(rig.records(1))
+    rig.step(3)
+    counts = rig.counts()
+    assert (counts["spilled"], counts["spooled"], counts["dead_lettered"]) == (1, 0, 0)
+    rig.assert_accounted()
+
+
+def test_a_full_buffer_refuses_the_whole_request_naming_the_limit(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, limits=Limits(records=3, bytes=1_000_000))
+    rig.engine.accept(rig.records(2))
+    with pytest.raises(BufferFull, match="KAFKA_RELAY_MAX_BUFFER_RECORDS") as refused:
+        rig.engine.accept(rig.records(2))
+    assert refused.value.retry_after_ms > 0
+    assert rig.counts()["rejected"] == 2
+    assert rig.engine.depth()[0] == 2
+    rig.assert_accounted()
+
+
+def test_a_watch_reports_each_outcome_and_pending(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = lambda s: (
+        KafkaError(KafkaError._TRANSPORT) if s.relay_id == "r2" else None)
+    watch = rig.engine.accept(rig.records(2), watch=True)
+    assert watch is not None
+    rig.step()
+    outcomes = rig.engine.wait_settled(watch, 0)
+    assert [(o["id"], o["outcome"]) for o in outcomes] == [("r1", "delivered"),
+                                                          ("r2", "pending")]
+
+
+def test_librdkafka_holds_at_most_the_in_flight_byte_cap_of_a_stalled_backlog(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True),
+              limits=Limits(records=100, bytes=100 * 1024 * 1024))
+    rig.engine.accept(rig.records(5, value=b"x" * (3 * 1024 * 1024)))
+    rig.step(3)
+    assert len(rig.producer.sent) == 2  # 6 MiB; a third would pass the 8 MiB cap
+    rig.producer.hold = False
+    rig.step(4)
+    assert rig.counts()["delivered"] == 5
+    rig.assert_accounted()
+
+
+def test_a_record_larger_than_the_in_flight_cap_still_goes_alone(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, limits=Limits(records=10, bytes=100 * 1024 * 1024))
+    rig.engine.accept(rig.records(2, value=b"x" * (9 * 1024 * 1024)))
+    rig.step(2)
+    assert rig.counts()["delivered"] == 2
+    assert rig.engine.status()["in_flight"] == 0
+    rig.assert_accounted()
