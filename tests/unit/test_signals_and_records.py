@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from kafka_relay.deadletter.spill import parse_spill_lines, spill_lines
-from kafka_relay.lifecycle.signals import HandlerSignals
+from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.record import IdSource, Record
 
 
