@@ -19,11 +19,16 @@ from kafka_relay.protocol import DEFAULT_PORT
 
 EXTENSION_NAME = "kafka-relay"
 PRODUCER_PREFIX = "KAFKA_PRODUCER_"
-TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,249}")  # use fullmatch: "x\n" is no topic
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def valid_topic_name(name: str) -> bool:
+    """Kafka's rule, matched whole: 1-249 of ``[A-Za-z0-9._-]``, and not ``.`` or ``..``."""
+    return TOPIC_PATTERN.fullmatch(name) is not None and name not in (".", "..")
 
 
 class FlushMode(str, Enum):
@@ -134,7 +139,7 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str 
 
 def _topic(env: Mapping[str, str], *names: str) -> str | None:
     value = _text(env, *names)
-    if value is not None and (not TOPIC_PATTERN.match(value) or value in (".", "..")):
+    if value is not None and not valid_topic_name(value):
         raise ConfigError(
             f"{names[0]}={value!r} is not a valid Kafka topic name: use 1-249 characters "
             "from letters, digits, '.', '_' and '-'"
