@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 
 from kafka_relay.config import valid_topic_name
-from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
+from kafka_relay.handoff.schema import InvalidRequest, Reason, parse_body, validate
 from kafka_relay.protocol import ID_HEADER
 from kafka_relay.record import Record
 from tests.record_strategies import bodies
@@ -175,14 +175,15 @@ _REASON_NAMES_A_FIELD = re.compile(
 def test_any_body_is_parsed_and_validated_or_rejected_with_reasons_naming_fields(
     body: bytes,
 ) -> None:
+    reasons: list[Reason] = []
+    records: list[Record] = []
     try:
-        items = parse_body(body, "application/json")
-        records = _validate(items)
+        records = _validate(parse_body(body, "application/json"))
     except InvalidRequest as exc:
-        assert exc.reasons
-        for reason in exc.reasons:
-            assert reason.index == -1 or _REASON_NAMES_A_FIELD.search(reason.reason), reason
-        return
+        reasons = exc.reasons
+    assert bool(records) != bool(reasons)
+    for reason in reasons:
+        assert reason.index == -1 or _REASON_NAMES_A_FIELD.search(reason.reason), reason
     for record in records:  # what was accepted is what the producer needs: UTF-8 and ranges
         assert valid_topic_name(record.topic)
         assert record.timestamp_ms is None or 0 <= record.timestamp_ms < 2**63
