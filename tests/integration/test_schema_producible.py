@@ -48,8 +48,8 @@ def test_every_accepted_record_is_produced_and_delivered(producer: Producer,
         reports.append(error)
 
     for record in records:
-        producer.produce(record.topic, record.value, record.key,
-                         headers=record.kafka_headers(), timestamp=record.timestamp_ms or 0,
-                         on_delivery=on_delivery)
+        headers: list[tuple[str, str | bytes | None]] = [*record.kafka_headers()]
+        producer.produce(record.topic, record.value, record.key, headers=headers,
+                         timestamp=record.timestamp_ms or 0, on_delivery=on_delivery)
     assert producer.flush(20) == 0
     assert reports == [None] * len(records)

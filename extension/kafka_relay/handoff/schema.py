@@ -158,9 +158,9 @@ def _record(
         raise ValueError("give exactly one of 'value' (any JSON) or 'value_b64' (base64 bytes)")
     value = _value_b64(item["value_b64"]) if "value_b64" in item else _value(item["value"])
 
-    headers = item.get("headers") or {}
-    if headers:  # most records have none: skip the checks' per-record generators
-        headers = _headers(headers)
+    raw_headers = item.get("headers")
+    # Most records have none: skip the per-header loop.
+    headers = _headers(raw_headers) if raw_headers else ()
 
     timestamp = item.get("timestamp_ms")
     if timestamp is not None and (
@@ -174,7 +174,7 @@ def _record(
         topic=topic,
         key=key,
         value=value,
-        headers=headers or (),
+        headers=headers,
         timestamp_ms=timestamp,
         request_id=request_id,
         accepted_ms=now_ms,
