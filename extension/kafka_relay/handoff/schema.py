@@ -27,6 +27,8 @@ from kafka_relay.record import Record
 _FIELDS = frozenset({"topic", "key", "value", "value_b64", "headers", "timestamp_ms"})
 _PREFIX_LEN = len(RELAY_HEADER_PREFIX)
 _MAX_TIMESTAMP_MS = 2**63  # exclusive: Kafka timestamps are int64 epoch milliseconds
+_NOT_UNICODE = ("is not valid Unicode text (it holds a lone surrogate such as \\ud800): "
+                "send UTF-8 text, or bytes in base64")
 _TOO_DEEP = "JSON nested too deeply (the parser's limit is about 900 levels)"
 
 
@@ -150,13 +152,21 @@ def _record(
 
     key = item.get("key")
     if key is not None:
-        if not isinstance(key, str):
+        if type(key) is not str:
             raise ValueError("'key' must be a string or null")
         key = _utf8(key, "'key'")
 
     if ("value" in item) == ("value_b64" in item):
         raise ValueError("give exactly one of 'value' (any JSON) or 'value_b64' (base64 bytes)")
-    value = _value_b64(item["value_b64"]) if "value_b64" in item else _value(item["value"])
+    value: bytes | None
+    if "value_b64" in item:
+        value = _value_b64(item["value_b64"])
+    else:
+        raw = item["value"]
+        try:  # inline: the hot path
+            value = None if raw is None else _encode_value(raw).encode()
+        except (ValueError, RecursionError) as exc:
+            raise _value_problem(exc) from None
 
     raw_headers = item.get("headers")
     # Most records have none: skip the per-header loop.
@@ -185,21 +195,16 @@ def _utf8(text: str, what: str) -> bytes:
     try:
         return text.encode()
     except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid Unicode text (it holds a lone surrogate such "
-                         "as \\ud800): send UTF-8 text, or bytes in base64") from None
+        raise ValueError(f"{what} {_NOT_UNICODE}") from None
 
 
-def _value(raw: Any) -> bytes | None:
-    if raw is None:
-        return None
-    try:
-        text = _encode_value(raw)
-    except RecursionError:
-        raise ValueError(f"'value': {_TOO_DEEP}") from None
-    except ValueError:
-        raise ValueError("'value' holds a number JSON cannot carry (NaN, Infinity or out of "
-                         "range): send finite numbers") from None
-    return _utf8(text, "'value'")
+def _value_problem(exc: Exception) -> ValueError:
+    if isinstance(exc, RecursionError):
+        return ValueError(f"'value': {_TOO_DEEP}")
+    if isinstance(exc, UnicodeEncodeError):
+        return ValueError(f"'value' {_NOT_UNICODE}")
+    return ValueError("'value' holds a number JSON cannot carry (NaN, Infinity or out of "
+                      "range): send finite numbers")
 
 
 def _value_b64(encoded: Any) -> bytes:
