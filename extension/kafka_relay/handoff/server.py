@@ -111,12 +111,13 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections[request] = False
             if len(self._connections) > self.max_connections:
-                self._evict_idle()
+                self._evict_idle(keep=request)
         super().process_request(request, client_address)
 
-    def _evict_idle(self) -> None:
+    def _evict_idle(self, *, keep: socket.socket) -> None:
+        # All busy: admit anyway; busy connections end within the body deadline and wait.
         for sock, busy in self._connections.items():
-            if not busy:
+            if not busy and sock is not keep:
                 del self._connections[sock]
                 with contextlib.suppress(OSError):  # its thread's read returns EOF; it ends
                     sock.shutdown(socket.SHUT_RDWR)
