@@ -106,7 +106,8 @@ def test_a_broker_rejected_record_is_dead_lettered_with_headers_and_the_rest_del
     assert dead.value == b"1"
     assert dead.headers["x-relay-id"] == b"r1"
     assert dead.headers["x-relay-original-topic"] == b".."
-    assert dead.headers["x-relay-error"].startswith(b"TOPIC_EXCEPTION")
+    # The broker refuses the name in the produce answer or already in the metadata answer.
+    assert dead.headers["x-relay-error"].split(b":")[0] in (b"TOPIC_EXCEPTION", b"_UNKNOWN_TOPIC")
     assert dead.headers["x-relay-attempts"] == b"1"
     assert dead.headers["x-relay-request-id"] == b"req-dlq"
     assert int(dead.headers["x-relay-first-failed-ms"]) > 0
