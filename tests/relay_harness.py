@@ -9,20 +9,37 @@ from pathlib import Path
 from typing import Any
 
 from devtools.kafka_broker import free_port
-from kafka_relay.app import assemble
+from kafka_relay.app import Parts, assemble
 from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, load_config
-from kafka_relay.lifecycle.loop import EventLoop, Parts
+from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent, parse_event
 from kafka_relay.logs import events_named
 from kafka_relay.observability.log import JsonLogger
 
 TOKEN = "test-session-token"
 
 
+class LoopDriver:
+    """Drives the real event loop with Extensions API events, as raw dicts or typed."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.loop = parts.event_loop()
+
+    def invoke(self, event: dict[str, Any] | InvokeEvent) -> None:
+        if isinstance(event, dict):
+            parsed = parse_event({"eventType": "INVOKE", **event}).event
+            assert isinstance(parsed, InvokeEvent)
+            event = parsed
+        self.loop.invoke(event)
+
+    def shutdown(self, reason: str, deadline_ms: int) -> int:
+        return self.loop.shutdown(ShutdownEvent(reason, deadline_ms))
+
+
 class Harness:
     def __init__(self, parts: Parts, log: io.StringIO) -> None:
         self.parts = parts
-        self.loop = EventLoop(parts)
+        self.loop = LoopDriver(parts)
         self._log = log
         self.client = RelayClient(env={}, port=parts.config.port, token=TOKEN)
 

@@ -45,11 +45,9 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
         api.init_error(exc.lambda_error_type, str(exc))
         return 1
 
-    from kafka_relay.lifecycle.loop import EventLoop  # noqa: PLC0415
-
     try:
-        return EventLoop(parts).run()
-    except Exception as exc:
+        return parts.event_loop(api).run()
+    except Exception as exc:  # last resort: run() reports its own failures
         logger.error("runtime.error", error=repr(exc))
         api.exit_error("Extension.RuntimeError", f"kafka-relay stopped unexpectedly: {exc!r}")
         return 1

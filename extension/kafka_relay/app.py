@@ -7,22 +7,39 @@ extension has registered (Lambda measures init from process start).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import DeliveryEngine
-from kafka_relay.errors import AuthError, ConfigError
+from kafka_relay.errors import AuthError, ConfigError, RelayError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
+from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.api import ExtensionsApi
-from kafka_relay.lifecycle.loop import Parts
-from kafka_relay.lifecycle.signals import HandlerSignals
+from kafka_relay.lifecycle.loop import EventLoop
 from kafka_relay.lifecycle.telemetry import TelemetryListener
 from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
 from kafka_relay.producer.settings import producer_settings, resolve_credentials
 from kafka_relay.record import IdSource
+from kafka_relay.relay_listener import RelayListener
 from kafka_relay.spill.sinks import SpillChain
+
+
+@dataclass
+class Parts:
+    """The assembled extension: what the event loop drives and tests inspect."""
+
+    config: Config
+    relay: DeliveryEngine
+    server: HandoffServer
+    signals: HandlerSignals
+    listener: RelayListener
+    logger: JsonLogger
+
+    def event_loop(self, api: ExtensionsApi | None = None) -> EventLoop:
+        return EventLoop(self.listener, self.config, self.logger, api=api)
 
 
 def _bad_property_message(config: Config, exc: KafkaException) -> str:
@@ -64,10 +81,16 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     state = HandoffState(config=config, relay=relay, signals=signals, logger=logger,
                          ids=IdSource(), started=time.monotonic(),
                          flush_strategy=str(config.flush))
-    server = HandoffServer(state)
+    try:
+        server = HandoffServer(state)
+    except RelayError:
+        relay.stop()
+        raise
     server.start()
-    parts = Parts(api=api, config=config, relay=relay, server=server,
-                  state=state, signals=signals, logger=logger)
+    listener = RelayListener(config=config, engine=relay, signals=signals, logger=logger)
+    listener.closers.append(server.stop)
+    parts = Parts(config=config, relay=relay, server=server, signals=signals,
+                  listener=listener, logger=logger)
     if config.telemetry and api is not None:
         _subscribe(parts, api, logger)
     logger.info("init.ready", port=server.port, flush=str(config.flush),
@@ -98,7 +121,7 @@ def _subscribe(parts: Parts, api: ExtensionsApi, logger: JsonLogger) -> None:
         listener = TelemetryListener(on_runtime_done)
         uri = listener.start()
         api.subscribe_telemetry(uri, types=["platform"])
-        parts.stop_telemetry = listener.stop
+        parts.listener.closers.insert(0, listener.stop)
     except Exception as exc:
         # The client's end call still works; only the fallback signal is lost.
         logger.warning("telemetry.unavailable", error=str(exc))

@@ -7,6 +7,7 @@ reads ``os.environ``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -19,11 +20,21 @@ from kafka_relay.protocol import DEFAULT_PORT
 
 EXTENSION_NAME = "kafka-relay"
 PRODUCER_PREFIX = "KAFKA_PRODUCER_"
-TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,249}")  # use fullmatch: "x\n" is no topic
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# A variable whose name holds one of these never has its value echoed in an error.
+_SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "TOKEN", "CREDENTIAL", "PEM", "JAAS")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_MAX_FLUSH_INTERVAL_MS = 86_400_000
+
+
+def valid_topic_name(name: str) -> bool:
+    """Kafka's rule, matched whole: 1-249 of ``[A-Za-z0-9._-]``, and not ``.`` or ``..``."""
+    return TOPIC_PATTERN.fullmatch(name) is not None and name not in (".", "..")
 
 
 class FlushMode(str, Enum):
@@ -43,11 +54,12 @@ class FlushStrategy:
         if text in (FlushMode.END.value, FlushMode.SHUTDOWN.value):
             return cls(FlushMode(text))
         name, _, interval = text.partition(":")
-        if name == FlushMode.PERIODIC.value and interval.isdigit() and int(interval) > 0:
+        if (name == FlushMode.PERIODIC.value and _DIGITS.fullmatch(interval)
+                and 0 < int(interval) <= _MAX_FLUSH_INTERVAL_MS):
             return cls(FlushMode.PERIODIC, int(interval))
         raise ConfigError(
             f"KAFKA_RELAY_FLUSH={text!r} is not a flush strategy: use 'end' (flush after every "
-            "invocation), 'periodic:<ms>' (e.g. periodic:1000) or 'shutdown'"
+            "invocation), 'periodic:<ms>' (1 to 86400000 ms, e.g. periodic:1000) or 'shutdown'"
         )
 
     def __str__(self) -> str:
@@ -100,17 +112,25 @@ def _text(env: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0,
+         maximum: int) -> int:
     raw = _text(env, name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be an integer >= {minimum}; fix or unset it")
+    if not _DIGITS.fullmatch(raw):
+        raise ConfigError(f"{name}={_shown(name, raw)} is not a whole number: write it in "
+                          f"digits (e.g. 1000000, not 1e6), from {minimum} to {maximum}")
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={value} is out of range: use {minimum} to {maximum}")
     return value
+
+
+def _shown(name: str, raw: str) -> str:
+    """How a value appears in an error message: never the value of a secret."""
+    if any(word in name.upper() for word in _SECRET_WORDS):
+        return f"<{len(raw)} characters, not shown>"
+    return repr(raw)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -122,7 +142,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name}={raw!r} must be true or false")
+    raise ConfigError(f"{name}={_shown(name, raw)} must be true or false")
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
@@ -130,18 +150,66 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str 
     if raw is None:
         return None
     if raw.upper() not in choices:
-        raise ConfigError(f"{name}={raw!r} is not supported: use one of {', '.join(choices)}")
+        raise ConfigError(
+            f"{name}={_shown(name, raw)} is not supported: use one of {', '.join(choices)}"
+        )
     return raw.upper()
 
 
 def _topic(env: Mapping[str, str], *names: str) -> str | None:
     value = _text(env, *names)
-    if value is not None and (not TOPIC_PATTERN.match(value) or value in (".", "..")):
+    if value is not None and not valid_topic_name(value):
         raise ConfigError(
             f"{names[0]}={value!r} is not a valid Kafka topic name: use 1-249 characters "
             "from letters, digits, '.', '_' and '-'"
         )
     return value
+
+
+def check_bootstrap(name: str, servers: str) -> str:
+    """``servers`` normalised (spaces dropped), or ConfigError naming ``name`` and the entry."""
+    entries = [entry.strip() for entry in servers.split(",")]
+    for entry in entries:
+        problem = _bootstrap_problem(entry)
+        if problem:
+            raise ConfigError(
+                f"{name}={servers!r}: entry {entry!r} {problem}; list the brokers as "
+                "host:port[,host:port...], e.g. pkc-xxxx.us-east-1.aws.confluent.cloud:9092"
+            )
+    return ",".join(entries)
+
+
+def _bootstrap_problem(entry: str) -> str | None:
+    scheme, sep, rest = entry.partition("://")
+    if sep:
+        if scheme.upper() not in _SECURITY_PROTOCOLS:
+            return f"has an unknown scheme {scheme!r}"
+        entry = rest
+    if entry.startswith("["):
+        host, sep, port = entry[1:].partition("]:")
+        if not sep:
+            return "is not [ipv6]:port"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"has {host!r}, not an IPv6 address, in brackets"
+    else:
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host:
+            return "is not host:port (the port is required)"
+        if ":" in host:
+            return "has an IPv6 address without brackets: write [address]:port"
+        if not _plausible_host(host):
+            return f"has {host!r}, which is not a hostname or IP address"
+    if not _DIGITS.fullmatch(port) or not 1 <= int(port) <= 65535:
+        return f"has port {port!r}, not 1-65535"
+    return None
+
+
+def _plausible_host(host: str) -> bool:
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label)
+                                        for label in name.split("."))
 
 
 def producer_overrides(env: Mapping[str, str]) -> dict[str, str]:
@@ -153,8 +221,8 @@ def producer_overrides(env: Mapping[str, str]) -> dict[str, str]:
         prop = name[len(PRODUCER_PREFIX):].lower().replace("_", ".")
         if not re.fullmatch(r"[a-z0-9]+(\.[a-z0-9]+)*", prop) or not value.strip():
             raise ConfigError(
-                f"{name}={value!r} is malformed: name a librdkafka producer property with '_' "
-                "for '.', e.g. KAFKA_PRODUCER_LINGER_MS=5, and give it a value"
+                f"{name}={_shown(name, value)} is malformed: name a librdkafka producer "
+                "property with '_' for '.', e.g. KAFKA_PRODUCER_LINGER_MS=5, and give it a value"
             )
         overrides[prop] = value.strip()
     return overrides
@@ -166,6 +234,9 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
     if unknown:
         raise TypeError(f"unknown Config fields: {sorted(unknown)}")
 
+    bootstrap_from = "bootstrap_servers" if explicit.get("bootstrap_servers") else next(
+        (n for n in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_ENDPOINT") if _text(env, n)),
+        "KAFKA_BOOTSTRAP_SERVERS")
     bootstrap = explicit.get("bootstrap_servers") or _text(
         env, "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_ENDPOINT"
     )
@@ -174,6 +245,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
             "KAFKA_BOOTSTRAP_SERVERS is not set: set it (or its alias KAFKA_ENDPOINT) to the "
             "brokers, e.g. pkc-xxxx.us-east-1.aws.confluent.cloud:9092"
         )
+    bootstrap = check_bootstrap(bootstrap_from, bootstrap)
 
     api_key, api_secret = _text(env, "KAFKA_API_KEY"), _text(env, "KAFKA_API_SECRET")
     if (api_key is None) != (api_secret is None):
@@ -197,9 +269,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         )
 
     flush_raw = _text(env, "KAFKA_RELAY_FLUSH")
-    port = _int(env, "KAFKA_RELAY_PORT", DEFAULT_PORT, minimum=1)
-    if port > 65535:
-        raise ConfigError(f"KAFKA_RELAY_PORT={port} is not a TCP port: use 1-65535")
+    port = _int(env, "KAFKA_RELAY_PORT", DEFAULT_PORT, minimum=1, maximum=65535)
     log_level = _choice(env, "KAFKA_RELAY_LOG_LEVEL", _LOG_LEVELS) or "INFO"
 
     resolved = Config(
@@ -213,23 +283,27 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         secret_arn=secret_arn,
         producer_overrides=producer_overrides(env),
         flush=FlushStrategy.parse(flush_raw) if flush_raw else FlushStrategy(FlushMode.END),
-        flush_budget_ms=_int(env, "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, minimum=1),
-        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300),
-        init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000),
+        flush_budget_ms=_int(env, "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, minimum=1,
+                             maximum=900_000),
+        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300, maximum=2_000),
+        init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000, maximum=10_000),
         port=port,
         token=_text(env, "KAFKA_RELAY_TOKEN", "AWS_SESSION_TOKEN"),
-        max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, minimum=1),
-        max_buffer_bytes=_int(env, "KAFKA_RELAY_MAX_BUFFER_BYTES", 0, minimum=1),
-        max_body_bytes=_int(env, "KAFKA_RELAY_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1),
-        max_attempts=_int(env, "KAFKA_RELAY_MAX_ATTEMPTS", 3, minimum=1),
-        retry_backoff_ms=_int(env, "KAFKA_RELAY_RETRY_BACKOFF_MS", 500),
+        max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, minimum=1,
+                                maximum=10_000_000),
+        max_buffer_bytes=_int(env, "KAFKA_RELAY_MAX_BUFFER_BYTES", 0, minimum=1,
+                              maximum=10 * 1024**3),
+        max_body_bytes=_int(env, "KAFKA_RELAY_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1,
+                            maximum=256 * 1024**2),
+        max_attempts=_int(env, "KAFKA_RELAY_MAX_ATTEMPTS", 3, minimum=1, maximum=100),
+        retry_backoff_ms=_int(env, "KAFKA_RELAY_RETRY_BACKOFF_MS", 500, maximum=600_000),
         spill_bucket=_text(env, "KAFKA_RELAY_SPILL_BUCKET"),
         spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR")
                        or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-spool"),
         telemetry=_bool(env, "KAFKA_RELAY_TELEMETRY", True),
         log_level=log_level,
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",
-        function_memory_mb=_int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0),
+        function_memory_mb=_int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, maximum=32_768),
         region=_text(env, "AWS_REGION", "AWS_DEFAULT_REGION"),
     )
     return replace(resolved, **explicit) if explicit else resolved

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kafka_relay.config import FlushMode, FlushStrategy, load_config
 from kafka_relay.errors import ConfigError
@@ -80,3 +82,94 @@ def test_scram_mechanism_is_kept() -> None:
     config = load_config({**BASE, "KAFKA_API_KEY": "k", "KAFKA_API_SECRET": "s",
                           "KAFKA_SASL_MECHANISM": "scram-sha-512"})
     assert config.sasl_mechanism == "SCRAM-SHA-512"
+
+
+# -- malformed values name the right variable and never echo a secret (issue 13) ----------
+
+
+@pytest.mark.parametrize(
+    ("servers", "fragment"),
+    [
+        ("not a host!!", "not a host!!"),
+        ("broker:99999", "99999"),
+        ("broker", "port is required"),
+        ("broker:9092,,other:9092", "''"),
+        ("::1:9092", "IPv6"),
+        ("[not-v6]:9092", "IPv6"),
+        ("gopher://broker:9092", "scheme"),
+        ("broker:0", "'0'"),
+        ("-bad-.example.com:9092", "-bad-"),
+    ],
+)
+def test_malformed_bootstrap_lists_are_rejected_at_init(servers: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS") as caught:
+        load_config({"KAFKA_BOOTSTRAP_SERVERS": servers})
+    assert fragment in str(caught.value)
+
+
+def test_the_alias_is_named_when_it_holds_the_bad_list() -> None:
+    with pytest.raises(ConfigError, match="KAFKA_ENDPOINT"):
+        load_config({"KAFKA_ENDPOINT": "broker:70000"})
+
+
+@pytest.mark.parametrize(
+    "servers",
+    ["b-1.kafka.us-east-1.amazonaws.com:9098", "10.0.0.1:9092, 10.0.0.2:9092", "[::1]:9092",
+     "SASL_SSL://pkc-x.confluent.cloud:9092", "kafka_1:29092", "localhost.:9092"],
+)
+def test_plausible_bootstrap_lists_are_accepted(servers: str) -> None:
+    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": servers})
+    assert " " not in config.bootstrap_servers
+
+
+@pytest.mark.parametrize(
+    "name", ["KAFKA_PRODUCER_SASL__PASSWORD", "KAFKA_PRODUCER_SSL_KEY_PASSWORD_",
+             "KAFKA_PRODUCER_SASL_OAUTHBEARER_CLIENT_SECRET__"],
+)
+def test_a_malformed_secret_property_is_named_but_its_value_never_shown(name: str) -> None:
+    with pytest.raises(ConfigError, match=name) as caught:
+        load_config({**BASE, name: "hunter2-very-secret"})
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [("1e12", "whole number"), ("1000000000000", "out of range"),
+                            ("-5", "whole number"), ("9" * 5000, "whole number")],
+)
+def test_a_garbage_or_overflowing_number_names_its_own_variable(value: str,
+                                                                fragment: str) -> None:
+    with pytest.raises(ConfigError, match="KAFKA_RELAY_MAX_BUFFER_RECORDS") as caught:
+        load_config({**BASE, "KAFKA_RELAY_MAX_BUFFER_RECORDS": value})
+    assert fragment in str(caught.value)
+
+
+_VARIABLES = [
+    "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "KAFKA_DLQ_TOPIC", "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM", "KAFKA_RELAY_FLUSH", "KAFKA_RELAY_FLUSH_BUDGET_MS",
+    "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", "KAFKA_RELAY_INIT_PROBE_MS", "KAFKA_RELAY_PORT",
+    "KAFKA_RELAY_MAX_BUFFER_RECORDS", "KAFKA_RELAY_MAX_BUFFER_BYTES",
+    "KAFKA_RELAY_MAX_BODY_BYTES", "KAFKA_RELAY_MAX_ATTEMPTS", "KAFKA_RELAY_RETRY_BACKOFF_MS",
+    "KAFKA_RELAY_TELEMETRY", "KAFKA_RELAY_LOG_LEVEL", "KAFKA_PRODUCER_SASL_PASSWORD",
+    "KAFKA_PRODUCER_SASL__PASSWORD", "KAFKA_PRODUCER_LINGER_MS",
+]
+_values = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats().map(str),
+    st.sampled_from(["1e12", "0", "65536", "periodic:0", "periodic:1", "end", "not a host!!",
+                     "h:99999", "[::1]:1", "SASL_SSL", "true", " ", "١٢٣"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.sampled_from(_VARIABLES), value=_values)
+def test_any_single_bad_value_is_a_config_error_naming_its_variable(name: str,
+                                                                    value: str) -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "broker:9092", name: value}
+    try:
+        load_config(env)
+    except ConfigError as exc:
+        message = str(exc)
+        assert name in message or (name == "KAFKA_BOOTSTRAP_SERVERS" and not value.strip())
+        if "PASSWORD" in name and len(value.strip()) > 3:
+            assert value.strip() not in message

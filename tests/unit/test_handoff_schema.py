@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
 
-from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
+from kafka_relay.config import valid_topic_name
+from kafka_relay.handoff.schema import InvalidRequest, Reason, parse_body, validate
 from kafka_relay.protocol import ID_HEADER
 from kafka_relay.record import Record
+from tests.record_strategies import bodies
 
 _ids = itertools.count()
 
@@ -96,3 +100,92 @@ def test_malformed_bodies_are_rejected(body: bytes, content_type: str, reason: s
 def test_an_empty_request_is_rejected() -> None:
     with pytest.raises(InvalidRequest, match="no records"):
         _validate([])
+
+
+# -- accept only what the producer can take (issue 13) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        ({"key": "k", "value": 1, "headers": {"\ud800": "v"}}, "'headers' name"),
+        ({"key": "k", "value": 1, "headers": {"h": "\udfff"}}, "'headers' value"),
+        ({"key": "\ud800", "value": 1}, "'key'"),
+        ({"key": "k", "value": {"t": "a\ud800"}}, "'value'"),
+        ({"key": "k", "value": 1, "topic": "x\n"}, "'topic'"),
+        ({"key": "k", "value": 1, "topic": "."}, "'topic'"),
+        ({"key": "k", "value": 1, "topic": ".."}, "'topic'"),
+        ({"key": "k", "value": 1, "topic": "a" * 250}, "'topic'"),
+        ({"key": "k", "value": 1, "timestamp_ms": 2**63}, "'timestamp_ms'"),
+        ({"key": "k", "value": 1, "timestamp_ms": True}, "'timestamp_ms'"),
+        ({"key": "k", "value": 1, "timestamp_ms": 1.5}, "'timestamp_ms'"),
+        ({"key": "k", "value": float("inf")}, "'value'"),
+    ],
+)
+def test_what_the_producer_cannot_take_is_rejected_naming_the_field(
+    item: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        _validate([item])
+    (reason,) = caught.value.reasons
+    assert field in reason.reason
+
+
+def test_the_largest_kafka_timestamp_and_a_249_character_topic_are_accepted() -> None:
+    (record,) = _validate([{"key": "k", "value": 1, "topic": "a" * 249,
+                            "timestamp_ms": 2**63 - 1}])
+    assert (record.topic, record.timestamp_ms) == ("a" * 249, 2**63 - 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (b'{"records": [{"key": "k", "value": NaN}]}', "application/json", "NaN"),
+        (b'{"records": [{"key": "k", "value": -Infinity}]}', "application/json", "Infinity"),
+        (b'{"key": "k", "value": Infinity}', "application/x-ndjson", "Infinity"),
+        (b'{"records": [{"key": "k", "value": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]}",
+         "application/json", "nested too deeply"),
+        (b'{"key": "k", "value": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+         "application/x-ndjson", "nested too deeply"),
+        (b'{"records": [{"key": "k", "value": ' + b"9" * 5_000 + b"}]}", "application/json",
+         "not valid JSON"),
+    ],
+)
+def test_nan_infinity_over_deep_and_over_long_numbers_are_400_reasons(
+    body: bytes, content_type: str, reason: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_body(body, content_type)
+    assert reason in caught.value.reasons[0].reason
+
+
+def test_a_number_beyond_float_range_is_rejected_not_produced_as_infinity() -> None:
+    (item,) = parse_body(b'{"records": [{"key": "k", "value": 1e400}]}', "application/json")
+    with pytest.raises(InvalidRequest, match="'value'"):
+        _validate([item])
+
+
+_REASON_NAMES_A_FIELD = re.compile(
+    r"'(topic|key|value|value_b64|headers|timestamp_ms)'|unknown field|JSON object"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=bodies(["events", "other.topic"]))
+def test_any_body_is_parsed_and_validated_or_rejected_with_reasons_naming_fields(
+    body: bytes,
+) -> None:
+    reasons: list[Reason] = []
+    records: list[Record] = []
+    try:
+        records = _validate(parse_body(body, "application/json"))
+    except InvalidRequest as exc:
+        reasons = exc.reasons
+    assert bool(records) != bool(reasons)
+    for reason in reasons:
+        assert reason.index == -1 or _REASON_NAMES_A_FIELD.search(reason.reason), reason
+    for record in records:  # what was accepted is what the producer needs: UTF-8 and ranges
+        assert valid_topic_name(record.topic)
+        assert record.timestamp_ms is None or 0 <= record.timestamp_ms < 2**63
+        for name, _ in record.headers:
+            name.encode()

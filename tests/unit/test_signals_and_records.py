@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from kafka_relay.lifecycle.signals import HandlerSignals
+from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.record import IdSource, Record
 from kafka_relay.spill.codec import parse_spill_lines, spill_lines
 

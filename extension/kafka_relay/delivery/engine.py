@@ -180,7 +180,7 @@ class DeliveryEngine:
                           memory_mb=self._config.function_memory_mb)
         drained = self.flush(max(0, plan.flush_until_ms - self._wall_ms()) / 1000, retry_now=True)
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
-        spilled = self._spill_all(f"shutdown ({reason}) before delivery")
+        spilled = self.spill_unsettled(f"shutdown ({reason}) before delivery")
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,
@@ -189,7 +189,7 @@ class DeliveryEngine:
             pump_error=self.failure, counts=self.counts(),
         )
 
-    def _spill_all(self, reason: str) -> int:
+    def spill_unsettled(self, reason: str) -> int:
         """Spill everything unsettled. A late delivery report of one of them is a duplicate
         under the same x-relay-id, never a second count."""
         records = self._ledger.unsettled()
@@ -204,7 +204,7 @@ class DeliveryEngine:
                            "no more records; the function should be redeployed or retried")
         self._log.error("pump.died", error=self.failure)
         try:
-            self._spill_all(f"the delivery pump stopped: {self.failure}")
+            self.spill_unsettled(f"the delivery pump stopped: {self.failure}")
         finally:
             with self._ledger.cond:
                 self._ledger.cond.notify_all()

@@ -1,7 +1,13 @@
 """Handoff API v1 record schema: parse a request body and validate it whole.
 
 A request is accepted entirely or not at all: any invalid record makes the
-whole request a 400 with one reason per bad record.
+whole request a 400 with one reason per bad record, naming the field.
+
+Validation accepts exactly what confluent-kafka and Kafka can take: text that
+encodes to UTF-8 (a lone surrogate such as "\\ud800" is valid JSON but crashes
+the producer), topic names by Kafka's rule matched whole, timestamps in Kafka's
+int64 range, JSON without NaN/Infinity, nesting within the parser's bound.
+This runs for every record: keep the common path (no headers) cheap.
 """
 
 from __future__ import annotations
@@ -14,20 +20,33 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka_relay.config import TOPIC_PATTERN
+from kafka_relay.config import valid_topic_name
 from kafka_relay.protocol import NDJSON_TYPES, RELAY_HEADER_PREFIX
 from kafka_relay.record import Record
 
 _FIELDS = frozenset({"topic", "key", "value", "value_b64", "headers", "timestamp_ms"})
+_PREFIX_LEN = len(RELAY_HEADER_PREFIX)
+_MAX_TIMESTAMP_MS = 2**63  # exclusive: Kafka timestamps are int64 epoch milliseconds
+_NOT_UNICODE = ("is not valid Unicode text (it holds a lone surrogate such as \\ud800): "
+                "send UTF-8 text, or bytes in base64")
+_TOO_DEEP = "JSON nested too deeply (the parser's limit is about 900 levels)"
 
-# Hot path (every record): one encoder instead of json.dumps building one per call.
-_encode_value = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (only finite numbers are)")
+
+
+# Hot path (every record): one decoder and one encoder, not one per call. The C scanner
+# is still used with a parse_constant hook; allow_nan=False rejects 1e400 (parsed as inf).
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_encode_value = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                 allow_nan=False).encode
 
 
 @functools.lru_cache(maxsize=256)
 def _valid_topic(topic: str) -> bool:
     """Cached: a batch names the same few topics over and over."""
-    return TOPIC_PATTERN.match(topic) is not None
+    return valid_topic_name(topic)
 
 
 @dataclass(frozen=True)
@@ -57,8 +76,10 @@ def parse_body(body: bytes, content_type: str) -> list[Any]:
     if media in NDJSON_TYPES:
         return _parse_ndjson(text)
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
+        document = _decode(text)
+    except RecursionError as exc:
+        raise InvalidRequest([Reason(-1, f"body: {_TOO_DEEP}")]) from exc
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an int over 4300 digits
         if media == "application/json":
             raise InvalidRequest([Reason(-1, f"body is not valid JSON: {exc}")]) from exc
         return _parse_ndjson(text)
@@ -76,8 +97,10 @@ def _parse_ndjson(text: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError as exc:
+            items.append(_decode(line))
+        except RecursionError:
+            reasons.append(Reason(len(items) + len(reasons), f"line: {_TOO_DEEP}"))
+        except ValueError as exc:
             reasons.append(Reason(len(items) + len(reasons), f"line is not valid JSON: {exc}"))
     if reasons:
         raise InvalidRequest(reasons)
@@ -124,53 +147,85 @@ def _record(
     if topic is None:
         raise ValueError("no 'topic' and no default topic: add 'topic' or set KAFKA_TOPIC")
     if not isinstance(topic, str) or not _valid_topic(topic):
-        raise ValueError(
-            f"topic {topic!r} is not a valid Kafka topic name (1-249 of letters, digits, ._-)"
-        )
+        raise ValueError(f"'topic' {topic!r} is not a valid Kafka topic name (1-249 of "
+                         "letters, digits, '.', '_', '-'; not '.' or '..')")
 
     key = item.get("key")
-    if key is not None and not isinstance(key, str):
-        raise ValueError("'key' must be a string or null")
+    if key is not None:
+        if type(key) is not str:
+            raise ValueError("'key' must be a string or null")
+        key = _utf8(key, "'key'")
 
     if ("value" in item) == ("value_b64" in item):
         raise ValueError("give exactly one of 'value' (any JSON) or 'value_b64' (base64 bytes)")
+    value: bytes | None
     if "value_b64" in item:
-        encoded = item["value_b64"]
-        if not isinstance(encoded, str):
-            raise ValueError("'value_b64' must be a base64 string")
-        try:
-            value: bytes | None = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"'value_b64' is not valid base64: {exc}") from exc
+        value = _value_b64(item["value_b64"])
     else:
         raw = item["value"]
-        value = None if raw is None else _encode_value(raw).encode()
+        try:  # inline: the hot path
+            value = None if raw is None else _encode_value(raw).encode()
+        except (ValueError, RecursionError) as exc:
+            raise _value_problem(exc) from None
 
-    headers = item.get("headers") or {}
-    if headers:  # most records have none: skip the checks' per-record generators
-        if not isinstance(headers, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-        ):
-            raise ValueError("'headers' must be an object of string to string")
-        reserved = [k for k in headers if k.lower().startswith(RELAY_HEADER_PREFIX)]
-        if reserved:
-            raise ValueError(
-                f"header(s) {reserved} use the reserved prefix {RELAY_HEADER_PREFIX!r}"
-            )
+    raw_headers = item.get("headers")
+    # Most records have none: skip the per-header loop.
+    headers = _headers(raw_headers) if raw_headers else ()
 
     timestamp = item.get("timestamp_ms")
     if timestamp is not None and (
-        isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0
+        type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS
     ):
-        raise ValueError("'timestamp_ms' must be a non-negative integer (epoch milliseconds)")
+        raise ValueError("'timestamp_ms' must be an integer from 0 to 2**63-1 "
+                         "(epoch milliseconds)")
 
     return Record(
         id=new_id(),
         topic=topic,
-        key=None if key is None else key.encode(),
+        key=key,
         value=value,
-        headers=tuple((k, v.encode()) for k, v in headers.items()) if headers else (),
+        headers=headers,
         timestamp_ms=timestamp,
         request_id=request_id,
         accepted_ms=now_ms,
     )
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {_NOT_UNICODE}") from None
+
+
+def _value_problem(exc: Exception) -> ValueError:
+    if isinstance(exc, RecursionError):
+        return ValueError(f"'value': {_TOO_DEEP}")
+    if isinstance(exc, UnicodeEncodeError):
+        return ValueError(f"'value' {_NOT_UNICODE}")
+    return ValueError("'value' holds a number JSON cannot carry (NaN, Infinity or out of "
+                      "range): send finite numbers")
+
+
+def _value_b64(encoded: Any) -> bytes:
+    if not isinstance(encoded, str):
+        raise ValueError("'value_b64' must be a base64 string")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"'value_b64' is not valid base64: {exc}") from exc
+
+
+def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    if not isinstance(headers, dict):
+        raise ValueError("'headers' must be an object of string to string")
+    out = []
+    for name, value in headers.items():  # one pass: this runs for every record with headers
+        if type(value) is not str:
+            raise ValueError(f"'headers' value of {name!r} must be a string")
+        if name[:_PREFIX_LEN].lower() == RELAY_HEADER_PREFIX:
+            raise ValueError(f"'headers' name {name!r} uses the reserved prefix "
+                             f"{RELAY_HEADER_PREFIX!r}")
+        _utf8(name, f"'headers' name {name!r}")  # confluent-kafka hands names to C as UTF-8
+        out.append((name, _utf8(value, f"'headers' value of {name!r}")))
+    return tuple(out)

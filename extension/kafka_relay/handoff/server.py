@@ -4,54 +4,132 @@ POST /v1/records           accept a batch (JSON or NDJSON), 202 + ids; ?wait=del
 POST /v1/flush             flush now, return counts
 POST /v1/invocation/end    the handler is done
 GET  /v1/status            version, uptime, counts, depth, broker state, last error
+
+Every body is read exactly (Content-Length or chunked), within a limit and a
+deadline, before anything is accepted. Idle keep-alive connections time out, and
+past a connection cap the least recently used idle one is closed, so idle or slow
+clients cannot starve the handler's connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import json
+import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from kafka_relay import __version__
 from kafka_relay.config import Config
-from kafka_relay.delivery.engine import BufferFull, DeliveryEngine
-from kafka_relay.errors import PortInUseError
+from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
+from kafka_relay.errors import ConfigError, PortInUseError
+from kafka_relay.handoff.body import BodyError, read_body
+from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
 from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
-from kafka_relay.lifecycle.signals import HandlerSignals
+from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.protocol import REQUEST_ID_HEADER, TOKEN_HEADER
-from kafka_relay.record import IdSource
+from kafka_relay.protocol import (
+    FLUSH_PATH,
+    IDEMPOTENCY_KEY_HEADER,
+    INVOCATION_END_PATH,
+    RECORDS_PATH,
+    REQUEST_ID_HEADER,
+    STATUS_PATH,
+    TIMEOUT_PARAM,
+    TOKEN_HEADER,
+    WAIT_DELIVERED,
+    WAIT_PARAM,
+)
+from kafka_relay.record import IdSource, Record
 
 _DEFAULT_WAIT_S = 30.0
+_MAX_WAIT_S = 900.0  # Lambda's longest invocation
+IDLE_TIMEOUT_S = 60.0  # a kept-alive connection silent this long is closed
+BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
+MAX_CONNECTIONS = 256  # past this, the least recently used idle connection is closed
+_BACKLOG = 512
+_SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
+_MAX_KEY_CHARS = 200
+
+
+class DeliveryPort(Protocol):
+    """What the server needs of the delivery engine."""
+
+    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None: ...
+    def note_rejected(self, records: int) -> None: ...
+    def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]: ...
+    def flush(self, timeout_s: float) -> FlushResult: ...
+    def status(self) -> dict[str, Any]: ...
 
 
 @dataclass
 class HandoffState:
-    """What the server shares with the lifecycle loop."""
+    """What the request handlers share (nothing of it is written by the lifecycle loop)."""
 
     config: Config
-    relay: DeliveryEngine
+    relay: DeliveryPort
     signals: HandlerSignals
     logger: JsonLogger
     ids: IdSource
     started: float
-    current_request_id: str | None = None
-    current_deadline_ms: int | None = None
     flush_strategy: str = ""
     wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Server(ThreadingHTTPServer):
     allow_reuse_address = True  # the port may linger in TIME_WAIT after an environment reset
     daemon_threads = True
+    request_queue_size = _BACKLOG
     state: HandoffState
+    max_connections = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        self._connections: OrderedDict[socket.socket, bool] = OrderedDict()  # sock -> busy
+        self._connections_lock = threading.Lock()
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections[request] = False
+            if len(self._connections) > self.max_connections:
+                self._evict_idle(keep=request)
+        super().process_request(request, client_address)
+
+    def _evict_idle(self, *, keep: socket.socket) -> None:
+        # All busy: admit anyway; busy connections end within the body deadline and wait.
+        for sock, busy in self._connections.items():
+            if not busy and sock is not keep:
+                del self._connections[sock]
+                with contextlib.suppress(OSError):  # its thread's read returns EOF; it ends
+                    sock.shutdown(socket.SHUT_RDWR)
+                return
+
+    def mark(self, sock: socket.socket, *, busy: bool) -> None:
+        with self._connections_lock:
+            if sock in self._connections:
+                self._connections[sock] = busy
+                self._connections.move_to_end(sock)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.pop(request, None)
+        super().shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in separate writes; with Nagle on, a kept-alive
     # connection waits ~40 ms for the client's delayed ACK on every reply.
     disable_nagle_algorithm = True
+    timeout = IDLE_TIMEOUT_S  # socket timeout while waiting for the next request
+    body_deadline_s = BODY_DEADLINE_S
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -66,43 +146,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _send(
-        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        self.send_response(status)
+    def _send(self, status: int, body: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
+        self._send_answer(_answer(status, body, headers))
+
+    def _send_answer(self, answer: Answer) -> None:
+        self.send_response(answer.status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
+        self.send_header("Content-Length", str(len(answer.body)))
+        for name, value in answer.headers:
             self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(answer.body)
 
     def _authorized(self) -> bool:
         expected = self.server.state.config.token
         if expected is None:
             return True
         given = self.headers.get(TOKEN_HEADER) or ""
-        if hmac.compare_digest(given.encode(), expected.encode()):
-            return True
-        self._discard_body()
-        what = "missing" if not given else "wrong"
-        self._send(401, {"error": f"{what} {TOKEN_HEADER} header: send the function's "
-                                  "AWS_SESSION_TOKEN (or KAFKA_RELAY_TOKEN) as the token"})
-        return False
-
-    def _content_length(self) -> int:
-        try:
-            return max(0, int(self.headers.get("Content-Length") or 0))
-        except ValueError:
-            return 0
-
-    def _discard_body(self) -> None:
-        length = self._content_length()
-        if length > self.server.state.config.max_body_bytes:
-            self.close_connection = True  # do not read a huge body just to ignore it
-        elif length:
-            self.rfile.read(length)
+        return hmac.compare_digest(given.encode(), expected.encode())
 
     def _query(self) -> dict[str, str]:
         return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
@@ -110,39 +174,73 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes ------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        if not self._authorized():
-            return
-        if urlsplit(self.path).path == "/v1/status":
-            self._send(200, self._status())
-        else:
-            self._send(404, {"error": f"no route GET {self.path}: see /v1/status"})
+        self._serve({STATUS_PATH: self._status}, 0)
 
     def do_POST(self) -> None:
-        if not self._authorized():
-            return
         route = urlsplit(self.path).path
-        if route == "/v1/records":
-            self._records()
-        elif route == "/v1/flush":
-            self._discard_body()
-            self._flush()
-        elif route == "/v1/invocation/end":
-            self._end()
-        else:
-            self._discard_body()
-            self._send(404, {"error": f"no route POST {route}"})
+        limit = (self.server.state.config.max_body_bytes if route == RECORDS_PATH
+                 else _SMALL_BODY_LIMIT)
+        self._serve({RECORDS_PATH: self._records, FLUSH_PATH: self._flush,
+                     INVOCATION_END_PATH: self._end}, limit)
 
-    def _records(self) -> None:
-        state = self.server.state
-        length = self._content_length()
-        if length > state.config.max_body_bytes:
+    def _serve(self, routes: dict[str, Callable[[bytes], None]], limit: int) -> None:
+        self.server.mark(self.connection, busy=True)
+        try:
+            try:
+                body = read_body(self.headers, self.rfile, self.connection, limit=limit,
+                                 too_large_hint=self._limit_hint(limit),
+                                 deadline_s=self.body_deadline_s, idle_timeout_s=self.timeout)
+            except BodyError as exc:
+                self.close_connection = True  # the stream position is unknown now
+                raise _HttpError(exc.status, str(exc)) from exc
+            if not self._authorized():
+                given = self.headers.get(TOKEN_HEADER)
+                raise _HttpError(401, f"{'wrong' if given else 'missing'} {TOKEN_HEADER} "
+                                      "header: send the function's AWS_SESSION_TOKEN (or "
+                                      "KAFKA_RELAY_TOKEN) as the token")
+            route = routes.get(urlsplit(self.path).path)
+            if route is None:
+                raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
+            route(body)
+        except _HttpError as exc:
+            self._send(exc.status, {"error": str(exc)})
+        except Exception as exc:  # a bug must not drop the connection without an answer
+            self.server.state.logger.error("handoff.failed", error=repr(exc))
             self.close_connection = True
-            self._send(413, {"error": f"body of {length} bytes is over the "
-                                      f"{state.config.max_body_bytes}-byte limit "
-                                      "(KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"})
+            self._send(500, {"error": f"kafka-relay failed on this request: {exc!r}"})
+        finally:
+            self.server.mark(self.connection, busy=False)
+
+    def _limit_hint(self, limit: int) -> str:
+        if limit == self.server.state.config.max_body_bytes:
+            return " (KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"
+        return " of this route"
+
+    def _records(self, body: bytes) -> None:
+        state = self.server.state
+        query = self._query()
+        key = self.headers.get(IDEMPOTENCY_KEY_HEADER)
+        if not key:
+            self._send_answer(self._accept(body, query))
             return
-        body = self.rfile.read(length)
-        request_id = self.headers.get(REQUEST_ID_HEADER) or state.current_request_id
+        if len(key) > _MAX_KEY_CHARS:
+            raise _HttpError(400, f"{IDEMPOTENCY_KEY_HEADER} is over {_MAX_KEY_CHARS} chars")
+        try:
+            answer, _ = state.idempotency.run(
+                key, (zlib.crc32(body), len(body)), lambda: self._accept(body, query),
+                wait_s=self._wait_budget_s(query) + 1,
+            )
+        except KeyMismatch as exc:
+            raise _HttpError(422, f"{IDEMPOTENCY_KEY_HEADER} {key!r} was used for a different "
+                                  "body: use a new key per logical request") from exc
+        except TimeoutError as exc:
+            raise _HttpError(409, f"the request with {IDEMPOTENCY_KEY_HEADER} {key!r} is "
+                                  "still being processed: retry it later") from exc
+        self._send_answer(answer)
+
+    def _accept(self, body: bytes, query: dict[str, str]) -> Answer:
+        state = self.server.state
+        request_id = self.headers.get(REQUEST_ID_HEADER) or None
         items: list[object] = []
         try:
             items = parse_body(body, self.headers.get("Content-Type") or "")
@@ -153,85 +251,79 @@ class _Handler(BaseHTTPRequestHandler):
             state.relay.note_rejected(len(items))
             state.logger.warning("handoff.rejected", reasons=len(exc.reasons),
                                  first=exc.reasons[0].reason, request_id=request_id)
-            self._send(400, {"error": "request rejected, nothing accepted",
-                             "reasons": [r.as_dict() for r in exc.reasons]})
-            return
+            return _answer(400, {"error": "request rejected, nothing accepted",
+                                 "reasons": [r.as_dict() for r in exc.reasons]})
         ids = [r.id for r in records]
-        query = self._query()
-        wait = query.get("wait") == "delivered"
+        wait = query.get(WAIT_PARAM) == WAIT_DELIVERED
         try:
             watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:
             status = 503 if exc.retry_after_ms == 0 else 429
             retry_s = max(1, (exc.retry_after_ms + 999) // 1000)
-            self._send(status, {"error": str(exc), "retry_after_ms": exc.retry_after_ms},
-                       {"Retry-After": str(retry_s)})
-            return
+            return _answer(status, {"error": str(exc), "retry_after_ms": exc.retry_after_ms},
+                           {"Retry-After": str(retry_s)})
         if watch is None:
-            self._send(202, {"accepted": len(ids), "ids": ids})
-            return
+            return _answer(202, {"accepted": len(ids), "ids": ids})
         outcomes = state.relay.wait_settled(watch, self._wait_budget_s(query))
-        self._send(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
+        return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
-    def _wait_budget_s(self, query: dict[str, str]) -> float:
-        state = self.server.state
-        budget = _DEFAULT_WAIT_S
-        if query.get("timeout_ms", "").isdigit():
-            budget = int(query["timeout_ms"]) / 1000
-        if state.current_deadline_ms is not None:
-            remaining = (state.current_deadline_ms - state.wall_ms()) / 1000 - 0.1
-            budget = min(budget, max(0.0, remaining))
-        return budget
+    @staticmethod
+    def _wait_budget_s(query: dict[str, str]) -> float:
+        """The request's own budget (the client sets it from its remaining time)."""
+        raw = query.get(TIMEOUT_PARAM, "")
+        if raw.isascii() and raw.isdigit():
+            return min(int(raw) / 1000, _MAX_WAIT_S)
+        return _DEFAULT_WAIT_S
 
-    def _flush(self) -> None:
+    def _flush(self, body: bytes) -> None:
         state = self.server.state
-        query = self._query()
         budget = state.config.flush_budget_ms / 1000
-        if query.get("timeout_ms", "").isdigit():
-            budget = min(budget, int(query["timeout_ms"]) / 1000)
-        result = state.relay.flush(budget)
-        self._send(200, result.as_dict())
+        raw = self._query().get(TIMEOUT_PARAM, "")
+        if raw.isascii() and raw.isdigit():
+            budget = min(budget, int(raw) / 1000)
+        self._send(200, state.relay.flush(budget).as_dict())
 
-    def _end(self) -> None:
-        state = self.server.state
-        body = self.rfile.read(self._content_length())
+    def _end(self, body: bytes) -> None:
         request_id = self.headers.get(REQUEST_ID_HEADER)
         if not request_id and body:
             try:
                 parsed = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 parsed = {}
-            request_id = parsed.get("request_id") if isinstance(parsed, dict) else None
-        state.signals.mark_done(request_id)
+            found = parsed.get("request_id") if isinstance(parsed, dict) else None
+            request_id = found if isinstance(found, str) else None
+        self.server.state.signals.mark_done(request_id)
         self._send(200, {"ok": True, "request_id": request_id})
 
-    def _status(self) -> dict[str, Any]:
+    def _status(self, body: bytes) -> None:
         state = self.server.state
         status = state.relay.status()
-        status.update(
-            {
-                "version": __version__,
-                "uptime_s": round(time.monotonic() - state.started, 3),
-                "flush": state.flush_strategy,
-                "request_id": state.current_request_id,
-            }
-        )
-        return status
+        status.update({"version": __version__,
+                       "uptime_s": round(time.monotonic() - state.started, 3),
+                       "flush": state.flush_strategy})
+        self._send(200, status)
+
+
+def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, json.dumps(body, separators=(",", ":")).encode(),
+                  tuple((headers or {}).items()))
 
 
 class HandoffServer:
-    def __init__(self, state: HandoffState, *, host: str = "127.0.0.1") -> None:
-        port = state.config.port
-        try:
-            self._server = _Server((host, port), _Handler)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUseError(
-                    f"handoff port {host}:{port} is already in use: set KAFKA_RELAY_PORT to a "
-                    "free port (the function reads the same variable)"
-                ) from exc
-            raise
+    def __init__(
+        self,
+        state: HandoffState,
+        *,
+        host: str = "127.0.0.1",
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        body_deadline_s: float = BODY_DEADLINE_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        handler = type("Handler", (_Handler,), {"timeout": idle_timeout_s,
+                                                "body_deadline_s": body_deadline_s})
+        self._server = _bind(host, state.config.port, handler)
         self._server.state = state
+        self._server.max_connections = max_connections
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="kafka-relay-handoff",
             daemon=True,
@@ -247,3 +339,24 @@ class HandoffServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _bind(host: str, port: int, handler: type[_Handler]) -> _Server:
+    try:
+        return _Server((host, port), handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"handoff port {host}:{port} is already in use: set KAFKA_RELAY_PORT to a "
+                "free port (the function reads the same variable)"
+            ) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise ConfigError(
+                f"KAFKA_RELAY_PORT={port}: not allowed to listen on {host}:{port} ({exc.strerror})"
+                ": ports below 1024 need privileges Lambda does not give; use a port from 1024 "
+                "to 65535 (default 4195), the same for function and extension"
+            ) from exc
+        raise ConfigError(
+            f"KAFKA_RELAY_PORT={port}: cannot listen on {host}:{port} ({exc}): set "
+            "KAFKA_RELAY_PORT to a free port from 1024 to 65535"
+        ) from exc

@@ -2,133 +2,158 @@
 
 Calling /next lets Lambda freeze the sandbox, so nothing before it is unbounded:
 every wait is capped by the invocation's ``deadlineMs`` and the flush budget.
+The loop talks to the rest of the extension only through a ``Listener``; an
+exception from the listener during an INVOKE is logged and the loop carries on.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kafka_relay.config import Config
-from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import LambdaApiError
-from kafka_relay.handoff.server import HandoffServer, HandoffState
-from kafka_relay.lifecycle.api import ExtensionsApi
+from kafka_relay.lifecycle.events import (
+    InvokeEvent,
+    Parsed,
+    ShutdownEvent,
+    UnknownEvent,
+    parse_event,
+)
+from kafka_relay.lifecycle.listener import FlushReport, Listener
 from kafka_relay.lifecycle.policy import Moment, decide
-from kafka_relay.lifecycle.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.observability.metrics import emf_line
 
 # Leave the runtime this much of the invocation for its own /next after our flush.
 _INVOKE_MARGIN_MS = 50
-# If /next itself fails we have no deadline: drain within Lambda's external budget.
+# Without a deadline from Lambda (lost API, malformed event) drain within the external budget.
 _LOST_API_BUDGET_MS = 1_500
+RUNTIME_ERROR = "Extension.RuntimeError"
 
 
-@dataclass
-class Parts:
-    api: ExtensionsApi | None
-    config: Config
-    relay: DeliveryEngine
-    server: HandoffServer
-    state: HandoffState
-    signals: HandlerSignals
-    logger: JsonLogger
-    stop_telemetry: Callable[[], None] = lambda: None
+class EventSource(Protocol):
+    """The part of the Extensions API the loop uses."""
+
+    def next_event(self) -> dict[str, Any]: ...
+
+    def exit_error(self, error_type: str, message: str) -> None: ...
 
 
 class EventLoop:
     def __init__(
-        self, parts: Parts, *, wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+        self,
+        listener: Listener,
+        config: Config,
+        logger: JsonLogger,
+        *,
+        api: EventSource | None = None,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
-        self._p = parts
+        self._listener = listener
+        self._config = config
+        self._log = logger
+        self._api = api
         self._wall_ms = wall_ms
         self._last_flush_ms = wall_ms()
-        self._reported = parts.relay.counts()
         self.invocations = 0
 
     def run(self) -> int:
-        p = self._p
-        assert p.api is not None, "the event loop needs the Extensions API"
+        """Serve events until SHUTDOWN; the process exit code.
+
+        An unexpected exception still drains and spills (through the listener's
+        shutdown) before it is reported to Lambda as an exit error."""
+        try:
+            return self._serve()
+        except Exception as exc:
+            self._log.error("lifecycle.crashed", error=repr(exc))
+            try:
+                self._listener.shutdown(ShutdownEvent("error", self._lost_deadline()))
+            except Exception as again:
+                self._log.error("lifecycle.shutdown_failed", error=repr(again))
+            self._exit_error(f"kafka-relay's event loop stopped unexpectedly: {exc!r}")
+            return 1
+
+    def _serve(self) -> int:
+        assert self._api is not None, "the event loop needs the Extensions API"
         while True:
             try:
-                event = p.api.next_event()
+                raw = self._api.next_event()
             except LambdaApiError as exc:
-                p.logger.error("lifecycle.next_failed", error=str(exc))
-                return self.shutdown("next_failed", self._wall_ms() + _LOST_API_BUDGET_MS)
-            kind = event.get("eventType")
-            if kind == "INVOKE":
+                self._log.error("lifecycle.next_failed", error=str(exc))
+                return self.shutdown(ShutdownEvent("next_failed", self._lost_deadline()))
+            parsed = parse_event(raw)
+            self._note(parsed)
+            event = parsed.event
+            if isinstance(event, InvokeEvent):
                 self.invoke(event)
-            elif kind == "SHUTDOWN":
-                deadline = int(event.get("deadlineMs") or self._wall_ms() + _LOST_API_BUDGET_MS)
-                return self.shutdown(str(event.get("shutdownReason", "unknown")), deadline)
-            else:
-                p.logger.warning("lifecycle.unknown_event", event_type=kind)
+            elif isinstance(event, ShutdownEvent):
+                return self.shutdown(event)
+            elif isinstance(event, UnknownEvent):
+                self._log.warning("lifecycle.unknown_event", event_type=event.event_type)
 
-    def invoke(self, event: dict[str, Any]) -> None:
-        p = self._p
+    def invoke(self, event: InvokeEvent) -> None:
+        """Handle one INVOKE; listener failures are logged, never raised."""
         self.invocations += 1
-        request_id = str(event.get("requestId") or "")
-        deadline_ms = int(event.get("deadlineMs") or self._wall_ms() + p.config.flush_budget_ms)
-        p.logger.request_id = request_id
-        p.state.current_request_id = request_id
-        p.state.current_deadline_ms = deadline_ms
-        p.relay.restore_spool()
+        try:
+            self._listener.on_invoke(event)
+        except Exception as exc:
+            self._log.error("lifecycle.listener_failed", step="on_invoke", error=repr(exc))
+        flush: FlushReport | None = None
+        try:
+            flush = self._wait_and_flush(event)
+        except Exception as exc:
+            self._log.error("lifecycle.listener_failed", step="flush", error=repr(exc))
+        try:
+            self._listener.invocation_done(event, flush)
+        except Exception as exc:
+            self._log.error("lifecycle.listener_failed", step="invocation_done",
+                            error=repr(exc))
 
-        decision = decide(p.config.flush, last_flush_ms=self._last_flush_ms,
+    def _wait_and_flush(self, event: InvokeEvent) -> FlushReport | None:
+        config = self._config
+        deadline_ms = event.deadline_ms or self._wall_ms() + config.flush_budget_ms
+        decision = decide(config.flush, last_flush_ms=self._last_flush_ms,
                           now_ms=self._wall_ms(), moment=Moment.INVOKE)
-        flush_ms = 0.0
-        if decision.wait_for_handler:
-            remaining_s = (deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms()) / 1000
-            done = p.signals.wait(request_id, max(0.0, remaining_s))
-            after = decide(p.config.flush, last_flush_ms=self._last_flush_ms,
-                           now_ms=self._wall_ms(), moment=Moment.HANDLER_DONE)
-            if after.flush:
-                budget_ms = min(p.config.flush_budget_ms,
-                                deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms())
-                result = p.relay.flush(max(0, budget_ms) / 1000)
-                self._last_flush_ms = self._wall_ms()
-                flush_ms = result.duration_ms
-                if result.remaining:
-                    p.logger.warning("flush.incomplete", remaining=result.remaining,
-                                     budget_ms=budget_ms, handler_done=done)
-        self._report(flush_ms)
+        if not decision.wait_for_handler:
+            return None
+        remaining_s = (deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms()) / 1000
+        done = self._listener.handler_done(event.request_id, max(0.0, remaining_s))
+        after = decide(config.flush, last_flush_ms=self._last_flush_ms,
+                       now_ms=self._wall_ms(), moment=Moment.HANDLER_DONE)
+        if not after.flush:
+            return None
+        budget_ms = min(config.flush_budget_ms, deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms())
+        report = self._listener.flush(max(0, budget_ms))
+        self._last_flush_ms = self._wall_ms()
+        if report.remaining:
+            self._log.warning("flush.incomplete", remaining=report.remaining,
+                              budget_ms=budget_ms, handler_done=done)
+        return report
 
-    def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
-        """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
-        the last report."""
-        p = self._p
-        now = p.relay.counts()
-        delta = {k: now[k] - self._reported[k] for k in now}
-        self._reported = now
-        depth, _ = p.relay.depth()
-        if invocation:
-            p.logger.info("invocation.done", accepted=delta["accepted"],
-                          delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
-                          spilled=delta["spilled"], spooled=delta["spooled"],
-                          restored=delta["restored"], pending=depth, flush_ms=flush_ms)
-        p.logger.write_raw(emf_line(
-            {
-                "RecordsAccepted": delta["accepted"],
-                "RecordsDelivered": delta["delivered"],
-                "RecordsDeadLettered": delta["dead_lettered"],
-                "RecordsSpilled": delta["spilled"],
-                "RecordsRejected": delta["rejected"],
-                "FlushMs": flush_ms,
-                "BufferDepth": depth,
-            },
-            function_name=p.config.function_name, timestamp_ms=self._wall_ms(),
-        ))
-
-    def shutdown(self, reason: str, deadline_ms: int) -> int:
-        """Drain (the engine restores, flushes, spills within the deadline), summarise."""
-        p = self._p
-        drained = p.relay.drain(deadline_ms, reason=reason)
-        p.stop_telemetry()
-        p.server.stop()
-        p.logger.request_id = None
-        p.logger.info("shutdown.summary", invocations=self.invocations, **drained.as_log())
-        self._report(drained.flush_ms, invocation=False)
+    def shutdown(self, event: ShutdownEvent) -> int:
+        """Hand SHUTDOWN to the listener; 0, or 1 (and an exit error) when it raised."""
+        if event.deadline_ms is None:
+            event = ShutdownEvent(event.reason, self._lost_deadline())
+        try:
+            self._listener.shutdown(event)
+        except Exception as exc:
+            self._log.error("lifecycle.shutdown_failed", error=repr(exc))
+            self._exit_error(f"kafka-relay failed while shutting down: {exc!r}")
+            return 1
         return 0
+
+    def _lost_deadline(self) -> int:
+        return self._wall_ms() + _LOST_API_BUDGET_MS
+
+    def _note(self, parsed: Parsed) -> None:
+        for note in parsed.notes:
+            self._log.info("lifecycle.event_note", note=note)
+
+    def _exit_error(self, message: str) -> None:
+        if self._api is None:
+            return
+        try:
+            self._api.exit_error(RUNTIME_ERROR, message)
+        except Exception as exc:  # the API is gone too: the log line is all that is left
+            self._log.error("lifecycle.exit_error_failed", error=repr(exc))

@@ -1,0 +1,116 @@
+"""Read one HTTP request body exactly: Content-Length or chunked, within a limit and a deadline.
+
+A body that ends early, is malformed or too slow raises ``BodyError`` before any
+record is parsed, so nothing of it is accepted. After an error the connection
+must be closed (the stream position is unknown).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from email.message import Message
+from io import BufferedIOBase
+
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_MAX_TRAILERS = 64
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_body(
+    headers: Message,
+    rfile: BufferedIOBase,
+    sock: socket.socket,
+    *,
+    limit: int,
+    too_large_hint: str,
+    deadline_s: float,
+    idle_timeout_s: float,
+) -> bytes:
+    reader = _Reader(rfile, sock, time.monotonic() + deadline_s, idle_timeout_s)
+    try:
+        try:
+            return reader.body(headers, limit, too_large_hint)
+        finally:
+            sock.settimeout(idle_timeout_s)
+    except TimeoutError as exc:
+        raise BodyError(408, "the request body did not arrive in time: nothing accepted; "
+                             "send it again") from exc
+
+
+class _Reader:
+    def __init__(self, rfile: BufferedIOBase, sock: socket.socket, deadline: float,
+                 idle_timeout_s: float) -> None:
+        self._rfile = rfile
+        self._sock = sock
+        self._deadline = deadline
+        self._idle_timeout_s = idle_timeout_s
+
+    def body(self, headers: Message, limit: int, hint: str) -> bytes:
+        encoding = (headers.get("Transfer-Encoding") or "").strip().lower()
+        if encoding:
+            if encoding != "chunked":
+                raise BodyError(501, f"Transfer-Encoding {encoding!r} is not supported: send "
+                                     "a Content-Length or a chunked body")
+            return self._chunked(limit, hint)
+        raw = headers.get("Content-Length")
+        if raw is None:
+            return b""
+        if not (raw.strip().isascii() and raw.strip().isdigit()):
+            raise BodyError(400, f"Content-Length {raw!r} is not a byte count")
+        length = int(raw)
+        if length > limit:
+            raise BodyError(413, f"body of {length} bytes is over the {limit}-byte limit{hint}")
+        return self._exactly(length)
+
+    def _exactly(self, length: int) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            self._arm()
+            chunk = self._rfile.read1(min(length - got, 1 << 20))
+            if not chunk:
+                raise BodyError(400, f"the body ended after {got} of {length} announced bytes: "
+                                     "nothing accepted; send the whole body")
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def _chunked(self, limit: int, hint: str) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while size := self._chunk_size():
+            total += size
+            if total > limit:
+                raise BodyError(413, f"chunked body over the {limit}-byte limit{hint}")
+            parts.append(self._exactly(size))
+            if self._exactly(2) != b"\r\n":
+                raise BodyError(400, "malformed chunked body: a chunk is not followed by CRLF")
+        for _ in range(_MAX_TRAILERS):  # trailer fields, ignored
+            self._arm()
+            line = self._rfile.readline(8192)
+            if line in (b"\r\n", b"\n"):
+                return b"".join(parts)
+            if not line.endswith(b"\n"):
+                break
+        raise BodyError(400, "malformed chunked body: the trailer section does not end")
+
+    def _chunk_size(self) -> int:
+        self._arm()
+        line = self._rfile.readline(1024)
+        size_text = line.split(b";", 1)[0].strip()
+        if not line.endswith(b"\n") or not _HEX.fullmatch(size_text):
+            raise BodyError(400, f"malformed chunked body: bad chunk size line {line[:40]!r}")
+        return int(size_text, 16)
+
+    def _arm(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("body deadline")
+        self._sock.settimeout(min(remaining, self._idle_timeout_s))

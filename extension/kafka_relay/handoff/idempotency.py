@@ -1,0 +1,113 @@
+"""Answer a repeated request (same idempotency key) with the first answer, accepting nothing.
+
+The client sends one key per logical request and re-sends it on a retry (a read
+timeout does not tell it whether the first POST was accepted). Only answers that
+accepted records are remembered: a 400/429/503 accepted nothing, so a retry of it
+is processed afresh. A repeat that arrives while the first is still being
+processed waits for that first answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+DEFAULT_KEYS = 1_024
+DEFAULT_TTL_S = 300.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class _Entry:
+    fingerprint: tuple[int, int]
+    born: float
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: Answer | None = None
+
+
+class KeyMismatch(Exception):
+    """The key was used before for a different body."""
+
+
+class IdempotencyCache:
+    def __init__(
+        self,
+        *,
+        max_keys: int = DEFAULT_KEYS,
+        ttl_s: float = DEFAULT_TTL_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_keys = max_keys
+        self._ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def run(
+        self, key: str, fingerprint: tuple[int, int], process: Callable[[], Answer],
+        *, wait_s: float,
+    ) -> tuple[Answer, bool]:
+        """The answer for ``key`` and whether it is a replay of an earlier one.
+
+        ``process`` runs at most once per remembered key; a concurrent repeat waits up
+        to ``wait_s`` for it. Raises KeyMismatch for a known key with another body and
+        TimeoutError when the first request is still running after ``wait_s``."""
+        deadline = self._monotonic() + wait_s
+        while True:
+            mine, entry = self._claim(key, fingerprint)
+            if mine:
+                return self._process(key, entry, process), False
+            remaining = deadline - self._monotonic()
+            if not entry.done.wait(max(0.0, remaining)):
+                raise TimeoutError(key)
+            if entry.answer is not None:
+                return entry.answer, True
+            # The first attempt accepted nothing and was forgotten: try ourselves.
+
+    def _claim(self, key: str, fingerprint: tuple[int, int]) -> tuple[bool, _Entry]:
+        now = self._monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.done.is_set() and now - entry.born > self._ttl_s:
+                del self._entries[key]
+                entry = None
+            if entry is not None:
+                if entry.fingerprint != fingerprint:
+                    raise KeyMismatch(key)
+                self._entries.move_to_end(key)
+                return False, entry
+            entry = _Entry(fingerprint, now)
+            self._entries[key] = entry
+            self._trim()
+            return True, entry
+
+    def _trim(self) -> None:
+        # Oldest first; an entry still in progress is never dropped (its repeat must wait).
+        for old_key in list(self._entries):
+            if len(self._entries) <= self._max_keys:
+                return
+            if self._entries[old_key].done.is_set():
+                del self._entries[old_key]
+
+    def _process(self, key: str, entry: _Entry, process: Callable[[], Answer]) -> Answer:
+        answer: Answer | None = None
+        try:
+            answer = process()
+            return answer
+        finally:
+            with self._lock:
+                if answer is not None and 200 <= answer.status < 300:
+                    entry.answer = answer
+                    entry.born = self._monotonic()
+                elif self._entries.get(key) is entry:
+                    del self._entries[key]
+            entry.done.set()

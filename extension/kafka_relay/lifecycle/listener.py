@@ -1,0 +1,46 @@
+"""What the event loop asks of the rest of the extension: the Listener protocol.
+
+The loop knows nothing of HTTP or Kafka; app.py plugs in an adapter that drives
+the delivery engine and the handler-done signals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
+
+
+@dataclass(frozen=True)
+class FlushReport:
+    duration_ms: float
+    remaining: int  # records still unsettled when the budget ran out
+
+
+@dataclass(frozen=True)
+class ShutdownSummary:
+    drained: int  # settled during the SHUTDOWN drain
+    spilled: int  # written to a spill sink at SHUTDOWN
+    pending: int  # still unsettled afterwards (should be 0)
+    unaccounted: int  # accepted + restored - settled - pending (must be 0)
+    failed_steps: tuple[str, ...] = ()  # drain steps that raised (logged) but were survived
+
+
+class Listener(Protocol):
+    def on_invoke(self, event: InvokeEvent) -> None:
+        """An INVOKE arrived (before waiting for the handler)."""
+
+    def handler_done(self, request_id: str, timeout_s: float) -> bool:
+        """Block until the handler of ``request_id`` is done; False when the timeout ran out."""
+
+    def flush(self, budget_ms: int) -> FlushReport:
+        """Deliver what is pending within ``budget_ms``."""
+
+    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
+        """The invocation's work is over (report it); the loop calls /next next."""
+
+    def shutdown(self, event: ShutdownEvent) -> ShutdownSummary:
+        """Stop accepting, drain until the deadline, spill the rest, release everything.
+
+        Must attempt every step even when an earlier one raises."""

@@ -1,0 +1,135 @@
+"""The lifecycle Listener, implemented on the delivery engine and the handler-done signals.
+
+The only place that knows both sides: the loop calls these methods, they call
+the engine (restore / flush / drain) and the signals the handoff server feeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from kafka_relay.config import Config
+from kafka_relay.delivery.engine import DeliveryEngine, DrainReport
+from kafka_relay.handoff.signals import HandlerSignals
+from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
+from kafka_relay.lifecycle.listener import FlushReport, ShutdownSummary
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.observability.metrics import emf_line
+
+T = TypeVar("T")
+
+# If SHUTDOWN carries no deadline, drain within Lambda's external-extension budget.
+_NO_DEADLINE_BUDGET_MS = 1_500
+
+
+class RelayListener:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        engine: DeliveryEngine,
+        signals: HandlerSignals,
+        logger: JsonLogger,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._signals = signals
+        self._log = logger
+        self._wall_ms = wall_ms
+        self._reported = engine.counts()
+        self.invocations = 0
+        # Released last at SHUTDOWN (telemetry listener, handoff server), in order.
+        self.closers: list[Callable[[], None]] = []
+
+    # -- INVOKE ---------------------------------------------------------------------------
+
+    def on_invoke(self, event: InvokeEvent) -> None:
+        self.invocations += 1
+        self._log.request_id = event.request_id or None
+        restored = self._engine.restore_spool()
+        if restored:
+            self._log.info("spool.restored", records=restored)
+
+    def handler_done(self, request_id: str, timeout_s: float) -> bool:
+        return self._signals.wait(request_id, timeout_s)
+
+    def flush(self, budget_ms: int) -> FlushReport:
+        result = self._engine.flush(budget_ms / 1000)
+        return FlushReport(duration_ms=result.duration_ms, remaining=result.remaining)
+
+    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
+        self._report(flush.duration_ms if flush else 0.0)
+
+    # -- SHUTDOWN -------------------------------------------------------------------------
+
+    def shutdown(self, event: ShutdownEvent) -> ShutdownSummary:
+        """Drain (the engine restores, flushes and spills within the deadline), release
+        everything, summarise. Every step runs even if an earlier one raised: whatever the
+        drain could not settle is spilled by a last step of its own."""
+        started = self._wall_ms()
+        deadline_ms = event.deadline_ms or started + _NO_DEADLINE_BUDGET_MS
+        failed: list[str] = []
+
+        def step(name: str, action: Callable[[], T], default: T) -> T:
+            try:
+                return action()
+            except Exception as exc:
+                failed.append(name)
+                self._log.error("shutdown.step_failed", step=name, error=repr(exc))
+                return default
+
+        report: DrainReport | None = step(
+            "drain", lambda: self._engine.drain(deadline_ms, reason=event.reason), None)
+        spilled_late = 0
+        if report is None:
+            spilled_late = step("spill", lambda: self._engine.spill_unsettled(
+                f"shutdown ({event.reason}) after a failed drain"), 0)
+            step("stop_engine", self._engine.stop, None)
+        for closer in self.closers:
+            step("close", closer, None)
+        pending, _ = self._engine.depth()
+        status = self._engine.status()
+        summary = ShutdownSummary(
+            drained=report.drained if report else 0,
+            spilled=(report.spilled_at_shutdown if report else 0) + spilled_late,
+            pending=pending, unaccounted=int(status["unaccounted"]),
+            failed_steps=tuple(failed),
+        )
+        self._log.request_id = None
+        fields = report.as_log() if report else {"reason": event.reason, **self._engine.counts()}
+        fields.update(duration_ms=self._wall_ms() - started, pending=pending,
+                      unaccounted=summary.unaccounted, spilled_at_shutdown=summary.spilled)
+        self._log.info("shutdown.summary", invocations=self.invocations,
+                       failed_steps=list(failed), **fields)
+        self._report(report.flush_ms if report else 0.0, invocation=False)
+        return summary
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
+        """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
+        the last report."""
+        now = self._engine.counts()
+        delta = {k: now[k] - self._reported[k] for k in now}
+        self._reported = now
+        depth, _ = self._engine.depth()
+        if invocation:
+            self._log.info("invocation.done", accepted=delta["accepted"],
+                           delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
+                           spilled=delta["spilled"], spooled=delta["spooled"],
+                           restored=delta["restored"], pending=depth, flush_ms=flush_ms)
+        self._log.write_raw(emf_line(
+            {
+                "RecordsAccepted": delta["accepted"],
+                "RecordsDelivered": delta["delivered"],
+                "RecordsDeadLettered": delta["dead_lettered"],
+                "RecordsSpilled": delta["spilled"],
+                "RecordsRejected": delta["rejected"],
+                "FlushMs": flush_ms,
+                "BufferDepth": depth,
+            },
+            function_name=self._config.function_name, timestamp_ms=self._wall_ms(),
+        ))
