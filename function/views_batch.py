@@ -12,8 +12,8 @@ deduplicated by topic-partition-offset, then by identity as in the speed layer).
 
 ``views_batch.close_handler`` (an hourly EventBridge schedule) computes the view of the
 hour that just closed — the last hour whose end is ``VIEWS_LATENESS_HOURS`` behind — from
-the archive's hours ``[H, H + lateness]`` (a price point for hour H is produced during or
-after H), writes ``views/hour/dt=D/hour=HH.json``, and after hour 23 merges the day's 24
+the archive's hours ``[H - 1, H + lateness]`` (a price point for hour H is produced during
+or after H; the hour before absorbs clock skew), writes ``views/hour/dt=D/hour=HH.json``, and after hour 23 merges the day's 24
 hour views into ``views/day/dt=D.json``. ``{"hour": "2026-11-28T10"}`` or ``{"day":
 "2026-11-28"}`` recomputes one period (backfill). Recomputing is deterministic: same
 archive, same bytes.
@@ -111,8 +111,10 @@ class BatchLayer:
         return sorted(seen.values(), key=lambda r: (r.topic, r.partition, r.offset))
 
     def compute_hour(self, hour: str) -> PeriodViews:
-        start = parse_hour(hour)
-        records = self.archived(start, 1 + self.config.lateness_hours)
+        # From an hour before H (a producer clock a little behind the broker's) to the
+        # allowed lateness after it.
+        start = parse_hour(hour) - timedelta(hours=1)
+        records = self.archived(start, 2 + self.config.lateness_hours)
         views = compute_views(decode_all(records, self.config), period="hour")
         return views.get(hour, PeriodViews.empty())
 

@@ -31,6 +31,7 @@ RSS_TOPIC = "rss.events"
 HOUR_FORMAT = "%Y-%m-%dT%H"
 DAY_FORMAT = "%Y-%m-%d"
 AVERAGE_PLACES = Decimal("1e-12")
+PRICE_LIMIT = Decimal("1e12")
 
 
 class PoisonRecord(ValueError):
@@ -184,8 +185,11 @@ def decode_price(record: KafkaRecord) -> PricePoint:
         price = Decimal(raw)
     except InvalidOperation as exc:
         raise PoisonRecord(f"price {raw!r} is not a number") from exc
-    if not price.is_finite():
-        raise PoisonRecord(f"price {raw!r} is not finite")
+    if not price.is_finite() or abs(price) >= PRICE_LIMIT:
+        raise PoisonRecord(f"price {raw!r} is not finite or not below {PRICE_LIMIT}")
+    # 12 places keep every sum exact in DynamoDB's 38 digits; float noise beyond them
+    # (0.30000000000000004) is rounded the same way in both layers.
+    price = price.quantize(AVERAGE_PLACES)
     moment = parse_ts(value.get("ts"))
     return PricePoint(
         market_id=_text(value, "market_id"),
@@ -212,6 +216,14 @@ def decode_feed_item(record: KafkaRecord) -> FeedItem:
         hour=hour_of(parse_ts(value.get("fetched_at"))),
         order=(record.partition, record.offset),
     )
+
+
+def num(value: Decimal | None) -> str | None:
+    """A decimal as plain canonical text: 0.62, 100 (as DynamoDB gives numbers back)."""
+    if value is None:
+        return None
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
 
 
 # -- aggregates --------------------------------------------------------------------------
@@ -259,10 +271,7 @@ class Aggregate:
             return (self.total / self.count).quantize(AVERAGE_PLACES)
 
     def to_json(self) -> dict[str, Any]:
-        def num(value: Decimal | None) -> str | None:
-            return None if value is None else str(value)
-
-        return {"count": self.count, "sum": str(self.total), "min": num(self.low),
+        return {"count": self.count, "sum": num(self.total), "min": num(self.low),
                 "max": num(self.high), "last": num(self.last_price), "last_ts": self.last_ts,
                 "last_id": self.last_id, "average": num(self.average)}
 
