@@ -13,10 +13,10 @@ deduplicated by topic-partition-offset, then by identity as in the speed layer).
 ``views_batch.close_handler`` (an hourly EventBridge schedule) computes the view of the
 hour that just closed — the last hour whose end is ``VIEWS_LATENESS_HOURS`` behind — from
 the archive's hours ``[H - 1, H + lateness]`` (a price point for hour H is produced during
-or after H; the hour before absorbs clock skew), writes ``views/hour/dt=D/hour=HH.json``, and after hour 23 merges the day's 24
-hour views into ``views/day/dt=D.json``. ``{"hour": "2026-11-28T10"}`` or ``{"day":
-"2026-11-28"}`` recomputes one period (backfill). Recomputing is deterministic: same
-archive, same bytes.
+or after H; the hour before absorbs clock skew), writes ``views/hour/dt=D/hour=HH.json``,
+and after hour 23 merges the day's 24 hour views into ``views/day/dt=D.json``.
+``{"hour": "2026-11-28T10"}`` or ``{"day": "2026-11-28"}`` recomputes one period
+(backfill). Recomputing is deterministic: same archive, same bytes.
 """
 
 from __future__ import annotations

@@ -100,7 +100,6 @@ def test_both_layers_agree_on_closed_periods_despite_duplicates_and_disorder(
     for i in range(0, len(shuffled), 23):
         layer.archive(tuple(shuffled[i:i + 23]))
 
-    distinct = {r.position for r in records}
     assert counted + duplicates + poison == len(records)
     assert poison == len(decode_all(records, CONFIG).poison) >= 2  # redelivered poison too
     speed_hours = _speed_views(aws, "hour")
