@@ -2,7 +2,8 @@
 
 ``views_batch.archive_handler`` (a second Kafka event source mapping on the same topics,
 its own consumer group) lands each batch as NDJSON of the event-source records, split by
-the records' Kafka timestamp, like Firehose's minute files::
+the minute the records happened in (a price's ``ts``, a feed item's ``fetched_at``; the
+Kafka timestamp for anything that does not decode), like Firehose's minute files::
 
     archive/topic=<t>/dt=YYYY-MM-DD/hour=HH/minute=MM/<partition>-<firstOffset>-<lastOffset>.ndjson
 
@@ -11,12 +12,12 @@ with other boundaries overlaps an older object, which the views tolerate (raw re
 deduplicated by topic-partition-offset, then by identity as in the speed layer).
 
 ``views_batch.close_handler`` (an hourly EventBridge schedule) computes the view of the
-hour that just closed — the last hour whose end is ``VIEWS_LATENESS_HOURS`` behind — from
-the archive's hours ``[H - 1, H + lateness]`` (a price point for hour H is produced during
-or after H; the hour before absorbs clock skew), writes ``views/hour/dt=D/hour=HH.json``,
-and after hour 23 merges the day's 24 hour views into ``views/day/dt=D.json``.
-``{"hour": "2026-11-28T10"}`` or ``{"day": "2026-11-28"}`` recomputes one period
-(backfill). Recomputing is deterministic: same archive, same bytes.
+hour that just closed — the last hour whose end is ``VIEWS_LATENESS_HOURS`` behind, so
+records produced late (a producer filling in a missed run) are in — from that hour's
+prefixes, writes ``views/hour/dt=D/hour=HH.json``, and after hour 23 merges the day's 24
+hour views into ``views/day/dt=D.json``. ``{"hour": "2026-11-28T10"}`` or
+``{"day": "2026-11-28"}`` recomputes one period (backfill, or after records later than the
+lateness). Recomputing is deterministic: same archive, same bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
@@ -37,6 +38,7 @@ from views_model import (
     compute_views,
     day_of,
     decode_all,
+    event_time,
     hour_of,
     parse_day,
     parse_hour,
@@ -46,22 +48,17 @@ from views_speed import Quarantine, log_json
 ARCHIVE = "archive"
 
 
-def archive_key(record: KafkaRecord, first: int, last: int) -> str:
-    moment = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)
-    return (f"{ARCHIVE}/topic={record.topic}/dt={moment:%Y-%m-%d}/hour={moment:%H}/"
-            f"minute={moment:%M}/{record.partition}-{first}-{last}.ndjson")
-
-
-def archive_objects(records: tuple[KafkaRecord, ...]) -> dict[str, bytes]:
-    """Object key -> NDJSON body: one object per topic, partition and record minute."""
-    groups: dict[tuple[str, int, int], list[KafkaRecord]] = {}
+def archive_objects(records: tuple[KafkaRecord, ...], config: ViewsConfig) -> dict[str, bytes]:
+    """Object key -> NDJSON body: one object per topic, partition and event minute."""
+    groups: dict[tuple[str, int, str], list[KafkaRecord]] = {}
     for record in records:
-        minute = record.timestamp_ms // 60_000
+        minute = f"{event_time(record, config):dt=%Y-%m-%d/hour=%H/minute=%M}"
         groups.setdefault((record.topic, record.partition, minute), []).append(record)
     objects: dict[str, bytes] = {}
-    for group in groups.values():
+    for (topic, partition, minute), group in groups.items():
         group.sort(key=lambda r: r.offset)
-        key = archive_key(group[0], group[0].offset, group[-1].offset)
+        key = (f"{ARCHIVE}/topic={topic}/{minute}/"
+               f"{partition}-{group[0].offset}-{group[-1].offset}.ndjson")
         objects[key] = b"".join(
             json.dumps(to_event_record(r), sort_keys=True).encode() + b"\n" for r in group)
     return objects
@@ -82,7 +79,7 @@ class BatchLayer:
     config: ViewsConfig
 
     def archive(self, records: tuple[KafkaRecord, ...]) -> list[str]:
-        objects = archive_objects(records)
+        objects = archive_objects(records, self.config)
         for key, body in sorted(objects.items()):
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=body,
                                ContentType="application/x-ndjson")
@@ -94,27 +91,23 @@ class BatchLayer:
             for entry in page.get("Contents", []):
                 yield str(entry["Key"])
 
-    def archived(self, start: datetime, hours: int) -> list[KafkaRecord]:
-        """Every archived record of the price and RSS topics with a Kafka time in
-        ``[start, start + hours)``, once per topic-partition-offset, in a fixed order."""
+    def archived(self, hour: str) -> list[KafkaRecord]:
+        """Every archived price and RSS record of event hour ``hour``, once per
+        topic-partition-offset, in a fixed order."""
+        moment = parse_hour(hour)
         seen: dict[str, KafkaRecord] = {}
         for topic in (self.config.price_topic, self.config.rss_topic):
-            for step in range(hours):
-                moment = start + timedelta(hours=step)
-                prefix = f"{ARCHIVE}/topic={topic}/dt={moment:%Y-%m-%d}/hour={moment:%H}/"
-                for key in sorted(self._keys(prefix)):
-                    body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                    for line in body.splitlines():
-                        parsed = parse_record(json.loads(line), f"{topic}-0")
-                        if isinstance(parsed, KafkaRecord):
-                            seen.setdefault(parsed.position, parsed)
+            prefix = f"{ARCHIVE}/topic={topic}/dt={moment:%Y-%m-%d}/hour={moment:%H}/"
+            for key in sorted(self._keys(prefix)):
+                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                for line in body.splitlines():
+                    parsed = parse_record(json.loads(line), f"{topic}-0")
+                    if isinstance(parsed, KafkaRecord):
+                        seen.setdefault(parsed.position, parsed)
         return sorted(seen.values(), key=lambda r: (r.topic, r.partition, r.offset))
 
     def compute_hour(self, hour: str) -> PeriodViews:
-        # From an hour before H (a producer clock a little behind the broker's) to the
-        # allowed lateness after it.
-        start = parse_hour(hour) - timedelta(hours=1)
-        records = self.archived(start, 2 + self.config.lateness_hours)
+        records = self.archived(hour)
         views = compute_views(decode_all(records, self.config), period="hour")
         return views.get(hour, PeriodViews.empty())
 

@@ -358,6 +358,19 @@ def decode_all(records: Iterable[KafkaRecord], config: ViewsConfig) -> Decoded:
     return Decoded(prices, feeds, poison)
 
 
+def event_time(record: KafkaRecord, config: ViewsConfig) -> datetime:
+    """When a record happened: a price's ``ts``, a feed item's ``fetched_at``; the Kafka
+    timestamp for other topics and for records that do not decode."""
+    try:
+        if record.topic == config.price_topic:
+            return parse_ts(_json_object(record).get("ts"))
+        if record.topic == config.rss_topic:
+            return parse_ts(_json_object(record).get("fetched_at"))
+    except PoisonRecord:
+        pass
+    return datetime.fromtimestamp(record.timestamp_ms / 1000, tz=timezone.utc)
+
+
 def first_by_identity(items: Iterable[Any]) -> list[Any]:
     """One item per identity: the one with the lowest (partition, offset)."""
     chosen: dict[str, Any] = {}
