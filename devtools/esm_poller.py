@@ -107,7 +107,7 @@ class EsmPoller:
     on_failure: OnFailure | None = None
     stats: PollerStats = field(default_factory=PollerStats)
 
-    def _deliver(self, records: list[dict[str, Any]]) -> None:
+    def deliver(self, records: list[dict[str, Any]]) -> None:
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(records))
         pending, attempt = records, 0
@@ -158,7 +158,7 @@ class EsmPoller:
             now = time.monotonic()
             for topic in [t for t, since in opened.items()
                           if len(batches[t]) >= self.batch_size or now - since >= self.window_s]:
-                self._deliver(batches.pop(topic))
+                self.deliver(batches.pop(topic))
                 opened.pop(topic)
             if not batches and len(at_eof) == partitions and now - last_news > idle_s:
                 return
@@ -179,4 +179,4 @@ class EsmPoller:
             batches.setdefault(where[0], []).append(event_record(msg))
             opened.setdefault(where[0], last_news)
         for topic in list(batches):  # the deadline: deliver what was read
-            self._deliver(batches.pop(topic))
+            self.deliver(batches.pop(topic))

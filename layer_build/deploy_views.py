@@ -58,6 +58,7 @@ class ViewsOptions:
     retries: int = 10
     pollers: tuple[int, int] | None = None
     lateness_hours: int = 6
+    mappings: bool = True
     dry_run: bool = False
 
 
@@ -186,7 +187,7 @@ class ViewsDeployer:
             role = self._role(fn, account, table_arn, bucket)
             arn = self._function(fn, role, account, bucket)
             self.result.function_arns[fn.short] = arn
-            if fn.consumes:
+            if fn.consumes and self.options.mappings:
                 for topic in self.options.topics:
                     self._mapping(fn, topic, bucket, account)
         self._schedule(account)
@@ -386,6 +387,8 @@ def parse_args(argv: Sequence[str] | None) -> ViewsOptions:
                         default=REPO_ROOT / "dist" / "producer-functions.zip")
     parser.add_argument("--pollers", help="provisioned mode MIN:MAX pollers, e.g. 1:4")
     parser.add_argument("--lateness-hours", type=int, default=6)
+    parser.add_argument("--no-mappings", action="store_true",
+                        help="create the consumers without their Kafka triggers")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     pollers = None
@@ -396,7 +399,8 @@ def parse_args(argv: Sequence[str] | None) -> ViewsOptions:
         bootstrap=tuple(b for b in args.bootstrap.split(",") if b),
         msk_cluster_arn=args.msk_cluster_arn, secret_arn=args.secret_arn, prefix=args.prefix,
         region=args.region, runtime=args.runtime, function_zip=args.function_zip,
-        pollers=pollers, lateness_hours=args.lateness_hours, dry_run=args.dry_run)
+        pollers=pollers, lateness_hours=args.lateness_hours, mappings=not args.no_mappings,
+        dry_run=args.dry_run)
 
 
 def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
