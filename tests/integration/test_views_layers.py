@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import views_serve
 from views_batch import BatchLayer, close_periods, hour_view_key
 from views_event import KafkaRecord, build_event, parse_event
 from views_model import PeriodViews, ViewsConfig, decode_all, hour_of
@@ -181,3 +182,20 @@ def test_the_schedule_closes_the_hour_behind_the_lateness(aws: MotoServer) -> No
     at = datetime(2026, 11, 29, 3, 10, tzinfo=timezone.utc)  # 3 h lateness: 23:00 closes
     written = close_periods(layer, {"time": at.isoformat()})
     assert written == ["views/hour/dt=2026-11-28/hour=23.json", "views/day/dt=2026-11-28.json"]
+
+
+def test_the_cli_answers_from_the_speed_layer_and_explains_bad_periods(
+    aws: MotoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, quarantine, _ = _speed(aws)
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    point = record(PRICE_TOPIC, 0, 0, price_value("m9", "t9", 0.42, now), relay_id="r")
+    consume(parse_event(build_event([point])), store=store, quarantine=quarantine,
+            config=CONFIG)
+    args = ["--market", "m9", "--table", TABLE, "--bucket", BUCKET]
+    assert views_serve.main([*args, "--hour", hour_of(now)]) == 0
+    out = capsys.readouterr().out
+    assert "(speed)" in out
+    assert "average 0.42" in out
+    assert views_serve.main([*args, "--day", "28-11-2026"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
