@@ -19,7 +19,7 @@ Table (``VIEWS_TABLE``): string keys ``pk`` / ``sk``::
 
     market#<market_id>  hour#<YYYY-MM-DDTHH>#<token_id> | day#<YYYY-MM-DD>#<token_id>
     feed#<source>       hour#<YYYY-MM-DDTHH>
-    seen#<identity>     seen                     (TTL attribute expires_at)
+    seen#<identity>     seen                     (position, relay_id; TTL expires_at)
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class SpeedStore:
             "TableName": self.table,
             "Item": {"pk": {"S": f"seen#{identity}"}, "sk": {"S": "seen"},
                      "position": {"S": record.position},
+                     "relay_id": {"S": record.identity},
                      "expires_at": {"N": str(int(self.clock()) + self.ttl_s)}},
             "ConditionExpression": "attribute_not_exists(pk)",
         }}

@@ -137,6 +137,9 @@ def test_a_redelivered_or_reproduced_record_counts_once(aws: MotoServer) -> None
     assert (agg.count, agg.total, agg.last_price) == (2, Decimal("1"), Decimal("0.75"))
     assert agg.average == Decimal("0.5")
     assert version == 2
+    seen = aws.client("dynamodb").get_item(TableName=TABLE, Key={
+        "pk": {"S": f"seen#price#t1#{BASE:%Y-%m-%dT%H:%M:%SZ}"}, "sk": {"S": "seen"}})["Item"]
+    assert (seen["position"]["S"], seen["relay_id"]["S"]) == (f"{PRICE_TOPIC}-0-10", "rid-1")
 
 
 def test_a_failing_write_stops_its_partition_and_is_reported(aws: MotoServer) -> None:
