@@ -42,6 +42,15 @@ class ConfigError(ValueError):
     """A views setting is missing or wrong; the message names the variable."""
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text not in ("true", "false"):
+        raise ConfigError(f"{name}={text!r}: use true or false")
+    return text == "true"
+
+
 @dataclass(frozen=True)
 class ViewsConfig:
     table: str | None = None
@@ -50,6 +59,7 @@ class ViewsConfig:
     rss_topic: str = RSS_TOPIC
     lateness_hours: int = 6
     dedupe_ttl_days: int = 14
+    partial_batch_response: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ViewsConfig:
@@ -68,6 +78,7 @@ class ViewsConfig:
             rss_topic=env.get("VIEWS_RSS_TOPIC") or RSS_TOPIC,
             lateness_hours=hours("VIEWS_LATENESS_HOURS", 6, 24 * 7),
             dedupe_ttl_days=hours("VIEWS_DEDUPE_TTL_DAYS", 14, 365),
+            partial_batch_response=_flag(env, "VIEWS_PARTIAL_BATCH_RESPONSE", True),
         )
 
     def require(self, name: str) -> str:

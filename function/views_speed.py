@@ -14,6 +14,8 @@ Failures: a poison record (undecodable, missing fields) is written to
 (throttling, conflicts past the retry budget) stops that partition there: the response
 names it in ``batchItemFailures`` (``{"itemIdentifier": {"partition", "offset"}}``) so the
 mapping retries from it; after the mapping's retries its on-failure destination gets it.
+With ``VIEWS_PARTIAL_BATCH_RESPONSE=false`` (a mapping not in provisioned mode, which
+ignores partial responses) the invocation fails instead and the whole batch is retried.
 
 Table (``VIEWS_TABLE``): string keys ``pk`` / ``sk``::
 
@@ -59,6 +61,10 @@ CANCELLED = "TransactionCanceledException"
 
 class TransientFailure(RuntimeError):
     """The record could not be stored now; the mapping should retry it."""
+
+
+class BatchFailed(RuntimeError):
+    """Raised instead of a partial batch response when the mapping does not take one."""
 
 
 def _num(value: Decimal | None) -> dict[str, str] | None:
@@ -275,4 +281,9 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
           "counted": outcome.counted, "duplicates": outcome.duplicates,
           "poison": outcome.poison, "skipped": outcome.skipped,
           "failed": len(outcome.failures)})
+    if outcome.failures and not runtime.config.partial_batch_response:
+        # On-demand Kafka mappings ignore batchItemFailures: fail the invocation so the
+        # whole batch is retried (what was counted is recognised as a duplicate).
+        raise BatchFailed(f"{len(outcome.failures)} partition(s) failed at "
+                          f"{outcome.failures}; retrying the batch")
     return {"batchItemFailures": outcome.failures}

@@ -16,8 +16,8 @@ differs; ``--dry-run`` only reads):
 * a Kafka event source mapping per consumer and topic (a mapping reads one topic):
   self-managed (``--bootstrap``, SASL/SCRAM secret with ``--secret-arn``) or MSK
   (``--msk-cluster-arn``), consumer groups ``<prefix>-views-speed`` / ``-archive``, batch
-  100 and a 1 s window, ``ReportBatchItemFailures``, bisect on error, 10 retries, and
-  the bucket as the on-failure destination. ``--pollers MIN:MAX`` sets provisioned mode.
+  100 and a 1 s window, the bucket as the on-failure destination; ``--pollers MIN:MAX``
+  sets provisioned mode with ``ReportBatchItemFailures``, bisect on error and 10 retries.
 """
 
 from __future__ import annotations
@@ -144,6 +144,37 @@ def role_policy(fn: ViewsFunction, *, table_arn: str, bucket: str, account: Acco
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def mapping_request(o: ViewsOptions, fn: ViewsFunction, topic: str, bucket: str,
+                    account: Account) -> dict[str, Any]:
+    """CreateEventSourceMapping for one consumer and topic (a Kafka mapping reads one)."""
+    group = f"{o.prefix}-views-{fn.short}"
+    request: dict[str, Any] = {
+        "FunctionName": f"{o.prefix}-views-{fn.short}", "Topics": [topic],
+        "BatchSize": o.batch_size, "MaximumBatchingWindowInSeconds": o.window_s,
+        "StartingPosition": "TRIM_HORIZON",
+        "DestinationConfig": {"OnFailure": {
+            "Destination": f"arn:{account.partition}:s3:::{bucket}"}},
+    }
+    if o.msk_cluster_arn:
+        request["EventSourceArn"] = o.msk_cluster_arn
+        request["AmazonManagedKafkaEventSourceConfig"] = {"ConsumerGroupId": group}
+    else:
+        request["SelfManagedEventSource"] = {
+            "Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": list(o.bootstrap)}}
+        request["SelfManagedKafkaEventSourceConfig"] = {"ConsumerGroupId": group}
+    if o.secret_arn:
+        request["SourceAccessConfigurations"] = [
+            {"Type": "SASL_SCRAM_512_AUTH", "URI": o.secret_arn}]
+    if o.pollers:
+        # Provisioned mode: also what enables retries, bisect and partial batch responses.
+        request["ProvisionedPollerConfig"] = {"MinimumPollers": o.pollers[0],
+                                              "MaximumPollers": o.pollers[1]}
+        request["MaximumRetryAttempts"] = o.retries
+        request["BisectBatchOnFunctionError"] = True
+        request["FunctionResponseTypes"] = ["ReportBatchItemFailures"]
+    return request
+
+
 @dataclass
 class ViewsResult:
     table: str = ""
@@ -265,7 +296,10 @@ class ViewsDeployer:
         lam = self.clients["lambda"]
         name = f"{self.options.prefix}-views-{fn.short}"
         env = {"VIEWS_TABLE": self.result.table, "VIEWS_BUCKET": bucket,
-               "VIEWS_LATENESS_HOURS": str(self.options.lateness_hours)}
+               "VIEWS_LATENESS_HOURS": str(self.options.lateness_hours),
+               # Without provisioned mode the mapping ignores partial batch responses: the
+               # consumer then fails the whole batch instead (reprocessing is idempotent).
+               "VIEWS_PARTIAL_BATCH_RESPONSE": "true" if self.options.pollers else "false"}
         wanted = {"FunctionName": name, "Runtime": self.options.runtime, "Role": role_arn,
                   "Handler": fn.handler, "Timeout": 60 if fn.consumes else 300,
                   "MemorySize": 256, "Environment": {"Variables": env}}
@@ -294,39 +328,9 @@ class ViewsDeployer:
                      ", ".join(changed + (["code"] if new_code else [])))
         return str(current["FunctionArn"])
 
-    def mapping_request(self, fn: ViewsFunction, topic: str, bucket: str,
-                        account: Account) -> dict[str, Any]:
-        o = self.options
-        group = f"{o.prefix}-views-{fn.short}"
-        request: dict[str, Any] = {
-            "FunctionName": f"{o.prefix}-views-{fn.short}", "Topics": [topic],
-            "BatchSize": o.batch_size, "MaximumBatchingWindowInSeconds": o.window_s,
-            "StartingPosition": "TRIM_HORIZON",
-            "FunctionResponseTypes": ["ReportBatchItemFailures"],
-            "DestinationConfig": {"OnFailure": {
-                "Destination": f"arn:{account.partition}:s3:::{bucket}"}},
-        }
-        if o.msk_cluster_arn:
-            request["EventSourceArn"] = o.msk_cluster_arn
-            request["AmazonManagedKafkaEventSourceConfig"] = {"ConsumerGroupId": group}
-        else:
-            request["SelfManagedEventSource"] = {
-                "Endpoints": {"KAFKA_BOOTSTRAP_SERVERS": list(o.bootstrap)}}
-            request["SelfManagedKafkaEventSourceConfig"] = {"ConsumerGroupId": group}
-        if o.secret_arn:
-            request["SourceAccessConfigurations"] = [
-                {"Type": "SASL_SCRAM_512_AUTH", "URI": o.secret_arn}]
-        if o.pollers:
-            # Provisioned mode: also what enables retries, bisect and partial batch responses.
-            request["ProvisionedPollerConfig"] = {"MinimumPollers": o.pollers[0],
-                                                  "MaximumPollers": o.pollers[1]}
-            request["MaximumRetryAttempts"] = o.retries
-            request["BisectBatchOnFunctionError"] = True
-        return request
-
     def _mapping(self, fn: ViewsFunction, topic: str, bucket: str, account: Account) -> None:
         lam = self.clients["lambda"]
-        request = self.mapping_request(fn, topic, bucket, account)
+        request = mapping_request(self.options, fn, topic, bucket, account)
         name = f"{fn.short} {topic}"
         existing = [m for m in lam.list_event_source_mappings(
             FunctionName=request["FunctionName"]).get("EventSourceMappings", [])
@@ -335,7 +339,7 @@ class ViewsDeployer:
             uuid = str(existing[0]["UUID"])
             wanted = {"BatchSize": request["BatchSize"],
                       "MaximumBatchingWindowInSeconds": request["MaximumBatchingWindowInSeconds"],
-                      "FunctionResponseTypes": request["FunctionResponseTypes"]}
+                      "FunctionResponseTypes": request.get("FunctionResponseTypes", [])}
             changed = any(existing[0].get(k) != v for k, v in wanted.items())
             if changed and not self.options.dry_run:
                 lam.update_event_source_mapping(UUID=uuid, **wanted)

@@ -17,6 +17,7 @@ from layer_build.deploy_views import (
     ViewsDeployer,
     ViewsOptions,
     main,
+    mapping_request,
     role_policy,
 )
 from layer_build.plan import Account
@@ -96,10 +97,10 @@ def test_a_dry_run_only_reads(aws: MotoServer, function_zip: Path) -> None:
 
 def test_the_mapping_request_follows_the_kafka_contract(aws: MotoServer, function_zip: Path
                                                         ) -> None:
-    deployer = ViewsDeployer(_options(function_zip, secret_arn="arn:aws:secretsmanager:x",
-                                      pollers=(1, 4)), session=boto3.Session())
     account = Account(ACCOUNT_ID, "aws", REGION)
-    request = deployer.mapping_request(FUNCTIONS[0], "rss.events", BUCKET, account)
+    request = mapping_request(_options(function_zip, secret_arn="arn:aws:secretsmanager:x",
+                                       pollers=(1, 4)), FUNCTIONS[0], "rss.events", BUCKET,
+                              account)
     _valid_request(aws, request)
     assert request["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert request["DestinationConfig"]["OnFailure"]["Destination"] == f"arn:aws:s3:::{BUCKET}"
@@ -107,11 +108,11 @@ def test_the_mapping_request_follows_the_kafka_contract(aws: MotoServer, functio
         "ConsumerGroupId": "kafka-relay-views-speed"}
     assert request["ProvisionedPollerConfig"] == {"MinimumPollers": 1, "MaximumPollers": 4}
     assert request["SourceAccessConfigurations"][0]["Type"] == "SASL_SCRAM_512_AUTH"
-    msk = ViewsDeployer(_options(function_zip, bootstrap=(), msk_cluster_arn="arn:aws:kafka:c"),
-                        session=boto3.Session()).mapping_request(
-        FUNCTIONS[1], "rss.events", BUCKET, account)
+    msk = mapping_request(_options(function_zip, bootstrap=(), msk_cluster_arn="arn:aws:kafka:c"),
+                          FUNCTIONS[1], "rss.events", BUCKET, account)
     _valid_request(aws, msk)
     assert msk["EventSourceArn"] == "arn:aws:kafka:c"
+    assert "FunctionResponseTypes" not in msk  # on-demand mode takes no partial responses
     assert "SelfManagedEventSource" not in msk
 
 

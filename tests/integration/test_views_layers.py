@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import views_serve
+import views_speed
 from views_batch import BatchLayer, close_periods, hour_view_key
 from views_event import KafkaRecord, build_event, parse_event
 from views_model import PeriodViews, ViewsConfig, decode_all, hour_of
@@ -151,6 +152,23 @@ def test_a_failing_write_stops_its_partition_and_is_reported(aws: MotoServer) ->
                       config=CONFIG)
     assert outcome.failures == [{"itemIdentifier": {"partition": 0, "offset": 3}},
                                 {"itemIdentifier": {"partition": 1, "offset": 3}}]
+
+
+@pytest.mark.parametrize("partial", ["true", "false"])
+def test_without_partial_batch_responses_the_handler_fails_the_batch(
+    aws: MotoServer, monkeypatch: pytest.MonkeyPatch, partial: str
+) -> None:
+    monkeypatch.setattr(views_speed, "_RUNTIME", None)
+    monkeypatch.setenv("VIEWS_TABLE", "no-such-table")
+    monkeypatch.setenv("VIEWS_PARTIAL_BATCH_RESPONSE", partial)
+    event = build_event([record(PRICE_TOPIC, 2, 7, price_value("m", "t", 0.5, BASE),
+                                relay_id="r")])
+    if partial == "true":
+        assert views_speed.handler(event, None) == {
+            "batchItemFailures": [{"itemIdentifier": {"partition": 2, "offset": 7}}]}
+    else:
+        with pytest.raises(views_speed.BatchFailed):
+            views_speed.handler(event, None)
 
 
 def test_serving_merges_batch_views_of_closed_hours_with_the_speed_layer(
