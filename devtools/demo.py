@@ -30,6 +30,7 @@ from devtools.kafka_broker import (
     read_topic,
 )
 from devtools.sandbox import InvokeResult, Sandbox
+from devtools.views_demo import show_views
 from kafka_relay.logs import events_named
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== CloudWatch-style log: /aws/lambda/{outcome.producer.name}")
             for line in outcome.log:
                 print("  " + line[:220])
+        # Lambda-Architecture views over what arrived (issue 17): devtools/views_demo.py.
+        problems += show_views(bootstrap, args.functions)
     finally:
         if broker is not None:
             broker.stop()

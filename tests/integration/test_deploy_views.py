@@ -1,0 +1,139 @@
+"""Deploying the views (table, bucket, roles, functions, Kafka mappings, schedule) to moto."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.validate import ParamValidator
+
+from devtools.moto_server import ACCOUNT_ID, MotoServer, use_moto
+from layer_build.deploy_views import (
+    FUNCTIONS,
+    ViewsDeployer,
+    ViewsOptions,
+    main,
+    mapping_request,
+    role_policy,
+)
+from layer_build.plan import Account
+from layer_build.zipper import FileTree, write_zip
+
+REGION = "eu-west-1"
+BUCKET = f"kafka-relay-views-{ACCOUNT_ID}-{REGION}"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    with MotoServer(region=REGION) as server:
+        yield server
+
+
+@pytest.fixture
+def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    return use_moto(moto, monkeypatch)
+
+
+@pytest.fixture
+def function_zip(tmp_path: Path) -> Path:
+    tree = FileTree()
+    tree.add("views_speed.py", b"def handler(event, context):\n    return {}\n", executable=False)
+    out = tmp_path / "producer-functions.zip"
+    write_zip(tree, out)
+    return out
+
+
+def _options(function_zip: Path, **changes: Any) -> ViewsOptions:
+    # moto 5.2 creates event source mappings only for SQS, DynamoDB and Kinesis ARNs, so
+    # the Kafka mappings are checked against the API's own request schema instead.
+    settings: dict[str, Any] = {"bootstrap": ("b1.example:9092", "b2.example:9092"),
+                                "mappings": False, **changes}
+    return ViewsOptions(function_zip=function_zip, region=REGION, **settings)
+
+
+def _valid_request(aws: MotoServer, request: dict[str, Any]) -> None:
+    """What botocore would send: every field exists in CreateEventSourceMapping, typed right."""
+    model = aws.client("lambda").meta.service_model.operation_model("CreateEventSourceMapping")
+    report = ParamValidator().validate(request, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_deploys_every_views_resource_then_changes_nothing(
+    aws: MotoServer, function_zip: Path
+) -> None:
+    lines: list[str] = []
+    first = ViewsDeployer(_options(function_zip), session=boto3.Session(),
+                          log=lines.append).run()
+    assert set(first.actions("function").values()) == {"created"}
+    assert len(first.actions("function")) == 4
+    assert first.actions("table") == {"kafka-relay-views": "created"}
+    assert first.bucket == BUCKET
+
+    lam = aws.client("lambda")
+    speed = lam.get_function(FunctionName="kafka-relay-views-speed")["Configuration"]
+    assert speed["Handler"] == "views_speed.handler"
+    assert speed["Environment"]["Variables"]["VIEWS_TABLE"] == "kafka-relay-views"
+    ttl = aws.client("dynamodb").describe_time_to_live(TableName="kafka-relay-views")
+    assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+    rule = aws.client("events").describe_rule(Name="kafka-relay-views-close")
+    assert rule["ScheduleExpression"] == "rate(1 hour)"
+
+    again = ViewsDeployer(_options(function_zip), session=boto3.Session(),
+                          log=lines.append).run()
+    assert {c.action for c in again.changes} == {"unchanged"}
+
+
+def test_a_dry_run_only_reads(aws: MotoServer, function_zip: Path) -> None:
+    result = ViewsDeployer(_options(function_zip, dry_run=True), session=boto3.Session(),
+                           log=lambda _line: None).run()
+    assert {c.action for c in result.changes} <= {"would create", "would update"}
+    assert aws.client("lambda").list_functions()["Functions"] == []
+    assert aws.client("dynamodb").list_tables()["TableNames"] == []
+
+
+def test_the_mapping_request_follows_the_kafka_contract(aws: MotoServer, function_zip: Path
+                                                        ) -> None:
+    account = Account(ACCOUNT_ID, "aws", REGION)
+    request = mapping_request(_options(function_zip, secret_arn="arn:aws:secretsmanager:x",
+                                       pollers=(1, 4)), FUNCTIONS[0], "rss.events", BUCKET,
+                              account)
+    _valid_request(aws, request)
+    assert request["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert request["DestinationConfig"]["OnFailure"]["Destination"] == f"arn:aws:s3:::{BUCKET}"
+    assert request["SelfManagedKafkaEventSourceConfig"] == {
+        "ConsumerGroupId": "kafka-relay-views-speed"}
+    assert request["ProvisionedPollerConfig"] == {"MinimumPollers": 1, "MaximumPollers": 4}
+    assert request["SourceAccessConfigurations"][0]["Type"] == "SASL_SCRAM_512_AUTH"
+    msk = mapping_request(_options(function_zip, bootstrap=(), msk_cluster_arn="arn:aws:kafka:c"),
+                          FUNCTIONS[1], "rss.events", BUCKET, account)
+    _valid_request(aws, msk)
+    assert msk["EventSourceArn"] == "arn:aws:kafka:c"
+    assert "FunctionResponseTypes" not in msk  # on-demand mode takes no partial responses
+    assert "SelfManagedEventSource" not in msk
+
+
+def test_each_role_grants_only_what_its_function_touches(function_zip: Path) -> None:
+    account = Account(ACCOUNT_ID, "aws", REGION)
+    table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/kafka-relay-views"
+    policies = {fn.short: role_policy(fn, table_arn=table, bucket=BUCKET, account=account,
+                                      options=_options(function_zip)) for fn in FUNCTIONS}
+
+    def actions(short: str) -> set[str]:
+        return {a for s in policies[short]["Statement"] for a in s["Action"]}
+
+    assert "dynamodb:Query" not in actions("speed")
+    assert not any(a.startswith("dynamodb:") for a in actions("archive") | actions("close"))
+    assert actions("serve") & {"dynamodb:PutItem", "s3:PutObject"} == set()
+    resources = json.dumps(policies)
+    assert '"*"' not in resources  # no wildcards without MSK
+
+
+def test_the_cli_explains_a_missing_source(function_zip: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--function-zip", str(function_zip)], session=boto3.Session(
+        region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")) == 1
+    assert "--bootstrap" in capsys.readouterr().err
