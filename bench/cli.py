@@ -48,9 +48,9 @@ class Counts:
     outage_s: float
 
 
-DEFAULT = Counts(invocations=100, solo_invocations=20, warmup=3, init_samples=5,
+DEFAULT = Counts(invocations=200, solo_invocations=20, warmup=3, init_samples=5,
                  drain_samples=2, handoff_invocations=3, outage_s=60.0)
-QUICK = Counts(invocations=15, solo_invocations=5, warmup=2, init_samples=2, drain_samples=1,
+QUICK = Counts(invocations=25, solo_invocations=5, warmup=2, init_samples=2, drain_samples=1,
                handoff_invocations=2, outage_s=12.0)
 
 

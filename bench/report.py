@@ -22,7 +22,9 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def _x(value: float | None) -> str:
-    return "—" if value is None else f"{_num(value, 2)}x"
+    if value is None:
+        return "—"
+    return "∞" if math.isinf(value) else f"{value:.3g}x"
 
 
 def _rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -33,7 +33,7 @@ MB_PER_VCPU = 1769
 PERIOD_US = 100_000
 KINDS = ("runtime", "extensions")
 _MOUNTINFO = Path("/proc/self/mountinfo")
-_warned = threading.Event()
+_warned = threading.Event()  # set once the warning went out
 
 
 def vcpus_for_memory(memory_mb: int) -> float:
@@ -73,8 +73,9 @@ class Hierarchies:
     accounting_v2: bool
 
     @classmethod
-    def find(cls, mountinfo: Path = _MOUNTINFO) -> Hierarchies | str:
+    def find(cls, mountinfo: Path | None = None) -> Hierarchies | str:
         """The hierarchies, or why there are none usable (a sentence)."""
+        mountinfo = mountinfo or _MOUNTINFO
         try:
             lines = mountinfo.read_text().splitlines()
         except OSError as exc:
@@ -118,6 +119,7 @@ class EnvironmentCgroup:
         found = hierarchies or Hierarchies.find()
         if isinstance(found, str):
             return found
+        _remove_orphans(found, label)
         name = f"{label}-{os.getpid()}-{secrets.token_hex(4)}"
         group = cls(found, name, vcpus)
         try:
@@ -198,6 +200,17 @@ class EnvironmentCgroup:
         for top in self._tops:  # leaves before their parent
             yield from (top / kind for kind in KINDS)
             yield top
+
+
+def _remove_orphans(found: Hierarchies, label: str) -> None:
+    """Remove groups a killed sandbox left behind (its pid is gone): a crash must not
+    leave the hierarchy growing."""
+    for root in dict.fromkeys([found.cpu, found.accounting]):
+        with contextlib.suppress(OSError):
+            for top in root.glob(f"{label}-*-*"):
+                owner = top.name.removeprefix(f"{label}-").split("-")[0]
+                if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                    EnvironmentCgroup(found, top.name, None).remove(attempts=3)
 
 
 def _leaf(kind: str) -> str:

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from devtools.sandbox import Sandbox, SandboxError, SandboxInitError
+from devtools.sandbox import Sandbox, SandboxError, SandboxInitError, cgroup
 from devtools.sandbox.__main__ import main as sandbox_cli
 from devtools.sandbox.cgroup import EnvironmentCgroup, Hierarchies, quota_us, vcpus_for_memory
 from devtools.sandbox.environment import process_state
@@ -577,3 +578,26 @@ def test_cgroup_hierarchies_are_found_on_v1_and_v2_hosts(tmp_path: Path) -> None
                                                  Path("/cg/cpuacct"), False)
     info.write_text("33 23 0:29 / /cg/memory rw - cgroup cgroup rw,memory\n")
     assert "no cgroup file system with the cpu controller" in str(Hierarchies.find(info))
+
+
+def test_without_cgroups_the_sandbox_runs_unthrottled_warns_once_and_still_measures_cpu(
+    make_sandbox: MakeSandbox, burn_function: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    no_cgroups = tmp_path / "mountinfo"
+    no_cgroups.write_text("22 1 0:21 / /proc rw - proc proc rw\n")
+    monkeypatch.setattr(cgroup, "_MOUNTINFO", no_cgroups)
+    monkeypatch.setattr(cgroup, "_warned", threading.Event())
+    first = make_sandbox(function=burn_function, handler="burn.handler", memory_mb=256)
+    second = make_sandbox(function=burn_function, handler="burn.handler", memory_mb=256)
+
+    busy = first.invoke({"cpu_ms": 200})
+    assert second.invoke({}).status == "success"
+
+    assert busy.status == "success"
+    assert busy.cpu_quota_vcpus is None
+    assert first.cgroup is None
+    assert report_fields(first, busy.request_id)["CPU Quota"] == "none"
+    assert busy.cpu_runtime_ms >= 180  # from /proc: clock ticks, 10 ms coarse
+    warnings = capsys.readouterr().err.count("WARNING: no CPU quota")
+    assert warnings == 1

@@ -179,7 +179,7 @@ def test_table_and_json_carry_every_measurement_and_verdict() -> None:
     found = checks(results)
     table = render(results, found)
     assert "kafka-relay end" in table
-    assert "0.60x" in table  # end ÷ reused handler at 256 MB, 1 ms
+    assert "0.6x" in table  # end ÷ reused handler at 256 MB, 1 ms
     assert "kafka-relay auto @ 256 MB: skipped: not supported by this build" in table
     assert "<= 1/300x" in table
     handoff = _by_label(found)["handoff client → extension @ 1769 MB"]
