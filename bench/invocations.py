@@ -54,6 +54,10 @@ class Case:
 
 CASES: tuple[Case, ...] = (
     Case("floor", "empty handler (reference)", "empty", relay=False, sends=False),
+    # What the extension costs an invocation that hands nothing over (end signal, INVOKE,
+    # telemetry): the fixed part of the relay's CPU and billed time.
+    Case("relay-idle", "kafka-relay end, 0 records (reference)", "relay_send", relay=True,
+         env=((FLUSH, "end"),), event=(("count", 0),), sends=False),
     Case("per-invocation", "producer per invocation (seed)", "seed_per_invocation",
          relay=False, solo=True, memories=(1769,)),
     Case("reused", "reused in-handler producer", "global_producer", relay=False),

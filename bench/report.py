@@ -55,7 +55,7 @@ def _invocation_table(results: BenchResults) -> list[str]:
            f"records; {opts.get('invocations')} measured invocations per case (per-invocation "
            f"producer: {opts.get('solo_invocations')}), cases interleaved; CPU = user + sys "
            "of the runtime and extension processes, µs per record (per invocation for the "
-           "empty handler); ratios ÷ the reused producer, same memory and RTT", ""]
+           "references, which send nothing); ratios ÷ the reused producer, same memory and RTT", ""]
     rows: list[tuple[str, ...]] = []
     for r in sorted(results.invocations, key=_grid_order):
         rows.append((
