@@ -18,46 +18,62 @@ from typing import TextIO
 
 from bench.extension import run_drain, run_handoff, run_init
 from bench.infra import REPO_ROOT, BenchError, layer_sizes, network, prepare_layers
-from bench.invocations import SCENARIO_NAMES, SCENARIOS, Workload, run_scenarios
-from bench.report import BenchResults, checks, render, to_json
+from bench.invocations import CASE_NAMES, CASES, Workload, run_grid
+from bench.model import BenchResults
+from bench.outage import run_outage
+from bench.report import render, to_json
+from bench.targets import HANDOFF_MEMORY_MB, checks
 from devtools.kafka_broker import BrokerError
 from devtools.sandbox import SandboxError
 from layer_build.errors import LayerBuildError
 
-EXTRAS = ("handoff", "init", "drain", "size")
+EXTRAS = ("handoff", "init", "drain", "outage", "size")
 DRAIN_RECORDS = 10_000
 HANDOFF_BATCHES = 100  # x 500 records per invocation
+MEMORIES = (256, 1769)  # MB: the producers' deployed size (0.145 vCPU) and one full vCPU
+RTTS = (0.0, 1.0, 20.0)  # ms: same host, same VPC (MSK nearby), a remote cluster
+INIT_MEMORY_MB = 256
+OUTAGE_MEMORY_MB = 1769
+OUTAGE_RTT_MS = 1.0
 
 
 @dataclass(frozen=True)
 class Counts:
     invocations: int
+    solo_invocations: int
     warmup: int
     init_samples: int
     drain_samples: int
     handoff_invocations: int
+    outage_s: float
 
 
-DEFAULT = Counts(invocations=200, warmup=3, init_samples=7, drain_samples=3,
-                 handoff_invocations=4)
-QUICK = Counts(invocations=30, warmup=2, init_samples=3, drain_samples=1,
-               handoff_invocations=2)
+DEFAULT = Counts(invocations=200, solo_invocations=20, warmup=3, init_samples=5,
+                 drain_samples=2, handoff_invocations=3, outage_s=60.0)
+QUICK = Counts(invocations=25, solo_invocations=5, warmup=2, init_samples=2, drain_samples=1,
+               handoff_invocations=2, outage_s=12.0)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="kafka-relay against producing in the handler, in the local Lambda sandbox.")
+        description="kafka-relay against producing in the handler, in the local Lambda "
+        "sandbox under Lambda's CPU quota.")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK.invocations} invocations per scenario and "
-                        "fewer samples of everything else")
+                        help=f"smoke run: {QUICK.invocations} invocations per case, a "
+                        f"{QUICK.outage_s:g} s outage, fewer samples of everything else")
     parser.add_argument("--invocations", type=int, metavar="N",
-                        help=f"measured invocations per scenario and RTT (default "
+                        help=f"measured invocations per case, memory size and RTT (default "
                         f"{DEFAULT.invocations}, --quick {QUICK.invocations})")
-    parser.add_argument("--only", nargs="+", metavar="NAME", choices=[*SCENARIO_NAMES, *EXTRAS],
-                        help=f"run only these: {', '.join((*SCENARIO_NAMES, *EXTRAS))}")
-    parser.add_argument("--rtt", nargs="+", type=float, default=[20.0, 0.0], metavar="MS",
-                        help="round-trip latencies the proxy adds (default: 20 0)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=[*CASE_NAMES, *EXTRAS],
+                        help=f"run only these: {', '.join((*CASE_NAMES, *EXTRAS))}")
+    parser.add_argument("--rtt", nargs="+", type=float, default=list(RTTS), metavar="MS",
+                        help="round-trip latencies the proxy adds (default: 0 1 20)")
+    parser.add_argument("--memory", nargs="+", type=int, default=list(MEMORIES), metavar="MB",
+                        help="function memory sizes; the CPU quota follows (default: 256 1769)")
+    parser.add_argument("--outage", type=float, metavar="S",
+                        help=f"seconds the broker is away in the outage scenario (default "
+                        f"{DEFAULT.outage_s:g}, --quick {QUICK.outage_s:g})")
     parser.add_argument("--dist", type=Path, default=REPO_ROOT / "dist",
                         help="where the built layer and manifest.json are (default: dist)")
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results",
@@ -76,12 +92,17 @@ def _say(line: str, stream: TextIO = sys.stderr) -> None:
 
 def run(args: argparse.Namespace, workdir: Path) -> BenchResults:
     base = QUICK if args.quick else DEFAULT
-    wanted = set(args.only or (*SCENARIO_NAMES, *EXTRAS))
-    workload = Workload(invocations=args.invocations or base.invocations, warmup=base.warmup)
+    wanted = set(args.only or (*CASE_NAMES, *EXTRAS))
+    workload = Workload(invocations=args.invocations or base.invocations, warmup=base.warmup,
+                        solo_invocations=min(args.invocations or base.solo_invocations,
+                                             base.solo_invocations))
+    outage_s = args.outage or base.outage_s
     results = BenchResults(options={
-        "quick": args.quick, "invocations": workload.invocations, "warmup": workload.warmup,
+        "quick": args.quick, "invocations": workload.invocations,
+        "solo_invocations": workload.solo_invocations, "warmup": workload.warmup,
         "records": workload.count, "record_bytes": workload.size, "rtt_ms": args.rtt,
-        "only": sorted(wanted), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "memory_mb": args.memory, "outage_s": outage_s, "only": sorted(wanted),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
         "machine": platform.machine(),
     })
     if "size" in wanted:
@@ -89,31 +110,38 @@ def run(args: argparse.Namespace, workdir: Path) -> BenchResults:
     if not wanted - {"size"}:
         return results
     layers = prepare_layers(args.dist / "kafka-relay-layer-x86_64.zip", workdir)
-    scenarios = [s for s in SCENARIOS if s.name in wanted]
-    target_rtt = max(args.rtt)
+    cases = [c for c in CASES if c.name in wanted]
     with network() as net:
-        for rtt in args.rtt:
-            if scenarios:
-                _say(f"invocations at {rtt:g} ms RTT: {', '.join(s.name for s in scenarios)}")
-                results.invocations += run_scenarios(
-                    scenarios, net=net, layers=layers, rtt_ms=rtt, workload=workload,
-                    workdir=workdir, progress=_say)
+        if cases:
+            _say(f"invocations at {args.memory} MB x {args.rtt} ms RTT: "
+                 f"{', '.join(c.name for c in cases)}")
+            grid = run_grid(cases, net=net, layers=layers, memories=args.memory, rtts=args.rtt,
+                            workload=workload, workdir=workdir, progress=_say)
+            results.invocations, results.skipped = grid.results, grid.skipped
+            results.unaccounted = grid.unaccounted
         if "handoff" in wanted:
-            for rtt in sorted(args.rtt):
-                _say(f"handoff throughput at {rtt:g} ms RTT")
-                results.handoff.append(run_handoff(
-                    net=net, layers=layers, rtt_ms=rtt, invocations=base.handoff_invocations,
-                    batches=HANDOFF_BATCHES, workdir=workdir, progress=_say))
+            _say(f"handoff throughput at {HANDOFF_MEMORY_MB} MB, 0 ms RTT")
+            results.handoff.append(run_handoff(
+                net=net, layers=layers, memory_mb=HANDOFF_MEMORY_MB, rtt_ms=0.0,
+                invocations=base.handoff_invocations, batches=HANDOFF_BATCHES, workdir=workdir,
+                progress=_say))
         if "init" in wanted:
-            for rtt in args.rtt:
-                _say(f"extension init at {rtt:g} ms RTT")
-                results.init.append(run_init(net=net, layers=layers, rtt_ms=rtt,
-                                             samples=base.init_samples, workdir=workdir))
+            rtt = max(args.rtt)
+            _say(f"extension init at {INIT_MEMORY_MB} MB, {rtt:g} ms RTT")
+            results.init.append(run_init(net=net, layers=layers, memory_mb=INIT_MEMORY_MB,
+                                         rtt_ms=rtt, samples=base.init_samples,
+                                         workdir=workdir))
         if "drain" in wanted:
-            _say(f"SHUTDOWN drain of {DRAIN_RECORDS:,} records at {target_rtt:g} ms RTT")
-            results.drain = run_drain(net=net, layers=layers, rtt_ms=target_rtt,
+            rtt = max(args.rtt)
+            _say(f"SHUTDOWN drain of {DRAIN_RECORDS:,} records at 256 MB, {rtt:g} ms RTT")
+            results.drain = run_drain(net=net, layers=layers, memory_mb=256, rtt_ms=rtt,
                                       records=DRAIN_RECORDS, samples=base.drain_samples,
                                       workdir=workdir)
+        if "outage" in wanted:
+            _say(f"broker down {outage_s:g} s at {OUTAGE_MEMORY_MB} MB, {OUTAGE_RTT_MS:g} ms RTT")
+            results.outage = run_outage(net=net, layers=layers, memory_mb=OUTAGE_MEMORY_MB,
+                                        rtt_ms=OUTAGE_RTT_MS, outage_s=outage_s,
+                                        records=workload.count, workdir=workdir, progress=_say)
     return results
 
 

@@ -38,6 +38,7 @@ def _payload(result: InvokeResult, what: str, sb: Sandbox) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class HandoffResult:
+    memory_mb: int
     rtt_ms: float
     batch_records: int
     record_bytes: int
@@ -56,6 +57,7 @@ def run_handoff(
     *,
     net: Network,
     layers: Layers,
+    memory_mb: int,
     rtt_ms: float,
     invocations: int,
     batches: int,
@@ -72,7 +74,8 @@ def run_handoff(
     handoff: list[float] = []
     e2e: list[float] = []
     with sandbox(net=net, layer=layers.relay, handler="relay_throughput", topic=topic,
-                 workdir=workdir, name=f"handoff-{rtt_ms:g}ms", timeout_s=120.0) as sb:
+                 workdir=workdir, name=f"handoff-{memory_mb}mb-{rtt_ms:g}ms", timeout_s=120.0,
+                 memory_mb=memory_mb) as sb:
         sb.start()
 
         def invoke(count: int) -> dict[str, Any]:
@@ -91,7 +94,7 @@ def run_handoff(
                                  f"pending after the flush; see {sb.log_path}")
             handoff.append(reply["handoff_rps"])
             e2e.append(reply["e2e_rps"])
-            progress(f"  handoff {n + 1}/{invocations} at {rtt_ms:g} ms RTT: "
+            progress(f"  handoff {n + 1}/{invocations} at {memory_mb} MB, {rtt_ms:g} ms RTT: "
                      f"{reply['handoff_rps']:,.0f} records/s handed over, "
                      f"{reply['e2e_rps']:,.0f} delivered")
         after = memory_kb(pid)
@@ -100,7 +103,7 @@ def run_handoff(
             for i in range(batch_records)]
     delivery = net.delivery(topic, keys, timeout=60 + len(keys) / 5000)
     return HandoffResult(
-        rtt_ms=rtt_ms, batch_records=batch_records, record_bytes=record_bytes,
+        memory_mb=memory_mb, rtt_ms=rtt_ms, batch_records=batch_records, record_bytes=record_bytes,
         records_per_invocation=batches * batch_records, invocations=invocations,
         handoff_rps=Summary.of(handoff), e2e_rps=Summary.of(e2e), records_total=len(keys),
         lost=delivery.lost, rss_idle_kb=idle["VmRSS"], rss_after_kb=after["VmRSS"],
@@ -113,6 +116,7 @@ def run_handoff(
 
 @dataclass(frozen=True)
 class InitResult:
+    memory_mb: int
     rtt_ms: float
     ready_ms: Summary  # the sandbox launching the extension -> its init.ready log line
     kernel_ready_ms: Summary  # the kernel's process start time -> init.ready (±10 ms ticks)
@@ -120,7 +124,7 @@ class InitResult:
 
 
 def run_init(
-    *, net: Network, layers: Layers, rtt_ms: float, samples: int, workdir: Path
+    *, net: Network, layers: Layers, memory_mb: int, rtt_ms: float, samples: int, workdir: Path
 ) -> InitResult:
     """Start and spin down the same environment ``samples`` times."""
     net.set_rtt(rtt_ms)
@@ -129,7 +133,7 @@ def run_init(
     kernel: list[float] = []
     whole: list[float] = []
     with sandbox(net=net, layer=layers.relay, handler="relay_send", topic=topic,
-                 workdir=workdir, name=f"init-{rtt_ms:g}ms") as sb:
+                 workdir=workdir, name=f"init-{rtt_ms:g}ms", memory_mb=memory_mb) as sb:
         for _ in range(samples):
             mark = len(sb.log_lines())
             launched = time.time()
@@ -141,7 +145,7 @@ def run_init(
             ready.append((events[0]["ts"] - launched) * 1000)
             kernel.append((events[0]["ts"] - started) * 1000)
             sb.shutdown("spindown")
-    return InitResult(rtt_ms=rtt_ms, ready_ms=Summary.of(ready),
+    return InitResult(memory_mb=memory_mb, rtt_ms=rtt_ms, ready_ms=Summary.of(ready),
                       kernel_ready_ms=Summary.of(kernel), environment_init_ms=Summary.of(whole))
 
 
@@ -162,6 +166,7 @@ class DrainSample:
 
 @dataclass(frozen=True)
 class DrainResult:
+    memory_mb: int
     rtt_ms: float
     records: int
     samples: list[DrainSample]
@@ -170,7 +175,8 @@ class DrainResult:
 
 
 def run_drain(
-    *, net: Network, layers: Layers, rtt_ms: float, records: int, samples: int, workdir: Path
+    *, net: Network, layers: Layers, memory_mb: int, rtt_ms: float, records: int, samples: int,
+    workdir: Path,
 ) -> DrainResult:
     """Flush strategy ``shutdown``: one invocation hands ``records`` over and the environment
     freezes with them pending; then SHUTDOWN must deliver them within Lambda's 2 s.
@@ -183,7 +189,7 @@ def run_drain(
     run_ids: list[str] = []
     results: list[DrainSample] = []
     with sandbox(net=net, layer=layers.relay, handler="relay_send", topic=topic,
-                 workdir=workdir, name=f"drain-{rtt_ms:g}ms",
+                 workdir=workdir, name=f"drain-{rtt_ms:g}ms", memory_mb=memory_mb,
                  env={"KAFKA_RELAY_FLUSH": "shutdown"}) as sb:
         for _ in range(samples):
             sb.start()
@@ -214,6 +220,6 @@ def run_drain(
     net.set_rtt(0)
     keys = [f"{run}-0-{i}" for run in run_ids for i in range(records)]
     delivery = net.delivery(topic, keys, timeout=30 + len(keys) / 5000)
-    return DrainResult(rtt_ms=rtt_ms, records=records, samples=results,
+    return DrainResult(memory_mb=memory_mb, rtt_ms=rtt_ms, records=records, samples=results,
                        shutdown_ms=Summary.of([s.shutdown_ms for s in results]),
                        lost=delivery.lost)

@@ -7,14 +7,14 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.faultproxy import FaultProxy
 from devtools.kafka_broker import KafkaBroker, create_topics, free_port, read_topic
-from devtools.sandbox import Sandbox
+from devtools.sandbox import Sandbox, SandboxInitError
 from layer_build.manifest import Manifest
 from layer_build.zipper import extract_zip
 
@@ -38,6 +38,16 @@ class Delivery:
     found: int
     lost: int
     duplicates: int
+
+    @classmethod
+    def of(cls, expected_keys: Iterable[str], keys: Sequence[str]) -> Delivery:
+        """Which of ``expected_keys`` are among the ``keys`` read from a topic; duplicates
+        count the expected keys read more than once."""
+        expected = set(expected_keys)
+        mine = [k for k in keys if k in expected]
+        found = set(mine)
+        return cls(expected=len(expected), found=len(found), lost=len(expected - found),
+                   duplicates=len(mine) - len(found))
 
 
 class Network:
@@ -64,19 +74,26 @@ class Network:
     def release(self) -> None:
         self._proxy.resume()
 
+    def cut(self) -> None:
+        """The broker goes away: connections close, new ones are refused."""
+        self._proxy.cut()
+
+    def restore(self) -> None:
+        self._proxy.restore()
+
     def create_topic(self, label: str) -> str:
         name = f"bench.{label}.{uuid.uuid4().hex[:8]}"
         create_topics(self.bootstrap, [name])
         return name
 
+    def keys(self, topic: str, *, timeout: float) -> list[str]:
+        """The keys of everything on ``topic``, read from the beginning."""
+        got = read_topic(self.bootstrap, topic, timeout=timeout, idle=0.5)
+        return [r.key.decode() if r.key is not None else "" for r in got]
+
     def delivery(self, topic: str, expected_keys: Iterable[str], *, timeout: float) -> Delivery:
         """Read all of ``topic`` back and count which of ``expected_keys`` arrived."""
-        expected = set(expected_keys)
-        got = read_topic(self.bootstrap, topic, timeout=timeout, idle=0.5)
-        keys = [r.key.decode() if r.key is not None else "" for r in got]
-        found = set(keys) & expected
-        return Delivery(expected=len(expected), found=len(found), lost=len(expected - found),
-                        duplicates=len(keys) - len(set(keys)))
+        return Delivery.of(expected_keys, self.keys(topic, timeout=timeout))
 
 
 @contextmanager
@@ -132,8 +149,10 @@ def sandbox(
     name: str,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
+    memory_mb: int = 1769,
 ) -> Sandbox:
-    """A sandbox for one scenario: its own handoff port and spool, its log kept in workdir."""
+    """A sandbox for one scenario: its own handoff port and spool, its log kept in workdir,
+    the CPU quota of ``memory_mb`` as in Lambda."""
     return Sandbox(
         layers=[layer],
         function=FUNCTIONS,
@@ -146,6 +165,8 @@ def sandbox(
             **(env or {}),
         },
         function_name=f"bench-{name}",
+        memory_mb=memory_mb,
+        cpu_quota=True,
         timeout_s=timeout_s,
         init_timeout_s=20.0,
         log_path=workdir / f"{name}.log",
@@ -185,3 +206,15 @@ def process_start_epoch(pid: int) -> float:
     uptime_s = float(Path("/proc/uptime").read_text().split()[0])
     now = time.time()
     return now - (uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def start_or_unsupported(sb: Sandbox, *, setting: str) -> str | None:
+    """Run the init phase; a sentence when the extension refused ``setting`` (this build does
+    not know the value yet), None when it started. Any other init failure raises."""
+    try:
+        sb.start()
+    except SandboxInitError as exc:
+        if setting in str(exc):
+            return f"skipped: not supported by this build ({exc.error_type}: {setting})"
+        raise
+    return None

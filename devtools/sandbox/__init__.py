@@ -15,6 +15,7 @@ drives the lifecycle::
                  handler="rss_producer.handler",
                  env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092"},     # the function's own env
                  function_name="kafka-relay-demo", memory_mb=256, timeout_s=30.0,
+                 cpu_quota=None,             # vCPUs: True (from memory), a number, False
                  init_timeout_s=10.0, shutdown_budget_ms=2000,
                  log_path=None,              # the log stream file (default: in the temp dir)
                  python=sys.executable,      # interpreter for the runtime and `python3`
@@ -36,7 +37,18 @@ runtime and every extension called ``/next``), ``duration_ms`` (the sum: the
 REPORT line's Duration), ``billed_ms`` (ceil of it), ``init_ms`` (first
 invoke after an init, else None), ``max_memory_mb`` (sum of the processes'
 VmHWM), ``started_ms``/``deadline_ms`` (epoch ms), ``reset`` (a
-``ShutdownResult`` when this invoke ended the environment).
+``ShutdownResult`` when this invoke ended the environment), ``cpu_runtime_ms``,
+``cpu_extensions_ms`` and ``cpu_ms`` (user + sys of the runtime's and the
+extensions' processes since the previous invoke ended), ``cpu_quota_vcpus``.
+
+CPU as in Lambda (``devtools.sandbox.cgroup``): each environment gets a cgroup
+with a CPU quota of ``memory_mb / 1769`` vCPUs (256 MB = 0.145 vCPU), every
+extension and the runtime joining it before running their own code; the REPORT
+line adds ``CPU Quota: 0.145 vCPU`` and ``CPU Time: 12.34 ms``. ``cpu_quota=None``
+(the default) applies it only when ``memory_mb`` is given (the bench, the CLI):
+tests run unthrottled unless they ask. Where no cgroup can be made (not root, no
+cpu controller) the environment runs unthrottled with a one-time warning on
+stderr, and CPU time comes from ``/proc``.
 
 ``ShutdownResult``: ``reason``, ``deadline_ms``, ``duration_ms``,
 ``exit_codes`` (extension file name -> code, -9 when SIGKILLed), ``killed``,

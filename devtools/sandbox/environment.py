@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from devtools.sandbox.cgroup import CpuTimes, EnvironmentCgroup, proc_cpu_ms
 from devtools.sandbox.errors import SandboxError
 from devtools.sandbox.logstream import OutputPump
 
@@ -201,17 +202,22 @@ class Proc:
 
 
 class Processes:
-    """The environment's processes, each the leader of its own process group."""
+    """The environment's processes, each the leader of its own process group, all in the
+    environment's cgroup when it has one (they join it before running their own code)."""
 
     def __init__(
-        self, cond: threading.Condition, *, on_line: Callable[[Proc, str], None]
+        self, cond: threading.Condition, *, on_line: Callable[[Proc, str], None],
+        cgroup: EnvironmentCgroup | None = None,
     ) -> None:
         self._cond = cond
         self._on_line = on_line
+        self.cgroup = cgroup
         self.all: list[Proc] = []
 
     def spawn(self, name: str, kind: str, argv: list[str], *, env: Mapping[str, str],
               cwd: Path) -> Proc:
+        if self.cgroup is not None:
+            argv = self.cgroup.wrap(kind, argv)
         read_fd, write_fd = os.pipe()
         try:
             popen = subprocess.Popen(
@@ -285,6 +291,14 @@ class Processes:
                     total_kb += int(line.split()[1])
         return math.ceil(total_kb / 1024)
 
+    def cpu_times(self) -> CpuTimes:
+        """CPU used so far (user + sys) by the runtime's and the extensions' processes:
+        the cgroups' accounting, else the group leaders' and their reaped children's."""
+        if self.cgroup is not None:
+            return self.cgroup.usage()
+        return CpuTimes(proc_cpu_ms(p.pid for p in self.of_kind("runtime")),
+                        proc_cpu_ms(p.pid for p in self.of_kind("extension")))
+
     def settle(self, timeout_s: float) -> None:
         """Wait (bounded) until every process's output written so far is in the stream."""
         deadline = time.monotonic() + timeout_s
@@ -300,6 +314,9 @@ class Processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(max(0.0, deadline - time.monotonic()))
             proc.pump.join(max(0.0, deadline - time.monotonic()))
+        if self.cgroup is not None:
+            # Also kills what escaped the process groups (a forked daemon with setsid).
+            self.cgroup.remove()
 
 
 def _stat_fields(pid: int) -> list[str] | None:

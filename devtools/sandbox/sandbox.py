@@ -14,12 +14,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TextIO, TypeVar
 
 from devtools.sandbox.apiserver import LambdaApiServer, tracing
+from devtools.sandbox.cgroup import CpuTimes, EnvironmentCgroup, vcpus_for_memory, warn_once
 from devtools.sandbox.environment import (
     Layout,
     Proc,
@@ -79,6 +80,14 @@ class InvokeResult:
     started_ms: int  # epoch ms when the invoke started
     deadline_ms: int  # epoch ms, the deadline the runtime and extensions were given
     reset: ShutdownResult | None = None
+    # CPU (user + sys) the environment's processes used since the previous invoke ended
+    cpu_runtime_ms: float = 0.0
+    cpu_extensions_ms: float = 0.0
+    cpu_quota_vcpus: float | None = None  # None: the environment ran without a quota
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu_runtime_ms + self.cpu_extensions_ms
 
 
 @dataclass
@@ -90,6 +99,7 @@ class _Live:
     hub: TelemetryHub
     init_ms: float = 0.0
     report_init: bool = True  # the next REPORT carries Init Duration
+    cpu_mark: CpuTimes = field(default_factory=CpuTimes)  # CPU used up to the end of the last phase
 
 
 class Sandbox:
@@ -103,7 +113,8 @@ class Sandbox:
         layers: Iterable[Path] = (),
         env: Mapping[str, str] | None = None,
         function_name: str = "kafka-relay-sandbox",
-        memory_mb: int = 256,
+        memory_mb: int | None = None,
+        cpu_quota: bool | float | None = None,
         timeout_s: float = 30.0,
         init_timeout_s: float = 10.0,
         shutdown_budget_ms: int = 2000,
@@ -126,7 +137,8 @@ class Sandbox:
             raise SandboxError("timeout_s and init_timeout_s must be > 0, shutdown_budget_ms >= 0")
         self.handler = handler
         self.function_name = function_name
-        self.memory_mb = memory_mb
+        self.memory_mb = 256 if memory_mb is None else memory_mb
+        self.cpu_vcpus = resolve_cpu_quota(memory_mb, cpu_quota)
         self.timeout_s = timeout_s
         self.init_timeout_s = init_timeout_s
         self.shutdown_budget_ms = shutdown_budget_ms
@@ -234,6 +246,17 @@ class Sandbox:
         """Live pids of the running environment (extensions, runtime and their forks)."""
         return self._live.procs.pids() if self._live is not None else []
 
+    @property
+    def cgroup(self) -> EnvironmentCgroup | None:
+        """The running environment's cgroup (None: not running, or none could be made)."""
+        return self._live.procs.cgroup if self._live is not None else None
+
+    @property
+    def quota_vcpus(self) -> float | None:
+        """The CPU quota the running environment has, in vCPUs; None when unthrottled."""
+        group = self.cgroup
+        return group.vcpus if group is not None else None
+
     def extension_names(self) -> list[str]:
         """Names the running environment's extensions registered with."""
         if self._live is None:
@@ -295,7 +318,8 @@ class Sandbox:
         tmp_dir.mkdir()
         hub = TelemetryHub()
         state = EnvState(self._generation, self._cond, hub, self.function_name, self.handler)
-        live = _Live(state, Processes(self._cond, on_line=self._process_line(hub)), hub)
+        live = _Live(state, Processes(self._cond, on_line=self._process_line(hub),
+                                      cgroup=self._cgroup()), hub)
         with self._cond:
             server.env = state
         self._live = live
@@ -336,6 +360,7 @@ class Sandbox:
             self._teardown("failure")
             raise
         live.init_ms = (time.monotonic() - started) * 1000
+        live.cpu_mark = live.procs.cpu_times()
         hub.emit("platform", "platform.initRuntimeDone",
                  {"initializationType": "on-demand", "phase": "init", "status": "success"})
         hub.emit("platform", "platform.initReport", {
@@ -478,12 +503,18 @@ class Sandbox:
         billed_ms = math.ceil(duration_ms)
         live.procs.settle(_SETTLE_S)
         max_memory_mb = live.procs.max_memory_mb()
+        cpu_now = live.procs.cpu_times()
+        cpu, live.cpu_mark = cpu_now - live.cpu_mark, cpu_now
+        quota = self.quota_vcpus
         init_ms = live.init_ms if live.report_init else None
         live.report_init = False
         fields = [f"Duration: {duration_ms:.2f} ms", f"Billed Duration: {billed_ms} ms",
                   f"Memory Size: {self.memory_mb} MB", f"Max Memory Used: {max_memory_mb} MB"]
         if init_ms is not None:
             fields.append(f"Init Duration: {init_ms:.2f} ms")
+        # Not Lambda's: what the sandbox enforced and measured (log parsers skip them).
+        fields += [f"CPU Quota: {quota:.3f} vCPU" if quota is not None else "CPU Quota: none",
+                   f"CPU Time: {cpu.total_ms:.2f} ms"]
         if outcome == "timeout":
             fields.append("Status: timeout")
         elif failure_type is not None:
@@ -509,7 +540,8 @@ class Sandbox:
             raw_payload=payload_bytes, error=error, caller_ms=runtime_ms, runtime_ms=runtime_ms,
             post_runtime_ms=post_runtime_ms, duration_ms=duration_ms, billed_ms=billed_ms,
             init_ms=init_ms, max_memory_mb=max_memory_mb, started_ms=invocation.started_wall_ms,
-            deadline_ms=invocation.deadline_ms, reset=reset)
+            deadline_ms=invocation.deadline_ms, reset=reset, cpu_runtime_ms=cpu.runtime_ms,
+            cpu_extensions_ms=cpu.extensions_ms, cpu_quota_vcpus=quota)
 
     @staticmethod
     def _failure_type(live: _Live, outcome: str) -> str | None:
@@ -600,6 +632,15 @@ class Sandbox:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _cgroup(self) -> EnvironmentCgroup | None:
+        """A cgroup for a new environment: the quota, and CPU accounting either way."""
+        group = EnvironmentCgroup.create(self.cpu_vcpus)
+        if isinstance(group, str):
+            if self.cpu_vcpus is not None:
+                warn_once(group)
+            return None
+        return group
+
     def _opened(self) -> tuple[Layout, LambdaApiServer]:
         if self._layout is None or self._server is None:
             raise SandboxError("the sandbox is not open: use it as a context manager or call "
@@ -633,6 +674,23 @@ class Sandbox:
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
+
+
+def resolve_cpu_quota(memory_mb: int | None, cpu_quota: bool | float | None) -> float | None:
+    """The vCPUs an environment gets, None for no quota: ``True`` derives them from the
+    memory as Lambda does, a number sets them, ``False`` is none; ``None`` (the default)
+    applies the quota only when ``memory_mb`` was given — a sandbox that states its
+    memory size wants Lambda's CPU for it, tests that do not run at full speed."""
+    if cpu_quota is None:
+        cpu_quota = memory_mb is not None
+    if cpu_quota is False:
+        return None
+    if cpu_quota is True:
+        return vcpus_for_memory(256 if memory_mb is None else memory_mb)
+    if cpu_quota <= 0:
+        raise SandboxError(f"cpu_quota must be a positive number of vCPUs, True or False; "
+                           f"got {cpu_quota!r}")
+    return float(cpu_quota)
 
 
 def _trace_id() -> str:

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from devtools.sandbox import Sandbox, SandboxInitError
+from devtools.sandbox import Sandbox, SandboxError, SandboxInitError, cgroup
 from devtools.sandbox.__main__ import main as sandbox_cli
+from devtools.sandbox.cgroup import EnvironmentCgroup, Hierarchies, quota_us, vcpus_for_memory
 from devtools.sandbox.environment import process_state
 from devtools.sandbox.telemetry import Destination, TelemetryHub, TelemetryRequestError
 
@@ -61,8 +63,8 @@ def make_sandbox() -> Iterator[MakeSandbox]:
 
     def make(*, probe: dict[str, Any] | None = None, layers: list[Path] | None = None,
              env: dict[str, str] | None = None, handler: str = HANDLER,
-             **options: Any) -> Sandbox:
-        sandbox = Sandbox(layers=[PROBE_LAYER] if layers is None else layers, function=FUNCTION,
+             function: Path = FUNCTION, **options: Any) -> Sandbox:
+        sandbox = Sandbox(layers=[PROBE_LAYER] if layers is None else layers, function=function,
                           handler=handler,
                           env={"SANDBOX_PROBE": json.dumps(probe or {}), **(env or {})},
                           **options)
@@ -468,3 +470,134 @@ def test_cli_exits_non_zero_when_an_invoke_fails() -> None:
                         "--event", '{"action": "fail"}'], out=out, err=io.StringIO())
     assert code == 1
     assert '"status": "error"' in out.getvalue()
+
+
+# -- CPU: Lambda's memory-proportional quota, and CPU time per invocation ------------------------
+
+_BURN = """
+import os, time
+
+def handler(event, context):
+    # Busy for the asked CPU time (not wall time: the quota stretches wall time).
+    until = time.process_time() + event.get("cpu_ms", 0) / 1000
+    while time.process_time() < until:
+        pass
+    with open("/proc/self/cgroup") as groups:
+        return {"pid": os.getpid(), "cgroup": groups.read()}
+"""
+
+
+@pytest.fixture
+def burn_function(tmp_path: Path) -> Path:
+    directory = tmp_path / "burn"
+    directory.mkdir()
+    (directory / "burn.py").write_text(_BURN)
+    return directory
+
+
+def _cgroups_available() -> EnvironmentCgroup:
+    group = EnvironmentCgroup.create(None, label="kafka-relay-sandbox-probe")
+    if isinstance(group, str):
+        pytest.skip(f"no CPU quota possible here: {group}")
+    assert group.remove()
+    return group
+
+
+def test_environment_runs_in_its_cgroup_under_the_memory_derived_cpu_quota(
+    make_sandbox: MakeSandbox, burn_function: Path,
+) -> None:
+    _cgroups_available()
+    sandbox = make_sandbox(function=burn_function, handler="burn.handler", memory_mb=512)
+    result = sandbox.invoke({})
+
+    group = sandbox.cgroup
+    assert group is not None
+    assert sandbox.quota_vcpus == result.cpu_quota_vcpus == pytest.approx(512 / 1769)
+    assert group.quota() == f"{quota_us(512 / 1769)} 100000"  # 28943 µs per 100 ms
+    # Every process of the environment (runtime, probe extension) is inside it, and the
+    # runtime saw itself there while running the handler.
+    pids = sandbox.pids()
+    assert len(pids) >= 2
+    assert set(pids) <= set(group.pids())
+    assert result.payload["pid"] in pids
+    assert group.name in result.payload["cgroup"]
+    assert report_fields(sandbox, result.request_id)["CPU Quota"] == "0.289 vCPU"
+
+    sandbox.shutdown("spindown")
+    assert sandbox.cgroup is None
+    assert group.pids() == []
+    assert not any((h / group.name).exists() for h in _hierarchy_roots())
+
+
+def _hierarchy_roots() -> list[Path]:
+    found = Hierarchies.find()
+    assert not isinstance(found, str)
+    return [found.cpu, found.accounting]
+
+
+def test_cpu_time_of_the_environment_is_measured_per_invocation(
+    make_sandbox: MakeSandbox, burn_function: Path,
+) -> None:
+    sandbox = make_sandbox(function=burn_function, handler="burn.handler")
+    idle = sandbox.invoke({})
+    busy = sandbox.invoke({"cpu_ms": 200})
+
+    assert busy.cpu_runtime_ms >= 190
+    assert idle.cpu_runtime_ms < busy.cpu_runtime_ms - 150
+    assert busy.cpu_ms == busy.cpu_runtime_ms + busy.cpu_extensions_ms
+    assert report_fields(sandbox, busy.request_id)["CPU Time"] == f"{busy.cpu_ms:.2f} ms"
+
+
+def test_quota_applies_only_where_memory_is_stated_unless_asked(
+    make_sandbox: MakeSandbox,
+) -> None:
+    _cgroups_available()
+    default = make_sandbox()
+    first = default.invoke({"action": "echo"})
+    assert first.cpu_quota_vcpus is None
+    assert report_fields(default, first.request_id)["CPU Quota"] == "none"
+    assert make_sandbox(memory_mb=1769, cpu_quota=False).cpu_vcpus is None
+    assert make_sandbox(cpu_quota=True).cpu_vcpus == pytest.approx(vcpus_for_memory(256))
+    assert make_sandbox(memory_mb=1769).cpu_vcpus == pytest.approx(1.0)
+    assert make_sandbox(cpu_quota=0.5).cpu_vcpus == 0.5
+    with pytest.raises(SandboxError, match="cpu_quota"):
+        make_sandbox(cpu_quota=0.0)
+
+
+def test_cgroup_hierarchies_are_found_on_v1_and_v2_hosts(tmp_path: Path) -> None:
+    unified = tmp_path / "unified"
+    unified.mkdir()
+    (unified / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    info = tmp_path / "mountinfo"
+    info.write_text(f"30 23 0:26 / {unified} rw,nosuid - cgroup2 cgroup2 rw\n")
+    assert Hierarchies.find(info) == Hierarchies(unified, True, unified, True)
+
+    info.write_text("31 23 0:27 / /cg/cpu rw - cgroup cgroup rw,cpu\n"
+                    "32 23 0:28 / /cg/cpuacct rw - cgroup cgroup rw,cpuacct\n")
+    assert Hierarchies.find(info) == Hierarchies(Path("/cg/cpu"), False,
+                                                 Path("/cg/cpuacct"), False)
+    info.write_text("33 23 0:29 / /cg/memory rw - cgroup cgroup rw,memory\n")
+    assert "no cgroup file system with the cpu controller" in str(Hierarchies.find(info))
+
+
+def test_without_cgroups_the_sandbox_runs_unthrottled_warns_once_and_still_measures_cpu(
+    make_sandbox: MakeSandbox, burn_function: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    no_cgroups = tmp_path / "mountinfo"
+    no_cgroups.write_text("22 1 0:21 / /proc rw - proc proc rw\n")
+    monkeypatch.setattr(cgroup, "_MOUNTINFO", no_cgroups)
+    monkeypatch.setattr(cgroup, "_warned", threading.Event())
+    first = make_sandbox(function=burn_function, handler="burn.handler", memory_mb=256)
+    second = make_sandbox(function=burn_function, handler="burn.handler", memory_mb=256)
+
+    busy = first.invoke({"cpu_ms": 200})
+    assert second.invoke({}).status == "success"
+
+    assert busy.status == "success"
+    assert busy.cpu_quota_vcpus is None
+    assert first.cgroup is None
+    assert report_fields(first, busy.request_id)["CPU Quota"] == "none"
+    assert busy.cpu_runtime_ms >= 180  # from /proc: clock ticks, 10 ms coarse
+    warnings = capsys.readouterr().err.count("WARNING: no CPU quota")
+    assert warnings == 1
