@@ -72,10 +72,38 @@ def test_a_single_spooled_file_can_be_replayed(tmp_path: Path) -> None:
     assert [r.id for r in batch.records] == [r.id for r in _records()]
 
 
-def test_a_file_that_is_not_a_spill_names_itself(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_spill_names_itself_and_its_lines(tmp_path: Path) -> None:
     (tmp_path / "bad.ndjson").write_text('{"topic": "t"}\n', encoding="utf-8")
-    with pytest.raises(ReplayError, match=r"bad\.ndjson is not a kafka-relay spill"):
-        list(read_spool(tmp_path))
+    (batch,) = read_spool(tmp_path)
+    assert batch.records == []
+    (line,) = batch.bad_lines
+    assert "bad.ndjson line 1: not a kafka-relay spill record (KeyError" in line
+
+
+def test_damaged_spool_lines_are_skipped_and_named_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    _spool_spiller(tmp_path)(_records(count=3), reason="x")
+    (file,) = (tmp_path / "spool").glob("*.ndjson")
+    good = file.read_bytes().splitlines()
+    bad_b64 = json.dumps({**json.loads(good[0]), "id": "bad", "value_b64": "!!not base64"})
+    file.write_bytes(b"\n".join([good[0], b"{cut mid-way", good[1], bad_b64.encode(),
+                                  b"\xff\xfe not utf-8", good[2]]) + b"\n")
+    (batch,) = read_spool(file)
+    assert [r.id for r in batch.records] == [r.id for r in _records(count=3)]
+    assert [line.split(":")[0] for line in batch.bad_lines] == [
+        f"{file} line 2", f"{file} line 4", f"{file} line 5"]
+
+
+def test_a_malformed_spill_log_line_is_skipped_and_the_others_are_read() -> None:
+    records = _records(count=2)
+    malformed = '{"event":"KAFKA_RELAY_SPILL","records":[{"topic":"t"}]}'
+    lines = [*spill_lines(records[:1], reason="x"), malformed,
+             *spill_lines(records[1:], reason="x")]
+    batch = read_log_lines(lines, origin="exported.log")
+    assert [r.id for r in batch.records] == [r.id for r in records]
+    (bad,) = batch.bad_lines
+    assert bad.startswith("exported.log line 2: a malformed KAFKA_RELAY_SPILL line")
 
 
 def test_a_missing_spool_directory_is_an_error_up_front(tmp_path: Path) -> None:
