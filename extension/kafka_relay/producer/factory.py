@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import PRODUCER_PREFIX, Config
-from kafka_relay.errors import ConfigError
+from kafka_relay.errors import AuthError, ConfigError
 from kafka_relay.producer.credentials import Credentials, from_config
 
 # Seed defaults kept: acks=all + idempotence (no duplicates from librdkafka's own
@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "socket.keepalive.enable": True,
     "reconnect.backoff.max.ms": 1000,
 }
+
+
+_CREDENTIAL_ERRORS = (KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION)
 
 
 def producer_settings(
@@ -85,4 +88,12 @@ class ProducerFactory:
         try:
             return Producer({**self.settings, **self._callbacks})
         except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.code() in _CREDENTIAL_ERRORS:
+                # An OAUTHBEARER token function is called (and waited for) right here.
+                raise AuthError(
+                    f"the Kafka producer could not get its credentials ({error.str()}): check "
+                    f"the token provider of KAFKA_SASL_MECHANISM={self.config.sasl_mechanism} "
+                    "and the function role's permissions"
+                ) from exc
             raise rejected_configuration(self.config, exc) from exc
