@@ -300,7 +300,7 @@ def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None
 def test_a_point_not_handed_over_is_sent_again_with_the_newer_points_of_its_token() -> None:
     prices = producer(RecordedApi(), max_markets=1)
     batch = prices.poll(log=quiet_log())
-    yes, no = tokens("253591")
+    yes, _no = tokens("253591")
     hours = [r["value"]["ts"] for r in batch.records if r["value"]["token_id"] == yes]
     lost = hours[3]
     batch.commit([not (r["value"]["token_id"] == yes and r["value"]["ts"] == lost)
