@@ -54,6 +54,7 @@ class FakeRelay:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # as the real server: no delayed-ACK stalls
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
