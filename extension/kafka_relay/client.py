@@ -290,6 +290,8 @@ class RelayClient:
                 raise self._unavailable(exc) from exc  # nobody listens: nothing was taken
             except (http.client.HTTPException, OSError) as exc:
                 self._release(conn, reuse=False)
+                # After a freeze every idle connection is likely dead too: retry on a new one.
+                self.close()
                 failure = exc
                 continue
             self._release(conn, reuse=not response.will_close)

@@ -3,6 +3,8 @@ time from the invocation, back-off on 429, clear errors, no interleaving between
 
 from __future__ import annotations
 
+import http.client
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 
 from devtools.kafka_broker import free_port
-from kafka_relay.client import RelayClient, SendResult
+from kafka_relay.client import _MAX_IDLE, RelayClient, SendResult
 from kafka_relay.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     RelayBusy,
@@ -61,6 +63,19 @@ def test_a_read_timeout_is_retried_with_the_same_idempotency_key() -> None:
         keys = _keys(relay.records_requests())
     assert len(keys) == 2
     assert keys[0] == keys[1]
+
+
+def test_connections_that_died_while_frozen_are_replaced_not_counted_as_unavailable() -> None:
+    with fake_relay(lambda seen, _i: accept(seen)) as relay:
+        client = RelayClient(env={}, port=relay.port)
+        for _ in range(_MAX_IDLE):  # kept-alive connections whose peer went away
+            ours, theirs = socket.socketpair()
+            theirs.close()
+            stale = http.client.HTTPConnection("127.0.0.1", relay.port)
+            stale.sock = ours
+            client._idle.append(stale)
+        assert client.send(RECORDS).accepted == 3
+        assert len(relay.records_requests()) == 1
 
 
 def test_every_logical_request_has_its_own_key_and_batches_of_a_send_too() -> None:
