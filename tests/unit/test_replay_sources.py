@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Producer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from devtools.kafka_broker import free_port
 from kafka_relay.config import Config, load_config
 from kafka_relay.deadletter.replay import (
     ProducerLike,
     ReplayError,
+    ReplayReport,
+    _produce,
     destination,
     main,
     parse_s3_url,
@@ -236,3 +244,45 @@ def test_s3_urls_split_into_bucket_and_prefix() -> None:
     assert parse_s3_url("s3://spills") == ("spills", "")
     with pytest.raises(ReplayError, match="s3://bucket/prefix"):
         parse_s3_url("s3:///prefix")
+
+
+_NAMES = st.one_of(st.text(max_size=8), st.sampled_from(["\ud800", "a\udfff", "ok"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(header_name=_NAMES, topic=_NAMES.filter(bool),
+       timestamp=st.one_of(st.none(), st.integers(min_value=-(2**70), max_value=2**70)))
+def test_replay_queues_or_reports_any_record_and_never_crashes_the_producer(
+    kafka_producer_offline: Producer, header_name: str, topic: str, timestamp: int | None
+) -> None:
+    record = Record(id="env1-1", topic=topic, key=b"k", value=b"v",
+                    headers=((header_name, b"v"),), timestamp_ms=timestamp)
+    report = ReplayReport()
+    taken: list[str] = []
+
+    class Recording:  # the real producer, noting each produce() that returned normally
+        def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+            kafka_producer_offline.produce(topic, *args, **kwargs)
+            taken.append(topic)
+
+        def poll(self, timeout: float = 0) -> int:
+            return kafka_producer_offline.poll(timeout)
+
+        def flush(self, timeout: float = 0) -> int:
+            return kafka_producer_offline.flush(timeout)
+
+    _produce(Recording(), record, topic, record.kafka_headers(), report,
+             on_delivery=lambda _err, _msg: None)
+    # each record is either queued or skipped with a reason; nothing raises, nothing crashes
+    assert (len(taken), report.failed) in ((1, 0), (0, 1)), report
+    if report.failed:
+        assert report.failures[0].startswith("env1-1 → ")
+
+
+@pytest.fixture(scope="module")
+def kafka_producer_offline() -> Iterator[Producer]:
+    """A real producer that never reaches a broker: produce() only queues."""
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}",
+                         "log_level": 0})
+    yield producer
+    producer.purge()
