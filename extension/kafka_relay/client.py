@@ -238,7 +238,7 @@ class RelayClient:
             status, reply, headers = self._exchange(
                 "POST", path, body, deadline, {IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
             if status != 429:
-                return self._expect(status, reply, 200 if wait else 202)
+                return _expect(status, reply, 200 if wait else 202)
             pause = max(backoff, _retry_after_s(reply, headers))
             if self._clock() + pause > deadline:
                 raise RelayBusy(
@@ -254,7 +254,7 @@ class RelayClient:
     def _call(self, method: str, path: str, body: bytes | None, wanted: int) -> dict[str, Any]:
         deadline = self._clock() + self._budget_s()
         status, reply, _ = self._exchange(method, path, body, deadline, {}, long_wait=True)
-        return self._expect(status, reply, wanted)
+        return _expect(status, reply, wanted)
 
     def _exchange(
         self,
@@ -286,8 +286,8 @@ class RelayClient:
                 response = conn.getresponse()
                 data = response.read()
             except ConnectionRefusedError as exc:
-                self._release(conn, reuse=False)
-                raise self._unavailable(exc) from exc  # nobody listens: nothing was taken
+                self._release(conn, reuse=False)  # nobody listens: nothing was taken
+                raise _unavailable(self.host, self.port, exc) from exc
             except (http.client.HTTPException, OSError) as exc:
                 self._release(conn, reuse=False)
                 # After a freeze every idle connection is likely dead too: retry on a new one.
@@ -303,7 +303,7 @@ class RelayClient:
                 "may or may not have been accepted: give the function more time or send less "
                 "per call"
             )
-        raise self._unavailable(failure)
+        raise _unavailable(self.host, self.port, failure)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -320,39 +320,6 @@ class RelayClient:
                     self._idle.append(conn)
                     return
         conn.close()
-
-    def _unavailable(self, exc: BaseException) -> RelayUnavailable:
-        return RelayUnavailable(
-            f"no kafka-relay extension answers on {self.host}:{self.port} ({exc}): attach the "
-            "kafka-relay layer to this function (its extensions/kafka-relay must be in the "
-            f"layer), check the extension's init logs, and keep {PORT_ENV} the same for "
-            f"function and extension; or set {FALLBACK_ENV}={FALLBACK_DIRECT}"
-        )
-
-    def _expect(self, status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
-        if status == wanted:
-            return reply
-        error = reply.get("error", reply)
-        if status == 400:
-            raise RecordRejected(
-                f"kafka-relay rejected the request, nothing in it was accepted: "
-                f"{reply.get('reasons') or error}",
-                list(reply.get("reasons") or []),
-            )
-        if status == 401:
-            raise RelayError(
-                f"kafka-relay refused this client's token ({error}): the client sends "
-                f"{TOKEN_ENV} (else {SESSION_TOKEN_ENV}) in {TOKEN_HEADER}; give the function "
-                f"and the extension the same {TOKEN_ENV}, or unset it on both"
-            )
-        if status == 503:
-            raise RelayShuttingDown(
-                f"kafka-relay is shutting down and accepts no more records ({error}); the "
-                "records were NOT accepted: send them again in the next invocation"
-            )
-        if status == 429:
-            raise RelayBusy(f"kafka-relay is busy ({error}); retry later")
-        raise RelayError(f"kafka-relay answered {status}: {error}")
 
     # -- direct fallback ------------------------------------------------------------------
 
@@ -375,6 +342,40 @@ class RelayClient:
             outcomes=outcomes + produced,
             failed=failed,
         )
+
+
+def _unavailable(host: str, port: int, exc: BaseException) -> RelayUnavailable:
+    return RelayUnavailable(
+        f"no kafka-relay extension answers on {host}:{port} ({exc}): attach the "
+        "kafka-relay layer to this function (its extensions/kafka-relay must be in the "
+        f"layer), check the extension's init logs, and keep {PORT_ENV} the same for "
+        f"function and extension; or set {FALLBACK_ENV}={FALLBACK_DIRECT}"
+    )
+
+def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
+    if status == wanted:
+        return reply
+    error = reply.get("error", reply)
+    if status == 400:
+        raise RecordRejected(
+            f"kafka-relay rejected the request, nothing in it was accepted: "
+            f"{reply.get('reasons') or error}",
+            list(reply.get("reasons") or []),
+        )
+    if status == 401:
+        raise RelayError(
+            f"kafka-relay refused this client's token ({error}): the client sends "
+            f"{TOKEN_ENV} (else {SESSION_TOKEN_ENV}) in {TOKEN_HEADER}; give the function "
+            f"and the extension the same {TOKEN_ENV}, or unset it on both"
+        )
+    if status == 503:
+        raise RelayShuttingDown(
+            f"kafka-relay is shutting down and accepts no more records ({error}); the "
+            "records were NOT accepted: send them again in the next invocation"
+        )
+    if status == 429:
+        raise RelayBusy(f"kafka-relay is busy ({error}); retry later")
+    raise RelayError(f"kafka-relay answered {status}: {error}")
 
 
 def _set_timeout(conn: http.client.HTTPConnection, timeout: float) -> None:
