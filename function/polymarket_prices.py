@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,7 +283,7 @@ class PolymarketProducer:
         log.info("markets.listed", markets=len(listing.markets), pages=listing.pages,
                  errors=len(listing.errors))
         batch = Batch(records=[], errors=listing.errors)
-        newest: dict[str, int] = {}
+        points_sent: list[tuple[str, int]] = []  # (token, t) of each record, in order
         pending = [(market, outcome) for market in listing.markets for outcome in market.outcomes]
         for index, (market, outcome) in enumerate(pending):
             if deadline.passed():
@@ -313,9 +313,21 @@ class PolymarketProducer:
                         "source": source,
                     },
                 })
-                newest[outcome.token_id] = t
+                points_sent.append((outcome.token_id, t))
 
-        def commit() -> None:
+        def commit(accepted: Sequence[bool] | None = None, /) -> None:
+            # A token's points go oldest first: remember the newest one before its first
+            # point that was not handed over, so that point is sent again next run.
+            oks = [True] * len(points_sent) if accepted is None else accepted
+            newest: dict[str, int] = {}
+            stopped: set[str] = set()
+            for (token_id, t), ok in zip(points_sent, oks, strict=True):
+                if token_id in stopped:
+                    continue
+                if ok:
+                    newest[token_id] = t
+                else:
+                    stopped.add(token_id)
             for token_id, t in newest.items():
                 self.last_sent.put(token_id, t)
 

@@ -363,20 +363,30 @@ class JsonLog:
 # -- hand-off ---------------------------------------------------------------------------
 
 
+class Commit(Protocol):
+    def __call__(self, accepted: Sequence[bool] | None = None, /) -> None:
+        """Remember what was handed over: ``accepted[i]`` for ``records[i]`` (None: all)."""
+
+
+def _commit_nothing(accepted: Sequence[bool] | None = None, /) -> None:
+    return None
+
+
 @dataclass
 class Batch:
     """One run's records, what was counted on the way, and how to remember them once sent.
 
-    ``commit`` updates the warm environment's state (validators, seen keys, last points). It
-    runs only after the relay accepted the records: were it to run first, a failed hand-off
-    would make the next run skip what was never sent.
+    ``commit`` updates the warm environment's state (validators, seen keys, last points) for
+    the records the relay took (or delivered) only. It runs after the hand-off: were it to
+    run first, or to remember a record that failed, the next run would skip what was never
+    sent.
     """
 
     records: list[dict[str, Any]]
     fetched: int = 0
     skipped_duplicates: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
-    commit: Callable[[], None] = lambda: None
+    commit: Commit = _commit_nothing
 
 
 class Accepted(Protocol):
@@ -387,6 +397,11 @@ class Accepted(Protocol):
 
     @property
     def outcomes(self) -> list[dict[str, Any]] | None: ...
+
+    @property
+    def failed(self) -> int: ...
+
+    def accepted_mask(self) -> list[bool]: ...
 
 
 class Send(Protocol):
@@ -399,10 +414,13 @@ class Poll(Protocol):
     def __call__(self, *, log: JsonLog, deadline: Deadline) -> Batch: ...
 
 
-def summarise(batch: Batch, *, sent: int, outcomes: list[dict[str, Any]] | None) -> dict[str, Any]:
+def summarise(
+    batch: Batch, *, sent: int, outcomes: list[dict[str, Any]] | None, failed: int = 0
+) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "fetched": batch.fetched,
         "sent": sent,
+        "failed": failed,  # not delivered (direct fallback): sent again by the next run
         "skipped_duplicates": batch.skipped_duplicates,
         "errors": batch.errors,
     }
@@ -418,8 +436,9 @@ def deliver(batch: Batch, *, send: Send, wait: bool, log: JsonLog) -> dict[str, 
     A failed hand-off is logged with the counts and re-raised: the invocation fails, state is
     not committed, and Lambda's retry of the scheduled event fetches the same records again.
     """
-    sent = 0
+    sent = failed = 0
     outcomes: list[dict[str, Any]] | None = [] if wait else None
+    accepted: list[bool] = []
     if batch.records:
         try:
             result = send(batch.records, wait=wait)
@@ -431,8 +450,20 @@ def deliver(batch: Batch, *, send: Send, wait: bool, log: JsonLog) -> dict[str, 
             )
             raise
         sent, outcomes = result.accepted, result.outcomes if wait else None
-    batch.commit()
-    summary = summarise(batch, sent=sent, outcomes=outcomes)
+        accepted = result.accepted_mask()
+        if len(accepted) != len(batch.records):
+            raise RuntimeError(f"the relay answered for {len(accepted)} of "
+                               f"{len(batch.records)} records")
+        failed = accepted.count(False)
+        if failed:
+            batch.errors.append(error_entry(
+                "kafka-relay", "not_delivered",
+                f"{failed} of {len(batch.records)} records were not delivered; they are not "
+                "remembered, so the next run sends them again",
+                records=failed,
+            ))
+    batch.commit(accepted)
+    summary = summarise(batch, sent=sent, outcomes=outcomes, failed=failed)
     log.log("WARNING" if batch.errors else "INFO", "run.summary", **summary)
     return summary
 

@@ -33,7 +33,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -436,6 +436,7 @@ class RssProducer:
         fetched_at = iso_utc(self._clock())
         batch = Batch(records=[])
         sightings: dict[Seen, None] = {}  # feed order (newest first); committed reversed
+        sent: list[Seen] = []  # the identity of each record, in batch.records order
         new_validators: dict[str, Validators] = {}
         for url in self.config.feed_urls:
             if deadline.passed():
@@ -456,15 +457,23 @@ class RssProducer:
                     batch.records.append(
                         {"topic": self.config.topic, "key": item.key, "value": item.value}
                     )
+                    sent.append(ident)
                     new += 1
                 sightings[ident] = None
             log.info("feed.fetched", source=url, entries=len(items), new=new)
 
-        def commit() -> None:
-            self.state.validators.update(new_validators)
+        def commit(accepted: Sequence[bool] | None = None, /) -> None:
+            lost = set() if accepted is None else {
+                ident for ident, ok in zip(sent, accepted, strict=True) if not ok}
+            # A feed with an entry not handed over keeps its old validators: a 304 next
+            # time would hide that entry.
+            lost_feeds = {url for url, _ in lost}
+            self.state.validators.update(
+                {url: v for url, v in new_validators.items() if url not in lost_feeds})
             # Re-sighted entries are refreshed too, so items still in a feed stay remembered.
             for ident in reversed(sightings):
-                self.state.seen.put(ident, None)
+                if ident not in lost:
+                    self.state.seen.put(ident, None)
             if self.config.state_path is not None:
                 try:
                     self.state.write(self.config.state_path)

@@ -58,7 +58,7 @@ def empty(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _new_producer() -> Producer:
     from confluent_kafka import Producer  # noqa: PLC0415 - see the module docstring
 
-    from kafka_relay.producer.settings import DEFAULTS  # noqa: PLC0415 - the same defaults
+    from kafka_relay.producer.factory import DEFAULTS  # noqa: PLC0415 - the same defaults
 
     return Producer({**DEFAULTS, "bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"]})
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import DeliveryEngine
-from kafka_relay.errors import AuthError, ConfigError, RelayError
+from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.api import ExtensionsApi
@@ -21,7 +21,7 @@ from kafka_relay.lifecycle.loop import EventLoop
 from kafka_relay.lifecycle.telemetry import TelemetryListener
 from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
-from kafka_relay.producer.settings import producer_settings, resolve_credentials
+from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.record import IdSource
 from kafka_relay.relay_listener import RelayListener
 from kafka_relay.spill.sinks import SpillChain
@@ -42,16 +42,8 @@ class Parts:
         return EventLoop(self.listener, self.config, self.logger, api=api)
 
 
-def _bad_property_message(config: Config, exc: KafkaException) -> str:
-    names = ", ".join(f"KAFKA_PRODUCER_{p.upper().replace('.', '_')}"
-                      for p in config.producer_overrides) or "none set"
-    return (f"the Kafka producer rejected its configuration ({exc.args[0]}); check the "
-            f"KAFKA_PRODUCER_* variables ({names}) against librdkafka's producer properties")
-
-
 def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = None) -> Parts:
     """Everything but the event loop. Without ``api`` (tests) there is no telemetry."""
-    settings = producer_settings(config, resolve_credentials(config))
     auth_errors: list[KafkaError] = []
 
     def on_client_error(error: KafkaError) -> None:
@@ -59,16 +51,11 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
             auth_errors.append(error)
         relay.on_client_error(error)
 
-    librdkafka = librdkafka_logger(logger)
-
-    def make_producer() -> Producer:
-        return Producer({**settings, "error_cb": on_client_error, "logger": librdkafka})
-
+    # A configuration librdkafka refuses is a ConfigError from the factory.
+    make_producer = ProducerFactory(config, error_cb=on_client_error,
+                                    logger=librdkafka_logger(logger))
     spill = SpillChain.from_config(config, logger)
-    try:
-        relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger)
-    except KafkaException as exc:
-        raise ConfigError(_bad_property_message(config, exc)) from exc
+    relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger)
     relay.start()
     try:
         _probe(relay, auth_errors, config, logger)

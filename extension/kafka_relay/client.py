@@ -7,21 +7,37 @@
         client.send([{"key": "k1", "value": {"any": "json"}}])   # topic defaults to KAFKA_TOPIC
         return {"ok": True}
 
-One keep-alive connection to 127.0.0.1:$KAFKA_RELAY_PORT is reused across
-invocations. ``send`` returns once the extension owns the records (202);
-``send(..., wait=True)`` returns per-record outcomes (delivered /
-dead_lettered / spilled). When the buffer is full the client backs off and
-retries within the invocation's remaining time, then raises ``RelayBusy``.
+``send`` returns once the extension owns the records (202); ``send(..., wait=True)``
+returns per-record outcomes (delivered / dead_lettered / spilled / pending).
+
+- Time: every call gets the invocation's remaining time (``get_remaining_time_in_millis`` of
+  the context given to ``relay_handler`` / ``invocation`` / ``begin``) minus a margin, or
+  ``timeout_s`` outside an invocation; ``wait=True`` tells the extension how long it may wait.
+- Retries cannot duplicate: each batch is one logical request with its own idempotency key,
+  re-sent with the same key after a reset connection or a read timeout; the extension answers
+  a repeat with its first answer (same ids).
+- 429 (buffer full): back off, honouring Retry-After, within the remaining time, then
+  ``RelayBusy``. 503 (shutting down): ``RelayShuttingDown``. 401: the token is wrong.
+- Thread-safe: one client (and the process-wide default) may be shared by threads. Each
+  request takes a kept-alive connection from a small pool, so threads never interleave on a
+  connection and do not queue behind each other (see the README for the measurement).
+  The invocation context (request id, remaining time) is per client, not per thread.
+- ``KAFKA_RELAY_FALLBACK=direct``: batches the extension did not take because none answers
+  are produced in-process by ``kafka_relay.direct`` (loaded only then: it needs
+  confluent-kafka); see ``SendResult`` for what is reported.
 """
 
 from __future__ import annotations
 
 import functools
 import http.client
+import importlib
 import json
 import os
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,33 +45,75 @@ from typing import Any, TypeVar
 
 from kafka_relay.protocol import (
     DEFAULT_PORT,
+    FALLBACK_DIRECT,
+    FALLBACK_ENV,
+    FLUSH_PATH,
+    IDEMPOTENCY_KEY_HEADER,
+    INVOCATION_END_PATH,
+    JSON_TYPE,
+    PORT_ENV,
+    RECORDS_PATH,
     REQUEST_ID_HEADER,
+    RETRY_AFTER_HEADER,
+    SESSION_TOKEN_ENV,
+    STATUS_PATH,
+    TIMEOUT_PARAM,
+    TOKEN_ENV,
     TOKEN_HEADER,
+    WAIT_DELIVERED,
+    WAIT_PARAM,
+    Outcome,
     RecordRejected,
     RelayBusy,
     RelayError,
+    RelayShuttingDown,
     RelayUnavailable,
 )
 
-__all__ = ["RecordRejected", "RelayBusy", "RelayClient", "RelayError", "RelayUnavailable",
-           "SendResult", "default_client", "flush", "invocation", "invocation_end",
-           "relay_handler", "send", "send_one", "status"]
+__all__ = ["RecordRejected", "RelayBusy", "RelayClient", "RelayError", "RelayShuttingDown",
+           "RelayUnavailable", "SendResult", "default_client", "flush", "invocation",
+           "invocation_end", "relay_handler", "send", "send_one", "status"]
 
 _BATCH = 1000
-_DEFAULT_TIMEOUT_S = 30.0
+_DEFAULT_TIMEOUT_S = 30.0  # per call, outside an invocation
+_ATTEMPT_TIMEOUT_S = 10.0  # one try of a call that does not wait (a 202 takes milliseconds)
+_MARGIN_S = 0.2  # kept back from the invocation's remaining time to return the result
+_REPLY_MARGIN_S = 0.25  # wait=True: the extension answers this long before we stop reading
+_MAX_ATTEMPTS = 3  # tries of one request after transport failures (same idempotency key)
 _MAX_BACKOFF_S = 2.0
+_MAX_IDLE = 8  # kept-alive connections kept per client
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class SendResult:
+    """What became of the records of one ``send``.
+
+    accepted  records the extension took (answered 202/200) plus records the direct fallback
+              got delivered. A record that failed is never counted here.
+    ids       one ``x-relay-id`` per record, in the order given.
+    outcomes  one ``{"id", "outcome", "error"?}`` per record, in order, when known: with
+              ``wait=True``, or when the direct fallback produced some batches (records the
+              extension had already taken are then ``pending``: it owns them). Else None:
+              every record was taken by the extension.
+    failed    records the direct fallback could NOT deliver (outcome ``failed``): the caller
+              still owns them and should send them again.
+    """
+
     accepted: int
     ids: list[str]
     outcomes: list[dict[str, Any]] | None = None
+    failed: int = 0
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes or [] if o.get("outcome") == outcome)
+
+    def accepted_mask(self) -> list[bool]:
+        """Per record, in order: taken by the extension or delivered (not failed)."""
+        if self.outcomes is None:
+            return [True] * len(self.ids)
+        return [o.get("outcome") != Outcome.FAILED.value for o in self.outcomes]
 
 
 class RelayClient:
@@ -67,55 +125,60 @@ class RelayClient:
         port: int | None = None,
         token: str | None = None,
         timeout_s: float = _DEFAULT_TIMEOUT_S,
+        attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        new_key: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         env = os.environ if env is None else env
         self.host = host
-        self.port = port or int(env.get("KAFKA_RELAY_PORT") or DEFAULT_PORT)
-        self._token = token or env.get("KAFKA_RELAY_TOKEN") or env.get("AWS_SESSION_TOKEN")
-        self._fallback = (env.get("KAFKA_RELAY_FALLBACK") or "").strip().lower() == "direct"
+        self.port = port or int(env.get(PORT_ENV) or DEFAULT_PORT)
+        self._token = token or env.get(TOKEN_ENV) or env.get(SESSION_TOKEN_ENV)
+        self._fallback = (env.get(FALLBACK_ENV) or "").strip().lower() == FALLBACK_DIRECT
         self._env = env
         self._timeout_s = timeout_s
+        self._attempt_timeout_s = attempt_timeout_s
         self._clock = clock
         self._sleep = sleep
-        self._conn: http.client.HTTPConnection | None = None
-        self._deadline: float | None = None
+        self._new_key = new_key
+        self._pool_lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
+        self._remaining_ms: Callable[[], float] | None = None
         self.request_id: str | None = None
 
     # -- invocation context -----------------------------------------------------------
 
     def begin(self, context: Any = None) -> None:
-        """Note the invocation's request id and deadline (from the Lambda context)."""
+        """Note the invocation's request id and remaining-time function (the Lambda context)."""
         self.request_id = getattr(context, "aws_request_id", None)
         remaining = getattr(context, "get_remaining_time_in_millis", None)
-        self._deadline = self._clock() + remaining() / 1000 if callable(remaining) else None
+        self._remaining_ms = remaining if callable(remaining) else None
 
-    def _remaining_s(self) -> float:
-        if self._deadline is None:
+    def _budget_s(self) -> float:
+        """Time one call may take: the invocation's remaining time minus a margin."""
+        if self._remaining_ms is None:
             return self._timeout_s
-        return max(0.0, self._deadline - self._clock() - 0.2)
+        return max(0.0, float(self._remaining_ms()) / 1000 - _MARGIN_S)
 
     # -- API ------------------------------------------------------------------------------
 
     def send(self, records: Iterable[Mapping[str, Any]], *, wait: bool = False) -> SendResult:
-        """Hand records over in batches; each batch is accepted whole or rejected whole."""
+        """Hand records over in batches of 1,000; each batch is accepted whole or not at all."""
         items = list(records)
-        if not items:
-            return SendResult(0, [], [] if wait else None)
         ids: list[str] = []
         outcomes: list[dict[str, Any]] = []
         for start in range(0, len(items), _BATCH):
-            body = json.dumps({"records": items[start:start + _BATCH]}).encode()
-            path = "/v1/records?wait=delivered" if wait else "/v1/records"
             try:
-                reply = self._post_records(path, body)
+                reply = self._post_records(items[start:start + _BATCH], wait=wait)
             except RelayUnavailable:
                 if not self._fallback:
                     raise
-                return self._direct(items)
-            ids.extend(reply.get("ids", []))
-            outcomes.extend(reply.get("outcomes", []))
+                # Only what the extension did not take; its ids stay as it answered.
+                return self._direct(items[start:], ids, outcomes)
+            batch_ids = [str(i) for i in reply.get("ids") or []]
+            ids += batch_ids
+            outcomes += reply.get("outcomes") or [
+                {"id": i, "outcome": Outcome.PENDING.value} for i in batch_ids]
         return SendResult(len(ids), ids, outcomes if wait else None)
 
     def send_one(
@@ -140,115 +203,218 @@ class RelayClient:
         return self.send([record], wait=wait)
 
     def flush(self, *, timeout_ms: int | None = None) -> dict[str, Any]:
-        path = "/v1/flush" + (f"?timeout_ms={timeout_ms}" if timeout_ms is not None else "")
-        status, reply, _ = self._call("POST", path, b"")
-        return self._expect(status, reply, 200)
+        query = f"?{TIMEOUT_PARAM}={timeout_ms}" if timeout_ms is not None else ""
+        return self._call("POST", FLUSH_PATH + query, b"", 200)
 
     def status(self) -> dict[str, Any]:
-        status, reply, _ = self._call("GET", "/v1/status", None)
-        return self._expect(status, reply, 200)
+        return self._call("GET", STATUS_PATH, None, 200)
 
     def invocation_end(self, request_id: str | None = None) -> None:
-        rid = request_id or self.request_id
-        body = json.dumps({"request_id": rid}).encode()
-        status, reply, _ = self._call("POST", "/v1/invocation/end", body)
-        self._expect(status, reply, 200)
+        body = json.dumps({"request_id": request_id or self.request_id}).encode()
+        self._call("POST", INVOCATION_END_PATH, body, 200)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the idle connections (ones in use close when their request ends)."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
-    # -- transport ------------------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------------
 
-    def _post_records(self, path: str, body: bytes) -> dict[str, Any]:
-        deadline = self._clock() + self._remaining_s()
+    def _post_records(self, batch: Sequence[Mapping[str, Any]], *, wait: bool) -> dict[str, Any]:
+        """One logical POST: one idempotency key for all its tries (a new one after a 429,
+        which took nothing)."""
+        body = json.dumps({"records": list(batch)}).encode()
+        deadline = self._clock() + self._budget_s()
+        key = self._new_key()
         backoff = 0.05
         while True:
-            status, reply, _ = self._call("POST", path, body)
+            path = RECORDS_PATH
+            if wait:
+                # The extension never needs the invocation's deadline: we say how long to wait.
+                wait_ms = int(max(0.0, deadline - self._clock() - _REPLY_MARGIN_S) * 1000)
+                path += f"?{WAIT_PARAM}={WAIT_DELIVERED}&{TIMEOUT_PARAM}={wait_ms}"
+            status, reply, headers = self._exchange(
+                "POST", path, body, deadline, {IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
             if status != 429:
-                return self._expect(status, reply, 200 if "wait=" in path else 202)
-            wait_s = max(backoff, float(reply.get("retry_after_ms") or 0) / 1000)
-            if self._clock() + wait_s > deadline:
+                return _expect(status, reply, 200 if wait else 202)
+            pause = max(backoff, _retry_after_s(reply, headers))
+            if self._clock() + pause > deadline:
                 raise RelayBusy(
-                    f"kafka-relay's buffer stayed full ({reply.get('error')}); the records were "
-                    "NOT accepted: retry later, send smaller batches, or raise "
-                    "KAFKA_RELAY_MAX_BUFFER_RECORDS/KAFKA_RELAY_MAX_BUFFER_BYTES"
+                    f"kafka-relay's buffer stayed full ({reply.get('error')}) for the time this "
+                    "invocation has left; the records were NOT accepted: retry later, send "
+                    "smaller batches, or raise KAFKA_RELAY_MAX_BUFFER_RECORDS/"
+                    "KAFKA_RELAY_MAX_BUFFER_BYTES"
                 )
-            self._sleep(min(wait_s, _MAX_BACKOFF_S))
+            self._sleep(min(pause, _MAX_BACKOFF_S))
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            key = self._new_key()
 
-    def _call(
-        self, method: str, path: str, body: bytes | None
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        headers = {"Content-Type": "application/json"}
+    def _call(self, method: str, path: str, body: bytes | None, wanted: int) -> dict[str, Any]:
+        deadline = self._clock() + self._budget_s()
+        status, reply, _ = self._exchange(method, path, body, deadline, {}, long_wait=True)
+        return _expect(status, reply, wanted)
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        deadline: float,
+        extra: Mapping[str, str],
+        *,
+        long_wait: bool,
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        """Send one request, re-sending it (same headers, same key) after a transport failure:
+        a kept-alive connection closed during a freeze, a reset, or a read timeout."""
+        headers = {"Content-Type": JSON_TYPE, **extra}
         if self._token:
             headers[TOKEN_HEADER] = self._token
         if self.request_id:
             headers[REQUEST_ID_HEADER] = self.request_id
-        # A kept-alive connection may have been closed while the sandbox was frozen:
-        # reconnect once before calling the extension unavailable.
-        for attempt in (1, 2):
-            conn = self._connection()
+        failure: BaseException | None = None
+        for _attempt in range(_MAX_ATTEMPTS):
+            left = deadline - self._clock()
+            if left <= 0:
+                break
+            conn = self._checkout()
             try:
+                timeout = left if long_wait else min(left, self._attempt_timeout_s)
+                _set_timeout(conn, timeout)
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
-                break
             except ConnectionRefusedError as exc:
-                self.close()
-                raise self._unavailable(exc) from exc
+                self._release(conn, reuse=False)  # nobody listens: nothing was taken
+                raise _unavailable(self.host, self.port, exc) from exc
             except (http.client.HTTPException, OSError) as exc:
+                self._release(conn, reuse=False)
+                # After a freeze every idle connection is likely dead too: retry on a new one.
                 self.close()
-                if attempt == 2:
-                    raise self._unavailable(exc) from exc
-        try:
-            reply = json.loads(data or b"{}")
-        except ValueError:
-            reply = {"error": data[:200].decode(errors="replace")}
-        return response.status, reply, dict(response.getheaders())
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            self._conn = http.client.HTTPConnection(
-                self.host, self.port, timeout=self._remaining_s() + 5
+                failure = exc
+                continue
+            self._release(conn, reuse=not response.will_close)
+            return response.status, _decode(data), dict(response.getheaders())
+        if failure is None or isinstance(failure, TimeoutError):
+            raise RelayError(
+                f"kafka-relay on {self.host}:{self.port} did not answer {method} {path} within "
+                f"the time this invocation has left ({failure or 'no time left'}); the request "
+                "may or may not have been accepted: give the function more time or send less "
+                "per call"
             )
-        return self._conn
+        raise _unavailable(self.host, self.port, failure)
 
-    def _unavailable(self, exc: BaseException) -> RelayUnavailable:
-        return RelayUnavailable(
-            f"no kafka-relay extension answers on {self.host}:{self.port} ({exc}): attach the "
-            "kafka-relay layer to this function (its extensions/kafka-relay must be in the "
-            "layer), check the extension's init logs, and keep KAFKA_RELAY_PORT the same for "
-            "function and extension; or set KAFKA_RELAY_FALLBACK=direct"
+    # -- connections ----------------------------------------------------------------------
+
+    def _checkout(self) -> http.client.HTTPConnection:
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()
+        return http.client.HTTPConnection(self.host, self.port)
+
+    def _release(self, conn: http.client.HTTPConnection, *, reuse: bool) -> None:
+        if reuse:
+            with self._pool_lock:
+                if len(self._idle) < _MAX_IDLE:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    # -- direct fallback ------------------------------------------------------------------
+
+    def _direct(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        ids: list[str],
+        outcomes: list[dict[str, Any]],
+    ) -> SendResult:
+        """Produce ``items`` in-process; ``ids``/``outcomes`` are what the extension took
+        (``pending`` where nobody waited for them: the extension owns them)."""
+        # Imported here, by name: it needs confluent-kafka, and the client stays stdlib-only.
+        direct = importlib.import_module("kafka_relay.direct")
+        produced: list[dict[str, Any]] = direct.produce(
+            items, env=self._env, request_id=self.request_id, timeout_s=self._budget_s())
+        failed = sum(1 for o in produced if o["outcome"] == Outcome.FAILED.value)
+        return SendResult(
+            accepted=len(ids) + len(produced) - failed,
+            ids=ids + [str(o["id"]) for o in produced],
+            outcomes=outcomes + produced,
+            failed=failed,
         )
 
-    @staticmethod
-    def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
-        if status == wanted:
-            return reply
-        if status == 400:
-            raise RecordRejected(
-                f"kafka-relay rejected the request: {reply.get('reasons')}",
-                list(reply.get("reasons") or []),
-            )
-        raise RelayError(f"kafka-relay answered {status}: {reply.get('error', reply)}")
 
-    def _direct(self, items: Sequence[Mapping[str, Any]]) -> SendResult:
-        from kafka_relay.fallback import produce_direct  # noqa: PLC0415 - needs confluent-kafka
+def _unavailable(host: str, port: int, exc: BaseException) -> RelayUnavailable:
+    return RelayUnavailable(
+        f"no kafka-relay extension answers on {host}:{port} ({exc}): attach the "
+        "kafka-relay layer to this function (its extensions/kafka-relay must be in the "
+        f"layer), check the extension's init logs, and keep {PORT_ENV} the same for "
+        f"function and extension; or set {FALLBACK_ENV}={FALLBACK_DIRECT}"
+    )
 
-        return produce_direct(items, env=self._env, request_id=self.request_id)
+def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
+    if status == wanted:
+        return reply
+    error = reply.get("error", reply)
+    if status == 400:
+        raise RecordRejected(
+            f"kafka-relay rejected the request, nothing in it was accepted: "
+            f"{reply.get('reasons') or error}",
+            list(reply.get("reasons") or []),
+        )
+    if status == 401:
+        raise RelayError(
+            f"kafka-relay refused this client's token ({error}): the client sends "
+            f"{TOKEN_ENV} (else {SESSION_TOKEN_ENV}) in {TOKEN_HEADER}; give the function "
+            f"and the extension the same {TOKEN_ENV}, or unset it on both"
+        )
+    if status == 503:
+        raise RelayShuttingDown(
+            f"kafka-relay is shutting down and accepts no more records ({error}); the "
+            "records were NOT accepted: send them again in the next invocation"
+        )
+    if status == 429:
+        raise RelayBusy(f"kafka-relay is busy ({error}); retry later")
+    raise RelayError(f"kafka-relay answered {status}: {error}")
+
+
+def _set_timeout(conn: http.client.HTTPConnection, timeout: float) -> None:
+    conn.timeout = timeout  # for the connect of a new connection
+    if conn.sock is not None:
+        conn.sock.settimeout(timeout)
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(data or b"{}")
+    except ValueError:
+        return {"error": data[:200].decode(errors="replace")}
+    return reply if isinstance(reply, dict) else {"error": str(reply)[:200]}
+
+
+def _retry_after_s(reply: Mapping[str, Any], headers: Mapping[str, str]) -> float:
+    try:
+        if reply.get("retry_after_ms") is not None:
+            return float(reply["retry_after_ms"]) / 1000
+        return float(headers.get(RETRY_AFTER_HEADER) or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 _default: RelayClient | None = None
+_default_lock = threading.Lock()
 
 
 def default_client() -> RelayClient:
-    """The process-wide client (created on first use, so the connection outlives invocations)."""
-    global _default  # noqa: PLW0603 - one keep-alive connection per process is the point
-    if _default is None:
-        _default = RelayClient()
-    return _default
+    """The process-wide client (created once, on first use, by whichever thread comes first)."""
+    global _default  # noqa: PLW0603 - one connection pool per process is the point
+    client = _default
+    if client is None:
+        with _default_lock:
+            if _default is None:
+                _default = RelayClient()
+            client = _default
+    return client
 
 
 def send(records: Iterable[Mapping[str, Any]], *, wait: bool = False) -> SendResult:

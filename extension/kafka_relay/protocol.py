@@ -11,6 +11,13 @@ from enum import Enum
 
 DEFAULT_PORT = 4195
 
+# -- environment variables both sides read --------------------------------------------
+PORT_ENV = "KAFKA_RELAY_PORT"
+TOKEN_ENV = "KAFKA_RELAY_TOKEN"
+SESSION_TOKEN_ENV = "AWS_SESSION_TOKEN"  # the token when KAFKA_RELAY_TOKEN is unset
+FALLBACK_ENV = "KAFKA_RELAY_FALLBACK"  # "direct": produce in-process when no extension answers
+FALLBACK_DIRECT = "direct"
+
 # -- routes ---------------------------------------------------------------------------
 RECORDS_PATH = "/v1/records"
 FLUSH_PATH = "/v1/flush"
@@ -28,6 +35,9 @@ IDEMPOTENCY_KEY_HEADER = "X-Kafka-Relay-Idempotency-Key"
 WAIT_PARAM = "wait"
 WAIT_DELIVERED = "delivered"
 TIMEOUT_PARAM = "timeout_ms"
+
+# -- response headers -----------------------------------------------------------------
+RETRY_AFTER_HEADER = "Retry-After"  # on 429/503, seconds (the body also has retry_after_ms)
 
 # -- media types ----------------------------------------------------------------------
 JSON_TYPE = "application/json"
@@ -91,3 +101,7 @@ class RecordRejected(RelayError):
 
 class RelayBusy(RelayError):
     """The extension's buffer stayed full (429) or it is shutting down (503); nothing accepted."""
+
+
+class RelayShuttingDown(RelayBusy):
+    """The extension is shutting down (503) and accepts no more records; nothing accepted."""

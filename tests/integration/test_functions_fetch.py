@@ -17,6 +17,7 @@ import rss_producer
 from awslambdaric.lambda_context import LambdaContext
 
 from devtools.fixture_server import FIXTURES, FixtureServer
+from devtools.kafka_broker import free_port
 from kafka_relay import client
 from polymarket_prices import PolymarketConfig, PolymarketProducer
 from producer_common import HttpSettings, JsonLog, retrying_session
@@ -249,7 +250,7 @@ def test_rss_handler_delivers_new_entries_keyed_by_guid_once(
     first = rss_producer.handler({}, context("req-1"))
     second = rss_producer.handler({}, context("req-2"))
     assert first == {
-        "fetched": 18, "sent": 17, "skipped_duplicates": 1, "errors": [],
+        "fetched": 18, "sent": 17, "failed": 0, "skipped_duplicates": 1, "errors": [],
         "delivered": 17, "dead_lettered": 0, "spilled": 0, "pending": 0,
     }
     assert (second["sent"], second["fetched"]) == (0, 0)  # all four feeds answered 304
@@ -275,3 +276,33 @@ def test_polymarket_handler_delivers_hourly_prices_keyed_by_market(
     value = json.loads(records[0].value or b"{}")
     assert set(value) == {"market_id", "token_id", "outcome", "question", "price", "ts", "source"}
     assert polymarket_producer.handler({}, context("req-4"))["skipped_duplicates"] == 24
+
+
+@pytest.mark.integration
+def test_with_the_direct_fallback_and_kafka_unreachable_nothing_is_remembered(
+    monkeypatch: pytest.MonkeyPatch, server: FixtureServer
+) -> None:
+    """No extension, KAFKA_RELAY_FALLBACK=direct, and a broker port nobody listens on."""
+    for name, value in {
+        **server.env(),
+        "KAFKA_TOPIC": "rss.events",
+        "KAFKA_RELAY_PORT": str(free_port()),
+        "KAFKA_RELAY_FALLBACK": "direct",
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(client, "_default", None)
+    rss_producer._producer.cache_clear()
+    try:
+        def short(request_id: str) -> LambdaContext:
+            return LambdaContext(request_id, None, None, int(time.time() * 1000) + 4_000)
+
+        first = rss_producer.handler({}, short("req-5"))
+        second = rss_producer.handler({}, short("req-6"))
+    finally:
+        client.default_client().close()
+        rss_producer._producer.cache_clear()
+    assert (first["sent"], first["failed"], first["fetched"]) == (0, 17, 18)
+    assert [e["kind"] for e in first["errors"]] == ["not_delivered"]
+    # nothing was remembered: no 304s, no skipped entries, the same 17 are sent again
+    assert (second["sent"], second["failed"], second["fetched"]) == (0, 17, 18)

@@ -184,3 +184,28 @@ def test_an_unreadable_bucket_stops_the_replay_with_a_hint(
     assert code == 1
     assert "reading stopped: reading s3://no-such-bucket/x failed" in out
     assert "s3:ListBucket" in out
+
+
+def test_bad_lines_and_unproducible_records_are_skipped_named_and_the_rest_restored(
+    broker: Broker, topic: str, tmp_path: Path
+) -> None:
+    good = _records(topic, 3)
+    huge_time = _records(topic, 1, prefix="huge")[0]
+    huge_time.timestamp_ms = 2**63
+    surrogate = _records(topic, 1, prefix="surrogate")[0]
+    surrogate.headers = (("\ud800", b"v"),)  # crashes confluent-kafka inside produce()
+    spiller = SpillChain.from_config(_config(broker, tmp_path), JsonLogger(stream=io.StringIO()))
+    spiller.spill([good[0], huge_time, good[1], surrogate, good[2]], reason="kafka unreachable")
+    (file,) = (tmp_path / "spool").glob("*.ndjson")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    lines.insert(1, "{not json")
+    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    code, out = _replay([str(tmp_path / "spool"), "--bootstrap", broker.bootstrap, "--delete"])
+    assert code == 1, out
+    assert f"skipped: {file} line 2: not a kafka-relay spill record" in out
+    assert "huge-00000000 → " + topic + ": skipped, timestamp_ms" in out
+    assert "surrogate-00000000 → " + topic + ": skipped, the topic or a header name" in out
+    assert "produced 3, failed 2" in out
+    _assert_same(broker.read(topic, expected=3), good)
+    assert file.exists()  # not deleted: it still holds what could not be replayed

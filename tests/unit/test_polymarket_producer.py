@@ -295,3 +295,16 @@ def test_configuration_defaults_and_overrides() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         PolymarketConfig.from_env(env)
+
+
+def test_a_point_not_handed_over_is_sent_again_with_the_newer_points_of_its_token() -> None:
+    prices = producer(RecordedApi(), max_markets=1)
+    batch = prices.poll(log=quiet_log())
+    yes, _no = tokens("253591")
+    hours = [r["value"]["ts"] for r in batch.records if r["value"]["token_id"] == yes]
+    lost = hours[3]
+    batch.commit([not (r["value"]["token_id"] == yes and r["value"]["ts"] == lost)
+                  for r in batch.records])
+    again = prices.poll(log=quiet_log())
+    assert [r["value"]["ts"] for r in again.records] == hours[3:]
+    assert {r["value"]["token_id"] for r in again.records} == {yes}

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Producer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from devtools.kafka_broker import free_port
 from kafka_relay.config import Config, load_config
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
@@ -15,6 +21,8 @@ from kafka_relay.spill.codec import spill_lines
 from kafka_relay.spill.replay import (
     ProducerLike,
     ReplayError,
+    ReplayReport,
+    _produce,
     destination,
     main,
     parse_s3_url,
@@ -74,10 +82,38 @@ def test_a_single_spooled_file_can_be_replayed(tmp_path: Path) -> None:
     assert [r.id for r in batch.records] == [r.id for r in _records()]
 
 
-def test_a_file_that_is_not_a_spill_names_itself(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_spill_names_itself_and_its_lines(tmp_path: Path) -> None:
     (tmp_path / "bad.ndjson").write_text('{"topic": "t"}\n', encoding="utf-8")
-    with pytest.raises(ReplayError, match=r"bad\.ndjson is not a kafka-relay spill"):
-        list(read_spool(tmp_path))
+    (batch,) = read_spool(tmp_path)
+    assert batch.records == []
+    (line,) = batch.bad_lines
+    assert "bad.ndjson line 1: not a kafka-relay spill record (KeyError" in line
+
+
+def test_damaged_spool_lines_are_skipped_and_named_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    _spool_spiller(tmp_path).spill(_records(count=3), reason="x")
+    (file,) = (tmp_path / "spool").glob("*.ndjson")
+    header, *good = file.read_bytes().splitlines()  # own spool files start with a header
+    bad_b64 = json.dumps({**json.loads(good[0]), "id": "bad", "value_b64": "!!not base64"})
+    file.write_bytes(b"\n".join([header, good[0], b"{cut mid-way", good[1], bad_b64.encode(),
+                                  b"\xff\xfe not utf-8", good[2]]) + b"\n")
+    (batch,) = read_spool(file)
+    assert [r.id for r in batch.records] == [r.id for r in _records(count=3)]
+    assert [line.split(":")[0] for line in batch.bad_lines] == [
+        f"{file} line 3", f"{file} line 5", f"{file} line 6"]
+
+
+def test_a_malformed_spill_log_line_is_skipped_and_the_others_are_read() -> None:
+    records = _records(count=2)
+    malformed = '{"event":"KAFKA_RELAY_SPILL","records":[{"topic":"t"}]}'
+    lines = [*spill_lines(records[:1], reason="x"), malformed,
+             *spill_lines(records[1:], reason="x")]
+    batch = read_log_lines(lines, origin="exported.log")
+    assert [r.id for r in batch.records] == [r.id for r in records]
+    (bad,) = batch.bad_lines
+    assert bad.startswith("exported.log line 2: a malformed KAFKA_RELAY_SPILL line")
 
 
 def test_a_missing_spool_directory_is_an_error_up_front(tmp_path: Path) -> None:
@@ -210,3 +246,45 @@ def test_s3_urls_split_into_bucket_and_prefix() -> None:
     assert parse_s3_url("s3://spills") == ("spills", "")
     with pytest.raises(ReplayError, match="s3://bucket/prefix"):
         parse_s3_url("s3:///prefix")
+
+
+_NAMES = st.one_of(st.text(max_size=8), st.sampled_from(["\ud800", "a\udfff", "ok"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(header_name=_NAMES, topic=_NAMES.filter(bool),
+       timestamp=st.one_of(st.none(), st.integers(min_value=-(2**70), max_value=2**70)))
+def test_replay_queues_or_reports_any_record_and_never_crashes_the_producer(
+    kafka_producer_offline: Producer, header_name: str, topic: str, timestamp: int | None
+) -> None:
+    record = Record(id="env1-1", topic=topic, key=b"k", value=b"v",
+                    headers=((header_name, b"v"),), timestamp_ms=timestamp)
+    report = ReplayReport()
+    taken: list[str] = []
+
+    class Recording:  # the real producer, noting each produce() that returned normally
+        def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+            kafka_producer_offline.produce(topic, *args, **kwargs)
+            taken.append(topic)
+
+        def poll(self, timeout: float = 0) -> int:
+            return kafka_producer_offline.poll(timeout)
+
+        def flush(self, timeout: float = 0) -> int:
+            return kafka_producer_offline.flush(timeout)
+
+    _produce(Recording(), record, topic, record.kafka_headers(), report,
+             on_delivery=lambda _err, _msg: None)
+    # each record is either queued or skipped with a reason; nothing raises, nothing crashes
+    assert (len(taken), report.failed) in ((1, 0), (0, 1)), report
+    if report.failed:
+        assert report.failures[0].startswith("env1-1 → ")
+
+
+@pytest.fixture(scope="module")
+def kafka_producer_offline() -> Iterator[Producer]:
+    """A real producer that never reaches a broker: produce() only queues."""
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}",
+                         "log_level": 0})
+    yield producer
+    producer.purge()

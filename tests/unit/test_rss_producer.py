@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kafka_relay.client import SendResult
 from producer_common import (
     Batch,
     ConfigError,
@@ -280,22 +281,18 @@ def test_nothing_is_remembered_when_the_handoff_fails() -> None:
 
 
 def test_summary_counts_outcomes_when_waiting_for_delivery() -> None:
-    @dataclass(frozen=True)
-    class Result:
-        accepted: int
-        outcomes: list[dict[str, Any]] | None
-
-    def send(records: list[dict[str, Any]], /, *, wait: bool) -> Result:
+    def send(records: list[dict[str, Any]], /, *, wait: bool) -> SendResult:
         assert wait
         kinds = ["delivered"] * (len(records) - 1) + ["dead_lettered"]
-        return Result(len(records), [{"id": str(i), "outcome": k} for i, k in enumerate(kinds)])
+        return SendResult(len(records), [str(i) for i in range(len(records))],
+                          [{"id": str(i), "outcome": k} for i, k in enumerate(kinds)])
 
     feeds = RecordedFeeds()
     feeds.add("no_guids_rss2.xml")
     log, stream = quiet_log()
     summary = deliver(producer(feeds).poll(log=log), send=send, wait=True, log=log)
     assert summary == {
-        "fetched": 4, "sent": 4, "skipped_duplicates": 0, "errors": [],
+        "fetched": 4, "sent": 4, "failed": 0, "skipped_duplicates": 0, "errors": [],
         "delivered": 3, "dead_lettered": 1, "spilled": 0, "pending": 0,
     }
     (line,) = [e for e in events(stream) if e["event"] == "run.summary"]
@@ -354,10 +351,11 @@ def test_state_read_of_a_missing_file_is_empty(tmp_path: Path) -> None:
 def test_empty_batch_still_commits_and_logs_a_summary() -> None:
     committed: list[bool] = []
     log, stream = quiet_log()
-    batch = Batch(records=[], commit=lambda: committed.append(True))
+    batch = Batch(records=[], commit=lambda accepted=None, /: committed.append(True))
     summary = deliver(batch, send=lambda records, /, *, wait: pytest.fail("no send"),
                       wait=False, log=log)
-    assert summary == {"fetched": 0, "sent": 0, "skipped_duplicates": 0, "errors": []}
+    assert summary == {"fetched": 0, "sent": 0, "failed": 0, "skipped_duplicates": 0,
+                       "errors": []}
     assert committed == [True]
     assert events(stream)[0]["event"] == "run.summary"
 
@@ -412,3 +410,30 @@ def test_deadline_keeps_the_handoff_reserve_but_at_most_a_quarter_of_the_time_le
     assert Deadline.from_context(Context(300_000), reserve_s=20, clock=clock).at == 1280.0
     assert Deadline.from_context(Context(8_000), reserve_s=20, clock=clock).at == 1006.0
     assert Deadline.from_context(object(), reserve_s=20, clock=clock).at is None
+
+
+def test_only_records_handed_over_are_remembered_and_their_feed_keeps_old_validators() -> None:
+    feeds = RecordedFeeds()
+    feeds.add("timezones_rss2.xml")
+    feeds.add("no_guids_rss2.xml")
+    rss = producer(feeds)
+    log, stream = quiet_log()
+    batch = rss.poll(log=log)
+    lost_key = batch.records[0]["key"]  # the first feed's first entry is not delivered
+
+    def send(records: list[dict[str, Any]], /, *, wait: bool) -> SendResult:
+        outcomes = [{"id": str(i), "outcome": "failed" if i == 0 else "delivered"}
+                    for i in range(len(records))]
+        return SendResult(len(records) - 1, [str(i) for i in range(len(records))], outcomes,
+                          failed=1)
+
+    summary = deliver(batch, send=send, wait=False, log=log)
+    assert (summary["sent"], summary["failed"]) == (10, 1)
+    assert summary["errors"][0]["kind"] == "not_delivered"
+    (line,) = [e for e in events(stream) if e["event"] == "run.summary"]
+    assert line["level"] == "WARNING"
+    retry = rss.poll(log=log)
+    assert [r["key"] for r in retry.records] == [lost_key]
+    asked = dict(feeds.asked[-2:])
+    assert asked[BASE + "timezones_rss2.xml"] is None  # no 304 may hide the lost entry
+    assert asked[BASE + "no_guids_rss2.xml"] is not None

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config, load_config
-from kafka_relay.errors import ConfigError, RelayError
+from kafka_relay.errors import RelayError
 from kafka_relay.logs import (
     SPILL_FILTER_PATTERN,
     CloudWatchTail,
@@ -39,7 +39,7 @@ from kafka_relay.logs import (
     parse_time,
 )
 from kafka_relay.producer.classify import describe
-from kafka_relay.producer.settings import producer_settings, resolve_credentials
+from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines, read_ndjson
 
@@ -65,15 +65,36 @@ class Batch:
     records: list[Record]
     incomplete: tuple[str, ...] = ()  # ids of chunked log spills with chunks missing
     delete: Callable[[], None] | None = None  # raises ReplayError
+    bad_lines: tuple[str, ...] = ()  # "origin line N: why", skipped; the rest is replayed
 
 
-def _parse_ndjson(text: str, *, origin: str) -> list[Record]:
+# What a damaged spill line raises when read back (bad JSON, bad base64, wrong shapes).
+_UNREADABLE = (ValueError, KeyError, TypeError, AttributeError)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _parse_ndjson(data: bytes, *, origin: str) -> tuple[list[Record], list[str]]:
+    """The records of a spool file / S3 object, and the lines that could not be read."""
     try:
-        return read_ndjson(text)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReplayError(
-            f"{origin} is not a kafka-relay spill (one JSON record per line): {exc!r}"
-        ) from exc
+        return read_ndjson(data.decode("utf-8")), []
+    except _UNREADABLE:
+        pass  # find the damaged lines; every other line is still replayed
+    records: list[Record] = []
+    bad: list[str] = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            records.extend(read_ndjson(raw.decode("utf-8")))
+        except _UNREADABLE as exc:
+            bad.append(f"{origin} line {number}: not a kafka-relay spill record ({_why(exc)})")
+    return records, bad
+
+
+def _ndjson_batch(origin: str, data: bytes, delete: Callable[[], None]) -> Batch:
+    records, bad = _parse_ndjson(data, origin=origin)
+    return Batch(origin, records, delete=delete, bad_lines=tuple(bad))
 
 
 def read_spool(path: Path) -> Iterator[Batch]:
@@ -85,8 +106,7 @@ def read_spool(path: Path) -> Iterator[Batch]:
     else:
         raise ReplayError(f"no spool directory or .ndjson file at {path}")
     return (
-        Batch(str(file), _parse_ndjson(file.read_text(encoding="utf-8"), origin=str(file)),
-              delete=functools.partial(_unlink, file))
+        _ndjson_batch(str(file), file.read_bytes(), functools.partial(_unlink, file))
         for file in files
     )
 
@@ -118,9 +138,8 @@ def read_s3(client: Any, url: str) -> Iterator[Batch]:
                     continue
                 origin = f"s3://{bucket}/{key}"
                 body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-                records = _parse_ndjson(body.decode("utf-8"), origin=origin)
-                yield Batch(origin, records,
-                            delete=functools.partial(_delete_object, client, bucket, key))
+                yield _ndjson_batch(origin, body,
+                                    functools.partial(_delete_object, client, bucket, key))
     except aws_errors() as exc:
         raise ReplayError(
             f"reading {url} failed ({exc}); check the bucket, the region (--region or "
@@ -138,13 +157,28 @@ def _delete_object(client: Any, bucket: str, key: str) -> None:
 
 
 def read_log_lines(lines: Iterable[str], *, origin: str) -> Batch:
-    """Records spilled as ``KAFKA_RELAY_SPILL`` lines; any other line is ignored."""
+    """Records spilled as ``KAFKA_RELAY_SPILL`` lines; any other line is ignored. A damaged
+    spill line is skipped and named in ``bad_lines``; the other lines are replayed."""
+    lines = list(lines)
+    bad: list[str] = []
     try:
         read = parse_spill_lines(lines)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReplayError(f"a {SPILL_EVENT} line in {origin} is malformed: {exc!r}") from exc
-    records, incomplete = read.records, tuple(sorted(read.incomplete))
-    return Batch(origin, records, incomplete=incomplete)
+    except _UNREADABLE:
+        good = []
+        for number, line in enumerate(lines, 1):
+            try:
+                parse_spill_lines([line])
+                good.append(line)
+            except _UNREADABLE as exc:
+                bad.append(f"{origin} line {number}: a malformed {SPILL_EVENT} line "
+                           f"({_why(exc)})")
+        try:
+            read = parse_spill_lines(good)
+        except _UNREADABLE as exc:  # only a reassembled chunked record can fail here
+            raise ReplayError(f"a chunked {SPILL_EVENT} record in {origin} is malformed: "
+                              f"{_why(exc)}") from exc
+    return Batch(origin, read.records, incomplete=tuple(sorted(read.incomplete)),
+                 bad_lines=tuple(bad))
 
 
 def read_log_file(path: Path) -> Iterator[Batch]:
@@ -192,12 +226,14 @@ class ReplayReport:
     deleted: int = 0
     by_topic: Counter[str] = field(default_factory=Counter)
     incomplete: list[str] = field(default_factory=list)
+    bad_lines: list[str] = field(default_factory=list)  # skipped: unreadable spill lines
     failures: list[str] = field(default_factory=list)
     error: str | None = None  # reading stopped, or deleting failed
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and not self.incomplete and self.error is None
+        return (self.failed == 0 and not self.incomplete and not self.bad_lines
+                and self.error is None)
 
     def fail(self, count: int, reason: str) -> None:
         self.failed += count
@@ -232,6 +268,7 @@ def replay(
             report.sources += 1
             report.read += len(batch.records)
             report.incomplete += batch.incomplete
+            report.bad_lines += batch.bad_lines
             if batch.delete is not None:
                 deleters.append(batch.delete)
             for record in batch.records:
@@ -266,6 +303,10 @@ def _produce(
     *,
     on_delivery: Callable[[KafkaError | None, object], None],
 ) -> None:
+    unfit = unproducible(record, topic, headers)
+    if unfit is not None:
+        report.fail(1, f"{record.id} → {topic}: skipped, {unfit}")
+        return
     while True:
         try:
             producer.produce(topic, key=record.key, value=record.value, headers=headers,
@@ -273,25 +314,37 @@ def _produce(
         except BufferError:
             producer.poll(0.1)  # librdkafka's queue is full: let deliveries drain it
             continue
-        except KafkaException as exc:
-            report.fail(1, f"{record.id} → {topic}: {exc.args[0]}")
+        except Exception as exc:  # one record's fault (type, range): skip it, go on
+            detail = exc.args[0] if isinstance(exc, KafkaException) else _why(exc)
+            report.fail(1, f"{record.id} → {topic}: {detail}")
         producer.poll(0)
         return
 
 
+_MAX_TIMESTAMP_MS = 2**63 - 1
+
+
+def unproducible(record: Record, topic: str, headers: list[tuple[str, bytes]]) -> str | None:
+    """Why confluent-kafka cannot take this record, checked before ``produce``: a header
+    name that is not UTF-8 (a lone surrogate) crashes the process inside it."""
+    for name in (topic, *(name for name, _ in headers)):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"the topic or a header name ({name!r}) is not valid UTF-8"
+    stamp = record.timestamp_ms
+    if stamp is not None and (not isinstance(stamp, int) or not 0 <= stamp <= _MAX_TIMESTAMP_MS):
+        return f"timestamp_ms {stamp!r} is not a Kafka timestamp (0 .. 2^63-1)"
+    return None
+
+
 def kafka_producer(config: Config, timeout_s: float) -> ProducerLike:
     """A producer with the extension's settings; records give up after ``timeout_s``."""
-    settings = producer_settings(config, resolve_credentials(config))
-    settings["client.id"] = "kafka-relay-replay"
-    # librdkafka's default (300 s) would make an unreachable topic hang the command.
-    settings.setdefault("message.timeout.ms", int(timeout_s * 1000))
-    try:
-        return Producer(settings)
-    except KafkaException as exc:
-        raise ConfigError(
-            f"the Kafka producer rejected its configuration ({exc.args[0]}); check "
-            "--bootstrap and the KAFKA_* / KAFKA_PRODUCER_* variables"
-        ) from exc
+    # librdkafka's default message.timeout.ms (300 s) would make an unreachable topic hang
+    # the command; a KAFKA_PRODUCER_MESSAGE_TIMEOUT_MS override still wins.
+    factory = ProducerFactory(config, extra={"client.id": "kafka-relay-replay",
+                                             "message.timeout.ms": int(timeout_s * 1000)})
+    return factory()
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -399,6 +452,8 @@ def _print_report(report: ReplayReport, args: argparse.Namespace, out: TextIO) -
     out.write(f"read {report.read} records from {report.sources} source(s) at {source}\n")
     for topic, count in sorted(report.by_topic.items()):
         out.write(f"  {topic}: {count}\n")
+    for line in report.bad_lines:
+        out.write(f"skipped: {line}\n")
     for record_id in report.incomplete:
         out.write(f"incomplete: {record_id} (some of its {SPILL_EVENT} chunks are missing; "
                   "widen --start/--end or export the whole log stream)\n")

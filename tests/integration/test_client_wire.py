@@ -1,0 +1,225 @@
+"""The client against a scripted handoff server on loopback: idempotent retries, per-call
+time from the invocation, back-off on 429, clear errors, no interleaving between threads."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from devtools.kafka_broker import free_port
+from kafka_relay.client import _MAX_IDLE, RelayClient, SendResult
+from kafka_relay.protocol import (
+    IDEMPOTENCY_KEY_HEADER,
+    RelayBusy,
+    RelayError,
+    RelayShuttingDown,
+    RelayUnavailable,
+)
+from tests.fake_relay import DROP, Hold, Reply, Seen, accept, fake_relay
+
+RECORDS = [{"key": f"k{i}", "value": {"i": i}} for i in range(3)]
+
+
+class Context:
+    aws_request_id = "req-1"
+
+    def __init__(self, remaining_ms: Callable[[], float]) -> None:
+        self.get_remaining_time_in_millis = remaining_ms
+
+
+def _keys(requests: list[Seen]) -> list[str]:
+    return [r.headers[IDEMPOTENCY_KEY_HEADER] for r in requests]
+
+
+def test_a_dropped_answer_is_retried_with_the_same_idempotency_key() -> None:
+    def script(seen: Seen, index: int) -> Reply | str:
+        return DROP if index == 0 else accept(seen)  # read the request, then died
+
+    with fake_relay(script) as relay:
+        result = RelayClient(env={}, port=relay.port).send(RECORDS)
+        first, second = relay.records_requests()
+    assert result == SendResult(3, ["id-0", "id-1", "id-2"])
+    assert first.headers[IDEMPOTENCY_KEY_HEADER] == second.headers[IDEMPOTENCY_KEY_HEADER]
+    assert first.body == second.body
+
+
+def test_a_read_timeout_is_retried_with_the_same_idempotency_key() -> None:
+    released = threading.Event()
+
+    def script(seen: Seen, index: int) -> Reply | Hold:
+        if index == 0:
+            return Hold(released)  # the client gives up reading this one
+        released.set()
+        return accept(seen)
+
+    with fake_relay(script) as relay:
+        client = RelayClient(env={}, port=relay.port, attempt_timeout_s=0.2)
+        assert client.send(RECORDS).accepted == 3
+        keys = _keys(relay.records_requests())
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+
+
+def test_connections_that_died_while_frozen_are_replaced_not_counted_as_unavailable() -> None:
+    with fake_relay(lambda seen, _i: accept(seen)) as relay:
+        client = RelayClient(env={}, port=relay.port)
+        for _ in range(_MAX_IDLE):  # kept-alive connections whose peer went away
+            ours, theirs = socket.socketpair()
+            theirs.close()
+            stale = http.client.HTTPConnection("127.0.0.1", relay.port)
+            stale.sock = ours
+            client._idle.append(stale)
+        assert client.send(RECORDS).accepted == 3
+        assert len(relay.records_requests()) == 1
+
+
+def test_every_logical_request_has_its_own_key_and_batches_of_a_send_too() -> None:
+    with fake_relay(lambda seen, _i: accept(seen)) as relay:
+        client = RelayClient(env={}, port=relay.port)
+        client.send(RECORDS)
+        client.send([{"value": i} for i in range(1500)])  # two batches
+        keys = _keys(relay.records_requests())
+    assert len(keys) == 3
+    assert len(set(keys)) == 3
+
+
+def test_wait_tells_the_extension_how_long_the_invocation_has_left() -> None:
+    def script(seen: Seen, _index: int) -> Reply:
+        ids = [f"id-{n}" for n in range(len(seen.json()["records"]))]
+        return Reply(200, {"ids": ids, "outcomes": [{"id": i, "outcome": "delivered"}
+                                                    for i in ids]})
+
+    with fake_relay(script) as relay:
+        client = RelayClient(env={}, port=relay.port)
+        client.begin(Context(lambda: 5000))
+        result = client.send(RECORDS, wait=True)
+        (seen,) = relay.records_requests()
+    assert result.count("delivered") == 3
+    assert seen.headers["X-Kafka-Relay-Request-Id"] == "req-1"
+    path, _, query = seen.path.partition("?")
+    params = dict(p.split("=") for p in query.split("&"))
+    assert (path, params["wait"]) == ("/v1/records", "delivered")
+    # 5 s left, minus the client's margins; never the server's guess of the deadline
+    assert 4000 < int(params["timeout_ms"]) <= 4550
+
+
+def test_429_backs_off_as_told_then_succeeds_with_a_new_key() -> None:
+    pauses: list[float] = []
+
+    def script(seen: Seen, index: int) -> Reply:
+        if index < 2:
+            return Reply(429, {"error": "buffer full", "retry_after_ms": 300},
+                         {"Retry-After": "1"})
+        return accept(seen)
+
+    with fake_relay(script) as relay:
+        client = RelayClient(env={}, port=relay.port, sleep=pauses.append)
+        assert client.send(RECORDS).accepted == 3
+        keys = _keys(relay.records_requests())
+    assert pauses == [0.3, 0.3]
+    assert len(set(keys)) == 3  # a 429 took nothing: the next try is a new request
+
+
+def test_a_buffer_that_stays_full_past_the_remaining_time_is_relay_busy() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def full(_seen: Seen, _index: int) -> Reply:
+        return Reply(429, {"error": "buffer full (100000 records)", "retry_after_ms": 1000})
+
+    with fake_relay(full) as relay:
+        client = RelayClient(env={}, port=relay.port, clock=lambda: now[0], sleep=sleep)
+        client.begin(Context(lambda: 3500))
+        with pytest.raises(RelayBusy, match=r"buffer stayed full.*NOT accepted.*MAX_BUFFER"):
+            client.send(RECORDS)
+        tries = len(relay.records_requests())
+    assert tries == 4  # at 0, 1, 2 and 3 s; the next pause would pass the 3.3 s budget
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "kind", "message"),
+    [
+        (503, RelayShuttingDown, RelayBusy, r"shutting down.*NOT accepted.*next invocation"),
+        (401, RelayError, RelayError, r"refused this client's token.*KAFKA_RELAY_TOKEN"),
+        (500, RelayError, RelayError, r"answered 500: the server's own words"),
+    ],
+)
+def test_error_statuses_raise_clear_errors(
+    status: int, error: type[Exception], kind: type[Exception], message: str
+) -> None:
+    def script(_seen: Seen, _index: int) -> Reply:
+        return Reply(status, {"error": "the server's own words"})
+
+    with fake_relay(script) as relay, pytest.raises(error, match=message) as caught:
+        RelayClient(env={}, port=relay.port).send(RECORDS)
+    assert isinstance(caught.value, kind)
+
+
+def test_nobody_listening_is_relay_unavailable_naming_the_fix() -> None:
+    with pytest.raises(RelayUnavailable, match="KAFKA_RELAY_FALLBACK=direct"):
+        RelayClient(env={}, port=free_port()).send(RECORDS)
+
+
+def test_threads_sharing_one_client_never_get_each_others_answers() -> None:
+    def echo(seen: Seen, _index: int) -> Reply:
+        # ids carry the request's key: an answer read by the wrong thread shows
+        key = seen.headers[IDEMPOTENCY_KEY_HEADER]
+        values = [r["value"] for r in seen.json()["records"]]
+        return Reply(202, {"ids": [f"{key}:{v}" for v in values]})
+
+    threads, sends = 8, 40
+    results: dict[int, list[tuple[str, SendResult]]] = {}
+    errors: list[BaseException] = []
+
+    with fake_relay(echo) as relay:
+        client = RelayClient(env={}, port=relay.port)
+
+        def work(n: int) -> None:
+            try:
+                results[n] = [(f"{n}-{m}", client.send([{"value": f"{n}-{m}"}]))
+                              for m in range(sends)]
+            except BaseException as exc:
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        requests = relay.records_requests()
+    assert errors == []
+    assert len(requests) == threads * sends  # no retries, no duplicates
+    for pairs in results.values():
+        for value, result in pairs:
+            (record_id,) = result.ids
+            assert record_id.endswith(f":{value}")
+    assert len({r.ids[0].split(":")[0] for p in results.values() for _, r in p}) == threads * sends
+
+
+def test_the_process_wide_client_is_created_once_under_concurrent_first_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kafka_relay.client as client_module  # noqa: PLC0415 - its module state is the subject
+
+    monkeypatch.setattr(client_module, "_default", None)
+    made: list[Any] = []
+    barrier = threading.Barrier(8)
+
+    def first_use() -> None:
+        barrier.wait(10)
+        made.append(client_module.default_client())
+
+    workers = [threading.Thread(target=first_use) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    assert len(made) == 8
+    assert len({id(c) for c in made}) == 1
