@@ -44,6 +44,8 @@ run_checks() {
   "$VENV/bin/ruff" check .
   echo "==> mypy"
   "$VENV/bin/mypy"
+  echo "==> import rules"
+  PYTHONPATH="$ROOT/extension:$ROOT" "$VENV/bin/lint-imports" --no-cache
 }
 
 # demo and bench import the extension's package (its log parsing) from the source tree.
