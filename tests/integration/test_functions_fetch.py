@@ -126,21 +126,19 @@ def test_429_waits_for_retry_after_before_asking_again(server: FixtureServer) ->
 def test_a_long_retry_after_is_capped(server: FixtureServer) -> None:
     server.fault(ATOM, status=503, retry_after="3600")
     capped = HttpSettings(read_timeout_s=2.0, backoff_s=0.0, retry_after_max_s=1)
-    started = time.monotonic()
     batch = rss(server, ATOM, http=capped).poll(log=log())
-    assert time.monotonic() - started < 3
     assert statuses(server, ATOM) == [503, 200]
+    first, second = server.hits(ATOM)
+    assert second.at - first.at < 60  # waited the 1 s cap, not the hour the server asked for
     assert batch.errors == []
 
 
 def test_a_timeout_on_one_feed_is_reported_while_the_others_succeed(
     server: FixtureServer,
 ) -> None:
-    server.fault(WORLD, delay_s=5)  # a retry would be answered at once
+    server.fault(WORLD, delay_s=5)  # a retry would be answered at once: an error proves none
     slow = HttpSettings(connect_timeout_s=1.0, read_timeout_s=0.3, max_retries=3, backoff_s=0.01)
-    started = time.monotonic()
     batch = rss(server, WORLD, ATOM, "/rss/no_guids_rss2.xml", http=slow).poll(log=log())
-    assert time.monotonic() - started < 2  # read timeouts are not retried
     assert [(e["source"], e["kind"]) for e in batch.errors] == [(server.url + WORLD, "timeout")]
     assert {r["value"]["source"] for r in batch.records} == {
         server.url + ATOM, server.url + "/rss/no_guids_rss2.xml",
