@@ -332,4 +332,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from kafka_relay.cli import run_cli
+
+    raise SystemExit(run_cli(main))
