@@ -35,7 +35,12 @@ USAGE
 # only requirements-demo.txt; the dev set (tests, linters, moto) includes it.
 ensure_venv() {
   local set="${1:-dev}" file
+  shift || true
   file="requirements-$set.txt"
+  # Asking a command for --help installs nothing once .venv exists.
+  if [[ -x "$PY" ]] && wants_help "$@"; then
+    return
+  fi
   if [[ ! -x "$PY" ]]; then
     "${PYTHON:-python3}" -c 'import sys; assert sys.version_info >= (3, 10), "kafka-relay needs Python >= 3.10"'
     echo "==> creating .venv ($("${PYTHON:-python3}" --version))"
@@ -94,13 +99,13 @@ cmd="${1:-}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
   test)
-    ensure_venv dev
+    ensure_venv dev "$@"
     run_checks
     echo "==> pytest"
     "$PY" -m pytest -m "not slow" "$@"
     ;;
   demo)
-    ensure_venv demo
+    ensure_venv demo "$@"
     if ! wants_help "$@"; then
       echo "==> building the layer and the functions (build/local/)"
       local_build
@@ -108,38 +113,38 @@ case "$cmd" in
     "$PY" -m devtools.demo --dist "$ROOT/build/local" "$@"
     ;;
   sandbox)
-    ensure_venv demo
+    ensure_venv demo "$@"
     wants_help "$@" || local_build
     "$PY" -m devtools.sandbox --layer "$ROOT/build/local/kafka-relay-layer-$(uname -m | sed 's/aarch64/arm64/').zip" "$@"
     ;;
   bench)
-    ensure_venv dev
+    ensure_venv dev "$@"
     wants_help "$@" || "$PY" -m layer_build.build --arch x86_64
     "$PY" -m bench "$@"
     ;;
   faults)
-    ensure_venv dev
+    ensure_venv dev "$@"
     "$PY" -m pytest -m slow "$@"
     ;;
   build)
-    ensure_venv dev
+    ensure_venv dev "$@"
     "$PY" -m layer_build.build "$@"
     ;;
   publish-layer)
-    ensure_venv dev
+    ensure_venv dev "$@"
     wants_help "$@" || "$PY" -m layer_build.build
     "$PY" -m layer_build.publish "$@"
     ;;
   deploy)
-    ensure_venv dev
+    ensure_venv dev "$@"
     "$PY" -m layer_build.deploy "$@"
     ;;
   teardown)
-    ensure_venv dev
+    ensure_venv dev "$@"
     "$PY" -m layer_build.teardown "$@"
     ;;
   lock)
-    ensure_venv dev
+    ensure_venv dev "$@"
     "$PY" -m pip install --disable-pip-version-check -q -r requirements-dev.txt
     "$PY" -m pip freeze --exclude-editable > constraints.txt
     ;;
