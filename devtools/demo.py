@@ -44,7 +44,6 @@ SECURITY = {
     "api_key": ("KAFKA_API_KEY", "sasl.username"),
     "api_secret": ("KAFKA_API_SECRET", "sasl.password"),
 }
-REACH_TIMEOUT_S = 15.0
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_ITEM = """<item>
@@ -183,7 +182,8 @@ def kafka_settings(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[
     return variables, client
 
 
-def reach(bootstrap: str, client: Mapping[str, str | int | float | bool]) -> str | None:
+def reach(bootstrap: str, client: Mapping[str, str | int | float | bool], *,
+          timeout_s: float) -> str | None:
     """None when the cluster answers a metadata request; else why not, in one line."""
     from confluent_kafka import KafkaException  # noqa: PLC0415 - the broker module loads it
     from confluent_kafka.admin import AdminClient  # noqa: PLC0415
@@ -193,7 +193,7 @@ def reach(bootstrap: str, client: Mapping[str, str | int | float | bool]) -> str
                               "error_cb": lambda error: errors.append(str(error))}
     admin = AdminClient(config)
     try:
-        admin.list_topics(timeout=REACH_TIMEOUT_S)
+        admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         return errors[-1] if errors else str(exc.args[0])
     return None
@@ -212,6 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     remote = parser.add_argument_group(
         "a real cluster", "each setting defaults to the same KAFKA_* environment variable")
     remote.add_argument("--bootstrap", help="use this Kafka instead of a local broker")
+    remote.add_argument("--connect-timeout", type=float, default=15.0,
+                        help="seconds to wait for the cluster to answer (default: %(default)s)")
     remote.add_argument("--security-protocol", help="e.g. SASL_SSL (KAFKA_SECURITY_PROTOCOL)")
     remote.add_argument("--sasl-mechanism", help="e.g. PLAIN, SCRAM-SHA-512 "
                         "(KAFKA_SASL_MECHANISM)")
@@ -232,8 +234,8 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] = os.environ) 
             return 2
     variables, client = kafka_settings(args, env) if args.bootstrap else ({}, {})
     if args.bootstrap:
-        print(f"==> reaching {args.bootstrap} (up to {REACH_TIMEOUT_S:.0f} s)", flush=True)
-        failure = reach(args.bootstrap, client)
+        print(f"==> reaching {args.bootstrap} (up to {args.connect_timeout:.0f} s)", flush=True)
+        failure = reach(args.bootstrap, client, timeout_s=args.connect_timeout)
         if failure:
             print(f"error: cannot reach Kafka at {args.bootstrap}: {failure}. Check --bootstrap, "
                   "the network, and --security-protocol / --sasl-mechanism / --api-key / "
