@@ -31,6 +31,22 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
 USAGE
 }
 
+# Run a long step, printing a line every few seconds so a first run never looks stuck.
+ticking() {
+  local label="$1" pid seconds=0
+  shift
+  "$@" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    seconds=$((seconds + 1))
+    if (( seconds % 3 == 0 )) && kill -0 "$pid" 2>/dev/null; then
+      echo "    ... $label (${seconds} s)"
+    fi
+  done
+  wait "$pid"
+}
+
 # Create .venv and install a pinned requirements set when its pins changed. The demo needs
 # only requirements-demo.txt; the dev set (tests, linters, moto) includes it.
 ensure_venv() {
@@ -44,7 +60,7 @@ ensure_venv() {
   if [[ ! -x "$PY" ]]; then
     "${PYTHON:-python3}" -c 'import sys; assert sys.version_info >= (3, 10), "kafka-relay needs Python >= 3.10"'
     echo "==> creating .venv ($("${PYTHON:-python3}" --version))"
-    "${PYTHON:-python3}" -m venv "$VENV"
+    ticking "creating .venv" "${PYTHON:-python3}" -m venv "$VENV"
   fi
   local stamp="$VENV/.deps-stamp" want dev have=""
   want="$set:$(cat "$file" requirements-demo.txt constraints.txt | sha256sum | cut -d' ' -f1)"
@@ -108,13 +124,13 @@ case "$cmd" in
     ensure_venv demo "$@"
     if ! wants_help "$@"; then
       echo "==> building the layer and the functions (build/local/)"
-      local_build
+      ticking "building" local_build
     fi
     "$PY" -m devtools.demo --dist "$ROOT/build/local" "$@"
     ;;
   sandbox)
     ensure_venv demo "$@"
-    wants_help "$@" || local_build
+    wants_help "$@" || ticking "building" local_build
     "$PY" -m devtools.sandbox --layer "$ROOT/build/local/kafka-relay-layer-$(uname -m | sed 's/aarch64/arm64/').zip" "$@"
     ;;
   bench)
