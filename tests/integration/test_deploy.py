@@ -22,6 +22,7 @@ from layer_build.deploy import (
     main,
     retry_while_role_propagates,
 )
+from layer_build.envfile import parse_env_file
 from layer_build.errors import DeployError, EnvFileError, MissingArtifactError
 from layer_build.manifest import FUNCTION_FILE_NAME, Artifact, Manifest, layer_file_name
 from layer_build.plan import DeployOptions, resolve_plan
@@ -643,3 +644,23 @@ def test_teardown_leaves_other_prefixes_alone(aws: MotoServer, dist: Path) -> No
 
     assert set(result.actions.values()) == {"absent"}
     assert len(aws.client("lambda").list_functions()["Functions"]) == 2
+
+
+# --- .env.example ---------------------------------------------------------------------------
+
+
+def test_the_env_example_parses_and_names_only_variables_something_reads() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    example = repo / ".env.example"
+    readers = "".join(path.read_text() for path in [
+        *(repo / "extension" / "kafka_relay").rglob("*.py"), *(repo / "function").glob("*.py"),
+        repo / "layer_build" / "plan.py",
+    ])
+
+    variables = parse_env_file(example)
+    named = set(re.findall(r"\b((?:KAFKA|RSS|POLYMARKET)_[A-Z_]+)=", example.read_text()))
+
+    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS"}
+    assert named - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"} == {
+        name for name in named if f'"{name}"' in readers
+    } - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"}
