@@ -332,6 +332,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from kafka_relay.cli import run_cli
-
-    raise SystemExit(run_cli(main))
+    raise SystemExit(main())

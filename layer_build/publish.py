@@ -21,7 +21,6 @@ from typing import Any
 
 import boto3
 
-from kafka_relay.cli import run_cli
 from layer_build.build import REPO_ROOT
 from layer_build.deploy import (
     PAST,
@@ -130,4 +129,4 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())

@@ -43,7 +43,8 @@ def test_help_prints_the_usage_and_builds_nothing(command: str, tmp_path: Path) 
 
 
 def test_teardown_without_a_region_exits_2_naming_the_fix() -> None:
-    result = run(sys.executable, "-m", "layer_build.teardown", env=NO_AWS)
+    # From the checkout's root like the README says: layer_build needs no PYTHONPATH.
+    result = run(sys.executable, "-m", "layer_build.teardown", env={**NO_AWS, "PYTHONPATH": ""})
 
     assert result.returncode == 2
     assert result.stderr == ("error: no AWS region: pass --region, or set AWS_DEFAULT_REGION "
