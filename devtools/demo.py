@@ -189,13 +189,15 @@ def reach(bootstrap: str, client: Mapping[str, str | int | float | bool], *,
     from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
     errors: list[str] = []
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, **client,
-                              "error_cb": lambda error: errors.append(str(error))}
+    # librdkafka's own FAIL lines would bury the one-line answer: errors come via error_cb.
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, **client, "log_level": 0,
+                              "error_cb": lambda error: errors.append(error.str())}
     admin = AdminClient(config)
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        return errors[-1] if errors else str(exc.args[0])
+        error = exc.args[0]
+        return errors[-1] if errors else error.str() if hasattr(error, "str") else str(error)
     return None
 
 
