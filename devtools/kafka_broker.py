@@ -220,11 +220,19 @@ class KafkaBroker:
         create_topics(self.bootstrap, names, partitions=partitions)
 
 
-def create_topics(bootstrap: str, names: Iterable[str], *, partitions: int = 1) -> None:
+def create_topics(
+    bootstrap: str,
+    names: Iterable[str],
+    *,
+    partitions: int = 1,
+    replication_factor: int = 1,  # -1: the cluster's default (managed clusters want 3)
+    client_config: Mapping[str, str | int | float | bool] | None = None,
+) -> None:
     """Create topics (existing ones are fine) and wait until metadata shows them."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names],
+        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)
+         for name in names],
         operation_timeout=10,
     )
     for name, future in futures.items():

@@ -30,9 +30,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from layer_build.build import REPO_ROOT
 from layer_build.errors import CredentialsError, LayerBuildError
+from layer_build.manifest import Artifact
 from layer_build.plan import (
+    DEFAULT_LOG_RETENTION_DAYS,
     DEFAULT_PREFIX,
     DEFAULT_RUNTIME,
+    LOG_RETENTION_DAYS,
     Account,
     DeployOptions,
     DeployPlan,
@@ -49,7 +52,7 @@ Sleep = Callable[[float], None]
 _DESCRIBED_SHA = re.compile(r"sha256:([0-9a-f]{64})")
 _SENSITIVE = re.compile(r"SECRET|PASSWORD|TOKEN|API_KEY|CREDENTIAL", re.IGNORECASE)
 _TARGET_ID = "kafka-relay-producer"
-_PAST = {"create": "created", "update": "updated", "publish": "published"}
+PAST = {"create": "created", "update": "updated", "publish": "published"}
 _AUTH_ERRORS = frozenset({
     "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "UnrecognizedClientException",
     "SignatureDoesNotMatch", "InvalidSignatureException",
@@ -121,6 +124,69 @@ def retry_while_role_propagates(
             waited, delay = waited + delay, min(delay * 2, 8.0)
 
 
+Record = Callable[..., None]  # (kind, name, verb | None, detail)
+#: What the layer bundles: kafka-relay's extension with confluent-kafka (Apache-2.0) and
+#: librdkafka (BSD-2-Clause) inside.
+LAYER_LICENSE = "Apache-2.0 AND BSD-2-Clause"
+
+
+def publish_layer(
+    lam: Any, *, name: str, layer: Artifact, layer_zip: Path, account: Account,
+    dry_run: bool, record: Record,
+) -> str:
+    """Publish ``layer_zip`` as a new version of ``name`` unless the newest is this build."""
+    try:
+        versions = lam.list_layer_versions(LayerName=name).get("LayerVersions", [])
+    except ClientError as exc:
+        if _error_code(exc) != "ResourceNotFoundException":
+            raise
+        versions = []
+    newest = max(versions, key=lambda version: int(version["Version"]), default=None)
+    if newest is not None:
+        described = _DESCRIBED_SHA.search(str(newest.get("Description", "")))
+        if described and described[1] == layer.sha256:
+            record("layer", name, None, f"version {newest['Version']}")
+            return str(newest["LayerVersionArn"])
+    if dry_run:
+        arn = account.arn("lambda", f"layer:{name}:<next version>")
+    else:
+        published = lam.publish_layer_version(
+            LayerName=name,
+            Description=f"kafka-relay extension, {layer.arch}, sha256:{layer.sha256}",
+            Content={"ZipFile": layer_zip.read_bytes()},
+            CompatibleRuntimes=list(layer.compatible_runtimes),
+            CompatibleArchitectures=[layer.arch],
+            LicenseInfo=LAYER_LICENSE,
+        )
+        arn = str(published["LayerVersionArn"])
+    record("layer", name, "publish", f"{arn}, sha256 {layer.sha256[:12]}")
+    return arn
+
+
+def checked_region(session: Any, region: str | None) -> str:
+    """The region to use; CredentialsError naming the fix when region or credentials are missing."""
+    chosen = region or session.region_name
+    if not chosen:
+        raise CredentialsError(
+            "no AWS region: pass --region, or set AWS_DEFAULT_REGION (or a profile's region)"
+        )
+    if session.get_credentials() is None:
+        raise CredentialsError(
+            "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "AWS_PROFILE (after aws configure / aws sso login)"
+        )
+    return str(chosen)
+
+
+def caller_account(session: Any, region: str) -> Account:
+    identity = session.client("sts", region_name=region).get_caller_identity()
+    return Account(
+        account_id=str(identity["Account"]),
+        partition=str(identity["Arn"]).split(":")[1],
+        region=region,
+    )
+
+
 class Deployer:
     def __init__(
         self,
@@ -136,36 +202,23 @@ class Deployer:
         self.log = log
         self.sleep = sleep
         self.role_propagation_s = role_propagation_s
-        self.region = plan.options.region or session.region_name
-        if not self.region:
-            raise CredentialsError(
-                "no AWS region: pass --region, or set AWS_DEFAULT_REGION (or a profile's region)"
-            )
-        if session.get_credentials() is None:
-            raise CredentialsError(
-                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
-                "AWS_PROFILE (after aws configure / aws sso login)"
-            )
-        self.sts = session.client("sts", region_name=self.region)
+        self.region = checked_region(session, plan.options.region)
+        self.session = session
         self.iam = session.client("iam", region_name=self.region)
         self.lam = session.client("lambda", region_name=self.region)
         self.events = session.client("events", region_name=self.region)
+        self.logs = session.client("logs", region_name=self.region)
         self.result = DeployResult()
 
     def _record(self, kind: str, name: str, verb: str | None, detail: str = "") -> None:
         """``verb`` is create, update or publish; None when nothing had to change."""
-        action = "unchanged" if verb is None else f"would {verb}" if self.dry_run else _PAST[verb]
+        action = "unchanged" if verb is None else f"would {verb}" if self.dry_run else PAST[verb]
         self.result.changes.append(Change(kind, name, action))
         self.log(f"{kind} {name}: {action}{f' ({detail})' if detail else ''}")
 
     def run(self) -> DeployResult:
         plan = self.plan
-        identity = self.sts.get_caller_identity()
-        account = Account(
-            account_id=str(identity["Account"]),
-            partition=str(identity["Arn"]).split(":")[1],
-            region=self.region,
-        )
+        account = caller_account(self.session, self.region)
         self.log(
             f"{'dry run: ' if self.dry_run else ''}deploying {plan.options.prefix} to "
             f"{account.region} (account {account.account_id}), {plan.options.arch}, "
@@ -176,6 +229,7 @@ class Deployer:
             role_arn = self._role(function, account)
             function_arn = self._function(function, role_arn, account)
             self.result.function_arns[function.name] = function_arn
+            self._log_retention(function)
             self._schedule(function, function_arn, account)
         self.log("dry run: nothing was changed" if self.dry_run else "deployed")
         return self.result
@@ -184,34 +238,10 @@ class Deployer:
 
     def _layer(self, account: Account) -> str:
         plan = self.plan
-        name = plan.layer_name
-        try:
-            versions = self.lam.list_layer_versions(LayerName=name).get("LayerVersions", [])
-        except ClientError as exc:
-            if _error_code(exc) != "ResourceNotFoundException":
-                raise
-            versions = []
-        newest = max(versions, key=lambda version: int(version["Version"]), default=None)
-        if newest is not None:
-            described = _DESCRIBED_SHA.search(str(newest.get("Description", "")))
-            if described and described[1] == plan.layer.sha256:
-                arn = str(newest["LayerVersionArn"])
-                self._record("layer", name, None, f"version {newest['Version']}")
-                return arn
-        sha = plan.layer.sha256
-        if self.dry_run:
-            arn = account.arn("lambda", f"layer:{name}:<next version>")
-        else:
-            published = self.lam.publish_layer_version(
-                LayerName=name,
-                Description=f"kafka-relay extension, {plan.options.arch}, sha256:{sha}",
-                Content={"ZipFile": plan.layer_zip.read_bytes()},
-                CompatibleRuntimes=list(plan.layer.compatible_runtimes),
-                CompatibleArchitectures=[plan.options.arch],
-            )
-            arn = str(published["LayerVersionArn"])
-        self._record("layer", name, "publish", f"{arn}, sha256 {sha[:12]}")
-        return arn
+        return publish_layer(
+            self.lam, name=plan.layer_name, layer=plan.layer, layer_zip=plan.layer_zip,
+            account=account, dry_run=self.dry_run, record=self._record,
+        )
 
     # --- role ------------------------------------------------------------------------------
 
@@ -287,6 +317,9 @@ class Deployer:
             "Description": f"kafka-relay {function.spec.name} ({function.spec.schedule})",
             "Environment": {"Variables": function.environment},
             "Layers": [self.result.layer_version_arn],
+            **({"VpcConfig": {"SubnetIds": sorted(options.subnet_ids),
+                              "SecurityGroupIds": sorted(options.security_group_ids)}}
+               if options.subnet_ids else {}),
         }
 
     @staticmethod
@@ -296,6 +329,10 @@ class Deployer:
             **{key: current.get(key) for key in wanted},
             "Environment": {"Variables": current.get("Environment", {}).get("Variables", {})},
             "Layers": [layer["Arn"] for layer in current.get("Layers", [])],
+            "VpcConfig": {
+                key: sorted(current.get("VpcConfig", {}).get(key, []))
+                for key in ("SubnetIds", "SecurityGroupIds")
+            },
         }
         return [key for key in wanted if key != "FunctionName" and seen[key] != wanted[key]]
 
@@ -360,6 +397,26 @@ class Deployer:
             f"{', '.join(changes)}; {detail}" if changes else "",
         )
         return str(current["FunctionArn"])
+
+    # --- log group ----------------------------------------------------------------------------
+
+    def _log_retention(self, function: FunctionPlan) -> None:
+        """Create the function's log group up front, so its retention is set from day one."""
+        days = self.plan.options.log_retention_days
+        if days is None:
+            return
+        group = f"/aws/lambda/{function.name}"
+        found = self.logs.describe_log_groups(logGroupNamePrefix=group).get("logGroups", [])
+        current = next((g for g in found if g["logGroupName"] == group), None)
+        if current is not None and current.get("retentionInDays") == days:
+            self._record("log-group", group, None, f"{days} days")
+            return
+        if not self.dry_run:
+            if current is None:
+                self.logs.create_log_group(logGroupName=group)
+            self.logs.put_retention_policy(logGroupName=group, retentionInDays=days)
+        self._record("log-group", group, "create" if current is None else "update",
+                     f"retention {days} days")
 
     # --- schedule --------------------------------------------------------------------------
 
@@ -461,6 +518,13 @@ def parse_args(argv: Sequence[str] | None) -> DeployOptions:
                         help="the functions' Lambda runtime (default: %(default)s)")
     parser.add_argument("--dist", type=Path, default=REPO_ROOT / "dist",
                         help="where ./build.sh build put the artifacts (default: dist)")
+    parser.add_argument("--subnet-ids", type=_ids, default=(), metavar="subnet-1,subnet-2",
+                        help="run the functions in these VPC subnets (e.g. to reach MSK)")
+    parser.add_argument("--security-group-ids", type=_ids, default=(), metavar="sg-1,sg-2",
+                        help="the functions' security groups (with --subnet-ids)")
+    parser.add_argument("--log-retention-days", type=int, choices=LOG_RETENTION_DAYS,
+                        default=DEFAULT_LOG_RETENTION_DAYS, metavar="DAYS",
+                        help="days CloudWatch keeps the functions' logs (default: %(default)s)")
     args = parser.parse_args(argv)
     return DeployOptions(
         dist=args.dist,
@@ -470,12 +534,24 @@ def parse_args(argv: Sequence[str] | None) -> DeployOptions:
         runtime=args.runtime,
         region=args.region,
         dry_run=args.dry_run,
+        subnet_ids=args.subnet_ids,
+        security_group_ids=args.security_group_ids,
+        log_retention_days=args.log_retention_days,
     )
 
 
-def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
+def _ids(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def report_errors(run: Callable[[], object], *, needs: str) -> int:
+    """Run a deploy-side command: errors become one line on stderr (2: no region or
+    credentials, 1: anything else); ``needs`` names the services for an AccessDenied hint."""
     try:
-        deploy(parse_args(argv), session=session)
+        run()
+    except CredentialsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except LayerBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -486,7 +562,7 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
         if code in _AUTH_ERRORS:
             hint = " (the AWS credentials are invalid or expired: renew them, e.g. aws sso login)"
         elif "AccessDenied" in code:
-            hint = " (these credentials may not do that: deploy needs Lambda, IAM, EventBridge)"
+            hint = f" (these credentials may not do that: this needs {needs})"
         print(
             f"error: AWS refused {exc.operation_name}: {code}: {error.get('Message')}{hint}",
             file=sys.stderr,
@@ -497,6 +573,12 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
+    options = parse_args(argv)
+    return report_errors(lambda: deploy(options, session=session),
+                         needs="Lambda, IAM, EventBridge, CloudWatch Logs")
 
 
 if __name__ == "__main__":

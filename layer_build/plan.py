@@ -32,6 +32,10 @@ RESERVED_ENV = frozenset({
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
 })
+#: The retention values CloudWatch Logs accepts.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
+                      1827, 2192, 2557, 2922, 3288, 3653)
+DEFAULT_LOG_RETENTION_DAYS = 30
 SECRET_ARN_VAR = "KAFKA_SECRET_ARN"
 SPILL_BUCKET_VAR = "KAFKA_RELAY_SPILL_BUCKET"
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -76,6 +80,30 @@ class DeployOptions:
     timeout_s: int = 300
     memory_mb: int = 256
     dry_run: bool = False
+    # A VPC (e.g. to reach MSK): both or neither; Lambda needs a subnet and a security group.
+    subnet_ids: tuple[str, ...] = ()
+    security_group_ids: tuple[str, ...] = ()
+    # Days CloudWatch keeps each function's log group; None leaves the retention alone.
+    log_retention_days: int | None = DEFAULT_LOG_RETENTION_DAYS
+
+
+@dataclass(frozen=True)
+class ResourceNames:
+    """The AWS names of one producer under a prefix (deploy creates them, teardown deletes)."""
+
+    name: str
+    role_name: str
+    policy_name: str
+    rule_name: str
+
+    @classmethod
+    def of(cls, prefix: str, spec: FunctionSpec) -> ResourceNames:
+        name = f"{prefix}-{spec.name}"
+        return cls(name=name, role_name=name, policy_name=name, rule_name=f"{name}-schedule")
+
+
+def layer_name(prefix: str, arch: str) -> str:
+    return f"{prefix}-{arch}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +173,18 @@ def role_policy(plan: DeployPlan, function: FunctionPlan, account: Account) -> d
             "Action": "secretsmanager:GetSecretValue",
             "Resource": plan.secret_arn,
         })
+    if plan.options.subnet_ids:
+        # What AWSLambdaVPCAccessExecutionRole grants: Lambda manages the function's ENIs.
+        statements.append({
+            "Sid": "VpcNetworkInterfaces",
+            "Effect": "Allow",
+            "Action": [
+                "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
+                "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+                "ec2:UnassignPrivateIpAddresses",
+            ],
+            "Resource": "*",
+        })
     if plan.spill_bucket:
         statements.append({
             "Sid": "SpillUnsentRecords",
@@ -166,7 +206,22 @@ def _check_names(prefix: str) -> None:
         )
 
 
-def _checked_zip(dist: Path, artifact: Artifact) -> Path:
+def _check_vpc(options: DeployOptions) -> None:
+    if bool(options.subnet_ids) != bool(options.security_group_ids):
+        raise DeployError(
+            "a VPC needs both --subnet-ids and --security-group-ids (Lambda places the "
+            "function's network interfaces in those subnets, guarded by those groups)"
+        )
+    if options.log_retention_days is not None and (
+        options.log_retention_days not in LOG_RETENTION_DAYS
+    ):
+        raise DeployError(
+            f"--log-retention-days {options.log_retention_days} is not a value CloudWatch "
+            f"accepts: use one of {', '.join(map(str, LOG_RETENTION_DAYS))}"
+        )
+
+
+def checked_zip(dist: Path, artifact: Artifact) -> Path:
     path = dist / artifact.file
     if not path.is_file():
         raise MissingArtifactError(f"{path} is missing: run ./build.sh build first")
@@ -246,12 +301,13 @@ def resolve_plan(
     if options.arch not in ARCHES:
         raise DeployError(f"unknown --arch {options.arch!r}: use one of {', '.join(ARCHES)}")
     _check_names(options.prefix)
+    _check_vpc(options)
     manifest = Manifest.load(options.dist)
     layer = manifest.layer(options.arch)
     function_artifact = manifest.function()
     _check_runtime(options.runtime, layer)
-    layer_zip = _checked_zip(options.dist, layer)
-    function_zip = _checked_zip(options.dist, function_artifact)
+    layer_zip = checked_zip(options.dist, layer)
+    function_zip = checked_zip(options.dist, function_artifact)
     _check_handlers(function_zip)
     if variables is None:
         variables = parse_env_file(options.env_file)
@@ -259,19 +315,19 @@ def resolve_plan(
     functions = tuple(
         FunctionPlan(
             spec=spec,
-            name=f"{options.prefix}-{spec.name}",
-            role_name=f"{options.prefix}-{spec.name}",
-            policy_name=f"{options.prefix}-{spec.name}",
-            rule_name=f"{options.prefix}-{spec.name}-schedule",
+            name=names.name,
+            role_name=names.role_name,
+            policy_name=names.policy_name,
+            rule_name=names.rule_name,
             environment=function_environment(spec, variables),
         )
-        for spec in FUNCTIONS
+        for spec, names in ((spec, ResourceNames.of(options.prefix, spec)) for spec in FUNCTIONS)
     )
     for function in functions:
         _check_environment_size(function)
     return DeployPlan(
         options=options,
-        layer_name=f"{options.prefix}-{options.arch}",
+        layer_name=layer_name(options.prefix, options.arch),
         layer=layer,
         layer_zip=layer_zip,
         function_zip=function_zip,

@@ -5,8 +5,13 @@
         --event '{}' --invocations 3 --env KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \\
         [--timeout 30] [--log out.log]
 
+    ./build.sh sandbox --function my_function.zip --handler app.handler \\
+        --event @event.json --with-broker --topic orders
+
 Prints one JSON line per invocation, then the log stream; exits 1 when init
-or any invocation failed.
+or any invocation failed. ``--with-broker`` starts a local Kafka broker (Tansu)
+for the run, points KAFKA_BOOTSTRAP_SERVERS at it, creates ``--topic`` (and
+KAFKA_TOPIC from ``--env``) and prints what arrived on each topic at the end.
 """
 
 from __future__ import annotations
@@ -56,15 +61,49 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", type=Path, help="write the log stream to this file too")
     parser.add_argument("--no-isolation", action="store_true",
                         help="let processes see the interpreter's site-packages")
+    parser.add_argument("--with-broker", action="store_true",
+                        help="run a local Kafka broker for this run (sets KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--topic", action="append", default=[],
+                        help="with --with-broker: create this topic and show what arrived on it "
+                        "(repeat; KAFKA_TOPIC from --env is added)")
     return parser
 
 
 def main(argv: list[str], *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = _parser().parse_args(argv)
+    env = dict(args.env)
+    if not args.with_broker:
+        return _run(args, env, out=out, err=err)
+    from devtools.kafka_broker import KafkaBroker, create_topics  # noqa: PLC0415 - optional
+
+    topics = list(dict.fromkeys([*args.topic, *([env["KAFKA_TOPIC"]] if "KAFKA_TOPIC" in env
+                                                 else [])]))
+    with KafkaBroker() as broker:
+        err.write(f"local Kafka broker at {broker.bootstrap}; topics: {', '.join(topics) or '-'}\n")
+        if topics:
+            create_topics(broker.bootstrap, topics)
+        code = _run(args, {**env, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, out=out, err=err)
+        _show_topics(broker.bootstrap, topics, out)
+    return code
+
+
+def _show_topics(bootstrap: str, topics: list[str], out: TextIO) -> None:
+    from devtools.kafka_broker import read_topic  # noqa: PLC0415 - optional
+
+    out.write("--- topics ---\n")
+    for topic in topics:
+        records = read_topic(bootstrap, topic, timeout=10)
+        out.write(json.dumps({"topic": topic, "records": len(records), "first": [
+            {"key": (r.key or b"").decode(errors="replace"),
+             "value": (r.value or b"").decode(errors="replace")} for r in records[:3]
+        ]}) + "\n")
+
+
+def _run(args: argparse.Namespace, env: dict[str, str], *, out: TextIO, err: TextIO) -> int:
     failed = False
     try:
         sandbox = Sandbox(layers=args.layer, function=args.function, handler=args.handler,
-                          env=dict(args.env), function_name=args.name, memory_mb=args.memory,
+                          env=env, function_name=args.name, memory_mb=args.memory,
                           timeout_s=args.timeout, init_timeout_s=args.init_timeout,
                           log_path=args.log, isolated=not args.no_isolation)
     except SandboxError as exc:

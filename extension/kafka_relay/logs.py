@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from kafka_relay.cli import run_cli
 from kafka_relay.errors import RelayError
 from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines
 
@@ -478,6 +479,8 @@ def main(
             args.spilled_out.write_text("".join(f"{line}\n" for line in log.spill_lines),
                                         encoding="utf-8")
             summary["spill"]["written_to"] = str(args.spilled_out)
+    except BrokenPipeError:
+        raise  # a reader such as `| head` left: run_cli exits quietly
     except (LogsError, OSError) as exc:
         stderr.write(f"error: {exc}\n")
         return 2
@@ -526,5 +529,11 @@ def _follow(
         return  # Ctrl-C is how following ends
 
 
+def cli() -> int:
+    """``kafka-relay-logs`` / ``python -m kafka_relay.logs``: no tracebacks for user errors."""
+    return run_cli(lambda: main(sys.argv[1:], env=os.environ, stdout=sys.stdout,
+                                stderr=sys.stderr))
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], env=os.environ, stdout=sys.stdout, stderr=sys.stderr))
+    sys.exit(cli())

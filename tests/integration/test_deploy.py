@@ -15,11 +15,21 @@ import pytest
 from botocore.exceptions import ClientError
 
 from devtools.moto_server import ACCOUNT_ID, MotoServer, use_moto
-from layer_build.deploy import DeployResult, deploy, main, retry_while_role_propagates
+from layer_build.deploy import (
+    LAYER_LICENSE,
+    DeployResult,
+    deploy,
+    main,
+    retry_while_role_propagates,
+)
+from layer_build.envfile import parse_env_file
 from layer_build.errors import DeployError, EnvFileError, MissingArtifactError
 from layer_build.manifest import FUNCTION_FILE_NAME, Artifact, Manifest, layer_file_name
 from layer_build.plan import DeployOptions, resolve_plan
+from layer_build.publish import PublishOptions, publish
+from layer_build.publish import main as publish_main
 from layer_build.targets import compatible_runtimes
+from layer_build.teardown import TeardownOptions, teardown
 from layer_build.zipper import FileTree, ZipResult, write_zip
 
 REGION = "eu-west-1"
@@ -53,6 +63,7 @@ def make_dist(
     dist: Path,
     *,
     layer_version: str = "1",
+    arches: tuple[str, ...] = ("x86_64",),
     python_versions: tuple[str, ...] = ("3.12", "3.13", "3.14"),
     handlers: tuple[str, ...] = ("rss_producer.py", "polymarket_producer.py"),
 ) -> Manifest:
@@ -68,8 +79,9 @@ def make_dist(
         source_date_epoch=None,
         pins={},
         artifacts=(
-            artifact(write_zip(layer, dist / layer_file_name("x86_64")), kind="layer",
-                     arch="x86_64", glibc="2.28", python_versions=python_versions),
+            *(artifact(write_zip(layer, dist / layer_file_name(arch)), kind="layer",
+                       arch=arch, glibc="2.28", python_versions=python_versions)
+              for arch in arches),
             artifact(write_zip(function, dist / FUNCTION_FILE_NAME), kind="function",
                      arch="any", glibc=None, python_versions=python_versions),
         ),
@@ -446,7 +458,7 @@ def test_cli_without_credentials_or_region_says_how_to_set_them(
     monkeypatch.delenv("AWS_REGION", raising=False)
     no_region = main(["--dist", str(dist), "--env-file", str(env_file)])
 
-    assert (code, no_region) == (1, 1)
+    assert (code, no_region) == (2, 2)
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET")
     assert err[1] == (
@@ -505,3 +517,153 @@ def test_a_function_zip_without_a_handler_is_refused(tmp_path: Path) -> None:
 def test_a_missing_architecture_names_the_build_command(dist: Path) -> None:
     with pytest.raises(MissingArtifactError, match=r"run ./build.sh build --arch arm64"):
         resolve_plan(DeployOptions(dist=dist, arch="arm64"), variables=ENV)
+
+
+# --- VPC and log retention ------------------------------------------------------------------
+
+
+def vpc(aws: MotoServer) -> tuple[str, str]:
+    ec2 = aws.client("ec2")
+    vpc_id = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="msk-clients", Description="to MSK",
+                                      VpcId=vpc_id)["GroupId"]
+    return subnet, group
+
+
+def test_functions_join_the_vpc_and_their_role_may_manage_its_network_interfaces(
+    aws: MotoServer, dist: Path
+) -> None:
+    subnet, group = vpc(aws)
+
+    first = run(dist, subnet_ids=(subnet,), security_group_ids=(group,))
+    second = run(dist, subnet_ids=(subnet,), security_group_ids=(group,))
+
+    config = aws.client("lambda").get_function_configuration(FunctionName=RSS)
+    assert config["VpcConfig"]["SubnetIds"] == [subnet]
+    assert config["VpcConfig"]["SecurityGroupIds"] == [group]
+    sids = [s["Sid"] for s in inline_policy(aws, RSS)["Statement"]]
+    assert sids == ["OwnLogGroup", "VpcNetworkInterfaces"]
+    assert first.actions("function") == {RSS: "created", POLYMARKET: "created"}
+    assert {change.action for change in second.changes} == {"unchanged"}
+
+
+def test_a_subnet_without_a_security_group_is_refused(dist: Path) -> None:
+    with pytest.raises(DeployError, match=r"needs both --subnet-ids and --security-group-ids"):
+        resolve_plan(DeployOptions(dist=dist, subnet_ids=("subnet-1",)), variables=ENV)
+
+
+def test_each_log_group_is_created_with_its_retention_and_follows_a_change(
+    aws: MotoServer, dist: Path
+) -> None:
+    first = run(dist)
+    shorter = run(dist, log_retention_days=7)
+
+    logs = aws.client("logs")
+    groups = {g["logGroupName"]: g.get("retentionInDays")
+              for g in logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/")["logGroups"]}
+    assert groups == {f"/aws/lambda/{RSS}": 7, f"/aws/lambda/{POLYMARKET}": 7}
+    assert set(first.actions("log-group").values()) == {"created"}
+    assert set(shorter.actions("log-group").values()) == {"updated"}
+
+
+def test_a_retention_cloudwatch_does_not_accept_is_refused(dist: Path) -> None:
+    with pytest.raises(DeployError, match=r"--log-retention-days 10 is not a value"):
+        resolve_plan(DeployOptions(dist=dist, log_retention_days=10), variables=ENV)
+
+
+# --- publish-layer ----------------------------------------------------------------------------
+
+
+def test_publish_layer_publishes_both_architectures_once_and_prints_what_to_set(
+    aws: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dist = tmp_path / "dist"
+    make_dist(dist, arches=("x86_64", "arm64"))
+
+    first = publish_main(["--dist", str(dist)])
+    out = capsys.readouterr().out
+    again = publish(PublishOptions(dist=dist), log=lambda _line: None)
+
+    assert first == 0
+    lam = aws.client("lambda")
+    for arch in ("x86_64", "arm64"):
+        version = lam.get_layer_version(LayerName=f"kafka-relay-{arch}", VersionNumber=1)
+        assert version["CompatibleArchitectures"] == [arch]
+        assert version["CompatibleRuntimes"] == ["python3.12", "python3.13"]
+        assert version["LicenseInfo"] == LAYER_LICENSE
+        assert version["LayerVersionArn"] in out
+        assert again.arns[arch] == version["LayerVersionArn"]
+    assert set(again.actions.values()) == {"unchanged"}
+    assert "KAFKA_BOOTSTRAP_SERVERS" in out
+    assert "KAFKA_SECRET_ARN" in out
+    assert lam.list_functions()["Functions"] == []
+
+
+def test_publish_layer_without_an_arm64_build_names_the_build_command(
+    aws: MotoServer, dist: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = publish_main(["--dist", str(dist)])
+
+    assert code == 1
+    assert "run ./build.sh build --arch arm64" in capsys.readouterr().err
+    assert aws.client("lambda").list_layers()["Layers"] == []
+
+
+# --- teardown -------------------------------------------------------------------------------
+
+
+def test_teardown_deletes_everything_deploy_made_and_a_second_run_finds_it_absent(
+    aws: MotoServer, dist: Path
+) -> None:
+    run(dist)
+    quiet = {"log": lambda _line: None}
+
+    preview = teardown(TeardownOptions(dry_run=True), **quiet)
+    lam = aws.client("lambda")
+    assert len(lam.list_functions()["Functions"]) == 2, "a dry run deletes nothing"
+    first = teardown(TeardownOptions(), **quiet)
+    second = teardown(TeardownOptions(), **quiet)
+
+    assert set(preview.actions.values()) == {"would delete", "absent"}
+    assert preview.actions[f"function {RSS}"] == "would delete"
+    assert first.actions[f"layer {LAYER}"] == "deleted"
+    assert first.actions["layer kafka-relay-arm64"] == "absent"
+    assert {k for k, v in first.actions.items() if v == "deleted"} == {
+        k for k, v in preview.actions.items() if v == "would delete"
+    }
+    assert set(second.actions.values()) == {"absent"}
+    assert lam.list_functions()["Functions"] == []
+    assert lam.list_layer_versions(LayerName=LAYER)["LayerVersions"] == []
+    assert aws.client("iam").list_roles()["Roles"] == []
+    assert aws.client("events").list_rules()["Rules"] == []
+    assert aws.client("logs").describe_log_groups()["logGroups"] == []
+
+
+def test_teardown_leaves_other_prefixes_alone(aws: MotoServer, dist: Path) -> None:
+    run(dist, prefix="other")
+
+    result = teardown(TeardownOptions(), log=lambda _line: None)
+
+    assert set(result.actions.values()) == {"absent"}
+    assert len(aws.client("lambda").list_functions()["Functions"]) == 2
+
+
+# --- .env.example ---------------------------------------------------------------------------
+
+
+def test_the_env_example_parses_and_names_only_variables_something_reads() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    example = repo / ".env.example"
+    readers = "".join(path.read_text() for path in [
+        *(repo / "extension" / "kafka_relay").rglob("*.py"), *(repo / "function").glob("*.py"),
+        repo / "layer_build" / "plan.py",
+    ])
+
+    variables = parse_env_file(example)
+    named = set(re.findall(r"\b((?:KAFKA|RSS|POLYMARKET)_[A-Z_]+)=", example.read_text()))
+
+    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS"}
+    assert named - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"} == {
+        name for name in named if f'"{name}"' in readers
+    } - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"}

@@ -1,0 +1,199 @@
+# kafka-relay: attach the layer to YOUR function with Terraform.
+#
+#   ./build.sh publish-layer        # prints the layer version ARN per architecture
+#   terraform init && terraform apply \
+#     -var kafka_relay_layer_arn=arn:aws:lambda:eu-west-1:123456789012:layer:kafka-relay-x86_64:1 \
+#     -var function_zip=orders-producer.zip -var handler=app.handler \
+#     -var kafka_bootstrap_servers=b-1.example:9096 -var kafka_topic=orders
+#
+# The same function, permissions and settings as iac/cloudformation/template.yaml. Optional
+# variables left empty grant nothing: kafka_secret_arn (secretsmanager:GetSecretValue),
+# spill_bucket (s3:PutObject), msk_cluster_arn (MSK IAM on port 9098: kafka-cluster:Connect,
+# DescribeTopic, WriteData, WriteDataIdempotently), subnet_ids + security_group_ids (VPC).
+# Not applied in this repository's tests (no terraform binary there): they parse this file
+# and check its variables, resources, environment and IAM actions against the CloudFormation.
+
+terraform {
+  required_providers {
+    aws = { source = "hashicorp/aws", version = ">= 5.0" }
+  }
+}
+
+variable "function_name" {
+  type    = string
+  default = "orders-producer"
+}
+
+variable "function_zip" {
+  type        = string
+  description = "Your function's deployment package (a zip with your handler)"
+}
+
+variable "handler" {
+  type    = string
+  default = "app.handler"
+}
+
+variable "runtime" {
+  type        = string
+  default     = "python3.12"
+  description = "python3.12 or python3.13: the layer's confluent-kafka needs glibc >= 2.28"
+}
+
+variable "architecture" {
+  type    = string
+  default = "x86_64"
+}
+
+variable "kafka_relay_layer_arn" {
+  type        = string
+  description = "Layer version ARN from ./build.sh publish-layer, same architecture"
+}
+
+variable "kafka_bootstrap_servers" {
+  type = string
+}
+
+variable "kafka_topic" {
+  type = string
+}
+
+variable "kafka_secret_arn" {
+  type    = string
+  default = ""
+}
+
+variable "spill_bucket" {
+  type    = string
+  default = ""
+}
+
+variable "msk_cluster_arn" {
+  type    = string
+  default = ""
+}
+
+variable "subnet_ids" {
+  type    = list(string)
+  default = []
+}
+
+variable "security_group_ids" {
+  type    = list(string)
+  default = []
+}
+
+variable "log_retention_days" {
+  type    = number
+  default = 30
+}
+
+data "aws_partition" "current" {}
+
+locals {
+  in_vpc = length(var.subnet_ids) > 0
+  # arn:...:cluster/<name>/<uuid> -> arn:...:topic/<name>/<uuid>/*
+  msk_topics = var.msk_cluster_arn == "" ? "" : "${replace(var.msk_cluster_arn, ":cluster/", ":topic/")}/*"
+  statements = concat(
+    var.kafka_secret_arn == "" ? [] : [{
+      Sid      = "ReadKafkaCredentials"
+      Effect   = "Allow"
+      Action   = ["secretsmanager:GetSecretValue"]
+      Resource = [var.kafka_secret_arn]
+    }],
+    var.spill_bucket == "" ? [] : [{
+      Sid      = "SpillUnsentRecords"
+      Effect   = "Allow"
+      Action   = ["s3:PutObject"]
+      Resource = ["arn:${data.aws_partition.current.partition}:s3:::${var.spill_bucket}/*"]
+    }],
+    var.msk_cluster_arn == "" ? [] : [{
+      Sid    = "MskIamProduce"
+      Effect = "Allow"
+      Action = [
+        "kafka-cluster:Connect",
+        "kafka-cluster:DescribeTopic",
+        "kafka-cluster:WriteData",
+        "kafka-cluster:WriteDataIdempotently",
+      ]
+      Resource = [var.msk_cluster_arn, local.msk_topics]
+    }],
+  )
+}
+
+resource "aws_iam_role" "producer" {
+  name = var.function_name
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "lambda.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+}
+
+resource "aws_iam_role_policy_attachment" "logs" {
+  role       = aws_iam_role.producer.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+}
+
+resource "aws_iam_role_policy_attachment" "vpc" {
+  count      = local.in_vpc ? 1 : 0
+  role       = aws_iam_role.producer.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+}
+
+resource "aws_iam_role_policy" "kafka_relay" {
+  count  = length(local.statements) > 0 ? 1 : 0
+  name   = "kafka-relay"
+  role   = aws_iam_role.producer.id
+  policy = jsonencode({ Version = "2012-10-17", Statement = local.statements })
+}
+
+resource "aws_cloudwatch_log_group" "producer" {
+  name              = "/aws/lambda/${var.function_name}"
+  retention_in_days = var.log_retention_days
+}
+
+resource "aws_lambda_function" "producer" {
+  function_name = var.function_name
+  filename      = var.function_zip
+  handler       = var.handler
+  runtime       = var.runtime
+  architectures = [var.architecture]
+  role          = aws_iam_role.producer.arn
+  timeout       = 60
+  memory_size   = 256
+  layers        = [var.kafka_relay_layer_arn]
+
+  environment {
+    variables = merge(
+      {
+        KAFKA_BOOTSTRAP_SERVERS = var.kafka_bootstrap_servers
+        KAFKA_TOPIC             = var.kafka_topic
+      },
+      var.kafka_secret_arn == "" ? {} : { KAFKA_SECRET_ARN = var.kafka_secret_arn },
+      var.spill_bucket == "" ? {} : { KAFKA_RELAY_SPILL_BUCKET = var.spill_bucket },
+    )
+  }
+
+  dynamic "vpc_config" {
+    for_each = local.in_vpc ? [1] : []
+    content {
+      subnet_ids         = var.subnet_ids
+      security_group_ids = var.security_group_ids
+    }
+  }
+
+  depends_on = [aws_cloudwatch_log_group.producer]
+}
+
+output "function_arn" {
+  value = aws_lambda_function.producer.arn
+}
+
+output "log_group" {
+  description = "python -m kafka_relay.logs --log-group <this>"
+  value       = aws_cloudwatch_log_group.producer.name
+}
