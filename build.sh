@@ -90,7 +90,7 @@ run_checks() {
   echo "==> mypy"
   "$VENV/bin/mypy"
   echo "==> import rules"
-  PYTHONPATH="$ROOT/extension:$ROOT" "$VENV/bin/lint-imports" --no-cache
+  PYTHONPATH="$ROOT/extension:$ROOT" "$VENV/bin/lint-imports" --no-cache --no-logo
 }
 
 # True when the command's arguments ask for help: then nothing is built first.

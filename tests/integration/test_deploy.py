@@ -590,7 +590,7 @@ def test_publish_layer_publishes_both_architectures_once_and_prints_what_to_set(
     for arch in ("x86_64", "arm64"):
         version = lam.get_layer_version(LayerName=f"kafka-relay-{arch}", VersionNumber=1)
         assert version["CompatibleArchitectures"] == [arch]
-        assert version["CompatibleRuntimes"] == ["python3.12", "python3.13"]
+        assert version["CompatibleRuntimes"] == ["python3.12", "python3.13", "python3.14"]
         assert version["LicenseInfo"] == LAYER_LICENSE
         assert version["LayerVersionArn"] in out
         assert again.arns[arch] == version["LayerVersionArn"]
