@@ -27,6 +27,7 @@ _EXTENSION = "/2020-01-01/extension"
 _TELEMETRY = "/2022-07-01/telemetry"
 _EVENTS = frozenset({"INVOKE", "SHUTDOWN"})
 _ACCOUNT_ID = "123456789012"
+MANAGED_INSTANCES_SCHEMA = "2025-01-29"
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,13 @@ class LambdaApiServer:
             if isinstance(ext, Response):
                 return ext
         body = request.json()
+        if (env.managed_instances and isinstance(body, dict)
+                and body.get("schemaVersion") != MANAGED_INSTANCES_SCHEMA):
+            # AWS documents 2025-01-29 as the only schema managed instances accept.
+            return Response.error(400, "ValidationError",
+                                  f"Lambda Managed Instances accept only schemaVersion "
+                                  f"{MANAGED_INSTANCES_SCHEMA!r}, got "
+                                  f"{body.get('schemaVersion')!r}")
         try:
             env.hub.subscribe(ext.name, body)
         except TelemetryRequestError as exc:

@@ -151,6 +151,21 @@ def test_an_extension_crash_replaces_the_whole_environment(make_sandbox: MakeSan
     assert len(base.probe_events(sandbox, "registered")) == 2
 
 
+def test_managed_instances_take_telemetry_subscriptions_of_the_2025_schema_only(
+        make_sandbox: MakeSandbox) -> None:
+    old = managed(make_sandbox, probe={"*": {"events": "auto", "telemetry": True}})
+    new = managed(make_sandbox, probe={"*": {"events": "auto", "telemetry": True,
+                                             "schema": "2025-01-29"}}, max_concurrency=2)
+
+    old.start()
+    results = new.invoke_many([{"action": "echo"}] * 4)
+
+    assert base.probe_events(old, "subscribed")[0]["status"] == 400
+    assert base.probe_events(new, "subscribed")[0]["status"] == 200
+    for r in results:  # platform.runtimeDone for each request id
+        new.wait_for_log(rf'"event": "runtimeDone", .*"requestId": "{r.request_id}"')
+
+
 def test_modes_reject_options_that_do_not_apply() -> None:
     options = {"function": base.FUNCTION, "handler": base.HANDLER}
     with pytest.raises(SandboxError, match="mode must be one of"):
