@@ -126,6 +126,7 @@ class RestoreResult:
 def take_snapshot(sb: Sandbox, live: _Live) -> SnapshotReport:
     """Freeze the initialised environment and record what it holds open."""
     sb._freeze(live)
+    live.procs.settle(0.2)  # output written before the snapshot is in the log stream
     api_port = int(sb.runtime_api.rsplit(":", 1)[1])
     pids = live.procs.pids()
     connections = [c for c in established_connections(pids) if c.remote[1] != api_port]
@@ -137,7 +138,8 @@ def restore(sb: Sandbox, live: _Live, snapshot: SnapshotReport, *,
     """Thaw a snapshotted environment as Lambda restores one: ``platform.restoreStart``,
     the runtime's ``/restore/next`` answered, its after-restore hooks run, then
     ``platform.restoreRuntimeDone`` and ``platform.restoreReport`` once it calls
-    ``/invocation/next`` (or ``/restore/error``, or 10 s pass)."""
+    ``/invocation/next`` (or ``/restore/error``, or 10 s pass). The environment then
+    runs until the next invoke, which freezes it afterwards as usual."""
     if after_s > 0:
         time.sleep(after_s)
     log_index = len(sb.log_lines())
@@ -183,7 +185,10 @@ def restore(sb: Sandbox, live: _Live, snapshot: SnapshotReport, *,
         return RestoreResult(status, restore_ms, paused_ms, log_index, error_type or status,
                              sb._teardown("failure"))
     live.report_init = False  # a restored environment's REPORT has no Init Duration
-    sb._freeze(live)
+    # Not frozen again: in Lambda the first invocation follows the restore at once, so
+    # an extension's after-restore work (on platform.restoreStart) runs meanwhile.
+    with sb._cond:
+        state.phase = "ready"
     return RestoreResult(status, restore_ms, paused_ms, log_index)
 
 

@@ -73,6 +73,7 @@ def test_managed_instances_accept_shutdown_only_and_tell_every_process_the_mode(
     assert {k: registered["env"][k] for k in expected} == expected
     assert result.status == "success"
     assert {k: result.payload["env"][k] for k in expected} == expected
+    assert result.payload["hooks"] == []  # SnapStart hooks run under SnapStart only
     assert base.probe_events(sandbox, "INVOKE") == []
     assert ended.notified == ["probe"]
     assert ended.exit_codes == {"probe": 0}
@@ -114,11 +115,11 @@ def test_fewer_runtime_processes_than_concurrency_take_turns(
 
 def test_an_invocation_past_its_timeout_is_reported_but_nothing_is_reset(
         make_sandbox: MakeSandbox) -> None:
-    sandbox = managed(make_sandbox, max_concurrency=2, timeout_s=1.0)
+    sandbox = managed(make_sandbox, max_concurrency=2, timeout_s=2.0)
     sandbox.start()
     pids = sandbox.pids()
 
-    slow, quick = sandbox.invoke_many([{"action": "sleep", "seconds": 3}, {"action": "echo"}])
+    slow, quick = sandbox.invoke_many([{"action": "sleep", "seconds": 5}, {"action": "echo"}])
 
     assert slow.status == "timeout"
     assert slow.reset is None
@@ -233,6 +234,25 @@ def test_snap_start_inits_snapshots_then_restores_with_telemetry(
     assert any(line.startswith("RESTORE_REPORT Restore Duration: ") for line in lines)
     assert "Init Duration" not in base.report_fields(sandbox, result.request_id)
     assert result.init_ms is None
+    assert result.payload["hooks"] == ["before_snapshot", "after_restore"]
+    before = next(i for i, line in enumerate(lines) if '"function": "before_snapshot"' in line)
+    after = next(i for i, line in enumerate(lines) if '"function": "after_restore"' in line)
+    assert before < snapshot.log_index <= restored.log_index <= after
+
+
+def test_a_failing_after_restore_hook_fails_the_restore_and_ends_the_environment(
+        make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(mode="snap-start", env={"SANDBOX_FAIL_RESTORE": "1"})
+
+    restored = sandbox.restore()
+
+    assert restored.status == "failure"
+    assert restored.error_type == "Runtime.AfterRestoreError"  # awslambdaric's restore/error
+    assert restored.reset is not None
+    assert restored.reset.reason == "failure"
+    assert sandbox.pids() == []
+    assert any(line.startswith("RESTORE_REPORT") and "Status: failure" in line
+               for line in sandbox.log_lines())
 
 
 def test_the_first_invoke_restores_a_snapshotted_environment(make_sandbox: MakeSandbox) -> None:
