@@ -28,6 +28,9 @@ _TELEMETRY = "/2022-07-01/telemetry"
 _EVENTS = frozenset({"INVOKE", "SHUTDOWN"})
 _ACCOUNT_ID = "123456789012"
 MANAGED_INSTANCES_SCHEMA = "2025-01-29"
+#: Where SnapStart environments fetch the execution role's credentials (this sandbox's
+#: choice of path: the variables matter, Lambda's own path was not confirmed).
+CREDENTIALS_PATH = "/2021-04-23/credentials"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class LambdaApiServer:
              self._runtime_error),
             ("POST", re.compile(rf"{_RUNTIME}/init/error"), self._runtime_init_error),
             ("GET", re.compile(rf"{_RUNTIME}/restore/next"), self._restore_next),
+            ("GET", re.compile(CREDENTIALS_PATH), self._credentials),
             ("POST", re.compile(rf"{_RUNTIME}/restore/error"), self._restore_error),
             ("POST", re.compile(rf"{_EXTENSION}/register"), self._register),
             ("GET", re.compile(rf"{_EXTENSION}/event/next"), self._extension_next),
@@ -227,6 +231,16 @@ class LambdaApiServer:
             if env.closed:
                 return Response.error(500, "Sandbox.Closed", "the environment was shut down")
         return Response(200, b"", {"Content-Type": "application/json"})
+
+    def _credentials(self, env: EnvState, request: Request) -> Response:
+        """The container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI) that
+        SnapStart environments get instead of credential variables."""
+        with env.cond:
+            token, answer = env.credentials_token, dict(env.credentials)
+        if token is None or request.header("Authorization") != token:
+            return Response.error(403, "AccessDenied",
+                                  "send AWS_CONTAINER_AUTHORIZATION_TOKEN as Authorization")
+        return Response.of_json(200, answer)
 
     def _restore_error(self, env: EnvState, request: Request) -> Response:
         body = request.json()

@@ -18,12 +18,16 @@ prove nothing that must not be shared existed before it.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from devtools.sandbox.apiserver import CREDENTIALS_PATH
 from devtools.sandbox.errors import SandboxError
+from devtools.sandbox.state import EnvState
 
 if TYPE_CHECKING:
     from devtools.sandbox.sandbox import Sandbox, ShutdownResult, _Live
@@ -74,7 +78,10 @@ class ModeConfig:
         return self.mode == "snap-start"
 
     def environment(self) -> dict[str, str]:
-        """Variables every process of the environment sees."""
+        """Variables every process of the environment sees, over the function's own
+        (on-demand changes nothing: ``lambda_environment`` sets it)."""
+        if self.mode == "on-demand":
+            return {}
         env = {"AWS_LAMBDA_INITIALIZATION_TYPE": self.init_type}
         if self.managed_instances:
             env["AWS_LAMBDA_MAX_CONCURRENCY"] = str(self.max_concurrency)
@@ -87,6 +94,27 @@ class ModeConfig:
         if not self.managed_instances:
             return env
         return {**env, "AWS_LAMBDA_MAX_CONCURRENCY": str(self.runtime_processes)}
+
+
+#: Credential variables a SnapStart environment does not get (they would be frozen
+#: into the snapshot): the SDKs use the container credentials endpoint instead.
+SNAPSHOT_HIDDEN = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def container_credentials(env: dict[str, str], state: EnvState,
+                          api_address: str) -> dict[str, str]:
+    """SnapStart: move the role's credentials from variables to the container credentials
+    endpoint (``AWS_CONTAINER_CREDENTIALS_FULL_URI`` + ``AWS_CONTAINER_AUTHORIZATION_TOKEN``),
+    as Lambda does."""
+    token = secrets.token_urlsafe(32)
+    expiration = datetime.fromtimestamp(time.time() + 6 * 3600, tz=timezone.utc)
+    state.credentials_token = token
+    state.credentials = {
+        "AccessKeyId": env["AWS_ACCESS_KEY_ID"], "SecretAccessKey": env["AWS_SECRET_ACCESS_KEY"],
+        "Token": env["AWS_SESSION_TOKEN"], "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    kept = {k: v for k, v in env.items() if k not in SNAPSHOT_HIDDEN}
+    return {**kept, "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://{api_address}{CREDENTIALS_PATH}",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": token}
 
 
 @dataclass(frozen=True)

@@ -353,6 +353,8 @@ class Sandbox:
             function_name=self.function_name, memory_mb=self.memory_mb, region=self.region,
             tmp_dir=tmp_dir, function_env=self._function_env,
         ) | self.mode.environment()
+        if self.mode.snap_start:
+            runtime_env = modes.container_credentials(runtime_env, state, server.address)
         runtime_version = f"python:{layout.version}.sandbox"
         self._log(f"INIT_START Runtime Version: {runtime_version}\tRuntime Version ARN: "
                   f"arn:aws:lambda:{self.region}::runtime:sandbox")

@@ -76,6 +76,9 @@ class EnvState:
     restore_waiting: bool = False
     restore_released: bool = False
     restore_error: ErrorReport | None = None
+    # SnapStart: the container credentials endpoint's token and its answer.
+    credentials_token: str | None = None
+    credentials: dict[str, str] = field(default_factory=dict)
     init_error: ErrorReport | None = None
     exit_error: ErrorReport | None = None
     subscriptions: list[dict[str, Any]] = field(default_factory=list)

@@ -240,6 +240,20 @@ def test_snap_start_inits_snapshots_then_restores_with_telemetry(
     assert before < snapshot.log_index <= restored.log_index <= after
 
 
+def test_snap_start_serves_the_role_credentials_from_the_container_endpoint_only(
+        make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(mode="snap-start")
+
+    result = sandbox.invoke({"action": "credentials"})
+
+    registered = base.probe_events(sandbox, "registered")[0]
+    assert registered["env"]["AWS_SESSION_TOKEN"] is None  # not frozen into the snapshot
+    assert result.status == "success"
+    assert result.payload["variables"] is False
+    assert result.payload["access_key"].startswith("ASIA")  # botocore's container provider
+    assert result.payload["token"] is True
+
+
 def test_a_failing_after_restore_hook_fails_the_restore_and_ends_the_environment(
         make_sandbox: MakeSandbox) -> None:
     sandbox = make_sandbox(mode="snap-start", env={"SANDBOX_FAIL_RESTORE": "1"})
