@@ -88,7 +88,10 @@ Modes (``Sandbox(..., mode=...)``, see ``modes.py`` and ``concurrent.py``):
   Lambda APIs) and the log position. ``sb.restore(after_s=...)`` (or the first
   invoke) thaws it, emits ``platform.restoreStart``, answers ``/restore/next``, and
   once the runtime calls ``/invocation/next`` emits ``platform.restoreRuntimeDone``
-  and ``platform.restoreReport`` and logs ``RESTORE_START``/``RESTORE_REPORT``.
+  and ``platform.restoreReport``, logs ``RESTORE_START``/``RESTORE_REPORT`` and
+  leaves it running until the first invoke. No ``AWS_ACCESS_KEY_ID``/``..._SECRET_...``/
+  ``AWS_SESSION_TOKEN``: ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` +
+  ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` name a credentials endpoint instead.
   Processes are not checkpointed: no memory is copied, the clock does not jump
   (the pause is real), and sockets die only if the caller cuts them (e.g. with a
   ``FaultProxy`` between snapshot and restore).
