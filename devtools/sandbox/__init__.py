@@ -79,12 +79,43 @@ layer's ``python/`` on the path itself. ``TMPDIR`` is a fresh directory per
 environment. Telemetry destinations may use ``sandbox.localdomain`` (resolved
 to 127.0.0.1 here, as inside Lambda), ``127.0.0.1`` or ``localhost``.
 
+Modes (``Sandbox(..., mode=...)``, see ``modes.py`` and ``concurrent.py``):
+
+- ``"managed-instances"`` (``max_concurrency=N``, ``runtime_processes=K``, K <= N,
+  default K = N): ``AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`` and
+  ``AWS_LAMBDA_MAX_CONCURRENCY=N`` everywhere (the runtime gets K: awslambdaric
+  forks one worker per its value). Registering for INVOKE is refused (403
+  ``Extension.InvalidEventType``, message ``INVOKE: ErrorInvalidEventType``);
+  Telemetry subscriptions need ``schemaVersion`` ``2025-01-29`` (else 400). Init ends
+  when the extensions and one runtime worker called ``/next``. No freeze.
+  ``sb.invoke_many(events, concurrency=C)`` dispatches up to min(C, N) at once and
+  returns results in order; ``invoke()`` is one of them. A timed-out invocation is
+  reported (``status="timeout"``) without a reset; an extension or runtime exit
+  ends the environment (its in-flight invocations fail with ``reset`` set) and the
+  next invocations init a fresh one. SHUTDOWN as above.
+- ``"snap-start"``: ``AWS_LAMBDA_INITIALIZATION_TYPE=snap-start``; awslambdaric runs
+  its before-snapshot hooks and blocks in ``/runtime/restore/next``; init ends there
+  and the sandbox "snapshots": SIGSTOP, and ``sb.snapshot_report()`` lists the
+  established TCP connections of the environment's processes (not those to the
+  Lambda APIs) and the log position. ``sb.restore(after_s=...)`` (or the first
+  invoke) thaws it, emits ``platform.restoreStart``, answers ``/restore/next``, and
+  once the runtime calls ``/invocation/next`` emits ``platform.restoreRuntimeDone``
+  and ``platform.restoreReport``, logs ``RESTORE_START``/``RESTORE_REPORT`` and
+  leaves it running until the first invoke. No ``AWS_ACCESS_KEY_ID``/``..._SECRET_...``/
+  ``AWS_SESSION_TOKEN``: ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` +
+  ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` name a credentials endpoint instead.
+  Processes are not checkpointed: no memory is copied, the clock does not jump
+  (the pause is real), and sockets die only if the caller cuts them (e.g. with a
+  ``FaultProxy`` between snapshot and restore).
+
 Also a command: ``python -m devtools.sandbox --layer L.zip --function F.zip
 --handler mod.fn --event '{}' --invocations 3 [--env K=V] [--timeout 30]
 [--log out.log]``.
 """
 
 from devtools.sandbox.errors import SandboxError, SandboxInitError
+from devtools.sandbox.modes import Connection, RestoreResult, SnapshotReport
 from devtools.sandbox.sandbox import InvokeResult, Sandbox, ShutdownResult
 
-__all__ = ["InvokeResult", "Sandbox", "SandboxError", "SandboxInitError", "ShutdownResult"]
+__all__ = ["Connection", "InvokeResult", "RestoreResult", "Sandbox", "SandboxError",
+           "SandboxInitError", "ShutdownResult", "SnapshotReport"]

@@ -3,7 +3,11 @@
     python -m devtools.sandbox --layer dist/kafka-relay-layer-x86_64.zip \\
         --function dist/producer-functions.zip --handler rss_producer.handler \\
         --event '{}' --invocations 3 --env KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \\
-        [--timeout 30] [--log out.log]
+        [--timeout 30] [--log out.log] [--mode managed-instances --max-concurrency 4]
+
+With ``--mode managed-instances`` the invocations run concurrently (up to
+``--max-concurrency``); with ``--mode snap-start`` the first one restores the
+environment from its snapshot.
 
     ./build.sh sandbox --function my_function.zip --handler app.handler \\
         --event @event.json --with-broker --topic orders
@@ -59,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", type=int, default=256, help="memory size, MB")
     parser.add_argument("--name", default="kafka-relay-sandbox", help="function name")
     parser.add_argument("--log", type=Path, help="write the log stream to this file too")
+    parser.add_argument("--mode", default="on-demand",
+                        choices=["on-demand", "managed-instances", "snap-start"])
+    parser.add_argument("--max-concurrency", type=int,
+                        help="managed instances: concurrent invocations (default 2)")
     parser.add_argument("--no-isolation", action="store_true",
                         help="let processes see the interpreter's site-packages")
     parser.add_argument("--with-broker", action="store_true",
@@ -105,14 +113,17 @@ def _run(args: argparse.Namespace, env: dict[str, str], *, out: TextIO, err: Tex
         sandbox = Sandbox(layers=args.layer, function=args.function, handler=args.handler,
                           env=env, function_name=args.name, memory_mb=args.memory,
                           timeout_s=args.timeout, init_timeout_s=args.init_timeout,
-                          log_path=args.log, isolated=not args.no_isolation)
+                          log_path=args.log, isolated=not args.no_isolation,
+                          mode=args.mode, max_concurrency=args.max_concurrency)
     except SandboxError as exc:
         err.write(f"{exc}\n")
         return 2
     try:
         with sandbox:
-            for number in range(1, args.invocations + 1):
-                result = sandbox.invoke(args.event)
+            results = (sandbox.invoke_many([args.event] * args.invocations)
+                       if sandbox.mode.managed_instances
+                       else (sandbox.invoke(args.event) for _ in range(args.invocations)))
+            for number, result in enumerate(results, start=1):
                 failed |= result.status != "success"
                 fields = {k: v for k, v in dataclasses.asdict(result).items()
                           if k not in ("raw_payload", "error")}

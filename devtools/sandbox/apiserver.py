@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -26,6 +27,10 @@ _EXTENSION = "/2020-01-01/extension"
 _TELEMETRY = "/2022-07-01/telemetry"
 _EVENTS = frozenset({"INVOKE", "SHUTDOWN"})
 _ACCOUNT_ID = "123456789012"
+MANAGED_INSTANCES_SCHEMA = "2025-01-29"
+#: Where SnapStart environments fetch the execution role's credentials (this sandbox's
+#: choice of path: the variables matter, Lambda's own path was not confirmed).
+CREDENTIALS_PATH = "/2021-04-23/credentials"
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,16 @@ class LambdaApiServer:
             ("POST", re.compile(rf"{_RUNTIME}/invocation/(?P<id>[^/]+)/error"),
              self._runtime_error),
             ("POST", re.compile(rf"{_RUNTIME}/init/error"), self._runtime_init_error),
+            ("GET", re.compile(rf"{_RUNTIME}/restore/next"), self._restore_next),
+            ("GET", re.compile(CREDENTIALS_PATH), self._credentials),
+            ("POST", re.compile(rf"{_RUNTIME}/restore/error"), self._restore_error),
             ("POST", re.compile(rf"{_EXTENSION}/register"), self._register),
             ("GET", re.compile(rf"{_EXTENSION}/event/next"), self._extension_next),
             ("POST", re.compile(rf"{_EXTENSION}/init/error"), self._extension_init_error),
             ("POST", re.compile(rf"{_EXTENSION}/exit/error"), self._extension_exit_error),
             ("PUT", re.compile(rf"{_TELEMETRY}/?"), self._subscribe),
         ]
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
+        self._httpd = _Server(("127.0.0.1", 0), _handler_class(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
                                         name="sandbox-lambda-apis", daemon=True)
@@ -125,11 +133,16 @@ class LambdaApiServer:
             env.runtime_waiting = True
             env.last_next_at = time.monotonic()
             env.cond.notify_all()
-            while env.for_runtime is None and not env.closed:
+            # Managed instances: several runtime workers wait here at once; each takes
+            # the oldest pending invocation.
+            while env.for_runtime is None and not env.pending and not env.closed:
                 env.cond.wait()
-            if env.closed or env.for_runtime is None:
+            if env.closed:
                 return Response.error(500, "Sandbox.Closed", "the environment was shut down")
-            invocation, env.for_runtime = env.for_runtime, None
+            if env.for_runtime is not None:
+                invocation, env.for_runtime = env.for_runtime, None
+            else:
+                invocation = env.pending.popleft()
             invocation.taken = True
             env.runtime_waiting = False
             env.cond.notify_all()
@@ -148,6 +161,8 @@ class LambdaApiServer:
         with env.cond:
             invocation = env.current
             if invocation is None or invocation.request_id != request.params["id"]:
+                invocation = env.inflight.get(request.params["id"])
+            if invocation is None:
                 return Response.error(400, "InvalidRequestID",
                                       f"no current invocation {request.params['id']!r}")
             if invocation.responded is not None:
@@ -197,6 +212,45 @@ class LambdaApiServer:
             env.cond.notify_all()
         return ACCEPTED
 
+    # -- SnapStart: the runtime's restore hooks --------------------------------------------
+
+    def _restore_next(self, env: EnvState, request: Request) -> Response:
+        """The runtime ran its before-snapshot hooks; it blocks here across the snapshot
+        until the environment is restored, then runs its after-restore hooks."""
+        if env.init_type != "snap-start":
+            return Response.error(403, "InvalidStateTransition",
+                                  "restore/next is only available with SnapStart")
+        with env.cond:
+            env.restore_waiting = True
+            env.last_next_at = time.monotonic()
+            env.cond.notify_all()
+            while not env.restore_released and not env.closed:
+                env.cond.wait()
+            env.restore_waiting = False
+            env.cond.notify_all()
+            if env.closed:
+                return Response.error(500, "Sandbox.Closed", "the environment was shut down")
+        return Response(200, b"", {"Content-Type": "application/json"})
+
+    def _credentials(self, env: EnvState, request: Request) -> Response:
+        """The container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI) that
+        SnapStart environments get instead of credential variables."""
+        with env.cond:
+            token, answer = env.credentials_token, dict(env.credentials)
+        if token is None or request.header("Authorization") != token:
+            return Response.error(403, "AccessDenied",
+                                  "send AWS_CONTAINER_AUTHORIZATION_TOKEN as Authorization")
+        return Response.of_json(200, answer)
+
+    def _restore_error(self, env: EnvState, request: Request) -> Response:
+        body = request.json()
+        message = str(body.get("errorMessage", "")) if isinstance(body, dict) else ""
+        error_type = request.header("Lambda-Runtime-Function-Error-Type") or "Runtime.Unknown"
+        with env.cond:
+            env.restore_error = env.restore_error or ErrorReport("runtime", error_type, message)
+            env.cond.notify_all()
+        return ACCEPTED
+
     # -- Extensions API -------------------------------------------------------------------
 
     def _register(self, env: EnvState, request: Request) -> Response:
@@ -209,6 +263,14 @@ class LambdaApiServer:
         if not isinstance(events, list) or not set(events) <= _EVENTS:
             return Response.error(400, "InvalidEventType",
                                   f"events must be a subset of {sorted(_EVENTS)}, got {events!r}")
+        if env.managed_instances and set(events) - {"SHUTDOWN"}:
+            # As Lambda Managed Instances' RAPID does (aws-lambda-runtime-interface-emulator,
+            # internal/lambda-managed-instances: ValidateExternalAgentEvent): SHUTDOWN only.
+            refused = sorted(set(events) - {"SHUTDOWN"})[0]
+            self._log(f"EXTENSION\tName: {name}\tState: RegistrationRefused\t"
+                      f"Events: [{','.join(events)}]")
+            return Response.error(403, "Extension.InvalidEventType",
+                                  f"{refused}: ErrorInvalidEventType")
         with env.cond:
             if env.phase != "init":
                 return Response.error(403, "Extension.InvalidRequest",
@@ -295,6 +357,13 @@ class LambdaApiServer:
             if isinstance(ext, Response):
                 return ext
         body = request.json()
+        if (env.managed_instances and isinstance(body, dict)
+                and body.get("schemaVersion") != MANAGED_INSTANCES_SCHEMA):
+            # AWS documents 2025-01-29 as the only schema managed instances accept.
+            return Response.error(400, "ValidationError",
+                                  f"Lambda Managed Instances accept only schemaVersion "
+                                  f"{MANAGED_INSTANCES_SCHEMA!r}, got "
+                                  f"{body.get('schemaVersion')!r}")
         try:
             env.hub.subscribe(ext.name, body)
         except TelemetryRequestError as exc:
@@ -310,6 +379,13 @@ def tracing(invocation: Invocation) -> dict[str, str]:
     """The ``tracing`` object of platform events for this invocation."""
     return {"spanId": invocation.request_id.replace("-", "")[:16],
             "type": "X-Amzn-Trace-Id", "value": invocation.trace_id}
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a runtime worker killed with its keep-alive connection open
+        super().handle_error(request, client_address)
 
 
 def _handler_class(server: LambdaApiServer) -> type[BaseHTTPRequestHandler]:

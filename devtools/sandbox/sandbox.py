@@ -13,12 +13,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TextIO, TypeVar
 
+from devtools.sandbox import concurrent, modes
 from devtools.sandbox.apiserver import LambdaApiServer, tracing
 from devtools.sandbox.cgroup import CpuTimes, EnvironmentCgroup, vcpus_for_memory, warn_once
 from devtools.sandbox.environment import (
@@ -30,6 +31,7 @@ from devtools.sandbox.environment import (
 )
 from devtools.sandbox.errors import SandboxError, SandboxInitError
 from devtools.sandbox.logstream import LogStream
+from devtools.sandbox.modes import ModeConfig, RestoreResult, SnapshotReport
 from devtools.sandbox.state import EnvState, Invocation
 from devtools.sandbox.telemetry import TelemetryHub, iso_time
 
@@ -100,6 +102,8 @@ class _Live:
     init_ms: float = 0.0
     report_init: bool = True  # the next REPORT carries Init Duration
     cpu_mark: CpuTimes = field(default_factory=CpuTimes)  # CPU used up to the end of the last phase
+    snapshot: SnapshotReport | None = None  # SnapStart: taken at the end of init
+    restored: RestoreResult | None = None
 
 
 class Sandbox:
@@ -124,6 +128,9 @@ class Sandbox:
         isolated: bool = True,
         echo: TextIO | None = None,
         keep_dir: bool = False,
+        mode: str = "on-demand",
+        max_concurrency: int | None = None,
+        runtime_processes: int | None = None,
     ) -> None:
         self._layers = [Path(p) for p in layers]
         self._function = Path(function)
@@ -135,6 +142,8 @@ class Sandbox:
             raise SandboxError(f"handler must look like 'module.function', got {handler!r}")
         if timeout_s <= 0 or init_timeout_s <= 0 or shutdown_budget_ms < 0:
             raise SandboxError("timeout_s and init_timeout_s must be > 0, shutdown_budget_ms >= 0")
+        self.mode = ModeConfig.create(mode, max_concurrency=max_concurrency,
+                                      runtime_processes=runtime_processes)
         self.handler = handler
         self.function_name = function_name
         self.memory_mb = 256 if memory_mb is None else memory_mb
@@ -296,10 +305,48 @@ class Sandbox:
         """
         with self._control:
             self.open()
+            if self.mode.managed_instances:
+                return self.invoke_many([event])[0]
             if self._live is None:
                 self._init()
             assert self._live is not None
+            if self._live.snapshot is not None and self._live.restored is None:
+                restored = self.restore()
+                if restored.reset is not None:
+                    raise SandboxError(f"the restore failed ({restored.error_type}); the "
+                                       "environment was shut down: see the log stream")
+            assert self._live is not None
             return self._invoke(self._live, event)
+
+    def invoke_many(self, events: Sequence[Any], *,
+                    concurrency: int | None = None) -> list[InvokeResult]:
+        """Managed instances: invoke with every event, up to ``concurrency`` (default
+        and cap: ``max_concurrency``) at once; results in the order of ``events``."""
+        if not self.mode.managed_instances:
+            raise SandboxError("invoke_many needs mode='managed-instances'; use invoke()")
+        limit = min(concurrency or self.mode.max_concurrency, self.mode.max_concurrency)
+        with self._control:
+            self.open()
+            return concurrent.invoke_many(self, events, concurrency=max(1, limit))
+
+    def snapshot_report(self) -> SnapshotReport | None:
+        """SnapStart: what the running environment held open at its snapshot."""
+        return self._live.snapshot if self._live is not None else None
+
+    def restore(self, *, after_s: float = 0.0) -> RestoreResult:
+        """SnapStart: restore the snapshotted environment (init and snapshot it first if
+        need be), ``after_s`` seconds from now. The first invoke does it otherwise."""
+        if not self.mode.snap_start:
+            raise SandboxError("restore needs mode='snap-start'")
+        with self._control:
+            self.start()
+            live = self._live
+            assert live is not None
+            if live.snapshot is None or live.restored is not None:
+                raise SandboxError("this environment was already restored; a new one is "
+                                   "snapshotted after shutdown() and start()")
+            live.restored = modes.restore(self, live, live.snapshot, after_s=after_s)
+            return live.restored
 
     def shutdown(self, reason: str = "spindown") -> ShutdownResult:
         """End the environment as Lambda does: thaw, SIGKILL the runtime, SHUTDOWN to the
@@ -317,7 +364,8 @@ class Sandbox:
         tmp_dir = layout.root / f"tmp-{self._generation}"  # a fresh /tmp per environment
         tmp_dir.mkdir()
         hub = TelemetryHub()
-        state = EnvState(self._generation, self._cond, hub, self.function_name, self.handler)
+        state = EnvState(self._generation, self._cond, hub, self.function_name, self.handler,
+                         init_type=self.mode.init_type)
         live = _Live(state, Processes(self._cond, on_line=self._process_line(hub),
                                       cgroup=self._cgroup()), hub)
         with self._cond:
@@ -328,12 +376,14 @@ class Sandbox:
             layout, runtime_api=server.address, handler=self.handler,
             function_name=self.function_name, memory_mb=self.memory_mb, region=self.region,
             tmp_dir=tmp_dir, function_env=self._function_env,
-        )
+        ) | self.mode.environment()
+        if self.mode.snap_start:
+            runtime_env = modes.container_credentials(runtime_env, state, server.address)
         runtime_version = f"python:{layout.version}.sandbox"
         self._log(f"INIT_START Runtime Version: {runtime_version}\tRuntime Version ARN: "
                   f"arn:aws:lambda:{self.region}::runtime:sandbox")
         hub.emit("platform", "platform.initStart", {
-            "initializationType": "on-demand", "phase": "init",
+            "initializationType": self.mode.init_type, "phase": "init",
             "runtimeVersion": runtime_version, "functionName": self.function_name,
             "functionVersion": "$LATEST", "instanceMaxMemory": self.memory_mb})
         deadline = started + self.init_timeout_s
@@ -343,7 +393,7 @@ class Sandbox:
             live.procs.spawn("runtime", "runtime",
                              [layout.python, *layout.python_flags, "-m", "awslambdaric",
                               self.handler],
-                             env=runtime_env, cwd=layout.task)
+                             env=self.mode.runtime_environment(runtime_env), cwd=layout.task)
             self._await_init(live, deadline, runtime_started=True)
         except SandboxInitError as exc:
             elapsed_ms = (time.monotonic() - started) * 1000
@@ -352,7 +402,7 @@ class Sandbox:
             self._log(f"INIT_REPORT Init Duration: {elapsed_ms:.2f} ms\tPhase: init\t"
                       f"Status: {status}\tError Type: {exc.error_type}")
             hub.emit("platform", "platform.initReport", {
-                "initializationType": "on-demand", "phase": "init", "status": status,
+                "initializationType": self.mode.init_type, "phase": "init", "status": status,
                 "errorType": exc.error_type, "metrics": {"durationMs": round(elapsed_ms, 3)}})
             self._teardown("failure")
             raise
@@ -362,11 +412,14 @@ class Sandbox:
         live.init_ms = (time.monotonic() - started) * 1000
         live.cpu_mark = live.procs.cpu_times()
         hub.emit("platform", "platform.initRuntimeDone",
-                 {"initializationType": "on-demand", "phase": "init", "status": "success"})
+                 {"initializationType": self.mode.init_type, "phase": "init", "status": "success"})
         hub.emit("platform", "platform.initReport", {
-            "initializationType": "on-demand", "phase": "init", "status": "success",
+            "initializationType": self.mode.init_type, "phase": "init", "status": "success",
             "metrics": {"durationMs": round(live.init_ms, 3)}})
-        self._freeze(live)
+        if self.mode.snap_start:
+            live.snapshot = modes.take_snapshot(self, live)
+        else:
+            self._freeze(live)
         return live.init_ms
 
     def _start_extensions(self, live: _Live, layout: Layout, env: Mapping[str, str]) -> None:
@@ -396,7 +449,7 @@ class Sandbox:
                 done = len(state.extensions) >= len(procs.of_kind("extension"))
             else:
                 # Init ends when the runtime and every extension called /next.
-                done = state.runtime_next_calls > 0 and all(
+                done = (state.runtime_next_calls > 0 or state.restore_waiting) and all(
                     e.next_calls > 0 for e in state.extensions.values())
             return True if done else None
 
@@ -587,8 +640,9 @@ class Sandbox:
     # -- freeze, shutdown -----------------------------------------------------------------
 
     def _freeze(self, live: _Live) -> None:
-        live.hub.pause()
-        live.procs.freeze()
+        if not self.mode.managed_instances:  # managed instances never freeze
+            live.hub.pause()
+            live.procs.freeze()
         with self._cond:
             live.state.phase = "ready"
             live.state.current = None

@@ -60,6 +60,7 @@ class EnvState:
     hub: TelemetryHub
     function_name: str
     handler: str
+    init_type: str = "on-demand"  # AWS_LAMBDA_INITIALIZATION_TYPE of this environment
     phase: str = "init"  # init | ready | invoke | shutdown | closed
     extensions: dict[str, ExtensionState] = field(default_factory=dict)  # by identifier
     runtime_waiting: bool = False
@@ -67,9 +68,24 @@ class EnvState:
     last_next_at: float = 0.0  # monotonic seconds of the latest /next from anyone
     for_runtime: Invocation | None = None  # handed out at the runtime's next /next
     current: Invocation | None = None
+    # Managed instances: invocations waiting for any runtime worker's /next, and those
+    # handed out and not yet answered, by request id.
+    pending: deque[Invocation] = field(default_factory=deque)
+    inflight: dict[str, Invocation] = field(default_factory=dict)
+    # SnapStart: the runtime blocks in /restore/next from the snapshot until the restore.
+    restore_waiting: bool = False
+    restore_released: bool = False
+    restore_error: ErrorReport | None = None
+    # SnapStart: the container credentials endpoint's token and its answer.
+    credentials_token: str | None = None
+    credentials: dict[str, str] = field(default_factory=dict)
     init_error: ErrorReport | None = None
     exit_error: ErrorReport | None = None
     subscriptions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def managed_instances(self) -> bool:
+        return self.init_type == "lambda-managed-instances"
 
     @property
     def closed(self) -> bool:
