@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from devtools.service import Service
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # The feeds a healthy demo polls; malformed.xml is there for fault tests.
@@ -118,7 +120,7 @@ def _json_reply(status: int, data: Any) -> Reply:
     return Reply(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
 
-class FixtureServer:
+class FixtureServer(Service):
     def __init__(self, root: Path = FIXTURES, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self._root = root
         self._lock = threading.Lock()
@@ -183,16 +185,6 @@ class FixtureServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> FixtureServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def fault(
         self,

@@ -23,12 +23,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+
+from devtools.service import Service
 
 #: Set to ``host:port`` to run the suite against an existing Kafka/Redpanda.
 EXTERNAL_BOOTSTRAP_ENV = "KAFKA_RELAY_TEST_BOOTSTRAP"
@@ -85,7 +86,7 @@ class ConsumedRecord:
     timestamp_ms: int
 
 
-class KafkaBroker:
+class KafkaBroker(Service):
     """One Tansu broker process on loopback, memory storage.
 
     ``advertised_port`` lets a fault proxy sit in front: the broker listens on
@@ -202,16 +203,6 @@ class KafkaBroker:
             self._log_path.unlink(missing_ok=True)
             self._log_path, self._owns_log = None, False
 
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def admin(self) -> AdminClient:
         return AdminClient({"bootstrap.servers": self.bootstrap})

@@ -24,19 +24,20 @@ from __future__ import annotations
 import logging
 import os
 import urllib.request
-from types import TracebackType
 from typing import Any
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from devtools.service import Service
+
 #: moto's fixed account for every request.
 ACCOUNT_ID = "123456789012"
 DEFAULT_REGION = "us-east-1"
 
 
-class MotoServer:
+class MotoServer(Service):
     """moto's threaded server on a free 127.0.0.1 port."""
 
     def __init__(self, *, region: str = DEFAULT_REGION) -> None:
@@ -57,16 +58,6 @@ class MotoServer:
             self._server.stop()
             self._port = None
 
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def endpoint_url(self) -> str:

@@ -12,15 +12,16 @@ import contextlib
 import ssl
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any, TypeVar
+
+from devtools.service import Service
 
 _T = TypeVar("_T")
 _P = TypeVar("_P", bound="LoopbackProxy")
 CHUNK = 64 * 1024
 
 
-class LoopbackProxy:
+class LoopbackProxy(Service):
     def __init__(self, upstream: str, *, host: str, port: int, name: str) -> None:
         up_host, _, up_port = upstream.rpartition(":")
         self._upstream = (up_host, int(up_port))
@@ -49,16 +50,6 @@ class LoopbackProxy:
         self._thread.join(timeout=5)
         self._loop.close()
 
-    def __enter__(self: _P) -> _P:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
