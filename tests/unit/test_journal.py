@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ def _segments(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "journal").glob(f"{FILE_PREFIX}*.ndjson"))
 
 
-def _stalled(tmp_path: Path, **overrides: object) -> Rig:
+def _stalled(tmp_path: Path, **overrides: Any) -> Rig:
     return Rig(tmp_path, producer=lambda: FakeProducer(hold=True), **overrides)
 
 
