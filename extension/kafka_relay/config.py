@@ -81,7 +81,9 @@ class Config:
     retry_backoff_ms: int = 500
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
-    journal: bool = True  # write-ahead journal of accepted records (delivery/journal.py)
+    # Write-ahead journal of accepted records (delivery/journal.py). Off by default: it costs
+    # ~20-25% of the handoff's CPU per record (bench/journal_cost.py; README).
+    journal: bool = False
     journal_dir: Path = Path("/tmp/kafka-relay-journal")
     telemetry: bool = True
     log_level: str = "INFO"
@@ -228,7 +230,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         spill_bucket=_text(env, "KAFKA_RELAY_SPILL_BUCKET"),
         spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR")
                        or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-spool"),
-        journal=_bool(env, "KAFKA_RELAY_JOURNAL", True),
+        journal=_bool(env, "KAFKA_RELAY_JOURNAL", False),
         journal_dir=Path(_text(env, "KAFKA_RELAY_JOURNAL_DIR")
                          or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-journal"),
         telemetry=_bool(env, "KAFKA_RELAY_TELEMETRY", True),

@@ -42,7 +42,8 @@ def test_records_of_an_extension_killed_mid_invocation_are_delivered_after_the_r
     topic = broker.create_topic()
     records = [{"key": f"doomed-{i}", "value": {"i": i, "pad": "x" * 200}}
                for i in range(STRANDED)]
-    with _sandbox(artifacts, proxy.address, topic, {"KAFKA_RELAY_FLUSH_BUDGET_MS": "5000"},
+    with _sandbox(artifacts, proxy.address, topic, {"KAFKA_RELAY_FLUSH_BUDGET_MS": "5000",
+                                                       "KAFKA_RELAY_JOURNAL": "on"},
                   handler="any_producer.handler_relaying_event_records",
                   log_path=tmp_path / "sandbox.log") as sandbox:
         sent = _invoke(sandbox, {"records": [{"key": "warm", "value": 0}]}).payload["ids"]

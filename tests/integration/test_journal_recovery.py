@@ -21,7 +21,8 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
     proxy.cut()  # nothing reaches Kafka: every accepted record stays pending
-    with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200) as dead:
+    with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
+                       journal=True) as dead:
         sent: list[str] = []
         for batch in range(5):
             sent += dead.client.send([{"key": f"k{batch}-{i}", "value": i}
@@ -29,10 +30,10 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
         assert dead.parts.relay.depth()[0] == 500
         assert dead.parts.relay.counts()["delivered"] == 0
         # Leaving the block stops the engine without a drain: what a SIGKILL leaves behind.
-    assert list((tmp_path / "journal").glob("kafka-relay-journal-*.ndjson"))
+    assert list((tmp_path / "journal").glob("kafka-relay-journal-*.bin"))
 
     proxy.restore()
-    with running_relay(proxy.address, tmp_path, default_topic=topic) as fresh:
+    with running_relay(proxy.address, tmp_path, default_topic=topic, journal=True) as fresh:
         relay = fresh.parts.relay
         assert relay.counts()["restored"] == 500
         deadline = time.monotonic() + 60

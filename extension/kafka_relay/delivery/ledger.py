@@ -81,7 +81,7 @@ class Ledger:
         """Own all of ``records`` or none (BufferFull)."""
         size = sum(r.size for r in records)
         journal = self.journal
-        data = encode(records) if journal is not None and journal.enabled else b""  # unlocked
+        frame = encode(records) if journal is not None and journal.enabled else None  # unlocked
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed)
@@ -98,8 +98,8 @@ class Ledger:
             if watch:
                 registered = Watch([r.id for r in records])
                 self._watches.update((i, registered) for i in registered.ids)
-            if data and journal is not None:
-                journal.append([r.id for r in records], data)
+            if frame is not None and journal is not None:
+                journal.append([r.id for r in records], frame)
             self._take(records)
             self.counts.accepted += len(records)
             self.cond.notify_all()
