@@ -11,8 +11,16 @@ import pytest
 
 from kafka_relay.config import load_config
 from kafka_relay.delivery import journal as journal_module
-from kafka_relay.delivery.journal import FILE_PREFIX, LOCK_NAME, PYTHON, _read_segment, encode
+from kafka_relay.delivery.journal import (
+    FILE_PREFIX,
+    LOCK_NAME,
+    PYTHON,
+    _read_segment,
+    decode,
+    encode,
+)
 from kafka_relay.protocol import Outcome
+from kafka_relay.record import Record
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.unit.engine_fakes import FakeProducer, Rig
 
@@ -277,3 +285,19 @@ def test_journal_configuration_from_the_environment(tmp_path: Path) -> None:
     assert (config.journal, config.journal_dir) == (False, tmp_path)
     with pytest.raises(Exception, match="KAFKA_RELAY_JOURNAL"):
         load_config({**base, "KAFKA_RELAY_JOURNAL": "maybe"})
+
+
+def test_a_frame_rebuilds_every_field_a_record_is_produced_from(tmp_path: Path) -> None:
+    plain = Record(id="a-1", topic="t", key=None, value=None)
+    full = Record(id="a-2", topic="x.y_z-1", key=b"", value=b"\x00\xff" * 300,
+                  headers=(("h", b"v"), ("\ud800", b"")), timestamp_ms=2**63 - 1,
+                  request_id="req-\u00e9")
+    full.attempts, full.first_failed_ms = 2, 1_767_225_600_000
+    full.last_error, full.dlq_error = "MSG_TIMED_OUT", "TOPIC_AUTHORIZATION_FAILED"
+    head, payload = encode([plain, full])
+    assert head[:4] == b"KRJ1"
+    fields = ("id", "topic", "key", "value", "headers", "timestamp_ms", "request_id",
+              "attempts", "first_failed_ms", "last_error", "dlq_error", "size")
+    got = decode(payload)
+    assert [[getattr(r, f) for f in fields] for r in got] == [
+        [getattr(r, f) for f in fields] for r in (plain, full)]
