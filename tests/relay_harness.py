@@ -64,6 +64,7 @@ def running_relay(
         "KAFKA_RELAY_TOKEN": TOKEN,
         "KAFKA_RELAY_PORT": str(free_port()),
         "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
+        "KAFKA_RELAY_JOURNAL_DIR": str(tmp_path / "journal"),
         "KAFKA_RELAY_TELEMETRY": "false",
         **(env_extra or {}),
     }

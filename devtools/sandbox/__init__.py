@@ -68,7 +68,9 @@ Lifecycle, as in Lambda:
 - function timeout, runtime crash, extension crash or ``exit/error``: the
   result says so and the environment is reset — runtime SIGKILLed, SHUTDOWN
   (``timeout`` or ``failure``) to the extensions, SIGKILL at the deadline; the
-  next invoke inits a fresh environment (new pids, new Init Duration).
+  next invoke inits a fresh environment (new pids, new Init Duration) with the
+  same ``/tmp`` (``TMPDIR``): Lambda does not clear it on a reset. A spun-down
+  environment's successor gets an empty one.
 - ``shutdown()``: thaw, SIGKILL the runtime, SHUTDOWN with ``deadlineMs = now +
   shutdown_budget_ms``, wait for the extensions to exit, SIGKILL the rest.
 

@@ -167,6 +167,8 @@ class Sandbox:
         self._server: LambdaApiServer | None = None
         self._live: _Live | None = None
         self._generation = 0
+        self._tmp_dir: Path | None = None
+        self._reset_tmp = False  # the last environment was reset: its /tmp carries over
         self._subscriptions: list[dict[str, Any]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -361,8 +363,12 @@ class Sandbox:
     def _init(self) -> float:
         layout, server = self._opened()
         self._generation += 1
-        tmp_dir = layout.root / f"tmp-{self._generation}"  # a fresh /tmp per environment
-        tmp_dir.mkdir()
+        # A fresh /tmp per environment, except after a reset: Lambda does not clear /tmp
+        # before the init that follows a timeout or crash.
+        if not (self._reset_tmp and self._tmp_dir is not None):
+            self._tmp_dir = layout.root / f"tmp-{self._generation}"
+            self._tmp_dir.mkdir()
+        tmp_dir, self._reset_tmp = self._tmp_dir, False
         hub = TelemetryHub()
         state = EnvState(self._generation, self._cond, hub, self.function_name, self.handler,
                          init_type=self.mode.init_type)
@@ -588,6 +594,7 @@ class Sandbox:
             self._freeze(live)
         else:
             reset = self._teardown("timeout" if outcome == "timeout" else "failure")
+            self._reset_tmp = True
         return InvokeResult(
             request_id=request_id, status=status, payload=_parse(payload_bytes),
             raw_payload=payload_bytes, error=error, caller_ms=runtime_ms, runtime_ms=runtime_ms,

@@ -106,7 +106,8 @@ class Rig:
                  producer: Callable[[], FakeProducer] = FakeProducer, **overrides: Any) -> None:
         self.config: Config = load_config(
             {"KAFKA_BOOTSTRAP_SERVERS": "fake:9092", "KAFKA_TOPIC": "t",
-             "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool")}, **overrides)
+             "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
+             "KAFKA_RELAY_JOURNAL_DIR": str(tmp_path / "journal")}, **overrides)
         self.clock = FakeClock()
         self.log = io.StringIO()
         self.logger = JsonLogger(stream=self.log, level="DEBUG", clock=lambda: 0.0)

@@ -4,7 +4,9 @@
 ``flush`` waits for outcomes, ``drain`` runs SHUTDOWN (restore the spool → flush
 → spill the rest, keeping back the time the spill takes). ``healthy`` turns
 False when the pump died; everything it held was spilled by then and
-``failure`` says why (the lifecycle reports it as an exit error).
+``failure`` says why (the lifecycle reports it as an exit error). With the
+journal on (``KAFKA_RELAY_JOURNAL``), ``start`` first restores what a crashed
+predecessor journaled, and a clean ``drain`` leaves no journal behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.budget import buffer_limits, drain_plan
+from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.observability.log import JsonLogger
@@ -76,8 +79,11 @@ class DeliveryEngine:
         self._monotonic = monotonic
         self.failure: str | None = None
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
+        journal = Journal(config.journal_dir, logger) if config.journal else None
+        if journal is not None:
+            journal.open()
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
-                              monotonic=monotonic)
+                              monotonic=monotonic, journal=journal)
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, on_death=self._pump_died,
                          wall_ms=wall_ms)
@@ -85,10 +91,40 @@ class DeliveryEngine:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Restore what a crashed predecessor journaled, then deliver."""
+        self.recover_journal()
         self.pump.start()
 
     def stop(self) -> None:
+        """Stop without draining (tests; an init that fails): the journal stays for the next
+        init, as a killed process leaves it."""
         self.pump.stop()
+        with self._ledger.cond:
+            if self._ledger.journal is not None:
+                self._ledger.journal.release()
+
+    def recover_journal(self) -> int:
+        """Own again the records a dead predecessor journaled (counted ``restored``, same
+        ids). Records that came back ``MAX_RECOVERIES`` times without settling are spilled
+        instead: a record that kills the process must not kill every next one too."""
+        ledger = self._ledger
+        with ledger.cond:
+            journal = ledger.journal
+            if journal is None or not journal.enabled:
+                return 0
+            left = journal.leftovers()
+            restored = ledger.restore(left.records, recovered=left.recovered + 1)
+            journal.discard(left.files)  # after their records are journaled again
+        if left.files:
+            self._log.warning("journal.restored", records=restored, files=len(left.files),
+                              recovered=left.recovered + 1, dir=str(journal.directory))
+        if restored and left.recovered >= MAX_RECOVERIES:
+            records = [r for r in left.records if ledger.holds(r)]
+            ledger.settle_spilled(records, self._spill.spill(
+                records, retry_later=False,
+                reason=f"restored from the journal {left.recovered} times and the extension "
+                       "died each time before they settled"))
+        return restored
 
     @property
     def healthy(self) -> bool:
@@ -182,6 +218,9 @@ class DeliveryEngine:
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
         spilled = self.spill_unsettled(f"shutdown ({reason}) before delivery")
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
+        with self._ledger.cond:
+            if self._ledger.journal is not None:  # everything settled: leave nothing behind
+                self._ledger.journal.release(remove=self._ledger.depth()[0] == 0)
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,
             drained=drained.delivered + drained.dead_lettered, spilled_at_shutdown=spilled,
@@ -234,4 +273,6 @@ class DeliveryEngine:
                 "broker_state": self.pump.broker_state.value,
                 "last_error": self.pump.last_error,
                 "pump": {"healthy": self.healthy, "error": self.failure},
+                "journal": (ledger.journal.status() if ledger.journal is not None
+                            else {"enabled": False}),
             }

@@ -2,7 +2,9 @@
 
 It holds the unsettled records and their bytes, the send queue, the counts and
 the ``wait=delivered`` watches, all under one condition variable that the pump
-and the callers of the engine share. The invariant it keeps:
+and the callers of the engine share. With a journal, every batch it takes is
+journaled before it is owned (before the 202), and every settlement tells it.
+The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
 """
 
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from kafka_relay.delivery.journal import Journal, encode
 from kafka_relay.delivery.queue import SendQueue
 from kafka_relay.protocol import Outcome
 from kafka_relay.record import Record
@@ -58,7 +61,8 @@ class Watch:
 
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 journal: Journal | None = None) -> None:
         self.cond = threading.Condition()
         self.queue = SendQueue()  # guarded by ``cond`` too
         self.counts = Counts()
@@ -69,12 +73,15 @@ class Ledger:
         self._bytes = 0
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
+        self.journal = journal  # guarded by ``cond`` too
 
     # -- records in --------------------------------------------------------------------
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` or none (BufferFull)."""
         size = sum(r.size for r in records)
+        journal = self.journal
+        frame = encode(records) if journal is not None and journal.enabled else None  # unlocked
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed)
@@ -91,15 +98,20 @@ class Ledger:
             if watch:
                 registered = Watch([r.id for r in records])
                 self._watches.update((i, registered) for i in registered.ids)
+            if frame is not None and journal is not None:
+                journal.append([r.id for r in records], frame)
             self._take(records)
             self.counts.accepted += len(records)
             self.cond.notify_all()
             return registered
 
-    def restore(self, records: Iterable[Record]) -> int:
-        """Re-own records spooled earlier; they get a new outcome."""
+    def restore(self, records: Iterable[Record], *, recovered: int = 0) -> int:
+        """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times);
+        they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
+            if self.journal is not None and self.journal.enabled:
+                self.journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
             self._take(fresh)
             self.counts.restored += len(fresh)
             self.cond.notify_all()
@@ -133,6 +145,8 @@ class Ledger:
         with self.cond:
             if self._unsettled.pop(record.id, None) is None:
                 return False
+            if self.journal is not None:
+                self.journal.settled(record.id)
             self._bytes -= record.size
             if outcome is Outcome.DELIVERED:
                 self.counts.delivered += 1
