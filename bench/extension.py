@@ -162,6 +162,9 @@ class DrainSample:
     spilled: int
     unaccounted: int
     killed: bool
+    # The extension's resident memory grown while the records were held pending, per byte of
+    # them (keys, values and headers): what the buffer costs beyond the payload itself.
+    memory_per_pending_byte: float
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,10 @@ class DrainResult:
     samples: list[DrainSample]
     shutdown_ms: Summary
     lost: int  # expected on the topic and missing (spilled records count as lost here)
+
+
+def _per_byte(grown_kb: int, pending_bytes: int) -> float:
+    return grown_kb * 1024 / pending_bytes if pending_bytes else 0.0
 
 
 def run_drain(
@@ -195,10 +202,13 @@ def run_drain(
             sb.start()
             mark = len(sb.log_lines())
             run_ids.append(uuid.uuid4().hex[:8])
+            pid = extension_pid(sb)
+            idle_kb = memory_kb(pid)["VmRSS"]
             net.hold()
             try:
                 reply = _payload(sb.invoke({"run": run_ids[-1], "n": 0, "count": records,
                                             "size": 1024, "status": True}), "drain", sb)
+                held_kb = memory_kb(pid)["VmRSS"]  # frozen, the records still pending
             finally:
                 net.release()
             if reply.get("accepted") != records:
@@ -216,7 +226,9 @@ def run_drain(
                 pending_at_freeze=int(reply["status"]["pending"]),
                 drained=int(summary["drained"]),
                 delivered=int(summary["delivered"]), spilled=int(summary["spilled"]),
-                unaccounted=int(summary["unaccounted"]), killed=bool(shutdown.killed)))
+                unaccounted=int(summary["unaccounted"]), killed=bool(shutdown.killed),
+                memory_per_pending_byte=_per_byte(held_kb - idle_kb,
+                                                  int(reply["status"]["pending_bytes"]))))
     net.set_rtt(0)
     keys = [f"{run}-0-{i}" for run in run_ids for i in range(records)]
     delivery = net.delivery(topic, keys, timeout=30 + len(keys) / 5000)

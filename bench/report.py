@@ -96,10 +96,11 @@ def render(results: BenchResults, found: Sequence[Check]) -> str:
         out += ["", f"SHUTDOWN drain, {d.records:,} records, flush 'shutdown', "
                 f"{d.memory_mb} MB, {d.rtt_ms:g} ms RTT", ""]
         out += _rows(("sample", "shutdown ms", "extension ms", "pending at freeze", "drained",
-                      "delivered", "spilled", "unaccounted", "killed"),
+                      "delivered", "spilled", "unaccounted", "killed", "RSS / pending byte"),
                      [(str(n + 1), _num(s.shutdown_ms), _num(s.extension_ms, 0),
                        str(s.pending_at_freeze), str(s.drained), str(s.delivered),
-                       str(s.spilled), str(s.unaccounted), "yes" if s.killed else "no")
+                       str(s.spilled), str(s.unaccounted), "yes" if s.killed else "no",
+                       f"{s.memory_per_pending_byte:.2f}")
                       for n, s in enumerate(d.samples)])
         out.append(f"lost on the topic: {d.lost}")
     if results.outage:

@@ -130,6 +130,9 @@ def checks(results: BenchResults) -> list[Check]:
         Check("SHUTDOWN drain: records lost or unaccounted",
               float(drain.lost + sum(s.unaccounted for s in drain.samples)) if drain else None,
               "<=", 0, "records"),
+        Check("extension memory per pending byte (records held by a stalled broker)",
+              max(s.memory_per_pending_byte for s in drain.samples) if drain else None,
+              "<=", 1.5, "x", "RSS growth ÷ pending bytes, worst sample"),
     ]
     outage = results.outage
     out += [

@@ -172,7 +172,7 @@ def test_table_and_json_carry_every_measurement_and_verdict() -> None:
         rss_after_kb=70 * 1024, hwm_kb=72 * 1024)]
     sample = DrainSample(shutdown_ms=400.0, extension_ms=390.0, pending_at_freeze=10_000,
                          drained=10_000, delivered=10_000, spilled=0, unaccounted=0,
-                         killed=False)
+                         killed=False, memory_per_pending_byte=1.8)
     results.drain = DrainResult(memory_mb=256, rtt_ms=20, records=10_000, samples=[sample],
                                 shutdown_ms=Summary.of([400.0]), lost=0)
     results.outage = _outage([10_015, 40])
@@ -186,6 +186,8 @@ def test_table_and_json_carry_every_measurement_and_verdict() -> None:
     assert (handoff.measured, handoff.verdict) == (120_000.0, "SHORT")
     rss_after = next(c for c in found if c.label.startswith("extension RSS after"))
     assert (rss_after.measured, rss_after.verdict) == (70.0, "SHORT")
+    per_byte = next(c for c in found if c.label.startswith("extension memory per pending byte"))
+    assert (per_byte.measured, per_byte.verdict) == (1.8, "SHORT")
     document = json.loads(json.dumps(to_json(results, found)))
     end = next(r for r in document["invocations"]
                if (r["name"], r["memory_mb"]) == ("end", 256))
