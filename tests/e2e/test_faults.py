@@ -61,12 +61,14 @@ def _sandbox(
     handler: str = "any_producer.handler",
     timeout_s: float = 10.0,
     log_path: Path | None = None,
+    memory_mb: int | None = None,
 ) -> Sandbox:
     return Sandbox(
         layers=[artifacts.layer], function=FUNCTION, handler=handler,
         env={"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic,
              "KAFKA_RELAY_PORT": str(free_port()), **(env or {})},
         function_name=FUNCTION_NAME, timeout_s=timeout_s, log_path=log_path,
+        memory_mb=memory_mb,
     )
 
 
@@ -376,6 +378,29 @@ def test_shutdown_spills_50000_stranded_records_to_log_lines_before_sigkill(
     _assert_clean_exit(shutdown)
     _assert_summary(lines, accepted=50_000, delivered=0, spilled=50_000)
     assert {r.id for r in parse_spill_lines(lines).records} == set(ids)
+
+
+def test_a_256_mb_function_with_a_stalled_broker_fills_its_buffer_then_429_and_spills_all(
+    artifacts: Artifacts, proxied_broker: ProxiedBroker
+) -> None:
+    # Lambda's CPU share for 256 MB (the sandbox's quota) and the default buffer limits,
+    # which are sized so that SHUTDOWN can spill everything they hold at that share.
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with _sandbox(artifacts, proxy.address, topic, QUICK_FLUSH, handler=(
+            "any_producer.handler_until_busy"), timeout_s=8, memory_mb=256) as sandbox:
+        sandbox.start()
+        proxy.cut()
+        reply = _invoke(sandbox, {"run": "fill", "count": 200, "size": 1000}).payload
+        shutdown = sandbox.shutdown("spindown")
+        lines = sandbox.log_lines()
+    assert reply["busy"] is not None, "the buffer never filled: raise max_batches"
+    limits = reply["status"]["limits"]
+    assert len(reply["ids"]) <= limits["records"]
+    assert reply["status"]["pending_bytes"] <= limits["bytes"]
+    _assert_clean_exit(shutdown)
+    _assert_summary(lines, accepted=len(reply["ids"]), delivered=0, spilled=len(reply["ids"]))
+    assert {r.id for r in parse_spill_lines(lines).records} == set(reply["ids"])
 
 
 def test_retries_exhausted_with_the_dlq_down_too_spool_to_tmp_and_a_later_invocation_resends(
