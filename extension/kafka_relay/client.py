@@ -48,6 +48,7 @@ from kafka_relay.protocol import (
     FALLBACK_DIRECT,
     FALLBACK_ENV,
     FLUSH_PATH,
+    FRAMES_TYPE,
     IDEMPOTENCY_KEY_HEADER,
     INVOCATION_END_PATH,
     JSON_TYPE,
@@ -62,12 +63,14 @@ from kafka_relay.protocol import (
     TOKEN_HEADER,
     WAIT_DELIVERED,
     WAIT_PARAM,
+    FrameError,
     Outcome,
     RecordRejected,
     RelayBusy,
     RelayError,
     RelayShuttingDown,
     RelayUnavailable,
+    encode_frames,
 )
 
 __all__ = ["RecordRejected", "RelayBusy", "RelayClient", "RelayError", "RelayShuttingDown",
@@ -129,6 +132,7 @@ class RelayClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         new_key: Callable[[], str] = lambda: uuid.uuid4().hex,
+        framed: bool = True,
     ) -> None:
         env = os.environ if env is None else env
         self.host = host
@@ -141,6 +145,7 @@ class RelayClient:
         self._clock = clock
         self._sleep = sleep
         self._new_key = new_key
+        self._framed = framed
         self._pool_lock = threading.Lock()
         self._idle: list[http.client.HTTPConnection] = []
         self._remaining_ms: Callable[[], float] | None = None
@@ -225,7 +230,7 @@ class RelayClient:
     def _post_records(self, batch: Sequence[Mapping[str, Any]], *, wait: bool) -> dict[str, Any]:
         """One logical POST: one idempotency key for all its tries (a new one after a 429,
         which took nothing)."""
-        body = json.dumps({"records": list(batch)}).encode()
+        body, content_type = _encode(batch, framed=self._framed)
         deadline = self._clock() + self._budget_s()
         key = self._new_key()
         backoff = 0.05
@@ -236,7 +241,8 @@ class RelayClient:
                 wait_ms = int(max(0.0, deadline - self._clock() - _REPLY_MARGIN_S) * 1000)
                 path += f"?{WAIT_PARAM}={WAIT_DELIVERED}&{TIMEOUT_PARAM}={wait_ms}"
             status, reply, headers = self._exchange(
-                "POST", path, body, deadline, {IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
+                "POST", path, body, deadline,
+                {"Content-Type": content_type, IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
             if status != 429:
                 return _expect(status, reply, 200 if wait else 202)
             pause = max(backoff, _retry_after_s(reply, headers))
@@ -351,6 +357,21 @@ def _unavailable(host: str, port: int, exc: BaseException) -> RelayUnavailable:
         f"layer), check the extension's init logs, and keep {PORT_ENV} the same for "
         f"function and extension; or set {FALLBACK_ENV}={FALLBACK_DIRECT}"
     )
+
+
+def _encode(batch: Sequence[Mapping[str, Any]], *, framed: bool) -> tuple[bytes, str]:
+    """The request body and its media type. Framed: each value is encoded here once, as it
+    goes to Kafka; a record that cannot be sent is RecordRejected before anything is."""
+    if not framed:
+        return json.dumps({"records": list(batch)}).encode(), JSON_TYPE
+    try:
+        return encode_frames(batch), FRAMES_TYPE
+    except FrameError as exc:
+        raise RecordRejected(
+            f"kafka-relay client: {exc}; nothing in this batch was sent",
+            [{"index": exc.index, "reason": exc.reason}],
+        ) from None
+
 
 def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
     if status == wanted:
