@@ -27,6 +27,7 @@ from devtools.kafka_broker import KafkaBroker, create_topics, free_port
 from kafka_relay.app import assemble
 from kafka_relay.client import RelayClient
 from kafka_relay.config import load_config
+from kafka_relay.delivery.pump import Pump
 from kafka_relay.handoff import server as handoff_server
 from kafka_relay.observability.log import JsonLogger
 
@@ -83,7 +84,15 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
                               "KAFKA_RELAY_TELEMETRY": "false"})
         meter = _HandlerMeter(profile == "server")
         meter.install()
+        pump_profile = cProfile.Profile() if profile == "pump" else None
+        original_run = Pump.run
+        if pump_profile is not None:
+            def profiled(pump: Pump) -> None:
+                pump_profile.runcall(original_run, pump)
+
+            Pump.run = profiled  # type: ignore[method-assign]
         parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"))
+        Pump.run = original_run  # type: ignore[method-assign]
         client = RelayClient(env={}, port=config.port, token=_TOKEN)
         try:
             work = [make_records(count, size, b) for b in range(batches)]
@@ -112,7 +121,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
               f"us/record, handoff thread {meter.cpu_s / n * 1e6:.1f} us/record, pump + "
               f"librdkafka {rest / n * 1e6:.1f} us/record; handoff {n / wall:,.0f} records/s; "
               f"flush left {flushed['remaining']}")
-        chosen = client_profile or meter.profile
+        chosen = client_profile or meter.profile or pump_profile
         if chosen is not None:
             out = io.StringIO()
             pstats.Stats(chosen, stream=out).sort_stats("tottime").print_stats(18)
@@ -122,7 +131,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--profile", choices=("server", "client"))
+    parser.add_argument("--profile", choices=("server", "client", "pump"))
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     args = parser.parse_args()
     cases = ((100, 1024), (500, 300))

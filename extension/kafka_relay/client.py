@@ -179,11 +179,14 @@ class RelayClient:
                 if not self._fallback:
                     raise
                 # Only what the extension did not take; its ids stay as it answered.
-                return self._direct(items[start:], ids, outcomes)
+                taken = outcomes if wait else [
+                    {"id": i, "outcome": Outcome.PENDING.value} for i in ids]
+                return self._direct(items[start:], ids, taken)
             batch_ids = [str(i) for i in reply.get("ids") or []]
             ids += batch_ids
-            outcomes += reply.get("outcomes") or [
-                {"id": i, "outcome": Outcome.PENDING.value} for i in batch_ids]
+            if wait:  # else unused: building it cost ~0.5 µs per record
+                outcomes += reply.get("outcomes") or [
+                    {"id": i, "outcome": Outcome.PENDING.value} for i in batch_ids]
         return SendResult(len(ids), ids, outcomes if wait else None)
 
     def send_one(

@@ -149,29 +149,36 @@ class FrameError(ValueError):
         self.reason = reason
 
 
-def _value_encoder() -> Callable[[Any], str]:
-    """JSON text of a value as the extension's JSON path writes it (compact, UTF-8, no NaN).
-
-    The C encoder made once: ``JSONEncoder.encode`` builds a new one per call, which costs
-    more than encoding a small value. Without a circularity check a cycle is a RecursionError.
-    """
+def _value_chunks() -> Callable[[Any, int], list[str]]:
+    """JSON text (as chunks to join) of a value as the extension's JSON path writes it:
+    compact, UTF-8, no NaN. The C encoder is made once: ``JSONEncoder.encode`` builds a new
+    one per call, which costs more than encoding a small value. Without a circularity
+    check a cycle is a RecursionError."""
     encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    def portable(value: Any, _level: int) -> list[str]:
+        return [encoder.encode(value)]
+
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return encoder.encode
+        return portable
     try:
-        scan = make(None, encoder.default, json.encoder.encode_basestring, None, ":", ",",
-                    False, False, False)
+        scan: Callable[[Any, int], list[str]] = make(
+            None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False,
+            False, False)
     except TypeError:  # another signature: the public path is still correct
-        return encoder.encode
-
-    def encode(value: Any) -> str:
-        return "".join(scan(value, 0))
-
-    return encode
+        return portable
+    return scan
 
 
-encode_value: Callable[[Any], str] = _value_encoder()
+_chunks = _value_chunks()
+_KEY_VALUE = frozenset({"key", "value"})
+_SIMPLE_VALUES = frozenset({dict, list, str, int, float, bool})
+
+
+def encode_value(value: Any) -> bytes:
+    """The bytes of a JSON ``value`` as they go to Kafka."""
+    return "".join(_chunks(value, 0)).encode()
 
 
 def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
@@ -179,41 +186,66 @@ def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
     sent as they are). Raises FrameError naming the first record that cannot be sent."""
     parts: list[bytes] = [b""]
     pack = _RECORD.pack
+    chunks = _chunks
     count = 0
     for index, item in enumerate(records):
-        if not _RECORD_FIELDS.issuperset(item):
-            raise FrameError(index, f"unknown field(s) {sorted(set(item) - _RECORD_FIELDS)}; "
-                                    f"allowed: {sorted(_RECORD_FIELDS)}")
-        flags = 0
-        topic = b""
-        if (raw_topic := item.get("topic")) is not None:
-            topic = _text(raw_topic, index, "'topic'")
-            flags = FLAG_TOPIC
-        key = b""
-        if (raw_key := item.get("key")) is not None:
-            key = raw_key.encode() if type(raw_key) is str else _key_bytes(raw_key, index)
-            flags |= FLAG_KEY
-        value = _frame_value(item, index)
-        if value is None:
-            value = b""
-            flags |= FLAG_VALUE_NULL
-        timestamp = item.get("timestamp_ms")
-        if timestamp is not None:
-            if type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS:
-                raise FrameError(index, "'timestamp_ms' must be an integer from 0 to 2**63-1 "
-                                        "(epoch milliseconds)")
-            flags |= FLAG_TIMESTAMP
-        headers = item.get("headers")
-        header_parts = _frame_headers(headers, index) if headers else ()
-        try:
-            parts.append(pack(flags, len(topic), len(key), len(value), len(header_parts) // 3,
-                              timestamp or 0))
-        except struct.error as exc:
-            raise FrameError(index, f"a field is too long to frame ({exc})") from None
-        parts += (topic, key, value, *header_parts)
         count += 1
+        # The common record, {"key": str, "value": JSON}, inline: this runs per record and
+        # should cost no more than json.dumps of it. Anything else (or any error) goes the
+        # general way, which explains what is wrong.
+        if (type(item) is dict and _KEY_VALUE.issuperset(item)
+                and type(item.get("value")) in _SIMPLE_VALUES):
+            key = item.get("key")
+            try:
+                value = "".join(chunks(item["value"], 0)).encode()
+                if type(key) is str:
+                    key = key.encode()
+                    parts += (pack(FLAG_KEY, 0, len(key), len(value), 0, 0), b"", key, value)
+                    continue
+                if key is None:
+                    parts += (pack(0, 0, 0, len(value), 0, 0), b"", b"", value)
+                    continue
+            except (ValueError, TypeError, RecursionError, struct.error):
+                pass
+        parts += _frame(item, index)
     parts[0] = _BODY.pack(FRAMES_MAGIC, count)
     return b"".join(parts)
+
+
+def _frame(item: Mapping[str, Any], index: int) -> list[bytes]:
+    """One record's frame (header, topic, key, value, headers), or FrameError."""
+    if not isinstance(item, Mapping):
+        raise FrameError(index, "a record must be an object (a mapping)")
+    if not _RECORD_FIELDS.issuperset(item):
+        raise FrameError(index, f"unknown field(s) {sorted(set(item) - _RECORD_FIELDS)}; "
+                                f"allowed: {sorted(_RECORD_FIELDS)}")
+    flags = 0
+    topic = b""
+    if (raw_topic := item.get("topic")) is not None:
+        topic = _text(raw_topic, index, "'topic'")
+        flags = FLAG_TOPIC
+    key = b""
+    if (raw_key := item.get("key")) is not None:
+        key = _key_bytes(raw_key, index)
+        flags |= FLAG_KEY
+    value = _frame_value(item, index)
+    if value is None:
+        value = b""
+        flags |= FLAG_VALUE_NULL
+    timestamp = item.get("timestamp_ms")
+    if timestamp is not None:
+        if type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS:
+            raise FrameError(index, "'timestamp_ms' must be an integer from 0 to 2**63-1 "
+                                    "(epoch milliseconds)")
+        flags |= FLAG_TIMESTAMP
+    headers = item.get("headers")
+    header_parts = _frame_headers(headers, index) if headers else []
+    try:
+        head = _RECORD.pack(flags, len(topic), len(key), len(value), len(header_parts) // 3,
+                            timestamp or 0)
+    except struct.error as exc:
+        raise FrameError(index, f"a field is too long to frame ({exc})") from None
+    return [head, topic, key, value, *header_parts]
 
 
 def _text(text: Any, index: int, what: str) -> bytes:
@@ -251,7 +283,7 @@ def _frame_value(item: Mapping[str, Any], index: int) -> bytes | None:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     try:
-        return encode_value(value).encode()
+        return encode_value(value)
     except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         raise FrameError(index, _value_problem(exc)) from None
 
