@@ -90,7 +90,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             def profiled(pump: Pump) -> None:
                 pump_profile.runcall(original_run, pump)
 
-            Pump.run = profiled  # type: ignore[method-assign]
+            Pump.run = profiled  # type: ignore[method-assign,assignment]
         parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"))
         Pump.run = original_run  # type: ignore[method-assign]
         client = RelayClient(env={}, port=config.port, token=_TOKEN)
