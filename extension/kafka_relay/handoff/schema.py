@@ -247,7 +247,9 @@ def _record(
         unknown = item.keys() - _FIELDS
         raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_FIELDS)}")
 
-    topic = item.get("topic", default_topic)
+    topic = item.get("topic")
+    if topic is None:  # absent or null: the default, as in the framed body
+        topic = default_topic
     if topic is None:
         raise ValueError(_NO_TOPIC)
     if not isinstance(topic, str) or not _valid_topic(topic):
