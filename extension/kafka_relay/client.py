@@ -10,6 +10,10 @@
 ``send`` returns once the extension owns the records (202); ``send(..., wait=True)``
 returns per-record outcomes (delivered / dead_lettered / spilled / pending).
 
+- Encoding: each ``value`` is encoded here once, as the bytes that go to Kafka, into the
+  framed body (``protocol.FRAMES_TYPE``): the extension does not parse it again. A record
+  that cannot be encoded is ``RecordRejected`` before anything is sent.
+
 - Time: every call gets the invocation's remaining time (``get_remaining_time_in_millis`` of
   the context given to ``relay_handler`` / ``invocation`` / ``begin``) minus a margin, or
   ``timeout_s`` outside an invocation; ``wait=True`` tells the extension how long it may wait.

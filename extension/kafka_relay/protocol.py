@@ -2,7 +2,8 @@
 
 Everything both sides must agree on lives here and nowhere else: the default
 port, routes, header names, media types, the outcome and broker-state names,
-the Kafka headers the relay adds, and the one ``RelayError`` hierarchy.
+the Kafka headers the relay adds, the one ``RelayError`` hierarchy, and the framed
+body's encoder and decoder (so both sides read the same format).
 """
 
 from __future__ import annotations
