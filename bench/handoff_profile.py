@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import tempfile
 import threading
@@ -124,7 +125,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
         chosen = client_profile or meter.profile or pump_profile
         if chosen is not None:
             out = io.StringIO()
-            pstats.Stats(chosen, stream=out).sort_stats("tottime").print_stats(18)
+            pstats.Stats(chosen, stream=out).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "18")))
             print(out.getvalue())
 
 
