@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
 import pstats
 import tempfile
 import threading
@@ -75,7 +74,8 @@ class _HandlerMeter:
         handoff_server._Handler.handle = self._original  # type: ignore[method-assign]
 
 
-def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | None) -> None:
+def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | None,
+        sort: str = "tottime") -> None:
     topic = f"profile-{size}b"
     create_topics(bootstrap, [topic])
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +125,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
         chosen = client_profile or meter.profile or pump_profile
         if chosen is not None:
             out = io.StringIO()
-            pstats.Stats(chosen, stream=out).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "18")))
+            pstats.Stats(chosen, stream=out).sort_stats(sort).print_stats(24)
             print(out.getvalue())
 
 
@@ -133,18 +133,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--profile", choices=("server", "client", "pump"))
+    parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     args = parser.parse_args()
     cases = ((100, 1024), (500, 300))
     if args.bootstrap:
         for count, size in cases:
             run(args.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile)
+                profile=args.profile, sort=args.sort)
         return
     with KafkaBroker() as broker:
         for count, size in cases:
             run(broker.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile)
+                profile=args.profile, sort=args.sort)
 
 
 if __name__ == "__main__":
