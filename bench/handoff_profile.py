@@ -133,10 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--profile", choices=("server", "client", "pump"))
+    parser.add_argument("--cases", nargs="+", default=["100x1024", "500x300"],
+                        metavar="COUNTxBYTES", help="records per batch x bytes per record")
     parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     args = parser.parse_args()
-    cases = ((100, 1024), (500, 300))
+    cases = [tuple(int(n) for n in case.split("x", 1)) for case in args.cases]
     if args.bootstrap:
         for count, size in cases:
             run(args.bootstrap, count=count, size=size, batches=args.batches,
