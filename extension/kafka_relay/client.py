@@ -368,15 +368,22 @@ def _unavailable(host: str, port: int, exc: BaseException) -> RelayUnavailable:
 
 def _encode(batch: Sequence[Mapping[str, Any]], *, framed: bool) -> tuple[bytes, str]:
     """The request body and its media type. Framed: each value is encoded here once, as it
-    goes to Kafka; a record that cannot be sent is RecordRejected before anything is."""
+    goes to Kafka."""
     if not framed:
         return json.dumps({"records": list(batch)}).encode(), JSON_TYPE
     try:
         return encode_frames(batch), FRAMES_TYPE
     except FrameError as exc:
+        failure = exc
+    # A batch with a bad record goes as JSON: the extension refuses it whole with one reason
+    # per bad record (the encoder stops at the first, and cannot check topic names). What
+    # JSON cannot carry either (NaN, bytes, a cycle) is refused here; nothing is sent.
+    try:
+        return json.dumps({"records": list(batch)}, allow_nan=False).encode(), JSON_TYPE
+    except (TypeError, ValueError):
         raise RecordRejected(
-            f"kafka-relay client: {exc}; nothing in this batch was sent",
-            [{"index": exc.index, "reason": exc.reason}],
+            f"kafka-relay client: {failure}; nothing in this batch was sent",
+            [{"index": failure.index, "reason": failure.reason}],
         ) from None
 
 

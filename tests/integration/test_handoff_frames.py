@@ -122,6 +122,8 @@ def test_hostile_frames_are_400_naming_record_and_problem_and_accept_nothing(
         answers = {name: _hostile(h, body) for name, body in cases.items()}
         with pytest.raises(RecordRejected) as caught:  # refused before it is sent
             h.client.send([{"value": 1}, {"value": float("nan")}])
+        with pytest.raises(RecordRejected) as every:  # one reason per bad record
+            h.client.send([{"value": 1}, {"key": 1, "value": 2}, {"topic": "a b", "value": 3}])
         assert h.parts.relay.counts()["accepted"] == 0
     assert {name: status for name, (status, _) in answers.items()} == dict.fromkeys(cases, 400)
     reasons = {name: reply["reasons"][0] for name, (_, reply) in answers.items()}
@@ -135,3 +137,4 @@ def test_hostile_frames_are_400_naming_record_and_problem_and_accept_nothing(
     assert "reserved prefix" in reasons["reserved header"]["reason"]
     assert caught.value.reasons == [{"index": 1, "reason": caught.value.reasons[0]["reason"]}]
     assert "NaN" in str(caught.value.reasons[0]["reason"])
+    assert [r["index"] for r in every.value.reasons] == [1, 2]
