@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kafka_relay.protocol import FRAMES_TYPE, decode_frames
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -26,6 +28,14 @@ class Seen:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records of a framed or JSON body, values as JSON (framed values decoded)."""
+        if self.headers.get("Content-Type") != FRAMES_TYPE:
+            return list(self.json()["records"])
+        return [{"topic": topic, "key": key and key.decode(),
+                 "value": None if value is None else json.loads(value)}
+                for topic, key, value, _headers, _ts in decode_frames(self.body)]
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,6 @@ def fake_relay(script: Script) -> Iterator[FakeRelay]:
 
 def accept(seen: Seen, prefix: str = "id") -> Reply:
     """A 202 with one id per record: ``<prefix>-<n>``."""
-    count = len(seen.json()["records"])
+    count = len(seen.records())
     ids = [f"{prefix}-{n}" for n in range(count)]
     return Reply(202, {"accepted": count, "ids": ids})

@@ -2,12 +2,19 @@
 
 Everything both sides must agree on lives here and nowhere else: the default
 port, routes, header names, media types, the outcome and broker-state names,
-the Kafka headers the relay adds, and the one ``RelayError`` hierarchy.
+the Kafka headers the relay adds, the one ``RelayError`` hierarchy, and the framed
+body's encoder and decoder (so both sides read the same format).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
+from typing import Any
 
 DEFAULT_PORT = 4195
 
@@ -42,6 +49,7 @@ RETRY_AFTER_HEADER = "Retry-After"  # on 429/503, seconds (the body also has ret
 # -- media types ----------------------------------------------------------------------
 JSON_TYPE = "application/json"
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+FRAMES_TYPE = "application/vnd.kafka-relay.frames.v1"  # see "The framed body" below
 
 # -- Kafka headers the relay adds to every record (and to dead-lettered ones) ---------
 RELAY_HEADER_PREFIX = "x-relay-"
@@ -105,3 +113,295 @@ class RelayBusy(RelayError):
 
 class RelayShuttingDown(RelayBusy):
     """The extension is shutting down (503) and accepts no more records; nothing accepted."""
+
+
+# -- the framed body (FRAMES_TYPE): records already encoded, no JSON to parse -----------
+#
+# body    := "KRF" 0x01, u32 record count, records, nothing after the last record
+# record  := flags u8, topic length u16, key length u32, value length u32, header count u16,
+#            timestamp_ms u64, then topic, key and value bytes, then the headers
+# header  := name length u16, value length u32, name bytes (UTF-8), value bytes
+# All integers little-endian. A length whose flag is off must be 0. The value is the bytes
+# as they go to Kafka (the client encodes a JSON ``value`` once; raw bytes pass through).
+
+FRAMES_MAGIC = b"KRF\x01"
+FLAG_KEY = 1  # a key (else null)
+FLAG_VALUE_NULL = 2  # a null value (a tombstone)
+FLAG_TIMESTAMP = 4  # timestamp_ms given (else the producer's time)
+FLAG_TOPIC = 8  # a topic (else the extension's default topic)
+_FLAGS = FLAG_KEY | FLAG_VALUE_NULL | FLAG_TIMESTAMP | FLAG_TOPIC
+_BODY = struct.Struct("<4sI")
+_RECORD = struct.Struct("<BHIIHQ")
+_HEADER = struct.Struct("<HI")
+_RECORD_FIELDS = frozenset({"topic", "key", "value", "value_b64", "headers", "timestamp_ms"})
+_MAX_TIMESTAMP_MS = 2**63  # exclusive: Kafka timestamps are int64 epoch milliseconds
+
+# (topic, key, value, headers as (name, value) bytes, timestamp_ms); None where absent
+Frame = tuple[bytes | None, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...],
+              int | None]
+
+
+class FrameError(ValueError):
+    """A record that cannot be framed or a body that cannot be read; ``index`` -1: the body."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason if index < 0 else f"record {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+def _value_chunks() -> Callable[[Any, int], list[str]]:
+    """JSON text (as chunks to join) of a value as the extension's JSON path writes it:
+    compact, UTF-8, no NaN. The C encoder is made once: ``JSONEncoder.encode`` builds a new
+    one per call, which costs more than encoding a small value. Without a circularity
+    check a cycle is a RecursionError."""
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    def portable(value: Any, _level: int) -> list[str]:
+        return [encoder.encode(value)]
+
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return portable
+    try:
+        scan: Callable[[Any, int], list[str]] = make(
+            None, encoder.default, json.encoder.encode_basestring, None, ":", ",", False,
+            False, False)
+    except TypeError:  # another signature: the public path is still correct
+        return portable
+    return scan
+
+
+_chunks = _value_chunks()
+_KEY_VALUE = frozenset({"key", "value"})
+_SIMPLE_VALUES = frozenset({dict, list, str, int, float, bool})
+
+
+def encode_value(value: Any) -> bytes:
+    """The bytes of a JSON ``value`` as they go to Kafka."""
+    return "".join(_chunks(value, 0)).encode()
+
+
+def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
+    """A framed body of records given as the JSON API's objects (``value`` may also be bytes:
+    sent as they are). Raises FrameError naming the first record that cannot be sent."""
+    parts: list[bytes] = [b""]
+    pack = _RECORD.pack
+    chunks = _chunks
+    count = 0
+    for index, item in enumerate(records):
+        count += 1
+        # The common record, {"key": str, "value": JSON}, inline: this runs per record and
+        # should cost no more than json.dumps of it. Anything else (or any error) goes the
+        # general way, which explains what is wrong.
+        if (type(item) is dict and _KEY_VALUE.issuperset(item)
+                and type(item.get("value")) in _SIMPLE_VALUES):
+            key = item.get("key")
+            try:
+                value = "".join(chunks(item["value"], 0)).encode()
+                if type(key) is str:
+                    key = key.encode()
+                    parts += (pack(FLAG_KEY, 0, len(key), len(value), 0, 0), b"", key, value)
+                    continue
+                if key is None:
+                    parts += (pack(0, 0, 0, len(value), 0, 0), b"", b"", value)
+                    continue
+            except (ValueError, TypeError, RecursionError, struct.error):
+                pass
+        parts += _frame(item, index)
+    parts[0] = _BODY.pack(FRAMES_MAGIC, count)
+    return b"".join(parts)
+
+
+def _frame(item: Mapping[str, Any], index: int) -> list[bytes]:
+    """One record's frame (header, topic, key, value, headers), or FrameError."""
+    if not isinstance(item, Mapping):
+        raise FrameError(index, "a record must be an object (a mapping)")
+    if not _RECORD_FIELDS.issuperset(item):
+        raise FrameError(index, f"unknown field(s) {sorted(set(item) - _RECORD_FIELDS)}; "
+                                f"allowed: {sorted(_RECORD_FIELDS)}")
+    flags = 0
+    topic = b""
+    if (raw_topic := item.get("topic")) is not None:
+        topic = _text(raw_topic, index, "'topic'")
+        flags = FLAG_TOPIC
+    key = b""
+    if (raw_key := item.get("key")) is not None:
+        key = _key_bytes(raw_key, index)
+        flags |= FLAG_KEY
+    value = _frame_value(item, index)
+    if value is None:
+        value = b""
+        flags |= FLAG_VALUE_NULL
+    timestamp = item.get("timestamp_ms")
+    if timestamp is not None:
+        if type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS:
+            raise FrameError(index, "'timestamp_ms' must be an integer from 0 to 2**63-1 "
+                                    "(epoch milliseconds)")
+        flags |= FLAG_TIMESTAMP
+    headers = item.get("headers")
+    header_parts = _frame_headers(headers, index) if headers else []
+    try:
+        head = _RECORD.pack(flags, len(topic), len(key), len(value), len(header_parts) // 3,
+                            timestamp or 0)
+    except struct.error as exc:
+        raise FrameError(index, f"a field is too long to frame ({exc})") from None
+    return [head, topic, key, value, *header_parts]
+
+
+def _text(text: Any, index: int, what: str) -> bytes:
+    if type(text) is not str:
+        raise FrameError(index, f"{what} must be a string")
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise FrameError(index, f"{what} is not valid Unicode text (a lone surrogate such as "
+                                "\\ud800): send UTF-8 text, or bytes") from None
+
+
+def _key_bytes(key: Any, index: int) -> bytes:
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    return _text(key, index, "'key'")
+
+
+def _frame_value(item: Mapping[str, Any], index: int) -> bytes | None:
+    if "value_b64" in item:
+        encoded = item["value_b64"]
+        if "value" in item or not isinstance(encoded, str):
+            raise FrameError(index, "give exactly one of 'value' (any JSON, or bytes) or "
+                                    "'value_b64' (a base64 string)")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise FrameError(index, f"'value_b64' is not valid base64: {exc}") from None
+    if "value" not in item:
+        raise FrameError(index, "give exactly one of 'value' (any JSON, or bytes) or "
+                                "'value_b64' (a base64 string)")
+    value = item["value"]
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    try:
+        return encode_value(value)
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise FrameError(index, _value_problem(exc)) from None
+
+
+def _value_problem(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "'value' is nested too deeply or refers to itself"
+    if isinstance(exc, UnicodeEncodeError):
+        return ("'value' is not valid Unicode text (a lone surrogate such as \\ud800): send "
+                "UTF-8 text, or bytes")
+    if isinstance(exc, TypeError):
+        return f"'value' is not JSON: {exc}; send JSON types, or bytes"
+    return ("'value' holds a number JSON cannot carry (NaN, Infinity or out of range): send "
+            "finite numbers")
+
+
+def _frame_headers(headers: Any, index: int) -> list[bytes]:
+    if not isinstance(headers, Mapping):
+        raise FrameError(index, "'headers' must be an object of string to string")
+    out: list[bytes] = []
+    pack = _HEADER.pack
+    for name, value in headers.items():
+        name_bytes = _text(name, index, "'headers' name")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            value_bytes = bytes(value)
+        else:
+            value_bytes = _text(value, index, f"'headers' value of {name!r}")
+        try:
+            out += (pack(len(name_bytes), len(value_bytes)), name_bytes, value_bytes)
+        except struct.error as exc:
+            raise FrameError(index, f"header {name!r} is too long to frame ({exc})") from None
+    if len(out) // 3 > 0xFFFF:
+        raise FrameError(index, f"{len(out) // 3} headers: at most 65535 per record")
+    return out
+
+
+def decode_frames(body: bytes) -> list[Frame]:
+    """The records of a framed body. Any inconsistency raises FrameError naming the record:
+    lengths are checked against the body before any slice, so no input reads past it."""
+    size = len(body)
+    if size < _BODY.size:
+        raise FrameError(-1, f"a framed body starts with an {_BODY.size}-byte header; this "
+                             f"one has {size} bytes")
+    magic, count = _BODY.unpack_from(body, 0)
+    if magic != FRAMES_MAGIC:
+        raise FrameError(-1, f"the body starts with {magic!r}, not {FRAMES_MAGIC!r}: not "
+                             f"{FRAMES_TYPE}")
+    room = (size - _BODY.size) // _RECORD.size
+    if count > room:
+        raise FrameError(-1, f"the body announces {count} records but its {size} bytes hold "
+                             f"at most {room}")
+    frames: list[Frame] = []
+    append = frames.append
+    unpack = _RECORD.unpack_from
+    fixed = _RECORD.size
+    pos = _BODY.size
+    for index in range(count):
+        if pos + fixed > size:
+            raise FrameError(index, f"truncated: its {fixed}-byte header passes the end of "
+                                    "the body")
+        flags, topic_len, key_len, value_len, header_count, timestamp = unpack(body, pos)
+        if ((flags & ~_FLAGS) or (topic_len and not flags & FLAG_TOPIC)
+                or (key_len and not flags & FLAG_KEY) or (value_len and flags & FLAG_VALUE_NULL)
+                or (timestamp and not flags & FLAG_TIMESTAMP)):
+            raise FrameError(index, _flag_problem(flags, topic_len, key_len, value_len,
+                                                  timestamp))
+        start = pos + fixed
+        key_at = start + topic_len
+        value_at = key_at + key_len
+        pos = value_at + value_len
+        if pos > size:
+            raise FrameError(index, f"truncated: topic, key and value ({pos - start} bytes) "
+                                    f"pass the end of the body ({size - start} left)")
+        headers: tuple[tuple[bytes, bytes], ...] = ()
+        if header_count:
+            headers, after = _read_headers(body, pos, header_count, index)
+        append((body[start:key_at] if flags & FLAG_TOPIC else None,
+                body[key_at:value_at] if flags & FLAG_KEY else None,
+                None if flags & FLAG_VALUE_NULL else body[value_at:pos],
+                headers,
+                timestamp if flags & FLAG_TIMESTAMP else None))
+        if header_count:
+            pos = after
+    if pos != size:
+        raise FrameError(-1, f"{size - pos} bytes after the last of the {count} records")
+    return frames
+
+
+def _read_headers(body: bytes, pos: int, count: int,
+                  index: int) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
+    """The headers from ``pos`` on, and the position after them."""
+    size = len(body)
+    fixed = _HEADER.size
+    out = []
+    for number in range(count):
+        if pos + fixed > size:
+            raise FrameError(index, f"truncated: header {number} of {count} passes the end of "
+                                    "the body")
+        name_len, value_len = _HEADER.unpack_from(body, pos)
+        name_at = pos + fixed
+        value_at = name_at + name_len
+        pos = value_at + value_len
+        if pos > size:
+            raise FrameError(index, f"truncated: header {number} of {count} "
+                                    f"({name_len + value_len} bytes) passes the end of the body")
+        out.append((body[name_at:value_at], body[value_at:pos]))
+    return tuple(out), pos
+
+
+def _flag_problem(flags: int, topic_len: int, key_len: int, value_len: int,
+                  timestamp: int) -> str:
+    if flags & ~_FLAGS:
+        return f"unknown flags 0x{flags & ~_FLAGS:02x} (this extension reads frames v1)"
+    if topic_len and not flags & FLAG_TOPIC:
+        return "a topic length without the topic flag"
+    if key_len and not flags & FLAG_KEY:
+        return "a key length without the key flag"
+    if value_len and flags & FLAG_VALUE_NULL:
+        return "a value length with the null-value flag"
+    return f"timestamp {timestamp} without the timestamp flag"

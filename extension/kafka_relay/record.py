@@ -78,9 +78,9 @@ class Record:
         self.last_error: str | None = None
         self.not_before_ms = 0
         self.dlq_error: str | None = None
-        self.size = len(key or b"") + len(value or b"") + sum(
-            len(k) + len(v) for k, v in headers
-        )
+        self.size = len(key or b"") + len(value or b"")
+        if headers:  # most records have none: skip the generator
+            self.size += sum(len(k) + len(v) for k, v in headers)
 
     def kafka_headers(self, *, dlq_topic: str | None = None) -> list[tuple[str, bytes]]:
         """Headers as produced: the caller's, the relay id, and on the DLQ why it failed."""

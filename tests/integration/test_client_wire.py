@@ -90,7 +90,7 @@ def test_every_logical_request_has_its_own_key_and_batches_of_a_send_too() -> No
 
 def test_wait_tells_the_extension_how_long_the_invocation_has_left() -> None:
     def script(seen: Seen, _index: int) -> Reply:
-        ids = [f"id-{n}" for n in range(len(seen.json()["records"]))]
+        ids = [f"id-{n}" for n in range(len(seen.records()))]
         return Reply(200, {"ids": ids, "outcomes": [{"id": i, "outcome": "delivered"}
                                                     for i in ids]})
 
@@ -171,7 +171,7 @@ def test_threads_sharing_one_client_never_get_each_others_answers() -> None:
     def echo(seen: Seen, _index: int) -> Reply:
         # ids carry the request's key: an answer read by the wrong thread shows
         key = seen.headers[IDEMPOTENCY_KEY_HEADER]
-        values = [r["value"] for r in seen.json()["records"]]
+        values = [r["value"] for r in seen.records()]
         return Reply(202, {"ids": [f"{key}:{v}" for v in values]})
 
     threads, sends = 8, 40

@@ -135,13 +135,14 @@ class Ledger:
     # -- records out ---------------------------------------------------------------------
 
     def holds(self, record: Record) -> bool:
-        with self.cond:
-            return record.id in self._unsettled
+        # No lock: one dict lookup is atomic, and the answer may change right after either way.
+        return record.id in self._unsettled
 
     def settle(self, record: Record, outcome: Outcome, detail: str | None,
-               *, spooled: bool = False) -> bool:
+               *, spooled: bool = False, notify: bool = True) -> bool:
         """``detail``: the error that sent it to the DLQ, or where it was spilled. False when
-        it had settled already (e.g. spilled, then a late delivery report)."""
+        it had settled already (e.g. spilled, then a late delivery report). ``notify=False``:
+        the caller notifies the waiters itself (once per batch, not per record)."""
         with self.cond:
             if self._unsettled.pop(record.id, None) is None:
                 return False
@@ -159,7 +160,8 @@ class Ledger:
             watch = self._watches.pop(record.id, None)
             if watch is not None:
                 watch.outcomes[record.id] = (outcome, detail)
-            self.cond.notify_all()
+            if notify:
+                self.cond.notify_all()
             return True
 
     def settle_spilled(self, records: Iterable[Record], result: SpillResult) -> None:

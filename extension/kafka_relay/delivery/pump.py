@@ -10,6 +10,7 @@ hands everything still unsettled to the spill chain.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -134,7 +135,7 @@ class Pump:
                 target, value=record.value, key=record.key,
                 headers=record.kafka_headers(dlq_topic=target if to_dlq else None),
                 timestamp=record.timestamp_ms or 0,
-                on_delivery=lambda err, _msg, rec=record: self._on_delivery(rec, err),
+                on_delivery=functools.partial(self._on_delivery, record),
             )
         except BufferError:
             return False
@@ -157,18 +158,21 @@ class Pump:
         with self._ledger.cond:
             self._queue.done(record)
 
-    def _on_delivery(self, record: Record, error: KafkaError | None) -> None:
-        self._done_one(record)
+    def _on_delivery(self, record: Record, error: KafkaError | None, _msg: object = None) -> None:
         if error is not None:
+            self._done_one(record)
             self._failed(record, classify(error), error.code(), describe(error))
             return
+        outcome = Outcome.DEAD_LETTERED if record.dlq_error else Outcome.DELIVERED
+        # One lock round per report (this runs for every record); no notify per record:
+        # reports arrive inside poll/flush in step(), which notifies once after them.
         with self._ledger.cond:
+            self._queue.done(record)
             if self.broker_state is not BrokerState.UP:
                 # The cluster is back: records waiting out a backoff go now, not in 30 s.
                 self._queue.release_retries()
             self.broker_state = BrokerState.UP
-        outcome = Outcome.DEAD_LETTERED if record.dlq_error else Outcome.DELIVERED
-        self._ledger.settle(record, outcome, record.dlq_error)
+            self._ledger.settle(record, outcome, record.dlq_error, notify=False)
 
     def on_client_error(self, error: KafkaError) -> None:
         """librdkafka's error_cb (and errors poll raises): remember; rebuild when fatal."""

@@ -92,11 +92,18 @@ class IdempotencyCache:
 
     def _trim(self) -> None:
         # Oldest first; an entry still in progress is never dropped (its repeat must wait).
-        for old_key in list(self._entries):
-            if len(self._entries) <= self._max_keys:
-                return
-            if self._entries[old_key].done.is_set():
-                del self._entries[old_key]
+        # Runs per request: stop at the excess instead of copying every key.
+        excess = len(self._entries) - self._max_keys
+        if excess <= 0:
+            return
+        done = []
+        for old_key, old in self._entries.items():
+            if old.done.is_set():
+                done.append(old_key)
+                if len(done) == excess:
+                    break
+        for old_key in done:
+            del self._entries[old_key]
 
     def _process(self, key: str, entry: _Entry, process: Callable[[], Answer]) -> Answer:
         answer: Answer | None = None

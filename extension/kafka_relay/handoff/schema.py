@@ -8,6 +8,11 @@ encodes to UTF-8 (a lone surrogate such as "\\ud800" is valid JSON but crashes
 the producer), topic names by Kafka's rule matched whole, timestamps in Kafka's
 int64 range, JSON without NaN/Infinity, nesting within the parser's bound.
 This runs for every record: keep the common path (no headers) cheap.
+
+A framed body (``FRAMES_TYPE``, the stdlib client's default) carries values as the
+bytes that go to Kafka: they are not parsed, so validating a record costs its
+fields, not its value's size. Its values are the sender's business, as
+``value_b64`` is in JSON: the stdlib client writes valid JSON for ``value``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka_relay.config import valid_topic_name
-from kafka_relay.protocol import NDJSON_TYPES, RELAY_HEADER_PREFIX
+from kafka_relay.protocol import (
+    FRAMES_TYPE,
+    NDJSON_TYPES,
+    RELAY_HEADER_PREFIX,
+    Frame,
+    FrameError,
+    decode_frames,
+)
 from kafka_relay.record import Record
 
 _FIELDS = frozenset({"topic", "key", "value", "value_b64", "headers", "timestamp_ms"})
@@ -30,6 +42,17 @@ _MAX_TIMESTAMP_MS = 2**63  # exclusive: Kafka timestamps are int64 epoch millise
 _NOT_UNICODE = ("is not valid Unicode text (it holds a lone surrogate such as \\ud800): "
                 "send UTF-8 text, or bytes in base64")
 _TOO_DEEP = "JSON nested too deeply (the parser's limit is about 900 levels)"
+_NO_TOPIC = "no 'topic' and no default topic: add 'topic' or set KAFKA_TOPIC"
+_BAD_TIMESTAMP = "'timestamp_ms' must be an integer from 0 to 2**63-1 (epoch milliseconds)"
+
+
+def _bad_topic(topic: object) -> str:
+    return (f"'topic' {topic!r} is not a valid Kafka topic name (1-249 of letters, digits, "
+            "'.', '_', '-'; not '.' or '..')")
+
+
+def _reserved(name: str) -> str:
+    return f"'headers' name {name!r} uses the reserved prefix {RELAY_HEADER_PREFIX!r}"
 
 
 def _reject_constant(name: str) -> Any:
@@ -61,9 +84,31 @@ class Reason:
 class InvalidRequest(Exception):
     """The body cannot be accepted; ``reasons`` has one entry per problem."""
 
-    def __init__(self, reasons: list[Reason]) -> None:
+    def __init__(self, reasons: list[Reason], *, records: int = 0) -> None:
         super().__init__("; ".join(f"record {r.index}: {r.reason}" for r in reasons))
         self.reasons = reasons
+        self.records = records  # how many the request held (0: unknown), counted as rejected
+
+
+def records_from_body(
+    body: bytes,
+    content_type: str,
+    *,
+    default_topic: str | None,
+    new_id: Callable[[], str],
+    request_id: str | None,
+    now_ms: int,
+) -> list[Record]:
+    """The Records of a request body (framed, JSON or NDJSON), or InvalidRequest."""
+    if content_type.split(";", 1)[0].strip().lower() == FRAMES_TYPE:
+        try:
+            frames = decode_frames(body)
+        except FrameError as exc:
+            raise InvalidRequest([Reason(exc.index, exc.reason)]) from None
+        return validate_frames(frames, default_topic=default_topic, new_id=new_id,
+                               request_id=request_id, now_ms=now_ms)
+    return validate(parse_body(body, content_type), default_topic=default_topic,
+                    new_id=new_id, request_id=request_id, now_ms=now_ms)
 
 
 def parse_body(body: bytes, content_type: str) -> list[Any]:
@@ -126,8 +171,67 @@ def validate(
         except ValueError as exc:
             reasons.append(Reason(index, str(exc)))
     if reasons:
-        raise InvalidRequest(reasons)
+        raise InvalidRequest(reasons, records=len(items))
     return records
+
+
+def validate_frames(
+    frames: list[Frame],
+    *,
+    default_topic: str | None,
+    new_id: Callable[[], str],
+    request_id: str | None,
+    now_ms: int,
+) -> list[Record]:
+    """Records of decoded frames, or InvalidRequest listing every bad one. Values are opaque:
+    the cost is per field (topic and header names, timestamp), not per value byte."""
+    if not frames:
+        raise InvalidRequest([Reason(-1, "no records in the request")])
+    records: list[Record] = []
+    append = records.append
+    reasons: list[Reason] = []
+    for index, (raw_topic, key, value, raw_headers, timestamp) in enumerate(frames):
+        try:
+            topic = default_topic if raw_topic is None else _frame_topic(raw_topic)
+            if topic is None:
+                raise ValueError(_NO_TOPIC)
+            if timestamp is not None and timestamp >= _MAX_TIMESTAMP_MS:
+                raise ValueError(_BAD_TIMESTAMP)
+            headers = _named_headers(raw_headers) if raw_headers else ()
+        except ValueError as exc:
+            reasons.append(Reason(index, str(exc)))
+            continue
+        append(Record(id=new_id(), topic=topic, key=key, value=value, headers=headers,
+                      timestamp_ms=timestamp, request_id=request_id, accepted_ms=now_ms))
+    if reasons:
+        raise InvalidRequest(reasons, records=len(frames))
+    return records
+
+
+@functools.lru_cache(maxsize=256)
+def _frame_topic(raw: bytes) -> str:
+    """Cached per topic: a batch names the same few topics over and over."""
+    try:
+        topic = raw.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"'topic' {raw[:64]!r} is not UTF-8, so not a valid Kafka topic "
+                         "name") from None
+    if not _valid_topic(topic):
+        raise ValueError(_bad_topic(topic))
+    return topic
+
+
+def _named_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    for raw_name, value in headers:
+        try:
+            name = raw_name.decode()  # confluent-kafka takes header names as str
+        except UnicodeDecodeError:
+            raise ValueError(f"'headers' name {raw_name[:64]!r} is not UTF-8") from None
+        if name[:_PREFIX_LEN].lower() == RELAY_HEADER_PREFIX:
+            raise ValueError(_reserved(name))
+        out.append((name, value))
+    return tuple(out)
 
 
 def _record(
@@ -143,12 +247,13 @@ def _record(
         unknown = item.keys() - _FIELDS
         raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_FIELDS)}")
 
-    topic = item.get("topic", default_topic)
+    topic = item.get("topic")
+    if topic is None:  # absent or null: the default, as in the framed body
+        topic = default_topic
     if topic is None:
-        raise ValueError("no 'topic' and no default topic: add 'topic' or set KAFKA_TOPIC")
+        raise ValueError(_NO_TOPIC)
     if not isinstance(topic, str) or not _valid_topic(topic):
-        raise ValueError(f"'topic' {topic!r} is not a valid Kafka topic name (1-249 of "
-                         "letters, digits, '.', '_', '-'; not '.' or '..')")
+        raise ValueError(_bad_topic(topic))
 
     key = item.get("key")
     if key is not None:
@@ -176,8 +281,7 @@ def _record(
     if timestamp is not None and (
         type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS
     ):
-        raise ValueError("'timestamp_ms' must be an integer from 0 to 2**63-1 "
-                         "(epoch milliseconds)")
+        raise ValueError(_BAD_TIMESTAMP)
 
     return Record(
         id=new_id(),
@@ -224,8 +328,7 @@ def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
         if type(value) is not str:
             raise ValueError(f"'headers' value of {name!r} must be a string")
         if name[:_PREFIX_LEN].lower() == RELAY_HEADER_PREFIX:
-            raise ValueError(f"'headers' name {name!r} uses the reserved prefix "
-                             f"{RELAY_HEADER_PREFIX!r}")
+            raise ValueError(_reserved(name))
         _utf8(name, f"'headers' name {name!r}")  # confluent-kafka hands names to C as UTF-8
         out.append((name, _utf8(value, f"'headers' value of {name!r}")))
     return tuple(out)

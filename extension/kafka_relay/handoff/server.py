@@ -1,6 +1,7 @@
 """Handoff API v1 on 127.0.0.1: keep-alive HTTP/1.1, one thread per connection (not per record).
 
-POST /v1/records           accept a batch (JSON or NDJSON), 202 + ids; ?wait=delivered → outcomes
+POST /v1/records           accept a batch (framed, JSON or NDJSON), 202 + ids;
+                           ?wait=delivered → outcomes
 POST /v1/flush             flush now, return counts
 POST /v1/invocation/end    the handler is done
 GET  /v1/status            version, uptime, counts, depth, broker state, last error
@@ -34,7 +35,7 @@ from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
 from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.body import BodyError, read_body
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
-from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
+from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
@@ -241,14 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _accept(self, body: bytes, query: dict[str, str]) -> Answer:
         state = self.server.state
         request_id = self.headers.get(REQUEST_ID_HEADER) or None
-        items: list[object] = []
         try:
-            items = parse_body(body, self.headers.get("Content-Type") or "")
-            records = validate(items, default_topic=state.config.default_topic,
-                               new_id=state.ids.next, request_id=request_id,
-                               now_ms=state.wall_ms())
+            records = records_from_body(body, self.headers.get("Content-Type") or "",
+                                        default_topic=state.config.default_topic,
+                                        new_id=state.ids.next, request_id=request_id,
+                                        now_ms=state.wall_ms())
         except InvalidRequest as exc:
-            state.relay.note_rejected(len(items))
+            state.relay.note_rejected(exc.records)
             state.logger.warning("handoff.rejected", reasons=len(exc.reasons),
                                  first=exc.reasons[0].reason, request_id=request_id)
             return _answer(400, {"error": "request rejected, nothing accepted",

@@ -1,0 +1,154 @@
+"""CPU per record of the handoff, in one process on loopback (no sandbox, no CPU quota).
+
+    .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client]
+
+Starts a local broker and the extension's parts in-process, sends batches with the stdlib
+client (its default body) and reports, per record: the client thread's CPU (encode + HTTP),
+the handoff thread's CPU (HTTP parse, body parse, validation, accept) and the rest of the
+process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
+cProfile of the client or of the handoff thread. Numbers go in the README's Performance
+section ("what profiling changed"); this is a developer's tool, not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from devtools.kafka_broker import KafkaBroker, create_topics, free_port
+from kafka_relay.app import assemble
+from kafka_relay.client import RelayClient
+from kafka_relay.config import load_config
+from kafka_relay.delivery.pump import Pump
+from kafka_relay.handoff import server as handoff_server
+from kafka_relay.observability.log import JsonLogger
+
+_TOKEN = "profile-token"
+_FILLER = "x" * 4096
+
+
+def make_records(count: int, size: int, batch: int) -> list[dict[str, Any]]:
+    """Like bench_handlers.records: a key and a JSON object of about ``size`` bytes."""
+    base = {"run": "profile", "n": batch, "i": 0, "ts": 1_700_000_000_000, "pad": ""}
+    overhead = len(str(base)) + 20
+    pad = _FILLER[: max(0, size - overhead)]
+    return [{"key": f"profile-{batch}-{i}",
+             "value": {"run": "profile", "n": batch, "i": i, "ts": 1_700_000_000_000,
+                       "pad": pad}} for i in range(count)]
+
+
+class _HandlerMeter:
+    """Wraps the handoff handler: CPU of the handoff threads, optionally profiled."""
+
+    def __init__(self, profile: bool) -> None:
+        self.cpu_s = 0.0
+        self.profile = cProfile.Profile() if profile else None
+        self._lock = threading.Lock()
+        self._original: Callable[..., None] = handoff_server._Handler.handle
+
+    def install(self) -> None:
+        meter, original = self, self._original
+
+        def handle(handler: Any) -> None:
+            start = time.thread_time()
+            try:
+                if meter.profile is not None:
+                    meter.profile.runcall(original, handler)
+                else:
+                    original(handler)
+            finally:
+                with meter._lock:
+                    meter.cpu_s += time.thread_time() - start
+
+        handoff_server._Handler.handle = handle  # type: ignore[method-assign,assignment]
+
+    def remove(self) -> None:
+        handoff_server._Handler.handle = self._original  # type: ignore[method-assign]
+
+
+def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | None,
+        sort: str = "tottime") -> None:
+    topic = f"profile-{size}b"
+    create_topics(bootstrap, [topic])
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic,
+                              "KAFKA_RELAY_TOKEN": _TOKEN, "KAFKA_RELAY_PORT": str(free_port()),
+                              "KAFKA_RELAY_SPOOL_DIR": str(Path(tmp) / "spool"),
+                              "KAFKA_RELAY_TELEMETRY": "false"})
+        meter = _HandlerMeter(profile == "server")
+        meter.install()
+        pump_profile = cProfile.Profile() if profile == "pump" else None
+        original_run = Pump.run
+        if pump_profile is not None:
+            def profiled(pump: Pump) -> None:
+                pump_profile.runcall(original_run, pump)
+
+            Pump.run = profiled  # type: ignore[method-assign,assignment]
+        parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"))
+        Pump.run = original_run  # type: ignore[method-assign]
+        client = RelayClient(env={}, port=config.port, token=_TOKEN)
+        try:
+            work = [make_records(count, size, b) for b in range(batches)]
+            client.send(work[0])  # warm: connection, topic metadata
+            client.flush()
+            meter.cpu_s = 0.0
+            client_profile = cProfile.Profile() if profile == "client" else None
+            cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+            for batch in work[1:]:
+                if client_profile is not None:
+                    client_profile.runcall(client.send, batch)
+                else:
+                    client.send(batch)
+            wall = time.perf_counter() - wall0
+            client_cpu = time.thread_time() - thread0
+            flushed = client.flush()
+            total_cpu = time.process_time() - cpu0
+        finally:
+            client.close()
+            parts.relay.stop()
+            parts.server.stop()
+            meter.remove()
+        n = count * (batches - 1)
+        rest = total_cpu - client_cpu - meter.cpu_s
+        print(f"{count} x {size} B, {batches - 1} batches: client {client_cpu / n * 1e6:.1f} "
+              f"us/record, handoff thread {meter.cpu_s / n * 1e6:.1f} us/record, pump + "
+              f"librdkafka {rest / n * 1e6:.1f} us/record; handoff {n / wall:,.0f} records/s; "
+              f"flush left {flushed['remaining']}")
+        chosen = client_profile or meter.profile or pump_profile
+        if chosen is not None:
+            out = io.StringIO()
+            pstats.Stats(chosen, stream=out).sort_stats(sort).print_stats(24)
+            print(out.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--profile", choices=("server", "client", "pump"))
+    parser.add_argument("--cases", nargs="+", default=["100x1024", "500x300"],
+                        metavar="COUNTxBYTES", help="records per batch x bytes per record")
+    parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative")
+    parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
+    args = parser.parse_args()
+    cases = [tuple(int(n) for n in case.split("x", 1)) for case in args.cases]
+    if args.bootstrap:
+        for count, size in cases:
+            run(args.bootstrap, count=count, size=size, batches=args.batches,
+                profile=args.profile, sort=args.sort)
+        return
+    with KafkaBroker() as broker:
+        for count, size in cases:
+            run(broker.bootstrap, count=count, size=size, batches=args.batches,
+                profile=args.profile, sort=args.sort)
+
+
+if __name__ == "__main__":
+    main()
