@@ -124,7 +124,7 @@ def checks(results: BenchResults) -> list[Check]:
     ]
     drain = results.drain
     out += [
-        Check(f"SHUTDOWN drain of {drain.records if drain else 10_000:,} records"
+        Check(f"SHUTDOWN drain of {drain.records if drain else 5_000:,} records"
               + (f" @ {drain.memory_mb} MB, {drain.rtt_ms:g} ms RTT" if drain else ""),
               drain.shutdown_ms.max if drain else None, "<=", 1_800, "ms", "worst sample"),
         Check("SHUTDOWN drain: records lost or unaccounted",
