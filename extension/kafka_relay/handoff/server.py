@@ -56,6 +56,10 @@ _DEFAULT_WAIT_S = 30.0
 _MAX_WAIT_S = 900.0  # Lambda's longest invocation
 IDLE_TIMEOUT_S = 60.0  # a kept-alive connection silent this long is closed
 BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
+# After answering a body it did not read (413, a broken length), the server lets the client
+# finish sending for this long before closing: closing at once resets the connection under a
+# client still writing, and it never sees the answer.
+LINGER_S = 2.0
 MAX_CONNECTIONS = 256  # past this, the least recently used idle connection is closed
 _BACKLOG = 512
 _SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
@@ -193,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
                                  deadline_s=self.body_deadline_s, idle_timeout_s=self.timeout)
             except BodyError as exc:
                 self.close_connection = True  # the stream position is unknown now
+                self._linger = True
                 raise _HttpError(exc.status, str(exc)) from exc
             if not self._authorized():
                 given = self.headers.get(TOKEN_HEADER)
@@ -205,12 +210,26 @@ class _Handler(BaseHTTPRequestHandler):
             route(body)
         except _HttpError as exc:
             self._send(exc.status, {"error": str(exc)})
+            if getattr(self, "_linger", False):
+                self._drain_unread()
         except Exception as exc:  # a bug must not drop the connection without an answer
             self.server.state.logger.error("handoff.failed", error=repr(exc))
             self.close_connection = True
             self._send(500, {"error": f"kafka-relay failed on this request: {exc!r}"})
         finally:
             self.server.mark(self.connection, busy=False)
+
+    def _drain_unread(self) -> None:
+        """Half-close, then read and drop what the client still sends (bounded by LINGER_S),
+        so it can read the answer instead of a connection reset."""
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_S
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(65536):
+                    break
 
     def _limit_hint(self, limit: int) -> str:
         if limit == self.server.state.config.max_body_bytes:
