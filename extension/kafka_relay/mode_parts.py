@@ -10,6 +10,7 @@ snap-start         the producer is deferred past the snapshot; a gate admits rec
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +78,13 @@ class ModeParts:
         return RelayListener(**kwargs)
 
     def on_restore(self) -> Callable[[], None] | None:
+        """Telemetry's restoreStart: restore off the Telemetry request's thread (building the
+        producer may read a secret); the first INVOKE waits for it on the gate's lock."""
         gate = self.gate
-        return None if gate is None else lambda: gate.restore("telemetry")
+        if gate is None:
+            return None
+        return lambda: threading.Thread(target=gate.restore, args=("telemetry",),
+                                        name="kafka-relay-restore", daemon=True).start()
 
     def background_loop(self, listener: RelayListener, engine: DeliveryEngine,
                         config: Config, logger: JsonLogger,

@@ -28,7 +28,8 @@ from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import IdSource
 from kafka_relay.relay_listener import RelayListener
 
-RESTORE_WAIT_S = 2.0
+RESTORE_WAIT_S = 2.0  # for a restore signal that is on its way
+BUILD_WAIT_S = 10.0  # for a restore under way (a Secrets Manager read, a token signer)
 REFUSAL = ("SnapStart: kafka-relay accepts records once the snapshot is restored (in the "
            "handler), not during the function's init: records handed over before the snapshot "
            "would be sent again by every copy restored from it")
@@ -50,6 +51,7 @@ class SnapStartGate:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._restored = threading.Event()
+        self._restoring = False
         # Run once at the restore, before records are admitted; each returns log fields.
         self.hooks: list[Callable[[], dict[str, Any]]] = []
         self.trigger: str | None = None
@@ -61,9 +63,12 @@ class SnapStartGate:
     def restore(self, trigger: str) -> None:
         """Build what must be unique per copy (once; a second signal is a no-op). Never
         raises: a failure is logged and records stay refused."""
+        if self._restored.is_set():
+            return
         with self._lock:
             if self._restored.is_set():
                 return
+            self._restoring = True
             started = self._monotonic()
             fields: dict[str, Any] = {}
             try:
@@ -71,6 +76,7 @@ class SnapStartGate:
                     fields.update(hook())
                 self._engine.start_producer()
             except Exception as exc:
+                self._restoring = False
                 self._log.error("snapstart.restore_failed", trigger=trigger, error=repr(exc))
                 return
             self.trigger = trigger
@@ -80,8 +86,13 @@ class SnapStartGate:
 
     def admit(self) -> str | None:
         """The handoff server's admission check: None once restored (waiting a little for
-        a restore signal that is on its way), else the refusal."""
-        return None if self._restored.wait(self._wait_s) else REFUSAL
+        a restore signal that is on its way, longer for a restore under way), else the
+        refusal."""
+        if self._restored.wait(self._wait_s):
+            return None
+        if self._restoring and self._restored.wait(BUILD_WAIT_S):
+            return None
+        return REFUSAL
 
 
 class RestoringListener(RelayListener):
