@@ -52,7 +52,8 @@ class ModeParts:
             # drawn only to be logged, so the restored one can be told apart.
             ids, prefix = new_ids()
             return cls(config.mode, engine, HandlerSignals(), ids,
-                       gate=SnapStartGate(engine, logger), init_id_prefix=prefix)
+                       gate=SnapStartGate(engine, logger, probe_s=config.init_probe_ms / 1000),
+                       init_id_prefix=prefix)
         return cls(config.mode, engine, HandlerSignals(), IdSource())
 
     @property

@@ -43,9 +43,10 @@ def new_ids() -> tuple[IdSource, str]:
 
 class SnapStartGate:
     def __init__(self, engine: DeliveryEngine, logger: JsonLogger, *,
-                 wait_s: float = RESTORE_WAIT_S,
+                 wait_s: float = RESTORE_WAIT_S, probe_s: float = 0.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
+        self._probe_s = probe_s
         self._log = logger
         self._wait_s = wait_s
         self._monotonic = monotonic
@@ -83,6 +84,13 @@ class SnapStartGate:
             self._restored.set()
         self._log.info("snapstart.restored", trigger=trigger,
                        duration_ms=round((self._monotonic() - started) * 1000, 3), **fields)
+        if self._probe_s > 0:  # the broker connection on-demand opens at init, opened now
+            threading.Thread(target=self._probe, name="kafka-relay-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        error = self._engine.probe(self._probe_s)
+        if error is not None:
+            self._log.warning("snapstart.broker_unreachable", error=error)
 
     def admit(self) -> str | None:
         """The handoff server's admission check: None once restored (waiting a little for
