@@ -66,6 +66,13 @@ def test_managed_instances_deliver_concurrent_handlers_records_and_account_each_
                   max_concurrency=8, runtime_processes=4) as sandbox:
         results = sandbox.invoke_many(
             [{"run": f"run{n}", "count": count} for n in range(invocations)], concurrency=8)
+        # Before any SHUTDOWN: delivered in the background, each request reported.
+        got = broker.read(topic, expected=invocations * count, timeout=30)
+        deadline = time.monotonic() + 30
+        while (len(events_named(sandbox.log_lines(), "invocation.done")) < invocations
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        reported_before_shutdown = len(events_named(sandbox.log_lines(), "invocation.done"))
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
         subscriptions = sandbox.telemetry_subscriptions()
@@ -84,9 +91,10 @@ def test_managed_instances_deliver_concurrent_handlers_records_and_account_each_
     assert (summary["accepted"], summary["delivered"]) == (total, total)
     assert (summary["pending"], summary["unaccounted"], summary["producers_built"]) == (0, 0, 1)
     ids = [i for r in results for i in r.payload["ids"]]
-    got = broker.read(topic, expected=total, timeout=30)
     assert sorted(r.headers["x-relay-id"].decode() for r in got) == sorted(ids)
-    # One invocation.done per request id, each with its own ten records, all delivered.
+    # One invocation.done per request id, each with its own ten records, all delivered,
+    # logged by the background ticker (no INVOKE, before SHUTDOWN).
+    assert reported_before_shutdown == invocations
     done = {e["request_id"]: e for e in events_named(lines, "invocation.done")}
     assert set(done) == {r.request_id for r in results}
     assert {(e["accepted"], e["delivered"], e["pending"]) for e in done.values()} == {
