@@ -12,9 +12,10 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
-from kafka_relay.config import EXTENSION_NAME, load_config
+from kafka_relay.config import EXTENSION_NAME, lambda_mode, load_config
 from kafka_relay.errors import LambdaApiError, RelayError
 from kafka_relay.lifecycle.api import ExtensionsApi
+from kafka_relay.lifecycle.modes import register
 from kafka_relay.observability.log import JsonLogger
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
     logger = JsonLogger(stream=stream)
     try:
         api = ExtensionsApi(env.get("AWS_LAMBDA_RUNTIME_API", ""), name=args.name)
-        api.register(["INVOKE", "SHUTDOWN"])
+        register(api, lambda_mode(env), logger)  # SHUTDOWN only on managed instances
     except LambdaApiError as exc:
         logger.error("init.register_failed", error=str(exc))
         return 1
@@ -46,7 +47,7 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
         return 1
 
     try:
-        return parts.event_loop(api).run()
+        return (parts.background_loop(api) or parts.event_loop(api)).run()
     except Exception as exc:  # last resort: run() reports its own failures
         logger.error("runtime.error", error=repr(exc))
         api.exit_error("Extension.RuntimeError", f"kafka-relay stopped unexpectedly: {exc!r}")

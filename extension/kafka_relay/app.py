@@ -11,18 +11,20 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
-from kafka_relay.config import Config
+from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.loop import EventLoop
+from kafka_relay.lifecycle.managed import BackgroundLoop
+from kafka_relay.lifecycle.modes import shutdown_only, subscribe
 from kafka_relay.lifecycle.telemetry import TelemetryListener
+from kafka_relay.mode_parts import ModeParts
 from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
 from kafka_relay.producer.factory import ProducerFactory
-from kafka_relay.record import IdSource
 from kafka_relay.relay_listener import RelayListener
 from kafka_relay.spill.sinks import SpillChain
 
@@ -37,9 +39,15 @@ class Parts:
     signals: HandlerSignals
     listener: RelayListener
     logger: JsonLogger
+    modes: ModeParts
 
     def event_loop(self, api: ExtensionsApi | None = None) -> EventLoop:
         return EventLoop(self.listener, self.config, self.logger, api=api)
+
+    def background_loop(self, api: ExtensionsApi) -> BackgroundLoop | None:
+        """The SHUTDOWN-only loop when Lambda sends no INVOKE (managed instances), else None."""
+        return self.modes.background_loop(self.listener, self.relay, self.config, self.logger,
+                                          api)
 
 
 def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = None) -> Parts:
@@ -55,34 +63,42 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     make_producer = ProducerFactory(config, error_cb=on_client_error,
                                     logger=librdkafka_logger(logger))
     spill = SpillChain.from_config(config, logger)
-    relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger)
-    relay.start()
-    try:
-        _probe(relay, auth_errors, config, logger)
-    except AuthError:
-        relay.stop()
-        raise
+    background = (config.mode is LambdaMode.MANAGED_INSTANCES if api is None
+                  else shutdown_only(api.events))
+    snap_start = config.mode is LambdaMode.SNAP_START and not background
+    relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger,
+                           defer_producer=snap_start)
+    modes = ModeParts.create(config, relay, logger, background=background)
+    if not modes.defers_producer:  # SnapStart: no producer, no probe before the snapshot
+        relay.start()
+        try:
+            _probe(relay, auth_errors, config, logger)
+        except AuthError:
+            relay.stop()
+            raise
     spill.warm()
 
-    signals = HandlerSignals()
-    state = HandoffState(config=config, relay=relay, signals=signals, logger=logger,
-                         ids=IdSource(), started=time.monotonic(),
-                         flush_strategy=str(config.flush))
+    signals = modes.signals
+    state = HandoffState(config=config, relay=modes.port, signals=signals, logger=logger,
+                         ids=modes.ids, started=time.monotonic(),
+                         flush_strategy=str(config.flush), admit=modes.admit())
+    modes.wire(state)
     try:
         server = HandoffServer(state)
     except RelayError:
         relay.stop()
         raise
     server.start()
-    listener = RelayListener(config=config, engine=relay, signals=signals, logger=logger)
+    listener = modes.relay_listener(config=config, engine=relay, signals=signals, logger=logger)
     listener.closers.append(server.stop)
     parts = Parts(config=config, relay=relay, server=server, signals=signals,
-                  listener=listener, logger=logger)
+                  listener=listener, logger=logger, modes=modes)
     if config.telemetry and api is not None:
         _subscribe(parts, api, logger)
     logger.info("init.ready", port=server.port, flush=str(config.flush),
                 bootstrap=config.bootstrap_servers, protocol=config.security_protocol,
-                broker_state=relay.broker_state.value)
+                broker_state=relay.broker_state.value, mode=modes.mode.value,
+                **({"init_id_prefix": modes.init_id_prefix} if modes.init_id_prefix else {}))
     return parts
 
 
@@ -105,9 +121,9 @@ def _subscribe(parts: Parts, api: ExtensionsApi, logger: JsonLogger) -> None:
         parts.signals.mark_done(request_id)
 
     try:
-        listener = TelemetryListener(on_runtime_done)
+        listener = TelemetryListener(on_runtime_done, on_restore=parts.modes.on_restore())
         uri = listener.start()
-        api.subscribe_telemetry(uri, types=["platform"])
+        subscribe(api, uri, types=["platform"], mode=parts.modes.mode, logger=logger)
         parts.listener.closers.insert(0, listener.stop)
     except Exception as exc:
         # The client's end call still works; only the fallback signal is lost.

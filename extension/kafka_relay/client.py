@@ -60,11 +60,11 @@ from kafka_relay.protocol import (
     RECORDS_PATH,
     REQUEST_ID_HEADER,
     RETRY_AFTER_HEADER,
-    SESSION_TOKEN_ENV,
     STATUS_PATH,
     TIMEOUT_PARAM,
     TOKEN_ENV,
     TOKEN_HEADER,
+    TOKEN_SOURCES,
     WAIT_DELIVERED,
     WAIT_PARAM,
     FrameError,
@@ -75,6 +75,7 @@ from kafka_relay.protocol import (
     RelayShuttingDown,
     RelayUnavailable,
     encode_frames,
+    handoff_token,
 )
 
 __all__ = ["RecordRejected", "RelayBusy", "RelayClient", "RelayError", "RelayShuttingDown",
@@ -141,7 +142,7 @@ class RelayClient:
         env = os.environ if env is None else env
         self.host = host
         self.port = port or int(env.get(PORT_ENV) or DEFAULT_PORT)
-        self._token = token or env.get(TOKEN_ENV) or env.get(SESSION_TOKEN_ENV)
+        self._token = token or handoff_token(env)
         self._fallback = (env.get(FALLBACK_ENV) or "").strip().lower() == FALLBACK_DIRECT
         self._env = env
         self._timeout_s = timeout_s
@@ -399,8 +400,8 @@ def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
         )
     if status == 401:
         raise RelayError(
-            f"kafka-relay refused this client's token ({error}): the client sends "
-            f"{TOKEN_ENV} (else {SESSION_TOKEN_ENV}) in {TOKEN_HEADER}; give the function "
+            f"kafka-relay refused this client's token ({error}): the client sends the first "
+            f"set of {', '.join(TOKEN_SOURCES)} in {TOKEN_HEADER}; give the function "
             f"and the extension the same {TOKEN_ENV}, or unset it on both"
         )
     if status == 503:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka_relay.errors import ConfigError
-from kafka_relay.protocol import DEFAULT_PORT
+from kafka_relay.protocol import DEFAULT_PORT, handoff_token
 
 EXTENSION_NAME = "kafka-relay"
 PRODUCER_PREFIX = "KAFKA_PRODUCER_"
@@ -68,6 +68,25 @@ class FlushStrategy:
         return str(self.mode.value)
 
 
+class LambdaMode(str, Enum):
+    """How Lambda runs the environment (``AWS_LAMBDA_INITIALIZATION_TYPE``)."""
+
+    ON_DEMAND = "on-demand"  # INVOKE per invocation, frozen in between
+    MANAGED_INSTANCES = "managed-instances"  # SHUTDOWN only, concurrent, never frozen
+    SNAP_START = "snap-start"  # init, snapshot, then restored copies
+
+
+def lambda_mode(env: Mapping[str, str]) -> LambdaMode:
+    """The mode from the environment; anything unknown (provisioned-concurrency, unset) runs
+    as on-demand. Pure and cheap: ``__main__`` calls it before registering."""
+    kind = env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "").strip().lower()
+    if kind in ("lambda-managed-instances", LambdaMode.MANAGED_INSTANCES.value):
+        return LambdaMode.MANAGED_INSTANCES
+    if kind == LambdaMode.SNAP_START.value:
+        return LambdaMode.SNAP_START
+    return LambdaMode.ON_DEMAND
+
+
 @dataclass(frozen=True)
 class Config:
     bootstrap_servers: str
@@ -102,6 +121,8 @@ class Config:
     function_name: str = ""
     function_memory_mb: int = 0  # AWS_LAMBDA_FUNCTION_MEMORY_SIZE; 0 outside Lambda
     region: str | None = None
+    mode: LambdaMode = LambdaMode.ON_DEMAND
+    max_concurrency: int = 1  # AWS_LAMBDA_MAX_CONCURRENCY (managed instances)
 
     def dlq_for(self, topic: str) -> str:
         """Where a record of ``topic`` is dead-lettered."""
@@ -128,6 +149,12 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0,
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name}={value} is out of range: use {minimum} to {maximum}")
     return value
+
+
+def _lambda_count(env: Mapping[str, str], name: str) -> int:
+    """A count Lambda sets: read liberally (1 when absent or unreadable), never an init error."""
+    raw = _text(env, name) or ""
+    return max(1, int(raw)) if _DIGITS.fullmatch(raw) else 1
 
 
 def _shown(name: str, raw: str) -> str:
@@ -292,7 +319,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300, maximum=2_000),
         init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000, maximum=10_000),
         port=port,
-        token=_text(env, "KAFKA_RELAY_TOKEN", "AWS_SESSION_TOKEN"),
+        token=handoff_token(env),
         max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, minimum=1,
                                 maximum=10_000_000),
         max_buffer_bytes=_int(env, "KAFKA_RELAY_MAX_BUFFER_BYTES", 0, minimum=1,
@@ -312,5 +339,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",
         function_memory_mb=_int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, maximum=32_768),
         region=_text(env, "AWS_REGION", "AWS_DEFAULT_REGION"),
+        mode=lambda_mode(env),
+        max_concurrency=_lambda_count(env, "AWS_LAMBDA_MAX_CONCURRENCY"),
     )
     return replace(resolved, **explicit) if explicit else resolved

@@ -22,8 +22,23 @@ DEFAULT_PORT = 4195
 PORT_ENV = "KAFKA_RELAY_PORT"
 TOKEN_ENV = "KAFKA_RELAY_TOKEN"
 SESSION_TOKEN_ENV = "AWS_SESSION_TOKEN"  # the token when KAFKA_RELAY_TOKEN is unset
+# SnapStart environments have no AWS_SESSION_TOKEN (credentials come from the container
+# endpoint): both sides fall back to the endpoint's authorization token, also set everywhere.
+CONTAINER_TOKEN_ENV = "AWS_CONTAINER_AUTHORIZATION_TOKEN"
+TOKEN_SOURCES = (TOKEN_ENV, SESSION_TOKEN_ENV, CONTAINER_TOKEN_ENV)  # first non-empty wins
 FALLBACK_ENV = "KAFKA_RELAY_FALLBACK"  # "direct": produce in-process when no extension answers
 FALLBACK_DIRECT = "direct"
+
+
+def handoff_token(env: Mapping[str, str]) -> str | None:
+    """The handoff token both the client and the extension resolve from the same environment:
+    the first non-empty of ``TOKEN_SOURCES`` (surrounding spaces dropped), or None."""
+    for name in TOKEN_SOURCES:
+        value = (env.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
 
 # -- routes ---------------------------------------------------------------------------
 RECORDS_PATH = "/v1/records"

@@ -65,7 +65,8 @@ class DeliveryEngine:
     def __init__(self, config: Config, *, producer_factory: Callable[[], ProducerLike],
                  spill: SpillChain, logger: JsonLogger, limits: Limits | None = None,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 defer_producer: bool = False) -> None:
         plan = buffer_limits(config)
         if plan.over:
             logger.warning("buffer.limits_over_spill_budget", variables=list(plan.over),
@@ -86,7 +87,7 @@ class DeliveryEngine:
                               monotonic=monotonic, journal=journal)
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, on_death=self._pump_died,
-                         wall_ms=wall_ms)
+                         wall_ms=wall_ms, defer_build=defer_producer)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -94,6 +95,12 @@ class DeliveryEngine:
         """Restore what a crashed predecessor journaled, then deliver."""
         self.recover_journal()
         self.pump.start()
+
+    def start_producer(self) -> None:
+        """``defer_producer`` (SnapStart): build the producer, then start the pump. Until
+        then no broker connection and no producer identity exist, so none is in a snapshot."""
+        self.pump.build_producer()
+        self.start()
 
     def stop(self) -> None:
         """Stop without draining (tests; an init that fails): the journal stays for the next

@@ -45,7 +45,8 @@ class Pump:
     def __init__(self, ledger: Ledger, config: Config, *,
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
                  on_death: Callable[[BaseException], None],
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 defer_build: bool = False) -> None:
         self._ledger = ledger
         self._queue = ledger.queue
         self._config = config
@@ -58,8 +59,14 @@ class Pump:
         self._stopping = False
         self.broker_state = BrokerState.UNKNOWN
         self.last_error: str | None = None
-        self.producer = self._build()
+        self.producer: ProducerLike
+        if not defer_build:  # SnapStart defers it past the snapshot: see build_producer
+            self.producer = self._build()
         self._thread = threading.Thread(target=self.run, name="kafka-relay-pump", daemon=True)
+
+    def build_producer(self) -> None:
+        """Build the first producer now (it was deferred); call before start()."""
+        self.producer = self._build()
 
     def start(self) -> None:
         self._thread.start()

@@ -47,6 +47,7 @@ from kafka_relay.protocol import (
     STATUS_PATH,
     TIMEOUT_PARAM,
     TOKEN_HEADER,
+    TOKEN_SOURCES,
     WAIT_DELIVERED,
     WAIT_PARAM,
 )
@@ -89,6 +90,9 @@ class HandoffState:
     flush_strategy: str = ""
     wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
     idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
+    # Asked before any record is validated (ids drawn): None admits, a text refuses with 503
+    # (SnapStart: nothing is accepted before the restore).
+    admit: Callable[[], str | None] = lambda: None
 
 
 class _HttpError(Exception):
@@ -202,8 +206,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 given = self.headers.get(TOKEN_HEADER)
                 raise _HttpError(401, f"{'wrong' if given else 'missing'} {TOKEN_HEADER} "
-                                      "header: send the function's AWS_SESSION_TOKEN (or "
-                                      "KAFKA_RELAY_TOKEN) as the token")
+                                      "header: send the first set of "
+                                      f"{', '.join(TOKEN_SOURCES)} as the token")
             route = routes.get(urlsplit(self.path).path)
             if route is None:
                 raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
@@ -261,6 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _accept(self, body: bytes, query: dict[str, str]) -> Answer:
         state = self.server.state
         request_id = self.headers.get(REQUEST_ID_HEADER) or None
+        refusal = state.admit()
+        if refusal is not None:
+            return _answer(503, {"error": refusal, "retry_after_ms": 0}, {"Retry-After": "1"})
         try:
             records = records_from_body(body, self.headers.get("Content-Type") or "",
                                         default_topic=state.config.default_topic,

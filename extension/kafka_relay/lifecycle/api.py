@@ -15,6 +15,19 @@ from kafka_relay.errors import LambdaApiError
 
 _EXT = "/2020-01-01/extension"
 _TELEMETRY = "/2022-07-01/telemetry"
+TELEMETRY_SCHEMA = "2022-12-13"
+# Lambda Managed Instances accept this schema only (and it works elsewhere too).
+MANAGED_INSTANCES_TELEMETRY_SCHEMA = "2025-01-29"
+
+
+class RegistrationRefused(LambdaApiError):
+    """Lambda refused the registration; ``error_type`` is its errorType (e.g.
+    ``Extension.InvalidEventType`` for INVOKE on Lambda Managed Instances)."""
+
+    def __init__(self, message: str, *, status: int, error_type: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
 
 
 class ExtensionsApi:
@@ -27,6 +40,7 @@ class ExtensionsApi:
         self._address = runtime_api
         self.name = name
         self.identifier = ""
+        self.events: list[str] = []  # what the registration Lambda accepted was for
 
     def _request(
         self,
@@ -58,8 +72,11 @@ class ExtensionsApi:
         )
         identifier = {k.lower(): v for k, v in headers.items()}.get("lambda-extension-identifier")
         if status != 200 or not identifier:
-            raise LambdaApiError(f"register answered {status}: {data[:500]!r}")
+            error_type = str(_json_object(data).get("errorType") or "")
+            raise RegistrationRefused(f"register for {events} answered {status}: {data[:500]!r}",
+                                      status=status, error_type=error_type)
         self.identifier = identifier
+        self.events = list(events)
         return _json_object(data)
 
     def next_event(self) -> dict[str, Any]:
@@ -82,11 +99,12 @@ class ExtensionsApi:
             headers={"Lambda-Extension-Function-Error-Type": error_type},
         )
 
-    def subscribe_telemetry(self, uri: str, *, types: list[str]) -> None:
+    def subscribe_telemetry(self, uri: str, *, types: list[str],
+                            schema: str = TELEMETRY_SCHEMA) -> None:
         status, _, data = self._request(
             "PUT", _TELEMETRY,
             body={
-                "schemaVersion": "2022-12-13",
+                "schemaVersion": schema,
                 "destination": {"protocol": "HTTP", "URI": uri},
                 "types": types,
                 "buffering": {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25},

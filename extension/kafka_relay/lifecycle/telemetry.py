@@ -1,4 +1,6 @@
-"""A Telemetry API subscriber: learns from ``platform.runtimeDone`` that the handler finished."""
+"""A Telemetry API subscriber: learns from ``platform.runtimeDone`` that the handler finished,
+and (SnapStart) from ``platform.restoreStart`` that the environment was restored from a
+snapshot — the only restore signal an extension gets: the Extensions API sends no event."""
 
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ class TelemetryListener:
         self,
         on_runtime_done: Callable[[str, str], None],
         *,
+        on_restore: Callable[[], None] | None = None,
         hosts: tuple[str, ...] = _HOSTS,
         port: int = 0,
     ) -> None:
         self._on_runtime_done = on_runtime_done
+        self._on_restore = on_restore
         self._server = self._bind(hosts, port)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="kafka-relay-telemetry",
@@ -72,7 +76,10 @@ class TelemetryListener:
         except ValueError:
             return
         for event in events if isinstance(events, list) else []:
-            if isinstance(event, dict) and event.get("type") == "platform.runtimeDone":
+            kind = event.get("type") if isinstance(event, dict) else None
+            if kind == "platform.runtimeDone":
                 record = event.get("record") or {}
                 if isinstance(record, dict) and record.get("requestId"):
                     self._on_runtime_done(str(record["requestId"]), str(record.get("status")))
+            elif kind == "platform.restoreStart" and self._on_restore is not None:
+                self._on_restore()

@@ -1,0 +1,91 @@
+"""The background listener for Lambda Managed Instances: no INVOKE, so no per-invocation work.
+
+The pump already produces records as they arrive and releases retries on its own
+timer; what INVOKE drove on-demand runs here on the loop's ticker instead:
+records parked in the /tmp spool are re-owned every few seconds, finished requests
+get their ``invocation.done`` line (by request id, from ``RequestAccounting``), and
+an EMF line carries the counts of the last period. SHUTDOWN is the on-demand drain
+(``RelayListener.shutdown``), then the last requests' lines.
+
+A Kafka error never ends the extension here: an extension exit replaces the whole
+environment and fails every invocation in flight. If the pump itself dies, what it
+held is spilled (as on-demand), new records get 503, and the extension keeps serving
+until SHUTDOWN; the error is logged once as ``managed.pump_stopped``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kafka_relay.accounting import RequestAccounting
+from kafka_relay.delivery.engine import DeliveryEngine
+from kafka_relay.lifecycle.events import ShutdownEvent
+from kafka_relay.lifecycle.listener import ShutdownSummary
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.observability.metrics import emf_line
+from kafka_relay.relay_listener import RelayListener
+
+SPOOL_EVERY_S = 5.0
+METRICS_EVERY_S = 10.0
+
+
+class ManagedListener:
+    def __init__(self, relay_listener: RelayListener, engine: DeliveryEngine,
+                 accounting: RequestAccounting, logger: JsonLogger, *, function_name: str,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self._relay_listener = relay_listener
+        self._engine = engine
+        self._accounting = accounting
+        self._log = logger
+        self._function_name = function_name
+        self._monotonic = monotonic
+        self._wall_ms = wall_ms
+        self._next_spool = self._next_metrics = monotonic()
+        self._metered = engine.counts()
+        self._pump_reported = False
+        self.requests = 0
+
+    def tick(self) -> None:
+        """Called by the loop's ticker, a few times a second."""
+        now = self._monotonic()
+        if now >= self._next_spool:
+            self._next_spool = now + SPOOL_EVERY_S
+            self._engine.restore_spool()  # logs spool.restored itself
+        self._report(self._accounting.due())
+        if now >= self._next_metrics:
+            self._next_metrics = now + METRICS_EVERY_S
+            self._meter()
+        if not self._engine.healthy and not self._pump_reported:
+            self._pump_reported = True
+            self._log.error("managed.pump_stopped", error=self._engine.failure,
+                            hint="records are refused (503) until Lambda replaces this "
+                                 "environment; the extension keeps running because its exit "
+                                 "would fail every invocation in flight")
+
+    def shutdown(self, event: ShutdownEvent) -> ShutdownSummary:
+        summary = self._relay_listener.shutdown(event)
+        self._report(self._accounting.due(final=True))
+        return summary
+
+    def _report(self, reports: list[dict[str, object]]) -> None:
+        for fields in reports:
+            self.requests += 1
+            self._log.info("invocation.done", **fields)
+
+    def _meter(self) -> None:
+        now = self._engine.counts()
+        delta = {k: now[k] - self._metered[k] for k in now}
+        if not any(delta[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
+                                      "rejected")):
+            return
+        self._metered = now
+        # The SHUTDOWN drain's EMF line counts from the on-demand listener's last report:
+        # move it here, or the periods metered so far would be counted twice.
+        self._relay_listener._reported = now
+        self._log.write_raw(emf_line(
+            {"RecordsAccepted": delta["accepted"], "RecordsDelivered": delta["delivered"],
+             "RecordsDeadLettered": delta["dead_lettered"], "RecordsSpilled": delta["spilled"],
+             "RecordsRejected": delta["rejected"], "BufferDepth": self._engine.depth()[0]},
+            function_name=self._function_name, timestamp_ms=self._wall_ms()))

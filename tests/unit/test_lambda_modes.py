@@ -1,0 +1,377 @@
+"""Lambda modes, piece by piece: detection, registration, Telemetry schema, the handoff token,
+per-request accounting, the SnapStart gate and the SHUTDOWN-only loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kafka_relay.accounting import AccountedSignals, RequestAccounting
+from kafka_relay.client import RelayClient
+from kafka_relay.config import LambdaMode, lambda_mode, load_config
+from kafka_relay.delivery.engine import DeliveryEngine
+from kafka_relay.errors import LambdaApiError
+from kafka_relay.lifecycle.api import RegistrationRefused
+from kafka_relay.lifecycle.events import ShutdownEvent
+from kafka_relay.lifecycle.listener import ShutdownSummary
+from kafka_relay.lifecycle.managed import BackgroundLoop
+from kafka_relay.lifecycle.modes import register, subscribe
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.protocol import TOKEN_SOURCES, handoff_token
+from kafka_relay.record import Record
+from kafka_relay.snapstart import REFUSAL, SnapStartGate
+from tests.unit.engine_fakes import Rig
+
+# -- detection and configuration -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "mode"), [
+    ("lambda-managed-instances", LambdaMode.MANAGED_INSTANCES),
+    ("managed-instances", LambdaMode.MANAGED_INSTANCES),
+    (" Snap-Start ", LambdaMode.SNAP_START),
+    ("on-demand", LambdaMode.ON_DEMAND),
+    ("provisioned-concurrency", LambdaMode.ON_DEMAND),
+    ("", LambdaMode.ON_DEMAND),
+])
+def test_the_mode_comes_from_the_initialization_type(value: str, mode: LambdaMode) -> None:
+    assert lambda_mode({"AWS_LAMBDA_INITIALIZATION_TYPE": value}) is mode
+    assert lambda_mode({}) is LambdaMode.ON_DEMAND
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("8", 8), ("", 1), ("lots", 1), ("0", 1)])
+def test_max_concurrency_is_read_liberally_and_never_fails_init(raw: str, expected: int) -> None:
+    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+                          "AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances",
+                          "AWS_LAMBDA_MAX_CONCURRENCY": raw})
+    assert config.mode is LambdaMode.MANAGED_INSTANCES
+    assert config.max_concurrency == expected
+
+
+def test_under_snap_start_the_token_is_the_container_credentials_token() -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start",
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN": "container-token"}
+    assert load_config(env).token == "container-token"
+    assert load_config({**env, "AWS_SESSION_TOKEN": "session"}).token == "session"
+    assert load_config({**env, "KAFKA_RELAY_TOKEN": "mine"}).token == "mine"
+
+
+@given(st.fixed_dictionaries({}, optional=dict.fromkeys(
+    TOKEN_SOURCES, st.sampled_from(["", " ", "a", " b ", "c-token"]))))
+def test_client_and_extension_resolve_the_same_token_from_one_environment(
+        env: dict[str, str]) -> None:
+    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", **env})
+    client = RelayClient(env=env)
+    assert client._token == config.token == handoff_token(env)
+
+
+# -- registration and Telemetry --------------------------------------------------------------
+
+
+class FakeApi:
+    def __init__(self, *, refuse_invoke: str | None = None,
+                 refuse_schema: str | None = None) -> None:
+        self.refuse_invoke = refuse_invoke
+        self.refuse_schema = refuse_schema
+        self.events: list[str] = []
+        self.registrations: list[list[str]] = []
+        self.schemas: list[str] = []
+
+    def register(self, events: list[str]) -> dict[str, Any]:
+        self.registrations.append(events)
+        if "INVOKE" in events and self.refuse_invoke is not None:
+            raise RegistrationRefused("refused", status=403, error_type=self.refuse_invoke)
+        self.events = events
+        return {}
+
+    def subscribe_telemetry(self, uri: str, *, types: list[str], schema: str = "") -> None:
+        self.schemas.append(schema)
+        if schema == self.refuse_schema:
+            raise LambdaApiError(f"telemetry subscribe answered 400: {schema}")
+
+
+def _logger() -> tuple[JsonLogger, io.StringIO]:
+    stream = io.StringIO()
+    return JsonLogger(stream=stream), stream
+
+
+def _events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
+    return [e for e in map(json.loads, stream.getvalue().splitlines()) if e["event"] == name]
+
+
+def test_managed_instances_register_for_shutdown_only() -> None:
+    api, (logger, _) = FakeApi(refuse_invoke="Extension.InvalidEventType"), _logger()
+    assert register(api, LambdaMode.MANAGED_INSTANCES, logger) == ["SHUTDOWN"]
+    assert api.registrations == [["SHUTDOWN"]]
+
+
+def test_an_invoke_registration_refused_as_invalid_falls_back_to_shutdown_only() -> None:
+    api, (logger, stream) = FakeApi(refuse_invoke="Extension.InvalidEventType"), _logger()
+    assert register(api, LambdaMode.ON_DEMAND, logger) == ["SHUTDOWN"]
+    assert api.registrations == [["INVOKE", "SHUTDOWN"], ["SHUTDOWN"]]
+    assert api.events == ["SHUTDOWN"]
+    assert len(_events(stream, "init.register_shutdown_only")) == 1
+
+
+def test_another_registration_refusal_is_not_papered_over() -> None:
+    api, (logger, _) = FakeApi(refuse_invoke="Extension.AlreadyRegistered"), _logger()
+    with pytest.raises(RegistrationRefused):
+        register(api, LambdaMode.SNAP_START, logger)
+    assert api.registrations == [["INVOKE", "SHUTDOWN"]]
+
+
+@pytest.mark.parametrize(("mode", "first"), [(LambdaMode.MANAGED_INSTANCES, "2025-01-29"),
+                                             (LambdaMode.ON_DEMAND, "2022-12-13"),
+                                             (LambdaMode.SNAP_START, "2022-12-13")])
+def test_telemetry_is_subscribed_with_the_modes_schema_and_the_other_when_refused(
+        mode: LambdaMode, first: str) -> None:
+    (logger, _) = _logger()
+    plain = FakeApi()
+    assert subscribe(plain, "http://x:1/", types=["platform"], mode=mode, logger=logger) == first
+    refusing = FakeApi(refuse_schema=first)
+    other = subscribe(refusing, "http://x:1/", types=["platform"], mode=mode, logger=logger)
+    assert refusing.schemas == [first, other]
+    assert other != first
+    with pytest.raises(LambdaApiError):
+        subscribe(FakeApiRefusingAll(), "http://x:1/", types=["platform"], mode=mode,
+                  logger=logger)
+
+
+class FakeApiRefusingAll(FakeApi):
+    def subscribe_telemetry(self, uri: str, *, types: list[str], schema: str = "") -> None:
+        raise LambdaApiError(f"telemetry subscribe answered 400: {schema}")
+
+
+# -- per-request accounting ----------------------------------------------------------------
+
+
+def _records(rig: Rig, request_id: str | None, count: int) -> list[Record]:
+    records = rig.records(count)
+    for record in records:
+        record.request_id = request_id
+    return records
+
+
+def test_each_request_is_reported_once_it_ended_and_its_records_settled(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    accounting = RequestAccounting(rig.engine, monotonic=rig.clock.monotonic)
+    signals = AccountedSignals(accounting)
+    accounting.accept(_records(rig, "a", 2))
+    accounting.accept(_records(rig, "b", 1))
+    accounting.accept(_records(rig, None, 3))  # no request id: counted globally only
+
+    signals.mark_done("a")
+    assert accounting.due() == []  # ended, but its records are still pending
+    rig.step(2)
+    assert accounting.due() == [{"request_id": "a", "accepted": 2, "delivered": 2,
+                                 "dead_lettered": 0, "spilled": 0, "pending": 0,
+                                 "ended": True}]
+    signals.mark_done("a")  # the other signal (runtimeDone) of a request already reported
+    assert accounting.due() == []
+    assert accounting.open_requests() == 1  # b: delivered, but not ended
+    assert rig.counts()["delivered"] == 6
+    assert [r["request_id"] for r in accounting.due(final=True)] == ["b"]
+
+
+def test_a_request_whose_records_stay_pending_is_reported_after_the_settle_wait(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    accounting = RequestAccounting(rig.engine, monotonic=rig.clock.monotonic, settle_wait_s=30)
+    rig.producer.hold = True  # a stalled broker: no reports
+    accounting.accept(_records(rig, "slow", 4))
+    rig.step()
+    accounting.ended("slow")
+    rig.clock.advance(29_000)
+    assert accounting.due() == []
+    rig.clock.advance(1_000)
+    (report,) = accounting.due()
+    assert (report["accepted"], report["delivered"], report["pending"]) == (4, 0, 4)
+
+
+def test_a_request_that_never_ends_is_reported_once_stale(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    accounting = RequestAccounting(rig.engine, monotonic=rig.clock.monotonic, stale_after_s=960)
+    watch = accounting.accept(_records(rig, "lost", 1), watch=True)
+    assert watch is not None  # the caller asked to wait: it gets the watch
+    rig.step()
+    rig.clock.advance(959_000)
+    assert accounting.due() == []
+    rig.clock.advance(1_000)
+    assert [(r["request_id"], r["ended"]) for r in accounting.due()] == [("lost", False)]
+
+
+def test_accounting_counts_right_under_concurrent_clients(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    accounting = RequestAccounting(rig.engine, monotonic=rig.clock.monotonic)
+
+    def client(n: int) -> None:
+        for batch in range(10):
+            accounting.accept(_records(rig, f"req{n}", 3 + batch % 2))
+        accounting.ended(f"req{n}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    rig.step(5)
+    reports = accounting.due()
+    assert sorted(r["request_id"] for r in reports) == [f"req{n}" for n in range(8)]
+    assert {(r["accepted"], r["delivered"]) for r in reports} == {(35, 35)}
+    rig.assert_accounted()
+
+
+# -- SnapStart ---------------------------------------------------------------------------------
+
+
+def _deferred(rig: Rig) -> DeliveryEngine:
+    return DeliveryEngine(rig.config, producer_factory=rig._build, spill=rig.spill,
+                          logger=rig.logger, wall_ms=rig.clock.wall_ms,
+                          monotonic=rig.clock.monotonic, defer_producer=True)
+
+
+def test_the_gate_refuses_records_and_builds_no_producer_until_the_restore(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.producers.clear()  # the rig's own engine built one; this test's engine must not
+    engine = _deferred(rig)
+    gate = SnapStartGate(engine, rig.logger, wait_s=0)
+    reseeds: list[int] = []
+
+    def reseed() -> dict[str, Any]:
+        reseeds.append(1)
+        return {"reseeded": len(reseeds)}
+
+    gate.hooks.append(reseed)
+    try:
+        assert rig.producers == []
+        assert gate.admit() == REFUSAL
+        assert engine.counts()["producers_built"] == 0
+
+        gate.restore("telemetry")
+        gate.restore("invoke")  # the first INVOKE after restoreStart: nothing more
+
+        assert gate.admit() is None
+        assert len(rig.producers) == 1
+        assert reseeds == [1]
+        (restored,) = rig.events("snapstart.restored")
+        assert (restored["trigger"], restored["reseeded"]) == ("telemetry", 1)
+    finally:
+        engine.stop()
+
+
+def test_a_failed_restore_keeps_refusing_and_the_next_signal_retries(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    engine = _deferred(rig)
+    gate = SnapStartGate(engine, rig.logger, wait_s=0)
+    failures = [RuntimeError("secret not readable")]
+
+    def hook() -> dict[str, Any]:
+        if failures:
+            raise failures.pop()
+        return {}
+
+    gate.hooks.append(hook)
+    try:
+        gate.restore("telemetry")
+        assert gate.admit() == REFUSAL
+        assert len(rig.events("snapstart.restore_failed")) == 1
+        gate.restore("invoke")
+        assert gate.admit() is None
+        assert gate.trigger == "invoke"
+    finally:
+        engine.stop()
+
+
+def test_a_request_racing_the_restore_signal_waits_for_it(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    engine = _deferred(rig)
+    gate = SnapStartGate(engine, rig.logger, wait_s=30)
+    answers: list[str | None] = []
+    waiter = threading.Thread(target=lambda: answers.append(gate.admit()))
+    try:
+        waiter.start()
+        gate.restore("telemetry")
+        waiter.join(timeout=30)
+        assert answers == [None]
+    finally:
+        engine.stop()
+
+
+# -- the SHUTDOWN-only loop ------------------------------------------------------------------
+
+
+class ScriptedApi:
+    """Answers event/next from a script once the loop has ticked twice."""
+
+    def __init__(self, script: list[dict[str, Any] | Exception], *, loop_ticks: Any) -> None:
+        self.script = script
+        self.loop_ticks = loop_ticks
+        self.errors: list[str] = []
+
+    def next_event(self) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while self.loop_ticks() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def exit_error(self, error_type: str, message: str) -> None:
+        self.errors.append(error_type)
+
+
+class TickingListener:
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.shutdowns: list[ShutdownEvent] = []
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.ticks == 1:
+            raise RuntimeError("one bad tick")
+
+    def shutdown(self, event: ShutdownEvent) -> ShutdownSummary:
+        self.shutdowns.append(event)
+        return ShutdownSummary(drained=0, spilled=0, pending=0, unaccounted=0)
+
+
+def _loop(script: list[dict[str, Any] | Exception]) -> tuple[
+        BackgroundLoop, TickingListener, ScriptedApi, io.StringIO]:
+    listener, (logger, stream) = TickingListener(), _logger()
+    holder: list[BackgroundLoop] = []
+    api = ScriptedApi(script, loop_ticks=lambda: holder[0].ticks if holder else 0)
+    loop = BackgroundLoop(listener, logger, api=api, tick_s=0.01, wall_ms=lambda: 1_000)
+    holder.append(loop)
+    return loop, listener, api, stream
+
+
+def test_the_background_loop_ticks_ignores_invoke_and_drains_at_shutdown() -> None:
+    loop, listener, api, stream = _loop([
+        {"eventType": "INVOKE", "requestId": "r1", "deadlineMs": 5},
+        {"eventType": "SHUTDOWN", "shutdownReason": "spindown", "deadlineMs": 3_000}])
+
+    assert loop.run() == 0
+
+    assert listener.ticks >= 2  # the failing first tick did not stop the ticker
+    assert len(_events(stream, "lifecycle.tick_failed")) == 1
+    assert len(_events(stream, "lifecycle.invoke_ignored")) == 1
+    assert listener.shutdowns == [ShutdownEvent("spindown", 3_000)]
+    assert api.errors == []
+
+
+def test_a_lost_extensions_api_still_drains_within_a_deadline() -> None:
+    loop, listener, api, _ = _loop([LambdaApiError("connection refused")])
+
+    assert loop.run() == 0
+
+    assert listener.shutdowns == [ShutdownEvent("next_failed", 2_500)]
+    assert api.errors == []  # the API is gone: a drain, not an exit error
