@@ -124,6 +124,88 @@ class SendResult:
         return [o.get("outcome") != Outcome.FAILED.value for o in self.outcomes]
 
 
+class _Transport:
+    """Kept-alive connections to the extension (a small pool: threads never share one) and
+    one request with its re-sends after transport failures."""
+
+    def __init__(self, host: str, port: int, *, token: str | None,
+                 clock: Callable[[], float], attempt_timeout_s: float) -> None:
+        self.host = host
+        self.port = port
+        self._token = token
+        self._clock = clock
+        self._attempt_timeout_s = attempt_timeout_s
+        self._pool_lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        deadline: float,
+        extra: Mapping[str, str],
+        *,
+        long_wait: bool,
+    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        """Send one request, re-sending it (same headers, same key) after a transport failure:
+        a kept-alive connection closed during a freeze, a reset, or a read timeout."""
+        headers = {"Content-Type": JSON_TYPE, **extra}
+        if self._token:
+            headers[TOKEN_HEADER] = self._token
+        failure: BaseException | None = None
+        for _attempt in range(_MAX_ATTEMPTS):
+            left = deadline - self._clock()
+            if left <= 0:
+                break
+            conn = self._checkout()
+            try:
+                timeout = left if long_wait else min(left, self._attempt_timeout_s)
+                _set_timeout(conn, timeout)
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+            except ConnectionRefusedError as exc:
+                self._release(conn, reuse=False)  # nobody listens: nothing was taken
+                raise _unavailable(self.host, self.port, exc) from exc
+            except (http.client.HTTPException, OSError) as exc:
+                self._release(conn, reuse=False)
+                # After a freeze every idle connection is likely dead too: retry on a new one.
+                self.close()
+                failure = exc
+                continue
+            self._release(conn, reuse=not response.will_close)
+            return response.status, _decode(data), dict(response.getheaders())
+        if failure is None or isinstance(failure, TimeoutError):
+            raise RelayError(
+                f"kafka-relay on {self.host}:{self.port} did not answer {method} {path} within "
+                f"the time this invocation has left ({failure or 'no time left'}); the request "
+                "may or may not have been accepted: give the function more time or send less "
+                "per call"
+            )
+        raise _unavailable(self.host, self.port, failure)
+
+    def _checkout(self) -> http.client.HTTPConnection:
+        with self._pool_lock:
+            if self._idle:
+                return self._idle.pop()
+        return http.client.HTTPConnection(self.host, self.port)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _release(self, conn: http.client.HTTPConnection, *, reuse: bool) -> None:
+        if reuse:
+            with self._pool_lock:
+                if len(self._idle) < _MAX_IDLE:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+
 class RelayClient:
     def __init__(
         self,
@@ -142,17 +224,15 @@ class RelayClient:
         env = os.environ if env is None else env
         self.host = host
         self.port = port or int(env.get(PORT_ENV) or DEFAULT_PORT)
-        self._token = token or handoff_token(env)
         self._fallback = (env.get(FALLBACK_ENV) or "").strip().lower() == FALLBACK_DIRECT
         self._env = env
         self._timeout_s = timeout_s
-        self._attempt_timeout_s = attempt_timeout_s
         self._clock = clock
         self._sleep = sleep
         self._new_key = new_key
         self._framed = framed
-        self._pool_lock = threading.Lock()
-        self._idle: list[http.client.HTTPConnection] = []
+        self._transport = _Transport(host, self.port, token=token or handoff_token(env),
+                                     clock=clock, attempt_timeout_s=attempt_timeout_s)
         self._remaining_ms: Callable[[], float] | None = None
         self.request_id: str | None = None
 
@@ -228,10 +308,7 @@ class RelayClient:
 
     def close(self) -> None:
         """Close the idle connections (ones in use close when their request ends)."""
-        with self._pool_lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._transport.close()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -248,9 +325,10 @@ class RelayClient:
                 # The extension never needs the invocation's deadline: we say how long to wait.
                 wait_ms = int(max(0.0, deadline - self._clock() - _REPLY_MARGIN_S) * 1000)
                 path += f"?{WAIT_PARAM}={WAIT_DELIVERED}&{TIMEOUT_PARAM}={wait_ms}"
-            status, reply, headers = self._exchange(
+            status, reply, headers = self._transport.exchange(
                 "POST", path, body, deadline,
-                {"Content-Type": content_type, IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
+                {**self._context_headers(), "Content-Type": content_type,
+                 IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
             if status != 429:
                 return _expect(status, reply, 200 if wait else 202)
             pause = max(backoff, _retry_after_s(reply, headers))
@@ -267,73 +345,12 @@ class RelayClient:
 
     def _call(self, method: str, path: str, body: bytes | None, wanted: int) -> dict[str, Any]:
         deadline = self._clock() + self._budget_s()
-        status, reply, _ = self._exchange(method, path, body, deadline, {}, long_wait=True)
+        status, reply, _ = self._transport.exchange(method, path, body, deadline,
+                                                    self._context_headers(), long_wait=True)
         return _expect(status, reply, wanted)
 
-    def _exchange(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        deadline: float,
-        extra: Mapping[str, str],
-        *,
-        long_wait: bool,
-    ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
-        """Send one request, re-sending it (same headers, same key) after a transport failure:
-        a kept-alive connection closed during a freeze, a reset, or a read timeout."""
-        headers = {"Content-Type": JSON_TYPE, **extra}
-        if self._token:
-            headers[TOKEN_HEADER] = self._token
-        if self.request_id:
-            headers[REQUEST_ID_HEADER] = self.request_id
-        failure: BaseException | None = None
-        for _attempt in range(_MAX_ATTEMPTS):
-            left = deadline - self._clock()
-            if left <= 0:
-                break
-            conn = self._checkout()
-            try:
-                timeout = left if long_wait else min(left, self._attempt_timeout_s)
-                _set_timeout(conn, timeout)
-                conn.request(method, path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except ConnectionRefusedError as exc:
-                self._release(conn, reuse=False)  # nobody listens: nothing was taken
-                raise _unavailable(self.host, self.port, exc) from exc
-            except (http.client.HTTPException, OSError) as exc:
-                self._release(conn, reuse=False)
-                # After a freeze every idle connection is likely dead too: retry on a new one.
-                self.close()
-                failure = exc
-                continue
-            self._release(conn, reuse=not response.will_close)
-            return response.status, _decode(data), dict(response.getheaders())
-        if failure is None or isinstance(failure, TimeoutError):
-            raise RelayError(
-                f"kafka-relay on {self.host}:{self.port} did not answer {method} {path} within "
-                f"the time this invocation has left ({failure or 'no time left'}); the request "
-                "may or may not have been accepted: give the function more time or send less "
-                "per call"
-            )
-        raise _unavailable(self.host, self.port, failure)
-
-    # -- connections ----------------------------------------------------------------------
-
-    def _checkout(self) -> http.client.HTTPConnection:
-        with self._pool_lock:
-            if self._idle:
-                return self._idle.pop()
-        return http.client.HTTPConnection(self.host, self.port)
-
-    def _release(self, conn: http.client.HTTPConnection, *, reuse: bool) -> None:
-        if reuse:
-            with self._pool_lock:
-                if len(self._idle) < _MAX_IDLE:
-                    self._idle.append(conn)
-                    return
-        conn.close()
+    def _context_headers(self) -> dict[str, str]:
+        return {REQUEST_ID_HEADER: self.request_id} if self.request_id else {}
 
     # -- direct fallback ------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def test_connections_that_died_while_frozen_are_replaced_not_counted_as_unavaila
             theirs.close()
             stale = http.client.HTTPConnection("127.0.0.1", relay.port)
             stale.sock = ours
-            client._idle.append(stale)
+            client._transport._idle.append(stale)
         assert client.send(RECORDS).accepted == 3
         assert len(relay.records_requests()) == 1
 

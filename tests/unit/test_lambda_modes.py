@@ -69,7 +69,7 @@ def test_client_and_extension_resolve_the_same_token_from_one_environment(
         env: dict[str, str]) -> None:
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", **env})
     client = RelayClient(env=env)
-    assert client._token == config.token == handoff_token(env)
+    assert client._transport._token == config.token == handoff_token(env)
 
 
 # -- registration and Telemetry --------------------------------------------------------------
