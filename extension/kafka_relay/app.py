@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
-from kafka_relay.config import Config
+from kafka_relay.config import MSK_IAM, Config
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
@@ -21,6 +21,7 @@ from kafka_relay.lifecycle.loop import EventLoop
 from kafka_relay.lifecycle.telemetry import TelemetryListener
 from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
+from kafka_relay.producer.credentials import MskIam
 from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.record import IdSource
 from kafka_relay.relay_listener import RelayListener
@@ -55,7 +56,10 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     make_producer = ProducerFactory(config, error_cb=on_client_error,
                                     logger=librdkafka_logger(logger))
     spill = SpillChain.from_config(config, logger)
-    relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger)
+    strategy = make_producer.credentials
+    relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger,
+                           on_thaw=strategy.thaw_check(logger)
+                           if isinstance(strategy, MskIam) else None)
     relay.start()
     try:
         _probe(relay, auth_errors, config, logger)
@@ -93,11 +97,20 @@ def _probe(relay: DeliveryEngine, auth_errors: list[KafkaError], config: Config,
     if error is not None:
         logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers)
     if auth_errors:
-        raise AuthError(
-            f"Kafka refused the credentials ({describe(auth_errors[0])}): check KAFKA_API_KEY/"
-            f"KAFKA_API_SECRET (or the secret in KAFKA_SECRET_ARN), KAFKA_SASL_MECHANISM="
-            f"{config.sasl_mechanism} and KAFKA_SECURITY_PROTOCOL={config.security_protocol}"
-        )
+        raise AuthError(f"Kafka refused the credentials ({describe(auth_errors[0])}) of "
+                        f"KAFKA_AUTH={config.auth}: {_auth_fix(config)}")
+
+
+def _auth_fix(config: Config) -> str:
+    """What to check when the cluster refuses the credentials, for each KAFKA_AUTH."""
+    if config.auth == MSK_IAM:
+        return (f"the execution role needs kafka-cluster:Connect, kafka-cluster:DescribeTopic, "
+                f"kafka-cluster:WriteData and kafka-cluster:WriteDataIdempotently on the "
+                f"cluster and its topics, the brokers must be the IAM listener (port 9098) and "
+                f"AWS_REGION={config.region} the cluster's region")
+    return (f"check KAFKA_API_KEY/KAFKA_API_SECRET (or the secret in KAFKA_SECRET_ARN), "
+            f"KAFKA_SASL_MECHANISM={config.sasl_mechanism} and KAFKA_SECURITY_PROTOCOL="
+            f"{config.security_protocol}")
 
 
 def _subscribe(parts: Parts, api: ExtensionsApi, logger: JsonLogger) -> None:

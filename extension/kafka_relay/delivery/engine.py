@@ -62,7 +62,8 @@ class DeliveryEngine:
     def __init__(self, config: Config, *, producer_factory: Callable[[], ProducerLike],
                  spill: SpillChain, logger: JsonLogger, limits: Limits | None = None,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
         plan = buffer_limits(config)
         if plan.over:
             logger.warning("buffer.limits_over_spill_budget", variables=list(plan.over),
@@ -80,7 +81,7 @@ class DeliveryEngine:
                               monotonic=monotonic)
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, on_death=self._pump_died,
-                         wall_ms=wall_ms)
+                         wall_ms=wall_ms, on_thaw=on_thaw)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -89,6 +90,10 @@ class DeliveryEngine:
 
     def stop(self) -> None:
         self.pump.stop()
+
+    def before_invoke(self) -> None:
+        """At each INVOKE (after a freeze): the pump runs its ``on_thaw`` before producing."""
+        self.pump.thawed()
 
     @property
     def healthy(self) -> bool:

@@ -75,8 +75,9 @@ class ProducerFactory:
         logger: logging.Logger | None = None,
     ) -> None:
         self.config = config
-        strategy = credentials if credentials is not None else from_config(config)
-        self.settings = producer_settings(config, strategy, extra=extra)
+        # Kept: MSK IAM's strategy holds the token provider a thaw checks (app.py).
+        self.credentials = credentials if credentials is not None else from_config(config)
+        self.settings = producer_settings(config, self.credentials, extra=extra)
         self._callbacks: dict[str, Any] = {}
         if error_cb is not None:
             self._callbacks["error_cb"] = error_cb
@@ -93,7 +94,7 @@ class ProducerFactory:
                 # An OAUTHBEARER token function is called (and waited for) right here.
                 raise AuthError(
                     f"the Kafka producer could not get its credentials ({error.str()}): check "
-                    f"the token provider of KAFKA_SASL_MECHANISM={self.config.sasl_mechanism} "
-                    "and the function role's permissions"
+                    f"the token provider of KAFKA_AUTH={self.config.auth} (KAFKA_SASL_MECHANISM="
+                    f"{self.config.sasl_mechanism}) and the function role's credentials"
                 ) from exc
             raise rejected_configuration(self.config, exc) from exc
