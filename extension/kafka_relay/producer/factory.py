@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import PRODUCER_PREFIX, Config
 from kafka_relay.errors import AuthError, ConfigError
-from kafka_relay.producer.credentials import Credentials, from_config
+from kafka_relay.producer.credentials import Credentials, MskIam, from_config
 
 # Seed defaults kept: acks=all + idempotence (no duplicates from librdkafka's own
 # retries), zstd, a small linger so one invocation's records share batches.
@@ -86,6 +86,10 @@ class ProducerFactory:
 
     def __call__(self) -> Producer:
         """A new producer; a configuration librdkafka refuses is a ``ConfigError``."""
+        if isinstance(self.credentials, MskIam):
+            # Sign the first token here: a failure says why (librdkafka would wait 10 s for
+            # a token, then say only that none was set).
+            self.credentials.provider.token()
         try:
             return Producer({**self.settings, **self._callbacks})
         except KafkaException as exc:

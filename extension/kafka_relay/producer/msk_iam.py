@@ -151,15 +151,16 @@ class MskIamTokenProvider:
             token, expiry_ms = self._signer(self.region, credentials)
         except Exception as exc:
             raise AuthError(
-                f"could not sign an MSK IAM token in {self.region} ({exc}); check the "
-                "execution role's credentials"
+                f"KAFKA_AUTH=msk-iam could not sign an MSK IAM token in {self.region} "
+                f"({exc}); check the execution role's credentials"
             ) from exc
         expiry = expiry_ms / 1000
         if credentials.expiration is not None:
             expiry = min(expiry, credentials.expiration)
         if expiry <= self._clock():
             raise AuthError(
-                f"the execution role's credentials ({credentials.access_key_id}) expired at "
+                f"KAFKA_AUTH=msk-iam: the execution role's credentials "
+                f"({credentials.access_key_id}) expired at "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expiry))}: an MSK IAM token "
                 "signed with them would be refused"
             )
