@@ -146,18 +146,19 @@ class MskIam:
             return None
         return self.provider.await_fresh(poll, timeout_s=timeout_s)
 
-    def thaw_check(self, log: JsonLogger) -> Callable[[_Polls], None]:
+    def thaw_check(self, log: JsonLogger, *, timeout_s: float = THAW_TOKEN_WAIT_S
+                   ) -> Callable[[_Polls], None]:
         """The pump's ``on_thaw``: ``after_thaw`` with the pump's producer, logged; never
         raises (the pump must go on; a token refused later is an ordinary auth error)."""
 
         def check(producer: _Polls) -> None:
             try:
-                fresh = self.after_thaw(producer.poll)
+                fresh = self.after_thaw(producer.poll, timeout_s=timeout_s)
             except Exception as exc:
                 log.warning("auth.thaw_refresh_failed", error=str(exc))
                 return
             if fresh is False:
-                log.warning("auth.token_not_fresh", waited_s=THAW_TOKEN_WAIT_S,
+                log.warning("auth.token_not_fresh", waited_s=timeout_s,
                             hint="librdkafka did not take a new MSK IAM token after the "
                                  "thaw; producing anyway")
             elif fresh:
