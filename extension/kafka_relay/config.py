@@ -342,20 +342,7 @@ def _auth(env: Mapping[str, str]) -> _Auth:
     protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", _SECURITY_PROTOCOLS)
     mechanism = _choice(env, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS)
     if mode == MSK_IAM:
-        given = [n for n in ("KAFKA_API_KEY", "KAFKA_API_SECRET", "KAFKA_SECRET_ARN")
-                 if _text(env, n)]
-        if given:
-            raise ConfigError(
-                f"KAFKA_AUTH=msk-iam signs with the execution role, so {' and '.join(given)} "
-                "must not be set: unset them for MSK IAM (port 9098), or use KAFKA_AUTH=scram "
-                "with KAFKA_SECRET_ARN for MSK SCRAM (port 9096)")
-        _must(protocol, "KAFKA_SECURITY_PROTOCOL", ("SASL_SSL",), "KAFKA_AUTH=msk-iam")
-        _must(mechanism, "KAFKA_SASL_MECHANISM", ("OAUTHBEARER",), "KAFKA_AUTH=msk-iam")
-        if region is None:
-            raise ConfigError("KAFKA_AUTH=msk-iam needs the cluster's region in AWS_REGION "
-                              "(Lambda sets it; set it yourself outside Lambda)")
-        return _Auth(MSK_IAM, "SASL_SSL", "OAUTHBEARER", region,
-                     aws_credentials=_role_credentials(env))
+        return _msk_iam(env, protocol, mechanism, region)
     if mechanism == "OAUTHBEARER":
         raise ConfigError("KAFKA_SASL_MECHANISM=OAUTHBEARER is supported for MSK IAM only: "
                           "set KAFKA_AUTH=msk-iam (and unset KAFKA_SASL_MECHANISM)")
@@ -397,6 +384,25 @@ def _auth(env: Mapping[str, str]) -> _Auth:
     derived = "none" if not protocol.startswith("SASL") else (
         "plain" if mechanism == "PLAIN" else "scram")
     return _Auth(mode or derived, protocol, mechanism, region, api_key, api_secret, secret_arn)
+
+
+def _msk_iam(env: Mapping[str, str], protocol: str | None, mechanism: str | None,
+             region: str | None) -> _Auth:
+    """KAFKA_AUTH=msk-iam: SASL_SSL + OAUTHBEARER signed with the role; no keys, no secret."""
+    given = [n for n in ("KAFKA_API_KEY", "KAFKA_API_SECRET", "KAFKA_SECRET_ARN")
+             if _text(env, n)]
+    if given:
+        raise ConfigError(
+            f"KAFKA_AUTH=msk-iam signs with the execution role, so {' and '.join(given)} "
+            "must not be set: unset them for MSK IAM (port 9098), or use KAFKA_AUTH=scram "
+            "with KAFKA_SECRET_ARN for MSK SCRAM (port 9096)")
+    _must(protocol, "KAFKA_SECURITY_PROTOCOL", ("SASL_SSL",), "KAFKA_AUTH=msk-iam")
+    _must(mechanism, "KAFKA_SASL_MECHANISM", ("OAUTHBEARER",), "KAFKA_AUTH=msk-iam")
+    if region is None:
+        raise ConfigError("KAFKA_AUTH=msk-iam needs the cluster's region in AWS_REGION "
+                          "(Lambda sets it; set it yourself outside Lambda)")
+    return _Auth(MSK_IAM, "SASL_SSL", "OAUTHBEARER", region,
+                 aws_credentials=_role_credentials(env))
 
 
 def _must(value: str | None, name: str, allowed: tuple[str, ...], because: str) -> None:

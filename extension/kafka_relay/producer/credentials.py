@@ -157,12 +157,14 @@ class MskIam:
             except Exception as exc:
                 log.warning("auth.thaw_refresh_failed", error=str(exc))
                 return
-            if fresh is False:
+            if fresh is None:  # (librdkafka's own refresh may have come first)
+                log.debug("auth.token_fresh")
+            elif fresh:
+                log.info("auth.token_refreshed", minted=self.provider.minted)
+            else:
                 log.warning("auth.token_not_fresh", waited_s=timeout_s,
                             hint="librdkafka did not take a new MSK IAM token after the "
                                  "thaw; producing anyway")
-            elif fresh:
-                log.info("auth.token_refreshed", minted=self.provider.minted)
 
         return check
 
