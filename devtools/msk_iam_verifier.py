@@ -44,6 +44,8 @@ class TokenRejected(ValueError):
 class KnownKey:
     secret_access_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
+    #: Temporary credentials' expiry (epoch s): AWS refuses what they signed after it.
+    expires_at: float | None = None
 
 
 @dataclass
@@ -92,6 +94,9 @@ class MskIamVerifier:
         now = self.clock()
         if now > signed_at + expires:
             raise TokenRejected(f"token expired {now - signed_at - expires:.0f} s ago")
+        if key.expires_at is not None and now > key.expires_at:
+            raise TokenRejected(f"the credentials of {key_id} that signed the token expired "
+                                f"{now - key.expires_at:.0f} s ago")
         if signed_at > now + MAX_SKEW_S:
             raise TokenRejected("token is signed in the future")
         expected = _signature(parts.query, parts.netloc, key_id, key, region=self.region,

@@ -51,6 +51,11 @@ class LoopbackProxy(Service):
         self._loop.close()
 
 
+    def drop_connections(self) -> int:
+        """Abort every open connection but keep listening (as a broker closes sessions whose
+        credentials expired); how many were dropped."""
+        return self._call(self._drop_all())
+
     def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
@@ -67,6 +72,13 @@ class LoopbackProxy(Service):
             self._accept, self.host, self.port, ssl=context, reuse_address=True
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _drop_all(self) -> int:
+        dropped = list(self._conns)
+        for writer in dropped:
+            writer.transport.abort()
+        self._conns.clear()
+        return len(dropped)
 
     async def _close_all(self) -> None:
         """Stop listening, drop every connection and the tasks moving their bytes."""

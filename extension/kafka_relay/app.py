@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
-from kafka_relay.config import Config, LambdaMode
+from kafka_relay.config import MSK_IAM, Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
@@ -24,6 +24,7 @@ from kafka_relay.lifecycle.telemetry import TelemetryListener
 from kafka_relay.mode_parts import ModeParts
 from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
+from kafka_relay.producer.credentials import MskIam
 from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.relay_listener import RelayListener
 from kafka_relay.spill.sinks import SpillChain
@@ -66,8 +67,11 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     background = (config.mode is LambdaMode.MANAGED_INSTANCES if api is None
                   else shutdown_only(api.events))
     snap_start = config.mode is LambdaMode.SNAP_START and not background
+    strategy = make_producer.credentials
     relay = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger,
-                           defer_producer=snap_start)
+                           defer_producer=snap_start,
+                           on_thaw=strategy.thaw_check(logger)
+                           if isinstance(strategy, MskIam) else None)
     modes = ModeParts.create(config, relay, logger, background=background)
     if not modes.defers_producer:  # SnapStart: no producer, no probe before the snapshot
         relay.start()
@@ -109,11 +113,20 @@ def _probe(relay: DeliveryEngine, auth_errors: list[KafkaError], config: Config,
     if error is not None:
         logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers)
     if auth_errors:
-        raise AuthError(
-            f"Kafka refused the credentials ({describe(auth_errors[0])}): check KAFKA_API_KEY/"
-            f"KAFKA_API_SECRET (or the secret in KAFKA_SECRET_ARN), KAFKA_SASL_MECHANISM="
-            f"{config.sasl_mechanism} and KAFKA_SECURITY_PROTOCOL={config.security_protocol}"
-        )
+        raise AuthError(f"Kafka refused the credentials ({describe(auth_errors[0])}) of "
+                        f"KAFKA_AUTH={config.auth}: {_auth_fix(config)}")
+
+
+def _auth_fix(config: Config) -> str:
+    """What to check when the cluster refuses the credentials, for each KAFKA_AUTH."""
+    if config.auth == MSK_IAM:
+        return (f"the execution role needs kafka-cluster:Connect, kafka-cluster:DescribeTopic, "
+                f"kafka-cluster:WriteData and kafka-cluster:WriteDataIdempotently on the "
+                f"cluster and its topics, the brokers must be the IAM listener (port 9098) and "
+                f"AWS_REGION={config.region} the cluster's region")
+    return (f"check KAFKA_API_KEY/KAFKA_API_SECRET (or the secret in KAFKA_SECRET_ARN), "
+            f"KAFKA_SASL_MECHANISM={config.sasl_mechanism} and KAFKA_SECURITY_PROTOCOL="
+            f"{config.security_protocol}")
 
 
 def _subscribe(parts: Parts, api: ExtensionsApi, logger: JsonLogger) -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ PRODUCER_PREFIX = "KAFKA_PRODUCER_"
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,249}")  # use fullmatch: "x\n" is no topic
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+#: KAFKA_AUTH: how the producer authenticates (unset: derived from the other variables).
+AUTH_MODES = ("msk-iam", "scram", "plain", "none")
+MSK_IAM = "msk-iam"
+# Where botocore's credential chain finds the role's credentials when the environment
+# has no keys (SnapStart, containers): the container credentials endpoint.
+_CONTAINER_CREDENTIALS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                          "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A variable whose name holds one of these never has its value echoed in an error.
 _SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "TOKEN", "CREDENTIAL", "PEM", "JAAS")
@@ -88,12 +96,23 @@ def lambda_mode(env: Mapping[str, str]) -> LambdaMode:
 
 
 @dataclass(frozen=True)
+class AwsCredentials:
+    """AWS credentials that sign MSK IAM tokens (the execution role's, in Lambda)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    expiration: float | None = None  # epoch seconds; None when the source does not say
+
+
+@dataclass(frozen=True)
 class Config:
     bootstrap_servers: str
     default_topic: str | None = None
     dlq_topic: str | None = None
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
+    auth: str = "none"  # one of AUTH_MODES, resolved (KAFKA_AUTH or derived)
     api_key: str | None = field(default=None, repr=False)
     api_secret: str | None = field(default=None, repr=False)
     secret_arn: str | None = None
@@ -123,6 +142,9 @@ class Config:
     region: str | None = None
     mode: LambdaMode = LambdaMode.ON_DEMAND
     max_concurrency: int = 1  # AWS_LAMBDA_MAX_CONCURRENCY (managed instances)
+    # msk-iam: the role's credentials from the environment, or None for botocore's chain
+    # (the container credentials endpoint under SnapStart), which refreshes them.
+    aws_credentials: AwsCredentials | None = None
 
     def dlq_for(self, topic: str) -> str:
         """Where a record of ``topic`` is dead-lettered."""
@@ -278,27 +300,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         )
     bootstrap = check_bootstrap(bootstrap_from, bootstrap)
 
-    api_key, api_secret = _text(env, "KAFKA_API_KEY"), _text(env, "KAFKA_API_SECRET")
-    if (api_key is None) != (api_secret is None):
-        missing = "KAFKA_API_SECRET" if api_secret is None else "KAFKA_API_KEY"
-        raise ConfigError(
-            f"{missing} is not set but its pair is: set both KAFKA_API_KEY and KAFKA_API_SECRET "
-            "(or neither, and use KAFKA_SECRET_ARN or a PLAINTEXT cluster)"
-        )
-    secret_arn = _text(env, "KAFKA_SECRET_ARN")
-    has_credentials = api_key is not None or secret_arn is not None
-    protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", _SECURITY_PROTOCOLS) or (
-        "SASL_SSL" if has_credentials else "PLAINTEXT"
-    )
-    mechanism = _choice(env, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS)
-    if protocol.startswith("SASL") and mechanism is None:
-        mechanism = "PLAIN"
-    if protocol.startswith("SASL") and not has_credentials:
-        raise ConfigError(
-            f"KAFKA_SECURITY_PROTOCOL={protocol} needs credentials: set KAFKA_API_KEY and "
-            "KAFKA_API_SECRET, or KAFKA_SECRET_ARN"
-        )
-
+    auth = _auth(env)
     flush_raw = _text(env, "KAFKA_RELAY_FLUSH")
     port = _int(env, "KAFKA_RELAY_PORT", DEFAULT_PORT, minimum=1, maximum=65535)
     log_level = _choice(env, "KAFKA_RELAY_LOG_LEVEL", _LOG_LEVELS) or "INFO"
@@ -307,11 +309,13 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         bootstrap_servers=bootstrap,
         default_topic=_topic(env, "KAFKA_TOPIC"),
         dlq_topic=_topic(env, "KAFKA_DLQ_TOPIC", "DLQ_TOPIC"),
-        security_protocol=protocol,
-        sasl_mechanism=mechanism,
-        api_key=api_key,
-        api_secret=api_secret,
-        secret_arn=secret_arn,
+        security_protocol=auth.protocol,
+        sasl_mechanism=auth.mechanism,
+        auth=auth.mode,
+        api_key=auth.api_key,
+        api_secret=auth.api_secret,
+        secret_arn=auth.secret_arn,
+        aws_credentials=auth.aws_credentials,
         producer_overrides=producer_overrides(env),
         flush=FlushStrategy.parse(flush_raw) if flush_raw else FlushStrategy(FlushMode.END),
         flush_budget_ms=_int(env, "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, minimum=1,
@@ -338,8 +342,140 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         log_level=log_level,
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",
         function_memory_mb=_int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, maximum=32_768),
-        region=_text(env, "AWS_REGION", "AWS_DEFAULT_REGION"),
+        region=auth.region,
         mode=lambda_mode(env),
         max_concurrency=_lambda_count(env, "AWS_LAMBDA_MAX_CONCURRENCY"),
     )
     return replace(resolved, **explicit) if explicit else resolved
+
+
+# -- authentication ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Auth:
+    mode: str
+    protocol: str
+    mechanism: str | None
+    region: str | None
+    api_key: str | None = None
+    api_secret: str | None = None
+    secret_arn: str | None = None
+    aws_credentials: AwsCredentials | None = None
+
+
+def _auth(env: Mapping[str, str]) -> _Auth:
+    """KAFKA_AUTH and the variables it goes with; unset, the mode follows from the others
+    (API key or secret ARN -> SASL_SSL/PLAIN, nothing -> PLAINTEXT), as before KAFKA_AUTH."""
+    raw_mode = _text(env, "KAFKA_AUTH")
+    mode = raw_mode.lower() if raw_mode else None
+    if mode is not None and mode not in AUTH_MODES:
+        raise ConfigError(f"KAFKA_AUTH={raw_mode!r} is not supported: use one of "
+                          f"{', '.join(AUTH_MODES)} (or leave it unset)")
+    region = _text(env, "AWS_REGION", "AWS_DEFAULT_REGION")
+    api_key, api_secret = _text(env, "KAFKA_API_KEY"), _text(env, "KAFKA_API_SECRET")
+    secret_arn = _text(env, "KAFKA_SECRET_ARN")
+    protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", _SECURITY_PROTOCOLS)
+    mechanism = _choice(env, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS)
+    if mode == MSK_IAM:
+        return _msk_iam(env, protocol, mechanism, region)
+    if mechanism == "OAUTHBEARER":
+        raise ConfigError("KAFKA_SASL_MECHANISM=OAUTHBEARER is supported for MSK IAM only: "
+                          "set KAFKA_AUTH=msk-iam (and unset KAFKA_SASL_MECHANISM)")
+    if (api_key is None) != (api_secret is None):
+        missing = "KAFKA_API_SECRET" if api_secret is None else "KAFKA_API_KEY"
+        raise ConfigError(
+            f"{missing} is not set but its pair is: set both KAFKA_API_KEY and KAFKA_API_SECRET "
+            "(or neither, and use KAFKA_SECRET_ARN or a PLAINTEXT cluster)"
+        )
+    has_credentials = api_key is not None or secret_arn is not None
+    if mode == "none":
+        if has_credentials:
+            raise ConfigError("KAFKA_AUTH=none sends no credentials: unset KAFKA_API_KEY/"
+                              "KAFKA_API_SECRET and KAFKA_SECRET_ARN, or use KAFKA_AUTH=plain "
+                              "or scram")
+        _must(protocol, "KAFKA_SECURITY_PROTOCOL", ("PLAINTEXT", "SSL"), "KAFKA_AUTH=none")
+        _must(mechanism, "KAFKA_SASL_MECHANISM", (), "KAFKA_AUTH=none")
+        return _Auth("none", protocol or "PLAINTEXT", None, region)
+    if mode in ("scram", "plain") and not has_credentials:
+        raise ConfigError(f"KAFKA_AUTH={mode} needs credentials: set KAFKA_API_KEY and "
+                          "KAFKA_API_SECRET, or KAFKA_SECRET_ARN (a Secrets Manager secret)")
+    if mode == "scram":
+        _must(mechanism, "KAFKA_SASL_MECHANISM", ("SCRAM-SHA-256", "SCRAM-SHA-512"),
+              "KAFKA_AUTH=scram")
+        mechanism = mechanism or "SCRAM-SHA-512"
+    if mode == "plain":
+        _must(mechanism, "KAFKA_SASL_MECHANISM", ("PLAIN",), "KAFKA_AUTH=plain")
+    if mode is not None:
+        _must(protocol, "KAFKA_SECURITY_PROTOCOL", ("SASL_SSL", "SASL_PLAINTEXT"),
+              f"KAFKA_AUTH={mode}")
+    protocol = protocol or ("SASL_SSL" if has_credentials else "PLAINTEXT")
+    if protocol.startswith("SASL") and mechanism is None:
+        mechanism = "PLAIN"
+    if protocol.startswith("SASL") and not has_credentials:
+        raise ConfigError(
+            f"KAFKA_SECURITY_PROTOCOL={protocol} needs credentials: set KAFKA_API_KEY and "
+            "KAFKA_API_SECRET, or KAFKA_SECRET_ARN (or KAFKA_AUTH=msk-iam for MSK IAM)"
+        )
+    derived = "none" if not protocol.startswith("SASL") else (
+        "plain" if mechanism == "PLAIN" else "scram")
+    return _Auth(mode or derived, protocol, mechanism, region, api_key, api_secret, secret_arn)
+
+
+def _msk_iam(env: Mapping[str, str], protocol: str | None, mechanism: str | None,
+             region: str | None) -> _Auth:
+    """KAFKA_AUTH=msk-iam: SASL_SSL + OAUTHBEARER signed with the role; no keys, no secret."""
+    given = [n for n in ("KAFKA_API_KEY", "KAFKA_API_SECRET", "KAFKA_SECRET_ARN")
+             if _text(env, n)]
+    if given:
+        raise ConfigError(
+            f"KAFKA_AUTH=msk-iam signs with the execution role, so {' and '.join(given)} "
+            "must not be set: unset them for MSK IAM (port 9098), or use KAFKA_AUTH=scram "
+            "with KAFKA_SECRET_ARN for MSK SCRAM (port 9096)")
+    _must(protocol, "KAFKA_SECURITY_PROTOCOL", ("SASL_SSL",), "KAFKA_AUTH=msk-iam")
+    _must(mechanism, "KAFKA_SASL_MECHANISM", ("OAUTHBEARER",), "KAFKA_AUTH=msk-iam")
+    if region is None:
+        raise ConfigError("KAFKA_AUTH=msk-iam needs the cluster's region in AWS_REGION "
+                          "(Lambda sets it; set it yourself outside Lambda)")
+    return _Auth(MSK_IAM, "SASL_SSL", "OAUTHBEARER", region,
+                 aws_credentials=_role_credentials(env))
+
+
+def _must(value: str | None, name: str, allowed: tuple[str, ...], because: str) -> None:
+    """``value`` (when set) is one of ``allowed``, else a ConfigError saying why not."""
+    if value is not None and value not in allowed:
+        fix = f"use {' or '.join(allowed)}, or unset it" if allowed else "unset it"
+        raise ConfigError(f"{name}={value} does not go with {because}: {fix}")
+
+
+def _role_credentials(env: Mapping[str, str]) -> AwsCredentials | None:
+    """The role's keys from the environment (on-demand Lambda); None when they are not
+    there and botocore's chain must find them (SnapStart: the container endpoint)."""
+    key, secret = _text(env, "AWS_ACCESS_KEY_ID"), _text(env, "AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        return AwsCredentials(key, secret, _text(env, "AWS_SESSION_TOKEN"),
+                              _expiration(env, "AWS_CREDENTIAL_EXPIRATION"))
+    if key or secret:
+        missing = "AWS_SECRET_ACCESS_KEY" if key else "AWS_ACCESS_KEY_ID"
+        raise ConfigError(f"KAFKA_AUTH=msk-iam: {missing} is not set but its pair is: set "
+                          "both (Lambda sets them from the execution role) or neither")
+    if not any(_text(env, name) for name in _CONTAINER_CREDENTIALS):
+        raise ConfigError(
+            "KAFKA_AUTH=msk-iam signs with the execution role's credentials, but neither "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY nor AWS_CONTAINER_CREDENTIALS_FULL_URI "
+            "is set: run in Lambda (it sets them) or set them")
+    return None
+
+
+def _expiration(env: Mapping[str, str], name: str) -> float | None:
+    raw = _text(env, name)
+    if raw is None:
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not an ISO 8601 time: write it like "
+                          "2026-01-31T12:00:00Z") from exc
+    if when.tzinfo is None:
+        raise ConfigError(f"{name}={raw!r} has no time zone: end it with Z (UTC)")
+    return when.timestamp()

@@ -49,6 +49,7 @@ class RelayListener:
     def on_invoke(self, event: InvokeEvent) -> None:
         self.invocations += 1
         self._log.request_id = event.request_id or None
+        self._engine.before_invoke()  # e.g. a fresh MSK IAM token before the pump produces
         restored = self._engine.restore_spool()
         if restored:
             self._log.info("spool.restored", records=restored)

@@ -99,10 +99,7 @@ def test_token_expiry_never_passes_the_credentials_expiry() -> None:
 def test_region_and_credentials_must_be_given() -> None:
     with pytest.raises(ConfigError, match="AWS_REGION"):
         MskIamTokenProvider(region="", credentials=lambda: CREDENTIALS)
-    with pytest.raises(ConfigError, match="AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set"):
-        AwsCredentials.from_environment({"AWS_REGION": REGION})
-    given = AwsCredentials.from_environment({"AWS_ACCESS_KEY_ID": "AKIA1",
-                                             "AWS_SECRET_ACCESS_KEY": "hunter2"})
+    given = AwsCredentials("AKIA1", "hunter2")
     assert (given.access_key_id, given.session_token, given.expiration) == ("AKIA1", None, None)
     assert "hunter2" not in repr(given)
 

@@ -66,7 +66,8 @@ class DeliveryEngine:
                  spill: SpillChain, logger: JsonLogger, limits: Limits | None = None,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  monotonic: Callable[[], float] = time.monotonic,
-                 defer_producer: bool = False) -> None:
+                 defer_producer: bool = False,
+                 on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
         plan = buffer_limits(config)
         if plan.over:
             logger.warning("buffer.limits_over_spill_budget", variables=list(plan.over),
@@ -87,7 +88,7 @@ class DeliveryEngine:
                               monotonic=monotonic, journal=journal)
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, on_death=self._pump_died,
-                         wall_ms=wall_ms, defer_build=defer_producer)
+                         wall_ms=wall_ms, defer_build=defer_producer, on_thaw=on_thaw)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -132,6 +133,10 @@ class DeliveryEngine:
                 reason=f"restored from the journal {left.recovered} times and the extension "
                        "died each time before they settled"))
         return restored
+
+    def before_invoke(self) -> None:
+        """At each INVOKE (after a freeze): the pump runs its ``on_thaw`` before producing."""
+        self.pump.thawed()
 
     @property
     def healthy(self) -> bool:

@@ -46,7 +46,8 @@ class Pump:
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
                  on_death: Callable[[BaseException], None],
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-                 defer_build: bool = False) -> None:
+                 defer_build: bool = False,
+                 on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
         self._ledger = ledger
         self._queue = ledger.queue
         self._config = config
@@ -56,6 +57,8 @@ class Pump:
         self._on_death = on_death
         self._wall_ms = wall_ms
         self._rebuild = False
+        self._on_thaw = on_thaw  # e.g. a fresh MSK IAM token before producing (credentials)
+        self._thawed = False
         self._stopping = False
         self.broker_state = BrokerState.UNKNOWN
         self.last_error: str | None = None
@@ -78,6 +81,13 @@ class Pump:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=join_s)
 
+    def thawed(self) -> None:
+        """An INVOKE after a freeze: ``on_thaw`` runs on the pump thread before its next batch."""
+        if self._on_thaw is not None:
+            with self._ledger.cond:
+                self._thawed = True
+                self._ledger.cond.notify_all()
+
     def run(self) -> None:
         """The pump thread's body (tests may call it in their own thread)."""
         try:
@@ -92,8 +102,11 @@ class Pump:
         True when there was something to do. Tests call it without the thread."""
         with self._ledger.cond:
             rebuild, self._rebuild = self._rebuild, False
+            thawed, self._thawed = self._thawed, False
         if rebuild:  # before taking a batch: the rebuild re-queues everything unsettled
             self._replace_producer()
+        if thawed and self._on_thaw is not None:
+            self._on_thaw(self.producer)
         with self._ledger.cond:
             batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH, IN_FLIGHT_BYTES)
             flushing = self._queue.flush_requests > 0

@@ -2,7 +2,8 @@
 
     StaticSasl       KAFKA_API_KEY / KAFKA_API_SECRET (PLAIN or SCRAM-SHA-256/512)
     SecretsManager   KAFKA_SECRET_ARN: {"api_key","api_secret"} or MSK's {"username","password"}
-    OAuthCallback    SASL/OAUTHBEARER with an injected token function (e.g. MSK IAM)
+    MskIam           KAFKA_AUTH=msk-iam: SASL_SSL/OAUTHBEARER, tokens signed with the role
+    OAuthCallback    SASL/OAUTHBEARER with an injected token function
     NoCredentials    PLAINTEXT / SSL clusters
 
 A new auth method is one more class with ``apply(settings) -> settings``;
@@ -16,8 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kafka_relay.config import Config
+from kafka_relay.config import MSK_IAM, Config
 from kafka_relay.errors import AuthError, ConfigError
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.producer.msk_iam import BotocoreCredentials, MskIamTokenProvider
+
+#: How long, after a thaw, the pump waits for librdkafka to take a fresh MSK IAM token
+#: before it produces (librdkafka's refresh timer ticks every second).
+THAW_TOKEN_WAIT_S = 3.0
 
 # (secret ARN, region) -> the secret's SecretString; injectable so tests need no AWS.
 FetchSecret = Callable[[str, "str | None"], str]
@@ -25,6 +32,10 @@ FetchSecret = Callable[[str, "str | None"], str]
 TokenFunction = Callable[[str | None], tuple[str, float]]
 
 OAUTHBEARER = "OAUTHBEARER"
+
+
+class _Polls(Protocol):
+    def poll(self, timeout: float = ...) -> int: ...
 
 
 class Credentials(Protocol):
@@ -110,16 +121,66 @@ class OAuthCallback:
         return {**settings, "sasl.mechanism": OAUTHBEARER, "oauth_cb": self.token}
 
 
+@dataclass(frozen=True)
+class MskIam:
+    """MSK IAM: SASL_SSL + OAUTHBEARER with tokens ``provider`` signs with the role's
+    credentials. ``provider`` is kept so that a thaw can make sure the token is fresh."""
+
+    provider: MskIamTokenProvider = field(repr=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> MskIam:
+        given = config.aws_credentials
+        source = (lambda: given) if given is not None else BotocoreCredentials()
+        return cls(MskIamTokenProvider(region=config.region or "", credentials=source))
+
+    def apply(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        return {**settings, "security.protocol": "SASL_SSL", "sasl.mechanism": OAUTHBEARER,
+                "oauth_cb": self.provider}
+
+    def after_thaw(self, poll: Callable[[float], object], *,
+                   timeout_s: float = THAW_TOKEN_WAIT_S) -> bool | None:
+        """Before producing after a freeze: None when the token is still fresh, else whether
+        librdkafka took a new one within ``timeout_s`` (``poll`` serves its refresh)."""
+        if not self.provider.stale():
+            return None
+        return self.provider.await_fresh(poll, timeout_s=timeout_s)
+
+    def thaw_check(self, log: JsonLogger, *, timeout_s: float = THAW_TOKEN_WAIT_S
+                   ) -> Callable[[_Polls], None]:
+        """The pump's ``on_thaw``: ``after_thaw`` with the pump's producer, logged; never
+        raises (the pump must go on; a token refused later is an ordinary auth error)."""
+
+        def check(producer: _Polls) -> None:
+            try:
+                fresh = self.after_thaw(producer.poll, timeout_s=timeout_s)
+            except Exception as exc:
+                log.warning("auth.thaw_refresh_failed", error=str(exc))
+                return
+            if fresh is None:  # (librdkafka's own refresh may have come first)
+                log.debug("auth.token_fresh")
+            elif fresh:
+                log.info("auth.token_refreshed", minted=self.provider.minted)
+            else:
+                log.warning("auth.token_not_fresh", waited_s=timeout_s,
+                            hint="librdkafka did not take a new MSK IAM token after the "
+                                 "thaw; producing anyway")
+
+        return check
+
+
 def from_config(
     config: Config,
     *,
     fetch_secret: FetchSecret | None = None,
     oauth_token: TokenFunction | None = None,
 ) -> Credentials:
-    """The strategy ``config`` asks for: API key/secret, else the secret ARN, else none.
+    """The strategy ``config`` asks for: MSK IAM, API key/secret, the secret ARN, or none.
 
-    ``oauth_token`` is the token function of an OAUTHBEARER provider (e.g. MSK IAM).
+    ``oauth_token`` is the token function of another OAUTHBEARER provider.
     """
+    if config.auth == MSK_IAM:
+        return MskIam.from_config(config)
     if not config.security_protocol.startswith("SASL"):
         return NoCredentials()
     mechanism = config.sasl_mechanism or "PLAIN"

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import PRODUCER_PREFIX, Config
 from kafka_relay.errors import AuthError, ConfigError
-from kafka_relay.producer.credentials import Credentials, from_config
+from kafka_relay.producer.credentials import Credentials, MskIam, from_config
 
 # Seed defaults kept: acks=all + idempotence (no duplicates from librdkafka's own
 # retries), zstd, a small linger so one invocation's records share batches.
@@ -75,8 +75,9 @@ class ProducerFactory:
         logger: logging.Logger | None = None,
     ) -> None:
         self.config = config
-        strategy = credentials if credentials is not None else from_config(config)
-        self.settings = producer_settings(config, strategy, extra=extra)
+        # Kept: MSK IAM's strategy holds the token provider a thaw checks (app.py).
+        self.credentials = credentials if credentials is not None else from_config(config)
+        self.settings = producer_settings(config, self.credentials, extra=extra)
         self._callbacks: dict[str, Any] = {}
         if error_cb is not None:
             self._callbacks["error_cb"] = error_cb
@@ -85,6 +86,10 @@ class ProducerFactory:
 
     def __call__(self) -> Producer:
         """A new producer; a configuration librdkafka refuses is a ``ConfigError``."""
+        if isinstance(self.credentials, MskIam):
+            # Sign the first token here: a failure says why (librdkafka would wait 10 s for
+            # a token, then say only that none was set).
+            self.credentials.provider.token()
         try:
             return Producer({**self.settings, **self._callbacks})
         except KafkaException as exc:
@@ -93,7 +98,7 @@ class ProducerFactory:
                 # An OAUTHBEARER token function is called (and waited for) right here.
                 raise AuthError(
                     f"the Kafka producer could not get its credentials ({error.str()}): check "
-                    f"the token provider of KAFKA_SASL_MECHANISM={self.config.sasl_mechanism} "
-                    "and the function role's permissions"
+                    f"the token provider of KAFKA_AUTH={self.config.auth} (KAFKA_SASL_MECHANISM="
+                    f"{self.config.sasl_mechanism}) and the function role's credentials"
                 ) from exc
             raise rejected_configuration(self.config, exc) from exc

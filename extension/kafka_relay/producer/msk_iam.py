@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
+from kafka_relay.config import AwsCredentials
 from kafka_relay.errors import AuthError, ConfigError
+
+__all__ = ["AwsCredentials", "BotocoreCredentials", "MskIamTokenProvider", "msk_signer"]
 
 #: Mint a new token this long before the current one (or the credentials) expires; never
 #: earlier than librdkafka asks (at 80% of a token's lifetime), so stale() implies it asked.
@@ -23,28 +25,37 @@ REFRESH_MARGIN_S = 60.0
 _LIBRDKAFKA_REFRESH_FRACTION = 0.8
 
 
-@dataclass(frozen=True)
-class AwsCredentials:
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
-    expiration: float | None = None  # epoch seconds; None when the source does not say
-
-    @classmethod
-    def from_environment(cls, env: Mapping[str, str]) -> AwsCredentials:
-        """The execution role's credentials, as Lambda puts them in the environment."""
-        key, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
-        if not key or not secret:
-            raise ConfigError(
-                "KAFKA_AUTH=msk-iam signs with the execution role's credentials, but "
-                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set: run in Lambda or set them"
-            )
-        return cls(key, secret, env.get("AWS_SESSION_TOKEN") or None)
-
-
 #: (region, credentials) -> (token, expiry in epoch milliseconds), as the MSK signer returns.
 Signer = Callable[[str, AwsCredentials], "tuple[str, int]"]
 CredentialSource = Callable[[], AwsCredentials]
+
+
+class BotocoreCredentials:
+    """The role's credentials through botocore's chain, refreshed by botocore before they
+    expire, with their expiry: under SnapStart (and in containers) Lambda serves them from
+    the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_FULL_URI), not the
+    environment. botocore comes with the Lambda runtime; it is imported on first use."""
+
+    def __init__(self) -> None:
+        self._resolved: Any = None
+
+    def __call__(self) -> AwsCredentials:
+        try:
+            if self._resolved is None:
+                import botocore.session  # noqa: PLC0415 - only msk-iam needs botocore
+
+                self._resolved = botocore.session.get_session().get_credentials()
+            if self._resolved is None:
+                raise RuntimeError("botocore's credential chain found no credentials")
+            frozen = self._resolved.get_frozen_credentials()  # refreshes when near expiry
+        except Exception as exc:
+            raise AuthError(
+                f"KAFKA_AUTH=msk-iam could not get the execution role's credentials ({exc}); "
+                "check AWS_CONTAINER_CREDENTIALS_FULL_URI or AWS_ACCESS_KEY_ID"
+            ) from exc
+        expiry = getattr(self._resolved, "_expiry_time", None)  # RefreshableCredentials
+        return AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token,
+                              expiry.timestamp() if expiry is not None else None)
 
 
 def msk_signer(region: str, credentials: AwsCredentials) -> tuple[str, int]:
@@ -140,15 +151,16 @@ class MskIamTokenProvider:
             token, expiry_ms = self._signer(self.region, credentials)
         except Exception as exc:
             raise AuthError(
-                f"could not sign an MSK IAM token in {self.region} ({exc}); check the "
-                "execution role's credentials"
+                f"KAFKA_AUTH=msk-iam could not sign an MSK IAM token in {self.region} "
+                f"({exc}); check the execution role's credentials"
             ) from exc
         expiry = expiry_ms / 1000
         if credentials.expiration is not None:
             expiry = min(expiry, credentials.expiration)
         if expiry <= self._clock():
             raise AuthError(
-                f"the execution role's credentials ({credentials.access_key_id}) expired at "
+                f"KAFKA_AUTH=msk-iam: the execution role's credentials "
+                f"({credentials.access_key_id}) expired at "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expiry))}: an MSK IAM token "
                 "signed with them would be refused"
             )
