@@ -25,6 +25,8 @@ from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillChain
 
+_PROBE_SLICE_S = 0.05
+
 __all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Watch"]
 
 
@@ -75,6 +77,8 @@ class DeliveryEngine:
         self._wall_ms = wall_ms
         self._monotonic = monotonic
         self.failure: str | None = None
+        # The lifecycle's flush control (breaker, auto), published by its listener for status.
+        self.flush_control: dict[str, Any] = {}
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
                               monotonic=monotonic)
@@ -104,14 +108,24 @@ class DeliveryEngine:
         """The current producer (the same object across invocations until a rebuild)."""
         return self.pump.producer
 
-    def probe(self, timeout_s: float) -> str | None:
-        """Open the first broker connection now; the error when the broker did not answer."""
-        try:
-            self.pump.producer.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            return str(exc.args[0])
-        self.pump.broker_state = BrokerState.UP
-        return None
+    def probe(self, timeout_s: float, *,
+              unreachable: Callable[[], str | None] = lambda: None) -> str | None:
+        """Open the first broker connection now; the error when the broker did not answer.
+        Asked in short slices: ``unreachable()`` naming a transport error ends it early."""
+        deadline = self._monotonic() + timeout_s
+        while True:
+            left = deadline - self._monotonic()
+            try:
+                self.pump.producer.list_topics(timeout=max(0.001, min(_PROBE_SLICE_S, left)))
+            except KafkaException as exc:
+                given_up = unreachable()
+                if given_up is not None:
+                    return given_up
+                if left <= _PROBE_SLICE_S:
+                    return str(exc.args[0])
+                continue
+            self.pump.broker_state = BrokerState.UP
+            return None
 
     def on_client_error(self, error: KafkaError) -> None:
         self.pump.on_client_error(error)
@@ -219,6 +233,11 @@ class DeliveryEngine:
         """(pending records, pending bytes)."""
         return self._ledger.depth()
 
+    def oldest_pending_ms(self) -> int:
+        """Age of the oldest unsettled record (0 when none)."""
+        oldest = self._ledger.oldest_accepted_ms()
+        return 0 if oldest is None else max(0, self._wall_ms() - oldest)
+
     def status(self) -> dict[str, Any]:
         ledger = self._ledger
         with ledger.cond:
@@ -234,4 +253,5 @@ class DeliveryEngine:
                 "broker_state": self.pump.broker_state.value,
                 "last_error": self.pump.last_error,
                 "pump": {"healthy": self.healthy, "error": self.failure},
+                "flush_control": dict(self.flush_control),
             }
