@@ -29,6 +29,9 @@ _NO_DEADLINE_BUDGET_MS = 1_500
 UNSIGNALLED_QUIET_S = 0.3
 UNSIGNALLED_CAP_S = 2.0
 _POLL_S = 0.05
+# A flush that settles nothing for this long while records are pending gives up early.
+STALL_S = 1.0
+_FLUSH_SLICE_S = 0.1
 
 
 class RelayListener:
@@ -102,9 +105,28 @@ class RelayListener:
                         broker_up=self._engine.broker_state is BrokerState.UP)
 
     def flush(self, budget_ms: int) -> FlushReport:
-        result = self._engine.flush(budget_ms / 1000)
-        return FlushReport(duration_ms=result.duration_ms, remaining=result.remaining,
-                           settled=result.delivered + result.dead_lettered)
+        """Flush in slices; stop once nothing has settled for ``STALL_S`` while records are
+        pending (the broker does not answer: the breaker takes over), or nothing is due."""
+        start = time.monotonic()
+        deadline = start + budget_ms / 1000
+        settled, last_progress = 0, start
+        while True:
+            slice_s = max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic()))
+            result = self._engine.flush(slice_s)
+            settled += result.delivered + result.dead_lettered
+            now = time.monotonic()
+            if result.delivered or result.dead_lettered or result.spilled:
+                last_progress = now
+            if not result.remaining or now >= deadline:
+                break
+            if result.duration_ms < slice_s * 500:  # returned early: all waiting out a backoff
+                break
+            if now - last_progress >= STALL_S:
+                self._log.warning("flush.stalled", remaining=result.remaining,
+                                  stalled_ms=round((now - last_progress) * 1000))
+                break
+        return FlushReport(duration_ms=round((time.monotonic() - start) * 1000, 3),
+                           remaining=result.remaining, settled=settled)
 
     def publish(self, status: Mapping[str, object]) -> None:
         self._engine.flush_control = dict(status)

@@ -119,3 +119,29 @@ def test_an_unreachable_broker_ends_the_init_probe_at_the_transport_error(
         ready: list[dict[str, Any]] = h.log_events("init.ready")
     assert unreachable["probe_ended_by"] == "transport_error"
     assert ready[0]["broker_state"] == "unknown"
+
+
+def test_a_flush_to_a_silent_broker_stops_when_nothing_settles_not_at_its_budget(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, flush_budget_ms=60_000,
+                       env_extra={"KAFKA_RELAY_FLUSH": "end"}) as h:
+        sent = _invoke(h, "before", 5)
+        proxy.pause()  # connections stay open, nothing answers
+        h.client.request_id = "silent"
+        sent += h.client.send([{"key": "silent", "value": i} for i in range(5)]).ids
+        h.client.invocation_end()
+        # The invocation deadline is far away; the budget is a minute.
+        h.loop.invoke({"requestId": "silent", "deadlineMs": _now_ms() + 120_000})
+        (stalled,) = h.log_events("flush.stalled")
+        assert stalled["remaining"] == 5
+        assert len(h.log_events("breaker.open")) == 1
+        proxy.resume()
+        deadline = time.monotonic() + 30
+        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
+            h.parts.relay.flush(1.0, retry_now=True)
+        assert h.parts.relay.counts()["delivered"] == len(sent)
+    got = broker.read(topic, expected=len(sent), timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)

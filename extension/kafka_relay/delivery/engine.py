@@ -9,6 +9,7 @@ False when the pump died; everything it held was spilled by then and
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillChain
 
-_PROBE_SLICE_S = 0.05
+_PROBE_POLL_S = 0.02
 
 __all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Watch"]
 
@@ -111,21 +112,28 @@ class DeliveryEngine:
     def probe(self, timeout_s: float, *,
               unreachable: Callable[[], str | None] = lambda: None) -> str | None:
         """Open the first broker connection now; the error when the broker did not answer.
-        Asked in short slices: ``unreachable()`` naming a transport error ends it early."""
-        deadline = self._monotonic() + timeout_s
-        while True:
-            left = deadline - self._monotonic()
+        The metadata request runs on a helper thread so that ``unreachable()`` naming a
+        transport error (checked every few ms) ends the wait early."""
+        answer: list[str | None] = []
+        done = threading.Event()
+
+        def ask() -> None:
             try:
-                self.pump.producer.list_topics(timeout=max(0.001, min(_PROBE_SLICE_S, left)))
+                self.pump.producer.list_topics(timeout=timeout_s)
+                answer.append(None)
             except KafkaException as exc:
-                given_up = unreachable()
-                if given_up is not None:
-                    return given_up
-                if left <= _PROBE_SLICE_S:
-                    return str(exc.args[0])
-                continue
+                answer.append(str(exc.args[0]))
+            finally:
+                done.set()
+
+        threading.Thread(target=ask, name="kafka-relay-probe", daemon=True).start()
+        while not done.wait(_PROBE_POLL_S):
+            given_up = unreachable()
+            if given_up is not None:
+                return given_up
+        if answer[0] is None:
             self.pump.broker_state = BrokerState.UP
-            return None
+        return answer[0]
 
     def on_client_error(self, error: KafkaError) -> None:
         self.pump.on_client_error(error)
