@@ -30,7 +30,7 @@ UNSIGNALLED_QUIET_S = 0.3
 UNSIGNALLED_CAP_S = 2.0
 _POLL_S = 0.05
 # A flush that settles nothing for this long while records are pending gives up early.
-STALL_S = 1.0
+STALL_S = 3.0
 _FLUSH_SLICE_S = 0.1
 
 
