@@ -76,6 +76,7 @@ class RelayListener:
         instead of the whole invocation; say once how to fix it."""
         start = time.monotonic()
         accepted, quiet_since = self._engine.counts()["accepted"], start
+        ended_by = "cap"
         while (now := time.monotonic()) - start < timeout_s:
             if self._signals.wait(request_id, min(_POLL_S, timeout_s - (now - start))):
                 return True
@@ -84,13 +85,15 @@ class RelayListener:
             if seen != accepted:
                 accepted, quiet_since = seen, now
             elif now - quiet_since >= UNSIGNALLED_QUIET_S:
+                ended_by = "quiet"
                 break
         self._unsignalled += 1
         # The first wait may just have been a slow decorated handler: warn on the second.
         if self._unsignalled >= 2 and not self._warned_unsignalled:
             self._warned_unsignalled = True
             self._log.warning(
-                "handler.end_unsignalled", waited_ms=round((time.monotonic() - start) * 1000),
+                "handler.end_unsignalled", ended_by=ended_by,
+                waited_ms=round((time.monotonic() - start) * 1000),
                 hint="nothing signals when the handler is done, so kafka-relay waits until "
                      "records stop arriving (at most 2 s) before flushing: decorate the "
                      "handler with kafka_relay.client.relay_handler (or call the client's "

@@ -103,6 +103,7 @@ def test_a_handler_nothing_signals_gets_a_bounded_wait_and_one_warning(
         (warning,) = h.log_events("handler.end_unsignalled")
         assert "relay_handler" in warning["hint"]
         assert "KAFKA_RELAY_TELEMETRY" in warning["hint"]
+        assert warning["ended_by"] == "quiet"  # not the 3 s to the invocation's deadline
         # Once an end signal arrives, the extension waits for it again (no early flush).
         sent += _invoke(h, "signalled", 5)
         assert h.parts.signals.seen_any

@@ -1,7 +1,7 @@
 """Extensions API and Telemetry API client: plain HTTP, stdlib only.
 
-Imported before anything heavy so the extension registers fast. Liberal in
-what it accepts (unknown fields and event types are passed through), exact in
+Loaded right after registration (``register.py`` registers over a bare socket, before
+any import that costs time). Liberal in what it accepts (unknown fields and event types are passed through), exact in
 what it sends.
 """
 
