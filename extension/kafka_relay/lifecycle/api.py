@@ -1,8 +1,8 @@
 """Extensions API and Telemetry API client: plain HTTP, stdlib only.
 
-Loaded right after registration (``register.py`` registers over a bare socket, before
-any import that costs time). Liberal in what it accepts (unknown fields and event types are passed through), exact in
-what it sends.
+Loaded right after registration (``register.py`` registers over a bare socket, before any
+import that costs time). Liberal in what it accepts (unknown fields and event types are
+passed through), exact in what it sends.
 """
 
 from __future__ import annotations
