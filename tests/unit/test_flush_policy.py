@@ -224,6 +224,12 @@ def test_a_flush_that_made_progress_keeps_the_breaker_closed() -> None:
                                  probe=False).breaker.open
 
 
+def test_a_flush_cut_short_by_the_deadline_does_not_open_the_breaker() -> None:
+    state = _state(0).flushed(100, remaining=5, settled_during=0, settled=7, probe=False,
+                              budget_ms=PROBE_BUDGET_MS - 1)
+    assert not state.breaker.open
+
+
 def test_the_open_breaker_probes_briefly_with_growing_intervals() -> None:
     state = _state(0).flushed(0, remaining=5, settled_during=0, settled=0, probe=False)
     pending = Observed(pending=5)

@@ -130,7 +130,8 @@ class EventLoop:
         was_open = self.state.breaker.open
         self.state = self.state.flushed(now, remaining=report.remaining,
                                         settled_during=report.settled,
-                                        settled=self._observe().settled, probe=after.probe)
+                                        settled=self._observe().settled, probe=after.probe,
+                                        budget_ms=budget_ms)
         if after.probe:
             self._log.info("breaker.probe", remaining=report.remaining, settled=report.settled,
                            next_probe_ms=self.state.breaker.next_probe_ms)

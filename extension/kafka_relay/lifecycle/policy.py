@@ -91,11 +91,12 @@ class FlushState:
         return replace(self, breaker=self.breaker.observe(observed.settled))
 
     def flushed(self, now_ms: int, *, remaining: int, settled_during: int, settled: int,
-                probe: bool) -> FlushState:
+                probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> FlushState:
         """After a flush: a flush that settled nothing while records stayed pending opens the
-        breaker (or, as a probe, schedules the next one)."""
+        breaker (or, as a probe, schedules the next one). A flush the invocation's deadline
+        cut below a probe's budget proves nothing."""
         breaker = self.breaker
-        if remaining > 0 and settled_during == 0:
+        if remaining > 0 and settled_during == 0 and (probe or budget_ms >= PROBE_BUDGET_MS):
             breaker = breaker.probed(now_ms) if probe and breaker.open else (
                 breaker if breaker.open else breaker.trip(now_ms, settled))
         return replace(self, last_flush_ms=now_ms, breaker=breaker)
