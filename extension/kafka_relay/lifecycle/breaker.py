@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 FIRST_PROBE_INTERVAL_MS = 1_000
-MAX_PROBE_INTERVAL_MS = 10_000
+MAX_PROBE_INTERVAL_MS = 2_000
 PROBE_BUDGET_MS = 250  # enough for a reconnect and a produce round trip at 20 ms RTT
 
 
