@@ -29,6 +29,10 @@ from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.relay_listener import RelayListener
 from kafka_relay.spill.sinks import SpillChain
 
+# librdkafka's "nobody answers" errors: the init probe need not wait out its timeout.
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                          KafkaError._RESOLVE})
+
 
 @dataclass
 class Parts:
@@ -54,10 +58,13 @@ class Parts:
 def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = None) -> Parts:
     """Everything but the event loop. Without ``api`` (tests) there is no telemetry."""
     auth_errors: list[KafkaError] = []
+    transport_errors: list[KafkaError] = []
 
     def on_client_error(error: KafkaError) -> None:
         if is_auth_failure(error):
             auth_errors.append(error)
+        elif error.code() in _UNREACHABLE:
+            transport_errors.append(error)
         relay.on_client_error(error)
 
     # A configuration librdkafka refuses is a ConfigError from the factory.
@@ -76,7 +83,7 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     if not modes.defers_producer:  # SnapStart: no producer, no probe before the snapshot
         relay.start()
         try:
-            _probe(relay, auth_errors, config, logger)
+            _probe(relay, auth_errors, transport_errors, config, logger)
         except AuthError:
             relay.stop()
             raise
@@ -94,6 +101,8 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
         raise
     server.start()
     listener = modes.relay_listener(config=config, engine=relay, signals=signals, logger=logger)
+    listener.publish({"breaker": {"state": "closed"}, "deferring": False,
+                      "max_latency_ms": config.max_latency_ms})
     listener.closers.append(server.stop)
     parts = Parts(config=config, relay=relay, server=server, signals=signals,
                   listener=listener, logger=logger, modes=modes)
@@ -106,12 +115,27 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
     return parts
 
 
-def _probe(relay: DeliveryEngine, auth_errors: list[KafkaError], config: Config,
-           logger: JsonLogger) -> None:
-    """Open the first broker connection now (warm for the first invoke) and catch bad creds."""
-    error = relay.probe(config.init_probe_ms / 1000)
-    if error is not None:
-        logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers)
+def _probe(relay: DeliveryEngine, auth_errors: list[KafkaError],
+           transport_errors: list[KafkaError], config: Config, logger: JsonLogger) -> None:
+    """Open the first broker connection now (warm for the first invoke) and catch bad creds.
+    A refused or unresolvable broker ends the probe at once: init does not wait for it."""
+    ended_by: list[str] = []
+
+    def unreachable() -> str | None:
+        if auth_errors:
+            ended_by.append("auth_error")
+            return describe(auth_errors[0])
+        if transport_errors:
+            ended_by.append("transport_error")
+            return describe(transport_errors[-1])
+        return None
+
+    started = time.monotonic()
+    error = relay.probe(config.init_probe_ms / 1000, unreachable=unreachable)
+    if error is not None and not auth_errors:
+        logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers,
+                       probe_ended_by=ended_by[0] if ended_by else "timeout",
+                       probe_ms=round((time.monotonic() - started) * 1000))
     if auth_errors:
         raise AuthError(f"Kafka refused the credentials ({describe(auth_errors[0])}) of "
                         f"KAFKA_AUTH={config.auth}: {_auth_fix(config)}")
@@ -138,6 +162,7 @@ def _subscribe(parts: Parts, api: ExtensionsApi, logger: JsonLogger) -> None:
         uri = listener.start()
         subscribe(api, uri, types=["platform"], mode=parts.modes.mode, logger=logger)
         parts.listener.closers.insert(0, listener.stop)
+        parts.listener.telemetry = True
     except Exception as exc:
         # The client's end call still works; only the fallback signal is lost.
         logger.warning("telemetry.unavailable", error=str(exc))

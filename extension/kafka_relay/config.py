@@ -46,6 +46,7 @@ def valid_topic_name(name: str) -> bool:
 
 
 class FlushMode(str, Enum):
+    AUTO = "auto"
     END = "end"
     PERIODIC = "periodic"
     SHUTDOWN = "shutdown"
@@ -59,15 +60,17 @@ class FlushStrategy:
     @classmethod
     def parse(cls, text: str) -> FlushStrategy:
         text = text.strip().lower()
-        if text in (FlushMode.END.value, FlushMode.SHUTDOWN.value):
+        if text in (FlushMode.AUTO.value, FlushMode.END.value, FlushMode.SHUTDOWN.value):
             return cls(FlushMode(text))
         name, _, interval = text.partition(":")
         if (name == FlushMode.PERIODIC.value and _DIGITS.fullmatch(interval)
                 and 0 < int(interval) <= _MAX_FLUSH_INTERVAL_MS):
             return cls(FlushMode.PERIODIC, int(interval))
         raise ConfigError(
-            f"KAFKA_RELAY_FLUSH={text!r} is not a flush strategy: use 'end' (flush after every "
-            "invocation), 'periodic:<ms>' (1 to 86400000 ms, e.g. periodic:1000) or 'shutdown'"
+            f"KAFKA_RELAY_FLUSH={text!r} is not a flush strategy: use 'auto' (the default: flush "
+            "after invocations until they come often enough, within KAFKA_RELAY_MAX_LATENCY_MS), "
+            "'end' (flush after every invocation), 'periodic:<ms>' (1 to 86400000 ms, e.g. "
+            "periodic:1000) or 'shutdown'"
         )
 
     def __str__(self) -> str:
@@ -117,8 +120,10 @@ class Config:
     api_secret: str | None = field(default=None, repr=False)
     secret_arn: str | None = None
     producer_overrides: Mapping[str, str] = field(default_factory=dict)
-    flush: FlushStrategy = FlushStrategy(FlushMode.END)
+    flush: FlushStrategy = FlushStrategy(FlushMode.AUTO)
     flush_budget_ms: int = 10_000
+    # ``auto``: no record waits longer than this (plus one freeze) because a flush was deferred
+    max_latency_ms: int = 5_000
     shutdown_margin_ms: int = 300
     init_probe_ms: int = 3_000
     port: int = DEFAULT_PORT
@@ -317,9 +322,11 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         secret_arn=auth.secret_arn,
         aws_credentials=auth.aws_credentials,
         producer_overrides=producer_overrides(env),
-        flush=FlushStrategy.parse(flush_raw) if flush_raw else FlushStrategy(FlushMode.END),
+        flush=FlushStrategy.parse(flush_raw) if flush_raw else FlushStrategy(FlushMode.AUTO),
         flush_budget_ms=_int(env, "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, minimum=1,
                              maximum=900_000),
+        max_latency_ms=_int(env, "KAFKA_RELAY_MAX_LATENCY_MS", 5_000, minimum=100,
+                            maximum=900_000),
         shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300, maximum=2_000),
         init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000, maximum=10_000),
         port=port,

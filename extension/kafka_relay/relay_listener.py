@@ -7,7 +7,7 @@ the engine (restore / flush / drain) and the signals the handoff server feeds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from kafka_relay.config import Config
@@ -15,13 +15,23 @@ from kafka_relay.delivery.engine import DeliveryEngine, DrainReport
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
 from kafka_relay.lifecycle.listener import FlushReport, ShutdownSummary
+from kafka_relay.lifecycle.policy import Observed
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.observability.metrics import emf_line
+from kafka_relay.protocol import BrokerState
 
 T = TypeVar("T")
 
 # If SHUTDOWN carries no deadline, drain within Lambda's external-extension budget.
 _NO_DEADLINE_BUDGET_MS = 1_500
+# A handler whose end nothing signals (no decorator, no client end call, no telemetry) is
+# taken as done once no record has arrived for the quiet period, at most after the cap.
+UNSIGNALLED_QUIET_S = 0.3
+UNSIGNALLED_CAP_S = 2.0
+_POLL_S = 0.05
+# A flush that settles nothing for this long while records are pending gives up early.
+STALL_S = 3.0
+_FLUSH_SLICE_S = 0.1
 
 
 class RelayListener:
@@ -41,6 +51,9 @@ class RelayListener:
         self._wall_ms = wall_ms
         self._reported = engine.counts()
         self.invocations = 0
+        self.telemetry = False  # subscribed to runtimeDone: every handler end is signalled
+        self._unsignalled = 0  # bounded waits that ended without any end signal
+        self._warned_unsignalled = False
         # Released last at SHUTDOWN (telemetry listener, handoff server), in order.
         self.closers: list[Callable[[], None]] = []
 
@@ -55,11 +68,72 @@ class RelayListener:
             self._log.info("spool.restored", records=restored)
 
     def handler_done(self, request_id: str, timeout_s: float) -> bool:
-        return self._signals.wait(request_id, timeout_s)
+        if self.telemetry or self._signals.seen_any:
+            return self._signals.wait(request_id, timeout_s)
+        return self._wait_unsignalled(request_id, min(timeout_s, UNSIGNALLED_CAP_S))
+
+    def _wait_unsignalled(self, request_id: str, timeout_s: float) -> bool:
+        """No end signal has ever arrived here: wait until records stop arriving, bounded,
+        instead of the whole invocation; say once how to fix it."""
+        start = time.monotonic()
+        accepted, quiet_since = self._engine.counts()["accepted"], start
+        ended_by = "cap"
+        while (now := time.monotonic()) - start < timeout_s:
+            if self._signals.wait(request_id, min(_POLL_S, timeout_s - (now - start))):
+                return True
+            seen = self._engine.counts()["accepted"]
+            now = time.monotonic()
+            if seen != accepted:
+                accepted, quiet_since = seen, now
+            elif now - quiet_since >= UNSIGNALLED_QUIET_S:
+                ended_by = "quiet"
+                break
+        self._unsignalled += 1
+        # The first wait may just have been a slow decorated handler: warn on the second.
+        if self._unsignalled >= 2 and not self._warned_unsignalled:
+            self._warned_unsignalled = True
+            self._log.warning(
+                "handler.end_unsignalled", ended_by=ended_by,
+                waited_ms=round((time.monotonic() - start) * 1000),
+                hint="nothing signals when the handler is done, so kafka-relay waits until "
+                     "records stop arriving (at most 2 s) before flushing: decorate the "
+                     "handler with kafka_relay.client.relay_handler (or call the client's "
+                     "invocation_end()), or set KAFKA_RELAY_TELEMETRY=true")
+        return False
+
+    def observe(self) -> Observed:
+        counts = self._engine.counts()
+        pending, _ = self._engine.depth()
+        return Observed(pending=pending, oldest_pending_ms=self._engine.oldest_pending_ms(),
+                        settled=counts["delivered"] + counts["dead_lettered"],
+                        broker_up=self._engine.broker_state is BrokerState.UP)
 
     def flush(self, budget_ms: int) -> FlushReport:
-        result = self._engine.flush(budget_ms / 1000)
-        return FlushReport(duration_ms=result.duration_ms, remaining=result.remaining)
+        """Flush in slices; stop once nothing has settled for ``STALL_S`` while records are
+        pending (the broker does not answer: the breaker takes over), or nothing is due."""
+        start = time.monotonic()
+        deadline = start + budget_ms / 1000
+        settled, last_progress = 0, start
+        while True:
+            slice_s = max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic()))
+            result = self._engine.flush(slice_s)
+            settled += result.delivered + result.dead_lettered
+            now = time.monotonic()
+            if result.delivered or result.dead_lettered or result.spilled:
+                last_progress = now
+            if not result.remaining or now >= deadline:
+                break
+            if result.duration_ms < slice_s * 500:  # returned early: all waiting out a backoff
+                break
+            if now - last_progress >= STALL_S:
+                self._log.warning("flush.stalled", remaining=result.remaining,
+                                  stalled_ms=round((now - last_progress) * 1000))
+                break
+        return FlushReport(duration_ms=round((time.monotonic() - start) * 1000, 3),
+                           remaining=result.remaining, settled=settled)
+
+    def publish(self, status: Mapping[str, object]) -> None:
+        self._engine.flush_control = dict(status)
 
     def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
         self._report(flush.duration_ms if flush else 0.0)

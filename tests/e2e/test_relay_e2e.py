@@ -124,7 +124,9 @@ def test_the_logs_cli_summarises_a_sandbox_log_stream(
     artifacts: Artifacts, broker: Broker, tmp_path: Path
 ) -> None:
     topic = broker.create_topic()
-    with _sandbox(artifacts, broker, topic, tmp_path) as sandbox:
+    # 'end': each invocation.done line covers its own records (a deferring 'auto' invocation
+    # writes its line when it starts, so its records appear in the next line or at SHUTDOWN)
+    with _sandbox(artifacts, broker, topic, tmp_path, KAFKA_RELAY_FLUSH="end") as sandbox:
         list(_run(sandbox, 3, 7))
         sandbox.shutdown("spindown")
         log_path = sandbox.log_path

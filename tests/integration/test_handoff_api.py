@@ -59,7 +59,9 @@ def test_records_arrive_with_topic_key_value_headers_and_relay_id(
 
 def test_one_producer_serves_many_invocations(broker: Broker, tmp_path: Path) -> None:
     topic = broker.create_topic()
-    with running_relay(broker.bootstrap, tmp_path, default_topic=topic) as h:
+    # 'end': every invocation waits for its record (auto would stop waiting after warm-up)
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                       env_extra={"KAFKA_RELAY_FLUSH": "end"}) as h:
         producer = h.parts.relay.producer
         for n in range(20):
             request_id = f"req-{n}"

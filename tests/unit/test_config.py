@@ -12,10 +12,11 @@ from kafka_relay.errors import ConfigError
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": "broker:9092"}
 
 
-def test_defaults_are_plaintext_end_flush_and_the_documented_limits() -> None:
+def test_defaults_are_plaintext_auto_flush_and_the_documented_limits() -> None:
     config = load_config(BASE)
     assert config.security_protocol == "PLAINTEXT"
-    assert config.flush == FlushStrategy(FlushMode.END)
+    assert config.flush == FlushStrategy(FlushMode.AUTO)
+    assert config.max_latency_ms == 5_000
     assert config.port == 4195
     assert config.max_attempts == 3
     assert config.dlq_for("rss.events") == "dlq.rss.events"
@@ -45,6 +46,7 @@ def test_dlq_topic_alias_and_producer_passthrough() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("end", FlushStrategy(FlushMode.END)),
+     ("Auto", FlushStrategy(FlushMode.AUTO)),
      ("shutdown", FlushStrategy(FlushMode.SHUTDOWN)),
      ("periodic:1000", FlushStrategy(FlushMode.PERIODIC, 1000)),
      (" PERIODIC:250 ", FlushStrategy(FlushMode.PERIODIC, 250))],
@@ -146,6 +148,7 @@ def test_a_garbage_or_overflowing_number_names_its_own_variable(value: str,
 _VARIABLES = [
     "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "KAFKA_DLQ_TOPIC", "KAFKA_SECURITY_PROTOCOL",
     "KAFKA_SASL_MECHANISM", "KAFKA_RELAY_FLUSH", "KAFKA_RELAY_FLUSH_BUDGET_MS",
+    "KAFKA_RELAY_MAX_LATENCY_MS",
     "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", "KAFKA_RELAY_INIT_PROBE_MS", "KAFKA_RELAY_PORT",
     "KAFKA_RELAY_MAX_BUFFER_RECORDS", "KAFKA_RELAY_MAX_BUFFER_BYTES",
     "KAFKA_RELAY_MAX_BODY_BYTES", "KAFKA_RELAY_MAX_ATTEMPTS", "KAFKA_RELAY_RETRY_BACKOFF_MS",
@@ -156,7 +159,8 @@ _values = st.one_of(
     st.text(max_size=30),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
     st.floats().map(str),
-    st.sampled_from(["1e12", "0", "65536", "periodic:0", "periodic:1", "end", "not a host!!",
+    st.sampled_from(["1e12", "0", "65536", "periodic:0", "periodic:1", "end", "auto", "99",
+                     "not a host!!",
                      "h:99999", "[::1]:1", "SASL_SSL", "true", " ", "١٢٣"]),
 )
 

@@ -13,9 +13,11 @@ import pytest
 
 from kafka_relay.config import load_config
 from kafka_relay.errors import LambdaApiError
+from kafka_relay.lifecycle.breaker import FIRST_PROBE_INTERVAL_MS, PROBE_BUDGET_MS
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent, UnknownEvent, parse_event
 from kafka_relay.lifecycle.listener import FlushReport, ShutdownSummary
 from kafka_relay.lifecycle.loop import EventLoop
+from kafka_relay.lifecycle.policy import WARMUP_INVOCATIONS, Observed
 from kafka_relay.observability.log import JsonLogger
 
 NOW = 1_000_000
@@ -24,11 +26,15 @@ NOW = 1_000_000
 class ScriptedApi:
     """Answers event/next from a script; an exception in the script is raised."""
 
-    def __init__(self, *events: dict[str, Any] | Exception) -> None:
+    def __init__(self, *events: dict[str, Any] | Exception, clock: list[int] | None = None,
+                 step_ms: int = 0) -> None:
         self._events = list(events)
         self.exit_errors: list[tuple[str, str]] = []
+        self._clock, self._step_ms = clock, step_ms
 
     def next_event(self) -> dict[str, Any]:
+        if self._clock is not None:
+            self._clock[0] += self._step_ms
         event = self._events.pop(0)
         if isinstance(event, Exception):
             raise event
@@ -43,6 +49,9 @@ class RecordingListener:
     fail_on: set[str] = field(default_factory=set)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     done: bool = True
+    observed: Observed = field(default_factory=Observed)
+    flush_results: list[FlushReport] = field(default_factory=list)  # then: all delivered
+    published: list[dict[str, object]] = field(default_factory=list)
 
     def _call(self, name: str, arg: Any) -> None:
         self.calls.append((name, arg))
@@ -56,9 +65,17 @@ class RecordingListener:
         self._call("handler_done", (request_id, timeout_s))
         return self.done
 
+    def observe(self) -> Observed:
+        return self.observed
+
     def flush(self, budget_ms: int) -> FlushReport:
         self._call("flush", budget_ms)
+        if self.flush_results:
+            return self.flush_results.pop(0)
         return FlushReport(duration_ms=1.0, remaining=0)
+
+    def publish(self, status: Any) -> None:
+        self.published.append(dict(status))
 
     def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
         self._call("invocation_done", flush is not None)
@@ -103,6 +120,70 @@ def test_invoke_waits_for_the_handler_then_flushes_and_shutdown_drains() -> None
     assert listener.calls[2] == ("flush", 2_950)
     assert listener.calls[4] == ("shutdown", ShutdownEvent("spindown", NOW + 2_000))
     assert api.exit_errors == []
+
+
+def test_auto_flushes_while_warming_up_then_stops_waiting_for_frequent_invocations() -> None:
+    clock = [NOW]
+    n = WARMUP_INVOCATIONS + 3
+    api = ScriptedApi(*[_invoke(f"r{i}", deadline_ms=NOW + 60_000) for i in range(n)],
+                      _SHUTDOWN, clock=clock, step_ms=100)
+    listener = RecordingListener()
+    _, log = _run(api, listener, flush="auto", clock=clock)
+    # the invocation that completes the warm-up may already defer
+    assert listener.names().count("flush") == WARMUP_INVOCATIONS - 1
+    assert listener.names()[-5:] == ["on_invoke", "invocation_done", "on_invoke",
+                                     "invocation_done", "shutdown"]
+    switches = [e for e in log if e["event"] == "flush.auto"]
+    assert [e["deferring"] for e in switches] == [False, True]
+    assert listener.published[-1]["deferring"] is True
+
+
+def test_auto_flushes_again_when_the_oldest_record_nears_the_bound() -> None:
+    clock = [NOW]
+    n = WARMUP_INVOCATIONS + 2
+    api = ScriptedApi(*[_invoke(f"r{i}", deadline_ms=NOW + 60_000) for i in range(n)],
+                      _SHUTDOWN, clock=clock, step_ms=100)
+    listener = RecordingListener(observed=Observed(pending=3, oldest_pending_ms=4_990))
+    _run(api, listener, flush="auto", clock=clock)
+    assert listener.names().count("flush") == n
+
+
+def test_a_flush_that_settles_nothing_opens_the_breaker_and_later_invocations_skip_it() -> None:
+    clock = [NOW]
+    events = [_invoke(f"r{i}", deadline_ms=NOW + 60_000) for i in range(4)]
+    api = ScriptedApi(*events, _SHUTDOWN, clock=clock, step_ms=10)
+    listener = RecordingListener(observed=Observed(pending=5, settled=2),
+                                 flush_results=[FlushReport(10_000.0, remaining=5)])
+    code, log = _run(api, listener, flush="end", clock=clock)
+    assert code == 0
+    assert listener.names() == ["on_invoke", "handler_done", "flush", "invocation_done",
+                                *["on_invoke", "invocation_done"] * 3, "shutdown"]
+    assert [e["event"] for e in log if e["event"].startswith("breaker.")] == ["breaker.open"]
+    assert listener.published[-1]["breaker"]["state"] == "open"  # type: ignore[index]
+
+
+def test_the_open_breaker_probes_briefly_and_closes_when_a_record_settles() -> None:
+    clock = [NOW]
+    events = [_invoke(f"r{i}", deadline_ms=NOW + 60_000) for i in range(3)]
+    api = ScriptedApi(*events, _SHUTDOWN, clock=clock, step_ms=FIRST_PROBE_INTERVAL_MS)
+    listener = RecordingListener(observed=Observed(pending=5, settled=2),
+                                 flush_results=[FlushReport(10_000.0, remaining=5),
+                                                FlushReport(250.0, remaining=5)])
+
+    class Settles(RecordingListener):
+        def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
+            super().invocation_done(event, flush)
+            if event.request_id == "r1":  # the probe ran; the broker answers afterwards
+                self.observed = Observed(pending=0, settled=7)
+
+    listener = Settles(observed=listener.observed, flush_results=listener.flush_results)
+    _, log = _run(api, listener, flush="end", clock=clock)
+    flushes = [arg for name, arg in listener.calls if name == "flush"]
+    assert flushes[1] == PROBE_BUDGET_MS  # r1: a probe, not the whole budget
+    assert len(flushes) == 3  # r2: closed again, a normal flush
+    events_seen = [e["event"] for e in log if e["event"].startswith("breaker.")]
+    assert events_seen == ["breaker.open", "breaker.probe", "breaker.closed"]
+    assert listener.published[-1]["breaker"] == {"state": "closed"}
 
 
 def test_periodic_flushes_only_when_the_interval_has_passed() -> None:

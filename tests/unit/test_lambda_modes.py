@@ -19,11 +19,11 @@ from kafka_relay.client import RelayClient
 from kafka_relay.config import LambdaMode, lambda_mode, load_config
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import LambdaApiError
-from kafka_relay.lifecycle.api import RegistrationRefused
 from kafka_relay.lifecycle.events import ShutdownEvent
 from kafka_relay.lifecycle.listener import ShutdownSummary
 from kafka_relay.lifecycle.managed import BackgroundLoop
-from kafka_relay.lifecycle.modes import register, subscribe
+from kafka_relay.lifecycle.modes import subscribe
+from kafka_relay.lifecycle.register import RegisterFailed, register_for_mode
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import TOKEN_SOURCES, handoff_token
 from kafka_relay.record import Record
@@ -76,25 +76,30 @@ def test_client_and_extension_resolve_the_same_token_from_one_environment(
 
 
 class FakeApi:
-    def __init__(self, *, refuse_invoke: str | None = None,
-                 refuse_schema: str | None = None) -> None:
-        self.refuse_invoke = refuse_invoke
+    def __init__(self, *, refuse_schema: str | None = None) -> None:
         self.refuse_schema = refuse_schema
         self.events: list[str] = []
-        self.registrations: list[list[str]] = []
         self.schemas: list[str] = []
-
-    def register(self, events: list[str]) -> dict[str, Any]:
-        self.registrations.append(events)
-        if "INVOKE" in events and self.refuse_invoke is not None:
-            raise RegistrationRefused("refused", status=403, error_type=self.refuse_invoke)
-        self.events = events
-        return {}
 
     def subscribe_telemetry(self, uri: str, *, types: list[str], schema: str = "") -> None:
         self.schemas.append(schema)
         if schema == self.refuse_schema:
             raise LambdaApiError(f"telemetry subscribe answered 400: {schema}")
+
+
+class FakeRegister:
+    """Stands in for the socket POST: refuses INVOKE with ``refuse_invoke`` as errorType."""
+
+    def __init__(self, refuse_invoke: str | None = None) -> None:
+        self.refuse_invoke = refuse_invoke
+        self.registrations: list[list[str]] = []
+
+    def __call__(self, address: str, name: str, events: list[str]) -> str:
+        self.registrations.append(events)
+        if "INVOKE" in events and self.refuse_invoke is not None:
+            raise RegisterFailed(f"register for {events} answered 'HTTP/1.1 403 Forbidden': "
+                                 f'{{"errorType":"{self.refuse_invoke}"}}')
+        return "ext-1"
 
 
 def _logger() -> tuple[JsonLogger, io.StringIO]:
@@ -107,24 +112,26 @@ def _events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
 
 
 def test_managed_instances_register_for_shutdown_only() -> None:
-    api, (logger, _) = FakeApi(refuse_invoke="Extension.InvalidEventType"), _logger()
-    assert register(api, LambdaMode.MANAGED_INSTANCES, logger) == ["SHUTDOWN"]
-    assert api.registrations == [["SHUTDOWN"]]
+    post = FakeRegister(refuse_invoke="Extension.InvalidEventType")
+    done = register_for_mode("x:1", "kafka-relay", "lambda-managed-instances", post=post)
+    assert (done.events, done.refused) == (["SHUTDOWN"], None)
+    assert post.registrations == [["SHUTDOWN"]]
 
 
 def test_an_invoke_registration_refused_as_invalid_falls_back_to_shutdown_only() -> None:
-    api, (logger, stream) = FakeApi(refuse_invoke="Extension.InvalidEventType"), _logger()
-    assert register(api, LambdaMode.ON_DEMAND, logger) == ["SHUTDOWN"]
-    assert api.registrations == [["INVOKE", "SHUTDOWN"], ["SHUTDOWN"]]
-    assert api.events == ["SHUTDOWN"]
-    assert len(_events(stream, "init.register_shutdown_only")) == 1
+    post = FakeRegister(refuse_invoke="Extension.InvalidEventType")
+    done = register_for_mode("x:1", "kafka-relay", "on-demand", post=post)
+    assert done.events == ["SHUTDOWN"]
+    assert done.refused is not None
+    assert "InvalidEventType" in done.refused
+    assert post.registrations == [["INVOKE", "SHUTDOWN"], ["SHUTDOWN"]]
 
 
 def test_another_registration_refusal_is_not_papered_over() -> None:
-    api, (logger, _) = FakeApi(refuse_invoke="Extension.AlreadyRegistered"), _logger()
-    with pytest.raises(RegistrationRefused):
-        register(api, LambdaMode.SNAP_START, logger)
-    assert api.registrations == [["INVOKE", "SHUTDOWN"]]
+    post = FakeRegister(refuse_invoke="Extension.AlreadyRegistered")
+    with pytest.raises(RegisterFailed):
+        register_for_mode("x:1", "kafka-relay", "snap-start", post=post)
+    assert post.registrations == [["INVOKE", "SHUTDOWN"]]
 
 
 @pytest.mark.parametrize(("mode", "first"), [(LambdaMode.MANAGED_INSTANCES, "2025-01-29"),

@@ -11,6 +11,7 @@ predecessor journaled, and a clean ``drain`` leaves no journal behind.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillChain
+
+_PROBE_POLL_S = 0.02
 
 __all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Watch"]
 
@@ -80,6 +83,8 @@ class DeliveryEngine:
         self._wall_ms = wall_ms
         self._monotonic = monotonic
         self.failure: str | None = None
+        # The lifecycle's flush control (breaker, auto), published by its listener for status.
+        self.flush_control: dict[str, Any] = {}
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
@@ -152,14 +157,31 @@ class DeliveryEngine:
         """The current producer (the same object across invocations until a rebuild)."""
         return self.pump.producer
 
-    def probe(self, timeout_s: float) -> str | None:
-        """Open the first broker connection now; the error when the broker did not answer."""
-        try:
-            self.pump.producer.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            return str(exc.args[0])
-        self.pump.broker_state = BrokerState.UP
-        return None
+    def probe(self, timeout_s: float, *,
+              unreachable: Callable[[], str | None] = lambda: None) -> str | None:
+        """Open the first broker connection now; the error when the broker did not answer.
+        The metadata request runs on a helper thread so that ``unreachable()`` naming a
+        transport error (checked every few ms) ends the wait early."""
+        answer: list[str | None] = []
+        done = threading.Event()
+
+        def ask() -> None:
+            try:
+                self.pump.producer.list_topics(timeout=timeout_s)
+                answer.append(None)
+            except KafkaException as exc:
+                answer.append(str(exc.args[0]))
+            finally:
+                done.set()
+
+        threading.Thread(target=ask, name="kafka-relay-probe", daemon=True).start()
+        while not done.wait(_PROBE_POLL_S):
+            given_up = unreachable()
+            if given_up is not None:
+                return given_up
+        if answer[0] is None:
+            self.pump.broker_state = BrokerState.UP
+        return answer[0]
 
     def on_client_error(self, error: KafkaError) -> None:
         self.pump.on_client_error(error)
@@ -270,6 +292,11 @@ class DeliveryEngine:
         """(pending records, pending bytes)."""
         return self._ledger.depth()
 
+    def oldest_pending_ms(self) -> int:
+        """Age of the oldest unsettled record (0 when none)."""
+        oldest = self._ledger.oldest_accepted_ms()
+        return 0 if oldest is None else max(0, self._wall_ms() - oldest)
+
     def status(self) -> dict[str, Any]:
         ledger = self._ledger
         with ledger.cond:
@@ -287,4 +314,5 @@ class DeliveryEngine:
                 "pump": {"healthy": self.healthy, "error": self.failure},
                 "journal": (ledger.journal.status() if ledger.journal is not None
                             else {"enabled": False}),
+                "flush_control": dict(self.flush_control),
             }

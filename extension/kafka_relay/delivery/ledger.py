@@ -185,6 +185,13 @@ class Ledger:
         with self.cond:
             return len(self._unsettled), self._bytes
 
+    def oldest_accepted_ms(self) -> int | None:
+        """When the oldest unsettled record was accepted (dicts keep insertion order)."""
+        with self.cond:
+            for record in self._unsettled.values():
+                return record.accepted_ms
+            return None
+
     def unaccounted(self) -> int:
         """accepted + restored - settled - pending: 0 unless a record was lost."""
         with self.cond:

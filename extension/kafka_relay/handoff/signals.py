@@ -20,9 +20,11 @@ class HandlerSignals:
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._anonymous = 0
         self._monotonic = monotonic
+        self.seen_any = False  # an end was ever signalled in this environment
 
     def mark_done(self, request_id: str | None) -> None:
         with self._cond:
+            self.seen_any = True
             if request_id:
                 self._ended[request_id] = None
                 while len(self._ended) > _REMEMBERED:

@@ -1,8 +1,8 @@
 """Extensions API and Telemetry API client: plain HTTP, stdlib only.
 
-Imported before anything heavy so the extension registers fast. Liberal in
-what it accepts (unknown fields and event types are passed through), exact in
-what it sends.
+Loaded right after registration (``register.py`` registers over a bare socket, before any
+import that costs time). Liberal in what it accepts (unknown fields and event types are
+passed through), exact in what it sends.
 """
 
 from __future__ import annotations
@@ -20,16 +20,6 @@ TELEMETRY_SCHEMA = "2022-12-13"
 MANAGED_INSTANCES_TELEMETRY_SCHEMA = "2025-01-29"
 
 
-class RegistrationRefused(LambdaApiError):
-    """Lambda refused the registration; ``error_type`` is its errorType (e.g.
-    ``Extension.InvalidEventType`` for INVOKE on Lambda Managed Instances)."""
-
-    def __init__(self, message: str, *, status: int, error_type: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-
-
 class ExtensionsApi:
     def __init__(self, runtime_api: str, *, name: str) -> None:
         if not runtime_api:
@@ -40,7 +30,8 @@ class ExtensionsApi:
         self._address = runtime_api
         self.name = name
         self.identifier = ""
-        self.events: list[str] = []  # what the registration Lambda accepted was for
+        # Set by __main__ from the registration (lifecycle/register.py, before heavy imports):
+        self.events: list[str] = []  # what Lambda accepted the registration for
 
     def _request(
         self,
@@ -64,20 +55,6 @@ class ExtensionsApi:
             raise LambdaApiError(f"{method} {path} on {self._address} failed: {exc}") from exc
         finally:
             conn.close()
-
-    def register(self, events: list[str]) -> dict[str, Any]:
-        status, headers, data = self._request(
-            "POST", f"{_EXT}/register", body={"events": events},
-            headers={"Lambda-Extension-Name": self.name},
-        )
-        identifier = {k.lower(): v for k, v in headers.items()}.get("lambda-extension-identifier")
-        if status != 200 or not identifier:
-            error_type = str(_json_object(data).get("errorType") or "")
-            raise RegistrationRefused(f"register for {events} answered {status}: {data[:500]!r}",
-                                      status=status, error_type=error_type)
-        self.identifier = identifier
-        self.events = list(events)
-        return _json_object(data)
 
     def next_event(self) -> dict[str, Any]:
         # No client timeout: the call legitimately blocks while the sandbox is frozen.

@@ -6,16 +6,19 @@ the delivery engine and the handler-done signals.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
+from kafka_relay.lifecycle.policy import Observed
 
 
 @dataclass(frozen=True)
 class FlushReport:
     duration_ms: float
     remaining: int  # records still unsettled when the budget ran out
+    settled: int = 0  # records delivered or dead-lettered during the flush
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,14 @@ class Listener(Protocol):
     def handler_done(self, request_id: str, timeout_s: float) -> bool:
         """Block until the handler of ``request_id`` is done; False when the timeout ran out."""
 
+    def observe(self) -> Observed:
+        """What the flush policy needs now: pending records, the oldest one's age, progress."""
+
     def flush(self, budget_ms: int) -> FlushReport:
         """Deliver what is pending within ``budget_ms``."""
+
+    def publish(self, status: Mapping[str, object]) -> None:
+        """The loop's flush control (breaker, auto) changed: show it in /v1/status."""
 
     def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
         """The invocation's work is over (report it); the loop calls /next next."""

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from kafka_relay.config import Config
+from kafka_relay.config import Config, FlushMode
 from kafka_relay.errors import LambdaApiError
 from kafka_relay.lifecycle.events import (
     InvokeEvent,
@@ -22,7 +22,7 @@ from kafka_relay.lifecycle.events import (
     parse_event,
 )
 from kafka_relay.lifecycle.listener import FlushReport, Listener
-from kafka_relay.lifecycle.policy import Moment, decide
+from kafka_relay.lifecycle.policy import Decision, FlushState, Moment, Observed, decide
 from kafka_relay.observability.log import JsonLogger
 
 # Leave the runtime this much of the invocation for its own /next after our flush.
@@ -55,8 +55,9 @@ class EventLoop:
         self._log = logger
         self._api = api
         self._wall_ms = wall_ms
-        self._last_flush_ms = wall_ms()
+        self.state = FlushState(last_flush_ms=wall_ms())
         self.invocations = 0
+        self._deferring: bool | None = None  # auto's last choice, to log its changes
 
     def run(self) -> int:
         """Serve events until SHUTDOWN; the process exit code.
@@ -95,6 +96,7 @@ class EventLoop:
     def invoke(self, event: InvokeEvent) -> None:
         """Handle one INVOKE; listener failures are logged, never raised."""
         self.invocations += 1
+        self.state = self.state.arrived(self._wall_ms())
         try:
             self._listener.on_invoke(event)
         except Exception as exc:
@@ -113,23 +115,67 @@ class EventLoop:
     def _wait_and_flush(self, event: InvokeEvent) -> FlushReport | None:
         config = self._config
         deadline_ms = event.deadline_ms or self._wall_ms() + config.flush_budget_ms
-        decision = decide(config.flush, last_flush_ms=self._last_flush_ms,
-                          now_ms=self._wall_ms(), moment=Moment.INVOKE)
+        decision = self._decide(Moment.INVOKE)
         if not decision.wait_for_handler:
             return None
         remaining_s = (deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms()) / 1000
         done = self._listener.handler_done(event.request_id, max(0.0, remaining_s))
-        after = decide(config.flush, last_flush_ms=self._last_flush_ms,
-                       now_ms=self._wall_ms(), moment=Moment.HANDLER_DONE)
+        after = self._decide(Moment.HANDLER_DONE)
         if not after.flush:
             return None
-        budget_ms = min(config.flush_budget_ms, deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms())
+        budget_ms = min(config.flush_budget_ms, after.budget_ms or config.flush_budget_ms,
+                        deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms())
         report = self._listener.flush(max(0, budget_ms))
-        self._last_flush_ms = self._wall_ms()
+        now = self._wall_ms()
+        was_open = self.state.breaker.open
+        self.state = self.state.flushed(now, remaining=report.remaining,
+                                        settled_during=report.settled,
+                                        settled=self._observe().settled, probe=after.probe,
+                                        budget_ms=budget_ms)
+        if after.probe:
+            self._log.info("breaker.probe", remaining=report.remaining, settled=report.settled,
+                           next_probe_ms=self.state.breaker.next_probe_ms)
+        elif self.state.breaker.open and not was_open:
+            self._log.warning("breaker.open", remaining=report.remaining, budget_ms=budget_ms,
+                              hint="the broker did not answer: invocations stop waiting for it "
+                                   "until a record is delivered again; records stay buffered")
+            self._publish()
         if report.remaining:
             self._log.warning("flush.incomplete", remaining=report.remaining,
                               budget_ms=budget_ms, handler_done=done)
         return report
+
+    def _observe(self) -> Observed:
+        observed = self._listener.observe()
+        was_open = self.state.breaker.open
+        self.state = self.state.observe(observed)
+        if was_open and not self.state.breaker.open:
+            self._log.info("breaker.closed", settled=observed.settled, pending=observed.pending)
+            self._publish()
+        return observed
+
+    def _decide(self, moment: Moment) -> Decision:
+        observed = self._observe()
+        decision = decide(self._config.flush, self.state, observed, now_ms=self._wall_ms(),
+                          moment=moment, max_latency_ms=self._config.max_latency_ms)
+        if moment is Moment.INVOKE and self._config.flush.mode is FlushMode.AUTO \
+                and not self.state.breaker.open and decision.deferred != self._deferring:
+            self._deferring = decision.deferred
+            self._log.info("flush.auto", deferring=decision.deferred, reason=decision.reason,
+                           pending=observed.pending, oldest_pending_ms=observed.oldest_pending_ms)
+            self._publish()
+        return decision
+
+    def _publish(self) -> None:
+        arrivals = self.state.arrivals
+        predicted = arrivals.predicted_gap_ms()
+        self._listener.publish({
+            "breaker": self.state.breaker.as_status(),
+            "deferring": bool(self._deferring),
+            "invocations": arrivals.invocations,
+            "predicted_gap_ms": None if predicted is None else round(predicted),
+            "max_latency_ms": self._config.max_latency_ms,
+        })
 
     def shutdown(self, event: ShutdownEvent) -> int:
         """Hand SHUTDOWN to the listener; 0, or 1 (and an exit error) when it raised."""

@@ -12,46 +12,22 @@ then follows what Lambda accepted (``api.events``), not what the variable said.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from kafka_relay.config import LambdaMode
 from kafka_relay.errors import LambdaApiError
 from kafka_relay.lifecycle.api import (
     MANAGED_INSTANCES_TELEMETRY_SCHEMA,
     TELEMETRY_SCHEMA,
-    RegistrationRefused,
 )
-from kafka_relay.lifecycle.events import INVOKE, SHUTDOWN
+from kafka_relay.lifecycle.events import INVOKE
 from kafka_relay.observability.log import JsonLogger
 
 
 class Registrar(Protocol):
     events: list[str]
 
-    def register(self, events: list[str]) -> dict[str, Any]: ...
-
     def subscribe_telemetry(self, uri: str, *, types: list[str], schema: str = ...) -> None: ...
-
-
-def registration_events(mode: LambdaMode) -> list[str]:
-    return [SHUTDOWN] if mode is LambdaMode.MANAGED_INSTANCES else [INVOKE, SHUTDOWN]
-
-
-def register(api: Registrar, mode: LambdaMode, logger: JsonLogger) -> list[str]:
-    """Register for the mode's events; the events Lambda accepted. Raises LambdaApiError
-    when even the SHUTDOWN-only registration fails."""
-    events = registration_events(mode)
-    try:
-        api.register(events)
-    except RegistrationRefused as exc:
-        if INVOKE not in events or "InvalidEventType" not in exc.error_type:
-            raise
-        logger.warning("init.register_shutdown_only", mode=mode.value, error=str(exc),
-                       hint="INVOKE was refused (Lambda Managed Instances?): running with "
-                            "SHUTDOWN only, delivering in the background")
-        events = [SHUTDOWN]
-        api.register(events)
-    return events
 
 
 def shutdown_only(events: list[str]) -> bool:

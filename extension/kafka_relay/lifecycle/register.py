@@ -1,0 +1,113 @@
+"""Register with the Extensions API over a bare socket, before anything else is imported.
+
+Lambda counts init from process start, and ``http.client`` alone (email, ssl, …) costs more
+than the registration itself; the rest of the API client (``api.py``) loads afterwards.
+The status line and the identifier header are what matter; the body only names a refusal.
+Nothing but the C ``_socket`` module is imported (not socket.py with its enum and
+selectors, not json): the caller turns the ``RegisterFailed`` (an OSError) into its log line.
+"""
+
+from __future__ import annotations
+
+import _socket
+
+TYPE_CHECKING = False  # typing and collections cost milliseconds before registering
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class RegisterFailed(OSError):
+    """Registration did not succeed; the message says why (with Lambda's answer)."""
+
+REGISTER_PATH = "/2020-01-01/extension/register"
+_MAX_ANSWER = 64 * 1024
+INVOKE, SHUTDOWN = "INVOKE", "SHUTDOWN"
+# AWS_LAMBDA_INITIALIZATION_TYPE there: extensions may register for SHUTDOWN only.
+MANAGED_INSTANCES = "lambda-managed-instances"
+
+
+class Registration:
+    __slots__ = ("events", "identifier", "refused")
+
+    def __init__(self, identifier: str, events: list[str], refused: str | None) -> None:
+        self.identifier = identifier
+        self.events = events  # what Lambda accepted: the event loop follows these
+        self.refused = refused  # INVOKE refused as an invalid event type: SHUTDOWN only
+
+
+def registration_events(init_type: str | None) -> list[str]:
+    return [SHUTDOWN] if init_type == MANAGED_INSTANCES else [INVOKE, SHUTDOWN]
+
+
+def register_for_mode(
+    address: str, name: str, init_type: str | None,
+    *, post: Callable[[str, str, list[str]], str] | None = None,
+) -> Registration:
+    """Register for the mode's events. Liberal: an INVOKE registration refused as an invalid
+    event type (a managed-instances environment whose variable we did not recognise) is
+    retried for SHUTDOWN only. Any other refusal is raised."""
+    post = post or register
+    events = registration_events(init_type)
+    try:
+        return Registration(post(address, name, events), events, None)
+    except RegisterFailed as exc:
+        if INVOKE not in events or "InvalidEventType" not in str(exc):
+            raise
+        return Registration(post(address, name, [SHUTDOWN]), [SHUTDOWN], str(exc))
+
+
+def register(address: str, name: str, events: list[str], *, timeout_s: float = 10.0) -> str:
+    """The extension identifier Lambda assigned; RegisterFailed naming what went wrong."""
+    if not address:
+        raise RegisterFailed(
+            "AWS_LAMBDA_RUNTIME_API is not set: kafka-relay runs as a Lambda extension "
+            "(from the layer's extensions/ directory), not as a standalone program")
+    host, _, port = address.rpartition(":")
+    body = ('{"events":[' + ",".join(f'"{e}"' for e in events) + "]}").encode()
+    request = (f"POST {REGISTER_PATH} HTTP/1.1\r\nHost: {address}\r\n"
+               f"Lambda-Extension-Name: {name}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    try:
+        sock = _connect(host.strip("[]"), int(port), timeout_s)
+        try:
+            sock.sendall(request)
+            answer = _read_answer(sock)
+        finally:
+            sock.close()
+    except (OSError, ValueError) as exc:
+        raise RegisterFailed(f"POST {REGISTER_PATH} on {address} failed: {exc}") from exc
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    identifier = ""
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "lambda-extension-identifier":
+            identifier = value.strip()
+    if status != 200 or not identifier:
+        raise RegisterFailed(f"register for {events} answered {lines[0]!r} without an extension "
+                             f"identifier: {body[:500].decode('utf-8', 'replace')}")
+    return identifier
+
+
+def _connect(host: str, port: int, timeout_s: float) -> _socket.socket:
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_answer(sock: _socket.socket) -> bytes:
+    """The whole answer (``Connection: close``: until the server closes), bounded."""
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+        if len(data) > _MAX_ANSWER:
+            raise ValueError("the answer is too large")
+    return data

@@ -1,0 +1,148 @@
+"""Flush control against a real broker: the circuit breaker when the broker is down, the bounded
+wait for a handler nothing signals, and an init probe that stops at a transport error."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.kafka_broker import free_port
+from kafka_relay.lifecycle.breaker import PROBE_BUDGET_MS
+from kafka_relay.lifecycle.listener import FlushReport
+from tests.conftest import Broker, ProxiedBroker
+from tests.relay_harness import Harness, running_relay
+
+pytestmark = pytest.mark.integration
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _record_flushes(h: Harness) -> list[int]:
+    """Every flush budget the event loop asks the listener for, in order."""
+    budgets: list[int] = []
+    real = h.parts.listener.flush
+
+    def flush(budget_ms: int) -> FlushReport:
+        budgets.append(budget_ms)
+        return real(budget_ms)
+
+    h.parts.listener.flush = flush  # type: ignore[method-assign]
+    return budgets
+
+
+def _invoke(h: Harness, request_id: str, records: int, *, end: bool = True) -> list[str]:
+    h.client.request_id = request_id
+    ids = h.client.send([{"key": request_id, "value": i} for i in range(records)]).ids
+    if end:
+        h.client.invocation_end()
+    h.loop.invoke({"requestId": request_id, "deadlineMs": _now_ms() + 3000})
+    return ids
+
+
+def test_after_a_failed_flush_invocations_skip_the_broker_until_it_answers_again(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, flush_budget_ms=500,
+                       env_extra={"KAFKA_RELAY_FLUSH": "end"},
+                       producer_overrides={"reconnect.backoff.max.ms": "200"}) as h:
+        budgets = _record_flushes(h)
+        sent = _invoke(h, "before", 5)
+        assert budgets == [500]
+        assert h.parts.relay.counts()["delivered"] == 5
+        proxy.cut()
+        sent += _invoke(h, "first-during", 5)  # bills its budget, then opens the breaker
+        assert len(h.log_events("breaker.open")) == 1
+        assert h.client.status()["flush_control"]["breaker"]["state"] == "open"
+        flushes_when_opened = len(budgets)
+        for n in range(20):
+            sent += _invoke(h, f"during-{n}", 5)
+        # Later invocations flushed only as short probes; every other one called /next at once.
+        later = budgets[flushes_when_opened:]
+        assert all(b == PROBE_BUDGET_MS for b in later)
+        assert len(later) == len(h.log_events("breaker.probe")) < 20
+        assert h.parts.relay.depth()[0] > 0
+        proxy.restore()
+        for n in range(200):  # the pump delivers in the background; an invocation sees it
+            sent += _invoke(h, f"after-{n}", 1)
+            if h.log_events("breaker.closed"):
+                break
+            time.sleep(0.05)
+        assert len(h.log_events("breaker.closed")) == 1
+        assert h.client.status()["flush_control"]["breaker"]["state"] == "closed"
+        flushes_when_closed = len(budgets)
+        sent += _invoke(h, "closed", 5)
+        assert budgets[flushes_when_closed:] == [500]  # a normal flush again
+        deadline = time.monotonic() + 30
+        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
+            h.parts.relay.flush(1.0, retry_now=True)
+        counts = h.parts.relay.counts()
+        assert counts["delivered"] == len(sent)
+        assert h.parts.relay.status()["unaccounted"] == 0
+    got = broker.read(topic, expected=len(sent), timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
+
+
+def test_a_handler_nothing_signals_gets_a_bounded_wait_and_one_warning(
+    broker: Broker, topic: str, tmp_path: Path
+) -> None:
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                       env_extra={"KAFKA_RELAY_FLUSH": "end"}) as h:
+        budgets = _record_flushes(h)
+        sent: list[str] = []
+        for n in range(3):  # the invocation deadline is 3 s away; no end call, no telemetry
+            sent += _invoke(h, f"unsignalled-{n}", 5, end=False)
+        assert len(budgets) == 3  # each still flushed, after the bounded wait
+        assert h.parts.relay.counts()["delivered"] == 15
+        (warning,) = h.log_events("handler.end_unsignalled")
+        assert "relay_handler" in warning["hint"]
+        assert "KAFKA_RELAY_TELEMETRY" in warning["hint"]
+        assert warning["ended_by"] == "quiet"  # not the 3 s to the invocation's deadline
+        # Once an end signal arrives, the extension waits for it again (no early flush).
+        sent += _invoke(h, "signalled", 5)
+        assert h.parts.signals.seen_any
+    got = broker.read(topic, expected=len(sent), timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
+
+
+def test_an_unreachable_broker_ends_the_init_probe_at_the_transport_error(
+    tmp_path: Path
+) -> None:
+    closed_port = free_port()  # nothing listens: connections are refused
+    with running_relay(f"127.0.0.1:{closed_port}", tmp_path, init_probe_ms=10_000) as h:
+        (unreachable,) = h.log_events("init.broker_unreachable")
+        ready: list[dict[str, Any]] = h.log_events("init.ready")
+    assert unreachable["probe_ended_by"] == "transport_error"
+    assert ready[0]["broker_state"] == "unknown"
+
+
+def test_a_flush_to_a_silent_broker_stops_when_nothing_settles_not_at_its_budget(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, flush_budget_ms=60_000,
+                       env_extra={"KAFKA_RELAY_FLUSH": "end"}) as h:
+        sent = _invoke(h, "before", 5)
+        proxy.pause()  # connections stay open, nothing answers
+        h.client.request_id = "silent"
+        sent += h.client.send([{"key": "silent", "value": i} for i in range(5)]).ids
+        h.client.invocation_end()
+        # The invocation deadline is far away; the budget is a minute.
+        h.loop.invoke({"requestId": "silent", "deadlineMs": _now_ms() + 120_000})
+        (stalled,) = h.log_events("flush.stalled")
+        assert stalled["remaining"] == 5
+        assert len(h.log_events("breaker.open")) == 1
+        proxy.resume()
+        deadline = time.monotonic() + 30
+        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
+            h.parts.relay.flush(1.0, retry_now=True)
+        assert h.parts.relay.counts()["delivered"] == len(sent)
+    got = broker.read(topic, expected=len(sent), timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
