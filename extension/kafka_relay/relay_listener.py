@@ -106,7 +106,8 @@ class RelayListener:
         pending, _ = self._engine.depth()
         return Observed(pending=pending, oldest_pending_ms=self._engine.oldest_pending_ms(),
                         settled=counts["delivered"] + counts["dead_lettered"],
-                        broker_up=self._engine.broker_state is BrokerState.UP)
+                        broker_up=self._engine.broker_state is BrokerState.UP,
+                        stopped=self._engine.failure)
 
     def flush(self, budget_ms: int) -> FlushReport:
         """Flush in slices; stop once nothing has settled for ``STALL_S`` while records are

@@ -261,6 +261,20 @@ def test_an_unexpected_error_spills_through_shutdown_then_reports_an_exit_error(
     assert [e["event"] for e in log if e["level"] == "ERROR"] == ["lifecycle.crashed"]
 
 
+def test_a_delivery_that_stopped_for_good_releases_everything_and_asks_for_a_new_environment(
+) -> None:
+    api = ScriptedApi(_invoke("r1"), _invoke("r2"))
+    listener = RecordingListener(observed=Observed(stopped="OverflowError: pump bug"))
+    code, log = _run(api, listener)
+    assert code == 1
+    assert listener.names() == ["on_invoke", "handler_done", "flush", "invocation_done",
+                                "shutdown"]
+    assert listener.calls[-1][1].reason == "delivery_stopped"
+    assert [t for t, _ in api.exit_errors] == ["Extension.RuntimeError"]
+    assert "OverflowError: pump bug" in api.exit_errors[0][1]
+    assert "lifecycle.delivery_stopped" in [e["event"] for e in log]
+
+
 def test_a_missing_deadline_falls_back_to_the_flush_budget() -> None:
     listener = RecordingListener()
     _run(ScriptedApi(_invoke("r1", deadline_ms=None), _SHUTDOWN), listener)

@@ -88,6 +88,9 @@ class EventLoop:
             event = parsed.event
             if isinstance(event, InvokeEvent):
                 self.invoke(event)
+                stopped = self._delivery_stopped()
+                if stopped is not None:
+                    return self._restart_environment(stopped)
             elif isinstance(event, ShutdownEvent):
                 return self.shutdown(event)
             elif isinstance(event, UnknownEvent):
@@ -188,6 +191,26 @@ class EventLoop:
             self._exit_error(f"kafka-relay failed while shutting down: {exc!r}")
             return 1
         return 0
+
+    def _delivery_stopped(self) -> str | None:
+        try:
+            return self._listener.observe().stopped
+        except Exception as exc:
+            self._log.error("lifecycle.listener_failed", step="observe", error=repr(exc))
+            return None
+
+    def _restart_environment(self, why: str) -> int:
+        """Delivery stopped for good (its records were spilled then): release everything and
+        ask Lambda for a fresh environment, whose extension delivers again."""
+        self._log.error("lifecycle.delivery_stopped", error=why)
+        try:
+            self._listener.shutdown(ShutdownEvent("delivery_stopped", self._lost_deadline()))
+        except Exception as exc:
+            self._log.error("lifecycle.shutdown_failed", error=repr(exc))
+        self._exit_error(f"kafka-relay's delivery stopped ({why}); everything it held was "
+                         "spilled (KAFKA_RELAY_SPILL log lines or S3: replay them with "
+                         "python -m kafka_relay.replay); Lambda restarts the environment")
+        return 1
 
     def _lost_deadline(self) -> int:
         return self._wall_ms() + _LOST_API_BUDGET_MS

@@ -50,6 +50,7 @@ class Observed:
     oldest_pending_ms: int = 0  # age of the oldest of them (0: none)
     settled: int = 0  # delivered + dead-lettered so far (grows while the broker answers)
     broker_up: bool = True  # the last delivery succeeded
+    stopped: str | None = None  # delivery stopped for good (the pump died): why
 
 
 @dataclass(frozen=True)
