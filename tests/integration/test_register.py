@@ -88,3 +88,29 @@ def test_registering_imports_nothing_heavy() -> None:
     heavy = {"typing", "json", "http.client", "socket", "kafka_relay.config",
              "kafka_relay.errors", "confluent_kafka", "argparse", "enum"}
     assert loaded & heavy == set()
+
+
+def test_an_answer_from_a_server_that_keeps_the_connection_open_is_read_by_its_length() -> None:
+    """A server ignoring ``Connection: close`` must not hold registration until a timeout."""
+    import socket  # noqa: PLC0415 - only this test talks raw sockets
+
+    answer = (b"HTTP/1.1 200 OK\r\nLambda-Extension-Identifier: ext-9\r\n"
+              b"Content-Length: 2\r\n\r\n{}")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        held: list[socket.socket] = []
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.sendall(answer)
+            held.append(conn)  # kept open past the answer
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            address = f"127.0.0.1:{server.getsockname()[1]}"
+            assert register(address, "kafka-relay", ["INVOKE"], timeout_s=5) == "ext-9"
+        finally:
+            thread.join(timeout=5)
+            for conn in held:
+                conn.close()

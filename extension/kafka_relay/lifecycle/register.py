@@ -104,10 +104,26 @@ def _connect(host: str, port: int, timeout_s: float) -> _socket.socket:
 
 
 def _read_answer(sock: _socket.socket) -> bytes:
-    """The whole answer (``Connection: close``: until the server closes), bounded."""
+    """The answer: its head and, by ``Content-Length``, its body; without one, until the
+    server closes (we asked for ``Connection: close``). Bounded in size; a server that keeps
+    the connection open anyway is not waited for once the announced body is in."""
     data = b""
+    expected: int | None = None
     while chunk := sock.recv(4096):
         data += chunk
         if len(data) > _MAX_ANSWER:
             raise ValueError("the answer is too large")
+        head, found, body = data.partition(b"\r\n\r\n")
+        if found and expected is None:
+            expected = _content_length(head)
+        if expected is not None and len(body) >= expected:
+            break
     return data
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return None
