@@ -40,6 +40,56 @@ class EventSource(Protocol):
     def exit_error(self, error_type: str, message: str) -> None: ...
 
 
+class Ending:
+    """How both event loops end: SHUTDOWN goes to the listener (which drains and spills), and
+    whatever fails on the way is reported to Lambda as an exit error."""
+
+    def __init__(self, shutdown: Callable[[ShutdownEvent], object], logger: JsonLogger, *,
+                 api: EventSource | None, wall_ms: Callable[[], int]) -> None:
+        self._shutdown = shutdown
+        self._log = logger
+        self._api = api
+        self._wall_ms = wall_ms
+
+    def lost_deadline(self) -> int:
+        """Without a deadline from Lambda (lost API, malformed event): the external budget."""
+        return self._wall_ms() + _LOST_API_BUDGET_MS
+
+    def shutdown(self, event: ShutdownEvent) -> int:
+        """Hand SHUTDOWN to the listener; 0, or 1 (and an exit error) when it raised."""
+        if event.deadline_ms is None:
+            event = ShutdownEvent(event.reason, self.lost_deadline())
+        try:
+            self._shutdown(event)
+        except Exception as exc:
+            self._log.error("lifecycle.shutdown_failed", error=repr(exc))
+            self.exit_error(f"kafka-relay failed while shutting down: {exc!r}")
+            return 1
+        return 0
+
+    def crashed(self, exc: Exception) -> int:
+        """A bug in a loop: still drain and spill, then report it."""
+        self._log.error("lifecycle.crashed", error=repr(exc))
+        try:
+            self._shutdown(ShutdownEvent("error", self.lost_deadline()))
+        except Exception as again:
+            self._log.error("lifecycle.shutdown_failed", error=repr(again))
+        self.exit_error(f"kafka-relay's event loop stopped unexpectedly: {exc!r}")
+        return 1
+
+    def exit_error(self, message: str) -> None:
+        if self._api is None:
+            return
+        try:
+            self._api.exit_error(RUNTIME_ERROR, message)
+        except Exception as exc:  # the API is gone too: the log line is all that is left
+            self._log.error("lifecycle.exit_error_failed", error=repr(exc))
+
+    def note(self, parsed: Parsed) -> None:
+        for note in parsed.notes:
+            self._log.info("lifecycle.event_note", note=note)
+
+
 class EventLoop:
     def __init__(
         self,
@@ -58,6 +108,7 @@ class EventLoop:
         self.state = FlushState(last_flush_ms=wall_ms())
         self.invocations = 0
         self._deferring: bool | None = None  # auto's last choice, to log its changes
+        self._ending = Ending(listener.shutdown, logger, api=api, wall_ms=wall_ms)
 
     def run(self) -> int:
         """Serve events until SHUTDOWN; the process exit code.
@@ -67,13 +118,7 @@ class EventLoop:
         try:
             return self._serve()
         except Exception as exc:
-            self._log.error("lifecycle.crashed", error=repr(exc))
-            try:
-                self._listener.shutdown(ShutdownEvent("error", self._lost_deadline()))
-            except Exception as again:
-                self._log.error("lifecycle.shutdown_failed", error=repr(again))
-            self._exit_error(f"kafka-relay's event loop stopped unexpectedly: {exc!r}")
-            return 1
+            return self._ending.crashed(exc)
 
     def _serve(self) -> int:
         assert self._api is not None, "the event loop needs the Extensions API"
@@ -82,9 +127,9 @@ class EventLoop:
                 raw = self._api.next_event()
             except LambdaApiError as exc:
                 self._log.error("lifecycle.next_failed", error=str(exc))
-                return self.shutdown(ShutdownEvent("next_failed", self._lost_deadline()))
+                return self.shutdown(ShutdownEvent("next_failed", None))
             parsed = parse_event(raw)
-            self._note(parsed)
+            self._ending.note(parsed)
             event = parsed.event
             if isinstance(event, InvokeEvent):
                 self.invoke(event)
@@ -182,15 +227,7 @@ class EventLoop:
 
     def shutdown(self, event: ShutdownEvent) -> int:
         """Hand SHUTDOWN to the listener; 0, or 1 (and an exit error) when it raised."""
-        if event.deadline_ms is None:
-            event = ShutdownEvent(event.reason, self._lost_deadline())
-        try:
-            self._listener.shutdown(event)
-        except Exception as exc:
-            self._log.error("lifecycle.shutdown_failed", error=repr(exc))
-            self._exit_error(f"kafka-relay failed while shutting down: {exc!r}")
-            return 1
-        return 0
+        return self._ending.shutdown(event)
 
     def _delivery_stopped(self) -> str | None:
         try:
@@ -203,26 +240,9 @@ class EventLoop:
         """Delivery stopped for good (its records were spilled then): release everything and
         ask Lambda for a fresh environment, whose extension delivers again."""
         self._log.error("lifecycle.delivery_stopped", error=why)
-        try:
-            self._listener.shutdown(ShutdownEvent("delivery_stopped", self._lost_deadline()))
-        except Exception as exc:
-            self._log.error("lifecycle.shutdown_failed", error=repr(exc))
-        self._exit_error(f"kafka-relay's delivery stopped ({why}); everything it held was "
-                         "spilled (KAFKA_RELAY_SPILL log lines or S3: replay them with "
-                         "python -m kafka_relay.replay); Lambda restarts the environment")
+        if self._ending.shutdown(ShutdownEvent("delivery_stopped", None)) == 0:
+            self._ending.exit_error(
+                f"kafka-relay's delivery stopped ({why}); everything it held was spilled "
+                "(KAFKA_RELAY_SPILL log lines or S3: replay them with python -m "
+                "kafka_relay.replay); Lambda restarts the environment")
         return 1
-
-    def _lost_deadline(self) -> int:
-        return self._wall_ms() + _LOST_API_BUDGET_MS
-
-    def _note(self, parsed: Parsed) -> None:
-        for note in parsed.notes:
-            self._log.info("lifecycle.event_note", note=note)
-
-    def _exit_error(self, message: str) -> None:
-        if self._api is None:
-            return
-        try:
-            self._api.exit_error(RUNTIME_ERROR, message)
-        except Exception as exc:  # the API is gone too: the log line is all that is left
-            self._log.error("lifecycle.exit_error_failed", error=repr(exc))

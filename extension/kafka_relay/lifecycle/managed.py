@@ -19,11 +19,10 @@ from typing import Protocol
 from kafka_relay.errors import LambdaApiError
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent, UnknownEvent, parse_event
 from kafka_relay.lifecycle.listener import ShutdownSummary
-from kafka_relay.lifecycle.loop import RUNTIME_ERROR, EventSource
+from kafka_relay.lifecycle.loop import Ending, EventSource
 from kafka_relay.observability.log import JsonLogger
 
 TICK_S = 0.25
-_LOST_API_BUDGET_MS = 1_500
 
 
 class BackgroundListener(Protocol):
@@ -42,10 +41,10 @@ class BackgroundLoop:
         self._log = logger
         self._api = api
         self._tick_s = tick_s
-        self._wall_ms = wall_ms
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_forever, name="kafka-relay-ticker",
                                         daemon=True)
+        self._ending = Ending(listener.shutdown, logger, api=api, wall_ms=wall_ms)
         self.ticks = 0
 
     def run(self) -> int:
@@ -59,8 +58,7 @@ class BackgroundLoop:
                     self._log.error("lifecycle.next_failed", error=str(exc))
                     return self._shutdown(ShutdownEvent("next_failed", None))
                 parsed = parse_event(raw)
-                for note in parsed.notes:
-                    self._log.info("lifecycle.event_note", note=note)
+                self._ending.note(parsed)
                 event = parsed.event
                 if isinstance(event, ShutdownEvent):
                     return self._shutdown(event)
@@ -69,10 +67,8 @@ class BackgroundLoop:
                 elif isinstance(event, UnknownEvent):
                     self._log.warning("lifecycle.unknown_event", event_type=event.event_type)
         except Exception as exc:  # a bug in this loop: still drain before reporting it
-            self._log.error("lifecycle.crashed", error=repr(exc))
-            self._shutdown(ShutdownEvent("error", None))
-            self._exit_error(f"kafka-relay's event loop stopped unexpectedly: {exc!r}")
-            return 1
+            self._stop_ticker()
+            return self._ending.crashed(exc)
 
     def _tick_forever(self) -> None:
         while not self._stop.wait(self._tick_s):
@@ -82,22 +78,11 @@ class BackgroundLoop:
                 self._log.error("lifecycle.tick_failed", error=repr(exc))
             self.ticks += 1
 
-    def _shutdown(self, event: ShutdownEvent) -> int:
+    def _stop_ticker(self) -> None:
         self._stop.set()
         if self._ticker.is_alive() and self._ticker is not threading.current_thread():
             self._ticker.join(timeout=0.5)
-        if event.deadline_ms is None:
-            event = ShutdownEvent(event.reason, self._wall_ms() + _LOST_API_BUDGET_MS)
-        try:
-            self._listener.shutdown(event)
-        except Exception as exc:
-            self._log.error("lifecycle.shutdown_failed", error=repr(exc))
-            self._exit_error(f"kafka-relay failed while shutting down: {exc!r}")
-            return 1
-        return 0
 
-    def _exit_error(self, message: str) -> None:
-        try:
-            self._api.exit_error(RUNTIME_ERROR, message)
-        except Exception as exc:
-            self._log.error("lifecycle.exit_error_failed", error=repr(exc))
+    def _shutdown(self, event: ShutdownEvent) -> int:
+        self._stop_ticker()
+        return self._ending.shutdown(event)
