@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError
 
 from kafka_relay.config import MSK_IAM, Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
+from kafka_relay.delivery.probe import probe_broker
 from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
@@ -131,7 +132,7 @@ def _probe(relay: DeliveryEngine, auth_errors: list[KafkaError],
         return None
 
     started = time.monotonic()
-    error = relay.probe(config.init_probe_ms / 1000, unreachable=unreachable)
+    error = probe_broker(relay.pump, config.init_probe_ms / 1000, unreachable=unreachable)
     if error is not None and not auth_errors:
         logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers,
                        probe_ended_by=ended_by[0] if ended_by else "timeout",

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka_relay.delivery.engine import DeliveryEngine
+from kafka_relay.delivery.probe import probe_broker
 from kafka_relay.lifecycle.events import InvokeEvent
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import IdSource
@@ -88,7 +89,7 @@ class SnapStartGate:
             threading.Thread(target=self._probe, name="kafka-relay-probe", daemon=True).start()
 
     def _probe(self) -> None:
-        error = self._engine.probe(self._probe_s)
+        error = probe_broker(self._engine.pump, self._probe_s)
         if error is not None:
             self._log.warning("snapstart.broker_unreachable", error=error)
 

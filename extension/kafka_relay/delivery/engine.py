@@ -11,13 +11,12 @@ predecessor journaled, and a clean ``drain`` leaves no journal behind.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.budget import buffer_limits, drain_plan
@@ -28,8 +27,6 @@ from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillChain
-
-_PROBE_POLL_S = 0.02
 
 __all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Watch"]
 
@@ -156,32 +153,6 @@ class DeliveryEngine:
     def producer(self) -> ProducerLike:
         """The current producer (the same object across invocations until a rebuild)."""
         return self.pump.producer
-
-    def probe(self, timeout_s: float, *,
-              unreachable: Callable[[], str | None] = lambda: None) -> str | None:
-        """Open the first broker connection now; the error when the broker did not answer.
-        The metadata request runs on a helper thread so that ``unreachable()`` naming a
-        transport error (checked every few ms) ends the wait early."""
-        answer: list[str | None] = []
-        done = threading.Event()
-
-        def ask() -> None:
-            try:
-                self.pump.producer.list_topics(timeout=timeout_s)
-                answer.append(None)
-            except KafkaException as exc:
-                answer.append(str(exc.args[0]))
-            finally:
-                done.set()
-
-        threading.Thread(target=ask, name="kafka-relay-probe", daemon=True).start()
-        while not done.wait(_PROBE_POLL_S):
-            given_up = unreachable()
-            if given_up is not None:
-                return given_up
-        if answer[0] is None:
-            self.pump.broker_state = BrokerState.UP
-        return answer[0]
 
     def on_client_error(self, error: KafkaError) -> None:
         self.pump.on_client_error(error)
