@@ -22,7 +22,7 @@ from kafka_relay.lifecycle.loop import EventLoop
 from kafka_relay.lifecycle.managed import BackgroundLoop
 from kafka_relay.lifecycle.modes import shutdown_only, subscribe
 from kafka_relay.lifecycle.telemetry import TelemetryListener
-from kafka_relay.mode_parts import ModeParts
+from kafka_relay.modes.parts import ModeParts
 from kafka_relay.observability.log import JsonLogger, librdkafka_logger
 from kafka_relay.producer.classify import describe, is_auth_failure
 from kafka_relay.producer.credentials import MskIam

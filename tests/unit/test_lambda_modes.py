@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafka_relay.accounting import AccountedSignals, RequestAccounting
 from kafka_relay.client import RelayClient
 from kafka_relay.config import LambdaMode, lambda_mode, load_config
 from kafka_relay.delivery.engine import DeliveryEngine
@@ -24,10 +23,11 @@ from kafka_relay.lifecycle.listener import ShutdownSummary
 from kafka_relay.lifecycle.managed import BackgroundLoop
 from kafka_relay.lifecycle.modes import subscribe
 from kafka_relay.lifecycle.register import RegisterFailed, register_for_mode
+from kafka_relay.modes.accounting import AccountedSignals, RequestAccounting
+from kafka_relay.modes.snapstart import REFUSAL, SnapStartGate
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import TOKEN_SOURCES, handoff_token
 from kafka_relay.record import Record
-from kafka_relay.snapstart import REFUSAL, SnapStartGate
 from tests.unit.engine_fakes import Rig
 
 # -- detection and configuration -----------------------------------------------------------

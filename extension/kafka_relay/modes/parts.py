@@ -15,18 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka_relay.accounting import AccountedSignals, RequestAccounting
 from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.handoff.server import DeliveryPort, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.loop import EventSource
 from kafka_relay.lifecycle.managed import BackgroundLoop
-from kafka_relay.managed_listener import ManagedListener
+from kafka_relay.modes.accounting import AccountedSignals, RequestAccounting
+from kafka_relay.modes.managed import ManagedListener
+from kafka_relay.modes.snapstart import RestoringListener, SnapStartGate, new_ids
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import IdSource
 from kafka_relay.relay_listener import RelayListener
-from kafka_relay.snapstart import RestoringListener, SnapStartGate, new_ids
 
 
 @dataclass

@@ -18,10 +18,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kafka_relay.accounting import RequestAccounting
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.lifecycle.events import ShutdownEvent
 from kafka_relay.lifecycle.listener import ShutdownSummary
+from kafka_relay.modes.accounting import RequestAccounting
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.observability.metrics import emf_line
 from kafka_relay.relay_listener import RelayListener

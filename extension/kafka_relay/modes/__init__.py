@@ -1,0 +1,1 @@
+"""What differs per Lambda mode (managed instances, SnapStart) in the assembled extension."""
