@@ -107,7 +107,9 @@ def test_a_256_mb_function_with_a_stalled_broker_answers_429_at_its_limit_and_lo
         assert 0 < limits["bytes"] < 64 * 1024 * 1024, "derived from the spill rate and memory"
         _invoke(h, "warm", 10)
         proxy.pause()  # the broker stops answering: everything from now on stays pending
-        busy = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=0.3)
+        # A short budget, so that a 429 turns into RelayBusy soon; long enough for a POST
+        # to be answered on a loaded machine.
+        busy = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=3.0)
         accepted: list[str] = []
         refused: RelayBusy | None = None
         for n in range(10_000):  # bounded: the limit is reached long before
