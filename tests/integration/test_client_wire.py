@@ -58,7 +58,7 @@ def test_a_read_timeout_is_retried_with_the_same_idempotency_key() -> None:
         return accept(seen)
 
     with fake_relay(script) as relay:
-        client = RelayClient(env={}, port=relay.port, attempt_timeout_s=0.2)
+        client = RelayClient(env={}, port=relay.port, attempt_timeout_s=1.0)
         assert client.send(RECORDS).accepted == 3
         keys = _keys(relay.records_requests())
     assert len(keys) == 2

@@ -184,7 +184,7 @@ def test_a_full_buffer_is_429_with_retry_after_and_the_client_gives_up_clearly(
         assert status == 429
         assert int(headers["Retry-After"]) >= 1
         assert "KAFKA_RELAY_MAX_BUFFER_RECORDS" in str(reply["error"])
-        busy = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=0.3)
+        busy = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=3.0)
         with pytest.raises(RelayBusy, match="NOT accepted"):
             busy.send([{"key": "late", "value": 1}])
         assert h.parts.relay.counts()["accepted"] == 3
