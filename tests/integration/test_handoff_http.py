@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,7 +19,7 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from kafka_relay.client import RelayClient
-from kafka_relay.config import FlushStrategy
+from kafka_relay.config import Config, FlushStrategy
 from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
@@ -75,13 +74,17 @@ def _status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
+def _state(h: Harness, config: Config) -> HandoffState:
+    """A second server's state over the harness's engine (its own signals, log and ids)."""
+    return HandoffState(config=config, relay=h.parts.relay, signals=HandlerSignals(),
+                        logger=JsonLogger(stream=io.StringIO()), ids=IdSource(), started=0.0)
+
+
 @contextmanager
 def _second_server(h: Harness, **options: float) -> Iterator[HandoffServer]:
     """Another handoff server over the same engine, with test-sized timeouts and caps."""
-    state = HandoffState(config=replace(h.config, port=free_port()), relay=h.parts.relay,
-                         signals=HandlerSignals(), logger=JsonLogger(stream=io.StringIO()),
-                         ids=IdSource(), started=time.monotonic())
-    server = HandoffServer(state, **options)  # type: ignore[arg-type]
+    server = HandoffServer(_state(h, replace(h.config, port=free_port())),
+                           **options)  # type: ignore[arg-type]
     server.start()
     try:
         yield server
@@ -248,34 +251,24 @@ def test_wait_delivered_uses_the_requests_own_timeout(tmp_path: Path) -> None:
 def test_a_port_in_use_is_an_init_error_naming_kafka_relay_port(
     broker: Broker, tmp_path: Path
 ) -> None:
-    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h:
-        state = HandoffState(config=h.config, relay=h.parts.relay, signals=HandlerSignals(),
-                             logger=JsonLogger(stream=io.StringIO()), ids=IdSource(),
-                             started=0.0)
-        with pytest.raises(PortInUseError, match="KAFKA_RELAY_PORT"):
-            HandoffServer(state)
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h, \
+            pytest.raises(PortInUseError, match="KAFKA_RELAY_PORT"):
+        HandoffServer(_state(h, h.config))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may bind low ports")
 def test_a_privileged_port_is_an_init_error_naming_kafka_relay_port(
     broker: Broker, tmp_path: Path
 ) -> None:
-    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h:
-        state = HandoffState(config=replace(h.config, port=80), relay=h.parts.relay,
-                             signals=HandlerSignals(), logger=JsonLogger(stream=io.StringIO()),
-                             ids=IdSource(), started=0.0)
-        with pytest.raises(ConfigError, match="KAFKA_RELAY_PORT=80"):
-            HandoffServer(state)
-
-
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h, \
+            pytest.raises(ConfigError, match="KAFKA_RELAY_PORT=80"):
+        HandoffServer(_state(h, replace(h.config, port=80)))
 
 
 def test_an_address_it_cannot_bind_is_an_init_error_naming_kafka_relay_port(
     broker: Broker, tmp_path: Path
 ) -> None:
-    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h:
-        state = HandoffState(config=h.config, relay=h.parts.relay, signals=HandlerSignals(),
-                             logger=JsonLogger(stream=io.StringIO()), ids=IdSource(),
-                             started=0.0)
-        with pytest.raises(ConfigError, match="KAFKA_RELAY_PORT"):
-            HandoffServer(state, host="192.0.2.1")  # TEST-NET-1: not an address of this host
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h, \
+            pytest.raises(ConfigError, match="KAFKA_RELAY_PORT"):
+        # TEST-NET-1: not an address of this host (nothing is sent, the bind fails)
+        HandoffServer(_state(h, h.config), host="192.0.2.1")
