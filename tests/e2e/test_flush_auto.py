@@ -123,7 +123,11 @@ def test_records_deferred_before_a_freeze_longer_than_the_bound_go_out_at_the_ne
     switches = _switches(lines)
     assert switches[:3] == [False, True, False], "the long gap made auto flush again"
     after_freeze = [e for e in events_named(lines, "flush.auto") if not e["deferring"]][1]
-    assert "sparse" in after_freeze["reason"] or "oldest record" in after_freeze["reason"]
+    # Why it flushes again: the gap (sparse), the oldest record's age, or — when the records
+    # frozen past message.timeout.ms failed on the thaw and are being re-sent — that no
+    # delivery has been confirmed since. Each is a reason not to defer; none is "deferred".
+    assert any(why in after_freeze["reason"]
+               for why in ("sparse", "oldest record", "no delivery confirmed"))
     _assert_all_delivered(lines, broker, topic, sent)
 
 
