@@ -38,6 +38,7 @@ from pathlib import Path
 
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
+from kafka_relay.spill.sinks import quarantine
 
 FILE_PREFIX = "kafka-relay-journal-"
 FILE_GLOB = f"{FILE_PREFIX}*.bin"
@@ -47,7 +48,6 @@ VERSION = 1
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # marshal's format follows it
 _FRAME = struct.Struct("<4sI")  # magic, payload length
 _MAGIC = b"KRJ1"
-QUARANTINE_SUFFIX = ".corrupt"
 SEGMENT_BYTES = 1024 * 1024  # a new segment past this: bounds duplicates after a crash
 MAX_RECOVERIES = 3  # records restored this often without settling: spilled, not restored
 
@@ -247,7 +247,7 @@ class Journal:
             try:
                 found, times = _read_segment(path)
             except Exception as exc:  # one bad file must not stop the rest, nor the extension
-                self._quarantine(path, exc)
+                quarantine(path, exc, self._log, kind="journal")
                 continue
             kept.append(path)
             recovered = max(recovered, times)
@@ -259,16 +259,6 @@ class Journal:
         """Leftover files whose records are journaled again (or settled)."""
         for path in files:
             self._unlink(path)
-
-    def _quarantine(self, path: Path, exc: BaseException) -> None:
-        target = path.with_name(path.name + QUARANTINE_SUFFIX)
-        try:
-            os.replace(path, target)
-        except OSError as move_error:
-            self._log.error("journal.quarantine_failed", file=str(path), error=str(move_error))
-            return
-        self._log.error("journal.quarantined", file=str(path), moved_to=str(target),
-                        error=f"{type(exc).__name__}: {exc}")
 
     # -- reading -------------------------------------------------------------------------
 

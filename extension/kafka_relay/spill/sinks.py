@@ -192,7 +192,7 @@ class SpoolSink:
                 records.extend(self._read(path))
                 path.unlink()
             except Exception as exc:  # whatever is wrong with one file must not stop the rest
-                self._quarantine(path, exc)
+                quarantine(path, exc, self._log, kind="spool")
         return records
 
     @staticmethod
@@ -203,15 +203,19 @@ class SpoolSink:
             raise ValueError("no kafka-relay spool header on the first line")
         return read_ndjson(text)
 
-    def _quarantine(self, path: Path, exc: BaseException) -> None:
-        target = path.with_name(path.name + QUARANTINE_SUFFIX)
-        try:
-            os.replace(path, target)
-        except OSError as move_error:
-            self._log.error("spool.quarantine_failed", file=str(path), error=str(move_error))
-            return
-        self._log.error("spool.quarantined", file=str(path), moved_to=str(target),
-                        error=f"{type(exc).__name__}: {exc}")
+
+
+def quarantine(path: Path, exc: BaseException, logger: JsonLogger, *, kind: str) -> None:
+    """Move one of our files that cannot be read out of the way (``*.corrupt``) and log it:
+    it must neither stop the extension nor be read again at the next start."""
+    target = path.with_name(path.name + QUARANTINE_SUFFIX)
+    try:
+        os.replace(path, target)
+    except OSError as move_error:
+        logger.error(f"{kind}.quarantine_failed", file=str(path), error=str(move_error))
+        return
+    logger.error(f"{kind}.quarantined", file=str(path), moved_to=str(target),
+                 error=f"{type(exc).__name__}: {exc}")
 
 
 class SpillChain:
