@@ -148,6 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = IDLE_TIMEOUT_S  # socket timeout while waiting for the next request
     body_deadline_s = BODY_DEADLINE_S
+    _linger = False  # the body was not read: drain it after the answer (LINGER_S)
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -214,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             route(body)
         except _HttpError as exc:
             self._send(exc.status, {"error": str(exc)})
-            if getattr(self, "_linger", False):
+            if self._linger:
                 self._drain_unread()
         except Exception as exc:  # a bug must not drop the connection without an answer
             self.server.state.logger.error("handoff.failed", error=repr(exc))
