@@ -52,7 +52,7 @@ class Parts:
 
     def background_loop(self, api: ExtensionsApi) -> BackgroundLoop | None:
         """The SHUTDOWN-only loop when Lambda sends no INVOKE (managed instances), else None."""
-        return self.modes.background_loop(self.listener, self.relay, self.config, self.logger,
+        return self.modes.background_loop(self.listener, self.relay, self.logger,
                                           api)
 
 

@@ -188,24 +188,34 @@ class RelayListener:
     def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
         """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
         the last report."""
-        now = self._engine.counts()
-        delta = {k: now[k] - self._reported[k] for k in now}
-        self._reported = now
+        delta = self.take_delta()
         depth, _ = self._engine.depth()
         if invocation:
             self._log.info("invocation.done", accepted=delta["accepted"],
                            delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
                            spilled=delta["spilled"], spooled=delta["spooled"],
                            restored=delta["restored"], pending=depth, flush_ms=flush_ms)
-        self._log.write_raw(emf_line(
-            {
-                "RecordsAccepted": delta["accepted"],
-                "RecordsDelivered": delta["delivered"],
-                "RecordsDeadLettered": delta["dead_lettered"],
-                "RecordsSpilled": delta["spilled"],
-                "RecordsRejected": delta["rejected"],
-                "FlushMs": flush_ms,
-                "BufferDepth": depth,
-            },
-            function_name=self._config.function_name, timestamp_ms=self._wall_ms(),
-        ))
+        self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
+
+    def take_delta(self) -> dict[str, int]:
+        """The counts' change since the last report (every count is reported once)."""
+        now = self._engine.counts()
+        delta = {k: now[k] - self._reported[k] for k in now}
+        self._reported = now
+        return delta
+
+    def write_metrics(self, delta: dict[str, int], *, depth: int,
+                      flush_ms: float | None = None) -> None:
+        """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed)."""
+        metrics: dict[str, float] = {
+            "RecordsAccepted": delta["accepted"],
+            "RecordsDelivered": delta["delivered"],
+            "RecordsDeadLettered": delta["dead_lettered"],
+            "RecordsSpilled": delta["spilled"],
+            "RecordsRejected": delta["rejected"],
+            "BufferDepth": depth,
+        }
+        if flush_ms is not None:
+            metrics["FlushMs"] = flush_ms
+        self._log.write_raw(emf_line(metrics, function_name=self._config.function_name,
+                                     timestamp_ms=self._wall_ms()))

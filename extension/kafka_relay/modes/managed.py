@@ -23,7 +23,6 @@ from kafka_relay.lifecycle.events import ShutdownEvent
 from kafka_relay.lifecycle.listener import ShutdownSummary
 from kafka_relay.modes.accounting import RequestAccounting
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.observability.metrics import emf_line
 from kafka_relay.relay_listener import RelayListener
 
 SPOOL_EVERY_S = 5.0
@@ -32,18 +31,14 @@ METRICS_EVERY_S = 10.0
 
 class ManagedListener:
     def __init__(self, relay_listener: RelayListener, engine: DeliveryEngine,
-                 accounting: RequestAccounting, logger: JsonLogger, *, function_name: str,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 accounting: RequestAccounting, logger: JsonLogger, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._relay_listener = relay_listener
         self._engine = engine
         self._accounting = accounting
         self._log = logger
-        self._function_name = function_name
         self._monotonic = monotonic
-        self._wall_ms = wall_ms
         self._next_spool = self._next_metrics = monotonic()
-        self._metered = engine.counts()
         self._pump_reported = False
         self.requests = 0
 
@@ -75,17 +70,9 @@ class ManagedListener:
             self._log.info("invocation.done", **fields)
 
     def _meter(self) -> None:
-        now = self._engine.counts()
-        delta = {k: now[k] - self._metered[k] for k in now}
-        if not any(delta[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
-                                      "rejected")):
-            return
-        self._metered = now
-        # The SHUTDOWN drain's EMF line counts from the on-demand listener's last report:
-        # move it here, or the periods metered so far would be counted twice.
-        self._relay_listener._reported = now
-        self._log.write_raw(emf_line(
-            {"RecordsAccepted": delta["accepted"], "RecordsDelivered": delta["delivered"],
-             "RecordsDeadLettered": delta["dead_lettered"], "RecordsSpilled": delta["spilled"],
-             "RecordsRejected": delta["rejected"], "BufferDepth": self._engine.depth()[0]},
-            function_name=self._function_name, timestamp_ms=self._wall_ms()))
+        """An EMF line for the last period, when anything happened in it. Through the
+        on-demand listener, so the SHUTDOWN drain's line counts only what came after."""
+        delta = self._relay_listener.take_delta()
+        if any(delta[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
+                                  "rejected")):
+            self._relay_listener.write_metrics(delta, depth=self._engine.depth()[0])

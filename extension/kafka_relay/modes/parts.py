@@ -88,10 +88,8 @@ class ModeParts:
                                         name="kafka-relay-restore", daemon=True).start()
 
     def background_loop(self, listener: RelayListener, engine: DeliveryEngine,
-                        config: Config, logger: JsonLogger,
-                        api: EventSource) -> BackgroundLoop | None:
+                        logger: JsonLogger, api: EventSource) -> BackgroundLoop | None:
         if self.accounting is None:
             return None
-        managed = ManagedListener(listener, engine, self.accounting, logger,
-                                  function_name=config.function_name)
+        managed = ManagedListener(listener, engine, self.accounting, logger)
         return BackgroundLoop(managed, logger, api=api)
