@@ -62,10 +62,6 @@ def ndjson_lines(records: Iterable[Record]) -> Iterator[str]:
         yield record.spill_json() + "\n"
 
 
-def to_ndjson(records: Iterable[Record]) -> str:
-    return "".join(ndjson_lines(records))
-
-
 def spool_header(reason: str) -> str:
     return json.dumps({"format": SPOOL_FORMAT, "version": SPOOL_VERSION, "reason": reason},
                       separators=(",", ":")) + "\n"
