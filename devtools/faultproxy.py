@@ -63,10 +63,6 @@ class FaultProxy(LoopbackProxy):
     def restore(self) -> None:
         self._call(self._listen())
 
-    @property
-    def active_connections(self) -> int:
-        return len(self._conns) // 2
-
     # -- loop side --------------------------------------------------------------
 
     async def _started(self) -> None:

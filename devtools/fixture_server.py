@@ -204,10 +204,6 @@ class FixtureServer(Service):
                 Fault(status, retry_after, delay_s, body, dict(query or {}), times)
             )
 
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
     def put(self, path: str, body: bytes, *, content_type: str | None = None) -> None:
         """Serve ``body`` at ``path`` from now on, as a new version (new ETag, later date)."""
         with self._lock:

@@ -311,10 +311,6 @@ def _headers(raw: Mapping[str, object] | Iterable[tuple[str, object]] | None) ->
     return {str(k): _as_bytes(v) or b"" for k, v in items}
 
 
-def headers_text(headers: Mapping[str, bytes]) -> dict[str, str]:
-    return {k: v.decode() for k, v in headers.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a local Tansu Kafka broker (memory storage).")
     parser.add_argument("--port", type=int, default=None, help="listen port (default: a free one)")
