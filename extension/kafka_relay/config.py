@@ -37,6 +37,16 @@ _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 #: KAFKA_AUTH: how the producer authenticates (unset: derived from the other variables).
 AUTH_MODES = ("msk-iam", "scram", "plain", "none")
 MSK_IAM = "msk-iam"
+#: MSK's listener ports (inside AWS, over public access) by how the client authenticates.
+MSK_PORTS = {MSK_IAM: (9098, 9198), "scram": (9096, 9196), "tls": (9094, 9194)}
+
+
+def msk_listener(kind: str) -> str:
+    """``port 9098 inside AWS, 9198 over public access`` for MSK_PORTS[kind]."""
+    private, public = MSK_PORTS[kind]
+    return f"port {private} inside AWS, {public} over public access"
+
+
 # Where botocore's credential chain finds the role's credentials when the environment
 # has no keys (SnapStart, containers): the container credentials endpoint.
 _CONTAINER_CREDENTIALS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -91,7 +101,7 @@ class Variable:
 BOOTSTRAP = Variable(
     "KAFKA_BOOTSTRAP_SERVERS", None, "host:port[,host:port...]",
     "The brokers (required). MSK: 9098 (IAM), 9096 (SCRAM), 9094 (TLS) inside AWS; 9198, "
-    "9196, 9194 over public access. Confluent Cloud: 9092.",
+    "9196, 9194 over public access (MSK_PORTS). Confluent Cloud: 9092.",
     aliases=("KAFKA_ENDPOINT",), shown_default="required")
 AUTH = Variable(
     "KAFKA_AUTH", None, " | ".join(AUTH_MODES),
@@ -581,8 +591,8 @@ def _msk_iam(env: Mapping[str, str], protocol: str | None, mechanism: str | None
     if given:
         raise ConfigError(
             f"KAFKA_AUTH=msk-iam signs with the execution role, so {' and '.join(given)} "
-            "must not be set: unset them for MSK IAM (port 9098), or use KAFKA_AUTH=scram "
-            "with KAFKA_SECRET_ARN for MSK SCRAM (port 9096)")
+            f"must not be set: unset them for MSK IAM ({msk_listener(MSK_IAM)}), or use "
+            f"KAFKA_AUTH=scram with KAFKA_SECRET_ARN for MSK SCRAM ({msk_listener('scram')})")
     _must(protocol, "KAFKA_SECURITY_PROTOCOL", ("SASL_SSL",), "KAFKA_AUTH=msk-iam")
     _must(mechanism, "KAFKA_SASL_MECHANISM", ("OAUTHBEARER",), "KAFKA_AUTH=msk-iam")
     if region is None:
