@@ -668,7 +668,7 @@ def test_the_env_example_parses_and_names_only_variables_something_reads() -> No
     variables = parse_env_file(example)
     named = set(re.findall(r"\b((?:KAFKA|RSS|POLYMARKET)_[A-Z_]+)=", example.read_text()))
 
-    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_AUTH"}
+    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_AUTH", "KAFKA_SECRET_ARN"}
     assert named - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"} == {
         name for name in named if f'"{name}"' in readers
     } - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"}
