@@ -308,7 +308,7 @@ class Config:
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
     # Write-ahead journal of accepted records (delivery/journal.py). Off by default: it costs
-    # ~20-25% of the handoff's CPU per record (bench/journal_cost.py; README).
+    # ~20-25% of the handoff's CPU per record (bench/journal_cost.py; docs/records.md).
     journal: bool = False
     journal_dir: Path = Path("/tmp/kafka-relay-journal")
     telemetry: bool = True
