@@ -22,13 +22,22 @@ from layer_build.function_env import AUTH_ENVIRONMENTS, OPTIONAL_VARIABLES
 MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
 
 
+def _text(text: str) -> str:
+    """Prose from the code, safe in Markdown: ``<topic>`` is not an HTML tag."""
+    return text.replace("<", "&lt;")
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    return _text(text).replace("|", "\\|")
 
 
 def _default(variable: Variable) -> str:
     text = variable.default_text()
-    return "—" if text == "unset" else f"`{_cell(text)}`"
+    if text == "unset":
+        return "—"
+    if text in ("required", "derived"):
+        return text
+    return "`" + text.replace("|", "\\|") + "`"
 
 
 def _kind(variable: Variable) -> str:
@@ -52,8 +61,8 @@ def auth_environments() -> str:
     for auth in AUTH_ENVIRONMENTS:
         block = "\n".join(auth.lines())
         parts.append(f"**`KAFKA_AUTH={auth.mode}`** — {auth.title}. The execution role "
-                     f"needs {auth.grants}.\n\n```ini\n{block}\n```")
-    optional = "; ".join(f"`{name}` ({meaning})" for name, _value, meaning in
+                     f"needs {_text(auth.grants)}.\n\n```ini\n{block}\n```")
+    optional = "; ".join(f"`{name}` ({_text(meaning)})" for name, _value, meaning in
                          OPTIONAL_VARIABLES)
     parts.append(f"Optional in every mode: {optional}.")
     return "\n\n".join(parts)

@@ -101,7 +101,7 @@ class Variable:
 BOOTSTRAP = Variable(
     "KAFKA_BOOTSTRAP_SERVERS", None, "host:port[,host:port...]",
     "The brokers (required). MSK: 9098 (IAM), 9096 (SCRAM), 9094 (TLS) inside AWS; 9198, "
-    "9196, 9194 over public access (MSK_PORTS). Confluent Cloud: 9092.",
+    "9196, 9194 over public access. Confluent Cloud: 9092.",
     aliases=("KAFKA_ENDPOINT",), shown_default="required")
 AUTH = Variable(
     "KAFKA_AUTH", None, " | ".join(AUTH_MODES),
