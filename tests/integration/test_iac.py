@@ -394,25 +394,27 @@ def test_without_the_optional_settings_the_stack_grants_nothing_extra(aws: MotoS
 TERRAFORM_BIN = shutil.which("terraform")
 PROVIDER_MIRROR = Path(os.environ.get("KAFKA_RELAY_TF_MIRROR", "/opt/tf-plugins"))
 MIRRORED_AWS = PROVIDER_MIRROR / "registry.terraform.io" / "hashicorp" / "aws"
-needs_terraform = pytest.mark.skipif(
-    TERRAFORM_BIN is None or not MIRRORED_AWS.is_dir(),
-    reason=f"needs a terraform binary on PATH and the hashicorp/aws provider in a filesystem "
-           f"mirror at {PROVIDER_MIRROR} (KAFKA_RELAY_TF_MIRROR): nothing is downloaded",
-)
+NO_TERRAFORM = (f"needs a terraform binary on PATH and the hashicorp/aws provider in a "
+                f"filesystem mirror at {PROVIDER_MIRROR} (KAFKA_RELAY_TF_MIRROR): nothing is "
+                "downloaded")
+needs_terraform = pytest.mark.skipif(TERRAFORM_BIN is None or not MIRRORED_AWS.is_dir(),
+                                     reason=NO_TERRAFORM)
 TF_VARIABLES = {"Auth": "auth", "KafkaBootstrapServers": "kafka_bootstrap_servers",
                 "KafkaTopic": "kafka_topic", "KafkaSecretArn": "kafka_secret_arn",
                 "SecretKmsKeyArn": "secret_kms_key_arn", "MskClusterArn": "msk_cluster_arn"}
 
 
 class Terraform:
-    """terraform in a copy of iac/terraform with a provider override pointing at moto."""
+    """terraform in a scratch root that uses iac/terraform as a module, once per auth mode,
+    with the AWS provider pointed at moto: one init and one apply for every mode."""
 
     def __init__(self, directory: Path, aws: MotoServer) -> None:
         self.directory = directory
-        shutil.copy(TERRAFORM, directory / "main.tf")
+        (directory / "kafka_relay").mkdir()
+        shutil.copy(TERRAFORM, directory / "kafka_relay" / "main.tf")
         endpoints = "\n".join(f'    {service} = "{aws.endpoint_url}"'
                               for service in ("iam", "lambda", "logs", "sts"))
-        (directory / "moto_override.tf").write_text(f'''provider "aws" {{
+        self.provider = f'''provider "aws" {{
   region                      = "{REGION}"
   access_key                  = "testing"
   secret_key                  = "testing"
@@ -423,7 +425,7 @@ class Terraform:
 {endpoints}
   }}
 }}
-''')
+'''
         config = directory / "terraform.rc"
         config.write_text(f'''provider_installation {{
   filesystem_mirror {{
@@ -437,64 +439,74 @@ class Terraform:
 ''')
         self.env = {"PATH": os.environ.get("PATH", ""), "HOME": str(directory),
                     "TF_CLI_CONFIG_FILE": str(config), "TF_IN_AUTOMATION": "1",
-                    "CHECKPOINT_DISABLE": "1", "TF_DATA_DIR": str(directory / ".terraform")}
+                    "CHECKPOINT_DISABLE": "1"}
+
+    def write_root(self, modules: Mapping[str, Mapping[str, str]]) -> None:
+        """``module "<name>" { source = "./kafka_relay", <arguments> }`` per entry."""
+        blocks = [self.provider]
+        for name, arguments in modules.items():
+            lines = "\n".join(f"  {key} = {json.dumps(value)}" for key, value in arguments.items())
+            blocks.append(f'module "{name}" {{\n  source = "./kafka_relay"\n{lines}\n}}\n')
+        (self.directory / "main.tf").write_text("\n".join(blocks))
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         assert TERRAFORM_BIN is not None
         return subprocess.run([TERRAFORM_BIN, *args, "-no-color", "-input=false"],
                               cwd=self.directory, env=self.env, capture_output=True,
-                              text=True, timeout=300, check=False)
+                              text=True, timeout=600, check=False)
+
+
+def tf_arguments(mode: str, layer: str) -> dict[str, str]:
+    return {"function_name": f"tf-{mode}", "function_zip": "${path.root}/app.zip",
+            "kafka_relay_layer_arn": layer,
+            **{TF_VARIABLES[key]: value for key, value in parameters(mode).items()}}
 
 
 @pytest.fixture(scope="module")
-def terraform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Terraform, MotoServer]]:
+def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """Every auth mode applied by terraform against moto (one apply)."""
+    if TERRAFORM_BIN is None or not MIRRORED_AWS.is_dir():
+        pytest.skip(NO_TERRAFORM)
     # The role attaches AWS managed policies: moto knows them only when asked to load them.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
-        with MotoServer(region=REGION) as server:
-            server.reset()  # backends made before the variable was set are made anew
-            runner = Terraform(tmp_path_factory.mktemp("terraform"), server)
-            init = runner.run("init")
-            assert init.returncode == 0, init.stdout + init.stderr
+        with MotoServer(region=REGION) as aws:
+            aws.reset()  # backends made before the variable was set are made anew
+            runner = Terraform(tmp_path_factory.mktemp("terraform"), aws)
             (runner.directory / "app.zip").write_bytes(function_zip())
-            yield runner, server
+            layer = aws.client("lambda").publish_layer_version(
+                LayerName="tf-layer", Content={"ZipFile": function_zip()})["LayerVersionArn"]
+            runner.write_root({mode.replace("-", "_"): tf_arguments(mode, layer)
+                               for mode in AUTH_MODES})
+            for step in (("init",), ("apply", "-auto-approve")):
+                result = runner.run(*step)
+                assert result.returncode == 0, result.stdout[-4000:] + result.stderr
+            yield aws
 
 
 @needs_terraform
 @pytest.mark.parametrize("mode", AUTH_MODES)
-def test_terraform_applies_each_auth_choice_on_moto(
-    terraform: tuple[Terraform, MotoServer], mode: str,
-) -> None:
-    runner, aws = terraform
-    layer = aws.client("lambda").publish_layer_version(
-        LayerName=f"tf-{mode}", Content={"ZipFile": function_zip()})["LayerVersionArn"]
+def test_terraform_applies_each_auth_choice_on_moto(applied: MotoServer, mode: str) -> None:
     name = f"tf-{mode}"
-    variables = {"function_name": name, "function_zip": "app.zip",
-                 "kafka_relay_layer_arn": layer,
-                 **{TF_VARIABLES[key]: value for key, value in parameters(mode).items()}}
 
-    applied = runner.run("apply", "-auto-approve", f"-state={name}.tfstate",
-                         *(f"-var={key}={value}" for key, value in variables.items()))
-
-    assert applied.returncode == 0, applied.stdout[-4000:] + applied.stderr
-    function = aws.client("lambda").get_function_configuration(FunctionName=name)
+    function = applied.client("lambda").get_function_configuration(FunctionName=name)
     assert in_lambda(function["Environment"]["Variables"]).auth == mode
-    assert_grants(statements_by_sid(aws, name), mode)
-    attached = aws.client("iam").list_attached_role_policies(RoleName=name)
+    assert_grants(statements_by_sid(applied, name), mode)
+    attached = applied.client("iam").list_attached_role_policies(RoleName=name)
     assert [p["PolicyName"] for p in attached["AttachedPolicies"]] == [
         "AWSLambdaBasicExecutionRole"]
 
 
 @needs_terraform
-def test_terraform_refuses_a_sasl_mode_without_its_secret(
-    terraform: tuple[Terraform, MotoServer],
-) -> None:
-    runner, _aws = terraform
+def test_terraform_refuses_a_sasl_mode_without_its_secret(tmp_path: Path) -> None:
+    with MotoServer(region=REGION) as aws:
+        runner = Terraform(tmp_path, aws)
+        arguments = tf_arguments("scram", f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:layer:x:1")
+        del arguments["kafka_secret_arn"]
+        runner.write_root({"refused": arguments})
+        assert runner.run("init").returncode == 0
 
-    planned = runner.run("plan", "-state=refused.tfstate", "-var=function_zip=app.zip",
-                         "-var=kafka_relay_layer_arn=arn:aws:lambda:eu-west-1:123456789012:"
-                         "layer:x:1", "-var=auth=scram", "-var=kafka_topic=orders",
-                         f"-var=kafka_bootstrap_servers={BOOTSTRAP['scram']}")
+        planned = runner.run("plan")
 
     assert planned.returncode != 0
     assert "auth = scram reads its credentials from kafka_secret_arn" in planned.stderr
