@@ -38,7 +38,7 @@ _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 AUTH_MODES = ("msk-iam", "scram", "plain", "none")
 MSK_IAM = "msk-iam"
 #: MSK's listener ports (inside AWS, over public access) by how the client authenticates.
-MSK_PORTS = {MSK_IAM: (9098, 9198), "scram": (9096, 9196), "tls": (9094, 9194)}
+MSK_PORTS = {MSK_IAM: (9098, 9198), "scram": (9096, 9196)}
 
 
 def msk_listener(kind: str) -> str:
