@@ -56,7 +56,9 @@ def logged_events() -> Events:
             first = node.args[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 called.add(first.value)
-            elif isinstance(first, ast.JoinedStr):
+            elif isinstance(first, ast.JoinedStr) and all(
+                    re.fullmatch(r"[a-z_.]*", str(part.value)) for part in first.values
+                    if isinstance(part, ast.Constant)):  # an event, not a usage message
                 patterns.add("".join(re.escape(str(part.value)) if isinstance(
                     part, ast.Constant) else "[a-z0-9_]+" for part in first.values))
     prefixes = {name.split(".")[0] for name in called if EVENT.fullmatch(name)}
