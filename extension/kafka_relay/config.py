@@ -108,6 +108,15 @@ class AwsCredentials:
     expiration: float | None = None  # epoch seconds; None when the source does not say
 
 
+# Lambda's SHUTDOWN phase lasts 2,000 ms once an external extension is registered: the runtime
+# gets the first 300 ms of it (500 ms when it runs an internal extension) and external
+# extensions the rest. An extension cannot see whether an internal one exists, so it plans for
+# the smaller share.
+SHUTDOWN_PHASE_MS = 2_000
+RUNTIME_SHUTDOWN_SHARE_MS = 500
+EXTENSION_SHUTDOWN_MS = SHUTDOWN_PHASE_MS - RUNTIME_SHUTDOWN_SHARE_MS
+
+
 @dataclass(frozen=True)
 class Config:
     bootstrap_servers: str
@@ -327,7 +336,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
                              maximum=900_000),
         max_latency_ms=_int(env, "KAFKA_RELAY_MAX_LATENCY_MS", 5_000, minimum=100,
                             maximum=900_000),
-        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300, maximum=2_000),
+        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300,
+                                 maximum=EXTENSION_SHUTDOWN_MS),
         init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000, maximum=10_000),
         port=port,
         token=handoff_token(env),

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from kafka_relay.config import Config
+from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config
 from kafka_relay.delivery.engine import DeliveryEngine, DrainReport
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
@@ -22,8 +22,6 @@ from kafka_relay.protocol import BrokerState
 
 T = TypeVar("T")
 
-# If SHUTDOWN carries no deadline, drain within Lambda's external-extension budget.
-_NO_DEADLINE_BUDGET_MS = 1_500
 # A handler whose end nothing signals (no decorator, no client end call, no telemetry) is
 # taken as done once no record has arrived for the quiet period, at most after the cap.
 UNSIGNALLED_QUIET_S = 0.3
@@ -146,7 +144,7 @@ class RelayListener:
         everything, summarise. Every step runs even if an earlier one raised: whatever the
         drain could not settle is spilled by a last step of its own."""
         started = self._wall_ms()
-        deadline_ms = event.deadline_ms or started + _NO_DEADLINE_BUDGET_MS
+        deadline_ms = event.deadline_ms or started + EXTENSION_SHUTDOWN_MS
         failed: list[str] = []
 
         def step(name: str, action: Callable[[], T], default: T) -> T:
