@@ -1,95 +1,80 @@
-"""What differs between Lambda modes in the assembled extension (app.py asks this module).
+"""The Lambda mode, decided once, and the one protocol the three modes implement.
 
-on-demand          the engine is the handoff port; the INVOKE event loop.
-managed-instances  the port is ``RequestAccounting`` (per-request reports by request id),
-                   handler-done signals close requests, the SHUTDOWN-only background loop.
-                   Chosen when Lambda accepted no INVOKE registration, whatever the variable.
-snap-start         the producer is deferred past the snapshot; a gate admits records and
-                   draws a fresh x-relay-id prefix only after the restore (snapstart.py).
+``decide`` is the only place that chooses: the registration's answer first (no INVOKE:
+managed instances, whatever the environment said), then what the environment suggests
+(``config.mode_hint``: snap-start, or on-demand). ``MODES`` maps the choice to its class:
+
+on-demand          on_demand.py          the engine is the handoff port; the INVOKE loop.
+snap-start         snap_start.py         no producer and no id prefix before the restore.
+managed-instances  managed_instances.py  per-request accounting; the SHUTDOWN-only loop.
+
+A mode adds behaviour by wrapping (the engine in ``RequestAccounting``, the signals in
+``AccountedSignals``, the listener in ``ManagedInstancesListener``, the Extensions API in
+``RestoreOnInvoke``), never by subclassing or hooks.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Collection
+from typing import Any, ClassVar, Protocol
 
+from kafka_relay.aws_lambda import INVOKE
 from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
-from kafka_relay.handoff.server import DeliveryPort, HandoffState
-from kafka_relay.handoff.signals import HandlerSignals
+from kafka_relay.handoff.server import DeliveryPort
+from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.lifecycle.loop import EventSource
-from kafka_relay.lifecycle.managed import BackgroundLoop
-from kafka_relay.modes.accounting import AccountedSignals, RequestAccounting
-from kafka_relay.modes.managed import ManagedListener
-from kafka_relay.modes.snapstart import RestoringListener, SnapStartGate, new_ids
+from kafka_relay.modes.engine_listener import EngineListener
+from kafka_relay.modes.managed_instances import ManagedInstances
+from kafka_relay.modes.on_demand import OnDemand
+from kafka_relay.modes.snap_start import SnapStart
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import IdSource
-from kafka_relay.relay_listener import RelayListener
 
 
-@dataclass
-class ModeParts:
-    mode: LambdaMode
-    port: DeliveryPort
-    signals: HandlerSignals
-    ids: IdSource
-    accounting: RequestAccounting | None = None
-    gate: SnapStartGate | None = None
-    init_id_prefix: str | None = None  # SnapStart: the (never used) prefix drawn at init
+class Loop(Protocol):
+    def run(self) -> int:
+        """Serve events until SHUTDOWN; the process exit code."""
 
-    @classmethod
-    def create(cls, config: Config, engine: DeliveryEngine, logger: JsonLogger, *,
-               background: bool) -> ModeParts:
-        """``background``: Lambda sends no INVOKE (managed instances, or it refused one)."""
-        if background:
-            accounting = RequestAccounting(engine)
-            return cls(LambdaMode.MANAGED_INSTANCES, accounting, AccountedSignals(accounting),
-                       IdSource(), accounting=accounting)
-        if config.mode is LambdaMode.SNAP_START:
-            # The init prefix is never used (nothing is admitted before the restore): it is
-            # drawn only to be logged, so the restored one can be told apart.
-            ids, prefix = new_ids()
-            return cls(config.mode, engine, HandlerSignals(), ids,
-                       gate=SnapStartGate(engine, logger, probe_s=config.init_probe_ms / 1000),
-                       init_id_prefix=prefix)
-        return cls(config.mode, engine, HandlerSignals(), IdSource())
 
-    @property
-    def defers_producer(self) -> bool:
-        return self.gate is not None
+class Mode(Protocol):
+    name: ClassVar[LambdaMode]
+    defers_producer: ClassVar[bool]  # the engine builds no producer until ``restore``
+    port: DeliveryPort  # what the handoff server delivers through
+    signals: EndSignals  # where the handoff's end route and Telemetry end a request
+    ids: IdSource  # the handoff's record ids (reseeded in place by a restore)
+    listener: EngineListener  # the lifecycle's listener on the engine
 
-    def admit(self) -> Callable[[], str | None]:
-        return self.gate.admit if self.gate is not None else lambda: None
+    def __init__(self, config: Config, engine: DeliveryEngine, logger: JsonLogger) -> None: ...
 
-    def wire(self, state: HandoffState) -> None:
-        """SnapStart: the restore replaces the handoff's id source (ids drawn before admit)."""
-        if self.gate is None:
-            return
-        def reseed() -> dict[str, Any]:
-            state.ids, prefix = new_ids()
-            return {"id_prefix": prefix, "init_id_prefix": self.init_id_prefix}
+    def admit(self) -> str | None:
+        """The handoff's admission check: None admits, a text refuses records (503)."""
 
-        self.gate.hooks.append(reseed)
+    def restore(self, trigger: str) -> None:
+        """The environment was restored from a snapshot (Telemetry ``platform.restoreStart``,
+        or SnapStart's first INVOKE): what every copy would share is made anew. Never raises."""
 
-    def relay_listener(self, **kwargs: Any) -> RelayListener:
-        if self.gate is not None:
-            return RestoringListener(gate=self.gate, **kwargs)
-        return RelayListener(**kwargs)
+    def loop(self, api: EventSource) -> Loop:
+        """The event loop this mode runs."""
 
-    def on_restore(self) -> Callable[[], None] | None:
-        """Telemetry's restoreStart: restore off the Telemetry request's thread (building the
-        producer may read a secret); the first INVOKE waits for it on the gate's lock."""
-        gate = self.gate
-        if gate is None:
-            return None
-        return lambda: threading.Thread(target=gate.restore, args=("telemetry",),
-                                        name="kafka-relay-restore", daemon=True).start()
+    def init_fields(self) -> dict[str, Any]:
+        """Extra fields of the ``init.ready`` line."""
 
-    def background_loop(self, listener: RelayListener, engine: DeliveryEngine,
-                        logger: JsonLogger, api: EventSource) -> BackgroundLoop | None:
-        if self.accounting is None:
-            return None
-        managed = ManagedListener(listener, engine, self.accounting, logger)
-        return BackgroundLoop(managed, logger, api=api)
+
+def decide(events: Collection[str], config: Config) -> LambdaMode:
+    """The mode, from what Lambda accepted the registration for and the configuration."""
+    if INVOKE not in events:
+        return LambdaMode.MANAGED_INSTANCES
+    if config.mode_hint is LambdaMode.SNAP_START:
+        return LambdaMode.SNAP_START
+    return LambdaMode.ON_DEMAND
+
+
+MODES: dict[LambdaMode, type[Mode]] = {LambdaMode.ON_DEMAND: OnDemand,
+                                       LambdaMode.SNAP_START: SnapStart,
+                                       LambdaMode.MANAGED_INSTANCES: ManagedInstances}
+
+
+def mode_for(events: Collection[str], config: Config) -> type[Mode]:
+    """The class of the mode ``decide`` chooses (the engine asks it whether to defer)."""
+    return MODES[decide(events, config)]
