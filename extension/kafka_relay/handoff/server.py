@@ -255,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             answer, _ = state.idempotency.run(
                 key, (zlib.crc32(body), len(body)), lambda: self._accept(body, query),
-                wait_s=self._wait_budget_s(query) + 1,
+                wait_s=_wait_budget_s(query) + 1,
             )
         except KeyMismatch as exc:
             raise _HttpError(422, f"{IDEMPOTENCY_KEY_HEADER} {key!r} was used for a different "
@@ -293,16 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
                            {"Retry-After": str(retry_s)})
         if watch is None:
             return _answer(202, {"accepted": len(ids), "ids": ids})
-        outcomes = watch.wait(self._wait_budget_s(query))
+        outcomes = watch.wait(_wait_budget_s(query))
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
-
-    @staticmethod
-    def _wait_budget_s(query: dict[str, str]) -> float:
-        """The request's own budget (the client sets it from its remaining time)."""
-        raw = query.get(TIMEOUT_PARAM, "")
-        if raw.isascii() and raw.isdigit():
-            return min(int(raw) / 1000, _MAX_WAIT_S)
-        return _DEFAULT_WAIT_S
 
     def _flush(self, body: bytes) -> None:
         state = self.server.state
@@ -332,6 +324,14 @@ class _Handler(BaseHTTPRequestHandler):
                        "uptime_s": round(time.monotonic() - state.started, 3),
                        "flush": state.flush_strategy})
         self._send(200, status)
+
+
+def _wait_budget_s(query: dict[str, str]) -> float:
+    """The request's own budget (the client sets it from its remaining time)."""
+    raw = query.get(TIMEOUT_PARAM, "")
+    if raw.isascii() and raw.isdigit():
+        return min(int(raw) / 1000, _MAX_WAIT_S)
+    return _DEFAULT_WAIT_S
 
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
