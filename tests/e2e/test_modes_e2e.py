@@ -162,6 +162,8 @@ def test_managed_instances_survive_a_broker_outage_and_resend_the_spool_without_
     assert shutdown.exit_codes == {"kafka-relay": 0}
     summary = _summary(lines)
     assert summary["spooled"] == summary["restored"] >= 20
+    # Each restore is logged once: the lines add up to the count exactly.
+    assert sum(e["records"] for e in events_named(lines, "spool.restored")) == summary["restored"]
     assert (summary["accepted"], summary["pending"], summary["unaccounted"]) == (25, 0, 0)
     assert summary["delivered"] + summary["dead_lettered"] == 25
     ids = {i for r in during for i in r.payload["ids"]}
