@@ -49,6 +49,15 @@ def _summary(lines: list[str]) -> dict[str, Any]:
     return summary
 
 
+def _reported(sandbox: Sandbox, requests: int, *, within_s: float) -> list[dict[str, Any]]:
+    """The ``invocation.done`` lines once there are ``requests`` of them (or the time is up)."""
+    deadline = time.monotonic() + within_s
+    while (len(events_named(sandbox.log_lines(), "invocation.done")) < requests
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    return events_named(sandbox.log_lines(), "invocation.done")
+
+
 def _relay_errors(lines: list[str]) -> list[str]:
     """librdkafka lines that would show a shared producer identity."""
     words = ("FENCED", "DUPLICATE_SEQUENCE", "OUT_OF_ORDER_SEQUENCE", "UNKNOWN_PRODUCER")
@@ -69,11 +78,7 @@ def test_managed_instances_deliver_concurrent_handlers_records_and_account_each_
             [{"run": f"run{n}", "count": count} for n in range(invocations)], concurrency=8)
         # Before any SHUTDOWN: delivered in the background, each request reported.
         got = broker.read(topic, expected=invocations * count, timeout=30)
-        deadline = time.monotonic() + 30
-        while (len(events_named(sandbox.log_lines(), "invocation.done")) < invocations
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-        reported_before_shutdown = len(events_named(sandbox.log_lines(), "invocation.done"))
+        reported_before_shutdown = len(_reported(sandbox, invocations, within_s=30))
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
         subscriptions = sandbox.telemetry_subscriptions()
@@ -114,11 +119,7 @@ def test_managed_instances_report_a_request_without_the_end_call_when_platform_r
             [{"run": f"run{n}", "count": count} for n in range(invocations)], concurrency=2)
         # Within seconds of each platform.report, not after the ~16 min a request that never
         # says it ended waits (accounting.STALE_AFTER_S).
-        deadline = time.monotonic() + 10
-        while (len(events_named(sandbox.log_lines(), "invocation.done")) < invocations
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-        done = events_named(sandbox.log_lines(), "invocation.done")
+        done = _reported(sandbox, invocations, within_s=10)
         shutdown = sandbox.shutdown("spindown")
 
     assert [r.status for r in results] == ["success"] * invocations

@@ -26,41 +26,42 @@ from typing import Any, ClassVar
 from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.handoff.server import DeliveryPort
-from kafka_relay.handoff.signals import EndSignals, HandlerSignals
+from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.lifecycle.background_loop import BackgroundLoop
 from kafka_relay.lifecycle.events import ShutdownEvent
 from kafka_relay.lifecycle.listener import ShutdownSummary
 from kafka_relay.lifecycle.loop import EventSource
 from kafka_relay.modes.accounting import AccountedSignals, RequestAccounting
 from kafka_relay.modes.engine_listener import EngineListener
-from kafka_relay.modes.on_demand import restore_in_place
+from kafka_relay.modes.on_demand import OnDemand
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.record import IdSource
 
 SPOOL_EVERY_S = 5.0
 METRICS_EVERY_S = 10.0
 
 
 class ManagedInstances:
+    """On-demand, wrapped: the port accounts per request, an end also closes the request,
+    and the background loop replaces the INVOKE loop."""
+
     name: ClassVar[LambdaMode] = LambdaMode.MANAGED_INSTANCES
     defers_producer: ClassVar[bool] = False
 
     def __init__(self, config: Config, engine: DeliveryEngine, logger: JsonLogger) -> None:
+        self._on_demand = OnDemand(config, engine, logger)
         self._engine = engine
         self._log = logger
-        handler_signals = HandlerSignals()
         self.accounting = RequestAccounting(engine)
         self.port: DeliveryPort = self.accounting
-        self.signals: EndSignals = AccountedSignals(handler_signals, self.accounting)
-        self.ids = IdSource()
-        self.listener = EngineListener(config=config, engine=engine, signals=handler_signals,
-                                       logger=logger)
+        self.signals: EndSignals = AccountedSignals(self._on_demand.signals, self.accounting)
+        self.ids = self._on_demand.ids
+        self.listener = self._on_demand.listener
 
     def admit(self) -> str | None:
-        return None
+        return self._on_demand.admit()
 
     def restore(self, trigger: str) -> None:
-        restore_in_place(self.ids, self._engine, self._log, trigger)
+        self._on_demand.restore(trigger)
 
     def loop(self, api: EventSource) -> BackgroundLoop:
         background = ManagedInstancesListener(self.listener, self._engine, self.accounting,
@@ -68,7 +69,7 @@ class ManagedInstances:
         return BackgroundLoop(background, self._log, api=api)
 
     def init_fields(self) -> dict[str, Any]:
-        return {}
+        return self._on_demand.init_fields()
 
 
 class ManagedInstancesListener:

@@ -39,24 +39,21 @@ class OnDemand:
         return None
 
     def restore(self, trigger: str) -> None:
-        restore_in_place(self.ids, self._engine, self._log, trigger)
+        """A restore although the producer was built before the snapshot (SnapStart not
+        detected): a fresh id prefix, and a new producer (a new idempotent producer id)
+        before the next batch. Records accepted before the snapshot are in every copy;
+        nothing can undo that."""
+        previous = self.ids.prefix
+        prefix = self.ids.reseed()
+        self._engine.thawed(restored=True)
+        self._log.warning("restore.reseeded", trigger=trigger, id_prefix=prefix,
+                          previous_id_prefix=previous,
+                          hint="restored from a snapshot although SnapStart was not detected "
+                               "at init: records handed over before the snapshot may be sent "
+                               "by every copy")
 
     def loop(self, api: EventSource) -> EventLoop:
         return EventLoop(self.listener, self._config, self._log, api=api)
 
     def init_fields(self) -> dict[str, Any]:
         return {}
-
-
-def restore_in_place(ids: IdSource, engine: DeliveryEngine, logger: JsonLogger,
-                     trigger: str) -> None:
-    """A restore where the producer was built before the snapshot (SnapStart not detected):
-    a fresh id prefix, and a new producer (a new idempotent producer id) before the next
-    batch. Records accepted before the snapshot are in every copy; nothing can undo that."""
-    previous = ids.prefix
-    prefix = ids.reseed()
-    engine.thawed(restored=True)
-    logger.warning("restore.reseeded", trigger=trigger, id_prefix=prefix,
-                   previous_id_prefix=previous,
-                   hint="restored from a snapshot although SnapStart was not detected at init: "
-                        "records handed over before the snapshot may be sent by every copy")
