@@ -31,7 +31,7 @@ AUTH_MODES = ("msk-iam", "scram", "plain", "none")
 MSK_IAM = "msk-iam"
 # Where botocore's credential chain finds the role's credentials when the environment
 # has no keys (SnapStart, containers): the container credentials endpoint.
-_CONTAINER_CREDENTIALS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+_CONTAINER_CREDENTIALS = (aws_lambda.CONTAINER_CREDENTIALS_FULL_URI,
                           "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A variable whose name holds one of these never has its value echoed in an error.
