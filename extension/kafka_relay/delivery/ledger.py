@@ -104,8 +104,9 @@ class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
                  journal: Journal | None = None) -> None:
+        # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
-        self.queue = SendQueue()  # guarded by ``cond`` too
+        self.queue = SendQueue()
         self.counts = Counts()
         self.limits = limits
         self._retry_after_ms = retry_after_ms
@@ -114,14 +115,14 @@ class Ledger:
         self._bytes = 0
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
-        self.journal = journal  # guarded by ``cond`` too
+        self._journal = journal
 
     # -- records in --------------------------------------------------------------------
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` or none (BufferFull)."""
         size = sum(r.size for r in records)
-        journal = self.journal
+        journal = self._journal
         frame = encode(records) if journal is not None and journal.enabled else None  # unlocked
         with self.cond:
             if self._closed is not None:
@@ -154,8 +155,8 @@ class Ledger:
         they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
-            if self.journal is not None and self.journal.enabled:
-                self.journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
+            if self._journal is not None and self._journal.enabled:
+                self._journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
             for record in fresh:
                 self._unsettled[record.id] = record
                 self._bytes += record.size
@@ -187,8 +188,8 @@ class Ledger:
         with self.cond:
             if self._unsettled.pop(record.id, None) is None:
                 return False
-            if self.journal is not None:
-                self.journal.settled(record.id)
+            if self._journal is not None:
+                self._journal.settled(record.id)
             self._bytes -= record.size
             if outcome is Outcome.DELIVERED:
                 self.counts.delivered += 1
@@ -233,7 +234,7 @@ class Ledger:
         without settling are spilled instead: a record that kills the process must not kill
         every next one too."""
         with self.cond:
-            journal = self.journal
+            journal = self._journal
             if journal is None or not journal.enabled:
                 return None
             left = journal.leftovers()
@@ -254,8 +255,8 @@ class Ledger:
         settled everything); otherwise it stays for the next init, as a killed process
         leaves it."""
         with self.cond:
-            if self.journal is not None:
-                self.journal.release(remove=clean and not self._unsettled)
+            if self._journal is not None:
+                self._journal.release(remove=clean and not self._unsettled)
 
     # -- reading and waiting ------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class Ledger:
                 oldest_accepted_ms=None if oldest is None else oldest.accepted_ms,
                 unaccounted=c.accepted + c.restored - settled - len(self._unsettled),
                 in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
-                journal=(self.journal.status() if self.journal is not None
+                journal=(self._journal.status() if self._journal is not None
                          else {"enabled": False}))
 
     def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
