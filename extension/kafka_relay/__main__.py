@@ -1,8 +1,9 @@
 """Entry point: ``python -m kafka_relay --name kafka-relay`` (run by the layer's launcher).
 
 Lambda measures init from process start, so the extension registers first, over a bare
-socket, with nothing but ``os``, ``sys``, ``time`` and ``socket`` loaded; configuration,
-secrets, the producer and the rest are imported and read only afterwards.
+socket, with nothing but ``os``, ``sys``, ``time``, ``_socket`` and ``aws_lambda`` (Lambda's
+names, itself importing nothing) loaded; configuration, secrets, the producer and the rest
+are imported and read only afterwards.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class EngineListener:
         self._wall_ms = wall_ms
         self._reported = engine.gauge().counts
         self.invocations = 0
-        self.telemetry = False  # subscribed to runtimeDone: every handler end is signalled
+        self.telemetry = False  # subscribed to Telemetry: every handler end is signalled
         self._unsignalled = 0  # bounded waits that ended without any end signal
         self._warned_unsignalled = False
         # The loop's flush control (breaker, auto), as last published, for /v1/status.
