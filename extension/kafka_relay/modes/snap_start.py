@@ -62,11 +62,6 @@ class SnapStart:
         self.init_id_prefix = self.ids.prefix
         self.listener = EngineListener(config=config, engine=engine, signals=handler_signals,
                                        logger=logger)
-        self.trigger: str | None = None
-
-    @property
-    def restored(self) -> bool:
-        return self._restored.is_set()
 
     def restore(self, trigger: str) -> None:
         """Build what must be unique per copy (once; a second signal is a no-op). Never
@@ -85,7 +80,6 @@ class SnapStart:
                 self._restoring = False
                 self._log.error("snapstart.restore_failed", trigger=trigger, error=repr(exc))
                 return
-            self.trigger = trigger
             self._restored.set()
         self._log.info("snapstart.restored", trigger=trigger,
                        duration_ms=round((self._monotonic() - started) * 1000, 3),
