@@ -342,6 +342,10 @@ def test_a_failed_restore_keeps_refusing_and_the_next_signal_retries(tmp_path: P
         assert mode.admit() is None
         (restored,) = rig.events("snapstart.restored")
         assert restored["trigger"] == "invoke"
+        mode.port.accept(rig.records(2))
+        engine.flush(5.0)  # the pump thread runs on the producer the retry built
+        gauge = engine.gauge()
+        assert (gauge.failure, gauge.counts["delivered"], len(rig.producers)) == (None, 2, 2)
     finally:
         engine.stop()
 

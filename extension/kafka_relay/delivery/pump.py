@@ -71,9 +71,9 @@ class Pump:
     def start(self) -> None:
         """Build the producer if it was deferred (no broker connection and no producer
         identity exist before), then run the pump thread."""
-        if self._deferred:
-            self._deferred = False
+        if self._deferred:  # a build that raises leaves it deferred: the next start retries
             self.producer = self._build()
+            self._deferred = False
         self._thread.start()
 
     def stop(self, join_s: float = 2.0) -> None:
