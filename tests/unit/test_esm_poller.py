@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from views_event import parse_event
 
 from devtools.esm_poller import MSK, EsmPoller, mapping_event, still_failing
@@ -17,13 +19,23 @@ def _records(partition: int, offsets: range) -> list[dict[str, Any]]:
 
 def test_partial_batch_response_retries_each_partition_from_its_lowest_failed_offset() -> None:
     records = _records(0, range(5)) + _records(1, range(3))
-    answer = {"batchItemFailures": [{"itemIdentifier": {"partition": 0, "offset": 3}},
-                                    {"itemIdentifier": {"partition": 0, "offset": 2}}]}
+    answer = {"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 3}},
+                                    {"itemIdentifier": {"partition": "t-0", "offset": 2}}]}
     assert [(r["partition"], r["offset"]) for r in still_failing(records, answer)] == [
         (0, 2), (0, 3), (0, 4)]
     assert still_failing(records, {"batchItemFailures": []}) == []
     assert still_failing(records, None) == []
-    assert still_failing(records, {"batchItemFailures": ["3"]}) == records
+
+
+@pytest.mark.parametrize("identifier", [
+    "3", {"partition": 0, "offset": 3}, {"partition": "0", "offset": 3},
+    {"partition": "other-0", "offset": 3}, {"partition": "t-0", "offset": "3"},
+    {"partition": "t-0", "offset": True}, {"partition": "t-0"}, None,
+])
+def test_an_identifier_not_in_the_kafka_shape_fails_the_whole_batch(identifier: Any) -> None:
+    records = _records(0, range(5)) + _records(1, range(3))
+    answer = {"batchItemFailures": [{"itemIdentifier": identifier}]}
+    assert still_failing(records, answer) == records
 
 
 def test_the_events_it_builds_parse_in_both_shapes() -> None:
@@ -39,7 +51,8 @@ def test_retries_are_bounded_then_the_failure_destination_gets_the_rest() -> Non
 
     def invoke(event: dict[str, Any]) -> tuple[bool, Any]:
         calls.append(sum(len(v) for v in event["records"].values()))
-        return True, {"batchItemFailures": [{"itemIdentifier": {"partition": 0, "offset": 1}}]}
+        return True, {"batchItemFailures": [{"itemIdentifier": {"partition": "t-0",
+                                                                 "offset": 1}}]}
 
     poller = EsmPoller("unused:9092", ("t",), invoke=invoke, max_retries=2,
                        on_failure=lambda event, why: failed.append(
