@@ -5,7 +5,7 @@ function zip: starts moto (DynamoDB + S3) in server mode, creates the views tabl
 bucket, and runs each views function in the local Lambda sandbox —
 ``views_speed.handler`` and ``views_batch.archive_handler`` fed by the local event source
 poller (batches of up to 100 records, a 0.5 s window), ``views_batch.close_handler``
-recomputing the days the data covers (``{"from": ..., "to": ...}``), then
+recomputing each day the data covers (``{"from": day, "to": day}``), then
 ``views_serve.handler`` answering a few markets.
 Returns the problems found (empty when the speed and batch layers agree).
 
@@ -133,10 +133,13 @@ def run_views(bootstrap: str, functions: Path, moto: MotoServer, *,
         run.problems.append("the speed layer counted no prices")
         return run
     with function(functions, "views_batch.close_handler", env, "views-close") as close:
-        result = close.invoke({"from": days[0], "to": days[-1]})  # a backfill of the range
-        if result.status != "success":
-            run.problems.append(f"views-close {days[0]}..{days[-1]}: {result.error}")
-        written = result.payload.get("written", []) if isinstance(result.payload, dict) else []
+        written: list[str] = []
+        for day in days:  # a backfill of each day the data covers
+            result = close.invoke({"from": day, "to": day})
+            if result.status != "success":
+                run.problems.append(f"views-close {day}: {result.error}")
+            elif isinstance(result.payload, dict):
+                written += result.payload.get("written", [])
     print(f"  views-close: {sum('_hour/' in k for k in written)} hour views, "
           f"{sum('_day/' in k for k in written)} day views written")
     with function(functions, "views_serve.handler", env, "views-serve") as serve:
