@@ -256,13 +256,13 @@ def price_row(point: PricePoint, record: KafkaRecord) -> dict[str, Any]:
             "timestamp_ms": record.timestamp_ms, "relay_id": record.identity,
             "market_id": point.market_id, "token_id": point.token_id,
             "outcome": point.outcome, "question": point.question,
-            "price": format(point.price, "f"), "ts": point.ts, "hour": point.hour}
+            "price": format(point.price, "f"), "ts": point.ts}
 
 
 def feed_row(item: FeedItem, record: KafkaRecord) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset,
             "timestamp_ms": record.timestamp_ms, "relay_id": record.identity,
-            "source": item.source, "guid": item.guid, "hour": item.hour,
+            "source": item.source, "guid": item.guid, "fetched_hour": item.hour,
             "counted": item.counted}
 
 
@@ -295,7 +295,7 @@ def item_from_row(row: Any) -> FeedItem:
     if not isinstance(counted, bool):
         raise PoisonRecord(f"archive row 'counted' is {counted!r}, not true or false")
     return FeedItem(source=_text(row, "source"), guid=_text(row, "guid"),
-                    hour=hour_of(parse_hour(_text(row, "hour"))),
+                    hour=hour_of(parse_hour(_text(row, "fetched_hour"))),
                     order=(_row_int(row, "partition"), _row_int(row, "offset")),
                     counted=counted)
 

@@ -48,19 +48,19 @@ WITH once AS (
                                ORDER BY relay_id) AS copy
   FROM archive_feeds
 )
-SELECT substr(hour, 1, {chars}) AS period, source, count(DISTINCT guid) AS count
+SELECT substr(fetched_hour, 1, {chars}) AS period, source, count(DISTINCT guid) AS count
 FROM once WHERE copy = 1 AND counted
-GROUP BY substr(hour, 1, {chars}), source
+GROUP BY substr(fetched_hour, 1, {chars}), source
 ORDER BY period, source
 """
 
 PRICE_COLUMNS = {"topic": "VARCHAR", "partition": "INTEGER", "offset": "BIGINT",
                  "timestamp_ms": "BIGINT", "relay_id": "VARCHAR", "market_id": "VARCHAR",
                  "token_id": "VARCHAR", "outcome": "VARCHAR", "question": "VARCHAR",
-                 "price": "DECIMAL(38,12)", "ts": "VARCHAR", "hour": "VARCHAR"}
+                 "price": "DECIMAL(38,12)", "ts": "VARCHAR"}
 FEED_COLUMNS = {"topic": "VARCHAR", "partition": "INTEGER", "offset": "BIGINT",
                 "timestamp_ms": "BIGINT", "relay_id": "VARCHAR", "source": "VARCHAR",
-                "guid": "VARCHAR", "hour": "VARCHAR", "counted": "BOOLEAN"}
+                "guid": "VARCHAR", "fetched_hour": "VARCHAR", "counted": "BOOLEAN"}
 
 
 def statements(period: str) -> tuple[str, str]:

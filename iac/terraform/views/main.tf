@@ -418,7 +418,8 @@ resource "aws_glue_catalog_table" "archive_feeds" {
     dynamic "columns" {
       for_each = {
         topic = "string", partition = "int", offset = "bigint", timestamp_ms = "bigint",
-        relay_id = "string", source = "string", guid = "string", counted = "boolean"
+        relay_id = "string", source = "string", guid = "string", fetched_hour = "string",
+        counted = "boolean"
       }
       content {
         name = columns.key
