@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from views_event import KafkaRecord, parse_event
@@ -71,6 +71,7 @@ from views_speed import Quarantine, aggregate_from_item, log_json
 from views_state import Metrics, ViewsState, covered
 
 ARCHIVE = "archive"
+Row = TypeVar("Row", PricePoint, FeedItem)
 
 
 def hour_view_keys(hour: str) -> tuple[str, str]:
@@ -182,29 +183,29 @@ class BatchLayer:
             for number, line in enumerate((self._get(key) or b"").splitlines(), 1):
                 yield key, number, line
 
+    def _parsed(self, topic: str, hour: str, parse: Callable[[Any], Row]
+                ) -> tuple[dict[tuple[int, int], Row], int]:
+        """The rows of one topic's hour once per (partition, offset), and how many lines
+        could not be read (each quarantined)."""
+        rows: dict[tuple[int, int], Row] = {}
+        bad = 0
+        for key, number, line in self._lines(topic, hour):
+            try:
+                row = parse(json.loads(line))
+            except (ValueError, PoisonRecord) as exc:
+                self.quarantine.put_line(key, number, line, str(exc))
+                bad += 1
+                continue
+            rows.setdefault(row.order, row)
+        return rows, bad
+
     def rows(self, hour: str) -> HourRows:
         """Every archived price and feed row of event hour ``hour``, once per
         topic-partition-offset. A line that cannot be read is quarantined and skipped."""
-        prices: dict[tuple[int, int], PricePoint] = {}
-        feeds: dict[tuple[int, int], FeedItem] = {}
-        bad = 0
-        for key, number, line in self._lines(self.config.price_topic, hour):
-            try:
-                point = point_from_row(json.loads(line))
-            except (ValueError, PoisonRecord) as exc:
-                self.quarantine.put_line(key, number, line, str(exc))
-                bad += 1
-                continue
-            prices.setdefault(point.order, point)
-        for key, number, line in self._lines(self.config.rss_topic, hour):
-            try:
-                item = item_from_row(json.loads(line))
-            except (ValueError, PoisonRecord) as exc:
-                self.quarantine.put_line(key, number, line, str(exc))
-                bad += 1
-                continue
-            feeds.setdefault(item.order, item)
-        return HourRows(Decoded(list(prices.values()), list(feeds.values()), []), bad)
+        prices, bad_prices = self._parsed(self.config.price_topic, hour, point_from_row)
+        feeds, bad_feeds = self._parsed(self.config.rss_topic, hour, item_from_row)
+        return HourRows(Decoded(list(prices.values()), list(feeds.values()), []),
+                        bad_prices + bad_feeds)
 
     def compute_hour(self, hour: str) -> tuple[PeriodViews, int]:
         """The hour's view and the number of archive lines that could not be read."""

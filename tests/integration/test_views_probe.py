@@ -7,7 +7,6 @@ of what was produced."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,12 +24,6 @@ from tests.views_data import BASE, RSS_TOPIC, feed_value, record, redelivered, s
 TABLE, BUCKET = "views-probe", "views-probe-bucket"
 DAY = BASE.strftime("%Y-%m-%d")
 MARKETS = ["1000", "1001", "1002"]
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture

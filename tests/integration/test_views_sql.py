@@ -4,7 +4,6 @@ the shuffled, duplicated, late data the layer tests use."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,6 @@ from tests.views_data import redelivered, scenario
 
 TABLE, BUCKET = "views-sql", "views-sql-bucket"
 CONFIG = ViewsConfig(table=TABLE, bucket=BUCKET)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def _archive_copy(moto: MotoServer, records: list[Any], into: Path) -> None:

@@ -329,169 +329,87 @@ resource "aws_glue_catalog_database" "views" {
   name = "${replace(var.prefix, "-", "_")}_views"
 }
 
-resource "aws_glue_catalog_table" "archive_prices" {
-  name          = "archive_prices"
-  database_name = aws_glue_catalog_database.views.name
-  table_type    = "EXTERNAL_TABLE"
-  parameters = {
-    "projection.enabled"        = "true"
-    "projection.dt.type"        = "date"
-    "projection.dt.format"      = "yyyy-MM-dd"
-    "projection.dt.range"       = "2024-01-01,NOW"
-    "projection.hour.type"      = "integer"
-    "projection.hour.range"     = "0,23"
-    "projection.hour.digits"    = "2"
-    "projection.minute.type"    = "integer"
-    "projection.minute.range"   = "0,59"
-    "projection.minute.digits"  = "2"
-    "storage.location.template" = "s3://${local.bucket}/archive/topic=${var.price_topic}/dt=$${dt}/hour=$${hour}/minute=$${minute}/"
+locals {
+  minute_projection = {
+    "projection.minute.type"   = "integer"
+    "projection.minute.range"  = "0,59"
+    "projection.minute.digits" = "2"
   }
-  partition_keys {
-    name = "dt"
-    type = "string"
+  hour_projection = {
+    "projection.hour.type"   = "integer"
+    "projection.hour.range"  = "0,23"
+    "projection.hour.digits" = "2"
   }
-  partition_keys {
-    name = "hour"
-    type = "string"
+  day_projection = {
+    "projection.enabled"   = "true"
+    "projection.dt.type"   = "date"
+    "projection.dt.format" = "yyyy-MM-dd"
+    "projection.dt.range"  = "2024-01-01,NOW"
   }
-  partition_keys {
-    name = "minute"
-    type = "string"
+  archive_columns = {
+    topic = "string", partition = "int", offset = "bigint", timestamp_ms = "bigint",
+    relay_id = "string"
   }
-  storage_descriptor {
-    location      = "s3://${local.bucket}/archive/topic=${var.price_topic}/"
-    input_format  = "org.apache.hadoop.mapred.TextInputFormat"
-    output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
-    ser_de_info {
-      serialization_library = local.json_serde
+  glue_tables = {
+    archive_prices = {
+      prefix     = "archive/topic=${var.price_topic}/"
+      template   = "dt=$${dt}/hour=$${hour}/minute=$${minute}/"
+      partitions = ["dt", "hour", "minute"]
+      columns = merge(local.archive_columns, {
+        market_id = "string", token_id = "string", outcome = "string", question = "string",
+        price = "decimal(38,12)", ts = "string"
+      })
     }
-    dynamic "columns" {
-      for_each = {
-        topic = "string", partition = "int", offset = "bigint", timestamp_ms = "bigint",
-        relay_id = "string", market_id = "string", token_id = "string", outcome = "string",
-        question = "string", price = "decimal(38,12)", ts = "string"
-      }
-      content {
-        name = columns.key
-        type = columns.value
-      }
+    archive_feeds = {
+      prefix     = "archive/topic=${var.rss_topic}/"
+      template   = "dt=$${dt}/hour=$${hour}/minute=$${minute}/"
+      partitions = ["dt", "hour", "minute"]
+      columns = merge(local.archive_columns, {
+        source = "string", guid = "string", fetched_hour = "string", counted = "boolean"
+      })
     }
-  }
-}
-
-resource "aws_glue_catalog_table" "archive_feeds" {
-  name          = "archive_feeds"
-  database_name = aws_glue_catalog_database.views.name
-  table_type    = "EXTERNAL_TABLE"
-  parameters = {
-    "projection.enabled"        = "true"
-    "projection.dt.type"        = "date"
-    "projection.dt.format"      = "yyyy-MM-dd"
-    "projection.dt.range"       = "2024-01-01,NOW"
-    "projection.hour.type"      = "integer"
-    "projection.hour.range"     = "0,23"
-    "projection.hour.digits"    = "2"
-    "projection.minute.type"    = "integer"
-    "projection.minute.range"   = "0,59"
-    "projection.minute.digits"  = "2"
-    "storage.location.template" = "s3://${local.bucket}/archive/topic=${var.rss_topic}/dt=$${dt}/hour=$${hour}/minute=$${minute}/"
-  }
-  partition_keys {
-    name = "dt"
-    type = "string"
-  }
-  partition_keys {
-    name = "hour"
-    type = "string"
-  }
-  partition_keys {
-    name = "minute"
-    type = "string"
-  }
-  storage_descriptor {
-    location      = "s3://${local.bucket}/archive/topic=${var.rss_topic}/"
-    input_format  = "org.apache.hadoop.mapred.TextInputFormat"
-    output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
-    ser_de_info {
-      serialization_library = local.json_serde
+    prices_hour = {
+      prefix     = "views/prices_hour/"
+      template   = "dt=$${dt}/hour=$${hour}/"
+      partitions = ["dt", "hour"]
+      columns    = local.price_view_columns
     }
-    dynamic "columns" {
-      for_each = {
-        topic = "string", partition = "int", offset = "bigint", timestamp_ms = "bigint",
-        relay_id = "string", source = "string", guid = "string", fetched_hour = "string",
-        counted = "boolean"
-      }
-      content {
-        name = columns.key
-        type = columns.value
-      }
+    prices_day = {
+      prefix     = "views/prices_day/"
+      template   = "dt=$${dt}/"
+      partitions = ["dt"]
+      columns    = local.price_view_columns
     }
   }
 }
 
-resource "aws_glue_catalog_table" "prices_hour" {
-  name          = "prices_hour"
+resource "aws_glue_catalog_table" "views" {
+  for_each      = local.glue_tables
+  name          = each.key
   database_name = aws_glue_catalog_database.views.name
   table_type    = "EXTERNAL_TABLE"
-  parameters = {
-    "projection.enabled"        = "true"
-    "projection.dt.type"        = "date"
-    "projection.dt.format"      = "yyyy-MM-dd"
-    "projection.dt.range"       = "2024-01-01,NOW"
-    "projection.hour.type"      = "integer"
-    "projection.hour.range"     = "0,23"
-    "projection.hour.digits"    = "2"
-    "storage.location.template" = "s3://${local.bucket}/views/prices_hour/dt=$${dt}/hour=$${hour}/"
-  }
-  partition_keys {
-    name = "dt"
-    type = "string"
-  }
-  partition_keys {
-    name = "hour"
-    type = "string"
+  parameters = merge(
+    local.day_projection,
+    contains(each.value.partitions, "hour") ? local.hour_projection : {},
+    contains(each.value.partitions, "minute") ? local.minute_projection : {},
+    { "storage.location.template" = "s3://${local.bucket}/${each.value.prefix}${each.value.template}" },
+  )
+  dynamic "partition_keys" {
+    for_each = each.value.partitions
+    content {
+      name = partition_keys.value
+      type = "string"
+    }
   }
   storage_descriptor {
-    location      = "s3://${local.bucket}/views/prices_hour/"
+    location      = "s3://${local.bucket}/${each.value.prefix}"
     input_format  = "org.apache.hadoop.mapred.TextInputFormat"
     output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
     ser_de_info {
       serialization_library = local.json_serde
     }
     dynamic "columns" {
-      for_each = local.price_view_columns
-      content {
-        name = columns.key
-        type = columns.value
-      }
-    }
-  }
-}
-
-resource "aws_glue_catalog_table" "prices_day" {
-  name          = "prices_day"
-  database_name = aws_glue_catalog_database.views.name
-  table_type    = "EXTERNAL_TABLE"
-  parameters = {
-    "projection.enabled"        = "true"
-    "projection.dt.type"        = "date"
-    "projection.dt.format"      = "yyyy-MM-dd"
-    "projection.dt.range"       = "2024-01-01,NOW"
-    "storage.location.template" = "s3://${local.bucket}/views/prices_day/dt=$${dt}/"
-  }
-  partition_keys {
-    name = "dt"
-    type = "string"
-  }
-  storage_descriptor {
-    location      = "s3://${local.bucket}/views/prices_day/"
-    input_format  = "org.apache.hadoop.mapred.TextInputFormat"
-    output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
-    ser_de_info {
-      serialization_library = local.json_serde
-    }
-    dynamic "columns" {
-      for_each = local.price_view_columns
+      for_each = each.value.columns
       content {
         name = columns.key
         type = columns.value
