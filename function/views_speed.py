@@ -106,12 +106,14 @@ class SpeedStore:
     clock: Callable[[], float] = time.time
 
     def _expiry(self, hour: str) -> dict[str, dict[str, str]]:
-        """A closed hour's aggregates go ``VIEWS_SPEED_TTL_DAYS`` after it closed (its
-        batch view answers for it by then); 0 keeps them."""
+        """An hour's aggregates go ``VIEWS_SPEED_TTL_DAYS`` after the hour closed or after
+        they were last written, whichever is later (an old hour being replayed is served
+        from them until its batch view is recomputed); 0 keeps them."""
         if self.config.speed_ttl_days == 0:
             return {}
         closes = hour_end(hour).timestamp() + self.config.lateness_hours * 3600
-        return {"expires_at": {"N": str(int(closes) + self.config.speed_ttl_days * 86400)}}
+        base = max(closes, self.clock())
+        return {"expires_at": {"N": str(int(base) + self.config.speed_ttl_days * 86400)}}
 
     def is_late(self, hour: str) -> bool:
         """Whether ``hour`` may already have been closed (a few minutes' margin for the

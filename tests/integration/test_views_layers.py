@@ -347,3 +347,23 @@ def test_the_cli_answers_from_the_speed_layer_and_explains_bad_periods(
     assert series["days"][1]["markets"][0]["outcomes"][0]["count"] == 1
     assert views_serve.main([*args, "--day", "28-11-2026"]) == 2
     assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_closed_hours_speed_aggregates_expire_after_the_hour_closed_or_was_written(
+    aws: MotoServer,
+) -> None:
+    config = ViewsConfig(table=TABLE, bucket=BUCKET, lateness_hours=3, speed_ttl_days=2)
+    now = (BASE + timedelta(days=30)).timestamp()
+    store, quarantine, _ = _speed(aws, config, now=now)
+    recent = BASE + timedelta(days=30, hours=1)
+    points = [_point(0, 0.5), record(PRICE_TOPIC, 0, 1, price_value("m", "t", 0.5, recent),
+                                     relay_id="recent")]
+    consume(parse_event(build_event(points)), store=store, quarantine=quarantine,
+            config=config)
+    expiry = {item["sk"]["S"].split("#")[1]: int(item["expires_at"]["N"])
+              for item in aws.client("dynamodb").scan(TableName=TABLE)["Items"]
+              if item["pk"]["S"] == "market#m"}
+    assert expiry == {
+        hour_of(BASE): int(now) + 2 * 86400,  # replayed long after: from when it was written
+        hour_of(recent): int((recent + timedelta(hours=4)).timestamp()) + 2 * 86400,
+    }

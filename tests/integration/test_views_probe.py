@@ -6,6 +6,7 @@ of what was produced."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import datetime, timedelta
 from typing import Any
@@ -97,8 +98,18 @@ def _resends(start: int) -> list[KafkaRecord]:
                    relay_id=f"cold-{n}") for n in range(2)]
 
 
+def _metrics(out: str) -> dict[str, list[dict[str, Any]]]:
+    """The embedded-metric-format lines the handlers printed, per function."""
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        if "_aws" in line:
+            found.setdefault(line["Function"], []).append(line)
+    return found
+
+
 def test_every_served_hour_and_day_is_the_exact_aggregate_of_what_was_produced(
-    deployed: MotoServer,
+    deployed: MotoServer, capsys: pytest.CaptureFixture[str],
 ) -> None:
     rng = random.Random(26)
     produced = scenario(26, hours=6)
@@ -115,6 +126,15 @@ def test_every_served_hour_and_day_is_the_exact_aggregate_of_what_was_produced(
     first = _scheduled(closes)
     assert first["deferred"]  # hours it could not close yet
     assert _check_everything(produced) >= {"speed (batch view pending)"}
+    metrics = _metrics(capsys.readouterr().out)
+    (close_metrics,) = metrics["close"]
+    assert close_metrics["DeferredHours"] == len(first["deferred"])
+    assert close_metrics["ArchiveLagSeconds"] > 0
+    points = decode_all(produced, ViewsConfig())
+    counted = len({p.identity for p in points.prices} | {i.identity for i in points.feeds})
+    # every record is for an hour long closed by the clock: all counted ones are late
+    assert sum(m["RecordsAfterClose"] for m in metrics["speed"]) == counted
+    assert sum(m["PoisonRecords"] for m in metrics["speed"]) >= len(points.poison)
 
     _mapping(archive_handler, records, rng)  # the archive catches up (and re-archives)
     # the next scheduled run is missed; the one after closes everything behind it
@@ -135,7 +155,11 @@ def test_every_served_hour_and_day_is_the_exact_aggregate_of_what_was_produced(
     _scheduled(closes + timedelta(hours=4))
     assert _check_everything(produced) == {"batch"}
     _mapping(archive_handler, late, rng)  # a redelivery after the close: recomputed, same
+    capsys.readouterr()
     _scheduled(closes + timedelta(hours=5))
+    (close_metrics,) = _metrics(capsys.readouterr().out)["close"]
+    assert (close_metrics["DeferredHours"], close_metrics["BatchSpeedDifferences"],
+            close_metrics["ArchiveLagSeconds"]) == (0, 0, 0)
     assert _check_everything(produced) == {"batch"}
 
     series = serve_handler({"markets": MARKETS, "from": DAY, "to": (

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
+from hypothesis import given
+from hypothesis import strategies as st
 from views_event import parse_event
 
 from devtools.esm_poller import MSK, EsmPoller, mapping_event, still_failing
@@ -36,6 +37,40 @@ def test_an_identifier_not_in_the_kafka_shape_fails_the_whole_batch(identifier: 
     records = _records(0, range(5)) + _records(1, range(3))
     answer = {"batchItemFailures": [{"itemIdentifier": identifier}]}
     assert still_failing(records, answer) == records
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=9), inner,
+                                                                 max_size=3),
+    max_leaves=8)
+
+
+@given(st.lists(st.one_of(
+    json_values,
+    st.fixed_dictionaries({"itemIdentifier": st.fixed_dictionaries({
+        "partition": st.sampled_from(["t-0", "t-1", "t-2", 0, "0"]),
+        "offset": st.integers(-1, 6) | json_values})}),
+), min_size=1, max_size=4))
+def test_any_answer_retries_a_suffix_per_partition_or_the_whole_batch(
+    failures: list[Any],
+) -> None:
+    records = _records(0, range(5)) + _records(1, range(3))
+    retried = still_failing(records, {"batchItemFailures": failures})
+    idents = [f.get("itemIdentifier") if isinstance(f, dict) else None for f in failures]
+    well_formed = all(
+        isinstance(i, dict) and i.get("partition") in ("t-0", "t-1")
+        and type(i.get("offset")) is int for i in idents)
+    if not well_formed:
+        assert retried == records
+        return
+    lowest: dict[int, int] = {}
+    for ident in idents:
+        assert isinstance(ident, dict)
+        partition = int(ident["partition"][2:])
+        lowest[partition] = min(ident["offset"], lowest.get(partition, ident["offset"]))
+    assert retried == [r for r in records
+                       if r["partition"] in lowest and r["offset"] >= lowest[r["partition"]]]
 
 
 def test_the_events_it_builds_parse_in_both_shapes() -> None:
