@@ -18,9 +18,10 @@ mapping retries from it; after the mapping's retries its on-failure destination 
 With ``VIEWS_PARTIAL_BATCH_RESPONSE=false`` (a mapping not in provisioned mode, which
 ignores partial responses) the invocation fails instead and the whole batch is retried.
 
-A record for an hour that has already closed (its end plus ``VIEWS_LATENESS_HOURS`` has
-passed) is counted as usual and marks the hour dirty with its position, so the next close
-recomputes the hour once the archive has reached it (see ``views_state``).
+A record for an hour that may already have closed (its end plus ``VIEWS_LATENESS_HOURS``
+has passed) is counted as usual and marks the hour dirty with its position (once per hour
+and partition per batch), so the next close recomputes the hour once the archive has
+reached it (see ``views_state``).
 
 Table (``VIEWS_TABLE``): string keys ``pk`` / ``sk``::
 
@@ -256,27 +257,23 @@ class Outcome:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _count(record: KafkaRecord, store: SpeedStore, state: ViewsState,
-           config: ViewsConfig) -> tuple[bool, bool] | None:
-    """(added, late) for a price or feed record; None for another topic."""
-    item: PricePoint | FeedItem
+def _count(record: KafkaRecord, store: SpeedStore, config: ViewsConfig
+           ) -> tuple[bool, str] | None:
+    """(added, hour) for a price or feed record; None for another topic."""
     if record.topic == config.price_topic:
-        item = decode_price(record)
-    elif record.topic == config.rss_topic:
+        point = decode_price(record)
+        return store.add_price(point, record), point.hour
+    if record.topic == config.rss_topic:
         item = decode_feed_item(record)
-    else:
-        return None
-    late = store.is_late(item.hour)
-    if late:
-        # Marked before counting: a mark without a count only costs a recomputation.
-        state.mark_dirty(item.hour, group=record.group, offset=record.offset)
-    if isinstance(item, PricePoint):
-        return store.add_price(item, record), late
-    return store.add_feed_item(item, record), late
+        return store.add_feed_item(item, record), item.hour
+    return None
 
 
 def consume(batch: KafkaBatch, *, store: SpeedStore, quarantine: Quarantine,
             config: ViewsConfig, state: ViewsState | None = None) -> Outcome:
+    """Count the batch partition by partition; then, per partition, mark each hour that may
+    already have closed dirty with the highest offset counted for it (a retried batch marks
+    again, so a mark cannot be lost between counting and marking) and record progress."""
     state = state or ViewsState(store.table, store.dynamodb)
     outcome = Outcome()
     for bad in batch.malformed:
@@ -284,9 +281,10 @@ def consume(batch: KafkaBatch, *, store: SpeedStore, quarantine: Quarantine,
         outcome.poison += 1
     for records in by_partition(batch.records):
         done: KafkaRecord | None = None
+        late: dict[str, int] = {}
         for record in records:
             try:
-                result = _count(record, store, state, config)
+                result = _count(record, store, config)
             except PoisonRecord as exc:
                 quarantine.put(record, str(exc))
                 outcome.poison += 1
@@ -303,12 +301,16 @@ def consume(batch: KafkaBatch, *, store: SpeedStore, quarantine: Quarantine,
             if result is None:
                 outcome.skipped += 1
                 continue
-            added, late = result
+            added, hour = result
+            if store.is_late(hour):
+                late[hour] = record.offset
+                outcome.late += added
             if added:
                 outcome.counted += 1
-                outcome.late += late
             else:
                 outcome.duplicates += 1
+        for hour, offset in sorted(late.items()):
+            state.mark_dirty(hour, group=records[0].group, offset=offset)
         if done is not None:
             state.advance("speed", done.group, done.offset, done.timestamp_ms)
     return outcome
