@@ -319,21 +319,29 @@ def hours_between(start: str, end: str) -> list[str]:
 
 def _close_hours(layer: BatchLayer, hours: Sequence[str], report: CloseReport,
                  versions: Mapping[str, int]) -> None:
-    days: set[str] = set()
+    """Day by day: write the hours, then the day if every other hour of it has a clean
+    view, and only then clear the hours' dirty marks — a run cut short (a timeout) leaves
+    them dirty, so the next run rewrites hour and day together."""
+    by_day: dict[str, list[str]] = {}
     for hour in hours:
-        key, view, bad = layer.write_hour(hour)
-        report.written.append(key)
-        report.bad_lines += bad
-        report.differences += layer.differences(hour, view)
-        if hour in versions:
-            layer.state.clear_dirty(hour, versions[hour])
-        days.add(hour[:10])
-    still_dirty = set(layer.state.dirty())
-    for day in sorted(days):
-        if still_dirty.isdisjoint(hours_of_day(day)):
+        by_day.setdefault(hour[:10], []).append(hour)
+    for day, day_hours in sorted(by_day.items()):
+        for hour in day_hours:
+            key, view, bad = layer.write_hour(hour)
+            report.written.append(key)
+            report.bad_lines += bad
+            report.differences += layer.differences(hour, view)
+        dirty = layer.state.dirty()
+        # dirty hours of the day other than those just written from the marks read
+        others = [h for h in hours_of_day(day) if h in dirty
+                  and not (h in day_hours and versions.get(h) == dirty[h].version)]
+        if not others:
             written = layer.write_day(day)
             if written is not None:
                 report.written.append(written)
+        for hour in day_hours:
+            if hour in versions:
+                layer.state.clear_dirty(hour, versions[hour])
 
 
 def recompute(layer: BatchLayer, hours: Sequence[str]) -> CloseReport:
