@@ -224,6 +224,20 @@ def mapping_request(o: ViewsOptions, fn: ViewsFunction, topic: str, bucket: str,
     return request
 
 
+UPDATABLE = ("BatchSize", "MaximumBatchingWindowInSeconds", "FunctionResponseTypes",
+             "MaximumRetryAttempts", "BisectBatchOnFunctionError", "DestinationConfig",
+             "ProvisionedPollerConfig")
+
+
+def mapping_update(request: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """What UpdateEventSourceMapping must change so an existing mapping matches ``request``
+    (its error handling included); empty when it already does."""
+    wanted = {key: request[key] for key in UPDATABLE if key in request}
+    wanted.setdefault("FunctionResponseTypes", [])
+    return {key: value for key, value in wanted.items()
+            if current.get(key, [] if key == "FunctionResponseTypes" else None) != value}
+
+
 @dataclass
 class ViewsResult:
     table: str = ""
@@ -406,12 +420,10 @@ class ViewsDeployer:
             if m.get("Topics") == [topic]]
         if existing:
             uuid = str(existing[0]["UUID"])
-            wanted = {"BatchSize": request["BatchSize"],
-                      "MaximumBatchingWindowInSeconds": request["MaximumBatchingWindowInSeconds"],
-                      "FunctionResponseTypes": request.get("FunctionResponseTypes", [])}
-            changed = any(existing[0].get(k) != v for k, v in wanted.items())
+            changes = mapping_update(request, existing[0])
+            changed = bool(changes)
             if changed and not self.options.dry_run:
-                lam.update_event_source_mapping(UUID=uuid, **wanted)
+                lam.update_event_source_mapping(UUID=uuid, **changes)
             self.result.mappings[name] = uuid
             self._record("mapping", name, "update" if changed else None)
             return

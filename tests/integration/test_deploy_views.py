@@ -18,6 +18,7 @@ from layer_build.deploy_views import (
     ViewsOptions,
     main,
     mapping_request,
+    mapping_update,
     role_policy,
 )
 from layer_build.errors import DeployError
@@ -118,6 +119,27 @@ def test_the_mapping_request_follows_the_kafka_contract(aws: MotoServer, functio
     assert msk["EventSourceArn"] == "arn:aws:kafka:c"
     assert "FunctionResponseTypes" not in msk  # on-demand mode takes no partial responses
     assert "SelfManagedEventSource" not in msk
+
+
+def test_an_existing_mapping_is_brought_to_the_error_handling_wanted(
+    aws: MotoServer, function_zip: Path
+) -> None:
+    account = Account(ACCOUNT_ID, "aws", REGION)
+    request = mapping_request(_options(function_zip, pollers=(1, 4)), FUNCTIONS[0],
+                              "rss.events", BUCKET, account)
+    current = {"UUID": "u", "BatchSize": 100, "MaximumBatchingWindowInSeconds": 1,
+               "FunctionResponseTypes": [], "MaximumRetryAttempts": -1,
+               "BisectBatchOnFunctionError": False, "DestinationConfig": {}}
+    changes = mapping_update(request, current)
+    assert changes == {"FunctionResponseTypes": ["ReportBatchItemFailures"],
+                       "MaximumRetryAttempts": 10, "BisectBatchOnFunctionError": True,
+                       "DestinationConfig": request["DestinationConfig"],
+                       "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 4}}
+    model = aws.client("lambda").meta.service_model.operation_model("UpdateEventSourceMapping")
+    uuid = "00000000-0000-0000-0000-000000000000"
+    report = ParamValidator().validate({"UUID": uuid, **changes}, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
+    assert mapping_update(request, {**current, **changes}) == {}
 
 
 def test_each_role_grants_only_what_its_function_touches(function_zip: Path) -> None:
