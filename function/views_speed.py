@@ -1,8 +1,8 @@
-"""Speed layer: a Kafka event source mapping consumer upserting hour and day views in DynamoDB.
+"""Speed layer: a Kafka event source mapping consumer upserting hour views in DynamoDB.
 
 ``views_speed.handler`` consumes ``polymarket.price_hourly`` (per market and outcome token:
-count, sum, min, max, last by ts, average per hour and per day) and ``rss.events`` (items
-per feed per hour). Delivery is at least once, so every counted record writes a *seen*
+count, sum, min, max, last by ts, average per hour) and ``rss.events`` (items per feed per
+hour). Delivery is at least once, so every counted record writes a *seen*
 item keyed by its identity (see ``views_model``) in the same ``TransactWriteItems`` as its
 aggregates, on condition that the seen item does not exist yet: a redelivered record, or
 one the relay produced twice, cancels its own transaction and counts once. Aggregates are
