@@ -176,7 +176,7 @@ def commands_in(path: Path) -> list[Shown]:
 
 
 def pages() -> list[Path]:
-    return [README, *sorted(DOCS.glob("*.md"))]
+    return [README, *sorted(DOCS.rglob("*.md"))]
 
 
 def test_every_shown_command_runs_in_the_tests_or_is_marked_as_needing_aws() -> None:
