@@ -194,6 +194,6 @@ output "function_arn" {
 }
 
 output "log_group" {
-  description = "python -m kafka_relay.logs --log-group <this>"
+  description = "python -m kafka_relay.tools.logs --log-group <this>"
   value       = aws_cloudwatch_log_group.producer.name
 }

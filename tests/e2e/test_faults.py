@@ -30,8 +30,8 @@ from devtools.moto_server import MotoServer
 from devtools.sandbox import InvokeResult, Sandbox, SandboxInitError, ShutdownResult
 from devtools.sandbox.environment import process_state
 from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
-from kafka_relay.logs import events_named, json_in_line
 from kafka_relay.spill.codec import parse_spill_lines
+from kafka_relay.tools.logs import events_named, json_in_line
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
 pytestmark = pytest.mark.e2e
@@ -133,9 +133,9 @@ def _read_all(broker: Broker, topic: str) -> list[ConsumedRecord]:
 
 
 def _replay(args: Sequence[str], env: Mapping[str, str]) -> str:
-    """``python -m kafka_relay.replay`` as an operator runs it; its output."""
+    """``python -m kafka_relay.tools.replay`` as an operator runs it; its output."""
     done = subprocess.run(
-        [sys.executable, "-m", "kafka_relay.replay", *args], cwd=REPO, capture_output=True,
+        [sys.executable, "-m", "kafka_relay.tools.replay", *args], cwd=REPO, capture_output=True,
         text=True, timeout=90, check=False,
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO / "extension"), **env},
     )

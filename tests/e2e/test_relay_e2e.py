@@ -12,8 +12,8 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox, SandboxInitError
-from kafka_relay import logs
-from kafka_relay.logs import events_named
+from kafka_relay.tools import logs
+from kafka_relay.tools.logs import events_named
 from tests.conftest import Artifacts, Broker
 
 pytestmark = pytest.mark.e2e

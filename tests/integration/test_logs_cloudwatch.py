@@ -14,11 +14,11 @@ import pytest
 
 from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import load_config
-from kafka_relay.logs import CloudWatchTail, main
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
-from kafka_relay.spill import replay
 from kafka_relay.spill.sinks import SpillChain, SpillKind
+from kafka_relay.tools import replayer
+from kafka_relay.tools.logs import CloudWatchTail, main
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,7 @@ def test_the_logs_cli_summarises_a_log_group_and_hands_spills_to_replay(
     assert summary["spill"] == {"lines": 1, "records": 3, "written_to": str(spilled)}
 
     out_replay, err_replay = io.StringIO(), io.StringIO()
-    code = replay.main(["--log-file", str(spilled), "--bootstrap", broker.bootstrap],
+    code = replayer.main(["--log-file", str(spilled), "--bootstrap", broker.bootstrap],
                        env={}, stdout=out_replay, stderr=err_replay)
     assert code == 0, out_replay.getvalue() + err_replay.getvalue()
     got = broker.read(topic, expected=3)
@@ -144,7 +144,7 @@ def test_replay_searches_a_log_group_for_spill_lines_in_a_time_range(
     records, spill_lines = _shutdown_spill(topic, tmp_path, 2)
     stream.put(_invocation(REQ1, cold=True, accepted=2) + spill_lines)
     out, err = io.StringIO(), io.StringIO()
-    code = replay.main(["--log-group", log_group, "--start", str(stream.first_ms),
+    code = replayer.main(["--log-group", log_group, "--start", str(stream.first_ms),
                         "--bootstrap", broker.bootstrap], env={}, stdout=out, stderr=err)
     assert code == 0, out.getvalue() + err.getvalue()
     assert "produced 2, failed 0" in out.getvalue()

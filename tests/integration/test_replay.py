@@ -13,8 +13,8 @@ from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import Config, load_config
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
-from kafka_relay.spill.replay import main
 from kafka_relay.spill.sinks import SpillChain, SpillKind
+from kafka_relay.tools.replayer import main
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration

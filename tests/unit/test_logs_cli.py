@@ -8,10 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from kafka_relay.logs import FileTail, Invocation, LogLine, LogParser, LogsError, main, parse_time
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import spill_lines
-from kafka_relay.spill.replay import read_log_file
+from kafka_relay.tools.logs import (
+    FileTail,
+    Invocation,
+    LogLine,
+    LogParser,
+    LogsError,
+    main,
+    parse_time,
+)
+from kafka_relay.tools.replayer import read_log_file
 
 REQ1 = "0b1c2d3e-0000-4000-8000-000000000001"
 REQ2 = "0b1c2d3e-0000-4000-8000-000000000002"

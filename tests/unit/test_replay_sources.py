@@ -18,7 +18,8 @@ from kafka_relay.config import Config, load_config
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import spill_lines
-from kafka_relay.spill.replay import (
+from kafka_relay.spill.sinks import SpillChain
+from kafka_relay.tools.replayer import (
     ProducerLike,
     ReplayError,
     ReplayReport,
@@ -30,7 +31,6 @@ from kafka_relay.spill.replay import (
     read_spool,
     replay,
 )
-from kafka_relay.spill.sinks import SpillChain
 
 
 def _records(topic: str = "rss.events", count: int = 3) -> list[Record]:

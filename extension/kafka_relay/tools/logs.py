@@ -1,10 +1,10 @@
 """Summarise a kafka-relay function's logs: one row per invocation, then the relay's events.
 
-    python -m kafka_relay.logs --log-group /aws/lambda/rss-producer --start 2h
-    python -m kafka_relay.logs --file sandbox.log --json
-    python -m kafka_relay.logs --log-group /aws/lambda/rss-producer --follow
-    python -m kafka_relay.logs --log-group ... --spilled-out spilled.log
-    python -m kafka_relay.replay --log-file spilled.log        # re-produce what was spilled
+    python -m kafka_relay.tools.logs --log-group /aws/lambda/rss-producer --start 2h
+    python -m kafka_relay.tools.logs --file sandbox.log --json
+    python -m kafka_relay.tools.logs --log-group /aws/lambda/rss-producer --follow
+    python -m kafka_relay.tools.logs --log-group ... --spilled-out spilled.log
+    python -m kafka_relay.tools.replay --log-file spilled.log        # re-produce what was spilled
 
 Reads CloudWatch Logs (boto3 ``filter_log_events``) or a local sandbox log
 file. Rows join the platform's START/END/REPORT lines with the relay's
@@ -31,9 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from kafka_relay.cli import run_cli
 from kafka_relay.errors import RelayError
 from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines
+from kafka_relay.tools.cli import run_cli
 
 LOGGER_NAME = "kafka-relay"
 SPILL_FILTER_PATTERN = f'"{SPILL_EVENT}"'
@@ -415,7 +415,7 @@ def _default_logs_client(region: str | None) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kafka_relay.logs",
+        prog="python -m kafka_relay.tools.logs",
         description="Summarise a kafka-relay function's invocations and relay events.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
@@ -435,7 +435,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="print JSON (with --follow: one JSON object per line)")
     parser.add_argument("--spilled-out", type=Path, metavar="FILE",
                         help=f"write the {SPILL_EVENT} lines found to FILE, for "
-                             "python -m kafka_relay.replay --log-file FILE")
+                             "python -m kafka_relay.tools.replay --log-file FILE")
     return parser
 
 
@@ -495,7 +495,7 @@ def main(
         render_text(summary, log, stdout)
         if args.spilled_out:
             stdout.write(f"{SPILL_EVENT} lines written to {args.spilled_out}; replay them with "
-                         f"python -m kafka_relay.replay --log-file {args.spilled_out}\n")
+                         f"python -m kafka_relay.tools.replay --log-file {args.spilled_out}\n")
     return 0
 
 
@@ -530,7 +530,7 @@ def _follow(
 
 
 def cli() -> int:
-    """``kafka-relay-logs`` / ``python -m kafka_relay.logs``: no tracebacks for user errors."""
+    """``kafka-relay-logs`` / ``python -m kafka_relay.tools.logs``: no tracebacks."""
     return run_cli(lambda: main(sys.argv[1:], env=os.environ, stdout=sys.stdout,
                                 stderr=sys.stderr))
 

@@ -3,7 +3,7 @@
 Sources: an S3 prefix (``s3://bucket/prefix``: the NDJSON objects the spiller
 wrote), a spool directory or ``.ndjson`` file, a log file with
 ``KAFKA_RELAY_SPILL`` lines (a sandbox log, an ``aws logs`` export, or the
-output of ``python -m kafka_relay.logs --spilled-out``), or a CloudWatch log
+output of ``python -m kafka_relay.tools.logs --spilled-out``), or a CloudWatch log
 group.
 
 Each record goes back to its original topic or, when it was on its way to the
@@ -31,17 +31,17 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config, load_config
 from kafka_relay.errors import RelayError
-from kafka_relay.logs import (
+from kafka_relay.producer.classify import describe
+from kafka_relay.producer.factory import ProducerFactory
+from kafka_relay.record import Record
+from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines, read_ndjson
+from kafka_relay.tools.logs import (
     SPILL_FILTER_PATTERN,
     CloudWatchTail,
     LogsError,
     aws_errors,
     parse_time,
 )
-from kafka_relay.producer.classify import describe
-from kafka_relay.producer.factory import ProducerFactory
-from kafka_relay.record import Record
-from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines, read_ndjson
 
 _MAX_FAILURES_SHOWN = 20
 # A dry run never connects: only the DLQ routing of the configuration matters.
@@ -358,7 +358,7 @@ def _default_aws_client(service: str, region: str | None) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kafka_relay.replay",
+        prog="python -m kafka_relay.tools.replay",
         description="Re-produce records kafka-relay spilled, with their original x-relay-id. "
                     "Replaying twice makes duplicates with identical ids: consumers dedupe on "
                     "the x-relay-id header.",
@@ -367,7 +367,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="s3://bucket/prefix, a spool directory, or a spooled .ndjson file")
     parser.add_argument("--log-file", type=Path,
                         help=f"a log file with {SPILL_EVENT} lines (sandbox log, aws logs "
-                             "export, or python -m kafka_relay.logs --spilled-out)")
+                             "export, or python -m kafka_relay.tools.logs --spilled-out)")
     parser.add_argument("--log-group", help=f"a CloudWatch log group to search for {SPILL_EVENT}")
     parser.add_argument("--start", help="with --log-group: from (epoch ms, ISO 8601, or an age "
                                         "like 2h; default: all retained events)")
