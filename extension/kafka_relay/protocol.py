@@ -74,6 +74,8 @@ ORIGINAL_TOPIC_HEADER = "x-relay-original-topic"
 ATTEMPTS_HEADER = "x-relay-attempts"
 REQUEST_ID_KAFKA_HEADER = "x-relay-request-id"
 FIRST_FAILED_HEADER = "x-relay-first-failed-ms"
+ERROR_KIND_HEADER = "x-relay-error-kind"  # transient (retries ran out) or permanent
+FUNCTION_HEADER = "x-relay-function"  # AWS_LAMBDA_FUNCTION_NAME of the accepting function
 
 
 class Outcome(str, Enum):

@@ -50,6 +50,9 @@ class RelayListener:
         self._log = logger
         self._wall_ms = wall_ms
         self._reported = engine.counts()
+        # An invocation that did not wait for its handler is reported when the next event
+        # arrives (the handler is over by then), so its line counts its own records.
+        self._unreported: str | None = None
         self.invocations = 0
         self.telemetry = False  # subscribed to runtimeDone: every handler end is signalled
         self._unsignalled = 0  # bounded waits that ended without any end signal
@@ -60,12 +63,12 @@ class RelayListener:
     # -- INVOKE ---------------------------------------------------------------------------
 
     def on_invoke(self, event: InvokeEvent) -> None:
+        self._report_unreported()
         self.invocations += 1
         self._log.request_id = event.request_id or None
+        self._engine.invocation_id = event.request_id or None
         self._engine.before_invoke()  # e.g. a fresh MSK IAM token before the pump produces
-        restored = self._engine.restore_spool()
-        if restored:
-            self._log.info("spool.restored", records=restored)
+        self._engine.restore_spool()  # logs spool.restored itself
 
     def handler_done(self, request_id: str, timeout_s: float) -> bool:
         if self.telemetry or self._signals.seen_any:
@@ -137,7 +140,15 @@ class RelayListener:
         self._engine.flush_control = dict(status)
 
     def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-        self._report(flush.duration_ms if flush else 0.0)
+        if flush is None:  # not flushed (deferred, breaker open): its handler may still run
+            self._unreported = event.request_id or None
+            return
+        self._report(flush.duration_ms)
+
+    def _report_unreported(self) -> None:
+        if self._unreported is not None:
+            request_id, self._unreported = self._unreported, None
+            self._report(0.0, request_id=request_id)
 
     # -- SHUTDOWN -------------------------------------------------------------------------
 
@@ -145,6 +156,8 @@ class RelayListener:
         """Drain (the engine restores, flushes and spills within the deadline), release
         everything, summarise. Every step runs even if an earlier one raised: whatever the
         drain could not settle is spilled by a last step of its own."""
+        self._report_unreported()
+        self._engine.invocation_id = None
         started = self._wall_ms()
         deadline_ms = event.deadline_ms or started + _NO_DEADLINE_BUDGET_MS
         failed: list[str] = []
@@ -185,35 +198,48 @@ class RelayListener:
 
     # -- reporting ------------------------------------------------------------------------
 
-    def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
+    def _report(self, flush_ms: float, *, invocation: bool = True,
+                request_id: str | None = None) -> None:
         """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
-        the last report."""
-        delta = self.take_delta()
+        the last report (``request_id``: of an invocation reported late)."""
+        delta = self.take_delta(at="invocation" if invocation else "shutdown")
         depth, _ = self._engine.depth()
         if invocation:
+            fields: dict[str, object] = {} if request_id is None else {"request_id": request_id}
             self._log.info("invocation.done", accepted=delta["accepted"],
                            delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
                            spilled=delta["spilled"], spooled=delta["spooled"],
-                           restored=delta["restored"], pending=depth, flush_ms=flush_ms)
+                           restored=delta["restored"], pending=depth, flush_ms=flush_ms,
+                           **fields)
         self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
 
-    def take_delta(self) -> dict[str, int]:
-        """The counts' change since the last report (every count is reported once)."""
-        now = self._engine.counts()
+    def take_delta(self, *, at: str = "period") -> dict[str, int]:
+        """The counts' change since the last report (every count is reported once), and a
+        ``records.outcomes`` line saying the same per request id: the records' own ids, so
+        what settles later is counted for the invocation that handed the records over."""
+        now, by_request = self._engine.take_outcomes()
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
+        if by_request:
+            self._log.info("records.outcomes", at=at, by_request=by_request)
         return delta
 
     def write_metrics(self, delta: dict[str, int], *, depth: int,
                       flush_ms: float | None = None) -> None:
         """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed)."""
+        breaker = self._engine.flush_control.get("breaker") or {}
         metrics: dict[str, float] = {
             "RecordsAccepted": delta["accepted"],
             "RecordsDelivered": delta["delivered"],
             "RecordsDeadLettered": delta["dead_lettered"],
+            "DeadLetterFailures": delta["dead_letter_failed"],
             "RecordsSpilled": delta["spilled"],
+            "RecordsSpooled": delta["spooled"],
+            "RecordsRestored": delta["restored"],
             "RecordsRejected": delta["rejected"],
             "BufferDepth": depth,
+            "OldestPendingMs": self._engine.oldest_pending_ms(),
+            "BreakerOpen": int(breaker.get("state") == "open"),
         }
         if flush_ms is not None:
             metrics["FlushMs"] = flush_ms

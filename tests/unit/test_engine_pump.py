@@ -120,7 +120,7 @@ def test_a_permanent_error_dead_letters_at_once(tmp_path: Path, code: int) -> No
     assert [m.topic for m in rig.producer.sent] == ["t", "t", "dlq.t", "dlq.t"]
     assert rig.producer.sent[-1].headers["x-relay-error"].startswith(
         KafkaError(code).name().encode())
-    assert len(rig.events("record.dead_letter")) == 2
+    assert len(rig.events("dead_letter.routed")) == 2
     rig.assert_accounted()
 
 

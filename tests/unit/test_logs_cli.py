@@ -53,7 +53,7 @@ SANDBOX = [
     _relay("init.ready", port=4195),
     "fetched 10 items from the feed",
     '{"level": "INFO", "message": "handler JSON output, not the relay\'s"}',
-    _relay("record.dead_letter", "WARNING", request_id=REQ1, id="env1-00000003",
+    _relay("dead_letter.routed", "WARNING", request_id=REQ1, id="env1-00000003",
            topic="rss.events", error="TOPIC_EXCEPTION: bad"),
     _done(REQ1, 10),
     '{"_aws":{"Timestamp":1767225600500,"CloudWatchMetrics":[]},"RecordsAccepted":10}',
@@ -110,7 +110,7 @@ def test_relay_counts_join_their_invocation_by_request_id_in_any_order() -> None
 def test_relay_events_are_warnings_errors_and_summaries_not_info_emf_or_handler_lines() -> None:
     parser = _parsed(SANDBOX)
     assert [e.event for e in parser.events] == [
-        "record.dead_letter", "flush.incomplete", "spill.log", "shutdown.summary"]
+        "dead_letter.routed", "flush.incomplete", "spill.log", "shutdown.summary"]
     dead_letter = parser.events[0]
     assert dead_letter.request_id == REQ1
     assert dead_letter.fields == {"id": "env1-00000003", "topic": "rss.events",
@@ -217,7 +217,7 @@ def test_following_a_file_prints_rows_and_events_as_they_are_appended(tmp_path: 
     assert not rest
     items = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(i["type"], i.get("event") or i.get("request_id")) for i in items] == [
-        ("event", "record.dead_letter"), ("invocation", REQ1), ("event", "flush.incomplete"),
+        ("event", "dead_letter.routed"), ("invocation", REQ1), ("event", "flush.incomplete"),
         ("invocation", REQ2), ("event", "spill.log"), ("event", "shutdown.summary")]
     assert items[1]["relay"]["accepted"] == 10
 

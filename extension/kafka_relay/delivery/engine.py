@@ -82,12 +82,15 @@ class DeliveryEngine:
         self.failure: str | None = None
         # The lifecycle's flush control (breaker, auto), published by its listener for status.
         self.flush_control: dict[str, Any] = {}
+        # On demand, the invocation running now: records that arrive without a request id
+        # are its records (one invocation at a time), so the logs can attribute them.
+        self.invocation_id: str | None = None
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
             journal.open()
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
-                              monotonic=monotonic, journal=journal)
+                              monotonic=monotonic, journal=journal, logger=logger)
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, on_death=self._pump_died,
                          wall_ms=wall_ms, defer_build=defer_producer, on_thaw=on_thaw)
@@ -161,6 +164,9 @@ class DeliveryEngine:
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` (BufferFull: none). ``watch``: a handle for wait_settled."""
+        for record in records:
+            record.request_id = record.request_id or self.invocation_id
+            record.dlq_topic = record.dlq_topic or self._config.dlq_for(record.topic)
         return self._ledger.accept(records, watch=watch)
 
     def note_rejected(self, records: int) -> None:
@@ -258,6 +264,10 @@ class DeliveryEngine:
     def counts(self) -> dict[str, int]:
         with self._ledger.cond:
             return self._ledger.counts.as_dict()
+
+    def take_outcomes(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The counts now and what changed since the last take per request id, together."""
+        return self._ledger.take_outcomes()
 
     def depth(self) -> tuple[int, int]:
         """(pending records, pending bytes)."""

@@ -59,19 +59,30 @@ class Failures:
                              max_attempts=self._config.max_attempts,
                              to_dlq=record.dlq_error is not None,
                              backoff_base_ms=self._config.retry_backoff_ms)
-            self._apply(record, decision)
+            if record.dlq_error is not None and decision.action is Action.SPILL:
+                self._ledger.counts.dead_letter_failed += 1
+            self._apply(record, decision, kind)
             return decision
 
-    def _apply(self, record: Record, decision: Decision) -> None:
+    def _apply(self, record: Record, decision: Decision, kind: ErrorKind) -> None:
         queue, action = self._queue, decision.action
+        if action in (Action.DEAD_LETTER, Action.SPILL_OVERSIZE):
+            # Frozen here: retries towards the DLQ change neither what the headers say
+            # about the record's own topic nor why it failed.
+            record.dlq_attempts = record.attempts
+            record.error_kind = "transient" if kind is ErrorKind.TRANSIENT else "permanent"
         if action in (Action.REQUEUE, Action.REBUILD):
             queue.push(record)  # a rebuilt producer sends it again
         elif action is Action.RETRY:
             queue.schedule(record, self._wall_ms() + decision.delay_ms)
         elif action is Action.DEAD_LETTER:
             record.dlq_error = decision.reason
-            self._log.warning("record.dead_letter", id=record.id, topic=record.topic,
-                              error=decision.reason, request_id=record.request_id)
+            # Routed, not yet acknowledged: the DLQ's own delivery report settles it
+            # (record.outcome, and the dead_lettered count of records.outcomes).
+            self._log.warning("dead_letter.routed", id=record.id, topic=record.topic,
+                              dlq_topic=record.dlq_topic, error=decision.reason,
+                              error_kind=record.error_kind, attempts=record.attempts,
+                              request_id=record.request_id)
             queue.push(record)
         elif action is Action.SPILL_OVERSIZE:
             record.dlq_error = decision.reason
@@ -100,4 +111,5 @@ class Failures:
         self._ledger.settle_spilled([record], result)
         value = json.dumps({"spilled_to": result.location, "id": record.id,
                             "size": record.size, "error": reason}).encode()
-        return Pointer(record, self._config.dlq_for(record.topic), value, result.location)
+        return Pointer(record, record.dlq_topic or self._config.dlq_for(record.topic), value,
+                       result.location)

@@ -6,6 +6,8 @@ and the callers of the engine share. With a journal, every batch it takes is
 journaled before it is owned (before the 202), and every settlement tells it.
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
+It also tallies these counts per request id (the records' own, the invocation that
+handed them over), so the logs can say what became of each invocation's records.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 from kafka_relay.delivery.journal import Journal, encode
 from kafka_relay.delivery.queue import SendQueue
+from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillResult
@@ -46,11 +49,17 @@ class Counts:
     spilled: int = 0
     spooled: int = 0  # parked in /tmp for a later invocation; comes back as ``restored``
     rejected: int = 0
+    dead_letter_failed: int = 0  # routed to the DLQ, which did not take them: spilled
     retries: int = 0
     producers_built: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+# The per-request tally's key for records that arrived without a request id.
+NO_REQUEST = "-"
+_OUTCOME_COUNT = {Outcome.DELIVERED: "delivered", Outcome.DEAD_LETTERED: "dead_lettered"}
 
 
 @dataclass
@@ -62,7 +71,7 @@ class Watch:
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, logger: JsonLogger | None = None) -> None:
         self.cond = threading.Condition()
         self.queue = SendQueue()  # guarded by ``cond`` too
         self.counts = Counts()
@@ -74,6 +83,9 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self.journal = journal  # guarded by ``cond`` too
+        self._log = logger
+        # Per request id since the last take_outcomes: count name -> records.
+        self._outcomes: dict[str, dict[str, int]] = {}
 
     # -- records in --------------------------------------------------------------------
 
@@ -102,6 +114,7 @@ class Ledger:
                 journal.append([r.id for r in records], frame)
             self._take(records)
             self.counts.accepted += len(records)
+            self._tally(records, "accepted")
             self.cond.notify_all()
             return registered
 
@@ -114,6 +127,7 @@ class Ledger:
                 self.journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
             self._take(fresh)
             self.counts.restored += len(fresh)
+            self._tally(fresh, "restored")
             self.cond.notify_all()
             return len(fresh)
 
@@ -122,6 +136,18 @@ class Ledger:
             self._unsettled[record.id] = record
             self._bytes += record.size
             self.queue.push(record)
+
+    def _tally(self, records: Iterable[Record], count: str) -> None:
+        for record in records:
+            tally = self._outcomes.setdefault(record.request_id or NO_REQUEST, {})
+            tally[count] = tally.get(count, 0) + 1
+
+    def take_outcomes(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The counts now and, per request id, what changed since the last take (one lock
+        round: the two always agree)."""
+        with self.cond:
+            outcomes, self._outcomes = self._outcomes, {}
+            return self.counts.as_dict(), outcomes
 
     def note_rejected(self, records: int) -> None:
         with self.cond:
@@ -149,14 +175,13 @@ class Ledger:
             if self.journal is not None:
                 self.journal.settled(record.id)
             self._bytes -= record.size
-            if outcome is Outcome.DELIVERED:
-                self.counts.delivered += 1
-            elif outcome is Outcome.DEAD_LETTERED:
-                self.counts.dead_lettered += 1
-            elif spooled:
-                self.counts.spooled += 1
-            else:
-                self.counts.spilled += 1
+            count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
+            setattr(self.counts, count, getattr(self.counts, count) + 1)
+            self._tally((record,), count)
+            if self._log is not None:  # each record's place, by id (DEBUG: off by default)
+                where = {"delivered": record.topic, "dead_lettered": record.dlq_topic}
+                self._log.debug("record.outcome", id=record.id, request_id=record.request_id,
+                                outcome=count, where=where.get(count, detail))
             watch = self._watches.pop(record.id, None)
             if watch is not None:
                 watch.outcomes[record.id] = (outcome, detail)

@@ -149,11 +149,13 @@ class Pump:
             self._done_one(record)
             return True
         to_dlq = record.dlq_error is not None
-        target = self._config.dlq_for(record.topic) if to_dlq else record.topic
+        target = (record.dlq_topic or self._config.dlq_for(record.topic)) if to_dlq \
+            else record.topic
         try:
             self.producer.produce(
                 target, value=record.value, key=record.key,
-                headers=record.kafka_headers(dlq_topic=target if to_dlq else None),
+                headers=record.kafka_headers(dlq_topic=target if to_dlq else None,
+                                             function=self._config.function_name),
                 timestamp=record.timestamp_ms or 0,
                 on_delivery=functools.partial(self._on_delivery, record),
             )
@@ -229,7 +231,9 @@ class Pump:
 
         try:
             self.producer.produce(pointer.topic, value=pointer.value, key=record.key,
-                                  headers=record.kafka_headers(dlq_topic=pointer.topic),
+                                  headers=record.kafka_headers(
+                                      dlq_topic=pointer.topic,
+                                      function=self._config.function_name),
                                   on_delivery=report)
         except Exception as exc:  # the record is spilled; only its pointer is lost
             self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),

@@ -74,5 +74,5 @@ class ManagedListener:
         on-demand listener, so the SHUTDOWN drain's line counts only what came after."""
         delta = self._relay_listener.take_delta()
         if any(delta[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
-                                  "rejected")):
+                                  "spooled", "restored", "rejected")):
             self._relay_listener.write_metrics(delta, depth=self._engine.depth()[0])
