@@ -36,7 +36,7 @@ from devtools.kafka_broker import (
 from devtools.sandbox import InvokeResult, Sandbox
 from devtools.views_demo import show_views
 from kafka_relay.tools import logs
-from kafka_relay.tools.logs import events_named
+from kafka_relay.tools.table import events_named
 
 #: --bootstrap's security settings: option -> (extension variable, librdkafka property).
 SECURITY = {

@@ -31,7 +31,7 @@ from devtools.sandbox import InvokeResult, Sandbox, SandboxInitError, ShutdownRe
 from devtools.sandbox.environment import process_state
 from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
 from kafka_relay.spill.codec import parse_spill_lines
-from kafka_relay.tools.logs import events_named, json_in_line
+from kafka_relay.tools.table import LogLine, LogParser, View, events_named, json_in_line, summarise
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
 pytestmark = pytest.mark.e2e
@@ -111,6 +111,13 @@ def _assert_summary(
                    "dead_lettered": dead_lettered, "spilled": spilled, "pending": 0,
                    "unaccounted": 0}
     return summary
+
+
+def _table(lines: Sequence[str]) -> dict[str, Any]:
+    """``kafka-relay-logs --json`` over the sandbox's lines: the per-invocation table."""
+    parser = LogParser()
+    parser.feed_all(LogLine(line) for line in lines)
+    return summarise(parser, View())
 
 
 def _ids(records: Sequence[ConsumedRecord]) -> Counter[str]:
@@ -426,11 +433,17 @@ def test_retries_exhausted_with_the_dlq_down_too_spool_to_tmp_and_a_later_invoca
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     _assert_clean_exit(shutdown)
-    assert sum(e["records"] for e in events_named(lines, "spill.spool")) >= 10
-    assert sum(e["records"] for e in events_named(lines, "spool.restored")) >= 10
     (summary,) = events_named(lines, "shutdown.summary")
+    # One line per spool and per restore, counting exactly what the summary counts.
+    assert sum(e["records"] for e in events_named(lines, "spill.spool")) == summary["spooled"]
+    assert sum(e["records"] for e in events_named(lines, "spool.restored")) == summary["restored"]
     assert (summary["accepted"], summary["delivered"], summary["dead_lettered"]) == (10, 0, 10)
     assert summary["spooled"] == summary["restored"] >= 10  # every spooled record came back
+    table = _table(lines)
+    assert table["checks"] == []
+    (row,) = [r for r in table["invocations"] if r["request_id"] == during.request_id]
+    assert {k: row["counts"].get(k, 0) for k in ("accepted", "delivered", "dead_lettered")} \
+        == {"accepted": 10, "delivered": 0, "dead_lettered": 10}
     assert (summary["spilled"], summary["pending"], summary["unaccounted"]) == (0, 0, 0)
     dead = {r.headers["x-relay-id"].decode(): r for r in _read_all(broker, dlq)}
     assert set(dead) == set(ids)

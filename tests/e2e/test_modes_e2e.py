@@ -25,7 +25,7 @@ from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox
 from kafka_relay.client import RelayClient
 from kafka_relay.protocol import RelayError
-from kafka_relay.tools.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
 pytestmark = pytest.mark.e2e
@@ -135,6 +135,7 @@ def test_managed_instances_survive_a_broker_outage_and_resend_the_spool_without_
     assert shutdown.exit_codes == {"kafka-relay": 0}
     summary = _summary(lines)
     assert summary["spooled"] == summary["restored"] >= 20
+    assert sum(e["records"] for e in events_named(lines, "spool.restored")) == summary["restored"]
     assert (summary["accepted"], summary["pending"], summary["unaccounted"]) == (25, 0, 0)
     assert summary["delivered"] + summary["dead_lettered"] == 25
     ids = {i for r in during for i in r.payload["ids"]}
