@@ -23,6 +23,7 @@ from kafka_relay.tools.replayer import (
     ProducerLike,
     ReplayError,
     ReplayReport,
+    SourceResult,
     _produce,
     destination,
     main,
@@ -185,7 +186,10 @@ def test_a_dry_run_counts_by_destination_topic_and_produces_nothing(tmp_path: Pa
     assert (code, err.getvalue()) == (0, "")
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("read 4 records from 1 source(s)")
-    assert lines[1:4] == ["  dlq.rss.events: 1", "  prices: 1", "  rss.events: 2"]
+    assert lines[1:7] == [
+        "  dlq.rss.events: 1", "         1  permanent: TOPIC_AUTHORIZATION_FAILED",
+        "  prices: 1", "         1  not delivered in time (outage or shutdown)",
+        "  rss.events: 2", "         2  not delivered in time (outage or shutdown)"]
     assert "dry run: nothing produced" in lines
     assert len(list((tmp_path / "spool").glob("*.ndjson"))) == 1
 
@@ -274,6 +278,7 @@ def test_replay_queues_or_reports_any_record_and_never_crashes_the_producer(
             return kafka_producer_offline.flush(timeout)
 
     _produce(Recording(), record, topic, record.kafka_headers(), report,
+             source=SourceResult("test", 1), limit=1_000_000,
              on_delivery=lambda _err, _msg: None)
     # each record is either queued or skipped with a reason; nothing raises, nothing crashes
     assert (len(taken), report.failed) in ((1, 0), (0, 1)), report
