@@ -188,6 +188,36 @@ def test_an_oversize_record_is_spilled_and_a_pointer_dead_lettered(tmp_path: Pat
     assert [r.id for r in parse_spill_lines(rig.log.getvalue().splitlines()).records] == ["r1"]
 
 
+def test_a_failed_dlq_pointer_is_produced_again_and_names_the_spill_location(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=2)
+    failures = iter([KafkaError(KafkaError._MSG_TIMED_OUT)] * 2)
+    rig.producer.respond = lambda sent: (
+        KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if sent.topic == "t"
+        else next(failures, None))
+    rig.engine.accept(rig.records(1, value=b"x" * 2_000))
+    rig.step(6)
+    pointers = [m for m in rig.producer.sent if m.topic == "dlq.t"]
+    assert len(pointers) == 3  # two timed out, the third was acknowledged
+    assert all(m.headers["x-relay-spilled-to"] == b"log" for m in pointers)
+    assert [e["attempts"] for e in rig.events("dead_letter.pointer_retry")] == [1, 2]
+    assert rig.events("dead_letter.pointer_failed") == []
+
+
+def test_a_dlq_pointer_that_keeps_failing_is_logged_once_with_its_spill_location(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=1)
+    rig.producer.respond = lambda sent: KafkaError(
+        KafkaError.MSG_SIZE_TOO_LARGE if sent.topic == "t" else KafkaError._MSG_TIMED_OUT)
+    rig.engine.accept(rig.records(1, value=b"x" * 2_000))
+    rig.step(6)
+    assert len([m for m in rig.producer.sent if m.topic == "dlq.t"]) == 2
+    (failed,) = rig.events("dead_letter.pointer_failed")
+    assert (failed["id"], failed["spilled_to"], failed["attempts"]) == ("r1", "log", 2)
+
+
 @pytest.mark.parametrize("error", [OverflowError("int too big to convert"),
                                    TypeError("bad header"), RuntimeError("anything")])
 def test_a_produce_call_that_raises_dead_letters_that_record_and_the_pump_goes_on(

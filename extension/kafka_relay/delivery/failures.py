@@ -32,6 +32,7 @@ class Pointer:
     topic: str
     value: bytes
     location: str
+    attempts: int = 0  # failed produces of this pointer so far
 
 
 class Failures:

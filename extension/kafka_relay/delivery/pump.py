@@ -14,6 +14,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
@@ -24,7 +25,7 @@ from kafka_relay.delivery.ledger import Ledger
 from kafka_relay.delivery.routing import Action
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
-from kafka_relay.protocol import BrokerState, Outcome
+from kafka_relay.protocol import SPILLED_TO_HEADER, BrokerState, Outcome
 from kafka_relay.record import Record
 
 PRODUCE_BATCH = 2_000
@@ -53,6 +54,7 @@ class Pump:
         self._config = config
         self._factory = producer_factory
         self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
+        self._pointer_retries: list[Pointer] = []  # guarded by the ledger's ``cond``
         self._log = logger
         self._on_death = on_death
         self._wall_ms = wall_ms
@@ -217,27 +219,42 @@ class Pump:
 
     def _spill_waiting(self) -> bool:
         spilled, pointers = self._failures.spill_waiting()
-        for pointer in pointers:
+        with self._ledger.cond:
+            retries, self._pointer_retries = self._pointer_retries, []
+        for pointer in [*retries, *pointers]:
             self._dead_letter_pointer(pointer)
-        return spilled > 0
+        return spilled > 0 or bool(retries)
 
     def _dead_letter_pointer(self, pointer: Pointer) -> None:
+        """Produce the DLQ pointer of a spilled oversize record; a failed one is produced again
+        on a later step, up to the DLQ's own attempt limit (2 x KAFKA_RELAY_MAX_ATTEMPTS)."""
         record = pointer.record
+
+        def failed(error: str) -> None:
+            if pointer.attempts + 1 < 2 * self._config.max_attempts:
+                with self._ledger.cond:
+                    self._pointer_retries.append(replace(pointer, attempts=pointer.attempts + 1))
+                self._log.warning("dead_letter.pointer_retry", id=record.id, error=error,
+                                  attempts=pointer.attempts + 1, spilled_to=pointer.location)
+                return
+            self._log.error("dead_letter.pointer_failed", id=record.id, error=error,
+                            attempts=pointer.attempts + 1, spilled_to=pointer.location,
+                            hint="the record itself is safe where spilled_to says; replay it "
+                                 "from there")
 
         def report(err: KafkaError | None, _msg: object) -> None:
             if err is not None:
-                self._log.error("dead_letter.pointer_failed", id=record.id, error=describe(err),
-                                spilled_to=pointer.location)
+                failed(describe(err))
 
         try:
             self.producer.produce(pointer.topic, value=pointer.value, key=record.key,
-                                  headers=record.kafka_headers(
+                                  headers=[*record.kafka_headers(
                                       dlq_topic=pointer.topic,
                                       function=self._config.function_name),
+                                      (SPILLED_TO_HEADER, pointer.location.encode())],
                                   on_delivery=report)
-        except Exception as exc:  # the record is spilled; only its pointer is lost
-            self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),
-                            spilled_to=pointer.location)
+        except Exception as exc:  # the record is spilled; only its pointer waits
+            failed(str(exc))
 
     def _build(self) -> ProducerLike:
         with self._ledger.cond:
