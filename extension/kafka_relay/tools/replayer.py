@@ -36,6 +36,7 @@ from kafka_relay.producer.classify import describe
 from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines, read_ndjson
+from kafka_relay.tools import redrive
 from kafka_relay.tools.logs import (
     SPILL_FILTER_PATTERN,
     CloudWatchTail,
@@ -224,14 +225,8 @@ def reason(record: Record) -> str:
     error = record.dlq_error or record.last_error
     if error is None:
         return "not delivered in time (outage or shutdown)"
-    for noise in ("dead-letter failed: ",):
-        error = error.removeprefix(noise)
-    error = _GAVE_UP.sub("", error)
     kind = error_kind(record) if record.dlq_error else "transient"
-    return f"{kind}: {error.split(':', 1)[0].strip() or error}"
-
-
-_GAVE_UP = re.compile(r"^gave up after \d+ attempts: ")
+    return f"{kind}: {redrive.error_code(error)}"
 
 
 def destination(
@@ -519,9 +514,12 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"a log file with {SPILL_EVENT} lines (sandbox log, aws logs "
                              "export, or python -m kafka_relay.tools.logs --spilled-out)")
     parser.add_argument("--log-group", help=f"a CloudWatch log group to search for {SPILL_EVENT}")
-    parser.add_argument("--start", help="with --log-group: from (epoch ms, ISO 8601, or an age "
-                                        "like 2h; default: all retained events)")
-    parser.add_argument("--end", help="with --log-group: until (same forms; default now)")
+    parser.add_argument("--start", "--since", dest="start",
+                        help="with --log-group or --from-topic: from (epoch ms, ISO 8601, or "
+                             "an age like 2h; default: everything retained)")
+    parser.add_argument("--end", "--until", dest="end",
+                        help="with --log-group or --from-topic: until (same forms; default "
+                             "now)")
     parser.add_argument("--region", help="AWS region for S3 and CloudWatch (default: AWS_REGION)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: "
                                             "KAFKA_BOOTSTRAP_SERVERS; credentials from KAFKA_*)")
@@ -544,6 +542,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="replay everything again, whatever was replayed before")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="how long a record may take to be acknowledged (default 30)")
+    redrive.add_arguments(parser)
     return parser
 
 
@@ -579,16 +578,28 @@ def main(
     stderr: TextIO,
     aws_client_factory: Callable[[str, str | None], Any] = _default_aws_client,
     producer_factory: Callable[[Config, float], ProducerLike] = kafka_producer,
+    consumer_factory: Callable[[Config, str], Any] = redrive.consumer_for,
     wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
 ) -> int:
     """0: everything replayed; 1: some records failed or were unreadable; 2: bad usage."""
     parser = _parser()
     args = parser.parse_args(argv)
-    chosen = [name for name in ("source", "log_file", "log_group") if getattr(args, name)]
+    chosen = [name for name in ("source", "log_file", "log_group", "from_topic")
+              if getattr(args, name)]
     if len(chosen) != 1:
-        parser.error("give exactly one source: SOURCE, --log-file or --log-group")
-    if (args.start or args.end) and not args.log_group:
-        parser.error("--start/--end select CloudWatch events; they need --log-group")
+        parser.error("give exactly one source: SOURCE, --log-file, --log-group or --from-topic")
+    if (args.start or args.end) and not (args.log_group or args.from_topic):
+        parser.error("--start/--end select CloudWatch events or DLQ records; they need "
+                     "--log-group or --from-topic")
+    redrive_only = [flag for flag, value in (("--error-kind", args.error_kind),
+                                             ("--match", args.match), ("--id", args.id),
+                                             ("--group", args.group), ("--rate", args.rate))
+                    if value]
+    if redrive_only and not args.from_topic:
+        parser.error(f"{', '.join(redrive_only)} select DLQ records: they need --from-topic")
+    if args.from_topic:
+        return _redrive(args, parser, env=env, stdout=stdout, stderr=stderr, wall_ms=wall_ms,
+                        producer_factory=producer_factory, consumer_factory=consumer_factory)
     if args.delete and (args.dry_run or not args.source):
         parser.error("--delete removes spool files or S3 objects after a real replay: it needs "
                      "a SOURCE and no --dry-run")
@@ -609,6 +620,48 @@ def main(
         stderr.write(f"error: {exc}\n")
         return 2
     _print_report(report, args, stdout)
+    return 0 if report.ok else 1
+
+
+def _redrive(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    *,
+    env: Mapping[str, str],
+    stdout: TextIO,
+    stderr: TextIO,
+    wall_ms: Callable[[], int],
+    producer_factory: Callable[[Config, float], ProducerLike],
+    consumer_factory: Callable[[Config, str], Any],
+) -> int:
+    if args.delete or args.to_original_topic or args.transient_to_original:
+        parser.error("--from-topic always sends records to their x-relay-original-topic and "
+                     "commits offsets instead of deleting")
+    try:
+        pattern = re.compile(args.match) if args.match else None
+    except re.error as exc:
+        parser.error(f"--match {args.match!r} is not a regular expression: {exc}")
+    try:
+        now = wall_ms()
+        filters = redrive.Filters(
+            error_kind=args.error_kind, match=pattern, ids=frozenset(args.id),
+            since_ms=parse_time(args.start, now_ms=now) if args.start else None,
+            until_ms=parse_time(args.end, now_ms=now) if args.end else None)
+        config = load_config(env, **({"bootstrap_servers": args.bootstrap}
+                                     if args.bootstrap else {}))
+        group = args.group or redrive.default_group(args.from_topic, filters)
+        consumer = consumer_factory(config, group)
+        try:
+            producer = None if args.dry_run else producer_factory(config, args.timeout)
+            report = redrive.redrive(consumer, args.from_topic, filters=filters,
+                                     producer=producer, group=group, rate=args.rate,
+                                     timeout_s=args.timeout)
+        finally:
+            consumer.close()
+    except (RelayError, redrive.RedriveError, KafkaException) as exc:
+        stderr.write(f"error: {exc}\n")
+        return 2
+    redrive.print_report(report, args.from_topic, dry_run=args.dry_run, out=stdout)
     return 0 if report.ok else 1
 
 
