@@ -1,12 +1,14 @@
-"""``python -m kafka_relay.tools.replay`` / ``kafka-relay-replay``: re-produce spilled records.
+"""``kafka-relay-replay`` (``python -m kafka_relay.tools.replay``): re-produce spilled records,
+or redrive a dead-letter topic.
 
-The work is in ``kafka_relay.tools.replayer`` (it needs confluent-kafka:
+The work is in ``kafka_relay.tools.replayer`` and ``.redrive`` (they need confluent-kafka:
 ``pip install 'kafka-relay[replay]'``).
 
-    python -m kafka_relay.tools.replay s3://my-spill-bucket/kafka-relay/rss-producer/ --dry-run
-    python -m kafka_relay.tools.replay /tmp/kafka-relay-spool --delete
-    python -m kafka_relay.tools.replay --log-file spilled.log --bootstrap localhost:9092
-    python -m kafka_relay.tools.replay --log-group /aws/lambda/rss-producer --start 1d
+    kafka-relay-replay s3://my-spill-bucket/kafka-relay/rss-producer/ --dry-run
+    kafka-relay-replay /tmp/kafka-relay-spool --delete
+    kafka-relay-replay --log-file spilled.log --bootstrap localhost:9092
+    kafka-relay-replay --log-group /aws/lambda/rss-producer --start 1d
+    kafka-relay-replay --from-topic dlq.rss.events --error-kind transient --rate 100
 """
 
 from __future__ import annotations

@@ -3,14 +3,17 @@
 Sources: an S3 prefix (``s3://bucket/prefix``: the NDJSON objects the spiller
 wrote), a spool directory or ``.ndjson`` file, a log file with
 ``KAFKA_RELAY_SPILL`` lines (a sandbox log, an ``aws logs`` export, or the
-output of ``python -m kafka_relay.tools.logs --spilled-out``), or a CloudWatch log
-group.
+output of ``kafka-relay-logs --spilled-out``), or a CloudWatch log group; or,
+with ``--from-topic``, a dead-letter topic (``kafka_relay.tools.redrive``).
 
-Each record goes back to its original topic or, when it was on its way to the
-dead-letter queue, to the DLQ with the ``x-relay-*`` headers. Replaying twice
-produces duplicates carrying identical ``x-relay-id`` headers; consumers
-dedupe on that id (as for the extension's own at-least-once delivery), so
-replay never reads the topic to skip what is already there.
+Each record goes back to its original topic with its original timestamp or,
+when it was on its way to the dead-letter queue, to the DLQ the spill record
+names, with the ``x-relay-*`` headers (``--transient-to-original``: only
+permanent failures stay DLQ-bound). Safe to repeat: the ids produced are kept
+in a state file (``~/.kafka-relay/replayed-ids`` unless ``--state``) and a
+second run skips them; ``--delete`` removes each source whose records all
+went. Copies that still happen (``--no-state``) carry identical ``x-relay-id``
+headers, for consumers to dedupe on.
 
 Two layers: reading (sources → ``Batch`` of ``Record``) and producing
 (``replay``), both driven by injected clients so tests can run them.
