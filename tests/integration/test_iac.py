@@ -19,6 +19,7 @@ import pytest
 from cfnlint.decode import decode_str
 
 from devtools.moto_server import ACCOUNT_ID, MotoServer
+from kafka_relay.observability.metrics import DIMENSIONS, METRICS, NAMESPACE
 
 REPO = Path(__file__).resolve().parents[2]
 SAM = REPO / "iac" / "sam" / "template.yaml"
@@ -99,6 +100,33 @@ def test_sam_and_cloudformation_set_the_same_variables_and_grant_the_same_action
     shared = set(sam["Parameters"]) & set(cfn["Parameters"])
     assert set(sam["Parameters"]) - shared == set()
     assert set(cfn["Parameters"]) - shared == {"CodeS3Bucket", "CodeS3Key", "Handler"}
+
+
+def _alarms(path: Path) -> dict[str, tuple[str, float, int]]:
+    """metric -> (statistic, threshold, evaluation periods) of a template's alarms."""
+    found = {}
+    for resource in template(path)["Resources"].values():
+        if resource["Type"] == "AWS::CloudWatch::Alarm":
+            alarm = resource["Properties"]
+            assert alarm["Namespace"] == NAMESPACE
+            assert [d["Name"] for d in alarm["Dimensions"]] == list(DIMENSIONS)
+            found[alarm["MetricName"]] = (alarm["Statistic"], float(alarm["Threshold"]),
+                                          int(alarm["EvaluationPeriods"]))
+    return found
+
+
+def test_the_three_snippets_alarm_on_the_same_metrics_the_extension_writes() -> None:
+    with TERRAFORM.open() as stream:
+        parsed = hcl2.load(stream)
+    terraform = {name: (unquote(alarm["statistic"]), float(alarm["threshold"]), int(alarm["periods"]))
+                 for block in parsed["locals"] if "kafka_relay_alarms" in block
+                 for name, alarm in block["kafka_relay_alarms"].items()}
+
+    sam, cfn = _alarms(SAM), _alarms(CFN)
+    assert sam == cfn == terraform
+    assert set(sam) == {"RecordsSpilled", "DeadLetterFailures", "OldestPendingMs",
+                        "BreakerOpen"}
+    assert set(sam) <= {metric.name for metric in METRICS}
 
 
 def test_the_terraform_snippet_parses_and_matches_the_cloudformation() -> None:

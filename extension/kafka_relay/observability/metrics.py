@@ -29,7 +29,8 @@ METRICS = (
     Metric("RecordsDeadLettered", "Count", "Sum",
            "records acknowledged by the dead-letter topic (not merely routed to it)"),
     Metric("DeadLetterFailures", "Count", "Sum",
-           "records routed to the DLQ that the DLQ did not take either: they were spilled"),
+           "dead letters the DLQ did not take either (each time one was spilled or "
+           "spooled instead)"),
     Metric("RecordsSpilled", "Count", "Sum",
            "records written to S3 or KAFKA_RELAY_SPILL log lines: replay them"),
     Metric("RecordsSpooled", "Count", "Sum",
