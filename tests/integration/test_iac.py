@@ -118,7 +118,8 @@ def _alarms(path: Path) -> dict[str, tuple[str, float, int]]:
 def test_the_three_snippets_alarm_on_the_same_metrics_the_extension_writes() -> None:
     with TERRAFORM.open() as stream:
         parsed = hcl2.load(stream)
-    terraform = {name: (unquote(alarm["statistic"]), float(alarm["threshold"]), int(alarm["periods"]))
+    terraform = {name: (unquote(alarm["statistic"]), float(alarm["threshold"]),
+                        int(alarm["periods"]))
                  for block in parsed["locals"] if "kafka_relay_alarms" in block
                  for name, alarm in block["kafka_relay_alarms"].items()}
 
