@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 OPERATE = REPO / "docs" / "operate"
 RUNTIME = REPO / "extension" / "kafka_relay"
 # A quoted or backticked dotted lower-case name: how the pages name events.
-_EVENT = re.compile(r"[\"`]([a-z]+(?:_[a-z]+)*\.[a-z]+(?:_[a-z]+)*)[\"`]")
+_EVENT = re.compile(r"[\"`]([a-z]+(?:_[a-z]+)*\.[a-z0-9]+(?:_[a-z]+)*)[\"`]")
 _NOT_EVENTS = {"logs.md", "replay.md", "redrive.md", "runbook.md", "metrics.md",
                "kafka_relay.client", "metrics.py"}
 
