@@ -88,6 +88,43 @@ def test_a_transient_error_retries_with_backoff_then_dead_letters_with_headers(
     assert int(dlq.headers["x-relay-first-failed-ms"]) == rig.clock.now_ms - 1500
 
 
+def test_dlq_retries_leave_the_attempts_header_agreeing_with_the_error_and_name_the_kind(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=2, retry_backoff_ms=100, function_name="rss-producer")
+    dlq_failures = iter([KafkaError(KafkaError._MSG_TIMED_OUT)])
+    rig.producer.respond = lambda sent: (
+        KafkaError(KafkaError._MSG_TIMED_OUT) if sent.topic == "t" else next(dlq_failures, None))
+    rig.engine.accept(rig.records(1))
+    for _ in range(8):
+        rig.step()
+        rig.clock.advance(60_000)
+    rig.assert_accounted()
+    assert rig.counts()["dead_lettered"] == 1
+    dlq = [m for m in rig.producer.sent if m.topic == "dlq.t"]
+    assert len(dlq) == 2  # the first DLQ attempt timed out (attempt 3), the second took it
+    for message in dlq:
+        assert message.headers["x-relay-error"].startswith(b"gave up after 2 attempts: ")
+        assert message.headers["x-relay-attempts"] == b"2"
+        assert message.headers["x-relay-error-kind"] == b"transient"
+        assert message.headers["x-relay-function"] == b"rss-producer"
+    (routed,) = rig.events("dead_letter.routed")
+    assert (routed["error_kind"], routed["attempts"], routed["dlq_topic"]) == (
+        "transient", 2, "dlq.t")
+    (outcome,) = [e for e in rig.events("record.outcome") if e["id"] == "r1"]
+    assert (outcome["outcome"], outcome["where"]) == ("dead_lettered", "dlq.t")
+
+
+def test_a_permanent_error_is_dead_lettered_as_permanent(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = error_for("t", KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    rig.engine.accept(rig.records(1))
+    rig.step(2)
+    (dlq,) = [m for m in rig.producer.sent if m.topic == "dlq.t"]
+    assert (dlq.headers["x-relay-error-kind"], dlq.headers["x-relay-attempts"]) == (
+        b"permanent", b"1")
+
+
 def test_records_waiting_out_a_backoff_go_at_once_when_the_broker_is_back(
     tmp_path: Path,
 ) -> None:
