@@ -41,8 +41,10 @@ def dlq(broker: Broker, topic: str) -> tuple[str, list[Record]]:
                        error="TOPIC_AUTHORIZATION_FAILED: denied") for n in range(2)]
     producer = Producer({"bootstrap.servers": broker.bootstrap})
     for record in [*transient, *permanent]:
+        headers: list[tuple[str, str | bytes | None]] = [
+            *record.kafka_headers(dlq_topic=dlq, function="rss-producer")]
         producer.produce(dlq, key=record.key, value=record.value, timestamp=1767225600000,
-                         headers=record.kafka_headers(dlq_topic=dlq, function="rss-producer"))
+                         headers=headers)
     pointer = _dead(topic, "big", kind="permanent", failed_ms=1767225800000,
                     error="MSG_SIZE_TOO_LARGE: too large")
     producer.produce(dlq, value=b'{"spilled_to": "s3://b/k.ndjson"}',

@@ -42,7 +42,7 @@ def _done(request_id: str, accepted: int) -> str:
                   delivered=accepted - 1, dead_lettered=1, spilled=0, pending=0, flush_ms=3.5)
 
 
-def _outcomes(at: str = "invocation", **by_request: dict[str, int]) -> str:
+def _outcomes(by_request: dict[str, dict[str, int]], at: str = "invocation") -> str:
     return _relay("records.outcomes", at=at, by_request=by_request)
 
 
@@ -65,13 +65,13 @@ SANDBOX = [
     '{"level": "INFO", "message": "handler JSON output, not the relay\'s"}',
     _relay("dead_letter.routed", "WARNING", request_id=REQ1, id="env1-00000003",
            topic="rss.events", error="TOPIC_EXCEPTION: bad"),
-    _outcomes(**{REQ1: {"accepted": 10, "delivered": 9, "dead_lettered": 1}}),
+    _outcomes({REQ1: {"accepted": 10, "delivered": 9, "dead_lettered": 1}}),
     _done(REQ1, 10),
     _emf(RecordsAccepted=10, RecordsDelivered=9, RecordsDeadLettered=1),
     f"END RequestId: {REQ1}",
     _report(REQ1, init=True),
     f"START RequestId: {REQ2} Version: $LATEST",
-    _outcomes(**{REQ2: {"accepted": 4, "delivered": 2}}),
+    _outcomes({REQ2: {"accepted": 4, "delivered": 2}}),
     _done(REQ2, 4),
     _emf(RecordsAccepted=4, RecordsDelivered=2),
     _relay("flush.incomplete", "WARNING", request_id=REQ2, remaining=2, budget_ms=500),
@@ -81,7 +81,7 @@ SANDBOX = [
     *spill_lines([_spilled_record()], reason="shutdown (spindown) before delivery"),
     _relay("shutdown.summary", reason="spindown", accepted=14, delivered=12, dead_lettered=1,
            spilled=1, spooled=0, restored=0),
-    _outcomes("shutdown", **{REQ2: {"delivered": 1, "spilled": 1}}),
+    _outcomes({REQ2: {"delivered": 1, "spilled": 1}}, "shutdown"),
     _emf(RecordsDelivered=1, RecordsSpilled=1),
 ]
 
@@ -111,9 +111,9 @@ def test_report_lines_parse_with_prefixes_spaces_and_a_status() -> None:
 
 def test_outcomes_join_their_invocation_by_request_id_in_any_order() -> None:
     lines = [f"START RequestId: {REQ1} Version: $LATEST", f"START RequestId: {REQ2} Version: 1",
-             _outcomes(**{REQ2: {"accepted": 4, "delivered": 3}}), _report(REQ1, init=False),
-             _outcomes(**{REQ1: {"accepted": 10}, REQ2: {"dead_lettered": 1}}),
-             _outcomes("shutdown", **{REQ1: {"spilled": 10}})]
+             _outcomes({REQ2: {"accepted": 4, "delivered": 3}}), _report(REQ1, init=False),
+             _outcomes({REQ1: {"accepted": 10}, REQ2: {"dead_lettered": 1}}),
+             _outcomes({REQ1: {"spilled": 10}}, "shutdown")]
     first, second = _parsed(lines).invocations
     assert (first.request_id, first.counts, first.pending) == (
         REQ1, {"accepted": 10, "spilled": 10}, 0)
@@ -202,7 +202,7 @@ def test_init_errors_are_events() -> None:
 def test_feed_returns_an_invocation_when_its_report_arrives() -> None:
     parser = LogParser()
     assert parser.feed(LogLine(f"START RequestId: {REQ1} Version: $LATEST")) == []
-    assert parser.feed(LogLine(_outcomes(**{REQ1: {"accepted": 2}}))) == []
+    assert parser.feed(LogLine(_outcomes({REQ1: {"accepted": 2}}))) == []
     (row,) = parser.feed(LogLine(_report(REQ1, init=False), timestamp_ms=5))
     assert isinstance(row, Invocation)
     assert (row.request_id, row.counts) == (REQ1, {"accepted": 2})
