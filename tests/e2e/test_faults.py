@@ -301,12 +301,21 @@ def _down_through_shutdown(
                   log_path=log_path) as sandbox:
         warm = _delivered(sandbox, "warm", 5)
         proxy.cut()
-        spilled = [i for n in range(2)
-                   for i in _invoke(sandbox, {"run": f"down{n}", "count": 20}).payload["ids"]]
+        down = [_invoke(sandbox, {"run": f"down{n}", "count": 20}) for n in range(2)]
+        spilled = [i for result in down for i in result.payload["ids"]]
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     _assert_clean_exit(shutdown)
     _assert_summary(lines, accepted=45, delivered=5, spilled=40)
+    # The logs table: each down invocation's 20 records spilled at SHUTDOWN, in its own row.
+    table = _table(lines)
+    assert table["checks"] == []
+    rows = {row["request_id"]: row["counts"] for row in table["invocations"]}
+    for result in down:
+        assert rows[result.request_id] == {"accepted": 20, "spilled": 20}
+    assert table["after_last_invocation"]["spilled"] == 40
+    assert (table["totals"]["accepted"], table["totals"]["delivered"],
+            table["totals"]["spilled"]) == (45, 5, 40)
     proxy.restore()
     return Stranded(topic, warm, spilled, lines)
 
@@ -347,8 +356,10 @@ def test_broker_down_through_shutdown_spills_to_log_lines_and_replay_restores_ev
     log = tmp_path / "sandbox.log"
     stranded = _down_through_shutdown(artifacts, proxied_broker, {}, log)
     assert {r.id for r in parse_spill_lines(stranded.lines).records} == set(stranded.spilled)
-    output = _replay(["--log-file", str(log)],
-                     {"KAFKA_BOOTSTRAP_SERVERS": proxied_broker.proxy.address})
+    env = {"KAFKA_BOOTSTRAP_SERVERS": proxied_broker.proxy.address, "HOME": str(tmp_path)}
+    output = _replay(["--log-file", str(log)], env)
+    again = _replay(["--log-file", str(log)], env)  # the state file under $HOME: no copies
+    assert "skipped 40 replayed before" in again
     _assert_replayed(proxied_broker.broker, stranded, output)
 
 
