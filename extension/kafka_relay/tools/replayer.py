@@ -527,7 +527,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: "
                                             "KAFKA_BOOTSTRAP_SERVERS; credentials from KAFKA_*)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="read and count by destination topic; produce nothing")
+                        help="read and count by destination and reason, predict records "
+                             "too large to produce; produce (and commit) nothing")
     parser.add_argument("--delete", action="store_true",
                         help="remove each spool file / S3 object whose records were all "
                              "produced; the others stay, and the output says why")
