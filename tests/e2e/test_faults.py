@@ -492,9 +492,13 @@ def test_an_oversize_record_is_spilled_with_a_dlq_pointer_and_the_rest_delivered
     pointer = dead_letters[big]
     assert pointer.headers["x-relay-error"].startswith(b"MSG_SIZE_TOO_LARGE")
     assert pointer.headers["x-relay-original-topic"] == topic.encode()
+    where = f"KAFKA_RELAY_SPILL log lines of /aws/lambda/{FUNCTION_NAME} (id {big})"
     assert json_in_line((pointer.value or b"").decode()) == {
-        "spilled_to": "log", "id": big, "size": 1_200_005,
+        "spilled_to": where, "id": big, "size": 1_200_005,
         "error": pointer.headers["x-relay-error"].decode()}
+    assert pointer.headers["x-relay-spilled-to"] == where.encode()
+    assert pointer.headers["x-relay-error-kind"] == b"permanent"
+    assert pointer.headers["x-relay-function"] == FUNCTION_NAME.encode()
     (recovered,) = parse_spill_lines(lines).records  # the oversize bytes, for replay or repair
     assert (recovered.id, recovered.key, len(recovered.value or b"")) == (big, b"big", 1_200_002)
 

@@ -221,7 +221,8 @@ def test_an_oversize_record_is_spilled_and_a_pointer_dead_lettered(tmp_path: Pat
     pointer = rig.producer.sent[-1]
     assert pointer.topic == "dlq.t"
     body = json.loads(pointer.value or b"")
-    assert (body["id"], body["spilled_to"], body["size"]) == ("r1", "log", 2_001)
+    assert (body["id"], body["spilled_to"], body["size"]) == (
+        "r1", "KAFKA_RELAY_SPILL log lines of /aws/lambda/<function> (id r1)", 2_001)
     assert [r.id for r in parse_spill_lines(rig.log.getvalue().splitlines()).records] == ["r1"]
 
 
@@ -237,7 +238,9 @@ def test_a_failed_dlq_pointer_is_produced_again_and_names_the_spill_location(
     rig.step(6)
     pointers = [m for m in rig.producer.sent if m.topic == "dlq.t"]
     assert len(pointers) == 3  # two timed out, the third was acknowledged
-    assert all(m.headers["x-relay-spilled-to"] == b"log" for m in pointers)
+    assert all(m.headers["x-relay-spilled-to"]
+               == b"KAFKA_RELAY_SPILL log lines of /aws/lambda/<function> (id r1)"
+               for m in pointers)
     assert [e["attempts"] for e in rig.events("dead_letter.pointer_retry")] == [1, 2]
     assert rig.events("dead_letter.pointer_failed") == []
 
@@ -252,7 +255,8 @@ def test_a_dlq_pointer_that_keeps_failing_is_logged_once_with_its_spill_location
     rig.step(6)
     assert len([m for m in rig.producer.sent if m.topic == "dlq.t"]) == 2
     (failed,) = rig.events("dead_letter.pointer_failed")
-    assert (failed["id"], failed["spilled_to"], failed["attempts"]) == ("r1", "log", 2)
+    assert (failed["id"], failed["attempts"]) == ("r1", 2)
+    assert failed["spilled_to"] == "KAFKA_RELAY_SPILL log lines of /aws/lambda/<function> (id r1)"
 
 
 @pytest.mark.parametrize("error", [OverflowError("int too big to convert"),

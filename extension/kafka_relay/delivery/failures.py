@@ -16,7 +16,8 @@ from kafka_relay.delivery.routing import Action, Decision, route
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind
 from kafka_relay.record import Record
-from kafka_relay.spill.sinks import SpillResult
+from kafka_relay.spill.codec import SPILL_EVENT
+from kafka_relay.spill.sinks import SpillKind, SpillResult
 
 
 class Spill(Protocol):
@@ -110,7 +111,11 @@ class Failures:
         reason = record.dlq_error or "too large"
         result = self._spill([record], reason=reason, retry_later=False)
         self._ledger.settle_spilled([record], result)
-        value = json.dumps({"spilled_to": result.location, "id": record.id,
+        location = result.location
+        if result.kind is SpillKind.LOG:  # where to look, for the replay command
+            group = f"/aws/lambda/{self._config.function_name or '<function>'}"
+            location = f"{SPILL_EVENT} log lines of {group} (id {record.id})"
+        value = json.dumps({"spilled_to": location, "id": record.id,
                             "size": record.size, "error": reason}).encode()
         return Pointer(record, record.dlq_topic or self._config.dlq_for(record.topic), value,
-                       result.location)
+                       location)
