@@ -129,8 +129,24 @@ def test_what_settled_at_shutdown_is_counted_in_its_row_and_in_the_final_row() -
     assert second["problems"] == ["1 spilled: replay them"]
     assert summary["after_last_invocation"] == {
         "accepted": 0, "delivered": 1, "dead_lettered": 0, "spilled": 1, "spooled": 0,
-        "restored": 0}
+        "restored": 0, "recovered": 0}
     assert summary["checks"] == []
+
+
+def test_records_a_crashed_environment_left_count_once_where_they_began() -> None:
+    # The first environment died with 3 records unsettled (no shutdown.summary); the next
+    # one recovered them from the journal and delivered them.
+    lines = [f"START RequestId: {REQ1} Version: $LATEST",
+             _outcomes({REQ1: {"accepted": 3}}), _emf(RecordsAccepted=3),
+             _outcomes({REQ1: {"recovered": 3, "delivered": 3}}, "shutdown"),
+             _emf(RecordsRestored=3, RecordsDelivered=3),
+             _relay("shutdown.summary", accepted=0, restored=3, delivered=3)]
+    parser = _parsed(lines)
+    (row,) = parser.invocations
+    assert (row.pending, row.problems()) == (
+        0, ["3 recovered from a crashed environment's journal"])
+    # The crashed environment wrote no shutdown.summary: the check says so.
+    assert parser.checks() == ["accepted: rows 3 != shutdown.summary 0"]
 
 
 def test_rows_that_disagree_with_emf_or_the_shutdown_summary_fail_the_check() -> None:
@@ -236,7 +252,7 @@ def test_json_output_has_rows_events_totals_checks_and_spill_counts(tmp_path: Pa
         "last_ms": None}
     assert summary["totals"] == {"invocations": 2, "cold_starts": 1, "accepted": 14,
                                  "delivered": 12, "dead_lettered": 1, "spilled": 1,
-                                 "spooled": 0, "restored": 0, "pending": 0}
+                                 "spooled": 0, "restored": 0, "recovered": 0, "pending": 0}
     chunks = len(list(spill_lines([_spilled_record()], reason="")))
     assert chunks > 1
     assert (summary["spill"]["lines"], summary["spill"]["records"]) == (chunks, 1)

@@ -127,7 +127,9 @@ class Ledger:
                 self.journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
             self._take(fresh)
             self.counts.restored += len(fresh)
-            self._tally(fresh, "restored")
+            # Per request, a crashed predecessor's records are "recovered": that environment
+            # counted them accepted and never settled them; a spool restore undoes a spool.
+            self._tally(fresh, "recovered" if recovered else "restored")
             self.cond.notify_all()
             return len(fresh)
 

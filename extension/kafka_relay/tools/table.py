@@ -24,8 +24,10 @@ from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines
 
 LOGGER_NAME = "kafka-relay"
 OUTCOMES_EVENT = "records.outcomes"
-# What a row counts, in the order of its columns.
-COUNTS = ("accepted", "delivered", "dead_lettered", "spilled", "spooled", "restored")
+# What a row counts, in the order of its columns; then the records a crashed environment's
+# journal handed to this one ("recovered": counted accepted, and pending, where they began).
+COUNTS = ("accepted", "delivered", "dead_lettered", "spilled", "spooled", "restored",
+          "recovered")
 # Where each count is in the EMF lines and the shutdown summary.
 EMF_NAMES = {"accepted": "RecordsAccepted", "delivered": "RecordsDelivered",
              "dead_lettered": "RecordsDeadLettered", "spilled": "RecordsSpilled",
@@ -128,6 +130,9 @@ class Invocation:
             found.append(f"{self.counts['dead_lettered']} on the DLQ")
         if self.counts.get("spilled"):
             found.append(f"{self.counts['spilled']} spilled: replay them")
+        if self.counts.get("recovered"):
+            found.append(f"{self.counts['recovered']} recovered from a crashed environment's "
+                         "journal")
         return found
 
     def as_dict(self) -> dict[str, Any]:
@@ -263,19 +268,21 @@ class LogParser:
         return {name: totals.get(name, 0) for name in COUNTS}
 
     def checks(self) -> list[str]:
-        """Where the rows' totals disagree with the EMF sums or ``shutdown.summary``."""
-        totals = self.totals()
+        """Where the rows' totals disagree with the EMF sums or ``shutdown.summary`` (whose
+        ``restored`` counts spool restores and journal recoveries together)."""
+        totals = dict(self.totals())
+        totals["restored"] += totals.pop("recovered")
         found = []
         if self.emf_lines:
-            emf = {name: self.emf.get(name, 0) for name in COUNTS}
+            emf = {name: self.emf.get(name, 0) for name in totals}
             found += [f"{name}: rows {totals[name]} != EMF {emf[name]}"
-                      for name in COUNTS if totals[name] != emf[name]]
+                      for name in totals if totals[name] != emf[name]]
         if self.summaries:
             summed: dict[str, int] = {}
             for summary in self.summaries:
                 _add(summed, summary)
             found += [f"{name}: rows {totals[name]} != shutdown.summary {summed.get(name, 0)}"
-                      for name in COUNTS if totals[name] != summed.get(name, 0)]
+                      for name in totals if totals[name] != summed.get(name, 0)]
         return found
 
     def spill_places(self) -> dict[str, int]:
