@@ -157,7 +157,8 @@ class RelayListener:
         everything, summarise. Every step runs even if an earlier one raised: whatever the
         drain could not settle is spilled by a last step of its own."""
         self._report_unreported()
-        self._engine.invocation_id = None
+        # What SHUTDOWN logs belongs to no invocation (records say their own request ids).
+        self._log.request_id = self._engine.invocation_id = None
         started = self._wall_ms()
         deadline_ms = event.deadline_ms or started + _NO_DEADLINE_BUDGET_MS
         failed: list[str] = []
@@ -187,7 +188,6 @@ class RelayListener:
             pending=pending, unaccounted=int(status["unaccounted"]),
             failed_steps=tuple(failed),
         )
-        self._log.request_id = None
         fields = report.as_log() if report else {"reason": event.reason, **self._engine.counts()}
         fields.update(duration_ms=self._wall_ms() - started, pending=pending,
                       unaccounted=summary.unaccounted, spilled_at_shutdown=summary.spilled)

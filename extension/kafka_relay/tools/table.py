@@ -499,7 +499,8 @@ def render_text(summary: Mapping[str, Any], out: TextIO) -> None:
     for event in events:
         out.write("  " + format_event(event) + "\n")
     out.write(f"\n{totals['invocations']} invocations ({totals['cold_starts']} cold); "
-              + ", ".join(f"{name.replace('_', '-')} {totals[name]}" for name in COUNTS)
+              + ", ".join(f"{name.replace('_', '-')} {totals[name]}" for name in COUNTS
+                          if totals[name] or name != "recovered")
               + f", pending {totals['pending']}\n")
     checks = summary["checks"]
     out.write("check: the rows add up to the EMF sums and shutdown.summary\n" if not checks
