@@ -259,6 +259,23 @@ def test_a_dlq_pointer_that_keeps_failing_is_logged_once_with_its_spill_location
     assert failed["spilled_to"] == "KAFKA_RELAY_SPILL log lines of /aws/lambda/<function> (id r1)"
 
 
+def test_a_dlq_pointer_unacknowledged_when_the_pump_stops_is_logged_with_its_place(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = error_for("t", KafkaError.MSG_SIZE_TOO_LARGE)
+    rig.engine.accept(rig.records(1, value=b"x" * 2_000))
+    rig.step()  # the record is refused as too large
+    rig.producer.hold = True  # the DLQ does not answer
+    rig.step()  # spilled; its pointer is produced and waits for its report
+    assert rig.events("dead_letter.pointer_failed") == []
+    rig.engine.pump.stop(join_s=0)
+    (failed,) = rig.events("dead_letter.pointer_failed")
+    assert (failed["id"], failed["error"]) == (
+        "r1", "the extension stopped before the DLQ acknowledged it")
+    assert failed["spilled_to"].startswith("KAFKA_RELAY_SPILL log lines of ")
+
+
 @pytest.mark.parametrize("error", [OverflowError("int too big to convert"),
                                    TypeError("bad header"), RuntimeError("anything")])
 def test_a_produce_call_that_raises_dead_letters_that_record_and_the_pump_goes_on(

@@ -42,6 +42,9 @@ class ProducerLike(Protocol):
     def __len__(self) -> int: ...
 
 
+_POINTER_HINT = "the record itself is safe where spilled_to says; replay it from there"
+
+
 class Pump:
     def __init__(self, ledger: Ledger, config: Config, *,
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
@@ -54,7 +57,10 @@ class Pump:
         self._config = config
         self._factory = producer_factory
         self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
-        self._pointer_retries: list[Pointer] = []  # guarded by the ledger's ``cond``
+        # DLQ pointers to produce again, and those produced and not yet acknowledged (by
+        # record id); both guarded by the ledger's ``cond``.
+        self._pointer_retries: list[Pointer] = []
+        self._pointers_out: dict[str, Pointer] = {}
         self._log = logger
         self._on_death = on_death
         self._wall_ms = wall_ms
@@ -82,6 +88,14 @@ class Pump:
             self._ledger.cond.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=join_s)
+        with self._ledger.cond:
+            unsent = [*self._pointer_retries, *self._pointers_out.values()]
+            self._pointer_retries, self._pointers_out = [], {}
+        for pointer in unsent:  # their records are safe where spilled_to says
+            self._log.error("dead_letter.pointer_failed", id=pointer.record.id,
+                            error="the extension stopped before the DLQ acknowledged it",
+                            attempts=pointer.attempts, spilled_to=pointer.location,
+                            hint=_POINTER_HINT)
 
     def thawed(self) -> None:
         """An INVOKE after a freeze: ``on_thaw`` runs on the pump thread before its next batch."""
@@ -239,13 +253,16 @@ class Pump:
                 return
             self._log.error("dead_letter.pointer_failed", id=record.id, error=error,
                             attempts=pointer.attempts + 1, spilled_to=pointer.location,
-                            hint="the record itself is safe where spilled_to says; replay it "
-                                 "from there")
+                            hint=_POINTER_HINT)
 
         def report(err: KafkaError | None, _msg: object) -> None:
+            with self._ledger.cond:
+                self._pointers_out.pop(record.id, None)
             if err is not None:
                 failed(describe(err))
 
+        with self._ledger.cond:
+            self._pointers_out[record.id] = pointer
         try:
             self.producer.produce(pointer.topic, value=pointer.value, key=record.key,
                                   headers=[*record.kafka_headers(
@@ -254,6 +271,8 @@ class Pump:
                                       (SPILLED_TO_HEADER, pointer.location.encode())],
                                   on_delivery=report)
         except Exception as exc:  # the record is spilled; only its pointer waits
+            with self._ledger.cond:
+                self._pointers_out.pop(record.id, None)
             failed(str(exc))
 
     def _build(self) -> ProducerLike:
