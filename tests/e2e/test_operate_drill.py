@@ -51,15 +51,14 @@ def _to_cloudwatch(moto: MotoServer, lines: list[str]) -> None:
     stream = "2026/01/02/[$LATEST]drill"
     client.create_log_stream(logGroupName=GROUP, logStreamName=stream)
     start = int(time.time() * 1000) - 600_000
-    events = [{"timestamp": start + n, "message": line} for n, line in enumerate(lines)]
     batch: list[dict[str, Any]] = []
     size = 0
-    for event in events:
-        if batch and (len(batch) >= 500 or size + len(event["message"]) > 800_000):
+    for n, line in enumerate(lines):
+        if batch and (len(batch) >= 500 or size + len(line) > 800_000):
             client.put_log_events(logGroupName=GROUP, logStreamName=stream, logEvents=batch)
             batch, size = [], 0
-        batch.append(event)
-        size += len(event["message"]) + 26
+        batch.append({"timestamp": start + n, "message": line})
+        size += len(line) + 26
     client.put_log_events(logGroupName=GROUP, logStreamName=stream, logEvents=batch)
 
 
