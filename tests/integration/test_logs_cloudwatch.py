@@ -163,6 +163,29 @@ def test_replay_searches_a_log_group_for_spill_lines_in_a_time_range(
     assert sorted(r.headers["x-relay-id"].decode() for r in got) == [r.id for r in records]
 
 
+def test_the_replay_command_the_logs_cli_prints_replays_exactly_the_spilled_records(
+    logs: Any, log_group: str, broker: Broker, topic: str, tmp_path: Path
+) -> None:
+    stream = Stream(logs, log_group)
+    stream.put(_invocation(REQ1, cold=True, accepted=1, delivered=1))  # outside the range
+    records, spill_lines = _shutdown_spill(topic, tmp_path, 2)
+    stream.put(spill_lines)
+    code, out, err = _logs_cli(["--log-group", log_group, "--since", str(stream.first_ms)])
+    assert code == 0, err
+    (command,) = [line.strip() for line in out.splitlines()
+                  if line.strip().startswith("kafka-relay-replay ")]
+    argv = command.split()[1:]
+    assert argv[:2] == ["--log-group", log_group]
+
+    out_replay, err_replay = io.StringIO(), io.StringIO()
+    code = replayer.main([*argv, "--bootstrap", broker.bootstrap], env={}, stdout=out_replay,
+                         stderr=err_replay)
+    assert code == 0, out_replay.getvalue() + err_replay.getvalue()
+    assert "produced 2, failed 0" in out_replay.getvalue()
+    got = broker.read(topic, expected=2)
+    assert sorted(r.headers["x-relay-id"].decode() for r in got) == [r.id for r in records]
+
+
 def test_a_tail_pages_through_everything_once_and_then_returns_only_new_events(
     logs: Any, log_group: str
 ) -> None:
