@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
 from kafka_relay.lifecycle.listener import FlushReport
+from kafka_relay.modes.engine_listener import EngineListener
 from kafka_relay.record import Record
-from kafka_relay.relay_listener import RelayListener
 from kafka_relay.tools.table import LogLine, LogParser, View, events_named, summarise
 from tests.unit.engine_fakes import Rig, Sent
 
@@ -47,7 +47,7 @@ def test_each_row_counts_its_own_records_where_they_ended_and_the_totals_agree(
     with tempfile.TemporaryDirectory() as tmp:
         rig = Rig(Path(tmp), max_attempts=1, retry_backoff_ms=100)
         rig.producer.respond = _respond
-        listener = RelayListener(config=rig.config, engine=rig.engine, signals=HandlerSignals(),
+        listener = EngineListener(config=rig.config, engine=rig.engine, signals=HandlerSignals(),
                                  logger=rig.logger, wall_ms=rig.clock.wall_ms)
         sent_by: dict[str, str] = {}  # record id -> the invocation that handed it over
         for number, (fates, steps, flushed) in enumerate(invocations):

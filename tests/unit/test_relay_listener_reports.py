@@ -10,13 +10,13 @@ from confluent_kafka import KafkaError
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
 from kafka_relay.lifecycle.listener import FlushReport
+from kafka_relay.modes.engine_listener import EngineListener
 from kafka_relay.record import Record
-from kafka_relay.relay_listener import RelayListener
 from tests.unit.engine_fakes import Rig
 
 
-def _listener(rig: Rig) -> RelayListener:
-    return RelayListener(config=rig.config, engine=rig.engine, signals=HandlerSignals(),
+def _listener(rig: Rig) -> EngineListener:
+    return EngineListener(config=rig.config, engine=rig.engine, signals=HandlerSignals(),
                          logger=rig.logger, wall_ms=rig.clock.wall_ms)
 
 
