@@ -242,6 +242,36 @@ resource "aws_lambda_function" "producer" {
   depends_on = [aws_cloudwatch_log_group.producer]
 }
 
+# Alarms on the extension's EMF metrics (namespace KafkaRelay); add alarm_actions (an SNS
+# topic) to be told. What each means and what to run: docs/operate/runbook.md.
+locals {
+  kafka_relay_alarms = {
+    RecordsSpilled = { statistic = "Sum", threshold = 1, periods = 1,
+      description = "kafka-relay spilled records (S3 or log lines): kafka-relay-logs prints where and the replay command" }
+    DeadLetterFailures = { statistic = "Sum", threshold = 1, periods = 1,
+      description = "the dead-letter topic did not take records: check the DLQ topic exists and the function may write to it" }
+    OldestPendingMs = { statistic = "Maximum", threshold = 300000, periods = 1,
+      description = "a record has waited over 5 minutes for Kafka: the broker is slow or unreachable" }
+    BreakerOpen = { statistic = "Maximum", threshold = 1, periods = 3,
+      description = "the broker breaker has been open for 15 minutes: invocations stop waiting for Kafka, records buffer" }
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "kafka_relay" {
+  for_each            = local.kafka_relay_alarms
+  alarm_name          = "${var.function_name}-kafka-relay-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = "KafkaRelay"
+  metric_name         = each.key
+  dimensions          = { FunctionName = aws_lambda_function.producer.function_name }
+  statistic           = each.value.statistic
+  period              = 300
+  evaluation_periods  = each.value.periods
+  threshold           = each.value.threshold
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+}
+
 output "function_arn" {
   value = aws_lambda_function.producer.arn
 }
@@ -255,6 +285,6 @@ output "role_name" {
 }
 
 output "log_group" {
-  description = "python -m kafka_relay.logs --log-group <this>"
+  description = "python -m kafka_relay.tools.logs --log-group <this>"
   value       = aws_cloudwatch_log_group.producer.name
 }

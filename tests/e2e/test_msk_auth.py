@@ -15,7 +15,7 @@ from devtools.moto_server import MotoServer, use_moto
 from devtools.sandbox import Sandbox, SandboxInitError
 from devtools.sasl_mechanisms import SCRAM_SHA_512
 from devtools.saslproxy import SaslBroker, sasl_broker
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
 
 pytestmark = pytest.mark.e2e

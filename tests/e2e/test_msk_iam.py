@@ -18,7 +18,7 @@ from devtools.msk_iam_verifier import KnownKey, MskIamVerifier
 from devtools.sandbox import Sandbox, SandboxInitError
 from devtools.sasl_mechanisms import OAUTHBEARER, PLAIN
 from devtools.saslproxy import SaslBroker, sasl_broker
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
 
 pytestmark = pytest.mark.e2e

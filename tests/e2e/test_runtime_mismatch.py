@@ -11,7 +11,7 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox, SandboxInitError
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from layer_build.build import BuildConfig, build
 
 pytestmark = pytest.mark.e2e

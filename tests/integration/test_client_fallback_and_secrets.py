@@ -24,7 +24,7 @@ from kafka_relay.producer.credentials import (
     from_config,
 )
 from kafka_relay.producer.factory import ProducerFactory, producer_settings
-from kafka_relay.spill.replay import main as replay_main
+from kafka_relay.tools.replayer import main as replay_main
 from tests.conftest import Broker
 from tests.fake_relay import Reply, Seen, accept, fake_relay
 from tests.relay_harness import running_relay

@@ -24,6 +24,7 @@ from cfnlint.decode import decode_str
 
 from devtools.moto_server import ACCOUNT_ID, MotoServer
 from kafka_relay.config import AUTH_MODES
+from kafka_relay.observability.metrics import DIMENSIONS, METRICS, NAMESPACE
 from layer_build.function_env import AUTH_ENVIRONMENTS
 from tests.function_envs import in_lambda
 
@@ -234,6 +235,34 @@ def test_the_templates_say_nothing_stale_about_msk_iam() -> None:
         assert "9198" in text, path
 
 
+def _alarms(path: Path) -> dict[str, tuple[str, float, int]]:
+    """metric -> (statistic, threshold, evaluation periods) of a template's alarms."""
+    found = {}
+    for resource in template(path)["Resources"].values():
+        if resource["Type"] == "AWS::CloudWatch::Alarm":
+            alarm = resource["Properties"]
+            assert alarm["Namespace"] == NAMESPACE
+            assert [d["Name"] for d in alarm["Dimensions"]] == list(DIMENSIONS)
+            found[alarm["MetricName"]] = (alarm["Statistic"], float(alarm["Threshold"]),
+                                          int(alarm["EvaluationPeriods"]))
+    return found
+
+
+def test_the_three_snippets_alarm_on_the_same_metrics_the_extension_writes() -> None:
+    with TERRAFORM.open() as stream:
+        parsed = hcl2.load(stream)
+    terraform = {name: (unquote(alarm["statistic"]), float(alarm["threshold"]),
+                        int(alarm["periods"]))
+                 for block in parsed["locals"] if "kafka_relay_alarms" in block
+                 for name, alarm in block["kafka_relay_alarms"].items()}
+
+    sam, cfn = _alarms(SAM), _alarms(CFN)
+    assert sam == cfn == terraform
+    assert set(sam) == {"RecordsSpilled", "DeadLetterFailures", "OldestPendingMs",
+                        "BreakerOpen"}
+    assert set(sam) <= {metric.name for metric in METRICS}
+
+
 def test_the_terraform_snippet_parses_and_matches_the_cloudformation() -> None:
     with TERRAFORM.open() as stream:
         parsed = hcl2.load(stream)
@@ -413,7 +442,7 @@ class Terraform:
         (directory / "kafka_relay").mkdir()
         shutil.copy(TERRAFORM, directory / "kafka_relay" / "main.tf")
         endpoints = "\n".join(f'    {service} = "{aws.endpoint_url}"'
-                              for service in ("iam", "lambda", "logs", "sts"))
+                              for service in ("cloudwatch", "iam", "lambda", "logs", "sts"))
         self.provider = f'''provider "aws" {{
   region                      = "{REGION}"
   access_key                  = "testing"
