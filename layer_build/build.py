@@ -20,6 +20,7 @@ described in ``manifest.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -61,6 +62,8 @@ LAYER_PINS = "extension/requirements.txt"
 FUNCTION_DIR = "function"
 FUNCTION_PINS = "function/requirements.txt"
 CONSTRAINTS = "constraints.txt"
+#: In --out with --reuse: the digest of what the artifacts there were built from.
+INPUTS_DIGEST = "inputs.sha256"
 
 Log = Callable[[str], None]
 
@@ -78,6 +81,7 @@ class BuildConfig:
     python_versions: tuple[str, ...] = PYTHON_VERSIONS
     epoch: int | None = None  # SOURCE_DATE_EPOCH
     pip: tuple[str, ...] = field(default=(sys.executable, "-m", "pip"))
+    reuse: bool = False  # keep --out's artifacts when built from the same inputs (build())
 
     def __post_init__(self) -> None:
         if not self.arches or not self.python_versions:
@@ -304,8 +308,43 @@ class Builder:
         return manifest
 
 
+def inputs_digest(config: BuildConfig) -> str:
+    """What the artifacts are made of: every source and pin file, the build code, the targets.
+
+    Wheels are named by the pins, so the wheelhouse is not read; a changed file anywhere
+    under extension/, function/ or layer_build/ (or a pin) gives a new digest.
+    """
+    digest = hashlib.sha256(repr((config.arches, config.python_versions, config.epoch)).encode())
+    root = config.root
+    files = [root / CONSTRAINTS, *(path for folder in ("extension", FUNCTION_DIR, "layer_build")
+                                   for path in (root / folder).rglob("*"))]
+    for path in sorted(files):
+        relative = path.relative_to(root).as_posix()
+        if "__pycache__" in relative or not path.is_file():
+            continue
+        digest.update(f"{relative}\0{path.stat().st_mode & 0o111}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def build(config: BuildConfig, *, log: Log = say) -> Manifest:
-    return Builder(config, log=log).run()
+    """Build; with ``config.reuse``, keep --out's artifacts built from the same inputs."""
+    stamp = config.out / INPUTS_DIGEST
+    digest = inputs_digest(config) if config.reuse else ""
+    if config.reuse and stamp.is_file() and stamp.read_text().strip() == digest:
+        try:
+            manifest = Manifest.load(config.out)
+        except LayerBuildError:
+            manifest = None
+        if manifest is not None and all((config.out / a.file).is_file()
+                                        for a in manifest.artifacts):
+            log(f"up to date: {config.out} (its sources, pins and build code are unchanged)")
+            return manifest
+    stamp.unlink(missing_ok=True)
+    manifest = Builder(config, log=log).run()
+    if config.reuse:
+        stamp.write_text(digest + "\n")
+    return manifest
 
 
 def parse_args(argv: Sequence[str] | None) -> BuildConfig:
@@ -338,6 +377,11 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         help="also carry the binaries for this interpreter, so the local sandbox (which runs "
         "the extension with it) can load the layer: demo and bench use this",
     )
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="keep the artifacts in --out when their sources, pins and build code did not "
+        "change since they were built with --reuse (the demo and the sandbox use this)",
+    )
     args = parser.parse_args(argv)
     versions = set(args.python_version or PYTHON_VERSIONS)
     if args.for_sandbox:
@@ -349,6 +393,7 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         arches=tuple(dict.fromkeys(args.arch or ARCHES)),
         python_versions=tuple(sorted(versions, key=version_key)),
         epoch=source_date_epoch(os.environ),
+        reuse=args.reuse,
     )
 
 

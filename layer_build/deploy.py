@@ -44,6 +44,7 @@ from layer_build.plan import (
     role_policy,
     trust_policy,
 )
+from layer_build.region import NO_REGION
 from layer_build.targets import ARCHES, REFUSED_RUNTIMES, RUNTIME_GLIBC
 
 Log = Callable[[str], None]
@@ -167,9 +168,7 @@ def checked_region(session: Any, region: str | None) -> str:
     """The region to use; CredentialsError naming the fix when region or credentials are missing."""
     chosen = region or session.region_name
     if not chosen:
-        raise CredentialsError(
-            "no AWS region: pass --region, or set AWS_DEFAULT_REGION (or a profile's region)"
-        )
+        raise CredentialsError(NO_REGION)
     if session.get_credentials() is None:
         raise CredentialsError(
             "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "

@@ -36,8 +36,8 @@ for module in sys.argv[2:]:
 
 def _requirements(file: Path) -> list[Requirement]:
     found = []
-    for line in file.read_text().splitlines():
-        line = line.split("#")[0].strip()
+    for raw in file.read_text().splitlines():
+        line = raw.split("#")[0].strip()
         if line.startswith("-r "):
             found += _requirements(file.parent / line[3:].strip())
         elif line:
