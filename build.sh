@@ -7,7 +7,8 @@ set -euo pipefail
 CALLER="$PWD"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
-VENV="$ROOT/.venv"
+# KAFKA_RELAY_VENV: another environment (CI runs the demo in one holding the demo set only).
+VENV="${KAFKA_RELAY_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 
 usage() {
@@ -61,8 +62,8 @@ ensure_venv() {
   file="requirements-$set.txt"
   if [[ ! -x "$PY" ]]; then
     "${PYTHON:-python3}" -c 'import sys; assert sys.version_info >= (3, 10), "kafka-relay needs Python >= 3.10"'
-    echo "==> creating .venv ($("${PYTHON:-python3}" --version))"
-    ticking "creating .venv" "${PYTHON:-python3}" -m venv "$VENV"
+    echo "==> creating $VENV ($("${PYTHON:-python3}" --version))"
+    ticking "creating the venv" "${PYTHON:-python3}" -m venv "$VENV"
   fi
   local stamp="$VENV/.deps-stamp" want dev have=""
   want="$set:$(cat "$file" requirements-demo.txt constraints.txt | sha256sum | cut -d' ' -f1)"
@@ -72,7 +73,7 @@ ensure_venv() {
   if [[ "$have" == "$want" || ( "$set" == demo && "$have" == "$dev" ) ]]; then
     return
   fi
-  echo "==> installing the pinned $set dependencies ($file) into .venv"
+  echo "==> installing the pinned $set dependencies ($file) into $VENV"
   if ! ticking "installing" pip_install "$file"; then
     echo "error: pip could not install $file (run: $PY -m pip install -r $file -c constraints.txt)" >&2
     exit 1
@@ -109,7 +110,7 @@ wants_help() {
 help_for() {
   local cmd="$1" module="${2:-}" python="$PY"
   [[ -x "$python" ]] || python="${PYTHON:-python3}"
-  if [[ -n "$module" ]] && in_caller "$python" -m "$module" --help 2>/dev/null; then
+  if [[ -n "$module" ]] && PYTHONDONTWRITEBYTECODE=1 in_caller "$python" -m "$module" --help 2>/dev/null; then
     return
   fi
   echo "usage: ./build.sh $cmd [options]"
