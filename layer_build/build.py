@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,31 @@ def add_extension_sources(root: Path, tree: FileTree) -> None:
     tree.add_dir(package, "python/kafka_relay/", include=_is_package_file)
 
 
+#: kafka-relay's licence and the third-party notices, at /opt/kafka-relay/ in Lambda.
+LICENCE_FILES = ("LICENSE", "NOTICE")
+
+
+def add_licence_files(root: Path, tree: FileTree) -> None:
+    for name in LICENCE_FILES:
+        try:
+            tree.add(f"kafka-relay/{name}", (root / name).read_bytes(), executable=False)
+        except FileNotFoundError:
+            raise BuildError(f"{root / name} is missing: the layer ships its licence "
+                             "and notices") from None
+
+
+_VERSION = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)
+
+
+def source_version(root: Path) -> str:
+    """kafka_relay.__version__ of the checkout at ``root`` (read, not imported)."""
+    init = root / PACKAGE / "__init__.py"
+    found = _VERSION.search(init.read_text(encoding="utf-8")) if init.is_file() else None
+    if found is None:
+        raise BuildError(f"{init} has no __version__ = \"X.Y.Z\" line")
+    return found[1]
+
+
 def add_function_sources(root: Path, tree: FileTree) -> None:
     sources = [
         path
@@ -158,6 +184,7 @@ class Builder:
         self.config = config
         self.log = log
         self.date_time = zip_date_time(config.epoch)
+        self.version = source_version(config.root)
 
     def _wheels(self, wheels: WheelSet) -> list[Path]:
         return fetch_wheels(
@@ -169,6 +196,7 @@ class Builder:
         root = self.config.root
         tree = FileTree()
         add_extension_sources(root, tree)
+        add_licence_files(root, tree)
         pins = read_pins(root / LAYER_PINS)
         wheel_names: list[str] = []
         floors: list[tuple[int, int]] = []
@@ -278,12 +306,13 @@ class Builder:
             wheels=tuple(sorted(set(wheel_names))),
             glibc=glibc_text(glibc),
             compatible_runtimes=runtimes,
+            version=self.version,
         )
 
     def run(self) -> Manifest:
         config = self.config
         self.log(
-            f"building kafka-relay for {', '.join(config.arches)}, Python "
+            f"building kafka-relay {self.version} for {', '.join(config.arches)}, Python "
             f"{', '.join(config.python_versions)} into {config.out}"
         )
         if local_python_version() not in config.python_versions:
@@ -316,8 +345,9 @@ def inputs_digest(config: BuildConfig) -> str:
     """
     digest = hashlib.sha256(repr((config.arches, config.python_versions, config.epoch)).encode())
     root = config.root
-    files = [root / CONSTRAINTS, *(path for folder in ("extension", FUNCTION_DIR, "layer_build")
-                                   for path in (root / folder).rglob("*"))]
+    files = [root / CONSTRAINTS, *(root / name for name in LICENCE_FILES),
+             *(path for folder in ("extension", FUNCTION_DIR, "layer_build")
+               for path in (root / folder).rglob("*"))]
     for path in sorted(files):
         relative = path.relative_to(root).as_posix()
         if "__pycache__" in relative or not path.is_file():

@@ -126,9 +126,10 @@ def retry_while_role_propagates(
 
 
 Record = Callable[..., None]  # (kind, name, verb | None, detail)
-#: What the layer bundles: kafka-relay's extension with confluent-kafka (Apache-2.0) and
-#: librdkafka (BSD-2-Clause) inside.
-LAYER_LICENSE = "Apache-2.0 AND BSD-2-Clause"
+#: What the layer bundles, as an SPDX expression: kafka-relay, confluent-kafka and the MSK IAM
+#: signer (Apache-2.0), librdkafka and what its wheel links statically (BSD-2-Clause,
+#: BSD-3-Clause, MIT, Zlib, curl; OpenSSL 3 is Apache-2.0). NOTICE lists each.
+LAYER_LICENSE = "Apache-2.0 AND BSD-2-Clause AND BSD-3-Clause AND MIT AND Zlib AND curl"
 
 
 def publish_layer(
@@ -153,14 +154,16 @@ def publish_layer(
     else:
         published = lam.publish_layer_version(
             LayerName=name,
-            Description=f"kafka-relay extension, {layer.arch}, sha256:{layer.sha256}",
+            Description=f"kafka-relay {layer.version} extension, {layer.arch}, "
+                        f"sha256:{layer.sha256}",
             Content={"ZipFile": layer_zip.read_bytes()},
             CompatibleRuntimes=list(layer.compatible_runtimes),
             CompatibleArchitectures=[layer.arch],
             LicenseInfo=LAYER_LICENSE,
         )
         arn = str(published["LayerVersionArn"])
-    record("layer", name, "publish", f"{arn}, sha256 {layer.sha256[:12]}")
+    record("layer", name, "publish", f"{arn}, kafka-relay {layer.version}, "
+                                     f"sha256 {layer.sha256[:12]}")
     return arn
 
 

@@ -95,7 +95,7 @@ def publish(options: PublishOptions, *, session: Any = None, log: Log = say) -> 
     log("")
     for arch, arn in result.arns.items():
         runtimes = ", ".join(layers[arch].compatible_runtimes)
-        log(f"{arch:<7} {arn}")
+        log(f"{arch:<7} kafka-relay {layers[arch].version} -> {arn}")
         log(f"        for functions with Architectures=[{arch}] on {runtimes}")
     log("")
     log("set on each function that attaches it:")

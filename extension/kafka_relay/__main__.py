@@ -20,7 +20,20 @@ _STARTED = time.perf_counter()
 _DEFAULT_NAME = "kafka-relay"  # config.EXTENSION_NAME, not imported before registering
 
 
+_USAGE = """usage: python -m kafka_relay [--name NAME] [--version] [--help]
+
+The kafka-relay Lambda extension: the layer's extensions/kafka-relay runs it inside a Lambda
+execution environment (it registers with AWS_LAMBDA_RUNTIME_API). Configured by environment
+variables (KAFKA_BOOTSTRAP_SERVERS, KAFKA_AUTH, ...); see the configuration reference.
+"""
+
+
 def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
+    if "--version" in argv or "-h" in argv or "--help" in argv:
+        from kafka_relay import __version__  # noqa: PLC0415
+
+        sys.stdout.write(f"kafka-relay {__version__}\n" if "--version" in argv else _USAGE)
+        return 0
     name = _name(argv)
     from kafka_relay.lifecycle.register import (  # noqa: PLC0415
         RegisterFailed,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
+from kafka_relay import __version__
 from kafka_relay.config import MSK_IAM, Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.delivery.probe import probe_broker
@@ -109,7 +110,7 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
                   listener=listener, logger=logger, modes=modes)
     if config.telemetry and api is not None:
         _subscribe(parts, api, logger)
-    logger.info("init.ready", port=server.port, flush=str(config.flush),
+    logger.info("init.ready", version=__version__, port=server.port, flush=str(config.flush),
                 bootstrap=config.bootstrap_servers, protocol=config.security_protocol,
                 broker_state=relay.broker_state.value, mode=modes.mode.value,
                 **({"init_id_prefix": modes.init_id_prefix} if modes.init_id_prefix else {}))

@@ -532,7 +532,7 @@ def _follow(
 def cli() -> int:
     """``kafka-relay-logs`` / ``python -m kafka_relay.logs``: no tracebacks for user errors."""
     return run_cli(lambda: main(sys.argv[1:], env=os.environ, stdout=sys.stdout,
-                                stderr=sys.stderr))
+                                stderr=sys.stderr), extra="logs")
 
 
 if __name__ == "__main__":
