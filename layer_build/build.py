@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from kafka_relay.cli import run_cli
 from layer_build.errors import BuildError, LayerBuildError
 from layer_build.limits import LAYER_GOAL_ZIPPED, check_combined, check_size
 from layer_build.manifest import (
@@ -437,4 +438,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -28,6 +28,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kafka_relay.cli import run_cli
 from layer_build.build import REPO_ROOT
 from layer_build.errors import CredentialsError, LayerBuildError
 from layer_build.manifest import Artifact
@@ -584,4 +585,4 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 
+from kafka_relay.cli import run_cli
 from layer_build.build import REPO_ROOT
 from layer_build.deploy import (
     PAST,
@@ -129,4 +130,4 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

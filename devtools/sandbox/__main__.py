@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from devtools.sandbox.errors import SandboxError, SandboxInitError
 from devtools.sandbox.sandbox import Sandbox
+from kafka_relay.cli import run_cli
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -39,7 +40,12 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 
 def _event(text: str) -> Any:
-    source = Path(text[1:]).read_text() if text.startswith("@") else text
+    """JSON, or @file (relative to the current directory) holding it."""
+    try:
+        source = Path(text[1:]).read_text() if text.startswith("@") else text
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text[1:]} ({exc.strerror}; relative to {Path.cwd()})") from exc
     try:
         return json.loads(source)
     except ValueError as exc:
@@ -143,4 +149,4 @@ def _run(args: argparse.Namespace, env: dict[str, str], *, out: TextIO, err: Tex
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_cli(lambda: main(sys.argv[1:])))
