@@ -135,6 +135,7 @@ def _probe(relay: DeliveryEngine, auth_errors: list[KafkaError],
     started = time.monotonic()
     error = probe_broker(relay.pump, config.init_probe_ms / 1000, unreachable=unreachable)
     if error is not None and not auth_errors:
+        relay.init_unreachable = error  # said by invocation.done until the broker answers
         logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers,
                        probe_ended_by=ended_by[0] if ended_by else "timeout",
                        probe_ms=round((time.monotonic() - started) * 1000))

@@ -191,10 +191,16 @@ class RelayListener:
         delta = self.take_delta()
         depth, _ = self._engine.depth()
         if invocation:
-            self._log.info("invocation.done", accepted=delta["accepted"],
-                           delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
-                           spilled=delta["spilled"], spooled=delta["spooled"],
-                           restored=delta["restored"], pending=depth, flush_ms=flush_ms)
+            fields = {"accepted": delta["accepted"], "delivered": delta["delivered"],
+                      "dead_lettered": delta["dead_lettered"], "spilled": delta["spilled"],
+                      "spooled": delta["spooled"], "restored": delta["restored"],
+                      "pending": depth, "flush_ms": flush_ms}
+            problem = self._engine.broker_problem()
+            if problem is None:
+                self._log.info("invocation.done", **fields)
+            else:  # the result line itself says the broker is not answering
+                self._log.warning("invocation.done", **fields, broker=problem["state"],
+                                  broker_error=problem["error"])
         self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
 
     def take_delta(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ predecessor journaled, and a clean ``drain`` leaves no journal behind.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from kafka_relay.config import Config
 from kafka_relay.delivery.budget import buffer_limits, drain_plan
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
+from kafka_relay.delivery.probe import probe_broker
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
@@ -82,6 +84,10 @@ class DeliveryEngine:
         self.failure: str | None = None
         # The lifecycle's flush control (breaker, auto), published by its listener for status.
         self.flush_control: dict[str, Any] = {}
+        # The init probe's error (set at init when the broker did not answer).
+        self.init_unreachable: str | None = None
+        self._answered_ms = 0  # when a reprobe last heard the broker answer (wall ms)
+        self._reprobe_lock = threading.Lock()
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
@@ -254,6 +260,35 @@ class DeliveryEngine:
                 self._ledger.cond.notify_all()
 
     # -- reading -------------------------------------------------------------------------
+
+    def broker_problem(self) -> dict[str, Any] | None:
+        """Why the broker is not answering, while nothing says it does again: the init probe
+        failed and nothing was delivered since, or the circuit breaker is open (a flush got
+        no answer and no record settled since). None otherwise."""
+        with self._ledger.cond:
+            counts = self._ledger.counts.as_dict()
+        settled = counts["delivered"] + counts["dead_lettered"]
+        breaker = self.flush_control.get("breaker") or {}
+        error = self.pump.last_error or self.init_unreachable
+        opened_ms = int(breaker.get("opened_ms", 0))
+        if self.init_unreachable is not None and self.pump.broker_state is not BrokerState.UP:
+            return {"state": "unreachable since init", "error": error}
+        if (breaker.get("state") == "open" and settled <= int(breaker.get("settled_mark", 0))
+                and self._answered_ms < opened_ms):
+            return {"state": "breaker open", "since_ms": opened_ms,
+                    "probes": breaker.get("probes", 0), "error": error}
+        return None
+
+    def reprobe(self, timeout_s: float) -> dict[str, Any] | None:
+        """``broker_problem()`` after asking the broker for metadata for up to ``timeout_s``
+        (one probe at a time; a caller arriving meanwhile waits for its answer): a broker
+        that answers again ends the problem, without waiting for a record to settle."""
+        if self.broker_problem() is None:
+            return None
+        with self._reprobe_lock:
+            if self.broker_problem() is not None and probe_broker(self.pump, timeout_s) is None:
+                self._answered_ms = self._wall_ms()
+        return self.broker_problem()
 
     def counts(self) -> dict[str, int]:
         with self._ledger.cond:

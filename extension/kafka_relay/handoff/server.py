@@ -39,6 +39,7 @@ from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
+    BROKER_FIELD,
     FLUSH_PATH,
     IDEMPOTENCY_KEY_HEADER,
     INVOCATION_END_PATH,
@@ -63,6 +64,9 @@ BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
 LINGER_S = 2.0
 MAX_CONNECTIONS = 256  # past this, the least recently used idle connection is closed
 _BACKLOG = 512
+# A wait request while the broker is not answering first asks it for metadata this long: a
+# broker that is back is used, one that is not is reported at once, not after the wait.
+WAIT_PROBE_S = 0.5
 _SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
 _MAX_KEY_CHARS = 200
 
@@ -72,6 +76,7 @@ class DeliveryPort(Protocol):
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None: ...
     def note_rejected(self, records: int) -> None: ...
+    def reprobe(self, timeout_s: float) -> dict[str, Any] | None: ...
     def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]: ...
     def flush(self, timeout_s: float) -> FlushResult: ...
     def status(self) -> dict[str, Any]: ...
@@ -93,6 +98,14 @@ class HandoffState:
     # Asked before any record is validated (ids drawn): None admits, a text refuses with 503
     # (SnapStart: nothing is accepted before the restore).
     admit: Callable[[], str | None] = lambda: None
+
+
+def _broker_refusal(problem: dict[str, Any], config: Config) -> str:
+    return (f"kafka-relay cannot reach Kafka at {config.bootstrap_servers} ({problem['state']}: "
+            f"{problem['error'] or 'no answer'}); nothing was accepted. Check "
+            "KAFKA_BOOTSTRAP_SERVERS, the function's VPC subnets and security groups, and "
+            "KAFKA_AUTH; send without wait=True to let kafka-relay keep the records until the "
+            "broker answers")
 
 
 class _HttpError(Exception):
@@ -269,6 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
         refusal = state.admit()
         if refusal is not None:
             return _answer(503, {"error": refusal, "retry_after_ms": 0}, {"Retry-After": "1"})
+        wait = query.get(WAIT_PARAM) == WAIT_DELIVERED
+        problem = state.relay.reprobe(WAIT_PROBE_S) if wait else None
+        if problem is not None:
+            # Waiting would only run out the caller's time: say why now, accept nothing.
+            state.logger.warning("handoff.wait_refused", broker=problem["state"],
+                                 error=problem["error"], request_id=request_id)
+            return _answer(503, {"error": _broker_refusal(problem, state.config),
+                                 BROKER_FIELD: problem, "retry_after_ms": 1000},
+                           {"Retry-After": "1"})
         try:
             records = records_from_body(body, self.headers.get("Content-Type") or "",
                                         default_topic=state.config.default_topic,
@@ -281,7 +303,6 @@ class _Handler(BaseHTTPRequestHandler):
             return _answer(400, {"error": "request rejected, nothing accepted",
                                  "reasons": [r.as_dict() for r in exc.reasons]})
         ids = [r.id for r in records]
-        wait = query.get(WAIT_PARAM) == WAIT_DELIVERED
         try:
             watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:

@@ -91,6 +91,9 @@ class RequestAccounting:
     def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]:
         return self._engine.wait_settled(watch, timeout_s)
 
+    def reprobe(self, timeout_s: float) -> dict[str, Any] | None:
+        return self._engine.reprobe(timeout_s)
+
     def flush(self, timeout_s: float) -> FlushResult:
         return self._engine.flush(timeout_s)
 
