@@ -203,7 +203,11 @@ def test_sandbox_cli_runs_your_function_with_the_layer_and_a_local_broker(
     lines = out.getvalue().splitlines()
     invocation = json.loads(lines[0])
     assert invocation["status"] == "success"
-    [arrived] = [json.loads(line) for line in lines[lines.index("--- topics ---") + 1:]]
+    topics, summary = lines.index("--- topics ---"), lines.index("--- summary ---")
+    [arrived] = [json.loads(line) for line in lines[topics + 1:summary]]
     assert arrived["topic"] == "orders"
     assert arrived["records"] == 3
+    assert lines[summary + 1:] == [
+        "invocations: 1 ok, 0 failed",
+        "records: 3 accepted, 3 delivered, 0 dead-lettered, 0 spilled", "errors: none"]
     assert "local Kafka broker at 127.0.0.1:" in err.getvalue()

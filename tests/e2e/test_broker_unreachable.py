@@ -9,6 +9,7 @@ end spilled or delivered, counted exactly.
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from devtools.sandbox import InvokeResult, Sandbox
+from devtools.sandbox.__main__ import main as sandbox_cli
 from kafka_relay.logs import events_named
 from tests.conftest import Artifacts, ProxiedBroker
 
@@ -69,7 +71,8 @@ def test_with_no_broker_each_invocation_says_so_and_a_wait_fails_at_once_naming_
     assert refused.error is not None
     message = refused.error["errorMessage"]
     assert f"cannot reach Kafka at {bootstrap} (unreachable since init: " in message
-    assert "nothing was accepted" in message and "KAFKA_BOOTSTRAP_SERVERS" in message
+    assert "nothing was accepted" in message
+    assert "KAFKA_BOOTSTRAP_SERVERS" in message
     assert len(events_named(lines, "handoff.wait_refused")) == 1
     (summary,) = events_named(lines, "shutdown.summary")
     assert (summary["accepted"], summary["spilled"], summary["unaccounted"]) == (3, 3, 0)
@@ -104,9 +107,41 @@ def test_while_the_breaker_is_open_a_wait_fails_at_once_and_works_again_once_it_
     assert held_done["broker"] == "breaker open"
     assert refused.error is not None
     assert "(breaker open: " in refused.error["errorMessage"]
-    assert back is not None and back.status == "success", back and back.error
+    assert back is not None
+    assert back.status == "success", back.error
     assert [o["outcome"] for o in back.payload["outcomes"]] == ["delivered", "delivered"]
     (summary,) = events_named(lines, "shutdown.summary")
     assert (summary["accepted"], summary["delivered"], summary["unaccounted"]) == (6, 6, 0)
     on_topic = {r.headers["x-relay-id"].decode() for r in broker.read(topic, expected=6)}
     assert on_topic == {*warm.payload["ids"], *held.payload["ids"], *back.payload["ids"]}
+
+
+@pytest.mark.parametrize("allow_spill", [False, True])
+def test_the_sandbox_cli_ends_with_a_summary_and_fails_a_run_whose_records_did_not_arrive(
+    artifacts: Artifacts, allow_spill: bool,
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens there
+
+    code = sandbox_cli([
+        "--layer", str(artifacts.layer), "--function", str(FUNCTION),
+        "--handler", "any_producer.handler", "--event", '{"count": 2}', "--invocations", "2",
+        "--env", f"KAFKA_BOOTSTRAP_SERVERS={bootstrap}", "--env", "KAFKA_TOPIC=orders",
+        "--env", f"KAFKA_RELAY_PORT={free_port()}",
+        "--env", "KAFKA_RELAY_FLUSH_BUDGET_MS=300",
+        *(["--allow-spill"] if allow_spill else []),
+    ], out=out, err=err)
+
+    lines = out.getvalue().splitlines()
+    summary = lines[lines.index("--- summary ---") + 1:]
+    assert summary[:2] == ["invocations: 2 ok, 0 failed",
+                           "records: 4 accepted, 0 delivered, 0 dead-lettered, 4 spilled"]
+    assert summary[2].startswith("errors: ")
+    problems = [line for line in err.getvalue().splitlines() if line.startswith("error: ")]
+    if allow_spill:
+        assert (code, problems) == (0, [])
+    else:
+        assert code == 1
+        assert problems[0].startswith("error: kafka-relay never reached the broker (")
+        assert problems[1] == ("error: 4 records were spilled, not delivered (pass "
+                               "--allow-spill when that is what this run tests)")
