@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import stat
+import subprocess
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,3 +212,41 @@ def test_sandbox_cli_runs_your_function_with_the_layer_and_a_local_broker(
         "invocations: 1 ok, 0 failed",
         "records: 3 accepted, 3 delivered, 0 dead-lettered, 0 spilled", "errors: none"]
     assert "local Kafka broker at 127.0.0.1:" in err.getvalue()
+
+
+_APP = """
+from kafka_relay import client
+
+
+@client.relay_handler
+def handler(event, context):
+    result = client.send([{"key": str(order["id"]), "value": order} for order in event["orders"]])
+    return {"accepted": result.accepted}
+"""
+
+
+def test_the_readmes_sandbox_example_runs_as_written_from_the_users_directory(
+    tmp_path: Path,
+) -> None:
+    """The README's ./build.sh sandbox line, run where the user keeps their function: paths
+    are the user's, relative to that directory. (One addition: a free KAFKA_RELAY_PORT, as
+    other sandboxes may run on this machine.)"""
+    with zipfile.ZipFile(tmp_path / "my_function.zip", "w") as archive:
+        archive.writestr("app.py", _APP)
+    (tmp_path / "event.json").write_text('{"orders": [{"id": 1}, {"id": 2}]}')
+    # The documented example (README, "Local Lambda sandbox"), word for word.
+    command = ("./build.sh sandbox --function my_function.zip --handler app.handler "
+               "--event @event.json --invocations 2 --env KAFKA_TOPIC=orders --with-broker")
+
+    done = subprocess.run(
+        [str(REPO / "build.sh"), *shlex.split(command)[1:],
+         "--env", f"KAFKA_RELAY_PORT={free_port()}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        stdin=subprocess.DEVNULL)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    [arrived] = [json.loads(line) for line in
+                 lines[lines.index("--- topics ---") + 1:lines.index("--- summary ---")]]
+    assert (arrived["topic"], arrived["records"]) == ("orders", 4)
+    assert "records: 4 accepted, 4 delivered, 0 dead-lettered, 0 spilled" in lines
