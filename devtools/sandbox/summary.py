@@ -35,7 +35,7 @@ class RunSummary:
     def problems(self, *, allow_spill: bool) -> list[str]:
         """Why the run should not pass: spilled records, a broker never reached (both
         expected with ``allow_spill``: a run that tests the spill path)."""
-        found = []
+        found: list[str] = []
         if allow_spill:
             return found
         if self.broker_unreachable is not None:

@@ -32,7 +32,11 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
     if "--version" in argv or "-h" in argv or "--help" in argv:
         from kafka_relay import __version__  # noqa: PLC0415
 
-        sys.stdout.write(f"kafka-relay {__version__}\n" if "--version" in argv else _USAGE)
+        try:
+            sys.stdout.write(f"kafka-relay {__version__}\n" if "--version" in argv else _USAGE)
+            sys.stdout.flush()
+        except BrokenPipeError:  # --help | head: nothing left to say
+            pass
         return 0
     name = _name(argv)
     from kafka_relay.lifecycle.register import (  # noqa: PLC0415
@@ -111,7 +115,10 @@ def _since_process_start_ms() -> int | None:
 
 if __name__ == "__main__":
     code = main(sys.argv[1:], os.environ, sys.stdout)
-    sys.stdout.flush()
+    from contextlib import suppress
+
+    with suppress(BrokenPipeError):  # after --help | head, the buffer still holds what it left
+        sys.stdout.flush()
     # Skip interpreter teardown: destroying librdkafka can block past SIGKILL's deadline,
     # and every record is already accounted for.
     os._exit(code)

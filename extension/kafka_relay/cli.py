@@ -56,7 +56,10 @@ def run_cli(main: Callable[[], int], *, stderr: TextIO | None = None,
     """``main()``'s exit status; 2 with one line for a missing region, credentials or extra."""
     err = stderr if stderr is not None else sys.stderr
     try:
-        return main()
+        try:
+            return main()
+        finally:  # also after --help's SystemExit: a closed pipe shows here, not at exit
+            sys.stdout.flush()
     except ModuleNotFoundError as exc:
         if extra is None or (exc.name or "").partition(".")[0] not in EXTRA_MODULES:
             raise
