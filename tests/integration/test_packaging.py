@@ -81,11 +81,14 @@ def test_the_client_imports_with_nothing_but_the_standard_library(installed: Pat
     assert result.stdout.splitlines() == ["no kafka", "[]"]
 
 
+def console_script(site: Path, module: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A console script (``module:cli``) run as installed, with these arguments."""
+    return bare_python(site, f"sys.argv = {['kafka-relay', *argv]!r}\n"
+                             f"from {module} import cli\nraise SystemExit(cli())")
+
+
 def test_replay_without_its_extra_says_what_to_install(installed: Path) -> None:
-    result = bare_python(installed, (
-        "sys.argv = ['kafka-relay-replay', 's3://bucket/prefix/']\n"
-        "from kafka_relay.replay import cli\nraise SystemExit(cli())"
-    ))
+    result = console_script(installed, "kafka_relay.replay", "s3://bucket/prefix/")
 
     assert result.returncode == 2
     assert result.stderr == ("error: replay needs confluent_kafka: "
@@ -95,10 +98,7 @@ def test_replay_without_its_extra_says_what_to_install(installed: Path) -> None:
 def test_replay_help_without_its_extra_prints_the_usage_and_what_to_install(
     installed: Path,
 ) -> None:
-    result = bare_python(installed, (
-        "sys.argv = ['kafka-relay-replay', '--help']\n"
-        "from kafka_relay.replay import cli\nraise SystemExit(cli())"
-    ))
+    result = console_script(installed, "kafka_relay.replay", "--help")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: kafka-relay-replay ")
@@ -108,10 +108,8 @@ def test_replay_help_without_its_extra_prints_the_usage_and_what_to_install(
 def test_logs_from_cloudwatch_without_its_extra_is_one_line_naming_the_install(
     installed: Path,
 ) -> None:
-    result = bare_python(installed, (
-        "sys.argv = ['kafka-relay-logs', '--log-group', '/aws/lambda/f', '--region', 'eu-west-1']\n"
-        "from kafka_relay.logs import cli\nraise SystemExit(cli())"
-    ))
+    result = console_script(installed, "kafka_relay.logs", "--log-group", "/aws/lambda/f",
+                            "--region", "eu-west-1")
 
     assert result.returncode == 2
     assert result.stderr == ("error: this needs boto3, which kafka-relay installs with its "
