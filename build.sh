@@ -38,20 +38,22 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
 USAGE
 }
 
-# Run a long step, printing a line every few seconds so a first run never looks stuck.
+# Run a long step; whenever its output has been quiet for 3 s, print how long it has run, so
+# a first run never looks stuck. Its stdout passes through line by line (stderr as it is);
+# the status is the step's own (pipefail).
 ticking() {
-  local label="$1" pid seconds=0
+  local label="$1" started=$SECONDS line
   shift
-  "$@" &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 1
-    seconds=$((seconds + 1))
-    if (( seconds % 3 == 0 )) && kill -0 "$pid" 2>/dev/null; then
-      echo "    ... $label (${seconds} s)"
+  PYTHONUNBUFFERED=1 "$@" | while true; do
+    if IFS= read -r -t 3 line; then
+      printf '%s\n' "$line"
+    elif (( $? > 128 )); then
+      echo "    ... $label ($((SECONDS - started)) s)"
+    else
+      [[ -n "$line" ]] && printf '%s' "$line"
+      break
     fi
   done
-  wait "$pid"
 }
 
 # Create .venv and install a pinned requirements set when its pins changed. The demo needs
@@ -82,8 +84,11 @@ ensure_venv() {
 }
 
 # No -q: one line per package (pip's own); with the ticks, a first run shows progress.
+# --no-compile: Python compiles what is imported when it is first imported; compiling every
+# installed module up front (moto's hundreds of services) was a third of the install's CPU.
 pip_install() {
-  "$PY" -m pip install --disable-pip-version-check --progress-bar off -r "$1" -c constraints.txt 2>&1 \
+  "$PY" -m pip install --disable-pip-version-check --progress-bar off --no-compile \
+    -r "$1" -c constraints.txt 2>&1 \
     | { grep -E --line-buffered '^(Collecting|Downloading|Installing|Successfully|ERROR|error)' || true; }
 }
 
@@ -159,7 +164,7 @@ case "$cmd" in
     ensure_venv demo
     echo "==> building the layer and the functions (build/local/)"
     ticking "building" local_build
-    in_caller "$PY" -m devtools.demo --dist "$ROOT/build/local" "$@"
+    ticking "demo" in_caller "$PY" -m devtools.demo --dist "$ROOT/build/local" "$@"
     ;;
   sandbox)
     if wants_help "$@"; then help_for sandbox devtools.sandbox; exit 0; fi
