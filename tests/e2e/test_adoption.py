@@ -234,7 +234,7 @@ def test_the_readmes_sandbox_example_runs_as_written_from_the_users_directory(
     with zipfile.ZipFile(tmp_path / "my_function.zip", "w") as archive:
         archive.writestr("app.py", _APP)
     (tmp_path / "event.json").write_text('{"orders": [{"id": 1}, {"id": 2}]}')
-    # The documented example (README, "Local Lambda sandbox"), word for word.
+    # The documented example (docs/sandbox.md), word for word.
     command = ("./build.sh sandbox --function my_function.zip --handler app.handler "
                "--event @event.json --invocations 2 --env KAFKA_TOPIC=orders --with-broker")
 
