@@ -22,6 +22,9 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
   a repeat with its first answer (same ids).
 - 429 (buffer full): back off, honouring Retry-After, within the remaining time, then
   ``RelayBusy``. 503 (shutting down): ``RelayShuttingDown``. 401: the token is wrong.
+- ``wait=True`` while the extension cannot reach Kafka (its circuit breaker is open, or the
+  broker never answered since init): ``BrokerUnavailable`` at once, naming the broker's
+  error; nothing accepted (without ``wait`` the extension keeps the records meanwhile).
 - Thread-safe: one client (and the process-wide default) may be shared by threads. Each
   request takes a kept-alive connection from a small pool, so threads never interleave on a
   connection and do not queue behind each other (docs/handler.md has the measurement).
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kafka_relay.protocol import (
+    BROKER_FIELD,
     DEFAULT_PORT,
     FALLBACK_DIRECT,
     FALLBACK_ENV,
@@ -67,6 +71,7 @@ from kafka_relay.protocol import (
     TOKEN_SOURCES,
     WAIT_DELIVERED,
     WAIT_PARAM,
+    BrokerUnavailable,
     FrameError,
     Outcome,
     RecordRejected,
@@ -78,9 +83,9 @@ from kafka_relay.protocol import (
     handoff_token,
 )
 
-__all__ = ["RecordRejected", "RelayBusy", "RelayClient", "RelayError", "RelayShuttingDown",
-           "RelayUnavailable", "SendResult", "default_client", "flush", "invocation",
-           "invocation_end", "relay_handler", "send", "send_one", "status"]
+__all__ = ["BrokerUnavailable", "RecordRejected", "RelayBusy", "RelayClient", "RelayError",
+           "RelayShuttingDown", "RelayUnavailable", "SendResult", "default_client", "flush",
+           "invocation", "invocation_end", "relay_handler", "send", "send_one", "status"]
 
 _BATCH = 1000
 _DEFAULT_TIMEOUT_S = 30.0  # per call, outside an invocation
@@ -421,6 +426,8 @@ def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
             f"set of {', '.join(TOKEN_SOURCES)} in {TOKEN_HEADER}; give the function "
             f"and the extension the same {TOKEN_ENV}, or unset it on both"
         )
+    if status == 503 and isinstance(reply.get(BROKER_FIELD), dict):
+        raise BrokerUnavailable(str(error))
     if status == 503:
         raise RelayShuttingDown(
             f"kafka-relay is shutting down and accepts no more records ({error}); the "

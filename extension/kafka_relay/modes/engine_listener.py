@@ -205,12 +205,19 @@ class EngineListener:
         delta = self.take_delta(at="invocation" if invocation else "shutdown")
         depth = self._engine.gauge().pending
         if invocation:
-            fields: dict[str, object] = {} if request_id is None else {"request_id": request_id}
-            self._log.info("invocation.done", accepted=delta["accepted"],
-                           delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
-                           spilled=delta["spilled"], spooled=delta["spooled"],
-                           restored=delta["restored"], pending=depth, flush_ms=flush_ms,
-                           **fields)
+            fields: dict[str, object] = {
+                "accepted": delta["accepted"], "delivered": delta["delivered"],
+                "dead_lettered": delta["dead_lettered"], "spilled": delta["spilled"],
+                "spooled": delta["spooled"], "restored": delta["restored"],
+                "pending": depth, "flush_ms": flush_ms}
+            if request_id is not None:
+                fields["request_id"] = request_id
+            problem = self._engine.reachability.problem(self.flush_control.get("breaker"))
+            if problem is None:
+                self._log.info("invocation.done", **fields)
+            else:  # the result line itself says the broker is not answering
+                self._log.warning("invocation.done", **fields, broker=problem["state"],
+                                  broker_error=problem["error"])
         self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
 
     def take_delta(self, *, at: str = "period") -> dict[str, int]:
