@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from kafka_relay.errors import ConfigError
+from kafka_relay.producer.core_import import PACKAGE, import_core
 
 #: Lambda's architecture names by ``platform.machine()``.
 LAMBDA_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
@@ -124,13 +125,13 @@ def mismatch_message(facts: RuntimeFacts, layer: LayerBinaries, error: BaseExcep
 def require_confluent_kafka(
     env: Mapping[str, str],
     *,
-    importer: Callable[[str], ModuleType] = importlib.import_module,
+    importer: Callable[[str], ModuleType] = import_core,
     facts: RuntimeFacts | None = None,
     package_dir: Callable[[], Path | None] = _confluent_kafka_dir,
 ) -> None:
     """Import confluent-kafka; raise RuntimeMismatchError if its binaries cannot load here."""
     try:
-        importer("confluent_kafka")
+        importer(PACKAGE)
     except (ImportError, OSError) as exc:
         facts = facts or RuntimeFacts.current(env)
         raise RuntimeMismatchError(

@@ -1,0 +1,57 @@
+"""The extension loads confluent-kafka's compiled core without the package's asyncio-heavy
+``__init__``; the names it uses are cimpl's own, so isinstance checks agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kafka_relay.producer.core_import import import_core
+
+EXTENSION = Path(__file__).resolve().parents[2] / "extension"
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": str(EXTENSION)}).stdout
+
+
+def test_the_core_loads_without_asyncio_and_exports_cimpl_names() -> None:
+    out = _run(
+        "import sys\n"
+        "from kafka_relay.producer.core_import import import_core\n"
+        "package = import_core()\n"
+        "from confluent_kafka import KafkaError, KafkaException, Producer\n"
+        "import confluent_kafka.cimpl as cimpl\n"
+        "print('asyncio' in sys.modules, Producer is cimpl.Producer,\n"
+        "      KafkaError is cimpl.KafkaError, KafkaException is cimpl.KafkaException,\n"
+        "      sys.modules['confluent_kafka'] is package)\n")
+    assert out.split() == ["False", "True", "True", "True", "True"]
+
+
+def test_a_package_already_imported_is_returned_as_it_is() -> None:
+    import confluent_kafka  # noqa: PLC0415
+
+    assert import_core() is confluent_kafka
+
+
+def test_a_missing_package_is_an_import_error_and_leaves_nothing_behind() -> None:
+    with pytest.raises(ImportError, match="no_such_kafka_package"):
+        import_core("no_such_kafka_package")
+    assert "no_such_kafka_package" not in sys.modules
+
+
+def test_a_core_that_cannot_load_unregisters_the_bare_package(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    package = tmp_path / "broken_kafka"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('the package init ran')\n")
+    (package / "cimpl.py").write_text("raise ImportError('wrong glibc')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match="wrong glibc"):
+        import_core("broken_kafka")
+    assert "broken_kafka" not in sys.modules
