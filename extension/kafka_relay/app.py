@@ -109,7 +109,9 @@ def assemble(config: Config, logger: JsonLogger, *, api: ExtensionsApi | None = 
                   listener=listener, logger=logger, modes=modes)
     if config.telemetry and api is not None:
         _subscribe(parts, api, logger)
+    # cpu_ms: this process's CPU since it started (every thread), the cold start's own cost.
     logger.info("init.ready", port=server.port, flush=str(config.flush),
+                cpu_ms=round(time.process_time() * 1000, 1),
                 bootstrap=config.bootstrap_servers, protocol=config.security_protocol,
                 broker_state=relay.broker_state.value, mode=modes.mode.value,
                 **({"init_id_prefix": modes.init_id_prefix} if modes.init_id_prefix else {}))

@@ -8,8 +8,8 @@ import json
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from kafka_relay.httpwire import RequestHandler, ThreadingServer
 
 # Lambda delivers telemetry to the sandbox's own name; locally it may not resolve.
 _HOSTS = ("sandbox.localdomain", "127.0.0.1")
@@ -32,11 +32,11 @@ class TelemetryListener:
             daemon=True,
         )
 
-    def _bind(self, hosts: tuple[str, ...], port: int) -> ThreadingHTTPServer:
+    def _bind(self, hosts: tuple[str, ...], port: int) -> ThreadingServer:
         listener = self
         error: OSError | None = None
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(RequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 listener.receive(self.rfile.read(length))
@@ -44,16 +44,12 @@ class TelemetryListener:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
         for host in hosts:
             try:
-                server = ThreadingHTTPServer((host, port), Handler)
+                server = ThreadingServer((host, port), Handler)
             except (OSError, socket.gaierror) as exc:
                 error = exc
                 continue
-            server.daemon_threads = True
             self.host = host
             return server
         raise OSError(f"cannot listen for telemetry on {hosts}: {error}")

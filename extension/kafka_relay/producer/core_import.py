@@ -3,8 +3,9 @@
 The package ``__init__`` imports its consumers' serde helpers, which import ``asyncio``:
 ~10 ms of CPU before the extension is ready, for code a producer never runs. The extension
 process uses only what ``cimpl`` defines (``Producer``, ``KafkaError``, ``KafkaException``),
-so it registers a bare package whose attributes are cimpl's; ``from confluent_kafka import
-Producer`` then works unchanged, and a submodule (``confluent_kafka.admin``) still imports.
+so it registers a bare package carrying the names of ``cimpl`` and ``_model`` (what the
+package's own submodules import from it: ``list_topics`` loads ``confluent_kafka.admin``);
+``from confluent_kafka import Producer`` then works unchanged.
 Only the extension process does this: a handler's ``import confluent_kafka`` is untouched.
 """
 
@@ -16,10 +17,12 @@ import sys
 from types import ModuleType
 
 PACKAGE = "confluent_kafka"
+#: The package's modules whose names the bare package carries, in the package's order.
+CORE_MODULES = ("_model", "cimpl")
 
 
-def import_core(name: str = PACKAGE) -> ModuleType:
-    """The package as imported already, else a bare one carrying cimpl's names.
+def import_core(name: str = PACKAGE, modules: tuple[str, ...] = CORE_MODULES) -> ModuleType:
+    """The package as imported already, else a bare one carrying ``modules``' names.
     ImportError/OSError from the compiled module propagate (runtime_check names the fix)."""
     if name in sys.modules:
         return sys.modules[name]
@@ -29,11 +32,13 @@ def import_core(name: str = PACKAGE) -> ModuleType:
     package = importlib.util.module_from_spec(spec)  # created, not executed
     sys.modules[name] = package
     try:
-        core = importlib.import_module(f"{name}.cimpl")
+        cores = [importlib.import_module(f"{name}.{module}") for module in modules]
     except BaseException:
-        del sys.modules[name]
+        for loaded in [name, *(f"{name}.{module}" for module in modules)]:
+            sys.modules.pop(loaded, None)
         raise
-    for attr, value in vars(core).items():
-        if not attr.startswith("__"):
-            setattr(package, attr, value)
+    for core in cores:
+        for attr, value in vars(core).items():
+            if not attr.startswith("_"):
+                setattr(package, attr, value)
     return package

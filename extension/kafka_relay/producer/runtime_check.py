@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import platform
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -41,6 +40,8 @@ class RuntimeFacts:
 
     @classmethod
     def current(cls, env: Mapping[str, str]) -> RuntimeFacts:
+        import platform  # noqa: PLC0415 - ~3 ms at every start, needed only on a mismatch
+
         libc, version = platform.libc_ver()
         return cls(
             python=f"{sys.version_info.major}.{sys.version_info.minor}",
