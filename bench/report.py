@@ -147,6 +147,7 @@ def to_json(results: BenchResults, found: Sequence[Check]) -> dict[str, Any]:
                                 for m in ("caller_ms", "billed_ms", "cpu")}
     if results.outage is not None:
         data["outage"]["overhead_after_first_ms"] = results.outage.overhead_after_first_ms
+        data["outage"]["worst_overhead_ms"] = results.outage.worst_overhead_ms
     data["checks"] = [{**dataclasses.asdict(c), "met": c.met, "verdict": c.verdict}
                       for c in found]
     return data
