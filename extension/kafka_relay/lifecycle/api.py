@@ -2,19 +2,18 @@
 
 Loaded right after registration (``register.py`` registers over a bare socket, before any
 import that costs time). Every invocation makes one ``/next`` call, so it reuses one
-connection and skips ``http.client`` (its import costs ~15 ms of the start, its parsing
-~0.1 ms a call). Liberal in what it accepts (unknown fields and event types are passed
-through; Content-Length, chunked or until-close bodies), exact in what it sends.
+connection (``httpconn``). Liberal in what it accepts (unknown fields and event types are
+passed through), exact in what it sends.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from typing import Any
 
 from kafka_relay.errors import LambdaApiError
+from kafka_relay.httpconn import Connection, Stale, encode_request
 
 _EXT = "/2020-01-01/extension"
 _TELEMETRY = "/2022-07-01/telemetry"
@@ -35,7 +34,7 @@ class ExtensionsApi:
         self.identifier = ""
         # Set by __main__ from the registration (lifecycle/register.py, before heavy imports):
         self.events: list[str] = []  # what Lambda accepted the registration for
-        self._kept: _Connection | None = None
+        self._kept: Connection | None = None
         self._kept_lock = threading.Lock()  # a second caller meanwhile gets its own
 
     def _request(
@@ -47,18 +46,16 @@ class ExtensionsApi:
         headers: dict[str, str] | None = None,
         timeout: float | None = 10.0,
     ) -> tuple[int, dict[str, str], bytes]:
-        payload = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self._address}\r\n"
+        all_headers = dict(headers or {})
         if self.identifier:
-            head += f"Lambda-Extension-Identifier: {self.identifier}\r\n"
-        for name, value in (headers or {}).items():
-            head += f"{name}: {value}\r\n"
+            all_headers["Lambda-Extension-Identifier"] = self.identifier
         if body is not None:
-            head += "Content-Type: application/json\r\n"
-        request = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+            all_headers["Content-Type"] = "application/json"
+        request = encode_request(method, path, self._address, all_headers,
+                                 None if body is None else json.dumps(body).encode())
         try:
             if not self._kept_lock.acquire(blocking=False):
-                with _Connection(self._address) as conn:
+                with Connection(self._address) as conn:
                     return conn.exchange(request, timeout)
             try:
                 return self._exchange_kept(request, timeout)
@@ -73,10 +70,10 @@ class ExtensionsApi:
         request sent again, once: a fresh connection's failure is final."""
         while True:
             fresh = self._kept is None
-            conn = self._kept = self._kept or _Connection(self._address)
+            conn = self._kept = self._kept or Connection(self._address)
             try:
                 answer = conn.exchange(request, timeout)
-            except _Stale:
+            except Stale:
                 self._drop()
                 if fresh:
                     raise
@@ -126,98 +123,6 @@ class ExtensionsApi:
         )
         if status != 200:
             raise LambdaApiError(f"telemetry subscribe answered {status}: {data[:500]!r}")
-
-
-class _Stale(ConnectionError):
-    """The server closed the connection before answering: a kept one may be retried."""
-
-
-class _Connection:
-    """One HTTP/1.1 connection: a request out, its answer in."""
-
-    def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self._sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10.0)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buffer = b""
-        self.closing = False  # the server said Connection: close (or spoke HTTP/1.0)
-
-    def __enter__(self) -> _Connection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def exchange(self, request: bytes, timeout: float | None
-                 ) -> tuple[int, dict[str, str], bytes]:
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.sendall(request)
-            status_line = self._line()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise _Stale(str(exc)) from exc
-        if not status_line:
-            raise _Stale("the connection closed before the answer")
-        version, _, rest = status_line.partition(" ")
-        code = rest.partition(" ")[0]
-        if not version.startswith("HTTP/") or not code.isdigit():
-            raise ValueError(f"not an HTTP answer: {status_line[:100]!r}")
-        headers: dict[str, str] = {}
-        while line := self._line():
-            name, _, value = line.partition(":")
-            headers[name.strip()] = value.strip()
-        lower = {name.lower(): value for name, value in headers.items()}
-        self.closing = (version == "HTTP/1.0"
-                        or lower.get("connection", "").lower() == "close")
-        if "chunked" in lower.get("transfer-encoding", "").lower():
-            body = self._chunked()
-        elif "content-length" in lower:
-            body = self._exactly(int(lower["content-length"]))
-        else:
-            body, self._buffer, self.closing = self._buffer + self._rest(), b"", True
-        return int(code), headers, body
-
-    def _fill(self) -> bool:
-        chunk = self._sock.recv(65536)
-        self._buffer += chunk
-        return bool(chunk)
-
-    def _line(self) -> str:
-        while b"\r\n" not in self._buffer:
-            if len(self._buffer) > _MAX_LINE or not self._fill():
-                if self._buffer:
-                    raise ValueError("the answer ended inside a line")
-                return ""
-        line, _, self._buffer = self._buffer.partition(b"\r\n")
-        return line.decode("latin-1")
-
-    def _exactly(self, length: int) -> bytes:
-        while len(self._buffer) < length:
-            if not self._fill():
-                raise ValueError("the answer ended before its Content-Length")
-        body, self._buffer = self._buffer[:length], self._buffer[length:]
-        return body
-
-    def _chunked(self) -> bytes:
-        parts = []
-        while size := int(self._line().partition(";")[0] or "0", 16):
-            parts.append(self._exactly(size))
-            self._exactly(2)
-        while self._line():  # trailers
-            pass
-        return b"".join(parts)
-
-    def _rest(self) -> bytes:
-        chunks = []
-        while chunk := self._sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-_MAX_LINE = 65536
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
