@@ -33,7 +33,7 @@ _POLL_S = 0.05
 # broker does not answer: the breaker takes over). A broker that has answered before settles
 # in milliseconds; before its first delivery (connection, metadata, topic creation) it may
 # take longer.
-STALL_S = 0.5
+STALL_S = 0.75
 FIRST_CONTACT_STALL_S = 3.0
 # A flush still settling after this long (a backlog, e.g. once the broker is back after an
 # outage) stops too: no invocation pays for more than this. The rest stays pending; the pump
