@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from kafka_relay.tools.cli import run_cli
+from layer_build.bytecode import add_bytecode, find_interpreters
 from layer_build.errors import BuildError, LayerBuildError
 from layer_build.limits import LAYER_GOAL_ZIPPED, check_combined, check_size
 from layer_build.manifest import (
@@ -226,6 +227,7 @@ class Builder:
                 if floor is not None:
                     floors.append(floor)
         drop_unused_subpackages(tree)
+        self._bytecode(tree)
         name = layer_file_name(target.name)
         check_binaries(tree, target, name)
         glibc = max(floors) if floors else None
@@ -239,6 +241,15 @@ class Builder:
             glibc=glibc,
             goal=LAYER_GOAL_ZIPPED,
         )
+
+    def _bytecode(self, tree: FileTree) -> None:
+        """Ship .pyc for each version an interpreter exists for here (/opt is read-only)."""
+        interpreters = find_interpreters(self.config.python_versions)
+        added = add_bytecode(tree, interpreters)
+        missing = [v for v in self.config.python_versions if v not in interpreters]
+        self.log(f"bytecode: {added} .pyc for Python {', '.join(sorted(interpreters)) or '-'}"
+                 + (f"; no interpreter here for {', '.join(missing)}: those runtimes compile "
+                    "the layer's modules at each cold start" if missing else ""))
 
     def function(self) -> Artifact:
         root = self.config.root

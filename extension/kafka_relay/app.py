@@ -92,7 +92,9 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
     parts = Parts(config=config, engine=engine, server=server, mode=mode, logger=logger)
     if config.telemetry and api is not None:
         _subscribe(mode, api, logger)
+    # cpu_ms: this process's CPU since it started (every thread), the cold start's own cost.
     logger.info("init.ready", version=__version__, port=server.port, flush=str(config.flush),
+                cpu_ms=round(time.process_time() * 1000, 1),
                 bootstrap=config.bootstrap_servers, protocol=config.security_protocol,
                 broker_state=engine.status()["broker_state"], mode=mode.name.value,
                 **mode.init_fields())

@@ -188,7 +188,9 @@ class DeliveryEngine:
         """Re-own what earlier invocations parked in the /tmp spool (sent first)."""
         if self.pump.failure is not None:
             return 0  # nobody would send them: leave the files for the next environment
-        restored = self._ledger.restore(self._spill.take_spooled())
+        spooled = self._spill.take_spooled()
+        # Nothing spooled (every invocation but a few): no ledger lock, no pump wake-up.
+        restored = self._ledger.restore(spooled) if spooled else 0
         if restored:
             self._log.info("spool.restored", records=restored)
         return restored

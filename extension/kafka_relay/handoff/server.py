@@ -25,7 +25,6 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,6 +36,7 @@ from kafka_relay.handoff.body import BodyError, read_body
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
+from kafka_relay.httpwire import RequestHandler, ThreadingServer
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
     BROKER_FIELD,
@@ -118,9 +118,8 @@ class _HttpError(Exception):
         self.status = status
 
 
-class _Server(ThreadingHTTPServer):
-    allow_reuse_address = True  # the port may linger in TIME_WAIT after an environment reset
-    daemon_threads = True
+class _Server(ThreadingServer):
+    # ThreadingServer reuses the address: the port may linger in TIME_WAIT after a reset.
     request_queue_size = _BACKLOG
     state: HandoffState
     max_connections = MAX_CONNECTIONS
@@ -158,7 +157,7 @@ class _Server(ThreadingHTTPServer):
         super().shutdown_request(request)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(RequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; with Nagle on, a kept-alive
     # connection waits ~40 ms for the client's delayed ACK on every reply.
@@ -167,9 +166,6 @@ class _Handler(BaseHTTPRequestHandler):
     body_deadline_s = BODY_DEADLINE_S
     _linger = False  # the body was not read: drain it after the answer (LINGER_S)
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
     # -- plumbing --------------------------------------------------------------------
 
