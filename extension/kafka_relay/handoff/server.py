@@ -21,7 +21,6 @@ import json
 import socket
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
 from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.body import BodyError, read_body
-from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
+from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
@@ -252,7 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, f"{IDEMPOTENCY_KEY_HEADER} is over {_MAX_KEY_CHARS} chars")
         try:
             answer, _ = state.idempotency.run(
-                key, (zlib.crc32(body), len(body)), lambda: self._accept(body, query),
+                key, fingerprint(body, self.headers.get("Content-Type") or "", _bound(query)),
+                lambda: self._accept(body, query),
                 wait_s=self._wait_budget_s(query) + 1,
             )
         except KeyMismatch as exc:
@@ -329,6 +329,12 @@ class _Handler(BaseHTTPRequestHandler):
                        "uptime_s": round(time.monotonic() - state.started, 3),
                        "flush": state.flush_strategy})
         self._send(200, status)
+
+
+def _bound(query: dict[str, str]) -> str:
+    """The query as an idempotency key binds it: ``timeout_ms`` left out, since a retry
+    legitimately sends the shorter wait it has left."""
+    return "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k != TIMEOUT_PARAM)
 
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
