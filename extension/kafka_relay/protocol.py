@@ -59,7 +59,29 @@ WAIT_DELIVERED = "delivered"
 TIMEOUT_PARAM = "timeout_ms"
 
 # -- response headers -----------------------------------------------------------------
-RETRY_AFTER_HEADER = "Retry-After"  # on 429/503, seconds (the body also has retry_after_ms)
+RETRY_AFTER_HEADER = "Retry-After"  # on 429/503/507, seconds (the body also has retry_after_ms)
+
+# -- refusals: why a batch was not accepted (the answer's "refusal" field) --------------
+REFUSAL_FIELD = "refusal"
+MAX_TIMEOUT_MS = 900_000  # Lambda's longest invocation: a longer ``timeout_ms`` is a 400
+
+
+class Refusal(str, Enum):
+    """Why nothing of a batch was accepted; ``status`` is the HTTP answer."""
+
+    BUSY = "buffer_full"  # 429: the buffer is full now; retry after Retry-After
+    TOO_LARGE = "too_large"  # 413: the batch alone is over a limit; it can never fit
+    STORAGE = "storage"  # 507: the journal or the disk spool cannot write; retry later
+    CLOSED = "closed"  # 503: shutting down (or the pump stopped): accepts nothing more
+    NOT_RESTORED = "not_restored"  # 503: SnapStart, before the snapshot is restored
+
+    @property
+    def status(self) -> int:
+        return _REFUSAL_STATUS[self]
+
+
+_REFUSAL_STATUS = {Refusal.BUSY: 429, Refusal.TOO_LARGE: 413, Refusal.STORAGE: 507,
+                   Refusal.CLOSED: 503, Refusal.NOT_RESTORED: 503}
 
 # -- media types ----------------------------------------------------------------------
 JSON_TYPE = "application/json"
@@ -128,6 +150,22 @@ class RelayBusy(RelayError):
 
 class RelayShuttingDown(RelayBusy):
     """The extension is shutting down (503) and accepts no more records; nothing accepted."""
+
+
+class RelayNotRestored(RelayBusy):
+    """SnapStart: records were sent before the snapshot was restored (during init); nothing
+    accepted. Send them from the handler."""
+
+
+class RelayStorageUnavailable(RelayBusy):
+    """The extension could not write the batch to disk (its crash journal or its outage
+    spool is full or failing: 507); nothing accepted. It clears by itself when writing
+    works again."""
+
+
+class BatchTooLarge(RecordRejected):
+    """The batch alone is over a limit of the extension (413): it can never be accepted as
+    it is, so it is not retried. Send smaller batches (``reasons`` names the limit)."""
 
 
 # -- the framed body (FRAMES_TYPE): records already encoded, no JSON to parse -----------

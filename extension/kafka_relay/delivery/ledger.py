@@ -17,18 +17,20 @@ from dataclasses import dataclass, field
 
 from kafka_relay.delivery.journal import Journal, encode
 from kafka_relay.delivery.queue import SendQueue
-from kafka_relay.protocol import Outcome
+from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillResult
 
 
 class BufferFull(Exception):
-    """Nothing was accepted. ``retry_after_ms == 0``: the engine takes no more records at all
-    (SHUTDOWN, or its pump stopped)."""
+    """Nothing was accepted; ``refusal`` says why (and so the answer's status).
+    ``retry_after_ms == 0``: retrying cannot help."""
 
-    def __init__(self, retry_after_ms: int, detail: str) -> None:
+    def __init__(self, retry_after_ms: int, detail: str,
+                 refusal: Refusal = Refusal.BUSY) -> None:
         super().__init__(detail)
         self.retry_after_ms = retry_after_ms
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,14 @@ class Watch:
     outcomes: dict[str, tuple[Outcome, str | None]] = field(default_factory=dict)
 
 
+def _never_fits(records: int, size: int, limits: Limits) -> str:
+    over = (f"{records} records > the {limits.records}-record limit "
+            "(KAFKA_RELAY_MAX_BUFFER_RECORDS)" if records > limits.records else
+            f"{size} bytes > the {limits.bytes}-byte limit (KAFKA_RELAY_MAX_BUFFER_BYTES)")
+    return (f"this batch alone is over the whole buffer ({over}): it can never be accepted; "
+            "send it in smaller batches")
+
+
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
@@ -84,7 +94,11 @@ class Ledger:
         frame = encode(records) if journal is not None and journal.enabled else None  # unlocked
         with self.cond:
             if self._closed is not None:
-                raise BufferFull(0, self._closed)
+                raise BufferFull(0, self._closed, Refusal.CLOSED)
+            if len(records) > self.limits.records or size > self.limits.bytes:
+                self.counts.rejected += len(records)
+                raise BufferFull(0, _never_fits(len(records), size, self.limits),
+                                 Refusal.TOO_LARGE)
             if (len(self._unsettled) + len(records) > self.limits.records
                     or self._bytes + size > self.limits.bytes):
                 self.counts.rejected += len(records)

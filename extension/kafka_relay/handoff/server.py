@@ -41,7 +41,9 @@ from kafka_relay.protocol import (
     FLUSH_PATH,
     IDEMPOTENCY_KEY_HEADER,
     INVOCATION_END_PATH,
+    MAX_TIMEOUT_MS,
     RECORDS_PATH,
+    REFUSAL_FIELD,
     REQUEST_ID_HEADER,
     STATUS_PATH,
     TIMEOUT_PARAM,
@@ -49,11 +51,11 @@ from kafka_relay.protocol import (
     TOKEN_SOURCES,
     WAIT_DELIVERED,
     WAIT_PARAM,
+    Refusal,
 )
 from kafka_relay.record import IdSource, Record
 
 _DEFAULT_WAIT_S = 30.0
-_MAX_WAIT_S = 900.0  # Lambda's longest invocation
 IDLE_TIMEOUT_S = 60.0  # a kept-alive connection silent this long is closed
 BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
 # After answering a body it did not read (413, a broken length), the server lets the client
@@ -178,7 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
         return hmac.compare_digest(given.encode(), expected.encode())
 
     def _query(self) -> dict[str, str]:
-        return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query,
+                                                 keep_blank_values=True).items()}
 
     # -- routes ------------------------------------------------------------------------
 
@@ -243,17 +246,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _records(self, body: bytes) -> None:
         state = self.server.state
         query = self._query()
+        wait_s = self._wait_budget_s(query)  # a bad timeout_ms is a 400 before anything is taken
         key = self.headers.get(IDEMPOTENCY_KEY_HEADER)
         if not key:
-            self._send_answer(self._accept(body, query))
+            self._send_answer(self._accept(body, query, wait_s))
             return
         if len(key) > _MAX_KEY_CHARS:
             raise _HttpError(400, f"{IDEMPOTENCY_KEY_HEADER} is over {_MAX_KEY_CHARS} chars")
         try:
             answer, _ = state.idempotency.run(
                 key, fingerprint(body, self.headers.get("Content-Type") or "", _bound(query)),
-                lambda: self._accept(body, query),
-                wait_s=self._wait_budget_s(query) + 1,
+                lambda: self._accept(body, query, wait_s),
+                wait_s=wait_s + 1,
             )
         except KeyMismatch as exc:
             raise _HttpError(422, f"{IDEMPOTENCY_KEY_HEADER} {key!r} was used for a different "
@@ -263,12 +267,14 @@ class _Handler(BaseHTTPRequestHandler):
                                   "still being processed: retry it later") from exc
         self._send_answer(answer)
 
-    def _accept(self, body: bytes, query: dict[str, str]) -> Answer:
+    def _accept(self, body: bytes, query: dict[str, str], wait_s: float) -> Answer:
         state = self.server.state
         request_id = self.headers.get(REQUEST_ID_HEADER) or None
         refusal = state.admit()
         if refusal is not None:
-            return _answer(503, {"error": refusal, "retry_after_ms": 0}, {"Retry-After": "1"})
+            return _answer(503, {"error": refusal, "retry_after_ms": 0,
+                                 REFUSAL_FIELD: Refusal.NOT_RESTORED.value},
+                           {"Retry-After": "1"})
         try:
             records = records_from_body(body, self.headers.get("Content-Type") or "",
                                         default_topic=state.config.default_topic,
@@ -285,29 +291,29 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:
-            status = 503 if exc.retry_after_ms == 0 else 429
             retry_s = max(1, (exc.retry_after_ms + 999) // 1000)
-            return _answer(status, {"error": str(exc), "retry_after_ms": exc.retry_after_ms},
-                           {"Retry-After": str(retry_s)})
+            return _answer(exc.refusal.status,
+                           {"error": str(exc), "retry_after_ms": exc.retry_after_ms,
+                            REFUSAL_FIELD: exc.refusal.value},
+                           None if exc.refusal is Refusal.TOO_LARGE
+                           else {"Retry-After": str(retry_s)})
         if watch is None:
             return _answer(202, {"accepted": len(ids), "ids": ids})
-        outcomes = state.relay.wait_settled(watch, self._wait_budget_s(query))
+        outcomes = state.relay.wait_settled(watch, wait_s)
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
     @staticmethod
     def _wait_budget_s(query: dict[str, str]) -> float:
         """The request's own budget (the client sets it from its remaining time)."""
-        raw = query.get(TIMEOUT_PARAM, "")
-        if raw.isascii() and raw.isdigit():
-            return min(int(raw) / 1000, _MAX_WAIT_S)
-        return _DEFAULT_WAIT_S
+        timeout_s = _timeout_s(query)
+        return _DEFAULT_WAIT_S if timeout_s is None else timeout_s
 
     def _flush(self, body: bytes) -> None:
         state = self.server.state
         budget = state.config.flush_budget_ms / 1000
-        raw = self._query().get(TIMEOUT_PARAM, "")
-        if raw.isascii() and raw.isdigit():
-            budget = min(budget, int(raw) / 1000)
+        timeout_s = _timeout_s(self._query())
+        if timeout_s is not None:
+            budget = min(budget, timeout_s)
         self._send(200, state.relay.flush(budget).as_dict())
 
     def _end(self, body: bytes) -> None:
@@ -329,6 +335,18 @@ class _Handler(BaseHTTPRequestHandler):
                        "uptime_s": round(time.monotonic() - state.started, 3),
                        "flush": state.flush_strategy})
         self._send(200, status)
+
+
+def _timeout_s(query: dict[str, str]) -> float | None:
+    """``timeout_ms`` in seconds (None: not given); anything but an integer from 0 to
+    MAX_TIMEOUT_MS is a 400, never a silent default."""
+    raw = query.get(TIMEOUT_PARAM)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and int(raw) <= MAX_TIMEOUT_MS):
+        raise _HttpError(400, f"{TIMEOUT_PARAM}={raw[:40]!r}: give an integer number of "
+                              f"milliseconds from 0 to {MAX_TIMEOUT_MS}")
+    return int(raw) / 1000
 
 
 def _bound(query: dict[str, str]) -> str:
