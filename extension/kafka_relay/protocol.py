@@ -288,9 +288,11 @@ def _frame(item: Mapping[str, Any], index: int) -> list[bytes]:
         flags |= FLAG_VALUE_NULL
     timestamp = item.get("timestamp_ms")
     if timestamp is not None:
-        if type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS:
-            raise FrameError(index, "'timestamp_ms' must be an integer from 0 to 2**63-1 "
-                                    "(epoch milliseconds)")
+        if type(timestamp) is not int or not 0 < timestamp < _MAX_TIMESTAMP_MS:
+            # librdkafka reads 0 as "now": it could not arrive as given.
+            raise FrameError(index, "'timestamp_ms' must be an integer from 1 to 2**63-1 "
+                                    "(epoch milliseconds); 0 cannot be produced (librdkafka "
+                                    "reads it as 'now'): omit it for the producer's time")
         flags |= FLAG_TIMESTAMP
     headers = item.get("headers")
     header_parts = _frame_headers(headers, index) if headers else []
@@ -361,6 +363,9 @@ def _frame_headers(headers: Any, index: int) -> list[bytes]:
     pack = _HEADER.pack
     for name, value in headers.items():
         name_bytes = _text(name, index, "'headers' name")
+        if b"\x00" in name_bytes:  # a C string to librdkafka: it would arrive cut short
+            raise FrameError(index, f"'headers' name {name[:64]!r} holds a NUL character, "
+                                    "which the producer cannot carry in a header name")
         if isinstance(value, (bytes, bytearray, memoryview)):
             value_bytes = bytes(value)
         else:
