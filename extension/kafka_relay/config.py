@@ -136,9 +136,10 @@ class Config:
     retry_backoff_ms: int = 500
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
-    # Write-ahead journal of accepted records (delivery/journal.py). Off by default: it costs
-    # ~20-25% of the handoff's CPU per record (bench/journal_cost.py; README).
-    journal: bool = False
+    # Write-ahead journal of accepted records (delivery/journal.py). On by default: nothing a
+    # 202 answered is lost to a killed extension (its cost: bench/journal_cost.py,
+    # docs/durability.md). Off trades that for ~20% of the handoff thread's CPU.
+    journal: bool = True
     journal_dir: Path = Path("/tmp/kafka-relay-journal")
     telemetry: bool = True
     log_level: str = "INFO"
@@ -342,7 +343,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         spill_bucket=_text(env, "KAFKA_RELAY_SPILL_BUCKET"),
         spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR")
                        or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-spool"),
-        journal=_bool(env, "KAFKA_RELAY_JOURNAL", False),
+        journal=_bool(env, "KAFKA_RELAY_JOURNAL", True),
         journal_dir=Path(_text(env, "KAFKA_RELAY_JOURNAL_DIR")
                          or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-journal"),
         telemetry=_bool(env, "KAFKA_RELAY_TELEMETRY", True),

@@ -5,8 +5,9 @@
 → spill the rest, keeping back the time the spill takes). ``healthy`` turns
 False when the pump died; everything it held was spilled by then and
 ``failure`` says why (the lifecycle reports it as an exit error). With the
-journal on (``KAFKA_RELAY_JOURNAL``), ``start`` first restores what a crashed
-predecessor journaled, and a clean ``drain`` leaves no journal behind.
+journal (``KAFKA_RELAY_JOURNAL``, on by default), ``start`` first restores what a crashed
+predecessor journaled, and a clean ``drain`` leaves no journal behind. The journal is on
+by default; a batch it cannot write is refused (507), never accepted unjournaled.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class DeliveryEngine:
                 return 0
             left = journal.leftovers()
             restored = ledger.restore(left.records, recovered=left.recovered + 1)
-            journal.discard(left.files)  # after their records are journaled again
+            if journal.enabled:  # their records are journaled again: the old files can go
+                journal.discard(left.files)
         if left.files:
             self._log.warning("journal.restored", records=restored, files=len(left.files),
                               recovered=left.recovered + 1, dir=str(journal.directory))

@@ -10,12 +10,13 @@ accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from kafka_relay.delivery.journal import Journal, encode
+from kafka_relay.delivery.journal import Journal, JournalUnwritable, encode
 from kafka_relay.delivery.queue import SendQueue
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
@@ -91,7 +92,7 @@ class Ledger:
         """Own all of ``records`` or none (BufferFull)."""
         size = sum(r.size for r in records)
         journal = self.journal
-        frame = encode(records) if journal is not None and journal.enabled else None  # unlocked
+        frame = encode(records) if journal is not None else None  # unlocked
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed, Refusal.CLOSED)
@@ -108,12 +109,16 @@ class Ledger:
                     f"limits {self.limits.records} records (KAFKA_RELAY_MAX_BUFFER_RECORDS), "
                     f"{self.limits.bytes} bytes (KAFKA_RELAY_MAX_BUFFER_BYTES))",
                 )
+            if frame is not None and journal is not None:
+                try:
+                    journal.append([r.id for r in records], frame)
+                except JournalUnwritable as exc:
+                    self.counts.rejected += len(records)
+                    raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
             registered = None
             if watch:
                 registered = Watch([r.id for r in records])
                 self._watches.update((i, registered) for i in registered.ids)
-            if frame is not None and journal is not None:
-                journal.append([r.id for r in records], frame)
             self._take(records)
             self.counts.accepted += len(records)
             self.cond.notify_all()
@@ -121,11 +126,14 @@ class Ledger:
 
     def restore(self, records: Iterable[Record], *, recovered: int = 0) -> int:
         """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times);
-        they are journaled again and get a new outcome."""
+        they are journaled again and get a new outcome. They are owned even when the journal
+        cannot write (they come from disk, where the caller keeps them: ``journal.error``)."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
-            if self.journal is not None and self.journal.enabled:
-                self.journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
+            if self.journal is not None:
+                with contextlib.suppress(JournalUnwritable):  # logged, shown in the status
+                    self.journal.append([r.id for r in fresh], encode(fresh),
+                                        recovered=recovered)
             self._take(fresh)
             self.counts.restored += len(fresh)
             self.cond.notify_all()
