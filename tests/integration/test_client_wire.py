@@ -212,7 +212,8 @@ def test_a_value_nested_too_deep_for_any_encoder_is_record_rejected_naming_it() 
     deep: object = 1
     for _ in range(2_000):
         deep = [deep]
-    with fake_relay(accept) as relay, pytest.raises(RecordRejected, match="record 1") as caught:
+    with fake_relay(lambda seen, _index: accept(seen)) as relay, \
+            pytest.raises(RecordRejected, match="record 1") as caught:
         RelayClient(env={}, port=relay.port).send([{"value": 1}, {"value": deep}])
     assert caught.value.reasons == [{"index": 1, "reason": "'value' is nested too deeply or "
                                                            "refers to itself"}]

@@ -61,7 +61,8 @@ def _arrived(consumer: Consumer, ids: set[str], timeout_s: float = 20) -> dict[s
         msg = consumer.poll(0.2)
         if msg is None or msg.error() is not None:
             continue
-        headers = [(name, bytes(value or b"")) for name, value in msg.headers() or []]
+        headers = [(str(h[0]), h[1] if isinstance(h[1], bytes) else b"")
+                   for h in msg.headers() or []]
         relay_id = dict(headers).get(ID_HEADER, b"").decode()
         found[relay_id] = (str(msg.topic()), msg.key(), msg.value(), headers,
                            int(msg.timestamp()[1]))
@@ -82,9 +83,9 @@ def _produce_and_compare(producer: Producer, consumer: Consumer, records: list[R
     assert reports == [None] * len(records)
     arrived = _arrived(consumer, {r.id for r in records})
     for record in records:
-        topic, key, value, headers, timestamp = arrived[record.id]
+        topic, key, value, got_headers, timestamp = arrived[record.id]
         assert (topic, key, value) == (record.topic, record.key, record.value)
-        assert headers == [*record.headers, (ID_HEADER, record.id.encode())]
+        assert got_headers == [*record.headers, (ID_HEADER, record.id.encode())]
         if record.timestamp_ms is not None:
             assert timestamp == record.timestamp_ms
 

@@ -39,7 +39,7 @@ finite_json = st.recursive(
     max_leaves=10,
 )
 texts = st.text(max_size=12)
-header_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+header_names = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
                        max_size=12)
 framable = st.fixed_dictionaries(
     {"value": finite_json | st.binary(max_size=40)},

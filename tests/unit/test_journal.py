@@ -269,7 +269,7 @@ def test_a_journal_that_cannot_write_refuses_batches_logs_once_and_resumes_by_it
     rig.engine.accept(rig.records(2))
     monkeypatch.setattr(journal_module, "_write_all", full)
     for _ in range(3):
-        with pytest.raises(BufferFull, match="journal cannot write.*No space left") as refused:
+        with pytest.raises(BufferFull, match=r"journal cannot write.*No space left") as refused:
             rig.engine.accept(rig.records(2))
         assert refused.value.refusal is Refusal.STORAGE
         assert refused.value.retry_after_ms > 0
