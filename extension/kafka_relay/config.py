@@ -136,6 +136,9 @@ class Config:
     retry_backoff_ms: int = 500
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
+    # The outage spool's byte limit (spill/overflow.py); None: half of the spool file
+    # system's free space at init; 0: no outage spool (a full buffer answers 429).
+    spool_max_bytes: int | None = None
     # Write-ahead journal of accepted records (delivery/journal.py). On by default: nothing a
     # 202 answered is lost to a killed extension (its cost: bench/journal_cost.py,
     # docs/durability.md). Off trades that for ~20% of the handoff thread's CPU.
@@ -343,6 +346,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         spill_bucket=_text(env, "KAFKA_RELAY_SPILL_BUCKET"),
         spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR")
                        or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-spool"),
+        spool_max_bytes=(None if _text(env, "KAFKA_RELAY_SPOOL_MAX_BYTES") is None else
+                         _int(env, "KAFKA_RELAY_SPOOL_MAX_BYTES", 0, maximum=2**50)),
         journal=_bool(env, "KAFKA_RELAY_JOURNAL", True),
         journal_dir=Path(_text(env, "KAFKA_RELAY_JOURNAL_DIR")
                          or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-journal"),

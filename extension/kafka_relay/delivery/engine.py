@@ -25,8 +25,9 @@ from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.protocol import BrokerState
+from kafka_relay.protocol import BrokerState, Refusal
 from kafka_relay.record import Record
+from kafka_relay.spill.overflow import OverflowSpool, SpoolFull, derived_limit
 from kafka_relay.spill.sinks import SpillChain
 
 __all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Watch"]
@@ -89,6 +90,11 @@ class DeliveryEngine:
             journal.open()
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
                               monotonic=monotonic, journal=journal)
+        self._retry_after_ms = retry_after
+        spool_limit = derived_limit(config.spool_max_bytes, config.spool_dir)
+        # Outage ride-through (spill/overflow.py): guarded by the ledger's condition.
+        self._overflow = (OverflowSpool(config.spool_dir / "overflow", spool_limit, logger)
+                          if spool_limit > 0 else None)
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, on_death=self._pump_died,
                          wall_ms=wall_ms, defer_build=defer_producer, on_thaw=on_thaw)
@@ -162,8 +168,37 @@ class DeliveryEngine:
     # -- records -----------------------------------------------------------------------------
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
-        """Own all of ``records`` (BufferFull: none). ``watch``: a handle for wait_settled."""
-        return self._ledger.accept(records, watch=watch)
+        """Own all of ``records`` (BufferFull: none). ``watch``: a handle for wait_settled.
+        What does not fit in memory goes to the disk spool, behind what already waits there."""
+        overflow = self._overflow
+        if overflow is None:
+            return self._ledger.accept(records, watch=watch)
+        with self._ledger.cond:
+            self.refill()
+            return self._ledger.accept(records, watch=watch, park=self._park,
+                                       park_first=bool(overflow))
+
+    def _park(self, records: Sequence[Record]) -> str:
+        assert self._overflow is not None
+        try:
+            return str(self._overflow.put(list(records)))
+        except SpoolFull as exc:
+            raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
+
+    def refill(self) -> int:
+        """Take the oldest spooled batches back into memory while they fit (journaled before
+        their files go); the number of records taken."""
+        overflow, ledger = self._overflow, self._ledger
+        if not overflow:
+            return 0
+        taken = 0
+        with ledger.cond:
+            while overflow and (parked := overflow.oldest()) is not None:
+                if not ledger.room_for(len(parked.records), parked.size):
+                    break
+                taken += ledger.restore(parked.records)
+                overflow.remove_oldest(parked)
+        return taken
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""
@@ -173,10 +208,11 @@ class DeliveryEngine:
         return self._ledger.wait_settled(watch, timeout_s)
 
     def restore_spool(self) -> int:
-        """Re-own what earlier invocations parked in the /tmp spool (sent first)."""
+        """Re-own what earlier invocations parked in the /tmp spool (sent first), and what
+        fits of the outage spool."""
         if not self.healthy:
             return 0  # nobody would send them: leave the files for the next environment
-        restored = self._ledger.restore(self._spill.take_spooled())
+        restored = self._ledger.restore(self._spill.take_spooled()) + self.refill()
         if restored:
             self._log.info("spool.restored", records=restored)
         return restored
@@ -194,7 +230,7 @@ class DeliveryEngine:
             queue.flush_requests += 1
             ledger.cond.notify_all()
             try:
-                while (self.healthy and queue.has_due_work(self._wall_ms())
+                while (self.healthy and (queue.has_due_work(self._wall_ms()) or self.refill())
                        and self._monotonic() < deadline):
                     ledger.cond.wait(min(0.05, max(0.001, deadline - self._monotonic())))
             finally:
@@ -224,6 +260,7 @@ class DeliveryEngine:
         drained = self.flush(max(0, plan.flush_until_ms - self._wall_ms()) / 1000, retry_now=True)
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
         spilled = self.spill_unsettled(f"shutdown ({reason}) before delivery")
+        spilled += self._spill_overflow(deadline_ms, f"shutdown ({reason}) before delivery")
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
         with self._ledger.cond:
             if self._ledger.journal is not None:  # everything settled: leave nothing behind
@@ -234,6 +271,26 @@ class DeliveryEngine:
             pending=self._ledger.depth()[0], unaccounted=self._ledger.unaccounted(),
             pump_error=self.failure, counts=self.counts(),
         )
+
+    def _spill_overflow(self, deadline_ms: int, reason: str) -> int:
+        """SHUTDOWN: /tmp goes with the environment, so what still waits in the outage spool
+        is spilled (S3 or log lines), oldest batch first, while the deadline allows."""
+        overflow, ledger = self._overflow, self._ledger
+        spilled = 0
+        with ledger.cond:
+            while overflow and self._wall_ms() < deadline_ms - self._config.shutdown_margin_ms:
+                parked = overflow.oldest()
+                if parked is None:
+                    break
+                self._spill.spill(parked.records, reason=reason, retry_later=False)
+                overflow.remove_oldest(parked)
+                spilled += len(parked.records)
+            if overflow:
+                self._log.error("overflow.left_at_shutdown", records=overflow.records,
+                                bytes=overflow.bytes, hint="the SHUTDOWN deadline passed "
+                                "before the disk spool was spilled: set "
+                                "KAFKA_RELAY_SPILL_BUCKET, or lower KAFKA_RELAY_SPOOL_MAX_BYTES")
+        return spilled
 
     def spill_unsettled(self, reason: str) -> int:
         """Spill everything unsettled. A late delivery report of one of them is a duplicate
@@ -287,5 +344,7 @@ class DeliveryEngine:
                 "pump": {"healthy": self.healthy, "error": self.failure},
                 "journal": (ledger.journal.status() if ledger.journal is not None
                             else {"enabled": False}),
+                "overflow": (self._overflow.status() if self._overflow is not None
+                             else {"enabled": False}),
                 "flush_control": dict(self.flush_control),
             }

@@ -88,11 +88,15 @@ class Ledger:
 
     # -- records in --------------------------------------------------------------------
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
-        """Own all of ``records`` or none (BufferFull)."""
+    def accept(self, records: Sequence[Record], *, watch: bool = False,
+               park: Callable[[Sequence[Record]], str] | None = None,
+               park_first: bool = False) -> Watch | None:
+        """Own all of ``records`` or none (BufferFull). ``park`` (the disk spool): called
+        instead of refusing a batch that does not fit in memory, or first (``park_first``,
+        when earlier batches wait there); it returns where the batch went or raises
+        BufferFull. A parked batch is accepted and counted ``spooled``."""
         size = sum(r.size for r in records)
         journal = self.journal
-        frame = encode(records) if journal is not None else None  # unlocked
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed, Refusal.CLOSED)
@@ -100,8 +104,15 @@ class Ledger:
                 self.counts.rejected += len(records)
                 raise BufferFull(0, _never_fits(len(records), size, self.limits),
                                  Refusal.TOO_LARGE)
-            if (len(self._unsettled) + len(records) > self.limits.records
-                    or self._bytes + size > self.limits.bytes):
+            if park is not None and (park_first or not self.room_for(len(records), size)):
+                return self._park(records, park, watch=watch)
+        frame = encode(records) if journal is not None else None  # unlocked
+        with self.cond:
+            if self._closed is not None:
+                raise BufferFull(0, self._closed, Refusal.CLOSED)
+            if not self.room_for(len(records), size):
+                if park is not None:
+                    return self._park(records, park, watch=watch)
                 self.counts.rejected += len(records)
                 raise BufferFull(
                     self._retry_after_ms,
@@ -123,6 +134,26 @@ class Ledger:
             self.counts.accepted += len(records)
             self.cond.notify_all()
             return registered
+
+    def room_for(self, records: int, size: int) -> bool:
+        with self.cond:
+            return (len(self._unsettled) + records <= self.limits.records
+                    and self._bytes + size <= self.limits.bytes)
+
+    def _park(self, records: Sequence[Record], park: Callable[[Sequence[Record]], str],
+              *, watch: bool) -> Watch | None:
+        try:
+            location = park(records)
+        except BufferFull:
+            self.counts.rejected += len(records)
+            raise
+        self.counts.accepted += len(records)
+        self.counts.spooled += len(records)
+        if not watch:
+            return None
+        parked = Watch([r.id for r in records])
+        parked.outcomes.update((r.id, (Outcome.SPILLED, location)) for r in records)
+        return parked
 
     def restore(self, records: Iterable[Record], *, recovered: int = 0) -> int:
         """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times);
