@@ -173,10 +173,10 @@ class DeliveryEngine:
         overflow = self._overflow
         if overflow is None:
             return self._ledger.accept(records, watch=watch)
-        with self._ledger.cond:
-            self.refill()
-            return self._ledger.accept(records, watch=watch, park=self._park,
-                                       park_first=bool(overflow))
+        self.refill()
+        # Read unlocked: a refill racing it at worst parks a batch that would have fit.
+        return self._ledger.accept(records, watch=watch, park=self._park,
+                                   park_first=bool(overflow))
 
     def _park(self, records: Sequence[Record]) -> str:
         assert self._overflow is not None
