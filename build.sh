@@ -26,7 +26,8 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
                  [--security-group-ids ...] [--log-retention-days 30]
   teardown       delete what deploy and publish-layer created [--prefix P] [--dry-run]
   bench          benchmarks against the baselines: table + ratios, bench/results/*.json
-  faults         the slow fault-injection and soak suite (real broker, fault proxy, sandbox)
+  faults         the slow fault-injection and soak suite (real broker, fault proxy, sandbox);
+                 FAULT_SCHEDULES=N seeded fault schedules (default 200), FAULT_SEED=n replays one
   lock           regenerate constraints.txt from requirements-dev.txt
 USAGE
 }

@@ -5,6 +5,7 @@ answer is 507 naming KAFKA_RELAY_SPOOL_MAX_BYTES, and nothing accepted is lost."
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import defaultdict
@@ -75,7 +76,7 @@ def test_an_outage_rides_through_on_disk_without_an_error_and_arrives_in_order_p
         relay_id = record.headers["x-relay-id"].decode()
         if relay_id not in seen_ids:
             seen_ids.add(relay_id)
-            by_key[record.key].append(int(record.value.split(b":")[1].rstrip(b"}")))
+            by_key[record.key].append(json.loads(record.value or b"{}")["seq"])
     assert all(seqs == sorted(seqs) for seqs in by_key.values()), "out of order for a key"
 
 
