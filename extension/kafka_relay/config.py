@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from kafka_relay import aws_lambda
 from kafka_relay.errors import ConfigError
 from kafka_relay.protocol import DEFAULT_PORT, handoff_token
 
@@ -30,7 +31,7 @@ AUTH_MODES = ("msk-iam", "scram", "plain", "none")
 MSK_IAM = "msk-iam"
 # Where botocore's credential chain finds the role's credentials when the environment
 # has no keys (SnapStart, containers): the container credentials endpoint.
-_CONTAINER_CREDENTIALS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+_CONTAINER_CREDENTIALS = (aws_lambda.CONTAINER_CREDENTIALS_FULL_URI,
                           "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A variable whose name holds one of these never has its value echoed in an error.
@@ -80,22 +81,11 @@ class FlushStrategy:
 
 
 class LambdaMode(str, Enum):
-    """How Lambda runs the environment (``AWS_LAMBDA_INITIALIZATION_TYPE``)."""
+    """How Lambda runs the environment (values as in ``aws_lambda``)."""
 
-    ON_DEMAND = "on-demand"  # INVOKE per invocation, frozen in between
-    MANAGED_INSTANCES = "managed-instances"  # SHUTDOWN only, concurrent, never frozen
-    SNAP_START = "snap-start"  # init, snapshot, then restored copies
-
-
-def lambda_mode(env: Mapping[str, str]) -> LambdaMode:
-    """The mode from the environment; anything unknown (provisioned-concurrency, unset) runs
-    as on-demand. Pure and cheap: ``__main__`` calls it before registering."""
-    kind = env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "").strip().lower()
-    if kind in ("lambda-managed-instances", LambdaMode.MANAGED_INSTANCES.value):
-        return LambdaMode.MANAGED_INSTANCES
-    if kind == LambdaMode.SNAP_START.value:
-        return LambdaMode.SNAP_START
-    return LambdaMode.ON_DEMAND
+    ON_DEMAND = aws_lambda.ON_DEMAND  # INVOKE per invocation, frozen in between
+    MANAGED_INSTANCES = aws_lambda.MANAGED_INSTANCES  # SHUTDOWN only, concurrent, never frozen
+    SNAP_START = aws_lambda.SNAP_START  # init, snapshot, then restored copies
 
 
 @dataclass(frozen=True)
@@ -106,6 +96,15 @@ class AwsCredentials:
     secret_access_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
     expiration: float | None = None  # epoch seconds; None when the source does not say
+
+
+# Lambda's SHUTDOWN phase lasts 2,000 ms once an external extension is registered: the runtime
+# gets the first 300 ms of it (500 ms when it runs an internal extension) and external
+# extensions the rest. An extension cannot see whether an internal one exists, so it plans for
+# the smaller share.
+SHUTDOWN_PHASE_MS = 2_000
+RUNTIME_SHUTDOWN_SHARE_MS = 500
+EXTENSION_SHUTDOWN_MS = SHUTDOWN_PHASE_MS - RUNTIME_SHUTDOWN_SHARE_MS
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,7 @@ class Config:
     retry_backoff_ms: int = 500
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
-    # The outage spool's byte limit (spill/overflow.py); None: half of the spool file
+    # The outage spool's byte limit (delivery/overflow.py); None: half of the spool file
     # system's free space at init; 0: no outage spool (a full buffer answers 429).
     spool_max_bytes: int | None = None
     # Write-ahead journal of accepted records (delivery/journal.py). On by default: nothing a
@@ -149,7 +148,9 @@ class Config:
     function_name: str = ""
     function_memory_mb: int = 0  # AWS_LAMBDA_FUNCTION_MEMORY_SIZE; 0 outside Lambda
     region: str | None = None
-    mode: LambdaMode = LambdaMode.ON_DEMAND
+    # What the environment suggests (aws_lambda.mode_hint); modes.mode.decide has the last
+    # word, with the registration's answer.
+    mode_hint: LambdaMode = LambdaMode.ON_DEMAND
     max_concurrency: int = 1  # AWS_LAMBDA_MAX_CONCURRENCY (managed instances)
     # msk-iam: the role's credentials from the environment, or None for botocore's chain
     # (the container credentials endpoint under SnapStart), which refreshes them.
@@ -331,7 +332,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
                              maximum=900_000),
         max_latency_ms=_int(env, "KAFKA_RELAY_MAX_LATENCY_MS", 5_000, minimum=100,
                             maximum=900_000),
-        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300, maximum=2_000),
+        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300,
+                                 maximum=EXTENSION_SHUTDOWN_MS),
         init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000, maximum=10_000),
         port=port,
         token=handoff_token(env),
@@ -356,7 +358,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",
         function_memory_mb=_int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, maximum=32_768),
         region=auth.region,
-        mode=lambda_mode(env),
+        mode_hint=LambdaMode(aws_lambda.mode_hint(env)),
         max_concurrency=_lambda_count(env, "AWS_LAMBDA_MAX_CONCURRENCY"),
     )
     return replace(resolved, **explicit) if explicit else resolved

@@ -26,11 +26,23 @@ class IdSource:
     """Unique record ids: a random per-environment prefix and a counter (cheap, sortable)."""
 
     def __init__(self, prefix: str | None = None) -> None:
-        self._prefix = prefix or os.urandom(6).hex()
-        self._counter = itertools.count(1)
+        # One attribute, swapped whole by reseed: an id never pairs a prefix with the
+        # other prefix's counter.
+        self._seed = (prefix or os.urandom(6).hex(), itertools.count(1))
+
+    @property
+    def prefix(self) -> str:
+        return self._seed[0]
 
     def next(self) -> str:
-        return f"{self._prefix}-{next(self._counter):08x}"
+        prefix, counter = self._seed
+        return f"{prefix}-{next(counter):08x}"
+
+    def reseed(self) -> str:
+        """A fresh random prefix (after a restore from a snapshot, which every copy shares);
+        the new prefix."""
+        self._seed = (os.urandom(6).hex(), itertools.count(1))
+        return self._seed[0]
 
 
 class Record:

@@ -428,11 +428,12 @@ def test_retries_exhausted_with_the_dlq_down_too_spool_to_tmp_and_a_later_invoca
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     _assert_clean_exit(shutdown)
-    assert sum(e["records"] for e in events_named(lines, "spill.spool")) >= 10
-    assert sum(e["records"] for e in events_named(lines, "spool.restored")) >= 10
     (summary,) = events_named(lines, "shutdown.summary")
     assert (summary["accepted"], summary["delivered"], summary["dead_lettered"]) == (10, 0, 10)
+    # A record may go round the spool more than once; each round is logged once, exactly.
     assert summary["spooled"] == summary["restored"] >= 10  # every spooled record came back
+    assert sum(e["records"] for e in events_named(lines, "spill.spool")) == summary["spooled"]
+    assert sum(e["records"] for e in events_named(lines, "spool.restored")) == summary["restored"]
     assert (summary["spilled"], summary["pending"], summary["unaccounted"]) == (0, 0, 0)
     dead = {r.headers["x-relay-id"].decode(): r for r in _read_all(broker, dlq)}
     assert set(dead) == set(ids)

@@ -26,10 +26,10 @@ BATCH, PERIOD_S = 50, 0.1
 
 
 def _drain(h: Harness, timeout_s: float = 120) -> None:
-    relay = h.parts.relay
+    relay = h.parts.engine
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and (
-            relay.depth()[0] or relay.status()["overflow"]["records"]):
+            relay.gauge().pending or relay.status()["overflow"]["records"]):
         relay.flush(1.0, retry_now=True)
 
 
@@ -62,8 +62,8 @@ def test_an_outage_rides_through_on_disk_without_an_error_and_arrives_in_order_p
         assert status["pending"] <= 300
         proxy.restore()
         _drain(h)
-        counts = h.parts.relay.counts()
-        assert h.parts.relay.status()["unaccounted"] == 0
+        counts = h.parts.engine.gauge().counts
+        assert h.parts.engine.status()["unaccounted"] == 0
         assert counts["accepted"] == len(sent) == sequence
     records = broker.read(topic, timeout=60)
     first_seen: dict[str, int] = {}

@@ -23,7 +23,7 @@ def test_accepted_records_are_delivered_and_accounted(tmp_path: Path) -> None:
     rig.assert_accounted()
     assert rig.counts()["delivered"] == 3
     assert [m.relay_id for m in rig.producer.sent] == ["r1", "r2", "r3"]
-    assert rig.engine.broker_state is BrokerState.UP
+    assert rig.engine.gauge().broker_state is BrokerState.UP
 
 
 def test_in_flight_is_counted_from_dequeue_until_the_report(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_in_flight_is_counted_from_dequeue_until_the_report(tmp_path: Path) -> N
     rig.engine.accept(rig.records(4))
     rig.step()
     assert rig.engine.status()["in_flight"] == 4
-    assert rig.engine.depth()[0] == 4
+    assert rig.engine.gauge().pending == 4
     rig.assert_accounted()
     rig.producer.hold = False
     rig.step()
@@ -63,7 +63,7 @@ def test_a_transient_error_retries_with_backoff_then_dead_letters_with_headers(
     rig.producer.respond = error_for("t", KafkaError._MSG_TIMED_OUT)
     rig.engine.accept(rig.records(1))
     rig.step()  # attempt 1 fails: due again in 500 ms
-    assert rig.engine.broker_state is BrokerState.DEGRADED
+    assert rig.engine.gauge().broker_state is BrokerState.DEGRADED
     assert rig.engine.status()["waiting_retry"] == 1
     rig.step()
     assert len(rig.producer.sent) == 1, "not before its backoff"
@@ -147,7 +147,7 @@ def test_a_fenced_producer_is_rebuilt_and_its_records_resent(tmp_path: Path) -> 
     rig.assert_accounted()
     rig.step()
     assert len(rig.producers) == 2
-    assert rig.engine.producer is rig.producers[1]
+    assert rig.engine.pump.producer is rig.producers[1]
     assert rig.counts()["producers_built"] == 2
     assert rig.counts()["delivered"] == 3
     assert [m.relay_id for m in rig.producers[1].sent] == ["r1", "r2", "r3"]
@@ -207,7 +207,7 @@ def test_a_produce_call_that_raises_dead_letters_that_record_and_the_pump_goes_o
     assert dlq.topic == "dlq.t"
     assert dlq.headers["x-relay-error"].startswith(
         f"produce raised {type(error).__name__}".encode())
-    assert rig.engine.healthy
+    assert rig.engine.gauge().failure is None
     assert rig.events("record.unproducible")
 
 
@@ -287,7 +287,7 @@ def test_a_full_buffer_refuses_the_whole_request_naming_the_limit(tmp_path: Path
         rig.engine.accept(rig.records(2))
     assert refused.value.retry_after_ms > 0
     assert rig.counts()["rejected"] == 2
-    assert rig.engine.depth()[0] == 2
+    assert rig.engine.gauge().pending == 2
     rig.assert_accounted()
 
 
@@ -298,7 +298,7 @@ def test_a_watch_reports_each_outcome_and_pending(tmp_path: Path) -> None:
     watch = rig.engine.accept(rig.records(2), watch=True)
     assert watch is not None
     rig.step()
-    outcomes = rig.engine.wait_settled(watch, 0)
+    outcomes = watch.wait(0)
     assert [(o["id"], o["outcome"]) for o in outcomes] == [("r1", "delivered"),
                                                           ("r2", "pending")]
 

@@ -197,7 +197,7 @@ def test_a_corrupt_segment_is_quarantined_and_the_others_restored(tmp_path: Path
     broken = (bad_frame, bad_payload, no_header, other_python)
     assert quarantined == {path.name for path in broken}
     assert all(path.with_name(path.name + ".corrupt").exists() for path in broken)
-    assert fresh.engine.healthy
+    assert fresh.engine.gauge().failure is None
     fresh.step(2)
     assert fresh.counts()["delivered"] == 2
 
@@ -266,25 +266,27 @@ def test_a_journal_that_cannot_write_refuses_batches_logs_once_and_resumes_by_it
         raise OSError(28, "No space left on device")
 
     rig = _stalled(tmp_path)
-    rig.engine.accept(rig.records(2))
+    kept = rig.records(2)
+    rig.engine.accept(kept)
     monkeypatch.setattr(journal_module, "_write_all", full)
     for _ in range(3):
         with pytest.raises(BufferFull, match=r"journal cannot write.*No space left") as refused:
             rig.engine.accept(rig.records(2))
         assert refused.value.refusal is Refusal.STORAGE
         assert refused.value.retry_after_ms > 0
-    assert rig.engine.depth()[0] == 2, "nothing of a refused batch is owned"
+    assert rig.engine.gauge().pending == 2, "nothing of a refused batch is owned"
     (failed,) = rig.events("journal.write_failed")
     assert "No space left" in failed["error"]
     status = rig.engine.status()["journal"]
     assert (status["enabled"], status["records"]) == (False, 2)
     assert "No space left" in status["error"]
     monkeypatch.setattr(journal_module, "_write_all", write_all)  # space again
-    rig.engine.accept(rig.records(3))
+    kept += rig.records(3)
+    rig.engine.accept(kept[2:])
     assert rig.engine.status()["journal"]["error"] is None
     assert len(rig.events("journal.resumed")) == 1
-    assert rig.engine.depth()[0] == 5
-    assert sorted(_journaled(tmp_path)) == sorted(r.id for r in rig.engine._ledger.unsettled())
+    assert rig.engine.gauge().pending == 5
+    assert sorted(_journaled(tmp_path)) == sorted(r.id for r in kept)
     assert rig.counts()["accepted"] == 5
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from kafka_relay.config import load_config
 from kafka_relay.delivery.ledger import BufferFull, Limits
+from kafka_relay.delivery.overflow import SHARE, derived_limit
 from kafka_relay.protocol import Outcome, Refusal
-from kafka_relay.spill.overflow import SHARE, derived_limit
 from tests.unit.engine_fakes import FakeProducer, Rig
 
 SMALL = Limits(records=4, bytes=1_000_000)
@@ -28,8 +28,8 @@ def _release(rig: Rig, steps: int = 50) -> None:
     rig.producer.hold = False
     for _ in range(steps):
         rig.step()
-        rig.engine.refill()
-        if rig.engine.depth()[0] == 0 and not rig.engine.status()["overflow"]["records"]:
+        rig.engine.restore_spool()
+        if rig.engine.gauge().pending == 0 and not rig.engine.status()["overflow"]["records"]:
             return
 
 

@@ -1,27 +1,21 @@
 """What happens to a record whose produce failed: ``routing.route`` decides, this applies it
 (requeue, retry later, dead-letter, spill), and does the spills the pump queued. It never
-touches the Producer: a spilled oversize record's DLQ pointer goes back to the pump."""
+touches the Producer: a spilled oversize record's DLQ pointer goes back to the pump. When
+the pump itself dies, ``pump_died`` closes the ledger and spills what it held."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from kafka_relay.config import Config
-from kafka_relay.delivery.ledger import Ledger
+from kafka_relay.delivery.ledger import Ledger, Spill
 from kafka_relay.delivery.routing import Action, Decision, route
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind
 from kafka_relay.record import Record
-from kafka_relay.spill.sinks import SpillResult
-
-
-class Spill(Protocol):
-    def __call__(self, records: Sequence[Record], *, reason: str,
-                 retry_later: bool = True) -> SpillResult: ...
 
 
 @dataclass(frozen=True)
@@ -101,3 +95,15 @@ class Failures:
         value = json.dumps({"spilled_to": result.location, "id": record.id,
                             "size": record.size, "error": reason}).encode()
         return Pointer(record, self._config.dlq_for(record.topic), value, result.location)
+
+    def pump_died(self, failure: str) -> None:
+        """The pump stopped (``failure`` says why): accept nothing more, spill everything
+        unsettled, wake every waiter."""
+        self._ledger.close(f"the delivery pump stopped ({failure}): the extension accepts "
+                           "no more records; the function should be redeployed or retried")
+        self._log.error("pump.died", error=failure)
+        try:
+            self._ledger.spill_unsettled(self._spill, f"the delivery pump stopped: {failure}")
+        finally:
+            with self._ledger.cond:
+                self._ledger.cond.notify_all()

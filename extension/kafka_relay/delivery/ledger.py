@@ -1,9 +1,13 @@
 """The ledger: the single owner of every accepted record until it settles.
 
-It holds the unsettled records and their bytes, the send queue, the counts and
-the ``wait=delivered`` watches, all under one condition variable that the pump
-and the callers of the engine share. With a journal, every batch it takes is
-journaled before it is owned (before the 202), and every settlement tells it.
+It owns the unsettled records and their bytes, the send queue, the journal, the
+counts and the ``wait=delivered`` watches, and the one condition variable that
+guards them all (the pump waits on it too). Waiting for outcomes, for idleness and
+recovering or releasing the journal are its methods: nobody else takes its lock for
+them. With a journal, every batch it takes is journaled before it is owned (before
+the 202), and every settlement tells it; a batch it cannot journal is refused. With an
+outage spool (delivery/overflow.py), a batch that does not fit in memory waits there, in
+order, and comes back as memory frees up (delivery/outage.py).
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
 """
@@ -15,12 +19,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from kafka_relay.delivery.journal import Journal, JournalUnwritable, encode
+from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, JournalUnwritable, encode
+from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
 from kafka_relay.delivery.queue import SendQueue
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillResult
+
+
+class Spill(Protocol):
+    def __call__(self, records: Sequence[Record], *, reason: str,
+                 retry_later: bool = True) -> SpillResult: ...
 
 
 class BufferFull(Exception):
@@ -59,7 +70,41 @@ class Counts:
 @dataclass
 class Watch:
     ids: Sequence[str]
+    ledger: Ledger = field(repr=False)
     outcomes: dict[str, tuple[Outcome, str | None]] = field(default_factory=dict)
+
+    def wait(self, timeout_s: float) -> list[dict[str, str | None]]:
+        """Per-record outcomes; records not settled in time are reported as ``pending``."""
+        return self.ledger.wait_settled(self, timeout_s)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``recover_journal`` took back from a dead predecessor."""
+
+    records: int  # restored (counted ``restored``)
+    files: int
+    recovered: int  # how many times these records have now come back
+    spilled: int  # came back too often: spilled instead of sent again
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    counts: dict[str, int]
+    pending: int
+    pending_bytes: int
+    oldest_accepted_ms: int | None
+    unaccounted: int  # accepted + restored - settled - pending: 0 unless a record was lost
+    in_flight: int
+    waiting_retry: int
+    journal: dict[str, object]
+    overflow: dict[str, object]
+
+    def as_status(self) -> dict[str, Any]:
+        return {"counts": self.counts, "pending": self.pending,
+                "pending_bytes": self.pending_bytes, "unaccounted": self.unaccounted,
+                "in_flight": self.in_flight, "waiting_retry": self.waiting_retry,
+                "journal": self.journal, "overflow": self.overflow}
 
 
 def _never_fits(records: int, size: int, limits: Limits) -> str:
@@ -73,9 +118,11 @@ def _never_fits(records: int, size: int, limits: Limits) -> str:
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None,
+                 overflow: OverflowSpool | None = None) -> None:
+        # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
-        self.queue = SendQueue()  # guarded by ``cond`` too
+        self.queue = SendQueue()
         self.counts = Counts()
         self.limits = limits
         self._retry_after_ms = retry_after_ms
@@ -84,19 +131,18 @@ class Ledger:
         self._bytes = 0
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
-        self.journal = journal  # guarded by ``cond`` too
+        self._journal = journal
+        self._overflow = overflow
 
     # -- records in --------------------------------------------------------------------
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False,
-               park: Callable[[Sequence[Record]], str] | None = None,
-               park_first: bool = False) -> Watch | None:
-        """Own all of ``records`` or none (BufferFull). ``park`` (the disk spool): called
-        instead of refusing a batch that does not fit in memory, or first (``park_first``,
-        when earlier batches wait there); it returns where the batch went or raises
-        BufferFull. A parked batch is accepted and counted ``spooled``."""
+    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
+        """Own all of ``records`` or none (BufferFull). With an outage spool, a batch that
+        does not fit in memory, or comes while earlier ones wait there (order), is parked on
+        disk instead: accepted and counted ``spooled``."""
         size = sum(r.size for r in records)
-        journal = self.journal
+        journal, overflow = self._journal, self._overflow
+        frame = encode(records) if journal is not None or overflow is not None else None
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed, Refusal.CLOSED)
@@ -104,77 +150,63 @@ class Ledger:
                 self.counts.rejected += len(records)
                 raise BufferFull(0, _never_fits(len(records), size, self.limits),
                                  Refusal.TOO_LARGE)
-            if park is not None and (park_first or not self.room_for(len(records), size)):
-                return self._park(records, park, watch=watch)
-        frame = encode(records) if journal is not None else None  # unlocked
-        with self.cond:
-            if self._closed is not None:
-                raise BufferFull(0, self._closed, Refusal.CLOSED)
-            if not self.room_for(len(records), size):
-                if park is not None:
-                    return self._park(records, park, watch=watch)
-                self.counts.rejected += len(records)
-                raise BufferFull(
-                    self._retry_after_ms,
-                    f"buffer full ({len(self._unsettled)} records, {self._bytes} bytes pending; "
-                    f"limits {self.limits.records} records (KAFKA_RELAY_MAX_BUFFER_RECORDS), "
-                    f"{self.limits.bytes} bytes (KAFKA_RELAY_MAX_BUFFER_BYTES))",
-                )
-            if frame is not None and journal is not None:
-                try:
+            full = (len(self._unsettled) + len(records) > self.limits.records
+                    or self._bytes + size > self.limits.bytes)
+            try:
+                if overflow is not None and frame is not None and (full or overflow):
+                    location = str(overflow.put(len(records), frame))
+                    self.counts.spooled += len(records)
+                    self.counts.accepted += len(records)
+                    if not watch:
+                        return None
+                    parked = Watch([r.id for r in records], self)
+                    parked.outcomes.update((r.id, (Outcome.SPILLED, location)) for r in records)
+                    return parked
+                if full:
+                    raise BufferFull(
+                        self._retry_after_ms,
+                        f"buffer full ({len(self._unsettled)} records, {self._bytes} bytes "
+                        f"pending; limits {self.limits.records} records "
+                        f"(KAFKA_RELAY_MAX_BUFFER_RECORDS), {self.limits.bytes} bytes "
+                        "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
+                if frame is not None and journal is not None:
                     journal.append([r.id for r in records], frame)
-                except JournalUnwritable as exc:
-                    self.counts.rejected += len(records)
-                    raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
+            except (SpoolFull, JournalUnwritable) as exc:
+                self.counts.rejected += len(records)
+                raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
+            except BufferFull:
+                self.counts.rejected += len(records)
+                raise
             registered = None
             if watch:
-                registered = Watch([r.id for r in records])
+                registered = Watch([r.id for r in records], self)
                 self._watches.update((i, registered) for i in registered.ids)
-            self._take(records)
+            for record in records:
+                self._unsettled[record.id] = record
+                self._bytes += record.size
+                self.queue.push(record)
             self.counts.accepted += len(records)
             self.cond.notify_all()
             return registered
 
-    def room_for(self, records: int, size: int) -> bool:
-        with self.cond:
-            return (len(self._unsettled) + records <= self.limits.records
-                    and self._bytes + size <= self.limits.bytes)
-
-    def _park(self, records: Sequence[Record], park: Callable[[Sequence[Record]], str],
-              *, watch: bool) -> Watch | None:
-        try:
-            location = park(records)
-        except BufferFull:
-            self.counts.rejected += len(records)
-            raise
-        self.counts.accepted += len(records)
-        self.counts.spooled += len(records)
-        if not watch:
-            return None
-        parked = Watch([r.id for r in records])
-        parked.outcomes.update((r.id, (Outcome.SPILLED, location)) for r in records)
-        return parked
-
     def restore(self, records: Iterable[Record], *, recovered: int = 0) -> int:
         """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times);
-        they are journaled again and get a new outcome. They are owned even when the journal
-        cannot write (they come from disk, where the caller keeps them: ``journal.error``)."""
+        they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
-            if self.journal is not None:
-                with contextlib.suppress(JournalUnwritable):  # logged, shown in the status
-                    self.journal.append([r.id for r in fresh], encode(fresh),
-                                        recovered=recovered)
-            self._take(fresh)
+            if self._journal is not None:
+                # They are owned even when it cannot write: they come from disk, where the
+                # caller keeps them (its failure is logged once and shown in the status).
+                with contextlib.suppress(JournalUnwritable):
+                    self._journal.append([r.id for r in fresh], encode(fresh),
+                                         recovered=recovered)
+            for record in fresh:
+                self._unsettled[record.id] = record
+                self._bytes += record.size
+                self.queue.push(record)
             self.counts.restored += len(fresh)
             self.cond.notify_all()
             return len(fresh)
-
-    def _take(self, records: Iterable[Record]) -> None:
-        for record in records:
-            self._unsettled[record.id] = record
-            self._bytes += record.size
-            self.queue.push(record)
 
     def note_rejected(self, records: int) -> None:
         with self.cond:
@@ -199,8 +231,8 @@ class Ledger:
         with self.cond:
             if self._unsettled.pop(record.id, None) is None:
                 return False
-            if self.journal is not None:
-                self.journal.settled(record.id)
+            if self._journal is not None:
+                self._journal.settled(record.id)
             self._bytes -= record.size
             if outcome is Outcome.DELIVERED:
                 self.counts.delivered += 1
@@ -222,9 +254,14 @@ class Ledger:
             for record in records:
                 self.settle(record, Outcome.SPILLED, result.location, spooled=result.spooled)
 
-    def unsettled(self) -> list[Record]:
+    def spill_unsettled(self, spill: Spill, reason: str) -> int:
+        """Spill everything unsettled. A late delivery report of one of them is a duplicate
+        under the same x-relay-id, never a second count."""
         with self.cond:
-            return list(self._unsettled.values())
+            records = list(self._unsettled.values())
+        if records:
+            self.settle_spilled(records, spill(records, reason=reason, retry_later=False))
+        return len(records)
 
     def requeue_unsettled(self) -> None:
         """After a producer rebuild: whatever is not queued (its report never came) goes again."""
@@ -232,25 +269,73 @@ class Ledger:
             self.queue.requeue_missing(self._unsettled.values())
             self.cond.notify_all()
 
-    # -- reading -------------------------------------------------------------------------
+    # -- journal -----------------------------------------------------------------------
 
-    def depth(self) -> tuple[int, int]:
+    def recover_journal(self, spill: Spill) -> Recovery | None:
+        """Own again the records a dead predecessor journaled (counted ``restored``, same
+        ids); None without a journal. Records that came back ``MAX_RECOVERIES`` times
+        without settling are spilled instead: a record that kills the process must not kill
+        every next one too."""
         with self.cond:
-            return len(self._unsettled), self._bytes
+            journal = self._journal
+            if journal is None or not journal.enabled:
+                return None
+            left = journal.leftovers()
+            restored = self.restore(left.records, recovered=left.recovered + 1)
+            if journal.enabled:  # their records are journaled again: the old files can go
+                journal.discard(left.files)
+        spilled = 0
+        if restored and left.recovered >= MAX_RECOVERIES:
+            records = [r for r in left.records if self.holds(r)]
+            self.settle_spilled(records, spill(
+                records, retry_later=False,
+                reason=f"restored from the journal {left.recovered} times and the extension "
+                       "died each time before they settled"))
+            spilled = len(records)
+        return Recovery(restored, len(left.files), left.recovered + 1, spilled)
 
-    def oldest_accepted_ms(self) -> int | None:
-        """When the oldest unsettled record was accepted (dicts keep insertion order)."""
+    def release_journal(self, *, clean: bool) -> None:
+        """Stop journaling. ``clean``: remove it when nothing is unsettled (a drain that
+        settled everything); otherwise it stays for the next init, as a killed process
+        leaves it."""
         with self.cond:
-            for record in self._unsettled.values():
-                return record.accepted_ms
-            return None
+            if self._journal is not None:
+                self._journal.release(remove=clean and not self._unsettled)
 
-    def unaccounted(self) -> int:
-        """accepted + restored - settled - pending: 0 unless a record was lost."""
+    # -- reading and waiting ------------------------------------------------------------
+
+    def state(self) -> LedgerState:
         with self.cond:
             c = self.counts
             settled = c.delivered + c.dead_lettered + c.spilled + c.spooled
-            return c.accepted + c.restored - settled - len(self._unsettled)
+            oldest = next(iter(self._unsettled.values()), None)  # dicts keep insertion order
+            return LedgerState(
+                counts=c.as_dict(), pending=len(self._unsettled), pending_bytes=self._bytes,
+                oldest_accepted_ms=None if oldest is None else oldest.accepted_ms,
+                unaccounted=c.accepted + c.restored - settled - len(self._unsettled),
+                in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
+                journal=(self._journal.status() if self._journal is not None
+                         else {"enabled": False}),
+                overflow=(self._overflow.status() if self._overflow is not None
+                          else {"enabled": False}))
+
+    def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
+                  stopped: Callable[[], bool], retry_now: bool = False,
+                  more: Callable[[], int] = lambda: 0) -> None:
+        """Ask the pump to flush, and wait until nothing is due (nor ``more`` taken: the outage
+        spool's refill), the pump ``stopped`` or ``deadline`` (monotonic) passed.
+        ``retry_now`` also sends the records still waiting out a retry backoff."""
+        with self.cond:
+            if retry_now:
+                self.queue.release_retries()
+            self.queue.flush_requests += 1
+            self.cond.notify_all()
+            try:
+                while (not stopped() and (self.queue.has_due_work(now_ms()) or more())
+                       and self._monotonic() < deadline):
+                    self.cond.wait(min(0.05, max(0.001, deadline - self._monotonic())))
+            finally:
+                self.queue.flush_requests -= 1
 
     def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]:
         """Per-record outcomes; records not settled in time are reported as ``pending``."""

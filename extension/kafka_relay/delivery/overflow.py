@@ -15,8 +15,8 @@ buffer answers 429, as without it).
 Files: ``kafka-relay-overflow-<seq>.bin`` under ``<KAFKA_RELAY_SPOOL_DIR>/overflow``, each one
 batch in the journal's frame format, written to ``*.partial`` and renamed, so a kill never
 leaves half a file to read back. They outlive a killed extension (Lambda keeps ``/tmp`` on
-a reset) and the next init carries on from them. Not thread-safe: the engine calls it
-under its own lock.
+a reset) and the next init carries on from them. Not thread-safe: it is used under the
+ledger's lock (delivery/ledger.py, delivery/outage.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka_relay.delivery.journal import decode, encode
+from kafka_relay.delivery.journal import decode
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import quarantine
@@ -106,9 +106,10 @@ class OverflowSpool:
         """Anything waiting: later batches must queue behind it."""
         return bool(self._files)
 
-    def put(self, records: list[Record]) -> Path:
-        """Park one batch (all of it) or raise SpoolFull saying why."""
-        head, payload = encode(records)
+    def put(self, count: int, frame: tuple[bytes, bytes]) -> Path:
+        """Park one batch of ``count`` records (``frame``: the journal's ``encode`` of it),
+        all of it, or raise SpoolFull saying why."""
+        head, payload = frame
         size = len(head) + len(payload)
         if self.bytes + size > self.limit:
             raise SpoolFull(
@@ -132,7 +133,7 @@ class OverflowSpool:
         self._next = seq + 1
         self._files.append((seq, path, size))
         self.bytes += size
-        self.records += len(records)
+        self.records += count
         return path
 
     def oldest(self) -> Parked | None:
