@@ -59,7 +59,7 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
                            hint="INVOKE was refused (Lambda Managed Instances?): running with "
                                 "SHUTDOWN only, delivering in the background")
         from kafka_relay.producer.runtime_check import require_confluent_kafka  # noqa: PLC0415
-        require_confluent_kafka(env)  # a layer for another runtime: ConfigError, no traceback
+        require_confluent_kafka()  # a layer for another runtime: ConfigError, no traceback
         from kafka_relay.app import assemble  # noqa: PLC0415 - heavy imports after register
 
         parts = assemble(config, logger, registration.events, api=api)

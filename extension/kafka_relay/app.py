@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
-from kafka_relay.config import MSK_IAM, Config
+from kafka_relay.config import MSK_IAM, Config, msk_listener
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.server import HandoffServer, HandoffState
@@ -127,11 +127,14 @@ def _auth_fix(config: Config) -> str:
     if config.auth == MSK_IAM:
         return (f"the execution role needs kafka-cluster:Connect, kafka-cluster:DescribeTopic, "
                 f"kafka-cluster:WriteData and kafka-cluster:WriteDataIdempotently on the "
-                f"cluster and its topics, the brokers must be the IAM listener (port 9098) and "
-                f"AWS_REGION={config.region} the cluster's region")
+                f"cluster and its topics, the brokers must be the IAM listener "
+                f"({msk_listener(MSK_IAM)}) and AWS_REGION={config.region} the cluster's "
+                f"region")
+    listener = f"; on MSK the SCRAM listener ({msk_listener('scram')})" if (
+        config.auth == "scram") else ""
     return (f"check KAFKA_API_KEY/KAFKA_API_SECRET (or the secret in KAFKA_SECRET_ARN), "
             f"KAFKA_SASL_MECHANISM={config.sasl_mechanism} and KAFKA_SECURITY_PROTOCOL="
-            f"{config.security_protocol}")
+            f"{config.security_protocol}{listener}")
 
 
 def _subscribe(mode: Mode, api: ExtensionsApi, logger: JsonLogger) -> None:

@@ -17,7 +17,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -61,6 +61,7 @@ class Gauge:
     oldest_pending_ms: int  # age of the oldest unsettled record (0 when none)
     broker_state: BrokerState
     failure: str | None  # why the pump stopped for good (None while it runs)
+    by_request: dict[str, dict[str, int]] = field(default_factory=dict)  # see gauge()
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class DeliveryEngine:
         self._log = logger
         self._wall_ms = wall_ms
         self._monotonic = monotonic
+        # On demand, the invocation running now: records that arrive without a request id
+        # are its records (one invocation at a time), so the logs can attribute them.
+        self.invocation_id: str | None = None
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
@@ -108,7 +112,8 @@ class DeliveryEngine:
                     if spool_limit > 0 else None)
         self._overflow = overflow
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
-                              monotonic=monotonic, journal=journal, overflow=overflow)
+                              monotonic=monotonic, journal=journal, logger=logger,
+                              overflow=overflow)
         # What fits of the outage spool back into memory, before newer batches are taken.
         self._refill: Callable[[], int] = (
             (lambda: 0) if overflow is None else functools.partial(refill, self._ledger, overflow))
@@ -180,6 +185,9 @@ class DeliveryEngine:
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on."""
+        for record in records:
+            record.request_id = record.request_id or self.invocation_id
+            record.dlq_topic = record.dlq_topic or self._config.dlq_for(record.topic)
         self._refill()
         return self._ledger.accept(records, watch=watch)
 
@@ -260,12 +268,15 @@ class DeliveryEngine:
 
     # -- reading -------------------------------------------------------------------------
 
-    def gauge(self) -> Gauge:
-        state = self._ledger.state()
+    def gauge(self, *, take_outcomes: bool = False) -> Gauge:
+        """``take_outcomes``: also what changed per request id since the last take
+        (``by_request``), taken with the counts so the two agree."""
+        state = self._ledger.state(take_outcomes=take_outcomes)
         oldest = state.oldest_accepted_ms
         return Gauge(counts=state.counts, pending=state.pending, pending_bytes=state.pending_bytes,
                      oldest_pending_ms=0 if oldest is None else max(0, self._wall_ms() - oldest),
-                     broker_state=self.pump.broker_state, failure=self.pump.failure)
+                     broker_state=self.pump.broker_state, failure=self.pump.failure,
+                     by_request=state.by_request)
 
     def status(self) -> dict[str, Any]:
         """The engine's part of /v1/status (the loop's part is added by the route)."""

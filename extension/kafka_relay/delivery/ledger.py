@@ -10,6 +10,8 @@ outage spool (delivery/overflow.py), a batch that does not fit in memory waits t
 order, and comes back as memory frees up (delivery/outage.py).
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
+It also tallies these counts per request id (the records' own, the invocation that
+handed them over), so the logs can say what became of each invocation's records.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, JournalUnwritable, encode
 from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
 from kafka_relay.delivery.queue import SendQueue
+from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillResult
@@ -60,11 +63,24 @@ class Counts:
     spilled: int = 0
     spooled: int = 0  # parked in /tmp for a later invocation; comes back as ``restored``
     rejected: int = 0
+    dead_letter_failed: int = 0  # routed to the DLQ, which did not take them: spilled
     retries: int = 0
     producers_built: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+# The per-request tally's key for records that arrived without a request id.
+NO_REQUEST = "-"
+_OUTCOME_COUNT = {Outcome.DELIVERED: "delivered", Outcome.DEAD_LETTERED: "dead_lettered"}
+
+
+def _tally(outcomes: dict[str, dict[str, int]], records: Iterable[Record], count: str) -> None:
+    """Count ``records`` under ``count`` for the request ids they carry."""
+    for record in records:
+        tally = outcomes.setdefault(record.request_id or NO_REQUEST, {})
+        tally[count] = tally.get(count, 0) + 1
 
 
 @dataclass
@@ -99,6 +115,8 @@ class LedgerState:
     waiting_retry: int
     journal: dict[str, object]
     overflow: dict[str, object]
+    # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
+    by_request: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_status(self) -> dict[str, Any]:
         return {"counts": self.counts, "pending": self.pending,
@@ -118,7 +136,7 @@ def _never_fits(records: int, size: int, limits: Limits) -> str:
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
-                 journal: Journal | None = None,
+                 journal: Journal | None = None, logger: JsonLogger | None = None,
                  overflow: OverflowSpool | None = None) -> None:
         # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
@@ -133,13 +151,15 @@ class Ledger:
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
         self._overflow = overflow
+        self._log = logger
+        # Per request id since the last state(take_outcomes=True): count name -> records.
+        self._outcomes: dict[str, dict[str, int]] = {}
 
     # -- records in --------------------------------------------------------------------
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
-        """Own all of ``records`` or none (BufferFull). With an outage spool, a batch that
-        does not fit in memory, or comes while earlier ones wait there (order), is parked on
-        disk instead: accepted and counted ``spooled``."""
+        """Own all of ``records`` or none (BufferFull). A batch that does not fit in memory, or
+        comes while earlier ones wait there, goes to the outage spool (counted ``spooled``)."""
         size = sum(r.size for r in records)
         journal, overflow = self._journal, self._overflow
         frame = encode(records) if journal is not None or overflow is not None else None
@@ -159,8 +179,8 @@ class Ledger:
                     self.counts.accepted += len(records)
                     if not watch:
                         return None
-                    parked = Watch([r.id for r in records], self)
-                    parked.outcomes.update((r.id, (Outcome.SPILLED, location)) for r in records)
+                    parked = Watch([r.id for r in records], self, {
+                        r.id: (Outcome.SPILLED, location) for r in records})
                     return parked
                 if full:
                     raise BufferFull(
@@ -186,6 +206,7 @@ class Ledger:
                 self._bytes += record.size
                 self.queue.push(record)
             self.counts.accepted += len(records)
+            _tally(self._outcomes, records, "accepted")
             self.cond.notify_all()
             return registered
 
@@ -194,9 +215,7 @@ class Ledger:
         they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
-            if self._journal is not None:
-                # They are owned even when it cannot write: they come from disk, where the
-                # caller keeps them (its failure is logged once and shown in the status).
+            if self._journal is not None:  # owned even when it cannot write (logged once)
                 with contextlib.suppress(JournalUnwritable):
                     self._journal.append([r.id for r in fresh], encode(fresh),
                                          recovered=recovered)
@@ -205,6 +224,9 @@ class Ledger:
                 self._bytes += record.size
                 self.queue.push(record)
             self.counts.restored += len(fresh)
+            # Per request, a crashed predecessor's records are "recovered": that environment
+            # counted them accepted and never settled them; a spool restore undoes a spool.
+            _tally(self._outcomes, fresh, "recovered" if recovered else "restored")
             self.cond.notify_all()
             return len(fresh)
 
@@ -234,14 +256,13 @@ class Ledger:
             if self._journal is not None:
                 self._journal.settled(record.id)
             self._bytes -= record.size
-            if outcome is Outcome.DELIVERED:
-                self.counts.delivered += 1
-            elif outcome is Outcome.DEAD_LETTERED:
-                self.counts.dead_lettered += 1
-            elif spooled:
-                self.counts.spooled += 1
-            else:
-                self.counts.spilled += 1
+            count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
+            setattr(self.counts, count, getattr(self.counts, count) + 1)
+            _tally(self._outcomes, (record,), count)
+            if self._log is not None:  # each record's place, by id (DEBUG: off by default)
+                where = {"delivered": record.topic, "dead_lettered": record.dlq_topic}
+                self._log.debug("record.outcome", id=record.id, request_id=record.request_id,
+                                outcome=count, where=where.get(count, detail))
             watch = self._watches.pop(record.id, None)
             if watch is not None:
                 watch.outcomes[record.id] = (outcome, detail)
@@ -304,8 +325,13 @@ class Ledger:
 
     # -- reading and waiting ------------------------------------------------------------
 
-    def state(self) -> LedgerState:
+    def state(self, *, take_outcomes: bool = False) -> LedgerState:
+        """A snapshot; ``take_outcomes`` also hands over (and restarts) the per-request
+        tally, in the same lock round as the counts, so the two always agree."""
         with self.cond:
+            by_request: dict[str, dict[str, int]] = {}
+            if take_outcomes:
+                by_request, self._outcomes = self._outcomes, {}
             c = self.counts
             settled = c.delivered + c.dead_lettered + c.spilled + c.spooled
             oldest = next(iter(self._unsettled.values()), None)  # dicts keep insertion order
@@ -317,7 +343,8 @@ class Ledger:
                 journal=(self._journal.status() if self._journal is not None
                          else {"enabled": False}),
                 overflow=(self._overflow.status() if self._overflow is not None
-                          else {"enabled": False}))
+                          else {"enabled": False}),
+                by_request=by_request)
 
     def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
                   stopped: Callable[[], bool], retry_now: bool = False,

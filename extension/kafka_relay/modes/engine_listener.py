@@ -49,6 +49,9 @@ class EngineListener:
         self._log = logger
         self._wall_ms = wall_ms
         self._reported = engine.gauge().counts
+        # An invocation that did not wait for its handler is reported when the next event
+        # arrives (the handler is over by then), so its line counts its own records.
+        self._unreported: str | None = None
         self.invocations = 0
         self.telemetry = False  # subscribed to Telemetry: every handler end is signalled
         self._unsignalled = 0  # bounded waits that ended without any end signal
@@ -61,8 +64,10 @@ class EngineListener:
     # -- INVOKE ---------------------------------------------------------------------------
 
     def on_invoke(self, event: InvokeEvent) -> None:
+        self._report_unreported()
         self.invocations += 1
         self._log.request_id = event.request_id or None
+        self._engine.invocation_id = event.request_id or None
         self._engine.thawed()  # e.g. a fresh MSK IAM token before the pump produces
         self._engine.restore_spool()  # logs spool.restored itself
 
@@ -134,7 +139,15 @@ class EngineListener:
         self.flush_control = dict(status)  # replaced whole: /v1/status reads it unlocked
 
     def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-        self._report(flush.duration_ms if flush else 0.0)
+        if flush is None:  # not flushed (deferred, breaker open): its handler may still run
+            self._unreported = event.request_id or None
+            return
+        self._report(flush.duration_ms)
+
+    def _report_unreported(self) -> None:
+        if self._unreported is not None:
+            request_id, self._unreported = self._unreported, None
+            self._report(0.0, request_id=request_id)
 
     # -- SHUTDOWN -------------------------------------------------------------------------
 
@@ -142,6 +155,9 @@ class EngineListener:
         """Drain (the engine restores, flushes and spills within the deadline), release
         everything, summarise. Every step runs even if an earlier one raised: whatever the
         drain could not settle is spilled by a last step of its own."""
+        self._report_unreported()
+        # What SHUTDOWN logs belongs to no invocation (records say their own request ids).
+        self._log.request_id = self._engine.invocation_id = None
         started = self._wall_ms()
         deadline_ms = event.deadline_ms or started + EXTENSION_SHUTDOWN_MS
         failed: list[str] = []
@@ -172,7 +188,6 @@ class EngineListener:
             pending=pending, unaccounted=int(status["unaccounted"]),
             failed_steps=tuple(failed),
         )
-        self._log.request_id = None
         fields = report.as_log() if report else {"reason": event.reason, **gauge.counts}
         fields.update(duration_ms=self._wall_ms() - started, pending=pending,
                       unaccounted=summary.unaccounted, spilled_at_shutdown=summary.spilled)
@@ -183,35 +198,49 @@ class EngineListener:
 
     # -- reporting ------------------------------------------------------------------------
 
-    def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
+    def _report(self, flush_ms: float, *, invocation: bool = True,
+                request_id: str | None = None) -> None:
         """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
-        the last report."""
-        delta = self.take_delta()
+        the last report (``request_id``: of an invocation reported late)."""
+        delta = self.take_delta(at="invocation" if invocation else "shutdown")
         depth = self._engine.gauge().pending
         if invocation:
+            fields: dict[str, object] = {} if request_id is None else {"request_id": request_id}
             self._log.info("invocation.done", accepted=delta["accepted"],
                            delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
                            spilled=delta["spilled"], spooled=delta["spooled"],
-                           restored=delta["restored"], pending=depth, flush_ms=flush_ms)
+                           restored=delta["restored"], pending=depth, flush_ms=flush_ms,
+                           **fields)
         self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
 
-    def take_delta(self) -> dict[str, int]:
-        """The counts' change since the last report (every count is reported once)."""
-        now = self._engine.gauge().counts
+    def take_delta(self, *, at: str = "period") -> dict[str, int]:
+        """The counts' change since the last report (every count is reported once), and a
+        ``records.outcomes`` line saying the same per request id: the records' own ids, so
+        what settles later is counted for the invocation that handed the records over."""
+        gauge = self._engine.gauge(take_outcomes=True)
+        now, by_request = gauge.counts, gauge.by_request
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
+        if by_request:
+            self._log.info("records.outcomes", at=at, by_request=by_request)
         return delta
 
     def write_metrics(self, delta: dict[str, int], *, depth: int,
                       flush_ms: float | None = None) -> None:
         """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed)."""
+        breaker = self.flush_control.get("breaker")
         metrics: dict[str, float] = {
             "RecordsAccepted": delta["accepted"],
             "RecordsDelivered": delta["delivered"],
             "RecordsDeadLettered": delta["dead_lettered"],
+            "DeadLetterFailures": delta["dead_letter_failed"],
             "RecordsSpilled": delta["spilled"],
+            "RecordsSpooled": delta["spooled"],
+            "RecordsRestored": delta["restored"],
             "RecordsRejected": delta["rejected"],
             "BufferDepth": depth,
+            "OldestPendingMs": self._engine.gauge().oldest_pending_ms,
+            "BreakerOpen": int(isinstance(breaker, dict) and breaker.get("state") == "open"),
         }
         if flush_ms is not None:
             metrics["FlushMs"] = flush_ms
