@@ -174,6 +174,15 @@ class BatchTooLarge(RecordRejected):
     it is, so it is not retried. Send smaller batches (``reasons`` names the limit)."""
 
 
+class BrokerUnavailable(RelayError):
+    """``wait=True`` while the extension cannot reach Kafka (its circuit breaker is open): the
+    extension refuses at once (503, the reason under ``BROKER_FIELD``); nothing accepted."""
+
+
+#: In a 503 answer to a ``wait`` request: why the broker is not answering.
+BROKER_FIELD = "broker"
+
+
 # -- the framed body (FRAMES_TYPE): records already encoded, no JSON to parse -----------
 #
 # body    := "KRF" 0x01, u32 record count, records, nothing after the last record
