@@ -121,8 +121,8 @@ def test_the_parquet_price_column_is_the_fixed_decimal(tmp_path: Path) -> None:
            "price": "0.5", "ts": "2026-11-28T08:00:00Z"}
     path = tmp_path / "rows.parquet"
     path.write_bytes(parquet([row], PRICE_COLUMNS))
-    schema = duckdb.sql(f"SELECT name, type, precision, scale FROM parquet_schema('{path}') "
-                        "WHERE name = 'price'").fetchall()
+    schema = duckdb.execute(f"SELECT name, type, precision, scale FROM parquet_schema('{path}') "
+                            "WHERE name = 'price'").fetchall()
     assert PRICE_TYPE == "DECIMAL(24,12)"
     assert schema == [("price", "FIXED_LEN_BYTE_ARRAY", 24, 12)]
     with pytest.raises(duckdb.Error):  # out of the decoder's range: refused, never rounded
