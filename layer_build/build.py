@@ -168,6 +168,16 @@ class Builder:
             wheels, wheelhouse=self.config.wheelhouse, pip=self.config.pip, log=self.log
         )
 
+    def _unpack(self, wheels: WheelSet, tree: FileTree, *, prefix: str,
+                names: list[str], floors: list[tuple[int, int]]) -> None:
+        """Unpack ``wheels`` into ``tree``; note their names and glibc floors."""
+        for wheel in self._wheels(wheels):
+            unpack_wheel(wheel, tree, prefix=prefix)
+            names.append(wheel.name)
+            floor = wheel_glibc(wheel.name)
+            if floor is not None:
+                floors.append(floor)
+
     def layer(self, arch_name: str) -> Artifact:
         target = arch(arch_name)
         root = self.config.root
@@ -188,12 +198,7 @@ class Builder:
                 python_version=version,
                 implementation="cp",
             )
-            for wheel in self._wheels(wheels):
-                unpack_wheel(wheel, tree, prefix="python/")
-                wheel_names.append(wheel.name)
-                floor = wheel_glibc(wheel.name)
-                if floor is not None:
-                    floors.append(floor)
+            self._unpack(wheels, tree, prefix="python/", names=wheel_names, floors=floors)
         drop_unused_subpackages(tree)
         name = layer_file_name(target.name)
         check_binaries(tree, target, name)
@@ -263,12 +268,7 @@ class Builder:
         )
         wheel_names: list[str] = []
         floors: list[tuple[int, int]] = []
-        for wheel in self._wheels(wheels):
-            unpack_wheel(wheel, tree, prefix="")
-            wheel_names.append(wheel.name)
-            floor = wheel_glibc(wheel.name)
-            if floor is not None:
-                floors.append(floor)
+        self._unpack(wheels, tree, prefix="", names=wheel_names, floors=floors)
         check_binaries(tree, target, VIEWS_FILE_NAME)
         return self._write(
             tree,
