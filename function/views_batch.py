@@ -69,7 +69,7 @@ from views_model import (
     price_row,
 )
 from views_speed import Quarantine, aggregate_from_item, log_json
-from views_sql import FEED_COLUMNS, PRICE_COLUMNS, UnreadableArchive, engine, parquet
+from views_sql import UnreadableArchive, engine
 from views_state import Metrics, ViewsState, covered
 
 ARCHIVE = "archive"
@@ -140,14 +140,15 @@ class BatchLayer:
             done.hours.add(hour_of(moment))
             groups.setdefault((record.topic, record.partition, minute), []).append(
                 (record, row))
-        for (topic, partition, minute), rows in sorted(groups.items()):
-            key = (f"{ARCHIVE}/topic={topic}/{minute}/"
-                   f"{partition}-{rows[0][0].offset}-{rows[-1][0].offset}.parquet")
-            columns = PRICE_COLUMNS if topic == self.config.price_topic else FEED_COLUMNS
-            self.s3.put_object(Bucket=self.bucket, Key=key,
-                               Body=parquet([r for _, r in rows], columns),
-                               ContentType="application/vnd.apache.parquet")
-            done.keys.append(key)
+        with engine() as sql:
+            for (topic, partition, minute), rows in sorted(groups.items()):
+                key = (f"{ARCHIVE}/topic={topic}/{minute}/"
+                       f"{partition}-{rows[0][0].offset}-{rows[-1][0].offset}.parquet")
+                table = "archive_prices" if topic == self.config.price_topic else "archive_feeds"
+                self.s3.put_object(Bucket=self.bucket, Key=key,
+                                   Body=sql.parquet(table, [r for _, r in rows]),
+                                   ContentType="application/vnd.apache.parquet")
+                done.keys.append(key)
         for hour in sorted(done.hours):
             self.state.mark_dirty(hour)
         newest: dict[str, KafkaRecord] = {}

@@ -314,9 +314,8 @@ def test_views_zip_holds_the_views_modules_and_duckdb_within_lambdas_limits(
         "row = dict(topic='p', partition=0, offset=1, timestamp_ms=2, relay_id='r',\n"
         "           market_id='m', token_id='t', outcome='Yes', question='q',\n"
         "           price='999999999999.000000000001', ts='2026-11-28T08:00:00Z')\n"
-        "data = views_sql.parquet([row], views_sql.PRICE_COLUMNS)\n"
         "with views_sql.engine() as sql:\n"
-        "    sql.add_object('archive_prices', data)\n"
+        "    sql.add_object('archive_prices', sql.parquet('archive_prices', [row]))\n"
         "    (got,), _ = sql.rows('hour')\n"
         "assert got['sum'] == Decimal(row['price']), got\n"
         "print(views_sql.PRICE_TYPE, got['count'])",

@@ -23,7 +23,7 @@ from views_model import (
     decode_all,
 )
 from views_speed import Quarantine
-from views_sql import PRICE_COLUMNS, PRICE_TYPE, engine, parquet, run_duckdb, statements
+from views_sql import PRICE_TYPE, engine, run_duckdb, statements
 from views_state import ViewsState
 
 from devtools.moto_server import MotoServer, use_moto
@@ -106,7 +106,7 @@ def test_the_archives_parquet_keeps_every_decoded_price_exactly(prices: list[Dec
              "price": format(price, "f"), "ts": f"2026-11-28T08:{n:02d}:00Z"}
             for n, price in enumerate(prices)]
     with engine() as sql:
-        sql.add_object("archive_prices", parquet(rows, PRICE_COLUMNS))
+        sql.add_object("archive_prices", sql.parquet("archive_prices", rows))
         read = [row[0] for row in sql.connection.execute(
             'SELECT price FROM archive_prices ORDER BY "offset"').fetchall()]
         ((got,), _) = sql.rows("hour")
@@ -120,10 +120,11 @@ def test_the_parquet_price_column_is_the_fixed_decimal(tmp_path: Path) -> None:
            "market_id": "m", "token_id": "t", "outcome": "", "question": "",
            "price": "0.5", "ts": "2026-11-28T08:00:00Z"}
     path = tmp_path / "rows.parquet"
-    path.write_bytes(parquet([row], PRICE_COLUMNS))
+    with engine() as sql:
+        path.write_bytes(sql.parquet("archive_prices", [row]))
     schema = duckdb.execute(f"SELECT name, type, precision, scale FROM parquet_schema('{path}') "
                             "WHERE name = 'price'").fetchall()
     assert PRICE_TYPE == "DECIMAL(24,12)"
     assert schema == [("price", "FIXED_LEN_BYTE_ARRAY", 24, 12)]
-    with pytest.raises(duckdb.Error):  # out of the decoder's range: refused, never rounded
-        parquet([{**row, "price": str(PRICE_LIMIT)}], PRICE_COLUMNS)
+    with engine() as sql, pytest.raises(duckdb.Error):  # out of range: refused, never rounded
+        sql.parquet("archive_prices", [{**row, "price": str(PRICE_LIMIT)}])
