@@ -6,7 +6,7 @@ Starts a local broker and the extension's parts in-process, sends batches with t
 client (its default body) and reports, per record: the client thread's CPU (encode + HTTP),
 the handoff thread's CPU (HTTP parse, body parse, validation, accept) and the rest of the
 process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
-cProfile of the client or of the handoff thread. Numbers go in the README's Performance
+cProfile of the client or of the handoff thread. Numbers go in docs/performance.md
 section ("what profiling changed"); this is a developer's tool, not a timed test.
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.infra import BenchError, Layers, Network, sandbox, start_or_unsupported
 from bench.invocations import FLUSH
 from devtools.sandbox import Sandbox
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 
 BEFORE = 5  # invocations measured before the outage (its baseline)
 AFTER = 5  # invocations after the broker is back
@@ -48,6 +48,12 @@ class OutageResult:
         none started during the outage)."""
         later = self.during_billed_ms[1:]
         return statistics.fmean(later) - self.baseline_billed_ms if later else None
+
+    @property
+    def worst_overhead_ms(self) -> float | None:
+        """The longest billed overhead of any invocation in or after the outage."""
+        billed = self.during_billed_ms + self.after_billed_ms
+        return max(billed) - self.baseline_billed_ms if billed else None
 
     @property
     def first_overhead_ms(self) -> float | None:

@@ -35,8 +35,8 @@ from devtools.kafka_broker import (
 )
 from devtools.sandbox import InvokeResult, Sandbox
 from devtools.views_demo import show_views
-from kafka_relay import logs
-from kafka_relay.logs import events_named
+from kafka_relay.tools import logs
+from kafka_relay.tools.table import events_named
 
 #: --bootstrap's security settings: option -> (extension variable, librdkafka property).
 SECURITY = {
@@ -164,7 +164,7 @@ def _show_topic(topic: str, records: list[ConsumedRecord], samples: int) -> None
 
 def _show_log(outcome: Outcome) -> None:
     """The logs CLI's per-invocation table for the function's full log, kept on disk."""
-    print(f"\n== /aws/lambda/{outcome.producer.name}: python -m kafka_relay.logs --file "
+    print(f"\n== /aws/lambda/{outcome.producer.name}: python -m kafka_relay.tools.logs --file "
           f"{outcome.log_path}")
     logs.main(["--file", str(outcome.log_path)], env={}, stdout=sys.stdout, stderr=sys.stderr)
 
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] = os.environ) 
         problems: list[str] = []
         for outcome in outcomes:
             topic = outcome.producer.topic
-            records = read_topic(bootstrap, topic, timeout=15, client_config=client)
+            # The extensions have shut down: what they delivered is acknowledged, so the end of
+            # each partition is the end (no second of idle waiting for stragglers).
+            records = read_topic(bootstrap, topic, timeout=15, idle=0.2, client_config=client)
             _show_topic(topic, records, args.samples)
             dead = read_topic(bootstrap, f"dlq.{topic}", timeout=5, idle=0.3,
                               client_config=client)
@@ -297,6 +299,6 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] = os.environ) 
 
 
 if __name__ == "__main__":
-    from kafka_relay.cli import run_cli
+    from kafka_relay.tools.cli import run_cli
 
     raise SystemExit(run_cli(main))

@@ -15,8 +15,8 @@ from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, load_config
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent, parse_event
 from kafka_relay.lifecycle.loop import EventLoop
-from kafka_relay.logs import events_named
 from kafka_relay.observability.log import JsonLogger
+from kafka_relay.tools.table import events_named
 
 TOKEN = "test-session-token"
 

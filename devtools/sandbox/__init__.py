@@ -84,9 +84,9 @@ to 127.0.0.1 here, as inside Lambda), ``127.0.0.1`` or ``localhost``.
 Modes (``Sandbox(..., mode=...)``, see ``modes.py`` and ``concurrent.py``):
 
 - ``"managed-instances"`` (``max_concurrency=N``, ``runtime_processes=K``, K <= N,
-  default K = N): ``AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`` and
-  ``AWS_LAMBDA_MAX_CONCURRENCY=N`` everywhere (the runtime gets K: awslambdaric
-  forks one worker per its value). Registering for INVOKE is refused (403
+  default K = N): ``AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances``
+  everywhere and ``AWS_LAMBDA_MAX_CONCURRENCY`` for the runtime only, as in Lambda (K:
+  awslambdaric forks one worker per its value). Registering for INVOKE is refused (403
   ``Extension.InvalidEventType``, message ``INVOKE: ErrorInvalidEventType``);
   Telemetry subscriptions need ``schemaVersion`` ``2025-01-29`` (else 400); per
   request Telemetry sends ``platform.start`` and ``platform.report`` (status

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools.sandbox import Sandbox
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, ProxiedBroker
 from tests.e2e.test_faults import (
     _assert_clean_exit,

@@ -24,8 +24,8 @@ import pytest
 from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox
 from kafka_relay.client import RelayClient
-from kafka_relay.logs import events_named
 from kafka_relay.protocol import RelayError
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
 pytestmark = pytest.mark.e2e

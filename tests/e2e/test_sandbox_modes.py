@@ -68,11 +68,13 @@ def test_managed_instances_accept_shutdown_only_and_tell_every_process_the_mode(
 
     registered = base.probe_events(sandbox, "registered")[0]
     assert registered["status"] == 200
-    expected = {"AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances",
-                "AWS_LAMBDA_MAX_CONCURRENCY": "3"}
-    assert {k: registered["env"][k] for k in expected} == expected
+    mode = {"AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances"}
+    runtime_only = {"AWS_LAMBDA_MAX_CONCURRENCY": "3"}
+    assert {k: registered["env"].get(k) for k in [*mode, *runtime_only]} == {
+        **mode, "AWS_LAMBDA_MAX_CONCURRENCY": None}  # as in Lambda: the runtime's variable
     assert result.status == "success"
-    assert {k: result.payload["env"][k] for k in expected} == expected
+    assert {k: result.payload["env"][k] for k in [*mode, *runtime_only]} == {
+        **mode, **runtime_only}
     assert result.payload["hooks"] == []  # SnapStart hooks run under SnapStart only
     assert base.probe_events(sandbox, "INVOKE") == []
     assert ended.notified == ["probe"]

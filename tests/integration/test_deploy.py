@@ -15,6 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from devtools.moto_server import ACCOUNT_ID, MotoServer, use_moto
+from kafka_relay.config import AUTH_MODES
 from layer_build.deploy import (
     LAYER_LICENSE,
     DeployResult,
@@ -31,6 +32,7 @@ from layer_build.publish import main as publish_main
 from layer_build.targets import compatible_runtimes
 from layer_build.teardown import TeardownOptions, teardown
 from layer_build.zipper import FileTree, ZipResult, write_zip
+from tests.function_envs import environments_in, in_lambda
 
 REGION = "eu-west-1"
 RSS, POLYMARKET = "kafka-relay-rss-producer", "kafka-relay-polymarket-producer"
@@ -49,6 +51,9 @@ def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
     return use_moto(moto, monkeypatch)
 
 
+BUILT_VERSION = "9.8.7"  # what manifest.json says the artifacts were built as
+
+
 def artifact(result: ZipResult, *, kind: Literal["layer", "function"], arch: str,
              glibc: str | None, python_versions: tuple[str, ...]) -> Artifact:
     return Artifact(
@@ -56,6 +61,7 @@ def artifact(result: ZipResult, *, kind: Literal["layer", "function"], arch: str
         python_versions=python_versions, sha256=result.sha256, zipped_bytes=result.zipped_bytes,
         unzipped_bytes=result.unzipped_bytes, files=result.files, wheels=(), glibc=glibc,
         compatible_runtimes=compatible_runtimes(python_versions, parse_glibc(glibc)),
+        version=BUILT_VERSION,
     )
 
 
@@ -592,11 +598,15 @@ def test_publish_layer_publishes_both_architectures_once_and_prints_what_to_set(
         assert version["CompatibleArchitectures"] == [arch]
         assert version["CompatibleRuntimes"] == ["python3.12", "python3.13", "python3.14"]
         assert version["LicenseInfo"] == LAYER_LICENSE
-        assert version["LayerVersionArn"] in out
+        assert version["Description"].startswith(f"kafka-relay {BUILT_VERSION} extension, ")
+        assert f"{arch:<7} kafka-relay {BUILT_VERSION} -> {version['LayerVersionArn']}\n" in out
         assert again.arns[arch] == version["LayerVersionArn"]
     assert set(again.actions.values()) == {"unchanged"}
-    assert "KAFKA_BOOTSTRAP_SERVERS" in out
-    assert "KAFKA_SECRET_ARN" in out
+    printed = environments_in(out)
+    assert sorted(printed) == sorted(AUTH_MODES)  # a complete environment per KAFKA_AUTH
+    assert {mode: in_lambda(env).auth for mode, env in printed.items()} == {
+        mode: mode for mode in AUTH_MODES}
+    assert "OAUTHBEARER" not in out  # KAFKA_AUTH=msk-iam, not a mechanism to set by hand
     assert lam.list_functions()["Functions"] == []
 
 
@@ -663,7 +673,7 @@ def test_the_env_example_parses_and_names_only_variables_something_reads() -> No
     variables = parse_env_file(example)
     named = set(re.findall(r"\b((?:KAFKA|RSS|POLYMARKET)_[A-Z_]+)=", example.read_text()))
 
-    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS"}
+    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_AUTH", "KAFKA_SECRET_ARN"}
     assert named - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"} == {
         name for name in named if f'"{name}"' in readers
     } - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"}

@@ -25,8 +25,8 @@ from kafka_relay.client import RelayClient
 from kafka_relay.config import load_config
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.events import ShutdownEvent
-from kafka_relay.logs import events_named
 from kafka_relay.observability.log import JsonLogger
+from kafka_relay.tools.table import events_named
 from tests.conftest import Broker
 from tests.relay_harness import TOKEN
 

@@ -88,13 +88,16 @@ def test_the_registrations_answer_decides_before_the_environment(
     assert mode_for(events, config).name is mode
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("8", 8), ("", 1), ("lots", 1), ("0", 1)])
-def test_max_concurrency_is_read_liberally_and_never_fails_init(raw: str, expected: int) -> None:
-    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092",
-                          "AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances",
-                          "AWS_LAMBDA_MAX_CONCURRENCY": raw})
-    assert config.mode_hint is LambdaMode.MANAGED_INSTANCES
-    assert config.max_concurrency == expected
+@pytest.mark.parametrize("mode", ["lambda-managed-instances", "snap-start", ""])
+def test_the_configuration_ignores_the_variables_lambda_gives_only_to_the_runtime(
+    mode: str,
+) -> None:
+    # AWS_EXECUTION_ENV and AWS_LAMBDA_MAX_CONCURRENCY reach the runtime, not extensions.
+    base = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "AWS_LAMBDA_INITIALIZATION_TYPE": mode}
+    runtime_only = {"AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+                    "AWS_LAMBDA_MAX_CONCURRENCY": "8"}
+
+    assert load_config({**base, **runtime_only}) == load_config(base)
 
 
 def test_under_snap_start_the_token_is_the_container_credentials_token() -> None:

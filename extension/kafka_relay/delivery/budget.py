@@ -2,7 +2,7 @@
 deadline the drain may use, and the back-pressure limits that keep every pending record
 spillable within Lambda's SHUTDOWN budget and the function's memory.
 
-The rates are measured (README, "Where every record ends"): packed ``KAFKA_RELAY_SPILL``
+The rates are measured (docs/records.md, "SHUTDOWN is sized in bytes"): packed ``KAFKA_RELAY_SPILL``
 lines written to a pipe, with a safety factor for a slow log reader and a loaded core.
 """
 
@@ -14,7 +14,7 @@ from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config
 from kafka_relay.delivery.ledger import Limits
 
 SPILL_BASE_MS = 100  # fixed cost of a spill (the summary, a slow first write)
-# Spill cost on one vCPU, from the measurement in the README: ~8 us per record plus ~100 MB/s
+# Spill cost on one vCPU, from the measurement in docs/records.md: ~8 us per record plus ~100 MB/s
 # of record bytes on a loaded 2-core machine; these leave a margin on top.
 SPILL_US_PER_RECORD = 15.0
 SPILL_BYTES_PER_MS = 50_000

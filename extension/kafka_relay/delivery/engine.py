@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -25,6 +25,7 @@ from kafka_relay.delivery.budget import buffer_limits, drain_plan
 from kafka_relay.delivery.journal import Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
 from kafka_relay.delivery.pump import ProducerLike, Pump
+from kafka_relay.delivery.reachability import Reachability
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
@@ -57,6 +58,7 @@ class Gauge:
     oldest_pending_ms: int  # age of the oldest unsettled record (0 when none)
     broker_state: BrokerState
     failure: str | None  # why the pump stopped for good (None while it runs)
+    by_request: dict[str, dict[str, int]] = field(default_factory=dict)  # see gauge()
 
 
 @dataclass(frozen=True)
@@ -95,16 +97,20 @@ class DeliveryEngine:
         self._log = logger
         self._wall_ms = wall_ms
         self._monotonic = monotonic
+        # On demand, the invocation running now: records that arrive without a request id
+        # are its records (one invocation at a time), so the logs can attribute them.
+        self.invocation_id: str | None = None
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
             journal.open()
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
-                              monotonic=monotonic, journal=journal)
+                              monotonic=monotonic, journal=journal, logger=logger)
         # Public for tests that step it by hand; nothing outside delivery/ touches it.
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, wall_ms=wall_ms,
                          defer_build=defer_producer, on_thaw=on_thaw)
+        self.reachability = Reachability(self, wall_ms=wall_ms)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -169,6 +175,9 @@ class DeliveryEngine:
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on."""
+        for record in records:
+            record.request_id = record.request_id or self.invocation_id
+            record.dlq_topic = record.dlq_topic or self._config.dlq_for(record.topic)
         return self._ledger.accept(records, watch=watch)
 
     def note_rejected(self, records: int) -> None:
@@ -179,7 +188,9 @@ class DeliveryEngine:
         """Re-own what earlier invocations parked in the /tmp spool (sent first)."""
         if self.pump.failure is not None:
             return 0  # nobody would send them: leave the files for the next environment
-        restored = self._ledger.restore(self._spill.take_spooled())
+        spooled = self._spill.take_spooled()
+        # Nothing spooled (every invocation but a few): no ledger lock, no pump wake-up.
+        restored = self._ledger.restore(spooled) if spooled else 0
         if restored:
             self._log.info("spool.restored", records=restored)
         return restored
@@ -234,12 +245,15 @@ class DeliveryEngine:
 
     # -- reading -------------------------------------------------------------------------
 
-    def gauge(self) -> Gauge:
-        state = self._ledger.state()
+    def gauge(self, *, take_outcomes: bool = False) -> Gauge:
+        """``take_outcomes``: also what changed per request id since the last take
+        (``by_request``), taken with the counts so the two agree."""
+        state = self._ledger.state(take_outcomes=take_outcomes)
         oldest = state.oldest_accepted_ms
         return Gauge(counts=state.counts, pending=state.pending, pending_bytes=state.pending_bytes,
                      oldest_pending_ms=0 if oldest is None else max(0, self._wall_ms() - oldest),
-                     broker_state=self.pump.broker_state, failure=self.pump.failure)
+                     broker_state=self.pump.broker_state, failure=self.pump.failure,
+                     by_request=state.by_request)
 
     def status(self) -> dict[str, Any]:
         """The engine's part of /v1/status (the loop's part is added by the route)."""

@@ -8,6 +8,8 @@ them. With a journal, every batch it takes is journaled before it is owned (befo
 the 202), and every settlement tells it.
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
+It also tallies these counts per request id (the records' own, the invocation that
+handed them over), so the logs can say what became of each invocation's records.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, encode
 from kafka_relay.delivery.queue import SendQueue
+from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillResult
@@ -54,11 +57,24 @@ class Counts:
     spilled: int = 0
     spooled: int = 0  # parked in /tmp for a later invocation; comes back as ``restored``
     rejected: int = 0
+    dead_letter_failed: int = 0  # routed to the DLQ, which did not take them: spilled
     retries: int = 0
     producers_built: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+# The per-request tally's key for records that arrived without a request id.
+NO_REQUEST = "-"
+_OUTCOME_COUNT = {Outcome.DELIVERED: "delivered", Outcome.DEAD_LETTERED: "dead_lettered"}
+
+
+def _tally(outcomes: dict[str, dict[str, int]], records: Iterable[Record], count: str) -> None:
+    """Count ``records`` under ``count`` for the request ids they carry."""
+    for record in records:
+        tally = outcomes.setdefault(record.request_id or NO_REQUEST, {})
+        tally[count] = tally.get(count, 0) + 1
 
 
 @dataclass
@@ -92,6 +108,8 @@ class LedgerState:
     in_flight: int
     waiting_retry: int
     journal: dict[str, object]
+    # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
+    by_request: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def as_status(self) -> dict[str, Any]:
         return {"counts": self.counts, "pending": self.pending,
@@ -103,7 +121,7 @@ class LedgerState:
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, logger: JsonLogger | None = None) -> None:
         # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
         self.queue = SendQueue()
@@ -116,6 +134,9 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
+        self._log = logger
+        # Per request id since the last state(take_outcomes=True): count name -> records.
+        self._outcomes: dict[str, dict[str, int]] = {}
 
     # -- records in --------------------------------------------------------------------
 
@@ -147,6 +168,7 @@ class Ledger:
                 self._bytes += record.size
                 self.queue.push(record)
             self.counts.accepted += len(records)
+            _tally(self._outcomes, records, "accepted")
             self.cond.notify_all()
             return registered
 
@@ -162,6 +184,9 @@ class Ledger:
                 self._bytes += record.size
                 self.queue.push(record)
             self.counts.restored += len(fresh)
+            # Per request, a crashed predecessor's records are "recovered": that environment
+            # counted them accepted and never settled them; a spool restore undoes a spool.
+            _tally(self._outcomes, fresh, "recovered" if recovered else "restored")
             self.cond.notify_all()
             return len(fresh)
 
@@ -191,14 +216,13 @@ class Ledger:
             if self._journal is not None:
                 self._journal.settled(record.id)
             self._bytes -= record.size
-            if outcome is Outcome.DELIVERED:
-                self.counts.delivered += 1
-            elif outcome is Outcome.DEAD_LETTERED:
-                self.counts.dead_lettered += 1
-            elif spooled:
-                self.counts.spooled += 1
-            else:
-                self.counts.spilled += 1
+            count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
+            setattr(self.counts, count, getattr(self.counts, count) + 1)
+            _tally(self._outcomes, (record,), count)
+            if self._log is not None:  # each record's place, by id (DEBUG: off by default)
+                where = {"delivered": record.topic, "dead_lettered": record.dlq_topic}
+                self._log.debug("record.outcome", id=record.id, request_id=record.request_id,
+                                outcome=count, where=where.get(count, detail))
             watch = self._watches.pop(record.id, None)
             if watch is not None:
                 watch.outcomes[record.id] = (outcome, detail)
@@ -260,8 +284,13 @@ class Ledger:
 
     # -- reading and waiting ------------------------------------------------------------
 
-    def state(self) -> LedgerState:
+    def state(self, *, take_outcomes: bool = False) -> LedgerState:
+        """A snapshot; ``take_outcomes`` also hands over (and restarts) the per-request
+        tally, in the same lock round as the counts, so the two always agree."""
         with self.cond:
+            by_request: dict[str, dict[str, int]] = {}
+            if take_outcomes:
+                by_request, self._outcomes = self._outcomes, {}
             c = self.counts
             settled = c.delivered + c.dead_lettered + c.spilled + c.spooled
             oldest = next(iter(self._unsettled.values()), None)  # dicts keep insertion order
@@ -271,7 +300,8 @@ class Ledger:
                 unaccounted=c.accepted + c.restored - settled - len(self._unsettled),
                 in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
                 journal=(self._journal.status() if self._journal is not None
-                         else {"enabled": False}))
+                         else {"enabled": False}),
+                by_request=by_request)
 
     def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
                   stopped: Callable[[], bool], retry_now: bool = False) -> None:

@@ -20,8 +20,9 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config
-from kafka_relay.delivery.failures import Failures, Pointer
+from kafka_relay.delivery.failures import Failures
 from kafka_relay.delivery.ledger import Ledger, Spill
+from kafka_relay.delivery.pointers import Pointers
 from kafka_relay.delivery.routing import Action
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
@@ -53,6 +54,9 @@ class Pump:
         self._config = config
         self._factory = producer_factory
         self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
+        self._pointers = Pointers(max_attempts=config.max_attempts,
+                                  function=config.function_name, cond=ledger.cond,
+                                  logger=logger)
         self._log = logger
         self._wall_ms = wall_ms
         self._rebuild = False
@@ -82,6 +86,7 @@ class Pump:
             self._ledger.cond.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=join_s)
+        self._pointers.abandon()
 
     def thawed(self, *, restored: bool = False) -> None:
         """An INVOKE after a freeze: ``on_thaw`` runs on the pump thread before its next batch.
@@ -154,11 +159,13 @@ class Pump:
             self._done_one(record)
             return True
         to_dlq = record.dlq_error is not None
-        target = self._config.dlq_for(record.topic) if to_dlq else record.topic
+        target = (record.dlq_topic or self._config.dlq_for(record.topic)) if to_dlq \
+            else record.topic
         try:
             self.producer.produce(
                 target, value=record.value, key=record.key,
-                headers=record.kafka_headers(dlq_topic=target if to_dlq else None),
+                headers=record.kafka_headers(dlq_topic=target if to_dlq else None,
+                                             function=self._config.function_name),
                 timestamp=record.timestamp_ms or 0,
                 on_delivery=functools.partial(self._on_delivery, record),
             )
@@ -221,17 +228,10 @@ class Pump:
     def _spill_waiting(self) -> bool:
         """Do the spills routing queued; send each oversize record's DLQ pointer."""
         spilled, pointers = self._failures.spill_waiting()
-        for pointer in pointers:
-            record = pointer.record
-            try:
-                self.producer.produce(pointer.topic, value=pointer.value, key=record.key,
-                                      headers=record.kafka_headers(dlq_topic=pointer.topic),
-                                      on_delivery=functools.partial(_pointer_report, self._log,
-                                                                    pointer))
-            except Exception as exc:  # the record is spilled; only its pointer is lost
-                self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),
-                                spilled_to=pointer.location)
-        return spilled > 0
+        retries = self._pointers.due()
+        for pointer in [*retries, *pointers]:
+            self._pointers.send(self.producer, pointer)
+        return spilled > 0 or bool(retries)
 
     def _build(self) -> ProducerLike:
         with self._ledger.cond:
@@ -249,10 +249,3 @@ class Pump:
             self._log.warning("producer.purge_failed", error=str(exc))
         self._ledger.requeue_unsettled()
         self.producer = self._build()
-
-
-def _pointer_report(log: JsonLogger, pointer: Pointer, err: KafkaError | None,
-                    _msg: object) -> None:
-    if err is not None:
-        log.error("dead_letter.pointer_failed", id=pointer.record.id, error=describe(err),
-                  spilled_to=pointer.location)

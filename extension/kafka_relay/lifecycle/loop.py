@@ -242,5 +242,5 @@ class EventLoop:
             self._ending.exit_error(
                 f"kafka-relay's delivery stopped ({why}); everything it held was spilled "
                 "(KAFKA_RELAY_SPILL log lines or S3: replay them with python -m "
-                "kafka_relay.replay); Lambda restarts the environment")
+                "kafka_relay.tools.replay); Lambda restarts the environment")
         return 1

@@ -28,8 +28,16 @@ T = TypeVar("T")
 UNSIGNALLED_QUIET_S = 0.3
 UNSIGNALLED_CAP_S = 2.0
 _POLL_S = 0.05
-# A flush that settles nothing for this long while records are pending gives up early.
-STALL_S = 3.0
+# A flush that settles nothing for this long while records are pending gives up early (the
+# broker does not answer: the breaker takes over). A broker that has answered before settles
+# in milliseconds; before its first delivery (connection, metadata, topic creation) it may
+# take longer.
+STALL_S = 0.75
+FIRST_CONTACT_STALL_S = 3.0
+# A flush still settling after this long (a backlog, e.g. once the broker is back after an
+# outage) stops too: no invocation pays for more than this. The rest stays pending; the pump
+# sends it whenever the environment runs, and later flushes or the SHUTDOWN drain finish it.
+BACKLOG_CAP_S = 0.8
 _FLUSH_SLICE_S = 0.1
 
 
@@ -49,6 +57,9 @@ class EngineListener:
         self._log = logger
         self._wall_ms = wall_ms
         self._reported = engine.gauge().counts
+        # An invocation that did not wait for its handler is reported when the next event
+        # arrives (the handler is over by then), so its line counts its own records.
+        self._unreported: str | None = None
         self.invocations = 0
         self.telemetry = False  # subscribed to Telemetry: every handler end is signalled
         self._unsignalled = 0  # bounded waits that ended without any end signal
@@ -61,8 +72,10 @@ class EngineListener:
     # -- INVOKE ---------------------------------------------------------------------------
 
     def on_invoke(self, event: InvokeEvent) -> None:
+        self._report_unreported()
         self.invocations += 1
         self._log.request_id = event.request_id or None
+        self._engine.invocation_id = event.request_id or None
         self._engine.thawed()  # e.g. a fresh MSK IAM token before the pump produces
         self._engine.restore_spool()  # logs spool.restored itself
 
@@ -107,11 +120,14 @@ class EngineListener:
                         broker_up=gauge.broker_state is BrokerState.UP, stopped=gauge.failure)
 
     def flush(self, budget_ms: int) -> FlushReport:
-        """Flush in slices; stop once nothing has settled for ``STALL_S`` while records are
-        pending (the broker does not answer: the breaker takes over), or nothing is due."""
+        """Flush in slices; stop once nothing has settled for ``STALL_S`` (before the first
+        delivery ``FIRST_CONTACT_STALL_S``) while records are pending (the broker does not
+        answer: the breaker takes over), after ``BACKLOG_CAP_S`` whatever settles, or once
+        nothing is due."""
         start = time.monotonic()
         deadline = start + budget_ms / 1000
         settled, last_progress = 0, start
+        stall_s = STALL_S if self._engine.gauge().counts["delivered"] else FIRST_CONTACT_STALL_S
         while True:
             slice_s = max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic()))
             result = self._engine.flush(slice_s)
@@ -123,9 +139,13 @@ class EngineListener:
                 break
             if result.duration_ms < slice_s * 500:  # returned early: all waiting out a backoff
                 break
-            if now - last_progress >= STALL_S:
+            if now - last_progress >= stall_s:
                 self._log.warning("flush.stalled", remaining=result.remaining,
                                   stalled_ms=round((now - last_progress) * 1000))
+                break
+            if now - start >= BACKLOG_CAP_S:
+                self._log.info("flush.capped", remaining=result.remaining, settled=settled,
+                               capped_ms=round((now - start) * 1000))
                 break
         return FlushReport(duration_ms=round((time.monotonic() - start) * 1000, 3),
                            remaining=result.remaining, settled=settled)
@@ -134,7 +154,15 @@ class EngineListener:
         self.flush_control = dict(status)  # replaced whole: /v1/status reads it unlocked
 
     def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-        self._report(flush.duration_ms if flush else 0.0)
+        if flush is None:  # not flushed (deferred, breaker open): its handler may still run
+            self._unreported = event.request_id or None
+            return
+        self._report(flush.duration_ms)
+
+    def _report_unreported(self) -> None:
+        if self._unreported is not None:
+            request_id, self._unreported = self._unreported, None
+            self._report(0.0, request_id=request_id)
 
     # -- SHUTDOWN -------------------------------------------------------------------------
 
@@ -142,6 +170,9 @@ class EngineListener:
         """Drain (the engine restores, flushes and spills within the deadline), release
         everything, summarise. Every step runs even if an earlier one raised: whatever the
         drain could not settle is spilled by a last step of its own."""
+        self._report_unreported()
+        # What SHUTDOWN logs belongs to no invocation (records say their own request ids).
+        self._log.request_id = self._engine.invocation_id = None
         started = self._wall_ms()
         deadline_ms = event.deadline_ms or started + EXTENSION_SHUTDOWN_MS
         failed: list[str] = []
@@ -172,7 +203,6 @@ class EngineListener:
             pending=pending, unaccounted=int(status["unaccounted"]),
             failed_steps=tuple(failed),
         )
-        self._log.request_id = None
         fields = report.as_log() if report else {"reason": event.reason, **gauge.counts}
         fields.update(duration_ms=self._wall_ms() - started, pending=pending,
                       unaccounted=summary.unaccounted, spilled_at_shutdown=summary.spilled)
@@ -183,37 +213,62 @@ class EngineListener:
 
     # -- reporting ------------------------------------------------------------------------
 
-    def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
+    def _report(self, flush_ms: float, *, invocation: bool = True,
+                request_id: str | None = None) -> None:
         """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
-        the last report."""
-        delta = self.take_delta()
+        the last report (``request_id``: of an invocation reported late)."""
+        delta = self.take_delta(at="invocation" if invocation else "shutdown")
         depth = self._engine.gauge().pending
+        done = None
         if invocation:
-            self._log.info("invocation.done", accepted=delta["accepted"],
-                           delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
-                           spilled=delta["spilled"], spooled=delta["spooled"],
-                           restored=delta["restored"], pending=depth, flush_ms=flush_ms)
-        self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
+            fields: dict[str, object] = {
+                "accepted": delta["accepted"], "delivered": delta["delivered"],
+                "dead_lettered": delta["dead_lettered"], "spilled": delta["spilled"],
+                "spooled": delta["spooled"], "restored": delta["restored"],
+                "pending": depth, "flush_ms": flush_ms}
+            if request_id is not None:
+                fields["request_id"] = request_id
+            problem = self._engine.reachability.problem(self.flush_control.get("breaker"))
+            if problem is None:
+                done = self._log.format("INFO", "invocation.done", **fields)
+            else:  # the result line itself says the broker is not answering
+                done = self._log.format("WARNING", "invocation.done", **fields,
+                                        broker=problem["state"], broker_error=problem["error"])
+        # Both lines in one write: one syscall per invocation, not two.
+        self.write_metrics(delta, depth=depth, flush_ms=flush_ms,
+                           before=() if done is None else (done,))
 
-    def take_delta(self) -> dict[str, int]:
-        """The counts' change since the last report (every count is reported once)."""
-        now = self._engine.gauge().counts
+    def take_delta(self, *, at: str = "period") -> dict[str, int]:
+        """The counts' change since the last report (every count is reported once), and a
+        ``records.outcomes`` line saying the same per request id: the records' own ids, so
+        what settles later is counted for the invocation that handed the records over."""
+        gauge = self._engine.gauge(take_outcomes=True)
+        now, by_request = gauge.counts, gauge.by_request
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
+        if by_request:
+            self._log.info("records.outcomes", at=at, by_request=by_request)
         return delta
 
     def write_metrics(self, delta: dict[str, int], *, depth: int,
-                      flush_ms: float | None = None) -> None:
-        """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed)."""
+                      flush_ms: float | None = None, before: tuple[str, ...] = ()) -> None:
+        """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed), written
+        together with the lines ``before`` it."""
+        breaker = self.flush_control.get("breaker")
         metrics: dict[str, float] = {
             "RecordsAccepted": delta["accepted"],
             "RecordsDelivered": delta["delivered"],
             "RecordsDeadLettered": delta["dead_lettered"],
+            "DeadLetterFailures": delta["dead_letter_failed"],
             "RecordsSpilled": delta["spilled"],
+            "RecordsSpooled": delta["spooled"],
+            "RecordsRestored": delta["restored"],
             "RecordsRejected": delta["rejected"],
             "BufferDepth": depth,
+            "OldestPendingMs": self._engine.gauge().oldest_pending_ms,
+            "BreakerOpen": int(isinstance(breaker, dict) and breaker.get("state") == "open"),
         }
         if flush_ms is not None:
             metrics["FlushMs"] = flush_ms
-        self._log.write_raw(emf_line(metrics, function_name=self._config.function_name,
-                                     timestamp_ms=self._wall_ms()))
+        self._log.write_raw(*before, emf_line(metrics, function_name=self._config.function_name,
+                                              timestamp_ms=self._wall_ms()))

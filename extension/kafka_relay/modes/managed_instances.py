@@ -120,5 +120,5 @@ class ManagedInstancesListener:
         on-demand listener, so the SHUTDOWN drain's line counts only what came after."""
         delta = self._engine_listener.take_delta()
         if any(delta[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
-                                  "rejected")):
+                                  "spooled", "restored", "rejected")):
             self._engine_listener.write_metrics(delta, depth=self._engine.gauge().pending)

@@ -101,7 +101,8 @@ class SecretsManager(_NothingStaleAfterThaw):
             raise AuthError(
                 f"could not read KAFKA_SECRET_ARN={self.arn!r} from Secrets Manager ({exc}); "
                 "check the ARN, the region and that the function role allows "
-                "secretsmanager:GetSecretValue on it"
+                "secretsmanager:GetSecretValue on it, and kms:Decrypt on its key when that is a "
+                "customer managed key (MSK SCRAM secrets always are)"
             ) from exc
         try:
             secret = json.loads(raw)
