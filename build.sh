@@ -22,7 +22,8 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
                  --function my.zip --handler app.handler [--event '{}'] [--with-broker]
   test           install every pinned dev tool into .venv, run ruff, mypy, the import rules,
                  the docs build (mkdocs --strict) and the default pytest run
-  build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
+  build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip,
+                 views-functions.zip (views + DuckDB), manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
   publish-layer  build, then publish only the layer (both architectures) and print the ARNs
                  and the variables to set [--region R] [--prefix kafka-relay] [--dry-run]

@@ -44,6 +44,7 @@ class Broker:
 class Artifacts:
     layer: Path
     functions: Path
+    views: Path  # the views functions' zip (with DuckDB)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,8 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     manifest = build(BuildConfig(out=out, arches=("x86_64",), python_versions=(version,)),
                      log=lambda _line: None)
     return Artifacts(layer=out / manifest.layer("x86_64").file,
-                     functions=out / manifest.function().file)
+                     functions=out / manifest.function().file,
+                     views=out / manifest.views().file)
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,7 @@ def test_relayed_prices_become_views_that_both_layers_agree_on(
               (json.loads(r.value or b"") for r in on_topic if r.value != b"\xff not a price")}
     assert len(on_topic) > len(points) + 1  # the resend doubled the window
 
-    run = run_views(broker.bootstrap, artifacts.functions, moto, topics=(prices, feeds),
+    run = run_views(broker.bootstrap, artifacts.views, moto, topics=(prices, feeds),
                     markets=2)
 
     assert run.problems == []
