@@ -87,9 +87,15 @@ def _delivered(sandbox: Sandbox, run: str, count: int) -> list[str]:
 
 
 def _done(sandbox: Sandbox, result: InvokeResult) -> dict[str, Any]:
-    """The extension's ``invocation.done`` line for one invocation."""
-    (done,) = [e for e in events_named(sandbox.log_lines(), "invocation.done")
-               if e.get("request_id") == result.request_id]
+    """The extension's ``invocation.done`` line for one invocation. An invocation that was not
+    flushed (deferred, or the breaker open) is reported at the next event: an empty
+    invocation brings that line out."""
+    def lines() -> list[dict[str, Any]]:
+        return [e for e in events_named(sandbox.log_lines(), "invocation.done")
+                if e.get("request_id") == result.request_id]
+    if not lines():
+        _invoke(sandbox, {"count": 0, "records": []})  # either handler: nothing to send
+    (done,) = lines()
     return done
 
 
