@@ -16,7 +16,8 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
                  arrived on each topic [--bootstrap host:port --security-protocol SASL_SSL ...]
   sandbox        run YOUR function zip/dir + the layer (+ a local broker) in the local sandbox
                  --function my.zip --handler app.handler [--event '{}'] [--with-broker]
-  test           install every pinned dev tool into .venv, run ruff, mypy and the default pytest run
+  test           install every pinned dev tool into .venv, run ruff, mypy, the import rules and
+                 the default pytest run (all but slow) [--fast: the unit and functional tiers]
   build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
   publish-layer  build, then publish only the layer (both architectures) and print the ARNs
@@ -118,9 +119,18 @@ cmd="${1:-}"
 case "$cmd" in
   test)
     ensure_venv dev "$@"
+    tiers="not slow"
+    args=()
+    for arg in "$@"; do
+      if [[ "$arg" == --fast ]]; then
+        tiers="(unit or functional) and not slow"  # no broker, no sandbox: a loop in seconds
+      else
+        args+=("$arg")
+      fi
+    done
     run_checks
-    echo "==> pytest"
-    "$PY" -m pytest -m "not slow" "$@"
+    echo "==> pytest -m \"$tiers\""
+    "$PY" -m pytest -m "$tiers" ${args[@]+"${args[@]}"}
     ;;
   demo)
     ensure_venv demo "$@"

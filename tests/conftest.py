@@ -1,4 +1,10 @@
-"""Shared fixtures: a real Kafka broker, unique topics, a broker behind a fault proxy."""
+"""Shared fixtures (a real Kafka broker, unique topics, a broker behind a fault proxy, moto),
+and the tiers: each test is marked after its directory, so ``-m`` and paths select alike.
+
+unit: one module, in process. functional: several parts or processes together, local
+servers (HTTP fixtures, moto), no broker. integration: a real broker. e2e: the built layer
+in the local Lambda sandbox.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from devtools.faultproxy import FaultProxy
+from devtools.fixture_server import FixtureServer
 from devtools.kafka_broker import (
     EXTERNAL_BOOTSTRAP_ENV,
     ConsumedRecord,
@@ -21,6 +28,25 @@ from devtools.kafka_broker import (
     read_topic,
 )
 from devtools.moto_server import MotoServer
+
+TIERS = ("unit", "functional", "integration", "e2e")
+#: Fixtures only the broker tiers may use: a fast tier never waits for Kafka.
+BROKER_FIXTURES = frozenset({"broker", "topic", "proxied_broker"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        tier = item.path.relative_to(root).parts[0]
+        if tier not in TIERS:
+            continue
+        item.add_marker(tier)
+        uses = BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if tier in ("unit", "functional") and uses:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(sorted(uses))}: a test that needs the broker "
+                "belongs in tests/integration"
+            )
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,13 @@ def broker() -> Iterator[Broker]:
 def moto() -> Iterator[MotoServer]:
     """One moto server for the session; ``use_moto`` empties it for each test."""
     with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream() -> Iterator[FixtureServer]:
+    """The producers' upstreams (feeds, Polymarket) served from fixture files on loopback."""
+    with FixtureServer() as server:
         yield server
 
 

@@ -9,8 +9,6 @@ import signal
 import threading
 from pathlib import Path
 
-import pytest
-
 from devtools.sandbox import Sandbox
 from kafka_relay.logs import events_named
 from tests.conftest import Artifacts, ProxiedBroker
@@ -21,8 +19,6 @@ from tests.e2e.test_faults import (
     _read_all,
     _sandbox,
 )
-
-pytestmark = pytest.mark.e2e
 
 STRANDED = 2_000
 

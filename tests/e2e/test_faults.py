@@ -34,8 +34,6 @@ from kafka_relay.logs import events_named, json_in_line
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION = REPO / "tests" / "fixtures" / "any_function"
 FUNCTION_NAME = "fault-producer"

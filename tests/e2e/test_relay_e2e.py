@@ -16,8 +16,6 @@ from kafka_relay import logs
 from kafka_relay.logs import events_named
 from tests.conftest import Artifacts, Broker
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 
 

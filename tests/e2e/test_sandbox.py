@@ -28,8 +28,6 @@ from devtools.sandbox.cgroup import EnvironmentCgroup, Hierarchies, quota_us, vc
 from devtools.sandbox.environment import process_state
 from devtools.sandbox.telemetry import Destination, TelemetryHub, TelemetryRequestError
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "sandbox"
 PROBE_LAYER = FIXTURES / "probe_layer"

@@ -7,15 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from devtools.kafka_broker import free_port
 from kafka_relay.lifecycle.breaker import PROBE_BUDGET_MS
 from kafka_relay.lifecycle.listener import FlushReport
 from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import Harness, running_relay
-
-pytestmark = pytest.mark.integration
 
 
 def _now_ms() -> int:

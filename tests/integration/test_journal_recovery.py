@@ -7,12 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import ProxiedBroker
 from tests.relay_harness import running_relay
-
-pytestmark = pytest.mark.integration
 
 
 def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_one(

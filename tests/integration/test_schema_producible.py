@@ -14,8 +14,6 @@ from kafka_relay.handoff.schema import InvalidRequest, parse_body, validate
 from tests.conftest import Broker
 from tests.record_strategies import bodies
 
-pytestmark = pytest.mark.integration
-
 _ids = itertools.count()
 _TOPICS = ["schema.prop.a", "schema.prop.b"]
 
