@@ -123,12 +123,22 @@ class ProxiedBroker:
     proxy: FaultProxy
 
 
-@pytest.fixture
-def proxied_broker() -> Iterator[ProxiedBroker]:
-    """Its own broker (so cuts never disturb other tests) advertising the proxy's port."""
+@pytest.fixture(scope="session")
+def proxied_broker_session() -> Iterator[ProxiedBroker]:
+    """Its own broker (so cuts never disturb tests on ``broker``) advertising the proxy's port;
+    one per session (per worker), each test on its own topics."""
     proxy_port = free_port()
     with (
         KafkaBroker(advertised_port=proxy_port) as local,
         FaultProxy(local.listen_address, port=proxy_port) as proxy,
     ):
         yield ProxiedBroker(Broker(local.bootstrap), proxy)
+
+
+@pytest.fixture
+def proxied_broker(proxied_broker_session: ProxiedBroker) -> Iterator[ProxiedBroker]:
+    """The proxied broker, its faults cleared after the test whatever the test left."""
+    try:
+        yield proxied_broker_session
+    finally:
+        proxied_broker_session.proxy.reset()
