@@ -3,7 +3,7 @@
 The code under test keeps using plain boto3; it reaches the server through the
 standard ``AWS_ENDPOINT_URL`` variable, with dummy credentials and a region::
 
-    @pytest.fixture(scope="module")
+    @pytest.fixture(scope="session")
     def moto() -> Iterator[MotoServer]:
         with MotoServer() as server:
             yield server
@@ -21,6 +21,7 @@ serve a whole session; ``reset()`` empties it between tests.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import urllib.request
@@ -90,6 +91,13 @@ class MotoServer(Service):
             aws_session_token="testing",
             region_name=self.region,
         )
+
+    def in_region(self, region: str) -> MotoServer:
+        """This running server, its clients and environment in ``region`` (moto serves every
+        region at once, so one server can stand in for a deployment anywhere)."""
+        view = copy.copy(self)
+        view.region = region
+        return view
 
     def client(self, service: str) -> Any:
         return self.session().client(service, endpoint_url=self.endpoint_url)

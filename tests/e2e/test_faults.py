@@ -185,12 +185,6 @@ def _no_process_left_behind() -> Iterator[None]:
     assert left == [], "sandbox processes outlived their test"
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
-
-
 # -- 1. broker unreachable across frozen invocations ------------------------------------------
 
 
