@@ -8,6 +8,7 @@ in the local Lambda sandbox.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import uuid
@@ -74,13 +75,26 @@ class Artifacts:
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    """The built x86_64 layer and function zips for this interpreter: tests run the artifacts."""
-    from layer_build.build import BuildConfig, build  # noqa: PLC0415 - only e2e tests need it
+    """The built x86_64 layer and function zips for this interpreter: tests run the artifacts.
 
-    out = tmp_path_factory.mktemp("dist")
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    manifest = build(BuildConfig(out=out, arches=("x86_64",), python_versions=(version,)),
-                     log=lambda _line: None)
+    Built once per run: parallel workers share the run's temporary directory, the first
+    builds under a lock and the others load its manifest.
+    """
+    from layer_build.build import BuildConfig, build  # noqa: PLC0415 - only e2e tests need it
+    from layer_build.manifest import MANIFEST_NAME, Manifest  # noqa: PLC0415
+
+    run_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent  # each worker's basetemp sits in the run's
+    out = run_dir / "dist"
+    with open(run_dir / "dist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / MANIFEST_NAME).exists():
+            manifest = Manifest.load(out)
+        else:
+            version = f"{sys.version_info.major}.{sys.version_info.minor}"
+            manifest = build(BuildConfig(out=out, arches=("x86_64",),
+                                         python_versions=(version,)), log=lambda _line: None)
     return Artifacts(layer=out / manifest.layer("x86_64").file,
                      functions=out / manifest.function().file)
 

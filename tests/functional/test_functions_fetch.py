@@ -112,7 +112,8 @@ def test_a_long_retry_after_is_capped(upstream: FixtureServer) -> None:
     batch = rss(upstream, ATOM, http=capped).poll(log=log())
     assert statuses(upstream, ATOM) == [503, 200]
     first, second = upstream.hits(ATOM)
-    assert second.at - first.at < 60  # waited the 1 s cap, not the hour the server asked for
+    # waited the 1 s cap; the hour the server asked for would end in the suite's timeout
+    assert second.at - first.at >= 0.95
     assert batch.errors == []
 
 
