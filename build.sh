@@ -18,6 +18,7 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
                  --function my.zip --handler app.handler [--event '{}'] [--with-broker]
   test           install every pinned dev tool into .venv, run ruff, mypy, the import rules and
                  the default pytest run (all but slow) [--fast: the unit and functional tiers]
+                 (KAFKA_RELAY_TEST_WORKERS=N: N parallel pytest workers, default 2)
   build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
   publish-layer  build, then publish only the layer (both architectures) and print the ARNs
@@ -129,8 +130,11 @@ case "$cmd" in
       fi
     done
     run_checks
-    echo "==> pytest -m \"$tiers\""
-    "$PY" -m pytest -m "$tiers" ${args[@]+"${args[@]}"}
+    # Two workers: most broker and sandbox tests wait rather than compute. Groups keep a
+    # module whose fixtures build artifacts on one worker.
+    workers="${KAFKA_RELAY_TEST_WORKERS:-2}"
+    echo "==> pytest -m \"$tiers\" ($workers workers)"
+    "$PY" -m pytest -m "$tiers" -n "$workers" --dist loadgroup ${args[@]+"${args[@]}"}
     ;;
   demo)
     ensure_venv demo "$@"

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +131,10 @@ def test_the_terraform_snippet_parses_and_matches_the_cloudformation() -> None:
 # --- CloudFormation on moto ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def aws() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
+@pytest.fixture
+def aws(moto: MotoServer) -> MotoServer:
+    moto.reset()
+    return moto.in_region(REGION)
 
 
 def deploy_stack(aws: MotoServer, name: str, **overrides: str) -> dict[str, Any]:
