@@ -38,6 +38,8 @@ BROKER_FIXTURES = frozenset({"broker", "topic", "proxied_broker"})
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     root = Path(__file__).parent
     for item in items:
+        if not item.path.is_relative_to(root):
+            continue  # the hook sees every collected item, also those outside tests/
         tier = item.path.relative_to(root).parts[0]
         if tier not in TIERS:
             continue
