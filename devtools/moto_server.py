@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import urllib.request
 from typing import Any
 
@@ -45,6 +46,8 @@ class MotoServer(Service):
         self.region = region
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._port: int | None = None
+        self._sessions: dict[str, Any] = {}  # by region, shared with in_region's views
+        self._sessions_lock = threading.Lock()
 
     def start(self) -> MotoServer:
         if self._port is None:
@@ -84,13 +87,20 @@ class MotoServer(Service):
         }
 
     def session(self) -> Any:
-        """A boto3 session bound to this server whatever the process environment says."""
-        return boto3.Session(
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            aws_session_token="testing",
-            region_name=self.region,
-        )
+        """A boto3 session bound to this server whatever the process environment says.
+
+        One per server and region: a new session loads every service model again (a tenth
+        of a second per client), and tests ask for clients hundreds of times.
+        """
+        with self._sessions_lock:
+            if self.region not in self._sessions:
+                self._sessions[self.region] = boto3.Session(
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing",
+                    aws_session_token="testing",
+                    region_name=self.region,
+                )
+            return self._sessions[self.region]
 
     def in_region(self, region: str) -> MotoServer:
         """This running server, its clients and environment in ``region`` (moto serves every
@@ -100,7 +110,9 @@ class MotoServer(Service):
         return view
 
     def client(self, service: str) -> Any:
-        return self.session().client(service, endpoint_url=self.endpoint_url)
+        session = self.session()
+        with self._sessions_lock:  # a boto3 session is not thread-safe
+            return session.client(service, endpoint_url=self.endpoint_url)
 
     def reset(self) -> None:
         """Forget every resource (moto's reset API), so tests do not see each other's."""
