@@ -130,11 +130,11 @@ case "$cmd" in
       fi
     done
     run_checks
-    # Two workers: most broker and sandbox tests wait rather than compute. Groups keep a
-    # module whose fixtures build artifacts on one worker.
+    # Two workers: most broker and sandbox tests wait rather than compute. A module stays on
+    # one worker, so its module fixtures (builds, installs) run once.
     workers="${KAFKA_RELAY_TEST_WORKERS:-2}"
     echo "==> pytest -m \"$tiers\" ($workers workers)"
-    "$PY" -m pytest -m "$tiers" -n "$workers" --dist loadgroup ${args[@]+"${args[@]}"}
+    "$PY" -m pytest -m "$tiers" -n "$workers" --dist loadfile ${args[@]+"${args[@]}"}
     ;;
   demo)
     ensure_venv demo "$@"

@@ -26,9 +26,6 @@ from layer_build.manifest import FUNCTION_FILE_NAME, MANIFEST_NAME, Manifest, la
 from layer_build.targets import PYTHON_VERSIONS, UNUSED_SUBPACKAGES
 from layer_build.zipper import extract_zip, file_sha256
 
-# its module fixtures build artifacts: one parallel worker runs the module
-pytestmark = pytest.mark.xdist_group("build_artifacts")
-
 WHEELHOUSE = REPO_ROOT / "build" / "wheelhouse"
 HANDLERS = ("rss_producer.py", "polymarket_producer.py")
 EM_X86_64, EM_AARCH64 = 62, 183

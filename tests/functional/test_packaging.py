@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-# its module fixtures build artifacts: one parallel worker runs the module
-pytestmark = pytest.mark.xdist_group("packaging")
-
 REPO = Path(__file__).resolve().parents[2]
 
 
