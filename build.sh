@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kafka-relay: the one entry point. See README.md.
+# kafka-relay: the one entry point. See README.md and docs/getting-started.md.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,9 +16,10 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
                  arrived on each topic [--bootstrap host:port --security-protocol SASL_SSL ...]
   sandbox        run YOUR function zip/dir + the layer (+ a local broker) in the local sandbox
                  --function my.zip --handler app.handler [--event '{}'] [--with-broker]
-  test           install every pinned dev tool into .venv, run ruff, mypy, the import rules and
-                 the default pytest run (all but slow) [--fast: the unit and functional tiers]
-                 (KAFKA_RELAY_TEST_WORKERS=N: N parallel pytest workers, default 2)
+  test           install every pinned dev tool into .venv, run ruff, mypy, the import rules,
+                 the docs build (mkdocs --strict) and the default pytest run (all but slow)
+                 [--fast: the unit and functional tiers] (KAFKA_RELAY_TEST_WORKERS=N: N
+                 parallel pytest workers, default 2)
   build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
   publish-layer  build, then publish only the layer (both architectures) and print the ARNs
@@ -93,6 +94,8 @@ run_checks() {
   "$VENV/bin/mypy"
   echo "==> import rules"
   PYTHONPATH="$ROOT/extension:$ROOT" "$VENV/bin/lint-imports" --no-cache --no-logo
+  echo "==> docs site (mkdocs build --strict -> build/site)"
+  NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict --quiet --site-dir "$ROOT/build/site"
 }
 
 # True when the command's arguments ask for help: then nothing is built first.

@@ -28,9 +28,9 @@ from devtools.sandbox import SandboxError
 from layer_build.errors import LayerBuildError
 
 EXTRAS = ("handoff", "init", "drain", "outage", "size")
-# What a 256 MB function may hold pending by default (delivery/budget.py: 7,718 records,
-# 5.8 MB): the drain fills most of it with 1 KB records.
-DRAIN_RECORDS = 5_000
+# What a 256 MB function may hold pending by default (delivery/budget.py: 5,306 records,
+# 3.98 MB): the drain fills most of it with 1 KB records.
+DRAIN_RECORDS = 3_000
 HANDOFF_BATCHES = 100  # x 500 records per invocation
 MEMORIES = (256, 1769)  # MB: the producers' deployed size (0.145 vCPU) and one full vCPU
 RTTS = (0.0, 1.0, 20.0)  # ms: same host, same VPC (MSK nearby), a remote cluster

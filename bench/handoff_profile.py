@@ -6,7 +6,7 @@ Starts a local broker and the extension's parts in-process, sends batches with t
 client (its default body) and reports, per record: the client thread's CPU (encode + HTTP),
 the handoff thread's CPU (HTTP parse, body parse, validation, accept) and the rest of the
 process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
-cProfile of the client or of the handoff thread. Numbers go in the README's Performance
+cProfile of the client or of the handoff thread. Numbers go in docs/performance.md
 section ("what profiling changed"); this is a developer's tool, not a timed test.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 from devtools.kafka_broker import KafkaBroker, create_topics, free_port
 from kafka_relay.app import assemble
+from kafka_relay.aws_lambda import INVOKE, SHUTDOWN
 from kafka_relay.client import RelayClient
 from kafka_relay.config import load_config
 from kafka_relay.delivery.pump import Pump
@@ -92,7 +93,8 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
                 pump_profile.runcall(original_run, pump)
 
             Pump.run = profiled  # type: ignore[method-assign,assignment]
-        parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"))
+        parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"),
+                         (INVOKE, SHUTDOWN))
         Pump.run = original_run  # type: ignore[method-assign]
         client = RelayClient(env={}, port=config.port, token=_TOKEN)
         try:
@@ -113,7 +115,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             total_cpu = time.process_time() - cpu0
         finally:
             client.close()
-            parts.relay.stop()
+            parts.engine.stop()
             parts.server.stop()
             meter.remove()
         n = count * (batches - 1)

@@ -34,7 +34,7 @@ from bench.infra import (
 )
 from bench.stats import Summary
 from devtools.sandbox import InvokeResult, Sandbox
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 
 FLUSH = "KAFKA_RELAY_FLUSH"
 

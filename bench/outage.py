@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.infra import BenchError, Layers, Network, sandbox, start_or_unsupported
 from bench.invocations import FLUSH
 from devtools.sandbox import Sandbox
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 
 BEFORE = 5  # invocations measured before the outage (its baseline)
 AFTER = 5  # invocations after the broker is back

@@ -35,8 +35,8 @@ from devtools.kafka_broker import (
 )
 from devtools.sandbox import InvokeResult, Sandbox
 from devtools.views_demo import show_views
-from kafka_relay import logs
-from kafka_relay.logs import events_named
+from kafka_relay.tools import logs
+from kafka_relay.tools.table import events_named
 
 #: --bootstrap's security settings: option -> (extension variable, librdkafka property).
 SECURITY = {
@@ -164,7 +164,7 @@ def _show_topic(topic: str, records: list[ConsumedRecord], samples: int) -> None
 
 def _show_log(outcome: Outcome) -> None:
     """The logs CLI's per-invocation table for the function's full log, kept on disk."""
-    print(f"\n== /aws/lambda/{outcome.producer.name}: python -m kafka_relay.logs --file "
+    print(f"\n== /aws/lambda/{outcome.producer.name}: python -m kafka_relay.tools.logs --file "
           f"{outcome.log_path}")
     logs.main(["--file", str(outcome.log_path)], env={}, stdout=sys.stdout, stderr=sys.stderr)
 
@@ -294,6 +294,6 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] = os.environ) 
 
 
 if __name__ == "__main__":
-    from kafka_relay.cli import run_cli
+    from kafka_relay.tools.cli import run_cli
 
     raise SystemExit(run_cli(main))

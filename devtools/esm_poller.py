@@ -8,8 +8,9 @@ MSK; one mapping reads one topic, so a batch holds one topic). It honours the fu
 answer as the mapping does:
 
 * an error: the whole batch is retried;
-* ``{"batchItemFailures": [{"itemIdentifier": {"partition": p, "offset": o}}]}``: the
-  records of partition ``p`` from offset ``o`` on are retried, the rest are done;
+* ``{"batchItemFailures": [{"itemIdentifier": {"partition": "t-p", "offset": o}}]}``: the
+  records of topic-partition ``t-p`` (the event's ``records`` key) from offset ``o`` on are
+  retried, the rest are done; a malformed identifier retries the whole batch;
 * after ``max_retries`` retries what still fails goes to ``on_failure`` (the mapping's
   on-failure destination) and polling moves on.
 
@@ -69,19 +70,29 @@ def mapping_event(records: list[dict[str, Any]], *, source: str, bootstrap: str
 
 
 def still_failing(records: list[dict[str, Any]], answer: Any) -> list[dict[str, Any]]:
-    """The records the function's partial batch response asks to retry."""
+    """The records the function's partial batch response asks to retry.
+
+    The identifier is AWS's Kafka item identifier: ``{"partition": "<topic>-<partition>",
+    "offset": N}``, the partition named by its key in the event's ``records`` map. Anything
+    else (a bare partition number, a key not in this batch, a missing or non-integer
+    offset) is malformed, and Lambda then treats the whole batch as failed."""
     failures = answer.get("batchItemFailures") if isinstance(answer, Mapping) else None
     if not failures:
         return []
-    lowest: dict[int, int] = {}
+    groups = {f"{r['topic']}-{r['partition']}" for r in records}
+    lowest: dict[str, int] = {}
     for failure in failures:
         ident = failure.get("itemIdentifier") if isinstance(failure, Mapping) else None
         if not isinstance(ident, Mapping):
-            return list(records)  # a malformed response fails the whole batch
-        partition, offset = int(ident["partition"]), int(ident["offset"])
-        lowest[partition] = min(offset, lowest.get(partition, offset))
+            return list(records)
+        group, offset = ident.get("partition"), ident.get("offset")
+        if (not isinstance(group, str) or group not in groups
+                or isinstance(offset, bool) or not isinstance(offset, int)):
+            return list(records)
+        lowest[group] = min(offset, lowest.get(group, offset))
     return [r for r in records
-            if r["partition"] in lowest and r["offset"] >= lowest[r["partition"]]]
+            if (group := f"{r['topic']}-{r['partition']}") in lowest
+            and r["offset"] >= lowest[group]]
 
 
 @dataclass

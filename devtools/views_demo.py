@@ -4,8 +4,9 @@ Given a broker with ``polymarket.price_hourly`` and ``rss.events`` on it and the
 function zip: starts moto (DynamoDB + S3) in server mode, creates the views table and
 bucket, and runs each views function in the local Lambda sandbox —
 ``views_speed.handler`` and ``views_batch.archive_handler`` fed by the local event source
-poller (batches of up to 100 records, a 0.5 s window), ``views_batch.close_handler`` for
-every hour and day the data covers, then ``views_serve.handler`` answering a few markets.
+poller (batches of up to 100 records, a 0.5 s window), ``views_batch.close_handler``
+recomputing each day the data covers (``{"from": day, "to": day}``), then
+``views_serve.handler`` answering a few markets.
 Returns the problems found (empty when the speed and batch layers agree).
 
     python -m devtools.views_demo --bootstrap 127.0.0.1:9092 [--functions dist/...zip]
@@ -93,11 +94,18 @@ def _periods(ddb: Any) -> tuple[list[str], list[tuple[str, str]]]:
     return sorted(hours), [(m, latest[m]) for m in markets]
 
 
-def _speed_average(ddb: Any, market: str, sk: str) -> dict[str, str]:
+def _speed_totals(ddb: Any, market: str, hours: str) -> dict[str, tuple[int, Decimal]]:
+    """Count and sum per token over the speed layer's hour items starting with ``hours``
+    (one hour, or a day's prefix: a day is the sum of its hours)."""
     items = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :p AND begins_with(sk, :s)",
                       ExpressionAttributeValues={":p": {"S": f"market#{market}"},
-                                                 ":s": {"S": sk}})["Items"]
-    return {i["token_id"]["S"]: i["average"]["N"] for i in items}
+                                                 ":s": {"S": f"hour#{hours}"}})["Items"]
+    totals: dict[str, tuple[int, Decimal]] = {}
+    for item in items:
+        count, total = totals.get(item["token_id"]["S"], (0, Decimal(0)))
+        totals[item["token_id"]["S"]] = (count + int(item["count"]["N"]),
+                                         total + Decimal(item["sum"]["N"]))
+    return totals
 
 
 def run_views(bootstrap: str, functions: Path, moto: MotoServer, *,
@@ -125,18 +133,22 @@ def run_views(bootstrap: str, functions: Path, moto: MotoServer, *,
         run.problems.append("the speed layer counted no prices")
         return run
     with function(functions, "views_batch.close_handler", env, "views-close") as close:
-        for period in [{"hour": h} for h in hours] + [{"day": d} for d in days]:
-            result = close.invoke(period)
+        written: list[str] = []
+        for day in days:  # a backfill of each day the data covers
+            result = close.invoke({"from": day, "to": day})
             if result.status != "success":
-                run.problems.append(f"views-close {period}: {result.error}")
-    print(f"  views-close: {len(hours)} hour views, {len(days)} day views written")
+                run.problems.append(f"views-close {day}: {result.error}")
+            elif isinstance(result.payload, dict):
+                written += result.payload.get("written", [])
+    print(f"  views-close: {sum('_hour/' in k for k in written)} hour views, "
+          f"{sum('_day/' in k for k in written)} day views written")
     with function(functions, "views_serve.handler", env, "views-serve") as serve:
         for market, hour in busiest[:markets]:
             for kind, when in (("day", hour[:10]), ("hour", hour)):
                 answer = serve.invoke({"market": market, kind: when}).payload
                 run.answers.append(answer)
-                run.problems += _print_answer(answer, _speed_average(
-                    ddb, market, f"{kind}#{when}#"))
+                run.problems += _print_answer(answer, _speed_totals(
+                    ddb, market, when if kind == "day" else f"{when}#"))
     return run
 
 
@@ -147,7 +159,7 @@ def show_views(bootstrap: str, functions: Path) -> list[str]:
         return run_views(bootstrap, functions, moto).problems
 
 
-def _print_answer(answer: Any, speed: dict[str, str]) -> list[str]:
+def _print_answer(answer: Any, speed: dict[str, tuple[int, Decimal]]) -> list[str]:
     if not isinstance(answer, dict) or "outcomes" not in answer:
         return [f"views-serve answered {answer!r}"]
     print(f"  market {answer['market']} {answer['kind']} {answer['period']} "
@@ -160,9 +172,10 @@ def _print_answer(answer: Any, speed: dict[str, str]) -> list[str]:
     for row in answer["outcomes"]:
         print(f"    {row['outcome'] or row['token_id'][:12]:<8} average {row['average']:<16} "
               f"n={row['count']:<3} min {row['min']} max {row['max']} last {row['last']}")
-        if Decimal(row["average"]) != Decimal(speed.get(row["token_id"]) or "NaN"):
-            problems.append(f"market {answer['market']} {answer['period']}: batch average "
-                            f"{row['average']} but speed layer {speed.get(row['token_id'])}")
+        mine = (row["count"], Decimal(row["sum"]))
+        if mine != speed.get(row["token_id"]):
+            problems.append(f"market {answer['market']} {answer['period']}: batch n, sum "
+                            f"{mine} but speed layer {speed.get(row['token_id'])}")
     return problems
 
 

@@ -42,6 +42,16 @@ class KafkaRecord:
     headers: tuple[tuple[str, bytes], ...] = field(default=())
 
     @property
+    def group(self) -> str:
+        """``topic-partition``: the record's key in the event's ``records`` map."""
+        return f"{self.topic}-{self.partition}"
+
+    def item_identifier(self) -> dict[str, Any]:
+        """The record in a partial batch response: AWS's Kafka item identifier names the
+        partition by its ``records`` map key (``"<topic>-<partition>"``), not its number."""
+        return {"partition": self.group, "offset": self.offset}
+
+    @property
     def position(self) -> str:
         """``topic-partition-offset``: unique per record in a cluster."""
         return f"{self.topic}-{self.partition}-{self.offset}"

@@ -58,7 +58,9 @@ class ViewsConfig:
     price_topic: str = PRICE_TOPIC
     rss_topic: str = RSS_TOPIC
     lateness_hours: int = 6
-    dedupe_ttl_days: int = 14
+    dedupe_ttl_days: int = 14  # 0: seen items and claims never expire
+    speed_ttl_days: int = 7  # closed hours' speed aggregates expire this long after closing
+    sweep_hours: int = 48  # the close looks this far back for closed hours without a view
     partial_batch_response: bool = True
 
     @classmethod
@@ -77,9 +79,16 @@ class ViewsConfig:
             price_topic=env.get("VIEWS_PRICE_TOPIC") or PRICE_TOPIC,
             rss_topic=env.get("VIEWS_RSS_TOPIC") or RSS_TOPIC,
             lateness_hours=hours("VIEWS_LATENESS_HOURS", 6, 24 * 7),
-            dedupe_ttl_days=hours("VIEWS_DEDUPE_TTL_DAYS", 14, 365),
+            dedupe_ttl_days=hours("VIEWS_DEDUPE_TTL_DAYS", 14, 3650),
+            speed_ttl_days=hours("VIEWS_SPEED_TTL_DAYS", 7, 3650),
+            sweep_hours=hours("VIEWS_SWEEP_HOURS", 48, 24 * 366),
             partial_batch_response=_flag(env, "VIEWS_PARTIAL_BATCH_RESPONSE", True),
         )
+
+    def dedupe_expiry(self, now_s: float) -> int | None:
+        """When a seen item or claim made now may go: it must outlive the topics'
+        retention, or a replay from the start would count its record again."""
+        return None if self.dedupe_ttl_days == 0 else int(now_s) + self.dedupe_ttl_days * 86400
 
     def require(self, name: str) -> str:
         value = {"VIEWS_TABLE": self.table, "VIEWS_BUCKET": self.bucket}[name]
@@ -130,8 +139,17 @@ def parse_day(text: str) -> datetime:
 
 
 def period_closed(end: datetime, now: datetime, lateness_hours: int) -> bool:
-    """A period is closed once its end plus the allowed lateness has passed."""
+    """A period may close once its end plus the allowed lateness has passed."""
     return now >= end + timedelta(hours=lateness_hours)
+
+
+def hour_end(hour: str) -> datetime:
+    return parse_hour(hour) + timedelta(hours=1)
+
+
+def hours_of_day(day: str) -> list[str]:
+    start = parse_day(day)
+    return [hour_of(start + timedelta(hours=step)) for step in range(24)]
 
 
 # -- decoding ----------------------------------------------------------------------------
@@ -160,6 +178,7 @@ class FeedItem:
     guid: str
     hour: str
     order: tuple[int, int]
+    counted: bool = True  # False: an earlier record of the same item counts (a resend)
 
     @property
     def identity(self) -> str:
@@ -227,6 +246,58 @@ def decode_feed_item(record: KafkaRecord) -> FeedItem:
         hour=hour_of(parse_ts(value.get("fetched_at"))),
         order=(record.partition, record.offset),
     )
+
+
+# -- archive rows: one flat, typed JSON object per record ------------------------------------
+
+
+def price_row(point: PricePoint, record: KafkaRecord) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "timestamp_ms": record.timestamp_ms, "relay_id": record.identity,
+            "market_id": point.market_id, "token_id": point.token_id,
+            "outcome": point.outcome, "question": point.question,
+            "price": format(point.price, "f"), "ts": point.ts}
+
+
+def feed_row(item: FeedItem, record: KafkaRecord) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "timestamp_ms": record.timestamp_ms, "relay_id": record.identity,
+            "source": item.source, "guid": item.guid, "fetched_hour": item.hour,
+            "counted": item.counted}
+
+
+def _row_int(row: Mapping[str, Any], name: str) -> int:
+    value = row.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PoisonRecord(f"archive row field {name!r} is {value!r}, not an integer")
+    return value
+
+
+def point_from_row(row: Any) -> PricePoint:
+    if not isinstance(row, Mapping):
+        raise PoisonRecord("archive row is not an object")
+    try:
+        price = Decimal(str(row["price"]))
+    except (KeyError, InvalidOperation) as exc:
+        raise PoisonRecord(f"archive row price {row.get('price')!r} is not a number") from exc
+    moment = parse_ts(row.get("ts"))
+    return PricePoint(market_id=_text(row, "market_id"), token_id=_text(row, "token_id"),
+                      outcome=str(row.get("outcome") or ""),
+                      question=str(row.get("question") or ""), price=price, ts=iso(moment),
+                      hour=hour_of(moment), day=day_of(moment),
+                      order=(_row_int(row, "partition"), _row_int(row, "offset")))
+
+
+def item_from_row(row: Any) -> FeedItem:
+    if not isinstance(row, Mapping):
+        raise PoisonRecord("archive row is not an object")
+    counted = row.get("counted")
+    if not isinstance(counted, bool):
+        raise PoisonRecord(f"archive row 'counted' is {counted!r}, not true or false")
+    return FeedItem(source=_text(row, "source"), guid=_text(row, "guid"),
+                    hour=hour_of(parse_hour(_text(row, "fetched_hour"))),
+                    order=(_row_int(row, "partition"), _row_int(row, "offset")),
+                    counted=counted)
 
 
 def num(value: Decimal | None) -> str | None:
@@ -329,22 +400,28 @@ class PeriodViews:
             feeds[source] = feeds.get(source, 0) + count
         return PeriodViews(prices, feeds)
 
-    def to_json(self) -> dict[str, Any]:
-        markets: dict[str, dict[str, Any]] = {}
-        for (market, token), (info, agg) in sorted(self.prices.items()):
-            markets.setdefault(market, {})[token] = {
-                "outcome": info.outcome, "question": info.question, **agg.to_json()}
-        return {"markets": markets, "feeds": dict(sorted(self.feeds.items()))}
+    def price_rows(self, period: str) -> list[dict[str, Any]]:
+        """One row per period x market x token (what the batch views store)."""
+        return [{"period": period, "market_id": market, "token_id": token,
+                 "outcome": info.outcome, "question": info.question, **agg.to_json()}
+                for (market, token), (info, agg) in sorted(self.prices.items())]
+
+    def feed_rows(self, period: str) -> list[dict[str, Any]]:
+        return [{"period": period, "source": source, "count": count}
+                for source, count in sorted(self.feeds.items())]
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PeriodViews:
-        prices: PriceViews = {}
-        for market, tokens in (data.get("markets") or {}).items():
-            for token, entry in tokens.items():
-                info = TokenInfo(market, token, str(entry.get("outcome") or ""),
-                                 str(entry.get("question") or ""))
-                prices[(market, token)] = (info, Aggregate.from_json(entry))
-        return cls(prices, {k: int(v) for k, v in (data.get("feeds") or {}).items()})
+    def from_rows(cls, prices: Iterable[Mapping[str, Any]],
+                  feeds: Iterable[Mapping[str, Any]]) -> PeriodViews:
+        view = cls.empty()
+        for row in prices:
+            market, token = str(row["market_id"]), str(row["token_id"])
+            info = TokenInfo(market, token, str(row.get("outcome") or ""),
+                             str(row.get("question") or ""))
+            view.prices[(market, token)] = (info, Aggregate.from_json(row))
+        for row in feeds:
+            view.feeds[str(row["source"])] = int(row["count"])
+        return view
 
 
 @dataclass(frozen=True)
@@ -403,7 +480,8 @@ def compute_views(decoded: Decoded, *, period: str) -> dict[str, PeriodViews]:
             TokenInfo(point.market_id, point.token_id, point.outcome, point.question),
             Aggregate())
         view.prices[ident] = (info, agg.add(point))
-    for item in sorted(first_by_identity(decoded.feeds), key=lambda i: i.order):
+    counted = [item for item in decoded.feeds if item.counted]
+    for item in sorted(first_by_identity(counted), key=lambda i: i.order):
         key = item.hour if period == "hour" else item.hour[:10]
         view = views.setdefault(key, PeriodViews.empty())
         view.feeds[item.source] = view.feeds.get(item.source, 0) + 1

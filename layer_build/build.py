@@ -88,8 +88,14 @@ class BuildConfig:
             check_python_version(version)
 
 
+# The operator CLIs (kafka_relay.tools) run on a workstation; the runtime never imports them.
+_NOT_SHIPPED = frozenset({"tools"})
+
+
 def _is_package_file(path: PurePosixPath) -> bool:
-    """Sources that belong in the layer: modules and the typing marker, never tests or caches."""
+    """Runtime modules and the typing marker: never tests, caches or the operator tools."""
+    if path.parts and path.parts[0] in _NOT_SHIPPED:
+        return False
     if any(part in {"__pycache__", "tests"} or part.startswith(".") for part in path.parts):
         return False
     if path.name.startswith("test_") or path.name.endswith("_test.py"):

@@ -7,7 +7,11 @@ What it creates (idempotent like ``layer_build.deploy``: read first, change only
 differs; ``--dry-run`` only reads):
 
 * DynamoDB table ``<prefix>-views`` (on demand, ``pk``/``sk``, TTL on ``expires_at``);
-* S3 bucket ``<prefix>-views-<account>-<region>`` (archive, views, failures);
+  seen items live ``--dedupe-ttl-days``, refused when shorter than
+  ``--topic-retention-days`` plus a day;
+* S3 bucket ``<prefix>-views-<account>-<region>`` (archive, views, failures) with
+  lifecycle rules: ``failures/`` and the mappings' ``aws/lambda/`` batches expire after
+  ``--failures-days``, ``archive/`` after ``--archive-days`` when set;
 * four functions from ``dist/producer-functions.zip`` (no layer: they consume):
   ``views-speed`` (``views_speed.handler``), ``views-archive``
   (``views_batch.archive_handler``), ``views-close`` (``views_batch.close_handler``,
@@ -16,7 +20,9 @@ differs; ``--dry-run`` only reads):
 * a Kafka event source mapping per consumer and topic (a mapping reads one topic):
   self-managed (``--bootstrap``, SASL/SCRAM secret with ``--secret-arn``) or MSK
   (``--msk-cluster-arn``), consumer groups ``<prefix>-views-speed`` / ``-archive``, batch
-  100 and a 1 s window, the bucket as the on-failure destination; ``--pollers MIN:MAX``
+  100 and a 1 s window, the bucket as the on-failure destination (the consumers' roles
+  carry ``s3:PutObject`` and ``s3:ListBucket`` for it; with MSK in a VPC the cluster's
+  VPC needs an S3 gateway endpoint for Lambda to reach it); ``--pollers MIN:MAX``
   sets provisioned mode with ``ReportBatchItemFailures``, bisect on error and 10 retries.
 """
 
@@ -58,6 +64,10 @@ class ViewsOptions:
     retries: int = 10
     pollers: tuple[int, int] | None = None
     lateness_hours: int = 6
+    retention_days: int = 7  # the topics' retention.ms, in days (-1: kept forever)
+    dedupe_ttl_days: int = 14
+    archive_days: int = 0  # S3 lifecycle: archive/ objects expire (0: kept)
+    failures_days: int = 30  # S3 lifecycle: failures/ and aws/lambda/ objects expire
     mappings: bool = True
     dry_run: bool = False
 
@@ -97,6 +107,37 @@ def create_table(dynamodb: Any, name: str) -> None:
         "Enabled": True, "AttributeName": TTL_ATTRIBUTE})
 
 
+def check_retention(options: ViewsOptions) -> None:
+    """Seen items and claims must outlive the topics' retention: a replay from
+    TRIM_HORIZON would otherwise count expired identities again."""
+    if options.dedupe_ttl_days == 0:
+        return
+    if options.retention_days < 0:
+        raise DeployError("the topics keep records forever (--topic-retention-days -1): "
+                          "pass --dedupe-ttl-days 0 so seen items never expire")
+    if options.dedupe_ttl_days < options.retention_days + 1:
+        raise DeployError(
+            f"--dedupe-ttl-days {options.dedupe_ttl_days} is shorter than the topics' "
+            f"retention ({options.retention_days} days) plus a day: pass --dedupe-ttl-days "
+            f"{options.retention_days + 1} or more (0: never expire)")
+
+
+def lifecycle_rules(options: ViewsOptions) -> list[dict[str, Any]]:
+    """S3 lifecycle: quarantined records and on-failure batches go after
+    ``failures_days``; the archive after ``archive_days`` if set (views are kept)."""
+    rules = [{"ID": f"expire-{prefix.rstrip('/').replace('/', '-')}", "Status": "Enabled",
+              "Filter": {"Prefix": prefix}, "Expiration": {"Days": options.failures_days}}
+             for prefix in ("failures/", "aws/lambda/")]
+    if options.archive_days:
+        rules.append({"ID": "expire-archive", "Status": "Enabled",
+                      "Filter": {"Prefix": "archive/"},
+                      "Expiration": {"Days": options.archive_days}})
+    rules.append({"ID": "abort-incomplete-uploads", "Status": "Enabled",
+                  "Filter": {"Prefix": ""},
+                  "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}})
+    return rules
+
+
 def role_policy(fn: ViewsFunction, *, table_arn: str, bucket: str, account: Account,
                 options: ViewsOptions) -> dict[str, Any]:
     """Least privilege per function: only the actions and keys it uses."""
@@ -115,18 +156,26 @@ def role_policy(fn: ViewsFunction, *, table_arn: str, bucket: str, account: Acco
         statements.append(statement)
 
     if fn.short == "speed":
-        # TransactWriteItems is authorised per contained action.
+        # TransactWriteItems is authorised per contained action; UpdateItem also marks
+        # hours dirty and records progress.
         allow("Aggregates", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                              "dynamodb:ConditionCheckItem"], table_arn)
     if fn.consumes:
-        allow("Failures", ["s3:PutObject"], f"{s3}/failures/*")
+        allow("Poison", ["s3:PutObject"], f"{s3}/failures/*")
+        # The mapping's on-failure destination writes with this role: Lambda needs
+        # PutObject and ListBucket on the bucket (its objects go under aws/lambda/).
+        allow("OnFailureDestination", ["s3:PutObject"], f"{s3}/aws/lambda/*")
+        allow("OnFailureDestinationList", ["s3:ListBucket"], s3)
     if fn.short == "archive":
         allow("Archive", ["s3:PutObject"], f"{s3}/archive/*")
+        allow("DirtyProgressClaims", ["dynamodb:GetItem", "dynamodb:PutItem",
+                                      "dynamodb:UpdateItem"], table_arn)
     if fn.short == "close":
         allow("ReadArchiveAndViews", ["s3:GetObject"], [f"{s3}/archive/*", f"{s3}/views/*"])
         allow("List", ["s3:ListBucket"], s3,
               {"StringLike": {"s3:prefix": ["archive/*", "views/*"]}})
-        allow("WriteViews", ["s3:PutObject"], f"{s3}/views/*")
+        allow("WriteViews", ["s3:PutObject"], [f"{s3}/views/*", f"{s3}/failures/*"])
+        allow("DirtyAndSpeed", ["dynamodb:Query", "dynamodb:DeleteItem"], table_arn)
     if fn.short == "serve":
         allow("SpeedLayer", ["dynamodb:Query"], table_arn)
         allow("BatchViews", ["s3:GetObject"], f"{s3}/views/*")
@@ -175,6 +224,20 @@ def mapping_request(o: ViewsOptions, fn: ViewsFunction, topic: str, bucket: str,
     return request
 
 
+UPDATABLE = ("BatchSize", "MaximumBatchingWindowInSeconds", "FunctionResponseTypes",
+             "MaximumRetryAttempts", "BisectBatchOnFunctionError", "DestinationConfig",
+             "ProvisionedPollerConfig")
+
+
+def mapping_update(request: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """What UpdateEventSourceMapping must change so an existing mapping matches ``request``
+    (its error handling included); empty when it already does."""
+    wanted = {key: request[key] for key in UPDATABLE if key in request}
+    wanted.setdefault("FunctionResponseTypes", [])
+    return {key: value for key, value in wanted.items()
+            if current.get(key, [] if key == "FunctionResponseTypes" else None) != value}
+
+
 @dataclass
 class ViewsResult:
     table: str = ""
@@ -192,6 +255,7 @@ class ViewsDeployer:
         if not options.bootstrap and not options.msk_cluster_arn:
             raise DeployError("no Kafka source: pass --bootstrap host:port[,...] "
                                   "(self-managed) or --msk-cluster-arn ARN")
+        check_retention(options)
         if not options.function_zip.is_file():
             raise DeployError(f"{options.function_zip} is missing: run ./build.sh build")
         self.options = options
@@ -214,6 +278,7 @@ class ViewsDeployer:
         account = Account(str(ident["Account"]), str(ident["Arn"]).split(":")[1], self.region)
         table_arn = self._table(account)
         bucket = self._bucket(account)
+        self._lifecycle(bucket)
         for fn in FUNCTIONS:
             role = self._role(fn, account, table_arn, bucket)
             arn = self._function(fn, role, account, bucket)
@@ -260,6 +325,23 @@ class ViewsDeployer:
         self._record("bucket", name, "create")
         return name
 
+    def _lifecycle(self, bucket: str) -> None:
+        s3, wanted = self.clients["s3"], lifecycle_rules(self.options)
+        try:
+            current = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules")
+        except ClientError as exc:
+            if _error_code(exc) not in ("NoSuchLifecycleConfiguration", "NoSuchBucket",
+                                        "404"):
+                raise
+            current = None
+        same = current is not None and sorted(current, key=lambda r: r["ID"]) == sorted(
+            wanted, key=lambda r: r["ID"])
+        if not same and not self.options.dry_run:
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=bucket, LifecycleConfiguration={"Rules": wanted})
+        self._record("lifecycle", bucket, None if same else "update" if current else "create",
+                     ", ".join(r["ID"] for r in wanted))
+
     def _role(self, fn: ViewsFunction, account: Account, table_arn: str, bucket: str) -> str:
         iam = self.clients["iam"]
         name = f"{self.options.prefix}-views-{fn.short}"
@@ -297,6 +379,7 @@ class ViewsDeployer:
         name = f"{self.options.prefix}-views-{fn.short}"
         env = {"VIEWS_TABLE": self.result.table, "VIEWS_BUCKET": bucket,
                "VIEWS_LATENESS_HOURS": str(self.options.lateness_hours),
+               "VIEWS_DEDUPE_TTL_DAYS": str(self.options.dedupe_ttl_days),
                # Without provisioned mode the mapping ignores partial batch responses: the
                # consumer then fails the whole batch instead (reprocessing is idempotent).
                "VIEWS_PARTIAL_BATCH_RESPONSE": "true" if self.options.pollers else "false"}
@@ -337,12 +420,10 @@ class ViewsDeployer:
             if m.get("Topics") == [topic]]
         if existing:
             uuid = str(existing[0]["UUID"])
-            wanted = {"BatchSize": request["BatchSize"],
-                      "MaximumBatchingWindowInSeconds": request["MaximumBatchingWindowInSeconds"],
-                      "FunctionResponseTypes": request.get("FunctionResponseTypes", [])}
-            changed = any(existing[0].get(k) != v for k, v in wanted.items())
+            changes = mapping_update(request, existing[0])
+            changed = bool(changes)
             if changed and not self.options.dry_run:
-                lam.update_event_source_mapping(UUID=uuid, **wanted)
+                lam.update_event_source_mapping(UUID=uuid, **changes)
             self.result.mappings[name] = uuid
             self._record("mapping", name, "update" if changed else None)
             return
@@ -391,6 +472,15 @@ def parse_args(argv: Sequence[str] | None) -> ViewsOptions:
                         default=REPO_ROOT / "dist" / "producer-functions.zip")
     parser.add_argument("--pollers", help="provisioned mode MIN:MAX pollers, e.g. 1:4")
     parser.add_argument("--lateness-hours", type=int, default=6)
+    parser.add_argument("--topic-retention-days", type=int, default=7,
+                        help="the topics' retention in days (-1: forever); seen items must "
+                             "outlive it")
+    parser.add_argument("--dedupe-ttl-days", type=int, default=14,
+                        help="how long seen items and claims live (0: forever)")
+    parser.add_argument("--archive-days", type=int, default=0,
+                        help="expire archive/ objects after this many days (0: keep)")
+    parser.add_argument("--failures-days", type=int, default=30,
+                        help="expire failures/ and on-failure batches after this many days")
     parser.add_argument("--no-mappings", action="store_true",
                         help="create the consumers without their Kafka triggers")
     parser.add_argument("--dry-run", action="store_true")
@@ -403,7 +493,10 @@ def parse_args(argv: Sequence[str] | None) -> ViewsOptions:
         bootstrap=tuple(b for b in args.bootstrap.split(",") if b),
         msk_cluster_arn=args.msk_cluster_arn, secret_arn=args.secret_arn, prefix=args.prefix,
         region=args.region, runtime=args.runtime, function_zip=args.function_zip,
-        pollers=pollers, lateness_hours=args.lateness_hours, mappings=not args.no_mappings,
+        pollers=pollers, lateness_hours=args.lateness_hours,
+        retention_days=args.topic_retention_days, dedupe_ttl_days=args.dedupe_ttl_days,
+        archive_days=args.archive_days, failures_days=args.failures_days,
+        mappings=not args.no_mappings,
         dry_run=args.dry_run)
 
 

@@ -77,6 +77,6 @@ def parse_env_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         raise EnvFileError(
             f"env file {path} not found: create it with the functions' settings "
-            "(KAFKA_BOOTSTRAP_SERVERS=..., see README) or pass --env-file"
+            "(KAFKA_BOOTSTRAP_SERVERS=..., see .env.example) or pass --env-file"
         ) from None
     return parse_env_text(text, source=str(path))

@@ -6,8 +6,8 @@
 One layer per architecture (``<prefix>-x86_64``, ``<prefix>-arm64``), with its
 compatible runtimes, architecture and licence set. A new version is
 published only when the newest one is not this build (its sha256 is in the
-description). Prints each layer version ARN and the variables to set on the
-functions that attach it.
+description). Prints each layer version ARN and, per KAFKA_AUTH mode, the complete
+environment of a function that attaches it (``function_env``).
 """
 
 from __future__ import annotations
@@ -31,25 +31,10 @@ from layer_build.deploy import (
     report_errors,
     say,
 )
+from layer_build.function_env import environment_lines
 from layer_build.manifest import Manifest
-from layer_build.plan import (
-    DEFAULT_PREFIX,
-    SECRET_ARN_VAR,
-    SPILL_BUCKET_VAR,
-    checked_zip,
-    layer_name,
-)
+from layer_build.plan import DEFAULT_PREFIX, checked_zip, layer_name
 from layer_build.targets import ARCHES
-
-#: What a function needs to use the layer (printed after publishing; see README).
-FUNCTION_VARIABLES = (
-    ("KAFKA_BOOTSTRAP_SERVERS", "host:port[,host:port] of your cluster (required)"),
-    ("KAFKA_TOPIC", "the default topic of client.send() (optional)"),
-    ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL for Confluent Cloud or MSK IAM (optional)"),
-    ("KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-512 or OAUTHBEARER (optional)"),
-    (SECRET_ARN_VAR, "Secrets Manager secret with the SASL credentials (optional)"),
-    (SPILL_BUCKET_VAR, "S3 bucket for records Kafka never took (optional)"),
-)
 
 
 @dataclass(frozen=True)
@@ -98,10 +83,10 @@ def publish(options: PublishOptions, *, session: Any = None, log: Log = say) -> 
         log(f"{arch:<7} {arn}")
         log(f"        for functions with Architectures=[{arch}] on {runtimes}")
     log("")
-    log("set on each function that attaches it:")
-    for name, meaning in FUNCTION_VARIABLES:
-        log(f"  {name:<26} {meaning}")
-    log("templates: iac/sam/template.yaml, iac/terraform/main.tf (README: Use it in your account)")
+    for line in environment_lines():
+        log(line)
+    log("templates with an Auth choice: iac/sam/template.yaml, iac/cloudformation/template.yaml, "
+        "iac/terraform/main.tf (docs: iac.md)")
     return result
 
 

@@ -10,11 +10,13 @@ from typing import Any
 
 from devtools.kafka_broker import free_port
 from kafka_relay.app import Parts, assemble
+from kafka_relay.aws_lambda import registration_events
 from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, load_config
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent, parse_event
-from kafka_relay.logs import events_named
+from kafka_relay.lifecycle.loop import EventLoop
 from kafka_relay.observability.log import JsonLogger
+from kafka_relay.tools.table import events_named
 
 TOKEN = "test-session-token"
 
@@ -23,7 +25,7 @@ class LoopDriver:
     """Drives the real event loop with Extensions API events, as raw dicts or typed."""
 
     def __init__(self, parts: Parts) -> None:
-        self.loop = parts.event_loop()
+        self.loop = EventLoop(parts.mode.listener, parts.config, parts.logger)
 
     def invoke(self, event: dict[str, Any] | InvokeEvent) -> None:
         if isinstance(event, dict):
@@ -70,12 +72,12 @@ def running_relay(
     }
     config = load_config(env, **overrides)
     log = io.StringIO()
-    parts = assemble(config, JsonLogger(stream=log, level="DEBUG"))
+    parts = assemble(config, JsonLogger(stream=log, level="DEBUG"), registration_events(env))
     harness = Harness(parts, log)
     try:
         yield harness
     finally:
         harness.client.close()
         if parts.server is not None:
-            parts.relay.stop()
+            parts.engine.stop()
             parts.server.stop()

@@ -84,11 +84,14 @@ to 127.0.0.1 here, as inside Lambda), ``127.0.0.1`` or ``localhost``.
 Modes (``Sandbox(..., mode=...)``, see ``modes.py`` and ``concurrent.py``):
 
 - ``"managed-instances"`` (``max_concurrency=N``, ``runtime_processes=K``, K <= N,
-  default K = N): ``AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances`` and
-  ``AWS_LAMBDA_MAX_CONCURRENCY=N`` everywhere (the runtime gets K: awslambdaric
-  forks one worker per its value). Registering for INVOKE is refused (403
+  default K = N): ``AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances``
+  everywhere and ``AWS_LAMBDA_MAX_CONCURRENCY`` for the runtime only, as in Lambda (K:
+  awslambdaric forks one worker per its value). Registering for INVOKE is refused (403
   ``Extension.InvalidEventType``, message ``INVOKE: ErrorInvalidEventType``);
-  Telemetry subscriptions need ``schemaVersion`` ``2025-01-29`` (else 400). Init ends
+  Telemetry subscriptions need ``schemaVersion`` ``2025-01-29`` (else 400); per
+  request Telemetry sends ``platform.start`` and ``platform.report`` (status
+  success/error/failure/timeout), never an invoke ``platform.runtimeDone``, as AWS's
+  Managed Instances platform does (``docs/lambda-behaviour.md``). Init ends
   when the extensions and one runtime worker called ``/next``. No freeze.
   ``sb.invoke_many(events, concurrency=C)`` dispatches up to min(C, N) at once and
   returns results in order; ``invoke()`` is one of them. A timed-out invocation is
@@ -106,6 +109,8 @@ Modes (``Sandbox(..., mode=...)``, see ``modes.py`` and ``concurrent.py``):
   leaves it running until the first invoke. No ``AWS_ACCESS_KEY_ID``/``..._SECRET_...``/
   ``AWS_SESSION_TOKEN``: ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` +
   ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` name a credentials endpoint instead.
+  ``hide_init_type=True`` hides ``AWS_LAMBDA_INITIALIZATION_TYPE`` from extensions
+  (the runtime still sees it): an extension must tell SnapStart some other way.
   Processes are not checkpointed: no memory is copied, the clock does not jump
   (the pause is real), and sockets die only if the caller cuts them (e.g. with a
   ``FaultProxy`` between snapshot and restore).

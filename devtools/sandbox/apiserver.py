@@ -190,7 +190,8 @@ class LambdaApiServer:
         }
         if error is not None:
             record["errorType"] = invocation.error_type
-        env.hub.emit("platform", "platform.runtimeDone", record)
+        if not env.managed_instances:  # Managed Instances send platform.report only
+            env.hub.emit("platform", "platform.runtimeDone", record)
         return ACCEPTED
 
     def _runtime_response(self, env: EnvState, request: Request) -> Response:

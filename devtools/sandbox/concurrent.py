@@ -1,5 +1,11 @@
 """Lambda Managed Instances: many invocations at once in one environment.
 
+Telemetry per request is what AWS's Managed Instances platform sends (its open-source
+emulator, internal/lambda-managed-instances: ``SendInvokeStart``/``SendReport``):
+``platform.start`` when it is handed out and ``platform.report`` (requestId, status
+success|error|failure|timeout, metrics.durationMs, errorType) when it is over; never an
+invoke ``platform.runtimeDone``.
+
 The runtime (awslambdaric, which forks one worker per its
 ``AWS_LAMBDA_MAX_CONCURRENCY``) polls ``/runtime/invocation/next`` from every
 worker; up to ``concurrency`` invocations are handed out at once, the rest wait
@@ -123,10 +129,6 @@ def _report(sb: Sandbox, live: _Live, inv: Invocation, *, failure: str | None = 
                                                            "the execution environment ended"}
             extra = ["Status: error", f"Error Type: {failure}"]
         payload = json.dumps(error).encode()
-        live.hub.emit("platform", "platform.runtimeDone", {
-            "requestId": request_id, "status": "timeout" if failure is None else "failure",
-            "errorType": error["errorType"], "tracing": tracing(inv),
-            "metrics": {"durationMs": round(duration_ms, 3), "producedBytes": 0}})
     max_memory_mb = live.procs.max_memory_mb() if reset is None else 0
     init_ms = live.init_ms if live.report_init else None
     live.report_init = False
@@ -136,13 +138,15 @@ def _report(sb: Sandbox, live: _Live, inv: Invocation, *, failure: str | None = 
         fields.append(f"Init Duration: {init_ms:.2f} ms")
     sb._log(f"END RequestId: {request_id}")
     sb._log(f"REPORT RequestId: {request_id}\t" + "\t".join(fields + extra))
-    live.hub.emit("platform", "platform.report", {
+    report: dict[str, Any] = {
         "requestId": request_id,
-        "status": {"success": "success", "error": "success" if failure is None else "failure",
+        "status": {"success": "success", "error": "error" if failure is None else "failure",
                    "timeout": "timeout"}[status],
-        "metrics": {"durationMs": round(duration_ms, 3), "billedDurationMs": billed_ms,
-                    "memorySizeMB": sb.memory_mb, "maxMemoryUsedMB": max_memory_mb},
-        "tracing": tracing(inv)})
+        "metrics": {"durationMs": round(duration_ms, 3)},
+        "tracing": tracing(inv)}
+    if error is not None:
+        report["errorType"] = error["errorType"]
+    live.hub.emit("platform", "platform.report", report)
     return sandbox_module.InvokeResult(
         request_id=request_id, status=status, payload=sandbox_module._parse(payload),
         raw_payload=payload, error=error, caller_ms=duration_ms,

@@ -31,8 +31,10 @@ from devtools.sandbox.cgroup import CpuTimes, EnvironmentCgroup, proc_cpu_ms
 from devtools.sandbox.errors import SandboxError
 from devtools.sandbox.logstream import OutputPump
 
-#: Variables Lambda hides from extensions (they belong to the runtime and the function).
-REDACTED_FOR_EXTENSIONS = ("_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR")
+#: Variables Lambda hides from extensions (they belong to the runtime and the function):
+#: AWS documents AWS_EXECUTION_ENV and AWS_LAMBDA_MAX_CONCURRENCY as the runtime's too.
+REDACTED_FOR_EXTENSIONS = ("_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+                           "AWS_EXECUTION_ENV", "AWS_LAMBDA_MAX_CONCURRENCY")
 _RUNTIME_PATHS_SCRIPT = Path(__file__).with_name("runtime_paths.py")
 
 

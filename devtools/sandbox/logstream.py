@@ -3,7 +3,7 @@
 Like CloudWatch, the stream holds each process's output line by line
 (stdout and stderr merged) and the platform's own lines (START, END, REPORT,
 ...). The file has one message per line, no added timestamps, so the
-``kafka_relay.logs --file`` summariser reads it as it reads CloudWatch.
+``kafka_relay.tools.logs --file`` summariser reads it as it reads CloudWatch.
 """
 
 from __future__ import annotations

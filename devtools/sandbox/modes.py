@@ -46,17 +46,22 @@ class ModeConfig:
     mode: str = "on-demand"
     max_concurrency: int = 1
     runtime_processes: int = 1
+    # SnapStart: extensions do not see AWS_LAMBDA_INITIALIZATION_TYPE (whether Lambda shows
+    # it to an extension process is not documented); they must tell the mode otherwise.
+    hide_init_type: bool = False
 
     @classmethod
     def create(cls, mode: str, *, max_concurrency: int | None,
-               runtime_processes: int | None) -> ModeConfig:
+               runtime_processes: int | None, hide_init_type: bool = False) -> ModeConfig:
         if mode not in INIT_TYPES:
             raise SandboxError(f"mode must be one of {sorted(INIT_TYPES)}, got {mode!r}")
+        if hide_init_type and mode != "snap-start":
+            raise SandboxError("hide_init_type applies to mode='snap-start' only")
         if mode != "managed-instances":
             if max_concurrency not in (None, 1) or runtime_processes not in (None, 1):
                 raise SandboxError("max_concurrency and runtime_processes apply to "
                                    "mode='managed-instances' only")
-            return cls(mode)
+            return cls(mode, hide_init_type=hide_init_type)
         concurrency = 2 if max_concurrency is None else max_concurrency
         processes = concurrency if runtime_processes is None else runtime_processes
         if not 1 <= processes <= concurrency:
@@ -86,6 +91,12 @@ class ModeConfig:
         if self.managed_instances:
             env["AWS_LAMBDA_MAX_CONCURRENCY"] = str(self.max_concurrency)
         return env
+
+    def extension_environment(self, env: dict[str, str]) -> dict[str, str]:
+        """The extensions' variables: without the initialization type when it is hidden."""
+        if not self.hide_init_type:
+            return env
+        return {k: v for k, v in env.items() if k != "AWS_LAMBDA_INITIALIZATION_TYPE"}
 
     def runtime_environment(self, env: dict[str, str]) -> dict[str, str]:
         """The runtime's variables: awslambdaric forks one worker per

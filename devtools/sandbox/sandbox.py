@@ -131,6 +131,7 @@ class Sandbox:
         mode: str = "on-demand",
         max_concurrency: int | None = None,
         runtime_processes: int | None = None,
+        hide_init_type: bool = False,
     ) -> None:
         self._layers = [Path(p) for p in layers]
         self._function = Path(function)
@@ -143,7 +144,8 @@ class Sandbox:
         if timeout_s <= 0 or init_timeout_s <= 0 or shutdown_budget_ms < 0:
             raise SandboxError("timeout_s and init_timeout_s must be > 0, shutdown_budget_ms >= 0")
         self.mode = ModeConfig.create(mode, max_concurrency=max_concurrency,
-                                      runtime_processes=runtime_processes)
+                                      runtime_processes=runtime_processes,
+                                      hide_init_type=hide_init_type)
         self.handler = handler
         self.function_name = function_name
         self.memory_mb = 256 if memory_mb is None else memory_mb
@@ -394,7 +396,8 @@ class Sandbox:
             "functionVersion": "$LATEST", "instanceMaxMemory": self.memory_mb})
         deadline = started + self.init_timeout_s
         try:
-            self._start_extensions(live, layout, extension_environment(runtime_env, layout))
+            self._start_extensions(live, layout, self.mode.extension_environment(
+                extension_environment(runtime_env, layout)))
             self._await_init(live, deadline, runtime_started=False)
             live.procs.spawn("runtime", "runtime",
                              [layout.python, *layout.python_flags, "-m", "awslambdaric",

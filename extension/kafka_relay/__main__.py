@@ -1,8 +1,9 @@
 """Entry point: ``python -m kafka_relay --name kafka-relay`` (run by the layer's launcher).
 
 Lambda measures init from process start, so the extension registers first, over a bare
-socket, with nothing but ``os``, ``sys``, ``time`` and ``socket`` loaded; configuration,
-secrets, the producer and the rest are imported and read only afterwards.
+socket, with nothing but ``os``, ``sys``, ``time``, ``_socket`` and ``aws_lambda`` (Lambda's
+names, itself importing nothing) loaded; configuration, secrets, the producer and the rest
+are imported and read only afterwards.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ _DEFAULT_NAME = "kafka-relay"  # config.EXTENSION_NAME, not imported before regi
 
 def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
     name = _name(argv)
+    from kafka_relay.aws_lambda import RUNTIME_API  # noqa: PLC0415
     from kafka_relay.lifecycle.register import (  # noqa: PLC0415
         RegisterFailed,
         register_for_mode,
     )
 
-    runtime_api = env.get("AWS_LAMBDA_RUNTIME_API", "")
+    runtime_api = env.get(RUNTIME_API, "")
     try:
         # SHUTDOWN only on Lambda Managed Instances (INVOKE is refused there).
-        registration = register_for_mode(runtime_api, name,
-                                         env.get("AWS_LAMBDA_INITIALIZATION_TYPE"))
+        registration = register_for_mode(runtime_api, name, env)
     except RegisterFailed as exc:
         from kafka_relay.observability.log import JsonLogger  # noqa: PLC0415
         JsonLogger(stream=stream).error("init.register_failed", error=str(exc))
@@ -46,7 +47,7 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
     from kafka_relay.observability.log import JsonLogger  # noqa: PLC0415
 
     api = ExtensionsApi(runtime_api, name=name)
-    api.identifier, api.events = registration.identifier, registration.events
+    api.identifier = registration.identifier
     logger = JsonLogger(stream=stream)
     try:
         config = load_config(env)
@@ -58,17 +59,17 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
                            hint="INVOKE was refused (Lambda Managed Instances?): running with "
                                 "SHUTDOWN only, delivering in the background")
         from kafka_relay.producer.runtime_check import require_confluent_kafka  # noqa: PLC0415
-        require_confluent_kafka(env)  # a layer for another runtime: ConfigError, no traceback
+        require_confluent_kafka()  # a layer for another runtime: ConfigError, no traceback
         from kafka_relay.app import assemble  # noqa: PLC0415 - heavy imports after register
 
-        parts = assemble(config, logger, api=api)
+        parts = assemble(config, logger, registration.events, api=api)
     except RelayError as exc:
         logger.error("init.error", error_type=exc.lambda_error_type, error=str(exc))
         api.init_error(exc.lambda_error_type, str(exc))
         return 1
 
     try:
-        return (parts.background_loop(api) or parts.event_loop(api)).run()
+        return parts.mode.loop(api).run()
     except Exception as exc:  # last resort: run() reports its own failures
         logger.error("runtime.error", error=repr(exc))
         api.exit_error("Extension.RuntimeError", f"kafka-relay stopped unexpectedly: {exc!r}")

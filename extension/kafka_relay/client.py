@@ -24,7 +24,7 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
   ``RelayBusy``. 503 (shutting down): ``RelayShuttingDown``. 401: the token is wrong.
 - Thread-safe: one client (and the process-wide default) may be shared by threads. Each
   request takes a kept-alive connection from a small pool, so threads never interleave on a
-  connection and do not queue behind each other (see the README for the measurement).
+  connection and do not queue behind each other (docs/handler.md has the measurement).
   The invocation context (request id, remaining time) is per client, not per thread.
 - ``KAFKA_RELAY_FALLBACK=direct``: batches the extension did not take because none answers
   are produced in-process by ``kafka_relay.direct`` (loaded only then: it needs

@@ -16,8 +16,18 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from kafka_relay import aws_lambda
 from kafka_relay.errors import ConfigError
-from kafka_relay.protocol import DEFAULT_PORT, handoff_token
+from kafka_relay.protocol import (
+    CONTAINER_TOKEN_ENV,
+    DEFAULT_PORT,
+    FALLBACK_DIRECT,
+    FALLBACK_ENV,
+    PORT_ENV,
+    SESSION_TOKEN_ENV,
+    TOKEN_ENV,
+    handoff_token,
+)
 
 EXTENSION_NAME = "kafka-relay"
 PRODUCER_PREFIX = "KAFKA_PRODUCER_"
@@ -28,9 +38,19 @@ _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 #: KAFKA_AUTH: how the producer authenticates (unset: derived from the other variables).
 AUTH_MODES = ("msk-iam", "scram", "plain", "none")
 MSK_IAM = "msk-iam"
+#: MSK's listener ports (inside AWS, over public access) by how the client authenticates.
+MSK_PORTS = {MSK_IAM: (9098, 9198), "scram": (9096, 9196)}
+
+
+def msk_listener(kind: str) -> str:
+    """``port 9098 inside AWS, 9198 over public access`` for MSK_PORTS[kind]."""
+    private, public = MSK_PORTS[kind]
+    return f"port {private} inside AWS, {public} over public access"
+
+
 # Where botocore's credential chain finds the role's credentials when the environment
 # has no keys (SnapStart, containers): the container credentials endpoint.
-_CONTAINER_CREDENTIALS = ("AWS_CONTAINER_CREDENTIALS_FULL_URI",
+_CONTAINER_CREDENTIALS = (aws_lambda.CONTAINER_CREDENTIALS_FULL_URI,
                           "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # A variable whose name holds one of these never has its value echoed in an error.
@@ -38,6 +58,167 @@ _SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "TOKEN", "CREDENTIAL", "PEM", "JAA
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _MAX_FLUSH_INTERVAL_MS = 86_400_000
+
+# Lambda's SHUTDOWN phase lasts 2,000 ms once an external extension is registered: the runtime
+# gets the first 300 ms of it (500 ms when it runs an internal extension) and external
+# extensions the rest. An extension cannot see whether an internal one exists, so it plans for
+# the smaller share.
+SHUTDOWN_PHASE_MS = 2_000
+RUNTIME_SHUTDOWN_SHARE_MS = 500
+EXTENSION_SHUTDOWN_MS = SHUTDOWN_PHASE_MS - RUNTIME_SHUTDOWN_SHARE_MS
+
+
+# -- the variables ---------------------------------------------------------------------
+# One table: load_config reads each variable through its entry (name, aliases, default,
+# bounds), and the documentation's configuration reference is rendered from it, so the two
+# cannot drift apart.
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: how it is read and what the reference says about it."""
+
+    name: str
+    default: int | bool | str | None  # None: unset (required or optional, see ``doc``)
+    kind: str  # what a value is
+    doc: str
+    aliases: tuple[str, ...] = ()
+    reader: str = "extension"  # extension | client | extension, client | launcher
+    minimum: int = 0  # integers only
+    maximum: int = 0
+    shown_default: str | None = None  # when the default is computed, not a constant
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    def covers(self, name: str) -> bool:
+        """``name`` is this variable, an alias, or one of a family (``KAFKA_PRODUCER_<X>``)."""
+        stem, family, _ = self.name.partition("<")
+        return name in self.names or (bool(family) and name.startswith(stem))
+
+    def default_text(self) -> str:
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.default is None:
+            return "unset"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+BOOTSTRAP = Variable(
+    "KAFKA_BOOTSTRAP_SERVERS", None, "host:port[,host:port...]",
+    "The brokers (required). MSK: 9098 (IAM), 9096 (SCRAM), 9094 (TLS) inside AWS; 9198, "
+    "9196, 9194 over public access. Confluent Cloud: 9092.",
+    aliases=("KAFKA_ENDPOINT",), shown_default="required")
+AUTH = Variable(
+    "KAFKA_AUTH", None, " | ".join(AUTH_MODES),
+    "How the producer authenticates; each mode refuses the variables that do not go with "
+    "it. Unset: plain with an API key or a secret, else none.", shown_default="derived")
+API_KEY = Variable("KAFKA_API_KEY", None, "text",
+                   "SASL username (Confluent Cloud API key, or a SCRAM user); with "
+                   "KAFKA_API_SECRET.")
+API_SECRET = Variable("KAFKA_API_SECRET", None, "text",
+                      "SASL password; never echoed in a message.")
+SECRET_ARN = Variable(
+    "KAFKA_SECRET_ARN", None, "Secrets Manager ARN",
+    'A secret {"api_key", "api_secret"} or MSK\'s {"username", "password"}, read once at '
+    "init (the role needs secretsmanager:GetSecretValue, and kms:Decrypt on a customer key).")
+SECURITY_PROTOCOL = Variable(
+    "KAFKA_SECURITY_PROTOCOL", None, " | ".join(_SECURITY_PROTOCOLS),
+    "Set by KAFKA_AUTH; give it only to choose SSL (none) or SASL_PLAINTEXT (plain, scram).",
+    shown_default="derived")
+SASL_MECHANISM = Variable(
+    "KAFKA_SASL_MECHANISM", None, " | ".join(_SASL_MECHANISMS),
+    "Set by KAFKA_AUTH (scram: SCRAM-SHA-512 unless SCRAM-SHA-256 is given); OAUTHBEARER "
+    "only with KAFKA_AUTH=msk-iam.", shown_default="derived")
+TOPIC = Variable("KAFKA_TOPIC", None, "topic name",
+                 "The default topic of client.send() (a record without a topic).")
+DLQ_TOPIC = Variable("KAFKA_DLQ_TOPIC", None, "topic name",
+                     "Where records Kafka refused for good go.", aliases=("DLQ_TOPIC",),
+                     shown_default="dlq.<topic>")
+PRODUCER_PROPERTY = Variable(
+    f"{PRODUCER_PREFIX}<PROPERTY>", None, "librdkafka property value",
+    "Any librdkafka producer property, '_' for '.', e.g. KAFKA_PRODUCER_LINGER_MS=5; wins "
+    "over the defaults.", shown_default="acks=all, idempotence, zstd, linger.ms=5")
+FLUSH = Variable(
+    "KAFKA_RELAY_FLUSH", "auto", "auto | end | periodic:<ms> | shutdown",
+    "Whether the extension waits for acknowledgements before the environment freezes.")
+MAX_LATENCY_MS = Variable(
+    "KAFKA_RELAY_MAX_LATENCY_MS", 5_000, "milliseconds",
+    "auto: no record waits longer than this (plus one freeze) because a flush was deferred.",
+    minimum=100, maximum=900_000)
+FLUSH_BUDGET_MS = Variable(
+    "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, "milliseconds",
+    "Cap on a flush before /next (also capped by the invocation's deadline; a flush that "
+    "settles nothing for 3 s stops early).", minimum=1, maximum=900_000)
+MAX_BUFFER_RECORDS = Variable(
+    "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, "records",
+    "Back-pressure: past it /v1/records answers 429. Derived from the function's memory "
+    "and what SHUTDOWN can spill; an explicit value wins.", minimum=1,
+    maximum=10_000_000, shown_default="derived")
+MAX_BUFFER_BYTES = Variable(
+    "KAFKA_RELAY_MAX_BUFFER_BYTES", 0, "bytes",
+    "The same limit in record bytes.", minimum=1, maximum=10 * 1024**3,
+    shown_default="derived")
+MAX_BODY_BYTES = Variable("KAFKA_RELAY_MAX_BODY_BYTES", 16 * 1024 * 1024, "bytes",
+                          "Request body limit of /v1/records (413 past it).", minimum=1,
+                          maximum=256 * 1024**2)
+MAX_ATTEMPTS = Variable("KAFKA_RELAY_MAX_ATTEMPTS", 3, "count",
+                        "Produce cycles with a transient error before the DLQ.", minimum=1,
+                        maximum=100)
+RETRY_BACKOFF_MS = Variable("KAFKA_RELAY_RETRY_BACKOFF_MS", 500, "milliseconds",
+                            "First retry backoff (doubles, capped at 30 s).",
+                            maximum=600_000)
+SPILL_BUCKET = Variable("KAFKA_RELAY_SPILL_BUCKET", None, "S3 bucket name",
+                        "Where records not sent by SHUTDOWN go (the role needs "
+                        "s3:PutObject); unset: log lines.")
+SPOOL_DIR = Variable("KAFKA_RELAY_SPOOL_DIR", None, "directory",
+                     "The local spool the next invocation re-sends.",
+                     shown_default="$TMPDIR/kafka-relay-spool (/tmp/...)")
+JOURNAL = Variable("KAFKA_RELAY_JOURNAL", False, "true | false",
+                   "Journal every accepted batch to /tmp before the 202, so records survive "
+                   "the extension process dying (~20-25 % of the handoff's CPU).")
+JOURNAL_DIR = Variable("KAFKA_RELAY_JOURNAL_DIR", None, "directory",
+                       "Where the journal goes (one extension per directory).",
+                       shown_default="$TMPDIR/kafka-relay-journal (/tmp/...)")
+PORT = Variable(PORT_ENV, DEFAULT_PORT, "port", "The handoff port on 127.0.0.1 (set the "
+                "same on both sides).", reader="extension, client", minimum=1,
+                maximum=65535)
+TOKEN = Variable(TOKEN_ENV, None, "text",
+                 "The handoff token (set the same on both sides).",
+                 reader="extension, client",
+                 shown_default=f"{SESSION_TOKEN_ENV}, else {CONTAINER_TOKEN_ENV}")
+TELEMETRY = Variable("KAFKA_RELAY_TELEMETRY", True, "true | false",
+                     "Subscribe to the Telemetry API (platform.runtimeDone, restoreStart).")
+SHUTDOWN_MARGIN_MS = Variable("KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300, "milliseconds",
+                              "SHUTDOWN safety margin before the deadline.",
+                              maximum=EXTENSION_SHUTDOWN_MS)
+INIT_PROBE_MS = Variable(
+    "KAFKA_RELAY_INIT_PROBE_MS", 3_000, "milliseconds",
+    "Init-time broker probe (ends at the first transport error: a refused or unresolvable "
+    "broker costs ~20 ms, not the whole probe).",
+    maximum=10_000)
+LOG_LEVEL = Variable("KAFKA_RELAY_LOG_LEVEL", "INFO", " | ".join(_LOG_LEVELS),
+                     "The extension's log level.")
+FALLBACK = Variable(FALLBACK_ENV, None, FALLBACK_DIRECT,
+                    "On the function: produce in-process when no extension takes a batch.",
+                    reader="client")
+PYTHON = Variable("KAFKA_RELAY_PYTHON", "python3", "interpreter",
+                  "The interpreter the layer's launcher runs (container images).",
+                  reader="launcher")
+# Lambda sets it; read with the same bounds check, not a setting of kafka-relay.
+_FUNCTION_MEMORY = Variable("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, "MB", "", maximum=32_768)
+
+#: Every variable kafka-relay reads, in the order the reference lists them.
+VARIABLES = (
+    BOOTSTRAP, AUTH, API_KEY, API_SECRET, SECRET_ARN, SECURITY_PROTOCOL, SASL_MECHANISM,
+    TOPIC, DLQ_TOPIC, PRODUCER_PROPERTY, FLUSH, MAX_LATENCY_MS, FLUSH_BUDGET_MS,
+    MAX_BUFFER_RECORDS, MAX_BUFFER_BYTES, MAX_BODY_BYTES, MAX_ATTEMPTS, RETRY_BACKOFF_MS,
+    SPILL_BUCKET, SPOOL_DIR, JOURNAL, JOURNAL_DIR, PORT, TOKEN, TELEMETRY,
+    SHUTDOWN_MARGIN_MS, INIT_PROBE_MS, LOG_LEVEL, FALLBACK, PYTHON,
+)
 
 
 def valid_topic_name(name: str) -> bool:
@@ -80,22 +261,11 @@ class FlushStrategy:
 
 
 class LambdaMode(str, Enum):
-    """How Lambda runs the environment (``AWS_LAMBDA_INITIALIZATION_TYPE``)."""
+    """How Lambda runs the environment (values as in ``aws_lambda``)."""
 
-    ON_DEMAND = "on-demand"  # INVOKE per invocation, frozen in between
-    MANAGED_INSTANCES = "managed-instances"  # SHUTDOWN only, concurrent, never frozen
-    SNAP_START = "snap-start"  # init, snapshot, then restored copies
-
-
-def lambda_mode(env: Mapping[str, str]) -> LambdaMode:
-    """The mode from the environment; anything unknown (provisioned-concurrency, unset) runs
-    as on-demand. Pure and cheap: ``__main__`` calls it before registering."""
-    kind = env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "").strip().lower()
-    if kind in ("lambda-managed-instances", LambdaMode.MANAGED_INSTANCES.value):
-        return LambdaMode.MANAGED_INSTANCES
-    if kind == LambdaMode.SNAP_START.value:
-        return LambdaMode.SNAP_START
-    return LambdaMode.ON_DEMAND
+    ON_DEMAND = aws_lambda.ON_DEMAND  # INVOKE per invocation, frozen in between
+    MANAGED_INSTANCES = aws_lambda.MANAGED_INSTANCES  # SHUTDOWN only, concurrent, never frozen
+    SNAP_START = aws_lambda.SNAP_START  # init, snapshot, then restored copies
 
 
 @dataclass(frozen=True)
@@ -137,7 +307,7 @@ class Config:
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
     # Write-ahead journal of accepted records (delivery/journal.py). Off by default: it costs
-    # ~20-25% of the handoff's CPU per record (bench/journal_cost.py; README).
+    # ~20-25% of the handoff's CPU per record (bench/journal_cost.py; docs/records.md).
     journal: bool = False
     journal_dir: Path = Path("/tmp/kafka-relay-journal")
     telemetry: bool = True
@@ -145,8 +315,9 @@ class Config:
     function_name: str = ""
     function_memory_mb: int = 0  # AWS_LAMBDA_FUNCTION_MEMORY_SIZE; 0 outside Lambda
     region: str | None = None
-    mode: LambdaMode = LambdaMode.ON_DEMAND
-    max_concurrency: int = 1  # AWS_LAMBDA_MAX_CONCURRENCY (managed instances)
+    # What the environment suggests (aws_lambda.mode_hint); modes.mode.decide has the last
+    # word, with the registration's answer.
+    mode_hint: LambdaMode = LambdaMode.ON_DEMAND
     # msk-iam: the role's credentials from the environment, or None for botocore's chain
     # (the container credentials endpoint under SnapStart), which refreshes them.
     aws_credentials: AwsCredentials | None = None
@@ -164,11 +335,11 @@ def _text(env: Mapping[str, str], *names: str) -> str | None:
     return None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0,
-         maximum: int) -> int:
+def _int(env: Mapping[str, str], variable: Variable) -> int:
+    name, minimum, maximum = variable.name, variable.minimum, variable.maximum
     raw = _text(env, name)
     if raw is None:
-        return default
+        return int(variable.default or 0)
     if not _DIGITS.fullmatch(raw):
         raise ConfigError(f"{name}={_shown(name, raw)} is not a whole number: write it in "
                           f"digits (e.g. 1000000, not 1e6), from {minimum} to {maximum}")
@@ -178,12 +349,6 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0,
     return value
 
 
-def _lambda_count(env: Mapping[str, str], name: str) -> int:
-    """A count Lambda sets: read liberally (1 when absent or unreadable), never an init error."""
-    raw = _text(env, name) or ""
-    return max(1, int(raw)) if _DIGITS.fullmatch(raw) else 1
-
-
 def _shown(name: str, raw: str) -> str:
     """How a value appears in an error message: never the value of a secret."""
     if any(word in name.upper() for word in _SECRET_WORDS):
@@ -191,10 +356,11 @@ def _shown(name: str, raw: str) -> str:
     return repr(raw)
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def _bool(env: Mapping[str, str], variable: Variable) -> bool:
+    name = variable.name
     raw = _text(env, name)
     if raw is None:
-        return default
+        return bool(variable.default)
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -214,11 +380,11 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str 
     return raw.upper()
 
 
-def _topic(env: Mapping[str, str], *names: str) -> str | None:
-    value = _text(env, *names)
+def _topic(env: Mapping[str, str], variable: Variable) -> str | None:
+    value = _text(env, *variable.names)
     if value is not None and not valid_topic_name(value):
         raise ConfigError(
-            f"{names[0]}={value!r} is not a valid Kafka topic name: use 1-249 characters "
+            f"{variable.name}={value!r} is not a valid Kafka topic name: use 1-249 characters "
             "from letters, digits, '.', '_' and '-'"
         )
     return value
@@ -293,11 +459,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         raise TypeError(f"unknown Config fields: {sorted(unknown)}")
 
     bootstrap_from = "bootstrap_servers" if explicit.get("bootstrap_servers") else next(
-        (n for n in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_ENDPOINT") if _text(env, n)),
-        "KAFKA_BOOTSTRAP_SERVERS")
-    bootstrap = explicit.get("bootstrap_servers") or _text(
-        env, "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_ENDPOINT"
-    )
+        (n for n in BOOTSTRAP.names if _text(env, n)), BOOTSTRAP.name)
+    bootstrap = explicit.get("bootstrap_servers") or _text(env, *BOOTSTRAP.names)
     if not bootstrap:
         raise ConfigError(
             "KAFKA_BOOTSTRAP_SERVERS is not set: set it (or its alias KAFKA_ENDPOINT) to the "
@@ -306,14 +469,13 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
     bootstrap = check_bootstrap(bootstrap_from, bootstrap)
 
     auth = _auth(env)
-    flush_raw = _text(env, "KAFKA_RELAY_FLUSH")
-    port = _int(env, "KAFKA_RELAY_PORT", DEFAULT_PORT, minimum=1, maximum=65535)
-    log_level = _choice(env, "KAFKA_RELAY_LOG_LEVEL", _LOG_LEVELS) or "INFO"
+    flush_raw = _text(env, FLUSH.name)
+    log_level = _choice(env, LOG_LEVEL.name, _LOG_LEVELS) or str(LOG_LEVEL.default)
 
     resolved = Config(
         bootstrap_servers=bootstrap,
-        default_topic=_topic(env, "KAFKA_TOPIC"),
-        dlq_topic=_topic(env, "KAFKA_DLQ_TOPIC", "DLQ_TOPIC"),
+        default_topic=_topic(env, TOPIC),
+        dlq_topic=_topic(env, DLQ_TOPIC),
         security_protocol=auth.protocol,
         sasl_mechanism=auth.mechanism,
         auth=auth.mode,
@@ -322,36 +484,30 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         secret_arn=auth.secret_arn,
         aws_credentials=auth.aws_credentials,
         producer_overrides=producer_overrides(env),
-        flush=FlushStrategy.parse(flush_raw) if flush_raw else FlushStrategy(FlushMode.AUTO),
-        flush_budget_ms=_int(env, "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, minimum=1,
-                             maximum=900_000),
-        max_latency_ms=_int(env, "KAFKA_RELAY_MAX_LATENCY_MS", 5_000, minimum=100,
-                            maximum=900_000),
-        shutdown_margin_ms=_int(env, "KAFKA_RELAY_SHUTDOWN_MARGIN_MS", 300, maximum=2_000),
-        init_probe_ms=_int(env, "KAFKA_RELAY_INIT_PROBE_MS", 3_000, maximum=10_000),
-        port=port,
+        flush=FlushStrategy.parse(flush_raw or str(FLUSH.default)),
+        flush_budget_ms=_int(env, FLUSH_BUDGET_MS),
+        max_latency_ms=_int(env, MAX_LATENCY_MS),
+        shutdown_margin_ms=_int(env, SHUTDOWN_MARGIN_MS),
+        init_probe_ms=_int(env, INIT_PROBE_MS),
+        port=_int(env, PORT),
         token=handoff_token(env),
-        max_buffer_records=_int(env, "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, minimum=1,
-                                maximum=10_000_000),
-        max_buffer_bytes=_int(env, "KAFKA_RELAY_MAX_BUFFER_BYTES", 0, minimum=1,
-                              maximum=10 * 1024**3),
-        max_body_bytes=_int(env, "KAFKA_RELAY_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1,
-                            maximum=256 * 1024**2),
-        max_attempts=_int(env, "KAFKA_RELAY_MAX_ATTEMPTS", 3, minimum=1, maximum=100),
-        retry_backoff_ms=_int(env, "KAFKA_RELAY_RETRY_BACKOFF_MS", 500, maximum=600_000),
-        spill_bucket=_text(env, "KAFKA_RELAY_SPILL_BUCKET"),
-        spool_dir=Path(_text(env, "KAFKA_RELAY_SPOOL_DIR")
+        max_buffer_records=_int(env, MAX_BUFFER_RECORDS),
+        max_buffer_bytes=_int(env, MAX_BUFFER_BYTES),
+        max_body_bytes=_int(env, MAX_BODY_BYTES),
+        max_attempts=_int(env, MAX_ATTEMPTS),
+        retry_backoff_ms=_int(env, RETRY_BACKOFF_MS),
+        spill_bucket=_text(env, SPILL_BUCKET.name),
+        spool_dir=Path(_text(env, SPOOL_DIR.name)
                        or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-spool"),
-        journal=_bool(env, "KAFKA_RELAY_JOURNAL", False),
-        journal_dir=Path(_text(env, "KAFKA_RELAY_JOURNAL_DIR")
+        journal=_bool(env, JOURNAL),
+        journal_dir=Path(_text(env, JOURNAL_DIR.name)
                          or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-journal"),
-        telemetry=_bool(env, "KAFKA_RELAY_TELEMETRY", True),
+        telemetry=_bool(env, TELEMETRY),
         log_level=log_level,
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",
-        function_memory_mb=_int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, maximum=32_768),
+        function_memory_mb=_int(env, _FUNCTION_MEMORY),
         region=auth.region,
-        mode=lambda_mode(env),
-        max_concurrency=_lambda_count(env, "AWS_LAMBDA_MAX_CONCURRENCY"),
+        mode_hint=LambdaMode(aws_lambda.mode_hint(env)),
     )
     return replace(resolved, **explicit) if explicit else resolved
 
@@ -374,16 +530,16 @@ class _Auth:
 def _auth(env: Mapping[str, str]) -> _Auth:
     """KAFKA_AUTH and the variables it goes with; unset, the mode follows from the others
     (API key or secret ARN -> SASL_SSL/PLAIN, nothing -> PLAINTEXT), as before KAFKA_AUTH."""
-    raw_mode = _text(env, "KAFKA_AUTH")
+    raw_mode = _text(env, AUTH.name)
     mode = raw_mode.lower() if raw_mode else None
     if mode is not None and mode not in AUTH_MODES:
         raise ConfigError(f"KAFKA_AUTH={raw_mode!r} is not supported: use one of "
                           f"{', '.join(AUTH_MODES)} (or leave it unset)")
     region = _text(env, "AWS_REGION", "AWS_DEFAULT_REGION")
-    api_key, api_secret = _text(env, "KAFKA_API_KEY"), _text(env, "KAFKA_API_SECRET")
-    secret_arn = _text(env, "KAFKA_SECRET_ARN")
-    protocol = _choice(env, "KAFKA_SECURITY_PROTOCOL", _SECURITY_PROTOCOLS)
-    mechanism = _choice(env, "KAFKA_SASL_MECHANISM", _SASL_MECHANISMS)
+    api_key, api_secret = _text(env, API_KEY.name), _text(env, API_SECRET.name)
+    secret_arn = _text(env, SECRET_ARN.name)
+    protocol = _choice(env, SECURITY_PROTOCOL.name, _SECURITY_PROTOCOLS)
+    mechanism = _choice(env, SASL_MECHANISM.name, _SASL_MECHANISMS)
     if mode == MSK_IAM:
         return _msk_iam(env, protocol, mechanism, region)
     if mechanism == "OAUTHBEARER":
@@ -432,13 +588,12 @@ def _auth(env: Mapping[str, str]) -> _Auth:
 def _msk_iam(env: Mapping[str, str], protocol: str | None, mechanism: str | None,
              region: str | None) -> _Auth:
     """KAFKA_AUTH=msk-iam: SASL_SSL + OAUTHBEARER signed with the role; no keys, no secret."""
-    given = [n for n in ("KAFKA_API_KEY", "KAFKA_API_SECRET", "KAFKA_SECRET_ARN")
-             if _text(env, n)]
+    given = [v.name for v in (API_KEY, API_SECRET, SECRET_ARN) if _text(env, v.name)]
     if given:
         raise ConfigError(
             f"KAFKA_AUTH=msk-iam signs with the execution role, so {' and '.join(given)} "
-            "must not be set: unset them for MSK IAM (port 9098), or use KAFKA_AUTH=scram "
-            "with KAFKA_SECRET_ARN for MSK SCRAM (port 9096)")
+            f"must not be set: unset them for MSK IAM ({msk_listener(MSK_IAM)}), or use "
+            f"KAFKA_AUTH=scram with KAFKA_SECRET_ARN for MSK SCRAM ({msk_listener('scram')})")
     _must(protocol, "KAFKA_SECURITY_PROTOCOL", ("SASL_SSL",), "KAFKA_AUTH=msk-iam")
     _must(mechanism, "KAFKA_SASL_MECHANISM", ("OAUTHBEARER",), "KAFKA_AUTH=msk-iam")
     if region is None:

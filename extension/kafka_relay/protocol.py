@@ -74,6 +74,12 @@ ORIGINAL_TOPIC_HEADER = "x-relay-original-topic"
 ATTEMPTS_HEADER = "x-relay-attempts"
 REQUEST_ID_KAFKA_HEADER = "x-relay-request-id"
 FIRST_FAILED_HEADER = "x-relay-first-failed-ms"
+ERROR_KIND_HEADER = "x-relay-error-kind"  # transient (retries ran out) or permanent
+FUNCTION_HEADER = "x-relay-function"  # AWS_LAMBDA_FUNCTION_NAME of the accepting function
+SPILLED_TO_HEADER = "x-relay-spilled-to"  # on a DLQ pointer: where its oversize record is
+# What a DLQ record carries beyond the record's own headers and x-relay-id.
+DLQ_HEADERS = (ERROR_HEADER, ERROR_KIND_HEADER, ORIGINAL_TOPIC_HEADER, ATTEMPTS_HEADER,
+               REQUEST_ID_KAFKA_HEADER, FIRST_FAILED_HEADER, FUNCTION_HEADER, SPILLED_TO_HEADER)
 
 
 class Outcome(str, Enum):

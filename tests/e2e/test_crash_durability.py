@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from devtools.sandbox import Sandbox
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, ProxiedBroker
 from tests.e2e.test_faults import (
     _assert_clean_exit,

@@ -30,8 +30,8 @@ from devtools.moto_server import MotoServer
 from devtools.sandbox import InvokeResult, Sandbox, SandboxInitError, ShutdownResult
 from devtools.sandbox.environment import process_state
 from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
-from kafka_relay.logs import events_named, json_in_line
 from kafka_relay.spill.codec import parse_spill_lines
+from kafka_relay.tools.table import LogLine, LogParser, View, events_named, json_in_line, summarise
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,6 +111,13 @@ def _assert_summary(
     return summary
 
 
+def _table(lines: Sequence[str]) -> dict[str, Any]:
+    """``kafka-relay-logs --json`` over the sandbox's lines: the per-invocation table."""
+    parser = LogParser()
+    parser.feed_all(LogLine(line) for line in lines)
+    return summarise(parser, View())
+
+
 def _ids(records: Sequence[ConsumedRecord]) -> Counter[str]:
     return Counter(r.headers["x-relay-id"].decode() for r in records)
 
@@ -131,9 +138,9 @@ def _read_all(broker: Broker, topic: str) -> list[ConsumedRecord]:
 
 
 def _replay(args: Sequence[str], env: Mapping[str, str]) -> str:
-    """``python -m kafka_relay.replay`` as an operator runs it; its output."""
+    """``python -m kafka_relay.tools.replay`` as an operator runs it; its output."""
     done = subprocess.run(
-        [sys.executable, "-m", "kafka_relay.replay", *args], cwd=REPO, capture_output=True,
+        [sys.executable, "-m", "kafka_relay.tools.replay", *args], cwd=REPO, capture_output=True,
         text=True, timeout=90, check=False,
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO / "extension"), **env},
     )
@@ -286,12 +293,21 @@ def _down_through_shutdown(
                   log_path=log_path) as sandbox:
         warm = _delivered(sandbox, "warm", 5)
         proxy.cut()
-        spilled = [i for n in range(2)
-                   for i in _invoke(sandbox, {"run": f"down{n}", "count": 20}).payload["ids"]]
+        down = [_invoke(sandbox, {"run": f"down{n}", "count": 20}) for n in range(2)]
+        spilled = [i for result in down for i in result.payload["ids"]]
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     _assert_clean_exit(shutdown)
     _assert_summary(lines, accepted=45, delivered=5, spilled=40)
+    # The logs table: each down invocation's 20 records spilled at SHUTDOWN, in its own row.
+    table = _table(lines)
+    assert table["checks"] == []
+    rows = {row["request_id"]: row["counts"] for row in table["invocations"]}
+    for result in down:
+        assert rows[result.request_id] == {"accepted": 20, "spilled": 20}
+    assert table["after_last_invocation"]["spilled"] == 40
+    assert (table["totals"]["accepted"], table["totals"]["delivered"],
+            table["totals"]["spilled"]) == (45, 5, 40)
     proxy.restore()
     return Stranded(topic, warm, spilled, lines)
 
@@ -332,8 +348,10 @@ def test_broker_down_through_shutdown_spills_to_log_lines_and_replay_restores_ev
     log = tmp_path / "sandbox.log"
     stranded = _down_through_shutdown(artifacts, proxied_broker, {}, log)
     assert {r.id for r in parse_spill_lines(stranded.lines).records} == set(stranded.spilled)
-    output = _replay(["--log-file", str(log)],
-                     {"KAFKA_BOOTSTRAP_SERVERS": proxied_broker.proxy.address})
+    env = {"KAFKA_BOOTSTRAP_SERVERS": proxied_broker.proxy.address, "HOME": str(tmp_path)}
+    output = _replay(["--log-file", str(log)], env)
+    again = _replay(["--log-file", str(log)], env)  # the state file under $HOME: no copies
+    assert "skipped 40 replayed before" in again
     _assert_replayed(proxied_broker.broker, stranded, output)
 
 
@@ -422,7 +440,15 @@ def test_retries_exhausted_with_the_dlq_down_too_spool_to_tmp_and_a_later_invoca
     assert sum(e["records"] for e in events_named(lines, "spill.spool")) == summary["spooled"]
     assert sum(e["records"] for e in events_named(lines, "spool.restored")) >= 10
     assert (summary["accepted"], summary["delivered"], summary["dead_lettered"]) == (10, 0, 10)
+    # A record may go round the spool more than once; each round is logged once, exactly.
     assert summary["spooled"] == summary["restored"] >= 10  # every spooled record came back
+    assert sum(e["records"] for e in events_named(lines, "spill.spool")) == summary["spooled"]
+    assert sum(e["records"] for e in events_named(lines, "spool.restored")) == summary["restored"]
+    table = _table(lines)
+    assert table["checks"] == []
+    (row,) = [r for r in table["invocations"] if r["request_id"] == during.request_id]
+    assert {k: row["counts"].get(k, 0) for k in ("accepted", "delivered", "dead_lettered")} \
+        == {"accepted": 10, "delivered": 0, "dead_lettered": 10}
     assert (summary["spilled"], summary["pending"], summary["unaccounted"]) == (0, 0, 0)
     dead = {r.headers["x-relay-id"].decode(): r for r in _read_all(broker, dlq)}
     assert set(dead) == set(ids)
@@ -460,9 +486,13 @@ def test_an_oversize_record_is_spilled_with_a_dlq_pointer_and_the_rest_delivered
     pointer = dead_letters[big]
     assert pointer.headers["x-relay-error"].startswith(b"MSG_SIZE_TOO_LARGE")
     assert pointer.headers["x-relay-original-topic"] == topic.encode()
+    where = f"KAFKA_RELAY_SPILL log lines of /aws/lambda/{FUNCTION_NAME} (id {big})"
     assert json_in_line((pointer.value or b"").decode()) == {
-        "spilled_to": "log", "id": big, "size": 1_200_005,
+        "spilled_to": where, "id": big, "size": 1_200_005,
         "error": pointer.headers["x-relay-error"].decode()}
+    assert pointer.headers["x-relay-spilled-to"] == where.encode()
+    assert pointer.headers["x-relay-error-kind"] == b"permanent"
+    assert pointer.headers["x-relay-function"] == FUNCTION_NAME.encode()
     (recovered,) = parse_spill_lines(lines).records  # the oversize bytes, for replay or repair
     assert (recovered.id, recovered.key, len(recovered.value or b"")) == (big, b"big", 1_200_002)
 

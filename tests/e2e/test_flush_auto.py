@@ -13,7 +13,7 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"

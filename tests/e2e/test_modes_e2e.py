@@ -24,17 +24,18 @@ import pytest
 from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox
 from kafka_relay.client import RelayClient
-from kafka_relay.logs import events_named
 from kafka_relay.protocol import RelayError
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 
 
 def _sandbox(artifacts: Artifacts, bootstrap: str, topic: str, *, mode: str,
-             env: Mapping[str, str] | None = None, **options: Any) -> Sandbox:
+             env: Mapping[str, str] | None = None, handler: str = "any_producer.handler",
+             **options: Any) -> Sandbox:
     return Sandbox(
-        layers=[artifacts.layer], function=FUNCTION, handler="any_producer.handler",
+        layers=[artifacts.layer], function=FUNCTION, handler=handler,
         env={"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic,
              "KAFKA_RELAY_PORT": str(free_port()), **(env or {})},
         function_name="modes-producer", timeout_s=30.0, mode=mode, **options,
@@ -44,6 +45,15 @@ def _sandbox(artifacts: Artifacts, bootstrap: str, topic: str, *, mode: str,
 def _summary(lines: list[str]) -> dict[str, Any]:
     (summary,) = events_named(lines, "shutdown.summary")
     return summary
+
+
+def _reported(sandbox: Sandbox, requests: int, *, within_s: float) -> list[dict[str, Any]]:
+    """The ``invocation.done`` lines once there are ``requests`` of them (or the time is up)."""
+    deadline = time.monotonic() + within_s
+    while (len(events_named(sandbox.log_lines(), "invocation.done")) < requests
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    return events_named(sandbox.log_lines(), "invocation.done")
 
 
 def _relay_errors(lines: list[str]) -> list[str]:
@@ -66,11 +76,7 @@ def test_managed_instances_deliver_concurrent_handlers_records_and_account_each_
             [{"run": f"run{n}", "count": count} for n in range(invocations)], concurrency=8)
         # Before any SHUTDOWN: delivered in the background, each request reported.
         got = broker.read(topic, expected=invocations * count, timeout=30)
-        deadline = time.monotonic() + 30
-        while (len(events_named(sandbox.log_lines(), "invocation.done")) < invocations
-               and time.monotonic() < deadline):
-            time.sleep(0.1)
-        reported_before_shutdown = len(events_named(sandbox.log_lines(), "invocation.done"))
+        reported_before_shutdown = len(_reported(sandbox, invocations, within_s=30))
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
         subscriptions = sandbox.telemetry_subscriptions()
@@ -97,6 +103,28 @@ def test_managed_instances_deliver_concurrent_handlers_records_and_account_each_
     assert set(done) == {r.request_id for r in results}
     assert {(e["accepted"], e["delivered"], e["pending"]) for e in done.values()} == {
         (count, count, 0)}
+
+
+def test_managed_instances_report_a_request_without_the_end_call_when_platform_report_comes(
+    artifacts: Artifacts, broker: Broker
+) -> None:
+    topic = broker.create_topic()
+    invocations, count = 4, 5
+    with _sandbox(artifacts, broker.bootstrap, topic, mode="managed-instances",
+                  max_concurrency=2,
+                  handler="any_producer.handler_naming_its_request_without_end_call") as sandbox:
+        results = sandbox.invoke_many(
+            [{"run": f"run{n}", "count": count} for n in range(invocations)], concurrency=2)
+        # Within seconds of each platform.report, not after the ~16 min a request that never
+        # says it ended waits (accounting.STALE_AFTER_S).
+        done = _reported(sandbox, invocations, within_s=10)
+        shutdown = sandbox.shutdown("spindown")
+
+    assert [r.status for r in results] == ["success"] * invocations
+    assert shutdown.exit_codes == {"kafka-relay": 0}
+    assert sorted(e["request_id"] for e in done) == sorted(r.request_id for r in results)
+    assert {(e["accepted"], e["delivered"], e["pending"], e["ended"]) for e in done} == {
+        (count, count, 0, True)}
 
 
 def test_managed_instances_survive_a_broker_outage_and_resend_the_spool_without_invoke(
@@ -133,6 +161,8 @@ def test_managed_instances_survive_a_broker_outage_and_resend_the_spool_without_
     assert shutdown.exit_codes == {"kafka-relay": 0}
     summary = _summary(lines)
     assert summary["spooled"] == summary["restored"] >= 20
+    # Each restore is logged once: the lines add up to the count exactly.
+    assert sum(e["records"] for e in events_named(lines, "spool.restored")) == summary["restored"]
     assert (summary["accepted"], summary["pending"], summary["unaccounted"]) == (25, 0, 0)
     assert summary["delivered"] + summary["dead_lettered"] == 25
     ids = {i for r in during for i in r.payload["ids"]}
@@ -185,6 +215,34 @@ def test_snap_start_builds_the_producer_after_the_restore_and_delivers(
     assert {r.headers["x-relay-id"].decode() for r in got} == ids
     assert {i.split("-")[0] for i in ids} == {after["id_prefix"]}
     assert _relay_errors(lines) == []
+
+
+def test_snap_start_hidden_from_the_extension_is_told_by_its_credentials_and_restores(
+    artifacts: Artifacts, broker: Broker
+) -> None:
+    topic = broker.create_topic()
+    with _sandbox(artifacts, broker.bootstrap, topic, mode="snap-start",
+                  hide_init_type=True) as sandbox:
+        sandbox.start()
+        snapshot = sandbox.snapshot_report()
+        assert snapshot is not None
+        sandbox.restore()
+        sandbox.wait_for_log(r'"event":"snapstart.restored"')
+        results = [sandbox.invoke({"run": f"run{n}", "count": 10}) for n in range(2)]
+        shutdown = sandbox.shutdown("spindown")
+        lines = sandbox.log_lines()
+
+    assert [r.status for r in results] == ["success"] * 2
+    (ready,) = events_named(lines[:snapshot.log_index], "init.ready")
+    assert ready["mode"] == "snap-start"  # container credentials, no static keys
+    (after,) = events_named(lines, "snapstart.restored")
+    assert after["trigger"] == "telemetry"
+    assert after["id_prefix"] != ready["init_id_prefix"]
+    ids = {i for r in results for i in r.payload["ids"]}
+    assert {r.headers["x-relay-id"].decode() for r in broker.read(topic, expected=20)} == ids
+    assert {i.split("-")[0] for i in ids} == {after["id_prefix"]}  # the post-restore prefix
+    assert shutdown.exit_codes == {"kafka-relay": 0}
+    assert _summary(lines)["producers_built"] == 1
 
 
 def test_snap_start_without_telemetry_restores_on_the_first_invoke(

@@ -15,7 +15,7 @@ from devtools.moto_server import MotoServer, use_moto
 from devtools.sandbox import Sandbox, SandboxInitError
 from devtools.sasl_mechanisms import SCRAM_SHA_512
 from devtools.saslproxy import SaslBroker, sasl_broker
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
@@ -81,3 +81,5 @@ def test_a_wrong_password_in_the_msk_secret_fails_init_with_an_auth_error(
     assert "Invalid username or password" in caught.value.message
     assert "KAFKA_SECRET_ARN" in caught.value.message
     assert "KAFKA_SASL_MECHANISM=SCRAM-SHA-512" in caught.value.message
+    assert "the SCRAM listener (port 9096 inside AWS, 9196 over public access)" in (
+        caught.value.message)

@@ -18,7 +18,7 @@ from devtools.msk_iam_verifier import KnownKey, MskIamVerifier
 from devtools.sandbox import Sandbox, SandboxInitError
 from devtools.sasl_mechanisms import OAUTHBEARER, PLAIN
 from devtools.saslproxy import SaslBroker, sasl_broker
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
@@ -96,7 +96,7 @@ def test_a_refused_token_fails_init_with_what_the_role_needs(
     assert "KAFKA_AUTH=msk-iam" in message
     for action in ("Connect", "DescribeTopic", "WriteData", "WriteDataIdempotently"):
         assert f"kafka-cluster:{action}" in message
-    assert "9098" in message
+    assert "port 9098 inside AWS, 9198 over public access" in message
     assert verifier.accepted == []
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox, SandboxInitError
-from kafka_relay import logs
-from kafka_relay.logs import events_named
+from kafka_relay.tools import logs
+from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
@@ -122,9 +122,8 @@ def test_the_logs_cli_summarises_a_sandbox_log_stream(
     artifacts: Artifacts, broker: Broker, tmp_path: Path
 ) -> None:
     topic = broker.create_topic()
-    # 'end': each invocation.done line covers its own records (a deferring 'auto' invocation
-    # writes its line when it starts, so its records appear in the next line or at SHUTDOWN)
-    with _sandbox(artifacts, broker, topic, tmp_path, KAFKA_RELAY_FLUSH="end") as sandbox:
+    # The default flush ('auto' may defer): rows count each invocation's own records anyway.
+    with _sandbox(artifacts, broker, topic, tmp_path) as sandbox:
         list(_run(sandbox, 3, 7))
         sandbox.shutdown("spindown")
         log_path = sandbox.log_path
@@ -136,5 +135,8 @@ def test_the_logs_cli_summarises_a_sandbox_log_stream(
     assert len(rows) == 3
     assert [row["cold_start"] for row in rows] == [True, False, False]
     assert all(row["billed_ms"] >= row["duration_ms"] for row in rows)
+    assert [(row["counts"]["accepted"], row["counts"].get("delivered", 0)) for row in rows] \
+        == [(7, 7)] * 3
     assert summary["totals"]["accepted"] == summary["totals"]["delivered"] == 21
+    assert summary["checks"] == []
     assert any(e["event"] == "shutdown.summary" for e in summary["events"])

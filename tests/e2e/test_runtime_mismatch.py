@@ -11,7 +11,7 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox, SandboxInitError
-from kafka_relay.logs import events_named
+from kafka_relay.tools.table import events_named
 from layer_build.build import BuildConfig, build
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
@@ -41,10 +41,8 @@ def test_a_layer_for_another_python_fails_init_naming_runtime_arch_and_layer(
     assert caught.value.error_type == "Extension.ConfigError"
     assert caught.value.source == "kafka-relay"
     message = caught.value.message
-    assert message.startswith(
-        f"kafka-relay cannot load confluent-kafka on python{here} "
-        f"(AWS_EXECUTION_ENV=AWS_Lambda_python{here}) on x86_64"
-    )
+    assert message.startswith(f"kafka-relay cannot load confluent-kafka on python{here} (")
+    assert ") on x86_64 (platform.machine() x86_64" in message
     assert f"this layer carries binaries for python{other} only" in message
     (logged,) = events_named(lines, "init.error")
     assert logged["error_type"] == "Extension.ConfigError"

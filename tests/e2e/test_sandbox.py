@@ -119,6 +119,7 @@ def test_extensions_register_before_the_runtime_starts_and_get_each_invoke(
     # Lambda hides the runtime's variables from extensions, not the credentials.
     assert registered["env"]["_HANDLER"] is None
     assert registered["env"]["LAMBDA_TASK_ROOT"] is None
+    assert registered["env"]["AWS_EXECUTION_ENV"] is None
     assert registered["env"]["AWS_SESSION_TOKEN"]
 
     invokes = [e["payload"] for e in probe_events(sandbox, "INVOKE")]

@@ -66,11 +66,13 @@ def test_managed_instances_accept_shutdown_only_and_tell_every_process_the_mode(
 
     registered = base.probe_events(sandbox, "registered")[0]
     assert registered["status"] == 200
-    expected = {"AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances",
-                "AWS_LAMBDA_MAX_CONCURRENCY": "3"}
-    assert {k: registered["env"][k] for k in expected} == expected
+    mode = {"AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances"}
+    runtime_only = {"AWS_LAMBDA_MAX_CONCURRENCY": "3"}
+    assert {k: registered["env"].get(k) for k in [*mode, *runtime_only]} == {
+        **mode, "AWS_LAMBDA_MAX_CONCURRENCY": None}  # as in Lambda: the runtime's variable
     assert result.status == "success"
-    assert {k: result.payload["env"][k] for k in expected} == expected
+    assert {k: result.payload["env"][k] for k in [*mode, *runtime_only]} == {
+        **mode, **runtime_only}
     assert result.payload["hooks"] == []  # SnapStart hooks run under SnapStart only
     assert base.probe_events(sandbox, "INVOKE") == []
     assert ended.notified == ["probe"]
@@ -161,8 +163,20 @@ def test_managed_instances_take_telemetry_subscriptions_of_the_2025_schema_only(
 
     assert base.probe_events(old, "subscribed")[0]["status"] == 400
     assert base.probe_events(new, "subscribed")[0]["status"] == 200
-    for r in results:  # platform.runtimeDone for each request id
-        new.wait_for_log(rf'"event": "runtimeDone", .*"requestId": "{r.request_id}"')
+    # What AWS's Managed Instances platform sends per request: start, then report.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen = base.probe_events(new, "request_telemetry")
+        if sum(e["type"] == "platform.report" for e in seen) >= len(results):
+            break
+        time.sleep(0.05)
+    per_request = {r.request_id: [e["type"] for e in seen
+                                  if e["record"].get("requestId") == r.request_id]
+                   for r in results}
+    assert per_request == {r.request_id: ["platform.start", "platform.report"] for r in results}
+    reports = [e["record"] for e in seen if e["type"] == "platform.report"]
+    assert {(r["status"], "durationMs" in r["metrics"]) for r in reports} == {("success", True)}
+    assert base.probe_events(new, "runtimeDone") == []  # no invoke runtimeDone there
 
 
 def test_modes_reject_options_that_do_not_apply() -> None:
@@ -176,6 +190,8 @@ def test_modes_reject_options_that_do_not_apply() -> None:
                 **options)  # type: ignore[arg-type]
     with pytest.raises(SandboxError, match="snap-start"):
         Sandbox(**options).restore()  # type: ignore[arg-type]
+    with pytest.raises(SandboxError, match="hide_init_type"):
+        Sandbox(hide_init_type=True, **options)  # type: ignore[arg-type]
 
 
 # -- SnapStart ------------------------------------------------------------------------------
@@ -236,6 +252,20 @@ def test_snap_start_inits_snapshots_then_restores_with_telemetry(
     before = next(i for i, line in enumerate(lines) if '"function": "before_snapshot"' in line)
     after = next(i for i, line in enumerate(lines) if '"function": "after_restore"' in line)
     assert before < snapshot.log_index <= restored.log_index <= after
+
+
+def test_snap_start_can_hide_the_initialization_type_from_extensions_only(
+        make_sandbox: MakeSandbox) -> None:
+    sandbox = make_sandbox(probe={"*": {"telemetry": True}}, mode="snap-start",
+                           hide_init_type=True)
+
+    sandbox.start()
+    sandbox.restore()
+    result = sandbox.invoke({"action": "echo"})
+
+    registered = base.probe_events(sandbox, "registered")[0]
+    assert registered["env"]["AWS_LAMBDA_INITIALIZATION_TYPE"] is None  # unset
+    assert result.payload["env"]["AWS_LAMBDA_INITIALIZATION_TYPE"] == "snap-start"
 
 
 def test_snap_start_serves_the_role_credentials_from_the_container_endpoint_only(

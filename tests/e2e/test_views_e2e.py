@@ -55,7 +55,7 @@ def test_relayed_prices_become_views_that_both_layers_agree_on(
     assert run.stats["views-speed"].to_destination == 0
     ddb, s3 = moto.client("dynamodb"), moto.client("s3")
     counted = sum(int(item["count"]["N"]) for item in ddb.scan(TableName=TABLE)["Items"]
-                  if item["sk"]["S"].startswith("day#"))
+                  if item["pk"]["S"].startswith("market#"))
     assert counted == len(points)
     quarantined = s3.list_objects_v2(Bucket=BUCKET, Prefix="failures/poison/")
     assert quarantined["KeyCount"] == 1  # both consumers put it under one deterministic key

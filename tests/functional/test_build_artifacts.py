@@ -97,6 +97,8 @@ def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) 
     assert infos["extensions/kafka-relay"].external_attr >> 16 == 0o100755
     assert "python/kafka_relay/__init__.py" in names
     assert "python/kafka_relay/client.py" in names
+    assert not [n for n in names if n.startswith("python/kafka_relay/tools/")], \
+        "the operator tools run on a workstation, not in the layer"
     assert "python/confluent_kafka/__init__.py" in names
     for version in PYTHON_VERSIONS:  # one extension module per Lambda Python runtime
         tag = version.replace(".", "")

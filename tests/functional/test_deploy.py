@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from devtools.moto_server import ACCOUNT_ID, MotoServer, use_moto
+from kafka_relay.config import AUTH_MODES
 from layer_build.deploy import (
     LAYER_LICENSE,
     DeployResult,
@@ -30,6 +31,7 @@ from layer_build.publish import main as publish_main
 from layer_build.targets import compatible_runtimes
 from layer_build.teardown import TeardownOptions, teardown
 from layer_build.zipper import FileTree, ZipResult, write_zip
+from tests.function_envs import environments_in, in_lambda
 
 REGION = "eu-west-1"
 RSS, POLYMARKET = "kafka-relay-rss-producer", "kafka-relay-polymarket-producer"
@@ -588,8 +590,11 @@ def test_publish_layer_publishes_both_architectures_once_and_prints_what_to_set(
         assert version["LayerVersionArn"] in out
         assert again.arns[arch] == version["LayerVersionArn"]
     assert set(again.actions.values()) == {"unchanged"}
-    assert "KAFKA_BOOTSTRAP_SERVERS" in out
-    assert "KAFKA_SECRET_ARN" in out
+    printed = environments_in(out)
+    assert sorted(printed) == sorted(AUTH_MODES)  # a complete environment per KAFKA_AUTH
+    assert {mode: in_lambda(env).auth for mode, env in printed.items()} == {
+        mode: mode for mode in AUTH_MODES}
+    assert "OAUTHBEARER" not in out  # KAFKA_AUTH=msk-iam, not a mechanism to set by hand
     assert lam.list_functions()["Functions"] == []
 
 
@@ -656,7 +661,7 @@ def test_the_env_example_parses_and_names_only_variables_something_reads() -> No
     variables = parse_env_file(example)
     named = set(re.findall(r"\b((?:KAFKA|RSS|POLYMARKET)_[A-Z_]+)=", example.read_text()))
 
-    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS"}
+    assert set(variables) == {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_AUTH", "KAFKA_SECRET_ARN"}
     assert named - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"} == {
         name for name in named if f'"{name}"' in readers
     } - {"RSS_KAFKA_TOPIC", "POLYMARKET_KAFKA_TOPIC"}

@@ -17,8 +17,10 @@ from layer_build.deploy_views import (
     ViewsOptions,
     main,
     mapping_request,
+    mapping_update,
     role_policy,
 )
+from layer_build.errors import DeployError
 from layer_build.plan import Account
 from layer_build.zipper import FileTree, write_zip
 
@@ -72,6 +74,9 @@ def test_deploys_every_views_resource_then_changes_nothing(
     assert speed["Environment"]["Variables"]["VIEWS_TABLE"] == "kafka-relay-views"
     ttl = aws.client("dynamodb").describe_time_to_live(TableName="kafka-relay-views")
     assert ttl["TimeToLiveDescription"]["AttributeName"] == "expires_at"
+    rules = aws.client("s3").get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert {r["Filter"]["Prefix"]: r.get("Expiration", {}).get("Days") for r in rules} == {
+        "failures/": 30, "aws/lambda/": 30, "": None}
     rule = aws.client("events").describe_rule(Name="kafka-relay-views-close")
     assert rule["ScheduleExpression"] == "rate(1 hour)"
 
@@ -109,6 +114,27 @@ def test_the_mapping_request_follows_the_kafka_contract(aws: MotoServer, functio
     assert "SelfManagedEventSource" not in msk
 
 
+def test_an_existing_mapping_is_brought_to_the_error_handling_wanted(
+    aws: MotoServer, function_zip: Path
+) -> None:
+    account = Account(ACCOUNT_ID, "aws", REGION)
+    request = mapping_request(_options(function_zip, pollers=(1, 4)), FUNCTIONS[0],
+                              "rss.events", BUCKET, account)
+    current = {"UUID": "u", "BatchSize": 100, "MaximumBatchingWindowInSeconds": 1,
+               "FunctionResponseTypes": [], "MaximumRetryAttempts": -1,
+               "BisectBatchOnFunctionError": False, "DestinationConfig": {}}
+    changes = mapping_update(request, current)
+    assert changes == {"FunctionResponseTypes": ["ReportBatchItemFailures"],
+                       "MaximumRetryAttempts": 10, "BisectBatchOnFunctionError": True,
+                       "DestinationConfig": request["DestinationConfig"],
+                       "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 4}}
+    model = aws.client("lambda").meta.service_model.operation_model("UpdateEventSourceMapping")
+    uuid = "00000000-0000-0000-0000-000000000000"
+    report = ParamValidator().validate({"UUID": uuid, **changes}, model.input_shape)
+    assert not report.has_errors(), report.generate_report()
+    assert mapping_update(request, {**current, **changes}) == {}
+
+
 def test_each_role_grants_only_what_its_function_touches(function_zip: Path) -> None:
     account = Account(ACCOUNT_ID, "aws", REGION)
     table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/kafka-relay-views"
@@ -119,10 +145,28 @@ def test_each_role_grants_only_what_its_function_touches(function_zip: Path) -> 
         return {a for s in policies[short]["Statement"] for a in s["Action"]}
 
     assert "dynamodb:Query" not in actions("speed")
-    assert not any(a.startswith("dynamodb:") for a in actions("archive") | actions("close"))
+    assert "dynamodb:Query" not in actions("archive")
+    assert "dynamodb:PutItem" not in actions("close")
     assert actions("serve") & {"dynamodb:PutItem", "s3:PutObject"} == set()
     resources = json.dumps(policies)
     assert '"*"' not in resources  # no wildcards without MSK
+    for short in ("speed", "archive"):  # what the S3 on-failure destination needs
+        grants = {(a, r) for st in policies[short]["Statement"] for a in st["Action"]
+                  for r in ([st["Resource"]] if isinstance(st["Resource"], str)
+                            else st["Resource"]) if "Condition" not in st}
+        assert ("s3:ListBucket", f"arn:aws:s3:::{BUCKET}") in grants
+        assert ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/aws/lambda/*") in grants
+
+
+def test_seen_items_must_outlive_the_topics_retention(function_zip: Path) -> None:
+    session = boto3.Session(region_name=REGION, aws_access_key_id="x",
+                            aws_secret_access_key="y")
+    with pytest.raises(DeployError, match="--dedupe-ttl-days 31"):
+        ViewsDeployer(_options(function_zip, retention_days=30), session=session)
+    with pytest.raises(DeployError, match="--dedupe-ttl-days 0"):
+        ViewsDeployer(_options(function_zip, retention_days=-1), session=session)
+    ViewsDeployer(_options(function_zip, retention_days=-1, dedupe_ttl_days=0),
+                  session=session)
 
 
 def test_the_cli_explains_a_missing_source(function_zip: Path,

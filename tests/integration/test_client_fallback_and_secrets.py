@@ -24,7 +24,7 @@ from kafka_relay.producer.credentials import (
     from_config,
 )
 from kafka_relay.producer.factory import ProducerFactory, producer_settings
-from kafka_relay.spill.replay import main as replay_main
+from kafka_relay.tools.replayer import main as replay_main
 from tests.conftest import Broker
 from tests.fake_relay import Reply, Seen, accept, fake_relay
 from tests.relay_harness import running_relay
@@ -181,7 +181,7 @@ def test_a_missing_secret_is_an_auth_error_naming_the_arn(
     use_moto(moto, monkeypatch)
     arn = f"arn:aws:secretsmanager:{moto.region}:123456789012:secret:absent"
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "KAFKA_SECRET_ARN": arn})
-    with pytest.raises(AuthError, match=r"KAFKA_SECRET_ARN=.*absent.*GetSecretValue"):
+    with pytest.raises(AuthError, match=r"KAFKA_SECRET_ARN=.*absent.*GetSecretValue.*kms:Decrypt"):
         ProducerFactory(config)
 
 

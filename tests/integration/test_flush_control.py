@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.kafka_broker import free_port
+from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.breaker import PROBE_BUDGET_MS
 from kafka_relay.lifecycle.listener import FlushReport
 from tests.conftest import Broker, ProxiedBroker
@@ -25,13 +26,13 @@ BUDGET_MS = 2000
 def _record_flushes(h: Harness) -> list[int]:
     """Every flush budget the event loop asks the listener for, in order."""
     budgets: list[int] = []
-    real = h.parts.listener.flush
+    real = h.parts.mode.listener.flush
 
     def flush(budget_ms: int) -> FlushReport:
         budgets.append(budget_ms)
         return real(budget_ms)
 
-    h.parts.listener.flush = flush  # type: ignore[method-assign]
+    h.parts.mode.listener.flush = flush  # type: ignore[method-assign]
     return budgets
 
 
@@ -55,7 +56,7 @@ def test_after_a_failed_flush_invocations_skip_the_broker_until_it_answers_again
         budgets = _record_flushes(h)
         sent = _invoke(h, "before", 5)
         assert budgets == [BUDGET_MS]
-        assert h.parts.relay.counts()["delivered"] == 5
+        assert h.parts.engine.gauge().counts["delivered"] == 5
         proxy.cut()
         sent += _invoke(h, "first-during", 5)  # bills its budget, then opens the breaker
         assert len(h.log_events("breaker.open")) == 1
@@ -67,7 +68,7 @@ def test_after_a_failed_flush_invocations_skip_the_broker_until_it_answers_again
         later = budgets[flushes_when_opened:]
         assert all(b == PROBE_BUDGET_MS for b in later)
         assert len(later) == len(h.log_events("breaker.probe")) < 20
-        assert h.parts.relay.depth()[0] > 0
+        assert h.parts.engine.gauge().pending > 0
         proxy.restore()
         for n in range(200):  # the pump delivers in the background; an invocation sees it
             sent += _invoke(h, f"after-{n}", 1)
@@ -80,11 +81,11 @@ def test_after_a_failed_flush_invocations_skip_the_broker_until_it_answers_again
         sent += _invoke(h, "closed", 5)
         assert budgets[flushes_when_closed:] == [BUDGET_MS]  # a normal flush again
         deadline = time.monotonic() + 30
-        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
-            h.parts.relay.flush(1.0, retry_now=True)
-        counts = h.parts.relay.counts()
+        while h.parts.engine.gauge().pending and time.monotonic() < deadline:
+            h.parts.engine.flush(1.0, retry_now=True)
+        counts = h.parts.engine.gauge().counts
         assert counts["delivered"] == len(sent)
-        assert h.parts.relay.status()["unaccounted"] == 0
+        assert h.parts.engine.status()["unaccounted"] == 0
     got = broker.read(topic, expected=len(sent), timeout=20)
     assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
 
@@ -99,14 +100,16 @@ def test_a_handler_nothing_signals_gets_a_bounded_wait_and_one_warning(
         for n in range(3):  # the invocation deadline is 3 s away; no end call, no telemetry
             sent += _invoke(h, f"unsignalled-{n}", 5, end=False)
         assert len(budgets) == 3  # each still flushed, after the bounded wait
-        assert h.parts.relay.counts()["delivered"] == 15
+        assert h.parts.engine.gauge().counts["delivered"] == 15
         (warning,) = h.log_events("handler.end_unsignalled")
         assert "relay_handler" in warning["hint"]
         assert "KAFKA_RELAY_TELEMETRY" in warning["hint"]
         assert warning["ended_by"] == "quiet"  # not the 3 s to the invocation's deadline
         # Once an end signal arrives, the extension waits for it again (no early flush).
         sent += _invoke(h, "signalled", 5)
-        assert h.parts.signals.seen_any
+        signals = h.parts.mode.signals
+        assert isinstance(signals, HandlerSignals)
+        assert signals.seen_any
     got = broker.read(topic, expected=len(sent), timeout=20)
     assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
 
@@ -141,8 +144,8 @@ def test_a_flush_to_a_silent_broker_stops_when_nothing_settles_not_at_its_budget
         assert len(h.log_events("breaker.open")) == 1
         proxy.resume()
         deadline = time.monotonic() + 30
-        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
-            h.parts.relay.flush(1.0, retry_now=True)
-        assert h.parts.relay.counts()["delivered"] == len(sent)
+        while h.parts.engine.gauge().pending and time.monotonic() < deadline:
+            h.parts.engine.flush(1.0, retry_now=True)
+        assert h.parts.engine.gauge().counts["delivered"] == len(sent)
     got = broker.read(topic, expected=len(sent), timeout=20)
     assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)

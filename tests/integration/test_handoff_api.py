@@ -60,16 +60,16 @@ def test_one_producer_serves_many_invocations(broker: Broker, tmp_path: Path) ->
     # 'end': every invocation waits for its record (auto would stop waiting after warm-up)
     with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
                        env_extra={"KAFKA_RELAY_FLUSH": "end"}) as h:
-        producer = h.parts.relay.producer
+        producer = h.parts.engine.pump.producer
         for n in range(20):
             request_id = f"req-{n}"
             h.client.request_id = request_id
             h.client.send([{"key": f"k{n}", "value": n}])
             h.client.invocation_end()
             h.loop.invoke({"requestId": request_id, "deadlineMs": _deadline()})
-            assert h.parts.relay.producer is producer
-        assert h.parts.relay.counts()["producers_built"] == 1
-        assert h.parts.relay.counts()["delivered"] == 20
+            assert h.parts.engine.pump.producer is producer
+        assert h.parts.engine.gauge().counts["producers_built"] == 1
+        assert h.parts.engine.gauge().counts["delivered"] == 20
     records = broker.read(topic, expected=20)
     assert sorted(int(r.value or b"-1") for r in records) == list(range(20))
 
@@ -91,14 +91,14 @@ def test_a_broker_rejected_record_is_dead_lettered_with_headers_and_the_rest_del
     topic = broker.create_topic()
     with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
                        dlq_topic=f"dlq.{topic}") as h:
-        relay = h.parts.relay
+        relay = h.parts.engine
         records = [Record(id=f"r{i}", topic=t, key=k.encode(), value=str(i).encode(),
                           request_id="req-dlq")
                    for i, (t, k) in enumerate([(topic, "good"), ("..", "bad"),
                                                (topic, "good2")])]
         watch = relay.accept(records, watch=True)
         assert watch is not None
-        outcomes = relay.wait_settled(watch, 20)
+        outcomes = watch.wait(20)
     assert [o["outcome"] for o in outcomes] == ["delivered", "dead_lettered", "delivered"]
     assert {r.key for r in broker.read(topic, expected=2)} == {b"good", b"good2"}
     (dead,) = broker.read(f"dlq.{topic}", expected=1)
@@ -141,7 +141,7 @@ def test_missing_or_wrong_token_is_401_and_accepts_nothing(
                                 {**headers, "Content-Type": "application/json"})
         assert status == 401
         assert what in str(reply["error"])
-        assert h.parts.relay.counts()["accepted"] == 0
+        assert h.parts.engine.gauge().counts["accepted"] == 0
 
 
 def test_malformed_json_is_400_with_reasons_and_accepts_nothing(
@@ -155,7 +155,7 @@ def test_malformed_json_is_400_with_reasons_and_accepts_nothing(
         with pytest.raises(RecordRejected) as caught:
             h.client.send([{"key": "ok", "value": 1}, {"key": 1, "value": 2}])
         assert caught.value.reasons[0]["index"] == 1
-        assert h.parts.relay.counts()["accepted"] == 0
+        assert h.parts.engine.gauge().counts["accepted"] == 0
 
 
 def test_a_body_over_the_limit_is_413_and_accepts_nothing(broker: Broker, tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_a_body_over_the_limit_is_413_and_accepts_nothing(broker: Broker, tmp_pa
                                 {"X-Kafka-Relay-Token": TOKEN, "Content-Type": "application/json"})
         assert status == 413
         assert "KAFKA_RELAY_MAX_BODY_BYTES" in str(reply["error"])
-        assert h.parts.relay.counts()["accepted"] == 0
+        assert h.parts.engine.gauge().counts["accepted"] == 0
 
 
 def test_a_full_buffer_is_429_with_retry_after_and_the_client_gives_up_clearly(
@@ -185,7 +185,7 @@ def test_a_full_buffer_is_429_with_retry_after_and_the_client_gives_up_clearly(
         busy = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=3.0)
         with pytest.raises(RelayBusy, match="NOT accepted"):
             busy.send([{"key": "late", "value": 1}])
-        assert h.parts.relay.counts()["accepted"] == 3
+        assert h.parts.engine.gauge().counts["accepted"] == 3
 
 
 def test_status_reports_version_counts_and_broker_state(broker: Broker, tmp_path: Path) -> None:

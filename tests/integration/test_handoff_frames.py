@@ -122,7 +122,7 @@ def test_hostile_frames_are_400_naming_record_and_problem_and_accept_nothing(
             h.client.send([{"value": 1}, {"value": float("nan")}])
         with pytest.raises(RecordRejected) as every:  # one reason per bad record
             h.client.send([{"value": 1}, {"key": 1, "value": 2}, {"topic": "a b", "value": 3}])
-        assert h.parts.relay.counts()["accepted"] == 0
+        assert h.parts.engine.gauge().counts["accepted"] == 0
     assert {name: status for name, (status, _) in answers.items()} == dict.fromkeys(cases, 400)
     reasons = {name: reply["reasons"][0] for name, (_, reply) in answers.items()}
     assert reasons["truncated"]["index"] == 2

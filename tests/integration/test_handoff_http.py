@@ -74,7 +74,7 @@ def _status_of(answer: bytes) -> int:
 
 def _state(h: Harness, config: Config) -> HandoffState:
     """A second server's state over the harness's engine (its own signals, log and ids)."""
-    return HandoffState(config=config, relay=h.parts.relay, signals=HandlerSignals(),
+    return HandoffState(config=config, relay=h.parts.engine, signals=HandlerSignals(),
                         logger=JsonLogger(stream=io.StringIO()), ids=IdSource(), started=0.0)
 
 
@@ -101,7 +101,7 @@ def test_a_body_shorter_than_content_length_is_rejected_and_accepts_nothing(
         answer = _raw_exchange(h.config.port, head.encode() + cut, shut_write=True)
         assert _status_of(answer) == 400
         assert b"announced" in answer
-        assert h.parts.relay.counts()["accepted"] == 0
+        assert h.parts.engine.gauge().counts["accepted"] == 0
 
 
 def test_a_chunked_body_is_decoded_and_accepted(broker: Broker, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_a_malformed_chunked_body_is_400_and_accepts_nothing(
                 "Transfer-Encoding: chunked\r\n\r\n")
         answer = _raw_exchange(h.config.port, head.encode() + b"zz\r\n{}\r\n0\r\n\r\n")
         assert _status_of(answer) == 400
-        assert h.parts.relay.counts()["accepted"] == 0
+        assert h.parts.engine.gauge().counts["accepted"] == 0
 
 
 @pytest.mark.parametrize("path", ["/v1/invocation/end", "/v1/flush", "/v1/nowhere"])
@@ -198,7 +198,7 @@ def test_64_concurrent_senders_are_all_accepted(broker: Broker, tmp_path: Path) 
         for thread in threads:
             thread.join(timeout=60)
         assert results == [1] * 64
-        assert h.parts.relay.counts()["accepted"] == 64
+        assert h.parts.engine.gauge().counts["accepted"] == 64
 
 
 def test_a_repeated_idempotency_key_gets_the_first_answer_and_accepts_nothing_more(
@@ -211,13 +211,13 @@ def test_a_repeated_idempotency_key_gets_the_first_answer_and_accepts_nothing_mo
         again = _post(h.config.port, "/v1/records", _body(3), headers)
         assert first[0] == again[0] == 202
         assert first[1]["ids"] == again[1]["ids"]
-        assert h.parts.relay.counts()["accepted"] == 3
+        assert h.parts.engine.gauge().counts["accepted"] == 3
         other = _post(h.config.port, "/v1/records", _body(3, start=9), headers)
         assert other[0] == 422
         fresh = _post(h.config.port, "/v1/records", _body(3),
                       {**_JSON, IDEMPOTENCY_KEY_HEADER: "key-2"})
         assert fresh[0] == 202
-        assert h.parts.relay.counts()["accepted"] == 6
+        assert h.parts.engine.gauge().counts["accepted"] == 6
 
 
 def test_concurrent_repeats_of_one_key_accept_once(broker: Broker, tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_concurrent_repeats_of_one_key_accept_once(broker: Broker, tmp_path: Pat
             thread.join(timeout=60)
         assert [status for status, _ in answers] == [202] * 8
         assert len({json.dumps(reply["ids"]) for _, reply in answers}) == 1
-        assert h.parts.relay.counts()["accepted"] == 50
+        assert h.parts.engine.gauge().counts["accepted"] == 50
 
 
 def test_wait_delivered_uses_the_requests_own_timeout(tmp_path: Path) -> None:

@@ -23,19 +23,19 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
         for batch in range(5):
             sent += dead.client.send([{"key": f"k{batch}-{i}", "value": i}
                                       for i in range(100)]).ids
-        assert dead.parts.relay.depth()[0] == 500
-        assert dead.parts.relay.counts()["delivered"] == 0
+        assert dead.parts.engine.gauge().pending == 500
+        assert dead.parts.engine.gauge().counts["delivered"] == 0
         # Leaving the block stops the engine without a drain: what a SIGKILL leaves behind.
     assert list((tmp_path / "journal").glob("kafka-relay-journal-*.bin"))
 
     proxy.restore()
     with running_relay(proxy.address, tmp_path, default_topic=topic, journal=True) as fresh:
-        relay = fresh.parts.relay
-        assert relay.counts()["restored"] == 500
+        relay = fresh.parts.engine
+        assert relay.gauge().counts["restored"] == 500
         deadline = time.monotonic() + 60
-        while relay.depth()[0] and time.monotonic() < deadline:
+        while relay.gauge().pending and time.monotonic() < deadline:
             relay.flush(1.0, retry_now=True)
-        counts = relay.counts()
+        counts = relay.gauge().counts
         assert (counts["delivered"], counts["accepted"], counts["spilled"]) == (500, 0, 0)
         report = relay.drain(int(time.time() * 1000) + 2_000, reason="spindown")
         assert (report.pending, report.unaccounted) == (0, 0)

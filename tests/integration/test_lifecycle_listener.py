@@ -22,7 +22,7 @@ def test_a_drain_that_raises_at_shutdown_still_spills_every_pending_record(
         def corrupt_spool() -> int:
             raise ValueError("corrupt spool file")
 
-        h.parts.relay.restore_spool = corrupt_spool  # type: ignore[method-assign]
+        h.parts.engine.restore_spool = corrupt_spool  # type: ignore[method-assign]
         assert h.loop.shutdown("spindown", int(time.time() * 1000) + 1_500) == 0
         (summary,) = h.log_events("shutdown.summary")
         failed = h.log_events("shutdown.step_failed")

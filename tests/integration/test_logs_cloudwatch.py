@@ -14,11 +14,11 @@ import pytest
 
 from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import load_config
-from kafka_relay.logs import CloudWatchTail, main
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
-from kafka_relay.spill import replay
 from kafka_relay.spill.sinks import SpillChain, SpillKind
+from kafka_relay.tools import replayer
+from kafka_relay.tools.logs import CloudWatchTail, main
 from tests.conftest import Broker
 
 REQ1 = "7d1e9f3a-0000-4000-8000-000000000001"
@@ -65,14 +65,17 @@ def _relay(event: str, level: str = "INFO", **fields: object) -> str:
                        "event": event, **fields}, separators=(",", ":"))
 
 
-def _invocation(request_id: str, *, cold: bool, accepted: int) -> list[str]:
+def _invocation(request_id: str, *, cold: bool, accepted: int, delivered: int) -> list[str]:
     report = (f"REPORT RequestId: {request_id}\tDuration: 41.07 ms\tBilled Duration: 42 ms\t"
               "Memory Size: 256 MB\tMax Memory Used: 88 MB\t")
     return [
         f"START RequestId: {request_id} Version: $LATEST",
-        _relay("invocation.done", request_id=request_id, accepted=accepted, delivered=accepted,
-               dead_lettered=0, spilled=0, pending=0, flush_ms=6.5),
-        '{"_aws":{"Timestamp":1,"CloudWatchMetrics":[]},"RecordsAccepted":1}',
+        _relay("records.outcomes", request_id=request_id, at="invocation",
+               by_request={request_id: {"accepted": accepted, "delivered": delivered}}),
+        _relay("invocation.done", request_id=request_id, accepted=accepted, delivered=delivered,
+               dead_lettered=0, spilled=0, pending=accepted - delivered, flush_ms=6.5),
+        json.dumps({"_aws": {"Timestamp": 1, "CloudWatchMetrics": []},
+                    "RecordsAccepted": accepted, "RecordsDelivered": delivered}),
         f"END RequestId: {request_id}",
         report + ("Init Duration: 310.20 ms\t" if cold else ""),
     ]
@@ -105,10 +108,13 @@ def test_the_logs_cli_summarises_a_log_group_and_hands_spills_to_replay(
     stream = Stream(logs, log_group)
     records, spill_lines = _shutdown_spill(topic, tmp_path, 3)
     stream.put([
-        *_invocation(REQ1, cold=True, accepted=5),
-        *_invocation(REQ2, cold=False, accepted=2),
-        *spill_lines,
+        *_invocation(REQ1, cold=True, accepted=5, delivered=4),
+        *_invocation(REQ2, cold=False, accepted=2, delivered=0),
+        *spill_lines,  # the spiller's own spill.log line and the KAFKA_RELAY_SPILL lines
         _relay("shutdown.summary", reason="spindown", accepted=7, delivered=4, spilled=3),
+        _relay("records.outcomes", at="shutdown",
+               by_request={REQ1: {"spilled": 1}, REQ2: {"spilled": 2}}),
+        json.dumps({"_aws": {"Timestamp": 1, "CloudWatchMetrics": []}, "RecordsSpilled": 3}),
     ])
     spilled = tmp_path / "spilled.log"
     code, out, err = _logs_cli(["--log-group", log_group, "--start", str(stream.first_ms),
@@ -120,14 +126,19 @@ def test_the_logs_cli_summarises_a_log_group_and_hands_spills_to_replay(
     assert (rows[REQ1]["cold_start"], rows[REQ1]["init_ms"], rows[REQ2]["cold_start"]) == (
         True, 310.2, False)
     assert rows[REQ1]["start_ms"] == stream.first_ms
-    assert rows[REQ2]["relay"]["accepted"] == 2
+    assert rows[REQ1]["counts"] == {"accepted": 5, "delivered": 4, "spilled": 1}
+    assert rows[REQ2]["counts"] == {"accepted": 2, "delivered": 0, "spilled": 2}
     assert rows[REQ2]["max_memory_mb"] == 88
+    assert summary["after_last_invocation"]["spilled"] == 3
+    assert summary["checks"] == []
     assert [e["event"] for e in summary["events"]] == ["spill.log", "shutdown.summary"]
     # three small records share one packed KAFKA_RELAY_SPILL line
-    assert summary["spill"] == {"lines": 1, "records": 3, "written_to": str(spilled)}
+    assert (summary["spill"]["lines"], summary["spill"]["records"]) == (1, 3)
+    assert summary["spill"]["places"] == {"KAFKA_RELAY_SPILL log lines": 3}
+    assert summary["spill"]["replay"] == [f"kafka-relay-replay --log-file {spilled}"]
 
     out_replay, err_replay = io.StringIO(), io.StringIO()
-    code = replay.main(["--log-file", str(spilled), "--bootstrap", broker.bootstrap],
+    code = replayer.main(["--log-file", str(spilled), "--bootstrap", broker.bootstrap],
                        env={}, stdout=out_replay, stderr=err_replay)
     assert code == 0, out_replay.getvalue() + err_replay.getvalue()
     got = broker.read(topic, expected=3)
@@ -140,12 +151,35 @@ def test_replay_searches_a_log_group_for_spill_lines_in_a_time_range(
 ) -> None:
     stream = Stream(logs, log_group)
     records, spill_lines = _shutdown_spill(topic, tmp_path, 2)
-    stream.put(_invocation(REQ1, cold=True, accepted=2) + spill_lines)
+    stream.put(_invocation(REQ1, cold=True, accepted=2, delivered=0) + spill_lines)
     out, err = io.StringIO(), io.StringIO()
-    code = replay.main(["--log-group", log_group, "--start", str(stream.first_ms),
+    code = replayer.main(["--log-group", log_group, "--start", str(stream.first_ms),
                         "--bootstrap", broker.bootstrap], env={}, stdout=out, stderr=err)
     assert code == 0, out.getvalue() + err.getvalue()
     assert "produced 2, failed 0" in out.getvalue()
+    got = broker.read(topic, expected=2)
+    assert sorted(r.headers["x-relay-id"].decode() for r in got) == [r.id for r in records]
+
+
+def test_the_replay_command_the_logs_cli_prints_replays_exactly_the_spilled_records(
+    logs: Any, log_group: str, broker: Broker, topic: str, tmp_path: Path
+) -> None:
+    stream = Stream(logs, log_group)
+    stream.put(_invocation(REQ1, cold=True, accepted=1, delivered=1))  # outside the range
+    records, spill_lines = _shutdown_spill(topic, tmp_path, 2)
+    stream.put(spill_lines)
+    code, out, err = _logs_cli(["--log-group", log_group, "--since", str(stream.first_ms)])
+    assert code == 0, err
+    (command,) = [line.strip() for line in out.splitlines()
+                  if line.strip().startswith("kafka-relay-replay ")]
+    argv = command.split()[1:]
+    assert argv[:2] == ["--log-group", log_group]
+
+    out_replay, err_replay = io.StringIO(), io.StringIO()
+    code = replayer.main([*argv, "--bootstrap", broker.bootstrap], env={}, stdout=out_replay,
+                         stderr=err_replay)
+    assert code == 0, out_replay.getvalue() + err_replay.getvalue()
+    assert "produced 2, failed 0" in out_replay.getvalue()
     got = broker.read(topic, expected=2)
     assert sorted(r.headers["x-relay-id"].decode() for r in got) == [r.id for r in records]
 
@@ -166,8 +200,8 @@ def test_following_a_log_group_prints_invocations_as_their_report_arrives(
     logs: Any, log_group: str
 ) -> None:
     stream = Stream(logs, log_group)
-    stream.put(_invocation(REQ1, cold=True, accepted=1))
-    later = [[*_invocation(REQ2, cold=False, accepted=4),
+    stream.put(_invocation(REQ1, cold=True, accepted=1, delivered=1))
+    later = [[*_invocation(REQ2, cold=False, accepted=4, delivered=4),
               _relay("flush.incomplete", "WARNING", request_id=REQ2, remaining=1)]]
     clock = iter(range(100))
     code, out, err = _logs_cli(
@@ -180,7 +214,7 @@ def test_following_a_log_group_prints_invocations_as_their_report_arrives(
     items = [json.loads(line) for line in out.splitlines()]
     assert [(i["type"], i.get("request_id")) for i in items] == [
         ("invocation", REQ1), ("invocation", REQ2), ("event", REQ2)]
-    assert items[1]["relay"]["accepted"] == 4
+    assert items[1]["counts"] == {"accepted": 4, "delivered": 4}
 
 
 def test_an_unknown_log_group_is_an_error_naming_it(logs: Any) -> None:

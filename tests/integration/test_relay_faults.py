@@ -27,8 +27,8 @@ def _invoke(h: Harness, request_id: str, records: int, *, start: int = 0) -> lis
 
 
 def _assert_accounted(h: Harness) -> None:
-    counts = h.parts.relay.counts()
-    pending, _ = h.parts.relay.depth()
+    counts = h.parts.engine.gauge().counts
+    pending = h.parts.engine.gauge().pending
     settled = (counts["delivered"] + counts["dead_lettered"] + counts["spilled"]
                + counts["spooled"])
     assert counts["accepted"] + counts["restored"] == settled + pending
@@ -47,14 +47,15 @@ def _outage_then_recovery(proxied: ProxiedBroker, tmp_path: Path, outage_s: floa
             sent += _invoke(h, f"during-{n}", 10, start=10 * n)
             n += 1
             time.sleep(0.1)  # the breaker makes these invocations instant: pace them
-        assert h.parts.relay.depth()[0] > 0, "records sent during the cut must still be pending"
+        assert h.parts.engine.gauge().pending > 0, "records sent during the cut must be pending"
         proxy.restore()
         deadline = time.monotonic() + 30
-        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
-            h.parts.relay.flush(1.0, retry_now=True)
+        while h.parts.engine.gauge().pending and time.monotonic() < deadline:
+            h.parts.engine.flush(1.0, retry_now=True)
         _assert_accounted(h)
-        assert h.parts.relay.counts()["delivered"] == len(sent)
-        assert h.parts.relay.counts()["dead_lettered"] == h.parts.relay.counts()["spilled"] == 0
+        counts = h.parts.engine.gauge().counts
+        assert counts["delivered"] == len(sent)
+        assert counts["dead_lettered"] == counts["spilled"] == 0
     got = broker.read(topic, expected=len(sent), timeout=20)
     ids = [r.headers["x-relay-id"].decode() for r in got]
     assert set(ids) == set(sent)  # 0 lost; any duplicates carry the same id
@@ -119,9 +120,9 @@ def test_a_256_mb_function_with_a_stalled_broker_answers_429_at_its_limit_and_lo
                 break
         busy.close()
         assert refused is not None, "past the limit the relay answers 429"
-        pending_records, pending_bytes = h.parts.relay.depth()
-        assert pending_records <= limits["records"]
-        assert pending_bytes <= limits["bytes"]
+        gauge = h.parts.engine.gauge()
+        assert gauge.pending <= limits["records"]
+        assert gauge.pending_bytes <= limits["bytes"]
         assert h.loop.shutdown("spindown", _now_ms() + 2000) == 0
         (summary,) = h.log_events("shutdown.summary")
         spilled = {r.id for r in parse_spill_lines(h.log_lines()).records}
@@ -145,10 +146,10 @@ def test_a_fenced_producer_is_replaced_and_its_records_resent(
         time.sleep(2.0)  # past message.timeout.ms: local timeouts, epoch bump pending
         proxy.restore()
         deadline = time.monotonic() + 30
-        while h.parts.relay.depth()[0] and time.monotonic() < deadline:
-            h.parts.relay.flush(1.0, retry_now=True)
+        while h.parts.engine.gauge().pending and time.monotonic() < deadline:
+            h.parts.engine.flush(1.0, retry_now=True)
         _assert_accounted(h)
-        counts = h.parts.relay.counts()
+        counts = h.parts.engine.gauge().counts
         assert counts["delivered"] == 10
         assert counts["retries"] >= 1
         assert counts["producers_built"] >= 2  # this broker fences the bumped epoch
@@ -163,7 +164,7 @@ def test_a_record_the_real_producer_cannot_take_is_spilled_and_the_pump_goes_on(
     # Handed to the engine directly: whatever validation lets through, the pump must survive.
     poison = Record(id="poison-1", topic=topic, key=b"p", value=b"v", timestamp_ms=2**63)
     with running_relay(broker.bootstrap, tmp_path, default_topic=topic) as h:
-        h.parts.relay.accept([poison])
+        h.parts.engine.accept([poison])
         ids = _invoke(h, "after", 5)
         status = h.client.status()
         h.loop.shutdown("spindown", _now_ms() + 2000)

@@ -13,8 +13,8 @@ from devtools.moto_server import MotoServer, use_moto
 from kafka_relay.config import Config, load_config
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
-from kafka_relay.spill.replay import main
 from kafka_relay.spill.sinks import SpillChain, SpillKind
+from kafka_relay.tools.replayer import main
 from tests.conftest import Broker
 
 
@@ -69,17 +69,64 @@ def test_a_spool_directory_replays_to_the_original_topic_with_original_ids(
     assert len(list(directory.glob("*.ndjson"))) == 2  # kept without --delete
 
 
-def test_replaying_twice_makes_duplicates_that_dedupe_by_relay_id(
-    broker: Broker, topic: str, spool: tuple[Path, list[Record]]
+def test_replaying_twice_with_the_state_file_produces_each_record_once(
+    broker: Broker, topic: str, spool: tuple[Path, list[Record]], tmp_path: Path
 ) -> None:
     directory, records = spool
+    home = {"HOME": str(tmp_path / "home")}  # the default state file lives under $HOME
+    first = _replay([str(directory), "--bootstrap", broker.bootstrap], home)
+    second = _replay([str(directory), "--bootstrap", broker.bootstrap], home)
+    assert (first[0], second[0]) == (0, 0)
+    assert "produced 5, failed 0" in first[1]
+    assert "skipped 5 replayed before" in second[1]
+    assert "produced 0, failed 0" in second[1]
+    _assert_same(broker.read(topic, expected=5), records)
+    ids = (tmp_path / "home" / ".kafka-relay" / "replayed-ids").read_text().split()
+    assert sorted(ids) == sorted(r.id for r in records)
+
+
+def test_no_state_replays_again_and_the_copies_dedupe_by_relay_id(
+    broker: Broker, topic: str, spool: tuple[Path, list[Record]], tmp_path: Path
+) -> None:
+    directory, records = spool
+    state = tmp_path / "ids"
     for _ in range(2):
-        assert _replay([str(directory), "--bootstrap", broker.bootstrap])[0] == 0
+        assert _replay([str(directory), "--bootstrap", broker.bootstrap, "--state",
+                        str(state)])[0] == 0
+    assert _replay([str(directory), "--bootstrap", broker.bootstrap, "--no-state"])[0] == 0
     got = broker.read(topic, expected=10)
     ids = [r.headers["x-relay-id"].decode() for r in got]
-    assert len(ids) == 10
     assert sorted(set(ids)) == sorted(r.id for r in records)
     assert all(ids.count(record_id) == 2 for record_id in set(ids))
+
+
+def test_delete_keeps_only_the_source_with_an_oversize_record_and_says_why(
+    broker: Broker, topic: str, tmp_path: Path
+) -> None:
+    records = _records(topic, 4)
+    big = Record(id="env1-big", topic=topic, key=b"k", value=b"x" * 5_000)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "KAFKA_PRODUCER_MESSAGE_MAX_BYTES": "2000"}
+    spiller = SpillChain.from_config(_config(broker, tmp_path), JsonLogger(stream=io.StringIO()))
+    spiller.spill(records[:2], reason="kafka unreachable")
+    spiller.spill([records[2], big, records[3]], reason="kafka unreachable")
+    directory = tmp_path / "spool"
+    first, second = sorted(directory.glob("*.ndjson"))
+
+    dry_code, dry = _replay([str(directory), "--dry-run"], env)
+    code, out = _replay([str(directory), "--delete"], env)
+
+    assert dry_code == 0
+    assert f"will fail: env1-big → {topic}: 5" in dry
+    assert "over the producer's message.max.bytes=2000: raise KAFKA_PRODUCER_MESSAGE_MAX_BYTES" \
+        in dry
+    assert code == 1
+    assert "produced 4, failed 1" in out
+    assert "env1-big" in out
+    assert "KAFKA_PRODUCER_MESSAGE_MAX_BYTES" in out
+    assert f"deleted {first}" in out
+    assert f"kept {second}: 1 of its records were not produced" in out
+    assert sorted(directory.glob("*.ndjson")) == [second]
+    assert len(broker.read(topic, expected=4)) == 4
 
 
 def test_delete_removes_the_spool_files_after_a_full_replay(
@@ -88,7 +135,7 @@ def test_delete_removes_the_spool_files_after_a_full_replay(
     directory, _ = spool
     code, out = _replay([str(directory), "--bootstrap", broker.bootstrap, "--delete"])
     assert code == 0, out
-    assert "deleted 2 source file(s)/object(s)" in out
+    assert out.count("deleted ") == 2
     assert list(directory.glob("*.ndjson")) == []
     assert len(broker.read(topic, expected=5)) == 5
 
@@ -168,7 +215,7 @@ def test_s3_spills_replay_from_a_prefix_and_delete_removes_only_spill_objects(
                         {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap})
     assert code == 0, out
     assert "produced 4, failed 0" in out
-    assert "deleted 2 source file(s)/object(s)" in out
+    assert all(f"deleted {d}" in out for d in destinations)
     _assert_same(broker.read(topic, expected=4), records)
     left = s3.list_objects_v2(Bucket="relay-spill")["Contents"]
     assert [o["Key"] for o in left] == ["kafka-relay/rss-producer/NOTES.txt"]

@@ -142,12 +142,12 @@ class Rig:
             self.engine.pump.step()
 
     def counts(self) -> dict[str, int]:
-        return self.engine.counts()
+        return self.engine.gauge().counts
 
     def assert_accounted(self) -> None:
         """accepted + restored == delivered + dead_lettered + spilled + spooled + pending."""
         c = self.counts()
-        pending, _ = self.engine.depth()
+        pending = self.engine.gauge().pending
         assert c["accepted"] + c["restored"] == (c["delivered"] + c["dead_lettered"]
                                                  + c["spilled"] + c["spooled"] + pending), c
         assert self.engine.status()["unaccounted"] == 0

@@ -7,7 +7,7 @@ import io
 import pytest
 from botocore.exceptions import NoCredentialsError, NoRegionError
 
-from kafka_relay.cli import run_cli
+from kafka_relay.tools.cli import run_cli
 
 
 def failing(exc: BaseException) -> int:

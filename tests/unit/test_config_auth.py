@@ -83,6 +83,9 @@ def test_msk_iam_refuses_keys_and_secrets_naming_them_and_the_fix(
     assert all(name in message for name in extra)
     assert "unset them" in message
     assert "KAFKA_AUTH=scram" in message
+    # Both of MSK's listeners for each method: inside AWS and over public access.
+    assert "MSK IAM (port 9098 inside AWS, 9198 over public access)" in message
+    assert "MSK SCRAM (port 9096 inside AWS, 9196 over public access)" in message
     assert not any(value in message for value in extra.values())
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from kafka_relay.config import load_config
+from kafka_relay.config import EXTENSION_SHUTDOWN_MS, load_config
 from kafka_relay.delivery.budget import (
     MEMORY_PER_PENDING_BYTE,
-    SHUTDOWN_BUDGET_MS,
     buffer_limits,
     cpu_share,
     drain_plan,
@@ -51,7 +50,7 @@ def test_drain_delivers_what_the_broker_takes_before_spilling(tmp_path: Path) ->
     rig.engine.start()  # the real pump thread on the fake producer
     try:
         rig.engine.accept(rig.records(4))
-        report = rig.engine.drain(rig.clock.now_ms + SHUTDOWN_BUDGET_MS, reason="spindown")
+        report = rig.engine.drain(rig.clock.now_ms + EXTENSION_SHUTDOWN_MS, reason="spindown")
     finally:
         rig.engine.stop()
     assert report.counts["delivered"] == 4
@@ -71,7 +70,7 @@ def test_a_pump_that_dies_spills_everything_and_reports_unhealthy(tmp_path: Path
     runner.start()
     runner.join(timeout=30)
     assert not runner.is_alive()
-    assert not rig.engine.healthy
+    assert rig.engine.gauge().failure is not None
     status = rig.engine.status()
     assert status["pump"] == {"healthy": False, "error": "RuntimeError: librdkafka went away"}
     assert rig.counts()["spilled"] == 3
@@ -115,7 +114,7 @@ def test_default_buffer_limits_can_always_be_spilled_before_the_shutdown_deadlin
     assert plan.limits == plan.safe
     assert plan.over == ()
     worst = spill_ms(plan.limits.records, plan.limits.bytes, memory_mb=memory_mb)
-    assert worst <= SHUTDOWN_BUDGET_MS - config.shutdown_margin_ms
+    assert worst <= EXTENSION_SHUTDOWN_MS - config.shutdown_margin_ms
     if memory_mb:
         assert plan.limits.bytes * MEMORY_PER_PENDING_BYTE <= memory_mb * 1024 * 1024 * 0.25 + 1
 

@@ -23,7 +23,7 @@ def test_accepted_records_are_delivered_and_accounted(tmp_path: Path) -> None:
     rig.assert_accounted()
     assert rig.counts()["delivered"] == 3
     assert [m.relay_id for m in rig.producer.sent] == ["r1", "r2", "r3"]
-    assert rig.engine.broker_state is BrokerState.UP
+    assert rig.engine.gauge().broker_state is BrokerState.UP
 
 
 def test_in_flight_is_counted_from_dequeue_until_the_report(tmp_path: Path) -> None:
@@ -31,7 +31,7 @@ def test_in_flight_is_counted_from_dequeue_until_the_report(tmp_path: Path) -> N
     rig.engine.accept(rig.records(4))
     rig.step()
     assert rig.engine.status()["in_flight"] == 4
-    assert rig.engine.depth()[0] == 4
+    assert rig.engine.gauge().pending == 4
     rig.assert_accounted()
     rig.producer.hold = False
     rig.step()
@@ -63,7 +63,7 @@ def test_a_transient_error_retries_with_backoff_then_dead_letters_with_headers(
     rig.producer.respond = error_for("t", KafkaError._MSG_TIMED_OUT)
     rig.engine.accept(rig.records(1))
     rig.step()  # attempt 1 fails: due again in 500 ms
-    assert rig.engine.broker_state is BrokerState.DEGRADED
+    assert rig.engine.gauge().broker_state is BrokerState.DEGRADED
     assert rig.engine.status()["waiting_retry"] == 1
     rig.step()
     assert len(rig.producer.sent) == 1, "not before its backoff"
@@ -86,6 +86,43 @@ def test_a_transient_error_retries_with_backoff_then_dead_letters_with_headers(
     assert dlq.headers["x-relay-attempts"] == b"3"
     assert dlq.headers["x-relay-request-id"] == b"req-1"
     assert int(dlq.headers["x-relay-first-failed-ms"]) == rig.clock.now_ms - 1500
+
+
+def test_dlq_retries_leave_the_attempts_header_agreeing_with_the_error_and_name_the_kind(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=2, retry_backoff_ms=100, function_name="rss-producer")
+    dlq_failures = iter([KafkaError(KafkaError._MSG_TIMED_OUT)])
+    rig.producer.respond = lambda sent: (
+        KafkaError(KafkaError._MSG_TIMED_OUT) if sent.topic == "t" else next(dlq_failures, None))
+    rig.engine.accept(rig.records(1))
+    for _ in range(8):
+        rig.step()
+        rig.clock.advance(60_000)
+    rig.assert_accounted()
+    assert rig.counts()["dead_lettered"] == 1
+    dlq = [m for m in rig.producer.sent if m.topic == "dlq.t"]
+    assert len(dlq) == 2  # the first DLQ attempt timed out (attempt 3), the second took it
+    for message in dlq:
+        assert message.headers["x-relay-error"].startswith(b"gave up after 2 attempts: ")
+        assert message.headers["x-relay-attempts"] == b"2"
+        assert message.headers["x-relay-error-kind"] == b"transient"
+        assert message.headers["x-relay-function"] == b"rss-producer"
+    (routed,) = rig.events("dead_letter.routed")
+    assert (routed["error_kind"], routed["attempts"], routed["dlq_topic"]) == (
+        "transient", 2, "dlq.t")
+    (outcome,) = [e for e in rig.events("record.outcome") if e["id"] == "r1"]
+    assert (outcome["outcome"], outcome["where"]) == ("dead_lettered", "dlq.t")
+
+
+def test_a_permanent_error_is_dead_lettered_as_permanent(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = error_for("t", KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    rig.engine.accept(rig.records(1))
+    rig.step(2)
+    (dlq,) = [m for m in rig.producer.sent if m.topic == "dlq.t"]
+    assert (dlq.headers["x-relay-error-kind"], dlq.headers["x-relay-attempts"]) == (
+        b"permanent", b"1")
 
 
 def test_records_waiting_out_a_backoff_go_at_once_when_the_broker_is_back(
@@ -120,7 +157,7 @@ def test_a_permanent_error_dead_letters_at_once(tmp_path: Path, code: int) -> No
     assert [m.topic for m in rig.producer.sent] == ["t", "t", "dlq.t", "dlq.t"]
     assert rig.producer.sent[-1].headers["x-relay-error"].startswith(
         KafkaError(code).name().encode())
-    assert len(rig.events("record.dead_letter")) == 2
+    assert len(rig.events("dead_letter.routed")) == 2
     rig.assert_accounted()
 
 
@@ -147,7 +184,7 @@ def test_a_fenced_producer_is_rebuilt_and_its_records_resent(tmp_path: Path) -> 
     rig.assert_accounted()
     rig.step()
     assert len(rig.producers) == 2
-    assert rig.engine.producer is rig.producers[1]
+    assert rig.engine.pump.producer is rig.producers[1]
     assert rig.counts()["producers_built"] == 2
     assert rig.counts()["delivered"] == 3
     assert [m.relay_id for m in rig.producers[1].sent] == ["r1", "r2", "r3"]
@@ -184,8 +221,59 @@ def test_an_oversize_record_is_spilled_and_a_pointer_dead_lettered(tmp_path: Pat
     pointer = rig.producer.sent[-1]
     assert pointer.topic == "dlq.t"
     body = json.loads(pointer.value or b"")
-    assert (body["id"], body["spilled_to"], body["size"]) == ("r1", "log", 2_001)
+    assert (body["id"], body["spilled_to"], body["size"]) == (
+        "r1", "KAFKA_RELAY_SPILL log lines of /aws/lambda/<function> (id r1)", 2_001)
     assert [r.id for r in parse_spill_lines(rig.log.getvalue().splitlines()).records] == ["r1"]
+
+
+def test_a_failed_dlq_pointer_is_produced_again_and_names_the_spill_location(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=2)
+    failures = iter([KafkaError(KafkaError._MSG_TIMED_OUT)] * 2)
+    rig.producer.respond = lambda sent: (
+        KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if sent.topic == "t"
+        else next(failures, None))
+    rig.engine.accept(rig.records(1, value=b"x" * 2_000))
+    rig.step(6)
+    pointers = [m for m in rig.producer.sent if m.topic == "dlq.t"]
+    assert len(pointers) == 3  # two timed out, the third was acknowledged
+    assert all(m.headers["x-relay-spilled-to"]
+               == b"KAFKA_RELAY_SPILL log lines of /aws/lambda/<function> (id r1)"
+               for m in pointers)
+    assert [e["attempts"] for e in rig.events("dead_letter.pointer_retry")] == [1, 2]
+    assert rig.events("dead_letter.pointer_failed") == []
+
+
+def test_a_dlq_pointer_that_keeps_failing_is_logged_once_with_its_spill_location(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, max_attempts=1)
+    rig.producer.respond = lambda sent: KafkaError(
+        KafkaError.MSG_SIZE_TOO_LARGE if sent.topic == "t" else KafkaError._MSG_TIMED_OUT)
+    rig.engine.accept(rig.records(1, value=b"x" * 2_000))
+    rig.step(6)
+    assert len([m for m in rig.producer.sent if m.topic == "dlq.t"]) == 2
+    (failed,) = rig.events("dead_letter.pointer_failed")
+    assert (failed["id"], failed["attempts"]) == ("r1", 2)
+    assert failed["spilled_to"] == "KAFKA_RELAY_SPILL log lines of /aws/lambda/<function> (id r1)"
+
+
+def test_a_dlq_pointer_unacknowledged_when_the_pump_stops_is_logged_with_its_place(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path)
+    rig.producer.respond = error_for("t", KafkaError.MSG_SIZE_TOO_LARGE)
+    rig.engine.accept(rig.records(1, value=b"x" * 2_000))
+    rig.step()  # the record is refused as too large
+    rig.producer.hold = True  # the DLQ does not answer
+    rig.step()  # spilled; its pointer is produced and waits for its report
+    assert rig.events("dead_letter.pointer_failed") == []
+    rig.engine.pump.stop(join_s=0)
+    (failed,) = rig.events("dead_letter.pointer_failed")
+    assert (failed["id"], failed["error"]) == (
+        "r1", "the extension stopped before the DLQ acknowledged it")
+    assert failed["spilled_to"].startswith("KAFKA_RELAY_SPILL log lines of ")
 
 
 @pytest.mark.parametrize("error", [OverflowError("int too big to convert"),
@@ -207,7 +295,7 @@ def test_a_produce_call_that_raises_dead_letters_that_record_and_the_pump_goes_o
     assert dlq.topic == "dlq.t"
     assert dlq.headers["x-relay-error"].startswith(
         f"produce raised {type(error).__name__}".encode())
-    assert rig.engine.healthy
+    assert rig.engine.gauge().failure is None
     assert rig.events("record.unproducible")
 
 
@@ -287,7 +375,7 @@ def test_a_full_buffer_refuses_the_whole_request_naming_the_limit(tmp_path: Path
         rig.engine.accept(rig.records(2))
     assert refused.value.retry_after_ms > 0
     assert rig.counts()["rejected"] == 2
-    assert rig.engine.depth()[0] == 2
+    assert rig.engine.gauge().pending == 2
     rig.assert_accounted()
 
 
@@ -298,7 +386,7 @@ def test_a_watch_reports_each_outcome_and_pending(tmp_path: Path) -> None:
     watch = rig.engine.accept(rig.records(2), watch=True)
     assert watch is not None
     rig.step()
-    outcomes = rig.engine.wait_settled(watch, 0)
+    outcomes = watch.wait(0)
     assert [(o["id"], o["outcome"]) for o in outcomes] == [("r1", "delivered"),
                                                           ("r2", "pending")]
 

@@ -196,7 +196,7 @@ def test_a_corrupt_segment_is_quarantined_and_the_others_restored(tmp_path: Path
     broken = (bad_frame, bad_payload, no_header, other_python)
     assert quarantined == {path.name for path in broken}
     assert all(path.with_name(path.name + ".corrupt").exists() for path in broken)
-    assert fresh.engine.healthy
+    assert fresh.engine.gauge().failure is None
     fresh.step(2)
     assert fresh.counts()["delivered"] == 2
 
@@ -262,7 +262,7 @@ def test_a_journal_write_that_fails_is_logged_and_records_are_still_accepted(
     rig = _stalled(tmp_path)
     monkeypatch.setattr(journal_module, "_write_all", full)
     rig.engine.accept(rig.records(2))
-    assert rig.engine.depth()[0] == 2
+    assert rig.engine.gauge().pending == 2
     (failed,) = rig.events("journal.write_failed")
     assert "No space left" in failed["error"]
     assert rig.engine.status()["journal"]["enabled"] is False

@@ -1,5 +1,6 @@
-"""Lambda modes, piece by piece: detection, registration, Telemetry schema, the handoff token,
-per-request accounting, the SnapStart gate and the SHUTDOWN-only loop."""
+"""Lambda modes, piece by piece: detection and the one decision, registration, Telemetry
+(schema, request ends, restores), the handoff token, per-request accounting, SnapStart's
+restore and the SHUTDOWN-only loop."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +16,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kafka_relay.aws_lambda import INVOKE, SHUTDOWN, mode_hint
 from kafka_relay.client import RelayClient
-from kafka_relay.config import LambdaMode, lambda_mode, load_config
+from kafka_relay.config import Config, LambdaMode, load_config
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import LambdaApiError
+from kafka_relay.handoff.signals import HandlerSignals
+from kafka_relay.lifecycle.background_loop import BackgroundLoop
 from kafka_relay.lifecycle.events import ShutdownEvent
 from kafka_relay.lifecycle.listener import ShutdownSummary
-from kafka_relay.lifecycle.managed import BackgroundLoop
-from kafka_relay.lifecycle.modes import subscribe
 from kafka_relay.lifecycle.register import RegisterFailed, register_for_mode
+from kafka_relay.lifecycle.telemetry import TelemetryReceiver, subscribe
 from kafka_relay.modes.accounting import AccountedSignals, RequestAccounting
-from kafka_relay.modes.snapstart import REFUSAL, SnapStartGate
+from kafka_relay.modes.managed_instances import ManagedInstances
+from kafka_relay.modes.mode import Mode, decide, mode_for
+from kafka_relay.modes.on_demand import OnDemand
+from kafka_relay.modes.snap_start import REFUSAL, SnapStart
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import TOKEN_SOURCES, handoff_token
 from kafka_relay.record import Record
@@ -41,18 +48,56 @@ from tests.unit.engine_fakes import Rig
     ("provisioned-concurrency", LambdaMode.ON_DEMAND),
     ("", LambdaMode.ON_DEMAND),
 ])
-def test_the_mode_comes_from_the_initialization_type(value: str, mode: LambdaMode) -> None:
-    assert lambda_mode({"AWS_LAMBDA_INITIALIZATION_TYPE": value}) is mode
-    assert lambda_mode({}) is LambdaMode.ON_DEMAND
+def test_the_mode_hint_comes_from_the_initialization_type(value: str, mode: LambdaMode) -> None:
+    assert mode_hint({"AWS_LAMBDA_INITIALIZATION_TYPE": value}) == mode.value
+    assert mode_hint({}) == LambdaMode.ON_DEMAND.value
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("8", 8), ("", 1), ("lots", 1), ("0", 1)])
-def test_max_concurrency_is_read_liberally_and_never_fails_init(raw: str, expected: int) -> None:
-    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092",
-                          "AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances",
-                          "AWS_LAMBDA_MAX_CONCURRENCY": raw})
-    assert config.mode is LambdaMode.MANAGED_INSTANCES
-    assert config.max_concurrency == expected
+_CONTAINER = {"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://127.0.0.1:9/creds",
+              "AWS_CONTAINER_AUTHORIZATION_TOKEN": "token"}
+
+
+@pytest.mark.parametrize(("env", "mode"), [
+    (_CONTAINER, LambdaMode.SNAP_START),  # the initialization type hidden from the extension
+    ({**_CONTAINER, "AWS_LAMBDA_INITIALIZATION_TYPE": "unheard-of"}, LambdaMode.SNAP_START),
+    ({**_CONTAINER, "AWS_ACCESS_KEY_ID": "ASIA1"}, LambdaMode.ON_DEMAND),  # static keys
+    ({**_CONTAINER, "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand"}, LambdaMode.ON_DEMAND),
+    ({"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://x"}, LambdaMode.ON_DEMAND),  # no token
+])
+def test_snap_start_is_told_by_container_credentials_when_the_type_is_hidden(
+        env: dict[str, str], mode: LambdaMode) -> None:
+    assert mode_hint(env) == mode.value
+
+
+def _config(**env: str) -> Config:
+    return load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", **env})
+
+
+@given(events=st.lists(st.sampled_from([INVOKE, SHUTDOWN, "OTHER"]), unique=True),
+       init_type=st.sampled_from(["", "on-demand", "snap-start", "lambda-managed-instances"]))
+def test_the_registrations_answer_decides_before_the_environment(
+        events: list[str], init_type: str) -> None:
+    config = _config(AWS_LAMBDA_INITIALIZATION_TYPE=init_type)
+    mode = decide(events, config)
+    if INVOKE not in events:
+        assert mode is LambdaMode.MANAGED_INSTANCES
+    elif init_type == "snap-start":
+        assert mode is LambdaMode.SNAP_START
+    else:
+        assert mode is LambdaMode.ON_DEMAND
+    assert mode_for(events, config).name is mode
+
+
+@pytest.mark.parametrize("mode", ["lambda-managed-instances", "snap-start", ""])
+def test_the_configuration_ignores_the_variables_lambda_gives_only_to_the_runtime(
+    mode: str,
+) -> None:
+    # AWS_EXECUTION_ENV and AWS_LAMBDA_MAX_CONCURRENCY reach the runtime, not extensions.
+    base = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "AWS_LAMBDA_INITIALIZATION_TYPE": mode}
+    runtime_only = {"AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+                    "AWS_LAMBDA_MAX_CONCURRENCY": "8"}
+
+    assert load_config({**base, **runtime_only}) == load_config(base)
 
 
 def test_under_snap_start_the_token_is_the_container_credentials_token() -> None:
@@ -78,7 +123,6 @@ def test_client_and_extension_resolve_the_same_token_from_one_environment(
 class FakeApi:
     def __init__(self, *, refuse_schema: str | None = None) -> None:
         self.refuse_schema = refuse_schema
-        self.events: list[str] = []
         self.schemas: list[str] = []
 
     def subscribe_telemetry(self, uri: str, *, types: list[str], schema: str = "") -> None:
@@ -113,14 +157,16 @@ def _events(stream: io.StringIO, name: str) -> list[dict[str, Any]]:
 
 def test_managed_instances_register_for_shutdown_only() -> None:
     post = FakeRegister(refuse_invoke="Extension.InvalidEventType")
-    done = register_for_mode("x:1", "kafka-relay", "lambda-managed-instances", post=post)
+    done = register_for_mode("x:1", "kafka-relay",
+                             {"AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances"},
+                             post=post)
     assert (done.events, done.refused) == (["SHUTDOWN"], None)
     assert post.registrations == [["SHUTDOWN"]]
 
 
 def test_an_invoke_registration_refused_as_invalid_falls_back_to_shutdown_only() -> None:
     post = FakeRegister(refuse_invoke="Extension.InvalidEventType")
-    done = register_for_mode("x:1", "kafka-relay", "on-demand", post=post)
+    done = register_for_mode("x:1", "kafka-relay", {}, post=post)
     assert done.events == ["SHUTDOWN"]
     assert done.refused is not None
     assert "InvalidEventType" in done.refused
@@ -130,7 +176,8 @@ def test_an_invoke_registration_refused_as_invalid_falls_back_to_shutdown_only()
 def test_another_registration_refusal_is_not_papered_over() -> None:
     post = FakeRegister(refuse_invoke="Extension.AlreadyRegistered")
     with pytest.raises(RegisterFailed):
-        register_for_mode("x:1", "kafka-relay", "snap-start", post=post)
+        register_for_mode("x:1", "kafka-relay",
+                          {"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}, post=post)
     assert post.registrations == [["INVOKE", "SHUTDOWN"]]
 
 
@@ -169,7 +216,7 @@ def _records(rig: Rig, request_id: str | None, count: int) -> list[Record]:
 def test_each_request_is_reported_once_it_ended_and_its_records_settled(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     accounting = RequestAccounting(rig.engine, monotonic=rig.clock.monotonic)
-    signals = AccountedSignals(accounting)
+    signals = AccountedSignals(HandlerSignals(), accounting)
     accounting.accept(_records(rig, "a", 2))
     accounting.accept(_records(rig, "b", 1))
     accounting.accept(_records(rig, None, 3))  # no request id: counted globally only
@@ -235,81 +282,173 @@ def test_accounting_counts_right_under_concurrent_clients(tmp_path: Path) -> Non
     rig.assert_accounted()
 
 
-# -- SnapStart ---------------------------------------------------------------------------------
+# -- modes built as production builds them, restores, Telemetry ------------------------------
 
 
-def _deferred(rig: Rig) -> DeliveryEngine:
-    return DeliveryEngine(rig.config, producer_factory=rig._build, spill=rig.spill,
-                          logger=rig.logger, wall_ms=rig.clock.wall_ms,
-                          monotonic=rig.clock.monotonic, defer_producer=True)
+def _built(rig: Rig, events: tuple[str, ...] = (INVOKE, SHUTDOWN), *,
+           hint: LambdaMode = LambdaMode.ON_DEMAND,
+           factory: Any = None) -> tuple[Mode, DeliveryEngine]:
+    """The mode ``mode_for`` decides, on an engine deferred as that mode asks (app.assemble)."""
+    config = replace(rig.config, mode_hint=hint, init_probe_ms=0)
+    kind = mode_for(events, config)
+    engine = DeliveryEngine(config, producer_factory=factory or rig._build, spill=rig.spill,
+                            logger=rig.logger, wall_ms=rig.clock.wall_ms,
+                            monotonic=rig.clock.monotonic, defer_producer=kind.defers_producer)
+    return kind(config, engine, rig.logger), engine
 
 
-def test_the_gate_refuses_records_and_builds_no_producer_until_the_restore(
+def test_snap_start_refuses_records_and_builds_no_producer_until_the_restore(
         tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.producers.clear()  # the rig's own engine built one; this test's engine must not
-    engine = _deferred(rig)
-    gate = SnapStartGate(engine, rig.logger, wait_s=0)
-    reseeds: list[int] = []
-
-    def reseed() -> dict[str, Any]:
-        reseeds.append(1)
-        return {"reseeded": len(reseeds)}
-
-    gate.hooks.append(reseed)
+    mode, engine = _built(rig, hint=LambdaMode.SNAP_START)
+    assert isinstance(mode, SnapStart)
+    mode.restore_wait_s = 0
+    init_prefix = mode.ids.prefix
     try:
         assert rig.producers == []
-        assert gate.admit() == REFUSAL
-        assert engine.counts()["producers_built"] == 0
+        assert mode.admit() == REFUSAL
+        assert engine.gauge().counts["producers_built"] == 0
 
-        gate.restore("telemetry")
-        gate.restore("invoke")  # the first INVOKE after restoreStart: nothing more
+        mode.restore("telemetry")
+        mode.restore("invoke")  # the first INVOKE after restoreStart: nothing more
 
-        assert gate.admit() is None
+        assert mode.admit() is None
         assert len(rig.producers) == 1
-        assert reseeds == [1]
+        assert mode.ids.prefix != init_prefix
+        assert mode.ids.next().startswith(mode.ids.prefix + "-")
         (restored,) = rig.events("snapstart.restored")
-        assert (restored["trigger"], restored["reseeded"]) == ("telemetry", 1)
+        assert restored["trigger"] == "telemetry"
+        assert (restored["id_prefix"], restored["init_id_prefix"]) == (mode.ids.prefix,
+                                                                       init_prefix)
     finally:
         engine.stop()
 
 
 def test_a_failed_restore_keeps_refusing_and_the_next_signal_retries(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    engine = _deferred(rig)
-    gate = SnapStartGate(engine, rig.logger, wait_s=0)
     failures = [RuntimeError("secret not readable")]
 
-    def hook() -> dict[str, Any]:
+    def factory() -> Any:
         if failures:
             raise failures.pop()
-        return {}
+        return rig._build()
 
-    gate.hooks.append(hook)
+    mode, engine = _built(rig, hint=LambdaMode.SNAP_START, factory=factory)
+    assert isinstance(mode, SnapStart)
+    mode.restore_wait_s = 0
     try:
-        gate.restore("telemetry")
-        assert gate.admit() == REFUSAL
+        mode.restore("telemetry")
+        assert mode.admit() == REFUSAL
         assert len(rig.events("snapstart.restore_failed")) == 1
-        gate.restore("invoke")
-        assert gate.admit() is None
-        assert gate.trigger == "invoke"
+        mode.restore("invoke")
+        assert mode.admit() is None
+        (restored,) = rig.events("snapstart.restored")
+        assert restored["trigger"] == "invoke"
+        mode.port.accept(rig.records(2))
+        engine.flush(5.0)  # the pump thread runs on the producer the retry built
+        gauge = engine.gauge()
+        assert (gauge.failure, gauge.counts["delivered"], len(rig.producers)) == (None, 2, 2)
     finally:
         engine.stop()
 
 
 def test_a_request_racing_the_restore_signal_waits_for_it(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
-    engine = _deferred(rig)
-    gate = SnapStartGate(engine, rig.logger, wait_s=30)
+    mode, engine = _built(rig, hint=LambdaMode.SNAP_START)
+    assert isinstance(mode, SnapStart)
+    mode.restore_wait_s = 30
     answers: list[str | None] = []
-    waiter = threading.Thread(target=lambda: answers.append(gate.admit()))
+    waiter = threading.Thread(target=lambda: answers.append(mode.admit()))
     try:
         waiter.start()
-        gate.restore("telemetry")
+        mode.restore("telemetry")
         waiter.join(timeout=30)
         assert answers == [None]
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize(("events", "kind"), [((INVOKE, SHUTDOWN), OnDemand),
+                                              ((SHUTDOWN,), ManagedInstances)])
+def test_a_restore_in_a_mode_that_built_its_producer_reseeds_ids_and_rebuilds_it(
+        tmp_path: Path, events: tuple[str, ...], kind: type) -> None:
+    rig = Rig(tmp_path)
+    rig.producers.clear()
+    mode, engine = _built(rig, events)
+    assert isinstance(mode, kind)
+    before = mode.ids.prefix
+    engine.accept(_records(rig, "r1", 2))
+    engine.pump.step()
+    assert len(rig.producers) == 1
+
+    mode.restore("telemetry")
+    engine.pump.step()  # the pump rebuilds before its next batch
+
+    assert mode.ids.prefix != before
+    assert len(rig.producers) == 2
+    assert engine.gauge().counts["producers_built"] == 2
+    (reseeded,) = rig.events("restore.reseeded")
+    assert (reseeded["previous_id_prefix"], reseeded["id_prefix"]) == (before, mode.ids.prefix)
+    engine.accept(_records(rig, "r2", 1))
+    engine.pump.step()
+    gauge = engine.gauge()
+    assert (gauge.counts["accepted"], gauge.counts["delivered"], gauge.pending) == (3, 3, 0)
+    assert len(rig.producers[1].sent) == 1  # the new producer delivers r2
+
+
+def _telemetry(*events: tuple[str, dict[str, Any]]) -> bytes:
+    return json.dumps([{"time": "2025-01-29T00:00:00.000Z", "type": kind, "record": record}
+                       for kind, record in events]).encode()
+
+
+def test_managed_instances_close_a_request_on_platform_report_without_the_end_call(
+        tmp_path: Path) -> None:
+    """What AWS's Managed Instances platform sends per request: platform.start, then
+    platform.report (requestId, status) - never an invoke platform.runtimeDone."""
+    rig = Rig(tmp_path)
+    mode, engine = _built(rig, (SHUTDOWN,))
+    assert isinstance(mode, ManagedInstances)
+    receiver = TelemetryReceiver(lambda request_id, _status: mode.signals.mark_done(request_id),
+                                 hosts=("127.0.0.1",))
+    receiver.start()
+    try:
+        mode.port.accept(_records(rig, "req-a", 3))
+        engine.pump.step()
+        engine.pump.step()
+        receiver.receive(_telemetry(("platform.start", {"requestId": "req-a",
+                                                        "version": "$LATEST"})))
+        assert mode.accounting.due() == []  # started, not over
+        receiver.receive(_telemetry(("platform.report", {
+            "requestId": "req-a", "status": "success", "metrics": {"durationMs": 12.5}})))
+        assert mode.accounting.due() == [{"request_id": "req-a", "accepted": 3, "delivered": 3,
+                                          "dead_lettered": 0, "spilled": 0, "pending": 0,
+                                          "ended": True}]
+    finally:
+        receiver.stop()
+        engine.stop()
+
+
+def test_the_receiver_tells_request_ends_and_restores_and_ignores_the_rest() -> None:
+    ended: list[tuple[str, str]] = []
+    restores: list[int] = []
+    receiver = TelemetryReceiver(lambda request_id, status: ended.append((request_id, status)),
+                                 on_restore=lambda: restores.append(1), hosts=("127.0.0.1",))
+    receiver.start()
+    try:
+        receiver.receive(_telemetry(
+            ("platform.initStart", {"initializationType": "snap-start"}),
+            ("platform.restoreStart", {}),
+            ("platform.start", {"requestId": "a"}),
+            ("platform.runtimeDone", {"requestId": "a", "status": "success"}),
+            ("platform.report", {"requestId": "a", "status": "success"}),
+            ("platform.report", {"status": "timeout"}),  # no request id: nothing to close
+            ("platform.initRuntimeDone", {"status": "success"})))
+        receiver.receive(b"not json")
+    finally:
+        receiver.stop()
+    assert ended == [("a", "success"), ("a", "success")]
+    assert restores == [1]
 
 
 # -- the SHUTDOWN-only loop ------------------------------------------------------------------

@@ -178,6 +178,7 @@ def make_checkout(root: Path, *, launcher: bytes = b"#!/bin/sh\nexec python3 -m 
         "__init__.py", "client.py", "py.typed", "handoff/server.py",
         "__pycache__/client.cpython-311.pyc", "handoff/__pycache__/server.cpython-311.pyc",
         "tests/test_client.py", "test_config.py", ".editor-swap.py", "notes.txt",
+        "tools/__init__.py", "tools/logs.py",
     ]:
         path = package / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +188,9 @@ def make_checkout(root: Path, *, launcher: bytes = b"#!/bin/sh\nexec python3 -m 
     script.chmod(launcher_mode)
 
 
-def test_layer_gets_an_executable_launcher_and_only_package_sources(tmp_path: Path) -> None:
+def test_layer_gets_an_executable_launcher_and_runtime_sources_but_not_the_operator_tools(
+    tmp_path: Path,
+) -> None:
     make_checkout(tmp_path, launcher_mode=0o644)  # even a checkout that lost the exec bit
     tree = FileTree()
 

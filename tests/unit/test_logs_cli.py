@@ -8,10 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from kafka_relay.logs import FileTail, Invocation, LogLine, LogParser, LogsError, main, parse_time
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import spill_lines
-from kafka_relay.spill.replay import read_log_file
+from kafka_relay.tools.logs import FileTail, LogsError, main, parse_time
+from kafka_relay.tools.replayer import read_log_file
+from kafka_relay.tools.table import (
+    Invocation,
+    LogLine,
+    LogParser,
+    RelayEvent,
+    View,
+    format_event,
+    summarise,
+)
 
 REQ1 = "0b1c2d3e-0000-4000-8000-000000000001"
 REQ2 = "0b1c2d3e-0000-4000-8000-000000000002"
@@ -33,6 +42,15 @@ def _done(request_id: str, accepted: int) -> str:
                   delivered=accepted - 1, dead_lettered=1, spilled=0, pending=0, flush_ms=3.5)
 
 
+def _outcomes(by_request: dict[str, dict[str, int]], at: str = "invocation") -> str:
+    return _relay("records.outcomes", at=at, by_request=by_request)
+
+
+def _emf(**metrics: int) -> str:
+    return json.dumps({"_aws": {"Timestamp": 1767225600500, "CloudWatchMetrics": []},
+                       "FunctionName": "f", **metrics})
+
+
 def _spilled_record() -> Record:
     record = Record(id="env1-00000007", topic="rss.events", key=b"k", value=b"\x00" * 400_000,
                     headers=(("source", b"feed"),), timestamp_ms=1767225600000)
@@ -45,22 +63,26 @@ SANDBOX = [
     _relay("init.ready", port=4195),
     "fetched 10 items from the feed",
     '{"level": "INFO", "message": "handler JSON output, not the relay\'s"}',
-    _relay("record.dead_letter", "WARNING", request_id=REQ1, id="env1-00000003",
+    _relay("dead_letter.routed", "WARNING", request_id=REQ1, id="env1-00000003",
            topic="rss.events", error="TOPIC_EXCEPTION: bad"),
+    _outcomes({REQ1: {"accepted": 10, "delivered": 9, "dead_lettered": 1}}),
     _done(REQ1, 10),
-    '{"_aws":{"Timestamp":1767225600500,"CloudWatchMetrics":[]},"RecordsAccepted":10}',
+    _emf(RecordsAccepted=10, RecordsDelivered=9, RecordsDeadLettered=1),
     f"END RequestId: {REQ1}",
     _report(REQ1, init=True),
     f"START RequestId: {REQ2} Version: $LATEST",
+    _outcomes({REQ2: {"accepted": 4, "delivered": 2}}),
     _done(REQ2, 4),
+    _emf(RecordsAccepted=4, RecordsDelivered=2),
     _relay("flush.incomplete", "WARNING", request_id=REQ2, remaining=2, budget_ms=500),
     f"END RequestId: {REQ2}",
     _report(REQ2, init=False),
     _relay("spill.log", "WARNING", records=1, reason="shutdown (spindown) before delivery"),
     *spill_lines([_spilled_record()], reason="shutdown (spindown) before delivery"),
-    _relay("shutdown.summary", reason="spindown", accepted=14, delivered=12, spilled=1),
-    _relay("invocation.done", accepted=0, delivered=0, dead_lettered=0, spilled=0, pending=0,
-           flush_ms=0.0),
+    _relay("shutdown.summary", reason="spindown", accepted=14, delivered=12, dead_lettered=1,
+           spilled=1, spooled=0, restored=0),
+    _outcomes({REQ2: {"delivered": 1, "spilled": 1}}, "shutdown"),
+    _emf(RecordsDelivered=1, RecordsSpilled=1),
 ]
 
 
@@ -87,30 +109,102 @@ def test_report_lines_parse_with_prefixes_spaces_and_a_status() -> None:
     assert (invocation.max_memory_mb, invocation.status) == (90, "timeout")
 
 
-def test_relay_counts_join_their_invocation_by_request_id_in_any_order() -> None:
+def test_outcomes_join_their_invocation_by_request_id_in_any_order() -> None:
     lines = [f"START RequestId: {REQ1} Version: $LATEST", f"START RequestId: {REQ2} Version: 1",
-             _done(REQ2, 4), _report(REQ1, init=False), _done(REQ1, 10)]
+             _outcomes({REQ2: {"accepted": 4, "delivered": 3}}), _report(REQ1, init=False),
+             _outcomes({REQ1: {"accepted": 10}, REQ2: {"dead_lettered": 1}}),
+             _outcomes({REQ1: {"spilled": 10}}, "shutdown")]
     first, second = _parsed(lines).invocations
-    assert first.request_id == REQ1
-    assert first.relay is not None
-    assert first.relay["accepted"] == 10
-    assert second.relay == {"accepted": 4, "delivered": 3, "dead_lettered": 1, "spilled": 0,
-                            "pending": 0, "flush_ms": 3.5}
+    assert (first.request_id, first.counts, first.pending) == (
+        REQ1, {"accepted": 10, "spilled": 10}, 0)
+    assert second.counts == {"accepted": 4, "delivered": 3, "dead_lettered": 1}
     assert not second.reported
 
 
-def test_relay_events_are_warnings_errors_and_summaries_not_info_emf_or_handler_lines() -> None:
+def test_what_settled_at_shutdown_is_counted_in_its_row_and_in_the_final_row() -> None:
     parser = _parsed(SANDBOX)
-    assert [e.event for e in parser.events] == [
-        "record.dead_letter", "flush.incomplete", "spill.log", "shutdown.summary"]
-    dead_letter = parser.events[0]
-    assert dead_letter.request_id == REQ1
-    assert dead_letter.fields == {"id": "env1-00000003", "topic": "rss.events",
-                                  "error": "TOPIC_EXCEPTION: bad"}
-    assert dead_letter.ts_ms == 1767225600500
-    assert parser.emf_lines == 1
-    # The summary's trailing invocation.done has no request id: it makes no row.
-    assert len(parser.invocations) == 2
+    summary = summarise(parser, View())
+    second = summary["invocations"][1]
+    assert second["counts"] == {"accepted": 4, "delivered": 3, "spilled": 1}
+    assert second["problems"] == ["1 spilled: replay them"]
+    assert summary["after_last_invocation"] == {
+        "accepted": 0, "delivered": 1, "dead_lettered": 0, "spilled": 1, "spooled": 0,
+        "restored": 0, "recovered": 0}
+    assert summary["checks"] == []
+
+
+def test_records_a_crashed_environment_left_count_once_where_they_began() -> None:
+    # The first environment died with 3 records unsettled (no shutdown.summary); the next
+    # one recovered them from the journal and delivered them.
+    lines = [f"START RequestId: {REQ1} Version: $LATEST",
+             _outcomes({REQ1: {"accepted": 3}}), _emf(RecordsAccepted=3),
+             _outcomes({REQ1: {"recovered": 3, "delivered": 3}}, "shutdown"),
+             _emf(RecordsRestored=3, RecordsDelivered=3),
+             _relay("shutdown.summary", accepted=0, restored=3, delivered=3)]
+    parser = _parsed(lines)
+    (row,) = parser.invocations
+    assert (row.pending, row.problems()) == (
+        0, ["3 recovered from a crashed environment's journal"])
+    # The crashed environment wrote no shutdown.summary: the check says so.
+    assert parser.checks() == ["accepted: rows 3 != shutdown.summary 0"]
+
+
+def test_rows_that_disagree_with_emf_or_the_shutdown_summary_fail_the_check() -> None:
+    parser = _parsed([*SANDBOX, _emf(RecordsDelivered=1)])
+    assert parser.checks() == ["delivered: rows 12 != EMF 13"]
+    parser = _parsed([line for line in SANDBOX if "RecordsSpilled" not in line])
+    assert parser.checks() == ["delivered: rows 12 != EMF 11", "spilled: rows 1 != EMF 0"]
+
+
+def test_shown_events_are_warnings_errors_and_summaries_not_info_emf_or_handler_lines() -> None:
+    summary = summarise(_parsed(SANDBOX), View())
+    assert [e["event"] for e in summary["events"]] == [
+        "dead_letter.routed", "flush.incomplete", "spill.log", "shutdown.summary"]
+    dead_letter = summary["events"][0]
+    assert dead_letter["request_id"] == REQ1
+    assert dead_letter["fields"] == {"id": "env1-00000003", "topic": "rss.events",
+                                     "error": "TOPIC_EXCEPTION: bad"}
+    assert dead_letter["ts_ms"] == 1767225600500
+    assert _parsed(SANDBOX).emf_lines == 3
+
+
+def test_level_and_request_id_select_events_and_rows() -> None:
+    parser = _parsed(SANDBOX)
+    info = summarise(parser, View(level="INFO"))
+    assert info["events"][0]["event"] == "init.ready"
+    one = summarise(parser, View(request_id=REQ2))
+    assert [r["request_id"] for r in one["invocations"]] == [REQ2]
+    assert [e["event"] for e in one["events"]] == ["flush.incomplete"]
+    assert one["totals"]["accepted"] == 14  # totals always cover every line read
+
+
+def test_repeated_librdkafka_lines_collapse_into_one_broker_unreachable_line() -> None:
+    lines = [json.dumps({"ts": 1767225600 + n, "level": "ERROR", "logger": "kafka-relay",
+                         "event": "librdkafka", "message": f"Connect to broker failed {n}"})
+             for n in range(30)]
+    lines.append(json.dumps({"ts": 1767229200, "level": "ERROR", "logger": "kafka-relay",
+                             "event": "librdkafka", "message": "again an hour later"}))
+    events = [RelayEvent(**e) for e in summarise(_parsed(lines), View())["events"]]
+    assert [e.repeats for e in events] == [30, 1]
+    assert format_event(events[0]) == (
+        "2026-01-01T00:00:00.000Z ERROR   broker unreachable from 2026-01-01T00:00:00.000Z "
+        "to 2026-01-01T00:00:29.000Z (30 librdkafka lines; first: Connect to broker failed 0)")
+
+
+def test_spilled_records_are_listed_by_place_with_the_replay_command() -> None:
+    lines = [_relay("spill.s3", "WARNING", destination="s3://b/kafka-relay/f/2026/01/01/a.ndjson",
+                    records=3, reason="x"),
+             _relay("spill.s3", "WARNING", destination="s3://b/kafka-relay/f/2026/01/01/b.ndjson",
+                    records=2, reason="x"),
+             _relay("spill.log", "WARNING", records=4, reason="x")]
+    summary = summarise(_parsed(lines), View(log_group="/aws/lambda/f"))
+    assert summary["spill"]["places"] == {
+        "s3://b/kafka-relay/f/2026/01/01/a.ndjson": 3,
+        "s3://b/kafka-relay/f/2026/01/01/b.ndjson": 2, "KAFKA_RELAY_SPILL log lines": 4}
+    assert summary["spill"]["replay"] == [
+        "kafka-relay-replay s3://b/kafka-relay/f/2026/01/01/ --dry-run   # then again without "
+        "--dry-run, add --delete to remove what was replayed",
+        "kafka-relay-replay --log-group /aws/lambda/f --start 1d"]
 
 
 def test_init_errors_are_events() -> None:
@@ -124,11 +218,10 @@ def test_init_errors_are_events() -> None:
 def test_feed_returns_an_invocation_when_its_report_arrives() -> None:
     parser = LogParser()
     assert parser.feed(LogLine(f"START RequestId: {REQ1} Version: $LATEST")) == []
-    assert parser.feed(LogLine(_done(REQ1, 2))) == []
+    assert parser.feed(LogLine(_outcomes({REQ1: {"accepted": 2}}))) == []
     (row,) = parser.feed(LogLine(_report(REQ1, init=False), timestamp_ms=5))
     assert isinstance(row, Invocation)
-    assert row.request_id == REQ1
-    assert row.relay is not None
+    assert (row.request_id, row.counts) == (REQ1, {"accepted": 2})
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -143,35 +236,47 @@ def _log_file(tmp_path: Path, lines: list[str]) -> Path:
     return path
 
 
-def test_json_output_has_rows_events_totals_and_spill_counts(tmp_path: Path) -> None:
+def test_json_output_has_rows_events_totals_checks_and_spill_counts(tmp_path: Path) -> None:
     code, out, _ = _run(["--file", str(_log_file(tmp_path, SANDBOX)), "--json"])
     assert code == 0
     summary = json.loads(out)
-    assert set(summary) == {"invocations", "events", "totals", "spill"}
+    assert set(summary) == {"invocations", "after_last_invocation", "events", "totals",
+                            "checks", "spill"}
     first = summary["invocations"][0]
     assert first["request_id"] == REQ1
-    assert (first["cold_start"], first["init_ms"], first["relay"]["dead_lettered"]) == (
+    assert (first["cold_start"], first["init_ms"], first["counts"]["dead_lettered"]) == (
         True, 123.45, 1)
     assert summary["events"][1] == {
         "ts_ms": 1767225600500, "level": "WARNING", "event": "flush.incomplete",
-        "request_id": REQ2, "fields": {"remaining": 2, "budget_ms": 500}}
+        "request_id": REQ2, "fields": {"remaining": 2, "budget_ms": 500}, "repeats": 1,
+        "last_ms": None}
     assert summary["totals"] == {"invocations": 2, "cold_starts": 1, "accepted": 14,
-                                 "delivered": 12, "dead_lettered": 2, "spilled": 0}
+                                 "delivered": 12, "dead_lettered": 1, "spilled": 1,
+                                 "spooled": 0, "restored": 0, "recovered": 0, "pending": 0}
     chunks = len(list(spill_lines([_spilled_record()], reason="")))
     assert chunks > 1
-    assert summary["spill"] == {"lines": chunks, "records": 1, "written_to": None}
+    assert (summary["spill"]["lines"], summary["spill"]["records"]) == (chunks, 1)
 
 
-def test_text_output_shows_one_row_per_invocation_then_the_events(tmp_path: Path) -> None:
+def test_text_output_shows_flagged_rows_totals_the_check_and_the_next_command(
+    tmp_path: Path,
+) -> None:
     code, out, _ = _run(["--file", str(_log_file(tmp_path, SANDBOX))])
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["REQUEST", "ID", "DURATION"]
-    assert lines[1].split()[:9] == [REQ1, "12.34", "ms", "13", "ms", "123.5", "ms", "80/256", "10"]
-    assert lines[2].split()[5] == "-"  # warm start: no init duration
-    assert "record.dead_letter request_id=" + REQ1 in out
+    assert lines[1].split()[:10] == ["!", REQ1, "12.34", "ms", "13", "ms", "123.5", "ms",
+                                     "80/256", "10"]
+    assert lines[1].endswith("1 on the DLQ")
+    assert lines[2].split()[6] == "-"  # warm start: no init duration
+    assert lines[3].split()[:6] == ["(after", "the", "last", "invocation,", "SHUTDOWN)", "0"]
+    assert lines[4].split()[:7] == ["TOTAL", "14", "12", "1", "1", "0", "0"]
+    assert "dead_letter.routed request_id=" + REQ1 in out
     assert "shutdown.summary reason=spindown" in out
     assert "2 invocations (1 cold)" in out
+    assert "check: the rows add up to the EMF sums and shutdown.summary" in out
+    assert out.endswith("replay them with:\n  kafka-relay-logs ... --spilled-out spilled.log, "
+                        "then kafka-relay-replay --log-file spilled.log\n")
 
 
 def test_spilled_lines_are_written_for_the_replay_tool(tmp_path: Path) -> None:
@@ -209,9 +314,9 @@ def test_following_a_file_prints_rows_and_events_as_they_are_appended(tmp_path: 
     assert not rest
     items = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(i["type"], i.get("event") or i.get("request_id")) for i in items] == [
-        ("event", "record.dead_letter"), ("invocation", REQ1), ("event", "flush.incomplete"),
+        ("event", "dead_letter.routed"), ("invocation", REQ1), ("event", "flush.incomplete"),
         ("invocation", REQ2), ("event", "spill.log"), ("event", "shutdown.summary")]
-    assert items[1]["relay"]["accepted"] == 10
+    assert items[1]["counts"]["accepted"] == 10
 
 
 def test_a_file_tail_holds_back_a_half_written_line_while_following(tmp_path: Path) -> None:
@@ -252,7 +357,8 @@ def test_a_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
     assert "absent.log" in err
 
 
-def test_time_ranges_apply_to_cloudwatch_not_files(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        _run(["--file", str(_log_file(tmp_path, SANDBOX)), "--start", "1h"])
-    assert exit_info.value.code == 2
+def test_since_and_until_select_a_files_events_by_time(tmp_path: Path) -> None:
+    code, out, _ = _run(["--file", str(_log_file(tmp_path, SANDBOX)), "--json",
+                         "--since", "1767225601000"])
+    assert code == 0
+    assert json.loads(out)["events"] == []

@@ -18,10 +18,13 @@ from kafka_relay.config import Config, load_config
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import spill_lines
-from kafka_relay.spill.replay import (
+from kafka_relay.spill.sinks import SpillChain
+from kafka_relay.tools.replayer import (
+    Batch,
     ProducerLike,
     ReplayError,
     ReplayReport,
+    SourceResult,
     _produce,
     destination,
     main,
@@ -30,7 +33,6 @@ from kafka_relay.spill.replay import (
     read_spool,
     replay,
 )
-from kafka_relay.spill.sinks import SpillChain
 
 
 def _records(topic: str = "rss.events", count: int = 3) -> list[Record]:
@@ -170,6 +172,51 @@ def test_records_bound_for_the_dlq_go_there_with_the_relay_headers() -> None:
     assert destination(failed, custom)[0] == "all.dlq"
 
 
+def test_the_spill_record_names_its_dlq_and_when_it_was_accepted(tmp_path: Path) -> None:
+    record = _dead_letter(_records(count=1)[0])
+    record.dlq_topic, record.accepted_ms, record.error_kind = "team.dlq", 1767225600123, \
+        "permanent"
+    _spool_spiller(tmp_path).spill([record], reason="x")
+    ((back,),) = [batch.records for batch in read_spool(tmp_path / "spool")]
+    operator = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092", "KAFKA_DLQ_TOPIC": "other"})
+
+    assert (back.dlq_topic, back.accepted_ms, back.error_kind) == (
+        "team.dlq", 1767225600123, "permanent")
+    assert destination(back, operator)[0] == "team.dlq"  # not the operator's shell's DLQ
+
+
+def test_transient_failures_can_go_home_while_permanent_ones_stay_dlq_bound() -> None:
+    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"})
+    transient, permanent = _records(count=2)
+    transient.dlq_error = "gave up after 3 attempts: _MSG_TIMED_OUT: Local: timed out"
+    _dead_letter(permanent)
+    assert destination(transient, config, transient_to_original=True)[0] == "rss.events"
+    assert destination(permanent, config, transient_to_original=True)[0] == "dlq.rss.events"
+    assert destination(transient, config)[0] == "dlq.rss.events"
+
+
+def test_a_replayed_record_keeps_its_time_the_clients_or_when_it_was_accepted() -> None:
+    stamped, unstamped = _records(count=2)
+    stamped.timestamp_ms, unstamped.timestamp_ms = 1767225600000, None
+    unstamped.accepted_ms = 1767225600777
+    sent: list[int] = []
+
+    class Recording:
+        def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+            sent.append(kwargs["timestamp"])
+            kwargs["on_delivery"](None, None)
+
+        def poll(self, timeout: float = 0) -> int:
+            return 0
+
+        def flush(self, timeout: float = 0) -> int:
+            return 0
+
+    config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "b:9092"})
+    report = replay([Batch("test", [stamped, unstamped])], config=config, producer=Recording())
+    assert (report.produced, sent) == (2, [1767225600000, 1767225600777])
+
+
 def test_a_dry_run_counts_by_destination_topic_and_produces_nothing(tmp_path: Path) -> None:
     spiller = _spool_spiller(tmp_path)
     records = _records(count=3) + _records("prices", count=1)
@@ -185,7 +232,10 @@ def test_a_dry_run_counts_by_destination_topic_and_produces_nothing(tmp_path: Pa
     assert (code, err.getvalue()) == (0, "")
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("read 4 records from 1 source(s)")
-    assert lines[1:4] == ["  dlq.rss.events: 1", "  prices: 1", "  rss.events: 2"]
+    assert lines[1:7] == [
+        "  dlq.rss.events: 1", "         1  permanent: TOPIC_AUTHORIZATION_FAILED",
+        "  prices: 1", "         1  not delivered in time (outage or shutdown)",
+        "  rss.events: 2", "         2  not delivered in time (outage or shutdown)"]
     assert "dry run: nothing produced" in lines
     assert len(list((tmp_path / "spool").glob("*.ndjson"))) == 1
 
@@ -274,6 +324,7 @@ def test_replay_queues_or_reports_any_record_and_never_crashes_the_producer(
             return kafka_producer_offline.flush(timeout)
 
     _produce(Recording(), record, topic, record.kafka_headers(), report,
+             source=SourceResult("test", 1), limit=1_000_000,
              on_delivery=lambda _err, _msg: None)
     # each record is either queued or skipped with a reason; nothing raises, nothing crashes
     assert (len(taken), report.failed) in ((1, 0), (0, 1)), report

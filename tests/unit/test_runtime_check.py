@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -16,9 +17,9 @@ from kafka_relay.producer.runtime_check import (
     require_confluent_kafka,
 )
 
-PY311_X86 = RuntimeFacts(python="3.11", execution_env="AWS_Lambda_python3.11",
+PY311_X86 = RuntimeFacts(python="3.11", interpreter="/var/lang/bin/python3.11",
                          machine="x86_64", glibc="2.26")
-PY313_ARM = RuntimeFacts(python="3.13", execution_env="AWS_Lambda_python3.13",
+PY313_ARM = RuntimeFacts(python="3.13", interpreter="/var/lang/bin/python3.13",
                          machine="aarch64", glibc="2.34")
 
 
@@ -43,7 +44,7 @@ def mismatch(tmp_path: Path, facts: RuntimeFacts, error: Exception, machine: str
              *pythons: str) -> RuntimeMismatchError:
     package = fake_layer(tmp_path, machine, *pythons)
     with pytest.raises(RuntimeMismatchError) as caught:
-        require_confluent_kafka({}, importer=failing(str(error), type(error)), facts=facts,
+        require_confluent_kafka(importer=failing(str(error), type(error)), facts=facts,
                                 package_dir=lambda: package)
     return caught.value
 
@@ -59,7 +60,7 @@ def test_a_layer_for_other_python_versions_names_the_runtime_and_the_runtimes_to
     assert error.lambda_error_type == "Extension.ConfigError"
     assert message.startswith(
         "kafka-relay cannot load confluent-kafka on python3.11 "
-        "(AWS_EXECUTION_ENV=AWS_Lambda_python3.11) on x86_64 (platform.machine() x86_64, "
+        "(/var/lang/bin/python3.11) on x86_64 (platform.machine() x86_64, "
         "glibc 2.26): this layer carries binaries for python3.12, python3.13, python3.14 only"
     )
     assert "Set the function's runtime to one of python3.12, python3.13, python3.14" in message
@@ -70,14 +71,14 @@ def test_a_layer_for_another_architecture_names_the_layer_to_attach(tmp_path: Pa
     error = mismatch(tmp_path, PY313_ARM, ImportError("cimpl...so: cannot open shared object"),
                      "x86_64", "3.12", "3.13", "3.14")
 
-    assert "python3.13 (AWS_EXECUTION_ENV=AWS_Lambda_python3.13) on arm64" in str(error)
+    assert "python3.13 (/var/lang/bin/python3.13) on arm64" in str(error)
     assert "this layer is built for x86_64" in str(error)
     assert "Attach kafka-relay-layer-arm64.zip, or set the function's architecture to x86_64" \
         in str(error)
 
 
 def test_a_glibc_too_old_for_the_wheels_names_the_glibc_needed(tmp_path: Path) -> None:
-    facts = RuntimeFacts(python="3.12", execution_env="", machine="x86_64", glibc="2.26")
+    facts = RuntimeFacts(python="3.12", interpreter="", machine="x86_64", glibc="2.26")
     error = mismatch(tmp_path, facts, ImportError(
         "/lib64/libc.so.6: version `GLIBC_2.28' not found (required by librdkafka.so.1)"),
         "x86_64", "3.12")
@@ -89,7 +90,7 @@ def test_a_glibc_too_old_for_the_wheels_names_the_glibc_needed(tmp_path: Path) -
 
 def test_a_missing_package_and_os_errors_are_config_errors_too(tmp_path: Path) -> None:
     with pytest.raises(RuntimeMismatchError, match="the layer holds no confluent-kafka binaries"):
-        require_confluent_kafka({}, importer=failing("No module named 'confluent_kafka'"),
+        require_confluent_kafka(importer=failing("No module named 'confluent_kafka'"),
                                 facts=PY311_X86, package_dir=lambda: None)
     error = mismatch(tmp_path, PY311_X86, OSError("librdkafka.so.1: invalid ELF header"),
                      "x86_64", "3.11")
@@ -97,10 +98,12 @@ def test_a_missing_package_and_os_errors_are_config_errors_too(tmp_path: Path) -
     assert "rebuild kafka-relay-layer-x86_64.zip with ./build.sh build" in str(error)
 
 
-def test_a_loadable_confluent_kafka_passes_and_facts_come_from_the_environment() -> None:
-    require_confluent_kafka({})  # this interpreter has it installed
+def test_a_loadable_confluent_kafka_passes_and_facts_come_from_the_interpreter() -> None:
+    require_confluent_kafka()  # this interpreter has it installed
 
-    facts = RuntimeFacts.current({"AWS_EXECUTION_ENV": "AWS_Lambda_python3.99"})
-    assert facts.execution_env == "AWS_Lambda_python3.99"
+    facts = RuntimeFacts.current()
+    assert facts.python == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert facts.interpreter == sys.executable
+    assert "AWS_EXECUTION_ENV" not in facts.describe()
     assert facts.machine  # whatever this machine is
     assert LayerBinaries.beside(None) == LayerBinaries((), ())

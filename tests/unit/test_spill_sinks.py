@@ -70,7 +70,7 @@ def test_the_ledger_counts_spooled_and_spilled_by_the_result_type() -> None:
     ledger.settle_spilled(records[2:], SpillResult(SpillKind.S3, "s3://b/k", 1))
     counts = ledger.counts.as_dict()
     assert (counts["spooled"], counts["spilled"]) == (2, 1)
-    assert ledger.unaccounted() == 0
+    assert ledger.state().unaccounted == 0
 
 
 def test_spool_files_carry_a_header_and_come_back_once(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """After a thaw the pump makes sure of a fresh MSK IAM token before it produces: the engine's
-``before_invoke`` asks, the pump runs the check on its own thread with its own producer."""
+``thawed`` asks, the pump runs the check on its own thread with its own producer."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_the_pump_runs_the_thaw_check_with_its_producer_before_the_next_batch(
     engine = DeliveryEngine(config, producer_factory=lambda: producer,
                             spill=SpillChain.from_config(config, logger), logger=logger,
                             on_thaw=on_thaw)
-    engine.before_invoke()
+    engine.thawed()
     engine.accept([Record(id="r1", topic="t", key=b"k", value=b"v", timestamp_ms=None,
                           request_id="req-1")])
     engine.pump.step()
@@ -85,7 +85,7 @@ def test_the_pump_runs_the_thaw_check_with_its_producer_before_the_next_batch(
 
     assert order == ["check", "produce"]
     assert checked == [producer]
-    assert engine.counts()["delivered"] == 1
+    assert engine.gauge().counts["delivered"] == 1
 
 
 def test_a_fresh_token_needs_no_wait() -> None:

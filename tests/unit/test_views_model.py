@@ -6,6 +6,7 @@ import json
 import random
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -19,11 +20,25 @@ from views_model import (
     compute_views,
     decode_all,
     decode_price,
+    item_from_row,
+    point_from_row,
 )
 
-from tests.views_data import BASE, PRICE_TOPIC, RSS_TOPIC, price_value, record, scenario
+from tests.views_data import (
+    BASE,
+    PRICE_TOPIC,
+    RSS_TOPIC,
+    feed_value,
+    price_value,
+    record,
+    scenario,
+)
 
 CONFIG = ViewsConfig()
+
+
+def _rows(view: PeriodViews) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return view.price_rows("p"), view.feed_rows("p")
 
 
 def test_aggregate_counts_sums_and_averages_exactly() -> None:
@@ -67,8 +82,7 @@ def test_views_count_each_price_and_feed_item_once_whatever_the_order() -> None:
     shuffled = list(records)
     random.Random(3).shuffle(shuffled)
     second = compute_views(decode_all(shuffled + records[:40], CONFIG), period="hour")
-    as_json = {k: v.to_json() for k, v in first.items()}
-    assert as_json == {k: v.to_json() for k, v in second.items()}
+    assert {k: _rows(v) for k, v in first.items()} == {k: _rows(v) for k, v in second.items()}
     # 3 markets x 2 outcomes x 3 points per hour, duplicates and resends not counted
     for view in first.values():
         assert {agg.count for _, agg in view.prices.values()} == {3}
@@ -82,9 +96,9 @@ def test_day_view_is_the_merge_of_its_hour_views() -> None:
     merged = PeriodViews.empty()
     for view in hours.values():
         merged = merged.merge(view)
-    assert merged.to_json() == day.to_json()
-    assert PeriodViews.from_json(json.loads(json.dumps(day.to_json()))).to_json() == \
-        day.to_json()
+    assert _rows(merged) == _rows(day)
+    prices, feeds = (json.loads(json.dumps(rows)) for rows in _rows(day))
+    assert _rows(PeriodViews.from_rows(prices, feeds)) == _rows(day)
 
 
 def test_the_lowest_offset_wins_among_records_with_one_identity() -> None:
@@ -120,6 +134,27 @@ def test_feed_items_count_in_their_fetch_hour() -> None:
                                     fetched.isoformat()}, relay_id="r")
     (key, view), = compute_views(decode_all([rec, rec], CONFIG), period="hour").items()
     assert (key, view.feeds) == ("2026-11-28T09", {"f": 1})
+
+
+def test_a_resent_feed_item_counts_once_in_its_first_hour_and_day() -> None:
+    first = record(RSS_TOPIC, 0, 0, feed_value("f", "g", BASE), relay_id="r1")
+    resent = record(RSS_TOPIC, 0, 7, feed_value("f", "g", BASE + timedelta(hours=3)),
+                    relay_id="r2")
+    decoded = decode_all([resent, first], CONFIG)
+    hours = compute_views(decoded, period="hour")
+    assert {k: v.feeds for k, v in hours.items()} == {"2026-11-28T08": {"f": 1}}
+    assert [v.feeds for v in compute_views(decoded, period="day").values()] == [{"f": 1}]
+
+
+@pytest.mark.parametrize("line", [
+    None, [], {"price": "x"}, {"market_id": "m", "token_id": "t", "price": "0.5",
+                              "ts": "2026-11-28T08:00:00Z", "partition": 0, "offset": "1"},
+])
+def test_an_unreadable_archive_row_is_poison(line: Any) -> None:
+    with pytest.raises(PoisonRecord):
+        point_from_row(line)
+    with pytest.raises(PoisonRecord):
+        item_from_row(line)
 
 
 def test_config_names_the_variable_it_refuses() -> None:

@@ -2,7 +2,7 @@
 deadline the drain may use, and the back-pressure limits that keep every pending record
 spillable within Lambda's SHUTDOWN budget and the function's memory.
 
-The rates are measured (README, "Where every record ends"): packed ``KAFKA_RELAY_SPILL``
+The rates are measured (docs/records.md, "SHUTDOWN is sized in bytes"): packed ``KAFKA_RELAY_SPILL``
 lines written to a pipe, with a safety factor for a slow log reader and a loaded core.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kafka_relay.config import Config
+from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config
 from kafka_relay.delivery.ledger import Limits
 
-SHUTDOWN_BUDGET_MS = 2_000  # what Lambda gives external extensions at SHUTDOWN
 SPILL_BASE_MS = 100  # fixed cost of a spill (the summary, a slow first write)
-# Spill cost on one vCPU, from the measurement in the README: ~8 us per record plus ~100 MB/s
+# Spill cost on one vCPU, from the measurement in docs/records.md: ~8 us per record plus ~100 MB/s
 # of record bytes on a loaded 2-core machine; these leave a margin on top.
 SPILL_US_PER_RECORD = 15.0
 SPILL_BYTES_PER_MS = 50_000
@@ -65,7 +64,7 @@ def buffer_limits(config: Config) -> BufferPlan:
     window for the per-record cost, half for the bytes, both capped by a share of the
     function's memory. Explicit
     ``KAFKA_RELAY_MAX_BUFFER_*`` settings win (reported in ``over`` when larger)."""
-    window_ms = (SHUTDOWN_BUDGET_MS - config.shutdown_margin_ms - SPILL_BASE_MS
+    window_ms = (EXTENSION_SHUTDOWN_MS - config.shutdown_margin_ms - SPILL_BASE_MS
                  - (S3_RESERVE_MS if config.spill_bucket else 0))
     half = max(1.0, window_ms / 2) * cpu_share(config.function_memory_mb)
     safe_records = int(half * 1000 / SPILL_US_PER_RECORD)

@@ -1,26 +1,28 @@
-"""The delivery engine's facade, the one surface handoff and lifecycle use.
+"""The delivery engine's facade, the one surface handoff, modes and lifecycle use.
 
 ``accept`` → the ledger (BufferFull past the limits), the pump delivers,
 ``flush`` waits for outcomes, ``drain`` runs SHUTDOWN (restore the spool → flush
-→ spill the rest, keeping back the time the spill takes). ``healthy`` turns
-False when the pump died; everything it held was spilled by then and
-``failure`` says why (the lifecycle reports it as an exit error). With the
-journal on (``KAFKA_RELAY_JOURNAL``), ``start`` first restores what a crashed
-predecessor journaled, and a clean ``drain`` leaves no journal behind.
+→ spill the rest, keeping back the time the spill takes). When the pump died,
+everything it held was spilled by then and ``gauge().failure`` says why (the
+lifecycle reports it as an exit error). With the journal on
+(``KAFKA_RELAY_JOURNAL``), ``start`` first restores what a crashed predecessor
+journaled, and a clean ``drain`` leaves no journal behind. The ledger owns the
+lock; the engine never takes it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.budget import buffer_limits, drain_plan
-from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal
+from kafka_relay.delivery.journal import Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.observability.log import JsonLogger
@@ -28,7 +30,9 @@ from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillChain
 
-__all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Watch"]
+__all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Gauge", "Watch"]
+
+_PROBE_POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,19 @@ class FlushResult:
 
     def as_dict(self) -> dict[str, float | int]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """The engine's counts and depth, in one look."""
+
+    counts: dict[str, int]
+    pending: int
+    pending_bytes: int
+    oldest_pending_ms: int  # age of the oldest unsettled record (0 when none)
+    broker_state: BrokerState
+    failure: str | None  # why the pump stopped for good (None while it runs)
+    by_request: dict[str, dict[str, int]] = field(default_factory=dict)  # see gauge()
 
 
 @dataclass(frozen=True)
@@ -79,100 +96,95 @@ class DeliveryEngine:
         self._log = logger
         self._wall_ms = wall_ms
         self._monotonic = monotonic
-        self.failure: str | None = None
-        # The lifecycle's flush control (breaker, auto), published by its listener for status.
-        self.flush_control: dict[str, Any] = {}
+        # On demand, the invocation running now: records that arrive without a request id
+        # are its records (one invocation at a time), so the logs can attribute them.
+        self.invocation_id: str | None = None
         retry_after = max(100, min(5_000, config.retry_backoff_ms))
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
             journal.open()
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
-                              monotonic=monotonic, journal=journal)
+                              monotonic=monotonic, journal=journal, logger=logger)
+        # Public for tests that step it by hand; nothing outside delivery/ touches it.
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
-                         spill=spill.spill, logger=logger, on_death=self._pump_died,
-                         wall_ms=wall_ms, defer_build=defer_producer, on_thaw=on_thaw)
+                         spill=spill.spill, logger=logger, wall_ms=wall_ms,
+                         defer_build=defer_producer, on_thaw=on_thaw)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore what a crashed predecessor journaled, then deliver."""
+        """Restore what a crashed predecessor journaled, then deliver (building the producer
+        first when it was deferred: SnapStart's restore)."""
         self.recover_journal()
         self.pump.start()
-
-    def start_producer(self) -> None:
-        """``defer_producer`` (SnapStart): build the producer, then start the pump. Until
-        then no broker connection and no producer identity exist, so none is in a snapshot."""
-        self.pump.build_producer()
-        self.start()
 
     def stop(self) -> None:
         """Stop without draining (tests; an init that fails): the journal stays for the next
         init, as a killed process leaves it."""
         self.pump.stop()
-        with self._ledger.cond:
-            if self._ledger.journal is not None:
-                self._ledger.journal.release()
+        self._ledger.release_journal(clean=False)
 
     def recover_journal(self) -> int:
-        """Own again the records a dead predecessor journaled (counted ``restored``, same
-        ids). Records that came back ``MAX_RECOVERIES`` times without settling are spilled
-        instead: a record that kills the process must not kill every next one too."""
-        ledger = self._ledger
-        with ledger.cond:
-            journal = ledger.journal
-            if journal is None or not journal.enabled:
-                return 0
-            left = journal.leftovers()
-            restored = ledger.restore(left.records, recovered=left.recovered + 1)
-            journal.discard(left.files)  # after their records are journaled again
-        if left.files:
-            self._log.warning("journal.restored", records=restored, files=len(left.files),
-                              recovered=left.recovered + 1, dir=str(journal.directory))
-        if restored and left.recovered >= MAX_RECOVERIES:
-            records = [r for r in left.records if ledger.holds(r)]
-            ledger.settle_spilled(records, self._spill.spill(
-                records, retry_later=False,
-                reason=f"restored from the journal {left.recovered} times and the extension "
-                       "died each time before they settled"))
-        return restored
+        """Own again what a dead predecessor journaled; the records restored."""
+        recovery = self._ledger.recover_journal(self._spill.spill)
+        if recovery is None:
+            return 0
+        if recovery.files:
+            self._log.warning("journal.restored", records=recovery.records, files=recovery.files,
+                              recovered=recovery.recovered, dir=str(self._config.journal_dir))
+        return recovery.records
 
-    def before_invoke(self) -> None:
-        """At each INVOKE (after a freeze): the pump runs its ``on_thaw`` before producing."""
-        self.pump.thawed()
-
-    @property
-    def healthy(self) -> bool:
-        """False once the pump died (``failure`` says why); poll it to report an exit error."""
-        return self.failure is None
-
-    @property
-    def broker_state(self) -> BrokerState:
-        return self.pump.broker_state
-
-    @property
-    def producer(self) -> ProducerLike:
-        """The current producer (the same object across invocations until a rebuild)."""
-        return self.pump.producer
+    def thawed(self, *, restored: bool = False) -> None:
+        """At each INVOKE (after a freeze): the pump runs its ``on_thaw`` before producing.
+        ``restored`` (from a snapshot): the pump builds a new producer first."""
+        self.pump.thawed(restored=restored)
 
     def on_client_error(self, error: KafkaError) -> None:
         self.pump.on_client_error(error)
 
+    def probe(self, timeout_s: float, *,
+              unreachable: Callable[[], str | None] = lambda: None) -> str | None:
+        """Open the first broker connection: the error when the broker did not answer within
+        ``timeout_s``, else None. The metadata request runs on a helper thread so that
+        ``unreachable()`` naming a transport error (checked every few ms) ends the wait."""
+        answer: list[str | None] = []
+        done = threading.Event()
+        producer = self.pump.producer
+
+        def ask() -> None:
+            try:
+                producer.list_topics(timeout=timeout_s)
+                answer.append(None)
+            except KafkaException as exc:
+                answer.append(str(exc.args[0]))
+            finally:
+                done.set()
+
+        threading.Thread(target=ask, name="kafka-relay-probe", daemon=True).start()
+        while not done.wait(_PROBE_POLL_S):
+            given_up = unreachable()
+            if given_up is not None:
+                return given_up
+        if answer[0] is None:
+            self.pump.broker_state = BrokerState.UP
+        return answer[0]
+
     # -- records -----------------------------------------------------------------------------
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
-        """Own all of ``records`` (BufferFull: none). ``watch``: a handle for wait_settled."""
+        """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on."""
+        for record in records:
+            record.request_id = record.request_id or self.invocation_id
+            record.dlq_topic = record.dlq_topic or self._config.dlq_for(record.topic)
         return self._ledger.accept(records, watch=watch)
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""
         self._ledger.note_rejected(records)
 
-    def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]:
-        return self._ledger.wait_settled(watch, timeout_s)
-
     def restore_spool(self) -> int:
         """Re-own what earlier invocations parked in the /tmp spool (sent first)."""
-        if not self.healthy:
+        if self.pump.failure is not None:
             return 0  # nobody would send them: leave the files for the next environment
         restored = self._ledger.restore(self._spill.take_spooled())
         if restored:
@@ -183,28 +195,19 @@ class DeliveryEngine:
         """Push everything due to Kafka and wait for the outcomes, at most ``timeout_s``.
         ``retry_now`` also sends records still waiting out a retry backoff."""
         start = self._monotonic()
-        deadline = start + max(0.0, timeout_s)
-        ledger, queue = self._ledger, self._ledger.queue
-        with ledger.cond:
-            before = ledger.counts.as_dict()
-            if retry_now:
-                queue.release_retries()
-            queue.flush_requests += 1
-            ledger.cond.notify_all()
-            try:
-                while (self.healthy and queue.has_due_work(self._wall_ms())
-                       and self._monotonic() < deadline):
-                    ledger.cond.wait(min(0.05, max(0.001, deadline - self._monotonic())))
-            finally:
-                queue.flush_requests -= 1
-            after = ledger.counts.as_dict()
-            return FlushResult(
-                delivered=after["delivered"] - before["delivered"],
-                dead_lettered=after["dead_lettered"] - before["dead_lettered"],
-                spilled=after["spilled"] - before["spilled"],
-                remaining=ledger.depth()[0],
-                duration_ms=round((self._monotonic() - start) * 1000, 3),
-            )
+        before = self._ledger.state().counts
+        self._ledger.wait_idle(start + max(0.0, timeout_s), now_ms=self._wall_ms,
+                               stopped=lambda: self.pump.failure is not None,
+                               retry_now=retry_now)
+        state = self._ledger.state()
+        after = state.counts
+        return FlushResult(
+            delivered=after["delivered"] - before["delivered"],
+            dead_lettered=after["dead_lettered"] - before["dead_lettered"],
+            spilled=after["spilled"] - before["spilled"],
+            remaining=state.pending,
+            duration_ms=round((self._monotonic() - start) * 1000, 3),
+        )
 
     def drain(self, deadline_ms: int, *, reason: str) -> DrainReport:
         """SHUTDOWN: accept nothing more, restore the spool, flush until the deadline minus the
@@ -214,76 +217,45 @@ class DeliveryEngine:
         self._ledger.close("the extension is shutting down and accepts no more records")
         self._spill.final = True
         self.restore_spool()
-        pending, nbytes = self._ledger.depth()
+        before = self._ledger.state()
         plan = drain_plan(deadline_ms=deadline_ms, margin_ms=self._config.shutdown_margin_ms,
-                          pending=pending, pending_bytes=nbytes,
+                          pending=before.pending, pending_bytes=before.pending_bytes,
                           has_bucket=self._spill.s3 is not None,
                           memory_mb=self._config.function_memory_mb)
         drained = self.flush(max(0, plan.flush_until_ms - self._wall_ms()) / 1000, retry_now=True)
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
         spilled = self.spill_unsettled(f"shutdown ({reason}) before delivery")
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
-        with self._ledger.cond:
-            if self._ledger.journal is not None:  # everything settled: leave nothing behind
-                self._ledger.journal.release(remove=self._ledger.depth()[0] == 0)
+        self._ledger.release_journal(clean=True)  # everything settled: leave nothing behind
+        state = self._ledger.state()
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,
             drained=drained.delivered + drained.dead_lettered, spilled_at_shutdown=spilled,
-            pending=self._ledger.depth()[0], unaccounted=self._ledger.unaccounted(),
-            pump_error=self.failure, counts=self.counts(),
+            pending=state.pending, unaccounted=state.unaccounted,
+            pump_error=self.pump.failure, counts=state.counts,
         )
 
     def spill_unsettled(self, reason: str) -> int:
-        """Spill everything unsettled. A late delivery report of one of them is a duplicate
-        under the same x-relay-id, never a second count."""
-        records = self._ledger.unsettled()
-        if records:
-            self._ledger.settle_spilled(records, self._spill.spill(records, reason=reason,
-                                                                   retry_later=False))
-        return len(records)
-
-    def _pump_died(self, exc: BaseException) -> None:
-        self.failure = f"{type(exc).__name__}: {exc}"
-        self._ledger.close(f"the delivery pump stopped ({self.failure}): the extension accepts "
-                           "no more records; the function should be redeployed or retried")
-        self._log.error("pump.died", error=self.failure)
-        try:
-            self.spill_unsettled(f"the delivery pump stopped: {self.failure}")
-        finally:
-            with self._ledger.cond:
-                self._ledger.cond.notify_all()
+        """Spill everything unsettled (SHUTDOWN's last step, also after a failed drain)."""
+        return self._ledger.spill_unsettled(self._spill.spill, reason)
 
     # -- reading -------------------------------------------------------------------------
 
-    def counts(self) -> dict[str, int]:
-        with self._ledger.cond:
-            return self._ledger.counts.as_dict()
-
-    def depth(self) -> tuple[int, int]:
-        """(pending records, pending bytes)."""
-        return self._ledger.depth()
-
-    def oldest_pending_ms(self) -> int:
-        """Age of the oldest unsettled record (0 when none)."""
-        oldest = self._ledger.oldest_accepted_ms()
-        return 0 if oldest is None else max(0, self._wall_ms() - oldest)
+    def gauge(self, *, take_outcomes: bool = False) -> Gauge:
+        """``take_outcomes``: also what changed per request id since the last take
+        (``by_request``), taken with the counts so the two agree."""
+        state = self._ledger.state(take_outcomes=take_outcomes)
+        oldest = state.oldest_accepted_ms
+        return Gauge(counts=state.counts, pending=state.pending, pending_bytes=state.pending_bytes,
+                     oldest_pending_ms=0 if oldest is None else max(0, self._wall_ms() - oldest),
+                     broker_state=self.pump.broker_state, failure=self.pump.failure,
+                     by_request=state.by_request)
 
     def status(self) -> dict[str, Any]:
-        ledger = self._ledger
-        with ledger.cond:
-            pending, nbytes = ledger.depth()
-            return {
-                "counts": ledger.counts.as_dict(),
-                "pending": pending,
-                "pending_bytes": nbytes,
-                "unaccounted": ledger.unaccounted(),
-                "in_flight": ledger.queue.in_flight,
-                "waiting_retry": ledger.queue.waiting_retry(),
-                "limits": {"records": ledger.limits.records, "bytes": ledger.limits.bytes},
+        """The engine's part of /v1/status (the loop's part is added by the route)."""
+        limits = self._ledger.limits
+        return {**self._ledger.state().as_status(),
+                "limits": {"records": limits.records, "bytes": limits.bytes},
                 "broker_state": self.pump.broker_state.value,
                 "last_error": self.pump.last_error,
-                "pump": {"healthy": self.healthy, "error": self.failure},
-                "journal": (ledger.journal.status() if ledger.journal is not None
-                            else {"enabled": False}),
-                "flush_control": dict(self.flush_control),
-            }
+                "pump": {"healthy": self.pump.failure is None, "error": self.pump.failure}}

@@ -1,27 +1,23 @@
 """What happens to a record whose produce failed: ``routing.route`` decides, this applies it
 (requeue, retry later, dead-letter, spill), and does the spills the pump queued. It never
-touches the Producer: a spilled oversize record's DLQ pointer goes back to the pump."""
+touches the Producer: a spilled oversize record's DLQ pointer goes back to the pump. When
+the pump itself dies, ``pump_died`` closes the ledger and spills what it held."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from kafka_relay.config import Config
-from kafka_relay.delivery.ledger import Ledger
+from kafka_relay.delivery.ledger import Ledger, Spill
 from kafka_relay.delivery.routing import Action, Decision, route
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind
 from kafka_relay.record import Record
-from kafka_relay.spill.sinks import SpillResult
-
-
-class Spill(Protocol):
-    def __call__(self, records: Sequence[Record], *, reason: str,
-                 retry_later: bool = True) -> SpillResult: ...
+from kafka_relay.spill.codec import SPILL_EVENT
+from kafka_relay.spill.sinks import SpillKind
 
 
 @dataclass(frozen=True)
@@ -32,6 +28,7 @@ class Pointer:
     topic: str
     value: bytes
     location: str
+    attempts: int = 0  # failed produces of this pointer so far
 
 
 class Failures:
@@ -59,19 +56,30 @@ class Failures:
                              max_attempts=self._config.max_attempts,
                              to_dlq=record.dlq_error is not None,
                              backoff_base_ms=self._config.retry_backoff_ms)
-            self._apply(record, decision)
+            if record.dlq_error is not None and decision.action is Action.SPILL:
+                self._ledger.counts.dead_letter_failed += 1
+            self._apply(record, decision, kind)
             return decision
 
-    def _apply(self, record: Record, decision: Decision) -> None:
+    def _apply(self, record: Record, decision: Decision, kind: ErrorKind) -> None:
         queue, action = self._queue, decision.action
+        if action in (Action.DEAD_LETTER, Action.SPILL_OVERSIZE):
+            # Frozen here: retries towards the DLQ change neither what the headers say
+            # about the record's own topic nor why it failed.
+            record.dlq_attempts = record.attempts
+            record.error_kind = "transient" if kind is ErrorKind.TRANSIENT else "permanent"
         if action in (Action.REQUEUE, Action.REBUILD):
             queue.push(record)  # a rebuilt producer sends it again
         elif action is Action.RETRY:
             queue.schedule(record, self._wall_ms() + decision.delay_ms)
         elif action is Action.DEAD_LETTER:
             record.dlq_error = decision.reason
-            self._log.warning("record.dead_letter", id=record.id, topic=record.topic,
-                              error=decision.reason, request_id=record.request_id)
+            # Routed, not yet acknowledged: the DLQ's own delivery report settles it
+            # (record.outcome, and the dead_lettered count of records.outcomes).
+            self._log.warning("dead_letter.routed", id=record.id, topic=record.topic,
+                              dlq_topic=record.dlq_topic, error=decision.reason,
+                              error_kind=record.error_kind, attempts=record.attempts,
+                              request_id=record.request_id)
             queue.push(record)
         elif action is Action.SPILL_OVERSIZE:
             record.dlq_error = decision.reason
@@ -98,6 +106,23 @@ class Failures:
         reason = record.dlq_error or "too large"
         result = self._spill([record], reason=reason, retry_later=False)
         self._ledger.settle_spilled([record], result)
-        value = json.dumps({"spilled_to": result.location, "id": record.id,
+        location = result.location
+        if result.kind is SpillKind.LOG:  # where to look, for the replay command
+            group = f"/aws/lambda/{self._config.function_name or '<function>'}"
+            location = f"{SPILL_EVENT} log lines of {group} (id {record.id})"
+        value = json.dumps({"spilled_to": location, "id": record.id,
                             "size": record.size, "error": reason}).encode()
-        return Pointer(record, self._config.dlq_for(record.topic), value, result.location)
+        return Pointer(record, record.dlq_topic or self._config.dlq_for(record.topic), value,
+                       location)
+
+    def pump_died(self, failure: str) -> None:
+        """The pump stopped (``failure`` says why): accept nothing more, spill everything
+        unsettled, wake every waiter."""
+        self._ledger.close(f"the delivery pump stopped ({failure}): the extension accepts "
+                           "no more records; the function should be redeployed or retried")
+        self._log.error("pump.died", error=failure)
+        try:
+            self._ledger.spill_unsettled(self._spill, f"the delivery pump stopped: {failure}")
+        finally:
+            with self._ledger.cond:
+                self._ledger.cond.notify_all()

@@ -1,11 +1,15 @@
 """The ledger: the single owner of every accepted record until it settles.
 
-It holds the unsettled records and their bytes, the send queue, the counts and
-the ``wait=delivered`` watches, all under one condition variable that the pump
-and the callers of the engine share. With a journal, every batch it takes is
-journaled before it is owned (before the 202), and every settlement tells it.
+It owns the unsettled records and their bytes, the send queue, the journal, the
+counts and the ``wait=delivered`` watches, and the one condition variable that
+guards them all (the pump waits on it too). Waiting for outcomes, for idleness and
+recovering or releasing the journal are its methods: nobody else takes its lock for
+them. With a journal, every batch it takes is journaled before it is owned (before
+the 202), and every settlement tells it.
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
+It also tallies these counts per request id (the records' own, the invocation that
+handed them over), so the logs can say what became of each invocation's records.
 """
 
 from __future__ import annotations
@@ -14,12 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from kafka_relay.delivery.journal import Journal, encode
+from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, encode
 from kafka_relay.delivery.queue import SendQueue
+from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillResult
+
+
+class Spill(Protocol):
+    def __call__(self, records: Sequence[Record], *, reason: str,
+                 retry_later: bool = True) -> SpillResult: ...
 
 
 class BufferFull(Exception):
@@ -46,6 +57,7 @@ class Counts:
     spilled: int = 0
     spooled: int = 0  # parked in /tmp for a later invocation; comes back as ``restored``
     rejected: int = 0
+    dead_letter_failed: int = 0  # routed to the DLQ, which did not take them: spilled
     retries: int = 0
     producers_built: int = 0
 
@@ -53,18 +65,66 @@ class Counts:
         return dict(self.__dict__)
 
 
+# The per-request tally's key for records that arrived without a request id.
+NO_REQUEST = "-"
+_OUTCOME_COUNT = {Outcome.DELIVERED: "delivered", Outcome.DEAD_LETTERED: "dead_lettered"}
+
+
+def _tally(outcomes: dict[str, dict[str, int]], records: Iterable[Record], count: str) -> None:
+    """Count ``records`` under ``count`` for the request ids they carry."""
+    for record in records:
+        tally = outcomes.setdefault(record.request_id or NO_REQUEST, {})
+        tally[count] = tally.get(count, 0) + 1
+
+
 @dataclass
 class Watch:
     ids: Sequence[str]
+    ledger: Ledger = field(repr=False)
     outcomes: dict[str, tuple[Outcome, str | None]] = field(default_factory=dict)
+
+    def wait(self, timeout_s: float) -> list[dict[str, str | None]]:
+        """Per-record outcomes; records not settled in time are reported as ``pending``."""
+        return self.ledger.wait_settled(self, timeout_s)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``recover_journal`` took back from a dead predecessor."""
+
+    records: int  # restored (counted ``restored``)
+    files: int
+    recovered: int  # how many times these records have now come back
+    spilled: int  # came back too often: spilled instead of sent again
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    counts: dict[str, int]
+    pending: int
+    pending_bytes: int
+    oldest_accepted_ms: int | None
+    unaccounted: int  # accepted + restored - settled - pending: 0 unless a record was lost
+    in_flight: int
+    waiting_retry: int
+    journal: dict[str, object]
+    # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
+    by_request: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def as_status(self) -> dict[str, Any]:
+        return {"counts": self.counts, "pending": self.pending,
+                "pending_bytes": self.pending_bytes, "unaccounted": self.unaccounted,
+                "in_flight": self.in_flight, "waiting_retry": self.waiting_retry,
+                "journal": self.journal}
 
 
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, logger: JsonLogger | None = None) -> None:
+        # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
-        self.queue = SendQueue()  # guarded by ``cond`` too
+        self.queue = SendQueue()
         self.counts = Counts()
         self.limits = limits
         self._retry_after_ms = retry_after_ms
@@ -73,14 +133,17 @@ class Ledger:
         self._bytes = 0
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
-        self.journal = journal  # guarded by ``cond`` too
+        self._journal = journal
+        self._log = logger
+        # Per request id since the last state(take_outcomes=True): count name -> records.
+        self._outcomes: dict[str, dict[str, int]] = {}
 
     # -- records in --------------------------------------------------------------------
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` or none (BufferFull)."""
         size = sum(r.size for r in records)
-        journal = self.journal
+        journal = self._journal
         frame = encode(records) if journal is not None and journal.enabled else None  # unlocked
         with self.cond:
             if self._closed is not None:
@@ -96,12 +159,16 @@ class Ledger:
                 )
             registered = None
             if watch:
-                registered = Watch([r.id for r in records])
+                registered = Watch([r.id for r in records], self)
                 self._watches.update((i, registered) for i in registered.ids)
             if frame is not None and journal is not None:
                 journal.append([r.id for r in records], frame)
-            self._take(records)
+            for record in records:
+                self._unsettled[record.id] = record
+                self._bytes += record.size
+                self.queue.push(record)
             self.counts.accepted += len(records)
+            _tally(self._outcomes, records, "accepted")
             self.cond.notify_all()
             return registered
 
@@ -110,18 +177,18 @@ class Ledger:
         they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
-            if self.journal is not None and self.journal.enabled:
-                self.journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
-            self._take(fresh)
+            if self._journal is not None and self._journal.enabled:
+                self._journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
+            for record in fresh:
+                self._unsettled[record.id] = record
+                self._bytes += record.size
+                self.queue.push(record)
             self.counts.restored += len(fresh)
+            # Per request, a crashed predecessor's records are "recovered": that environment
+            # counted them accepted and never settled them; a spool restore undoes a spool.
+            _tally(self._outcomes, fresh, "recovered" if recovered else "restored")
             self.cond.notify_all()
             return len(fresh)
-
-    def _take(self, records: Iterable[Record]) -> None:
-        for record in records:
-            self._unsettled[record.id] = record
-            self._bytes += record.size
-            self.queue.push(record)
 
     def note_rejected(self, records: int) -> None:
         with self.cond:
@@ -146,17 +213,16 @@ class Ledger:
         with self.cond:
             if self._unsettled.pop(record.id, None) is None:
                 return False
-            if self.journal is not None:
-                self.journal.settled(record.id)
+            if self._journal is not None:
+                self._journal.settled(record.id)
             self._bytes -= record.size
-            if outcome is Outcome.DELIVERED:
-                self.counts.delivered += 1
-            elif outcome is Outcome.DEAD_LETTERED:
-                self.counts.dead_lettered += 1
-            elif spooled:
-                self.counts.spooled += 1
-            else:
-                self.counts.spilled += 1
+            count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
+            setattr(self.counts, count, getattr(self.counts, count) + 1)
+            _tally(self._outcomes, (record,), count)
+            if self._log is not None:  # each record's place, by id (DEBUG: off by default)
+                where = {"delivered": record.topic, "dead_lettered": record.dlq_topic}
+                self._log.debug("record.outcome", id=record.id, request_id=record.request_id,
+                                outcome=count, where=where.get(count, detail))
             watch = self._watches.pop(record.id, None)
             if watch is not None:
                 watch.outcomes[record.id] = (outcome, detail)
@@ -169,9 +235,14 @@ class Ledger:
             for record in records:
                 self.settle(record, Outcome.SPILLED, result.location, spooled=result.spooled)
 
-    def unsettled(self) -> list[Record]:
+    def spill_unsettled(self, spill: Spill, reason: str) -> int:
+        """Spill everything unsettled. A late delivery report of one of them is a duplicate
+        under the same x-relay-id, never a second count."""
         with self.cond:
-            return list(self._unsettled.values())
+            records = list(self._unsettled.values())
+        if records:
+            self.settle_spilled(records, spill(records, reason=reason, retry_later=False))
+        return len(records)
 
     def requeue_unsettled(self) -> None:
         """After a producer rebuild: whatever is not queued (its report never came) goes again."""
@@ -179,25 +250,75 @@ class Ledger:
             self.queue.requeue_missing(self._unsettled.values())
             self.cond.notify_all()
 
-    # -- reading -------------------------------------------------------------------------
+    # -- journal -----------------------------------------------------------------------
 
-    def depth(self) -> tuple[int, int]:
+    def recover_journal(self, spill: Spill) -> Recovery | None:
+        """Own again the records a dead predecessor journaled (counted ``restored``, same
+        ids); None without a journal. Records that came back ``MAX_RECOVERIES`` times
+        without settling are spilled instead: a record that kills the process must not kill
+        every next one too."""
         with self.cond:
-            return len(self._unsettled), self._bytes
+            journal = self._journal
+            if journal is None or not journal.enabled:
+                return None
+            left = journal.leftovers()
+            restored = self.restore(left.records, recovered=left.recovered + 1)
+            journal.discard(left.files)  # after their records are journaled again
+        spilled = 0
+        if restored and left.recovered >= MAX_RECOVERIES:
+            records = [r for r in left.records if self.holds(r)]
+            self.settle_spilled(records, spill(
+                records, retry_later=False,
+                reason=f"restored from the journal {left.recovered} times and the extension "
+                       "died each time before they settled"))
+            spilled = len(records)
+        return Recovery(restored, len(left.files), left.recovered + 1, spilled)
 
-    def oldest_accepted_ms(self) -> int | None:
-        """When the oldest unsettled record was accepted (dicts keep insertion order)."""
+    def release_journal(self, *, clean: bool) -> None:
+        """Stop journaling. ``clean``: remove it when nothing is unsettled (a drain that
+        settled everything); otherwise it stays for the next init, as a killed process
+        leaves it."""
         with self.cond:
-            for record in self._unsettled.values():
-                return record.accepted_ms
-            return None
+            if self._journal is not None:
+                self._journal.release(remove=clean and not self._unsettled)
 
-    def unaccounted(self) -> int:
-        """accepted + restored - settled - pending: 0 unless a record was lost."""
+    # -- reading and waiting ------------------------------------------------------------
+
+    def state(self, *, take_outcomes: bool = False) -> LedgerState:
+        """A snapshot; ``take_outcomes`` also hands over (and restarts) the per-request
+        tally, in the same lock round as the counts, so the two always agree."""
         with self.cond:
+            by_request: dict[str, dict[str, int]] = {}
+            if take_outcomes:
+                by_request, self._outcomes = self._outcomes, {}
             c = self.counts
             settled = c.delivered + c.dead_lettered + c.spilled + c.spooled
-            return c.accepted + c.restored - settled - len(self._unsettled)
+            oldest = next(iter(self._unsettled.values()), None)  # dicts keep insertion order
+            return LedgerState(
+                counts=c.as_dict(), pending=len(self._unsettled), pending_bytes=self._bytes,
+                oldest_accepted_ms=None if oldest is None else oldest.accepted_ms,
+                unaccounted=c.accepted + c.restored - settled - len(self._unsettled),
+                in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
+                journal=(self._journal.status() if self._journal is not None
+                         else {"enabled": False}),
+                by_request=by_request)
+
+    def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
+                  stopped: Callable[[], bool], retry_now: bool = False) -> None:
+        """Ask the pump to flush, and wait until nothing is due, the pump ``stopped`` or
+        ``deadline`` (monotonic) passed. ``retry_now`` also sends the records still waiting
+        out a retry backoff."""
+        with self.cond:
+            if retry_now:
+                self.queue.release_retries()
+            self.queue.flush_requests += 1
+            self.cond.notify_all()
+            try:
+                while (not stopped() and self.queue.has_due_work(now_ms())
+                       and self._monotonic() < deadline):
+                    self.cond.wait(min(0.05, max(0.001, deadline - self._monotonic())))
+            finally:
+                self.queue.flush_requests -= 1
 
     def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]:
         """Per-record outcomes; records not settled in time are reported as ``pending``."""

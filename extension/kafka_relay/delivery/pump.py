@@ -2,10 +2,11 @@
 
 One thread produces what the ledger's queue holds, polls or flushes, hands
 every failure to ``Failures`` (routing applied, spills done) and rebuilds a
-producer that a fatal error killed. Delivery callbacks run only here. Any
-exception while producing ONE record settles that record and the pump goes
-on; an exception that escapes an iteration ends the pump, and ``on_death``
-hands everything still unsettled to the spill chain.
+producer that a fatal error killed (or a restore from a snapshot made shared).
+Delivery callbacks run only here. Any exception while producing ONE record
+settles that record and the pump goes on; an exception that escapes an
+iteration ends the pump: ``failure`` says why, and everything still unsettled
+goes to the spill chain.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config
-from kafka_relay.delivery.failures import Failures, Pointer, Spill
-from kafka_relay.delivery.ledger import Ledger
+from kafka_relay.delivery.failures import Failures
+from kafka_relay.delivery.ledger import Ledger, Spill
+from kafka_relay.delivery.pointers import Pointers
 from kafka_relay.delivery.routing import Action
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
@@ -44,7 +46,6 @@ class ProducerLike(Protocol):
 class Pump:
     def __init__(self, ledger: Ledger, config: Config, *,
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
-                 on_death: Callable[[BaseException], None],
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  defer_build: bool = False,
                  on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
@@ -53,8 +54,10 @@ class Pump:
         self._config = config
         self._factory = producer_factory
         self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
+        self._pointers = Pointers(max_attempts=config.max_attempts,
+                                  function=config.function_name, cond=ledger.cond,
+                                  logger=logger)
         self._log = logger
-        self._on_death = on_death
         self._wall_ms = wall_ms
         self._rebuild = False
         self._on_thaw = on_thaw  # e.g. a fresh MSK IAM token before producing (credentials)
@@ -62,16 +65,19 @@ class Pump:
         self._stopping = False
         self.broker_state = BrokerState.UNKNOWN
         self.last_error: str | None = None
+        self.failure: str | None = None  # why the pump stopped for good
+        self._deferred = defer_build
         self.producer: ProducerLike
-        if not defer_build:  # SnapStart defers it past the snapshot: see build_producer
+        if not defer_build:  # SnapStart defers it past the snapshot: built by start()
             self.producer = self._build()
         self._thread = threading.Thread(target=self.run, name="kafka-relay-pump", daemon=True)
 
-    def build_producer(self) -> None:
-        """Build the first producer now (it was deferred); call before start()."""
-        self.producer = self._build()
-
     def start(self) -> None:
+        """Build the producer if it was deferred (no broker connection and no producer
+        identity exist before), then run the pump thread."""
+        if self._deferred:  # a build that raises leaves it deferred: the next start retries
+            self.producer = self._build()
+            self._deferred = False
         self._thread.start()
 
     def stop(self, join_s: float = 2.0) -> None:
@@ -80,12 +86,15 @@ class Pump:
             self._ledger.cond.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=join_s)
+        self._pointers.abandon()
 
-    def thawed(self) -> None:
-        """An INVOKE after a freeze: ``on_thaw`` runs on the pump thread before its next batch."""
-        if self._on_thaw is not None:
+    def thawed(self, *, restored: bool = False) -> None:
+        """An INVOKE after a freeze: ``on_thaw`` runs on the pump thread before its next batch.
+        ``restored`` (from a snapshot every copy shares): a new producer first."""
+        if self._on_thaw is not None or restored:
             with self._ledger.cond:
-                self._thawed = True
+                self._thawed = self._on_thaw is not None
+                self._rebuild = self._rebuild or restored
                 self._ledger.cond.notify_all()
 
     def run(self) -> None:
@@ -95,7 +104,8 @@ class Pump:
                 if not self.step():
                     self._idle()
         except BaseException as exc:
-            self._on_death(exc)
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self._failures.pump_died(self.failure)
 
     def step(self) -> bool:
         """One round: rebuild if due, produce a batch, poll (or flush), do waiting spills.
@@ -149,11 +159,13 @@ class Pump:
             self._done_one(record)
             return True
         to_dlq = record.dlq_error is not None
-        target = self._config.dlq_for(record.topic) if to_dlq else record.topic
+        target = (record.dlq_topic or self._config.dlq_for(record.topic)) if to_dlq \
+            else record.topic
         try:
             self.producer.produce(
                 target, value=record.value, key=record.key,
-                headers=record.kafka_headers(dlq_topic=target if to_dlq else None),
+                headers=record.kafka_headers(dlq_topic=target if to_dlq else None,
+                                             function=self._config.function_name),
                 timestamp=record.timestamp_ms or 0,
                 on_delivery=functools.partial(self._on_delivery, record),
             )
@@ -214,26 +226,12 @@ class Pump:
                 self._rebuild = True
 
     def _spill_waiting(self) -> bool:
+        """Do the spills routing queued; send each oversize record's DLQ pointer."""
         spilled, pointers = self._failures.spill_waiting()
-        for pointer in pointers:
-            self._dead_letter_pointer(pointer)
-        return spilled > 0
-
-    def _dead_letter_pointer(self, pointer: Pointer) -> None:
-        record = pointer.record
-
-        def report(err: KafkaError | None, _msg: object) -> None:
-            if err is not None:
-                self._log.error("dead_letter.pointer_failed", id=record.id, error=describe(err),
-                                spilled_to=pointer.location)
-
-        try:
-            self.producer.produce(pointer.topic, value=pointer.value, key=record.key,
-                                  headers=record.kafka_headers(dlq_topic=pointer.topic),
-                                  on_delivery=report)
-        except Exception as exc:  # the record is spilled; only its pointer is lost
-            self._log.error("dead_letter.pointer_failed", id=record.id, error=str(exc),
-                            spilled_to=pointer.location)
+        retries = self._pointers.due()
+        for pointer in [*retries, *pointers]:
+            self._pointers.send(self.producer, pointer)
+        return spilled > 0 or bool(retries)
 
     def _build(self) -> ProducerLike:
         with self._ledger.cond:
@@ -241,7 +239,8 @@ class Pump:
         return self._factory()
 
     def _replace_producer(self) -> None:
-        """A fatal error: purge the old instance (its records come back as REQUEUE)."""
+        """A fatal error, or a restore: purge the old instance (its records come back as
+        REQUEUE) and build a new one (a new idempotent producer id)."""
         self._log.warning("producer.rebuild", error=self.last_error)
         try:
             self.producer.purge(in_queue=True, in_flight=True, blocking=False)

@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -36,7 +36,7 @@ from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.body import BodyError, read_body
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
-from kafka_relay.handoff.signals import HandlerSignals
+from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
     FLUSH_PATH,
@@ -72,18 +72,18 @@ class DeliveryPort(Protocol):
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None: ...
     def note_rejected(self, records: int) -> None: ...
-    def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]: ...
     def flush(self, timeout_s: float) -> FlushResult: ...
     def status(self) -> dict[str, Any]: ...
 
 
 @dataclass
 class HandoffState:
-    """What the request handlers share (nothing of it is written by the lifecycle loop)."""
+    """What the request handlers share. The lifecycle writes none of it: a restore reseeds
+    ``ids`` in place, and ``flush_control`` reads what the loop last published."""
 
     config: Config
     relay: DeliveryPort
-    signals: HandlerSignals
+    signals: EndSignals
     logger: JsonLogger
     ids: IdSource
     started: float
@@ -93,6 +93,8 @@ class HandoffState:
     # Asked before any record is validated (ids drawn): None admits, a text refuses with 503
     # (SnapStart: nothing is accepted before the restore).
     admit: Callable[[], str | None] = lambda: None
+    # The lifecycle loop's flush control (breaker, auto) for /v1/status.
+    flush_control: Callable[[], Mapping[str, object]] = dict
 
 
 class _HttpError(Exception):
@@ -253,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             answer, _ = state.idempotency.run(
                 key, (zlib.crc32(body), len(body)), lambda: self._accept(body, query),
-                wait_s=self._wait_budget_s(query) + 1,
+                wait_s=_wait_budget_s(query) + 1,
             )
         except KeyMismatch as exc:
             raise _HttpError(422, f"{IDEMPOTENCY_KEY_HEADER} {key!r} was used for a different "
@@ -291,16 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
                            {"Retry-After": str(retry_s)})
         if watch is None:
             return _answer(202, {"accepted": len(ids), "ids": ids})
-        outcomes = state.relay.wait_settled(watch, self._wait_budget_s(query))
+        outcomes = watch.wait(_wait_budget_s(query))
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
-
-    @staticmethod
-    def _wait_budget_s(query: dict[str, str]) -> float:
-        """The request's own budget (the client sets it from its remaining time)."""
-        raw = query.get(TIMEOUT_PARAM, "")
-        if raw.isascii() and raw.isdigit():
-            return min(int(raw) / 1000, _MAX_WAIT_S)
-        return _DEFAULT_WAIT_S
 
     def _flush(self, body: bytes) -> None:
         state = self.server.state
@@ -325,10 +319,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _status(self, body: bytes) -> None:
         state = self.server.state
         status = state.relay.status()
-        status.update({"version": __version__,
+        status.update({"flush_control": dict(state.flush_control()),
+                       "version": __version__,
                        "uptime_s": round(time.monotonic() - state.started, 3),
                        "flush": state.flush_strategy})
         self._send(200, status)
+
+
+def _wait_budget_s(query: dict[str, str]) -> float:
+    """The request's own budget (the client sets it from its remaining time)."""
+    raw = query.get(TIMEOUT_PARAM, "")
+    if raw.isascii() and raw.isdigit():
+        return min(int(raw) / 1000, _MAX_WAIT_S)
+    return _DEFAULT_WAIT_S
 
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:

@@ -1,4 +1,5 @@
-"""Knowing when the handler is done: the client's end call or Telemetry ``platform.runtimeDone``.
+"""Knowing when the handler is done: the client's end call, or Telemetry's ``platform.runtimeDone``
+or ``platform.report`` for its request id.
 
 Either may arrive before the extension has even seen the INVOKE event, so
 ends are remembered by request id (bounded) until someone waits for them.
@@ -10,8 +11,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 _REMEMBERED = 256
+
+
+class EndSignals(Protocol):
+    """Where a request's end is told: the handoff's end route, Telemetry's reports."""
+
+    def mark_done(self, request_id: str | None) -> None: ...
 
 
 class HandlerSignals:

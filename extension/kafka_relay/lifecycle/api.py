@@ -29,9 +29,8 @@ class ExtensionsApi:
             )
         self._address = runtime_api
         self.name = name
+        # Set by __main__ from the registration (lifecycle/register.py, before heavy imports).
         self.identifier = ""
-        # Set by __main__ from the registration (lifecycle/register.py, before heavy imports):
-        self.events: list[str] = []  # what Lambda accepted the registration for
 
     def _request(
         self,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-INVOKE = "INVOKE"
-SHUTDOWN = "SHUTDOWN"
+from kafka_relay.aws_lambda import INVOKE, SHUTDOWN
+
 SHUTDOWN_REASONS = frozenset({"spindown", "timeout", "failure"})
 
 _INVOKE_FIELDS = frozenset({"eventType", "requestId", "deadlineMs", "invokedFunctionArn",

@@ -1,7 +1,8 @@
 """What the event loop asks of the rest of the extension: the Listener protocol.
 
-The loop knows nothing of HTTP or Kafka; app.py plugs in an adapter that drives
-the delivery engine and the handler-done signals.
+The loop knows nothing of HTTP or Kafka; each Lambda mode plugs in the engine listener
+(``modes/engine_listener.py``), which drives the delivery engine and waits on the
+handler-done signals.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from kafka_relay.config import Config, FlushMode
+from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config, FlushMode
 from kafka_relay.errors import LambdaApiError
 from kafka_relay.lifecycle.events import (
     InvokeEvent,
@@ -27,8 +27,6 @@ from kafka_relay.observability.log import JsonLogger
 
 # Leave the runtime this much of the invocation for its own /next after our flush.
 _INVOKE_MARGIN_MS = 50
-# Without a deadline from Lambda (lost API, malformed event) drain within the external budget.
-_LOST_API_BUDGET_MS = 1_500
 RUNTIME_ERROR = "Extension.RuntimeError"
 
 
@@ -53,7 +51,7 @@ class Ending:
 
     def lost_deadline(self) -> int:
         """Without a deadline from Lambda (lost API, malformed event): the external budget."""
-        return self._wall_ms() + _LOST_API_BUDGET_MS
+        return self._wall_ms() + EXTENSION_SHUTDOWN_MS
 
     def shutdown(self, event: ShutdownEvent) -> int:
         """Hand SHUTDOWN to the listener; 0, or 1 (and an exit error) when it raised."""
@@ -244,5 +242,5 @@ class EventLoop:
             self._ending.exit_error(
                 f"kafka-relay's delivery stopped ({why}); everything it held was spilled "
                 "(KAFKA_RELAY_SPILL log lines or S3: replay them with python -m "
-                "kafka_relay.replay); Lambda restarts the environment")
+                "kafka_relay.tools.replay); Lambda restarts the environment")
         return 1

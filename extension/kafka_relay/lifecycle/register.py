@@ -3,17 +3,20 @@
 Lambda counts init from process start, and ``http.client`` alone (email, ssl, …) costs more
 than the registration itself; the rest of the API client (``api.py``) loads afterwards.
 The status line and the identifier header are what matter; the body only names a refusal.
-Nothing but the C ``_socket`` module is imported (not socket.py with its enum and
-selectors, not json): the caller turns the ``RegisterFailed`` (an OSError) into its log line.
+Nothing but the C ``_socket`` module and ``aws_lambda`` (which imports nothing) is imported
+(not socket.py with its enum and selectors, not json): the caller turns the
+``RegisterFailed`` (an OSError) into its log line.
 """
 
 from __future__ import annotations
 
 import _socket
 
+from kafka_relay.aws_lambda import INVOKE, SHUTDOWN, registration_events
+
 TYPE_CHECKING = False  # typing and collections cost milliseconds before registering
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 
 class RegisterFailed(OSError):
@@ -21,9 +24,6 @@ class RegisterFailed(OSError):
 
 REGISTER_PATH = "/2020-01-01/extension/register"
 _MAX_ANSWER = 64 * 1024
-INVOKE, SHUTDOWN = "INVOKE", "SHUTDOWN"
-# AWS_LAMBDA_INITIALIZATION_TYPE there: extensions may register for SHUTDOWN only.
-MANAGED_INSTANCES = "lambda-managed-instances"
 
 
 class Registration:
@@ -31,23 +31,19 @@ class Registration:
 
     def __init__(self, identifier: str, events: list[str], refused: str | None) -> None:
         self.identifier = identifier
-        self.events = events  # what Lambda accepted: the event loop follows these
+        self.events = events  # what Lambda accepted: the mode follows these (modes.mode.decide)
         self.refused = refused  # INVOKE refused as an invalid event type: SHUTDOWN only
 
 
-def registration_events(init_type: str | None) -> list[str]:
-    return [SHUTDOWN] if init_type == MANAGED_INSTANCES else [INVOKE, SHUTDOWN]
-
-
 def register_for_mode(
-    address: str, name: str, init_type: str | None,
+    address: str, name: str, env: Mapping[str, str],
     *, post: Callable[[str, str, list[str]], str] | None = None,
 ) -> Registration:
     """Register for the mode's events. Liberal: an INVOKE registration refused as an invalid
     event type (a managed-instances environment whose variable we did not recognise) is
     retried for SHUTDOWN only. Any other refusal is raised."""
     post = post or register
-    events = registration_events(init_type)
+    events = registration_events(env)
     try:
         return Registration(post(address, name, events), events, None)
     except RegisterFailed as exc:

@@ -1,6 +1,11 @@
-"""A Telemetry API subscriber: learns from ``platform.runtimeDone`` that the handler finished,
-and (SnapStart) from ``platform.restoreStart`` that the environment was restored from a
-snapshot — the only restore signal an extension gets: the Extensions API sends no event."""
+"""The Telemetry API: the subscription, and the receiver Lambda posts platform events to.
+
+A request's end: ``platform.runtimeDone`` (on-demand, SnapStart) or ``platform.report``
+(every mode; the only one Managed Instances send per request, schema 2025-01-29). A
+restore from a snapshot: ``platform.restoreStart``, the only restore signal an extension
+gets (the Extensions API sends no event). Liberal: a subscription refused under one schema
+is retried under the other.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,30 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
+
+from kafka_relay.config import LambdaMode
+from kafka_relay.errors import LambdaApiError
+from kafka_relay.lifecycle.api import MANAGED_INSTANCES_TELEMETRY_SCHEMA, TELEMETRY_SCHEMA
+from kafka_relay.observability.log import JsonLogger
 
 # Lambda delivers telemetry to the sandbox's own name; locally it may not resolve.
 _HOSTS = ("sandbox.localdomain", "127.0.0.1")
+# The events that end a request, each carrying its ``requestId``.
+REQUEST_ENDS = frozenset({"platform.runtimeDone", "platform.report"})
+RESTORE_START = "platform.restoreStart"
 
 
-class TelemetryListener:
+class TelemetryReceiver:
     def __init__(
         self,
-        on_runtime_done: Callable[[str, str], None],
+        on_request_done: Callable[[str, str], None],
         *,
         on_restore: Callable[[], None] | None = None,
         hosts: tuple[str, ...] = _HOSTS,
         port: int = 0,
     ) -> None:
-        self._on_runtime_done = on_runtime_done
+        self._on_request_done = on_request_done
         self._on_restore = on_restore
         self._server = self._bind(hosts, port)
         self._thread = threading.Thread(
@@ -33,13 +46,13 @@ class TelemetryListener:
         )
 
     def _bind(self, hosts: tuple[str, ...], port: int) -> ThreadingHTTPServer:
-        listener = self
+        receiver = self
         error: OSError | None = None
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                listener.receive(self.rfile.read(length))
+                receiver.receive(self.rfile.read(length))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -77,9 +90,37 @@ class TelemetryListener:
             return
         for event in events if isinstance(events, list) else []:
             kind = event.get("type") if isinstance(event, dict) else None
-            if kind == "platform.runtimeDone":
+            if kind in REQUEST_ENDS:
                 record = event.get("record") or {}
                 if isinstance(record, dict) and record.get("requestId"):
-                    self._on_runtime_done(str(record["requestId"]), str(record.get("status")))
-            elif kind == "platform.restoreStart" and self._on_restore is not None:
+                    self._on_request_done(str(record["requestId"]), str(record.get("status")))
+            elif kind == RESTORE_START and self._on_restore is not None:
                 self._on_restore()
+
+
+class Registrar(Protocol):
+    def subscribe_telemetry(self, uri: str, *, types: list[str], schema: str = ...) -> None: ...
+
+
+def telemetry_schemas(mode: LambdaMode) -> tuple[str, str]:
+    """The schema to subscribe with first, and the one to try when it is refused."""
+    if mode is LambdaMode.MANAGED_INSTANCES:
+        return MANAGED_INSTANCES_TELEMETRY_SCHEMA, TELEMETRY_SCHEMA
+    return TELEMETRY_SCHEMA, MANAGED_INSTANCES_TELEMETRY_SCHEMA
+
+
+def subscribe(api: Registrar, uri: str, *, types: list[str], mode: LambdaMode,
+              logger: JsonLogger) -> str:
+    """Subscribe to Telemetry; the schema Lambda accepted. Raises the first refusal when
+    both schemas are refused."""
+    first, other = telemetry_schemas(mode)
+    try:
+        api.subscribe_telemetry(uri, types=types, schema=first)
+        return first
+    except LambdaApiError as exc:
+        logger.info("telemetry.schema_refused", schema=first, retry_with=other, error=str(exc))
+        try:
+            api.subscribe_telemetry(uri, types=types, schema=other)
+        except LambdaApiError:
+            raise exc from None
+        return other

@@ -1,1 +1,1 @@
-"""What differs per Lambda mode (managed instances, SnapStart) in the assembled extension."""
+"""The Lambda mode (on-demand, SnapStart, Managed Instances): decided once in ``mode.py``."""

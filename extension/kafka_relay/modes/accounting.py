@@ -2,8 +2,9 @@
 
 There, many invocations run at once and the extension hears of none of them: it
 learns a request id from the client's ``X-Kafka-Relay-Request-Id`` header, and
-that the request is over from the client's ``/v1/invocation/end`` or Telemetry
-``platform.runtimeDone``. ``RequestAccounting`` sits between the handoff server
+that the request is over from the client's ``/v1/invocation/end`` or Telemetry's
+``platform.report`` (what Managed Instances send per request; ``platform.runtimeDone``
+where it comes). ``RequestAccounting`` sits between the handoff server
 and the engine (it is the server's ``DeliveryPort``): every batch that carries a
 request id is accepted with a watch, so the outcomes of that request's records
 are known as they settle. ``due()`` hands out one summary per request once it
@@ -25,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka_relay.delivery.engine import DeliveryEngine, FlushResult, Watch
-from kafka_relay.handoff.signals import HandlerSignals
+from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.protocol import Outcome
 from kafka_relay.record import Record
 
 # A request that ended is reported once its records settled, or after this long.
 SETTLE_WAIT_S = 30.0
-# A request that never said it ended (no end call, no Telemetry) is reported after this:
+# A request that never said it ended (no end call, no Telemetry report) is reported after this:
 # longer than Lambda's longest invocation.
 STALE_AFTER_S = 960.0
 _REMEMBERED = 4_096  # reported request ids: a late second end signal is not a new request
@@ -88,9 +89,6 @@ class RequestAccounting:
     def note_rejected(self, records: int) -> None:
         self._engine.note_rejected(records)
 
-    def wait_settled(self, watch: Watch, timeout_s: float) -> list[dict[str, str | None]]:
-        return self._engine.wait_settled(watch, timeout_s)
-
     def flush(self, timeout_s: float) -> FlushResult:
         return self._engine.flush(timeout_s)
 
@@ -103,7 +101,7 @@ class RequestAccounting:
     # -- requests ----------------------------------------------------------------------------
 
     def ended(self, request_id: str | None) -> None:
-        """The request's handler is done (client end call or Telemetry runtimeDone)."""
+        """The request's handler is done (client end call, Telemetry report or runtimeDone)."""
         if not request_id:
             return
         with self._lock:
@@ -151,13 +149,13 @@ class RequestAccounting:
         return tally
 
 
-class AccountedSignals(HandlerSignals):
-    """Handler-done signals that also close the request's accounting."""
+class AccountedSignals:
+    """End signals, wrapped: a request's end also closes its accounting."""
 
-    def __init__(self, accounting: RequestAccounting) -> None:
-        super().__init__()
+    def __init__(self, signals: EndSignals, accounting: RequestAccounting) -> None:
+        self._signals = signals
         self._accounting = accounting
 
     def mark_done(self, request_id: str | None) -> None:
-        super().mark_done(request_id)
+        self._signals.mark_done(request_id)
         self._accounting.ended(request_id)

@@ -1,21 +1,51 @@
-"""CloudWatch Embedded Metric Format: metrics ride on a log line, no API calls."""
+"""CloudWatch Embedded Metric Format: metrics ride on a log line, no API calls.
+
+``METRICS`` is the one definition of every metric the extension writes: the EMF
+line is checked against it and the operator docs' metric table is generated from
+it (``kafka_relay.tools.metrics_doc``), so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 NAMESPACE = "KafkaRelay"
+DIMENSIONS = ("FunctionName",)
 
-_UNITS = {
-    "RecordsAccepted": "Count",
-    "RecordsDelivered": "Count",
-    "RecordsDeadLettered": "Count",
-    "RecordsSpilled": "Count",
-    "RecordsRejected": "Count",
-    "FlushMs": "Milliseconds",
-    "BufferDepth": "Count",
-}
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    statistic: str  # the statistic that answers the question in ``meaning``
+    meaning: str
+
+
+METRICS = (
+    Metric("RecordsAccepted", "Count", "Sum", "records handed over and answered 2xx"),
+    Metric("RecordsDelivered", "Count", "Sum", "records acknowledged by their topic"),
+    Metric("RecordsDeadLettered", "Count", "Sum",
+           "records acknowledged by the dead-letter topic (not merely routed to it)"),
+    Metric("DeadLetterFailures", "Count", "Sum",
+           "dead letters the DLQ did not take either (each time one was spilled or "
+           "spooled instead)"),
+    Metric("RecordsSpilled", "Count", "Sum",
+           "records written to S3 or KAFKA_RELAY_SPILL log lines: replay them"),
+    Metric("RecordsSpooled", "Count", "Sum",
+           "records parked in the /tmp spool for a later invocation of this environment"),
+    Metric("RecordsRestored", "Count", "Sum",
+           "records taken back from the spool (or a crashed predecessor's journal)"),
+    Metric("RecordsRejected", "Count", "Sum", "records refused with 4xx/429/503 (never owned)"),
+    Metric("BufferDepth", "Count", "Maximum", "records owned and not yet settled"),
+    Metric("OldestPendingMs", "Milliseconds", "Maximum",
+           "age of the oldest record owned and not yet settled"),
+    Metric("BreakerOpen", "Count", "Maximum",
+           "1 while the broker circuit breaker is open (invocations do not wait for Kafka)"),
+    Metric("FlushMs", "Milliseconds", "Average", "time an invocation spent flushing"),
+)
+_UNITS = {metric.name: metric.unit for metric in METRICS}
 
 
 def emf_line(
@@ -31,7 +61,7 @@ def emf_line(
             "CloudWatchMetrics": [
                 {
                     "Namespace": NAMESPACE,
-                    "Dimensions": [["FunctionName"]],
+                    "Dimensions": [list(DIMENSIONS)],
                     "Metrics": [{"Name": name, "Unit": _UNITS[name]} for name in metrics],
                 }
             ],

@@ -6,7 +6,8 @@
     OAuthCallback    SASL/OAUTHBEARER with an injected token function
     NoCredentials    PLAINTEXT / SSL clusters
 
-A new auth method is one more class with ``apply(settings) -> settings``;
+A new auth method is one more class with ``apply(settings) -> settings`` and, when something
+of it goes stale while Lambda freezes the environment, ``thaw_check`` (MskIam's token);
 ``from_config`` picks the strategy the configuration asks for.
 """
 
@@ -43,15 +44,25 @@ class Credentials(Protocol):
         """``settings`` plus what this method needs (a new dict; the argument is not changed)."""
         ...
 
+    def thaw_check(self, log: JsonLogger) -> Callable[[_Polls], None] | None:
+        """What the pump runs with its producer before producing after a freeze (``on_thaw``),
+        or None when nothing goes stale while frozen."""
+        ...
+
+
+class _NothingStaleAfterThaw:
+    def thaw_check(self, log: JsonLogger) -> Callable[[_Polls], None] | None:
+        return None
+
 
 @dataclass(frozen=True)
-class NoCredentials:
+class NoCredentials(_NothingStaleAfterThaw):
     def apply(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         return dict(settings)
 
 
 @dataclass(frozen=True)
-class StaticSasl:
+class StaticSasl(_NothingStaleAfterThaw):
     """A SASL username and password: Confluent Cloud API keys, or SCRAM users."""
 
     username: str
@@ -71,7 +82,7 @@ def _secrets_manager_value(arn: str, region: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class SecretsManager:
+class SecretsManager(_NothingStaleAfterThaw):
     """Username and password read from a Secrets Manager secret when applied.
 
     Two JSON shapes: ``{"api_key": ..., "api_secret": ...}`` and MSK's SCRAM secrets
@@ -90,7 +101,8 @@ class SecretsManager:
             raise AuthError(
                 f"could not read KAFKA_SECRET_ARN={self.arn!r} from Secrets Manager ({exc}); "
                 "check the ARN, the region and that the function role allows "
-                "secretsmanager:GetSecretValue on it"
+                "secretsmanager:GetSecretValue on it, and kms:Decrypt on its key when that is a "
+                "customer managed key (MSK SCRAM secrets always are)"
             ) from exc
         try:
             secret = json.loads(raw)
@@ -112,7 +124,7 @@ class SecretsManager:
 
 
 @dataclass(frozen=True)
-class OAuthCallback:
+class OAuthCallback(_NothingStaleAfterThaw):
     """SASL/OAUTHBEARER: librdkafka asks ``token`` for a fresh token before the old expires."""
 
     token: TokenFunction = field(repr=False)

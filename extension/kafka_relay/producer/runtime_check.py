@@ -5,6 +5,10 @@ fails deep inside ``import confluent_kafka``; Lambda would show that as an
 ImportError traceback. This turns it into an ``Extension.ConfigError`` naming the
 runtime, the architecture and what to deploy instead. Stdlib only: it runs
 before anything imports confluent-kafka.
+
+The runtime is read from the interpreter the extension runs under (the function's own
+``python3``, ``/var/lang/bin`` in Lambda), never from ``AWS_EXECUTION_ENV``: Lambda gives
+that variable to the runtime process, not to extensions.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import importlib.util
 import platform
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -34,16 +38,16 @@ class RuntimeMismatchError(ConfigError):
 @dataclass(frozen=True)
 class RuntimeFacts:
     python: str  # "3.11"
-    execution_env: str  # AWS_EXECUTION_ENV, e.g. AWS_Lambda_python3.11; "" outside Lambda
+    interpreter: str  # sys.executable, e.g. /var/lang/bin/python3.11 in Lambda
     machine: str  # platform.machine(): x86_64 | aarch64
     glibc: str  # "2.26"; "" when not glibc
 
     @classmethod
-    def current(cls, env: Mapping[str, str]) -> RuntimeFacts:
+    def current(cls) -> RuntimeFacts:
         libc, version = platform.libc_ver()
         return cls(
             python=f"{sys.version_info.major}.{sys.version_info.minor}",
-            execution_env=env.get("AWS_EXECUTION_ENV", ""),
+            interpreter=sys.executable,
             machine=platform.machine(),
             glibc=version if libc == "glibc" else "",
         )
@@ -54,8 +58,8 @@ class RuntimeFacts:
 
     def describe(self) -> str:
         runtime = f"python{self.python}"
-        if self.execution_env:
-            runtime += f" (AWS_EXECUTION_ENV={self.execution_env})"
+        if self.interpreter:
+            runtime += f" ({self.interpreter})"
         glibc = f", glibc {self.glibc}" if self.glibc else ""
         return f"{runtime} on {self.arch} (platform.machine() {self.machine}{glibc})"
 
@@ -122,7 +126,6 @@ def mismatch_message(facts: RuntimeFacts, layer: LayerBinaries, error: BaseExcep
 
 
 def require_confluent_kafka(
-    env: Mapping[str, str],
     *,
     importer: Callable[[str], ModuleType] = importlib.import_module,
     facts: RuntimeFacts | None = None,
@@ -132,7 +135,7 @@ def require_confluent_kafka(
     try:
         importer("confluent_kafka")
     except (ImportError, OSError) as exc:
-        facts = facts or RuntimeFacts.current(env)
+        facts = facts or RuntimeFacts.current()
         raise RuntimeMismatchError(
             mismatch_message(facts, LayerBinaries.beside(package_dir()), exc)
         ) from exc

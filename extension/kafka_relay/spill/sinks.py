@@ -37,7 +37,7 @@ QUARANTINE_SUFFIX = ".corrupt"
 class SpillKind(str, Enum):
     S3 = "s3"  # an NDJSON object in KAFKA_RELAY_SPILL_BUCKET
     SPOOL = "spool"  # a /tmp file the next invocation re-sends (the record comes back)
-    LOG = "log"  # KAFKA_RELAY_SPILL log lines, for python -m kafka_relay.replay
+    LOG = "log"  # KAFKA_RELAY_SPILL log lines, for python -m kafka_relay.tools.replay
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
-"""The background listener for Lambda Managed Instances: no INVOKE, so no per-invocation work.
+"""Lambda Managed Instances: many requests at once, no INVOKE, never frozen.
+
+The handoff port is ``RequestAccounting`` around the engine (per-request reports by
+request id); an end call or a Telemetry ``platform.report`` closes a request
+(``AccountedSignals``); the SHUTDOWN-only background loop ticks the listener below.
 
 The pump already produces records as they arrive and releases retries on its own
 timer; what INVOKE drove on-demand runs here on the loop's ticker instead:
 records parked in the /tmp spool are re-owned every few seconds, finished requests
 get their ``invocation.done`` line (by request id, from ``RequestAccounting``), and
 an EMF line carries the counts of the last period. SHUTDOWN is the on-demand drain
-(``RelayListener.shutdown``), then the last requests' lines.
+(``EngineListener.shutdown``), then the last requests' lines.
 
 A Kafka error never ends the extension here: an extension exit replaces the whole
 environment and fails every invocation in flight. If the pump itself dies, what it
@@ -17,23 +21,64 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any, ClassVar
 
+from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
+from kafka_relay.handoff.server import DeliveryPort
+from kafka_relay.handoff.signals import EndSignals
+from kafka_relay.lifecycle.background_loop import BackgroundLoop
 from kafka_relay.lifecycle.events import ShutdownEvent
 from kafka_relay.lifecycle.listener import ShutdownSummary
-from kafka_relay.modes.accounting import RequestAccounting
+from kafka_relay.lifecycle.loop import EventSource
+from kafka_relay.modes.accounting import AccountedSignals, RequestAccounting
+from kafka_relay.modes.engine_listener import EngineListener
+from kafka_relay.modes.on_demand import OnDemand
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.relay_listener import RelayListener
 
 SPOOL_EVERY_S = 5.0
 METRICS_EVERY_S = 10.0
 
 
-class ManagedListener:
-    def __init__(self, relay_listener: RelayListener, engine: DeliveryEngine,
+class ManagedInstances:
+    """On-demand, wrapped: the port accounts per request, an end also closes the request,
+    and the background loop replaces the INVOKE loop."""
+
+    name: ClassVar[LambdaMode] = LambdaMode.MANAGED_INSTANCES
+    defers_producer: ClassVar[bool] = False
+
+    def __init__(self, config: Config, engine: DeliveryEngine, logger: JsonLogger) -> None:
+        self._on_demand = OnDemand(config, engine, logger)
+        self._engine = engine
+        self._log = logger
+        self.accounting = RequestAccounting(engine)
+        self.port: DeliveryPort = self.accounting
+        self.signals: EndSignals = AccountedSignals(self._on_demand.signals, self.accounting)
+        self.ids = self._on_demand.ids
+        self.listener = self._on_demand.listener
+
+    def admit(self) -> str | None:
+        return self._on_demand.admit()
+
+    def restore(self, trigger: str) -> None:
+        self._on_demand.restore(trigger)
+
+    def loop(self, api: EventSource) -> BackgroundLoop:
+        background = ManagedInstancesListener(self.listener, self._engine, self.accounting,
+                                              self._log)
+        return BackgroundLoop(background, self._log, api=api)
+
+    def init_fields(self) -> dict[str, Any]:
+        return self._on_demand.init_fields()
+
+
+class ManagedInstancesListener:
+    """The engine listener, wrapped for the background loop's ticks."""
+
+    def __init__(self, engine_listener: EngineListener, engine: DeliveryEngine,
                  accounting: RequestAccounting, logger: JsonLogger, *,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._relay_listener = relay_listener
+        self._engine_listener = engine_listener
         self._engine = engine
         self._accounting = accounting
         self._log = logger
@@ -52,15 +97,16 @@ class ManagedListener:
         if now >= self._next_metrics:
             self._next_metrics = now + METRICS_EVERY_S
             self._meter()
-        if not self._engine.healthy and not self._pump_reported:
+        failure = self._engine.gauge().failure
+        if failure is not None and not self._pump_reported:
             self._pump_reported = True
-            self._log.error("managed.pump_stopped", error=self._engine.failure,
+            self._log.error("managed.pump_stopped", error=failure,
                             hint="records are refused (503) until Lambda replaces this "
                                  "environment; the extension keeps running because its exit "
                                  "would fail every invocation in flight")
 
     def shutdown(self, event: ShutdownEvent) -> ShutdownSummary:
-        summary = self._relay_listener.shutdown(event)
+        summary = self._engine_listener.shutdown(event)
         self._report(self._accounting.due(final=True))
         return summary
 
@@ -72,7 +118,7 @@ class ManagedListener:
     def _meter(self) -> None:
         """An EMF line for the last period, when anything happened in it. Through the
         on-demand listener, so the SHUTDOWN drain's line counts only what came after."""
-        delta = self._relay_listener.take_delta()
+        delta = self._engine_listener.take_delta()
         if any(delta[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
-                                  "rejected")):
-            self._relay_listener.write_metrics(delta, depth=self._engine.depth()[0])
+                                  "spooled", "restored", "rejected")):
+            self._engine_listener.write_metrics(delta, depth=self._engine.gauge().pending)

@@ -3,14 +3,17 @@
 Sources: an S3 prefix (``s3://bucket/prefix``: the NDJSON objects the spiller
 wrote), a spool directory or ``.ndjson`` file, a log file with
 ``KAFKA_RELAY_SPILL`` lines (a sandbox log, an ``aws logs`` export, or the
-output of ``python -m kafka_relay.logs --spilled-out``), or a CloudWatch log
-group.
+output of ``kafka-relay-logs --spilled-out``), or a CloudWatch log group; or,
+with ``--from-topic``, a dead-letter topic (``kafka_relay.tools.redrive``).
 
-Each record goes back to its original topic or, when it was on its way to the
-dead-letter queue, to the DLQ with the ``x-relay-*`` headers. Replaying twice
-produces duplicates carrying identical ``x-relay-id`` headers; consumers
-dedupe on that id (as for the extension's own at-least-once delivery), so
-replay never reads the topic to skip what is already there.
+Each record goes back to its original topic with its original timestamp or,
+when it was on its way to the dead-letter queue, to the DLQ the spill record
+names, with the ``x-relay-*`` headers (``--transient-to-original``: only
+permanent failures stay DLQ-bound). Safe to repeat: the ids produced are kept
+in a state file (``~/.kafka-relay/replayed-ids`` unless ``--state``) and a
+second run skips them; ``--delete`` removes each source whose records all
+went. Copies that still happen (``--no-state``) carry identical ``x-relay-id``
+headers, for consumers to dedupe on.
 
 Two layers: reading (sources → ``Batch`` of ``Record``) and producing
 (``replay``), both driven by injected clients so tests can run them.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,19 +35,24 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.config import Config, load_config
 from kafka_relay.errors import RelayError
-from kafka_relay.logs import (
+from kafka_relay.producer.classify import describe
+from kafka_relay.producer.factory import ProducerFactory
+from kafka_relay.record import Record
+from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines, read_ndjson
+from kafka_relay.tools import redrive
+from kafka_relay.tools.logs import (
     SPILL_FILTER_PATTERN,
     CloudWatchTail,
     LogsError,
     aws_errors,
     parse_time,
 )
-from kafka_relay.producer.classify import describe
-from kafka_relay.producer.factory import ProducerFactory
-from kafka_relay.record import Record
-from kafka_relay.spill.codec import SPILL_EVENT, parse_spill_lines, read_ndjson
 
 _MAX_FAILURES_SHOWN = 20
+_LIBRDKAFKA_MAX_MESSAGE_BYTES = 1_000_000
+DEFAULT_STATE = ".kafka-relay/replayed-ids"
+# Bytes a record takes in a Kafka batch beyond key, value and headers (an upper bound).
+_OVERHEAD = 100
 # A dry run never connects: only the DLQ routing of the configuration matters.
 _DRY_RUN_BOOTSTRAP = "dry-run.invalid:9092"
 # Extra seconds for flush() beyond message.timeout.ms, so every record gets its report.
@@ -207,14 +216,99 @@ class ProducerLike(Protocol):
     def flush(self, timeout: float = ...) -> int: ...
 
 
+def error_kind(record: Record) -> str:
+    """transient (retries ran out: the outage may be over) or permanent (the record itself)."""
+    if record.error_kind:
+        return record.error_kind
+    return "transient" if (record.dlq_error or "").startswith("gave up after") else "permanent"
+
+
+def reason(record: Record) -> str:
+    """Why the record was spilled, in a few words: the dry run counts by it."""
+    error = record.dlq_error or record.last_error
+    if error is None:
+        return "not delivered in time (outage or shutdown)"
+    kind = error_kind(record) if record.dlq_error else "transient"
+    return f"{kind}: {redrive.error_code(error)}"
+
+
 def destination(
-    record: Record, config: Config, *, to_original: bool = False
+    record: Record, config: Config, *, to_original: bool = False,
+    transient_to_original: bool = False,
 ) -> tuple[str, list[tuple[str, bytes]]]:
-    """Topic and headers for a replayed record: where the extension was sending it."""
-    if record.dlq_error is not None and not to_original:
-        dlq = config.dlq_for(record.topic)
+    """Topic and headers for a replayed record: where the extension was sending it (its DLQ
+    as the spill names it), or its own topic when asked (all, or only transient failures)."""
+    back = to_original or (transient_to_original and error_kind(record) == "transient")
+    if record.dlq_error is not None and not back:
+        dlq = record.dlq_topic or config.dlq_for(record.topic)
         return dlq, record.kafka_headers(dlq_topic=dlq)
     return record.topic, record.kafka_headers()
+
+
+def max_message_bytes(config: Config) -> int:
+    """The producer's message.max.bytes (KAFKA_PRODUCER_MESSAGE_MAX_BYTES, else librdkafka's)."""
+    value = config.producer_overrides.get("message.max.bytes")
+    return int(value) if value and value.isdigit() else _LIBRDKAFKA_MAX_MESSAGE_BYTES
+
+
+def _size(record: Record, headers: list[tuple[str, bytes]]) -> int:
+    return record.size + sum(len(name) + len(value) for name, value in headers) + _OVERHEAD
+
+
+def too_large(record: Record, headers: list[tuple[str, bytes]], limit: int) -> str | None:
+    """Why the producer will refuse the record as too large (None: it fits)."""
+    size = _size(record, headers)
+    if size <= limit:
+        return None
+    return (f"{size} bytes is over the producer's message.max.bytes={limit}: raise "
+            "KAFKA_PRODUCER_MESSAGE_MAX_BYTES and the topic's max.message.bytes")
+
+
+def refused_as_too_large(record: Record, headers: list[tuple[str, bytes]], limit: int) -> str:
+    """What to change after Kafka refused the record as too large."""
+    return (too_large(record, headers, limit)
+            or f"{_size(record, headers)} bytes is over the topic's max.message.bytes: raise it "
+               "(kafka-configs --alter --add-config max.message.bytes=...)")
+
+
+class ReplayedIds:
+    """The ids replayed before (one per line in a local file): a second run skips them."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._ids: set[str] = set()
+        if path is not None and path.is_file():
+            self._ids = set(path.read_text(encoding="utf-8").split())
+        self._out: TextIO | None = None
+
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._ids
+
+    def add(self, record_id: str) -> None:
+        if self.path is None:
+            return
+        if self._out is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed below
+        self._ids.add(record_id)
+        self._out.write(record_id + "\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+
+
+@dataclass
+class SourceResult:
+    origin: str
+    records: int
+    produced: int = 0
+    failed: int = 0
+    skipped: int = 0  # replayed by an earlier run (the replayed-ids file)
+    unreadable: int = 0
+    deleted: bool = False
+    kept: str | None = None  # with --delete: why it was not deleted
 
 
 @dataclass
@@ -222,13 +316,19 @@ class ReplayReport:
     read: int = 0
     produced: int = 0
     failed: int = 0
-    sources: int = 0
-    deleted: int = 0
+    skipped: int = 0
+    sources: list[SourceResult] = field(default_factory=list)
     by_topic: Counter[str] = field(default_factory=Counter)
+    by_reason: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, reason)
+    too_large: list[str] = field(default_factory=list)  # predicted or seen oversize failures
     incomplete: list[str] = field(default_factory=list)
     bad_lines: list[str] = field(default_factory=list)  # skipped: unreadable spill lines
     failures: list[str] = field(default_factory=list)
     error: str | None = None  # reading stopped, or deleting failed
+
+    @property
+    def deleted(self) -> int:
+        return sum(1 for source in self.sources if source.deleted)
 
     @property
     def ok(self) -> bool:
@@ -247,51 +347,89 @@ def replay(
     config: Config,
     producer: ProducerLike | None,
     to_original: bool = False,
+    transient_to_original: bool = False,
     timeout_s: float = 30.0,
     delete: bool = False,
+    replayed: ReplayedIds | None = None,
 ) -> ReplayReport:
     """Produce every record of ``batches``; ``producer=None`` is a dry run (count only).
 
-    With ``delete``, sources are removed only if everything was produced.
+    With ``delete``, each source is removed once all its records were produced (or were
+    replayed before); a source with a failure stays, and the report says why. Records in
+    ``replayed`` are skipped, and what is produced now is added to it.
     """
     report = ReplayReport()
-    deleters: list[Callable[[], None]] = []  # not the batches: their records can go
+    replayed = replayed or ReplayedIds(None)
+    deleters: list[tuple[SourceResult, Batch]] = []
+    limit = max_message_bytes(config)
 
-    def delivered(record: Record, topic: str, error: KafkaError | None, _msg: object) -> None:
+    def delivered(record: Record, topic: str, headers: list[tuple[str, bytes]],
+                  source: SourceResult, error: KafkaError | None, _msg: object) -> None:
         if error is None:
             report.produced += 1
-        else:
-            report.fail(1, f"{record.id} → {topic}: {describe(error)}")
+            source.produced += 1
+            replayed.add(record.id)
+            return
+        source.failed += 1
+        detail = describe(error)
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            detail = f"{detail}; {refused_as_too_large(record, headers, limit)}"
+        report.fail(1, f"{record.id} → {topic}: {detail}")
 
     try:
         for batch in batches:
-            report.sources += 1
+            source = SourceResult(batch.origin, len(batch.records),
+                                  unreadable=len(batch.bad_lines) + len(batch.incomplete))
+            report.sources.append(source)
             report.read += len(batch.records)
             report.incomplete += batch.incomplete
             report.bad_lines += batch.bad_lines
             if batch.delete is not None:
-                deleters.append(batch.delete)
+                deleters.append((source, batch))
             for record in batch.records:
-                topic, headers = destination(record, config, to_original=to_original)
+                if record.id in replayed:
+                    report.skipped += 1
+                    source.skipped += 1
+                    continue
+                topic, headers = destination(record, config, to_original=to_original,
+                                             transient_to_original=transient_to_original)
                 report.by_topic[topic] += 1
+                report.by_reason[(topic, reason(record))] += 1
+                oversize = too_large(record, headers, limit)
+                if oversize is not None:
+                    report.too_large.append(f"{record.id} → {topic}: {oversize}")
                 if producer is not None:
-                    _produce(producer, record, topic, headers, report,
-                             on_delivery=functools.partial(delivered, record, topic))
+                    _produce(producer, record, topic, headers, report, source=source,
+                             limit=limit, on_delivery=functools.partial(
+                                 delivered, record, topic, headers, source))
     except (ReplayError, LogsError, OSError) as exc:
         report.error = f"reading stopped: {exc}"
     if producer is not None:
         unsent = producer.flush(timeout_s + _FLUSH_SLACK_S)
         if unsent:
             report.fail(unsent, f"{unsent} records got no delivery report in {timeout_s:g} s")
-    if delete and producer is not None and report.ok:
-        for delete_source in deleters:
-            try:
-                delete_source()
-            except ReplayError as exc:
-                report.error = f"replayed everything, but {exc}"
-                break
-            report.deleted += 1
+    replayed.close()
+    if delete and producer is not None and report.error is None:
+        _delete_done(deleters, report)
     return report
+
+
+def _delete_done(deleters: list[tuple[SourceResult, Batch]], report: ReplayReport) -> None:
+    for source, batch in deleters:
+        if source.failed or source.produced + source.skipped < source.records:
+            source.kept = (f"{source.failed or source.records - source.produced - source.skipped}"
+                           " of its records were not produced")
+        elif source.unreadable:
+            source.kept = f"{source.unreadable} of its lines could not be read"
+        if source.kept is not None or batch.delete is None:
+            continue
+        try:
+            batch.delete()
+        except ReplayError as exc:
+            source.kept = str(exc)
+            report.error = f"replayed everything, but {exc}"
+            continue
+        source.deleted = True
 
 
 def _produce(
@@ -301,21 +439,31 @@ def _produce(
     headers: list[tuple[str, bytes]],
     report: ReplayReport,
     *,
+    source: SourceResult,
+    limit: int,
     on_delivery: Callable[[KafkaError | None, object], None],
 ) -> None:
     unfit = unproducible(record, topic, headers)
     if unfit is not None:
+        source.failed += 1
         report.fail(1, f"{record.id} → {topic}: skipped, {unfit}")
         return
     while True:
         try:
+            # The time it was handed over, not the replay's: consumers see when it happened.
             producer.produce(topic, key=record.key, value=record.value, headers=headers,
-                             timestamp=record.timestamp_ms or 0, on_delivery=on_delivery)
+                             timestamp=record.timestamp_ms or record.accepted_ms or 0,
+                             on_delivery=on_delivery)
         except BufferError:
             producer.poll(0.1)  # librdkafka's queue is full: let deliveries drain it
             continue
-        except Exception as exc:  # one record's fault (type, range): skip it, go on
-            detail = exc.args[0] if isinstance(exc, KafkaException) else _why(exc)
+        except Exception as exc:  # one record's fault (type, range, size): skip it, go on
+            source.failed += 1
+            error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                detail = f"{describe(error)}; {refused_as_too_large(record, headers, limit)}"
+            else:
+                detail = str(error) if error is not None else _why(exc)
             report.fail(1, f"{record.id} → {topic}: {detail}")
         producer.poll(0)
         return
@@ -358,32 +506,47 @@ def _default_aws_client(service: str, region: str | None) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kafka_relay.replay",
-        description="Re-produce records kafka-relay spilled, with their original x-relay-id. "
-                    "Replaying twice makes duplicates with identical ids: consumers dedupe on "
-                    "the x-relay-id header.",
+        prog="kafka-relay-replay",
+        description="Re-produce records kafka-relay spilled, with their original x-relay-id "
+                    "and timestamp. Safe to repeat: ids replayed before are skipped (see "
+                    "--state). --from-topic redrives a dead-letter topic instead.",
     )
     parser.add_argument("source", nargs="?",
                         help="s3://bucket/prefix, a spool directory, or a spooled .ndjson file")
     parser.add_argument("--log-file", type=Path,
                         help=f"a log file with {SPILL_EVENT} lines (sandbox log, aws logs "
-                             "export, or python -m kafka_relay.logs --spilled-out)")
+                             "export, or python -m kafka_relay.tools.logs --spilled-out)")
     parser.add_argument("--log-group", help=f"a CloudWatch log group to search for {SPILL_EVENT}")
-    parser.add_argument("--start", help="with --log-group: from (epoch ms, ISO 8601, or an age "
-                                        "like 2h; default: all retained events)")
-    parser.add_argument("--end", help="with --log-group: until (same forms; default now)")
+    parser.add_argument("--start", "--since", dest="start",
+                        help="with --log-group or --from-topic: from (epoch ms, ISO 8601, or "
+                             "an age like 2h; default: everything retained)")
+    parser.add_argument("--end", "--until", dest="end",
+                        help="with --log-group or --from-topic: until (same forms; default "
+                             "now)")
     parser.add_argument("--region", help="AWS region for S3 and CloudWatch (default: AWS_REGION)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: "
                                             "KAFKA_BOOTSTRAP_SERVERS; credentials from KAFKA_*)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="read and count by destination topic; produce nothing")
+                        help="read and count by destination and reason, predict records "
+                             "too large to produce; produce (and commit) nothing")
     parser.add_argument("--delete", action="store_true",
-                        help="remove the spool files / S3 objects after a fully successful replay")
+                        help="remove each spool file / S3 object whose records were all "
+                             "produced; the others stay, and the output says why")
     parser.add_argument("--to-original-topic", action="store_true",
-                        help="send records that were bound for the DLQ to their original topic "
-                             "(after fixing what made them fail)")
+                        help="send every record that was bound for the DLQ to its original "
+                             "topic (after fixing what made them fail)")
+    parser.add_argument("--transient-to-original", action="store_true",
+                        help="send records that failed only transiently (an outage) to their "
+                             "original topic; permanent failures still go to the DLQ")
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument("--state", type=Path, metavar="FILE",
+                       help="the file of ids replayed before, skipped now and added to "
+                            f"(default {DEFAULT_STATE} under $HOME)")
+    state.add_argument("--no-state", action="store_true",
+                       help="replay everything again, whatever was replayed before")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="how long a record may take to be acknowledged (default 30)")
+    redrive.add_arguments(parser)
     return parser
 
 
@@ -419,27 +582,44 @@ def main(
     stderr: TextIO,
     aws_client_factory: Callable[[str, str | None], Any] = _default_aws_client,
     producer_factory: Callable[[Config, float], ProducerLike] = kafka_producer,
+    consumer_factory: Callable[[Config, str], Any] = redrive.consumer_for,
     wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
 ) -> int:
     """0: everything replayed; 1: some records failed or were unreadable; 2: bad usage."""
     parser = _parser()
     args = parser.parse_args(argv)
-    chosen = [name for name in ("source", "log_file", "log_group") if getattr(args, name)]
+    chosen = [name for name in ("source", "log_file", "log_group", "from_topic")
+              if getattr(args, name)]
     if len(chosen) != 1:
-        parser.error("give exactly one source: SOURCE, --log-file or --log-group")
-    if (args.start or args.end) and not args.log_group:
-        parser.error("--start/--end select CloudWatch events; they need --log-group")
+        parser.error("give exactly one source: SOURCE, --log-file, --log-group or --from-topic")
+    if (args.start or args.end) and not (args.log_group or args.from_topic):
+        parser.error("--start/--end select CloudWatch events or DLQ records; they need "
+                     "--log-group or --from-topic")
+    redrive_only = [flag for flag, value in (("--error-kind", args.error_kind),
+                                             ("--match", args.match), ("--id", args.id),
+                                             ("--group", args.group), ("--rate", args.rate))
+                    if value]
+    if redrive_only and not args.from_topic:
+        parser.error(f"{', '.join(redrive_only)} select DLQ records: they need --from-topic")
+    if args.from_topic:
+        return _redrive(args, parser, env=env, stdout=stdout, stderr=stderr, wall_ms=wall_ms,
+                        producer_factory=producer_factory, consumer_factory=consumer_factory)
     if args.delete and (args.dry_run or not args.source):
         parser.error("--delete removes spool files or S3 objects after a real replay: it needs "
                      "a SOURCE and no --dry-run")
+    if args.to_original_topic and args.transient_to_original:
+        parser.error("--to-original-topic sends every record back; --transient-to-original "
+                     "only the transient failures: choose one")
     bootstrap = args.bootstrap or (_DRY_RUN_BOOTSTRAP if args.dry_run else None)
     try:
         config = load_config(env, **({"bootstrap_servers": bootstrap} if bootstrap else {}))
         batches = _batches(args, config, aws_client_factory, wall_ms)
         producer = None if args.dry_run else producer_factory(config, args.timeout)
         report = replay(batches, config=config, producer=producer,
-                        to_original=args.to_original_topic, timeout_s=args.timeout,
-                        delete=args.delete)
+                        to_original=args.to_original_topic,
+                        transient_to_original=args.transient_to_original,
+                        timeout_s=args.timeout, delete=args.delete,
+                        replayed=ReplayedIds(state_file(args, env)))
     except RelayError as exc:
         stderr.write(f"error: {exc}\n")
         return 2
@@ -447,11 +627,71 @@ def main(
     return 0 if report.ok else 1
 
 
+def _redrive(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    *,
+    env: Mapping[str, str],
+    stdout: TextIO,
+    stderr: TextIO,
+    wall_ms: Callable[[], int],
+    producer_factory: Callable[[Config, float], ProducerLike],
+    consumer_factory: Callable[[Config, str], Any],
+) -> int:
+    if args.delete or args.to_original_topic or args.transient_to_original:
+        parser.error("--from-topic always sends records to their x-relay-original-topic and "
+                     "commits offsets instead of deleting")
+    try:
+        pattern = re.compile(args.match) if args.match else None
+    except re.error as exc:
+        parser.error(f"--match {args.match!r} is not a regular expression: {exc}")
+    try:
+        now = wall_ms()
+        filters = redrive.Filters(
+            error_kind=args.error_kind, match=pattern, ids=frozenset(args.id),
+            since_ms=parse_time(args.start, now_ms=now) if args.start else None,
+            until_ms=parse_time(args.end, now_ms=now) if args.end else None)
+        config = load_config(env, **({"bootstrap_servers": args.bootstrap}
+                                     if args.bootstrap else {}))
+        group = args.group or redrive.default_group(args.from_topic, filters)
+        consumer = consumer_factory(config, group)
+        try:
+            producer = None if args.dry_run else producer_factory(config, args.timeout)
+            report = redrive.redrive(consumer, args.from_topic, filters=filters,
+                                     producer=producer, group=group, rate=args.rate,
+                                     timeout_s=args.timeout)
+        finally:
+            consumer.close()
+    except (RelayError, redrive.RedriveError, KafkaException) as exc:
+        stderr.write(f"error: {exc}\n")
+        return 2
+    redrive.print_report(report, args.from_topic, dry_run=args.dry_run, out=stdout)
+    return 0 if report.ok else 1
+
+
+def state_file(args: argparse.Namespace, env: Mapping[str, str]) -> Path | None:
+    """--state, else the default under $HOME (none without a HOME, or with --no-state)."""
+    if args.no_state:
+        return None
+    if args.state is not None:
+        return Path(args.state)
+    home = env.get("HOME")
+    return Path(home) / DEFAULT_STATE if home else None
+
+
 def _print_report(report: ReplayReport, args: argparse.Namespace, out: TextIO) -> None:
     source = args.source or args.log_file or args.log_group
-    out.write(f"read {report.read} records from {report.sources} source(s) at {source}\n")
+    out.write(f"read {report.read} records from {len(report.sources)} source(s) at {source}\n")
+    if report.skipped:
+        out.write(f"skipped {report.skipped} replayed before (ids in the state file; "
+                  "--no-state replays them again)\n")
     for topic, count in sorted(report.by_topic.items()):
         out.write(f"  {topic}: {count}\n")
+        for (to, why), records in sorted(report.by_reason.items()):
+            if to == topic:
+                out.write(f"    {records:>6}  {why}\n")
+    for line in report.too_large:
+        out.write(f"{'will fail' if args.dry_run else 'too large'}: {line}\n")
     for line in report.bad_lines:
         out.write(f"skipped: {line}\n")
     for record_id in report.incomplete:
@@ -463,8 +703,11 @@ def _print_report(report: ReplayReport, args: argparse.Namespace, out: TextIO) -
         out.write(f"produced {report.produced}, failed {report.failed}\n")
         for failure in report.failures:
             out.write(f"  failed: {failure}\n")
-    if report.deleted:
-        out.write(f"deleted {report.deleted} source file(s)/object(s)\n")
+    if args.delete:
+        for result in report.sources:
+            if result.deleted:
+                out.write(f"deleted {result.origin}\n")
+            elif result.kept:
+                out.write(f"kept {result.origin}: {result.kept}\n")
     if report.error:
         out.write(f"error: {report.error}\n")
-

@@ -1,7 +1,8 @@
 """The lifecycle Listener, implemented on the delivery engine and the handler-done signals.
 
-The only place that knows both sides: the loop calls these methods, they call
-the engine (restore / flush / drain) and the signals the handoff server feeds.
+The loop calls these methods; they call the engine (restore / flush / drain) and wait on
+the signals the handoff server and Telemetry feed. Every mode drives one (managed
+instances wrap it for their background loop).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from kafka_relay.config import Config
+from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config
 from kafka_relay.delivery.engine import DeliveryEngine, DrainReport
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
@@ -22,8 +23,6 @@ from kafka_relay.protocol import BrokerState
 
 T = TypeVar("T")
 
-# If SHUTDOWN carries no deadline, drain within Lambda's external-extension budget.
-_NO_DEADLINE_BUDGET_MS = 1_500
 # A handler whose end nothing signals (no decorator, no client end call, no telemetry) is
 # taken as done once no record has arrived for the quiet period, at most after the cap.
 UNSIGNALLED_QUIET_S = 0.3
@@ -34,7 +33,7 @@ STALL_S = 3.0
 _FLUSH_SLICE_S = 0.1
 
 
-class RelayListener:
+class EngineListener:
     def __init__(
         self,
         *,
@@ -49,23 +48,28 @@ class RelayListener:
         self._signals = signals
         self._log = logger
         self._wall_ms = wall_ms
-        self._reported = engine.counts()
+        self._reported = engine.gauge().counts
+        # An invocation that did not wait for its handler is reported when the next event
+        # arrives (the handler is over by then), so its line counts its own records.
+        self._unreported: str | None = None
         self.invocations = 0
-        self.telemetry = False  # subscribed to runtimeDone: every handler end is signalled
+        self.telemetry = False  # subscribed to Telemetry: every handler end is signalled
         self._unsignalled = 0  # bounded waits that ended without any end signal
         self._warned_unsignalled = False
-        # Released last at SHUTDOWN (telemetry listener, handoff server), in order.
+        # The loop's flush control (breaker, auto), as last published, for /v1/status.
+        self.flush_control: dict[str, object] = {}
+        # Released last at SHUTDOWN (Telemetry receiver, handoff server), in order.
         self.closers: list[Callable[[], None]] = []
 
     # -- INVOKE ---------------------------------------------------------------------------
 
     def on_invoke(self, event: InvokeEvent) -> None:
+        self._report_unreported()
         self.invocations += 1
         self._log.request_id = event.request_id or None
-        self._engine.before_invoke()  # e.g. a fresh MSK IAM token before the pump produces
-        restored = self._engine.restore_spool()
-        if restored:
-            self._log.info("spool.restored", records=restored)
+        self._engine.invocation_id = event.request_id or None
+        self._engine.thawed()  # e.g. a fresh MSK IAM token before the pump produces
+        self._engine.restore_spool()  # logs spool.restored itself
 
     def handler_done(self, request_id: str, timeout_s: float) -> bool:
         if self.telemetry or self._signals.seen_any:
@@ -76,12 +80,12 @@ class RelayListener:
         """No end signal has ever arrived here: wait until records stop arriving, bounded,
         instead of the whole invocation; say once how to fix it."""
         start = time.monotonic()
-        accepted, quiet_since = self._engine.counts()["accepted"], start
+        accepted, quiet_since = self._engine.gauge().counts["accepted"], start
         ended_by = "cap"
         while (now := time.monotonic()) - start < timeout_s:
             if self._signals.wait(request_id, min(_POLL_S, timeout_s - (now - start))):
                 return True
-            seen = self._engine.counts()["accepted"]
+            seen = self._engine.gauge().counts["accepted"]
             now = time.monotonic()
             if seen != accepted:
                 accepted, quiet_since = seen, now
@@ -102,12 +106,10 @@ class RelayListener:
         return False
 
     def observe(self) -> Observed:
-        counts = self._engine.counts()
-        pending, _ = self._engine.depth()
-        return Observed(pending=pending, oldest_pending_ms=self._engine.oldest_pending_ms(),
-                        settled=counts["delivered"] + counts["dead_lettered"],
-                        broker_up=self._engine.broker_state is BrokerState.UP,
-                        stopped=self._engine.failure)
+        gauge = self._engine.gauge()
+        return Observed(pending=gauge.pending, oldest_pending_ms=gauge.oldest_pending_ms,
+                        settled=gauge.counts["delivered"] + gauge.counts["dead_lettered"],
+                        broker_up=gauge.broker_state is BrokerState.UP, stopped=gauge.failure)
 
     def flush(self, budget_ms: int) -> FlushReport:
         """Flush in slices; stop once nothing has settled for ``STALL_S`` while records are
@@ -134,10 +136,18 @@ class RelayListener:
                            remaining=result.remaining, settled=settled)
 
     def publish(self, status: Mapping[str, object]) -> None:
-        self._engine.flush_control = dict(status)
+        self.flush_control = dict(status)  # replaced whole: /v1/status reads it unlocked
 
     def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-        self._report(flush.duration_ms if flush else 0.0)
+        if flush is None:  # not flushed (deferred, breaker open): its handler may still run
+            self._unreported = event.request_id or None
+            return
+        self._report(flush.duration_ms)
+
+    def _report_unreported(self) -> None:
+        if self._unreported is not None:
+            request_id, self._unreported = self._unreported, None
+            self._report(0.0, request_id=request_id)
 
     # -- SHUTDOWN -------------------------------------------------------------------------
 
@@ -145,8 +155,11 @@ class RelayListener:
         """Drain (the engine restores, flushes and spills within the deadline), release
         everything, summarise. Every step runs even if an earlier one raised: whatever the
         drain could not settle is spilled by a last step of its own."""
+        self._report_unreported()
+        # What SHUTDOWN logs belongs to no invocation (records say their own request ids).
+        self._log.request_id = self._engine.invocation_id = None
         started = self._wall_ms()
-        deadline_ms = event.deadline_ms or started + _NO_DEADLINE_BUDGET_MS
+        deadline_ms = event.deadline_ms or started + EXTENSION_SHUTDOWN_MS
         failed: list[str] = []
 
         def step(name: str, action: Callable[[], T], default: T) -> T:
@@ -166,7 +179,8 @@ class RelayListener:
             step("stop_engine", self._engine.stop, None)
         for closer in self.closers:
             step("close", closer, None)
-        pending, _ = self._engine.depth()
+        gauge = self._engine.gauge()
+        pending = gauge.pending
         status = self._engine.status()
         summary = ShutdownSummary(
             drained=report.drained if report else 0,
@@ -174,8 +188,7 @@ class RelayListener:
             pending=pending, unaccounted=int(status["unaccounted"]),
             failed_steps=tuple(failed),
         )
-        self._log.request_id = None
-        fields = report.as_log() if report else {"reason": event.reason, **self._engine.counts()}
+        fields = report.as_log() if report else {"reason": event.reason, **gauge.counts}
         fields.update(duration_ms=self._wall_ms() - started, pending=pending,
                       unaccounted=summary.unaccounted, spilled_at_shutdown=summary.spilled)
         self._log.info("shutdown.summary", invocations=self.invocations,
@@ -185,35 +198,49 @@ class RelayListener:
 
     # -- reporting ------------------------------------------------------------------------
 
-    def _report(self, flush_ms: float, *, invocation: bool = True) -> None:
+    def _report(self, flush_ms: float, *, invocation: bool = True,
+                request_id: str | None = None) -> None:
         """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
-        the last report."""
-        delta = self.take_delta()
-        depth, _ = self._engine.depth()
+        the last report (``request_id``: of an invocation reported late)."""
+        delta = self.take_delta(at="invocation" if invocation else "shutdown")
+        depth = self._engine.gauge().pending
         if invocation:
+            fields: dict[str, object] = {} if request_id is None else {"request_id": request_id}
             self._log.info("invocation.done", accepted=delta["accepted"],
                            delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
                            spilled=delta["spilled"], spooled=delta["spooled"],
-                           restored=delta["restored"], pending=depth, flush_ms=flush_ms)
+                           restored=delta["restored"], pending=depth, flush_ms=flush_ms,
+                           **fields)
         self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
 
-    def take_delta(self) -> dict[str, int]:
-        """The counts' change since the last report (every count is reported once)."""
-        now = self._engine.counts()
+    def take_delta(self, *, at: str = "period") -> dict[str, int]:
+        """The counts' change since the last report (every count is reported once), and a
+        ``records.outcomes`` line saying the same per request id: the records' own ids, so
+        what settles later is counted for the invocation that handed the records over."""
+        gauge = self._engine.gauge(take_outcomes=True)
+        now, by_request = gauge.counts, gauge.by_request
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
+        if by_request:
+            self._log.info("records.outcomes", at=at, by_request=by_request)
         return delta
 
     def write_metrics(self, delta: dict[str, int], *, depth: int,
                       flush_ms: float | None = None) -> None:
         """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed)."""
+        breaker = self.flush_control.get("breaker")
         metrics: dict[str, float] = {
             "RecordsAccepted": delta["accepted"],
             "RecordsDelivered": delta["delivered"],
             "RecordsDeadLettered": delta["dead_lettered"],
+            "DeadLetterFailures": delta["dead_letter_failed"],
             "RecordsSpilled": delta["spilled"],
+            "RecordsSpooled": delta["spooled"],
+            "RecordsRestored": delta["restored"],
             "RecordsRejected": delta["rejected"],
             "BufferDepth": depth,
+            "OldestPendingMs": self._engine.gauge().oldest_pending_ms,
+            "BreakerOpen": int(isinstance(breaker, dict) and breaker.get("state") == "open"),
         }
         if flush_ms is not None:
             metrics["FlushMs"] = flush_ms
