@@ -2,9 +2,13 @@
 # kafka-relay: the one entry point. See README.md and docs/getting-started.md.
 set -euo pipefail
 
+# Paths on a command line are relative to where the user stands (CALLER); the Python commands
+# run there, with the checkout on PYTHONPATH. This script's own files are read from ROOT.
+CALLER="$PWD"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
-VENV="$ROOT/.venv"
+# KAFKA_RELAY_VENV: another environment (CI runs the demo in one holding the demo set only).
+VENV="${KAFKA_RELAY_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 
 usage() {
@@ -30,24 +34,29 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
   teardown       delete what deploy and publish-layer created [--prefix P] [--dry-run]
   bench          benchmarks against the baselines: table + ratios, bench/results/*.json
   faults         the slow fault-injection and soak suite (real broker, fault proxy, sandbox)
+                 [pytest's arguments]
   lock           regenerate constraints.txt from requirements-dev.txt
+
+--help installs, builds and writes nothing.
 USAGE
 }
 
-# Run a long step, printing a line every few seconds so a first run never looks stuck.
+# Run a long step; whenever its output has been quiet for 3 s, print how long it has run, so
+# a first run never looks stuck. Its stdout passes through line by line (stderr as it is);
+# the status is the step's own (pipefail).
 ticking() {
-  local label="$1" pid seconds=0
+  local label="$1" started=$SECONDS line
   shift
-  "$@" &
-  pid=$!
-  while kill -0 "$pid" 2>/dev/null; do
-    sleep 1
-    seconds=$((seconds + 1))
-    if (( seconds % 3 == 0 )) && kill -0 "$pid" 2>/dev/null; then
-      echo "    ... $label (${seconds} s)"
+  PYTHONUNBUFFERED=1 "$@" | while true; do
+    if IFS= read -r -t 3 line; then
+      printf '%s\n' "$line"
+    elif (( $? > 128 )); then
+      echo "    ... $label ($((SECONDS - started)) s)"
+    else
+      [[ -n "$line" ]] && printf '%s' "$line"
+      break
     fi
   done
-  wait "$pid"
 }
 
 # Create .venv and install a pinned requirements set when its pins changed. The demo needs
@@ -56,14 +65,10 @@ ensure_venv() {
   local set="${1:-dev}" file
   shift || true
   file="requirements-$set.txt"
-  # Asking a command for --help installs nothing once .venv exists.
-  if [[ -x "$PY" ]] && wants_help "$@"; then
-    return
-  fi
   if [[ ! -x "$PY" ]]; then
     "${PYTHON:-python3}" -c 'import sys; assert sys.version_info >= (3, 10), "kafka-relay needs Python >= 3.10"'
-    echo "==> creating .venv ($("${PYTHON:-python3}" --version))"
-    ticking "creating .venv" "${PYTHON:-python3}" -m venv "$VENV"
+    echo "==> creating $VENV ($("${PYTHON:-python3}" --version))"
+    ticking "creating the venv" "${PYTHON:-python3}" -m venv "$VENV"
   fi
   local stamp="$VENV/.deps-stamp" want dev have=""
   want="$set:$(cat "$file" requirements-demo.txt constraints.txt | sha256sum | cut -d' ' -f1)"
@@ -73,18 +78,21 @@ ensure_venv() {
   if [[ "$have" == "$want" || ( "$set" == demo && "$have" == "$dev" ) ]]; then
     return
   fi
-  echo "==> installing the pinned $set dependencies ($file) into .venv"
-  # No -q: one line per package (pip's own), so a first run shows progress.
-  local status=0
-  "$PY" -m pip install --disable-pip-version-check --progress-bar off \
-    -r "$file" -c constraints.txt 2>&1 \
-    | { grep -E --line-buffered '^(Collecting|Downloading|Installing|Successfully|ERROR|error)' || true; } \
-    || status=$?
-  if [[ "$status" != 0 ]]; then  # pipefail: pip's own status
+  echo "==> installing the pinned $set dependencies ($file) into $VENV"
+  if ! ticking "installing" pip_install "$file"; then
     echo "error: pip could not install $file (run: $PY -m pip install -r $file -c constraints.txt)" >&2
     exit 1
   fi
   echo "$want" > "$stamp"
+}
+
+# No -q: one line per package (pip's own); with the ticks, a first run shows progress.
+# --no-compile: Python compiles what is imported when it is first imported; compiling every
+# installed module up front (moto's hundreds of services) was a third of the install's CPU.
+pip_install() {
+  "$PY" -m pip install --disable-pip-version-check --progress-bar off --no-compile \
+    -r "$1" -c constraints.txt 2>&1 \
+    | { grep -E --line-buffered '^(Collecting|Downloading|Installing|Successfully|ERROR|error)' || true; }
 }
 
 run_checks() {
@@ -98,7 +106,7 @@ run_checks() {
   NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict --quiet --site-dir "$ROOT/build/site"
 }
 
-# True when the command's arguments ask for help: then nothing is built first.
+# True when the command's arguments ask for help: then nothing is installed or built.
 wants_help() {
   local arg
   for arg in "$@"; do
@@ -107,22 +115,51 @@ wants_help() {
   return 1
 }
 
-# The demo and the sandbox build a layer for this interpreter only, apart from dist/.
+# A command's --help, installing nothing: the module's own options when an interpreter can
+# import it (.venv's, else the system's), else this script's summary of the command.
+help_for() {
+  local cmd="$1" module="${2:-}" python="$PY"
+  [[ -x "$python" ]] || python="${PYTHON:-python3}"
+  if [[ -n "$module" ]] && PYTHONDONTWRITEBYTECODE=1 in_caller "$python" -m "$module" --help 2>/dev/null; then
+    return
+  fi
+  echo "usage: ./build.sh $cmd [options]"
+  usage | awk -v cmd="  $cmd " 'index($0, cmd) == 1 { on = 1; print; next }
+                                on && /^                 / { print; next } { on = 0 }'
+  [[ -n "$module" ]] && echo "(every option: ./build.sh $cmd --help once .venv exists; ./build.sh demo creates it)"
+  return 0
+}
+
+# Run a command from the caller's directory.
+in_caller() {
+  (cd "$CALLER" && "$@")
+}
+
+# publish-layer, deploy and teardown need a region: say so before installing or building.
+require_region() {
+  local python="$PY"
+  [[ -x "$python" ]] || python="${PYTHON:-python3}"
+  "$python" -m layer_build.region "$@" || exit 2
+}
+
+# The demo and the sandbox build a layer for this interpreter only, apart from dist/, and
+# reuse it while its sources, pins and build code are unchanged.
 local_build() {
   local version
   version="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
   "$PY" -m layer_build.build --arch "$(uname -m | sed 's/aarch64/arm64/')" \
-    --python-version "$version" --out "$ROOT/build/local"
+    --python-version "$version" --out "$ROOT/build/local" --reuse
 }
 
-# demo, sandbox and bench import the extension's package (its log parsing) from the source tree.
-export PYTHONPATH="$ROOT/extension${PYTHONPATH:+:$PYTHONPATH}"
+# The checkout's packages (and the extension's, for its log parsing) from any directory.
+export PYTHONPATH="$ROOT/extension:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 cmd="${1:-}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
   test)
-    ensure_venv dev "$@"
+    if wants_help "$@"; then help_for test; exit 0; fi
+    ensure_venv dev
     tiers="not slow"
     args=()
     for arg in "$@"; do
@@ -140,46 +177,57 @@ case "$cmd" in
     "$PY" -m pytest -m "$tiers" -n "$workers" --dist loadfile ${args[@]+"${args[@]}"}
     ;;
   demo)
-    ensure_venv demo "$@"
-    if ! wants_help "$@"; then
-      echo "==> building the layer and the functions (build/local/)"
-      ticking "building" local_build
-    fi
-    "$PY" -m devtools.demo --dist "$ROOT/build/local" "$@"
+    if wants_help "$@"; then help_for demo devtools.demo; exit 0; fi
+    ensure_venv demo
+    echo "==> building the layer and the functions (build/local/)"
+    ticking "building" local_build
+    ticking "demo" in_caller "$PY" -m devtools.demo --dist "$ROOT/build/local" "$@"
     ;;
   sandbox)
-    ensure_venv demo "$@"
-    wants_help "$@" || ticking "building" local_build
-    "$PY" -m devtools.sandbox --layer "$ROOT/build/local/kafka-relay-layer-$(uname -m | sed 's/aarch64/arm64/').zip" "$@"
+    if wants_help "$@"; then help_for sandbox devtools.sandbox; exit 0; fi
+    ensure_venv demo
+    ticking "building" local_build
+    in_caller "$PY" -m devtools.sandbox \
+      --layer "$ROOT/build/local/kafka-relay-layer-$(uname -m | sed 's/aarch64/arm64/').zip" "$@"
     ;;
   bench)
-    ensure_venv dev "$@"
-    wants_help "$@" || "$PY" -m layer_build.build --arch x86_64 --for-sandbox
-    "$PY" -m bench "$@"
+    if wants_help "$@"; then help_for bench bench; exit 0; fi
+    ensure_venv dev
+    "$PY" -m layer_build.build --arch x86_64 --for-sandbox
+    in_caller "$PY" -m bench "$@"
     ;;
   faults)
-    ensure_venv dev "$@"
+    if wants_help "$@"; then help_for faults; exit 0; fi
+    ensure_venv dev
     "$PY" -m pytest -m slow "$@"
     ;;
   build)
-    ensure_venv dev "$@"
-    "$PY" -m layer_build.build "$@"
+    if wants_help "$@"; then help_for build layer_build.build; exit 0; fi
+    ensure_venv dev
+    in_caller "$PY" -m layer_build.build "$@"
     ;;
   publish-layer)
-    ensure_venv dev "$@"
-    wants_help "$@" || "$PY" -m layer_build.build
-    "$PY" -m layer_build.publish "$@"
+    if wants_help "$@"; then help_for publish-layer layer_build.publish; exit 0; fi
+    require_region "$@"
+    ensure_venv dev
+    "$PY" -m layer_build.build
+    in_caller "$PY" -m layer_build.publish "$@"
     ;;
   deploy)
-    ensure_venv dev "$@"
-    "$PY" -m layer_build.deploy "$@"
+    if wants_help "$@"; then help_for deploy layer_build.deploy; exit 0; fi
+    require_region "$@"
+    ensure_venv dev
+    in_caller "$PY" -m layer_build.deploy "$@"
     ;;
   teardown)
-    ensure_venv dev "$@"
-    "$PY" -m layer_build.teardown "$@"
+    if wants_help "$@"; then help_for teardown layer_build.teardown; exit 0; fi
+    require_region "$@"
+    ensure_venv dev
+    in_caller "$PY" -m layer_build.teardown "$@"
     ;;
   lock)
-    ensure_venv dev "$@"
+    if wants_help "$@"; then help_for lock; exit 0; fi
+    ensure_venv dev
     "$PY" -m pip install --disable-pip-version-check -q -r requirements-dev.txt
     "$PY" -m pip freeze --exclude-editable > constraints.txt
     ;;

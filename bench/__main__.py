@@ -1,3 +1,4 @@
 from bench.cli import main
+from kafka_relay.tools.cli import run_cli
 
-raise SystemExit(main())
+raise SystemExit(run_cli(main))

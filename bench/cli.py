@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from bench.extension import run_drain, run_handoff, run_init
+from bench.coldstart import run_init
+from bench.extension import run_drain, run_handoff
 from bench.infra import REPO_ROOT, BenchError, layer_sizes, network, prepare_layers
 from bench.invocations import CASE_NAMES, CASES, Workload, run_grid
 from bench.model import BenchResults
@@ -33,8 +34,7 @@ EXTRAS = ("handoff", "init", "drain", "outage", "size")
 DRAIN_RECORDS = 3_000
 HANDOFF_BATCHES = 100  # x 500 records per invocation
 MEMORIES = (256, 1769)  # MB: the producers' deployed size (0.145 vCPU) and one full vCPU
-RTTS = (0.0, 1.0, 20.0)  # ms: same host, same VPC (MSK nearby), a remote cluster
-INIT_MEMORY_MB = 256
+RTTS = (0.0, 1.0, 5.0, 20.0)  # ms: same host, same VPC, MSK acks=all across zones, remote
 OUTAGE_MEMORY_MB = 1769
 OUTAGE_RTT_MS = 1.0
 
@@ -70,7 +70,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="NAME", choices=[*CASE_NAMES, *EXTRAS],
                         help=f"run only these: {', '.join((*CASE_NAMES, *EXTRAS))}")
     parser.add_argument("--rtt", nargs="+", type=float, default=list(RTTS), metavar="MS",
-                        help="round-trip latencies the proxy adds (default: 0 1 20)")
+                        help="round-trip latencies the proxy adds (default: 0 1 5 20)")
     parser.add_argument("--memory", nargs="+", type=int, default=list(MEMORIES), metavar="MB",
                         help="function memory sizes; the CPU quota follows (default: 256 1769)")
     parser.add_argument("--outage", type=float, metavar="S",
@@ -129,10 +129,12 @@ def run(args: argparse.Namespace, workdir: Path) -> BenchResults:
                 progress=_say))
         if "init" in wanted:
             rtt = max(args.rtt)
-            _say(f"extension init at {INIT_MEMORY_MB} MB, {rtt:g} ms RTT")
-            results.init.append(run_init(net=net, layers=layers, memory_mb=INIT_MEMORY_MB,
-                                         rtt_ms=rtt, samples=base.init_samples,
-                                         workdir=workdir))
+            for memory_mb in args.memory:
+                _say(f"cold start side by side at {memory_mb} MB, {rtt:g} ms RTT")
+                results.init.append(run_init(
+                    net=net, layers=layers, memory_mb=memory_mb, rtt_ms=rtt,
+                    samples=base.init_samples, records=workload.count,
+                    record_bytes=workload.size, workdir=workdir))
         if "drain" in wanted:
             rtt = max(args.rtt)
             _say(f"SHUTDOWN drain of {DRAIN_RECORDS:,} records at 256 MB, {rtt:g} ms RTT")

@@ -1,9 +1,8 @@
 """Measurements of the extension itself, each in the sandbox with the real built layer:
-handoff throughput and memory, init time, and the SHUTDOWN drain."""
+handoff throughput and memory, and the SHUTDOWN drain (init: ``coldstart``)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from bench.infra import (
     Network,
     extension_pid,
     memory_kb,
-    process_start_epoch,
     sandbox,
 )
 from bench.stats import Summary
@@ -109,44 +107,6 @@ def run_handoff(
         lost=delivery.lost, rss_idle_kb=idle["VmRSS"], rss_after_kb=after["VmRSS"],
         hwm_kb=after["VmHWM"],
     )
-
-
-# -- init ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InitResult:
-    memory_mb: int
-    rtt_ms: float
-    ready_ms: Summary  # the sandbox launching the extension -> its init.ready log line
-    kernel_ready_ms: Summary  # the kernel's process start time -> init.ready (±10 ms ticks)
-    environment_init_ms: Summary  # the whole init phase (extension + runtime), as Lambda reports
-
-
-def run_init(
-    *, net: Network, layers: Layers, memory_mb: int, rtt_ms: float, samples: int, workdir: Path
-) -> InitResult:
-    """Start and spin down the same environment ``samples`` times."""
-    net.set_rtt(rtt_ms)
-    topic = net.create_topic(f"init-{rtt_ms:g}ms")
-    ready: list[float] = []
-    kernel: list[float] = []
-    whole: list[float] = []
-    with sandbox(net=net, layer=layers.relay, handler="relay_send", topic=topic,
-                 workdir=workdir, name=f"init-{rtt_ms:g}ms", memory_mb=memory_mb) as sb:
-        for _ in range(samples):
-            mark = len(sb.log_lines())
-            launched = time.time()
-            whole.append(sb.start())
-            started = process_start_epoch(extension_pid(sb))
-            events = events_named(sb.log_lines()[mark:], "init.ready")
-            if not events:
-                raise BenchError(f"init: no init.ready line from the extension; see {sb.log_path}")
-            ready.append((events[0]["ts"] - launched) * 1000)
-            kernel.append((events[0]["ts"] - started) * 1000)
-            sb.shutdown("spindown")
-    return InitResult(memory_mb=memory_mb, rtt_ms=rtt_ms, ready_ms=Summary.of(ready),
-                      kernel_ready_ms=Summary.of(kernel), environment_init_ms=Summary.of(whole))
 
 
 # -- SHUTDOWN drain --------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.extension import DrainResult, HandoffResult, InitResult
+from bench.coldstart import InitResult
+from bench.extension import DrainResult, HandoffResult
 from bench.invocations import ScenarioResult, Skipped
 from bench.outage import OutageResult
 

@@ -50,6 +50,12 @@ class OutageResult:
         return statistics.fmean(later) - self.baseline_billed_ms if later else None
 
     @property
+    def worst_overhead_ms(self) -> float | None:
+        """The longest billed overhead of any invocation in or after the outage."""
+        billed = self.during_billed_ms + self.after_billed_ms
+        return max(billed) - self.baseline_billed_ms if billed else None
+
+    @property
     def first_overhead_ms(self) -> float | None:
         first = self.during_billed_ms[:1]
         return first[0] - self.baseline_billed_ms if first else None

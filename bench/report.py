@@ -84,12 +84,17 @@ def render(results: BenchResults, found: Sequence[Check]) -> str:
                        _num(h.rss_after_kb / MB), _num(h.hwm_kb / MB))
                       for h in results.handoff])
     if results.init:
-        out += ["", "Extension init (ms)", ""]
-        out += _rows(("MB", "RTT ms", "samples", "start→ready med", "max",
-                      "kernel start→ready med", "whole init med"),
-                     [(f"{i.memory_mb}", f"{i.rtt_ms:g}", str(i.ready_ms.count),
-                       _num(i.ready_ms.median), _num(i.ready_ms.max),
-                       _num(i.kernel_ready_ms.median), _num(i.environment_init_ms.median))
+        out += ["", "Cold start: environment start → first invocation returned "
+                f"({results.init[0].records} records), side by side (ms, medians)", ""]
+        out += _rows(("MB", "RTT ms", "samples", "relay first", "in-handler first", "ratio",
+                      "relay CPU", "in-handler CPU", "ext. start→ready", "ext. CPU→ready",
+                      "ext. init CPU"),
+                     [(f"{i.memory_mb}", f"{i.rtt_ms:g}", str(i.relay.first_ms.count),
+                       _num(i.relay.first_ms.median), _num(i.in_handler.first_ms.median),
+                       f"{i.first_ratio:.2f}x", _num(i.relay.first_cpu_ms.median),
+                       _num(i.in_handler.first_cpu_ms.median), _num(i.ready_ms.median),
+                       _num(i.ready_cpu_ms.median) if i.ready_cpu_ms else "—",
+                       _num(i.extension_init_cpu_ms.median))
                       for i in results.init])
     if results.drain:
         d = results.drain
@@ -142,6 +147,7 @@ def to_json(results: BenchResults, found: Sequence[Check]) -> dict[str, Any]:
                                 for m in ("caller_ms", "billed_ms", "cpu")}
     if results.outage is not None:
         data["outage"]["overhead_after_first_ms"] = results.outage.overhead_after_first_ms
+        data["outage"]["worst_overhead_ms"] = results.outage.worst_overhead_ms
     data["checks"] = [{**dataclasses.asdict(c), "met": c.met, "verdict": c.verdict}
                       for c in found]
     return data

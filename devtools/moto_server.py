@@ -26,13 +26,15 @@ import logging
 import os
 import threading
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
-import pytest
 from moto.server import ThreadedMotoServer
 
 from devtools.service import Service
+
+if TYPE_CHECKING:  # only use_moto's signature: the demo runs without the dev set
+    import pytest
 
 #: moto's fixed account for every request.
 ACCOUNT_ID = "123456789012"

@@ -20,13 +20,17 @@ described in ``manifest.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from kafka_relay.tools.cli import run_cli
+from layer_build.bytecode import add_bytecode, find_interpreters
 from layer_build.errors import BuildError, LayerBuildError
 from layer_build.limits import LAYER_GOAL_ZIPPED, check_combined, check_size
 from layer_build.manifest import (
@@ -61,6 +65,8 @@ LAYER_PINS = "extension/requirements.txt"
 FUNCTION_DIR = "function"
 FUNCTION_PINS = "function/requirements.txt"
 CONSTRAINTS = "constraints.txt"
+#: In --out with --reuse: the digest of what the artifacts there were built from.
+INPUTS_DIGEST = "inputs.sha256"
 
 Log = Callable[[str], None]
 
@@ -78,6 +84,7 @@ class BuildConfig:
     python_versions: tuple[str, ...] = PYTHON_VERSIONS
     epoch: int | None = None  # SOURCE_DATE_EPOCH
     pip: tuple[str, ...] = field(default=(sys.executable, "-m", "pip"))
+    reuse: bool = False  # keep --out's artifacts when built from the same inputs (build())
 
     def __post_init__(self) -> None:
         if not self.arches or not self.python_versions:
@@ -121,6 +128,31 @@ def add_extension_sources(root: Path, tree: FileTree) -> None:
     tree.add_dir(package, "python/kafka_relay/", include=_is_package_file)
 
 
+#: kafka-relay's licence and the third-party notices, at /opt/kafka-relay/ in Lambda.
+LICENCE_FILES = ("LICENSE", "NOTICE")
+
+
+def add_licence_files(root: Path, tree: FileTree) -> None:
+    for name in LICENCE_FILES:
+        try:
+            tree.add(f"kafka-relay/{name}", (root / name).read_bytes(), executable=False)
+        except FileNotFoundError:
+            raise BuildError(f"{root / name} is missing: the layer ships its licence "
+                             "and notices") from None
+
+
+_VERSION = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)
+
+
+def source_version(root: Path) -> str:
+    """kafka_relay.__version__ of the checkout at ``root`` (read, not imported)."""
+    init = root / PACKAGE / "__init__.py"
+    found = _VERSION.search(init.read_text(encoding="utf-8")) if init.is_file() else None
+    if found is None:
+        raise BuildError(f"{init} has no __version__ = \"X.Y.Z\" line")
+    return found[1]
+
+
 def add_function_sources(root: Path, tree: FileTree) -> None:
     sources = [
         path
@@ -160,6 +192,7 @@ class Builder:
         self.config = config
         self.log = log
         self.date_time = zip_date_time(config.epoch)
+        self.version = source_version(config.root)
 
     def _wheels(self, wheels: WheelSet) -> list[Path]:
         return fetch_wheels(
@@ -171,6 +204,7 @@ class Builder:
         root = self.config.root
         tree = FileTree()
         add_extension_sources(root, tree)
+        add_licence_files(root, tree)
         pins = read_pins(root / LAYER_PINS)
         wheel_names: list[str] = []
         floors: list[tuple[int, int]] = []
@@ -193,6 +227,7 @@ class Builder:
                 if floor is not None:
                     floors.append(floor)
         drop_unused_subpackages(tree)
+        self._bytecode(tree)
         name = layer_file_name(target.name)
         check_binaries(tree, target, name)
         glibc = max(floors) if floors else None
@@ -206,6 +241,15 @@ class Builder:
             glibc=glibc,
             goal=LAYER_GOAL_ZIPPED,
         )
+
+    def _bytecode(self, tree: FileTree) -> None:
+        """Ship .pyc for each version an interpreter exists for here (/opt is read-only)."""
+        interpreters = find_interpreters(self.config.python_versions)
+        added = add_bytecode(tree, interpreters)
+        missing = [v for v in self.config.python_versions if v not in interpreters]
+        self.log(f"bytecode: {added} .pyc for Python {', '.join(sorted(interpreters)) or '-'}"
+                 + (f"; no interpreter here for {', '.join(missing)}: those runtimes compile "
+                    "the layer's modules at each cold start" if missing else ""))
 
     def function(self) -> Artifact:
         root = self.config.root
@@ -280,12 +324,13 @@ class Builder:
             wheels=tuple(sorted(set(wheel_names))),
             glibc=glibc_text(glibc),
             compatible_runtimes=runtimes,
+            version=self.version,
         )
 
     def run(self) -> Manifest:
         config = self.config
         self.log(
-            f"building kafka-relay for {', '.join(config.arches)}, Python "
+            f"building kafka-relay {self.version} for {', '.join(config.arches)}, Python "
             f"{', '.join(config.python_versions)} into {config.out}"
         )
         if local_python_version() not in config.python_versions:
@@ -310,8 +355,44 @@ class Builder:
         return manifest
 
 
+def inputs_digest(config: BuildConfig) -> str:
+    """What the artifacts are made of: every source and pin file, the build code, the targets.
+
+    Wheels are named by the pins, so the wheelhouse is not read; a changed file anywhere
+    under extension/, function/ or layer_build/ (or a pin) gives a new digest.
+    """
+    digest = hashlib.sha256(repr((config.arches, config.python_versions, config.epoch)).encode())
+    root = config.root
+    files = [root / CONSTRAINTS, *(root / name for name in LICENCE_FILES),
+             *(path for folder in ("extension", FUNCTION_DIR, "layer_build")
+               for path in (root / folder).rglob("*"))]
+    for path in sorted(files):
+        relative = path.relative_to(root).as_posix()
+        if "__pycache__" in relative or not path.is_file():
+            continue
+        digest.update(f"{relative}\0{path.stat().st_mode & 0o111}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def build(config: BuildConfig, *, log: Log = say) -> Manifest:
-    return Builder(config, log=log).run()
+    """Build; with ``config.reuse``, keep --out's artifacts built from the same inputs."""
+    stamp = config.out / INPUTS_DIGEST
+    digest = inputs_digest(config) if config.reuse else ""
+    if config.reuse and stamp.is_file() and stamp.read_text().strip() == digest:
+        try:
+            manifest = Manifest.load(config.out)
+        except LayerBuildError:
+            manifest = None
+        if manifest is not None and all((config.out / a.file).is_file()
+                                        for a in manifest.artifacts):
+            log(f"up to date: {config.out} (its sources, pins and build code are unchanged)")
+            return manifest
+    stamp.unlink(missing_ok=True)
+    manifest = Builder(config, log=log).run()
+    if config.reuse:
+        stamp.write_text(digest + "\n")
+    return manifest
 
 
 def parse_args(argv: Sequence[str] | None) -> BuildConfig:
@@ -344,6 +425,11 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         help="also carry the binaries for this interpreter, so the local sandbox (which runs "
         "the extension with it) can load the layer: demo and bench use this",
     )
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="keep the artifacts in --out when their sources, pins and build code did not "
+        "change since they were built with --reuse (the demo and the sandbox use this)",
+    )
     args = parser.parse_args(argv)
     versions = set(args.python_version or PYTHON_VERSIONS)
     if args.for_sandbox:
@@ -355,6 +441,7 @@ def parse_args(argv: Sequence[str] | None) -> BuildConfig:
         arches=tuple(dict.fromkeys(args.arch or ARCHES)),
         python_versions=tuple(sorted(versions, key=version_key)),
         epoch=source_date_epoch(os.environ),
+        reuse=args.reuse,
     )
 
 
@@ -368,4 +455,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

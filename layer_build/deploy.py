@@ -28,6 +28,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kafka_relay.tools.cli import run_cli
 from layer_build.build import REPO_ROOT
 from layer_build.errors import CredentialsError, LayerBuildError
 from layer_build.manifest import Artifact
@@ -44,6 +45,7 @@ from layer_build.plan import (
     role_policy,
     trust_policy,
 )
+from layer_build.region import NO_REGION
 from layer_build.targets import ARCHES, REFUSED_RUNTIMES, RUNTIME_GLIBC
 
 Log = Callable[[str], None]
@@ -125,9 +127,10 @@ def retry_while_role_propagates(
 
 
 Record = Callable[..., None]  # (kind, name, verb | None, detail)
-#: What the layer bundles: kafka-relay's extension with confluent-kafka (Apache-2.0) and
-#: librdkafka (BSD-2-Clause) inside.
-LAYER_LICENSE = "Apache-2.0 AND BSD-2-Clause"
+#: What the layer bundles, as an SPDX expression: kafka-relay, confluent-kafka and the MSK IAM
+#: signer (Apache-2.0), librdkafka and what its wheel links statically (BSD-2-Clause,
+#: BSD-3-Clause, MIT, Zlib, curl; OpenSSL 3 is Apache-2.0). NOTICE lists each.
+LAYER_LICENSE = "Apache-2.0 AND BSD-2-Clause AND BSD-3-Clause AND MIT AND Zlib AND curl"
 
 
 def publish_layer(
@@ -152,14 +155,16 @@ def publish_layer(
     else:
         published = lam.publish_layer_version(
             LayerName=name,
-            Description=f"kafka-relay extension, {layer.arch}, sha256:{layer.sha256}",
+            Description=f"kafka-relay {layer.version} extension, {layer.arch}, "
+                        f"sha256:{layer.sha256}",
             Content={"ZipFile": layer_zip.read_bytes()},
             CompatibleRuntimes=list(layer.compatible_runtimes),
             CompatibleArchitectures=[layer.arch],
             LicenseInfo=LAYER_LICENSE,
         )
         arn = str(published["LayerVersionArn"])
-    record("layer", name, "publish", f"{arn}, sha256 {layer.sha256[:12]}")
+    record("layer", name, "publish", f"{arn}, kafka-relay {layer.version}, "
+                                     f"sha256 {layer.sha256[:12]}")
     return arn
 
 
@@ -167,9 +172,7 @@ def checked_region(session: Any, region: str | None) -> str:
     """The region to use; CredentialsError naming the fix when region or credentials are missing."""
     chosen = region or session.region_name
     if not chosen:
-        raise CredentialsError(
-            "no AWS region: pass --region, or set AWS_DEFAULT_REGION (or a profile's region)"
-        )
+        raise CredentialsError(NO_REGION)
     if session.get_credentials() is None:
         raise CredentialsError(
             "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
@@ -582,4 +585,4 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

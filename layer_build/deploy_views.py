@@ -39,6 +39,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kafka_relay.tools.cli import run_cli
 from layer_build.build import REPO_ROOT
 from layer_build.deploy import Change, _document, _error_code, b64_sha256, say
 from layer_build.errors import DeployError, LayerBuildError
@@ -511,4 +512,4 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

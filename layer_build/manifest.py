@@ -34,6 +34,7 @@ class Artifact:
     wheels: tuple[str, ...]
     glibc: str | None  # oldest glibc its binary wheels load on; None when pure Python
     compatible_runtimes: tuple[str, ...]
+    version: str = ""  # kafka_relay.__version__ of the sources it was built from
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Artifact:
@@ -49,6 +50,7 @@ class Artifact:
             wheels=tuple(data["wheels"]),
             glibc=data["glibc"],
             compatible_runtimes=tuple(data["compatible_runtimes"]),
+            version=str(data.get("version", "")),
         )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 
+from kafka_relay.tools.cli import run_cli
 from layer_build.build import REPO_ROOT
 from layer_build.deploy import (
     PAST,
@@ -80,7 +81,7 @@ def publish(options: PublishOptions, *, session: Any = None, log: Log = say) -> 
     log("")
     for arch, arn in result.arns.items():
         runtimes = ", ".join(layers[arch].compatible_runtimes)
-        log(f"{arch:<7} {arn}")
+        log(f"{arch:<7} kafka-relay {layers[arch].version} -> {arn}")
         log(f"        for functions with Architectures=[{arch}] on {runtimes}")
     log("")
     for line in environment_lines():
@@ -114,4 +115,4 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from kafka_relay.tools.cli import run_cli
 from layer_build.deploy import Log, checked_region, report_errors, say
 from layer_build.plan import DEFAULT_PREFIX, FUNCTIONS, ResourceNames, layer_name
 from layer_build.targets import ARCHES
@@ -161,4 +162,4 @@ def main(argv: Sequence[str] | None = None, *, session: Any = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -12,10 +12,13 @@ environment from its snapshot.
     ./build.sh sandbox --function my_function.zip --handler app.handler \\
         --event @event.json --with-broker --topic orders
 
-Prints one JSON line per invocation, then the log stream; exits 1 when init
-or any invocation failed. ``--with-broker`` starts a local Kafka broker (Tansu)
-for the run, points KAFKA_BOOTSTRAP_SERVERS at it, creates ``--topic`` (and
-KAFKA_TOPIC from ``--env``) and prints what arrived on each topic at the end.
+Prints one JSON line per invocation, then the log stream, then a summary
+(invocations ok/failed; records accepted, delivered, dead-lettered, spilled; errors).
+Exits 1 when init or any invocation failed, when records were spilled (unless
+``--allow-spill``) or when kafka-relay never reached the broker. ``--with-broker``
+starts a local Kafka broker (Tansu) for the run, points KAFKA_BOOTSTRAP_SERVERS at
+it, creates ``--topic`` (and KAFKA_TOPIC from ``--env``) and prints what arrived on
+each topic before the summary. Relative paths are relative to the current directory.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import argparse
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from devtools.sandbox.errors import SandboxError, SandboxInitError
-from devtools.sandbox.sandbox import Sandbox
+from devtools.sandbox.sandbox import InvokeResult, Sandbox
+from devtools.sandbox.summary import summarize
+from kafka_relay.tools.cli import run_cli
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -39,7 +45,12 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 
 def _event(text: str) -> Any:
-    source = Path(text[1:]).read_text() if text.startswith("@") else text
+    """JSON, or @file (relative to the current directory) holding it."""
+    try:
+        source = Path(text[1:]).read_text() if text.startswith("@") else text
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {text[1:]} ({exc.strerror}; relative to {Path.cwd()})") from exc
     try:
         return json.loads(source)
     except ValueError as exc:
@@ -74,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--topic", action="append", default=[],
                         help="with --with-broker: create this topic and show what arrived on it "
                         "(repeat; KAFKA_TOPIC from --env is added)")
+    parser.add_argument("--allow-spill", action="store_true",
+                        help="spilled records do not fail the run (a test of the spill path)")
     return parser
 
 
@@ -81,7 +94,8 @@ def main(argv: list[str], *, out: TextIO = sys.stdout, err: TextIO = sys.stderr)
     args = _parser().parse_args(argv)
     env = dict(args.env)
     if not args.with_broker:
-        return _run(args, env, out=out, err=err)
+        run = _run(args, env, out=out, err=err)
+        return run if isinstance(run, int) else _finish(run, args, out=out, err=err)
     from devtools.kafka_broker import KafkaBroker, create_topics  # noqa: PLC0415 - optional
 
     topics = list(dict.fromkeys([*args.topic, *([env["KAFKA_TOPIC"]] if "KAFKA_TOPIC" in env
@@ -90,9 +104,11 @@ def main(argv: list[str], *, out: TextIO = sys.stdout, err: TextIO = sys.stderr)
         err.write(f"local Kafka broker at {broker.bootstrap}; topics: {', '.join(topics) or '-'}\n")
         if topics:
             create_topics(broker.bootstrap, topics)
-        code = _run(args, {**env, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, out=out, err=err)
+        run = _run(args, {**env, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, out=out, err=err)
+        if isinstance(run, int):
+            return run
         _show_topics(broker.bootstrap, topics, out)
-    return code
+    return _finish(run, args, out=out, err=err)
 
 
 def _show_topics(bootstrap: str, topics: list[str], out: TextIO) -> None:
@@ -107,8 +123,17 @@ def _show_topics(bootstrap: str, topics: list[str], out: TextIO) -> None:
         ]}) + "\n")
 
 
-def _run(args: argparse.Namespace, env: dict[str, str], *, out: TextIO, err: TextIO) -> int:
-    failed = False
+@dataclass(frozen=True)
+class _Run:
+    results: list[InvokeResult]
+    lines: list[str]
+
+
+def _run(args: argparse.Namespace, env: dict[str, str], *, out: TextIO,
+         err: TextIO) -> _Run | int:
+    """The invocations and the log stream, printed; 2 for a sandbox that could not start."""
+    results: list[InvokeResult] = []
+    init_failed = False
     try:
         sandbox = Sandbox(layers=args.layer, function=args.function, handler=args.handler,
                           env=env, function_name=args.name, memory_mb=args.memory,
@@ -120,11 +145,11 @@ def _run(args: argparse.Namespace, env: dict[str, str], *, out: TextIO, err: Tex
         return 2
     try:
         with sandbox:
-            results = (sandbox.invoke_many([args.event] * args.invocations)
+            invoked = (sandbox.invoke_many([args.event] * args.invocations)
                        if sandbox.mode.managed_instances
                        else (sandbox.invoke(args.event) for _ in range(args.invocations)))
-            for number, result in enumerate(results, start=1):
-                failed |= result.status != "success"
+            for number, result in enumerate(invoked, start=1):
+                results.append(result)
                 fields = {k: v for k, v in dataclasses.asdict(result).items()
                           if k not in ("raw_payload", "error")}
                 out.write(json.dumps({"invocation": number, **fields}, default=str) + "\n")
@@ -133,14 +158,25 @@ def _run(args: argparse.Namespace, env: dict[str, str], *, out: TextIO, err: Tex
             lines = sandbox.log_lines()
     except SandboxInitError as exc:
         err.write(f"{exc}\n")
-        failed, lines = True, sandbox.log_lines()
+        init_failed, lines = True, sandbox.log_lines()
     except SandboxError as exc:
         err.write(f"{exc}\n")
         return 2
     out.write("--- log stream ---\n")
     out.writelines(line + "\n" for line in lines)
-    return 1 if failed else 0
+    return 1 if init_failed else _Run(results, lines)
+
+
+def _finish(run: _Run, args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
+    """The summary; 1 when an invocation failed or the records did not arrive."""
+    summary = summarize(run.results, run.lines)
+    out.write("--- summary ---\n")
+    out.writelines(line + "\n" for line in summary.lines())
+    problems = summary.problems(allow_spill=args.allow_spill)
+    for problem in problems:
+        err.write(f"error: {problem}\n")
+    return 1 if summary.failed or problems else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_cli(lambda: main(sys.argv[1:])))

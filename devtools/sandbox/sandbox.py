@@ -102,6 +102,7 @@ class _Live:
     init_ms: float = 0.0
     report_init: bool = True  # the next REPORT carries Init Duration
     cpu_mark: CpuTimes = field(default_factory=CpuTimes)  # CPU used up to the end of the last phase
+    init_cpu: CpuTimes = field(default_factory=CpuTimes)  # CPU the init phase used
     snapshot: SnapshotReport | None = None  # SnapStart: taken at the end of init
     restored: RestoreResult | None = None
 
@@ -246,6 +247,12 @@ class Sandbox:
     def log_path(self) -> Path:
         assert self._stream is not None, "open() the sandbox first"
         return self._stream.path
+
+    @property
+    def init_cpu(self) -> CpuTimes:
+        """CPU (user + sys) the running environment's init phase used (a fresh cgroup's)."""
+        assert self._live is not None, "start() the environment first"
+        return self._live.init_cpu
 
     def log_lines(self) -> list[str]:
         return self._stream.lines() if self._stream is not None else []
@@ -419,7 +426,7 @@ class Sandbox:
             self._teardown("failure")
             raise
         live.init_ms = (time.monotonic() - started) * 1000
-        live.cpu_mark = live.procs.cpu_times()
+        live.cpu_mark = live.init_cpu = live.procs.cpu_times()
         hub.emit("platform", "platform.initRuntimeDone",
                  {"initializationType": self.mode.init_type, "phase": "init", "status": "success"})
         hub.emit("platform", "platform.initReport", {

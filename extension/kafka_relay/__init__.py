@@ -4,4 +4,4 @@ Handlers import only ``kafka_relay.client`` (stdlib only). Everything else in
 this package runs inside the extension process.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -21,7 +21,24 @@ _STARTED = time.perf_counter()
 _DEFAULT_NAME = "kafka-relay"  # config.EXTENSION_NAME, not imported before registering
 
 
+_USAGE = """usage: python -m kafka_relay [--name NAME] [--version] [--help]
+
+The kafka-relay Lambda extension: the layer's extensions/kafka-relay runs it inside a Lambda
+execution environment (it registers with AWS_LAMBDA_RUNTIME_API). Configured by environment
+variables (KAFKA_BOOTSTRAP_SERVERS, KAFKA_AUTH, ...); see the configuration reference.
+"""
+
+
 def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
+    if "--version" in argv or "-h" in argv or "--help" in argv:
+        from kafka_relay import __version__  # noqa: PLC0415
+
+        try:
+            sys.stdout.write(f"kafka-relay {__version__}\n" if "--version" in argv else _USAGE)
+            sys.stdout.flush()
+        except BrokenPipeError:  # --help | head: nothing left to say
+            pass
+        return 0
     name = _name(argv)
     from kafka_relay.aws_lambda import RUNTIME_API  # noqa: PLC0415
     from kafka_relay.lifecycle.register import (  # noqa: PLC0415
@@ -99,7 +116,10 @@ def _since_process_start_ms() -> int | None:
 
 if __name__ == "__main__":
     code = main(sys.argv[1:], os.environ, sys.stdout)
-    sys.stdout.flush()
+    from contextlib import suppress
+
+    with suppress(BrokenPipeError):  # after --help | head, the buffer still holds what it left
+        sys.stdout.flush()
     # Skip interpreter teardown: destroying librdkafka can block past SIGKILL's deadline,
     # and every record is already accounted for.
     os._exit(code)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
+from kafka_relay import __version__
 from kafka_relay.config import MSK_IAM, Config, msk_listener
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
@@ -76,7 +77,9 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
     state = HandoffState(config=config, relay=mode.port, signals=mode.signals, logger=logger,
                          ids=mode.ids, started=time.monotonic(),
                          flush_strategy=str(config.flush), admit=mode.admit,
-                         flush_control=lambda: mode.listener.flush_control)
+                         flush_control=lambda: mode.listener.flush_control,
+                         reprobe=lambda timeout_s: engine.reachability.reprobe(
+                             timeout_s, mode.listener.flush_control.get("breaker")))
     try:
         server = HandoffServer(state)
     except RelayError:
@@ -89,7 +92,9 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
     parts = Parts(config=config, engine=engine, server=server, mode=mode, logger=logger)
     if config.telemetry and api is not None:
         _subscribe(mode, api, logger)
-    logger.info("init.ready", port=server.port, flush=str(config.flush),
+    # cpu_ms: this process's CPU since it started (every thread), the cold start's own cost.
+    logger.info("init.ready", version=__version__, port=server.port, flush=str(config.flush),
+                cpu_ms=round(time.process_time() * 1000, 1),
                 bootstrap=config.bootstrap_servers, protocol=config.security_protocol,
                 broker_state=engine.status()["broker_state"], mode=mode.name.value,
                 **mode.init_fields())
@@ -114,6 +119,7 @@ def _probe(engine: DeliveryEngine, auth_errors: list[KafkaError],
     started = time.monotonic()
     error = engine.probe(config.init_probe_ms / 1000, unreachable=unreachable)
     if error is not None and not auth_errors:
+        engine.reachability.init_error = error  # said by invocation.done until it answers
         logger.warning("init.broker_unreachable", error=error, bootstrap=config.bootstrap_servers,
                        probe_ended_by=ended_by[0] if ended_by else "timeout",
                        probe_ms=round((time.monotonic() - started) * 1000))

@@ -22,6 +22,9 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
   a repeat with its first answer (same ids).
 - 429 (buffer full): back off, honouring Retry-After, within the remaining time, then
   ``RelayBusy``. 503 (shutting down): ``RelayShuttingDown``. 401: the token is wrong.
+- ``wait=True`` while the extension cannot reach Kafka (its circuit breaker is open, or the
+  broker never answered since init): ``BrokerUnavailable`` at once, naming the broker's
+  error; nothing accepted (without ``wait`` the extension keeps the records meanwhile).
 - Thread-safe: one client (and the process-wide default) may be shared by threads. Each
   request takes a kept-alive connection from a small pool, so threads never interleave on a
   connection and do not queue behind each other (docs/handler.md has the measurement).
@@ -34,7 +37,6 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
 from __future__ import annotations
 
 import functools
-import http.client
 import importlib
 import json
 import os
@@ -47,7 +49,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from kafka_relay.httpconn import Connection, encode_request
 from kafka_relay.protocol import (
+    BROKER_FIELD,
     DEFAULT_PORT,
     FALLBACK_DIRECT,
     FALLBACK_ENV,
@@ -67,6 +71,7 @@ from kafka_relay.protocol import (
     TOKEN_SOURCES,
     WAIT_DELIVERED,
     WAIT_PARAM,
+    BrokerUnavailable,
     FrameError,
     Outcome,
     RecordRejected,
@@ -78,9 +83,9 @@ from kafka_relay.protocol import (
     handoff_token,
 )
 
-__all__ = ["RecordRejected", "RelayBusy", "RelayClient", "RelayError", "RelayShuttingDown",
-           "RelayUnavailable", "SendResult", "default_client", "flush", "invocation",
-           "invocation_end", "relay_handler", "send", "send_one", "status"]
+__all__ = ["BrokerUnavailable", "RecordRejected", "RelayBusy", "RelayClient", "RelayError",
+           "RelayShuttingDown", "RelayUnavailable", "SendResult", "default_client", "flush",
+           "invocation", "invocation_end", "relay_handler", "send", "send_one", "status"]
 
 _BATCH = 1000
 _DEFAULT_TIMEOUT_S = 30.0  # per call, outside an invocation
@@ -136,7 +141,7 @@ class _Transport:
         self._clock = clock
         self._attempt_timeout_s = attempt_timeout_s
         self._pool_lock = threading.Lock()
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[Connection] = []
 
     def exchange(
         self,
@@ -153,29 +158,30 @@ class _Transport:
         headers = {"Content-Type": JSON_TYPE, **extra}
         if self._token:
             headers[TOKEN_HEADER] = self._token
+        request = encode_request(method, path, f"{self.host}:{self.port}", headers, body)
         failure: BaseException | None = None
         for _attempt in range(_MAX_ATTEMPTS):
             left = deadline - self._clock()
             if left <= 0:
                 break
-            conn = self._checkout()
+            timeout = left if long_wait else min(left, self._attempt_timeout_s)
             try:
-                timeout = left if long_wait else min(left, self._attempt_timeout_s)
-                _set_timeout(conn, timeout)
-                conn.request(method, path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
+                conn = self._checkout(timeout)
             except ConnectionRefusedError as exc:
-                self._release(conn, reuse=False)  # nobody listens: nothing was taken
-                raise _unavailable(self.host, self.port, exc) from exc
-            except (http.client.HTTPException, OSError) as exc:
+                raise _unavailable(self.host, self.port, exc) from exc  # nothing was taken
+            except OSError as exc:
+                failure = exc
+                continue
+            try:
+                status, reply_headers, data = conn.exchange(request, timeout)
+            except (ValueError, OSError) as exc:
                 self._release(conn, reuse=False)
                 # After a freeze every idle connection is likely dead too: retry on a new one.
                 self.close()
                 failure = exc
                 continue
-            self._release(conn, reuse=not response.will_close)
-            return response.status, _decode(data), dict(response.getheaders())
+            self._release(conn, reuse=not conn.closing)
+            return status, _decode(data), reply_headers
         if failure is None or isinstance(failure, TimeoutError):
             raise RelayError(
                 f"kafka-relay on {self.host}:{self.port} did not answer {method} {path} within "
@@ -185,11 +191,11 @@ class _Transport:
             )
         raise _unavailable(self.host, self.port, failure)
 
-    def _checkout(self) -> http.client.HTTPConnection:
+    def _checkout(self, connect_timeout_s: float) -> Connection:
         with self._pool_lock:
             if self._idle:
                 return self._idle.pop()
-        return http.client.HTTPConnection(self.host, self.port)
+        return Connection(f"{self.host}:{self.port}", connect_timeout_s=connect_timeout_s)
 
     def close(self) -> None:
         with self._pool_lock:
@@ -197,7 +203,7 @@ class _Transport:
         for conn in idle:
             conn.close()
 
-    def _release(self, conn: http.client.HTTPConnection, *, reuse: bool) -> None:
+    def _release(self, conn: Connection, *, reuse: bool) -> None:
         if reuse:
             with self._pool_lock:
                 if len(self._idle) < _MAX_IDLE:
@@ -421,6 +427,8 @@ def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
             f"set of {', '.join(TOKEN_SOURCES)} in {TOKEN_HEADER}; give the function "
             f"and the extension the same {TOKEN_ENV}, or unset it on both"
         )
+    if status == 503 and isinstance(reply.get(BROKER_FIELD), dict):
+        raise BrokerUnavailable(str(error))
     if status == 503:
         raise RelayShuttingDown(
             f"kafka-relay is shutting down and accepts no more records ({error}); the "
@@ -429,12 +437,6 @@ def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
     if status == 429:
         raise RelayBusy(f"kafka-relay is busy ({error}); retry later")
     raise RelayError(f"kafka-relay answered {status}: {error}")
-
-
-def _set_timeout(conn: http.client.HTTPConnection, timeout: float) -> None:
-    conn.timeout = timeout  # for the connect of a new connection
-    if conn.sock is not None:
-        conn.sock.settimeout(timeout)
 
 
 def _decode(data: bytes) -> dict[str, Any]:

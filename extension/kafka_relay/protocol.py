@@ -136,6 +136,15 @@ class RelayShuttingDown(RelayBusy):
     """The extension is shutting down (503) and accepts no more records; nothing accepted."""
 
 
+class BrokerUnavailable(RelayError):
+    """``wait=True`` while the extension cannot reach Kafka (its circuit breaker is open): the
+    extension refuses at once (503, the reason under ``BROKER_FIELD``); nothing accepted."""
+
+
+#: In a 503 answer to a ``wait`` request: why the broker is not answering.
+BROKER_FIELD = "broker"
+
+
 # -- the framed body (FRAMES_TYPE): records already encoded, no JSON to parse -----------
 #
 # body    := "KRF" 0x01, u32 record count, records, nothing after the last record

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+import kafka_relay
 from devtools.sandbox.runtime_paths import runtime_paths
 from layer_build.build import REPO_ROOT, BuildConfig, build
+from layer_build.deploy import LAYER_LICENSE
 from layer_build.limits import LAYER_GOAL_ZIPPED, mib
 from layer_build.manifest import FUNCTION_FILE_NAME, MANIFEST_NAME, Manifest, layer_file_name
 from layer_build.targets import PYTHON_VERSIONS, UNUSED_SUBPACKAGES
@@ -115,7 +117,22 @@ def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) 
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.split("/")[1].startswith(("boto3", "botocore"))]
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_")]
-    assert {n.split("/")[0] for n in names} == {"extensions", "python"}
+    assert {n.split("/")[0] for n in names} == {"extensions", "python", "kafka-relay"}
+
+
+def test_the_layer_carries_the_licence_the_notices_and_each_wheels_licence(x86: Built) -> None:
+    with zipfile.ZipFile(x86.out / layer_file_name("x86_64")) as layer:
+        names = set(layer.namelist())
+        notice = layer.read("kafka-relay/NOTICE").decode()
+        licence = layer.read("kafka-relay/LICENSE").decode()
+
+    assert licence == (REPO_ROOT / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0" in licence
+    assert notice == (REPO_ROOT / "NOTICE").read_text()
+    assert f"  {LAYER_LICENSE}\n" in notice, "NOTICE states the LicenseInfo publish sets"
+    for wheel in ("confluent_kafka-2.16.1", "aws_msk_iam_sasl_signer_python-1.0.2"):
+        assert [n for n in names if n.startswith(f"python/{wheel}.dist-info/")
+                and "LICENSE" in n.rsplit("/", 1)[-1]], wheel
 
 
 def test_manifest_describes_each_zip_exactly(x86: Built) -> None:
@@ -141,6 +158,7 @@ def test_manifest_describes_each_zip_exactly(x86: Built) -> None:
         "confluent-kafka": "2.16.1", "aws-msk-iam-sasl-signer-python": "1.0.2"
     }
     assert on_disk.function().python_versions == PYTHON_VERSIONS
+    assert {a.version for a in on_disk.artifacts} == {kafka_relay.__version__}
 
 
 def test_rebuilding_from_the_cli_gives_byte_identical_artifacts(
@@ -161,6 +179,41 @@ def test_rebuilding_from_the_cli_gives_byte_identical_artifacts(
     assert (tmp_path / MANIFEST_NAME).read_bytes() == (x86.out / MANIFEST_NAME).read_bytes()
     for artifact in x86.manifest.artifacts:
         assert file_sha256(tmp_path / artifact.file) == artifact.sha256
+
+
+def test_a_reusing_build_rebuilds_only_when_a_source_pin_or_build_file_changes(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "checkout"
+    for folder in ("extension", "function", "layer_build"):
+        shutil.copytree(REPO_ROOT / folder, root / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("constraints.txt", "LICENSE", "NOTICE"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    config = BuildConfig(root=root, out=tmp_path / "out", wheelhouse=WHEELHOUSE,
+                         arches=("x86_64",), python_versions=(PYTHON_VERSIONS[0],), reuse=True)
+
+    def build_log() -> list[str]:
+        log: list[str] = []
+        build(config, log=log.append)
+        return log
+
+    def append_comment(path: Path) -> None:
+        path.write_text(path.read_text() + "# changed\n")
+
+    first, again = build_log(), build_log()
+    append_comment(root / "extension" / "kafka_relay" / "client.py")
+    changed = build_log()
+    append_comment(root / "layer_build" / "limits.py")
+    build_changed = build_log()
+    (config.out / layer_file_name("x86_64")).unlink()
+    artifact_gone = build_log()
+
+    assert any(line.startswith("built ") for line in first)
+    assert again == [f"up to date: {config.out} (its sources, pins and build code are "
+                     "unchanged)"]
+    for rebuilt in (changed, build_changed, artifact_gone):
+        assert any(line.startswith("built kafka-relay-layer-x86_64.zip") for line in rebuilt)
 
 
 def test_layer_is_within_the_8_mb_goal(x86: Built, request: pytest.FixtureRequest) -> None:

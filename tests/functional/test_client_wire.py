@@ -3,7 +3,6 @@ time from the invocation, back-off on 429, clear errors, no interleaving between
 
 from __future__ import annotations
 
-import http.client
 import socket
 import threading
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import pytest
 
 from devtools.kafka_broker import free_port
 from kafka_relay.client import _MAX_IDLE, RelayClient, SendResult
+from kafka_relay.httpconn import Connection
 from kafka_relay.protocol import (
     IDEMPOTENCY_KEY_HEADER,
     RelayBusy,
@@ -71,8 +71,9 @@ def test_connections_that_died_while_frozen_are_replaced_not_counted_as_unavaila
         for _ in range(_MAX_IDLE):  # kept-alive connections whose peer went away
             ours, theirs = socket.socketpair()
             theirs.close()
-            stale = http.client.HTTPConnection("127.0.0.1", relay.port)
-            stale.sock = ours
+            stale = Connection(f"127.0.0.1:{relay.port}")
+            stale._sock.close()
+            stale._sock = ours
             client._transport._idle.append(stale)
         assert client.send(RECORDS).accepted == 3
         assert len(relay.records_requests()) == 1

@@ -44,6 +44,9 @@ def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
     return use_moto(moto.in_region(REGION), monkeypatch)
 
 
+BUILT_VERSION = "9.8.7"  # what manifest.json says the artifacts were built as
+
+
 def artifact(result: ZipResult, *, kind: Literal["layer", "function"], arch: str,
              glibc: str | None, python_versions: tuple[str, ...]) -> Artifact:
     return Artifact(
@@ -51,6 +54,7 @@ def artifact(result: ZipResult, *, kind: Literal["layer", "function"], arch: str
         python_versions=python_versions, sha256=result.sha256, zipped_bytes=result.zipped_bytes,
         unzipped_bytes=result.unzipped_bytes, files=result.files, wheels=(), glibc=glibc,
         compatible_runtimes=compatible_runtimes(python_versions, parse_glibc(glibc)),
+        version=BUILT_VERSION,
     )
 
 
@@ -587,7 +591,8 @@ def test_publish_layer_publishes_both_architectures_once_and_prints_what_to_set(
         assert version["CompatibleArchitectures"] == [arch]
         assert version["CompatibleRuntimes"] == ["python3.12", "python3.13", "python3.14"]
         assert version["LicenseInfo"] == LAYER_LICENSE
-        assert version["LayerVersionArn"] in out
+        assert version["Description"].startswith(f"kafka-relay {BUILT_VERSION} extension, ")
+        assert f"{arch:<7} kafka-relay {BUILT_VERSION} -> {version['LayerVersionArn']}\n" in out
         assert again.arns[arch] == version["LayerVersionArn"]
     assert set(again.actions.values()) == {"unchanged"}
     printed = environments_in(out)

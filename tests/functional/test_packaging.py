@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import kafka_relay
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,7 +24,7 @@ def run(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built from a copy of the sources (a build writes egg-info next to them)."""
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "NOTICE"):
         shutil.copy2(REPO / name, source / name)
     shutil.copytree(REPO / "extension" / "kafka_relay", source / "extension" / "kafka_relay",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -79,15 +81,48 @@ def test_the_client_imports_with_nothing_but_the_standard_library(installed: Pat
     assert result.stdout.splitlines() == ["no kafka", "[]"]
 
 
+def console_script(site: Path, module: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A console script (``module:cli``) run as installed, with these arguments."""
+    return bare_python(site, f"sys.argv = {['kafka-relay', *argv]!r}\n"
+                             f"from {module} import cli\nraise SystemExit(cli())")
+
+
 def test_replay_without_its_extra_says_what_to_install(installed: Path) -> None:
-    result = bare_python(installed, (
-        "sys.argv = ['kafka-relay-replay', '--help']\n"
-        "from kafka_relay.tools.replay import cli\nraise SystemExit(cli())"
-    ))
+    result = console_script(installed, "kafka_relay.tools.replay", "s3://bucket/prefix/")
 
     assert result.returncode == 2
     assert result.stderr == ("error: replay needs confluent_kafka: "
                              "pip install 'kafka-relay[replay]'\n")
+
+
+def test_replay_help_without_its_extra_prints_the_usage_and_what_to_install(
+    installed: Path,
+) -> None:
+    result = console_script(installed, "kafka_relay.tools.replay", "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: kafka-relay-replay ")
+    assert "pip install 'kafka-relay[replay]'" in result.stdout
+
+
+def test_logs_from_cloudwatch_without_its_extra_is_one_line_naming_the_install(
+    installed: Path,
+) -> None:
+    result = console_script(installed, "kafka_relay.tools.logs", "--log-group", "/aws/lambda/f",
+                            "--region", "eu-west-1")
+
+    assert result.returncode == 2
+    assert result.stderr == ("error: this needs boto3, which kafka-relay installs with its "
+                             "extra: pip install 'kafka-relay[logs]'\n")
+
+
+def test_the_version_is_the_packages_own(wheel: Path, installed: Path) -> None:
+    result = bare_python(installed, "import runpy; sys.argv = ['kafka_relay', '--version']\n"
+                                    "runpy.run_module('kafka_relay', run_name='__main__')")
+
+    assert wheel.name.startswith(f"kafka_relay-{kafka_relay.__version__}-")
+    assert result.stdout == f"kafka-relay {kafka_relay.__version__}\n"
+    assert (REPO / "CHANGELOG.md").read_text().count(f"## [{kafka_relay.__version__}]") == 1
 
 
 def test_the_logs_script_reads_a_sandbox_log_without_pythonpath(

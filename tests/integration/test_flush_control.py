@@ -11,6 +11,7 @@ from devtools.kafka_broker import free_port
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.breaker import PROBE_BUDGET_MS
 from kafka_relay.lifecycle.listener import FlushReport
+from kafka_relay.modes.engine_listener import FIRST_CONTACT_STALL_S, STALL_S
 from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import Harness, running_relay
 
@@ -141,6 +142,9 @@ def test_a_flush_to_a_silent_broker_stops_when_nothing_settles_not_at_its_budget
         h.loop.invoke({"requestId": "silent", "deadlineMs": _now_ms() + 120_000})
         (stalled,) = h.log_events("flush.stalled")
         assert stalled["remaining"] == 5
+        # The broker delivered before: half a second of silence is enough, not the 3 s a
+        # first contact gets.
+        assert STALL_S * 1000 <= stalled["stalled_ms"] < FIRST_CONTACT_STALL_S * 1000
         assert len(h.log_events("breaker.open")) == 1
         proxy.resume()
         deadline = time.monotonic() + 30

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -21,12 +22,12 @@ from devtools.kafka_broker import free_port
 from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, FlushStrategy
 from kafka_relay.errors import ConfigError, PortInUseError
-from kafka_relay.handoff.server import HandoffServer, HandoffState
+from kafka_relay.handoff.server import WAIT_PROBE_S, HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import IDEMPOTENCY_KEY_HEADER, TOKEN_HEADER
 from kafka_relay.record import IdSource
-from tests.conftest import Broker
+from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
 _JSON = {TOKEN_HEADER: TOKEN, "Content-Type": "application/json"}
@@ -236,14 +237,41 @@ def test_concurrent_repeats_of_one_key_accept_once(broker: Broker, tmp_path: Pat
         assert h.parts.engine.gauge().counts["accepted"] == 50
 
 
-def test_wait_delivered_uses_the_requests_own_timeout(tmp_path: Path) -> None:
+def test_wait_delivered_uses_the_requests_own_timeout(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    proxy = proxied_broker.proxy
+    with running_relay(proxy.address, tmp_path, default_topic="t",
+                       flush=FlushStrategy.parse("shutdown")) as h:
+        proxy.pause()  # reached at init, then silent: records wait for outcomes
+        try:
+            status, reply = _post(h.config.port, "/v1/records?wait=delivered&timeout_ms=100",
+                                  _body(2), _JSON)
+        finally:
+            proxy.resume()
+        assert status == 200
+        assert [o["outcome"] for o in reply["outcomes"]] == ["pending", "pending"]
+
+
+def test_a_wait_while_the_broker_never_answered_is_refused_at_once_naming_it(
+    tmp_path: Path,
+) -> None:
     unreachable = f"127.0.0.1:{free_port()}"
     with running_relay(unreachable, tmp_path, default_topic="t", init_probe_ms=100,
                        flush=FlushStrategy.parse("shutdown")) as h:
-        status, reply = _post(h.config.port, "/v1/records?wait=delivered&timeout_ms=100",
+        started = time.monotonic()
+        status, reply = _post(h.config.port, "/v1/records?wait=delivered&timeout_ms=20000",
                               _body(2), _JSON)
-        assert status == 200
-        assert [o["outcome"] for o in reply["outcomes"]] == ["pending", "pending"]
+        waited_s = time.monotonic() - started
+        kept_status, kept = _post(h.config.port, "/v1/records", _body(1), _JSON)
+
+    assert status == 503
+    assert waited_s < WAIT_PROBE_S + 1.0, "the probe's time, not the request's 20 s"
+    assert reply["broker"]["state"] == "unreachable since init"
+    assert reply["error"].startswith(f"kafka-relay cannot reach Kafka at {unreachable} ")
+    assert "nothing was accepted" in reply["error"]
+    assert "ids" not in reply
+    assert (kept_status, kept["accepted"]) == (202, 1), "without wait it keeps the records"
 
 
 def test_a_port_in_use_is_an_init_error_naming_kafka_relay_port(

@@ -6,9 +6,12 @@ import io
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kafka_relay.observability import JsonLogger, emf_line
 from kafka_relay.observability.log import librdkafka_logger
+from kafka_relay.observability.metrics import _UNITS
 
 
 def test_log_lines_carry_level_event_request_id_and_fields() -> None:
@@ -32,6 +35,39 @@ def test_emf_lines_declare_every_metric_with_its_unit() -> None:
     assert {m["Name"]: m["Unit"] for m in directive["Metrics"]} == {
         "RecordsDelivered": "Count", "FlushMs": "Milliseconds"}
     assert (blob["FunctionName"], blob["RecordsDelivered"], blob["FlushMs"]) == ("rss", 5, 12.5)
+
+
+@given(metrics=st.dictionaries(st.sampled_from(sorted(_UNITS)),
+                                st.integers(0, 10**9) | st.floats(0, 1e6), max_size=7),
+       name=st.text(max_size=20), timestamp_ms=st.integers(0, 2**42))
+def test_every_emf_line_is_one_json_object_declaring_exactly_its_metrics(
+        metrics: dict[str, float], name: str, timestamp_ms: int) -> None:
+    blob = json.loads(emf_line(metrics, function_name=name, timestamp_ms=timestamp_ms))
+    (directive,) = blob.pop("_aws")["CloudWatchMetrics"]
+    assert [m["Name"] for m in directive["Metrics"]] == list(metrics)
+    assert blob == {"FunctionName": name or "unknown", **metrics}
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_written_together_arrive_as_separate_lines_in_one_write() -> None:
+    stream = _CountingStream()
+    logger = JsonLogger(stream=stream, level="INFO", clock=lambda: 1.0)
+    line = logger.format("INFO", "invocation.done", accepted=1)
+    assert logger.format("DEBUG", "hidden") is None
+    assert line is not None
+    logger.write_raw(line, '{"_aws":{}}')
+    assert [json.loads(x)["event"] if "event" in x else x
+            for x in stream.getvalue().splitlines()] == ["invocation.done", '{"_aws":{}}']
+    assert stream.writes == 1
 
 
 def test_unknown_metric_names_are_refused() -> None:

@@ -33,9 +33,8 @@ def fake_layer(tmp_path: Path, machine: str, *pythons: str) -> Path:
     return package
 
 
-def failing(message: str, kind: type[Exception] = ImportError) -> Callable[[str], ModuleType]:
-    def importer(name: str) -> ModuleType:
-        assert name == "confluent_kafka"
+def failing(message: str, kind: type[Exception] = ImportError) -> Callable[[], ModuleType]:
+    def importer() -> ModuleType:
         raise kind(message)
     return importer
 

@@ -25,6 +25,7 @@ from kafka_relay.delivery.budget import buffer_limits, drain_plan
 from kafka_relay.delivery.journal import Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
 from kafka_relay.delivery.pump import ProducerLike, Pump
+from kafka_relay.delivery.reachability import Reachability
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
@@ -109,6 +110,7 @@ class DeliveryEngine:
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, wall_ms=wall_ms,
                          defer_build=defer_producer, on_thaw=on_thaw)
+        self.reachability = Reachability(self, wall_ms=wall_ms)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -186,7 +188,9 @@ class DeliveryEngine:
         """Re-own what earlier invocations parked in the /tmp spool (sent first)."""
         if self.pump.failure is not None:
             return 0  # nobody would send them: leave the files for the next environment
-        restored = self._ledger.restore(self._spill.take_spooled())
+        spooled = self._spill.take_spooled()
+        # Nothing spooled (every invocation but a few): no ledger lock, no pump wake-up.
+        restored = self._ledger.restore(spooled) if spooled else 0
         if restored:
             self._log.info("spool.restored", records=restored)
         return restored

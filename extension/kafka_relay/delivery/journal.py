@@ -31,7 +31,6 @@ import marshal
 import os
 import struct
 import sys
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +203,7 @@ class Journal:
 
     def _start(self, recovered: int) -> _Segment:
         self._close_active()
-        name = f"{FILE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.bin"
+        name = f"{FILE_PREFIX}{os.getpid()}-{os.urandom(6).hex()}.bin"
         segment = _Segment(self.directory / name, recovered)
         header = json.dumps({"format": FORMAT, "version": VERSION, "python": PYTHON,
                              "recovered": recovered}, separators=(",", ":")).encode() + b"\n"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import socket
 import time
-from email.message import Message
 from io import BufferedIOBase
+
+from kafka_relay.httpwire import Headers
 
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_TRAILERS = 64
@@ -24,7 +25,7 @@ class BodyError(Exception):
 
 
 def read_body(
-    headers: Message,
+    headers: Headers,
     rfile: BufferedIOBase,
     sock: socket.socket,
     *,
@@ -52,7 +53,7 @@ class _Reader:
         self._deadline = deadline
         self._idle_timeout_s = idle_timeout_s
 
-    def body(self, headers: Message, limit: int, hint: str) -> bytes:
+    def body(self, headers: Headers, limit: int, hint: str) -> bytes:
         encoding = (headers.get("Transfer-Encoding") or "").strip().lower()
         if encoding:
             if encoding != "chunked":

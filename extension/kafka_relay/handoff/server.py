@@ -25,7 +25,6 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,8 +36,10 @@ from kafka_relay.handoff.body import BodyError, read_body
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
+from kafka_relay.httpwire import RequestHandler, ThreadingServer
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
+    BROKER_FIELD,
     FLUSH_PATH,
     IDEMPOTENCY_KEY_HEADER,
     INVOCATION_END_PATH,
@@ -63,6 +64,9 @@ BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
 LINGER_S = 2.0
 MAX_CONNECTIONS = 256  # past this, the least recently used idle connection is closed
 _BACKLOG = 512
+# A wait request while the broker is not answering first asks it for metadata this long: a
+# broker that is back is used, one that is not is reported at once, not after the wait.
+WAIT_PROBE_S = 0.5
 _SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
 _MAX_KEY_CHARS = 200
 
@@ -95,6 +99,17 @@ class HandoffState:
     admit: Callable[[], str | None] = lambda: None
     # The lifecycle loop's flush control (breaker, auto) for /v1/status.
     flush_control: Callable[[], Mapping[str, object]] = dict
+    # For a wait request: why the broker is not answering after a probe of this many seconds
+    # (delivery.reachability), or None.
+    reprobe: Callable[[float], dict[str, Any] | None] = lambda _timeout_s: None
+
+
+def _broker_refusal(problem: dict[str, Any], config: Config) -> str:
+    return (f"kafka-relay cannot reach Kafka at {config.bootstrap_servers} ({problem['state']}: "
+            f"{problem['error'] or 'no answer'}); nothing was accepted. Check "
+            "KAFKA_BOOTSTRAP_SERVERS, the function's VPC subnets and security groups, and "
+            "KAFKA_AUTH; send without wait=True to let kafka-relay keep the records until the "
+            "broker answers")
 
 
 class _HttpError(Exception):
@@ -103,9 +118,8 @@ class _HttpError(Exception):
         self.status = status
 
 
-class _Server(ThreadingHTTPServer):
-    allow_reuse_address = True  # the port may linger in TIME_WAIT after an environment reset
-    daemon_threads = True
+class _Server(ThreadingServer):
+    # ThreadingServer reuses the address: the port may linger in TIME_WAIT after a reset.
     request_queue_size = _BACKLOG
     state: HandoffState
     max_connections = MAX_CONNECTIONS
@@ -143,7 +157,7 @@ class _Server(ThreadingHTTPServer):
         super().shutdown_request(request)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(RequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; with Nagle on, a kept-alive
     # connection waits ~40 ms for the client's delayed ACK on every reply.
@@ -152,9 +166,6 @@ class _Handler(BaseHTTPRequestHandler):
     body_deadline_s = BODY_DEADLINE_S
     _linger = False  # the body was not read: drain it after the answer (LINGER_S)
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -271,6 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
         refusal = state.admit()
         if refusal is not None:
             return _answer(503, {"error": refusal, "retry_after_ms": 0}, {"Retry-After": "1"})
+        wait = query.get(WAIT_PARAM) == WAIT_DELIVERED
+        problem = state.reprobe(WAIT_PROBE_S) if wait else None
+        if problem is not None:
+            # Waiting would only run out the caller's time: say why now, accept nothing.
+            state.logger.warning("handoff.wait_refused", broker=problem["state"],
+                                 error=problem["error"], request_id=request_id)
+            return _answer(503, {"error": _broker_refusal(problem, state.config),
+                                 BROKER_FIELD: problem, "retry_after_ms": 1000},
+                           {"Retry-After": "1"})
         try:
             records = records_from_body(body, self.headers.get("Content-Type") or "",
                                         default_topic=state.config.default_topic,
@@ -283,7 +303,6 @@ class _Handler(BaseHTTPRequestHandler):
             return _answer(400, {"error": "request rejected, nothing accepted",
                                  "reasons": [r.as_dict() for r in exc.reasons]})
         ids = [r.id for r in records]
-        wait = query.get(WAIT_PARAM) == WAIT_DELIVERED
         try:
             watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:

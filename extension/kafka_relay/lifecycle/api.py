@@ -1,17 +1,19 @@
-"""Extensions API and Telemetry API client: plain HTTP, stdlib only.
+"""Extensions API and Telemetry API client: HTTP/1.1 over one kept-alive socket, stdlib only.
 
 Loaded right after registration (``register.py`` registers over a bare socket, before any
-import that costs time). Liberal in what it accepts (unknown fields and event types are
+import that costs time). Every invocation makes one ``/next`` call, so it reuses one
+connection (``httpconn``). Liberal in what it accepts (unknown fields and event types are
 passed through), exact in what it sends.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
+import threading
 from typing import Any
 
 from kafka_relay.errors import LambdaApiError
+from kafka_relay.httpconn import Connection, Stale, encode_request
 
 _EXT = "/2020-01-01/extension"
 _TELEMETRY = "/2022-07-01/telemetry"
@@ -31,6 +33,8 @@ class ExtensionsApi:
         self.name = name
         # Set by __main__ from the registration (lifecycle/register.py, before heavy imports).
         self.identifier = ""
+        self._kept: Connection | None = None
+        self._kept_lock = threading.Lock()  # a second caller meanwhile gets its own
 
     def _request(
         self,
@@ -41,19 +45,49 @@ class ExtensionsApi:
         headers: dict[str, str] | None = None,
         timeout: float | None = 10.0,
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(self._address, timeout=timeout)
+        all_headers = dict(headers or {})
+        if self.identifier:
+            all_headers["Lambda-Extension-Identifier"] = self.identifier
+        if body is not None:
+            all_headers["Content-Type"] = "application/json"
+        request = encode_request(method, path, self._address, all_headers,
+                                 None if body is None else json.dumps(body).encode())
         try:
-            payload = None if body is None else json.dumps(body).encode()
-            all_headers = {"Content-Type": "application/json", **(headers or {})}
-            if self.identifier:
-                all_headers["Lambda-Extension-Identifier"] = self.identifier
-            conn.request(method, path, body=payload, headers=all_headers)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        except OSError as exc:
+            if not self._kept_lock.acquire(blocking=False):
+                with Connection(self._address) as conn:
+                    return conn.exchange(request, timeout)
+            try:
+                return self._exchange_kept(request, timeout)
+            finally:
+                self._kept_lock.release()
+        except (OSError, ValueError) as exc:
             raise LambdaApiError(f"{method} {path} on {self._address} failed: {exc}") from exc
-        finally:
-            conn.close()
+
+    def _exchange_kept(self, request: bytes, timeout: float | None
+                       ) -> tuple[int, dict[str, str], bytes]:
+        """On the kept connection. One the server closed while idle is replaced and the
+        request sent again, once: a fresh connection's failure is final."""
+        while True:
+            fresh = self._kept is None
+            conn = self._kept = self._kept or Connection(self._address)
+            try:
+                answer = conn.exchange(request, timeout)
+            except Stale:
+                self._drop()
+                if fresh:
+                    raise
+                continue
+            except BaseException:
+                self._drop()
+                raise
+            if conn.closing:
+                self._drop()
+            return answer
+
+    def _drop(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
 
     def next_event(self) -> dict[str, Any]:
         # No client timeout: the call legitimately blocks while the sandbox is frozen.

@@ -48,5 +48,7 @@ class Breaker:
     def as_status(self) -> dict[str, object]:
         if not self.open:
             return {"state": "closed"}
+        # settled_mark: the handoff server tells an open breaker from one a background delivery
+        # has closed but the loop has not yet observed (records settled past the mark).
         return {"state": "open", "opened_ms": self.opened_ms, "next_probe_ms": self.next_probe_ms,
-                "probes": self.probes}
+                "probes": self.probes, "settled_mark": self.settled_mark}

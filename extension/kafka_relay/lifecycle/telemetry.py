@@ -13,11 +13,11 @@ import json
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Protocol
 
 from kafka_relay.config import LambdaMode
 from kafka_relay.errors import LambdaApiError
+from kafka_relay.httpwire import RequestHandler, ThreadingServer
 from kafka_relay.lifecycle.api import MANAGED_INSTANCES_TELEMETRY_SCHEMA, TELEMETRY_SCHEMA
 from kafka_relay.observability.log import JsonLogger
 
@@ -45,11 +45,11 @@ class TelemetryReceiver:
             daemon=True,
         )
 
-    def _bind(self, hosts: tuple[str, ...], port: int) -> ThreadingHTTPServer:
+    def _bind(self, hosts: tuple[str, ...], port: int) -> ThreadingServer:
         receiver = self
         error: OSError | None = None
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(RequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 receiver.receive(self.rfile.read(length))
@@ -57,16 +57,12 @@ class TelemetryReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
         for host in hosts:
             try:
-                server = ThreadingHTTPServer((host, port), Handler)
+                server = ThreadingServer((host, port), Handler)
             except (OSError, socket.gaierror) as exc:
                 error = exc
                 continue
-            server.daemon_threads = True
             self.host = host
             return server
         raise OSError(f"cannot listen for telemetry on {hosts}: {error}")

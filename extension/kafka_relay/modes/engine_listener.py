@@ -28,8 +28,16 @@ T = TypeVar("T")
 UNSIGNALLED_QUIET_S = 0.3
 UNSIGNALLED_CAP_S = 2.0
 _POLL_S = 0.05
-# A flush that settles nothing for this long while records are pending gives up early.
-STALL_S = 3.0
+# A flush that settles nothing for this long while records are pending gives up early (the
+# broker does not answer: the breaker takes over). A broker that has answered before settles
+# in milliseconds; before its first delivery (connection, metadata, topic creation) it may
+# take longer.
+STALL_S = 0.75
+FIRST_CONTACT_STALL_S = 3.0
+# A flush still settling after this long (a backlog, e.g. once the broker is back after an
+# outage) stops too: no invocation pays for more than this. The rest stays pending; the pump
+# sends it whenever the environment runs, and later flushes or the SHUTDOWN drain finish it.
+BACKLOG_CAP_S = 0.8
 _FLUSH_SLICE_S = 0.1
 
 
@@ -112,11 +120,14 @@ class EngineListener:
                         broker_up=gauge.broker_state is BrokerState.UP, stopped=gauge.failure)
 
     def flush(self, budget_ms: int) -> FlushReport:
-        """Flush in slices; stop once nothing has settled for ``STALL_S`` while records are
-        pending (the broker does not answer: the breaker takes over), or nothing is due."""
+        """Flush in slices; stop once nothing has settled for ``STALL_S`` (before the first
+        delivery ``FIRST_CONTACT_STALL_S``) while records are pending (the broker does not
+        answer: the breaker takes over), after ``BACKLOG_CAP_S`` whatever settles, or once
+        nothing is due."""
         start = time.monotonic()
         deadline = start + budget_ms / 1000
         settled, last_progress = 0, start
+        stall_s = STALL_S if self._engine.gauge().counts["delivered"] else FIRST_CONTACT_STALL_S
         while True:
             slice_s = max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic()))
             result = self._engine.flush(slice_s)
@@ -128,9 +139,13 @@ class EngineListener:
                 break
             if result.duration_ms < slice_s * 500:  # returned early: all waiting out a backoff
                 break
-            if now - last_progress >= STALL_S:
+            if now - last_progress >= stall_s:
                 self._log.warning("flush.stalled", remaining=result.remaining,
                                   stalled_ms=round((now - last_progress) * 1000))
+                break
+            if now - start >= BACKLOG_CAP_S:
+                self._log.info("flush.capped", remaining=result.remaining, settled=settled,
+                               capped_ms=round((now - start) * 1000))
                 break
         return FlushReport(duration_ms=round((time.monotonic() - start) * 1000, 3),
                            remaining=result.remaining, settled=settled)
@@ -204,14 +219,24 @@ class EngineListener:
         the last report (``request_id``: of an invocation reported late)."""
         delta = self.take_delta(at="invocation" if invocation else "shutdown")
         depth = self._engine.gauge().pending
+        done = None
         if invocation:
-            fields: dict[str, object] = {} if request_id is None else {"request_id": request_id}
-            self._log.info("invocation.done", accepted=delta["accepted"],
-                           delivered=delta["delivered"], dead_lettered=delta["dead_lettered"],
-                           spilled=delta["spilled"], spooled=delta["spooled"],
-                           restored=delta["restored"], pending=depth, flush_ms=flush_ms,
-                           **fields)
-        self.write_metrics(delta, depth=depth, flush_ms=flush_ms)
+            fields: dict[str, object] = {
+                "accepted": delta["accepted"], "delivered": delta["delivered"],
+                "dead_lettered": delta["dead_lettered"], "spilled": delta["spilled"],
+                "spooled": delta["spooled"], "restored": delta["restored"],
+                "pending": depth, "flush_ms": flush_ms}
+            if request_id is not None:
+                fields["request_id"] = request_id
+            problem = self._engine.reachability.problem(self.flush_control.get("breaker"))
+            if problem is None:
+                done = self._log.format("INFO", "invocation.done", **fields)
+            else:  # the result line itself says the broker is not answering
+                done = self._log.format("WARNING", "invocation.done", **fields,
+                                        broker=problem["state"], broker_error=problem["error"])
+        # Both lines in one write: one syscall per invocation, not two.
+        self.write_metrics(delta, depth=depth, flush_ms=flush_ms,
+                           before=() if done is None else (done,))
 
     def take_delta(self, *, at: str = "period") -> dict[str, int]:
         """The counts' change since the last report (every count is reported once), and a
@@ -226,8 +251,9 @@ class EngineListener:
         return delta
 
     def write_metrics(self, delta: dict[str, int], *, depth: int,
-                      flush_ms: float | None = None) -> None:
-        """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed)."""
+                      flush_ms: float | None = None, before: tuple[str, ...] = ()) -> None:
+        """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed), written
+        together with the lines ``before`` it."""
         breaker = self.flush_control.get("breaker")
         metrics: dict[str, float] = {
             "RecordsAccepted": delta["accepted"],
@@ -244,5 +270,5 @@ class EngineListener:
         }
         if flush_ms is not None:
             metrics["FlushMs"] = flush_ms
-        self._log.write_raw(emf_line(metrics, function_name=self._config.function_name,
-                                     timestamp_ms=self._wall_ms()))
+        self._log.write_raw(*before, emf_line(metrics, function_name=self._config.function_name,
+                                              timestamp_ms=self._wall_ms()))

@@ -28,8 +28,14 @@ class JsonLogger:
         self.request_id: str | None = None
 
     def log(self, level: str, event: str, **fields: Any) -> None:
+        line = self.format(level, event, **fields)
+        if line is not None:
+            self.write_raw(line)
+
+    def format(self, level: str, event: str, **fields: Any) -> str | None:
+        """The line ``log`` would write, None below the level (to write with others)."""
         if _LEVELS[level] < self._threshold:
-            return
+            return None
         record: dict[str, Any] = {
             "ts": round(self._clock(), 3),
             "level": level,
@@ -39,12 +45,12 @@ class JsonLogger:
         if self.request_id is not None and "request_id" not in fields:
             record["request_id"] = self.request_id
         record.update(fields)
-        self.write_raw(json.dumps(record, default=str, separators=(",", ":")))
+        return json.dumps(record, default=str, separators=(",", ":"))
 
-    def write_raw(self, line: str) -> None:
-        """Write one pre-formatted line (EMF blobs, spill lines) atomically."""
+    def write_raw(self, *lines: str) -> None:
+        """Write pre-formatted lines (EMF blobs, spill lines) atomically, in one write."""
         with self._lock:
-            self._stream.write(line + "\n")
+            self._stream.write("\n".join(lines) + "\n")
             self._stream.flush()
 
     def debug(self, event: str, **fields: Any) -> None:

@@ -7,6 +7,7 @@ it (``kafka_relay.tools.metrics_doc``), so the two cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,21 +53,24 @@ def emf_line(
     metrics: Mapping[str, float], *, function_name: str, timestamp_ms: int
 ) -> str:
     """One EMF JSON line; ``metrics`` keys must be among the known metric names."""
-    unknown = set(metrics) - set(_UNITS)
+    names = tuple(metrics)
+    values = json.dumps(dict(metrics), separators=(",", ":"))[1:]  # '"Name":1,...}'
+    return (f'{{"_aws":{{"Timestamp":{int(timestamp_ms)},"CloudWatchMetrics":'
+            f'{_directive(names)}}},"FunctionName":{_json_string(function_name or "unknown")}'
+            + ("," + values if names else "}"))
+
+
+@functools.lru_cache(maxsize=16)
+def _directive(names: tuple[str, ...]) -> str:
+    """The metric declarations for these names: the same every invocation, encoded once."""
+    unknown = set(names) - set(_UNITS)
     if unknown:
         raise ValueError(f"unknown metric names {sorted(unknown)}")
-    blob: dict[str, object] = {
-        "_aws": {
-            "Timestamp": timestamp_ms,
-            "CloudWatchMetrics": [
-                {
-                    "Namespace": NAMESPACE,
-                    "Dimensions": [list(DIMENSIONS)],
-                    "Metrics": [{"Name": name, "Unit": _UNITS[name]} for name in metrics],
-                }
-            ],
-        },
-        "FunctionName": function_name or "unknown",
-    }
-    blob.update(metrics)
-    return json.dumps(blob, separators=(",", ":"))
+    return json.dumps([{"Namespace": NAMESPACE, "Dimensions": [list(DIMENSIONS)],
+                        "Metrics": [{"Name": name, "Unit": _UNITS[name]} for name in names]}],
+                      separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=16)
+def _json_string(text: str) -> str:
+    return json.dumps(text)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import platform
 import re
 import sys
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 from kafka_relay.errors import ConfigError
+from kafka_relay.producer.core_import import import_core
 
 #: Lambda's architecture names by ``platform.machine()``.
 LAMBDA_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
@@ -44,6 +44,8 @@ class RuntimeFacts:
 
     @classmethod
     def current(cls) -> RuntimeFacts:
+        import platform  # noqa: PLC0415 - ~3 ms at every start, needed only on a mismatch
+
         libc, version = platform.libc_ver()
         return cls(
             python=f"{sys.version_info.major}.{sys.version_info.minor}",
@@ -127,13 +129,13 @@ def mismatch_message(facts: RuntimeFacts, layer: LayerBinaries, error: BaseExcep
 
 def require_confluent_kafka(
     *,
-    importer: Callable[[str], ModuleType] = importlib.import_module,
+    importer: Callable[[], ModuleType] = import_core,
     facts: RuntimeFacts | None = None,
     package_dir: Callable[[], Path | None] = _confluent_kafka_dir,
 ) -> None:
     """Import confluent-kafka; raise RuntimeMismatchError if its binaries cannot load here."""
     try:
-        importer("confluent_kafka")
+        importer()
     except (ImportError, OSError) as exc:
         facts = facts or RuntimeFacts.current()
         raise RuntimeMismatchError(

@@ -11,7 +11,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -127,7 +126,7 @@ class S3Sink:
     def write(self, records: Sequence[Record], *, reason: str) -> SpillResult:
         now = self._wall_ms()
         day = time.strftime("%Y/%m/%d", time.gmtime(now / 1000))
-        key = f"kafka-relay/{self._function}/{day}/{now}-{uuid.uuid4().hex[:12]}.ndjson"
+        key = f"kafka-relay/{self._function}/{day}/{now}-{os.urandom(6).hex()}.ndjson"
         body = "".join(ndjson_lines(records)).encode()
         errors: list[BaseException] = []
         metadata = {"reason": reason[:512], "records": str(len(records))}
@@ -168,7 +167,7 @@ class SpoolSink:
 
     def write(self, records: Sequence[Record], *, reason: str) -> SpillResult:
         self._dir.mkdir(parents=True, exist_ok=True)
-        name = f"{SPOOL_FILE_PREFIX}{self._wall_ms():013d}-{uuid.uuid4().hex[:12]}.ndjson"
+        name = f"{SPOOL_FILE_PREFIX}{self._wall_ms():013d}-{os.urandom(6).hex()}.ndjson"
         path = self._dir / name
         partial = path.with_name(name + ".partial")
         with partial.open("w", encoding="utf-8") as out:

@@ -2,8 +2,9 @@
 
 ``run_cli(main)`` runs a CLI's ``main()`` and turns the failures a user can fix
 into one ``error:`` line on stderr and exit status 2 (missing AWS region or
-credentials), and a closed pipe (``... | head``) into a quiet exit. Stdlib only:
-botocore's exceptions are recognised only when botocore was already imported.
+credentials; with ``extra=``, a dependency that extra installs), and a closed pipe
+(``... | head``) into a quiet exit. Stdlib only: botocore's exceptions are
+recognised only when botocore was already imported.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 USAGE_ERROR = 2
+#: What the extras (pyproject's optional-dependencies) install: missing, they name the extra.
+EXTRA_MODULES = frozenset({"boto3", "botocore", "confluent_kafka"})
 _AWS_HINTS = {
     "NoRegionError": "no AWS region: pass --region, or set AWS_REGION / AWS_DEFAULT_REGION "
     "(or a profile's region)",
@@ -42,11 +45,26 @@ def _silence_stdout() -> None:
         pass
 
 
-def run_cli(main: Callable[[], int], *, stderr: TextIO | None = None) -> int:
-    """``main()``'s exit status; 2 with one line for a missing region or credentials."""
+def missing_extra(exc: ModuleNotFoundError, extra: str) -> str:
+    """The one line for a dependency that ``pip install 'kafka-relay[extra]'`` brings."""
+    return (f"this needs {(exc.name or '?').partition('.')[0]}, which kafka-relay installs "
+            f"with its extra: pip install 'kafka-relay[{extra}]'")
+
+
+def run_cli(main: Callable[[], int], *, stderr: TextIO | None = None,
+            extra: str | None = None) -> int:
+    """``main()``'s exit status; 2 with one line for a missing region, credentials or extra."""
     err = stderr if stderr is not None else sys.stderr
     try:
-        return main()
+        try:
+            return main()
+        finally:  # also after --help's SystemExit: a closed pipe shows here, not at exit
+            sys.stdout.flush()
+    except ModuleNotFoundError as exc:
+        if extra is None or (exc.name or "").partition(".")[0] not in EXTRA_MODULES:
+            raise
+        err.write(f"error: {missing_extra(exc, extra)}\n")
+        return USAGE_ERROR
     except BrokenPipeError:
         _silence_stdout()
         return 0

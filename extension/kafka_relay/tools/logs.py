@@ -304,7 +304,7 @@ def _follow(
 def cli() -> int:
     """``kafka-relay-logs`` / ``python -m kafka_relay.tools.logs``: no tracebacks."""
     return run_cli(lambda: main(sys.argv[1:], env=os.environ, stdout=sys.stdout,
-                                stderr=sys.stderr))
+                                stderr=sys.stderr), extra="logs")
 
 
 if __name__ == "__main__":

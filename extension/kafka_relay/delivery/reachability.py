@@ -1,0 +1,56 @@
+"""Whether the broker answers, as far as kafka-relay knows: for the result line of each
+invocation and for ``?wait=delivered`` requests, which are refused at once (not after their
+whole wait) while it does not.
+
+It does not answer while the init probe failed and nothing was delivered since, or while the
+lifecycle's circuit breaker is open (its published status) and no record settled since. A
+metadata probe that succeeds (``reprobe``) ends either, without waiting for a record.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from kafka_relay.protocol import BrokerState
+
+if TYPE_CHECKING:
+    from kafka_relay.delivery.engine import DeliveryEngine
+
+
+class Reachability:
+    def __init__(self, engine: DeliveryEngine, *,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        self._engine = engine
+        self._wall_ms = wall_ms
+        self.init_error: str | None = None  # the init probe's, when the broker did not answer
+        self._answered_ms = 0  # when a reprobe last heard the broker answer (wall ms)
+        self._lock = threading.Lock()
+
+    def problem(self, breaker: object) -> dict[str, Any] | None:
+        """Why the broker is not answering (``breaker``: the breaker's published status), or
+        None."""
+        status = breaker if isinstance(breaker, Mapping) else {}
+        gauge = self._engine.gauge()
+        settled = gauge.counts["delivered"] + gauge.counts["dead_lettered"]
+        error = self._engine.pump.last_error or self.init_error
+        opened_ms = int(status.get("opened_ms", 0))
+        if self.init_error is not None and gauge.broker_state is not BrokerState.UP:
+            return {"state": "unreachable since init", "error": error}
+        if (status.get("state") == "open" and settled <= int(status.get("settled_mark", 0))
+                and self._answered_ms < opened_ms):
+            return {"state": "breaker open", "since_ms": opened_ms,
+                    "probes": status.get("probes", 0), "error": error}
+        return None
+
+    def reprobe(self, timeout_s: float, breaker: object) -> dict[str, Any] | None:
+        """``problem(breaker)`` after asking the broker for metadata for up to ``timeout_s``
+        (one probe at a time; a caller arriving meanwhile waits for its answer)."""
+        if self.problem(breaker) is None:
+            return None
+        with self._lock:
+            if self.problem(breaker) is not None and self._engine.probe(timeout_s) is None:
+                self._answered_ms = self._wall_ms()
+        return self.problem(breaker)

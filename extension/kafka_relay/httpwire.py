@@ -1,0 +1,140 @@
+"""The HTTP/1.1 the extension's loopback servers speak, on ``socketserver`` alone.
+
+``http.server`` parses each request's headers with ``http.client``'s email parser: importing
+the pair costs ~20 ms of CPU before the extension is ready, and the parser tens of µs per
+request. The peers here are the kafka-relay client and Lambda's Telemetry API, so the subset
+is small: a request line, headers (case-insensitive, the first of a repeated one wins, as
+``email.message.Message.get``), keep-alive by HTTP version and ``Connection``, ``Expect:
+100-continue``, and the ``send_response``/``send_header``/``end_headers`` calls of
+``BaseHTTPRequestHandler`` that the handlers make.
+"""
+
+from __future__ import annotations
+
+import socketserver
+
+MAX_LINE = 65536  # bytes in the request line or one header line (as http.server)
+MAX_HEADERS = 100
+_REASONS = {
+    100: "Continue", 200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 409: "Conflict", 411: "Length Required",
+    413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+    422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    504: "Gateway Timeout", 507: "Insufficient Storage",
+}
+
+
+class Headers(dict[str, str]):
+    """Request headers by lower-cased name."""
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+
+class RequestHandler(socketserver.StreamRequestHandler):
+    """Serves requests on one connection until either side closes it (or it idles past
+    ``timeout``); ``do_<METHOD>`` answers each. Subclasses may set ``timeout`` and
+    ``disable_nagle_algorithm`` as for ``BaseHTTPRequestHandler``."""
+
+    protocol_version = "HTTP/1.1"
+    command = ""
+    path = ""
+    request_version = ""
+    headers: Headers
+    close_connection = True
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection:
+            self.handle_one_request()
+
+    def handle_one_request(self) -> None:
+        try:
+            line = self.rfile.readline(MAX_LINE + 1)
+            if not line:
+                self.close_connection = True
+                return
+            if len(line) > MAX_LINE:
+                self._refuse(414, "request line too long")
+                return
+            if not self._parse(line):
+                return
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self._refuse(501, f"unsupported method {self.command!r}")
+                return
+            method()
+            self.wfile.flush()
+        except TimeoutError:
+            self.close_connection = True
+
+    def _parse(self, line: bytes) -> bool:
+        words = line.decode("iso-8859-1").split()
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            self._refuse(400, f"bad request line {line[:100]!r}")
+            return False
+        self.command, self.path, self.request_version = words
+        self.close_connection = self.request_version < "HTTP/1.1"
+        headers = Headers()
+        for _ in range(MAX_HEADERS + 1):
+            raw = self.rfile.readline(MAX_LINE + 1)
+            if len(raw) > MAX_LINE:
+                self._refuse(431, "header line too long")
+                return False
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, colon, value = raw.decode("iso-8859-1").partition(":")
+            if not colon or not name or name != name.strip():
+                self._refuse(400, f"malformed header {raw[:100]!r}")
+                return False
+            headers.setdefault(name.lower(), value.strip())
+        else:
+            self._refuse(431, "too many headers")
+            return False
+        self.headers = headers
+        connection = (headers.get("Connection") or "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive" and self.request_version >= "HTTP/1.1":
+            self.close_connection = False
+        if (headers.get("Expect") or "").lower() == "100-continue" \
+                and self.request_version >= "HTTP/1.1":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = message.encode()
+        self.close_connection = True
+        self.wfile.write(f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nConnection: close"
+                         f"\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+                         .encode("latin-1") + body)
+
+    # -- the answer, as BaseHTTPRequestHandler builds it --------------------------------
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        reason = message if message is not None else _REASONS.get(code, "")
+        self._head = [f"{self.protocol_version} {code} {reason}\r\n"]
+
+    def send_header(self, keyword: str, value: str) -> None:
+        self._head.append(f"{keyword}: {value}\r\n")
+        if keyword.lower() == "connection":
+            if value.lower() == "close":
+                self.close_connection = True
+            elif value.lower() == "keep-alive":
+                self.close_connection = False
+
+    def end_headers(self) -> None:
+        self._head.append("\r\n")
+        self.wfile.write("".join(self._head).encode("latin-1"))
+        self._head = []
+
+
+class ThreadingServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """One thread per connection; no reverse DNS of the bound address (``HTTPServer`` asks
+    ``getfqdn`` for a server name nothing here uses)."""
+
+    allow_reuse_address = True
+    daemon_threads = True

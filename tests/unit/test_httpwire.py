@@ -1,0 +1,118 @@
+"""The loopback servers' HTTP/1.1: keep-alive by version and Connection, case-insensitive
+headers (the first of a repeat wins), refusals that name the problem and close."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kafka_relay.httpwire import MAX_HEADERS, RequestHandler, ThreadingServer
+
+
+class _Echo(RequestHandler):
+    timeout = 5
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        answer = json.dumps({"path": self.path, "body": body.decode(),
+                             "x": self.headers.get("X-Thing")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+
+@contextmanager
+def _server() -> Iterator[int]:
+    server = ThreadingServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """Send, then read until the server closes (or 5 s pass)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            chunks.append(b"<still open>")
+        return b"".join(chunks)
+
+
+def _post(path: str, body: bytes, *, version: str = "HTTP/1.1", extra: str = "") -> bytes:
+    return (f"POST {path} {version}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+def test_http11_keeps_the_connection_for_the_next_request_and_closes_on_request() -> None:
+    with _server() as port:
+        answer = _exchange(port, _post("/a", b"1")
+                           + _post("/b", b"2", extra="Connection: close\r\n"))
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert b'"path": "/a"' in answer
+    assert b'"path": "/b"' in answer
+    assert not answer.endswith(b"<still open>")
+
+
+def test_http10_gets_one_answer_and_a_closed_connection() -> None:
+    with _server() as port:
+        answer = _exchange(port, _post("/a", b"1", version="HTTP/1.0") + _post("/b", b"2"))
+    assert answer.count(b"200 OK") == 1
+    assert not answer.endswith(b"<still open>")
+
+
+def test_the_first_of_a_repeated_header_wins() -> None:
+    with _server() as port:
+        answer = _exchange(port, _post("/", b"", extra="X-Thing: one\r\nx-thing: two\r\n"
+                                                      "Connection: close\r\n"))
+    assert b'"x": "one"' in answer
+
+
+def test_expect_100_continue_is_answered_before_the_body() -> None:
+    with _server() as port:
+        answer = _exchange(port, _post("/", b"hi", extra="Expect: 100-continue\r\n"
+                                                         "Connection: close\r\n"))
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+
+
+def test_refusals_name_the_problem_and_close() -> None:
+    cases = {
+        b"GARBAGE\r\n\r\n": b"400 Bad Request",
+        b"POST / HTTP/1.1\r\nno colon here\r\n\r\n": b"400 Bad Request",
+        b"PUT / HTTP/1.1\r\nContent-Length: 0\r\n\r\n": b"501 Not Implemented",
+        b"POST /" + b"x" * 70_000 + b" HTTP/1.1\r\n\r\n": b"414 URI Too Long",
+        b"POST / HTTP/1.1\r\n" + b"A: b\r\n" * (MAX_HEADERS + 1) + b"\r\n":
+            b"431 Request Header Fields Too Large",
+    }
+    with _server() as port:
+        for request, status in cases.items():
+            answer = _exchange(port, request)
+            assert answer.startswith(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n")
+            assert not answer.endswith(b"<still open>")
+
+
+@settings(max_examples=25, deadline=None)
+@given(flips=st.lists(st.booleans(), min_size=7, max_size=7),
+       value=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40))
+def test_header_names_match_whatever_their_case_and_values_arrive_trimmed(
+        flips: list[bool], value: str) -> None:
+    sent = "".join(c.upper() if flip else c.lower() for c, flip in zip("x-thing", flips,
+                                                                      strict=True))
+    with _server() as port:
+        answer = _exchange(port, _post("/", b"", extra=f"{sent}:  {value} \r\n"
+                                                      "Connection: close\r\n"))
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["x"] == value
