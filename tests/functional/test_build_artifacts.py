@@ -114,7 +114,14 @@ def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) 
     # The MSK IAM signer, with the metadata it reads its own version from.
     assert "python/aws_msk_iam_sasl_signer/MSKAuthTokenProvider.py" in names
     assert "python/aws_msk_iam_sasl_signer_python-1.0.2.dist-info/METADATA" in names
-    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    # Compiled modules only beside their sources, for the runtimes the layer is for (the
+    # versions with an interpreter on the build machine; the others compile at start).
+    tags = {f"cpython-{version.replace('.', '')}" for version in PYTHON_VERSIONS}
+    for pyc in (n for n in names if "__pycache__" in n or n.endswith(".pyc")):
+        folder, _, file = pyc.rpartition("/__pycache__/")
+        module, tag, suffix = file.rsplit(".", 2)
+        assert suffix == "pyc" and tag in tags, pyc
+        assert f"{folder}/{module}.py" in names, pyc
     assert not [n for n in names if n.split("/")[1].startswith(("boto3", "botocore"))]
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_")]
     assert {n.split("/")[0] for n in names} == {"extensions", "python", "kafka-relay"}
