@@ -120,7 +120,8 @@ def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) 
     for pyc in (n for n in names if "__pycache__" in n or n.endswith(".pyc")):
         folder, _, file = pyc.rpartition("/__pycache__/")
         module, tag, suffix = file.rsplit(".", 2)
-        assert suffix == "pyc" and tag in tags, pyc
+        assert suffix == "pyc", pyc
+        assert tag in tags, pyc
         assert f"{folder}/{module}.py" in names, pyc
     assert not [n for n in names if n.split("/")[1].startswith(("boto3", "botocore"))]
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_")]
