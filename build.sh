@@ -34,7 +34,8 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
   teardown       delete what deploy and publish-layer created [--prefix P] [--dry-run]
   bench          benchmarks against the baselines: table + ratios, bench/results/*.json
   faults         the slow fault-injection and soak suite (real broker, fault proxy, sandbox)
-                 [pytest's arguments]
+                 [pytest's arguments]; FAULT_SCHEDULES=N seeded fault schedules (default 200),
+                 FAULT_SEED=n replays one
   lock           regenerate constraints.txt from requirements-dev.txt
 
 --help installs, builds and writes nothing.

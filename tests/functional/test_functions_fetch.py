@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any
 
 import requests
 
 from devtools.fixture_server import FIXTURES, FixtureServer
 from polymarket_prices import PolymarketConfig, PolymarketProducer
-from producer_common import HttpSettings, JsonLog, retrying_session
+from producer_common import Deadline, HttpSettings, JsonLog, retrying_session
 from rss_feed import RssConfig, RssProducer, Validators, fetch_feed
 
 WORLD = "/rss/world_news_rss2.xml"
@@ -57,7 +58,7 @@ def test_last_modified_alone_also_earns_a_304(upstream: FixtureServer) -> None:
     response = fetch_feed(
         retrying_session(FAST), upstream.url + ATOM,
         validators=Validators(last_modified="Wed, 01 May 2024 12:05:00 GMT"),
-        timeout=FAST.timeout, max_bytes=1 << 20,
+        settings=FAST, max_bytes=1 << 20,
     )
     assert response.not_modified
     assert response.error is None
@@ -139,6 +140,32 @@ def test_malformed_missing_and_oversized_feeds_are_reported_each(upstream: Fixtu
     assert len(batch.records) == 7  # timezones_rss2.xml is small enough
 
 
+def test_a_slow_drip_feed_ends_at_the_invocations_deadline_and_the_others_are_read(
+    upstream: FixtureServer,
+) -> None:
+    upstream.fault(WORLD, drip_s=0.25)  # a byte every 0.25 s: each read is quick, the body never
+    started = time.monotonic()
+    deadline = Deadline(started + 2.0)
+    batch = rss(upstream, ATOM, WORLD, "/rss/no_guids_rss2.xml").poll(log=log(), deadline=deadline)
+    took = time.monotonic() - started
+    assert took < 3.0, f"the run went {took - 2.0:.1f} s past its deadline"
+    assert (upstream.url + WORLD, "deadline") in [(e["source"], e["kind"]) for e in batch.errors]
+    assert {r["value"]["source"] for r in batch.records} >= {upstream.url + ATOM}
+
+
+def test_a_slow_drip_gets_its_own_body_timeout_without_an_invocation(
+    upstream: FixtureServer,
+) -> None:
+    upstream.fault(WORLD, drip_s=0.25)
+    started = time.monotonic()
+    patient = HttpSettings(connect_timeout_s=1.0, read_timeout_s=5.0, body_timeout_s=1.0,
+                           max_retries=0)
+    (error,) = rss(upstream, WORLD, http=patient).poll(log=log()).errors
+    assert time.monotonic() - started < 2.0
+    assert error["kind"] == "deadline"
+    assert "BODY_TIMEOUT_S" in error["error"]
+
+
 def test_a_refused_connection_is_reported(upstream: FixtureServer) -> None:
     gone = RssProducer(RssConfig(
         feed_urls=("http://127.0.0.1:9/feed.xml",),
@@ -182,6 +209,15 @@ def test_a_token_whose_history_keeps_failing_is_reported(upstream: FixtureServer
         ("http_status", 500, token)
     ]
     assert len(batch.records) == 6  # the other outcome's hours
+
+
+def test_a_dripping_gamma_page_ends_at_the_deadline(upstream: FixtureServer) -> None:
+    upstream.fault("/gamma/markets", drip_s=0.25)
+    started = time.monotonic()
+    batch = polymarket(upstream).poll(log=log(), deadline=Deadline(started + 1.5))
+    assert time.monotonic() - started < 2.5
+    assert [e["kind"] for e in batch.errors] == ["deadline"]
+    assert batch.records == []
 
 
 def test_a_malformed_gamma_page_is_reported(upstream: FixtureServer) -> None:
