@@ -21,7 +21,9 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
   sandbox        run YOUR function zip/dir + the layer (+ a local broker) in the local sandbox
                  --function my.zip --handler app.handler [--event '{}'] [--with-broker]
   test           install every pinned dev tool into .venv, run ruff, mypy, the import rules,
-                 the docs build (mkdocs --strict) and the default pytest run
+                 the docs build (mkdocs --strict) and the default pytest run (all but slow)
+                 [--fast: the unit and functional tiers] (KAFKA_RELAY_TEST_WORKERS=N: N
+                 parallel pytest workers, default 2)
   build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip,
                  views-functions.zip (views + DuckDB), manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
@@ -160,9 +162,21 @@ case "$cmd" in
   test)
     if wants_help "$@"; then help_for test; exit 0; fi
     ensure_venv dev
+    tiers="not slow"
+    args=()
+    for arg in "$@"; do
+      if [[ "$arg" == --fast ]]; then
+        tiers="(unit or functional) and not slow"  # no broker, no sandbox: a loop in seconds
+      else
+        args+=("$arg")
+      fi
+    done
     run_checks
-    echo "==> pytest"
-    "$PY" -m pytest -m "not slow" "$@"
+    # Two workers: most broker and sandbox tests wait rather than compute. A module stays on
+    # one worker, so its module fixtures (builds, installs) run once.
+    workers="${KAFKA_RELAY_TEST_WORKERS:-2}"
+    echo "==> pytest -m \"$tiers\" ($workers workers)"
+    "$PY" -m pytest -m "$tiers" -n "$workers" --dist loadfile ${args[@]+"${args[@]}"}
     ;;
   demo)
     if wants_help "$@"; then help_for demo devtools.demo; exit 0; fi

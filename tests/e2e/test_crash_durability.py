@@ -27,8 +27,6 @@ from tests.e2e.test_faults import (
     _sandbox,
 )
 
-pytestmark = pytest.mark.e2e
-
 STRANDED = 2_000
 
 

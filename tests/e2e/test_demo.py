@@ -11,8 +11,6 @@ from devtools import demo
 from devtools.kafka_broker import free_port
 from tests.conftest import Artifacts
 
-pytestmark = pytest.mark.e2e
-
 
 def test_the_demo_delivers_everything_and_keeps_each_full_log(
     artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -17,8 +17,6 @@ from devtools.fault_schedule import Runner, check, read_all, schedule, small_dis
 from devtools.sandbox import Sandbox
 from tests.conftest import Artifacts, ProxiedBroker
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parents[1] / "fixtures" / "any_function"
 DEFAULT_SEEDS = [int(s) for s in os.environ.get("FAULT_SEED", "11,12,13").split(",")]
 MANY = int(os.environ.get("FAULT_SCHEDULES", "200"))

@@ -34,8 +34,6 @@ from kafka_relay.spill.codec import parse_spill_lines
 from kafka_relay.tools.table import LogLine, LogParser, View, events_named, json_in_line, summarise
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION = REPO / "tests" / "fixtures" / "any_function"
 FUNCTION_NAME = "fault-producer"
@@ -198,12 +196,6 @@ def _no_process_left_behind() -> Iterator[None]:
     while (left := _sandbox_children()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left == [], "sandbox processes outlived their test"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 # -- 1. broker unreachable across frozen invocations ------------------------------------------

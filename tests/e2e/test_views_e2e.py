@@ -15,8 +15,6 @@ from devtools.sandbox import Sandbox
 from devtools.views_demo import BUCKET, TABLE, run_views
 from tests.conftest import Artifacts, Broker
 
-pytestmark = pytest.mark.e2e
-
 
 def _produce_prices(artifacts: Artifacts, broker: Broker, topic: str) -> None:
     """Two cold starts of the Polymarket producer: the second resends the whole window

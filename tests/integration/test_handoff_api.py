@@ -17,8 +17,6 @@ from kafka_relay.record import Record
 from tests.conftest import Broker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def _deadline(ms: int = 5000) -> int:
     return int(time.time() * 1000) + ms

@@ -35,8 +35,6 @@ from kafka_relay.record import IdSource
 from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
-pytestmark = pytest.mark.integration
-
 _JSON = {TOKEN_HEADER: TOKEN, "Content-Type": "application/json"}
 
 

@@ -19,8 +19,6 @@ from kafka_relay.protocol import RelayStorageUnavailable
 from tests.conftest import ProxiedBroker
 from tests.relay_harness import TOKEN, running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_one(
     proxied_broker: ProxiedBroker, tmp_path: Path

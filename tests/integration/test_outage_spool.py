@@ -18,8 +18,6 @@ from kafka_relay.protocol import RelayStorageUnavailable
 from tests.conftest import ProxiedBroker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
-pytestmark = pytest.mark.integration
-
 KEYS = 10
 # The producers' rate, scaled: BATCH records every PERIOD_S seconds.
 BATCH, PERIOD_S = 50, 0.1

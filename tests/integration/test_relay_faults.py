@@ -13,8 +13,6 @@ from kafka_relay.spill.codec import parse_spill_lines
 from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def _now_ms() -> int:
     return int(time.time() * 1000)

@@ -28,8 +28,6 @@ from kafka_relay.record import Record
 from tests.conftest import Broker
 from tests.record_strategies import bodies, plausible_items
 
-pytestmark = pytest.mark.integration
-
 _ids = itertools.count()
 _TOPICS = ["schema.prop.a", "schema.prop.b"]
 Arrived = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]], int]

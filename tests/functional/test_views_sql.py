@@ -28,7 +28,7 @@ from views_state import ViewsState
 
 from devtools.moto_server import MotoServer, use_moto
 from layer_build.deploy_views import create_table
-from tests.integration.test_views_layers import _feed_batches
+from tests.functional.test_views_layers import _feed_batches
 from tests.views_data import redelivered, scenario
 
 TABLE, BUCKET = "views-sql", "views-sql-bucket"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -40,12 +39,6 @@ from tests.views_data import BASE, PRICE_TOPIC, price_value, record, redelivered
 
 TABLE, BUCKET = "views", "views-bucket"
 CONFIG = ViewsConfig(table=TABLE, bucket=BUCKET, lateness_hours=3)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture

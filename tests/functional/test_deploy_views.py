@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,9 @@ REGION = "eu-west-1"
 BUCKET = f"kafka-relay-views-{ACCOUNT_ID}-{REGION}"
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
-
-
 @pytest.fixture
 def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    return use_moto(moto, monkeypatch)
+    return use_moto(moto.in_region(REGION), monkeypatch)
 
 
 @pytest.fixture
