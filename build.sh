@@ -21,8 +21,11 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
   sandbox        run YOUR function zip/dir + the layer (+ a local broker) in the local sandbox
                  --function my.zip --handler app.handler [--event '{}'] [--with-broker]
   test           install every pinned dev tool into .venv, run ruff, mypy, the import rules,
-                 the docs build (mkdocs --strict) and the default pytest run
-  build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip, manifest.json
+                 the docs build (mkdocs --strict) and the default pytest run (all but slow)
+                 [--fast: the unit and functional tiers] (KAFKA_RELAY_TEST_WORKERS=N: N
+                 parallel pytest workers, default 2)
+  build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip,
+                 views-functions.zip (views + DuckDB), manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
   publish-layer  build, then publish only the layer (both architectures) and print the ARNs
                  and the variables to set [--region R] [--prefix kafka-relay] [--dry-run]
@@ -32,7 +35,8 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
   teardown       delete what deploy and publish-layer created [--prefix P] [--dry-run]
   bench          benchmarks against the baselines: table + ratios, bench/results/*.json
   faults         the slow fault-injection and soak suite (real broker, fault proxy, sandbox)
-                 [pytest's arguments]
+                 [pytest's arguments]; FAULT_SCHEDULES=N seeded fault schedules (default 200),
+                 FAULT_SEED=n replays one
   lock           regenerate constraints.txt from requirements-dev.txt
 
 --help installs, builds and writes nothing.
@@ -158,9 +162,21 @@ case "$cmd" in
   test)
     if wants_help "$@"; then help_for test; exit 0; fi
     ensure_venv dev
+    tiers="not slow"
+    args=()
+    for arg in "$@"; do
+      if [[ "$arg" == --fast ]]; then
+        tiers="(unit or functional) and not slow"  # no broker, no sandbox: a loop in seconds
+      else
+        args+=("$arg")
+      fi
+    done
     run_checks
-    echo "==> pytest"
-    "$PY" -m pytest -m "not slow" "$@"
+    # Two workers: most broker and sandbox tests wait rather than compute. A module stays on
+    # one worker, so its module fixtures (builds, installs) run once.
+    workers="${KAFKA_RELAY_TEST_WORKERS:-2}"
+    echo "==> pytest -m \"$tiers\" ($workers workers)"
+    "$PY" -m pytest -m "$tiers" -n "$workers" --dist loadfile ${args[@]+"${args[@]}"}
     ;;
   demo)
     if wants_help "$@"; then help_for demo devtools.demo; exit 0; fi

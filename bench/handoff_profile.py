@@ -83,6 +83,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
         config = load_config({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic,
                               "KAFKA_RELAY_TOKEN": _TOKEN, "KAFKA_RELAY_PORT": str(free_port()),
                               "KAFKA_RELAY_SPOOL_DIR": str(Path(tmp) / "spool"),
+                              "KAFKA_RELAY_JOURNAL_DIR": str(Path(tmp) / "journal"),
                               "KAFKA_RELAY_TELEMETRY": "false"})
         meter = _HandlerMeter(profile == "server")
         meter.install()

@@ -34,7 +34,6 @@ from kafka_relay.record import IdSource
 
 SIZES = (300, 1024)
 BATCHES = (100, 500)
-LIMIT_NOTE = 0.10  # on by default when the journal costs at most this share of the handoff
 
 
 @dataclass(frozen=True)
@@ -114,8 +113,10 @@ def report(results: Sequence[tuple[int, int, Cost]], out: Callable[[str], None])
             f"{cost.settle_off:>6.2f}/{cost.settle_on:<7.2f} {cost.journal:>14.2f} "
             f"{cost.share:>6.1%}")
     worst = max(cost.share for _, _, cost in results)
-    verdict = "on by default" if worst <= LIMIT_NOTE else "off by default"
-    out(f"worst share {worst:.1%} of the handoff's CPU (limit {LIMIT_NOTE:.0%}): {verdict}")
+    # Reported, not a switch: the journal is on by default (nothing a 202 answered may be
+    # lost to a killed extension); KAFKA_RELAY_JOURNAL=off trades that for this CPU.
+    out(f"worst share {worst:.1%} of the handoff's CPU (parse + validate + accept; HTTP and "
+        "delivery left out)")
     return worst
 
 

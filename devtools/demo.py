@@ -208,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the layer and function zips are (default: dist)")
     parser.add_argument("--layer", type=Path, help="default: <dist>/kafka-relay-layer-<arch>.zip")
     parser.add_argument("--functions", type=Path, help="default: <dist>/producer-functions.zip")
+    parser.add_argument("--views-functions", type=Path,
+                        help="default: <dist>/views-functions.zip")
     parser.add_argument("--log-dir", type=Path, default=ROOT / "build" / "demo",
                         help="each function's full log stream goes here (default: build/demo)")
     parser.add_argument("--invocations", type=int, default=3)
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] = os.environ) 
     arch = "arm64" if os.uname().machine == "aarch64" else "x86_64"
     layer = args.layer or args.dist / f"kafka-relay-layer-{arch}.zip"
     functions = args.functions or args.dist / "producer-functions.zip"
-    for artifact in (layer, functions):
+    views = args.views_functions or args.dist / "views-functions.zip"
+    for artifact in (layer, functions, views):
         if not artifact.is_file():
             print(f"error: {artifact} is missing: run ./build.sh build first", file=sys.stderr)
             return 2
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None, *, env: Mapping[str, str] = os.environ) 
         for outcome in outcomes:
             _show_log(outcome)
         # The Lambda-Architecture views over what arrived: devtools/views_demo.py.
-        problems += show_views(bootstrap, functions)
+        problems += show_views(bootstrap, views)
     finally:
         if broker is not None:
             broker.stop()

@@ -63,6 +63,14 @@ class FaultProxy(LoopbackProxy):
     def restore(self) -> None:
         self._call(self._listen())
 
+    def reset(self) -> None:
+        """No faults left: listening, flowing, no latency, no connection from before kept
+        (one proxy can then serve test after test)."""
+        self.set_latency(up_ms=0, down_ms=0)
+        self.restore()
+        self.resume()
+        self.drop_connections()
+
     # -- loop side --------------------------------------------------------------
 
     async def _started(self) -> None:

@@ -75,6 +75,7 @@ class Fault:
     body: bytes | None = None
     query: Mapping[str, str] = field(default_factory=dict)
     times: int | None = 1  # None: until cleared
+    drip_s: float = 0.0  # the body goes one byte at a time, this long apart
 
     def matches(self, query: Mapping[str, str]) -> bool:
         return all(query.get(k) == v for k, v in self.query.items())
@@ -114,6 +115,7 @@ class Reply:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    drip_s: float = 0.0
 
 
 def _json_reply(status: int, data: Any) -> Reply:
@@ -186,6 +188,11 @@ class FixtureServer(Service):
         self._thread.join(timeout=5)
 
 
+    @property
+    def stopping(self) -> threading.Event:
+        """Set by ``stop``: injected delays and drips end at once."""
+        return self._stopping
+
     def fault(
         self,
         path: str,
@@ -196,12 +203,14 @@ class FixtureServer(Service):
         body: bytes | None = None,
         query: Mapping[str, str] | None = None,
         times: int | None = 1,
+        drip_s: float = 0.0,
     ) -> None:
         """The next ``times`` requests to ``path`` (whose query has ``query``) wait ``delay_s``,
-        then answer ``status`` (with Retry-After) or 200 with ``body``, or the fixture."""
+        then answer ``status`` (with Retry-After) or 200 with ``body``, or the fixture; with
+        ``drip_s`` the body is sent a byte at a time, ``drip_s`` apart (a slow-drip upstream)."""
         with self._lock:
             self._faults.setdefault(path, []).append(
-                Fault(status, retry_after, delay_s, body, dict(query or {}), times)
+                Fault(status, retry_after, delay_s, body, dict(query or {}), times, drip_s)
             )
 
     def put(self, path: str, body: bytes, *, content_type: str | None = None) -> None:
@@ -235,6 +244,8 @@ class FixtureServer(Service):
             reply = Reply(200, fault.body, {"Content-Type": self._content_type(path)})
         else:
             reply = self._route(path, query, headers)
+        if fault is not None and fault.drip_s:
+            reply = Reply(reply.status, reply.body, reply.headers, fault.drip_s)
         with self._lock:
             self._hits.append(
                 Hit(method, path, query, dict(headers.items()), reply.status, arrived)
@@ -332,9 +343,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(reply.body)
+                self._write_body(reply)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. its read timeout)
+
+    def _write_body(self, reply: Reply) -> None:
+        if not reply.drip_s:
+            self.wfile.write(reply.body)
+            return
+        stopping = self.server.fixtures.stopping
+        for index in range(len(reply.body)):
+            if stopping.wait(reply.drip_s):
+                self.close_connection = True
+                return
+            self.wfile.write(reply.body[index:index + 1])
+            self.wfile.flush()
 
     do_GET = do_HEAD = do_POST = _serve
 

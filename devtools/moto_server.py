@@ -3,7 +3,7 @@
 The code under test keeps using plain boto3; it reaches the server through the
 standard ``AWS_ENDPOINT_URL`` variable, with dummy credentials and a region::
 
-    @pytest.fixture(scope="module")
+    @pytest.fixture(scope="session")
     def moto() -> Iterator[MotoServer]:
         with MotoServer() as server:
             yield server
@@ -21,8 +21,10 @@ serve a whole session; ``reset()`` empties it between tests.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,8 @@ class MotoServer(Service):
         self.region = region
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._port: int | None = None
+        self._sessions: dict[str, Any] = {}  # by region, shared with in_region's views
+        self._sessions_lock = threading.Lock()
 
     def start(self) -> MotoServer:
         if self._port is None:
@@ -85,16 +89,32 @@ class MotoServer(Service):
         }
 
     def session(self) -> Any:
-        """A boto3 session bound to this server whatever the process environment says."""
-        return boto3.Session(
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            aws_session_token="testing",
-            region_name=self.region,
-        )
+        """A boto3 session bound to this server whatever the process environment says.
+
+        One per server and region: a new session loads every service model again (a tenth
+        of a second per client), and tests ask for clients hundreds of times.
+        """
+        with self._sessions_lock:
+            if self.region not in self._sessions:
+                self._sessions[self.region] = boto3.Session(
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing",
+                    aws_session_token="testing",
+                    region_name=self.region,
+                )
+            return self._sessions[self.region]
+
+    def in_region(self, region: str) -> MotoServer:
+        """This running server, its clients and environment in ``region`` (moto serves every
+        region at once, so one server can stand in for a deployment anywhere)."""
+        view = copy.copy(self)
+        view.region = region
+        return view
 
     def client(self, service: str) -> Any:
-        return self.session().client(service, endpoint_url=self.endpoint_url)
+        session = self.session()
+        with self._sessions_lock:  # a boto3 session is not thread-safe
+            return session.client(service, endpoint_url=self.endpoint_url)
 
     def reset(self) -> None:
         """Forget every resource (moto's reset API), so tests do not see each other's."""

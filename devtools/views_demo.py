@@ -1,15 +1,16 @@
 """The Lambda-Architecture views, locally: what ``./build.sh demo`` prints at its end.
 
 Given a broker with ``polymarket.price_hourly`` and ``rss.events`` on it and the built
-function zip: starts moto (DynamoDB + S3) in server mode, creates the views table and
-bucket, and runs each views function in the local Lambda sandbox —
+views zip (``views-functions.zip``, which carries DuckDB: this process never imports it):
+starts moto (DynamoDB + S3) in server mode, creates the views table and bucket, and runs
+each views function in the local Lambda sandbox —
 ``views_speed.handler`` and ``views_batch.archive_handler`` fed by the local event source
 poller (batches of up to 100 records, a 0.5 s window), ``views_batch.close_handler``
 recomputing each day the data covers (``{"from": day, "to": day}``), then
 ``views_serve.handler`` answering a few markets.
 Returns the problems found (empty when the speed and batch layers agree).
 
-    python -m devtools.views_demo --bootstrap 127.0.0.1:9092 [--functions dist/...zip]
+    python -m devtools.views_demo --bootstrap 127.0.0.1:9092 [--functions dist/views-functions.zip]
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def _print_answer(answer: Any, speed: dict[str, tuple[int, Decimal]]) -> list[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--functions", type=Path, default=ROOT / "dist/producer-functions.zip")
+    parser.add_argument("--functions", type=Path, default=ROOT / "dist/views-functions.zip")
     args = parser.parse_args(argv)
     problems = show_views(args.bootstrap, args.functions)
     for problem in problems:

@@ -18,7 +18,9 @@ window again, and consumers de-duplicate by (token_id, ts)). The newest point ma
 still-open hour. A token with no trade history yet gets one point from Gamma's
 ``outcomePrices`` at the current hour (``source: "gamma.outcomePrices"``).
 
-A page, market or token that fails is reported in ``errors``; the rest carry on.
+A page, market, token or history point that fails is reported in ``errors`` and skipped;
+the rest carry on. Every fetch's whole body must arrive within ``POLYMARKET_BODY_TIMEOUT_S``
+and the invocation's remaining time.
 """
 
 from __future__ import annotations
@@ -138,7 +140,13 @@ def _json_list(raw: Mapping[str, Any], name: str) -> list[Any]:
     return value
 
 
+# Unix seconds datetime can show (year 9999): a point past it cannot become a ``ts``.
+MAX_TS = 253_402_300_799
+
+
 def _price(value: Any) -> float:
+    if isinstance(value, bool):  # float(True) is 1.0: JSON true is not a price
+        raise MarketFormatError(f"price {value!r} is not a number")
     try:
         price = float(value)
     except (TypeError, ValueError) as exc:
@@ -148,7 +156,9 @@ def _price(value: Any) -> float:
     return price
 
 
-def decode_market(raw: Mapping[str, Any]) -> Market:
+def decode_market(raw: Any) -> Market:
+    if not isinstance(raw, Mapping):
+        raise MarketFormatError(f"a market must be a JSON object, got {type(raw).__name__}")
     market_id = raw.get("id")
     if market_id in (None, ""):
         raise MarketFormatError("the market has no id")
@@ -172,20 +182,36 @@ def decode_market(raw: Mapping[str, Any]) -> Market:
     )
 
 
-def decode_history(body: Any) -> list[tuple[int, float]]:
-    """``{"history": [{"t": unix s, "p": price}]}`` as (t, p) pairs, oldest first."""
+@dataclass(frozen=True)
+class History:
+    points: list[tuple[int, float]]  # (t, p), oldest first
+    skipped: list[str]  # why each point that could not be read was left out
+
+
+def decode_history(body: Any) -> History:
+    """``{"history": [{"t": unix s, "p": price}]}`` as (t, p) pairs, oldest first; a point
+    without a whole t in range and a numeric p is skipped (and said why), not fatal."""
     history = body.get("history") if isinstance(body, Mapping) else None
     if not isinstance(history, list):
         raise ValueError("no history list in the body")
     points = {}
+    skipped = []
     for point in history:
-        if not isinstance(point, Mapping):
-            raise ValueError(f"history point {point!r} is not an object")
         try:
-            points[int(point["t"])] = _price(point["p"])
-        except (KeyError, TypeError, ValueError, MarketFormatError) as exc:
-            raise ValueError(f"history point {point!r} lacks a numeric t and p") from exc
-    return sorted(points.items())
+            t = _point_time(point)
+            points[t] = _price(point["p"])
+        except (KeyError, TypeError, MarketFormatError) as exc:
+            skipped.append(f"history point {str(point)[:80]}: {exc}")
+    return History(sorted(points.items()), skipped)
+
+
+def _point_time(point: Any) -> int:
+    if not isinstance(point, Mapping):
+        raise MarketFormatError("not an object")
+    t = point["t"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= MAX_TS:
+        raise MarketFormatError(f"t {t!r} is not unix seconds from 0 to {MAX_TS}")
+    return int(t)
 
 
 # -- fetching ---------------------------------------------------------------------------
@@ -199,7 +225,8 @@ class MarketListing:
 
 
 def fetch_markets(
-    get: GetJson, *, gamma_url: str, max_markets: int, page_size: int, order: str | None
+    get: GetJson, *, gamma_url: str, max_markets: int, page_size: int, order: str | None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> MarketListing:
     """Open markets, page by page (limit/offset) until a short page or ``max_markets``."""
     url = f"{gamma_url}/markets"
@@ -213,7 +240,7 @@ def fetch_markets(
         if order:
             params.update(order=order, ascending="false")
         try:
-            page = get(url, params)
+            page = get(url, params, deadline)
         except FetchFailed as exc:
             listing.errors.append({**exc.entry, "offset": taken})
             break
@@ -239,10 +266,12 @@ def fetch_markets(
 
 
 def fetch_history(
-    get: GetJson, *, clob_url: str, token_id: str, interval: str
-) -> list[tuple[int, float]]:
+    get: GetJson, *, clob_url: str, token_id: str, interval: str,
+    deadline: Deadline = NO_DEADLINE,
+) -> History:
     url = f"{clob_url}/prices-history"
-    body = get(url, {"market": token_id, "interval": interval, "fidelity": HOURLY_FIDELITY_MIN})
+    body = get(url, {"market": token_id, "interval": interval, "fidelity": HOURLY_FIDELITY_MIN},
+               deadline)
     try:
         return decode_history(body)
     except ValueError as exc:
@@ -267,7 +296,7 @@ class PolymarketProducer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.get = get or json_getter(retrying_session(config.http), config.http.timeout)
+        self.get = get or json_getter(retrying_session(config.http), config.http)
         self.last_sent: RecentMap[str, int] = RecentMap(config.token_capacity)
         self._clock = clock
 
@@ -279,6 +308,7 @@ class PolymarketProducer:
             max_markets=cfg.max_markets,
             page_size=cfg.page_size,
             order=cfg.order,
+            deadline=deadline,
         )
         log.info("markets.listed", markets=len(listing.markets), pages=listing.pages,
                  errors=len(listing.errors))
@@ -293,7 +323,7 @@ class PolymarketProducer:
                     "its timeout",
                 ))
                 break
-            points, source = self._points(outcome, batch=batch, log=log)
+            points, source = self._points(outcome, batch=batch, log=log, deadline=deadline)
             batch.fetched += len(points)
             last = self.last_sent.get(outcome.token_id)
             for t, price in points:
@@ -335,20 +365,28 @@ class PolymarketProducer:
         return batch
 
     def _points(
-        self, outcome: Outcome, *, batch: Batch, log: JsonLog
+        self, outcome: Outcome, *, batch: Batch, log: JsonLog, deadline: Deadline
     ) -> tuple[list[tuple[int, float]], str]:
         try:
-            points = fetch_history(
+            history = fetch_history(
                 self.get,
                 clob_url=self.config.clob_url,
                 token_id=outcome.token_id,
                 interval=self.config.history_interval,
+                deadline=deadline,
             )
         except FetchFailed as exc:
             entry = {**exc.entry, "token_id": outcome.token_id}
             batch.errors.append(entry)
             log.warning("history.failed", **entry)
             return [], SOURCE_HISTORY
+        points = history.points
+        if history.skipped:
+            entry = error_entry(f"{self.config.clob_url}/prices-history", "bad_point",
+                                history.skipped[0], token_id=outcome.token_id,
+                                points=len(history.skipped))
+            batch.errors.append(entry)
+            log.warning("history.points_skipped", **entry)
         if points or outcome.price is None:
             return points, SOURCE_HISTORY
         return [(hour_start(self._clock()), outcome.price)], SOURCE_GAMMA

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
@@ -130,6 +131,10 @@ class HttpSettings:
 
     connect_timeout_s: float = 3.05
     read_timeout_s: float = 10.0
+    # The whole body of one response must arrive within this (and before the invocation's
+    # deadline): a read timeout is per read, so a server dripping a byte at a time would
+    # otherwise hold the run past its invocation.
+    body_timeout_s: float = 20.0
     max_retries: int = 3
     backoff_s: float = 0.5
     retry_after_max_s: int = 30
@@ -140,8 +145,9 @@ class HttpSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], prefix: str) -> HttpSettings:
-        """``<prefix>CONNECT_TIMEOUT_S``, ``READ_TIMEOUT_S``, ``MAX_RETRIES``, ``BACKOFF_S``,
-        ``RETRY_AFTER_MAX_S``: each producer is tuned on its own."""
+        """``<prefix>CONNECT_TIMEOUT_S``, ``READ_TIMEOUT_S``, ``BODY_TIMEOUT_S``,
+        ``MAX_RETRIES``, ``BACKOFF_S``, ``RETRY_AFTER_MAX_S``: each producer is tuned on its
+        own."""
         d = cls()
         return cls(
             connect_timeout_s=env_float(
@@ -149,6 +155,9 @@ class HttpSettings:
             ),
             read_timeout_s=env_float(
                 env, f"{prefix}READ_TIMEOUT_S", d.read_timeout_s, minimum=0.001
+            ),
+            body_timeout_s=env_float(
+                env, f"{prefix}BODY_TIMEOUT_S", d.body_timeout_s, minimum=0.001
             ),
             max_retries=env_int(env, f"{prefix}MAX_RETRIES", d.max_retries, minimum=0, maximum=10),
             backoff_s=env_float(env, f"{prefix}BACKOFF_S", d.backoff_s, minimum=0.0),
@@ -212,14 +221,15 @@ class FetchFailed(Exception):
         self.entry = entry
 
 
-# GET url?params -> decoded JSON, or FetchFailed. The producers take one so tests can
-# serve recorded pages without a socket; in Lambda it is ``json_getter(session, timeout)``.
-GetJson = Callable[[str, Mapping[str, "str | int"]], Any]
+# GET url?params -> decoded JSON, or FetchFailed; the whole answer within the deadline. The
+# producers take one so tests can serve recorded pages without a socket; in Lambda it is
+# ``json_getter(session, settings)``.
+GetJson = Callable[[str, Mapping[str, "str | int"], "Deadline"], Any]
 
 
-def json_getter(session: requests.Session, timeout: tuple[float, float]) -> GetJson:
-    def get(url: str, params: Mapping[str, str | int]) -> Any:
-        return get_json(session, url, params=params, timeout=timeout)
+def json_getter(session: requests.Session, settings: HttpSettings) -> GetJson:
+    def get(url: str, params: Mapping[str, str | int], deadline: Deadline) -> Any:
+        return get_json(session, url, params=params, settings=settings, deadline=deadline)
 
     return get
 
@@ -229,21 +239,85 @@ def get_json(
     url: str,
     *,
     params: Mapping[str, str | int],
-    timeout: tuple[float, float],
+    settings: HttpSettings,
+    deadline: Deadline,
 ) -> Any:
     """The decoded JSON body of a 200, or FetchFailed saying what went wrong."""
+    until = body_until(settings, deadline)
     try:
-        response = session.get(
-            url, params=params, headers={"Accept": "application/json"}, timeout=timeout
-        )
+        with session.get(url, params=params, headers={"Accept": "application/json"},
+                         timeout=request_timeout(settings, until, deadline.clock),
+                         stream=True) as response:
+            if response.status_code != 200:
+                raise FetchFailed(status_error(url, response))
+            body = read_body(response, source=url, settings=settings, until=until,
+                             clock=deadline.clock)
     except requests.RequestException as exc:
         raise FetchFailed(http_error(url, exc)) from exc
-    if response.status_code != 200:
-        raise FetchFailed(status_error(url, response))
     try:
-        return response.json()
-    except ValueError as exc:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
         raise FetchFailed(error_entry(url, "malformed", f"the body is not JSON: {exc}")) from exc
+
+
+_CHUNK = 64 * 1024
+
+
+def _late(source: str, received: int) -> dict[str, Any]:
+    return error_entry(source, "deadline",
+                       f"the body did not arrive in time ({received} bytes in; the limit is "
+                       "BODY_TIMEOUT_S and the invocation's remaining time)")
+
+
+def body_until(settings: HttpSettings, deadline: Deadline) -> float:
+    """When (``deadline.clock``) a response's whole body must have arrived: the per-fetch
+    body timeout, never past the invocation's deadline."""
+    own = deadline.clock() + settings.body_timeout_s
+    return own if deadline.at is None else min(own, deadline.at)
+
+
+def request_timeout(settings: HttpSettings, until: float,
+                    clock: Callable[[], float]) -> tuple[float, float]:
+    """requests' (connect, read) timeouts, neither longer than the time left until ``until``."""
+    left = max(0.001, until - clock())
+    return (min(settings.connect_timeout_s, left), min(settings.read_timeout_s, left))
+
+
+def read_body(
+    response: requests.Response,
+    *,
+    source: str,
+    settings: HttpSettings,
+    until: float,
+    clock: Callable[[], float],
+    max_bytes: int | None = None,
+    too_large: str = "",
+) -> bytes:
+    """The whole body by ``until``, or FetchFailed (``deadline``; ``too_large`` past
+    ``max_bytes``). Reads what has arrived (``read1``), never waits to fill a chunk, and
+    shortens the socket's read timeout to the time left, so a drip or a stall ends on time."""
+    body = bytearray()
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    while True:
+        left = until - clock()
+        if left <= 0:
+            raise FetchFailed(_late(source, len(body)))
+        if sock is not None:
+            sock.settimeout(min(settings.read_timeout_s, left))
+        try:
+            chunk = response.raw.read1(_CHUNK, decode_content=True)
+        except urllib3.exceptions.HTTPError as exc:  # what requests' iter_content would wrap
+            if clock() >= until:
+                raise FetchFailed(_late(source, len(body))) from exc
+            kind = ("timeout" if isinstance(exc, urllib3.exceptions.TimeoutError)
+                    else "connection")
+            raise FetchFailed(error_entry(source, kind, f"{type(exc).__name__}: {exc}")) from exc
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if max_bytes is not None and len(body) > max_bytes:
+            raise FetchFailed(error_entry(source, "too_large", too_large or
+                                          f"the body is over {max_bytes} bytes"))
 
 
 # -- time -------------------------------------------------------------------------------
@@ -299,6 +373,16 @@ class RecentMap(Generic[K, V]):
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def put_run(self, items: Sequence[tuple[K, V]]) -> None:
+        """Write one run's items (the last most recent). Past ``capacity`` only older runs'
+        keys are forgotten: a run larger than the capacity is kept whole until the next."""
+        for key, value in items:
+            self._items[key] = value
+            self._items.move_to_end(key)
+        keep = max(self.capacity, len(items))
+        while len(self._items) > keep:
             self._items.popitem(last=False)
 
     def get(self, key: K) -> V | None:

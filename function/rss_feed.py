@@ -20,8 +20,11 @@ Per run, each configured feed is fetched with a conditional GET (``If-None-Match
   ``RSS_STATE_PATH``). A cold start sends a feed's current entries again: delivery is
   at-least-once, so consumers de-duplicate by key.
 
-A feed that times out, answers an error status or is not a feed is reported in the run's
-``errors`` and the other feeds carry on.
+A feed that times out (its whole body must arrive within ``RSS_BODY_TIMEOUT_S`` and the
+invocation's remaining time), answers an error status or is not a feed is reported in the
+run's ``errors`` and the other feeds carry on; so is an entry that cannot be normalised
+(skipped), and a run that saw more entries than ``RSS_DEDUPE_CAPACITY`` (all of its entries
+are remembered anyway: the capacity only ever forgets older runs' entries).
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ from producer_common import (
     Batch,
     ConfigError,
     Deadline,
+    FetchFailed,
     HttpSettings,
     JsonLog,
     RecentMap,
+    body_until,
     check_url,
     env_bool,
     env_int,
@@ -59,6 +64,8 @@ from producer_common import (
     error_entry,
     http_error,
     iso_utc,
+    read_body,
+    request_timeout,
     retrying_session,
     status_error,
 )
@@ -69,7 +76,6 @@ FEED_ACCEPT = (
 )
 _DATE_FIELDS = ("published_parsed", "updated_parsed", "created_parsed")
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-_CHUNK = 64 * 1024
 STATE_VERSION = 1
 
 
@@ -229,6 +235,7 @@ def normalise_entry(
 class ParsedFeed:
     items: list[Item]
     warning: str | None = None  # feedparser's complaint about a feed it could still read
+    skipped: tuple[str, ...] = ()  # why each entry that could not be normalised was left out
 
 
 def parse_feed(
@@ -252,13 +259,16 @@ def parse_feed(
         raise FeedError(f"not a well-formed feed: {type(problem).__name__}: {problem}")
     if not entries and not parsed.get("version"):
         raise FeedError("the response is neither RSS nor Atom")
-    items = [
-        normalise_entry(
-            entry, source=source, fetched_at=fetched_at, summary_max_chars=summary_max_chars
-        )
-        for entry in entries
-    ]
-    return ParsedFeed(items, None if problem is None else f"{type(problem).__name__}: {problem}")
+    items = []
+    skipped = []
+    for index, entry in enumerate(entries):
+        try:
+            items.append(normalise_entry(entry, source=source, fetched_at=fetched_at,
+                                         summary_max_chars=summary_max_chars))
+        except Exception as exc:  # one odd entry must not cost the feed its other entries
+            skipped.append(f"entry {index}: {type(exc).__name__}: {exc}")
+    return ParsedFeed(items, None if problem is None else f"{type(problem).__name__}: {problem}",
+                      tuple(skipped))
 
 
 # -- fetching ---------------------------------------------------------------------------
@@ -299,30 +309,31 @@ def fetch_feed(
     url: str,
     *,
     validators: Validators | None,
-    timeout: tuple[float, float],
+    settings: HttpSettings,
     max_bytes: int,
+    deadline: Deadline = NO_DEADLINE,
 ) -> FeedResponse:
     headers = {"Accept": FEED_ACCEPT, **(validators or Validators()).request_headers()}
+    until = body_until(settings, deadline)
     try:
-        with session.get(url, headers=headers, timeout=timeout, stream=True) as response:
+        with session.get(url, headers=headers, stream=True,
+                         timeout=request_timeout(settings, until, deadline.clock)) as response:
             if response.status_code == 304:
                 return FeedResponse(url, not_modified=True)
             if not response.ok:
                 return FeedResponse(url, error=status_error(url, response))
-            body = bytearray()
-            for chunk in response.iter_content(_CHUNK):
-                body += chunk
-                if len(body) > max_bytes:
-                    return FeedResponse(url, error=error_entry(
-                        url, "too_large",
-                        f"the feed is over {max_bytes} bytes: raise RSS_MAX_FEED_BYTES to take it",
-                    ))
+            body = read_body(response, source=url, settings=settings, until=until,
+                             clock=deadline.clock, max_bytes=max_bytes,
+                             too_large=f"the feed is over {max_bytes} bytes: raise "
+                                       "RSS_MAX_FEED_BYTES to take it")
             return FeedResponse(
                 url,
-                body=bytes(body),
+                body=body,
                 content_type=response.headers.get("Content-Type"),
                 validators=Validators.from_headers(response.headers),
             )
+    except FetchFailed as exc:
+        return FeedResponse(url, error=exc.entry)
     except requests.RequestException as exc:
         return FeedResponse(url, error=http_error(url, exc))
 
@@ -397,19 +408,21 @@ def load_state(config: RssConfig, log: JsonLog) -> RssState:
 # -- one run ----------------------------------------------------------------------------
 
 
-# (feed URL, validators of the last 200) -> the response. The producer takes one so tests
-# can serve recorded feeds without a socket; in Lambda it is ``feed_fetcher(session, config)``.
-FeedFetcher = Callable[[str, "Validators | None"], FeedResponse]
+# (feed URL, validators of the last 200, the run's deadline) -> the response. The producer
+# takes one so tests can serve recorded feeds without a socket; in Lambda it is
+# ``feed_fetcher(session, config)``.
+FeedFetcher = Callable[[str, "Validators | None", Deadline], FeedResponse]
 
 
 def feed_fetcher(session: requests.Session, config: RssConfig) -> FeedFetcher:
-    def fetch(url: str, validators: Validators | None) -> FeedResponse:
+    def fetch(url: str, validators: Validators | None, deadline: Deadline) -> FeedResponse:
         return fetch_feed(
             session,
             url,
             validators=validators,
-            timeout=config.http.timeout,
+            settings=config.http,
             max_bytes=config.max_feed_bytes,
+            deadline=deadline,
         )
 
     return fetch
@@ -444,7 +457,8 @@ class RssProducer:
                     url, "deadline", "not fetched: the invocation is close to its timeout"
                 ))
                 continue
-            fetched = self._fetch(url, batch=batch, fetched_at=fetched_at, log=log)
+            fetched = self._fetch(url, batch=batch, fetched_at=fetched_at, log=log,
+                                  deadline=deadline)
             if fetched is None:
                 continue
             items, new_validators[url] = fetched
@@ -461,6 +475,14 @@ class RssProducer:
                     new += 1
                 sightings[ident] = None
             log.info("feed.fetched", source=url, entries=len(items), new=new)
+        capacity = self.config.dedupe_capacity
+        if len(sightings) > capacity:
+            batch.errors.append(error_entry(
+                "rss", "dedupe_capacity",
+                f"this run saw {len(sightings)} entries, more than RSS_DEDUPE_CAPACITY="
+                f"{capacity}: all are remembered until the next run, but raise "
+                "RSS_DEDUPE_CAPACITY above the entries of all feeds together",
+                entries=len(sightings)))
 
         def commit(accepted: Sequence[bool] | None = None, /) -> None:
             lost = set() if accepted is None else {
@@ -470,10 +492,10 @@ class RssProducer:
             lost_feeds = {url for url, _ in lost}
             self.state.validators.update(
                 {url: v for url, v in new_validators.items() if url not in lost_feeds})
-            # Re-sighted entries are refreshed too, so items still in a feed stay remembered.
-            for ident in reversed(sightings):
-                if ident not in lost:
-                    self.state.seen.put(ident, None)
+            # Re-sighted entries are refreshed too, so items still in a feed stay remembered;
+            # none of this run's is forgotten for another of its own (only older runs').
+            self.state.seen.put_run([(ident, None) for ident in reversed(sightings)
+                                     if ident not in lost])
             if self.config.state_path is not None:
                 try:
                     self.state.write(self.config.state_path)
@@ -485,9 +507,9 @@ class RssProducer:
         return batch
 
     def _fetch(
-        self, url: str, *, batch: Batch, fetched_at: str, log: JsonLog
+        self, url: str, *, batch: Batch, fetched_at: str, log: JsonLog, deadline: Deadline
     ) -> tuple[list[Item], Validators] | None:
-        response = self.fetch(url, self.state.validators.get(url))
+        response = self.fetch(url, self.state.validators.get(url), deadline)
         if response.error is not None:
             batch.errors.append(response.error)
             log.warning("feed.failed", **response.error)
@@ -511,5 +533,9 @@ class RssProducer:
         if parsed.warning:
             log.warning("feed.partly_malformed", source=url, error=parsed.warning,
                         entries=len(parsed.items))
+        if parsed.skipped:
+            error = error_entry(url, "bad_item", parsed.skipped[0], items=len(parsed.skipped))
+            batch.errors.append(error)
+            log.warning("feed.items_skipped", **error)
         batch.fetched += len(parsed.items)
         return parsed.items, response.validators

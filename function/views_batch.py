@@ -1,12 +1,13 @@
 """Batch layer: archive records to S3 as typed rows, and close hour and day views from S3.
 
 ``views_batch.archive_handler`` (a second Kafka event source mapping on the same topics,
-its own consumer group) decodes each record and lands it as one flat JSON object per line
-(price: ``market_id, token_id, outcome, question, price`` as exact decimal text, ``ts``;
-feed item: ``source, guid, hour, counted``; both: ``topic, partition, offset,
-timestamp_ms, relay_id``), split by the minute the record happened in, Hive-style::
+its own consumer group) decodes each record into a typed row (price: ``market_id,
+token_id, outcome, question``, ``price`` as ``views_sql.PRICE_TYPE``, an exact decimal,
+``ts``; feed item: ``source, guid, fetched_hour, counted``; both: ``topic, partition,
+offset, timestamp_ms, relay_id``) and lands the rows as Parquet (written by DuckDB), split
+by the minute the record happened in, Hive-style::
 
-    archive/topic=<t>/dt=YYYY-MM-DD/hour=HH/minute=MM/<partition>-<firstOffset>-<lastOffset>.ndjson
+    archive/topic=<t>/dt=YYYY-MM-DD/hour=HH/minute=MM/<partition>-<firstOffset>-<lastOffset>.parquet
 
 Names are deterministic, so a redelivered batch overwrites its object; a batch redelivered
 with other boundaries overlaps an older object, which the views tolerate (rows are
@@ -15,6 +16,8 @@ that does not decode is quarantined under ``failures/poison/`` instead. A feed i
 claimed by the first record of it the archive sees (``views_state``); its resends carry
 ``counted: false``, so an item counts once across hours, as in the speed layer. Every hour
 written is marked dirty; the archive's progress per topic-partition is recorded.
+Objects of the JSON-lines archive that came before (``.ndjson``, one row per line) are
+still read.
 
 ``views_batch.close_handler`` (an hourly EventBridge schedule) closes hours: every dirty
 hour, and every hour in the last ``VIEWS_SWEEP_HOURS`` without a view (a missed or failed
@@ -22,7 +25,8 @@ run), whose end is ``VIEWS_LATENESS_HOURS`` behind **and** which the archive has
 past (``views_state.covered``; an hour the speed layer counted late records for waits until
 the archive has reached them). Hours that cannot close yet stay dirty and are served from
 the speed layer. Each closed hour is written as one row per market and token, and its
-day is rewritten from its 24 hour views once all are closed, so hour and day agree::
+day is rewritten from its 24 hour views once all are closed, so hour and day agree. An
+hour's view is ``views_sql``'s SQL run by DuckDB over the hour's archive objects::
 
     views/prices_hour/dt=D/hour=HH/view.ndjson   views/feeds_hour/dt=D/hour=HH/view.ndjson
     views/prices_day/dt=D/view.ndjson            views/feeds_day/dt=D/view.ndjson
@@ -39,21 +43,18 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 from views_event import KafkaRecord, parse_event
 from views_model import (
-    Decoded,
     FeedItem,
     PeriodViews,
     PoisonRecord,
-    PricePoint,
     ViewsConfig,
-    compute_views,
     decode_feed_item,
     decode_price,
     event_time,
@@ -68,10 +69,10 @@ from views_model import (
     price_row,
 )
 from views_speed import Quarantine, aggregate_from_item, log_json
+from views_sql import UnreadableArchive, engine
 from views_state import Metrics, ViewsState, covered
 
 ARCHIVE = "archive"
-Row = TypeVar("Row", PricePoint, FeedItem)
 
 
 def hour_view_keys(hour: str) -> tuple[str, str]:
@@ -94,12 +95,6 @@ class Archived:
     keys: list[str] = field(default_factory=list)
     hours: set[str] = field(default_factory=set)
     poison: int = 0
-
-
-@dataclass
-class HourRows:
-    decoded: Decoded
-    bad_lines: int = 0
 
 
 @dataclass
@@ -145,12 +140,15 @@ class BatchLayer:
             done.hours.add(hour_of(moment))
             groups.setdefault((record.topic, record.partition, minute), []).append(
                 (record, row))
-        for (topic, partition, minute), rows in sorted(groups.items()):
-            key = (f"{ARCHIVE}/topic={topic}/{minute}/"
-                   f"{partition}-{rows[0][0].offset}-{rows[-1][0].offset}.ndjson")
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=ndjson(r for _, r in rows),
-                               ContentType="application/x-ndjson")
-            done.keys.append(key)
+        with engine() as sql:
+            for (topic, partition, minute), rows in sorted(groups.items()):
+                key = (f"{ARCHIVE}/topic={topic}/{minute}/"
+                       f"{partition}-{rows[0][0].offset}-{rows[-1][0].offset}.parquet")
+                table = "archive_prices" if topic == self.config.price_topic else "archive_feeds"
+                self.s3.put_object(Bucket=self.bucket, Key=key,
+                                   Body=sql.parquet(table, [r for _, r in rows]),
+                                   ContentType="application/vnd.apache.parquet")
+                done.keys.append(key)
         for hour in sorted(done.hours):
             self.state.mark_dirty(hour)
         newest: dict[str, KafkaRecord] = {}
@@ -176,42 +174,48 @@ class BatchLayer:
         except self.s3.exceptions.NoSuchKey:
             return None
 
-    def _lines(self, topic: str, hour: str) -> Iterator[tuple[str, int, bytes]]:
-        moment = parse_hour(hour)
-        prefix = f"{ARCHIVE}/topic={topic}/dt={moment:%Y-%m-%d}/hour={moment:%H}/"
-        for key in sorted(self._keys(prefix)):
-            for number, line in enumerate((self._get(key) or b"").splitlines(), 1):
-                yield key, number, line
-
-    def _parsed(self, topic: str, hour: str, parse: Callable[[Any], Row]
-                ) -> tuple[dict[tuple[int, int], Row], int]:
-        """The rows of one topic's hour once per (partition, offset), and how many lines
-        could not be read (each quarantined)."""
-        rows: dict[tuple[int, int], Row] = {}
+    def _legacy_rows(self, key: str, body: bytes, check: Callable[[Any], object]
+                     ) -> tuple[list[dict[str, Any]], int]:
+        """The rows of a JSON-lines archive object (the archive's format before Parquet)
+        and how many lines could not be read (each quarantined)."""
+        rows: list[dict[str, Any]] = []
         bad = 0
-        for key, number, line in self._lines(topic, hour):
+        for number, line in enumerate(body.splitlines(), 1):
             try:
-                row = parse(json.loads(line))
+                row = json.loads(line)
+                check(row)
             except (ValueError, PoisonRecord) as exc:
                 self.quarantine.put_line(key, number, line, str(exc))
                 bad += 1
                 continue
-            rows.setdefault(row.order, row)
+            rows.append(row)
         return rows, bad
 
-    def rows(self, hour: str) -> HourRows:
-        """Every archived price and feed row of event hour ``hour``, once per
-        topic-partition-offset. A line that cannot be read is quarantined and skipped."""
-        prices, bad_prices = self._parsed(self.config.price_topic, hour, point_from_row)
-        feeds, bad_feeds = self._parsed(self.config.rss_topic, hour, item_from_row)
-        return HourRows(Decoded(list(prices.values()), list(feeds.values()), []),
-                        bad_prices + bad_feeds)
-
     def compute_hour(self, hour: str) -> tuple[PeriodViews, int]:
-        """The hour's view and the number of archive lines that could not be read."""
-        found = self.rows(hour)
-        views = compute_views(found.decoded, period="hour")
-        return views.get(hour, PeriodViews.empty()), found.bad_lines
+        """The hour's view, by DuckDB over the hour's archive objects, and the number of
+        objects (or, in JSON-lines objects, lines) that could not be read: each is
+        quarantined and skipped."""
+        moment = parse_hour(hour)
+        where = f"dt={moment:%Y-%m-%d}/hour={moment:%H}/"
+        bad = 0
+        with engine() as sql:
+            for topic, table, check in (
+                    (self.config.price_topic, "archive_prices", point_from_row),
+                    (self.config.rss_topic, "archive_feeds", item_from_row)):
+                for key in sorted(self._keys(f"{ARCHIVE}/topic={topic}/{where}")):
+                    body = self._get(key) or b""
+                    if key.endswith(".ndjson"):
+                        rows, unread = self._legacy_rows(key, body, check)
+                        sql.add_rows(table, rows)
+                        bad += unread
+                        continue
+                    try:
+                        sql.add_object(table, body)
+                    except UnreadableArchive as exc:
+                        self.quarantine.put_object(key, body, str(exc))
+                        bad += 1
+            views = sql.views("hour")
+        return views.get(hour, PeriodViews.empty()), bad
 
     def _read_view(self, keys: tuple[str, str]) -> PeriodViews | None:
         prices = self._get(keys[0])

@@ -246,6 +246,14 @@ class Quarantine:
                                  "text": line.decode("utf-8", "replace")},
                                 sort_keys=True).encode())
 
+    def put_object(self, key: str, body: bytes, reason: str) -> None:
+        """An archive object the close cannot read (truncated Parquet, other columns): a
+        copy kept under ``failures/archive/`` and logged, so the hour still closes."""
+        self.log({"event": "views.bad_archive_object", "object": key, "reason": reason})
+        if self.bucket:
+            self.s3.put_object(Bucket=self.bucket, Key=f"failures/archive/{key}", Body=body,
+                               Metadata={"reason": ascii(reason[:1024])})
+
 
 @dataclass
 class Outcome:

@@ -13,7 +13,12 @@ Layer ``kafka-relay-layer-<arch>.zip`` (unpacks to /opt in Lambda)::
                                  botocore come with the Lambda Python runtime)
 
 Function zip ``producer-functions.zip``: ``function/*.py`` at the top and the
-pure-Python wheels they need. Both are reproducible (see ``zipper``) and
+pure-Python wheels they need.
+
+Views zip ``views-functions.zip``: ``function/views_*.py`` at the top and DuckDB
+(``function/requirements-views.txt``) from its manylinux wheel, for the first ``--arch``
+and the oldest ``--python-version`` (DuckDB's extension module is 67 MB unpacked: one copy,
+so it stays apart from the producers' zip). All are reproducible (see ``zipper``) and
 described in ``manifest.json``.
 """
 
@@ -36,6 +41,7 @@ from layer_build.limits import LAYER_GOAL_ZIPPED, check_combined, check_size
 from layer_build.manifest import (
     FUNCTION_ARCH,
     FUNCTION_FILE_NAME,
+    VIEWS_FILE_NAME,
     Artifact,
     Manifest,
     layer_file_name,
@@ -64,6 +70,8 @@ PACKAGE = "extension/kafka_relay"
 LAYER_PINS = "extension/requirements.txt"
 FUNCTION_DIR = "function"
 FUNCTION_PINS = "function/requirements.txt"
+VIEWS_PINS = "function/requirements-views.txt"
+VIEWS_SOURCES = "views_*.py"
 CONSTRAINTS = "constraints.txt"
 #: In --out with --reuse: the digest of what the artifacts there were built from.
 INPUTS_DIGEST = "inputs.sha256"
@@ -153,10 +161,10 @@ def source_version(root: Path) -> str:
     return found[1]
 
 
-def add_function_sources(root: Path, tree: FileTree) -> None:
+def add_function_sources(root: Path, tree: FileTree, pattern: str = "*.py") -> None:
     sources = [
         path
-        for path in sorted((root / FUNCTION_DIR).glob("*.py"))
+        for path in sorted((root / FUNCTION_DIR).glob(pattern))
         if not path.name.startswith("test_")
     ]
     if not sources:
@@ -199,6 +207,16 @@ class Builder:
             wheels, wheelhouse=self.config.wheelhouse, pip=self.config.pip, log=self.log
         )
 
+    def _unpack(self, wheels: WheelSet, tree: FileTree, *, prefix: str,
+                names: list[str], floors: list[tuple[int, int]]) -> None:
+        """Unpack ``wheels`` into ``tree``; note their names and glibc floors."""
+        for wheel in self._wheels(wheels):
+            unpack_wheel(wheel, tree, prefix=prefix)
+            names.append(wheel.name)
+            floor = wheel_glibc(wheel.name)
+            if floor is not None:
+                floors.append(floor)
+
     def layer(self, arch_name: str) -> Artifact:
         target = arch(arch_name)
         root = self.config.root
@@ -220,12 +238,7 @@ class Builder:
                 python_version=version,
                 implementation="cp",
             )
-            for wheel in self._wheels(wheels):
-                unpack_wheel(wheel, tree, prefix="python/")
-                wheel_names.append(wheel.name)
-                floor = wheel_glibc(wheel.name)
-                if floor is not None:
-                    floors.append(floor)
+            self._unpack(wheels, tree, prefix="python/", names=wheel_names, floors=floors)
         drop_unused_subpackages(tree)
         self._bytecode(tree)
         name = layer_file_name(target.name)
@@ -288,12 +301,42 @@ class Builder:
             goal=None,
         )
 
+    def views(self) -> Artifact:
+        """The views functions' zip: their modules and DuckDB's binary wheel for one
+        architecture and Python version (the runtime the views are deployed with)."""
+        root = self.config.root
+        target = arch(self.config.arches[0])
+        python = _oldest(self.config.python_versions)
+        tree = FileTree()
+        add_function_sources(root, tree, VIEWS_SOURCES)
+        wheels = WheelSet(
+            label=f"views-{target.name}",
+            pins=read_pins(root / VIEWS_PINS),
+            platforms=target.pip_platforms,
+            python_version=python,
+            implementation="cp",
+        )
+        wheel_names: list[str] = []
+        floors: list[tuple[int, int]] = []
+        self._unpack(wheels, tree, prefix="", names=wheel_names, floors=floors)
+        check_binaries(tree, target, VIEWS_FILE_NAME)
+        return self._write(
+            tree,
+            name=VIEWS_FILE_NAME,
+            kind="views",
+            arch_name=target.name,
+            python_versions=(python,),
+            wheel_names=wheel_names,
+            glibc=max(floors) if floors else None,
+            goal=None,
+        )
+
     def _write(
         self,
         tree: FileTree,
         *,
         name: str,
-        kind: Literal["layer", "function"],
+        kind: Literal["layer", "function", "views"],
         arch_name: str,
         python_versions: tuple[str, ...],
         wheel_names: list[str],
@@ -342,13 +385,15 @@ class Builder:
             check_combined(
                 (function.file, layer.file), function.unzipped_bytes + layer.unzipped_bytes
             )
+        views = self.views()
         manifest = Manifest(
             source_date_epoch=config.epoch,
             pins={
                 LAYER_PINS: read_pins(config.root / LAYER_PINS),
                 FUNCTION_PINS: read_pins(config.root / FUNCTION_PINS),
+                VIEWS_PINS: read_pins(config.root / VIEWS_PINS),
             },
-            artifacts=(*layers, function),
+            artifacts=(*layers, function, views),
         )
         path = manifest.write(config.out)
         self.log(f"wrote {path}")
@@ -398,7 +443,8 @@ def build(config: BuildConfig, *, log: Log = say) -> Manifest:
 def parse_args(argv: Sequence[str] | None) -> BuildConfig:
     parser = argparse.ArgumentParser(
         prog="python -m layer_build.build",
-        description="Build the kafka-relay layer zips and the producer functions' zip.",
+        description="Build the kafka-relay layer zips, the producer functions' zip and the "
+        "views functions' zip.",
     )
     parser.add_argument(
         "--arch", nargs="+", action="extend", choices=list(ARCHES),

@@ -12,7 +12,9 @@ differs; ``--dry-run`` only reads):
 * S3 bucket ``<prefix>-views-<account>-<region>`` (archive, views, failures) with
   lifecycle rules: ``failures/`` and the mappings' ``aws/lambda/`` batches expire after
   ``--failures-days``, ``archive/`` after ``--archive-days`` when set;
-* four functions from ``dist/producer-functions.zip`` (no layer: they consume):
+* four functions from ``dist/views-functions.zip`` (the views modules and DuckDB, built
+  for x86_64 and the oldest Python of the build; no layer: they consume), refused when the
+  build's manifest says the zip cannot run on ``--runtime``:
   ``views-speed`` (``views_speed.handler``), ``views-archive``
   (``views_batch.archive_handler``), ``views-close`` (``views_batch.close_handler``,
   EventBridge ``rate(1 hour)``) and ``views-serve`` (``views_serve.handler``), each with
@@ -43,6 +45,7 @@ from kafka_relay.tools.cli import run_cli
 from layer_build.build import REPO_ROOT
 from layer_build.deploy import Change, _document, _error_code, b64_sha256, say
 from layer_build.errors import DeployError, LayerBuildError
+from layer_build.manifest import MANIFEST_NAME, VIEWS_FILE_NAME, Manifest
 from layer_build.plan import DEFAULT_PREFIX, DEFAULT_RUNTIME, Account, trust_policy
 
 TOPICS = ("polymarket.price_hourly", "rss.events")
@@ -58,7 +61,7 @@ class ViewsOptions:
     prefix: str = DEFAULT_PREFIX
     region: str | None = None
     runtime: str = DEFAULT_RUNTIME
-    function_zip: Path = REPO_ROOT / "dist" / "producer-functions.zip"
+    function_zip: Path = REPO_ROOT / "dist" / VIEWS_FILE_NAME
     topics: tuple[str, ...] = TOPICS
     batch_size: int = 100
     window_s: int = 1
@@ -78,14 +81,32 @@ class ViewsFunction:
     short: str  # speed | archive | close | serve
     handler: str
     consumes: bool
+    memory_mb: int = 256  # DuckDB's users get more: its library alone maps ~70 MB
 
 
 FUNCTIONS = (
     ViewsFunction("speed", "views_speed.handler", consumes=True),
-    ViewsFunction("archive", "views_batch.archive_handler", consumes=True),
-    ViewsFunction("close", "views_batch.close_handler", consumes=False),
+    ViewsFunction("archive", "views_batch.archive_handler", consumes=True, memory_mb=512),
+    ViewsFunction("close", "views_batch.close_handler", consumes=False, memory_mb=512),
     ViewsFunction("serve", "views_serve.handler", consumes=False),
 )
+
+
+def check_zip_runtime(options: ViewsOptions) -> None:
+    """A views zip carries DuckDB's extension module for one Python: refuse a runtime its
+    build's manifest (next to it, when there is one) does not list."""
+    if not (options.function_zip.parent / MANIFEST_NAME).is_file():
+        return
+    manifest = Manifest.load(options.function_zip.parent)
+    for artifact in manifest.artifacts:
+        if artifact.file == options.function_zip.name and artifact.kind == "views" and (
+                options.runtime not in artifact.compatible_runtimes):
+            raise DeployError(
+                f"{options.function_zip} was built for "
+                f"{', '.join(artifact.compatible_runtimes) or 'no Lambda runtime'}, not "
+                f"--runtime {options.runtime}: build it with ./build.sh build "
+                f"--python-version {options.runtime.removeprefix('python')}, or pass "
+                f"--runtime {' or '.join(artifact.compatible_runtimes) or 'python3.12'}")
 
 
 def table_name(prefix: str) -> str:
@@ -259,6 +280,7 @@ class ViewsDeployer:
         check_retention(options)
         if not options.function_zip.is_file():
             raise DeployError(f"{options.function_zip} is missing: run ./build.sh build")
+        check_zip_runtime(options)
         self.options = options
         self.log = log
         region = options.region or session.region_name
@@ -386,7 +408,7 @@ class ViewsDeployer:
                "VIEWS_PARTIAL_BATCH_RESPONSE": "true" if self.options.pollers else "false"}
         wanted = {"FunctionName": name, "Runtime": self.options.runtime, "Role": role_arn,
                   "Handler": fn.handler, "Timeout": 60 if fn.consumes else 300,
-                  "MemorySize": 256, "Environment": {"Variables": env}}
+                  "MemorySize": fn.memory_mb, "Environment": {"Variables": env}}
         try:
             current = lam.get_function(FunctionName=name)["Configuration"]
         except ClientError as exc:
@@ -470,7 +492,8 @@ def parse_args(argv: Sequence[str] | None) -> ViewsOptions:
     parser.add_argument("--region")
     parser.add_argument("--runtime", default=DEFAULT_RUNTIME)
     parser.add_argument("--function-zip", type=Path,
-                        default=REPO_ROOT / "dist" / "producer-functions.zip")
+                        default=REPO_ROOT / "dist" / VIEWS_FILE_NAME,
+                        help="the views functions' zip (default: dist/views-functions.zip)")
     parser.add_argument("--pollers", help="provisioned mode MIN:MAX pollers, e.g. 1:4")
     parser.add_argument("--lateness-hours", type=int, default=6)
     parser.add_argument("--topic-retention-days", type=int, default=7,

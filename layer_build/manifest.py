@@ -19,12 +19,14 @@ def layer_file_name(arch: str) -> str:
 
 
 FUNCTION_FILE_NAME = "producer-functions.zip"
+#: The views functions' own zip: their modules and DuckDB, for one architecture and Python.
+VIEWS_FILE_NAME = "views-functions.zip"
 
 
 @dataclass(frozen=True)
 class Artifact:
     file: str
-    kind: Literal["layer", "function"]
+    kind: Literal["layer", "function", "views"]
     arch: str
     python_versions: tuple[str, ...]
     sha256: str
@@ -108,3 +110,9 @@ class Manifest:
             if artifact.kind == "function":
                 return artifact
         raise MissingArtifactError("dist has no function zip: run ./build.sh build first")
+
+    def views(self) -> Artifact:
+        for artifact in self.artifacts:
+            if artifact.kind == "views":
+                return artifact
+        raise MissingArtifactError("dist has no views zip: run ./build.sh build first")

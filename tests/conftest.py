@@ -1,7 +1,14 @@
-"""Shared fixtures: a real Kafka broker, unique topics, a broker behind a fault proxy."""
+"""Shared fixtures (a real Kafka broker, unique topics, a broker behind a fault proxy, moto),
+and the tiers: each test is marked after its directory, so ``-m`` and paths select alike.
+
+unit: one module, in process. functional: several parts or processes together, local
+servers (HTTP fixtures, moto), no broker. integration: a real broker. e2e: the built layer
+in the local Lambda sandbox.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import uuid
@@ -12,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from devtools.faultproxy import FaultProxy
+from devtools.fixture_server import FixtureServer
 from devtools.kafka_broker import (
     EXTERNAL_BOOTSTRAP_ENV,
     ConsumedRecord,
@@ -21,6 +29,27 @@ from devtools.kafka_broker import (
     read_topic,
 )
 from devtools.moto_server import MotoServer
+
+TIERS = ("unit", "functional", "integration", "e2e")
+#: Fixtures only the broker tiers may use: a fast tier never waits for Kafka.
+BROKER_FIXTURES = frozenset({"broker", "topic", "proxied_broker"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        if not item.path.is_relative_to(root):
+            continue  # the hook sees every collected item, also those outside tests/
+        tier = item.path.relative_to(root).parts[0]
+        if tier not in TIERS:
+            continue
+        item.add_marker(tier)
+        uses = BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if tier in ("unit", "functional") and uses:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(sorted(uses))}: a test that needs the broker "
+                "belongs in tests/integration"
+            )
 
 
 @dataclass(frozen=True)
@@ -44,19 +73,34 @@ class Broker:
 class Artifacts:
     layer: Path
     functions: Path
+    views: Path  # the views functions' zip (with DuckDB)
 
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    """The built x86_64 layer and function zips for this interpreter: tests run the artifacts."""
-    from layer_build.build import BuildConfig, build  # noqa: PLC0415 - only e2e tests need it
+    """The built x86_64 layer and function zips for this interpreter: tests run the artifacts.
 
-    out = tmp_path_factory.mktemp("dist")
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    manifest = build(BuildConfig(out=out, arches=("x86_64",), python_versions=(version,)),
-                     log=lambda _line: None)
+    Built once per run: parallel workers share the run's temporary directory, the first
+    builds under a lock and the others load its manifest.
+    """
+    from layer_build.build import BuildConfig, build  # noqa: PLC0415 - only e2e tests need it
+    from layer_build.manifest import MANIFEST_NAME, Manifest  # noqa: PLC0415
+
+    run_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent  # each worker's basetemp sits in the run's
+    out = run_dir / "dist"
+    with open(run_dir / "dist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / MANIFEST_NAME).exists():
+            manifest = Manifest.load(out)
+        else:
+            version = f"{sys.version_info.major}.{sys.version_info.minor}"
+            manifest = build(BuildConfig(out=out, arches=("x86_64",),
+                                         python_versions=(version,)), log=lambda _line: None)
     return Artifacts(layer=out / manifest.layer("x86_64").file,
-                     functions=out / manifest.function().file)
+                     functions=out / manifest.function().file,
+                     views=out / manifest.views().file)
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +122,13 @@ def moto() -> Iterator[MotoServer]:
 
 
 @pytest.fixture
+def upstream() -> Iterator[FixtureServer]:
+    """The producers' upstreams (feeds, Polymarket) served from fixture files on loopback."""
+    with FixtureServer() as server:
+        yield server
+
+
+@pytest.fixture
 def topic(broker: Broker) -> str:
     return broker.create_topic()
 
@@ -90,12 +141,22 @@ class ProxiedBroker:
     proxy: FaultProxy
 
 
-@pytest.fixture
-def proxied_broker() -> Iterator[ProxiedBroker]:
-    """Its own broker (so cuts never disturb other tests) advertising the proxy's port."""
+@pytest.fixture(scope="session")
+def proxied_broker_session() -> Iterator[ProxiedBroker]:
+    """Its own broker (so cuts never disturb tests on ``broker``) advertising the proxy's port;
+    one per session (per worker), each test on its own topics."""
     proxy_port = free_port()
     with (
         KafkaBroker(advertised_port=proxy_port) as local,
         FaultProxy(local.listen_address, port=proxy_port) as proxy,
     ):
         yield ProxiedBroker(Broker(local.bootstrap), proxy)
+
+
+@pytest.fixture
+def proxied_broker(proxied_broker_session: ProxiedBroker) -> Iterator[ProxiedBroker]:
+    """The proxied broker, its faults cleared after the test whatever the test left."""
+    try:
+        yield proxied_broker_session
+    finally:
+        proxied_broker_session.proxy.reset()

@@ -20,8 +20,11 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
 - Retries cannot duplicate: each batch is one logical request with its own idempotency key,
   re-sent with the same key after a reset connection or a read timeout; the extension answers
   a repeat with its first answer (same ids).
-- 429 (buffer full): back off, honouring Retry-After, within the remaining time, then
-  ``RelayBusy``. 503 (shutting down): ``RelayShuttingDown``. 401: the token is wrong.
+- 429 (buffer full) and 507 (the extension cannot write to disk): back off, honouring
+  Retry-After, within the remaining time, then ``RelayBusy`` / ``RelayStorageUnavailable``.
+  413 (the batch alone is over a limit): ``BatchTooLarge``, never retried. 503:
+  ``RelayShuttingDown``, or ``RelayNotRestored`` before a SnapStart restore. 401: the token
+  is wrong.
 - ``wait=True`` while the extension cannot reach Kafka (its circuit breaker is open, or the
   broker never answered since init): ``BrokerUnavailable`` at once, naming the broker's
   error; nothing accepted (without ``wait`` the extension keeps the records meanwhile).
@@ -62,6 +65,7 @@ from kafka_relay.protocol import (
     JSON_TYPE,
     PORT_ENV,
     RECORDS_PATH,
+    REFUSAL_FIELD,
     REQUEST_ID_HEADER,
     RETRY_AFTER_HEADER,
     STATUS_PATH,
@@ -71,21 +75,26 @@ from kafka_relay.protocol import (
     TOKEN_SOURCES,
     WAIT_DELIVERED,
     WAIT_PARAM,
+    BatchTooLarge,
     BrokerUnavailable,
     FrameError,
     Outcome,
     RecordRejected,
+    Refusal,
     RelayBusy,
     RelayError,
+    RelayNotRestored,
     RelayShuttingDown,
+    RelayStorageUnavailable,
     RelayUnavailable,
     encode_frames,
     handoff_token,
 )
 
-__all__ = ["BrokerUnavailable", "RecordRejected", "RelayBusy", "RelayClient", "RelayError",
-           "RelayShuttingDown", "RelayUnavailable", "SendResult", "default_client", "flush",
-           "invocation", "invocation_end", "relay_handler", "send", "send_one", "status"]
+__all__ = ["BatchTooLarge", "BrokerUnavailable", "RecordRejected", "RelayBusy", "RelayClient",
+           "RelayError", "RelayNotRestored", "RelayShuttingDown", "RelayStorageUnavailable",
+           "RelayUnavailable", "SendResult", "default_client", "flush", "invocation",
+           "invocation_end", "relay_handler", "send", "send_one", "status"]
 
 _BATCH = 1000
 _DEFAULT_TIMEOUT_S = 30.0  # per call, outside an invocation
@@ -95,6 +104,7 @@ _REPLY_MARGIN_S = 0.25  # wait=True: the extension answers this long before we s
 _MAX_ATTEMPTS = 3  # tries of one request after transport failures (same idempotency key)
 _MAX_BACKOFF_S = 2.0
 _MAX_IDLE = 8  # kept-alive connections kept per client
+_RETRIED = (429, 507)  # took nothing, may take it later: backed off within the remaining time
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -335,10 +345,15 @@ class RelayClient:
                 "POST", path, body, deadline,
                 {**self._context_headers(), "Content-Type": content_type,
                  IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
-            if status != 429:
+            if status not in _RETRIED:
                 return _expect(status, reply, 200 if wait else 202)
             pause = max(backoff, _retry_after_s(reply, headers))
             if self._clock() + pause > deadline:
+                if status == 507:
+                    raise RelayStorageUnavailable(
+                        f"kafka-relay could not write to its disk ({reply.get('error')}) for "
+                        "the time this invocation has left; the records were NOT accepted: "
+                        "retry later (it recovers by itself once writing works again)")
                 raise RelayBusy(
                     f"kafka-relay's buffer stayed full ({reply.get('error')}) for the time this "
                     "invocation has left; the records were NOT accepted: retry later, send "
@@ -404,7 +419,7 @@ def _encode(batch: Sequence[Mapping[str, Any]], *, framed: bool) -> tuple[bytes,
     # JSON cannot carry either (NaN, bytes, a cycle) is refused here; nothing is sent.
     try:
         return json.dumps({"records": list(batch)}, allow_nan=False).encode(), JSON_TYPE
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise RecordRejected(
             f"kafka-relay client: {failure}; nothing in this batch was sent",
             [{"index": failure.index, "reason": failure.reason}],
@@ -427,8 +442,18 @@ def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
             f"set of {', '.join(TOKEN_SOURCES)} in {TOKEN_HEADER}; give the function "
             f"and the extension the same {TOKEN_ENV}, or unset it on both"
         )
+    if status == 413:
+        raise BatchTooLarge(
+            f"kafka-relay refused this batch as too large ({error}); nothing in it was "
+            "accepted and retrying it as it is cannot help: send smaller batches",
+            [{"index": -1, "reason": str(error)}],
+        )
     if status == 503 and isinstance(reply.get(BROKER_FIELD), dict):
         raise BrokerUnavailable(str(error))
+    if status == 503 and reply.get(REFUSAL_FIELD) == Refusal.NOT_RESTORED.value:
+        raise RelayNotRestored(
+            f"kafka-relay has not been restored from its SnapStart snapshot yet ({error}); the "
+            "records were NOT accepted: send records from the handler, not during init")
     if status == 503:
         raise RelayShuttingDown(
             f"kafka-relay is shutting down and accepts no more records ({error}); the "

@@ -151,8 +151,8 @@ MAX_LATENCY_MS = Variable(
 FLUSH_BUDGET_MS = Variable(
     "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, "milliseconds",
     "Cap on a flush before /next (also capped by the invocation's deadline; a flush that "
-    "settles nothing for 0.75 s, 3 s before the broker's first delivery, stops early, and "
-    "none runs past 0.8 s).", minimum=1, maximum=900_000)
+    "settles nothing for 1.5 s, 3 s before the broker's first delivery, stops early).",
+    minimum=1, maximum=900_000)
 MAX_BUFFER_RECORDS = Variable(
     "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, "records",
     "Back-pressure: past it /v1/records answers 429. Derived from the function's memory "
@@ -177,9 +177,15 @@ SPILL_BUCKET = Variable("KAFKA_RELAY_SPILL_BUCKET", None, "S3 bucket name",
 SPOOL_DIR = Variable("KAFKA_RELAY_SPOOL_DIR", None, "directory",
                      "The local spool the next invocation re-sends.",
                      shown_default="$TMPDIR/kafka-relay-spool (/tmp/...)")
-JOURNAL = Variable("KAFKA_RELAY_JOURNAL", False, "true | false",
+SPOOL_MAX_BYTES = Variable(
+    "KAFKA_RELAY_SPOOL_MAX_BYTES", None, "bytes",
+    "The outage spool's limit: batches that do not fit in memory wait on disk up to it, "
+    "past it /v1/records answers 507; 0 turns the spool off (429 when memory is full).",
+    maximum=2**50, shown_default="half of the spool file system's free space at init")
+JOURNAL = Variable("KAFKA_RELAY_JOURNAL", True, "true | false",
                    "Journal every accepted batch to /tmp before the 202, so records survive "
-                   "the extension process dying (~20-25 % of the handoff's CPU).")
+                   "the extension process dying; a batch it cannot write is refused (507). "
+                   "Off saves ~1-2 µs of CPU per record.")
 JOURNAL_DIR = Variable("KAFKA_RELAY_JOURNAL_DIR", None, "directory",
                        "Where the journal goes (one extension per directory).",
                        shown_default="$TMPDIR/kafka-relay-journal (/tmp/...)")
@@ -216,7 +222,7 @@ VARIABLES = (
     BOOTSTRAP, AUTH, API_KEY, API_SECRET, SECRET_ARN, SECURITY_PROTOCOL, SASL_MECHANISM,
     TOPIC, DLQ_TOPIC, PRODUCER_PROPERTY, FLUSH, MAX_LATENCY_MS, FLUSH_BUDGET_MS,
     MAX_BUFFER_RECORDS, MAX_BUFFER_BYTES, MAX_BODY_BYTES, MAX_ATTEMPTS, RETRY_BACKOFF_MS,
-    SPILL_BUCKET, SPOOL_DIR, JOURNAL, JOURNAL_DIR, PORT, TOKEN, TELEMETRY,
+    SPILL_BUCKET, SPOOL_DIR, SPOOL_MAX_BYTES, JOURNAL, JOURNAL_DIR, PORT, TOKEN, TELEMETRY,
     SHUTDOWN_MARGIN_MS, INIT_PROBE_MS, LOG_LEVEL, FALLBACK, PYTHON,
 )
 
@@ -306,9 +312,13 @@ class Config:
     retry_backoff_ms: int = 500
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
-    # Write-ahead journal of accepted records (delivery/journal.py). Off by default: it costs
-    # ~20-25% of the handoff's CPU per record (bench/journal_cost.py; docs/records.md).
-    journal: bool = False
+    # The outage spool's byte limit (delivery/overflow.py); None: half of the spool file
+    # system's free space at init; 0: no outage spool (a full buffer answers 429).
+    spool_max_bytes: int | None = None
+    # Write-ahead journal of accepted records (delivery/journal.py). On by default: nothing a
+    # 202 answered is lost to a killed extension (its cost: bench/journal_cost.py,
+    # docs/durability.md).
+    journal: bool = True
     journal_dir: Path = Path("/tmp/kafka-relay-journal")
     telemetry: bool = True
     log_level: str = "INFO"
@@ -501,6 +511,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         spill_bucket=_text(env, SPILL_BUCKET.name),
         spool_dir=Path(_text(env, SPOOL_DIR.name)
                        or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-spool"),
+        spool_max_bytes=(None if _text(env, SPOOL_MAX_BYTES.name) is None
+                         else _int(env, SPOOL_MAX_BYTES)),
         journal=_bool(env, JOURNAL),
         journal_dir=Path(_text(env, JOURNAL_DIR.name)
                          or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-journal"),

@@ -59,7 +59,29 @@ WAIT_DELIVERED = "delivered"
 TIMEOUT_PARAM = "timeout_ms"
 
 # -- response headers -----------------------------------------------------------------
-RETRY_AFTER_HEADER = "Retry-After"  # on 429/503, seconds (the body also has retry_after_ms)
+RETRY_AFTER_HEADER = "Retry-After"  # on 429/503/507, seconds (the body also has retry_after_ms)
+
+# -- refusals: why a batch was not accepted (the answer's "refusal" field) --------------
+REFUSAL_FIELD = "refusal"
+MAX_TIMEOUT_MS = 900_000  # Lambda's longest invocation: a longer ``timeout_ms`` is a 400
+
+
+class Refusal(str, Enum):
+    """Why nothing of a batch was accepted; ``status`` is the HTTP answer."""
+
+    BUSY = "buffer_full"  # 429: the buffer is full now; retry after Retry-After
+    TOO_LARGE = "too_large"  # 413: the batch alone is over a limit; it can never fit
+    STORAGE = "storage"  # 507: the journal or the disk spool cannot write; retry later
+    CLOSED = "closed"  # 503: shutting down (or the pump stopped): accepts nothing more
+    NOT_RESTORED = "not_restored"  # 503: SnapStart, before the snapshot is restored
+
+    @property
+    def status(self) -> int:
+        return _REFUSAL_STATUS[self]
+
+
+_REFUSAL_STATUS = {Refusal.BUSY: 429, Refusal.TOO_LARGE: 413, Refusal.STORAGE: 507,
+                   Refusal.CLOSED: 503, Refusal.NOT_RESTORED: 503}
 
 # -- media types ----------------------------------------------------------------------
 JSON_TYPE = "application/json"
@@ -134,6 +156,22 @@ class RelayBusy(RelayError):
 
 class RelayShuttingDown(RelayBusy):
     """The extension is shutting down (503) and accepts no more records; nothing accepted."""
+
+
+class RelayNotRestored(RelayBusy):
+    """SnapStart: records were sent before the snapshot was restored (during init); nothing
+    accepted. Send them from the handler."""
+
+
+class RelayStorageUnavailable(RelayBusy):
+    """The extension could not write the batch to disk (its crash journal or its outage
+    spool is full or failing: 507); nothing accepted. It clears by itself when writing
+    works again."""
+
+
+class BatchTooLarge(RecordRejected):
+    """The batch alone is over a limit of the extension (413): it can never be accepted as
+    it is, so it is not retried. Send smaller batches (``reasons`` names the limit)."""
 
 
 class BrokerUnavailable(RelayError):
@@ -265,9 +303,11 @@ def _frame(item: Mapping[str, Any], index: int) -> list[bytes]:
         flags |= FLAG_VALUE_NULL
     timestamp = item.get("timestamp_ms")
     if timestamp is not None:
-        if type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS:
-            raise FrameError(index, "'timestamp_ms' must be an integer from 0 to 2**63-1 "
-                                    "(epoch milliseconds)")
+        if type(timestamp) is not int or not 0 < timestamp < _MAX_TIMESTAMP_MS:
+            # librdkafka reads 0 as "now": it could not arrive as given.
+            raise FrameError(index, "'timestamp_ms' must be an integer from 1 to 2**63-1 "
+                                    "(epoch milliseconds); 0 cannot be produced (librdkafka "
+                                    "reads it as 'now'): omit it for the producer's time")
         flags |= FLAG_TIMESTAMP
     headers = item.get("headers")
     header_parts = _frame_headers(headers, index) if headers else []
@@ -338,6 +378,9 @@ def _frame_headers(headers: Any, index: int) -> list[bytes]:
     pack = _HEADER.pack
     for name, value in headers.items():
         name_bytes = _text(name, index, "'headers' name")
+        if b"\x00" in name_bytes:  # a C string to librdkafka: it would arrive cut short
+            raise FrameError(index, f"'headers' name {name[:64]!r} holds a NUL character, "
+                                    "which the producer cannot carry in a header name")
         if isinstance(value, (bytes, bytearray, memoryview)):
             value_bytes = bytes(value)
         else:

@@ -15,14 +15,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from devtools.kafka_broker import free_port, read_topic
 from devtools.sandbox import Sandbox
 from devtools.sandbox.__main__ import main as sandbox_cli
 from tests.conftest import Artifacts, Broker
-
-pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "iac" / "container" / "Dockerfile"

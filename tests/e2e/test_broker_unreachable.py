@@ -22,8 +22,6 @@ from devtools.sandbox.__main__ import main as sandbox_cli
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, ProxiedBroker
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parents[1] / "fixtures" / "any_function"
 QUICK = {"KAFKA_RELAY_FLUSH_BUDGET_MS": "300", "KAFKA_PRODUCER_RECONNECT_BACKOFF_MAX_MS": "200"}
 FAST_MS = 2_000  # the function's timeout is 10 s: a wait that ran it out would take ~10 s

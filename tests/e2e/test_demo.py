@@ -11,13 +11,12 @@ from devtools import demo
 from devtools.kafka_broker import free_port
 from tests.conftest import Artifacts
 
-pytestmark = pytest.mark.e2e
-
 
 def test_the_demo_delivers_everything_and_keeps_each_full_log(
     artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = demo.main(["--layer", str(artifacts.layer), "--functions", str(artifacts.functions),
+                      "--views-functions", str(artifacts.views),
                       "--log-dir", str(tmp_path), "--invocations", "2"], env={})
 
     out = capsys.readouterr().out
@@ -40,6 +39,7 @@ def test_an_unreachable_cluster_is_one_line_naming_the_settings(
     unreachable = f"127.0.0.1:{free_port()}"
 
     code = demo.main(["--layer", str(artifacts.layer), "--functions", str(artifacts.functions),
+                      "--views-functions", str(artifacts.views),
                       "--log-dir", str(tmp_path), "--bootstrap", unreachable,
                       "--connect-timeout", "2"], env={})
 

@@ -16,8 +16,6 @@ from devtools.sandbox import Sandbox
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 BOUND_MS = 1_000  # KAFKA_RELAY_MAX_LATENCY_MS: short, so "sparse" and "a long freeze" are short
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from devtools.fixture_server import FixtureServer
 from devtools.kafka_broker import ConsumedRecord, free_port
@@ -17,14 +15,6 @@ from polymarket_prices import PolymarketConfig, PolymarketProducer
 from producer_common import Batch, JsonLog
 from rss_feed import RssConfig, RssProducer
 from tests.conftest import Artifacts, Broker
-
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def upstream() -> Iterator[FixtureServer]:
-    with FixtureServer() as server:
-        yield server
 
 
 def _comparable(key: str | bytes | None, value: Any) -> tuple[str, str]:

@@ -28,8 +28,6 @@ from kafka_relay.protocol import RelayError
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 
 

@@ -18,8 +18,6 @@ from devtools.saslproxy import SaslBroker, sasl_broker
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 USERS = {"msk-producer": "pw-from-secrets-manager"}
 

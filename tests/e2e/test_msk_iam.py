@@ -21,8 +21,6 @@ from devtools.saslproxy import SaslBroker, sasl_broker
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 REGION = "eu-west-1"
 ROLE = {"AWS_ACCESS_KEY_ID": "ASIAROLEKEY", "AWS_SECRET_ACCESS_KEY": "role-secret-key",

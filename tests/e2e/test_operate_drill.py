@@ -9,7 +9,6 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,11 @@ from kafka_relay.tools import logs, replayer
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, ProxiedBroker
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION = REPO / "tests" / "fixtures" / "any_function"
 FUNCTION_NAME = "drill-producer"
 BUCKET = "drill-spill"
 GROUP = f"/aws/lambda/{FUNCTION_NAME}"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def _records(run: str, count: int, *, oversize: bool = False) -> list[dict[str, Any]]:

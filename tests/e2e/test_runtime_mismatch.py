@@ -14,8 +14,6 @@ from devtools.sandbox import Sandbox, SandboxInitError
 from kafka_relay.tools.table import events_named
 from layer_build.build import BuildConfig, build
 
-pytestmark = pytest.mark.e2e
-
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 
 

@@ -28,8 +28,6 @@ from devtools.sandbox.cgroup import EnvironmentCgroup, Hierarchies, quota_us, vc
 from devtools.sandbox.environment import process_state
 from devtools.sandbox.telemetry import Destination, TelemetryHub, TelemetryRequestError
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "sandbox"
 PROBE_LAYER = FIXTURES / "probe_layer"
@@ -132,7 +130,8 @@ def test_extensions_register_before_the_runtime_starts_and_get_each_invoke(
         assert result.payload["event"]["n"] == results.index(result)
         assert invoke["deadlineMs"] == result.deadline_ms
         assert abs(result.deadline_ms - result.started_ms - 3000) <= 1
-        assert 2500 < result.payload["remaining_ms"] <= 3000
+        # the handler ran after the invoke started, against its 3 s deadline
+        assert 0 < result.payload["remaining_ms"] <= result.deadline_ms - result.started_ms
         assert invoke["invokedFunctionArn"] == result.payload["function_arn"]
         assert invoke["tracing"]["type"] == "X-Amzn-Trace-Id"
 
@@ -200,9 +199,11 @@ def test_spindown_shutdown_has_a_2s_deadline_and_kills_an_extension_ignoring_it(
 
     asked_ms = time.time() * 1000
     result = sandbox.shutdown()
+    answered_ms = time.time() * 1000
 
     assert result.reason == "spindown"
-    assert asked_ms + 1990 <= result.deadline_ms <= asked_ms + 2100
+    # 2 s from the moment the shutdown was asked for (between asking and the answer)
+    assert asked_ms + 1990 <= result.deadline_ms <= answered_ms + 2000
     assert sorted(result.notified) == ["probe", "stubborn"]
     assert result.killed == ["stubborn"]
     assert result.exit_codes == {"probe": 0, "stubborn": -9}
@@ -341,22 +342,24 @@ def test_telemetry_batches_honour_max_items_and_timeout() -> None:
     subscription = {"schemaVersion": "2022-12-13",
                     "destination": {"protocol": "HTTP", "URI": "http://sandbox.localdomain:9/t"},
                     "types": ["function"],
-                    "buffering": {"maxItems": 25, "maxBytes": 262144, "timeoutMs": 200}}
+                    "buffering": {"maxItems": 25, "maxBytes": 262144, "timeoutMs": 1000}}
     try:
         hub.subscribe("subscriber", subscription)
         started = time.monotonic()
         for n in range(30):
             hub.emit("function", "function", f"line {n}")
         hub.emit("platform", "platform.start", {"requestId": "not subscribed"})
-        deadline = started + 3
+        deadline = started + 5
         while sum(len(b) for _, b in batches) < 30 and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         hub.close()
 
     assert [len(batch) for _, batch in batches] == [25, 5]
-    assert batches[0][0] - started < 0.15  # maxItems reached: sent at once
-    assert batches[1][0] - started >= 0.2  # the rest waited timeoutMs
+    assert batches[1][0] - started >= 1.0  # the rest waited timeoutMs
+    # maxItems reached: the first 25 went at once, not with the rest at timeoutMs (lower
+    # bounds only: a loaded machine may post late, never early)
+    assert batches[1][0] - batches[0][0] >= 0.5
     assert batches[0][1][0]["type"] == "function"
     assert batches[0][1][0]["record"] == "line 0"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", batches[0][1][0]["time"])

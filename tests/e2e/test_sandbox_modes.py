@@ -23,8 +23,6 @@ from devtools.sandbox import Sandbox, SandboxError, SandboxInitError
 from devtools.sandbox.environment import process_state
 from tests.e2e import test_sandbox as base
 
-pytestmark = pytest.mark.e2e
-
 make_sandbox = base.make_sandbox  # the fixture: opened sandboxes, no leftover processes
 MakeSandbox = base.MakeSandbox
 SHUTDOWN_ONLY = {"*": {"events": "auto"}}

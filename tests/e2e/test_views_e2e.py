@@ -15,8 +15,6 @@ from devtools.sandbox import Sandbox
 from devtools.views_demo import BUCKET, TABLE, run_views
 from tests.conftest import Artifacts, Broker
 
-pytestmark = pytest.mark.e2e
-
 
 def _produce_prices(artifacts: Artifacts, broker: Broker, topic: str) -> None:
     """Two cold starts of the Polymarket producer: the second resends the whole window
@@ -49,7 +47,7 @@ def test_relayed_prices_become_views_that_both_layers_agree_on(
               (json.loads(r.value or b"") for r in on_topic if r.value != b"\xff not a price")}
     assert len(on_topic) > len(points) + 1  # the resend doubled the window
 
-    run = run_views(broker.bootstrap, artifacts.functions, moto, topics=(prices, feeds),
+    run = run_views(broker.bootstrap, artifacts.views, moto, topics=(prices, feeds),
                     markets=2)
 
     assert run.problems == []

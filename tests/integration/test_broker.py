@@ -8,8 +8,6 @@ from confluent_kafka import KafkaError, Message, Producer
 from devtools.kafka_broker import BrokerError, KafkaBroker
 from tests.conftest import Broker
 
-pytestmark = pytest.mark.integration
-
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, dict[str, bytes]]],
              *, compression: str) -> list[KafkaError | None]:

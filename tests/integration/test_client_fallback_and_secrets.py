@@ -29,8 +29,6 @@ from tests.conftest import Broker
 from tests.fake_relay import Reply, Seen, accept, fake_relay
 from tests.relay_harness import running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def _fallback_env(bootstrap: str, topic: str) -> dict[str, str]:
     return {"KAFKA_RELAY_FALLBACK": "direct", "KAFKA_BOOTSTRAP_SERVERS": bootstrap,

@@ -13,8 +13,6 @@ from confluent_kafka import KafkaError, Message, Producer
 from devtools.faultproxy import FaultProxy
 from tests.conftest import ProxiedBroker
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def echo_server() -> Iterator[str]:

@@ -17,8 +17,6 @@ from kafka_relay.record import Record
 from tests.conftest import Broker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def _deadline(ms: int = 5000) -> int:
     return int(time.time() * 1000) + ms
@@ -175,8 +173,11 @@ def test_a_full_buffer_is_429_with_retry_after_and_the_client_gives_up_clearly(
 ) -> None:
     # No broker listens there, so the three accepted records stay pending.
     unreachable = f"127.0.0.1:{free_port()}"
+    # Without the outage spool (KAFKA_RELAY_SPOOL_MAX_BYTES=0): with it, the batch would wait
+    # on disk instead (test_outage_spool.py).
     with running_relay(unreachable, tmp_path, default_topic="t", max_buffer_records=3,
-                       init_probe_ms=100, flush=FlushStrategy.parse("shutdown")) as h:
+                       init_probe_ms=100, flush=FlushStrategy.parse("shutdown"),
+                       spool_max_bytes=0) as h:
         h.client.send([{"key": str(i), "value": i} for i in range(3)])
         body = json.dumps({"records": [{"key": "k", "value": 1}]}).encode()
         status, headers, reply = _raw(h, "POST", "/v1/records", body,

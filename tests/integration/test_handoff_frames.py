@@ -16,8 +16,6 @@ from kafka_relay.protocol import FRAMES_TYPE, encode_frames
 from tests.conftest import Broker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def _records(other_topic: str, tag: str) -> list[dict[str, Any]]:
     return [

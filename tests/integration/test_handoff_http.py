@@ -25,12 +25,15 @@ from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.server import WAIT_PROBE_S, HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.protocol import IDEMPOTENCY_KEY_HEADER, TOKEN_HEADER
+from kafka_relay.protocol import (
+    IDEMPOTENCY_KEY_HEADER,
+    TOKEN_HEADER,
+    BatchTooLarge,
+    RelayNotRestored,
+)
 from kafka_relay.record import IdSource
 from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import TOKEN, Harness, running_relay
-
-pytestmark = pytest.mark.integration
 
 _JSON = {TOKEN_HEADER: TOKEN, "Content-Type": "application/json"}
 
@@ -300,3 +303,67 @@ def test_an_address_it_cannot_bind_is_an_init_error_naming_kafka_relay_port(
             pytest.raises(ConfigError, match="KAFKA_RELAY_PORT"):
         # TEST-NET-1: not an address of this host (nothing is sent, the bind fails)
         HandoffServer(_state(h, h.config), host="192.0.2.1")
+
+
+def test_a_batch_larger_than_the_whole_buffer_is_413_naming_the_limit_and_never_429(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t",
+                       flush=FlushStrategy.parse("shutdown"), max_buffer_records=5) as h:
+        status, reply = _post(h.config.port, "/v1/records", _body(6), _JSON)
+        assert status == 413
+        assert reply["refusal"] == "too_large"
+        assert "6 records > the 5-record limit (KAFKA_RELAY_MAX_BUFFER_RECORDS)" in reply["error"]
+        with pytest.raises(BatchTooLarge, match="KAFKA_RELAY_MAX_BUFFER_RECORDS"):
+            h.client.send([{"key": f"k{i}", "value": i} for i in range(6)])
+        assert len(h.log_events("handoff.rejected")) == 0
+        assert h.parts.engine.gauge().counts["accepted"] == 0
+        assert _post(h.config.port, "/v1/records", _body(5), _JSON)[0] == 202
+
+
+@pytest.mark.parametrize("timeout_ms", ["-1", "1.5", "abc", "900001", "1" * 40, ""])
+def test_a_bad_timeout_ms_is_400_and_accepts_nothing(
+    broker: Broker, tmp_path: Path, timeout_ms: str
+) -> None:
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t",
+                       flush=FlushStrategy.parse("shutdown")) as h:
+        for path in (f"/v1/records?wait=delivered&timeout_ms={timeout_ms}",
+                     f"/v1/records?timeout_ms={timeout_ms}", f"/v1/flush?timeout_ms={timeout_ms}"):
+            status, reply = _post(h.config.port, path, _body(2), _JSON)
+            assert status == 400, path
+            assert "timeout_ms" in reply["error"]
+        assert h.parts.engine.gauge().counts["accepted"] == 0
+
+
+def test_a_chunk_size_that_lies_is_answered_within_the_body_deadline(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h, \
+            _second_server(h, body_deadline_s=1.0) as server:
+        body = _body(3)
+        lie = f"{len(body) + 10:x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+        head = (f"POST /v1/records HTTP/1.1\r\nHost: x\r\n{TOKEN_HEADER}: {TOKEN}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        started = time.monotonic()
+        answer = _raw_exchange(server.port, head.encode() + lie)
+        assert time.monotonic() - started < 5
+        assert _status_of(answer) == 408
+        assert h.parts.engine.gauge().counts["accepted"] == 0
+
+
+def test_before_a_snapstart_restore_the_client_gets_relay_not_restored(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h:
+        state = replace(_state(h, replace(h.config, port=free_port())),
+                        admit=lambda: "not restored yet")
+        server = HandoffServer(state)
+        server.start()
+        try:
+            client = RelayClient(env={}, port=server.port, token=TOKEN)
+            with pytest.raises(RelayNotRestored, match=r"SnapStart.*not restored yet"):
+                client.send([{"key": "k", "value": 1}])
+            client.close()
+        finally:
+            server.stop()
+        assert h.parts.engine.gauge().counts["accepted"] == 0

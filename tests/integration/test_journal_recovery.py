@@ -1,18 +1,23 @@
 """Crash durability against a real broker: records accepted (202) while the broker was
 unreachable survive the extension dying without a drain, and the next extension on the same
-journal directory restores and delivers every one of them under its id."""
+journal directory restores and delivers every one of them under its id; a journal that cannot
+write refuses batches (507) instead of accepting them unjournaled, and resumes by itself."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from kafka_relay.client import RelayClient
+from kafka_relay.config import FlushStrategy
+from kafka_relay.protocol import RelayStorageUnavailable
 from tests.conftest import ProxiedBroker
-from tests.relay_harness import running_relay
-
-pytestmark = pytest.mark.integration
+from tests.relay_harness import TOKEN, running_relay
 
 
 def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_one(
@@ -46,3 +51,59 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
     assert not (tmp_path / "journal").exists(), "a clean exit leaves no journal behind"
     got = broker.read(topic, timeout=30)  # to its end: a duplicate carries the same id
     assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
+
+
+@contextmanager
+def _tiny_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path`` (root only): a disk that really fills."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+def test_a_full_journal_disk_refuses_batches_with_507_and_journaling_resumes_by_itself(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    proxy.cut()  # nothing is delivered, so nothing leaves the journal: its disk fills
+    with _tiny_filesystem(tmp_path / "small", "64k") as small, \
+            running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
+                          flush=FlushStrategy.parse("shutdown"),
+                          env_extra={"KAFKA_RELAY_JOURNAL_DIR": str(small / "journal")}) as h:
+        client = RelayClient(env={}, port=h.config.port, token=TOKEN, sleep=lambda _s: None,
+                             timeout_s=0.5)
+        accepted: list[str] = []
+        refusals: list[str] = []
+        for batch in range(40):  # ~4 KB each: the 64 KB disk fills on the way
+            try:
+                accepted += client.send([{"key": f"k{batch}-{i}", "value": "x" * 400}
+                                         for i in range(10)]).ids
+            except RelayStorageUnavailable as exc:
+                refusals.append(str(exc))
+        client.close()
+        assert accepted
+        assert refusals
+        assert all("journal cannot write" in r and "No space left" in r for r in refusals)
+        status = h.client.status()["journal"]
+        assert status["enabled"] is False
+        assert "No space left" in status["error"]
+        assert status["records"] == len(accepted) == h.parts.engine.gauge().pending
+        assert len(h.log_events("journal.write_failed")) == 1, "logged once"
+
+        proxy.restore()
+        deadline = time.monotonic() + 60
+        while h.parts.engine.gauge().pending and time.monotonic() < deadline:
+            h.parts.engine.flush(1.0, retry_now=True)  # delivered: their segments empty out
+        more = h.client.send([{"key": "after", "value": i} for i in range(10)]).ids
+        assert h.client.status()["journal"]["error"] is None
+        assert len(h.log_events("journal.resumed")) == 1
+        h.parts.engine.flush(30.0)
+    got = broker.read(topic, expected=len(accepted) + 10, timeout=30)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(accepted + more)

@@ -5,14 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from devtools.kafka_broker import free_port
 from kafka_relay.config import FlushStrategy
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.relay_harness import running_relay
-
-pytestmark = pytest.mark.integration
 
 
 def test_a_drain_that_raises_at_shutdown_still_spills_every_pending_record(

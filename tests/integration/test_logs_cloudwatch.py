@@ -21,8 +21,6 @@ from kafka_relay.tools import replayer
 from kafka_relay.tools.logs import CloudWatchTail, main
 from tests.conftest import Broker
 
-pytestmark = pytest.mark.integration
-
 REQ1 = "7d1e9f3a-0000-4000-8000-000000000001"
 REQ2 = "7d1e9f3a-0000-4000-8000-000000000002"
 

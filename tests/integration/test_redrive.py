@@ -12,8 +12,6 @@ from kafka_relay.record import Record
 from kafka_relay.tools.replayer import main
 from tests.conftest import Broker
 
-pytestmark = pytest.mark.integration
-
 DLQ_HEADERS = {"x-relay-error", "x-relay-error-kind", "x-relay-original-topic",
                "x-relay-attempts", "x-relay-request-id", "x-relay-first-failed-ms",
                "x-relay-function", "x-relay-spilled-to"}

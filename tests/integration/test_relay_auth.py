@@ -12,8 +12,6 @@ from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
 from kafka_relay.errors import AuthError, ConfigError
 from tests.relay_harness import running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def _env(ca_path: Path, password: str) -> dict[str, str]:
     return {"KAFKA_API_KEY": DEFAULT_USERNAME, "KAFKA_API_SECRET": password,

@@ -13,8 +13,6 @@ from kafka_relay.spill.codec import parse_spill_lines
 from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import TOKEN, Harness, running_relay
 
-pytestmark = pytest.mark.integration
-
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -102,8 +100,10 @@ def test_a_256_mb_function_with_a_stalled_broker_answers_429_at_its_limit_and_lo
 ) -> None:
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
+    # The memory limit alone (KAFKA_RELAY_SPOOL_MAX_BYTES=0): test_outage_spool.py rides the
+    # same stall through on disk.
     with running_relay(proxy.address, tmp_path, default_topic=topic,
-                       function_memory_mb=256) as h:
+                       function_memory_mb=256, spool_max_bytes=0) as h:
         limits = h.client.status()["limits"]
         assert 0 < limits["bytes"] < 64 * 1024 * 1024, "derived from the spill rate and memory"
         _invoke(h, "warm", 10)

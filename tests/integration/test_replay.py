@@ -17,8 +17,6 @@ from kafka_relay.spill.sinks import SpillChain, SpillKind
 from kafka_relay.tools.replayer import main
 from tests.conftest import Broker
 
-pytestmark = pytest.mark.integration
-
 
 def _records(topic: str, count: int, *, prefix: str = "env1") -> list[Record]:
     return [

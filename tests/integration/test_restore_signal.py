@@ -16,8 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from devtools.kafka_broker import free_port
 from kafka_relay.app import assemble
 from kafka_relay.aws_lambda import registration_events
@@ -29,8 +27,6 @@ from kafka_relay.observability.log import JsonLogger
 from kafka_relay.tools.table import events_named
 from tests.conftest import Broker
 from tests.relay_harness import TOKEN
-
-pytestmark = pytest.mark.integration
 
 
 @contextmanager

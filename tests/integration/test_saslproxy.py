@@ -38,8 +38,6 @@ from kafka_relay.producer.msk_iam import (
     msk_signer,
 )
 
-pytestmark = pytest.mark.integration
-
 _METADATA = 3
 _AUTH_ERRORS = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 

@@ -369,7 +369,7 @@ def test_a_dlq_that_refuses_the_record_spills_it_without_the_spool(tmp_path: Pat
 
 
 def test_a_full_buffer_refuses_the_whole_request_naming_the_limit(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, limits=Limits(records=3, bytes=1_000_000))
+    rig = Rig(tmp_path, limits=Limits(records=3, bytes=1_000_000), spool_max_bytes=0)
     rig.engine.accept(rig.records(2))
     with pytest.raises(BufferFull, match="KAFKA_RELAY_MAX_BUFFER_RECORDS") as refused:
         rig.engine.accept(rig.records(2))

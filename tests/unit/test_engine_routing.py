@@ -1,69 +1,75 @@
-"""routing.route is total and pure: every (error kind, code, attempts, DLQ path) has one action."""
+"""routing.route: the boundaries of each rule by example, and the rules themselves as
+properties over every (error kind, code, attempts, budget, DLQ path)."""
 
 from __future__ import annotations
 
-import itertools
+from dataclasses import dataclass
 
 import pytest
 from confluent_kafka import KafkaError
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kafka_relay.delivery.routing import Action, Decision, backoff_ms, route
+from kafka_relay.delivery.routing import BACKOFF_CAP_MS, Action, Decision, backoff_ms, route
 from kafka_relay.producer.classify import ErrorKind, classify
 
 MAX = 3
-CODES = [None, KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_TIMED_OUT]
+OVERSIZE = KafkaError.MSG_SIZE_TOO_LARGE
+HOPELESS = (ErrorKind.PERMANENT, ErrorKind.POISON)
+GIVE_UP = {Action.DEAD_LETTER, Action.SPILL, Action.SPILL_OVERSIZE}
 
 
 def _route(kind: ErrorKind, *, code: int | None = None, attempts: int = 1,
-           to_dlq: bool = False) -> Decision:
-    return route(kind, code=code, reason="E", attempts=attempts, max_attempts=MAX,
-                 to_dlq=to_dlq, backoff_base_ms=100)
+           max_attempts: int = MAX, to_dlq: bool = False, base_ms: int = 100) -> Decision:
+    return route(kind, code=code, reason="E", attempts=attempts, max_attempts=max_attempts,
+                 to_dlq=to_dlq, backoff_base_ms=base_ms)
 
 
-def _expected(kind: ErrorKind, code: int | None, attempts: int, to_dlq: bool) -> Action:
-    """The table, written out independently of route's branches."""
-    if kind is ErrorKind.REQUEUE:
-        return Action.REQUEUE
-    if kind is ErrorKind.FATAL:
-        return Action.REBUILD
-    hopeless = kind in (ErrorKind.PERMANENT, ErrorKind.POISON)
-    if to_dlq:
-        return Action.SPILL if hopeless or attempts >= 2 * MAX else Action.RETRY
-    if code == KafkaError.MSG_SIZE_TOO_LARGE:
-        return Action.SPILL_OVERSIZE
-    return Action.DEAD_LETTER if hopeless or attempts >= MAX else Action.RETRY
+# -- boundaries ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "code", "attempts", "to_dlq"), list(itertools.product(
-    list(ErrorKind), CODES, range(1, 2 * MAX + 2), [False, True])))
-def test_every_state_routes_to_exactly_the_tabled_action(
-    kind: ErrorKind, code: int | None, attempts: int, to_dlq: bool
-) -> None:
-    decision = _route(kind, code=code, attempts=attempts, to_dlq=to_dlq)
-    assert decision.action is _expected(kind, code, attempts, to_dlq)
-    if decision.action is Action.RETRY:
-        assert decision.delay_ms == backoff_ms(attempts, 100)
-    else:
-        assert decision.delay_ms == 0
+def test_a_transient_error_is_retried_until_the_last_attempt_then_dead_lettered() -> None:
+    assert _route(ErrorKind.TRANSIENT, attempts=MAX - 1) == Decision(
+        Action.RETRY, backoff_ms(MAX - 1, 100), "E")
+    assert _route(ErrorKind.TRANSIENT, attempts=MAX) == Decision(
+        Action.DEAD_LETTER, reason=f"gave up after {MAX} attempts: E")
 
 
-def test_a_dead_letter_after_retries_says_how_many_attempts() -> None:
-    decision = _route(ErrorKind.TRANSIENT, attempts=MAX)
-    assert decision == Decision(Action.DEAD_LETTER, reason=f"gave up after {MAX} attempts: E")
+def test_a_budget_of_one_attempt_dead_letters_the_first_transient_failure() -> None:
+    assert _route(ErrorKind.TRANSIENT, attempts=1, max_attempts=1).action is Action.DEAD_LETTER
 
 
-def test_a_permanent_error_dead_letters_with_the_error_itself() -> None:
-    assert _route(ErrorKind.PERMANENT).reason == "E"
+def test_the_dead_letter_path_retries_twice_as_long_then_spills_for_later() -> None:
+    assert _route(ErrorKind.TRANSIENT, attempts=2 * MAX - 1, to_dlq=True).action is Action.RETRY
+    assert _route(ErrorKind.TRANSIENT, attempts=2 * MAX, to_dlq=True) == Decision(
+        Action.SPILL, reason="dead-letter failed: E", retry_later=True)
 
 
-def test_only_a_transient_dlq_failure_may_come_back_from_the_spool() -> None:
-    exhausted = _route(ErrorKind.TRANSIENT, attempts=2 * MAX, to_dlq=True)
-    refused = _route(ErrorKind.PERMANENT, to_dlq=True)
-    poison = _route(ErrorKind.POISON, to_dlq=True)
-    assert (exhausted.action, exhausted.retry_later) == (Action.SPILL, True)
-    assert (refused.action, refused.retry_later) == (Action.SPILL, False)
-    assert (poison.action, poison.retry_later) == (Action.SPILL, False)
-    assert refused.reason == "dead-letter failed: E"
+@pytest.mark.parametrize("kind", HOPELESS)
+def test_a_hopeless_record_dead_letters_at_once_with_the_error_itself(kind: ErrorKind) -> None:
+    assert _route(kind, attempts=1) == Decision(Action.DEAD_LETTER, reason="E")
+
+
+@pytest.mark.parametrize("kind", HOPELESS)
+def test_a_hopeless_dead_letter_spills_for_good(kind: ErrorKind) -> None:
+    assert _route(kind, to_dlq=True) == Decision(
+        Action.SPILL, reason="dead-letter failed: E", retry_later=False)
+
+
+@pytest.mark.parametrize("kind", [ErrorKind.TRANSIENT, *HOPELESS])
+def test_an_oversize_record_spills_with_a_pointer_on_its_first_failure(kind: ErrorKind) -> None:
+    assert _route(kind, code=OVERSIZE, attempts=1) == Decision(Action.SPILL_OVERSIZE, reason="E")
+
+
+def test_an_oversize_dead_letter_spills_like_any_other_failed_dead_letter() -> None:
+    assert _route(ErrorKind.PERMANENT, code=OVERSIZE, to_dlq=True).action is Action.SPILL
+
+
+@pytest.mark.parametrize("to_dlq", [False, True])
+def test_a_purged_record_is_requeued_at_once_and_a_dead_producer_rebuilt(to_dlq: bool) -> None:
+    assert _route(ErrorKind.REQUEUE, attempts=MAX, to_dlq=to_dlq) == Decision(Action.REQUEUE)
+    assert _route(ErrorKind.FATAL, attempts=MAX, to_dlq=to_dlq) == Decision(
+        Action.REBUILD, reason="E")
 
 
 def test_backoff_doubles_per_attempt_and_is_capped() -> None:
@@ -71,6 +77,104 @@ def test_backoff_doubles_per_attempt_and_is_capped() -> None:
                                                          16_000, 30_000]
     assert backoff_ms(10_000, 500) == 30_000
     assert backoff_ms(1, 0) == 0
+
+
+# -- the rules, for every input -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed produce as route sees it."""
+
+    kind: ErrorKind
+    code: int | None
+    attempts: int
+    budget: int
+    to_dlq: bool
+    base_ms: int
+
+    def route(self, *, attempts: int | None = None) -> Decision:
+        return _route(self.kind, code=self.code, attempts=attempts or self.attempts,
+                      max_attempts=self.budget, to_dlq=self.to_dlq, base_ms=self.base_ms)
+
+
+def failures(kinds: tuple[ErrorKind, ...] = tuple(ErrorKind),
+             codes: tuple[int | None, ...] = (None, OVERSIZE, KafkaError._MSG_TIMED_OUT,
+                                              KafkaError._TRANSPORT),
+             to_dlq: st.SearchStrategy[bool] | None = None) -> st.SearchStrategy[Failure]:
+    return st.builds(Failure, kind=st.sampled_from(kinds), code=st.sampled_from(codes),
+                     attempts=st.integers(1, 200), budget=st.integers(1, 50),
+                     to_dlq=st.booleans() if to_dlq is None else to_dlq,
+                     base_ms=st.integers(0, 20_000))
+
+
+@given(failures())
+def test_once_a_record_is_given_up_one_more_attempt_never_brings_back_a_retry(
+    failure: Failure,
+) -> None:
+    now, later = failure.route(), failure.route(attempts=failure.attempts + 1)
+    if now.action is not Action.RETRY:
+        assert later.action is not Action.RETRY
+    if now.action is Action.RETRY and later.action is Action.RETRY:
+        assert now.delay_ms <= later.delay_ms
+
+
+@given(failures(kinds=HOPELESS))
+def test_a_permanent_or_poison_record_is_never_retried(failure: Failure) -> None:
+    decision = failure.route()
+    assert decision.action in GIVE_UP
+    assert not decision.retry_later
+
+
+@given(failures(kinds=(ErrorKind.TRANSIENT, *HOPELESS), codes=(OVERSIZE,),
+                to_dlq=st.just(False)))
+def test_an_oversize_record_is_always_spilled_off_the_dead_letter_path(failure: Failure) -> None:
+    assert failure.route().action is Action.SPILL_OVERSIZE
+
+
+@given(failures(kinds=(ErrorKind.TRANSIENT,)))
+def test_a_transient_record_gets_exactly_its_budget_of_attempts(failure: Failure) -> None:
+    """Off the DLQ path the budget is max_attempts, on it twice that; an oversize record has
+    no budget off the DLQ path (no retry makes it fit)."""
+    limit = 2 * failure.budget if failure.to_dlq else failure.budget
+    if failure.code == OVERSIZE and not failure.to_dlq:
+        limit = 0
+    retried = [n for n in range(1, 2 * failure.budget + 2)
+               if failure.route(attempts=n).action is Action.RETRY]
+    assert retried == list(range(1, limit))
+
+
+@given(failures())
+def test_each_path_gives_up_to_its_own_sink(failure: Failure) -> None:
+    """No dead-letter of a dead-letter; nothing spilled off the DLQ path but oversize."""
+    action = failure.route().action
+    if action in GIVE_UP:
+        assert action in ({Action.SPILL} if failure.to_dlq
+                          else {Action.DEAD_LETTER, Action.SPILL_OVERSIZE})
+
+
+@given(failures())
+def test_only_a_transient_spill_may_come_back_from_the_spool(failure: Failure) -> None:
+    decision = failure.route()
+    assert decision.retry_later == (decision.action is Action.SPILL
+                                    and failure.kind is ErrorKind.TRANSIENT)
+
+
+@given(failures())
+def test_only_a_retry_waits_and_it_waits_the_capped_backoff(failure: Failure) -> None:
+    decision = failure.route()
+    if decision.action is Action.RETRY:
+        assert decision.delay_ms == min(BACKOFF_CAP_MS,
+                                        failure.base_ms * 2 ** (failure.attempts - 1))
+    else:
+        assert decision.delay_ms == 0
+
+
+@given(failures())
+def test_requeue_and_rebuild_ignore_attempts_path_and_code(failure: Failure) -> None:
+    action = failure.route().action
+    assert (action is Action.REQUEUE) == (failure.kind is ErrorKind.REQUEUE)
+    assert (action is Action.REBUILD) == (failure.kind is ErrorKind.FATAL)
 
 
 @pytest.mark.parametrize(("error", "kind"), [

@@ -39,11 +39,14 @@ finite_json = st.recursive(
     max_leaves=10,
 )
 texts = st.text(max_size=12)
+header_names = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
+                       max_size=12)
 framable = st.fixed_dictionaries(
     {"value": finite_json | st.binary(max_size=40)},
     optional={"topic": texts, "key": st.none() | texts | st.binary(max_size=10),
-              "headers": st.dictionaries(texts, texts | st.binary(max_size=8), max_size=3),
-              "timestamp_ms": st.integers(0, 2**63 - 1)},
+              "headers": st.dictionaries(header_names, texts | st.binary(max_size=8),
+                                         max_size=3),
+              "timestamp_ms": st.integers(1, 2**63 - 1)},
 )
 
 
@@ -190,7 +193,9 @@ def test_a_malformed_body_names_the_record_and_the_problem_and_accepts_nothing(
         (_frame(topic=b"bad topic"), "not a valid Kafka topic name"),
         (_frame(topic=b"\xff\xfe"), "is not UTF-8"),
         (_frame(topic=b"."), "not a valid Kafka topic name"),
-        (_frame(timestamp=2**63), "from 0 to 2**63-1"),
+        (_frame(timestamp=2**63), "from 1 to 2**63-1"),
+        (_frame(flags=FLAG_KEY | FLAG_TIMESTAMP), "librdkafka reads it as 'now'"),
+        (_frame(headers=((b"a\x00b", b"v"),)), "holds a NUL character"),
         (_frame(headers=((b"\xff", b"v"),)), "'headers' name b'\\xff' is not UTF-8"),
         (_frame(headers=((b"X-Relay-Id", b"v"),)), "reserved prefix 'x-relay-'"),
     ],
@@ -243,8 +248,10 @@ def test_an_empty_framed_body_is_refused() -> None:
         ({"key": "k"}, "exactly one of"),
         ({"value_b64": "not base64!"}, "not valid base64"),
         ({"value": 1, "colour": "red"}, "unknown field(s) ['colour']"),
-        ({"value": 1, "timestamp_ms": -1}, "from 0 to 2**63-1"),
-        ({"value": 1, "timestamp_ms": True}, "from 0 to 2**63-1"),
+        ({"value": 1, "timestamp_ms": -1}, "from 1 to 2**63-1"),
+        ({"value": 1, "timestamp_ms": True}, "from 1 to 2**63-1"),
+        ({"value": 1, "timestamp_ms": 0}, "librdkafka reads it as 'now'"),
+        ({"value": 1, "headers": {"a\x00b": "v"}}, "holds a NUL character"),
         ({"value": 1, "headers": {"h": 1}}, "'headers' value of 'h' must be a string"),
         ({"value": 1, "headers": ["h"]}, "must be an object"),
         ({"value": 1, "topic": 5}, "'topic' must be a string"),

@@ -4,12 +4,13 @@ remembered; the memory is bounded in keys and time; a concurrent repeat waits fo
 from __future__ import annotations
 
 import threading
+import zlib
 
 import pytest
 
-from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
+from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
 
-FP = (1, 10)
+FP = fingerprint(b"body", "application/json", "")
 
 
 class Counter:
@@ -41,7 +42,7 @@ def test_a_key_reused_for_another_body_is_refused() -> None:
     cache = IdempotencyCache()
     cache.run("k", FP, Counter(), wait_s=1)
     with pytest.raises(KeyMismatch):
-        cache.run("k", (2, 10), Counter(), wait_s=1)
+        cache.run("k", fingerprint(b"other", "application/json", ""), Counter(), wait_s=1)
 
 
 def test_keys_are_forgotten_after_the_ttl_and_beyond_the_bound() -> None:
@@ -91,3 +92,45 @@ def test_a_repeat_of_a_first_that_raised_is_processed_itself() -> None:
     with pytest.raises(RuntimeError):
         cache.run("k", FP, broken, wait_s=1)
     assert cache.run("k", FP, Counter(), wait_s=1) == (Answer(202, b"answer 1"), False)
+
+
+def _crc32_suffix(prefix: bytes, target: int) -> bytes:
+    """Four bytes that make ``crc32(prefix + them) == target``: CRC-32 is affine in the
+    suffix's 32 bits, so Gaussian elimination over GF(2) finds them."""
+    base = zlib.crc32(prefix + bytes(4))
+    rows = []  # (crc change, suffix bit) per suffix bit
+    for bit in range(32):
+        suffix = (1 << bit).to_bytes(4, "little")
+        rows.append((zlib.crc32(prefix + suffix) ^ base, 1 << bit))
+    want, solution = target ^ base, 0
+    for pivot in range(32):
+        found = next(i for i in range(pivot, 32) if rows[i][0] >> pivot & 1)
+        rows[pivot], rows[found] = rows[found], rows[pivot]
+        for i in range(32):
+            if i != pivot and rows[i][0] >> pivot & 1:
+                rows[i] = (rows[i][0] ^ rows[pivot][0], rows[i][1] ^ rows[pivot][1])
+    for pivot in range(32):
+        if want >> pivot & 1:
+            solution ^= rows[pivot][1]
+    return solution.to_bytes(4, "little")
+
+
+def test_a_body_forged_to_the_same_crc32_and_length_is_not_the_same_request() -> None:
+    first = b'{"records":[{"key":"a","value":1}]}'
+    forged = b'{"records":[{"key":"b","value":'
+    forged = forged.ljust(len(first) - 4, b" ")
+    forged += _crc32_suffix(forged, zlib.crc32(first))
+    assert (zlib.crc32(forged), len(forged)) == (zlib.crc32(first), len(first))
+    cache = IdempotencyCache()
+    cache.run("k", fingerprint(first, "application/json", ""), Counter(), wait_s=1)
+    with pytest.raises(KeyMismatch):
+        cache.run("k", fingerprint(forged, "application/json", ""), Counter(), wait_s=1)
+
+
+@pytest.mark.parametrize(("content_type", "query"), [("application/x-ndjson", ""),
+                                                      ("application/json", "wait=delivered")])
+def test_the_same_body_with_another_media_type_or_query_is_another_request(
+    content_type: str, query: str
+) -> None:
+    body = b'{"key":"a","value":1}'
+    assert fingerprint(body, content_type, query) != fingerprint(body, "application/json", "")

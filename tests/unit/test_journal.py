@@ -19,7 +19,8 @@ from kafka_relay.delivery.journal import (
     decode,
     encode,
 )
-from kafka_relay.protocol import Outcome
+from kafka_relay.delivery.ledger import BufferFull
+from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.unit.engine_fakes import FakeProducer, Rig
@@ -247,25 +248,61 @@ def test_two_live_processes_never_share_a_journal(tmp_path: Path) -> None:
     assert "KAFKA_RELAY_JOURNAL_DIR" in locked["error"]
     assert second.engine.status()["journal"]["enabled"] is False
     assert second.engine.recover_journal() == 0, "never takes a live process's records"
-    second.engine.accept(second.records(1))  # still accepts, without durability
+    with pytest.raises(BufferFull) as refused:  # never accepted without durability
+        second.engine.accept(second.records(1))
+    assert refused.value.refusal is Refusal.STORAGE
+    assert len(second.events("journal.locked")) == 1, "logged once, not per batch"
     assert len(_segments(tmp_path)) == 1
     holder = (tmp_path / "journal" / LOCK_NAME).read_text()
     assert holder.isdigit()
 
 
-def test_a_journal_write_that_fails_is_logged_and_records_are_still_accepted(
+def test_a_journal_that_cannot_write_refuses_batches_logs_once_and_resumes_by_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    write_all = journal_module._write_all
+
     def full(fd: int, head: bytes, body: bytes) -> None:
         raise OSError(28, "No space left on device")
 
     rig = _stalled(tmp_path)
+    kept = rig.records(2)
+    rig.engine.accept(kept)
     monkeypatch.setattr(journal_module, "_write_all", full)
-    rig.engine.accept(rig.records(2))
-    assert rig.engine.gauge().pending == 2
+    for _ in range(3):
+        with pytest.raises(BufferFull, match=r"journal cannot write.*No space left") as refused:
+            rig.engine.accept(rig.records(2))
+        assert refused.value.refusal is Refusal.STORAGE
+        assert refused.value.retry_after_ms > 0
+    assert rig.engine.gauge().pending == 2, "nothing of a refused batch is owned"
     (failed,) = rig.events("journal.write_failed")
     assert "No space left" in failed["error"]
-    assert rig.engine.status()["journal"]["enabled"] is False
+    status = rig.engine.status()["journal"]
+    assert (status["enabled"], status["records"]) == (False, 2)
+    assert "No space left" in status["error"]
+    monkeypatch.setattr(journal_module, "_write_all", write_all)  # space again
+    kept += rig.records(3)
+    rig.engine.accept(kept[2:])
+    assert rig.engine.status()["journal"]["error"] is None
+    assert len(rig.events("journal.resumed")) == 1
+    assert rig.engine.gauge().pending == 5
+    assert sorted(_journaled(tmp_path)) == sorted(r.id for r in kept)
+    assert rig.counts()["accepted"] == 5
+
+
+def test_a_journal_directory_that_cannot_be_created_refuses_until_it_can(
+    tmp_path: Path
+) -> None:
+    blocker = tmp_path / "journal"
+    blocker.write_text("a file where the directory should be")
+    rig = _delivering(tmp_path)
+    with pytest.raises(BufferFull, match="journal cannot write"):
+        rig.engine.accept(rig.records(1))
+    assert len(rig.events("journal.unavailable")) == 1
+    blocker.unlink()
+    rig.engine.accept(rig.records(1))
+    assert len(_segments(tmp_path)) == 1
+    assert rig.engine.status()["journal"]["enabled"] is True
 
 
 def test_journal_off_writes_nothing(tmp_path: Path) -> None:
@@ -277,8 +314,8 @@ def test_journal_off_writes_nothing(tmp_path: Path) -> None:
 
 def test_journal_configuration_from_the_environment(tmp_path: Path) -> None:
     base = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092"}
-    assert load_config(base).journal is False, "off by default: it costs ~20% of the handoff"
-    assert load_config({**base, "KAFKA_RELAY_JOURNAL": "on"}).journal is True
+    assert load_config(base).journal is True, "on by default: nothing accepted is lost"
+    assert load_config({**base, "KAFKA_RELAY_JOURNAL": "off"}).journal is False
     assert load_config({**base, "TMPDIR": "/x"}).journal_dir == Path("/x/kafka-relay-journal")
     config = load_config({**base, "KAFKA_RELAY_JOURNAL": "off",
                           "KAFKA_RELAY_JOURNAL_DIR": str(tmp_path)})

@@ -289,7 +289,9 @@ def _built(rig: Rig, events: tuple[str, ...] = (INVOKE, SHUTDOWN), *,
            hint: LambdaMode = LambdaMode.ON_DEMAND,
            factory: Any = None) -> tuple[Mode, DeliveryEngine]:
     """The mode ``mode_for`` decides, on an engine deferred as that mode asks (app.assemble)."""
-    config = replace(rig.config, mode_hint=hint, init_probe_ms=0)
+    # Its own journal directory: the rig's engine holds the rig's (one extension per journal).
+    config = replace(rig.config, mode_hint=hint, init_probe_ms=0,
+                     journal_dir=rig.config.journal_dir.with_name("journal-of-mode"))
     kind = mode_for(events, config)
     engine = DeliveryEngine(config, producer_factory=factory or rig._build, spill=rig.spill,
                             logger=rig.logger, wall_ms=rig.clock.wall_ms,

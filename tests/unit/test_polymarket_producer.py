@@ -22,7 +22,7 @@ from polymarket_prices import (
     decode_market,
     fetch_markets,
 )
-from producer_common import ConfigError, FetchFailed, JsonLog, error_entry
+from producer_common import ConfigError, Deadline, FetchFailed, JsonLog, error_entry
 
 FIXTURES = Path(__file__).resolve().parents[2] / "devtools" / "fixtures" / "polymarket"
 MARKETS: list[dict[str, Any]] = json.loads((FIXTURES / "markets.json").read_text())
@@ -52,7 +52,7 @@ class RecordedApi:
     failing: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, dict[str, str | int]]] = field(default_factory=list)
 
-    def __call__(self, url: str, params: Mapping[str, str | int]) -> Any:
+    def __call__(self, url: str, params: Mapping[str, str | int], _deadline: Deadline) -> Any:
         self.calls.append((url, dict(params)))
         key = str(params.get("market", params.get("offset")))
         if (url, key) in self.failing:
@@ -122,13 +122,53 @@ def test_markets_that_cannot_be_paired_are_refused_with_the_reason(
         decode_market({**market("253591"), **change})
 
 
-def test_history_is_decoded_oldest_first_and_bad_points_refused() -> None:
+def test_history_is_decoded_oldest_first_and_bad_points_skipped_with_the_reason() -> None:
     body = {"history": [{"t": 7200, "p": 0.5}, {"t": 3600, "p": "0.4"}]}
-    assert decode_history(body) == [(3600, 0.4), (7200, 0.5)]
-    bad_bodies: list[Any] = [{}, {"history": {}}, {"history": [{"t": 1}]}, {"history": [5]}, []]
+    assert decode_history(body).points == [(3600, 0.4), (7200, 0.5)]
+    bad_bodies: list[Any] = [{}, {"history": {}}, []]
     for bad in bad_bodies:
         with pytest.raises(ValueError, match="history"):
             decode_history(bad)
+
+
+@pytest.mark.parametrize(
+    ("point", "reason"),
+    [
+        ({"t": 1}, "'p'"),
+        (5, "not an object"),
+        ({"t": 10**20, "p": 0.5}, "not unix seconds"),
+        ({"t": -1, "p": 0.5}, "not unix seconds"),
+        ({"t": float("inf"), "p": 0.5}, "not unix seconds"),
+        ({"t": "3600", "p": 0.5}, "not unix seconds"),
+        ({"t": 3600, "p": True}, "not a number"),
+        ({"t": 3600, "p": float("nan")}, "not finite"),
+    ],
+)
+def test_one_bad_history_point_is_skipped_and_the_others_kept(point: Any, reason: str) -> None:
+    history = decode_history({"history": [{"t": 7200, "p": 0.5}, point]})
+    assert history.points == [(7200, 0.5)]
+    (skipped,) = history.skipped
+    assert reason in skipped
+
+
+def test_a_bad_market_or_point_is_reported_in_the_summary_and_the_run_carries_on() -> None:
+    token = tokens("253591")[0]
+    markets: list[Any] = ["not a market", *OPEN[:2]]
+    api = RecordedApi(markets=markets)
+    api.history[token] = [*api.history.get(token, []), {"t": 10**20, "p": 0.5},
+                          {"t": 3600, "p": True}]
+    batch = producer(api, max_markets=3).poll(log=quiet_log())
+    kinds = [e["kind"] for e in batch.errors]
+    assert kinds.count("bad_market") == 1
+    (bad_points,) = [e for e in batch.errors if e["kind"] == "bad_point"]
+    assert (bad_points["token_id"], bad_points["points"]) == (token, 2)
+    assert batch.records, "the other markets and points still make records"
+    assert all(r["value"]["price"] is not True for r in batch.records)
+
+
+def test_a_price_of_true_is_not_a_price() -> None:
+    with pytest.raises(MarketFormatError, match="not a number"):
+        decode_market({**market("253591"), "outcomePrices": "[true, false]"})
 
 
 # -- paging -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ class RecordedFeeds:
         self.bodies[url] = (RSS / name).read_bytes() if body is None else body
         return url
 
-    def __call__(self, url: str, validators: Validators | None) -> FeedResponse:
+    def __call__(self, url: str, validators: Validators | None,
+                 _deadline: Deadline) -> FeedResponse:
         self.asked.append((url, validators))
         if url in self.failures:
             return FeedResponse(url, error=self.failures[url])
@@ -301,16 +302,39 @@ def test_summary_counts_outcomes_when_waiting_for_delivery() -> None:
     assert line["request_id"] == "req-1"
 
 
-def test_dedupe_memory_is_bounded_and_forgets_the_oldest() -> None:
+def test_dedupe_memory_forgets_older_runs_entries_first() -> None:
+    feeds = RecordedFeeds()
+    world = feeds.add("world_news_rss2.xml")
+    rss = producer(feeds, dedupe_capacity=9)
+    rss.poll(log=quiet_log()[0]).commit()
+    feeds.bodies.pop(world)
+    feeds.add("timezones_rss2.xml")
+    rss.config = replace(rss.config, feed_urls=tuple(feeds.bodies))
+    second = rss.poll(log=quiet_log()[0])
+    second.commit()
+    kept = [url for url, _ in rss.state.seen]
+    assert len(second.records) == 7
+    assert (len(kept), kept.count(world)) == (9, 2), "the older run's entries go first"
+    assert kept[:2] == [world, world]
+
+
+def test_a_run_larger_than_the_dedupe_capacity_is_remembered_whole_and_reported() -> None:
+    """A big feed and a small one over the capacity: no warm run sends either again."""
     feeds = RecordedFeeds()
     feeds.add("timezones_rss2.xml")
+    feeds.add("world_news_rss2.xml")
     rss = producer(feeds, dedupe_capacity=3)
-    rss.poll(log=quiet_log()[0]).commit()
-    assert len(rss.state.seen) == 3
-    # newest-first feeds: the three top (newest) entries are the ones kept
-    assert [key for _, key in rss.state.seen] == [
-        "briefing-ny-1", "briefing-sf-1", "briefing-mumbai-1",
-    ]
+    first = rss.poll(log=quiet_log()[0])
+    first.commit()
+    (report,) = [e for e in first.errors if e["kind"] == "dedupe_capacity"]
+    assert "RSS_DEDUPE_CAPACITY=3" in report["error"]
+    assert len(rss.state.seen) == report["entries"] == len(first.records)
+    for _ in range(3):
+        rss.state.validators.clear()  # fetch in full again: only the dedupe can skip entries
+        again = rss.poll(log=quiet_log()[0])
+        again.commit()
+        assert again.records == []
+        assert again.skipped_duplicates == first.fetched
 
 
 def test_a_run_close_to_the_timeout_reports_feeds_it_did_not_fetch() -> None:
@@ -437,3 +461,26 @@ def test_only_records_handed_over_are_remembered_and_their_feed_keeps_old_valida
     asked = dict(feeds.asked[-2:])
     assert asked[BASE + "timezones_rss2.xml"] is None  # no 304 may hide the lost entry
     assert asked[BASE + "no_guids_rss2.xml"] is not None
+
+
+def test_an_entry_that_cannot_be_normalised_is_skipped_and_reported(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rss_feed  # noqa: PLC0415 - the module whose entry step gets a fault injected
+
+    real = rss_feed.entry_summary
+
+    def odd_entry(entry: Any, max_chars: int) -> str | None:
+        if entry.get("id") == "briefing-ny-1":
+            raise TypeError("an entry shape nobody expected")
+        return real(entry, max_chars)
+
+    monkeypatch.setattr(rss_feed, "entry_summary", odd_entry)
+    feeds = RecordedFeeds()
+    url = feeds.add("timezones_rss2.xml")
+    batch = producer(feeds).poll(log=quiet_log()[0])
+    assert "briefing-ny-1" not in {r["key"] for r in batch.records}
+    assert len(batch.records) == 6
+    (bad,) = [e for e in batch.errors if e["kind"] == "bad_item"]
+    assert (bad["source"], bad["items"]) == (url, 1)
+    assert "an entry shape nobody expected" in bad["error"]

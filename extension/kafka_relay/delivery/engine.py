@@ -4,14 +4,16 @@
 ``flush`` waits for outcomes, ``drain`` runs SHUTDOWN (restore the spool → flush
 → spill the rest, keeping back the time the spill takes). When the pump died,
 everything it held was spilled by then and ``gauge().failure`` says why (the
-lifecycle reports it as an exit error). With the journal on
-(``KAFKA_RELAY_JOURNAL``), ``start`` first restores what a crashed predecessor
-journaled, and a clean ``drain`` leaves no journal behind. The ledger owns the
-lock; the engine never takes it.
+lifecycle reports it as an exit error). With the journal (``KAFKA_RELAY_JOURNAL``, on by
+default) ``start`` first restores what a crashed predecessor journaled, and a clean
+``drain`` leaves no journal behind; with the outage spool (``KAFKA_RELAY_SPOOL_MAX_BYTES``)
+SHUTDOWN spills what still waits on disk. The ledger owns the lock; the engine never
+takes it.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,8 @@ from kafka_relay.config import Config
 from kafka_relay.delivery.budget import buffer_limits, drain_plan
 from kafka_relay.delivery.journal import Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
+from kafka_relay.delivery.outage import refill, spill_parked
+from kafka_relay.delivery.overflow import OverflowSpool, derived_limit
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.delivery.reachability import Reachability
 from kafka_relay.observability.log import JsonLogger
@@ -104,8 +108,16 @@ class DeliveryEngine:
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
             journal.open()
+        spool_limit = derived_limit(config.spool_max_bytes, config.spool_dir)
+        overflow = (OverflowSpool(config.spool_dir / "overflow", spool_limit, logger)
+                    if spool_limit > 0 else None)
+        self._overflow = overflow
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
-                              monotonic=monotonic, journal=journal, logger=logger)
+                              monotonic=monotonic, journal=journal, logger=logger,
+                              overflow=overflow)
+        # What fits of the outage spool back into memory, before newer batches are taken.
+        self._refill: Callable[[], int] = (
+            (lambda: 0) if overflow is None else functools.partial(refill, self._ledger, overflow))
         # Public for tests that step it by hand; nothing outside delivery/ touches it.
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, wall_ms=wall_ms,
@@ -178,19 +190,23 @@ class DeliveryEngine:
         for record in records:
             record.request_id = record.request_id or self.invocation_id
             record.dlq_topic = record.dlq_topic or self._config.dlq_for(record.topic)
+        self._refill()
         return self._ledger.accept(records, watch=watch)
+
+
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""
         self._ledger.note_rejected(records)
 
     def restore_spool(self) -> int:
-        """Re-own what earlier invocations parked in the /tmp spool (sent first)."""
+        """Re-own what earlier invocations parked in the /tmp spool (sent first), and what
+        fits of the outage spool."""
         if self.pump.failure is not None:
             return 0  # nobody would send them: leave the files for the next environment
         spooled = self._spill.take_spooled()
         # Nothing spooled (every invocation but a few): no ledger lock, no pump wake-up.
-        restored = self._ledger.restore(spooled) if spooled else 0
+        restored = (self._ledger.restore(spooled) if spooled else 0) + self._refill()
         if restored:
             self._log.info("spool.restored", records=restored)
         return restored
@@ -202,7 +218,7 @@ class DeliveryEngine:
         before = self._ledger.state().counts
         self._ledger.wait_idle(start + max(0.0, timeout_s), now_ms=self._wall_ms,
                                stopped=lambda: self.pump.failure is not None,
-                               retry_now=retry_now)
+                               retry_now=retry_now, more=self._refill)
         state = self._ledger.state()
         after = state.counts
         return FlushResult(
@@ -229,6 +245,17 @@ class DeliveryEngine:
         drained = self.flush(max(0, plan.flush_until_ms - self._wall_ms()) / 1000, retry_now=True)
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
         spilled = self.spill_unsettled(f"shutdown ({reason}) before delivery")
+        # /tmp goes with the environment: what waits in the outage spool is spilled too.
+        end = deadline_ms - self._config.shutdown_margin_ms
+        parked, left = (0, 0) if self._overflow is None else spill_parked(
+            self._ledger, self._overflow, self._spill.spill,
+            f"shutdown ({reason}) before delivery", until=lambda: self._wall_ms() >= end)
+        spilled += parked
+        if left:
+            self._log.error("overflow.left_at_shutdown", records=left,
+                            hint="the SHUTDOWN deadline passed before the disk spool was "
+                                 "spilled: set KAFKA_RELAY_SPILL_BUCKET, or lower "
+                                 "KAFKA_RELAY_SPOOL_MAX_BYTES")
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
         self._ledger.release_journal(clean=True)  # everything settled: leave nothing behind
         state = self._ledger.state()

@@ -16,6 +16,12 @@ still there. Cost model (``python -m bench.journal_cost``):
   header. Recovery restores every record of a surviving segment: settled ones come back
   as duplicates under their ``x-relay-id`` (at-least-once), bounded by ``SEGMENT_BYTES``.
 
+On by default. When it cannot write (disk full, permissions, an I/O error, the directory
+held by another process) ``append`` raises ``JournalUnwritable`` and the ledger refuses
+the batch (507): a 202 is never given for a batch a crash could lose. The condition is
+logged once (``journal.write_failed``), shown in ``/v1/status``, and every next batch
+tries again, so journaling resumes by itself (``journal.resumed``) once writing works.
+
 Own files only: ``kafka-relay-journal-*.bin`` opening with a JSON header line; other
 files are never read or deleted; a torn last frame (kill mid-write) is skipped; a file
 that does not parse otherwise is renamed ``*.corrupt`` and logged. ``flock`` on a lock
@@ -83,6 +89,10 @@ def decode(payload: bytes) -> list[Record]:
     return records
 
 
+class JournalUnwritable(Exception):
+    """The batch could not be journaled; the message says why and what to do."""
+
+
 @dataclass
 class _Segment:
     path: Path
@@ -114,7 +124,9 @@ class Journal:
     # -- opening and closing -------------------------------------------------------------
 
     def open(self) -> bool:
-        """Take the directory (False, logged, when another live process holds it)."""
+        """Take the directory (False, logged, when it cannot: ``append`` tries again)."""
+        if self._lock_fd is not None:
+            return True
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
@@ -128,13 +140,17 @@ class Journal:
             return self._fail("journal.locked", f"{self.directory} is held by process "
                               f"{holder or '?'}: two extensions never share a journal; set "
                               "KAFKA_RELAY_JOURNAL_DIR to a directory of its own")
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:
+            pass  # the holder's pid is only shown to a second process; the lock is what counts
         self._lock_fd = fd
         return True
 
     @property
     def enabled(self) -> bool:
+        """It holds its directory and its last write worked."""
         return self._lock_fd is not None and self.error is None
 
     def release(self, *, remove: bool = False) -> None:
@@ -159,17 +175,24 @@ class Journal:
                 self.directory.rmdir()  # only when empty: foreign files stay
 
     def _fail(self, event: str, error: str) -> bool:
+        """Record why it cannot write; logged once per condition, not once per batch."""
+        if self.error is None:
+            self._log.error(event, dir=str(self.directory), error=error,
+                            hint="batches are refused (507) until the journal writes again; "
+                                 "free space in KAFKA_RELAY_JOURNAL_DIR or point it at a "
+                                 "writable directory")
         self.error = error
-        self._log.error(event, dir=str(self.directory), error=error,
-                        hint="records are accepted without crash durability")
         return False
 
     # -- writing -------------------------------------------------------------------------
 
     def append(self, ids: Sequence[str], frame: Frame, *, recovered: int = 0) -> None:
-        """Journal one batch (``frame`` = ``encode`` of the records with ``ids``)."""
-        if not self.enabled or not ids:
+        """Journal one batch (``frame`` = ``encode`` of the records with ``ids``), or raise
+        JournalUnwritable. After a failure every call tries again."""
+        if not ids:
             return
+        if not self.open():
+            raise JournalUnwritable(self._refusal())
         active = self._active
         try:
             if active is None or active.size >= SEGMENT_BYTES or active.recovered != recovered:
@@ -177,9 +200,14 @@ class Journal:
             assert self._fd is not None
             _write_all(self._fd, *frame)
         except OSError as exc:
+            # The segment may end in a torn frame now: recovery skips it, and this batch is
+            # refused, so nothing answered 202 is in it. The next batch starts a new segment.
             self._close_active()
             self._fail("journal.write_failed", f"{type(exc).__name__}: {exc}")
-            return
+            raise JournalUnwritable(self._refusal()) from exc
+        if self.error is not None:
+            self._log.warning("journal.resumed", dir=str(self.directory), after=self.error)
+            self.error = None
         active.size += len(frame[0]) + len(frame[1])
         active.unsettled += len(ids)
         self._segment_of.update(dict.fromkeys(ids, active))
@@ -201,6 +229,11 @@ class Journal:
                 self._close_active()
         self._unlink(segment.path)
 
+    def _refusal(self) -> str:
+        return (f"the crash journal cannot write ({self.error}), so this batch could not be "
+                f"kept through a crash: nothing accepted; retry later (KAFKA_RELAY_JOURNAL_DIR="
+                f"{self.directory})")
+
     def _start(self, recovered: int) -> _Segment:
         self._close_active()
         name = f"{FILE_PREFIX}{os.getpid()}-{os.urandom(6).hex()}.bin"
@@ -209,8 +242,13 @@ class Journal:
                              "recovered": recovered}, separators=(",", ":")).encode() + b"\n"
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
                            0o600)
+        try:
+            _write_all(self._fd, header, b"")
+        except OSError:
+            self._close_active()
+            self._unlink(segment.path)  # a half header holds nothing; leave no file behind
+            raise
         self._active = segment
-        _write_all(self._fd, header, b"")
         segment.size = segment.header = len(header)
         return segment
 

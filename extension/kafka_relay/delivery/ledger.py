@@ -5,7 +5,9 @@ counts and the ``wait=delivered`` watches, and the one condition variable that
 guards them all (the pump waits on it too). Waiting for outcomes, for idleness and
 recovering or releasing the journal are its methods: nobody else takes its lock for
 them. With a journal, every batch it takes is journaled before it is owned (before
-the 202), and every settlement tells it.
+the 202), and every settlement tells it; a batch it cannot journal is refused. With an
+outage spool (delivery/overflow.py), a batch that does not fit in memory waits there, in
+order, and comes back as memory frees up (delivery/outage.py).
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
 It also tallies these counts per request id (the records' own, the invocation that
@@ -14,16 +16,18 @@ handed them over), so the logs can say what became of each invocation's records.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, encode
+from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, JournalUnwritable, encode
+from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
 from kafka_relay.delivery.queue import SendQueue
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.protocol import Outcome
+from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import SpillResult
 
@@ -34,12 +38,14 @@ class Spill(Protocol):
 
 
 class BufferFull(Exception):
-    """Nothing was accepted. ``retry_after_ms == 0``: the engine takes no more records at all
-    (SHUTDOWN, or its pump stopped)."""
+    """Nothing was accepted; ``refusal`` says why (and so the answer's status).
+    ``retry_after_ms == 0``: retrying cannot help."""
 
-    def __init__(self, retry_after_ms: int, detail: str) -> None:
+    def __init__(self, retry_after_ms: int, detail: str,
+                 refusal: Refusal = Refusal.BUSY) -> None:
         super().__init__(detail)
         self.retry_after_ms = retry_after_ms
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class LedgerState:
     in_flight: int
     waiting_retry: int
     journal: dict[str, object]
+    overflow: dict[str, object]
     # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
     by_request: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -115,13 +122,22 @@ class LedgerState:
         return {"counts": self.counts, "pending": self.pending,
                 "pending_bytes": self.pending_bytes, "unaccounted": self.unaccounted,
                 "in_flight": self.in_flight, "waiting_retry": self.waiting_retry,
-                "journal": self.journal}
+                "journal": self.journal, "overflow": self.overflow}
+
+
+def _never_fits(records: int, size: int, limits: Limits) -> str:
+    over = (f"{records} records > the {limits.records}-record limit "
+            "(KAFKA_RELAY_MAX_BUFFER_RECORDS)" if records > limits.records else
+            f"{size} bytes > the {limits.bytes}-byte limit (KAFKA_RELAY_MAX_BUFFER_BYTES)")
+    return (f"this batch alone is over the whole buffer ({over}): it can never be accepted; "
+            "send it in smaller batches")
 
 
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
-                 journal: Journal | None = None, logger: JsonLogger | None = None) -> None:
+                 journal: Journal | None = None, logger: JsonLogger | None = None,
+                 overflow: OverflowSpool | None = None) -> None:
         # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
         self.queue = SendQueue()
@@ -134,6 +150,7 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
+        self._overflow = overflow
         self._log = logger
         # Per request id since the last state(take_outcomes=True): count name -> records.
         self._outcomes: dict[str, dict[str, int]] = {}
@@ -141,28 +158,49 @@ class Ledger:
     # -- records in --------------------------------------------------------------------
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
-        """Own all of ``records`` or none (BufferFull)."""
+        """Own all of ``records`` or none (BufferFull). A batch that does not fit in memory, or
+        comes while earlier ones wait there, goes to the outage spool (counted ``spooled``)."""
         size = sum(r.size for r in records)
-        journal = self._journal
-        frame = encode(records) if journal is not None and journal.enabled else None  # unlocked
+        journal, overflow = self._journal, self._overflow
+        frame = encode(records) if journal is not None or overflow is not None else None
         with self.cond:
             if self._closed is not None:
-                raise BufferFull(0, self._closed)
-            if (len(self._unsettled) + len(records) > self.limits.records
-                    or self._bytes + size > self.limits.bytes):
+                raise BufferFull(0, self._closed, Refusal.CLOSED)
+            if len(records) > self.limits.records or size > self.limits.bytes:
                 self.counts.rejected += len(records)
-                raise BufferFull(
-                    self._retry_after_ms,
-                    f"buffer full ({len(self._unsettled)} records, {self._bytes} bytes pending; "
-                    f"limits {self.limits.records} records (KAFKA_RELAY_MAX_BUFFER_RECORDS), "
-                    f"{self.limits.bytes} bytes (KAFKA_RELAY_MAX_BUFFER_BYTES))",
-                )
+                raise BufferFull(0, _never_fits(len(records), size, self.limits),
+                                 Refusal.TOO_LARGE)
+            full = (len(self._unsettled) + len(records) > self.limits.records
+                    or self._bytes + size > self.limits.bytes)
+            try:
+                if overflow is not None and frame is not None and (full or overflow):
+                    location = str(overflow.put(len(records), frame))
+                    self.counts.spooled += len(records)
+                    self.counts.accepted += len(records)
+                    if not watch:
+                        return None
+                    parked = Watch([r.id for r in records], self, {
+                        r.id: (Outcome.SPILLED, location) for r in records})
+                    return parked
+                if full:
+                    raise BufferFull(
+                        self._retry_after_ms,
+                        f"buffer full ({len(self._unsettled)} records, {self._bytes} bytes "
+                        f"pending; limits {self.limits.records} records "
+                        f"(KAFKA_RELAY_MAX_BUFFER_RECORDS), {self.limits.bytes} bytes "
+                        "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
+                if frame is not None and journal is not None:
+                    journal.append([r.id for r in records], frame)
+            except (SpoolFull, JournalUnwritable) as exc:
+                self.counts.rejected += len(records)
+                raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
+            except BufferFull:
+                self.counts.rejected += len(records)
+                raise
             registered = None
             if watch:
                 registered = Watch([r.id for r in records], self)
                 self._watches.update((i, registered) for i in registered.ids)
-            if frame is not None and journal is not None:
-                journal.append([r.id for r in records], frame)
             for record in records:
                 self._unsettled[record.id] = record
                 self._bytes += record.size
@@ -177,8 +215,10 @@ class Ledger:
         they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
-            if self._journal is not None and self._journal.enabled:
-                self._journal.append([r.id for r in fresh], encode(fresh), recovered=recovered)
+            if self._journal is not None:  # owned even when it cannot write (logged once)
+                with contextlib.suppress(JournalUnwritable):
+                    self._journal.append([r.id for r in fresh], encode(fresh),
+                                         recovered=recovered)
             for record in fresh:
                 self._unsettled[record.id] = record
                 self._bytes += record.size
@@ -263,7 +303,8 @@ class Ledger:
                 return None
             left = journal.leftovers()
             restored = self.restore(left.records, recovered=left.recovered + 1)
-            journal.discard(left.files)  # after their records are journaled again
+            if journal.enabled:  # their records are journaled again: the old files can go
+                journal.discard(left.files)
         spilled = 0
         if restored and left.recovered >= MAX_RECOVERIES:
             records = [r for r in left.records if self.holds(r)]
@@ -301,20 +342,23 @@ class Ledger:
                 in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
                 journal=(self._journal.status() if self._journal is not None
                          else {"enabled": False}),
+                overflow=(self._overflow.status() if self._overflow is not None
+                          else {"enabled": False}),
                 by_request=by_request)
 
     def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
-                  stopped: Callable[[], bool], retry_now: bool = False) -> None:
-        """Ask the pump to flush, and wait until nothing is due, the pump ``stopped`` or
-        ``deadline`` (monotonic) passed. ``retry_now`` also sends the records still waiting
-        out a retry backoff."""
+                  stopped: Callable[[], bool], retry_now: bool = False,
+                  more: Callable[[], int] = lambda: 0) -> None:
+        """Ask the pump to flush, and wait until nothing is due (nor ``more`` taken: the outage
+        spool's refill), the pump ``stopped`` or ``deadline`` (monotonic) passed.
+        ``retry_now`` also sends the records still waiting out a retry backoff."""
         with self.cond:
             if retry_now:
                 self.queue.release_retries()
             self.queue.flush_requests += 1
             self.cond.notify_all()
             try:
-                while (not stopped() and self.queue.has_due_work(now_ms())
+                while (not stopped() and (self.queue.has_due_work(now_ms()) or more())
                        and self._monotonic() < deadline):
                     self.cond.wait(min(0.05, max(0.001, deadline - self._monotonic())))
             finally:

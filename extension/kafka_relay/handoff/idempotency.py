@@ -5,10 +5,16 @@ timeout does not tell it whether the first POST was accepted). Only answers that
 accepted records are remembered: a 400/429/503 accepted nothing, so a retry of it
 is processed afresh. A repeat that arrives while the first is still being
 processed waits for that first answer.
+
+A key is bound to a ``fingerprint`` of what it was first sent with: a BLAKE2b digest
+of the body, its content type and the query, so a different request under the same
+key is refused (422) and never gets another request's ids, even when crafted to
+collide with a checksum such as CRC-32.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -28,10 +34,21 @@ class Answer:
 
 @dataclass
 class _Entry:
-    fingerprint: tuple[int, int]
+    fingerprint: bytes
     born: float
     done: threading.Event = field(default_factory=threading.Event)
     answer: Answer | None = None
+
+
+def fingerprint(body: bytes, content_type: str, query: str) -> bytes:
+    """What a key is bound to: a 128-bit BLAKE2b digest of the request (each part
+    length-prefixed, so no two different requests hash the same bytes)."""
+    digest = hashlib.blake2b(digest_size=16, person=b"kafka-relay-idem")
+    for part in (content_type.encode(errors="surrogateescape"),
+                 query.encode(errors="surrogateescape"), body):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.digest()
 
 
 class KeyMismatch(Exception):
@@ -53,7 +70,7 @@ class IdempotencyCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
     def run(
-        self, key: str, fingerprint: tuple[int, int], process: Callable[[], Answer],
+        self, key: str, fingerprint: bytes, process: Callable[[], Answer],
         *, wait_s: float,
     ) -> tuple[Answer, bool]:
         """The answer for ``key`` and whether it is a replay of an earlier one.
@@ -73,7 +90,7 @@ class IdempotencyCache:
                 return entry.answer, True
             # The first attempt accepted nothing and was forgotten: try ourselves.
 
-    def _claim(self, key: str, fingerprint: tuple[int, int]) -> tuple[bool, _Entry]:
+    def _claim(self, key: str, fingerprint: bytes) -> tuple[bool, _Entry]:
         now = self._monotonic()
         with self._lock:
             entry = self._entries.get(key)

@@ -3,10 +3,12 @@
 A request is accepted entirely or not at all: any invalid record makes the
 whole request a 400 with one reason per bad record, naming the field.
 
-Validation accepts exactly what confluent-kafka and Kafka can take: text that
-encodes to UTF-8 (a lone surrogate such as "\\ud800" is valid JSON but crashes
-the producer), topic names by Kafka's rule matched whole, timestamps in Kafka's
-int64 range, JSON without NaN/Infinity, nesting within the parser's bound.
+Validation accepts exactly what confluent-kafka and Kafka can take and deliver
+unchanged: text that encodes to UTF-8 (a lone surrogate such as "\\ud800" is valid
+JSON but crashes the producer), topic names by Kafka's rule matched whole,
+timestamps from 1 to int64's maximum (librdkafka turns 0 into "now"), header names
+without NUL (passed to C as NUL-terminated strings), JSON without NaN/Infinity,
+nesting within the parser's bound.
 This runs for every record: keep the common path (no headers) cheap.
 
 A framed body (``FRAMES_TYPE``, the stdlib client's default) carries values as the
@@ -43,7 +45,13 @@ _NOT_UNICODE = ("is not valid Unicode text (it holds a lone surrogate such as \\
                 "send UTF-8 text, or bytes in base64")
 _TOO_DEEP = "JSON nested too deeply (the parser's limit is about 900 levels)"
 _NO_TOPIC = "no 'topic' and no default topic: add 'topic' or set KAFKA_TOPIC"
-_BAD_TIMESTAMP = "'timestamp_ms' must be an integer from 0 to 2**63-1 (epoch milliseconds)"
+# librdkafka reads a timestamp of 0 as "now": a record given 0 would arrive with the
+# producer's clock, so 0 is refused rather than silently changed.
+_BAD_TIMESTAMP = ("'timestamp_ms' must be an integer from 1 to 2**63-1 (epoch milliseconds); "
+                  "0 cannot be produced (librdkafka reads it as 'now'): omit it for the "
+                  "producer's time")
+_NUL_NAME = ("holds a NUL character, which the producer cannot carry in a header name (it "
+             "would arrive cut short)")
 
 
 def _bad_topic(topic: object) -> str:
@@ -195,7 +203,7 @@ def validate_frames(
             topic = default_topic if raw_topic is None else _frame_topic(raw_topic)
             if topic is None:
                 raise ValueError(_NO_TOPIC)
-            if timestamp is not None and timestamp >= _MAX_TIMESTAMP_MS:
+            if timestamp is not None and not 0 < timestamp < _MAX_TIMESTAMP_MS:
                 raise ValueError(_BAD_TIMESTAMP)
             headers = _named_headers(raw_headers) if raw_headers else ()
         except ValueError as exc:
@@ -230,6 +238,8 @@ def _named_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[str,
             raise ValueError(f"'headers' name {raw_name[:64]!r} is not UTF-8") from None
         if name[:_PREFIX_LEN].lower() == RELAY_HEADER_PREFIX:
             raise ValueError(_reserved(name))
+        if "\x00" in name:
+            raise ValueError(f"'headers' name {name[:64]!r} {_NUL_NAME}")
         out.append((name, value))
     return tuple(out)
 
@@ -279,7 +289,7 @@ def _record(
 
     timestamp = item.get("timestamp_ms")
     if timestamp is not None and (
-        type(timestamp) is not int or not 0 <= timestamp < _MAX_TIMESTAMP_MS
+        type(timestamp) is not int or not 0 < timestamp < _MAX_TIMESTAMP_MS
     ):
         raise ValueError(_BAD_TIMESTAMP)
 
@@ -330,5 +340,7 @@ def _headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
         if name[:_PREFIX_LEN].lower() == RELAY_HEADER_PREFIX:
             raise ValueError(_reserved(name))
         _utf8(name, f"'headers' name {name!r}")  # confluent-kafka hands names to C as UTF-8
+        if "\x00" in name:  # ... as a NUL-terminated string
+            raise ValueError(f"'headers' name {name[:64]!r} {_NUL_NAME}")
         out.append((name, _utf8(value, f"'headers' value of {name!r}")))
     return tuple(out)

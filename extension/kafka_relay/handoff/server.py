@@ -21,7 +21,6 @@ import json
 import socket
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
 from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.body import BodyError, read_body
-from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch
+from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.httpwire import RequestHandler, ThreadingServer
@@ -43,7 +42,9 @@ from kafka_relay.protocol import (
     FLUSH_PATH,
     IDEMPOTENCY_KEY_HEADER,
     INVOCATION_END_PATH,
+    MAX_TIMEOUT_MS,
     RECORDS_PATH,
+    REFUSAL_FIELD,
     REQUEST_ID_HEADER,
     STATUS_PATH,
     TIMEOUT_PARAM,
@@ -51,11 +52,11 @@ from kafka_relay.protocol import (
     TOKEN_SOURCES,
     WAIT_DELIVERED,
     WAIT_PARAM,
+    Refusal,
 )
 from kafka_relay.record import IdSource, Record
 
 _DEFAULT_WAIT_S = 30.0
-_MAX_WAIT_S = 900.0  # Lambda's longest invocation
 IDLE_TIMEOUT_S = 60.0  # a kept-alive connection silent this long is closed
 BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
 # After answering a body it did not read (413, a broken length), the server lets the client
@@ -192,7 +193,8 @@ class _Handler(RequestHandler):
         return hmac.compare_digest(given.encode(), expected.encode())
 
     def _query(self) -> dict[str, str]:
-        return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query,
+                                                 keep_blank_values=True).items()}
 
     # -- routes ------------------------------------------------------------------------
 
@@ -257,16 +259,18 @@ class _Handler(RequestHandler):
     def _records(self, body: bytes) -> None:
         state = self.server.state
         query = self._query()
+        wait_s = _wait_budget_s(query)  # a bad timeout_ms is a 400 before anything is taken
         key = self.headers.get(IDEMPOTENCY_KEY_HEADER)
         if not key:
-            self._send_answer(self._accept(body, query))
+            self._send_answer(self._accept(body, query, wait_s))
             return
         if len(key) > _MAX_KEY_CHARS:
             raise _HttpError(400, f"{IDEMPOTENCY_KEY_HEADER} is over {_MAX_KEY_CHARS} chars")
         try:
             answer, _ = state.idempotency.run(
-                key, (zlib.crc32(body), len(body)), lambda: self._accept(body, query),
-                wait_s=_wait_budget_s(query) + 1,
+                key, fingerprint(body, self.headers.get("Content-Type") or "", _bound(query)),
+                lambda: self._accept(body, query, wait_s),
+                wait_s=wait_s + 1,
             )
         except KeyMismatch as exc:
             raise _HttpError(422, f"{IDEMPOTENCY_KEY_HEADER} {key!r} was used for a different "
@@ -276,12 +280,14 @@ class _Handler(RequestHandler):
                                   "still being processed: retry it later") from exc
         self._send_answer(answer)
 
-    def _accept(self, body: bytes, query: dict[str, str]) -> Answer:
+    def _accept(self, body: bytes, query: dict[str, str], wait_s: float) -> Answer:
         state = self.server.state
         request_id = self.headers.get(REQUEST_ID_HEADER) or None
         refusal = state.admit()
         if refusal is not None:
-            return _answer(503, {"error": refusal, "retry_after_ms": 0}, {"Retry-After": "1"})
+            return _answer(503, {"error": refusal, "retry_after_ms": 0,
+                                 REFUSAL_FIELD: Refusal.NOT_RESTORED.value},
+                           {"Retry-After": "1"})
         wait = query.get(WAIT_PARAM) == WAIT_DELIVERED
         problem = state.reprobe(WAIT_PROBE_S) if wait else None
         if problem is not None:
@@ -306,21 +312,23 @@ class _Handler(RequestHandler):
         try:
             watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:
-            status = 503 if exc.retry_after_ms == 0 else 429
             retry_s = max(1, (exc.retry_after_ms + 999) // 1000)
-            return _answer(status, {"error": str(exc), "retry_after_ms": exc.retry_after_ms},
-                           {"Retry-After": str(retry_s)})
+            return _answer(exc.refusal.status,
+                           {"error": str(exc), "retry_after_ms": exc.retry_after_ms,
+                            REFUSAL_FIELD: exc.refusal.value},
+                           None if exc.refusal is Refusal.TOO_LARGE
+                           else {"Retry-After": str(retry_s)})
         if watch is None:
             return _answer(202, {"accepted": len(ids), "ids": ids})
-        outcomes = watch.wait(_wait_budget_s(query))
+        outcomes = watch.wait(wait_s)
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
     def _flush(self, body: bytes) -> None:
         state = self.server.state
         budget = state.config.flush_budget_ms / 1000
-        raw = self._query().get(TIMEOUT_PARAM, "")
-        if raw.isascii() and raw.isdigit():
-            budget = min(budget, int(raw) / 1000)
+        timeout_s = _timeout_s(self._query())
+        if timeout_s is not None:
+            budget = min(budget, timeout_s)
         self._send(200, state.relay.flush(budget).as_dict())
 
     def _end(self, body: bytes) -> None:
@@ -347,10 +355,26 @@ class _Handler(RequestHandler):
 
 def _wait_budget_s(query: dict[str, str]) -> float:
     """The request's own budget (the client sets it from its remaining time)."""
-    raw = query.get(TIMEOUT_PARAM, "")
-    if raw.isascii() and raw.isdigit():
-        return min(int(raw) / 1000, _MAX_WAIT_S)
-    return _DEFAULT_WAIT_S
+    timeout_s = _timeout_s(query)
+    return _DEFAULT_WAIT_S if timeout_s is None else timeout_s
+
+
+def _timeout_s(query: dict[str, str]) -> float | None:
+    """``timeout_ms`` in seconds (None: not given); anything but an integer from 0 to
+    MAX_TIMEOUT_MS is a 400, never a silent default."""
+    raw = query.get(TIMEOUT_PARAM)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and int(raw) <= MAX_TIMEOUT_MS):
+        raise _HttpError(400, f"{TIMEOUT_PARAM}={raw[:40]!r}: give an integer number of "
+                              f"milliseconds from 0 to {MAX_TIMEOUT_MS}")
+    return int(raw) / 1000
+
+
+def _bound(query: dict[str, str]) -> str:
+    """The query as an idempotency key binds it: ``timeout_ms`` left out, since a retry
+    legitimately sends the shorter wait it has left."""
+    return "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k != TIMEOUT_PARAM)
 
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:

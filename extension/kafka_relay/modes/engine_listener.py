@@ -30,14 +30,11 @@ UNSIGNALLED_CAP_S = 2.0
 _POLL_S = 0.05
 # A flush that settles nothing for this long while records are pending gives up early (the
 # broker does not answer: the breaker takes over). A broker that has answered before settles
-# in milliseconds; before its first delivery (connection, metadata, topic creation) it may
-# take longer.
-STALL_S = 0.75
+# in milliseconds, or reconnects within a second or so after a connection dropped while the
+# environment was frozen; before its first delivery (connection, metadata, topic creation)
+# it may take longer.
+STALL_S = 1.5
 FIRST_CONTACT_STALL_S = 3.0
-# A flush still settling after this long (a backlog, e.g. once the broker is back after an
-# outage) stops too: no invocation pays for more than this. The rest stays pending; the pump
-# sends it whenever the environment runs, and later flushes or the SHUTDOWN drain finish it.
-BACKLOG_CAP_S = 0.8
 _FLUSH_SLICE_S = 0.1
 
 
@@ -122,8 +119,7 @@ class EngineListener:
     def flush(self, budget_ms: int) -> FlushReport:
         """Flush in slices; stop once nothing has settled for ``STALL_S`` (before the first
         delivery ``FIRST_CONTACT_STALL_S``) while records are pending (the broker does not
-        answer: the breaker takes over), after ``BACKLOG_CAP_S`` whatever settles, or once
-        nothing is due."""
+        answer: the breaker takes over), or once nothing is due."""
         start = time.monotonic()
         deadline = start + budget_ms / 1000
         settled, last_progress = 0, start
@@ -142,10 +138,6 @@ class EngineListener:
             if now - last_progress >= stall_s:
                 self._log.warning("flush.stalled", remaining=result.remaining,
                                   stalled_ms=round((now - last_progress) * 1000))
-                break
-            if now - start >= BACKLOG_CAP_S:
-                self._log.info("flush.capped", remaining=result.remaining, settled=settled,
-                               capped_ms=round((now - start) * 1000))
                 break
         return FlushReport(duration_ms=round((time.monotonic() - start) * 1000, 3),
                            remaining=result.remaining, settled=settled)

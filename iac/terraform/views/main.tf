@@ -4,7 +4,7 @@
 # mode: partial batch responses, bisect, bounded retries, the bucket as on-failure
 # destination), the hourly close, and Glue tables with partition projection for Athena.
 #
-#   terraform init && terraform apply -var function_zip=../../../dist/producer-functions.zip \
+#   terraform init && terraform apply -var function_zip=../../../dist/views-functions.zip \
 #     -var 'kafka_bootstrap_servers=["b-1.example:9096"]' -var kafka_secret_arn=arn:...
 #
 # With MSK (msk_cluster_arn) in a VPC, the cluster's VPC needs an S3 gateway endpoint for
@@ -24,7 +24,7 @@ variable "prefix" {
 
 variable "function_zip" {
   type        = string
-  description = "dist/producer-functions.zip from ./build.sh build"
+  description = "dist/views-functions.zip from ./build.sh build (x86_64, Python 3.12)"
 }
 
 variable "kafka_bootstrap_servers" {
@@ -103,10 +103,10 @@ locals {
     VIEWS_PARTIAL_BATCH_RESPONSE = "true"
   }
   functions = {
-    speed   = { handler = "views_speed.handler", timeout = 60 }
-    archive = { handler = "views_batch.archive_handler", timeout = 60 }
-    close   = { handler = "views_batch.close_handler", timeout = 300 }
-    serve   = { handler = "views_serve.handler", timeout = 30 }
+    speed   = { handler = "views_speed.handler", timeout = 60, memory = 256 }
+    archive = { handler = "views_batch.archive_handler", timeout = 60, memory = 512 }
+    close   = { handler = "views_batch.close_handler", timeout = 300, memory = 512 }
+    serve   = { handler = "views_serve.handler", timeout = 30, memory = 256 }
   }
   bucket_arn = aws_s3_bucket.views.arn
   # What the mapping's S3 on-failure destination needs of the consumers' roles.
@@ -144,7 +144,21 @@ locals {
     "archive-prices" = { function = "archive", topic = var.price_topic }
     "archive-feeds"  = { function = "archive", topic = var.rss_topic }
   }
-  json_serde = "org.openx.data.jsonserde.JsonSerDe"
+  # The archive is Parquet (written by DuckDB); the views are JSON lines (one row per period
+  # x market x token, or per period x feed), which the serving function reads as they are.
+  formats = {
+    json = {
+      input  = "org.apache.hadoop.mapred.TextInputFormat"
+      output = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+      serde  = "org.openx.data.jsonserde.JsonSerDe"
+    }
+    parquet = {
+      input  = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+      output = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+      serde  = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+    }
+  }
+  feed_view_columns = { period = "string", source = "string", count = "bigint" }
   price_view_columns = {
     period = "string", market_id = "string", token_id = "string", outcome = "string",
     question = "string", count = "bigint", sum = "decimal(38,12)", min = "decimal(38,12)",
@@ -252,7 +266,7 @@ resource "aws_lambda_function" "views" {
   filename         = var.function_zip
   source_code_hash = filebase64sha256(var.function_zip)
   timeout          = each.value.timeout
-  memory_size      = 256
+  memory_size      = each.value.memory
   environment {
     variables = local.environment
   }
@@ -355,15 +369,17 @@ locals {
       prefix     = "archive/topic=${var.price_topic}/"
       template   = "dt=$${dt}/hour=$${hour}/minute=$${minute}/"
       partitions = ["dt", "hour", "minute"]
+      format     = "parquet"
       columns = merge(local.archive_columns, {
         market_id = "string", token_id = "string", outcome = "string", question = "string",
-        price = "decimal(38,12)", ts = "string"
+        price = "decimal(24,12)", ts = "string"
       })
     }
     archive_feeds = {
       prefix     = "archive/topic=${var.rss_topic}/"
       template   = "dt=$${dt}/hour=$${hour}/minute=$${minute}/"
       partitions = ["dt", "hour", "minute"]
+      format     = "parquet"
       columns = merge(local.archive_columns, {
         source = "string", guid = "string", fetched_hour = "string", counted = "boolean"
       })
@@ -372,13 +388,29 @@ locals {
       prefix     = "views/prices_hour/"
       template   = "dt=$${dt}/hour=$${hour}/"
       partitions = ["dt", "hour"]
+      format     = "json"
       columns    = local.price_view_columns
+    }
+    feeds_hour = {
+      prefix     = "views/feeds_hour/"
+      template   = "dt=$${dt}/hour=$${hour}/"
+      partitions = ["dt", "hour"]
+      format     = "json"
+      columns    = local.feed_view_columns
     }
     prices_day = {
       prefix     = "views/prices_day/"
       template   = "dt=$${dt}/"
       partitions = ["dt"]
+      format     = "json"
       columns    = local.price_view_columns
+    }
+    feeds_day = {
+      prefix     = "views/feeds_day/"
+      template   = "dt=$${dt}/"
+      partitions = ["dt"]
+      format     = "json"
+      columns    = local.feed_view_columns
     }
   }
 }
@@ -403,10 +435,10 @@ resource "aws_glue_catalog_table" "views" {
   }
   storage_descriptor {
     location      = "s3://${local.bucket}/${each.value.prefix}"
-    input_format  = "org.apache.hadoop.mapred.TextInputFormat"
-    output_format = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+    input_format  = local.formats[each.value.format].input
+    output_format = local.formats[each.value.format].output
     ser_de_info {
-      serialization_library = local.json_serde
+      serialization_library = local.formats[each.value.format].serde
     }
     dynamic "columns" {
       for_each = each.value.columns

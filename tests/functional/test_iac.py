@@ -294,10 +294,10 @@ def test_the_terraform_snippet_parses_and_matches_the_cloudformation() -> None:
 # --- CloudFormation on moto ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def aws() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
+@pytest.fixture
+def aws(moto: MotoServer) -> MotoServer:
+    moto.reset()
+    return moto.in_region(REGION)
 
 
 def function_zip() -> bytes:

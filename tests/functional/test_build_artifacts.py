@@ -23,8 +23,14 @@ import kafka_relay
 from devtools.sandbox.runtime_paths import runtime_paths
 from layer_build.build import REPO_ROOT, BuildConfig, build
 from layer_build.deploy import LAYER_LICENSE
-from layer_build.limits import LAYER_GOAL_ZIPPED, mib
-from layer_build.manifest import FUNCTION_FILE_NAME, MANIFEST_NAME, Manifest, layer_file_name
+from layer_build.limits import DIRECT_UPLOAD_LIMIT, LAYER_GOAL_ZIPPED, UNZIPPED_LIMIT, mib
+from layer_build.manifest import (
+    FUNCTION_FILE_NAME,
+    MANIFEST_NAME,
+    VIEWS_FILE_NAME,
+    Manifest,
+    layer_file_name,
+)
 from layer_build.targets import PYTHON_VERSIONS, UNUSED_SUBPACKAGES
 from layer_build.zipper import extract_zip, file_sha256
 
@@ -114,7 +120,15 @@ def test_layer_zip_has_the_launcher_the_package_and_confluent_kafka(x86: Built) 
     # The MSK IAM signer, with the metadata it reads its own version from.
     assert "python/aws_msk_iam_sasl_signer/MSKAuthTokenProvider.py" in names
     assert "python/aws_msk_iam_sasl_signer_python-1.0.2.dist-info/METADATA" in names
-    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    # Compiled modules only beside their sources, for the runtimes the layer is for (the
+    # versions with an interpreter on the build machine; the others compile at start).
+    tags = {f"cpython-{version.replace('.', '')}" for version in PYTHON_VERSIONS}
+    for pyc in (n for n in names if "__pycache__" in n or n.endswith(".pyc")):
+        folder, _, file = pyc.rpartition("/__pycache__/")
+        module, tag, suffix = file.rsplit(".", 2)
+        assert suffix == "pyc", pyc
+        assert tag in tags, pyc
+        assert f"{folder}/{module}.py" in names, pyc
     assert not [n for n in names if n.split("/")[1].startswith(("boto3", "botocore"))]
     assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith("test_")]
     assert {n.split("/")[0] for n in names} == {"extensions", "python", "kafka-relay"}
@@ -139,7 +153,8 @@ def test_manifest_describes_each_zip_exactly(x86: Built) -> None:
     on_disk = Manifest.load(x86.out)
 
     assert on_disk == x86.manifest
-    assert [a.file for a in on_disk.artifacts] == [layer_file_name("x86_64"), FUNCTION_FILE_NAME]
+    assert [a.file for a in on_disk.artifacts] == [
+        layer_file_name("x86_64"), FUNCTION_FILE_NAME, VIEWS_FILE_NAME]
     for artifact in on_disk.artifacts:
         path = x86.out / artifact.file
         with zipfile.ZipFile(path) as archive:
@@ -325,6 +340,52 @@ def test_function_zip_holds_the_handlers_and_pure_python_dependencies(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2.34.2"
+
+
+VIEWS_MODULES = {"views_batch.py", "views_event.py", "views_model.py", "views_serve.py",
+                 "views_speed.py", "views_sql.py", "views_state.py"}
+
+
+def test_views_zip_holds_the_views_modules_and_duckdb_within_lambdas_limits(
+    x86: Built, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    files = extract_zip(x86.out / VIEWS_FILE_NAME, tmp_path)
+    top = {path.relative_to(tmp_path).parts[0] for path in files}
+    views = x86.manifest.views()
+    request.node.user_properties.append(("views_zipped_bytes", views.zipped_bytes))
+    print(f"views zip: {mib(views.zipped_bytes)} zipped, {mib(views.unzipped_bytes)} unzipped")
+
+    assert {p for p in top if p.endswith(".py")} == VIEWS_MODULES  # no producer modules
+    assert "duckdb" in top
+    shared = [p for p in files if ".so" in p.name]
+    assert shared
+    assert {elf_machine_of(p) for p in shared} == {EM_X86_64}
+    assert views.python_versions == (PYTHON_VERSIONS[0],)
+    assert views.compatible_runtimes == (f"python{PYTHON_VERSIONS[0]}",)
+    assert views.wheels == ("duckdb-2.0.0-cp312-abi3-manylinux_2_27_x86_64"
+                            ".manylinux_2_28_x86_64.whl",)
+    assert views.zipped_bytes < DIRECT_UPLOAD_LIMIT
+    assert views.unzipped_bytes < UNZIPPED_LIMIT
+    assert x86.manifest.pins["function/requirements-views.txt"] == {"duckdb": "2.0.0"}
+    python = interpreter(PYTHON_VERSIONS[0])
+    if python is None:
+        pytest.skip(f"no python{PYTHON_VERSIONS[0]} here to import the views zip with")
+    # The archive's Parquet round trip with only the zip (and the stdlib) on the path.
+    result = isolated_python(
+        "from decimal import Decimal\n"
+        "import views_sql\n"
+        "row = dict(topic='p', partition=0, offset=1, timestamp_ms=2, relay_id='r',\n"
+        "           market_id='m', token_id='t', outcome='Yes', question='q',\n"
+        "           price='999999999999.000000000001', ts='2026-11-28T08:00:00Z')\n"
+        "with views_sql.engine() as sql:\n"
+        "    sql.add_object('archive_prices', sql.parquet('archive_prices', [row]))\n"
+        "    (got,), _ = sql.rows('hour')\n"
+        "assert got['sum'] == Decimal(row['price']), got\n"
+        "print(views_sql.PRICE_TYPE, got['count'])",
+        tmp_path, python=python,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["DECIMAL(24,12)", "1"]
 
 
 def elf_machine_of(path: Path) -> int:

@@ -10,11 +10,13 @@ from typing import Any
 
 import hcl2
 from views_batch import day_view_keys, hour_view_keys
+from views_sql import FEED_COLUMNS, PRICE_COLUMNS, PRICE_TYPE
 
 from devtools.moto_server import ACCOUNT_ID
 from layer_build.deploy_views import FUNCTIONS, ViewsOptions, role_policy
+from layer_build.manifest import VIEWS_FILE_NAME
 from layer_build.plan import Account
-from tests.integration.test_iac import actions_in, cfn_lint, template, unquote
+from tests.functional.test_iac import actions_in, cfn_lint, template, unquote
 
 REPO = Path(__file__).resolve().parents[2]
 SAM = REPO / "iac" / "sam" / "views.yaml"
@@ -23,7 +25,10 @@ TERRAFORM = REPO / "iac" / "terraform" / "views" / "main.tf"
 ROLES = {"speed": "SpeedRole", "archive": "ArchiveRole", "close": "CloseRole",
          "serve": "ServeRole"}
 MAPPINGS = ("SpeedPrices", "SpeedFeeds", "ArchivePrices", "ArchiveFeeds")
-GLUE_TABLES = {"archive_prices", "archive_feeds", "prices_hour", "prices_day"}
+GLUE_TABLES = {"archive_prices", "archive_feeds", "prices_hour", "prices_day", "feeds_hour",
+               "feeds_day"}
+PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
 
 
 def _deployer_actions(short: str) -> set[str]:
@@ -79,7 +84,10 @@ def test_the_glue_tables_project_the_layout_the_close_writes() -> None:
     assert set(tables) == GLUE_TABLES
     hour_prefix = hour_view_keys("2026-11-28T10")[0].rsplit("/", 1)[0]
     day_prefix = day_view_keys("2026-11-28")[0].rsplit("/", 1)[0]
-    for name, expected in (("prices_hour", hour_prefix), ("prices_day", day_prefix)):
+    feed_hour = hour_view_keys("2026-11-28T10")[1].rsplit("/", 1)[0]
+    feed_day = day_view_keys("2026-11-28")[1].rsplit("/", 1)[0]
+    for name, expected in (("prices_hour", hour_prefix), ("prices_day", day_prefix),
+                           ("feeds_hour", feed_hour), ("feeds_day", feed_day)):
         location = json.dumps(tables[name]["Parameters"]["storage.location.template"])
         projected = location.replace("${!dt}", "2026-11-28").replace("${!hour}", "10")
         assert f"{expected}/" in projected, name
@@ -113,3 +121,46 @@ def test_the_terraform_parses_and_matches_the_cloudformation() -> None:
         assert re.search(rf"\b{variable}\b", local_text), variable
     mappings = next(block["mappings"] for block in parsed["locals"] if "mappings" in block)
     assert len(mappings) == len(MAPPINGS)
+
+
+def _glue_tables(path: Path) -> dict[str, Any]:
+    return {r["Properties"]["TableInput"]["Name"]: r["Properties"]["TableInput"]
+            for r in template(path)["Resources"].values() if r["Type"] == "AWS::Glue::Table"}
+
+
+def test_athena_reads_the_archive_as_parquet_with_its_columns_and_the_views_as_json() -> None:
+    for path in (CFN, SAM):
+        tables = _glue_tables(path)
+        assert set(tables) == GLUE_TABLES
+        for name, columns in (("archive_prices", PRICE_COLUMNS),
+                              ("archive_feeds", FEED_COLUMNS)):
+            storage = tables[name]["StorageDescriptor"]
+            assert storage["SerdeInfo"]["SerializationLibrary"] == PARQUET_SERDE
+            assert "Parquet" in storage["InputFormat"]
+            assert [c["Name"] for c in storage["Columns"]] == list(columns)
+        price = next(c for c in tables["archive_prices"]["StorageDescriptor"]["Columns"]
+                     if c["Name"] == "price")
+        assert price["Type"] == PRICE_TYPE.lower()
+        for name in ("prices_hour", "prices_day", "feeds_hour", "feeds_day"):
+            serde = tables[name]["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"]
+            assert serde == JSON_SERDE, name
+        assert [c["Name"] for c in tables["feeds_day"]["StorageDescriptor"]["Columns"]] == [
+            "period", "source", "count"]
+    tf = next(block["glue_tables"] for block in _terraform()["locals"] if "glue_tables" in block)
+    assert {name: unquote(table["format"]) for name, table in tf.items()} == {
+        name: "parquet" if name.startswith("archive_") else "json" for name in GLUE_TABLES}
+    assert f'price = "{PRICE_TYPE.lower()}"' in TERRAFORM.read_text()
+
+
+def test_the_functions_run_the_views_zip_with_the_deployers_memory() -> None:
+    memory = {fn.short: fn.memory_mb for fn in FUNCTIONS}
+    cfn, sam = template(CFN), template(SAM)
+    assert cfn["Parameters"]["CodeS3Key"]["Default"] == VIEWS_FILE_NAME
+    for short, megabytes in memory.items():
+        function = f"{short.capitalize()}Function"
+        assert sam["Resources"][function]["Properties"]["CodeUri"].endswith(
+            f"/dist/{VIEWS_FILE_NAME}")
+        for resources in (cfn["Resources"], sam["Resources"]):
+            assert resources[function]["Properties"]["MemorySize"] == megabytes, short
+    tf = next(block["functions"] for block in _terraform()["locals"] if "functions" in block)
+    assert {short: body["memory"] for short, body in tf.items()} == memory

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -21,7 +20,15 @@ from views_batch import (
     hours_between,
 )
 from views_event import KafkaRecord, build_event, parse_event
-from views_model import PeriodViews, ViewsConfig, compute_views, decode_all, hour_of
+from views_model import (
+    PeriodViews,
+    ViewsConfig,
+    compute_views,
+    decode_all,
+    decode_price,
+    hour_of,
+    price_row,
+)
 from views_serve import Server
 from views_speed import Quarantine, SpeedStore, aggregate_from_item, consume
 from views_state import ViewsState
@@ -32,12 +39,6 @@ from tests.views_data import BASE, PRICE_TOPIC, price_value, record, redelivered
 
 TABLE, BUCKET = "views", "views-bucket"
 CONFIG = ViewsConfig(table=TABLE, bucket=BUCKET, lateness_hours=3)
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 @pytest.fixture
@@ -290,23 +291,35 @@ def test_an_hour_waits_for_a_lagging_archive_and_a_missed_run_is_swept(aws: Moto
             "batch", 1, str(Decimal("0.1") * (i + 1)))
 
 
-def test_a_bad_archive_line_is_quarantined_and_logged_and_the_hour_still_closes(
+def test_an_unreadable_archive_object_or_line_is_quarantined_and_the_hour_still_closes(
     aws: MotoServer,
 ) -> None:
     layer, logged = _layer(aws)
     layer.archive((_point(0, 0.5),))
     s3 = aws.client("s3")
     (key,) = [e["Key"] for e in s3.list_objects_v2(Bucket=BUCKET, Prefix="archive/")["Contents"]]
+    assert key.endswith(".parquet")
     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    s3.put_object(Bucket=BUCKET, Key=key, Body=body + b"\n" + body[:20] + b"\n")
+    truncated = key.replace("/0-0-0.parquet", "/0-7-7.parquet")
+    s3.put_object(Bucket=BUCKET, Key=truncated, Body=body[: len(body) // 2])
+    # an object of the JSON-lines archive that came before Parquet: still read, line by line
+    late = _point(0, 0.25, minutes=1)
+    row = json.dumps(price_row(decode_price(late), late)).encode()
+    legacy = key.replace("/0-0-0.parquet", "/0-1-1.ndjson")
+    s3.put_object(Bucket=BUCKET, Key=legacy, Body=row + b"\n" + row[:20] + b"\n\n")
     report = close_periods(layer, {"hour": hour_of(BASE)})
-    assert report.bad_lines == 2
+    assert report.bad_lines == 3
+    assert [e["object"] for e in logged if e["event"] == "views.bad_archive_object"] == [
+        truncated]
     assert [e["line"] for e in logged if e["event"] == "views.bad_archive_line"] == [2, 3]
-    kept = s3.list_objects_v2(Bucket=BUCKET, Prefix="failures/archive/")["KeyCount"]
-    assert kept == 2
+    kept = s3.list_objects_v2(Bucket=BUCKET, Prefix="failures/archive/")["Contents"]
+    assert sorted(e["Key"] for e in kept) == [
+        f"failures/archive/{legacy}/line=2.json", f"failures/archive/{legacy}/line=3.json",
+        f"failures/archive/{truncated}"]
     view = layer.hour_view(hour_of(BASE))
     assert view is not None
-    assert view.prices[("m", "t")][1].count == 1
+    assert (view.prices[("m", "t")][1].count, view.prices[("m", "t")][1].total) == (
+        2, Decimal("0.75"))
 
 
 def test_backfill_recomputes_a_range_to_the_same_bytes(aws: MotoServer) -> None:

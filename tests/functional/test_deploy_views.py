@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from layer_build.deploy_views import (
     role_policy,
 )
 from layer_build.errors import DeployError
+from layer_build.manifest import Artifact, Manifest
 from layer_build.plan import Account
 from layer_build.zipper import FileTree, write_zip
 
@@ -29,22 +29,16 @@ REGION = "eu-west-1"
 BUCKET = f"kafka-relay-views-{ACCOUNT_ID}-{REGION}"
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
-
-
 @pytest.fixture
 def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    return use_moto(moto, monkeypatch)
+    return use_moto(moto.in_region(REGION), monkeypatch)
 
 
 @pytest.fixture
 def function_zip(tmp_path: Path) -> Path:
     tree = FileTree()
     tree.add("views_speed.py", b"def handler(event, context):\n    return {}\n", executable=False)
-    out = tmp_path / "producer-functions.zip"
+    out = tmp_path / "views-functions.zip"
     write_zip(tree, out)
     return out
 
@@ -174,6 +168,20 @@ def test_seen_items_must_outlive_the_topics_retention(function_zip: Path) -> Non
         ViewsDeployer(_options(function_zip, retention_days=-1), session=session)
     ViewsDeployer(_options(function_zip, retention_days=-1, dedupe_ttl_days=0),
                   session=session)
+
+
+def test_a_views_zip_is_refused_for_a_runtime_its_duckdb_cannot_load(function_zip: Path
+                                                                      ) -> None:
+    session = boto3.Session(region_name=REGION, aws_access_key_id="x",
+                            aws_secret_access_key="y")
+    built = Artifact(file=function_zip.name, kind="views", arch="x86_64",
+                     python_versions=("3.12",), sha256="0" * 64, zipped_bytes=1,
+                     unzipped_bytes=1, files=1, wheels=(), glibc="2.27",
+                     compatible_runtimes=("python3.12",))
+    Manifest(source_date_epoch=None, pins={}, artifacts=(built,)).write(function_zip.parent)
+    with pytest.raises(DeployError, match=r"--python-version 3\.13, or pass --runtime python3\.12"):
+        ViewsDeployer(_options(function_zip, runtime="python3.13"), session=session)
+    ViewsDeployer(_options(function_zip, runtime="python3.12"), session=session)
 
 
 def test_the_cli_explains_a_missing_source(function_zip: Path,

@@ -15,9 +15,15 @@ from kafka_relay.client import _MAX_IDLE, RelayClient, SendResult
 from kafka_relay.httpconn import Connection
 from kafka_relay.protocol import (
     IDEMPOTENCY_KEY_HEADER,
+    REFUSAL_FIELD,
+    BatchTooLarge,
+    RecordRejected,
+    Refusal,
     RelayBusy,
     RelayError,
+    RelayNotRestored,
     RelayShuttingDown,
+    RelayStorageUnavailable,
     RelayUnavailable,
 )
 from tests.fake_relay import DROP, Hold, Reply, Seen, accept, fake_relay
@@ -161,6 +167,58 @@ def test_error_statuses_raise_clear_errors(
     with fake_relay(script) as relay, pytest.raises(error, match=message) as caught:
         RelayClient(env={}, port=relay.port).send(RECORDS)
     assert isinstance(caught.value, kind)
+
+
+@pytest.mark.parametrize(
+    ("status", "refusal", "error", "kind", "message"),
+    [
+        (413, Refusal.TOO_LARGE, BatchTooLarge, RecordRejected,
+         r"too large.*retrying it as it is cannot help"),
+        (503, Refusal.NOT_RESTORED, RelayNotRestored, RelayBusy,
+         r"not been restored from its SnapStart snapshot.*from the handler"),
+        (503, Refusal.CLOSED, RelayShuttingDown, RelayBusy, r"shutting down"),
+    ],
+)
+def test_refusals_that_retrying_cannot_help_are_raised_after_one_try(
+    status: int, refusal: Refusal, error: type[Exception], kind: type[Exception], message: str
+) -> None:
+    def script(_seen: Seen, _index: int) -> Reply:
+        return Reply(status, {"error": "the server's own words", REFUSAL_FIELD: refusal.value})
+
+    with fake_relay(script) as relay, pytest.raises(error, match=message) as caught:
+        RelayClient(env={}, port=relay.port).send(RECORDS)
+    assert isinstance(caught.value, kind)
+    assert len(relay.records_requests()) == 1
+
+
+def test_a_disk_that_stays_unwritable_is_backed_off_then_relay_storage_unavailable() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    def unwritable(_seen: Seen, _index: int) -> Reply:
+        return Reply(507, {"error": "journal cannot write", "retry_after_ms": 1000,
+                           REFUSAL_FIELD: Refusal.STORAGE.value})
+
+    with fake_relay(unwritable) as relay:
+        client = RelayClient(env={}, port=relay.port, clock=lambda: now[0], sleep=sleep)
+        client.begin(Context(lambda: 2500))
+        with pytest.raises(RelayStorageUnavailable, match=r"could not write to its disk"):
+            client.send(RECORDS)
+        assert len(relay.records_requests()) == 3  # at 0, 1 and 2 s
+
+
+def test_a_value_nested_too_deep_for_any_encoder_is_record_rejected_naming_it() -> None:
+    deep: object = 1
+    for _ in range(2_000):
+        deep = [deep]
+    with fake_relay(lambda seen, _index: accept(seen)) as relay, \
+            pytest.raises(RecordRejected, match="record 1") as caught:
+        RelayClient(env={}, port=relay.port).send([{"value": 1}, {"value": deep}])
+    assert caught.value.reasons == [{"index": 1, "reason": "'value' is nested too deeply or "
+                                                           "refers to itself"}]
+    assert relay.records_requests() == []
 
 
 def test_nobody_listening_is_relay_unavailable_naming_the_fix() -> None:

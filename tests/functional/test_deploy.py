@@ -6,7 +6,6 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,15 +39,9 @@ LAYER = "kafka-relay-x86_64"
 ENV = {"KAFKA_BOOTSTRAP_SERVERS": "broker.example:9092", "KAFKA_API_KEY": "key"}
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer(region=REGION) as server:
-        yield server
-
-
 @pytest.fixture
 def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    return use_moto(moto, monkeypatch)
+    return use_moto(moto.in_region(REGION), monkeypatch)
 
 
 BUILT_VERSION = "9.8.7"  # what manifest.json says the artifacts were built as

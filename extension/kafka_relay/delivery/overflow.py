@@ -1,0 +1,180 @@
+"""The outage spool: accepted records that do not fit in memory wait on disk, in order.
+
+When the broker is down long enough for the memory buffer to fill, a batch that does not
+fit is written here instead of being refused (429), so invocations keep succeeding; once
+anything is here, later batches come here too, so records leave in the order they came
+(per key). As memory frees up (the broker answers), the oldest files are taken back into
+the ledger, which journals them before their file is removed.
+
+Bounded like Fluent Bit's ``storage.total_limit_size``: at most ``limit`` bytes of files
+(``KAFKA_RELAY_SPOOL_MAX_BYTES``; unset: ``SHARE`` of the free space of the spool's file
+system at init, i.e. Lambda's ephemeral storage). Past the limit a batch is refused with
+507, naming the variable. ``KAFKA_RELAY_SPOOL_MAX_BYTES=0`` turns the spool off (a full
+buffer answers 429, as without it).
+
+Files: ``kafka-relay-overflow-<seq>.bin`` under ``<KAFKA_RELAY_SPOOL_DIR>/overflow``, each one
+batch in the journal's frame format, written to ``*.partial`` and renamed, so a kill never
+leaves half a file to read back. They outlive a killed extension (Lambda keeps ``/tmp`` on
+a reset) and the next init carries on from them. Not thread-safe: it is used under the
+ledger's lock (delivery/ledger.py, delivery/outage.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kafka_relay.delivery.journal import decode
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.record import Record
+from kafka_relay.spill.sinks import quarantine
+
+PREFIX = "kafka-relay-overflow-"
+_NAME = re.compile(rf"{PREFIX}(\d{{12}})\.bin")
+SHARE = 0.5  # of the spool file system's free space at init, when no limit is given
+LIMIT_VAR = "KAFKA_RELAY_SPOOL_MAX_BYTES"
+
+
+def derived_limit(configured: int | None, directory: Path) -> int:
+    """The spool's byte limit: the configured one, else ``SHARE`` of the free space of the
+    file system that holds ``directory`` (its nearest existing parent)."""
+    if configured is not None:
+        return configured
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        stats = os.statvfs(probe)
+    except OSError:
+        return 0
+    return int(stats.f_bavail * stats.f_frsize * SHARE)
+
+
+class SpoolFull(Exception):
+    """The batch would pass the spool's limit (or could not be written); nothing taken."""
+
+
+@dataclass(frozen=True)
+class Parked:
+    path: Path
+    records: list[Record]
+    size: int  # record bytes (Record.size), what the ledger's byte limit counts
+
+
+class OverflowSpool:
+    def __init__(self, directory: Path, limit: int, logger: JsonLogger) -> None:
+        self.directory = directory
+        self.limit = limit
+        self._log = logger
+        self._files: list[tuple[int, Path, int]] = []  # (seq, path, file bytes), oldest first
+        self._next = 1
+        self.bytes = 0
+        self.records = 0
+        self._scan()
+
+    def _scan(self) -> None:
+        """Carry on from files a killed predecessor left (oldest first)."""
+        try:
+            names = sorted(p for p in self.directory.iterdir() if _NAME.fullmatch(p.name))
+        except OSError:
+            return
+        for path in names:
+            match = _NAME.fullmatch(path.name)
+            assert match is not None
+            try:
+                size = path.stat().st_size
+                self.records += len(_read(path))
+            except Exception as exc:  # one bad file must not stop the rest, nor the extension
+                quarantine(path, exc, self._log, kind="overflow")
+                continue
+            seq = int(match.group(1))
+            self._files.append((seq, path, size))
+            self.bytes += size
+            self._next = max(self._next, seq + 1)
+        if self._files:
+            self._log.warning("overflow.found", files=len(self._files), records=self.records,
+                              bytes=self.bytes, dir=str(self.directory))
+
+    @property
+    def enabled(self) -> bool:
+        return self.limit > 0
+
+    def __bool__(self) -> bool:
+        """Anything waiting: later batches must queue behind it."""
+        return bool(self._files)
+
+    def put(self, count: int, frame: tuple[bytes, bytes]) -> Path:
+        """Park one batch of ``count`` records (``frame``: the journal's ``encode`` of it),
+        all of it, or raise SpoolFull saying why."""
+        head, payload = frame
+        size = len(head) + len(payload)
+        if self.bytes + size > self.limit:
+            raise SpoolFull(
+                f"the memory buffer is full and the disk spool is at its limit ({self.bytes} "
+                f"of {self.limit} bytes, {LIMIT_VAR}): nothing accepted; retry later, when "
+                "the broker has taken some of it")
+        seq = self._next
+        path = self.directory / f"{PREFIX}{seq:012d}.bin"
+        partial = path.with_name(path.name + ".partial")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with partial.open("wb") as out:
+                out.write(head)
+                out.write(payload)
+            os.replace(partial, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            raise SpoolFull(f"the disk spool cannot write ({type(exc).__name__}: {exc}): "
+                            "nothing accepted; retry later") from exc
+        self._next = seq + 1
+        self._files.append((seq, path, size))
+        self.bytes += size
+        self.records += count
+        return path
+
+    def oldest(self) -> Parked | None:
+        """The oldest parked batch (read, not removed), or None."""
+        while self._files:
+            _seq, path, _size = self._files[0]
+            try:
+                records = _read(path)
+            except Exception as exc:
+                quarantine(path, exc, self._log, kind="overflow")
+                self._drop_first()
+                continue
+            return Parked(path, records, sum(r.size for r in records))
+        return None
+
+    def remove_oldest(self, parked: Parked) -> None:
+        """The oldest batch is owned elsewhere now (journaled): its file goes."""
+        assert self._files[0][1] == parked.path, "batches leave the spool oldest first"
+        self.records -= len(parked.records)
+        self._drop_first()
+        try:
+            parked.path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._log.warning("overflow.unlink_failed", file=str(parked.path), error=str(exc))
+
+    def _drop_first(self) -> None:
+        _seq, _path, size = self._files.pop(0)
+        self.bytes -= size
+        if not self._files:
+            self.records = 0
+
+    def status(self) -> dict[str, object]:
+        return {"enabled": self.enabled, "dir": str(self.directory), "limit_bytes": self.limit,
+                "bytes": self.bytes, "records": self.records, "files": len(self._files)}
+
+
+def _read(path: Path) -> list[Record]:
+    data = path.read_bytes()
+    if len(data) < 8 or data[:4] != b"KRJ1":
+        raise ValueError("not a kafka-relay overflow file")
+    length = int.from_bytes(data[4:8], "little")
+    if 8 + length != len(data):
+        raise ValueError(f"{len(data)} bytes, its frame says {8 + length}")
+    return decode(data[8:])

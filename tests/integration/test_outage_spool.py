@@ -1,0 +1,107 @@
+"""Outage ride-through on a real broker: with the broker cut and a small memory buffer, a
+producer sending at its steady rate never sees an error while the disk spool has room; when
+the broker answers again every record arrives, in order per key. Past the spool's limit the
+answer is 507 naming KAFKA_RELAY_SPOOL_MAX_BYTES, and nothing accepted is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from kafka_relay.client import RelayClient
+from kafka_relay.protocol import RelayStorageUnavailable
+from tests.conftest import ProxiedBroker
+from tests.relay_harness import TOKEN, Harness, running_relay
+
+KEYS = 10
+# The producers' rate, scaled: BATCH records every PERIOD_S seconds.
+BATCH, PERIOD_S = 50, 0.1
+
+
+def _drain(h: Harness, timeout_s: float = 120) -> None:
+    relay = h.parts.engine
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (
+            relay.gauge().pending or relay.status()["overflow"]["records"]):
+        relay.flush(1.0, retry_now=True)
+
+
+@pytest.mark.parametrize("outage_s", [
+    pytest.param(float(os.environ.get("OUTAGE_S", "6")), id="short"),
+    pytest.param(900.0, id="15-minutes", marks=pytest.mark.slow),
+])
+def test_an_outage_rides_through_on_disk_without_an_error_and_arrives_in_order_per_key(
+    proxied_broker: ProxiedBroker, tmp_path: Path, outage_s: float
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
+                       max_buffer_records=300) as h:
+        client = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=5.0)
+        proxy.cut()
+        sent: list[str] = []
+        sequence = 0
+        ends = time.monotonic() + outage_s
+        while time.monotonic() < ends:  # any error fails the test: 0 handler errors
+            batch = []
+            for _ in range(BATCH):
+                batch.append({"key": f"k{sequence % KEYS}", "value": {"seq": sequence}})
+                sequence += 1
+            sent += client.send(batch).ids
+            time.sleep(PERIOD_S)
+        client.close()
+        status = h.client.status()
+        assert status["overflow"]["records"] > 0, "the outage never reached the disk spool"
+        assert status["pending"] <= 300
+        proxy.restore()
+        _drain(h)
+        counts = h.parts.engine.gauge().counts
+        assert h.parts.engine.status()["unaccounted"] == 0
+        assert counts["accepted"] == len(sent) == sequence
+    records = broker.read(topic, timeout=60)
+    first_seen: dict[str, int] = {}
+    for record in records:
+        first_seen.setdefault(record.headers["x-relay-id"].decode(), len(first_seen))
+    assert set(first_seen) == set(sent), f"{len(set(sent) - set(first_seen))} lost"
+    by_key: dict[bytes | None, list[int]] = defaultdict(list)
+    seen_ids: set[str] = set()
+    for record in records:
+        relay_id = record.headers["x-relay-id"].decode()
+        if relay_id not in seen_ids:
+            seen_ids.add(relay_id)
+            by_key[record.key].append(json.loads(record.value or b"{}")["seq"])
+    assert all(seqs == sorted(seqs) for seqs in by_key.values()), "out of order for a key"
+
+
+def test_past_the_spool_limit_the_answer_is_507_and_nothing_accepted_is_lost(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
+                       max_buffer_records=100, spool_max_bytes=20_000) as h:
+        client = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=1.0,
+                             sleep=lambda _s: None)
+        proxy.cut()
+        sent: list[str] = []
+        refusal = None
+        for n in range(200):  # bounded: the limit is reached long before
+            try:
+                sent += client.send([{"key": f"k{n}", "value": "x" * 100}
+                                     for _ in range(20)]).ids
+            except RelayStorageUnavailable as exc:
+                refusal = str(exc)
+                break
+        client.close()
+        assert refusal is not None
+        assert "KAFKA_RELAY_SPOOL_MAX_BYTES" in refusal
+        assert h.client.status()["overflow"]["bytes"] <= 20_000
+        proxy.restore()
+        _drain(h)
+    on_topic = {r.headers["x-relay-id"].decode() for r in broker.read(topic, timeout=60)}
+    assert on_topic == set(sent)
