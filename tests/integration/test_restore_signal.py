@@ -67,6 +67,7 @@ def test_a_restore_signal_on_demand_reseeds_the_ids_and_rebuilds_the_producer(
     env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "KAFKA_TOPIC": topic,
            "KAFKA_RELAY_TOKEN": TOKEN, "KAFKA_RELAY_PORT": str(free_port()),
            "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
+           "KAFKA_RELAY_JOURNAL_DIR": str(tmp_path / "journal"),
            "AWS_ACCESS_KEY_ID": "ASIAEXAMPLE"}  # static keys: not taken for SnapStart
     log = io.StringIO()
     with _telemetry_api() as (address, subscriptions):

@@ -136,7 +136,7 @@ def test_an_unknown_generated_block_fails_the_build() -> None:
 EXERCISED = [
     (r"\./build\.sh demo", "tests/e2e/test_demo.py", "./build.sh demo"),
     (r"\./build\.sh test", ".ci/run", "./build.sh test"),
-    (r"\./build\.sh build\b", "tests/functional/test_build_artifacts.py", "layer_build"),
+    (r"\./build\.sh build\b", "tests/integration/test_build_artifacts.py", "layer_build"),
     (r"\./build\.sh sandbox --function \S+ --handler app\.handler .*--with-broker",
      "tests/e2e/test_adoption.py", "--with-broker"),
     (r"python -m devtools\.sandbox --layer ", "tests/e2e/test_sandbox.py", "devtools.sandbox"),

@@ -16,7 +16,7 @@ from devtools.moto_server import ACCOUNT_ID
 from layer_build.deploy_views import FUNCTIONS, ViewsOptions, role_policy
 from layer_build.manifest import VIEWS_FILE_NAME
 from layer_build.plan import Account
-from tests.functional.test_iac import actions_in, cfn_lint, template, unquote
+from tests.integration.test_iac import actions_in, cfn_lint, template, unquote
 
 REPO = Path(__file__).resolve().parents[2]
 SAM = REPO / "iac" / "sam" / "views.yaml"
