@@ -90,10 +90,12 @@ def buffer_limits(config: Config, *, spool_free_bytes: int) -> BufferPlan:
     cpu = cpu_share(config.function_memory_mb)
     spool_ms = window_ms / 2 * cpu
     third = spool_ms / 3
-    spool_safe = SpoolLimits(
-        bytes=min(int(third * SPOOL_BYTES_PER_MS), int(spool_free_bytes * SPOOL_DISK_SHARE)),
-        batches=max(1, int(third / SPOOL_MS_PER_BATCH)),
-        records=max(1, int(third * 1000 / SPILL_US_PER_RECORD)))
+    batches = int(third / SPOOL_MS_PER_BATCH)
+    spool_records = int(third * 1000 / SPILL_US_PER_RECORD)
+    spool_bytes = min(int(third * SPOOL_BYTES_PER_MS), int(spool_free_bytes * SPOOL_DISK_SHARE))
+    # No spool when SHUTDOWN could not spill even one batch of it.
+    spool_safe = SpoolLimits(spool_bytes if batches and spool_records else 0, batches,
+                             spool_records)
     explicit = config.spool_max_bytes
     spool = spool_safe if explicit is None else SpoolLimits(explicit)
     memory_ms = window_ms * cpu - (spool_ms if spool.bytes > 0 else 0)
