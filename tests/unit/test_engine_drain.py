@@ -15,15 +15,13 @@ from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config, load_config
 from kafka_relay.delivery.budget import (
     MEMORY_PER_PENDING_BYTE,
     S3_RESERVE_MS,
-    SPILL_US_PER_RECORD,
-    SPOOL_BYTES_PER_MS,
     SPOOL_DISK_SHARE,
-    SPOOL_MS_PER_BATCH,
     BufferPlan,
     buffer_limits,
     cpu_share,
     drain_plan,
     spill_ms,
+    spool_spill_ms,
 )
 from kafka_relay.delivery.ledger import BufferFull
 from kafka_relay.spill.codec import parse_spill_lines
@@ -107,6 +105,16 @@ def test_the_drain_keeps_back_more_time_for_more_pending_bytes() -> None:
     assert small.s3_until_ms <= 10_000 - 300
 
 
+def test_the_drain_also_keeps_back_the_time_the_parked_spool_takes_to_spill() -> None:
+    memory_only = drain_plan(deadline_ms=10_000, margin_ms=300, pending=1_000,
+                             pending_bytes=10**5, has_bucket=False, memory_mb=256)
+    with_parked = drain_plan(deadline_ms=10_000, margin_ms=300, pending=1_000,
+                             pending_bytes=10**5, has_bucket=False, memory_mb=256,
+                             parked=(40, 1_000, 10**5))
+    kept_back = memory_only.flush_until_ms - with_parked.flush_until_ms
+    assert kept_back == pytest.approx(spool_spill_ms(40, 1_000, 10**5, memory_mb=256), abs=1)
+
+
 def test_spilling_costs_more_on_a_smaller_function() -> None:
     assert cpu_share(0) == cpu_share(1_769) == cpu_share(10_240) == 1.0
     assert spill_ms(1_000, 10**6, memory_mb=256) > spill_ms(1_000, 10**6, memory_mb=1_024)
@@ -126,10 +134,8 @@ def _worst_spill_ms(plan: BufferPlan, memory_mb: int) -> float:
     spool = plan.spool
     assert spool.batches is not None
     assert spool.records is not None
-    spool_cpu_ms = (spool.batches * SPOOL_MS_PER_BATCH + spool.records * SPILL_US_PER_RECORD
-                    / 1000 + spool.bytes / SPOOL_BYTES_PER_MS)
     return (spill_ms(plan.limits.records, plan.limits.bytes, memory_mb=memory_mb)
-            + spool_cpu_ms / cpu_share(memory_mb))
+            + spool_spill_ms(spool.batches, spool.records, spool.bytes, memory_mb=memory_mb))
 
 
 @pytest.mark.parametrize("bucket", [False, True])

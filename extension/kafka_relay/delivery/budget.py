@@ -47,6 +47,14 @@ def spill_ms(records: int, nbytes: int, *, memory_mb: int = 0) -> float:
     return SPILL_BASE_MS + cpu_ms / cpu_share(memory_mb)
 
 
+def spool_spill_ms(batches: int, records: int, nbytes: int, *, memory_mb: int = 0) -> float:
+    """Time to read back and spill ``batches`` parked files of ``records`` and ``nbytes``
+    (file bytes) as log lines (after the memory buffer: no fixed cost of its own)."""
+    cpu_ms = (batches * SPOOL_MS_PER_BATCH + records * SPILL_US_PER_RECORD / 1000
+              + nbytes / SPOOL_BYTES_PER_MS)
+    return cpu_ms / cpu_share(memory_mb)
+
+
 @dataclass(frozen=True)
 class DrainPlan:
     flush_until_ms: int  # flush to Kafka until then (wall clock)
@@ -54,9 +62,12 @@ class DrainPlan:
 
 
 def drain_plan(*, deadline_ms: int, margin_ms: int, pending: int, pending_bytes: int,
-               has_bucket: bool, memory_mb: int = 0) -> DrainPlan:
+               has_bucket: bool, memory_mb: int = 0,
+               parked: tuple[int, int, int] = (0, 0, 0)) -> DrainPlan:
+    """``parked``: the outage spool's (batches, records, file bytes), spilled last."""
     end = deadline_ms - margin_ms
-    log_reserve = int(spill_ms(pending, pending_bytes, memory_mb=memory_mb)) + 1
+    log_reserve = int(spill_ms(pending, pending_bytes, memory_mb=memory_mb)
+                      + spool_spill_ms(*parked, memory_mb=memory_mb)) + 1
     s3_reserve = S3_RESERVE_MS if has_bucket else 0
     return DrainPlan(flush_until_ms=end - log_reserve - s3_reserve, s3_until_ms=end - log_reserve)
 

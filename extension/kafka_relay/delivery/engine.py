@@ -249,7 +249,8 @@ class DeliveryEngine:
         plan = drain_plan(deadline_ms=deadline_ms, margin_ms=self._config.shutdown_margin_ms,
                           pending=before.pending, pending_bytes=before.pending_bytes,
                           has_bucket=self._spill.s3 is not None,
-                          memory_mb=self._config.function_memory_mb)
+                          memory_mb=self._config.function_memory_mb,
+                          parked=(0, 0, 0) if self._overflow is None else self._overflow.load)
         drained = self.flush(max(0, plan.flush_until_ms - self._wall_ms()) / 1000, retry_now=True)
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
         spilled = self.spill_unsettled(f"shutdown ({reason}) before delivery")

@@ -117,6 +117,11 @@ class OverflowSpool:
         """Anything waiting: later batches must queue behind it."""
         return bool(self._files)
 
+    @property
+    def load(self) -> tuple[int, int, int]:
+        """What waits here: (batches, records, file bytes)."""
+        return len(self._files), self.records, self.bytes
+
     def put(self, count: int, frame: tuple[bytes, bytes]) -> Path:
         """Park one batch of ``count`` records (``frame``: the journal's ``encode`` of it),
         all of it, or raise SpoolFull saying why."""
