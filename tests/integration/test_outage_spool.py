@@ -12,6 +12,7 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_an_outage_rides_through_on_disk_without_an_error_and_arrives_in_order_p
     topic = broker.create_topic()
     # A 15-minute outage parks more batches than SHUTDOWN could spill: that takes an explicit
     # limit (warned about at init), as it would in production.
-    spool = {} if outage_s < 60 else {"spool_max_bytes": 10**9}
+    spool: dict[str, Any] = {} if outage_s < 60 else {"spool_max_bytes": 10**9}
     with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
                        max_buffer_records=300, **spool) as h:
         client = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=5.0)
