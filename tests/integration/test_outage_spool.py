@@ -36,6 +36,22 @@ def _drain(h: Harness, timeout_s: float = 120) -> None:
         relay.flush(1.0, retry_now=True)
 
 
+def _send_until_refused(h: Harness, *, value: str, max_batches: int) -> tuple[list[str], str]:
+    """Batches of 20 records until the answer is 507: the ids accepted, the refusal."""
+    client = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=1.0,
+                         sleep=lambda _s: None)
+    sent: list[str] = []
+    try:
+        for n in range(max_batches):  # bounded: the limit is reached long before
+            sent += client.send([{"key": f"k{n % KEYS}", "value": value}
+                                 for _ in range(20)]).ids
+    except RelayStorageUnavailable as exc:
+        return sent, str(exc)
+    finally:
+        client.close()
+    raise AssertionError(f"no 507 after {max_batches} batches")
+
+
 @pytest.mark.parametrize("outage_s", [
     pytest.param(float(os.environ.get("OUTAGE_S", "6")), id="short"),
     pytest.param(900.0, id="15-minutes", marks=pytest.mark.slow),
@@ -93,20 +109,8 @@ def test_past_the_spool_limit_the_answer_is_507_and_nothing_accepted_is_lost(
     topic = broker.create_topic()
     with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
                        max_buffer_records=100, spool_max_bytes=20_000) as h:
-        client = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=1.0,
-                             sleep=lambda _s: None)
         proxy.cut()
-        sent: list[str] = []
-        refusal = None
-        for n in range(200):  # bounded: the limit is reached long before
-            try:
-                sent += client.send([{"key": f"k{n}", "value": "x" * 100}
-                                     for _ in range(20)]).ids
-            except RelayStorageUnavailable as exc:
-                refusal = str(exc)
-                break
-        client.close()
-        assert refusal is not None
+        sent, refusal = _send_until_refused(h, value="x" * 100, max_batches=200)
         assert "KAFKA_RELAY_SPOOL_MAX_BYTES" in refusal
         assert h.client.status()["overflow"]["bytes"] <= 20_000
         proxy.restore()
@@ -125,20 +129,9 @@ def test_with_the_broker_down_shutdown_spills_a_full_memory_buffer_and_default_s
         status = h.client.status()
         limits, spool = status["limits"], status["overflow"]
         assert spool["limit_batches"] is not None, "the default spool is bounded by SHUTDOWN"
-        client = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=5.0,
-                             sleep=lambda _s: None)
         proxy.cut()
-        sent: list[str] = []
-        refusal = None
-        for n in range(10_000):  # bounded: memory and spool are full long before
-            try:
-                sent += client.send([{"key": f"k{n % KEYS}", "value": "x" * 400}
-                                     for _ in range(20)]).ids
-            except RelayStorageUnavailable as exc:
-                refusal = str(exc)
-                break
-        client.close()
-        assert refusal is not None, "the spool never filled"
+        sent, refusal = _send_until_refused(h, value="x" * 400, max_batches=10_000)
+        assert "disk spool is at its limit" in refusal
         status = h.client.status()
         parked = status["overflow"]
         assert parked["records"] > 0
