@@ -39,6 +39,9 @@ _T = TypeVar("_T")
 _ACCOUNT_ID = "123456789012"
 # Output written before a /next call reaches the stream within this, or END goes first.
 _SETTLE_S = 0.2
+# Lambda's SHUTDOWN phase gives the runtime its first 300 ms (500 ms with an internal
+# extension); external extensions get SHUTDOWN after that, with the phase's deadline.
+RUNTIME_SHUTDOWN_MS = 300
 
 Status = Literal["success", "error", "timeout"]
 
@@ -674,7 +677,13 @@ class Sandbox:
         deadline = started + self.shutdown_budget_ms / 1000
         procs.thaw()
         live.hub.resume()
-        procs.signal_groups(signal.SIGKILL, procs.of_kind("runtime"))  # the runtime goes first
+        # The runtime goes first, as on Lambda: SIGTERM, its share of the phase, SIGKILL; the
+        # extensions get SHUTDOWN after it, with the phase's deadline.
+        runtimes = procs.of_kind("runtime")
+        procs.signal_groups(signal.SIGTERM, runtimes)
+        self._wait_until(lambda: all(not p.alive for p in runtimes) or None,
+                         started + min(RUNTIME_SHUTDOWN_MS, self.shutdown_budget_ms) / 1000)
+        procs.signal_groups(signal.SIGKILL, runtimes)
         with self._cond:
             state.phase = "shutdown"
             state.for_runtime = None

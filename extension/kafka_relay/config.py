@@ -180,8 +180,12 @@ SPOOL_DIR = Variable("KAFKA_RELAY_SPOOL_DIR", None, "directory",
 SPOOL_MAX_BYTES = Variable(
     "KAFKA_RELAY_SPOOL_MAX_BYTES", None, "bytes",
     "The outage spool's limit: batches that do not fit in memory wait on disk up to it, "
-    "past it /v1/records answers 507; 0 turns the spool off (429 when memory is full).",
-    maximum=2**50, shown_default="half of the spool file system's free space at init")
+    "past it /v1/records answers 507; 0 turns the spool off (429 when memory is full). Unset, "
+    "the spool holds what SHUTDOWN can read back and spill (it shares the spill window with "
+    "the memory buffer); a larger value is kept and warned about at init, as records past "
+    "it are lost if the broker is down at SHUTDOWN without KAFKA_RELAY_SPILL_BUCKET.",
+    maximum=2**50, shown_default="what SHUTDOWN can spill (663 KB at 256 MB, 4.6 MB at "
+                                 "1,769 MB), at most half of /tmp's free space")
 JOURNAL = Variable("KAFKA_RELAY_JOURNAL", True, "true | false",
                    "Journal every accepted batch to /tmp before the 202, so records survive "
                    "the extension process dying; a batch it cannot write is refused (507). "
@@ -312,8 +316,8 @@ class Config:
     retry_backoff_ms: int = 500
     spill_bucket: str | None = None
     spool_dir: Path = Path("/tmp/kafka-relay-spool")
-    # The outage spool's byte limit (delivery/overflow.py); None: half of the spool file
-    # system's free space at init; 0: no outage spool (a full buffer answers 429).
+    # The outage spool's byte limit (delivery/overflow.py); None: what SHUTDOWN can spill
+    # (delivery/budget.py); 0: no outage spool (a full buffer answers 429).
     spool_max_bytes: int | None = None
     # Write-ahead journal of accepted records (delivery/journal.py). On by default: nothing a
     # 202 answered is lost to a killed extension (its cost: bench/journal_cost.py,

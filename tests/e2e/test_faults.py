@@ -396,28 +396,48 @@ def test_shutdown_spills_50000_stranded_records_to_log_lines_before_sigkill(
     assert {r.id for r in parse_spill_lines(lines).records} == set(ids)
 
 
-def test_a_256_mb_function_with_a_stalled_broker_fills_its_buffer_then_429_and_spills_all(
-    artifacts: Artifacts, proxied_broker: ProxiedBroker
+@pytest.mark.parametrize("spool", [
+    pytest.param(False, id="memory-alone-429"),
+    pytest.param(True, id="default-spool-507"),
+])
+def test_a_256_mb_function_with_a_stalled_broker_fills_its_buffer_then_refuses_and_spills_all(
+    artifacts: Artifacts, proxied_broker: ProxiedBroker, spool: bool
 ) -> None:
-    # Lambda's CPU share for 256 MB (the sandbox's quota) and the default buffer limits,
-    # which are sized so that SHUTDOWN can spill everything they hold at that share.
+    # Lambda's CPU share for 256 MB (the sandbox's quota) and the default limits, which are
+    # sized so that SHUTDOWN can spill everything they hold at that share: the memory buffer
+    # alone (KAFKA_RELAY_SPOOL_MAX_BYTES=0, then 429), or memory and the outage spool on
+    # disk, each at its default limit (then 507).
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
-    # The memory limit alone: the outage spool (on by default) would take the overflow.
-    with _sandbox(artifacts, proxy.address, topic,
-                  {**QUICK_FLUSH, "KAFKA_RELAY_SPOOL_MAX_BYTES": "0"}, handler=(
+    env = QUICK_FLUSH if spool else {**QUICK_FLUSH, "KAFKA_RELAY_SPOOL_MAX_BYTES": "0"}
+    with _sandbox(artifacts, proxy.address, topic, env, handler=(
             "any_producer.handler_until_busy"), timeout_s=8, memory_mb=256) as sandbox:
         sandbox.start()
         proxy.cut()
-        reply = _invoke(sandbox, {"run": "fill", "count": 200, "size": 1000}).payload
+        reply = _invoke(sandbox, {"run": "fill", "count": 50, "size": 400}).payload
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     assert reply["busy"] is not None, "the buffer never filled: raise max_batches"
-    limits = reply["status"]["limits"]
-    assert len(reply["ids"]) <= limits["records"]
-    assert reply["status"]["pending_bytes"] <= limits["bytes"]
+    status = reply["status"]
+    limits, overflow = status["limits"], status["overflow"]
+    assert status["pending"] <= limits["records"]
+    assert status["pending_bytes"] <= limits["bytes"]
+    if spool:
+        assert "disk spool is at its limit" in reply["busy"]
+        assert 0 < overflow["records"] <= overflow["limit_records"]
+        assert overflow["files"] <= overflow["limit_batches"]
+        assert overflow["bytes"] <= overflow["limit_bytes"]
+        assert len(reply["ids"]) == status["pending"] + overflow["records"]
+    else:
+        assert overflow == {"enabled": False}
+        assert len(reply["ids"]) == status["pending"]
     _assert_clean_exit(shutdown)
-    _assert_summary(lines, accepted=len(reply["ids"]), delivered=0, spilled=len(reply["ids"]))
+    assert events_named(lines, "overflow.left_at_shutdown") == []
+    # Parked batches stay counted ``spooled``; SHUTDOWN spills them with the rest.
+    parked = overflow["records"] if spool else 0
+    summary = _assert_summary(lines, accepted=len(reply["ids"]), delivered=0,
+                              spilled=len(reply["ids"]) - parked)
+    assert (summary["spooled"], summary["spilled_at_shutdown"]) == (parked, len(reply["ids"]))
     assert {r.id for r in parse_spill_lines(lines).records} == set(reply["ids"])
 
 

@@ -26,6 +26,7 @@ from devtools.sandbox import Sandbox, SandboxError, SandboxInitError, cgroup
 from devtools.sandbox.__main__ import main as sandbox_cli
 from devtools.sandbox.cgroup import EnvironmentCgroup, Hierarchies, quota_us, vcpus_for_memory
 from devtools.sandbox.environment import process_state
+from devtools.sandbox.sandbox import RUNTIME_SHUTDOWN_MS
 from devtools.sandbox.telemetry import Destination, TelemetryHub, TelemetryRequestError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,6 +215,25 @@ def test_spindown_shutdown_has_a_2s_deadline_and_kills_an_extension_ignoring_it(
     assert {e["probe"] for e in probe_events(sandbox, "SHUTDOWN")} == {"probe", "stubborn"}
     assert [pid for pid in pids if process_state(pid) is not None] == []
     assert sandbox.pids() == []
+
+
+def test_at_shutdown_the_runtime_has_its_share_before_the_extensions_get_shutdown(
+    make_sandbox: MakeSandbox, tmp_path: Path,
+) -> None:
+    function = tmp_path / "lingering"
+    function.mkdir()
+    (function / "lingering.py").write_text(
+        "import signal\n\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n\n\n"
+        "def handler(event, context):\n    return {}\n")
+    sandbox = make_sandbox(function=function, handler="lingering.handler")
+    sandbox.invoke({})
+    result = sandbox.shutdown()
+
+    (shutdown,) = probe_events(sandbox, "SHUTDOWN")
+    # A runtime that does not end on SIGTERM keeps its whole share of the phase; the
+    # extension gets SHUTDOWN after that, with the phase's deadline.
+    assert shutdown["payload"]["deadlineMs"] == result.deadline_ms
+    assert result.deadline_ms - shutdown["wall_ms"] <= 2000 - RUNTIME_SHUTDOWN_MS + 5
 
 
 def test_extension_init_error_fails_init_with_its_error_type(make_sandbox: MakeSandbox) -> None:

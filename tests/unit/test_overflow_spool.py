@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from kafka_relay.config import load_config
+from kafka_relay.delivery.budget import SPOOL_DISK_SHARE, buffer_limits
 from kafka_relay.delivery.ledger import BufferFull, Limits
-from kafka_relay.delivery.overflow import SHARE, derived_limit
+from kafka_relay.delivery.overflow import free_space
 from kafka_relay.protocol import Outcome, Refusal
 from tests.unit.engine_fakes import FakeProducer, Rig
 
@@ -90,6 +91,23 @@ def test_past_the_spool_limit_a_batch_is_refused_507_naming_the_variable(
     rig.assert_accounted()
 
 
+def test_by_default_the_spool_refuses_507_past_the_batches_shutdown_can_spill(
+    tmp_path: Path
+) -> None:
+    rig = _stalled(tmp_path, function_memory_mb=128)
+    batches = rig.engine.status()["overflow"]["limit_batches"]
+    rig.engine.accept(rig.records(4))
+    for _ in range(batches):
+        rig.engine.accept(rig.records(1))
+    with pytest.raises(BufferFull) as refused:
+        rig.engine.accept(rig.records(1))
+    assert refused.value.refusal is Refusal.STORAGE
+    assert f"{batches} batches, what SHUTDOWN can read back and spill" in str(refused.value)
+    counts = rig.counts()
+    assert (counts["spooled"], counts["rejected"]) == (batches, 1)
+    rig.assert_accounted()
+
+
 def test_the_spool_outlives_a_killed_extension_and_the_next_one_delivers_it(
     tmp_path: Path
 ) -> None:
@@ -130,14 +148,19 @@ def test_shutdown_spills_what_still_waits_on_disk(tmp_path: Path) -> None:
     assert rig.events("overflow.left_at_shutdown") == []
 
 
-def test_the_limit_is_half_the_free_space_unless_set_and_zero_turns_it_off(
+def test_the_limit_is_what_shutdown_can_spill_within_half_the_free_space_unless_set(
     tmp_path: Path
 ) -> None:
     stats = os.statvfs(tmp_path)
-    derived = derived_limit(None, tmp_path / "not" / "made" / "yet")
-    assert abs(derived - stats.f_bavail * stats.f_frsize * SHARE) < 64 * 1024 * 1024
-    assert derived_limit(12345, tmp_path) == 12345
+    free = free_space(tmp_path / "not" / "made" / "yet")
+    assert abs(free - stats.f_bavail * stats.f_frsize) < 64 * 1024 * 1024
     base = {"KAFKA_BOOTSTRAP_SERVERS": "b:9092"}
+    tight = buffer_limits(load_config(base), spool_free_bytes=100_000).spool
+    assert tight.bytes == 100_000 * SPOOL_DISK_SHARE
+    roomy = buffer_limits(load_config(base), spool_free_bytes=free).spool
+    assert 0 < roomy.bytes < free * SPOOL_DISK_SHARE
+    assert buffer_limits(load_config({**base, "KAFKA_RELAY_SPOOL_MAX_BYTES": "12345"}),
+                         spool_free_bytes=free).spool.bytes == 12345
     assert load_config(base).spool_max_bytes is None
     assert load_config({**base, "KAFKA_RELAY_SPOOL_MAX_BYTES": "0"}).spool_max_bytes == 0
     off = _stalled(tmp_path, spool_max_bytes=0)

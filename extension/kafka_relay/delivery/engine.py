@@ -27,7 +27,7 @@ from kafka_relay.delivery.budget import buffer_limits, drain_plan
 from kafka_relay.delivery.journal import Journal
 from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits, Watch
 from kafka_relay.delivery.outage import refill, spill_parked
-from kafka_relay.delivery.overflow import OverflowSpool, derived_limit
+from kafka_relay.delivery.overflow import OverflowSpool, free_space
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.delivery.reachability import Reachability
 from kafka_relay.observability.log import JsonLogger
@@ -90,12 +90,21 @@ class DeliveryEngine:
                  monotonic: Callable[[], float] = time.monotonic,
                  defer_producer: bool = False,
                  on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
-        plan = buffer_limits(config)
+        plan = buffer_limits(config, spool_free_bytes=free_space(config.spool_dir))
         if plan.over:
             logger.warning("buffer.limits_over_spill_budget", variables=list(plan.over),
                            safe_records=plan.safe.records, safe_bytes=plan.safe.bytes,
                            hint="records past the safe limits may not be spilled before a "
                                 "SHUTDOWN deadline; lower or unset these variables")
+        if plan.spool_over:
+            safe_spool = plan.spool_safe
+            logger.warning("overflow.limit_over_spill_budget",
+                           variable="KAFKA_RELAY_SPOOL_MAX_BYTES", limit_bytes=plan.spool.bytes,
+                           safe_bytes=safe_spool.bytes, safe_batches=safe_spool.batches,
+                           safe_records=safe_spool.records,
+                           hint="batches parked past what SHUTDOWN can spill are lost if the "
+                                "broker is down at SHUTDOWN: set KAFKA_RELAY_SPILL_BUCKET, or "
+                                "lower or unset KAFKA_RELAY_SPOOL_MAX_BYTES")
         self._config = config
         self._spill = spill
         self._log = logger
@@ -108,9 +117,8 @@ class DeliveryEngine:
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
             journal.open()
-        spool_limit = derived_limit(config.spool_max_bytes, config.spool_dir)
-        overflow = (OverflowSpool(config.spool_dir / "overflow", spool_limit, logger)
-                    if spool_limit > 0 else None)
+        overflow = (OverflowSpool(config.spool_dir / "overflow", plan.spool, logger)
+                    if plan.spool.bytes > 0 else None)
         self._overflow = overflow
         self._ledger = Ledger(limits or plan.limits, retry_after_ms=retry_after,
                               monotonic=monotonic, journal=journal, logger=logger,
@@ -241,7 +249,8 @@ class DeliveryEngine:
         plan = drain_plan(deadline_ms=deadline_ms, margin_ms=self._config.shutdown_margin_ms,
                           pending=before.pending, pending_bytes=before.pending_bytes,
                           has_bucket=self._spill.s3 is not None,
-                          memory_mb=self._config.function_memory_mb)
+                          memory_mb=self._config.function_memory_mb,
+                          parked=(0, 0, 0) if self._overflow is None else self._overflow.load)
         drained = self.flush(max(0, plan.flush_until_ms - self._wall_ms()) / 1000, retry_now=True)
         self._spill.until(self._monotonic() + max(0, plan.s3_until_ms - self._wall_ms()) / 1000)
         spilled = self.spill_unsettled(f"shutdown ({reason}) before delivery")

@@ -6,11 +6,18 @@ anything is here, later batches come here too, so records leave in the order the
 (per key). As memory frees up (the broker answers), the oldest files are taken back into
 the ledger, which journals them before their file is removed.
 
-Bounded like Fluent Bit's ``storage.total_limit_size``: at most ``limit`` bytes of files
-(``KAFKA_RELAY_SPOOL_MAX_BYTES``; unset: ``SHARE`` of the free space of the spool's file
-system at init, i.e. Lambda's ephemeral storage). Past the limit a batch is refused with
-507, naming the variable. ``KAFKA_RELAY_SPOOL_MAX_BYTES=0`` turns the spool off (a full
-buffer answers 429, as without it).
+Bounded like Fluent Bit's ``storage.total_limit_size``, by ``SpoolLimits``
+(delivery/budget.py derives them): at SHUTDOWN /tmp goes with the environment and every
+parked batch must be read back and spilled before the deadline, so by default the spool
+holds only what SHUTDOWN can spill in its half of the window (the memory buffer has the
+other half): at most so many bytes of files, batches (files; each costs an open, a read and
+an unlink) and records, the bytes also capped by half of the free space of the spool's
+file system at init (Lambda's ephemeral storage). Measured defaults: 44 batches / 1,768
+records / 663 KB at 256 MB, 305 / 12,222 / 4.6 MB at >= 1,769 MB (docs/durability.md).
+``KAFKA_RELAY_SPOOL_MAX_BYTES`` set: that many bytes and no other bound (a warning at init
+when SHUTDOWN cannot spill it). Past a limit a batch is refused with 507, saying which.
+``KAFKA_RELAY_SPOOL_MAX_BYTES=0`` turns the spool off (a full buffer answers 429, as
+without it).
 
 Files: ``kafka-relay-overflow-<seq>.bin`` under ``<KAFKA_RELAY_SPOOL_DIR>/overflow``, each one
 batch in the journal's frame format, written to ``*.partial`` and renamed, so a kill never
@@ -34,15 +41,19 @@ from kafka_relay.spill.sinks import quarantine
 
 PREFIX = "kafka-relay-overflow-"
 _NAME = re.compile(rf"{PREFIX}(\d{{12}})\.bin")
-SHARE = 0.5  # of the spool file system's free space at init, when no limit is given
 LIMIT_VAR = "KAFKA_RELAY_SPOOL_MAX_BYTES"
 
 
-def derived_limit(configured: int | None, directory: Path) -> int:
-    """The spool's byte limit: the configured one, else ``SHARE`` of the free space of the
-    file system that holds ``directory`` (its nearest existing parent)."""
-    if configured is not None:
-        return configured
+@dataclass(frozen=True)
+class SpoolLimits:
+    bytes: int  # of files; 0: no spool
+    batches: int | None = None  # None: no bound (an explicit KAFKA_RELAY_SPOOL_MAX_BYTES)
+    records: int | None = None
+
+
+def free_space(directory: Path) -> int:
+    """Free bytes on the file system that holds ``directory`` (its nearest existing parent);
+    0 when it cannot be read."""
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -50,7 +61,7 @@ def derived_limit(configured: int | None, directory: Path) -> int:
         stats = os.statvfs(probe)
     except OSError:
         return 0
-    return int(stats.f_bavail * stats.f_frsize * SHARE)
+    return stats.f_bavail * stats.f_frsize
 
 
 class SpoolFull(Exception):
@@ -65,9 +76,9 @@ class Parked:
 
 
 class OverflowSpool:
-    def __init__(self, directory: Path, limit: int, logger: JsonLogger) -> None:
+    def __init__(self, directory: Path, limits: SpoolLimits, logger: JsonLogger) -> None:
         self.directory = directory
-        self.limit = limit
+        self.limits = limits
         self._log = logger
         self._files: list[tuple[int, Path, int]] = []  # (seq, path, file bytes), oldest first
         self._next = 1
@@ -100,22 +111,27 @@ class OverflowSpool:
 
     @property
     def enabled(self) -> bool:
-        return self.limit > 0
+        return self.limits.bytes > 0
 
     def __bool__(self) -> bool:
         """Anything waiting: later batches must queue behind it."""
         return bool(self._files)
+
+    @property
+    def load(self) -> tuple[int, int, int]:
+        """What waits here: (batches, records, file bytes)."""
+        return len(self._files), self.records, self.bytes
 
     def put(self, count: int, frame: tuple[bytes, bytes]) -> Path:
         """Park one batch of ``count`` records (``frame``: the journal's ``encode`` of it),
         all of it, or raise SpoolFull saying why."""
         head, payload = frame
         size = len(head) + len(payload)
-        if self.bytes + size > self.limit:
-            raise SpoolFull(
-                f"the memory buffer is full and the disk spool is at its limit ({self.bytes} "
-                f"of {self.limit} bytes, {LIMIT_VAR}): nothing accepted; retry later, when "
-                "the broker has taken some of it")
+        full = self._full(count, size)
+        if full is not None:
+            raise SpoolFull(f"the memory buffer is full and the disk spool is at its limit "
+                            f"({full}): nothing accepted; retry later, when the broker has "
+                            "taken some of it")
         seq = self._next
         path = self.directory / f"{PREFIX}{seq:012d}.bin"
         partial = path.with_name(path.name + ".partial")
@@ -135,6 +151,19 @@ class OverflowSpool:
         self.bytes += size
         self.records += count
         return path
+
+    def _full(self, count: int, size: int) -> str | None:
+        """Which limit the batch would pass, or None."""
+        limits = self.limits
+        if self.bytes + size > limits.bytes:
+            return f"{self.bytes} of {limits.bytes} bytes, {LIMIT_VAR}"
+        if limits.batches is not None and len(self._files) + 1 > limits.batches:
+            return (f"{limits.batches} batches, what SHUTDOWN can read back and spill; "
+                    f"{LIMIT_VAR} unset")
+        if limits.records is not None and self.records + count > limits.records:
+            return (f"{self.records} of {limits.records} records, what SHUTDOWN can spill; "
+                    f"{LIMIT_VAR} unset")
+        return None
 
     def oldest(self) -> Parked | None:
         """The oldest parked batch (read, not removed), or None."""
@@ -166,7 +195,9 @@ class OverflowSpool:
             self.records = 0
 
     def status(self) -> dict[str, object]:
-        return {"enabled": self.enabled, "dir": str(self.directory), "limit_bytes": self.limit,
+        return {"enabled": self.enabled, "dir": str(self.directory),
+                "limit_bytes": self.limits.bytes, "limit_batches": self.limits.batches,
+                "limit_records": self.limits.records,
                 "bytes": self.bytes, "records": self.records, "files": len(self._files)}
 
 
