@@ -139,12 +139,11 @@ EXERCISED = [
     (r"\./build\.sh sandbox --function \S+ --handler app\.handler .*--with-broker",
      "tests/e2e/test_adoption.py", "--with-broker"),
     (r"python -m devtools\.sandbox --layer ", "tests/e2e/test_sandbox.py", "devtools.sandbox"),
-    (r"python -m kafka_relay\.logs --file \S+ --json", "tests/unit/test_logs_cli.py",
-     '"--file"'),
-    (r"python -m kafka_relay\.replay /tmp/kafka-relay-spool", "tests/integration/test_replay.py",
+    (r"kafka-relay-logs --file \S+ --json", "tests/unit/test_logs_cli.py", '"--file"'),
+    (r"kafka-relay-replay /tmp/kafka-relay-spool", "tests/integration/test_replay.py",
      "_replay([str(directory)"),
-    (r"python -m kafka_relay\.replay --log-file ", "tests/integration/test_replay.py",
-     '"--log-file"'),
+    (r"kafka-relay-replay --log-file ", "tests/integration/test_replay.py", '"--log-file"'),
+    (r"kafka-relay-replay --from-topic ", "tests/integration/test_redrive.py", '"--from-topic"'),
 ]
 
 
