@@ -206,13 +206,13 @@ case "$cmd" in
   build)
     if wants_help "$@"; then help_for build layer_build.build; exit 0; fi
     ensure_venv dev
-    in_caller "$PY" -m layer_build.build "$@"
+    ticking "building" in_caller "$PY" -m layer_build.build "$@"
     ;;
   publish-layer)
     if wants_help "$@"; then help_for publish-layer layer_build.publish; exit 0; fi
     require_region "$@"
     ensure_venv dev
-    "$PY" -m layer_build.build
+    ticking "building" "$PY" -m layer_build.build
     in_caller "$PY" -m layer_build.publish "$@"
     ;;
   deploy)

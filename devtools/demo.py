@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -68,10 +69,10 @@ class Producer:
 @dataclass
 class Outcome:
     producer: Producer
+    log_path: Path
     results: list[InvokeResult] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
-    log_path: Path | None = None
     shutdown_ms: float = 0.0
 
     @property
@@ -162,10 +163,16 @@ def _show_topic(topic: str, records: list[ConsumedRecord], samples: int) -> None
         print(f"    key={key[:48]!s:<50} {value[:110]}")
 
 
+def logs_command(log_path: Path) -> str:
+    """The logs CLI for a kept log, as a command that runs as printed from any directory:
+    this interpreter with the checkout's package (the demo installs no console scripts)."""
+    return (f"PYTHONPATH={shlex.quote(str(ROOT / 'extension'))} {shlex.quote(sys.executable)} "
+            f"-m kafka_relay.tools.logs --file {shlex.quote(str(log_path))}")
+
+
 def _show_log(outcome: Outcome) -> None:
     """The logs CLI's per-invocation table for the function's full log, kept on disk."""
-    print(f"\n== /aws/lambda/{outcome.producer.name}: python -m kafka_relay.tools.logs --file "
-          f"{outcome.log_path}")
+    print(f"\n== /aws/lambda/{outcome.producer.name}: {logs_command(outcome.log_path)}")
     logs.main(["--file", str(outcome.log_path)], env={}, stdout=sys.stdout, stderr=sys.stderr)
 
 

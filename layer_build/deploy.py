@@ -509,7 +509,7 @@ def parse_args(argv: Sequence[str] | None) -> DeployOptions:
         description="Publish the kafka-relay layer and deploy the producer functions.",
     )
     parser.add_argument("--env-file", type=Path, default=REPO_ROOT / ".env",
-                        help="the functions' KEY=VALUE settings (default: .env)")
+                        help="the functions' KEY=VALUE settings (default: the checkout's .env)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would change; call no mutating API")
     parser.add_argument("--arch", choices=list(ARCHES), default="x86_64")
@@ -520,7 +520,8 @@ def parse_args(argv: Sequence[str] | None) -> DeployOptions:
                         default=DEFAULT_RUNTIME,
                         help="the functions' Lambda runtime (default: %(default)s)")
     parser.add_argument("--dist", type=Path, default=REPO_ROOT / "dist",
-                        help="where ./build.sh build put the artifacts (default: dist)")
+                        help="where ./build.sh build put the artifacts (default: the "
+                             "checkout's dist/)")
     parser.add_argument("--subnet-ids", type=_ids, default=(), metavar="subnet-1,subnet-2",
                         help="run the functions in these VPC subnets (e.g. to reach MSK)")
     parser.add_argument("--security-group-ids", type=_ids, default=(), metavar="sg-1,sg-2",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import kafka_relay
+from devtools.demo import logs_command
 
 REPO = Path(__file__).resolve().parents[2]
 NO_AWS = {
@@ -76,6 +77,21 @@ def test_logs_piped_into_head_exits_quietly(tmp_path: Path) -> None:
     assert result.stdout.split()[:2] == ["REQUEST", "ID"]
     assert result.stderr == ""
 
+
+
+def test_the_logs_command_the_demo_prints_runs_as_printed_elsewhere(tmp_path: Path) -> None:
+    log = tmp_path / "my function.log"
+    log.write_text("START RequestId: r1 Version: $LATEST\nEND RequestId: r1\n"
+                   "REPORT RequestId: r1\tDuration: 1.00 ms\tBilled Duration: 1 ms\t"
+                   "Memory Size: 128 MB\tMax Memory Used: 50 MB\n")
+
+    result = subprocess.run(logs_command(log), shell=True, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path, check=False,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.split()[:2] == ["REQUEST", "ID"]
+    assert "r1" in result.stdout
 
 @pytest.mark.parametrize("module", ["kafka_relay.tools.logs", "kafka_relay.tools.replay",
                                     "layer_build.deploy", "layer_build.publish"])

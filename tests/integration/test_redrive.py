@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import time
 
 import pytest
@@ -124,3 +125,14 @@ def test_redrive_options_without_from_topic_are_refused() -> None:
         main(["/tmp/spool", "--error-kind", "transient"], env={}, stdout=io.StringIO(),
              stderr=io.StringIO())
     assert exit_info.value.code == 2
+
+
+def test_a_redrive_from_brokers_that_refuse_connections_is_one_error_naming_the_fix() -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
+        code, out = _redrive("dlq.orders", "--bootstrap", bootstrap, "--dry-run")
+    assert code == 2
+    assert out == ("error: cannot read 'dlq.orders': _TRANSPORT: Failed to get metadata: Local: "
+                   "Broker transport failure; check --bootstrap (or KAFKA_BOOTSTRAP_SERVERS) "
+                   "and the KAFKA_AUTH settings\n")

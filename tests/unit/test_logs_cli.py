@@ -284,16 +284,26 @@ def test_spilled_lines_are_written_for_the_replay_tool(tmp_path: Path) -> None:
     spilled = tmp_path / "spilled.log"
     code, out, _ = _run(["--file", str(_log_file(tmp_path, prefixed)),
                          "--spilled-out", str(spilled)])
+    lines = len(list(spill_lines([_spilled_record()], reason="")))
     assert code == 0
     assert f"--log-file {spilled}" in out
-    assert len(spilled.read_text(encoding="utf-8").splitlines()) == len(
-        list(spill_lines([_spilled_record()], reason="")))
+    assert out.endswith(f"{lines} KAFKA_RELAY_SPILL lines written to {spilled}\n")
+    assert len(spilled.read_text(encoding="utf-8").splitlines()) == lines
     (batch,) = read_log_file(spilled)
     (record,) = batch.records
     original = _spilled_record()
     assert (record.id, record.value, record.dlq_error) == (
         original.id, original.value, original.dlq_error)
 
+
+
+def test_a_log_without_spills_says_it_wrote_no_spill_lines(tmp_path: Path) -> None:
+    spilled = tmp_path / "spilled.log"
+    code, out, _ = _run(["--file", str(_log_file(tmp_path, SANDBOX[:3])),
+                         "--spilled-out", str(spilled)])
+    assert code == 0
+    assert out.endswith(f"0 KAFKA_RELAY_SPILL lines written to {spilled}\n")
+    assert spilled.read_text(encoding="utf-8") == ""
 
 def test_following_a_file_prints_rows_and_events_as_they_are_appended(tmp_path: Path) -> None:
     path = _log_file(tmp_path, SANDBOX[:3])

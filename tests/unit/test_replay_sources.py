@@ -284,11 +284,21 @@ def test_a_log_file_given_as_the_source_points_to_log_file(tmp_path: Path) -> No
     assert "use --log-file" in err.getvalue()
 
 
-def test_without_a_bootstrap_a_real_replay_says_what_to_set(tmp_path: Path) -> None:
+def test_without_a_bootstrap_a_real_replay_names_the_option_and_the_variable(
+        tmp_path: Path) -> None:
     err = io.StringIO()
     code = main([str(tmp_path)], env={}, stdout=io.StringIO(), stderr=err)
     assert code == 2
-    assert "KAFKA_BOOTSTRAP_SERVERS is not set" in err.getvalue()
+    assert err.getvalue() == ("error: no brokers: pass --bootstrap HOST:PORT, or set "
+                              "KAFKA_BOOTSTRAP_SERVERS as on the function\n")
+
+
+def test_without_a_bootstrap_a_redrive_names_the_option_and_the_variable() -> None:
+    err = io.StringIO()
+    code = main(["--from-topic", "dlq.orders"], env={"KAFKA_BOOTSTRAP_SERVERS": " "},
+                stdout=io.StringIO(), stderr=err)
+    assert code == 2
+    assert "pass --bootstrap HOST:PORT" in err.getvalue()
 
 
 def test_s3_urls_split_into_bucket_and_prefix() -> None:

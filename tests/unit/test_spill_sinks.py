@@ -85,6 +85,16 @@ def test_spool_files_carry_a_header_and_come_back_once(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_spool_files_written_in_one_millisecond_come_back_in_the_order_written(
+    tmp_path: Path,
+) -> None:
+    spool = SpoolSink(tmp_path, JsonLogger(stream=io.StringIO()), wall_ms=lambda: 1_000)
+    records = _records(40)
+    for record in records:
+        spool.write([record], reason="dlq down")
+    assert [r.id for r in spool.take()] == [r.id for r in records]
+
+
 def test_foreign_files_in_the_spool_dir_are_never_read_or_deleted(tmp_path: Path) -> None:
     theirs = tmp_path / "events.ndjson"
     theirs.write_text('{"id":"x","topic":"t"}\n')

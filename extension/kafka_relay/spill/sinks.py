@@ -164,10 +164,13 @@ class SpoolSink:
         self._dir = directory
         self._log = logger
         self._wall_ms = wall_ms
+        self._written = 0  # files written in the same millisecond still sort in order
 
     def write(self, records: Sequence[Record], *, reason: str) -> SpillResult:
         self._dir.mkdir(parents=True, exist_ok=True)
-        name = f"{SPOOL_FILE_PREFIX}{self._wall_ms():013d}-{os.urandom(6).hex()}.ndjson"
+        self._written += 1
+        name = (f"{SPOOL_FILE_PREFIX}{self._wall_ms():013d}-{self._written:08d}-"
+                f"{os.urandom(4).hex()}.ndjson")
         path = self._dir / name
         partial = path.with_name(name + ".partial")
         with partial.open("w", encoding="utf-8") as out:

@@ -254,17 +254,17 @@ def main(
     except (LogsError, OSError) as exc:
         stderr.write(f"error: {exc}\n")
         return 2
+    written = f"{summary['spill']['lines']} {SPILL_EVENT} lines written to {args.spilled_out}\n"
     if args.follow:
         if args.spilled_out:
-            stderr.write(f"{summary['spill']['lines']} {SPILL_EVENT} lines written to "
-                         f"{args.spilled_out}\n")
+            stderr.write(written)
     elif args.json:
         json.dump(summary, stdout, indent=2)
         stdout.write("\n")
     else:
         render_text(summary, stdout)
         if args.spilled_out:
-            stdout.write(f"{SPILL_EVENT} lines written to {args.spilled_out}\n")
+            stdout.write(written)
     return 0
 
 

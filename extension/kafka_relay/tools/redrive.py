@@ -219,7 +219,11 @@ def _read_to_end(consumer: Any, topic: str, *, poll_s: float = 0.5,
     """Every record after the group's committed offsets, until each partition reports its
     end (partition EOF: the fetch's high watermark; ListOffsets is not asked, as some
     brokers answer it in batches rather than records)."""
-    metadata = consumer.list_topics(topic, timeout=10)
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+    except KafkaException as exc:
+        raise RedriveError(f"cannot read {topic!r}: {describe(exc.args[0])}; check --bootstrap "
+                           "(or KAFKA_BOOTSTRAP_SERVERS) and the KAFKA_AUTH settings") from exc
     if topic not in metadata.topics or metadata.topics[topic].error is not None:
         raise RedriveError(f"topic {topic!r} does not exist on this cluster")
     partitions = [TopicPartition(topic, p) for p in sorted(metadata.topics[topic].partitions)]

@@ -33,8 +33,8 @@ from typing import Any, Protocol, TextIO
 
 from confluent_kafka import KafkaError, KafkaException
 
-from kafka_relay.config import Config, load_config
-from kafka_relay.errors import RelayError
+from kafka_relay.config import BOOTSTRAP, Config, load_config
+from kafka_relay.errors import ConfigError, RelayError
 from kafka_relay.producer.classify import describe
 from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.record import Record
@@ -612,7 +612,7 @@ def main(
                      "only the transient failures: choose one")
     bootstrap = args.bootstrap or (_DRY_RUN_BOOTSTRAP if args.dry_run else None)
     try:
-        config = load_config(env, **({"bootstrap_servers": bootstrap} if bootstrap else {}))
+        config = _load_config(env, bootstrap)
         batches = _batches(args, config, aws_client_factory, wall_ms)
         producer = None if args.dry_run else producer_factory(config, args.timeout)
         report = replay(batches, config=config, producer=producer,
@@ -625,6 +625,15 @@ def main(
         return 2
     _print_report(report, args, stdout)
     return 0 if report.ok else 1
+
+
+def _load_config(env: Mapping[str, str], bootstrap: str | None) -> Config:
+    """The extension's settings; on the command line the brokers can also come as an option,
+    so their absence names it too."""
+    if not bootstrap and not any(env.get(name, "").strip() for name in BOOTSTRAP.names):
+        raise ConfigError("no brokers: pass --bootstrap HOST:PORT, or set "
+                          "KAFKA_BOOTSTRAP_SERVERS as on the function")
+    return load_config(env, **({"bootstrap_servers": bootstrap} if bootstrap else {}))
 
 
 def _redrive(
@@ -651,8 +660,7 @@ def _redrive(
             error_kind=args.error_kind, match=pattern, ids=frozenset(args.id),
             since_ms=parse_time(args.start, now_ms=now) if args.start else None,
             until_ms=parse_time(args.end, now_ms=now) if args.end else None)
-        config = load_config(env, **({"bootstrap_servers": args.bootstrap}
-                                     if args.bootstrap else {}))
+        config = _load_config(env, args.bootstrap)
         group = args.group or redrive.default_group(args.from_topic, filters)
         consumer = consumer_factory(config, group)
         try:
