@@ -27,7 +27,8 @@ EVENT = re.compile(r"[a-z_]+\.[a-z_]+")
 NEEDS_AWS = "# needs AWS"
 FENCE = re.compile(r"^( *)```(\w*)[^\n]*\n(.*?)^\1```", re.S | re.M)
 SHELL_LANGUAGES = {"sh", "console", "bash", "shell"}
-COMMAND_START = re.compile(r"^(\$ )?(\./build\.sh|python|pip|curl|terraform|aws|sam)\b")
+COMMAND_START = re.compile(
+    r"^(\$ )?(\./build\.sh|python|pip|curl|terraform|aws|sam|kafka-relay-(logs|replay))\b")
 
 
 # --- events and error types ------------------------------------------------------------------
