@@ -27,6 +27,7 @@ from kafka_relay.protocol import (
     RelayUnavailable,
 )
 from tests.fake_relay import DROP, Hold, Reply, Seen, accept, fake_relay
+from tests.threads import in_threads
 
 RECORDS = [{"key": f"k{i}", "value": {"i": i}} for i in range(3)]
 
@@ -235,23 +236,15 @@ def test_threads_sharing_one_client_never_get_each_others_answers() -> None:
 
     threads, sends = 8, 40
     results: dict[int, list[tuple[str, SendResult]]] = {}
-    errors: list[BaseException] = []
 
     with fake_relay(echo) as relay:
         client = RelayClient(env={}, port=relay.port)
 
         def work(n: int) -> None:
-            try:
-                results[n] = [(f"{n}-{m}", client.send([{"value": f"{n}-{m}"}]))
-                              for m in range(sends)]
-            except BaseException as exc:
-                errors.append(exc)
+            results[n] = [(f"{n}-{m}", client.send([{"value": f"{n}-{m}"}]))
+                          for m in range(sends)]
 
-        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(60)
+        errors = in_threads(work, threads, timeout_s=60)
         requests = relay.records_requests()
     assert errors == []
     assert len(requests) == threads * sends  # no retries, no duplicates
@@ -271,14 +264,10 @@ def test_the_process_wide_client_is_created_once_under_concurrent_first_use(
     made: list[Any] = []
     barrier = threading.Barrier(8)
 
-    def first_use() -> None:
+    def first_use(_n: int) -> None:
         barrier.wait(10)
         made.append(client_module.default_client())
 
-    workers = [threading.Thread(target=first_use) for _ in range(8)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(10)
+    assert in_threads(first_use, 8, timeout_s=10) == []
     assert len(made) == 8
     assert len({id(c) for c in made}) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 from pathlib import Path
 
 import boto3
@@ -28,6 +27,7 @@ from kafka_relay.tools.replayer import main as replay_main
 from tests.conftest import Broker
 from tests.fake_relay import Reply, Seen, accept, fake_relay
 from tests.relay_harness import running_relay
+from tests.threads import in_threads
 
 
 def _fallback_env(bootstrap: str, topic: str) -> dict[str, str]:
@@ -84,20 +84,12 @@ def test_threads_sharing_one_client_through_the_real_extension(
 ) -> None:
     threads, sends = 6, 25
     ids: list[str] = []
-    errors: list[BaseException] = []
     with running_relay(broker.bootstrap, tmp_path) as relay:
         def work(n: int) -> None:
-            try:
-                for m in range(sends):
-                    ids.extend(relay.client.send([{"topic": topic, "value": f"{n}-{m}"}]).ids)
-            except BaseException as exc:
-                errors.append(exc)
+            for m in range(sends):
+                ids.extend(relay.client.send([{"topic": topic, "value": f"{n}-{m}"}]).ids)
 
-        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(120)
+        errors = in_threads(work, threads, timeout_s=120)
         relay.client.flush()
         got = broker.read(topic, expected=threads * sends)
     assert errors == []
