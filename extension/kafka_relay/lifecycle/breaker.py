@@ -7,7 +7,8 @@ pump keeps sending whenever the environment runs; at most every ``probe_interval
 (doubling up to a cap) one invocation spends a short probe flush to give the producer time
 to reconnect. Any record settled since it opened (a background delivery or a probe) closes it.
 
-Closed after an outage it is *catching up* until nothing is pending: the backlog the outage
+Closed after an outage it is *catching up* until nothing is pending (seen, or left by a
+flush): the backlog the outage
 left (a memory buffer and an outage spool full of records) would take one invocation's flush
 a second or more to deliver, so each flush meanwhile is capped at ``CATCH_UP_BUDGET_MS`` and
 the backlog leaves over the next few invocations (and in the background while they run).

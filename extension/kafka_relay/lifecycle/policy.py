@@ -96,8 +96,9 @@ class FlushState:
                 probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> FlushState:
         """After a flush: a flush that settled nothing while records stayed pending opens the
         breaker (or, as a probe, schedules the next one). A flush the invocation's deadline
-        cut below a probe's budget proves nothing."""
-        breaker = self.breaker
+        cut below a probe's budget proves nothing. One that left nothing pending ends a
+        catch-up after an outage."""
+        breaker = Breaker() if remaining == 0 and self.breaker.catching_up else self.breaker
         if remaining > 0 and settled_during == 0 and (probe or budget_ms >= PROBE_BUDGET_MS):
             breaker = breaker.probed(now_ms) if probe and breaker.open else (
                 breaker if breaker.open else breaker.trip(now_ms, settled))
