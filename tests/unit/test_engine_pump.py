@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.delivery.ledger import BufferFull, Limits
+from kafka_relay.delivery.pump import IN_FLIGHT_BYTES
 from kafka_relay.protocol import BrokerState
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.unit.engine_fakes import FakeProducer, Rig, Sent, error_for
@@ -396,9 +397,9 @@ def test_librdkafka_holds_at_most_the_in_flight_byte_cap_of_a_stalled_backlog(
 ) -> None:
     rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True),
               limits=Limits(records=100, bytes=100 * 1024 * 1024))
-    rig.engine.accept(rig.records(5, value=b"x" * (3 * 1024 * 1024)))
+    rig.engine.accept(rig.records(5, value=b"x" * (IN_FLIGHT_BYTES * 3 // 8)))
     rig.step(3)
-    assert len(rig.producer.sent) == 2  # 6 MiB; a third would pass the 8 MiB cap
+    assert len(rig.producer.sent) == 2  # 6/8 of the cap; a third would pass it
     rig.producer.hold = False
     rig.step(4)
     assert rig.counts()["delivered"] == 5
