@@ -85,16 +85,18 @@ class _Reader:
 
     def _mapped(self, length: int) -> mmap.mmap:
         body = mmap.mmap(-1, length)
+        got = 0
         with memoryview(body) as view:
-            got = 0
             while got < length:
                 self._arm()
                 read = self._rfile.readinto1(view[got:got + _READ_CHUNK])
                 if not read:
-                    body.close()
-                    raise BodyError(400, f"the body ended after {got} of {length} announced "
-                                         "bytes: nothing accepted; send the whole body")
+                    break
                 got += read
+        if got < length:
+            body.close()
+            raise BodyError(400, f"the body ended after {got} of {length} announced bytes: "
+                                 "nothing accepted; send the whole body")
         return body
 
     def _exactly(self, length: int) -> bytes:
