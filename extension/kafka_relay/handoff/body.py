@@ -7,15 +7,19 @@ must be closed (the stream position is unknown).
 A large Content-Length body is read in place into its own anonymous mapping, unmapped as
 soon as the request lets go of it: read as chunks and joined, it existed twice, and the heap
 glibc grew for it stayed resident under the records that were allocated after it (the
-memory a stalled broker's pending records cost).
+memory a stalled broker's pending records cost). After such a body the server also hands
+the heap's free pages back (``trim_heap``): the request's other transient copies (frames,
+the journal frame, resized tables) would otherwise stay resident the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import re
 import socket
 import time
+from collections.abc import Callable
 from io import BufferedIOBase
 
 from kafka_relay.httpwire import Headers
@@ -27,6 +31,27 @@ _READ_CHUNK = 1 << 20
 
 # What a body is: bytes, or the mapping it was read into (a buffer: slices are bytes).
 Body = bytes | mmap.mmap
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``, ~0.3 ms on a
+    fragmented 20 MB heap); False where there is none."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes  # noqa: PLC0415 - ~6 ms, once the first large body came, not at start
+
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    return trim
 
 
 class BodyError(Exception):

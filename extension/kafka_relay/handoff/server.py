@@ -31,7 +31,7 @@ from kafka_relay import __version__
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
 from kafka_relay.errors import ConfigError, PortInUseError
-from kafka_relay.handoff.body import Body, BodyError, read_body
+from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, BodyError, read_body, trim_heap
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
@@ -228,6 +228,8 @@ class _Handler(RequestHandler):
             if route is None:
                 raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
             route(body)
+            if len(body) >= MAPPED_BODY_BYTES:  # answered: its transient copies can go
+                trim_heap()
         except _HttpError as exc:
             self._send(exc.status, {"error": str(exc)})
             if self._linger:
