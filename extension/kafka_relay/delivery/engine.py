@@ -198,9 +198,9 @@ class DeliveryEngine:
         invocation = self.invocation_id
         dlq_of: dict[str, str] = {}  # one string per topic, not one per record
         for record in records:
-            if record.request_id is None:
+            if not record.request_id:
                 record.request_id = invocation
-            if record.dlq_topic is None:
+            if not record.dlq_topic:
                 topic = record.topic
                 dlq = dlq_of.get(topic)
                 if dlq is None:

@@ -45,11 +45,11 @@ def trim_heap() -> bool:
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    import ctypes  # noqa: PLC0415 - ~6 ms, once the first large body came, not at start
-
     try:
+        import ctypes  # noqa: PLC0415 - ~6 ms, once the first large body came, not at start
+
         trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+    except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc (musl)
         return None
     return trim
 
