@@ -46,13 +46,12 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kafka_relay.httpconn import Connection, encode_request
+from kafka_relay.httpconn import Connection
 from kafka_relay.protocol import (
     BROKER_FIELD,
     DEFAULT_PORT,
@@ -152,6 +151,8 @@ class _Transport:
         self._attempt_timeout_s = attempt_timeout_s
         self._pool_lock = threading.Lock()
         self._idle: list[Connection] = []
+        # The header lines every request carries, formatted once.
+        self._fixed = f"Host: {host}:{port}\r\n" + (f"{TOKEN_HEADER}: {token}\r\n" if token else "")
 
     def exchange(
         self,
@@ -163,12 +164,28 @@ class _Transport:
         *,
         long_wait: bool,
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+        """``exchange_raw`` with the answer's JSON decoded."""
+        status, reply_headers, data = self.exchange_raw(method, path, body, deadline, extra,
+                                                        long_wait=long_wait)
+        return status, _decode(data), reply_headers
+
+    def exchange_raw(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        deadline: float,
+        extra: Mapping[str, str],
+        *,
+        long_wait: bool,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         """Send one request, re-sending it (same headers, same key) after a transport failure:
         a kept-alive connection closed during a freeze, a reset, or a read timeout."""
-        headers = {"Content-Type": JSON_TYPE, **extra}
-        if self._token:
-            headers[TOKEN_HEADER] = self._token
-        request = encode_request(method, path, f"{self.host}:{self.port}", headers, body)
+        head = f"{method} {path} HTTP/1.1\r\n{self._fixed}"
+        for name, value in extra.items():
+            head += f"{name}: {value}\r\n"
+        payload = body or b""
+        request = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode("latin-1")
         failure: BaseException | None = None
         for _attempt in range(_MAX_ATTEMPTS):
             left = deadline - self._clock()
@@ -183,7 +200,7 @@ class _Transport:
                 failure = exc
                 continue
             try:
-                status, reply_headers, data = conn.exchange(request, timeout)
+                answer = conn.exchange(request, timeout, payload)
             except (ValueError, OSError) as exc:
                 self._release(conn, reuse=False)
                 # After a freeze every idle connection is likely dead too: retry on a new one.
@@ -191,7 +208,7 @@ class _Transport:
                 failure = exc
                 continue
             self._release(conn, reuse=not conn.closing)
-            return status, _decode(data), reply_headers
+            return answer
         if failure is None or isinstance(failure, TimeoutError):
             raise RelayError(
                 f"kafka-relay on {self.host}:{self.port} did not answer {method} {path} within "
@@ -234,7 +251,7 @@ class RelayClient:
         attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        new_key: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_key: Callable[[], str] = lambda: os.urandom(16).hex(),
         framed: bool = True,
     ) -> None:
         env = os.environ if env is None else env
@@ -283,7 +300,7 @@ class RelayClient:
                 taken = outcomes if wait else [
                     {"id": i, "outcome": Outcome.PENDING.value} for i in ids]
                 return self._direct(items[start:], ids, taken)
-            batch_ids = [str(i) for i in reply.get("ids") or []]
+            batch_ids: list[str] = reply.get("ids") or []
             ids += batch_ids
             if wait:  # else unused: building it cost ~0.5 µs per record
                 outcomes += reply.get("outcomes") or [
@@ -319,8 +336,14 @@ class RelayClient:
         return self._call("GET", STATUS_PATH, None, 200)
 
     def invocation_end(self, request_id: str | None = None) -> None:
-        body = json.dumps({"request_id": request_id or self.request_id}).encode()
-        self._call("POST", INVOCATION_END_PATH, body, 200)
+        """Tell the extension this invocation's handler is done. The request id goes as a
+        header and the answer is read only for its status: this runs every invocation."""
+        request_id = request_id or self.request_id
+        status, _, data = self._transport.exchange_raw(
+            "POST", INVOCATION_END_PATH, None, self._clock() + self._budget_s(),
+            {REQUEST_ID_HEADER: request_id} if request_id else {}, long_wait=True)
+        if status != 200:
+            _expect(status, _decode(data), 200)
 
     def close(self) -> None:
         """Close the idle connections (ones in use close when their request ends)."""

@@ -3,7 +3,10 @@
 Shared by the handler-side client (records, the end call) and the extension's Lambda API
 client (``/next`` every invocation): ``http.client`` costs ~15 ms to import (email, ssl) and
 ~50-70 µs of CPU per call to build the request and parse the answer's headers; this reads
-the status line, the headers and a Content-Length, chunked or until-close body.
+the answer's head in one piece, then a Content-Length, chunked or until-close body. Every
+system call counts here (a loopback call is a few of them): a body goes out with its head in
+one ``sendmsg``, without first being copied behind it, and the socket's timeout is only set
+when it changes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import socket
 from collections.abc import Mapping
 
 MAX_LINE = 65536  # bytes in the status line or one header line
+MAX_HEAD = 4 * MAX_LINE  # bytes in the answer's status line and headers together
 
 
 def encode_request(method: str, path: str, host: str, headers: Mapping[str, str],
@@ -36,6 +40,7 @@ class Connection:
         self._sock = socket.create_connection((host.strip("[]"), int(port)),
                                               timeout=connect_timeout_s)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._timeout: float | None = connect_timeout_s
         self._buffer = b""
         self.closing = False  # the server said Connection: close (or spoke HTTP/1.0)
 
@@ -48,39 +53,75 @@ class Connection:
     def close(self) -> None:
         self._sock.close()
 
-    def exchange(self, request: bytes, timeout: float | None
+    def exchange(self, request: bytes, timeout: float | None, body: bytes = b""
                  ) -> tuple[int, dict[str, str], bytes]:
-        self._sock.settimeout(timeout)
+        """Send ``request`` (then ``body``, when the request is only the head) and read the
+        answer: status, headers as sent, body."""
+        if timeout != self._timeout:  # each settimeout is a system call
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
         try:
-            self._sock.sendall(request)
-            status_line = self._line()
+            self._send(request, body)
+            head = self._head()
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise Stale(str(exc)) from exc
-        if not status_line:
+        if not head:
             raise Stale("the connection closed before the answer")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
         version, _, rest = status_line.partition(" ")
         code = rest.partition(" ")[0]
         if not version.startswith("HTTP/") or not code.isdigit():
             raise ValueError(f"not an HTTP answer: {status_line[:100]!r}")
         headers: dict[str, str] = {}
-        while line := self._line():
+        length = -1
+        chunked = False
+        self.closing = version == "HTTP/1.0"
+        for line in lines:
             name, _, value = line.partition(":")
-            headers[name.strip()] = value.strip()
-        lower = {name.lower(): value for name, value in headers.items()}
-        self.closing = (version == "HTTP/1.0"
-                        or lower.get("connection", "").lower() == "close")
-        if "chunked" in lower.get("transfer-encoding", "").lower():
-            body = self._chunked()
-        elif "content-length" in lower:
-            body = self._exactly(int(lower["content-length"]))
+            name = name.strip()
+            value = value.strip()
+            headers[name] = value
+            lower = name.lower()
+            if lower == "content-length":
+                length = int(value)
+            elif lower == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+            elif lower == "connection":
+                self.closing = value.lower() == "close"
+        if chunked:
+            data = self._chunked()
+        elif length >= 0:
+            data = self._exactly(length)
         else:
-            body, self._buffer, self.closing = self._buffer + self._rest(), b"", True
-        return int(code), headers, body
+            data, self._buffer, self.closing = self._buffer + self._rest(), b"", True
+        return int(code), headers, data
+
+    def _send(self, request: bytes, body: bytes) -> None:
+        if not body:
+            self._sock.sendall(request)
+            return
+        sent = self._sock.sendmsg((request, body))
+        if sent < len(request):  # the send buffer was full: the rest as sendall sends it
+            self._sock.sendall(request[sent:])
+            sent = len(request)
+        if sent < len(request) + len(body):
+            self._sock.sendall(memoryview(body)[sent - len(request):])
 
     def _fill(self) -> bool:
         chunk = self._sock.recv(65536)
         self._buffer += chunk
         return bool(chunk)
+
+    def _head(self) -> bytes:
+        """The status line and headers (without the blank line after them), or b"" if the
+        connection closed before any of it."""
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            if len(self._buffer) > MAX_HEAD or not self._fill():
+                if self._buffer:
+                    raise ValueError("the answer ended inside its head")
+                return b""
+        head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
+        return head
 
     def _line(self) -> str:
         while b"\r\n" not in self._buffer:
