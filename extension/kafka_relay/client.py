@@ -341,7 +341,7 @@ class RelayClient:
         request_id = request_id or self.request_id
         status, _, data = self._transport.exchange_raw(
             "POST", INVOCATION_END_PATH, None, self._clock() + self._budget_s(),
-            {REQUEST_ID_HEADER: request_id} if request_id else {}, long_wait=True)
+            {REQUEST_ID_HEADER: request_id} if request_id else {}, long_wait=False)
         if status != 200:
             _expect(status, _decode(data), 200)
 
