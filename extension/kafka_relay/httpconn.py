@@ -5,17 +5,21 @@ client (``/next`` every invocation): ``http.client`` costs ~15 ms to import (ema
 ~50-70 µs of CPU per call to build the request and parse the answer's headers; this reads
 the answer's head in one piece, then a Content-Length, chunked or until-close body. Every
 system call counts here (a loopback call is a few of them): a body goes out with its head in
-one ``sendmsg``, without first being copied behind it, and the socket's timeout is only set
-when it changes.
+one ``sendmsg``, without first being copied behind it, and the socket blocks with the
+kernel keeping its timeout (``SO_RCVTIMEO``/``SO_SNDTIMEO``, set only when it changes): in
+Python's own timeout mode every send and every receive first polls, one more call each.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Mapping
 
 MAX_LINE = 65536  # bytes in the status line or one header line
 MAX_HEAD = 4 * MAX_LINE  # bytes in the answer's status line and headers together
+_TIMEVAL = struct.Struct("@ll")  # struct timeval (seconds, microseconds)
+_MIN_TIMEOUT_S = 0.001  # the kernel reads a zero timeout as none at all
 
 
 def encode_request(method: str, path: str, host: str, headers: Mapping[str, str],
@@ -40,7 +44,8 @@ class Connection:
         self._sock = socket.create_connection((host.strip("[]"), int(port)),
                                               timeout=connect_timeout_s)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._timeout: float | None = connect_timeout_s
+        self._sock.settimeout(None)  # blocking: the kernel times out sends and receives
+        self._timeout: float | None = None
         self._buffer = b""
         self.closing = False  # the server said Connection: close (or spoke HTTP/1.0)
 
@@ -56,10 +61,22 @@ class Connection:
     def exchange(self, request: bytes, timeout: float | None, body: bytes = b""
                  ) -> tuple[int, dict[str, str], bytes]:
         """Send ``request`` (then ``body``, when the request is only the head) and read the
-        answer: status, headers as sent, body."""
-        if timeout != self._timeout:  # each settimeout is a system call
-            self._sock.settimeout(timeout)
-            self._timeout = timeout
+        answer: status, headers as sent, body. ``timeout`` bounds each send and receive."""
+        if timeout != self._timeout:
+            self._set_timeout(timeout)
+        try:
+            return self._exchange(request, body)
+        except BlockingIOError as exc:  # what a kernel timeout raises on a blocking socket
+            raise TimeoutError(f"no progress within {timeout} s ({exc})") from exc
+
+    def _set_timeout(self, timeout: float | None) -> None:
+        seconds = 0.0 if timeout is None else max(timeout, _MIN_TIMEOUT_S)
+        value = _TIMEVAL.pack(int(seconds), int(seconds % 1 * 1_000_000))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        self._timeout = timeout
+
+    def _exchange(self, request: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
         try:
             self._send(request, body)
             head = self._head()
