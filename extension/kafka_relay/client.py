@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kafka_relay.httpconn import Connection
+from kafka_relay.httpconn import Connection, Stale
 from kafka_relay.protocol import (
     BROKER_FIELD,
     DEFAULT_PORT,
@@ -104,6 +104,7 @@ _MAX_ATTEMPTS = 3  # tries of one request after transport failures (same idempot
 _MAX_BACKOFF_S = 2.0
 _MAX_IDLE = 8  # kept-alive connections kept per client
 _RETRIED = (429, 507)  # took nothing, may take it later: backed off within the remaining time
+_POST_IDLE_S = 20.0  # an end call on a connection idle longer waits for its answer
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -180,11 +181,8 @@ class _Transport:
     ) -> tuple[int, Mapping[str, str], bytes]:
         """Send one request, re-sending it (same headers, same key) after a transport failure:
         a kept-alive connection closed during a freeze, a reset, or a read timeout."""
-        head = f"{method} {path} HTTP/1.1\r\n{self._fixed}"
-        for name, value in extra.items():
-            head += f"{name}: {value}\r\n"
         payload = body or b""
-        request = f"{head}Content-Length: {len(payload)}\r\n\r\n".encode("latin-1")
+        request = self._head(method, path, extra, len(payload))
         failure: BaseException | None = None
         for _attempt in range(_MAX_ATTEMPTS):
             left = deadline - self._clock()
@@ -199,6 +197,7 @@ class _Transport:
                 failure = exc
                 continue
             try:
+                _settle(conn, timeout)
                 answer = conn.exchange(request, timeout, payload)
             except (ValueError, OSError) as exc:
                 self._release(conn, reuse=False)
@@ -217,6 +216,34 @@ class _Transport:
             )
         raise _unavailable(self.host, self.port, failure)
 
+    def post_unanswered(self, method: str, path: str, deadline: float,
+                        extra: Mapping[str, str]) -> bool:
+        """Send a request without a body and without waiting for its answer, which is read
+        before the next request on its connection. Only on a connection used within
+        ``_POST_IDLE_S``: one idle longer may be closing (the extension closes kept-alive
+        connections after a minute of silence) and the request be lost unseen. False when
+        nothing was sent: ``exchange`` it instead."""
+        with self._pool_lock:
+            if not self._idle or self._clock() - self._idle[-1].last_used > _POST_IDLE_S:
+                return False
+            conn = self._idle.pop()
+        left = deadline - self._clock()
+        try:
+            if left <= 0:
+                raise TimeoutError("no time left")
+            conn.post(self._head(method, path, extra, 0), min(left, self._attempt_timeout_s))
+        except OSError:
+            self._release(conn, reuse=False)
+            return False
+        self._release(conn, reuse=True)
+        return True
+
+    def _head(self, method: str, path: str, extra: Mapping[str, str], length: int) -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\n{self._fixed}"
+        for name, value in extra.items():
+            head += f"{name}: {value}\r\n"
+        return f"{head}Content-Length: {length}\r\n\r\n".encode("latin-1")
+
     def _checkout(self, connect_timeout_s: float) -> Connection:
         with self._pool_lock:
             if self._idle:
@@ -231,6 +258,7 @@ class _Transport:
 
     def _release(self, conn: Connection, *, reuse: bool) -> None:
         if reuse:
+            conn.last_used = self._clock()
             with self._pool_lock:
                 if len(self._idle) < _MAX_IDLE:
                     self._idle.append(conn)
@@ -335,12 +363,18 @@ class RelayClient:
         return self._call("GET", STATUS_PATH, None, 200)
 
     def invocation_end(self, request_id: str | None = None) -> None:
-        """Tell the extension this invocation's handler is done. The request id goes as a
-        header and the answer is read only for its status: this runs every invocation."""
+        """Tell the extension this invocation's handler is done. This runs every invocation:
+        the request id goes as a header (no body), and on a recently used connection the
+        handler does not wait for the answer (the extension answers after a thread switch
+        in its process, milliseconds at 256 MB); it is read before that connection's next
+        request, and a refusal then reported as a warning."""
         request_id = request_id or self.request_id
+        extra = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        deadline = self._clock() + self._budget_s()
+        if self._transport.post_unanswered("POST", INVOCATION_END_PATH, deadline, extra):
+            return
         status, _, data = self._transport.exchange_raw(
-            "POST", INVOCATION_END_PATH, None, self._clock() + self._budget_s(),
-            {REQUEST_ID_HEADER: request_id} if request_id else {}, long_wait=False)
+            "POST", INVOCATION_END_PATH, None, deadline, extra, long_wait=False)
         if status != 200:
             _expect(status, _decode(data), 200)
 
@@ -448,6 +482,26 @@ def _encode(batch: Sequence[Mapping[str, Any]], *, framed: bool) -> tuple[bytes,
         ) from None
 
 
+def _settle(conn: Connection, timeout: float) -> None:
+    """Read the answers ``conn`` owes to end calls sent without waiting; a refusal is reported
+    as the end call would have reported it. A connection the extension closes after one of
+    them is not used for the next request (a retry takes a new one)."""
+    for status, data in conn.settle(timeout):
+        if status != 200:
+            try:
+                _expect(status, _decode(data), 200)
+            except RelayError as exc:
+                _warn_end_failed(exc)
+    if conn.closing:
+        raise Stale("kafka-relay closed the connection after an end call's answer")
+
+
+def _warn_end_failed(exc: RelayError) -> None:
+    # Never mask the handler's own result; the extension still has runtimeDone.
+    print(json.dumps({"level": "WARNING", "event": "kafka_relay.end_failed",
+                      "error": str(exc)}), file=sys.stderr)
+
+
 def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
     if status == wanted:
         return reply
@@ -550,9 +604,7 @@ def invocation(context: Any = None) -> Iterator[RelayClient]:
         try:
             client.invocation_end()
         except RelayError as exc:
-            # Never mask the handler's own result; the extension still has runtimeDone.
-            print(json.dumps({"level": "WARNING", "event": "kafka_relay.end_failed",
-                              "error": str(exc)}), file=sys.stderr)
+            _warn_end_failed(exc)
 
 
 def relay_handler(handler: _F) -> _F:

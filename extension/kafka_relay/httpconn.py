@@ -48,6 +48,8 @@ class Connection:
         self._timeout: float | None = None
         self._buffer = b""
         self.closing = False  # the server said Connection: close (or spoke HTTP/1.0)
+        self.owed = 0  # answers to ``post``ed requests not read yet
+        self.last_used = float("-inf")  # for the pool that keeps it, on the pool's clock
 
     def __enter__(self) -> Connection:
         return self
@@ -65,9 +67,39 @@ class Connection:
         if timeout != self._timeout:
             self._set_timeout(timeout)
         try:
-            return self._exchange(request, body)
+            self._send(request, body)
+            return self._answer()
         except BlockingIOError as exc:  # what a kernel timeout raises on a blocking socket
             raise TimeoutError(f"no progress within {timeout} s ({exc})") from exc
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise Stale(str(exc)) from exc
+
+    def post(self, request: bytes, timeout: float | None) -> None:
+        """Send ``request`` without waiting for its answer: the caller reads it with
+        ``settle`` before this connection's next exchange."""
+        if timeout != self._timeout:
+            self._set_timeout(timeout)
+        try:
+            self._sock.sendall(request)
+        except BlockingIOError as exc:
+            raise TimeoutError(f"no progress within {timeout} s ({exc})") from exc
+        self.owed += 1
+
+    def settle(self, timeout: float | None) -> list[tuple[int, bytes]]:
+        """Read the answers owed to ``post``ed requests: status and body of each."""
+        if timeout != self._timeout:
+            self._set_timeout(timeout)
+        answers = []
+        try:
+            while self.owed:
+                status, _, data = self._answer()
+                self.owed -= 1
+                answers.append((status, data))
+        except BlockingIOError as exc:
+            raise TimeoutError(f"no progress within {timeout} s ({exc})") from exc
+        except ConnectionResetError as exc:
+            raise Stale(str(exc)) from exc
+        return answers
 
     def _set_timeout(self, timeout: float | None) -> None:
         seconds = 0.0 if timeout is None else max(timeout, _MIN_TIMEOUT_S)
@@ -76,12 +108,8 @@ class Connection:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
         self._timeout = timeout
 
-    def _exchange(self, request: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        try:
-            self._send(request, body)
-            head = self._head()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise Stale(str(exc)) from exc
+    def _answer(self) -> tuple[int, dict[str, str], bytes]:
+        head = self._head()
         if not head:
             raise Stale("the connection closed before the answer")
         status_line, *lines = head.decode("latin-1").split("\r\n")
