@@ -228,11 +228,13 @@ class _Transport:
                 return False
             conn = self._idle.pop()
         left = deadline - self._clock()
+        timeout = min(left, self._attempt_timeout_s)
         try:
             if left <= 0:
                 raise TimeoutError("no time left")
-            conn.post(self._head(method, path, extra, 0), min(left, self._attempt_timeout_s))
-        except OSError:
+            _settle(conn, timeout)  # one answer owed at most: the last one, long arrived
+            conn.post(self._head(method, path, extra, 0), timeout)
+        except (ValueError, OSError):
             self._release(conn, reuse=False)
             return False
         self._release(conn, reuse=True)

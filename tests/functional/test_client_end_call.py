@@ -134,3 +134,16 @@ def test_threads_ending_and_sending_on_shared_connections_get_their_own_answers(
     assert len(relay.records_requests()) == threads * rounds
     assert sorted(e.headers[REQUEST_ID_HEADER] for e in ends) == sorted(
         f"req-{n}-{m}" for n in range(threads) for m in range(rounds))
+
+
+def test_a_handler_that_never_sends_records_owes_at_most_one_answer_per_connection() -> None:
+    with fake_relay(lambda _seen, _index: ENDED) as relay:
+        client = RelayClient(env={}, port=relay.port)
+        client.status()
+        for n in range(300):
+            client.invocation_end(f"req-{n}")
+        owed = [conn.owed for conn in client._transport._idle]
+        client.status()  # reads the last answer owed
+        ends = _ends(relay.seen)
+    assert owed == [1]
+    assert [e.headers[REQUEST_ID_HEADER] for e in ends] == [f"req-{n}" for n in range(300)]
