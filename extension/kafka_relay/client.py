@@ -28,6 +28,9 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
 - ``wait=True`` while the extension cannot reach Kafka (its circuit breaker is open, or the
   broker never answered since init): ``BrokerUnavailable`` at once, naming the broker's
   error; nothing accepted (without ``wait`` the extension keeps the records meanwhile).
+- The end call (``relay_handler``, ``invocation``) on a connection used in the last 20 s
+  does not wait for its answer: it is read before that connection's next request, and a
+  refusal is then printed as the ``kafka_relay.end_failed`` warning.
 - Thread-safe: one client (and the process-wide default) may be shared by threads. Each
   request takes a kept-alive connection from a small pool, so threads never interleave on a
   connection and do not queue behind each other (docs/handler.md has the measurement).

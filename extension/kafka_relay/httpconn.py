@@ -137,8 +137,11 @@ class Connection:
             data = self._chunked()
         elif length >= 0:
             data = self._exactly(length)
-        else:
-            data, self._buffer, self.closing = self._buffer + self._rest(), b"", True
+        else:  # until the server closes
+            chunks = [self._buffer]
+            while chunk := self._sock.recv(65536):
+                chunks.append(chunk)
+            data, self._buffer, self.closing = b"".join(chunks), b"", True
         return int(code), headers, data
 
     def _send(self, request: bytes, body: bytes) -> None:
@@ -192,9 +195,3 @@ class Connection:
         while self._line():  # trailers
             pass
         return b"".join(parts)
-
-    def _rest(self) -> bytes:
-        chunks = []
-        while chunk := self._sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
