@@ -150,6 +150,7 @@ class _Transport:
                  clock: Callable[[], float], attempt_timeout_s: float) -> None:
         self.host = host
         self.port = port
+        self._token = token
         self._clock = clock
         self._attempt_timeout_s = attempt_timeout_s
         self._pool_lock = threading.Lock()
