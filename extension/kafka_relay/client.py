@@ -168,25 +168,18 @@ class _Transport:
         *,
         long_wait: bool,
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
-        """``exchange_raw`` with the answer's JSON decoded."""
-        status, reply_headers, data = self.exchange_raw(method, path, body, deadline, extra,
-                                                        long_wait=long_wait)
+        """One request and its answer's JSON (see ``send``)."""
+        payload = body or b""
+        status, reply_headers, data = self.send(
+            self.head(method, path, extra, len(payload)), payload, deadline,
+            what=f"{method} {path}", long_wait=long_wait)
         return status, _decode(data), reply_headers
 
-    def exchange_raw(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None,
-        deadline: float,
-        extra: Mapping[str, str],
-        *,
-        long_wait: bool,
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        """Send one request, re-sending it (same headers, same key) after a transport failure:
-        a kept-alive connection closed during a freeze, a reset, or a read timeout."""
-        payload = body or b""
-        request = self._head(method, path, extra, len(payload))
+    def send(self, request: bytes, body: bytes, deadline: float, *, what: str,
+             long_wait: bool) -> tuple[int, Mapping[str, str], bytes]:
+        """Send one request (its ``head`` and ``body``), re-sending it (same headers, same
+        key) after a transport failure: a kept-alive connection closed during a freeze, a
+        reset, or a read timeout."""
         failure: BaseException | None = None
         for _attempt in range(_MAX_ATTEMPTS):
             left = deadline - self._clock()
@@ -202,7 +195,7 @@ class _Transport:
                 continue
             try:
                 _settle(conn, timeout)
-                answer = conn.exchange(request, timeout, payload)
+                answer = conn.exchange(request, timeout, body)
             except (ValueError, OSError) as exc:
                 self._release(conn, reuse=False)
                 # After a freeze every idle connection is likely dead too: retry on a new one.
@@ -213,20 +206,19 @@ class _Transport:
             return answer
         if failure is None or isinstance(failure, TimeoutError):
             raise RelayError(
-                f"kafka-relay on {self.host}:{self.port} did not answer {method} {path} within "
+                f"kafka-relay on {self.host}:{self.port} did not answer {what} within "
                 f"the time this invocation has left ({failure or 'no time left'}); the request "
                 "may or may not have been accepted: give the function more time or send less "
                 "per call"
             )
         raise _unavailable(self.host, self.port, failure)
 
-    def post_unanswered(self, method: str, path: str, deadline: float,
-                        extra: Mapping[str, str]) -> bool:
+    def post_unanswered(self, request: bytes, deadline: float) -> bool:
         """Send a request without a body and without waiting for its answer, which is read
         before the next request on its connection. Only on a connection used within
         ``_POST_IDLE_S``: one idle longer may be closing (the extension closes kept-alive
         connections after a minute of silence) and the request be lost unseen. False when
-        nothing was sent: ``exchange`` it instead."""
+        nothing was sent: ``send`` it instead."""
         with self._pool_lock:
             if not self._idle or self._clock() - self._idle[-1].last_used > _POST_IDLE_S:
                 return False
@@ -237,14 +229,15 @@ class _Transport:
             if left <= 0:
                 raise TimeoutError("no time left")
             _settle(conn, timeout)  # one answer owed at most: the last one, long arrived
-            conn.post(self._head(method, path, extra, 0), timeout)
+            conn.post(request, timeout)
         except (ValueError, OSError):
             self._release(conn, reuse=False)
             return False
         self._release(conn, reuse=True)
         return True
 
-    def _head(self, method: str, path: str, extra: Mapping[str, str], length: int) -> bytes:
+    def head(self, method: str, path: str, extra: Mapping[str, str], length: int) -> bytes:
+        """The request line and headers of a request with a body of ``length`` bytes."""
         head = f"{method} {path} HTTP/1.1\r\n{self._fixed}"
         for name, value in extra.items():
             head += f"{name}: {value}\r\n"
@@ -375,12 +368,13 @@ class RelayClient:
         in its process, milliseconds at 256 MB); it is read before that connection's next
         request, and a refusal then reported as a warning."""
         request_id = request_id or self.request_id
-        extra = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        request = self._transport.head("POST", INVOCATION_END_PATH, {
+            REQUEST_ID_HEADER: request_id} if request_id else {}, 0)
         deadline = self._clock() + self._budget_s()
-        if self._transport.post_unanswered("POST", INVOCATION_END_PATH, deadline, extra):
+        if self._transport.post_unanswered(request, deadline):
             return
-        status, _, data = self._transport.exchange_raw(
-            "POST", INVOCATION_END_PATH, None, deadline, extra, long_wait=False)
+        status, _, data = self._transport.send(
+            request, b"", deadline, what=f"POST {INVOCATION_END_PATH}", long_wait=False)
         if status != 200:
             _expect(status, _decode(data), 200)
 
