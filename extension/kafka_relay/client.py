@@ -220,7 +220,8 @@ class _Transport:
         connections after a minute of silence) and the request be lost unseen. False when
         nothing was sent: ``send`` it instead."""
         with self._pool_lock:
-            if not self._idle or self._clock() - self._idle[-1].last_used > _POST_IDLE_S:
+            # (A clock that went back, as after a snapshot restore, proves nothing either.)
+            if not self._idle or not 0 <= self._clock() - self._idle[-1].last_used <= _POST_IDLE_S:
                 return False
             conn = self._idle.pop()
         left = deadline - self._clock()

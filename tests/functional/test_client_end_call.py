@@ -87,10 +87,14 @@ def test_after_an_end_answer_that_closes_the_connection_the_next_request_takes_a
     assert len(requests) == 2  # sent once: the closing connection was not used for it
 
 
-def test_an_end_call_on_a_connection_idle_for_long_waits_for_its_answer() -> None:
-    """The extension closes connections idle for a minute: on one idle for long the end call
-    could be lost unseen, so it waits for the answer (and raises what it says)."""
-    now = [0.0]
+@pytest.mark.parametrize("clock_moves_s", [60.0, -5.0], ids=["idle-a-minute", "clock-went-back"])
+def test_an_end_call_on_a_connection_idle_for_long_waits_for_its_answer(
+    clock_moves_s: float,
+) -> None:
+    """The extension closes connections idle for a minute: on one idle for long (or for how
+    long no one knows) the end call could be lost unseen, so it waits for the answer and
+    raises what it says."""
+    now = [100.0]
 
     def script(seen: Seen, _index: int) -> Reply:
         if seen.path == INVOCATION_END_PATH:
@@ -100,7 +104,7 @@ def test_an_end_call_on_a_connection_idle_for_long_waits_for_its_answer() -> Non
     with fake_relay(script) as relay:
         client = RelayClient(env={}, port=relay.port, clock=lambda: now[0])
         client.send(RECORDS)
-        now[0] += 60.0
+        now[0] += clock_moves_s
         with pytest.raises(RelayError, match="refused this client's token"):
             client.invocation_end()
 
