@@ -30,6 +30,9 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
 - ``wait=True`` while the extension cannot reach Kafka (its circuit breaker is open, or the
   broker never answered since init): ``BrokerUnavailable`` at once, naming the broker's
   error; nothing accepted (without ``wait`` the extension keeps the records meanwhile).
+- The end call (``relay_handler``, ``invocation``) on a connection used in the last 20 s
+  does not wait for its answer: it is read before that connection's next request, and a
+  refusal is then printed as the ``kafka_relay.end_failed`` warning.
 - Thread-safe: one client (and the process-wide default) may be shared by threads. Each
   request takes a kept-alive connection from a small pool, so threads never interleave on a
   connection and do not queue behind each other (docs/handler.md has the measurement).
@@ -48,13 +51,12 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kafka_relay.httpconn import Connection, encode_request
+from kafka_relay.httpconn import Connection, Stale
 from kafka_relay.protocol import (
     BROKER_FIELD,
     DEFAULT_PORT,
@@ -112,6 +114,7 @@ _MAX_BACKOFF_S = 2.0
 _MAX_BUSY_S = 0.8
 _MAX_IDLE = 8  # kept-alive connections kept per client
 _RETRIED = (429, 507)  # took nothing, may take it later: backed off within the remaining time
+_POST_IDLE_S = 20.0  # an end call on a connection idle longer waits for its answer
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -159,6 +162,8 @@ class _Transport:
         self._attempt_timeout_s = attempt_timeout_s
         self._pool_lock = threading.Lock()
         self._idle: list[Connection] = []
+        # The header lines every request carries, formatted once.
+        self._fixed = f"Host: {host}:{port}\r\n" + (f"{TOKEN_HEADER}: {token}\r\n" if token else "")
 
     def exchange(
         self,
@@ -170,12 +175,18 @@ class _Transport:
         *,
         long_wait: bool,
     ) -> tuple[int, dict[str, Any], Mapping[str, str]]:
-        """Send one request, re-sending it (same headers, same key) after a transport failure:
-        a kept-alive connection closed during a freeze, a reset, or a read timeout."""
-        headers = {"Content-Type": JSON_TYPE, **extra}
-        if self._token:
-            headers[TOKEN_HEADER] = self._token
-        request = encode_request(method, path, f"{self.host}:{self.port}", headers, body)
+        """One request and its answer's JSON (see ``send``)."""
+        payload = body or b""
+        status, reply_headers, data = self.send(
+            self.head(method, path, extra, len(payload)), payload, deadline,
+            what=f"{method} {path}", long_wait=long_wait)
+        return status, _decode(data), reply_headers
+
+    def send(self, request: bytes, body: bytes, deadline: float, *, what: str,
+             long_wait: bool) -> tuple[int, Mapping[str, str], bytes]:
+        """Send one request (its ``head`` and ``body``), re-sending it (same headers, same
+        key) after a transport failure: a kept-alive connection closed during a freeze, a
+        reset, or a read timeout."""
         failure: BaseException | None = None
         for _attempt in range(_MAX_ATTEMPTS):
             left = deadline - self._clock()
@@ -190,7 +201,8 @@ class _Transport:
                 failure = exc
                 continue
             try:
-                status, reply_headers, data = conn.exchange(request, timeout)
+                _settle(conn, timeout)
+                answer = conn.exchange(request, timeout, body)
             except (ValueError, OSError) as exc:
                 self._release(conn, reuse=False)
                 # After a freeze every idle connection is likely dead too: retry on a new one.
@@ -198,15 +210,46 @@ class _Transport:
                 failure = exc
                 continue
             self._release(conn, reuse=not conn.closing)
-            return status, _decode(data), reply_headers
+            return answer
         if failure is None or isinstance(failure, TimeoutError):
             raise RelayError(
-                f"kafka-relay on {self.host}:{self.port} did not answer {method} {path} within "
+                f"kafka-relay on {self.host}:{self.port} did not answer {what} within "
                 f"the time this invocation has left ({failure or 'no time left'}); the request "
                 "may or may not have been accepted: give the function more time or send less "
                 "per call"
             )
         raise _unavailable(self.host, self.port, failure)
+
+    def post_unanswered(self, request: bytes, deadline: float) -> bool:
+        """Send a request without a body and without waiting for its answer, which is read
+        before the next request on its connection. Only on a connection used within
+        ``_POST_IDLE_S``: one idle longer may be closing (the extension closes kept-alive
+        connections after a minute of silence) and the request be lost unseen. False when
+        nothing was sent: ``send`` it instead."""
+        with self._pool_lock:
+            # (A clock that went back, as after a snapshot restore, proves nothing either.)
+            if not self._idle or not 0 <= self._clock() - self._idle[-1].last_used <= _POST_IDLE_S:
+                return False
+            conn = self._idle.pop()
+        left = deadline - self._clock()
+        timeout = min(left, self._attempt_timeout_s)
+        try:
+            if left <= 0:
+                raise TimeoutError("no time left")
+            _settle(conn, timeout)  # one answer owed at most: the last one, long arrived
+            conn.post(request, timeout)
+        except (ValueError, OSError):
+            self._release(conn, reuse=False)
+            return False
+        self._release(conn, reuse=True)
+        return True
+
+    def head(self, method: str, path: str, extra: Mapping[str, str], length: int) -> bytes:
+        """The request line and headers of a request with a body of ``length`` bytes."""
+        head = f"{method} {path} HTTP/1.1\r\n{self._fixed}"
+        for name, value in extra.items():
+            head += f"{name}: {value}\r\n"
+        return f"{head}Content-Length: {length}\r\n\r\n".encode("latin-1")
 
     def _checkout(self, connect_timeout_s: float) -> Connection:
         with self._pool_lock:
@@ -222,6 +265,7 @@ class _Transport:
 
     def _release(self, conn: Connection, *, reuse: bool) -> None:
         if reuse:
+            conn.last_used = self._clock()
             with self._pool_lock:
                 if len(self._idle) < _MAX_IDLE:
                     self._idle.append(conn)
@@ -241,7 +285,7 @@ class RelayClient:
         attempt_timeout_s: float = _ATTEMPT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        new_key: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_key: Callable[[], str] = lambda: os.urandom(16).hex(),
         framed: bool = True,
     ) -> None:
         env = os.environ if env is None else env
@@ -290,7 +334,7 @@ class RelayClient:
                 taken = outcomes if wait else [
                     {"id": i, "outcome": Outcome.PENDING.value} for i in ids]
                 return self._direct(items[start:], ids, taken)
-            batch_ids = [str(i) for i in reply.get("ids") or []]
+            batch_ids: list[str] = reply.get("ids") or []
             ids += batch_ids
             if wait:  # else unused: building it cost ~0.5 µs per record
                 outcomes += reply.get("outcomes") or [
@@ -326,8 +370,21 @@ class RelayClient:
         return self._call("GET", STATUS_PATH, None, 200)
 
     def invocation_end(self, request_id: str | None = None) -> None:
-        body = json.dumps({"request_id": request_id or self.request_id}).encode()
-        self._call("POST", INVOCATION_END_PATH, body, 200)
+        """Tell the extension this invocation's handler is done. This runs every invocation:
+        the request id goes as a header (no body), and on a recently used connection the
+        handler does not wait for the answer (the extension answers after a thread switch
+        in its process, milliseconds at 256 MB); it is read before that connection's next
+        request, and a refusal then reported as a warning."""
+        request_id = request_id or self.request_id
+        request = self._transport.head("POST", INVOCATION_END_PATH, {
+            REQUEST_ID_HEADER: request_id} if request_id else {}, 0)
+        deadline = self._clock() + self._budget_s()
+        if self._transport.post_unanswered(request, deadline):
+            return
+        status, _, data = self._transport.send(
+            request, b"", deadline, what=f"POST {INVOCATION_END_PATH}", long_wait=False)
+        if status != 200:
+            _expect(status, _decode(data), 200)
 
     def close(self) -> None:
         """Close the idle connections (ones in use close when their request ends)."""
@@ -434,6 +491,26 @@ def _encode(batch: Sequence[Mapping[str, Any]], *, framed: bool) -> tuple[bytes,
         ) from None
 
 
+def _settle(conn: Connection, timeout: float) -> None:
+    """Read the answers ``conn`` owes to end calls sent without waiting; a refusal is reported
+    as the end call would have reported it. A connection the extension closes after one of
+    them is not used for the next request (a retry takes a new one)."""
+    for status, data in conn.settle(timeout):
+        if status != 200:
+            try:
+                _expect(status, _decode(data), 200)
+            except RelayError as exc:
+                _warn_end_failed(exc)
+    if conn.closing:
+        raise Stale("kafka-relay closed the connection after an end call's answer")
+
+
+def _warn_end_failed(exc: RelayError) -> None:
+    # Never mask the handler's own result; the extension still has runtimeDone.
+    print(json.dumps({"level": "WARNING", "event": "kafka_relay.end_failed",
+                      "error": str(exc)}), file=sys.stderr)
+
+
 def _expect(status: int, reply: dict[str, Any], wanted: int) -> dict[str, Any]:
     if status == wanted:
         return reply
@@ -536,9 +613,7 @@ def invocation(context: Any = None) -> Iterator[RelayClient]:
         try:
             client.invocation_end()
         except RelayError as exc:
-            # Never mask the handler's own result; the extension still has runtimeDone.
-            print(json.dumps({"level": "WARNING", "event": "kafka_relay.end_failed",
-                              "error": str(exc)}), file=sys.stderr)
+            _warn_end_failed(exc)
 
 
 def relay_handler(handler: _F) -> _F:

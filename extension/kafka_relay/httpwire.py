@@ -68,7 +68,9 @@ class RequestHandler(socketserver.StreamRequestHandler):
                 return
             method()
             self.wfile.flush()
-        except TimeoutError:
+        except (TimeoutError, ConnectionResetError):
+            # Idle past the timeout, or the client went away: one that closes with an answer
+            # unread (the client reads an end call's answer late) resets the connection.
             self.close_connection = True
 
     def _parse(self, line: bytes) -> bool:

@@ -244,8 +244,8 @@ def _value_chunks() -> Callable[[Any, int], list[str]]:
 
 
 _chunks = _value_chunks()
-_KEY_VALUE = frozenset({"key", "value"})
-_SIMPLE_VALUES = frozenset({dict, list, str, int, float, bool})
+_FAST_FIELDS = _RECORD_FIELDS - {"value_b64"}
+_JSON_VALUES = frozenset({dict, list, str, int, float, bool})
 
 
 def encode_value(value: Any) -> bytes:
@@ -259,25 +259,71 @@ def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
     parts: list[bytes] = [b""]
     pack = _RECORD.pack
     chunks = _chunks
+    # A batch names a few topics and header sets many times: each is checked and encoded
+    # once per body. Keys are exact types (a header set is keyed by its items).
+    topics: dict[str, bytes] = {}
+    header_blocks: dict[tuple[tuple[Any, Any], ...], tuple[int, bytes]] = {}
     count = 0
     for index, item in enumerate(records):
         count += 1
-        # The common record, {"key": str, "value": JSON}, inline: this runs per record and
-        # should cost no more than json.dumps of it. Anything else (or any error) goes the
-        # general way, which explains what is wrong.
-        if (type(item) is dict and _KEY_VALUE.issuperset(item)
-                and type(item.get("value")) in _SIMPLE_VALUES):
-            key = item.get("key")
+        # The usual record, inline: this runs per record and should cost little more than
+        # json.dumps of its value. Anything unusual (a null value, value_b64) or wrong goes
+        # the general way, which explains what is wrong.
+        if type(item) is dict and _FAST_FIELDS.issuperset(item):
+            value = item.get("value")
             try:
-                value = "".join(chunks(item["value"], 0)).encode()
+                if type(value) in _JSON_VALUES:
+                    value = "".join(chunks(value, 0)).encode()
+                elif type(value) is not bytes:
+                    raise TypeError
+                key = item.get("key")
                 if type(key) is str:
                     key = key.encode()
-                    parts += (pack(FLAG_KEY, 0, len(key), len(value), 0, 0), b"", key, value)
+                    flags = FLAG_KEY
+                elif key is None:
+                    key = b""
+                    flags = 0
+                elif type(key) is bytes:
+                    flags = FLAG_KEY
+                else:
+                    raise TypeError
+                topic = item.get("topic")
+                headers = item.get("headers")
+                timestamp = item.get("timestamp_ms")
+                if topic is None and not headers and timestamp is None:
+                    parts += (pack(flags, 0, len(key), len(value), 0, 0), key, value)
                     continue
-                if key is None:
-                    parts += (pack(0, 0, 0, len(value), 0, 0), b"", b"", value)
-                    continue
-            except (ValueError, TypeError, RecursionError, struct.error):
+                if topic is None:
+                    topic = b""
+                elif type(topic) is str:
+                    encoded = topics.get(topic)
+                    if encoded is None:
+                        encoded = topics[topic] = topic.encode()
+                    topic = encoded
+                    flags |= FLAG_TOPIC
+                else:
+                    raise TypeError
+                if timestamp is None:
+                    timestamp = 0
+                elif type(timestamp) is int and 0 < timestamp < _MAX_TIMESTAMP_MS:
+                    flags |= FLAG_TIMESTAMP
+                else:
+                    raise TypeError
+                header_count, block = 0, b""
+                if headers:
+                    if type(headers) is not dict:
+                        raise TypeError
+                    shape = tuple(headers.items())
+                    cached = header_blocks.get(shape)
+                    if cached is None:
+                        header_parts = _frame_headers(headers, index)
+                        cached = header_blocks[shape] = (len(header_parts) // 3,
+                                                         b"".join(header_parts))
+                    header_count, block = cached
+                parts += (pack(flags, len(topic), len(key), len(value), header_count,
+                               timestamp), topic, key, value, block)
+                continue
+            except (ValueError, TypeError, RecursionError, struct.error, FrameError):
                 pass
         parts += _frame(item, index)
     parts[0] = _BODY.pack(FRAMES_MAGIC, count)

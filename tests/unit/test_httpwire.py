@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,3 +117,33 @@ def test_header_names_match_whatever_their_case_and_values_arrive_trimmed(
         answer = _exchange(port, _post("/", b"", extra=f"{sent}:  {value} \r\n"
                                                       "Connection: close\r\n"))
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["x"] == value
+
+
+def test_a_client_that_resets_its_connection_ends_it_without_an_error() -> None:
+    """A client may close with an answer unread (the handler-side client reads the end
+    call's answer before its next request, and its process may end first): the kernel then
+    resets the connection, which is the client leaving, not a failure to report."""
+    errors: list[BaseException | None] = []
+    ended = threading.Event()
+
+    class _Recording(ThreadingServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            errors.append(sys.exc_info()[1])
+
+        def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
+            super().shutdown_request(request)
+            ended.set()
+
+    server = _Recording(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", int(server.server_address[1])),
+                                      timeout=5) as sock:
+            sock.sendall(_post("/end", b""))
+            sock.recv(1, socket.MSG_PEEK)  # the answer arrived, and stays unread
+        assert ended.wait(5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert errors == []
