@@ -328,13 +328,13 @@ def test_a_frame_rebuilds_every_field_a_record_is_produced_from(tmp_path: Path) 
     plain = Record(id="a-1", topic="t", key=None, value=None)
     full = Record(id="a-2", topic="x.y_z-1", key=b"", value=b"\x00\xff" * 300,
                   headers=(("h", b"v"), ("\ud800", b"")), timestamp_ms=2**63 - 1,
-                  request_id="req-\u00e9")
+                  request_id="req-\u00e9", accepted_ms=1_767_225_500_000)
     full.attempts, full.first_failed_ms = 2, 1_767_225_600_000
     full.last_error, full.dlq_error = "MSG_TIMED_OUT", "TOPIC_AUTHORIZATION_FAILED"
     head, payload = encode([plain, full])
     assert head[:4] == b"KRJ1"
     fields = ("id", "topic", "key", "value", "headers", "timestamp_ms", "request_id",
-              "attempts", "first_failed_ms", "last_error", "dlq_error", "size")
+              "attempts", "first_failed_ms", "last_error", "dlq_error", "accepted_ms", "size")
     got = decode(payload)
     assert [[getattr(r, f) for f in fields] for r in got] == [
         [getattr(r, f) for f in fields] for r in (plain, full)]

@@ -64,7 +64,7 @@ def encode(records: Iterable[Record]) -> Frame:
     """One journal write: a frame holding every field a record is rebuilt from. Fields that
     only restored records carry go in one ``None`` when unset (marshal's cost is per object)."""
     payload = marshal.dumps([
-        (r.id, r.topic, r.key, r.value, r.headers, r.timestamp_ms, r.request_id,
+        (r.id, r.topic, r.key, r.value, r.headers, r.timestamp_ms, r.request_id, r.accepted_ms,
          None if not (r.attempts or r.dlq_error or r.last_error) else
          (r.attempts, r.first_failed_ms, r.last_error, r.dlq_error)) for r in records])
     return _FRAME.pack(_MAGIC, len(payload)), payload
@@ -76,12 +76,14 @@ def decode(payload: bytes) -> list[Record]:
     if not isinstance(entries, list):
         raise ValueError("a journal frame must hold a list")
     records = []
-    for record_id, topic, key, value, headers, timestamp_ms, request_id, failed in entries:
+    for (record_id, topic, key, value, headers, timestamp_ms, request_id, accepted_ms,
+         failed) in entries:
         if not (isinstance(record_id, str) and isinstance(topic, str)):
             raise ValueError("a journal record needs a string id and topic")
         record = Record(id=record_id, topic=topic, key=key, value=value,
                         headers=tuple((str(n), bytes(v)) for n, v in headers),
-                        timestamp_ms=timestamp_ms, request_id=request_id)
+                        timestamp_ms=timestamp_ms, request_id=request_id,
+                        accepted_ms=int(accepted_ms))
         if failed is not None:
             attempts, record.first_failed_ms, record.last_error, record.dlq_error = failed
             record.attempts = int(attempts)
