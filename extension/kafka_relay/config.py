@@ -151,7 +151,9 @@ MAX_LATENCY_MS = Variable(
 FLUSH_BUDGET_MS = Variable(
     "KAFKA_RELAY_FLUSH_BUDGET_MS", 10_000, "milliseconds",
     "Cap on a flush before /next (also capped by the invocation's deadline; a flush that "
-    "settles nothing for 1.5 s, 3 s before the broker's first delivery, stops early).",
+    "settles nothing for 1.5 s, 3 s before the broker's first delivery, stops early, after "
+    "0.2 s while connection attempts to Kafka fail; after an outage each flush is capped at "
+    "0.5 s until the backlog is delivered).",
     minimum=1, maximum=900_000)
 MAX_BUFFER_RECORDS = Variable(
     "KAFKA_RELAY_MAX_BUFFER_RECORDS", 0, "records",
