@@ -4,6 +4,7 @@ speaks it (a new connection per batch or a kept-alive one, Content-Length or chu
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import socket
 from collections.abc import Iterator
@@ -102,7 +103,7 @@ def test_requests_split_anywhere_are_read_whole(cuts: list[int]) -> None:
     try:
         with _connect(receiver) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for start, stop in zip(edges, edges[1:], strict=False):
+            for start, stop in itertools.pairwise(edges):
                 sock.sendall(stream[start:stop])
             assert _answers(sock, 3) == [b"HTTP/1.1 200 OK"] * 3
     finally:
@@ -142,5 +143,6 @@ def test_an_http_1_0_request_is_answered_and_closed(
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
-    assert answer.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in answer
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"Connection: close" in answer
     assert got == ["a"]
