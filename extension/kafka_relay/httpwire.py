@@ -126,9 +126,11 @@ class RequestHandler(socketserver.StreamRequestHandler):
             elif value.lower() == "keep-alive":
                 self.close_connection = False
 
-    def end_headers(self) -> None:
+    def end_headers(self, body: bytes = b"") -> None:
+        """The head, and ``body`` with it: one write (the socket's writer is unbuffered, so
+        each write is a send the client may have to read separately)."""
         self._head.append("\r\n")
-        self.wfile.write("".join(self._head).encode("latin-1"))
+        self.wfile.write("".join(self._head).encode("latin-1") + body)
         self._head = []
 
 

@@ -182,8 +182,7 @@ class _Handler(RequestHandler):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(answer.body)
+        self.end_headers(answer.body)
 
     def _authorized(self) -> bool:
         expected = self.server.state.config.token
@@ -199,16 +198,14 @@ class _Handler(RequestHandler):
     # -- routes ------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        self._serve({STATUS_PATH: self._status}, 0)
+        self._serve(_GET_ROUTES.get(urlsplit(self.path).path), 0)
 
     def do_POST(self) -> None:
-        route = urlsplit(self.path).path
-        limit = (self.server.state.config.max_body_bytes if route == RECORDS_PATH
-                 else _SMALL_BODY_LIMIT)
-        self._serve({RECORDS_PATH: self._records, FLUSH_PATH: self._flush,
-                     INVOCATION_END_PATH: self._end}, limit)
+        path = urlsplit(self.path).path
+        self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
+                    if path == RECORDS_PATH else _SMALL_BODY_LIMIT)
 
-    def _serve(self, routes: dict[str, Callable[[bytes], None]], limit: int) -> None:
+    def _serve(self, route: Callable[[_Handler, bytes], None] | None, limit: int) -> None:
         self.server.mark(self.connection, busy=True)
         try:
             try:
@@ -224,10 +221,9 @@ class _Handler(RequestHandler):
                 raise _HttpError(401, f"{'wrong' if given else 'missing'} {TOKEN_HEADER} "
                                       "header: send the first set of "
                                       f"{', '.join(TOKEN_SOURCES)} as the token")
-            route = routes.get(urlsplit(self.path).path)
             if route is None:
                 raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
-            route(body)
+            route(self, body)
         except _HttpError as exc:
             self._send(exc.status, {"error": str(exc)})
             if self._linger:
@@ -351,6 +347,12 @@ class _Handler(RequestHandler):
                        "uptime_s": round(time.monotonic() - state.started, 3),
                        "flush": state.flush_strategy})
         self._send(200, status)
+
+
+_GET_ROUTES: Mapping[str, Callable[[_Handler, bytes], None]] = {STATUS_PATH: _Handler._status}
+_POST_ROUTES: Mapping[str, Callable[[_Handler, bytes], None]] = {
+    RECORDS_PATH: _Handler._records, FLUSH_PATH: _Handler._flush,
+    INVOCATION_END_PATH: _Handler._end}
 
 
 def _wait_budget_s(query: dict[str, str]) -> float:

@@ -174,10 +174,11 @@ class EventLoop:
         report = self._listener.flush(max(0, budget_ms))
         now = self._wall_ms()
         was_open = self.state.breaker.open
+        # A flush that found nothing to do changed nothing the breaker looks at: no new look.
+        settled = self._observe().settled if report.remaining or report.settled else 0
         self.state = self.state.flushed(now, remaining=report.remaining,
-                                        settled_during=report.settled,
-                                        settled=self._observe().settled, probe=after.probe,
-                                        budget_ms=budget_ms)
+                                        settled_during=report.settled, settled=settled,
+                                        probe=after.probe, budget_ms=budget_ms)
         if after.probe:
             self._log.info("breaker.probe", remaining=report.remaining, settled=report.settled,
                            next_probe_ms=self.state.breaker.next_probe_ms)
