@@ -18,7 +18,7 @@ from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
 from kafka_relay.lifecycle.listener import FlushReport, ShutdownSummary
 from kafka_relay.lifecycle.policy import Observed
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.observability.metrics import emf_line
+from kafka_relay.observability.metrics import carrying, emf_line
 from kafka_relay.protocol import BrokerState
 
 T = TypeVar("T")
@@ -210,8 +210,9 @@ class EngineListener:
 
     def _report(self, flush_ms: float, *, invocation: bool = True,
                 request_id: str | None = None) -> None:
-        """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
-        the last report (``request_id``: of an invocation reported late)."""
+        """An ``invocation.done`` line carrying the EMF metrics (at SHUTDOWN an EMF line
+        alone): the change since the last report (``request_id``: of an invocation reported
+        late)."""
         delta, gauge = self.take_delta(at="invocation" if invocation else "shutdown")
         done = None
         if invocation:
@@ -228,9 +229,7 @@ class EngineListener:
             else:  # the result line itself says the broker is not answering
                 done = self._log.format("WARNING", "invocation.done", **fields,
                                         broker=problem["state"], broker_error=problem["error"])
-        # Both lines in one write: one syscall per invocation, not two.
-        self.write_metrics(delta, gauge, flush_ms=flush_ms,
-                           before=() if done is None else (done,))
+        self.write_metrics(delta, gauge, flush_ms=flush_ms, carrier=done)
 
     def take_delta(self, *, at: str = "period") -> tuple[dict[str, int], Gauge]:
         """The counts' change since the last report (every count is reported once), with the
@@ -246,9 +245,10 @@ class EngineListener:
         return delta, gauge
 
     def write_metrics(self, delta: dict[str, int], gauge: Gauge, *,
-                      flush_ms: float | None = None, before: tuple[str, ...] = ()) -> None:
-        """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed; the depth
-        from ``gauge``), written together with the lines ``before`` it."""
+                      flush_ms: float | None = None, carrier: str | None = None) -> None:
+        """The CloudWatch EMF metrics of ``delta`` (FlushMs when a flush was timed; the depth
+        from ``gauge``): on the log line ``carrier`` when there is one, else a line of
+        their own."""
         breaker = self.flush_control.get("breaker")
         metrics: dict[str, float] = {
             "RecordsAccepted": delta["accepted"],
@@ -265,5 +265,6 @@ class EngineListener:
         }
         if flush_ms is not None:
             metrics["FlushMs"] = flush_ms
-        self._log.write_raw(*before, emf_line(metrics, function_name=self._config.function_name,
-                                              timestamp_ms=self._wall_ms()))
+        line = emf_line(metrics, function_name=self._config.function_name,
+                        timestamp_ms=self._wall_ms())
+        self._log.write_raw(line if carrier is None else carrying(carrier, line))

@@ -60,6 +60,13 @@ def emf_line(
             + ("," + values if names else "}"))
 
 
+def carrying(line: str, metrics_line: str) -> str:
+    """One JSON object with the members of a log line and of an EMF line (EMF allows any
+    members beside its own, and their names do not meet): the log line carries its metrics,
+    one line instead of two."""
+    return f"{line[:-1]},{metrics_line[1:]}"
+
+
 @functools.lru_cache(maxsize=16)
 def _directive(names: tuple[str, ...]) -> str:
     """The metric declarations for these names: the same every invocation, encoded once."""
