@@ -399,10 +399,8 @@ class HandoffServer:
         self._server = _bind(host, state.config.port, handler)
         self._server.state = state
         self._server.max_connections = max_connections
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="kafka-relay-handoff",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._server.serve, name="kafka-relay-handoff",
+                                        daemon=True)
 
     @property
     def port(self) -> int:
@@ -412,8 +410,7 @@ class HandoffServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 def _bind(host: str, port: int, handler: type[_Handler]) -> _Server:
