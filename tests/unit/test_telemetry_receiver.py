@@ -7,7 +7,7 @@ import http.client
 import itertools
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -146,3 +146,25 @@ def test_an_http_1_0_request_is_answered_and_closed(
     assert answer.startswith(b"HTTP/1.1 200 OK")
     assert b"Connection: close" in answer
     assert got == ["a"]
+
+
+def test_batches_go_to_read_later_except_one_with_a_restore_read_at_once() -> None:
+    ended: list[str] = []
+    restores: list[int] = []
+    later: list[Callable[[], None]] = []
+    receiver = TelemetryReceiver(lambda request_id, _status: ended.append(request_id),
+                                 on_restore=lambda: restores.append(1),
+                                 read_later=later.append, hosts=("127.0.0.1",))
+    receiver.start()
+    restore = json.dumps([{"time": "2025-01-29T00:00:00.000Z", "type": "platform.restoreStart",
+                           "record": {}}]).encode()
+    try:
+        with _connect(receiver) as sock:
+            sock.sendall(_post(_batch("a")) + _post(restore) + _post(_batch("b")))
+            assert _answers(sock, 3) == [b"HTTP/1.1 200 OK"] * 3
+    finally:
+        receiver.stop()
+    assert (ended, restores, len(later)) == ([], [1], 2)
+    for read in later:
+        read()
+    assert ended == ["a", "b"]

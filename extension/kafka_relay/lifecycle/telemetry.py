@@ -10,6 +10,7 @@ is retried under the other.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import selectors
 import socket
@@ -27,6 +28,7 @@ _HOSTS = ("sandbox.localdomain", "127.0.0.1")
 # The events that end a request, each carrying its ``requestId``.
 REQUEST_ENDS = frozenset({"platform.runtimeDone", "platform.report"})
 RESTORE_START = "platform.restoreStart"
+_RESTORE_BYTES = RESTORE_START.encode()
 _BACKLOG = 16
 _MAX_PEERS = 16
 _RECV_BYTES = 65536
@@ -48,11 +50,16 @@ class TelemetryReceiver:
         on_request_done: Callable[[str, str], None],
         *,
         on_restore: Callable[[], None] | None = None,
+        read_later: Callable[[Callable[[], None]], None] | None = None,
         hosts: tuple[str, ...] = _HOSTS,
         port: int = 0,
     ) -> None:
+        """``read_later``: takes a batch's reading (which tells its request ends) to run when
+        an end is needed (``EndSignals.mark_later``); without it every batch is read as it
+        comes. A batch with a restore is always read at once."""
         self._on_request_done = on_request_done
         self._on_restore = on_restore
+        self._read_later = read_later
         self._listener = self._bind(hosts, port)
         self._wake, self._waker = socket.socketpair()
         self._stopping = False
@@ -142,7 +149,10 @@ class TelemetryReceiver:
         try:
             while (request := peer.take()) is not None:
                 body, close = request
-                self.receive(body)
+                if self._read_later is None or _RESTORE_BYTES in body:
+                    self.receive(body)
+                else:
+                    self._read_later(functools.partial(self.receive, body))
                 peer.sock.sendall(_CLOSE_OK if close else _OK)
                 if close:
                     return False
