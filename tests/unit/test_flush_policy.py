@@ -23,6 +23,7 @@ from kafka_relay.lifecycle.policy import (
     Moment,
     Observed,
     decide,
+    needs_observation,
 )
 
 END = FlushStrategy(FlushMode.END)
@@ -260,3 +261,28 @@ def test_the_breaker_closes_once_a_record_settles_after_it_opened() -> None:
     assert not closed.breaker.open
     assert decide(END, closed, IDLE, now_ms=10, moment=Moment.INVOKE,
                   max_latency_ms=BOUND).wait_for_handler
+
+
+_OBSERVED = st.builds(Observed, pending=st.integers(0, 10_000),
+                      oldest_pending_ms=st.integers(0, 100_000),
+                      settled=st.integers(0, 10_000), broker_up=st.booleans())
+_BREAKERS = st.one_of(st.just(Breaker()),
+                      st.builds(Breaker().trip, st.integers(0, 10**6), st.integers(0, 100)))
+
+
+@given(strategy=st.sampled_from([END, SHUTDOWN, PERIODIC, AUTO]),
+       invokes=st.lists(st.integers(0, 10**6), max_size=6), breaker=_BREAKERS,
+       last_flush_ms=st.integers(0, 10**6), observed=_OBSERVED, now_ms=st.integers(0, 10**6),
+       moment=st.sampled_from([Moment.INVOKE, Moment.HANDLER_DONE]))
+def test_a_decision_said_not_to_need_the_engines_report_does_not_depend_on_it(
+        *, strategy: FlushStrategy, invokes: list[int], breaker: Breaker, last_flush_ms: int,
+        observed: Observed, now_ms: int, moment: Moment) -> None:
+    """The loop asks the engine nothing before deciding when ``needs_observation`` says so:
+    whatever the engine would have reported, the decision is the same."""
+    state = replace(_state(*sorted(invokes), last_flush_ms=last_flush_ms), breaker=breaker)
+    if needs_observation(strategy, state):
+        assert strategy.mode is FlushMode.AUTO or breaker.open
+        return
+    assert _decide(strategy, state, moment, observed, now_ms) == \
+        _decide(strategy, state, moment, IDLE, now_ms)
+    assert state.observe(observed) == state  # nor would the breaker have changed

@@ -22,12 +22,20 @@ from kafka_relay.lifecycle.events import (
     parse_event,
 )
 from kafka_relay.lifecycle.listener import FlushReport, Listener
-from kafka_relay.lifecycle.policy import Decision, FlushState, Moment, Observed, decide
+from kafka_relay.lifecycle.policy import (
+    Decision,
+    FlushState,
+    Moment,
+    Observed,
+    decide,
+    needs_observation,
+)
 from kafka_relay.observability.log import JsonLogger
 
 # Leave the runtime this much of the invocation for its own /next after our flush.
 _INVOKE_MARGIN_MS = 50
 RUNTIME_ERROR = "Extension.RuntimeError"
+_UNOBSERVED = Observed()  # what a decision that does not read the engine is given
 
 
 class EventSource(Protocol):
@@ -202,7 +210,8 @@ class EventLoop:
         return observed
 
     def _decide(self, moment: Moment) -> Decision:
-        observed = self._observe()
+        observed = (self._observe() if needs_observation(self._config.flush, self.state)
+                    else _UNOBSERVED)
         decision = decide(self._config.flush, self.state, observed, now_ms=self._wall_ms(),
                           moment=moment, max_latency_ms=self._config.max_latency_ms)
         if moment is Moment.INVOKE and self._config.flush.mode is FlushMode.AUTO \

@@ -113,6 +113,13 @@ class Decision:
     deferred: bool = False  # auto chose not to wait for acknowledgements
 
 
+def needs_observation(strategy: FlushStrategy, state: FlushState) -> bool:
+    """Whether ``decide`` reads ``observed`` (and the breaker needs a look at progress): for
+    ``auto``, and for every strategy while the breaker is open. The others decide on the
+    state and the clock alone, so an invocation asks the engine nothing to decide."""
+    return strategy.mode is FlushMode.AUTO or state.breaker.open
+
+
 def decide(strategy: FlushStrategy, state: FlushState, observed: Observed, *, now_ms: int,
            moment: Moment, max_latency_ms: int) -> Decision:
     if moment is Moment.SHUTDOWN:
