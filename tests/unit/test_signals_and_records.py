@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 
 from kafka_relay.handoff.signals import HandlerSignals
@@ -40,13 +41,24 @@ def test_a_batch_to_read_later_is_read_only_by_a_waiter_that_needs_an_end() -> N
 
     signals.mark_done("req-1")  # the end call
     signals.mark_later(batch("req-0", "req-1"))  # Telemetry, later
-    assert signals.wait("req-1", 0)
+    assert signals.wait("req-1", 2)
     assert reads == []
-    threading.Timer(0.05, signals.mark_later, args=(batch("req-2"),)).start()
-    assert signals.wait("req-2", 2)  # no end call: the batches are read, oldest first
-    assert reads == ["req-0,req-1", "req-2"]
+    # An end call within READ_AFTER_S of the wait (a clock that stands still: always
+    # within): nothing is read either.
+    still = HandlerSignals(monotonic=lambda: 0.0)
+    still.mark_later(lambda: reads.append("too early"))
+    threading.Timer(0.05, still.mark_done, args=("req-2",)).start()
+    assert still.wait("req-2", 2)
+    assert reads == []
+    threading.Timer(0.05, signals.mark_later, args=(batch("req-3"),)).start()
+    started = time.monotonic()
+    assert signals.wait("req-3", 2)  # no end call: the batches are read, oldest first
+    assert time.monotonic() - started >= 0.05
+    assert reads == ["req-0,req-1", "req-3"]
     assert signals.wait("req-0", 0)
-    assert not signals.wait("req-3", 0.01)
+    signals.mark_later(batch("req-4"))
+    assert signals.wait("req-4", 0), "a waiter that gives up reads what is left first"
+    assert not signals.wait("req-5", 0.01)
 
 
 def test_batches_kept_unread_are_bounded_oldest_dropped() -> None:

@@ -3,8 +3,9 @@ or ``platform.report`` for its request id.
 
 Either may arrive before the extension has even seen the INVOKE event, so
 ends are remembered by request id (bounded) until someone waits for them. A Telemetry
-batch is read only when someone waits for an end the client did not signal: with the
-client's end call (every invocation of a decorated handler) it is never parsed.
+batch is read only when someone has waited a while for an end the client did not signal
+(or gives up): with the client's end call (every invocation of a decorated handler) it is
+never parsed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Protocol
 
 _REMEMBERED = 256
 _UNREAD = 64  # Telemetry batches kept unread (a few per invocation at most)
+# A waiter reads Telemetry batches once it has waited this long: Telemetry's shortest
+# buffering (what kafka-relay subscribes with), so a request's platform.runtimeDone comes
+# no sooner after its start, while the client's end call usually has come by then.
+READ_AFTER_S = 0.025
 
 
 class EndSignals(Protocol):
@@ -58,7 +63,8 @@ class HandlerSignals:
 
     def wait(self, request_id: str, timeout_s: float) -> bool:
         """True when the handler of ``request_id`` is known to be done within the timeout."""
-        deadline = self._monotonic() + timeout_s
+        start = self._monotonic()
+        deadline, read_from = start + timeout_s, start + READ_AFTER_S
         with self._cond:
             while True:
                 if request_id in self._ended:
@@ -66,10 +72,12 @@ class HandlerSignals:
                 if self._anonymous:
                     self._anonymous -= 1
                     return True
-                if self._unread:  # marks what it holds (the lock is re-entrant)
-                    self._unread.popleft()()
+                now = self._monotonic()
+                if self._unread and (now >= read_from or now >= deadline):
+                    self._unread.popleft()()  # marks what it holds (the lock is re-entrant)
                     continue
-                remaining = deadline - self._monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     return False
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, read_from - now) if self._unread
+                                else remaining)
