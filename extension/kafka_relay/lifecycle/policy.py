@@ -85,11 +85,13 @@ class FlushState:
     last_flush_ms: int = 0
     breaker: Breaker = field(default_factory=Breaker)
 
+    # Built directly, not with dataclasses.replace: these run every invocation.
     def arrived(self, now_ms: int) -> FlushState:
-        return replace(self, arrivals=self.arrivals.arrived(now_ms))
+        return FlushState(self.arrivals.arrived(now_ms), self.last_flush_ms, self.breaker)
 
     def observe(self, observed: Observed) -> FlushState:
-        return replace(self, breaker=self.breaker.observe(observed.settled))
+        return FlushState(self.arrivals, self.last_flush_ms,
+                          self.breaker.observe(observed.settled))
 
     def flushed(self, now_ms: int, *, remaining: int, settled_during: int, settled: int,
                 probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> FlushState:
@@ -100,7 +102,7 @@ class FlushState:
         if remaining > 0 and settled_during == 0 and (probe or budget_ms >= PROBE_BUDGET_MS):
             breaker = breaker.probed(now_ms) if probe and breaker.open else (
                 breaker if breaker.open else breaker.trip(now_ms, settled))
-        return replace(self, last_flush_ms=now_ms, breaker=breaker)
+        return FlushState(self.arrivals, now_ms, breaker)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ METRICS = (
     Metric("FlushMs", "Milliseconds", "Average", "time an invocation spent flushing"),
 )
 _UNITS = {metric.name: metric.unit for metric in METRICS}
+# One encoder for every line: json.dumps with arguments builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def emf_line(
@@ -54,7 +56,7 @@ def emf_line(
 ) -> str:
     """One EMF JSON line; ``metrics`` keys must be among the known metric names."""
     names = tuple(metrics)
-    values = json.dumps(dict(metrics), separators=(",", ":"))[1:]  # '"Name":1,...}'
+    values = _encode(dict(metrics))[1:]  # '"Name":1,...}'
     return (f'{{"_aws":{{"Timestamp":{int(timestamp_ms)},"CloudWatchMetrics":'
             f'{_directive(names)}}},"FunctionName":{_json_string(function_name or "unknown")}'
             + ("," + values if names else "}"))
