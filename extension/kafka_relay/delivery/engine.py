@@ -130,7 +130,7 @@ class DeliveryEngine:
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, wall_ms=wall_ms,
                          defer_build=defer_producer, on_thaw=on_thaw)
-        self.reachability = Reachability(self, wall_ms=wall_ms)
+        self.reachability = Reachability(self, wall_ms=wall_ms, monotonic=monotonic)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -162,6 +162,7 @@ class DeliveryEngine:
         self.pump.thawed(restored=restored)
 
     def on_client_error(self, error: KafkaError) -> None:
+        self.reachability.note_client_error(error)
         self.pump.on_client_error(error)
 
     def probe(self, timeout_s: float, *,

@@ -68,6 +68,9 @@ _BACKLOG = 512
 # A wait request while the broker is not answering first asks it for metadata this long: a
 # broker that is back is used, one that is not is reported at once, not after the wait.
 WAIT_PROBE_S = 0.5
+# Retry-After of a full buffer while Kafka is away: past the client's bound on waiting for
+# room, so the handler hears at once (the breaker's probes are 1-2 s apart).
+GONE_RETRY_AFTER_MS = 2_000
 _SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
 _MAX_KEY_CHARS = 200
 
@@ -103,6 +106,9 @@ class HandoffState:
     # For a wait request: why the broker is not answering after a probe of this many seconds
     # (delivery.reachability), or None.
     reprobe: Callable[[float], dict[str, Any] | None] = lambda _timeout_s: None
+    # Whether connection attempts to Kafka fail now (delivery.reachability): a full buffer
+    # then stays full, and the client is told not to wait for room.
+    broker_gone: Callable[[], bool] = lambda: False
 
 
 def _broker_refusal(problem: dict[str, Any], config: Config) -> str:
@@ -308,9 +314,14 @@ class _Handler(RequestHandler):
         try:
             watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:
-            retry_s = max(1, (exc.retry_after_ms + 999) // 1000)
+            error, retry_ms = str(exc), exc.retry_after_ms
+            if retry_ms and exc.refusal in (Refusal.BUSY, Refusal.STORAGE) \
+                    and state.broker_gone():
+                error += "; Kafka is not answering (connections fail), so room comes no sooner"
+                retry_ms = max(retry_ms, GONE_RETRY_AFTER_MS)
+            retry_s = max(1, (retry_ms + 999) // 1000)
             return _answer(exc.refusal.status,
-                           {"error": str(exc), "retry_after_ms": exc.retry_after_ms,
+                           {"error": error, "retry_after_ms": retry_ms,
                             REFUSAL_FIELD: exc.refusal.value},
                            None if exc.refusal is Refusal.TOO_LARGE
                            else {"Retry-After": str(retry_s)})
