@@ -196,13 +196,19 @@ class DeliveryEngine:
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on."""
+        invocation = self.invocation_id
+        dlq_of: dict[str, str] = {}  # one string per topic, not one per record
         for record in records:
-            record.request_id = record.request_id or self.invocation_id
-            record.dlq_topic = record.dlq_topic or self._config.dlq_for(record.topic)
+            if not record.request_id:
+                record.request_id = invocation
+            if not record.dlq_topic:
+                topic = record.topic
+                dlq = dlq_of.get(topic)
+                if dlq is None:
+                    dlq = dlq_of[topic] = self._config.dlq_for(topic)
+                record.dlq_topic = dlq
         self._refill()
         return self._ledger.accept(records, watch=watch)
-
-
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""

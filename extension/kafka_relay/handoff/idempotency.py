@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kafka_relay.handoff.body import Body
+
 DEFAULT_KEYS = 1_024
 DEFAULT_TTL_S = 300.0
 
@@ -40,7 +42,7 @@ class _Entry:
     answer: Answer | None = None
 
 
-def fingerprint(body: bytes, content_type: str, query: str) -> bytes:
+def fingerprint(body: Body, content_type: str, query: str) -> bytes:
     """What a key is bound to: a 128-bit BLAKE2b digest of the request (each part
     length-prefixed, so no two different requests hash the same bytes)."""
     digest = hashlib.blake2b(digest_size=16, person=b"kafka-relay-idem")

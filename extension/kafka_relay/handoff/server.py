@@ -31,7 +31,7 @@ from kafka_relay import __version__
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
 from kafka_relay.errors import ConfigError, PortInUseError
-from kafka_relay.handoff.body import BodyError, read_body
+from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, BodyError, read_body, trim_heap
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
@@ -211,7 +211,7 @@ class _Handler(RequestHandler):
         self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
                     if path == RECORDS_PATH else _SMALL_BODY_LIMIT)
 
-    def _serve(self, route: Callable[[_Handler, bytes], None] | None, limit: int) -> None:
+    def _serve(self, route: Callable[[_Handler, Body], None] | None, limit: int) -> None:
         self.server.mark(self.connection, busy=True)
         try:
             try:
@@ -230,6 +230,8 @@ class _Handler(RequestHandler):
             if route is None:
                 raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
             route(self, body)
+            if len(body) >= MAPPED_BODY_BYTES:  # answered: its transient copies can go
+                trim_heap()
         except _HttpError as exc:
             self._send(exc.status, {"error": str(exc)})
             if self._linger:
@@ -258,7 +260,7 @@ class _Handler(RequestHandler):
             return " (KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"
         return " of this route"
 
-    def _records(self, body: bytes) -> None:
+    def _records(self, body: Body) -> None:
         state = self.server.state
         query = self._query()
         wait_s = _wait_budget_s(query)  # a bad timeout_ms is a 400 before anything is taken
@@ -282,7 +284,7 @@ class _Handler(RequestHandler):
                                   "still being processed: retry it later") from exc
         self._send_answer(answer)
 
-    def _accept(self, body: bytes, query: dict[str, str], wait_s: float) -> Answer:
+    def _accept(self, body: Body, query: dict[str, str], wait_s: float) -> Answer:
         state = self.server.state
         request_id = self.headers.get(REQUEST_ID_HEADER) or None
         refusal = state.admit()
@@ -330,7 +332,7 @@ class _Handler(RequestHandler):
         outcomes = watch.wait(wait_s)
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
-    def _flush(self, body: bytes) -> None:
+    def _flush(self, body: Body) -> None:
         state = self.server.state
         budget = state.config.flush_budget_ms / 1000
         timeout_s = _timeout_s(self._query())
@@ -338,11 +340,11 @@ class _Handler(RequestHandler):
             budget = min(budget, timeout_s)
         self._send(200, state.relay.flush(budget).as_dict())
 
-    def _end(self, body: bytes) -> None:
+    def _end(self, body: Body) -> None:
         request_id = self.headers.get(REQUEST_ID_HEADER)
         if not request_id and body:
             try:
-                parsed = json.loads(body)
+                parsed = json.loads(bytes(body))  # a small route: never a mapped body
             except (ValueError, RecursionError):
                 parsed = {}
             found = parsed.get("request_id") if isinstance(parsed, dict) else None
@@ -350,7 +352,7 @@ class _Handler(RequestHandler):
         self.server.state.signals.mark_done(request_id)
         self._send(200, {"ok": True, "request_id": request_id})
 
-    def _status(self, body: bytes) -> None:
+    def _status(self, body: Body) -> None:
         state = self.server.state
         status = state.relay.status()
         status.update({"flush_control": dict(state.flush_control()),
@@ -360,8 +362,8 @@ class _Handler(RequestHandler):
         self._send(200, status)
 
 
-_GET_ROUTES: Mapping[str, Callable[[_Handler, bytes], None]] = {STATUS_PATH: _Handler._status}
-_POST_ROUTES: Mapping[str, Callable[[_Handler, bytes], None]] = {
+_GET_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {STATUS_PATH: _Handler._status}
+_POST_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {
     RECORDS_PATH: _Handler._records, FLUSH_PATH: _Handler._flush,
     INVOCATION_END_PATH: _Handler._end}
 
