@@ -155,7 +155,8 @@ def _subscribe(mode: Mode, api: ExtensionsApi, logger: JsonLogger) -> None:
                          daemon=True).start()
 
     try:
-        receiver = TelemetryReceiver(on_request_done, on_restore=on_restore)
+        receiver = TelemetryReceiver(on_request_done, on_restore=on_restore,
+                                     read_later=mode.signals.mark_later)
         uri = receiver.start()
         subscribe(api, uri, types=["platform"], mode=mode.name, logger=logger)
         mode.listener.closers.insert(0, receiver.stop)

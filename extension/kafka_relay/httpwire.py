@@ -11,10 +11,15 @@ is small: a request line, headers (case-insensitive, the first of a repeated one
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import socketserver
+import threading
+import time
 
 MAX_LINE = 65536  # bytes in the request line or one header line (as http.server)
 MAX_HEADERS = 100
+_IDLE_SELECT_S = 3600.0  # a serving loop's select: woken by connections, never by a timer
 _REASONS = {
     100: "Continue", 200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -128,9 +133,11 @@ class RequestHandler(socketserver.StreamRequestHandler):
             elif value.lower() == "keep-alive":
                 self.close_connection = False
 
-    def end_headers(self) -> None:
+    def end_headers(self, body: bytes = b"") -> None:
+        """The head, and ``body`` with it: one write (the socket's writer is unbuffered, so
+        each write is a send the client may have to read separately)."""
         self._head.append("\r\n")
-        self.wfile.write("".join(self._head).encode("latin-1"))
+        self.wfile.write("".join(self._head).encode("latin-1") + body)
         self._head = []
 
 
@@ -140,3 +147,22 @@ class ThreadingServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     allow_reuse_address = True
     daemon_threads = True
+
+    def serve(self) -> None:
+        """``serve_forever`` without polling: the thread sleeps until a connection arrives (a
+        poll every 50 ms woke it at every thaw of the environment); ``stop`` wakes it."""
+        self.serve_forever(poll_interval=_IDLE_SELECT_S)
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """End ``serve`` and close the listening socket. ``shutdown`` waits for the serving
+        loop, whose select only a connection wakes: connect until the loop has ended."""
+        ender = threading.Thread(target=self.shutdown, name="kafka-relay-server-stop",
+                                 daemon=True)
+        ender.start()
+        deadline = time.monotonic() + timeout_s
+        address = (str(self.server_address[0]), int(self.server_address[1]))
+        while ender.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(address, timeout=0.1):
+                pass
+            ender.join(0.01)
+        self.server_close()

@@ -24,6 +24,7 @@ from kafka_relay.lifecycle.policy import (
     Moment,
     Observed,
     decide,
+    needs_observation,
 )
 
 END = FlushStrategy(FlushMode.END)
@@ -298,3 +299,28 @@ def test_a_breaker_that_closes_with_nothing_pending_has_nothing_to_catch_up() ->
     closed = opened.observe(Observed(pending=0, settled=12))
     assert not closed.breaker.open
     assert not closed.breaker.catching_up
+
+
+_OBSERVED = st.builds(Observed, pending=st.integers(0, 10_000),
+                      oldest_pending_ms=st.integers(0, 100_000),
+                      settled=st.integers(0, 10_000), broker_up=st.booleans())
+_BREAKERS = st.one_of(st.just(Breaker()), st.just(Breaker(catching_up=True)),
+                      st.builds(Breaker().trip, st.integers(0, 10**6), st.integers(0, 100)))
+
+
+@given(strategy=st.sampled_from([END, SHUTDOWN, PERIODIC, AUTO]),
+       invokes=st.lists(st.integers(0, 10**6), max_size=6), breaker=_BREAKERS,
+       last_flush_ms=st.integers(0, 10**6), observed=_OBSERVED, now_ms=st.integers(0, 10**6),
+       moment=st.sampled_from([Moment.INVOKE, Moment.HANDLER_DONE]))
+def test_a_decision_said_not_to_need_the_engines_report_does_not_depend_on_it(
+        *, strategy: FlushStrategy, invokes: list[int], breaker: Breaker, last_flush_ms: int,
+        observed: Observed, now_ms: int, moment: Moment) -> None:
+    """The loop asks the engine nothing before deciding when ``needs_observation`` says so:
+    whatever the engine would have reported, the decision is the same."""
+    state = replace(_state(*sorted(invokes), last_flush_ms=last_flush_ms), breaker=breaker)
+    if needs_observation(strategy, state):
+        assert strategy.mode is FlushMode.AUTO or breaker.open or breaker.catching_up
+        return
+    assert _decide(strategy, state, moment, observed, now_ms) == \
+        _decide(strategy, state, moment, IDLE, now_ms)
+    assert state.observe(observed) == state  # nor would the breaker have changed

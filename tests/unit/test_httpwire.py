@@ -7,9 +7,11 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,13 +34,41 @@ class _Echo(RequestHandler):
 @contextmanager
 def _server() -> Iterator[int]:
     server = ThreadingServer(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
         yield int(server.server_address[1])
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+
+
+class _Counting(ThreadingServer):
+    rounds = 0
+
+    def service_actions(self) -> None:  # once per round of the serving loop
+        self.rounds += 1
+
+
+def test_an_idle_server_sleeps_until_a_connection_and_stops_at_once() -> None:
+    """No timer wakes the serving thread (each wake costs CPU at every thaw of the
+    environment); stop() ends the loop and closes the port without waiting for one."""
+    server = _Counting(("127.0.0.1", 0), _Echo)
+    port = int(server.server_address[1])
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    assert server.rounds == 0
+    assert _exchange(port, _post("/a", b"x", extra="Connection: close\r\n")).startswith(
+        b"HTTP/1.1 200")
+    time.sleep(0.1)  # the loop finishes its round after handing the connection to a thread
+    assert server.rounds == 1
+    started = time.monotonic()
+    server.stop()
+    thread.join(1.0)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 def _exchange(port: int, data: bytes) -> bytes:

@@ -87,6 +87,8 @@ def test_each_row_counts_its_own_records_where_they_ended_and_the_totals_agree(
     table = summarise(parser, View())
 
     assert table["checks"] == []
+    # The metrics ride on each invocation's own line; SHUTDOWN's go out alone.
+    assert parser.emf_lines == len(invocations) + 1
     rows = {row["request_id"]: row for row in table["invocations"]}
     assert set(rows) == {f"req-{n}" for n in range(len(invocations))}
     for request_id, row in rows.items():

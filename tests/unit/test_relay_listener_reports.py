@@ -3,6 +3,7 @@ and each spool restore is logged once."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from confluent_kafka import KafkaError
@@ -62,3 +63,34 @@ def test_a_spool_restore_is_logged_once(tmp_path: Path) -> None:
 
     (restored,) = rig.events("spool.restored")
     assert restored["records"] == 3 == rig.counts()["restored"]
+
+
+def test_each_invocation_writes_one_line_carrying_its_counts_and_their_emf_metrics(
+    tmp_path: Path,
+) -> None:
+    """One JSON object per invocation: the invocation.done fields and a valid EMF
+    declaration with the same counts; at SHUTDOWN the metrics go out on a line of their own."""
+    rig = Rig(tmp_path)
+    listener = _listener(rig)
+    for request_id, count in (("r1", 3), ("r2", 0)):
+        event = InvokeEvent(request_id, None)
+        listener.on_invoke(event)
+        _send(rig, request_id, count)
+        rig.step()
+        listener.invocation_done(event, FlushReport(2.5, 0))
+    listener.shutdown(ShutdownEvent("spindown", rig.clock.wall_ms()))
+
+    lines = [json.loads(line) for line in rig.log.getvalue().splitlines()]
+    with_metrics = [line for line in lines if "_aws" in line]
+    assert [line.get("event") for line in with_metrics] == ["invocation.done",
+                                                            "invocation.done", None]
+    for line, accepted in zip(with_metrics, (3, 0), strict=False):
+        (directive,) = line["_aws"]["CloudWatchMetrics"]
+        declared = {m["Name"] for m in directive["Metrics"]}
+        assert {"RecordsAccepted", "RecordsDelivered", "FlushMs"} <= declared
+        assert all(name in line for name in declared)
+        assert (line["accepted"], line["RecordsAccepted"]) == (accepted, accepted)
+        assert (line["delivered"], line["RecordsDelivered"]) == (accepted, accepted)
+        assert line["FlushMs"] == line["flush_ms"] == 2.5
+        assert line["FunctionName"] == (rig.config.function_name or "unknown")
+    assert len(rig.events("invocation.done")) == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.record import IdSource, Record
@@ -22,6 +24,50 @@ def test_an_anonymous_end_releases_one_waiter() -> None:
     threading.Timer(0.05, signals.mark_done, args=(None,)).start()
     assert signals.wait("req-1", 2)
     assert not signals.wait("req-1b", 0.01)
+
+
+def test_a_batch_to_read_later_is_read_only_by_a_waiter_that_needs_an_end() -> None:
+    """With the client's end call, Telemetry's batches are never parsed; a waiter whose end
+    has not come reads them, including one that arrives while it waits."""
+    signals = HandlerSignals()
+    reads: list[str] = []
+
+    def batch(*ends: str) -> Callable[[], None]:
+        def read() -> None:
+            reads.append(",".join(ends))
+            for end in ends:
+                signals.mark_done(end)
+        return read
+
+    signals.mark_done("req-1")  # the end call
+    signals.mark_later(batch("req-0", "req-1"))  # Telemetry, later
+    assert signals.wait("req-1", 2)
+    assert reads == []
+    # An end call within READ_AFTER_S of the wait (a clock that stands still: always
+    # within): nothing is read either.
+    still = HandlerSignals(monotonic=lambda: 0.0)
+    still.mark_later(lambda: reads.append("too early"))
+    threading.Timer(0.05, still.mark_done, args=("req-2",)).start()
+    assert still.wait("req-2", 2)
+    assert reads == []
+    threading.Timer(0.05, signals.mark_later, args=(batch("req-3"),)).start()
+    started = time.monotonic()
+    assert signals.wait("req-3", 2)  # no end call: the batches are read, oldest first
+    assert time.monotonic() - started >= 0.05
+    assert reads == ["req-0,req-1", "req-3"]
+    assert signals.wait("req-0", 0)
+    signals.mark_later(batch("req-4"))
+    assert signals.wait("req-4", 0), "a waiter that gives up reads what is left first"
+    assert not signals.wait("req-5", 0.01)
+
+
+def test_batches_kept_unread_are_bounded_oldest_dropped() -> None:
+    signals = HandlerSignals()
+    for n in range(200):
+        signals.mark_later(lambda n=n: signals.mark_done(f"req-{n}"))  # type: ignore[misc]
+    assert signals.wait("req-199", 0)
+    assert signals.wait("req-136", 0)  # the newest 64 were kept
+    assert not signals.wait("req-135", 0)
 
 
 def test_ids_are_unique_per_environment() -> None:

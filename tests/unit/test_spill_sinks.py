@@ -95,6 +95,24 @@ def test_spool_files_written_in_one_millisecond_come_back_in_the_order_written(
     assert [r.id for r in spool.take()] == [r.id for r in records]
 
 
+def test_the_spool_dir_is_scanned_at_the_first_take_and_after_spooling_only(
+        tmp_path: Path) -> None:
+    """Every invocation takes the spool back; the directory is read only when it can hold
+    something new: at start (an earlier environment's files) and after this sink wrote."""
+    earlier = SpoolSink(tmp_path, JsonLogger(stream=io.StringIO()), wall_ms=lambda: 1)
+    earlier.write(_records(1), reason="x")
+    spool = SpoolSink(tmp_path, JsonLogger(stream=io.StringIO()), wall_ms=lambda: 2)
+    assert [r.id for r in spool.take()] == ["r0"]
+    # Another environment sharing the directory spools meanwhile: read at the next start
+    # (or with this sink's own next spool), not by every invocation's take.
+    SpoolSink(tmp_path, JsonLogger(stream=io.StringIO()), wall_ms=lambda: 1).write(
+        _records(2)[1:], reason="x")
+    assert spool.take() == []
+    spool.write(_records(3)[2:], reason="x")
+    assert [r.id for r in spool.take()] == ["r1", "r2"]
+    assert spool.take() == []
+
+
 def test_foreign_files_in_the_spool_dir_are_never_read_or_deleted(tmp_path: Path) -> None:
     theirs = tmp_path / "events.ndjson"
     theirs.write_text('{"id":"x","topic":"t"}\n')
@@ -129,7 +147,8 @@ def test_a_corrupt_own_file_is_quarantined_and_the_rest_restored(
     assert (tmp_path / (bad.name + ".corrupt")).exists()
     (event,) = _events(log, "spool.quarantined")
     assert event["file"] == str(bad)
-    assert spool.take() == [], "a quarantined file is not read again"
+    again = SpoolSink(tmp_path, JsonLogger(stream=log))  # the next start scans the directory
+    assert again.take() == [], "a quarantined file is not read again"
 
 
 def test_an_unreadable_spool_dir_is_logged_not_raised(tmp_path: Path) -> None:

@@ -230,7 +230,10 @@ class DeliveryEngine:
         """Push everything due to Kafka and wait for the outcomes, at most ``timeout_s``.
         ``retry_now`` also sends records still waiting out a retry backoff."""
         start = self._monotonic()
-        before = self._ledger.state().counts
+        before_state = self._ledger.state()
+        if not before_state.pending and not self._overflow:
+            return FlushResult(0, 0, 0, 0, 0.0)  # nothing owned: no pump wake-up, no flush
+        before = before_state.counts
         self._ledger.wait_idle(start + max(0.0, timeout_s), now_ms=self._wall_ms,
                                stopped=lambda: self.pump.failure is not None,
                                retry_now=retry_now, more=self._refill)

@@ -65,6 +65,8 @@ class Reachability:
         """Why the broker is not answering (``breaker``: the breaker's published status), or
         None."""
         status = breaker if isinstance(breaker, Mapping) else {}
+        if self.init_error is None and status.get("state") != "open":
+            return None  # the common case, asked every invocation: no gauge needed
         gauge = self._engine.gauge()
         settled = gauge.counts["delivered"] + gauge.counts["dead_lettered"]
         error = self._engine.pump.last_error or self.init_error

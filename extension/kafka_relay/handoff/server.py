@@ -188,8 +188,7 @@ class _Handler(RequestHandler):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(answer.body)
+        self.end_headers(answer.body)
 
     def _authorized(self) -> bool:
         expected = self.server.state.config.token
@@ -205,16 +204,14 @@ class _Handler(RequestHandler):
     # -- routes ------------------------------------------------------------------------
 
     def do_GET(self) -> None:
-        self._serve({STATUS_PATH: self._status}, 0)
+        self._serve(_GET_ROUTES.get(urlsplit(self.path).path), 0)
 
     def do_POST(self) -> None:
-        route = urlsplit(self.path).path
-        limit = (self.server.state.config.max_body_bytes if route == RECORDS_PATH
-                 else _SMALL_BODY_LIMIT)
-        self._serve({RECORDS_PATH: self._records, FLUSH_PATH: self._flush,
-                     INVOCATION_END_PATH: self._end}, limit)
+        path = urlsplit(self.path).path
+        self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
+                    if path == RECORDS_PATH else _SMALL_BODY_LIMIT)
 
-    def _serve(self, routes: dict[str, Callable[[Body], None]], limit: int) -> None:
+    def _serve(self, route: Callable[[_Handler, Body], None] | None, limit: int) -> None:
         self.server.mark(self.connection, busy=True)
         try:
             try:
@@ -230,10 +227,9 @@ class _Handler(RequestHandler):
                 raise _HttpError(401, f"{'wrong' if given else 'missing'} {TOKEN_HEADER} "
                                       "header: send the first set of "
                                       f"{', '.join(TOKEN_SOURCES)} as the token")
-            route = routes.get(urlsplit(self.path).path)
             if route is None:
                 raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
-            route(body)
+            route(self, body)
             if len(body) >= MAPPED_BODY_BYTES:  # answered: its transient copies can go
                 trim_heap()
         except _HttpError as exc:
@@ -366,6 +362,12 @@ class _Handler(RequestHandler):
         self._send(200, status)
 
 
+_GET_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {STATUS_PATH: _Handler._status}
+_POST_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {
+    RECORDS_PATH: _Handler._records, FLUSH_PATH: _Handler._flush,
+    INVOCATION_END_PATH: _Handler._end}
+
+
 def _wait_budget_s(query: dict[str, str]) -> float:
     """The request's own budget (the client sets it from its remaining time)."""
     timeout_s = _timeout_s(query)
@@ -410,10 +412,8 @@ class HandoffServer:
         self._server = _bind(host, state.config.port, handler)
         self._server.state = state
         self._server.max_connections = max_connections
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="kafka-relay-handoff",
-            daemon=True,
-        )
+        self._thread = threading.Thread(target=self._server.serve, name="kafka-relay-handoff",
+                                        daemon=True)
 
     @property
     def port(self) -> int:
@@ -423,8 +423,7 @@ class HandoffServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 def _bind(host: str, port: int, handler: type[_Handler]) -> _Server:

@@ -16,6 +16,7 @@ from kafka_relay.errors import LambdaApiError
 from kafka_relay.httpconn import Connection, Stale, encode_request
 
 _EXT = "/2020-01-01/extension"
+_NEXT = f"{_EXT}/event/next"
 _TELEMETRY = "/2022-07-01/telemetry"
 TELEMETRY_SCHEMA = "2022-12-13"
 # Lambda Managed Instances accept this schema only (and it works elsewhere too).
@@ -35,6 +36,7 @@ class ExtensionsApi:
         self.identifier = ""
         self._kept: Connection | None = None
         self._kept_lock = threading.Lock()  # a second caller meanwhile gets its own
+        self._next: tuple[str, bytes] | None = None  # (identifier, the /next request)
 
     def _request(
         self,
@@ -45,13 +47,20 @@ class ExtensionsApi:
         headers: dict[str, str] | None = None,
         timeout: float | None = 10.0,
     ) -> tuple[int, dict[str, str], bytes]:
+        return self._send(method, path, self._encode(method, path, body, headers), timeout)
+
+    def _encode(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> bytes:
         all_headers = dict(headers or {})
         if self.identifier:
             all_headers["Lambda-Extension-Identifier"] = self.identifier
         if body is not None:
             all_headers["Content-Type"] = "application/json"
-        request = encode_request(method, path, self._address, all_headers,
-                                 None if body is None else json.dumps(body).encode())
+        return encode_request(method, path, self._address, all_headers,
+                              None if body is None else json.dumps(body).encode())
+
+    def _send(self, method: str, path: str, request: bytes, timeout: float | None
+              ) -> tuple[int, dict[str, str], bytes]:
         try:
             if not self._kept_lock.acquire(blocking=False):
                 with Connection(self._address) as conn:
@@ -90,8 +99,11 @@ class ExtensionsApi:
             self._kept = None
 
     def next_event(self) -> dict[str, Any]:
+        # The same bytes every invocation (for the identifier they were made with).
+        if self._next is None or self._next[0] != self.identifier:
+            self._next = (self.identifier, self._encode("GET", _NEXT))
         # No client timeout: the call legitimately blocks while the sandbox is frozen.
-        status, _, data = self._request("GET", f"{_EXT}/event/next", timeout=None)
+        status, _, data = self._send("GET", _NEXT, self._next[1], None)
         if status != 200:
             raise LambdaApiError(f"event/next answered {status}: {data[:500]!r}")
         return _json_object(data)

@@ -22,12 +22,20 @@ from kafka_relay.lifecycle.events import (
     parse_event,
 )
 from kafka_relay.lifecycle.listener import FlushReport, Listener
-from kafka_relay.lifecycle.policy import Decision, FlushState, Moment, Observed, decide
+from kafka_relay.lifecycle.policy import (
+    Decision,
+    FlushState,
+    Moment,
+    Observed,
+    decide,
+    needs_observation,
+)
 from kafka_relay.observability.log import JsonLogger
 
 # Leave the runtime this much of the invocation for its own /next after our flush.
 _INVOKE_MARGIN_MS = 50
 RUNTIME_ERROR = "Extension.RuntimeError"
+_UNOBSERVED = Observed()  # what a decision that does not read the engine is given
 
 
 class EventSource(Protocol):
@@ -174,10 +182,11 @@ class EventLoop:
         report = self._listener.flush(max(0, budget_ms))
         now = self._wall_ms()
         was_open = self.state.breaker.open
+        # A flush that found nothing to do changed nothing the breaker looks at: no new look.
+        settled = self._observe().settled if report.remaining or report.settled else 0
         self.state = self.state.flushed(now, remaining=report.remaining,
-                                        settled_during=report.settled,
-                                        settled=self._observe().settled, probe=after.probe,
-                                        budget_ms=budget_ms)
+                                        settled_during=report.settled, settled=settled,
+                                        probe=after.probe, budget_ms=budget_ms)
         if after.probe:
             self._log.info("breaker.probe", remaining=report.remaining, settled=report.settled,
                            next_probe_ms=self.state.breaker.next_probe_ms)
@@ -201,7 +210,8 @@ class EventLoop:
         return observed
 
     def _decide(self, moment: Moment) -> Decision:
-        observed = self._observe()
+        observed = (self._observe() if needs_observation(self._config.flush, self.state)
+                    else _UNOBSERVED)
         decision = decide(self._config.flush, self.state, observed, now_ms=self._wall_ms(),
                           moment=moment, max_latency_ms=self._config.max_latency_ms)
         if moment is Moment.INVOKE and self._config.flush.mode is FlushMode.AUTO \

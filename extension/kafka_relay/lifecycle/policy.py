@@ -86,11 +86,13 @@ class FlushState:
     last_flush_ms: int = 0
     breaker: Breaker = field(default_factory=Breaker)
 
+    # Built directly, not with dataclasses.replace: these run every invocation.
     def arrived(self, now_ms: int) -> FlushState:
-        return replace(self, arrivals=self.arrivals.arrived(now_ms))
+        return FlushState(self.arrivals.arrived(now_ms), self.last_flush_ms, self.breaker)
 
     def observe(self, observed: Observed) -> FlushState:
-        return replace(self, breaker=self.breaker.observe(observed.settled, observed.pending))
+        return FlushState(self.arrivals, self.last_flush_ms,
+                          self.breaker.observe(observed.settled, observed.pending))
 
     def flushed(self, now_ms: int, *, remaining: int, settled_during: int, settled: int,
                 probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> FlushState:
@@ -102,7 +104,7 @@ class FlushState:
         if remaining > 0 and settled_during == 0 and (probe or budget_ms >= PROBE_BUDGET_MS):
             breaker = breaker.probed(now_ms) if probe and breaker.open else (
                 breaker if breaker.open else breaker.trip(now_ms, settled))
-        return replace(self, last_flush_ms=now_ms, breaker=breaker)
+        return FlushState(self.arrivals, now_ms, breaker)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,15 @@ class Decision:
     budget_ms: int | None = None  # a cap below the flush budget (a breaker probe)
     probe: bool = False
     deferred: bool = False  # auto chose not to wait for acknowledgements
+
+
+def needs_observation(strategy: FlushStrategy, state: FlushState) -> bool:
+    """Whether ``decide`` reads ``observed`` (and the breaker needs a look at progress): for
+    ``auto``, and for every strategy while the breaker is open or catching up. The others
+    decide on the state and the clock alone, so an invocation asks the engine nothing to
+    decide."""
+    breaker = state.breaker
+    return strategy.mode is FlushMode.AUTO or breaker.open or breaker.catching_up
 
 
 def decide(strategy: FlushStrategy, state: FlushState, observed: Observed, *, now_ms: int,

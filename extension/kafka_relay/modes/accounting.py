@@ -159,3 +159,6 @@ class AccountedSignals:
     def mark_done(self, request_id: str | None) -> None:
         self._signals.mark_done(request_id)
         self._accounting.ended(request_id)
+
+    def mark_later(self, read: Callable[[], None]) -> None:
+        read()  # nobody waits here: a request's end closes its report as it comes

@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config
-from kafka_relay.delivery.engine import DeliveryEngine, DrainReport
+from kafka_relay.delivery.engine import DeliveryEngine, DrainReport, Gauge
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
 from kafka_relay.lifecycle.listener import FlushReport, ShutdownSummary
 from kafka_relay.lifecycle.policy import Observed
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.observability.metrics import emf_line
+from kafka_relay.observability.metrics import carrying, emf_line
 from kafka_relay.protocol import BrokerState
 
 T = TypeVar("T")
@@ -127,7 +127,7 @@ class EngineListener:
         start = time.monotonic()
         deadline = start + budget_ms / 1000
         settled, last_progress = 0, start
-        stall_s = STALL_S if self._engine.gauge().counts["delivered"] else FIRST_CONTACT_STALL_S
+        stall_s: float | None = None  # asked only when a slice leaves records pending
         while True:
             slice_s = max(0.0, min(_FLUSH_SLICE_S, deadline - time.monotonic()))
             result = self._engine.flush(slice_s)
@@ -139,6 +139,9 @@ class EngineListener:
                 break
             if result.duration_ms < slice_s * 500:  # returned early: all waiting out a backoff
                 break
+            if stall_s is None:
+                stall_s = (STALL_S if self._engine.gauge().counts["delivered"]
+                           else FIRST_CONTACT_STALL_S)
             stalled_s = now - last_progress
             gone = stalled_s >= GONE_STALL_S and self._engine.reachability.gone()
             if gone or stalled_s >= stall_s:
@@ -213,17 +216,17 @@ class EngineListener:
 
     def _report(self, flush_ms: float, *, invocation: bool = True,
                 request_id: str | None = None) -> None:
-        """An ``invocation.done`` line (unless at SHUTDOWN) and an EMF line: the change since
-        the last report (``request_id``: of an invocation reported late)."""
-        delta = self.take_delta(at="invocation" if invocation else "shutdown")
-        depth = self._engine.gauge().pending
+        """An ``invocation.done`` line carrying the EMF metrics (at SHUTDOWN an EMF line
+        alone): the change since the last report (``request_id``: of an invocation reported
+        late)."""
+        delta, gauge = self.take_delta(at="invocation" if invocation else "shutdown")
         done = None
         if invocation:
             fields: dict[str, object] = {
                 "accepted": delta["accepted"], "delivered": delta["delivered"],
                 "dead_lettered": delta["dead_lettered"], "spilled": delta["spilled"],
                 "spooled": delta["spooled"], "restored": delta["restored"],
-                "pending": depth, "flush_ms": flush_ms}
+                "pending": gauge.pending, "flush_ms": flush_ms}
             if request_id is not None:
                 fields["request_id"] = request_id
             problem = self._engine.reachability.problem(self.flush_control.get("breaker"))
@@ -232,26 +235,26 @@ class EngineListener:
             else:  # the result line itself says the broker is not answering
                 done = self._log.format("WARNING", "invocation.done", **fields,
                                         broker=problem["state"], broker_error=problem["error"])
-        # Both lines in one write: one syscall per invocation, not two.
-        self.write_metrics(delta, depth=depth, flush_ms=flush_ms,
-                           before=() if done is None else (done,))
+        self.write_metrics(delta, gauge, flush_ms=flush_ms, carrier=done)
 
-    def take_delta(self, *, at: str = "period") -> dict[str, int]:
-        """The counts' change since the last report (every count is reported once), and a
-        ``records.outcomes`` line saying the same per request id: the records' own ids, so
-        what settles later is counted for the invocation that handed the records over."""
+    def take_delta(self, *, at: str = "period") -> tuple[dict[str, int], Gauge]:
+        """The counts' change since the last report (every count is reported once), with the
+        gauge they were read from, and a ``records.outcomes`` line saying the same per request
+        id: the records' own ids, so what settles later is counted for the invocation that
+        handed the records over."""
         gauge = self._engine.gauge(take_outcomes=True)
         now, by_request = gauge.counts, gauge.by_request
         delta = {k: now[k] - self._reported[k] for k in now}
         self._reported = now
         if by_request:
             self._log.info("records.outcomes", at=at, by_request=by_request)
-        return delta
+        return delta, gauge
 
-    def write_metrics(self, delta: dict[str, int], *, depth: int,
-                      flush_ms: float | None = None, before: tuple[str, ...] = ()) -> None:
-        """One CloudWatch EMF line for ``delta`` (FlushMs when a flush was timed), written
-        together with the lines ``before`` it."""
+    def write_metrics(self, delta: dict[str, int], gauge: Gauge, *,
+                      flush_ms: float | None = None, carrier: str | None = None) -> None:
+        """The CloudWatch EMF metrics of ``delta`` (FlushMs when a flush was timed; the depth
+        from ``gauge``): on the log line ``carrier`` when there is one, else a line of
+        their own."""
         breaker = self.flush_control.get("breaker")
         metrics: dict[str, float] = {
             "RecordsAccepted": delta["accepted"],
@@ -262,11 +265,12 @@ class EngineListener:
             "RecordsSpooled": delta["spooled"],
             "RecordsRestored": delta["restored"],
             "RecordsRejected": delta["rejected"],
-            "BufferDepth": depth,
-            "OldestPendingMs": self._engine.gauge().oldest_pending_ms,
+            "BufferDepth": gauge.pending,
+            "OldestPendingMs": gauge.oldest_pending_ms,
             "BreakerOpen": int(isinstance(breaker, dict) and breaker.get("state") == "open"),
         }
         if flush_ms is not None:
             metrics["FlushMs"] = flush_ms
-        self._log.write_raw(*before, emf_line(metrics, function_name=self._config.function_name,
-                                              timestamp_ms=self._wall_ms()))
+        line = emf_line(metrics, function_name=self._config.function_name,
+                        timestamp_ms=self._wall_ms())
+        self._log.write_raw(line if carrier is None else carrying(carrier, line))

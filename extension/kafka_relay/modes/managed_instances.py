@@ -118,7 +118,7 @@ class ManagedInstancesListener:
     def _meter(self) -> None:
         """An EMF line for the last period, when anything happened in it. Through the
         on-demand listener, so the SHUTDOWN drain's line counts only what came after."""
-        delta = self._engine_listener.take_delta()
+        delta, gauge = self._engine_listener.take_delta()
         if any(delta[k] for k in ("accepted", "delivered", "dead_lettered", "spilled",
                                   "spooled", "restored", "rejected")):
-            self._engine_listener.write_metrics(delta, depth=self._engine.gauge().pending)
+            self._engine_listener.write_metrics(delta, gauge)

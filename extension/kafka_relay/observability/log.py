@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+# One encoder for every line: json.dumps with arguments builds a new one per call.
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
 class JsonLogger:
@@ -49,7 +51,7 @@ class JsonLogger:
         if self.request_id is not None and "request_id" not in fields:
             record["request_id"] = self.request_id
         record.update(fields)
-        return json.dumps(record, default=str, separators=(",", ":"))
+        return _encode(record)
 
     def write_raw(self, *lines: str) -> None:
         """Write pre-formatted lines (EMF blobs, spill lines) atomically, in one write."""

@@ -47,6 +47,8 @@ METRICS = (
     Metric("FlushMs", "Milliseconds", "Average", "time an invocation spent flushing"),
 )
 _UNITS = {metric.name: metric.unit for metric in METRICS}
+# One encoder for every line: json.dumps with arguments builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def emf_line(
@@ -54,10 +56,17 @@ def emf_line(
 ) -> str:
     """One EMF JSON line; ``metrics`` keys must be among the known metric names."""
     names = tuple(metrics)
-    values = json.dumps(dict(metrics), separators=(",", ":"))[1:]  # '"Name":1,...}'
+    values = _encode(dict(metrics))[1:]  # '"Name":1,...}'
     return (f'{{"_aws":{{"Timestamp":{int(timestamp_ms)},"CloudWatchMetrics":'
             f'{_directive(names)}}},"FunctionName":{_json_string(function_name or "unknown")}'
             + ("," + values if names else "}"))
+
+
+def carrying(line: str, metrics_line: str) -> str:
+    """One JSON object with the members of a log line and of an EMF line (EMF allows any
+    members beside its own, and their names do not meet): the log line carries its metrics,
+    one line instead of two."""
+    return f"{line[:-1]},{metrics_line[1:]}"
 
 
 @functools.lru_cache(maxsize=16)

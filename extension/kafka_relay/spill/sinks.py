@@ -165,6 +165,10 @@ class SpoolSink:
         self._log = logger
         self._wall_ms = wall_ms
         self._written = 0  # files written in the same millisecond still sort in order
+        # Scan the directory at the first take (what an earlier environment left) and after
+        # this process spooled; not at every invocation. Another environment sharing the
+        # directory leaves files this one reads at its next start.
+        self._unread = True
 
     def write(self, records: Sequence[Record], *, reason: str) -> SpillResult:
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -177,12 +181,16 @@ class SpoolSink:
             out.write(spool_header(reason))
             out.writelines(ndjson_lines(records))
         os.replace(partial, path)  # a crash mid-write leaves no half file to restore
+        self._unread = True  # after the file is there: a take that misses it sees the flag
         self._log.warning("spill.spool", destination=str(path), records=len(records),
                           reason=reason)
         return SpillResult(SpillKind.SPOOL, str(path), len(records))
 
     def take(self) -> list[Record]:
         """Records spooled earlier (oldest file first); each file is removed once read."""
+        if not self._unread:
+            return []
+        self._unread = False  # before the scan: a file written during it sets it again
         try:
             files = sorted(self._dir.glob(SPOOL_GLOB)) if self._dir.is_dir() else []
         except OSError as exc:

@@ -20,7 +20,8 @@ def metric_table() -> str:
             for m in METRICS]
     return "\n".join([
         BEGIN,
-        f"Namespace `{NAMESPACE}`; one EMF line per invocation (per period on Managed Instances).",
+        f"Namespace `{NAMESPACE}`; the EMF metrics ride on each invocation's `invocation.done` "
+        "line (a line of their own per period on Managed Instances, and at SHUTDOWN).",
         "",
         "| Metric | Unit | Statistic | Dimensions | Meaning |",
         "|---|---|---|---|---|",

@@ -189,12 +189,11 @@ class LogParser:
             if line.timestamp_ms is not None:
                 self.spill_ts_ms.append(line.timestamp_ms)
             return []
-        if "_aws" in entry:
+        if "_aws" in entry:  # an EMF line, or a log line carrying its metrics
             self.emf_lines += 1
             for count, name in EMF_NAMES.items():
                 if isinstance(entry.get(name), int | float):
                     self.emf[count] = self.emf.get(count, 0) + int(entry[name])
-            return []
         if entry.get("logger") != LOGGER_NAME:
             return []  # the function's own JSON output
         return self._relay(entry, line)
