@@ -12,7 +12,7 @@ import fcntl
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +67,11 @@ class Broker:
         self, topic: str, *, expected: int | None = None, timeout: float = 10.0
     ) -> list[ConsumedRecord]:
         return read_topic(self.bootstrap, topic, expected=expected, timeout=timeout)
+
+    def read_ids(self, topic: str, ids: Collection[str], *,
+                 timeout: float = 10.0) -> list[ConsumedRecord]:
+        """Read until every one of ``ids`` arrived, duplicates included (at-least-once)."""
+        return read_topic(self.bootstrap, topic, ids=ids, timeout=timeout)
 
 
 @dataclass(frozen=True)
