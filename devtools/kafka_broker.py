@@ -260,6 +260,9 @@ def read_topic(
             "group.id": f"kafka-relay-test-{time.monotonic_ns()}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # At the log's end a fetch waits up to this long (500 ms by default) before records
+            # that arrive meanwhile are seen: reading while they arrive stays prompt.
+            "fetch.wait.max.ms": 50,
             **(client_config or {}),
         }
     )
