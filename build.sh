@@ -23,7 +23,7 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
   test           install every pinned dev tool into .venv, run ruff, mypy, the import rules,
                  the docs build (mkdocs --strict) and the default pytest run (all but slow)
                  [--fast: the unit and functional tiers] (KAFKA_RELAY_TEST_WORKERS=N: N
-                 parallel pytest workers, default 2)
+                 parallel pytest workers, default 3)
   build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip,
                  views-functions.zip (views + DuckDB), manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
@@ -172,9 +172,9 @@ case "$cmd" in
       fi
     done
     run_checks
-    # Two workers: most broker and sandbox tests wait rather than compute. A module stays on
-    # one worker, so its module fixtures (builds, installs) run once.
-    workers="${KAFKA_RELAY_TEST_WORKERS:-2}"
+    # Three workers on two cores: most broker and sandbox tests wait rather than compute. A
+    # module stays on one worker, so its module fixtures (builds, installs) run once.
+    workers="${KAFKA_RELAY_TEST_WORKERS:-3}"
     echo "==> pytest -m \"$tiers\" ($workers workers)"
     "$PY" -m pytest -m "$tiers" -n "$workers" --dist loadfile ${args[@]+"${args[@]}"}
     ;;
