@@ -175,8 +175,10 @@ def test_an_unreachable_broker_does_not_hold_init_the_probe_stops_at_the_transpo
     nobody = Broker(f"127.0.0.1:{free_port()}")  # nothing listens there
     with _sandbox(artifacts, nobody, "t", KAFKA_RELAY_INIT_PROBE_MS="10000") as sandbox:
         sandbox.start()
-        lines = sandbox.log_lines()
         sandbox.shutdown("spindown")
+        # After the shutdown: the extension's output is read on a thread, and its last init
+        # lines may not have been read yet when start() returns.
+        lines = sandbox.log_lines()
     (unreachable,) = events_named(lines, "init.broker_unreachable")
     assert unreachable["probe_ended_by"] == "transport_error"
     (ready,) = events_named(lines, "init.ready")
