@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from devtools.service import Service
+from kafka_relay.protocol import ID_HEADER
 
 #: Set to ``host:port`` to run the suite against an existing Kafka/Redpanda.
 EXTERNAL_BOOTSTRAP_ENV = "KAFKA_RELAY_TEST_BOOTSTRAP"
@@ -241,14 +242,17 @@ def read_topic(
     topic: str,
     *,
     expected: int | None = None,
+    ids: Collection[str] | None = None,
     timeout: float = 10.0,
     idle: float = 1.0,
     client_config: Mapping[str, str | int | float | bool] | None = None,
 ) -> list[ConsumedRecord]:
     """Everything on ``topic`` from the beginning, via ``assign()`` (no group join wait).
 
-    Stops when ``expected`` records were read, or after ``idle`` seconds with
-    nothing new once the end was reached, or at ``timeout``.
+    Stops when ``expected`` records were read, or once every one of ``ids`` (x-relay-id) was
+    read — delivery is at-least-once, so a count alone can be reached by duplicates before
+    the last records arrive — or after ``idle`` seconds with nothing new once the end was
+    reached, or at ``timeout``.
     """
     consumer = Consumer(
         {
@@ -256,6 +260,9 @@ def read_topic(
             "group.id": f"kafka-relay-test-{time.monotonic_ns()}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            # At the log's end a fetch waits up to this long (500 ms by default) before records
+            # that arrive meanwhile are seen: reading while they arrive stays prompt.
+            "fetch.wait.max.ms": 50,
             **(client_config or {}),
         }
     )
@@ -269,8 +276,11 @@ def read_topic(
         at_eof: set[int] = set()
         deadline = time.monotonic() + timeout
         last_news = time.monotonic()
+        missing = set(ids) if ids is not None else None
         while time.monotonic() < deadline:
             if expected is not None and len(records) >= expected:
+                break
+            if missing is not None and not missing:
                 break
             if len(at_eof) == len(partitions) and time.monotonic() - last_news > idle:
                 break
@@ -286,17 +296,18 @@ def read_topic(
             at_eof.discard(int(msg.partition() or 0))
             last_news = time.monotonic()
             ts = msg.timestamp()
-            records.append(
-                ConsumedRecord(
-                    topic=topic,
-                    partition=int(msg.partition() or 0),
-                    offset=int(msg.offset() or 0),
-                    key=_as_bytes(msg.key()),
-                    value=_as_bytes(msg.value()),
-                    headers=_headers(msg.headers()),
-                    timestamp_ms=int(ts[1]),
-                )
+            record = ConsumedRecord(
+                topic=topic,
+                partition=int(msg.partition() or 0),
+                offset=int(msg.offset() or 0),
+                key=_as_bytes(msg.key()),
+                value=_as_bytes(msg.value()),
+                headers=_headers(msg.headers()),
+                timestamp_ms=int(ts[1]),
             )
+            records.append(record)
+            if missing is not None:
+                missing.discard(record.headers.get(ID_HEADER, b"").decode())
         return records
     finally:
         consumer.close()

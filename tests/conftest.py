@@ -12,7 +12,7 @@ import fcntl
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,8 @@ from devtools.kafka_broker import (
     read_topic,
 )
 from devtools.moto_server import MotoServer
+from layer_build.build import BuildConfig, Builder
+from layer_build.manifest import FUNCTION_FILE_NAME, VIEWS_FILE_NAME, layer_file_name
 
 TIERS = ("unit", "functional", "integration", "e2e")
 #: Fixtures only the broker tiers may use: a fast tier never waits for Kafka.
@@ -68,39 +70,51 @@ class Broker:
     ) -> list[ConsumedRecord]:
         return read_topic(self.bootstrap, topic, expected=expected, timeout=timeout)
 
+    def read_ids(self, topic: str, ids: Collection[str], *,
+                 timeout: float = 10.0) -> list[ConsumedRecord]:
+        """Read until every one of ``ids`` arrived, duplicates included (at-least-once)."""
+        return read_topic(self.bootstrap, topic, ids=ids, timeout=timeout)
+
 
 @dataclass(frozen=True)
 class Artifacts:
     layer: Path
     functions: Path
-    views: Path  # the views functions' zip (with DuckDB)
+
+
+def _built_once(factory: pytest.TempPathFactory, name: str,
+                make: Callable[[Builder], object]) -> Path:
+    """``name`` built for x86_64 and this interpreter into the run's dist/ by ``make``, once
+    per run: parallel workers share the run's temporary directory, the first builds under a
+    lock (one per artifact) and the others find the file (written atomically)."""
+    run_dir = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent  # each worker's basetemp sits in the run's
+    out = run_dir / "dist"
+    with open(run_dir / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / name).is_file():
+            version = f"{sys.version_info.major}.{sys.version_info.minor}"
+            make(Builder(BuildConfig(out=out, arches=("x86_64",), python_versions=(version,)),
+                         log=lambda _line: None))
+    return out / name
 
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
-    """The built x86_64 layer and function zips for this interpreter: tests run the artifacts.
+    """The built x86_64 layer and producer functions' zip for this interpreter: tests run the
+    artifacts."""
+    return Artifacts(
+        layer=_built_once(tmp_path_factory, layer_file_name("x86_64"),
+                          lambda builder: builder.layer("x86_64")),
+        functions=_built_once(tmp_path_factory, FUNCTION_FILE_NAME, Builder.function))
 
-    Built once per run: parallel workers share the run's temporary directory, the first
-    builds under a lock and the others load its manifest.
-    """
-    from layer_build.build import BuildConfig, build  # noqa: PLC0415 - only e2e tests need it
-    from layer_build.manifest import MANIFEST_NAME, Manifest  # noqa: PLC0415
 
-    run_dir = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        run_dir = run_dir.parent  # each worker's basetemp sits in the run's
-    out = run_dir / "dist"
-    with open(run_dir / "dist.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (out / MANIFEST_NAME).exists():
-            manifest = Manifest.load(out)
-        else:
-            version = f"{sys.version_info.major}.{sys.version_info.minor}"
-            manifest = build(BuildConfig(out=out, arches=("x86_64",),
-                                         python_versions=(version,)), log=lambda _line: None)
-    return Artifacts(layer=out / manifest.layer("x86_64").file,
-                     functions=out / manifest.function().file,
-                     views=out / manifest.views().file)
+@pytest.fixture(scope="session")
+def views_functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built views functions' zip (with DuckDB): apart from ``artifacts``, so the tests
+    that never run the views do not wait for its compression."""
+    return _built_once(tmp_path_factory, VIEWS_FILE_NAME, Builder.views)
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,11 @@ from tests.conftest import Artifacts
 
 
 def test_the_demo_delivers_everything_and_keeps_each_full_log(
-    artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    artifacts: Artifacts, views_functions: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     code = demo.main(["--layer", str(artifacts.layer), "--functions", str(artifacts.functions),
-                      "--views-functions", str(artifacts.views),
+                      "--views-functions", str(views_functions),
                       "--log-dir", str(tmp_path), "--invocations", "2"], env={})
 
     out = capsys.readouterr().out
@@ -34,12 +35,13 @@ def test_the_demo_delivers_everything_and_keeps_each_full_log(
 
 
 def test_an_unreachable_cluster_is_one_line_naming_the_settings(
-    artifacts: Artifacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    artifacts: Artifacts, views_functions: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     unreachable = f"127.0.0.1:{free_port()}"
 
     code = demo.main(["--layer", str(artifacts.layer), "--functions", str(artifacts.functions),
-                      "--views-functions", str(artifacts.views),
+                      "--views-functions", str(views_functions),
                       "--log-dir", str(tmp_path), "--bootstrap", unreachable,
                       "--connect-timeout", "2"], env={})
 

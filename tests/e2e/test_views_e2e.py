@@ -4,6 +4,7 @@ functions in the sandbox -> DynamoDB and S3 on moto -> served answers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -34,7 +35,8 @@ def _produce_prices(artifacts: Artifacts, broker: Broker, topic: str) -> None:
 
 
 def test_relayed_prices_become_views_that_both_layers_agree_on(
-    artifacts: Artifacts, broker: Broker, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+    artifacts: Artifacts, views_functions: Path, broker: Broker, moto: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     use_moto(moto, monkeypatch)
     prices, feeds = broker.create_topic(partitions=2), broker.create_topic()
@@ -47,7 +49,7 @@ def test_relayed_prices_become_views_that_both_layers_agree_on(
               (json.loads(r.value or b"") for r in on_topic if r.value != b"\xff not a price")}
     assert len(on_topic) > len(points) + 1  # the resend doubled the window
 
-    run = run_views(broker.bootstrap, artifacts.views, moto, topics=(prices, feeds),
+    run = run_views(broker.bootstrap, views_functions, moto, topics=(prices, feeds),
                     markets=2)
 
     assert run.problems == []
