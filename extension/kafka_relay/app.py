@@ -21,7 +21,7 @@ from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.telemetry import TelemetryReceiver, subscribe
 from kafka_relay.modes.mode import Mode, mode_for
-from kafka_relay.observability.log import JsonLogger, librdkafka_logger
+from kafka_relay.observability.log import JsonLogger, LibrdkafkaLog
 from kafka_relay.producer.classify import describe, is_auth_failure
 from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.spill.sinks import SpillChain
@@ -58,7 +58,7 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
 
     # A configuration librdkafka refuses is a ConfigError from the factory.
     make_producer = ProducerFactory(config, error_cb=on_client_error,
-                                    logger=librdkafka_logger(logger))
+                                    logger=LibrdkafkaLog(logger))
     spill = SpillChain.from_config(config, logger)
     kind = mode_for(events, config)
     engine = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger,

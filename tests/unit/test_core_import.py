@@ -36,6 +36,23 @@ def test_the_core_loads_without_asyncio_and_exports_cimpl_names() -> None:
     assert out.split() == ["False", "True", "True", "True", "True", "ClusterMetadata"]
 
 
+def test_the_admin_package_carries_the_metadata_classes_until_another_name_is_asked_for(
+) -> None:
+    out = _run(
+        "import sys\n"
+        "from kafka_relay.producer.core_import import import_core\n"
+        "import_core()\n"
+        "import confluent_kafka.admin as admin\n"
+        "from confluent_kafka.admin import _metadata\n"
+        "print(admin.TopicMetadata is _metadata.TopicMetadata,\n"
+        "      'concurrent.futures' in sys.modules)\n"
+        "from confluent_kafka.admin import AdminClient, ConfigResource\n"
+        "print(AdminClient.__module__, ConfigResource.__name__,\n"
+        "      'concurrent.futures' in sys.modules, hasattr(admin, 'NoSuchName'))\n")
+    assert out.split() == ["True", "False", "confluent_kafka.admin", "ConfigResource", "True",
+                           "False"]
+
+
 def test_a_package_already_imported_is_returned_as_it_is() -> None:
     import confluent_kafka  # noqa: PLC0415
 

@@ -4,18 +4,23 @@ The package ``__init__`` imports its consumers' serde helpers, which import ``as
 ~35 ms of CPU before the extension is ready, for code a producer never runs. The extension
 process uses only what ``cimpl`` defines (``Producer``, ``KafkaError``, ``KafkaException``),
 so it registers a bare package carrying the names of ``cimpl`` and ``_model`` (what the
-package's own submodules import from it: ``list_topics`` loads ``confluent_kafka.admin``);
-``from confluent_kafka import Producer`` then works unchanged. Only the extension process
-does this: a handler's ``import confluent_kafka`` is untouched.
+package's own submodules import from it); ``from confluent_kafka import Producer`` then
+works unchanged. ``Producer.list_topics()`` (the init probe) builds its answer from
+``confluent_kafka.admin``'s metadata classes: that package is registered bare too, with
+those classes only (its ``__init__`` loads every admin type and ``concurrent.futures``, ~4 ms),
+and runs its ``__init__`` in place the first time any other name is asked for. Only the
+extension process does this: a handler's ``import confluent_kafka`` is untouched.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 PACKAGE = "confluent_kafka"
+ADMIN = f"{PACKAGE}.admin"
 
 
 def import_core() -> ModuleType:
@@ -26,8 +31,7 @@ def import_core() -> ModuleType:
     spec = importlib.util.find_spec(PACKAGE)  # locates the package without running it
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"No module named {PACKAGE!r}", name=PACKAGE)
-    package = importlib.util.module_from_spec(spec)  # created, not executed
-    sys.modules[PACKAGE] = package
+    package = _bare(spec)
     try:
         # Submodules of the bare package: its __init__ does not run.
         from confluent_kafka import _model, cimpl  # noqa: PLC0415
@@ -35,8 +39,43 @@ def import_core() -> ModuleType:
         for name in [name for name in sys.modules if name.split(".")[0] == PACKAGE]:
             del sys.modules[name]
         raise
-    for core in (_model, cimpl):  # the package's own order
-        for attr, value in vars(core).items():
+    _carry(package, _model, cimpl)  # the package's own order
+    _bare_admin()
+    return package
+
+
+def _bare(spec: ModuleSpec) -> ModuleType:
+    """The package of ``spec`` created and registered, its ``__init__`` not run."""
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    parent, _, child = spec.name.rpartition(".")
+    if parent:  # as the import system does for a submodule
+        setattr(sys.modules[parent], child, module)
+    return module
+
+
+def _carry(package: ModuleType, *modules: ModuleType) -> None:
+    for module in modules:
+        for attr, value in vars(module).items():
             if not attr.startswith("_"):
                 setattr(package, attr, value)
-    return package
+
+
+def _bare_admin() -> None:
+    """``confluent_kafka.admin`` with the classes ``list_topics()`` returns; its ``__init__``
+    runs (in place) when another name is first asked for."""
+    spec = importlib.util.find_spec(ADMIN)
+    if spec is None or spec.loader is None:
+        return  # list_topics() will say so, as it would have
+    loader = spec.loader
+    admin = _bare(spec)
+    from confluent_kafka.admin import _metadata  # noqa: PLC0415
+
+    _carry(admin, _metadata)
+
+    def complete(name: str) -> object:
+        del admin.__getattr__
+        loader.exec_module(admin)
+        return getattr(admin, name)
+
+    admin.__getattr__ = complete  # type: ignore[method-assign]  # PEP 562
