@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
@@ -31,15 +30,18 @@ _UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
                           KafkaError._RESOLVE})
 
 
-@dataclass
 class Parts:
     """The assembled extension: what ``__main__`` runs and tests inspect."""
 
-    config: Config
-    engine: DeliveryEngine
-    server: HandoffServer
-    mode: Mode
-    logger: JsonLogger
+    __slots__ = ("config", "engine", "logger", "mode", "server")
+
+    def __init__(self, *, config: Config, engine: DeliveryEngine, server: HandoffServer,
+                 mode: Mode, logger: JsonLogger) -> None:
+        self.config = config
+        self.engine = engine
+        self.server = server
+        self.mode = mode
+        self.logger = logger
 
 
 def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
