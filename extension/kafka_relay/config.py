@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from kafka_relay import aws_lambda
@@ -70,8 +70,9 @@ EXTENSION_SHUTDOWN_MS = SHUTDOWN_PHASE_MS - RUNTIME_SHUTDOWN_SHARE_MS
 # One table: load_config reads each variable through its entry (name, aliases, default,
 # bounds), and the documentation's configuration reference is rendered from it, so the two
 # cannot drift apart.
-# The small value classes here are NamedTuples, not dataclasses: a frozen dataclass costs
-# ~0.4 ms of CPU to create at import, every cold start (docs/cost.md, "Cold start").
+# The value classes here are NamedTuples, not dataclasses: a frozen dataclass costs ~0.4 ms
+# of CPU to create at import, and ``dataclasses`` (with ``inspect``) ~6 ms to import, at every
+# cold start (docs/cost.md, "Cold start").
 
 
 class Variable(NamedTuple):
@@ -291,20 +292,22 @@ class AwsCredentials(NamedTuple):
 
 
 _AUTO = FlushStrategy(FlushMode.AUTO)
+_NO_OVERRIDES: Mapping[str, str] = MappingProxyType({})
+# Never in a repr: a Config may be logged or shown in a traceback.
+_SECRET_FIELDS = frozenset({"api_key", "api_secret", "token"})
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     bootstrap_servers: str
     default_topic: str | None = None
     dlq_topic: str | None = None
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     auth: str = "none"  # one of AUTH_MODES, resolved (KAFKA_AUTH or derived)
-    api_key: str | None = field(default=None, repr=False)
-    api_secret: str | None = field(default=None, repr=False)
+    api_key: str | None = None
+    api_secret: str | None = None
     secret_arn: str | None = None
-    producer_overrides: Mapping[str, str] = field(default_factory=dict)
+    producer_overrides: Mapping[str, str] = _NO_OVERRIDES
     flush: FlushStrategy = _AUTO
     flush_budget_ms: int = 10_000
     # ``auto``: no record waits longer than this (plus one freeze) because a flush was deferred
@@ -312,7 +315,7 @@ class Config:
     shutdown_margin_ms: int = 300
     init_probe_ms: int = 3_000
     port: int = DEFAULT_PORT
-    token: str | None = field(default=None, repr=False)
+    token: str | None = None
     # 0: derived from the spill rate and the function's memory (delivery/budget.py)
     max_buffer_records: int = 0
     max_buffer_bytes: int = 0
@@ -344,6 +347,12 @@ class Config:
     def dlq_for(self, topic: str) -> str:
         """Where a record of ``topic`` is dead-lettered."""
         return self.dlq_topic or f"dlq.{topic}"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self,
+                                                                     strict=True)
+                          if name not in _SECRET_FIELDS)
+        return f"Config({shown})"
 
 
 def _text(env: Mapping[str, str], *names: str) -> str | None:
@@ -475,7 +484,7 @@ def producer_overrides(env: Mapping[str, str]) -> dict[str, str]:
 
 def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
     """Resolve the configuration once. ``explicit`` keyword arguments win over ``env``."""
-    unknown = set(explicit) - {f.name for f in fields(Config)}
+    unknown = set(explicit) - set(Config._fields)
     if unknown:
         raise TypeError(f"unknown Config fields: {sorted(unknown)}")
 
@@ -532,7 +541,7 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         region=auth.region,
         mode_hint=LambdaMode(aws_lambda.mode_hint(env)),
     )
-    return replace(resolved, **explicit) if explicit else resolved
+    return resolved._replace(**explicit) if explicit else resolved
 
 
 # -- authentication ----------------------------------------------------------------------
