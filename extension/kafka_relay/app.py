@@ -22,6 +22,7 @@ from kafka_relay.lifecycle.telemetry import TelemetryReceiver, subscribe
 from kafka_relay.modes.mode import Mode, mode_for
 from kafka_relay.observability.log import JsonLogger, LibrdkafkaLog
 from kafka_relay.producer.classify import describe, is_auth_failure
+from kafka_relay.producer.credentials import on_thaw
 from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.spill.sinks import SpillChain
 
@@ -65,7 +66,7 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
     kind = mode_for(events, config)
     engine = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger,
                             defer_producer=kind.defers_producer,
-                            on_thaw=make_producer.credentials.thaw_check(logger))
+                            on_thaw=on_thaw(make_producer.credentials, logger))
     mode = kind(config, engine, logger)
     if not kind.defers_producer:  # SnapStart: no producer, no probe before the snapshot
         engine.start()
