@@ -19,8 +19,8 @@ only means not waiting for their acknowledgements before /next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import NamedTuple
 
 from kafka_relay.config import FlushMode, FlushStrategy
 from kafka_relay.lifecycle.breaker import PROBE_BUDGET_MS, Breaker
@@ -42,8 +42,7 @@ class Moment(str, Enum):
     SHUTDOWN = "shutdown"
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(NamedTuple):
     """What the rest of the extension reports at a decision point (plain data)."""
 
     pending: int = 0  # unsettled records
@@ -53,8 +52,7 @@ class Observed:
     stopped: str | None = None  # delivery stopped for good (the pump died): why
 
 
-@dataclass(frozen=True)
-class Arrivals:
+class Arrivals(NamedTuple):
     """The INVOKE inter-arrival model of this environment."""
 
     invocations: int = 0
@@ -79,17 +77,16 @@ class Arrivals:
         return self.gap_ms + _DEVIATIONS * self.gap_dev_ms
 
 
-@dataclass(frozen=True)
-class FlushState:
+class FlushState(NamedTuple):
     arrivals: Arrivals = Arrivals()
     last_flush_ms: int = 0
-    breaker: Breaker = field(default_factory=Breaker)
+    breaker: Breaker = Breaker()
 
     def arrived(self, now_ms: int) -> FlushState:
-        return replace(self, arrivals=self.arrivals.arrived(now_ms))
+        return self._replace(arrivals=self.arrivals.arrived(now_ms))
 
     def observe(self, observed: Observed) -> FlushState:
-        return replace(self, breaker=self.breaker.observe(observed.settled))
+        return self._replace(breaker=self.breaker.observe(observed.settled))
 
     def flushed(self, now_ms: int, *, remaining: int, settled_during: int, settled: int,
                 probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> FlushState:
@@ -100,11 +97,10 @@ class FlushState:
         if remaining > 0 and settled_during == 0 and (probe or budget_ms >= PROBE_BUDGET_MS):
             breaker = breaker.probed(now_ms) if probe and breaker.open else (
                 breaker if breaker.open else breaker.trip(now_ms, settled))
-        return replace(self, last_flush_ms=now_ms, breaker=breaker)
+        return self._replace(last_flush_ms=now_ms, breaker=breaker)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     wait_for_handler: bool
     flush: bool
     reason: str
@@ -140,12 +136,12 @@ def _auto(arrivals: Arrivals, observed: Observed, *, moment: Moment,
     flush = Decision(moment is Moment.INVOKE, moment is Moment.HANDLER_DONE, "")
     predicted = arrivals.predicted_gap_ms()
     if arrivals.invocations < WARMUP_INVOCATIONS or predicted is None:
-        return replace(flush, reason=f"warming up ({arrivals.invocations} invocations)")
+        return flush._replace(reason=f"warming up ({arrivals.invocations} invocations)")
     if not observed.broker_up:
-        return replace(flush, reason="no delivery confirmed yet")
+        return flush._replace(reason="no delivery confirmed yet")
     if predicted > _GAP_SHARE * max_latency_ms:
-        return replace(flush, reason=f"sparse: next invoke predicted in {predicted:.0f} ms")
+        return flush._replace(reason=f"sparse: next invoke predicted in {predicted:.0f} ms")
     if observed.oldest_pending_ms + predicted > max_latency_ms:
-        return replace(flush, reason=f"oldest record {observed.oldest_pending_ms} ms old")
+        return flush._replace(reason=f"oldest record {observed.oldest_pending_ms} ms old")
     return Decision(False, False, f"deferred: next invoke predicted in {predicted:.0f} ms",
                     deferred=True)
