@@ -3,19 +3,21 @@
 The package ``__init__`` imports its consumers' serde helpers, which import ``asyncio``:
 ~35 ms of CPU before the extension is ready, for code a producer never runs. The extension
 process uses only what ``cimpl`` defines (``Producer``, ``KafkaError``, ``KafkaException``),
-so it registers a bare package carrying the names of ``cimpl`` and ``_model`` (what the
-package's own submodules import from it); ``from confluent_kafka import Producer`` then
-works unchanged. ``Producer.list_topics()`` (the init probe) builds its answer from
-``confluent_kafka.admin``'s metadata classes: that package is registered bare too, with
-those classes only (its ``__init__`` loads every admin type and ``concurrent.futures``, ~4 ms),
-and runs its ``__init__`` in place the first time any other name is asked for. Only the
-extension process does this: a handler's ``import confluent_kafka`` is untouched.
+so it registers a bare package carrying the names of ``cimpl``; ``from confluent_kafka import
+Producer`` then works unchanged, and the first name it lacks loads ``_model``'s (the admin
+and consumer types the package's own submodules import from it; ~2 ms). ``list_topics()``
+(the init probe) builds its answer from ``confluent_kafka.admin``'s metadata classes: that
+package is registered bare too, with those classes only (its ``__init__`` loads every admin
+type and ``concurrent.futures``, ~4 ms), and runs its ``__init__`` in place the first time
+any other name is asked for. Only the extension process does this: a handler's ``import
+confluent_kafka`` is untouched.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
@@ -34,12 +36,19 @@ def import_core() -> ModuleType:
     package = _bare(spec)
     try:
         # Submodules of the bare package: its __init__ does not run.
-        from confluent_kafka import _model, cimpl  # noqa: PLC0415
+        from confluent_kafka import cimpl  # noqa: PLC0415
     except BaseException:
         for name in [name for name in sys.modules if name.split(".")[0] == PACKAGE]:
             del sys.modules[name]
         raise
-    _carry(package, _model, cimpl)  # the package's own order
+    _carry(package, cimpl)
+
+    def model() -> None:
+        from confluent_kafka import _model  # noqa: PLC0415
+
+        _carry(package, _model, keep=True)  # cimpl's names win, as in the package's order
+
+    _complete_on_demand(package, model)
     _bare_admin()
     return package
 
@@ -54,11 +63,22 @@ def _bare(spec: ModuleSpec) -> ModuleType:
     return module
 
 
-def _carry(package: ModuleType, *modules: ModuleType) -> None:
-    for module in modules:
-        for attr, value in vars(module).items():
-            if not attr.startswith("_"):
-                setattr(package, attr, value)
+def _carry(package: ModuleType, module: ModuleType, *, keep: bool = False) -> None:
+    """``module``'s public names on ``package`` (``keep``: not over names it has)."""
+    for attr, value in vars(module).items():
+        if not attr.startswith("_") and not (keep and hasattr(package, attr)):
+            setattr(package, attr, value)
+
+
+def _complete_on_demand(module: ModuleType, complete: Callable[[], None]) -> None:
+    """The first name ``module`` lacks runs ``complete`` (once), then is looked up again."""
+
+    def lacking(name: str) -> object:
+        del module.__getattr__
+        complete()
+        return getattr(module, name)
+
+    module.__getattr__ = lacking  # type: ignore[method-assign]  # PEP 562
 
 
 def _bare_admin() -> None:
@@ -72,10 +92,4 @@ def _bare_admin() -> None:
     from confluent_kafka.admin import _metadata  # noqa: PLC0415
 
     _carry(admin, _metadata)
-
-    def complete(name: str) -> object:
-        del admin.__getattr__
-        loader.exec_module(admin)
-        return getattr(admin, name)
-
-    admin.__getattr__ = complete  # type: ignore[method-assign]  # PEP 562
+    _complete_on_demand(admin, lambda: loader.exec_module(admin))
