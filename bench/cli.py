@@ -18,7 +18,15 @@ from typing import TextIO
 
 from bench.coldstart import run_init
 from bench.extension import run_drain, run_handoff
-from bench.infra import REPO_ROOT, BenchError, layer_sizes, network, prepare_layers
+from bench.infra import (
+    REPO_ROOT,
+    BenchError,
+    delay_source,
+    layer_sizes,
+    network,
+    prepare_layers,
+    probe_netem,
+)
 from bench.invocations import CASE_NAMES, CASES, Workload, run_grid
 from bench.model import BenchResults
 from bench.outage import run_outage
@@ -113,6 +121,9 @@ def run(args: argparse.Namespace, workdir: Path) -> BenchResults:
         return results
     layers = prepare_layers(args.dist / "kafka-relay-layer-x86_64.zip", workdir)
     cases = [c for c in CASES if c.name in wanted]
+    delay = delay_source(probe_netem())
+    results.options["rtt_delay"] = delay
+    _say(f"round-trip delay to the broker: {delay}")
     with network() as net:
         if cases:
             _say(f"invocations at {args.memory} MB x {args.rtt} ms RTT: "

@@ -3,8 +3,10 @@ the extension's log lines and its process in /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,6 +50,46 @@ class Delivery:
         found = set(mine)
         return cls(expected=len(expected), found=len(found), lost=len(expected - found),
                    duplicates=len(mine) - len(found))
+
+
+# How the round trip to the broker is delayed. The field's latency belongs in the kernel
+# (``tc netem``), where it costs the measured processes no CPU; but on loopback it would also
+# delay the handler's handoff and the Runtime API, so it needs the broker in a network
+# namespace of its own behind a veth pair with netem on it. That path is not built: the
+# machines the bench runs on so far have no netem qdisc (``probe_netem`` says why), and it
+# cannot be tested without one. The userspace proxy adds the delay instead: an asyncio
+# thread in the bench's own process, outside the sandbox's CPU quota but on the same cores.
+PROXY_DELAY = "userspace proxy (devtools/faultproxy.py)"
+
+
+def probe_netem() -> str | None:
+    """None when ``tc netem`` works inside a network namespace created here (then deleted),
+    else why not (no ``ip``/``tc``, no privilege, no netem qdisc in the kernel)."""
+    name = f"kafka-relay-bench-{os.getpid()}"
+    steps = (["ip", "netns", "add", name],
+             ["ip", "-n", name, "link", "set", "lo", "up"],
+             ["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
+              "delay", "1ms"])
+    try:
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=10, check=False)
+            if done.returncode != 0:
+                return f"{' '.join(step)}: {done.stderr.strip() or f'exit {done.returncode}'}"
+        return None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    finally:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10,
+                           check=False)
+
+
+def delay_source(netem_problem: str | None) -> str:
+    """What delivers the bench's RTT, for its output."""
+    if netem_problem is None:
+        return (f"{PROXY_DELAY}: netem works in a namespace here, but the broker-namespace "
+                "path is not built (see bench/infra.py)")
+    return f"{PROXY_DELAY}: kernel netem unavailable ({netem_problem})"
 
 
 class Network:

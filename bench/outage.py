@@ -5,7 +5,9 @@ The extension runs its default flush mode (``auto`` where the build has it, else
 ``end``). Billed overhead is each invocation's billed time minus the median of the
 invocations before the outage; the target is about the invocations after the
 first one that met the outage. Afterwards every record of every invocation whose
-records were accepted must be on the topic.
+records were accepted must be on the topic. An invocation whose records the extension
+refused (its buffer full while Kafka is away: ``RelayBusy``, nothing accepted) is counted
+and reported, as a handler that keeps such records itself would.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.infra import BenchError, Layers, Network, sandbox, start_or_unsupported
 from bench.invocations import FLUSH
@@ -25,7 +28,11 @@ from devtools.sandbox import Sandbox
 from kafka_relay.tools.table import events_named
 
 BEFORE = 5  # invocations measured before the outage (its baseline)
-AFTER = 5  # invocations after the broker is back
+AFTER = 5  # invocations after the broker is back, at least
+# After them, invocations go on (as a live function's would) until the outage's backlog is
+# delivered (the extension holds back no more than those invocations' records), at most this
+# long: SHUTDOWN right after the outage would spill the backlog, not deliver it.
+RECOVERY_S = 60.0
 MAX_INVOCATIONS = 10_000  # bound on the invocations during the outage
 
 
@@ -41,6 +48,8 @@ class OutageResult:
     records: int
     lost: int
     unaccounted: int
+    refused: int = 0  # invocations whose records the extension refused (RelayBusy)
+    refusal: str = ""  # the last refusal's words
 
     @property
     def overhead_after_first_ms(self) -> float | None:
@@ -69,6 +78,7 @@ def run_outage(
     topic = net.create_topic(f"outage-{memory_mb}mb")
     run_id = uuid.uuid4().hex[:8]
     sent: list[int] = []
+    refused: list[str] = []  # each refusal's words
     billed: dict[str, list[int]] = {"before": [], "during": [], "after": []}
     flush = "auto"
 
@@ -85,16 +95,20 @@ def run_outage(
             sb = environment()
             sb.start()
 
-        def invoke(phase: str) -> None:
+        def invoke(phase: str) -> dict[str, Any]:
             n = sum(len(v) for v in billed.values())
-            result = sb.invoke({"run": run_id, "n": n, "count": records, "size": 1024})
+            result = sb.invoke({"run": run_id, "n": n, "count": records, "size": 1024,
+                                "refusable": True, "status": phase == "after"})
             payload = result.payload if isinstance(result.payload, dict) else {}
             if result.status != "success":
                 raise BenchError(f"outage: invocation {n} ({phase}) failed: {result.error}; "
                                  f"see {sb.log_path}")
             if payload.get("accepted") == records:
                 sent.append(n)
+            elif payload.get("refused"):
+                refused.append(str(payload["refused"]))
             billed[phase].append(result.billed_ms)
+            return payload
 
         for _ in range(BEFORE):
             invoke("before")
@@ -109,8 +123,12 @@ def run_outage(
                 invoke("during")
         finally:
             back.join()
-        for _ in range(AFTER):
-            invoke("after")
+        recovered = time.monotonic()
+        while True:
+            held = _held(invoke("after")["status"])
+            if len(billed["after"]) >= AFTER and (
+                    held <= AFTER * records or time.monotonic() - recovered > RECOVERY_S):
+                break
         sb.shutdown("spindown")
         summaries = events_named(sb.log_lines(), "shutdown.summary")
         unaccounted = int(summaries[-1].get("unaccounted", 0)) if summaries else records
@@ -121,5 +139,10 @@ def run_outage(
         flush=flush, memory_mb=memory_mb, rtt_ms=rtt_ms, outage_s=outage_s,
         baseline_billed_ms=statistics.median(billed["before"]),
         during_billed_ms=billed["during"], after_billed_ms=billed["after"],
-        records=len(keys), lost=delivery.lost, unaccounted=unaccounted)
+        records=len(keys), lost=delivery.lost, unaccounted=unaccounted,
+        refused=len(refused), refusal=refused[-1] if refused else "")
 
+
+def _held(status: dict[str, Any]) -> int:
+    """Records the extension holds back (in memory and in its outage spool), by /v1/status."""
+    return int(status.get("pending", 0)) + int(status.get("overflow", {}).get("records", 0))

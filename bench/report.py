@@ -115,7 +115,9 @@ def render(results: BenchResults, found: Sequence[Check]) -> str:
                 f"before (median): {o.baseline_billed_ms:g}",
                 f"during ({len(o.during_billed_ms)}): {o.during_billed_ms}",
                 f"after: {o.after_billed_ms}",
-                f"records {o.records:,}, lost {o.lost}, unaccounted {o.unaccounted}"]
+                f"records {o.records:,}, lost {o.lost}, unaccounted {o.unaccounted}",
+                f"refused (RelayBusy, nothing accepted): {o.refused} invocations"
+                + (f", the last: {o.refusal}" if o.refused else "")]
     if results.layer_sizes:
         out += ["", "Layer zip (dist/manifest.json)", ""]
         out += _rows(("arch", "zipped MB", "unzipped MB"),

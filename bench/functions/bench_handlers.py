@@ -109,11 +109,20 @@ if os.environ.get("BENCH_PRODUCER_AT_INIT") == "1":
 
 @client.relay_handler
 def relay_send(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Hand the workload over; ``event["wait"]`` asks for per-record outcomes."""
-    result = client.send(_workload(event), wait=bool(event.get("wait")))
-    reply: dict[str, Any] = {"accepted": result.accepted}
-    if result.outcomes is not None:
-        reply["delivered"] = result.count("delivered")
+    """Hand the workload over; ``event["wait"]`` asks for per-record outcomes.
+    ``event["refusable"]``: a batch the extension refuses (RelayBusy: nothing accepted) is
+    reported, not raised, as a handler that keeps its records itself would."""
+    reply: dict[str, Any]
+    try:
+        result = client.send(_workload(event), wait=bool(event.get("wait")))
+    except client.RelayBusy as exc:
+        if not event.get("refusable"):
+            raise
+        reply = {"accepted": 0, "refused": str(exc)}
+    else:
+        reply = {"accepted": result.accepted}
+        if result.outcomes is not None:
+            reply["delivered"] = result.count("delivered")
     if event.get("status"):
         reply["status"] = client.status()
     return reply

@@ -82,7 +82,8 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
                          flush_strategy=str(config.flush), admit=mode.admit,
                          flush_control=lambda: mode.listener.flush_control,
                          reprobe=lambda timeout_s: engine.reachability.reprobe(
-                             timeout_s, mode.listener.flush_control.get("breaker")))
+                             timeout_s, mode.listener.flush_control.get("breaker")),
+                         broker_gone=engine.reachability.gone)
     try:
         server = HandoffServer(state)
     except RelayError:

@@ -21,7 +21,9 @@ returns per-record outcomes (delivered / dead_lettered / spilled / pending).
   re-sent with the same key after a reset connection or a read timeout; the extension answers
   a repeat with its first answer (same ids).
 - 429 (buffer full) and 507 (the extension cannot write to disk): back off, honouring
-  Retry-After, within the remaining time, then ``RelayBusy`` / ``RelayStorageUnavailable``.
+  Retry-After, for at most 0.8 s (and within the remaining time), then ``RelayBusy`` /
+  ``RelayStorageUnavailable``; at once when Retry-After says room will not come sooner
+  (the extension says so while Kafka is away).
   413 (the batch alone is over a limit): ``BatchTooLarge``, never retried. 503:
   ``RelayShuttingDown``, or ``RelayNotRestored`` before a SnapStart restore. 401: the token
   is wrong.
@@ -103,6 +105,11 @@ _MARGIN_S = 0.2  # kept back from the invocation's remaining time to return the 
 _REPLY_MARGIN_S = 0.25  # wait=True: the extension answers this long before we stop reading
 _MAX_ATTEMPTS = 3  # tries of one request after transport failures (same idempotency key)
 _MAX_BACKOFF_S = 2.0
+# A batch waits at most this long for room (429/507), never past the remaining time: the
+# handler learns within a second that the relay cannot take it, instead of spending its
+# invocation (a buffer full while Kafka is away stays full; the extension then says so with
+# a Retry-After past this, and the client gives up at once).
+_MAX_BUSY_S = 0.8
 _MAX_IDLE = 8  # kept-alive connections kept per client
 _RETRIED = (429, 507)  # took nothing, may take it later: backed off within the remaining time
 
@@ -332,7 +339,9 @@ class RelayClient:
         """One logical POST: one idempotency key for all its tries (a new one after a 429,
         which took nothing)."""
         body, content_type = _encode(batch, framed=self._framed)
-        deadline = self._clock() + self._budget_s()
+        start = self._clock()
+        deadline = start + self._budget_s()
+        busy_deadline = min(deadline, start + _MAX_BUSY_S)
         key = self._new_key()
         backoff = 0.05
         while True:
@@ -348,17 +357,16 @@ class RelayClient:
             if status not in _RETRIED:
                 return _expect(status, reply, 200 if wait else 202)
             pause = max(backoff, _retry_after_s(reply, headers))
-            if self._clock() + pause > deadline:
+            if self._clock() + pause > busy_deadline:
                 if status == 507:
                     raise RelayStorageUnavailable(
-                        f"kafka-relay could not write to its disk ({reply.get('error')}) for "
-                        "the time this invocation has left; the records were NOT accepted: "
-                        "retry later (it recovers by itself once writing works again)")
+                        f"kafka-relay could not write to its disk ({reply.get('error')}); the "
+                        "records were NOT accepted: retry later (it recovers by itself once "
+                        "writing works again)")
                 raise RelayBusy(
-                    f"kafka-relay's buffer stayed full ({reply.get('error')}) for the time this "
-                    "invocation has left; the records were NOT accepted: retry later, send "
-                    "smaller batches, or raise KAFKA_RELAY_MAX_BUFFER_RECORDS/"
-                    "KAFKA_RELAY_MAX_BUFFER_BYTES"
+                    f"kafka-relay's buffer stayed full ({reply.get('error')}); the records "
+                    "were NOT accepted: retry later, send smaller batches, or raise "
+                    "KAFKA_RELAY_MAX_BUFFER_RECORDS/KAFKA_RELAY_MAX_BUFFER_BYTES"
                 )
             self._sleep(min(pause, _MAX_BACKOFF_S))
             backoff = min(backoff * 2, _MAX_BACKOFF_S)

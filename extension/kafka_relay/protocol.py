@@ -14,7 +14,10 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import mmap
 
 DEFAULT_PORT = 4195
 
@@ -394,7 +397,7 @@ def _frame_headers(headers: Any, index: int) -> list[bytes]:
     return out
 
 
-def decode_frames(body: bytes) -> list[Frame]:
+def decode_frames(body: bytes | mmap.mmap) -> list[Frame]:
     """The records of a framed body. Any inconsistency raises FrameError naming the record:
     lengths are checked against the body before any slice, so no input reads past it."""
     size = len(body)
@@ -446,7 +449,7 @@ def decode_frames(body: bytes) -> list[Frame]:
     return frames
 
 
-def _read_headers(body: bytes, pos: int, count: int,
+def _read_headers(body: bytes | mmap.mmap, pos: int, count: int,
                   index: int) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
     """The headers from ``pos`` on, and the position after them."""
     size = len(body)

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devtools.kafka_broker import free_port
-from kafka_relay.client import _MAX_IDLE, RelayClient, SendResult
+from kafka_relay.client import _MARGIN_S, _MAX_BUSY_S, _MAX_IDLE, RelayClient, SendResult
 from kafka_relay.httpconn import Connection
 from kafka_relay.protocol import (
     IDEMPOTENCY_KEY_HEADER,
@@ -133,22 +135,60 @@ def test_429_backs_off_as_told_then_succeeds_with_a_new_key() -> None:
     assert len(set(keys)) == 3  # a 429 took nothing: the next try is a new request
 
 
-def test_a_buffer_that_stays_full_past_the_remaining_time_is_relay_busy() -> None:
+def _busy_client(relay_port: int, remaining_ms: float) -> tuple[RelayClient, list[float]]:
+    """A client on a fake clock that only sleeps move; the list holds the clock."""
     now = [0.0]
 
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
+    client = RelayClient(env={}, port=relay_port, clock=lambda: now[0], sleep=sleep)
+    client.begin(Context(lambda: remaining_ms - now[0] * 1000))
+    return client, now
+
+
+def test_a_buffer_that_stays_full_is_relay_busy_within_a_second_however_long_is_left() -> None:
     def full(_seen: Seen, _index: int) -> Reply:
-        return Reply(429, {"error": "buffer full (100000 records)", "retry_after_ms": 1000})
+        return Reply(429, {"error": "buffer full (100000 records)", "retry_after_ms": 250})
 
     with fake_relay(full) as relay:
-        client = RelayClient(env={}, port=relay.port, clock=lambda: now[0], sleep=sleep)
-        client.begin(Context(lambda: 3500))
+        client, now = _busy_client(relay.port, remaining_ms=60_000)
         with pytest.raises(RelayBusy, match=r"buffer stayed full.*NOT accepted.*MAX_BUFFER"):
             client.send(RECORDS)
         tries = len(relay.records_requests())
-    assert tries == 4  # at 0, 1, 2 and 3 s; the next pause would pass the 3.3 s budget
+    assert tries == 4  # at 0, 0.25, 0.5 and 0.75 s; the next pause would pass 0.8 s
+    assert now[0] == 0.75
+
+
+def test_a_retry_after_past_the_busy_bound_is_relay_busy_after_one_try() -> None:
+    # The extension's answer while Kafka is away: room will not come within the bound.
+    def gone(_seen: Seen, _index: int) -> Reply:
+        return Reply(429, {"error": "buffer full; Kafka is not answering",
+                           "retry_after_ms": 2000}, {"Retry-After": "2"})
+
+    with fake_relay(gone) as relay:
+        client, now = _busy_client(relay.port, remaining_ms=60_000)
+        with pytest.raises(RelayBusy, match=r"Kafka is not answering"):
+            client.send(RECORDS)
+        tries = len(relay.records_requests())
+    assert (tries, now[0]) == (1, 0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(retry_after_ms=st.integers(min_value=0, max_value=5_000),
+       remaining_ms=st.integers(min_value=300, max_value=900_000))  # > the client's margin
+def test_backing_off_on_a_full_buffer_never_passes_the_bound_or_the_remaining_time(
+    retry_after_ms: int, remaining_ms: int
+) -> None:
+    def full(_seen: Seen, _index: int) -> Reply:
+        return Reply(429, {"error": "buffer full", "retry_after_ms": retry_after_ms})
+
+    with fake_relay(full) as relay:
+        client, now = _busy_client(relay.port, remaining_ms=remaining_ms)
+        with pytest.raises(RelayBusy):
+            client.send(RECORDS)
+        assert len(relay.records_requests()) >= 1
+    assert now[0] <= min(_MAX_BUSY_S, max(0.0, remaining_ms / 1000 - _MARGIN_S))
 
 
 @pytest.mark.parametrize(
@@ -199,7 +239,7 @@ def test_a_disk_that_stays_unwritable_is_backed_off_then_relay_storage_unavailab
         now[0] += seconds
 
     def unwritable(_seen: Seen, _index: int) -> Reply:
-        return Reply(507, {"error": "journal cannot write", "retry_after_ms": 1000,
+        return Reply(507, {"error": "journal cannot write", "retry_after_ms": 300,
                            REFUSAL_FIELD: Refusal.STORAGE.value})
 
     with fake_relay(unwritable) as relay:
@@ -207,7 +247,7 @@ def test_a_disk_that_stays_unwritable_is_backed_off_then_relay_storage_unavailab
         client.begin(Context(lambda: 2500))
         with pytest.raises(RelayStorageUnavailable, match=r"could not write to its disk"):
             client.send(RECORDS)
-        assert len(relay.records_requests()) == 3  # at 0, 1 and 2 s
+        assert len(relay.records_requests()) == 3  # at 0, 0.3 and 0.6 s (then past 0.8 s)
 
 
 def test_a_value_nested_too_deep_for_any_encoder_is_record_rejected_naming_it() -> None:

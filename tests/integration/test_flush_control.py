@@ -9,9 +9,9 @@ from typing import Any
 
 from devtools.kafka_broker import free_port
 from kafka_relay.handoff.signals import HandlerSignals
-from kafka_relay.lifecycle.breaker import PROBE_BUDGET_MS
+from kafka_relay.lifecycle.breaker import CATCH_UP_BUDGET_MS, PROBE_BUDGET_MS
 from kafka_relay.lifecycle.listener import FlushReport
-from kafka_relay.modes.engine_listener import FIRST_CONTACT_STALL_S, STALL_S
+from kafka_relay.modes.engine_listener import FIRST_CONTACT_STALL_S, GONE_STALL_S, STALL_S
 from tests.conftest import Broker, ProxiedBroker
 from tests.relay_harness import Harness, running_relay
 
@@ -59,7 +59,15 @@ def test_after_a_failed_flush_invocations_skip_the_broker_until_it_answers_again
         assert budgets == [BUDGET_MS]
         assert h.parts.engine.gauge().counts["delivered"] == 5
         proxy.cut()
-        sent += _invoke(h, "first-during", 5)  # bills its budget, then opens the breaker
+        started = time.monotonic()
+        sent += _invoke(h, "first-during", 5)  # gives up early, then opens the breaker
+        took_s = time.monotonic() - started
+        # Refused connections say the broker is gone (not reconnecting): the flush stops
+        # after GONE_STALL_S without progress, not after STALL_S.
+        (stalled,) = h.log_events("flush.stalled")
+        assert stalled["broker_gone"] is True
+        assert GONE_STALL_S * 1000 <= stalled["stalled_ms"] < STALL_S * 1000
+        assert took_s < STALL_S
         assert len(h.log_events("breaker.open")) == 1
         assert h.client.status()["flush_control"]["breaker"]["state"] == "open"
         flushes_when_opened = len(budgets)
@@ -79,8 +87,12 @@ def test_after_a_failed_flush_invocations_skip_the_broker_until_it_answers_again
         assert len(h.log_events("breaker.closed")) == 1
         assert h.client.status()["flush_control"]["breaker"]["state"] == "closed"
         flushes_when_closed = len(budgets)
-        sent += _invoke(h, "closed", 5)
-        assert budgets[flushes_when_closed:] == [BUDGET_MS]  # a normal flush again
+        for n in range(20):  # the outage's backlog leaves in capped flushes, then...
+            sent += _invoke(h, f"closed-{n}", 5)
+            if budgets[-1] == BUDGET_MS:
+                break
+        assert budgets[-1] == BUDGET_MS  # ...a normal flush again
+        assert set(budgets[flushes_when_closed:-1]) <= {CATCH_UP_BUDGET_MS}
         deadline = time.monotonic() + 30
         while h.parts.engine.gauge().pending and time.monotonic() < deadline:
             h.parts.engine.flush(1.0, retry_now=True)
@@ -145,6 +157,7 @@ def test_a_flush_to_a_silent_broker_stops_when_nothing_settles_not_at_its_budget
         # The broker delivered before: half a second of silence is enough, not the 3 s a
         # first contact gets.
         assert STALL_S * 1000 <= stalled["stalled_ms"] < FIRST_CONTACT_STALL_S * 1000
+        assert stalled["broker_gone"] is False  # open connections that say nothing
         assert len(h.log_events("breaker.open")) == 1
         proxy.resume()
         deadline = time.monotonic() + 30

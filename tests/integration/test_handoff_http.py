@@ -21,14 +21,19 @@ from devtools.kafka_broker import free_port
 from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, FlushStrategy
 from kafka_relay.errors import ConfigError, PortInUseError
+from kafka_relay.handoff.body import MAPPED_BODY_BYTES
 from kafka_relay.handoff.server import WAIT_PROBE_S, HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
+    FRAMES_TYPE,
     IDEMPOTENCY_KEY_HEADER,
+    RECORDS_PATH,
     TOKEN_HEADER,
     BatchTooLarge,
     RelayNotRestored,
+    encode_frames,
+    encode_value,
 )
 from kafka_relay.record import IdSource
 from tests.conftest import Broker, ProxiedBroker
@@ -97,11 +102,14 @@ def _second_server(h: Harness, **options: float) -> Iterator[HandoffServer]:
         server.stop()
 
 
+@pytest.mark.parametrize("records", [10, 400], ids=["small", "mapped"])
 def test_a_body_shorter_than_content_length_is_rejected_and_accepts_nothing(
-    broker: Broker, tmp_path: Path
+    broker: Broker, tmp_path: Path, records: int
 ) -> None:
     with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h:
-        body = b"\n".join(json.dumps({"key": f"k{i}", "value": i}).encode() for i in range(10))
+        body = b"\n".join(json.dumps({"key": f"k{i}", "value": "v" * 1024}).encode()
+                          for i in range(records))
+        assert (len(body) >= MAPPED_BODY_BYTES) == (records == 400)
         cut = body[: len(body) // 2]
         head = (f"POST /v1/records HTTP/1.1\r\nHost: x\r\n{TOKEN_HEADER}: {TOKEN}\r\n"
                 f"Content-Type: application/x-ndjson\r\nContent-Length: {len(body)}\r\n\r\n")
@@ -109,6 +117,24 @@ def test_a_body_shorter_than_content_length_is_rejected_and_accepts_nothing(
         assert _status_of(answer) == 400
         assert b"announced" in answer
         assert h.parts.engine.gauge().counts["accepted"] == 0
+
+
+@pytest.mark.parametrize("content_type", ["application/json", FRAMES_TYPE])
+def test_a_body_read_into_its_own_mapping_arrives_byte_identical(
+    broker: Broker, tmp_path: Path, content_type: str
+) -> None:
+    topic = broker.create_topic()
+    items = [{"key": f"k{i}", "value": {"i": i, "pad": "\u00e9" * 700}} for i in range(300)]
+    body = (encode_frames(items) if content_type == FRAMES_TYPE
+            else json.dumps({"records": items}).encode())
+    assert len(body) >= MAPPED_BODY_BYTES
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic) as h:
+        status, answer = _post(h.config.port, RECORDS_PATH, body,
+                               {TOKEN_HEADER: TOKEN, "Content-Type": content_type})
+        assert (status, answer["accepted"]) == (202, 300)
+        got = broker.read(topic, expected=300)
+    assert sorted((r.key, r.value) for r in got) == sorted(
+        (f"k{i}".encode(), encode_value(items[i]["value"])) for i in range(300))
 
 
 def test_a_chunked_body_is_decoded_and_accepted(broker: Broker, tmp_path: Path) -> None:

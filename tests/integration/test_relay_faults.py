@@ -134,6 +134,44 @@ def test_a_256_mb_function_with_a_stalled_broker_answers_429_at_its_limit_and_lo
     assert summary["rejected"] >= 100
 
 
+def test_a_full_buffer_while_connections_to_kafka_fail_is_refused_after_one_try(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, max_buffer_records=100,
+                       spool_max_bytes=0) as h:
+        sent = _invoke(h, "warm", 10)
+        proxy.cut()  # connections close, new ones are refused
+        client = RelayClient(env={}, port=h.config.port, token=TOKEN, timeout_s=30.0)
+        for n in range(3):  # fills the 100 records
+            try:
+                sent += client.send([{"key": f"f{n}-{i}", "value": i} for i in range(45)]).ids
+            except RelayBusy:
+                break
+        deadline = time.monotonic() + 10  # librdkafka retries the connection every second
+        while not h.parts.engine.reachability.gone() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.parts.engine.reachability.gone()
+        rejected = h.parts.engine.gauge().counts["rejected"]
+        started = time.monotonic()
+        with pytest.raises(RelayBusy, match=r"Kafka is not answering.*NOT accepted"):
+            client.send([{"key": "late", "value": i} for i in range(45)])
+        took_s = time.monotonic() - started
+        client.close()
+        # One try, no back-off: the buffer cannot drain while no connection opens.
+        assert h.parts.engine.gauge().counts["rejected"] == rejected + 45
+        assert took_s < 0.4
+        proxy.restore()
+        deadline = time.monotonic() + 30
+        while h.parts.engine.gauge().pending and time.monotonic() < deadline:
+            h.parts.engine.flush(1.0, retry_now=True)
+        assert h.parts.engine.gauge().counts["delivered"] == len(sent)
+        assert not h.parts.engine.reachability.gone()
+    got = broker.read(topic, expected=len(sent), timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
+
+
 def test_a_fenced_producer_is_replaced_and_its_records_resent(
     proxied_broker: ProxiedBroker, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.delivery.ledger import BufferFull, Limits
+from kafka_relay.delivery.pump import in_flight_window
 from kafka_relay.protocol import BrokerState
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.unit.engine_fakes import FakeProducer, Rig, Sent, error_for
@@ -394,15 +395,21 @@ def test_a_watch_reports_each_outcome_and_pending(tmp_path: Path) -> None:
 def test_librdkafka_holds_at_most_the_in_flight_byte_cap_of_a_stalled_backlog(
     tmp_path: Path,
 ) -> None:
-    rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True),
-              limits=Limits(records=100, bytes=100 * 1024 * 1024))
-    rig.engine.accept(rig.records(5, value=b"x" * (3 * 1024 * 1024)))
+    limits = Limits(records=100, bytes=100 * 1024 * 1024)
+    rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True), limits=limits)
+    rig.engine.accept(rig.records(5, value=b"x" * (in_flight_window(limits.bytes) * 3 // 8)))
     rig.step(3)
-    assert len(rig.producer.sent) == 2  # 6 MiB; a third would pass the 8 MiB cap
+    assert len(rig.producer.sent) == 2  # 6/8 of the cap; a third would pass it
     rig.producer.hold = False
     rig.step(4)
     assert rig.counts()["delivered"] == 5
     rig.assert_accounted()
+
+
+def test_the_in_flight_window_is_an_eighth_of_the_buffer_within_its_bounds() -> None:
+    assert in_flight_window(1_989_824) == 248_728  # 256 MB's default buffer
+    assert in_flight_window(100_000) == 128 * 1024
+    assert in_flight_window(10**9) == 8 * 1024 * 1024
 
 
 def test_a_record_larger_than_the_in_flight_cap_still_goes_alone(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kafka_relay.delivery.routing import BACKOFF_CAP_MS, Action, Decision, backoff_ms, route
-from kafka_relay.producer.classify import ErrorKind, classify
+from kafka_relay.producer.classify import ErrorKind, classify, is_connect_failure
 
 MAX = 3
 OVERSIZE = KafkaError.MSG_SIZE_TOO_LARGE
@@ -189,3 +189,22 @@ def test_requeue_and_rebuild_ignore_attempts_path_and_code(failure: Failure) -> 
 ])
 def test_librdkafka_errors_classify_into_kinds(error: KafkaError, kind: ErrorKind) -> None:
     assert classify(error) is kind
+
+
+@pytest.mark.parametrize(("error", "gone"), [
+    # librdkafka's own words (error_cb) for a connection attempt that failed...
+    (KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 "
+                "failed: Connection refused (after 0ms in state CONNECT)"), True),
+    (KafkaError(KafkaError._TRANSPORT, "b-1:9098/1: Connection setup timed out in state "
+                "CONNECT (after 30029ms in state CONNECT)"), True),
+    (KafkaError(KafkaError._RESOLVE, "b-1:9098/bootstrap: Failed to resolve 'b-1:9098'"), True),
+    # ...and for connections that dropped (reopened at once) or other trouble.
+    (KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9092/1: Disconnected (after 1830ms in state "
+                "UP)"), False),
+    (KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"), False),
+    (KafkaError(KafkaError._MSG_TIMED_OUT), False),
+])
+def test_a_failed_connection_attempt_is_told_apart_from_a_dropped_connection(
+    error: KafkaError, gone: bool
+) -> None:
+    assert is_connect_failure(error) is gone

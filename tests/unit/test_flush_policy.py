@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from kafka_relay.config import FlushMode, FlushStrategy
 from kafka_relay.lifecycle.breaker import (
+    CATCH_UP_BUDGET_MS,
     FIRST_PROBE_INTERVAL_MS,
     MAX_PROBE_INTERVAL_MS,
     PROBE_BUDGET_MS,
@@ -258,3 +259,40 @@ def test_the_breaker_closes_once_a_record_settles_after_it_opened() -> None:
     assert not closed.breaker.open
     assert decide(END, closed, IDLE, now_ms=10, moment=Moment.INVOKE,
                   max_latency_ms=BOUND).wait_for_handler
+
+
+def test_after_an_outage_flushes_are_capped_until_the_backlog_is_delivered() -> None:
+    opened = _state(0).flushed(0, remaining=5000, settled_during=0, settled=7, probe=False)
+    closed = opened.observe(Observed(pending=4999, settled=8))
+    assert not closed.breaker.open
+    assert closed.breaker.catching_up
+    backlog = Observed(pending=4999, settled=8, oldest_pending_ms=60_000)
+    for strategy in (AUTO, END, PERIODIC):
+        decision = _decide(strategy, closed, Moment.HANDLER_DONE, backlog, now_ms=5_000)
+        assert decision.flush
+        assert decision.budget_ms == CATCH_UP_BUDGET_MS
+        assert "catching up after an outage" in decision.reason
+    # SHUTDOWN drains with its whole deadline; 'shutdown' never flushes before /next.
+    assert _decide(END, closed, Moment.SHUTDOWN, backlog).budget_ms is None
+    assert not _decide(SHUTDOWN, closed, Moment.HANDLER_DONE, backlog).flush
+    # A capped flush that made progress keeps catching up; once nothing is pending, flushes
+    # get their whole budget again.
+    still = closed.flushed(5_500, remaining=2000, settled_during=2999, settled=3007,
+                           probe=False, budget_ms=CATCH_UP_BUDGET_MS)
+    assert still.breaker.catching_up
+    assert not still.breaker.open
+    caught_up = still.observe(Observed(pending=0, settled=5007))
+    assert not caught_up.breaker.catching_up
+    assert _decide(END, caught_up, Moment.HANDLER_DONE, IDLE).budget_ms is None
+    # The next invocation's records may already be pending when it is seen: a flush that
+    # leaves nothing pending ends the catch-up too.
+    flushed_all = still.flushed(6_000, remaining=0, settled_during=2000, settled=5007,
+                                probe=False, budget_ms=CATCH_UP_BUDGET_MS)
+    assert not flushed_all.breaker.catching_up
+
+
+def test_a_breaker_that_closes_with_nothing_pending_has_nothing_to_catch_up() -> None:
+    opened = _state(0).flushed(0, remaining=5, settled_during=0, settled=7, probe=False)
+    closed = opened.observe(Observed(pending=0, settled=12))
+    assert not closed.breaker.open
+    assert not closed.breaker.catching_up

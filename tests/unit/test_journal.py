@@ -89,10 +89,10 @@ def test_only_fully_settled_segments_go_when_segments_rotate(
     assert len(_segments(tmp_path)) == 2
     ledger = rig.engine._ledger
 
-    ledger.settle(second[0], Outcome.DELIVERED, None)
-    ledger.settle(first[0], Outcome.DELIVERED, None)
+    ledger.settle([second[0]], Outcome.DELIVERED)
+    ledger.settle([first[0]], Outcome.DELIVERED)
     assert len(_segments(tmp_path)) == 2, "one record of each still unsettled"
-    ledger.settle(first[1], Outcome.DELIVERED, None)
+    ledger.settle([first[1]], Outcome.DELIVERED)
     (left,) = _segments(tmp_path)  # the rotated one went
     assert [r.id for r in _read_segment(left)[0]] == ["r3", "r4"]
 

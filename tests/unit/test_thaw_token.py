@@ -57,7 +57,8 @@ def _strategy(clock: Clock, signer: Any) -> MskIam:
 def test_the_pump_runs_the_thaw_check_with_its_producer_before_the_next_batch(
         tmp_path: Path) -> None:
     config = load_config({"KAFKA_BOOTSTRAP_SERVERS": "fake:9092", "KAFKA_TOPIC": "t",
-                          "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool")})
+                          "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
+                          "KAFKA_RELAY_JOURNAL_DIR": str(tmp_path / "journal")})
     logger, _ = _log()
     order: list[str] = []
     producer = FakeProducer()

@@ -126,7 +126,7 @@ class DeliveryEngine:
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, wall_ms=wall_ms,
                          defer_build=defer_producer, on_thaw=on_thaw)
-        self.reachability = Reachability(self, wall_ms=wall_ms)
+        self.reachability = Reachability(self, wall_ms=wall_ms, monotonic=monotonic)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -158,6 +158,7 @@ class DeliveryEngine:
         self.pump.thawed(restored=restored)
 
     def on_client_error(self, error: KafkaError) -> None:
+        self.reachability.note_client_error(error)
         self.pump.on_client_error(error)
 
     def probe(self, timeout_s: float, *,
@@ -191,13 +192,19 @@ class DeliveryEngine:
 
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on."""
+        invocation = self.invocation_id
+        dlq_of: dict[str, str] = {}  # one string per topic, not one per record
         for record in records:
-            record.request_id = record.request_id or self.invocation_id
-            record.dlq_topic = record.dlq_topic or self._config.dlq_for(record.topic)
+            if not record.request_id:
+                record.request_id = invocation
+            if not record.dlq_topic:
+                topic = record.topic
+                dlq = dlq_of.get(topic)
+                if dlq is None:
+                    dlq = dlq_of[topic] = self._config.dlq_for(topic)
+                record.dlq_topic = dlq
         self._refill()
         return self._ledger.accept(records, watch=watch)
-
-
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""

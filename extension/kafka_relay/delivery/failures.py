@@ -44,7 +44,7 @@ class Failures:
                reason: str) -> Decision | None:
         """Route and apply; None when the record had settled already (a late report)."""
         with self._ledger.cond:
-            if not self._ledger.holds(record):
+            if record.id not in self._ledger.unsettled:
                 return None
             if kind is not ErrorKind.REQUEUE:
                 record.last_error = reason

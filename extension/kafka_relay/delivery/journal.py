@@ -213,22 +213,25 @@ class Journal:
         active.unsettled += len(ids)
         self._segment_of.update(dict.fromkeys(ids, active))
 
-    def settled(self, record_id: str) -> None:
-        """A record reached its outcome: its segment goes once none of its records is left."""
-        segment = self._segment_of.pop(record_id, None)
-        if segment is None:
-            return
-        segment.unsettled -= 1
-        if segment.unsettled:
-            return
-        if segment is self._active and self._fd is not None:
-            try:  # one syscall, where a new file would take four
-                os.ftruncate(self._fd, segment.header)
-                segment.size = segment.header
-                return
-            except OSError:
-                self._close_active()
-        self._unlink(segment.path)
+    def settled(self, record_ids: Iterable[str]) -> None:
+        """Records reached their outcome: a segment goes once none of its records is left."""
+        emptied: list[_Segment] = []
+        pop = self._segment_of.pop
+        for record_id in record_ids:
+            segment = pop(record_id, None)
+            if segment is not None:
+                segment.unsettled -= 1
+                if not segment.unsettled:
+                    emptied.append(segment)
+        for segment in emptied:
+            if segment is self._active and self._fd is not None:
+                try:  # one syscall, where a new file would take four
+                    os.ftruncate(self._fd, segment.header)
+                    segment.size = segment.header
+                    continue
+                except OSError:
+                    self._close_active()
+            self._unlink(segment.path)
 
     def _refusal(self) -> str:
         return (f"the crash journal cannot write ({self.error}), so this batch could not be "

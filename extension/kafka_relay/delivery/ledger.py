@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, JournalUnwritable, encode
@@ -75,10 +75,33 @@ _OUTCOME_COUNT = {Outcome.DELIVERED: "delivered", Outcome.DEAD_LETTERED: "dead_l
 
 
 def _tally(outcomes: dict[str, dict[str, int]], records: Iterable[Record], count: str) -> None:
-    """Count ``records`` under ``count`` for the request ids they carry."""
+    """Count ``records`` under ``count`` for the request ids they carry (a batch mostly
+    carries one: counted per run of the same id, not per record)."""
+    request_id: str | None = None
+    run = 0
     for record in records:
-        tally = outcomes.setdefault(record.request_id or NO_REQUEST, {})
-        tally[count] = tally.get(count, 0) + 1
+        if record.request_id != request_id or not run:
+            if run:
+                _add(outcomes, request_id, count, run)
+            request_id, run = record.request_id, 0
+        run += 1
+    if run:
+        _add(outcomes, request_id, count, run)
+
+
+def _add(outcomes: dict[str, dict[str, int]], request_id: str | None, count: str,
+         records: int) -> None:
+    tally = outcomes.setdefault(request_id or NO_REQUEST, {})
+    tally[count] = tally.get(count, 0) + records
+
+
+def _log_outcomes(log: JsonLogger, records: Iterable[Record], count: str,
+                  detail: str | None) -> None:
+    """Each record's place, by id."""
+    for record in records:
+        where = {"delivered": record.topic, "dead_lettered": record.dlq_topic}
+        log.debug("record.outcome", id=record.id, request_id=record.request_id, outcome=count,
+                  where=where.get(count, detail))
 
 
 class Watch:
@@ -159,7 +182,8 @@ class Ledger:
     def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
         """Own all of ``records`` or none (BufferFull). A batch that does not fit in memory, or
         comes while earlier ones wait there, goes to the outage spool (counted ``spooled``)."""
-        size = sum(r.size for r in records)
+        size = sum([r.size for r in records])
+        ids = [r.id for r in records]
         journal, overflow = self._journal, self._overflow
         frame = encode(records) if journal is not None or overflow is not None else None
         with self.cond:
@@ -178,8 +202,7 @@ class Ledger:
                     self.counts.accepted += len(records)
                     if not watch:
                         return None
-                    parked = Watch([r.id for r in records], self, {
-                        r.id: (Outcome.SPILLED, location) for r in records})
+                    parked = Watch(ids, self, dict.fromkeys(ids, (Outcome.SPILLED, location)))
                     return parked
                 if full:
                     raise BufferFull(
@@ -189,7 +212,7 @@ class Ledger:
                         f"(KAFKA_RELAY_MAX_BUFFER_RECORDS), {self.limits.bytes} bytes "
                         "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
                 if frame is not None and journal is not None:
-                    journal.append([r.id for r in records], frame)
+                    journal.append(ids, frame)
             except (SpoolFull, JournalUnwritable) as exc:
                 self.counts.rejected += len(records)
                 raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
@@ -198,12 +221,11 @@ class Ledger:
                 raise
             registered = None
             if watch:
-                registered = Watch([r.id for r in records], self)
-                self._watches.update((i, registered) for i in registered.ids)
-            for record in records:
-                self._unsettled[record.id] = record
-                self._bytes += record.size
-                self.queue.push(record)
+                registered = Watch(ids, self)
+                self._watches.update(dict.fromkeys(ids, registered))
+            self._unsettled.update(zip(ids, records, strict=True))
+            self._bytes += size
+            self.queue.push_all(records)
             self.counts.accepted += len(records)
             _tally(self._outcomes, records, "accepted")
             self.cond.notify_all()
@@ -218,10 +240,9 @@ class Ledger:
                 with contextlib.suppress(JournalUnwritable):
                     self._journal.append([r.id for r in fresh], encode(fresh),
                                          recovered=recovered)
-            for record in fresh:
-                self._unsettled[record.id] = record
-                self._bytes += record.size
-                self.queue.push(record)
+            self._unsettled.update((r.id, r) for r in fresh)
+            self._bytes += sum([r.size for r in fresh])
+            self.queue.push_all(fresh)
             self.counts.restored += len(fresh)
             # Per request, a crashed predecessor's records are "recovered": that environment
             # counted them accepted and never settled them; a spool restore undoes a spool.
@@ -240,39 +261,41 @@ class Ledger:
 
     # -- records out ---------------------------------------------------------------------
 
-    def holds(self, record: Record) -> bool:
-        # No lock: one dict lookup is atomic, and the answer may change right after either way.
-        return record.id in self._unsettled
+    @property
+    def unsettled(self) -> Mapping[str, Record]:
+        """By id. Read without the lock (a lookup is atomic; the answer may change after)."""
+        return self._unsettled
 
-    def settle(self, record: Record, outcome: Outcome, detail: str | None,
-               *, spooled: bool = False, notify: bool = True) -> bool:
-        """``detail``: the error that sent it to the DLQ, or where it was spilled. False when
-        it had settled already (e.g. spilled, then a late delivery report). ``notify=False``:
-        the caller notifies the waiters itself (once per batch, not per record)."""
+    def settle_spilled(self, records: Sequence[Record], result: SpillResult) -> None:
+        self.settle(records, Outcome.SPILLED, result.location, spooled=result.spooled)
+
+    def settle(self, records: Sequence[Record], outcome: Outcome, detail: str | None = None,
+               *, spooled: bool = False) -> int:
+        """Settle those still unsettled, in one lock round and one notify; how many (a late
+        report of a spilled one is no second count). ``detail``: where they were spilled
+        (a dead-lettered record's is its DLQ error)."""
         with self.cond:
-            if self._unsettled.pop(record.id, None) is None:
-                return False
+            pop = self._unsettled.pop
+            settled = [r for r in records if pop(r.id, None) is not None]
+            if not settled:
+                return 0
             if self._journal is not None:
-                self._journal.settled(record.id)
-            self._bytes -= record.size
+                self._journal.settled([r.id for r in settled])
+            self._bytes -= sum([r.size for r in settled])
             count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
-            setattr(self.counts, count, getattr(self.counts, count) + 1)
-            _tally(self._outcomes, (record,), count)
-            if self._log is not None:  # each record's place, by id (DEBUG: off by default)
-                where = {"delivered": record.topic, "dead_lettered": record.dlq_topic}
-                self._log.debug("record.outcome", id=record.id, request_id=record.request_id,
-                                outcome=count, where=where.get(count, detail))
-            watch = self._watches.pop(record.id, None)
-            if watch is not None:
-                watch.outcomes[record.id] = (outcome, detail)
-            if notify:
-                self.cond.notify_all()
-            return True
-
-    def settle_spilled(self, records: Iterable[Record], result: SpillResult) -> None:
-        with self.cond:
-            for record in records:
-                self.settle(record, Outcome.SPILLED, result.location, spooled=result.spooled)
+            setattr(self.counts, count, getattr(self.counts, count) + len(settled))
+            _tally(self._outcomes, settled, count)
+            if self._log is not None and self._log.enabled("DEBUG"):  # off by default
+                _log_outcomes(self._log, settled, count, detail)
+            if self._watches:
+                dead_lettered = outcome is Outcome.DEAD_LETTERED
+                for record in settled:
+                    watch = self._watches.pop(record.id, None)
+                    if watch is not None:
+                        watch.outcomes[record.id] = (
+                            outcome, record.dlq_error if dead_lettered else detail)
+            self.cond.notify_all()
+            return len(settled)
 
     def spill_unsettled(self, spill: Spill, reason: str) -> int:
         """Spill everything unsettled. A late delivery report of one of them is a duplicate
@@ -306,7 +329,7 @@ class Ledger:
                 journal.discard(left.files)
         spilled = 0
         if restored and left.recovered >= MAX_RECOVERIES:
-            records = [r for r in left.records if self.holds(r)]
+            records = [r for r in left.records if r.id in self._unsettled]
             self.settle_spilled(records, spill(
                 records, retry_later=False,
                 reason=f"restored from the journal {left.recovered} times and the extension "

@@ -3,7 +3,8 @@
 One thread produces what the ledger's queue holds, polls or flushes, hands
 every failure to ``Failures`` (routing applied, spills done) and rebuilds a
 producer that a fatal error killed (or a restore from a snapshot made shared).
-Delivery callbacks run only here. Any exception while producing ONE record
+Delivery callbacks run only here, and only note the report: the pump settles each
+poll round's reports in one lock round after it. Any exception while producing ONE record
 settles that record and the pump goes on; an exception that escapes an
 iteration ends the pump: ``failure`` says why, and everything still unsettled
 goes to the spill chain.
@@ -11,6 +12,7 @@ goes to the spill chain.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -26,11 +28,25 @@ from kafka_relay.delivery.pointers import Pointers
 from kafka_relay.delivery.routing import Action
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
-from kafka_relay.protocol import BrokerState, Outcome
+from kafka_relay.protocol import ID_HEADER, BrokerState, Outcome
 from kafka_relay.record import Record
 
 PRODUCE_BATCH = 2_000
-IN_FLIGHT_BYTES = 8 * 1024 * 1024  # what librdkafka may hold a copy of at once
+# What librdkafka may hold at once (the ledger keeps its own copy until the report), as a
+# share of the buffer: librdkafka's resident memory grows ~3 bytes per byte in flight (the
+# message, its produce request, compression), so past this records wait in the ledger only
+# and a stalled broker does not double the memory of everything pending. An eighth of the
+# 256 MB default buffer (~250 KB) still carries ~10 MB/s at a 20 ms RTT, more than 0.145
+# vCPU hands over; 1,769 MB gets ~1.7 MB.
+MIN_IN_FLIGHT_BYTES = 128 * 1024
+MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
+
+
+def in_flight_window(buffer_bytes: int) -> int:
+    """The bytes librdkafka may hold at once, for a buffer of ``buffer_bytes``."""
+    return max(MIN_IN_FLIGHT_BYTES, min(MAX_IN_FLIGHT_BYTES, buffer_bytes // 8))
+
+
 _IDLE_WAIT_S = 0.05
 
 
@@ -41,6 +57,31 @@ class ProducerLike(Protocol):
     def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
     def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
     def __len__(self) -> int: ...
+
+
+class _Reports:
+    """Delivery reports, noted by librdkafka's callback inside poll/flush and taken after it
+    (both on the pump thread)."""
+
+    __slots__ = ("delivered", "errors")
+
+    def __init__(self) -> None:
+        self.delivered: list[Record] = []
+        self.errors: list[tuple[Record, KafkaError]] = []
+
+    def note(self, record: Record, error: KafkaError | None, _msg: object = None) -> None:
+        if error is None:
+            self.delivered.append(record)
+        else:
+            self.errors.append((record, error))
+
+    def take(self) -> tuple[list[Record], list[tuple[Record, KafkaError]]]:
+        taken = self.delivered, self.errors
+        if self.delivered:
+            self.delivered = []
+        if self.errors:
+            self.errors = []
+        return taken
 
 
 class Pump:
@@ -67,6 +108,10 @@ class Pump:
         self.last_error: str | None = None
         self.failure: str | None = None  # why the pump stopped for good
         self._deferred = defer_build
+        self._window = in_flight_window(ledger.limits.bytes)
+        self._reports = _Reports()
+        # A record's delivery callback: one C call per record, no closure.
+        self._report_of = functools.partial(functools.partial, self._reports.note)
         self.producer: ProducerLike
         if not defer_build:  # SnapStart defers it past the snapshot: built by start()
             self.producer = self._build()
@@ -105,6 +150,8 @@ class Pump:
                     self._idle()
         except BaseException as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):  # delivered ones are not spilled again
+                self._settle_reports()
             self._failures.pump_died(self.failure)
 
     def step(self) -> bool:
@@ -118,14 +165,11 @@ class Pump:
         if thawed and self._on_thaw is not None:
             self._on_thaw(self.producer)
         with self._ledger.cond:
-            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH, IN_FLIGHT_BYTES)
+            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH, self._window)
             flushing = self._queue.flush_requests > 0
             in_flight = self._queue.in_flight
-        for index, record in enumerate(batch):
-            if not self._produce(record):
-                with self._ledger.cond:
-                    self._queue.give_back(batch[index:])
-                break
+        if batch:
+            self._produce_batch(batch)
         try:
             if flushing:
                 self.producer.flush(0.005)
@@ -133,6 +177,7 @@ class Pump:
                 self.producer.poll(0 if batch or not in_flight else 0.001)
         except KafkaException as exc:
             self.on_client_error(exc.args[0])
+        self._settle_reports()
         spilled = self._spill_waiting()
         with self._ledger.cond:
             self._ledger.cond.notify_all()
@@ -152,59 +197,67 @@ class Pump:
 
     # -- producing and its reports -------------------------------------------------------
 
-    def _produce(self, record: Record) -> bool:
-        """Hand one record (counted in flight) to librdkafka; False when its queue is full.
-        Any exception settles this record (DLQ, else spill), never the pump."""
-        if not self._ledger.holds(record):
-            self._done_one(record)
-            return True
-        to_dlq = record.dlq_error is not None
-        target = (record.dlq_topic or self._config.dlq_for(record.topic)) if to_dlq \
-            else record.topic
-        try:
-            self.producer.produce(
-                target, value=record.value, key=record.key,
-                headers=record.kafka_headers(dlq_topic=target if to_dlq else None,
-                                             function=self._config.function_name),
-                timestamp=record.timestamp_ms or 0,
-                on_delivery=functools.partial(self._on_delivery, record),
-            )
-        except BufferError:
-            return False
-        except KafkaException as exc:
-            self._done_one(record)
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError):
-                self._failed(record, classify(error), error.code(), describe(error))
-            else:
-                self._failed(record, ErrorKind.POISON, None, f"KafkaException: {exc}")
-        except Exception as exc:
-            self._done_one(record)
-            self._log.error("record.unproducible", id=record.id, topic=target,
+    def _produce_batch(self, batch: list[Record]) -> None:
+        """Hand the batch to librdkafka; what its full queue refuses goes back, first in line.
+        The common record (to its own topic) is produced inline: this runs per record."""
+        unsettled = self._ledger.unsettled
+        produce = self.producer.produce
+        report_of = self._report_of
+        for index, record in enumerate(batch):
+            if record.id not in unsettled:  # settled meanwhile (spilled at a drain)
+                with self._ledger.cond:
+                    self._queue.done((record,))
+                continue
+            try:
+                if record.dlq_error is None:
+                    produce(record.topic, value=record.value, key=record.key,
+                            on_delivery=report_of(record), timestamp=record.timestamp_ms or 0,
+                            headers=[*record.headers, (ID_HEADER, record.id.encode())])
+                else:
+                    target = record.dlq_topic or self._config.dlq_for(record.topic)
+                    produce(target, value=record.value, key=record.key,
+                            on_delivery=report_of(record), timestamp=record.timestamp_ms or 0,
+                            headers=record.kafka_headers(
+                                dlq_topic=target, function=self._config.function_name))
+            except BufferError:
+                with self._ledger.cond:
+                    self._queue.give_back(batch[index:])
+                return
+            except Exception as exc:
+                self._unproducible(record, exc)
+
+    def _unproducible(self, record: Record, exc: Exception) -> None:
+        """``produce`` raised for this record: it settles (DLQ, else spill), never the pump."""
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if isinstance(error, KafkaError):
+            self._failed(record, classify(error), error.code(), describe(error))
+        elif isinstance(exc, KafkaException):
+            self._failed(record, ErrorKind.POISON, None, f"KafkaException: {exc}")
+        else:
+            self._log.error("record.unproducible", id=record.id, topic=record.topic,
+                            to_dlq=record.dlq_error is not None,
                             error=f"{type(exc).__name__}: {exc}")
             self._failed(record, ErrorKind.POISON, None,
                          f"produce raised {type(exc).__name__}: {exc}")
-        return True
 
-    def _done_one(self, record: Record) -> None:
-        with self._ledger.cond:
-            self._queue.done(record)
-
-    def _on_delivery(self, record: Record, error: KafkaError | None, _msg: object = None) -> None:
-        if error is not None:
-            self._done_one(record)
+    def _settle_reports(self) -> None:
+        """The reports of the last poll/flush: the delivered ones in one lock round (waiters
+        notified once), then each failure through routing."""
+        delivered, errors = self._reports.take()
+        if delivered:
+            with self._ledger.cond:
+                self._queue.done(delivered)
+                if self.broker_state is not BrokerState.UP:
+                    # The cluster is back: records waiting out a backoff go now, not in 30 s.
+                    self._queue.release_retries()
+                self.broker_state = BrokerState.UP
+                dead_lettered = [r for r in delivered if r.dlq_error is not None]
+                if dead_lettered:  # reached the DLQ: their outcome says so
+                    delivered = [r for r in delivered if r.dlq_error is None]
+                    self._ledger.settle(dead_lettered, Outcome.DEAD_LETTERED)
+                self._ledger.settle(delivered, Outcome.DELIVERED)
+        for record, error in errors:
             self._failed(record, classify(error), error.code(), describe(error))
-            return
-        outcome = Outcome.DEAD_LETTERED if record.dlq_error else Outcome.DELIVERED
-        # One lock round per report (this runs for every record); no notify per record:
-        # reports arrive inside poll/flush in step(), which notifies once after them.
-        with self._ledger.cond:
-            self._queue.done(record)
-            if self.broker_state is not BrokerState.UP:
-                # The cluster is back: records waiting out a backoff go now, not in 30 s.
-                self._queue.release_retries()
-            self.broker_state = BrokerState.UP
-            self._ledger.settle(record, outcome, record.dlq_error, notify=False)
 
     def on_client_error(self, error: KafkaError) -> None:
         """librdkafka's error_cb (and errors poll raises): remember; rebuild when fatal."""
@@ -214,6 +267,9 @@ class Pump:
                 self._rebuild = True
 
     def _failed(self, record: Record, kind: ErrorKind, code: int | None, reason: str) -> None:
+        """Its produce failed (it left librdkafka, if it ever got there): route and apply."""
+        with self._ledger.cond:
+            self._queue.done((record,))
         decision = self._failures.failed(record, kind, code, reason)
         if decision is None:
             return
@@ -247,5 +303,6 @@ class Pump:
             self.producer.flush(1.0)
         except KafkaException as exc:
             self._log.warning("producer.purge_failed", error=str(exc))
+        self._settle_reports()  # purged ones come back REQUEUE; delivered ones are not resent
         self._ledger.requeue_unsettled()
         self.producer = self._build()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from kafka_relay.record import Record
 
@@ -28,6 +28,9 @@ class SendQueue:
 
     def push(self, record: Record) -> None:
         self.fresh.append(record)
+
+    def push_all(self, records: Iterable[Record]) -> None:
+        self.fresh.extend(records)
 
     def schedule(self, record: Record, due_ms: int) -> None:
         record.not_before_ms = due_ms
@@ -56,10 +59,10 @@ class SendQueue:
         self.in_flight += len(batch)
         return batch
 
-    def done(self, record: Record) -> None:
-        """Its delivery report came (or it never reached librdkafka)."""
-        self.in_flight -= 1
-        self.in_flight_bytes = max(0, self.in_flight_bytes - record.size)
+    def done(self, records: Sequence[Record]) -> None:
+        """Their delivery reports came (or they never reached librdkafka)."""
+        self.in_flight -= len(records)
+        self.in_flight_bytes = max(0, self.in_flight_bytes - sum(r.size for r in records))
 
     def give_back(self, records: list[Record]) -> None:
         """Taken but not handed to librdkafka (its queue was full): first in line again."""

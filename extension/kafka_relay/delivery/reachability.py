@@ -5,6 +5,12 @@ whole wait) while it does not.
 It does not answer while the init probe failed and nothing was delivered since, or while the
 lifecycle's circuit breaker is open (its published status) and no record settled since. A
 metadata probe that succeeds (``reprobe``) ends either, without waiting for a record.
+
+``gone()`` tells a broker that is away right now from one that is reconnecting: librdkafka
+reported a failed connection attempt (refused, timed out, unresolvable) within the last
+``GONE_WINDOW_S`` and no record settled since. A flush gives up early then, and a full buffer
+tells the client not to wait for room. A connection that merely dropped (say while the
+environment was frozen) is reopened without a failed attempt, so it keeps the flush's budget.
 """
 
 from __future__ import annotations
@@ -14,20 +20,46 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from kafka_relay.producer.classify import is_connect_failure
 from kafka_relay.protocol import BrokerState
 
 if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
+
     from kafka_relay.delivery.engine import DeliveryEngine
+
+# librdkafka retries a failed connection at least every reconnect.backoff.max.ms (1 s by
+# default) while it has records to send, so a broker still away fails again within this.
+GONE_WINDOW_S = 2.0
 
 
 class Reachability:
     def __init__(self, engine: DeliveryEngine, *,
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
         self._wall_ms = wall_ms
+        self._monotonic = monotonic
+        # The last failed connection attempt: when, and the records settled by then.
+        self._failed_connect: tuple[float, int] | None = None
         self.init_error: str | None = None  # the init probe's, when the broker did not answer
         self._answered_ms = 0  # when a reprobe last heard the broker answer (wall ms)
         self._lock = threading.Lock()
+
+    def note_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error_cb: remember a failed connection attempt."""
+        if is_connect_failure(error):
+            self._failed_connect = (self._monotonic(), self._settled())
+
+    def gone(self) -> bool:
+        """A connection attempt failed within ``GONE_WINDOW_S`` and nothing settled since."""
+        failed = self._failed_connect  # one read: the error callback replaces it whole
+        return (failed is not None and self._monotonic() - failed[0] < GONE_WINDOW_S
+                and self._settled() <= failed[1])
+
+    def _settled(self) -> int:
+        counts = self._engine.gauge().counts
+        return counts["delivered"] + counts["dead_lettered"]
 
     def problem(self, breaker: object) -> dict[str, Any] | None:
         """Why the broker is not answering (``breaker``: the breaker's published status), or

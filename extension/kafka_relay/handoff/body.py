@@ -3,19 +3,55 @@
 A body that ends early, is malformed or too slow raises ``BodyError`` before any
 record is parsed, so nothing of it is accepted. After an error the connection
 must be closed (the stream position is unknown).
+
+A large Content-Length body is read in place into its own anonymous mapping, unmapped as
+soon as the request lets go of it: read as chunks and joined, it existed twice, and the heap
+glibc grew for it stayed resident under the records that were allocated after it (the
+memory a stalled broker's pending records cost). After such a body the server also hands
+the heap's free pages back (``trim_heap``): the request's other transient copies (frames,
+the journal frame, resized tables) would otherwise stay resident the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import mmap
 import re
 import socket
 import time
+from collections.abc import Callable
 from io import BufferedIOBase
 
 from kafka_relay.httpwire import Headers
 
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _MAX_TRAILERS = 64
+MAPPED_BODY_BYTES = 256 * 1024  # from this size on, a body is read into a mapping of its own
+_READ_CHUNK = 1 << 20
+
+# What a body is: bytes, or the mapping it was read into (a buffer: slices are bytes).
+Body = bytes | mmap.mmap
+
+
+def trim_heap() -> bool:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``, ~0.3 ms on a
+    fragmented 20 MB heap); False where there is none."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes  # noqa: PLC0415 - ~6 ms, once the first large body came, not at start
+
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):  # no ctypes, or not glibc (musl)
+        return None
+    return trim
 
 
 class BodyError(Exception):
@@ -33,7 +69,7 @@ def read_body(
     too_large_hint: str,
     deadline_s: float,
     idle_timeout_s: float,
-) -> bytes:
+) -> Body:
     reader = _Reader(rfile, sock, time.monotonic() + deadline_s, idle_timeout_s)
     try:
         try:
@@ -53,7 +89,7 @@ class _Reader:
         self._deadline = deadline
         self._idle_timeout_s = idle_timeout_s
 
-    def body(self, headers: Headers, limit: int, hint: str) -> bytes:
+    def body(self, headers: Headers, limit: int, hint: str) -> Body:
         encoding = (headers.get("Transfer-Encoding") or "").strip().lower()
         if encoding:
             if encoding != "chunked":
@@ -68,14 +104,32 @@ class _Reader:
         length = int(raw)
         if length > limit:
             raise BodyError(413, f"body of {length} bytes is over the {limit}-byte limit{hint}")
+        if length >= MAPPED_BODY_BYTES:
+            return self._mapped(length)
         return self._exactly(length)
+
+    def _mapped(self, length: int) -> mmap.mmap:
+        body = mmap.mmap(-1, length)
+        got = 0
+        with memoryview(body) as view:
+            while got < length:
+                self._arm()
+                read = self._rfile.readinto1(view[got:got + _READ_CHUNK])
+                if not read:
+                    break
+                got += read
+        if got < length:
+            body.close()
+            raise BodyError(400, f"the body ended after {got} of {length} announced bytes: "
+                                 "nothing accepted; send the whole body")
+        return body
 
     def _exactly(self, length: int) -> bytes:
         parts: list[bytes] = []
         got = 0
         while got < length:
             self._arm()
-            chunk = self._rfile.read1(min(length - got, 1 << 20))
+            chunk = self._rfile.read1(min(length - got, _READ_CHUNK))
             if not chunk:
                 raise BodyError(400, f"the body ended after {got} of {length} announced bytes: "
                                      "nothing accepted; send the whole body")

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
+from kafka_relay.handoff.body import Body
+
 DEFAULT_KEYS = 1_024
 DEFAULT_TTL_S = 300.0
 
@@ -40,7 +42,7 @@ class _Entry:
         self.answer: Answer | None = None
 
 
-def fingerprint(body: bytes, content_type: str, query: str) -> bytes:
+def fingerprint(body: Body, content_type: str, query: str) -> bytes:
     """What a key is bound to: a 128-bit BLAKE2b digest of the request (each part
     length-prefixed, so no two different requests hash the same bytes)."""
     # Here, not at the top: hashlib loads OpenSSL (~3 ms of CPU), which the extension's

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kafka_relay.config import valid_topic_name
+from kafka_relay.handoff.body import Body
 from kafka_relay.protocol import (
     FRAMES_TYPE,
     NDJSON_TYPES,
@@ -100,7 +101,7 @@ class InvalidRequest(Exception):
 
 
 def records_from_body(
-    body: bytes,
+    body: Body,
     content_type: str,
     *,
     default_topic: str | None,
@@ -120,11 +121,11 @@ def records_from_body(
                     new_id=new_id, request_id=request_id, now_ms=now_ms)
 
 
-def parse_body(body: bytes, content_type: str) -> list[Any]:
+def parse_body(body: Body, content_type: str) -> list[Any]:
     """The list of raw record items in a JSON ``{"records": [...]}`` or NDJSON body."""
     media = content_type.split(";", 1)[0].strip().lower()
     try:
-        text = body.decode("utf-8")
+        text = str(body, "utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequest([Reason(-1, f"body is not UTF-8: {exc}")]) from exc
     if media in NDJSON_TYPES:

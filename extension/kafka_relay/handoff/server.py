@@ -33,7 +33,7 @@ from kafka_relay import __version__
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
 from kafka_relay.errors import ConfigError, PortInUseError
-from kafka_relay.handoff.body import BodyError, read_body
+from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, BodyError, read_body, trim_heap
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
@@ -70,6 +70,9 @@ _BACKLOG = 512
 # A wait request while the broker is not answering first asks it for metadata this long: a
 # broker that is back is used, one that is not is reported at once, not after the wait.
 WAIT_PROBE_S = 0.5
+# Retry-After of a full buffer while Kafka is away: past the client's bound on waiting for
+# room, so the handler hears at once (the breaker's probes are 1-2 s apart).
+GONE_RETRY_AFTER_MS = 2_000
 _SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
 _MAX_KEY_CHARS = 200
 
@@ -87,8 +90,9 @@ class HandoffState:
     """What the request handlers share. The lifecycle writes none of it: a restore reseeds
     ``ids`` in place, and ``flush_control`` reads what the loop last published."""
 
-    __slots__ = ("admit", "config", "flush_control", "flush_strategy", "idempotency", "ids",
-                 "logger", "relay", "reprobe", "signals", "started", "wall_ms")
+    __slots__ = ("admit", "broker_gone", "config", "flush_control", "flush_strategy",
+                 "idempotency", "ids", "logger", "relay", "reprobe", "signals", "started",
+                 "wall_ms")
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class HandoffState:
         admit: Callable[[], str | None] = lambda: None,
         flush_control: Callable[[], Mapping[str, object]] = dict,
         reprobe: Callable[[float], dict[str, Any] | None] = lambda _timeout_s: None,
+        broker_gone: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.relay = relay
@@ -123,6 +128,9 @@ class HandoffState:
         # For a wait request: why the broker is not answering after a probe of this many
         # seconds (delivery.reachability), or None.
         self.reprobe = reprobe
+        # Whether connection attempts to Kafka fail now (delivery.reachability): a full buffer
+        # then stays full, and the client is told not to wait for room.
+        self.broker_gone = broker_gone
 
 
 def _broker_refusal(problem: dict[str, Any], config: Config) -> str:
@@ -228,7 +236,7 @@ class _Handler(RequestHandler):
         self._serve({RECORDS_PATH: self._records, FLUSH_PATH: self._flush,
                      INVOCATION_END_PATH: self._end}, limit)
 
-    def _serve(self, routes: dict[str, Callable[[bytes], None]], limit: int) -> None:
+    def _serve(self, routes: dict[str, Callable[[Body], None]], limit: int) -> None:
         self.server.mark(self.connection, busy=True)
         try:
             try:
@@ -248,6 +256,8 @@ class _Handler(RequestHandler):
             if route is None:
                 raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
             route(body)
+            if len(body) >= MAPPED_BODY_BYTES:  # answered: its transient copies can go
+                trim_heap()
         except _HttpError as exc:
             self._send(exc.status, {"error": str(exc)})
             if self._linger:
@@ -276,7 +286,7 @@ class _Handler(RequestHandler):
             return " (KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"
         return " of this route"
 
-    def _records(self, body: bytes) -> None:
+    def _records(self, body: Body) -> None:
         state = self.server.state
         query = self._query()
         wait_s = _wait_budget_s(query)  # a bad timeout_ms is a 400 before anything is taken
@@ -300,7 +310,7 @@ class _Handler(RequestHandler):
                                   "still being processed: retry it later") from exc
         self._send_answer(answer)
 
-    def _accept(self, body: bytes, query: dict[str, str], wait_s: float) -> Answer:
+    def _accept(self, body: Body, query: dict[str, str], wait_s: float) -> Answer:
         state = self.server.state
         request_id = self.headers.get(REQUEST_ID_HEADER) or None
         refusal = state.admit()
@@ -332,9 +342,14 @@ class _Handler(RequestHandler):
         try:
             watch = state.relay.accept(records, watch=wait)
         except BufferFull as exc:
-            retry_s = max(1, (exc.retry_after_ms + 999) // 1000)
+            error, retry_ms = str(exc), exc.retry_after_ms
+            if retry_ms and exc.refusal in (Refusal.BUSY, Refusal.STORAGE) \
+                    and state.broker_gone():
+                error += "; Kafka is not answering (connections fail), so room comes no sooner"
+                retry_ms = max(retry_ms, GONE_RETRY_AFTER_MS)
+            retry_s = max(1, (retry_ms + 999) // 1000)
             return _answer(exc.refusal.status,
-                           {"error": str(exc), "retry_after_ms": exc.retry_after_ms,
+                           {"error": error, "retry_after_ms": retry_ms,
                             REFUSAL_FIELD: exc.refusal.value},
                            None if exc.refusal is Refusal.TOO_LARGE
                            else {"Retry-After": str(retry_s)})
@@ -343,7 +358,7 @@ class _Handler(RequestHandler):
         outcomes = watch.wait(wait_s)
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
-    def _flush(self, body: bytes) -> None:
+    def _flush(self, body: Body) -> None:
         state = self.server.state
         budget = state.config.flush_budget_ms / 1000
         timeout_s = _timeout_s(self._query())
@@ -351,11 +366,11 @@ class _Handler(RequestHandler):
             budget = min(budget, timeout_s)
         self._send(200, state.relay.flush(budget).as_dict())
 
-    def _end(self, body: bytes) -> None:
+    def _end(self, body: Body) -> None:
         request_id = self.headers.get(REQUEST_ID_HEADER)
         if not request_id and body:
             try:
-                parsed = json.loads(body)
+                parsed = json.loads(bytes(body))  # a small route: never a mapped body
             except (ValueError, RecursionError):
                 parsed = {}
             found = parsed.get("request_id") if isinstance(parsed, dict) else None
@@ -363,7 +378,7 @@ class _Handler(RequestHandler):
         self.server.state.signals.mark_done(request_id)
         self._send(200, {"ok": True, "request_id": request_id})
 
-    def _status(self, body: bytes) -> None:
+    def _status(self, body: Body) -> None:
         state = self.server.state
         status = state.relay.status()
         status.update({"flush_control": dict(state.flush_control()),

@@ -11,7 +11,8 @@
 ``shutdown``  never before /next; everything is drained at SHUTDOWN.
 
 Whatever the strategy, an open circuit breaker (the broker did not answer) skips the wait
-and the flush except for a short probe now and then (``breaker.py``).
+and the flush except for a short probe now and then, and while it catches up after an outage
+a flush is capped at ``CATCH_UP_BUDGET_MS`` (``breaker.py``).
 
 Records are produced in the background as they arrive whatever is decided here: deferring
 only means not waiting for their acknowledgements before /next.
@@ -23,7 +24,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from kafka_relay.config import FlushMode, FlushStrategy
-from kafka_relay.lifecycle.breaker import PROBE_BUDGET_MS, Breaker
+from kafka_relay.lifecycle.breaker import CATCH_UP_BUDGET_MS, PROBE_BUDGET_MS, Breaker
 
 # auto: how many invocations an environment must have seen before it may defer (two gaps).
 WARMUP_INVOCATIONS = 3
@@ -86,14 +87,15 @@ class FlushState(NamedTuple):
         return self._replace(arrivals=self.arrivals.arrived(now_ms))
 
     def observe(self, observed: Observed) -> FlushState:
-        return self._replace(breaker=self.breaker.observe(observed.settled))
+        return self._replace(breaker=self.breaker.observe(observed.settled, observed.pending))
 
     def flushed(self, now_ms: int, *, remaining: int, settled_during: int, settled: int,
                 probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> FlushState:
         """After a flush: a flush that settled nothing while records stayed pending opens the
         breaker (or, as a probe, schedules the next one). A flush the invocation's deadline
-        cut below a probe's budget proves nothing."""
-        breaker = self.breaker
+        cut below a probe's budget proves nothing. One that left nothing pending ends a
+        catch-up after an outage."""
+        breaker = Breaker() if remaining == 0 and self.breaker.catching_up else self.breaker
         if remaining > 0 and settled_during == 0 and (probe or budget_ms >= PROBE_BUDGET_MS):
             breaker = breaker.probed(now_ms) if probe and breaker.open else (
                 breaker if breaker.open else breaker.trip(now_ms, settled))
@@ -111,6 +113,17 @@ class Decision(NamedTuple):
 
 def decide(strategy: FlushStrategy, state: FlushState, observed: Observed, *, now_ms: int,
            moment: Moment, max_latency_ms: int) -> Decision:
+    decision = _decide(strategy, state, observed, now_ms=now_ms, moment=moment,
+                       max_latency_ms=max_latency_ms)
+    if state.breaker.catching_up and moment is not Moment.SHUTDOWN and (
+            decision.flush or decision.wait_for_handler):
+        return decision._replace(budget_ms=CATCH_UP_BUDGET_MS,
+                                 reason=f"{decision.reason}; catching up after an outage")
+    return decision
+
+
+def _decide(strategy: FlushStrategy, state: FlushState, observed: Observed, *, now_ms: int,
+            moment: Moment, max_latency_ms: int) -> Decision:
     if moment is Moment.SHUTDOWN:
         return Decision(False, True, "shutdown drains everything")
     if strategy.mode is FlushMode.SHUTDOWN:

@@ -33,8 +33,11 @@ _POLL_S = 0.05
 # in milliseconds, or reconnects within a second or so after a connection dropped while the
 # environment was frozen; before its first delivery (connection, metadata, topic creation)
 # it may take longer.
+# While librdkafka reports failed connection attempts (the broker is gone, not reconnecting:
+# delivery/reachability.py) the flush gives up after this much without progress instead.
 STALL_S = 1.5
 FIRST_CONTACT_STALL_S = 3.0
+GONE_STALL_S = 0.2
 _FLUSH_SLICE_S = 0.1
 
 
@@ -118,8 +121,9 @@ class EngineListener:
 
     def flush(self, budget_ms: int) -> FlushReport:
         """Flush in slices; stop once nothing has settled for ``STALL_S`` (before the first
-        delivery ``FIRST_CONTACT_STALL_S``) while records are pending (the broker does not
-        answer: the breaker takes over), or once nothing is due."""
+        delivery ``FIRST_CONTACT_STALL_S``, while connection attempts fail ``GONE_STALL_S``)
+        while records are pending (the broker does not answer: the breaker takes over), or
+        once nothing is due."""
         start = time.monotonic()
         deadline = start + budget_ms / 1000
         settled, last_progress = 0, start
@@ -135,9 +139,11 @@ class EngineListener:
                 break
             if result.duration_ms < slice_s * 500:  # returned early: all waiting out a backoff
                 break
-            if now - last_progress >= stall_s:
+            stalled_s = now - last_progress
+            gone = stalled_s >= GONE_STALL_S and self._engine.reachability.gone()
+            if gone or stalled_s >= stall_s:
                 self._log.warning("flush.stalled", remaining=result.remaining,
-                                  stalled_ms=round((now - last_progress) * 1000))
+                                  stalled_ms=round(stalled_s * 1000), broker_gone=gone)
                 break
         return FlushReport(duration_ms=round((time.monotonic() - start) * 1000, 3),
                            remaining=result.remaining, settled=settled)

@@ -26,6 +26,10 @@ class JsonLogger:
         self._lock = threading.Lock()
         self.request_id: str | None = None
 
+    def enabled(self, level: str) -> bool:
+        """Whether lines of ``level`` are written (skip building them when not)."""
+        return _LEVELS[level] >= self._threshold
+
     def log(self, level: str, event: str, **fields: Any) -> None:
         line = self.format(level, event, **fields)
         if line is not None:

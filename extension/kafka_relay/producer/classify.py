@@ -65,3 +65,12 @@ def is_auth_failure(error: KafkaError) -> bool:
         KafkaError.SASL_AUTHENTICATION_FAILED,
         KafkaError._SSL,
     )
+
+
+def is_connect_failure(error: KafkaError) -> bool:
+    """A connection attempt failed (refused, timed out, unresolvable): the broker is gone now,
+    not merely reconnecting. librdkafka ends such errors with "(after <n>ms in state CONNECT)";
+    an established connection that dropped says "in state UP" and is reopened at once."""
+    code = error.code()
+    return code == KafkaError._RESOLVE or (
+        code == KafkaError._TRANSPORT and "in state CONNECT" in error.str())
