@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
@@ -21,8 +20,9 @@ from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.telemetry import TelemetryReceiver, subscribe
 from kafka_relay.modes.mode import Mode, mode_for
-from kafka_relay.observability.log import JsonLogger, librdkafka_logger
+from kafka_relay.observability.log import JsonLogger, LibrdkafkaLog
 from kafka_relay.producer.classify import describe, is_auth_failure
+from kafka_relay.producer.credentials import on_thaw
 from kafka_relay.producer.factory import ProducerFactory
 from kafka_relay.spill.sinks import SpillChain
 
@@ -31,15 +31,18 @@ _UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
                           KafkaError._RESOLVE})
 
 
-@dataclass
 class Parts:
     """The assembled extension: what ``__main__`` runs and tests inspect."""
 
-    config: Config
-    engine: DeliveryEngine
-    server: HandoffServer
-    mode: Mode
-    logger: JsonLogger
+    __slots__ = ("config", "engine", "logger", "mode", "server")
+
+    def __init__(self, *, config: Config, engine: DeliveryEngine, server: HandoffServer,
+                 mode: Mode, logger: JsonLogger) -> None:
+        self.config = config
+        self.engine = engine
+        self.server = server
+        self.mode = mode
+        self.logger = logger
 
 
 def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
@@ -58,12 +61,12 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
 
     # A configuration librdkafka refuses is a ConfigError from the factory.
     make_producer = ProducerFactory(config, error_cb=on_client_error,
-                                    logger=librdkafka_logger(logger))
+                                    logger=LibrdkafkaLog(logger))
     spill = SpillChain.from_config(config, logger)
     kind = mode_for(events, config)
     engine = DeliveryEngine(config, producer_factory=make_producer, spill=spill, logger=logger,
                             defer_producer=kind.defers_producer,
-                            on_thaw=make_producer.credentials.thaw_check(logger))
+                            on_thaw=on_thaw(make_producer.credentials, logger))
     mode = kind(config, engine, logger)
     if not kind.defers_producer:  # SnapStart: no producer, no probe before the snapshot
         engine.start()

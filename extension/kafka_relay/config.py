@@ -5,15 +5,12 @@
 reads ``os.environ``.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from kafka_relay import aws_lambda
 from kafka_relay.errors import ConfigError
@@ -71,10 +68,14 @@ EXTENSION_SHUTDOWN_MS = SHUTDOWN_PHASE_MS - RUNTIME_SHUTDOWN_SHARE_MS
 # One table: load_config reads each variable through its entry (name, aliases, default,
 # bounds), and the documentation's configuration reference is rendered from it, so the two
 # cannot drift apart.
+# The value classes here are NamedTuples, not dataclasses: a frozen dataclass costs ~0.4 ms
+# of CPU to create at import, and ``dataclasses`` (with ``inspect``) ~6 ms to import, at every
+# cold start (docs/cost.md, "Cold start"). For the same reason this module does without
+# ``from __future__ import annotations``: NamedTuple compiles each string annotation (~1.5 ms
+# for Config's and the others' fields), so annotations naming a later class are quoted.
 
 
-@dataclass(frozen=True)
-class Variable:
+class Variable(NamedTuple):
     """One environment variable: how it is read and what the reference says about it."""
 
     name: str
@@ -245,13 +246,12 @@ class FlushMode(str, Enum):
     SHUTDOWN = "shutdown"
 
 
-@dataclass(frozen=True)
-class FlushStrategy:
+class FlushStrategy(NamedTuple):
     mode: FlushMode
     interval_ms: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> FlushStrategy:
+    def parse(cls, text: str) -> "FlushStrategy":
         text = text.strip().lower()
         if text in (FlushMode.AUTO.value, FlushMode.END.value, FlushMode.SHUTDOWN.value):
             return cls(FlushMode(text))
@@ -280,36 +280,44 @@ class LambdaMode(str, Enum):
     SNAP_START = aws_lambda.SNAP_START  # init, snapshot, then restored copies
 
 
-@dataclass(frozen=True)
-class AwsCredentials:
+class AwsCredentials(NamedTuple):
     """AWS credentials that sign MSK IAM tokens (the execution role's, in Lambda)."""
 
     access_key_id: str
-    secret_access_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    secret_access_key: str
+    session_token: str | None = None
     expiration: float | None = None  # epoch seconds; None when the source does not say
 
+    def __repr__(self) -> str:  # the secret and the session token never reach a log
+        return (f"AwsCredentials(access_key_id={self.access_key_id!r}, "
+                f"expiration={self.expiration!r})")
 
-@dataclass(frozen=True)
-class Config:
+
+_AUTO = FlushStrategy(FlushMode.AUTO)
+_NO_OVERRIDES: Mapping[str, str] = MappingProxyType({})
+# Never in a repr: a Config may be logged or shown in a traceback.
+_SECRET_FIELDS = frozenset({"api_key", "api_secret", "token"})
+
+
+class Config(NamedTuple):
     bootstrap_servers: str
     default_topic: str | None = None
     dlq_topic: str | None = None
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     auth: str = "none"  # one of AUTH_MODES, resolved (KAFKA_AUTH or derived)
-    api_key: str | None = field(default=None, repr=False)
-    api_secret: str | None = field(default=None, repr=False)
+    api_key: str | None = None
+    api_secret: str | None = None
     secret_arn: str | None = None
-    producer_overrides: Mapping[str, str] = field(default_factory=dict)
-    flush: FlushStrategy = FlushStrategy(FlushMode.AUTO)
+    producer_overrides: Mapping[str, str] = _NO_OVERRIDES
+    flush: FlushStrategy = _AUTO
     flush_budget_ms: int = 10_000
     # ``auto``: no record waits longer than this (plus one freeze) because a flush was deferred
     max_latency_ms: int = 5_000
     shutdown_margin_ms: int = 300
     init_probe_ms: int = 3_000
     port: int = DEFAULT_PORT
-    token: str | None = field(default=None, repr=False)
+    token: str | None = None
     # 0: derived from the spill rate and the function's memory (delivery/budget.py)
     max_buffer_records: int = 0
     max_buffer_bytes: int = 0
@@ -341,6 +349,12 @@ class Config:
     def dlq_for(self, topic: str) -> str:
         """Where a record of ``topic`` is dead-lettered."""
         return self.dlq_topic or f"dlq.{topic}"
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self,
+                                                                     strict=True)
+                          if name not in _SECRET_FIELDS)
+        return f"Config({shown})"
 
 
 def _text(env: Mapping[str, str], *names: str) -> str | None:
@@ -472,7 +486,7 @@ def producer_overrides(env: Mapping[str, str]) -> dict[str, str]:
 
 def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
     """Resolve the configuration once. ``explicit`` keyword arguments win over ``env``."""
-    unknown = set(explicit) - {f.name for f in fields(Config)}
+    unknown = set(explicit) - set(Config._fields)
     if unknown:
         raise TypeError(f"unknown Config fields: {sorted(unknown)}")
 
@@ -529,14 +543,13 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         region=auth.region,
         mode_hint=LambdaMode(aws_lambda.mode_hint(env)),
     )
-    return replace(resolved, **explicit) if explicit else resolved
+    return resolved._replace(**explicit) if explicit else resolved
 
 
 # -- authentication ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Auth:
+class _Auth(NamedTuple):
     mode: str
     protocol: str
     mechanism: str | None
@@ -653,6 +666,8 @@ def _expiration(env: Mapping[str, str], name: str) -> float | None:
     raw = _text(env, name)
     if raw is None:
         return None
+    from datetime import datetime  # noqa: PLC0415 - MSK IAM only, not at every start
+
     try:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as exc:

@@ -10,9 +10,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +82,18 @@ def _status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
-def _state(h: Harness, config: Config) -> HandoffState:
+def _state(h: Harness, config: Config, *,
+           admit: Callable[[], str | None] = lambda: None) -> HandoffState:
     """A second server's state over the harness's engine (its own signals, log and ids)."""
     return HandoffState(config=config, relay=h.parts.engine, signals=HandlerSignals(),
-                        logger=JsonLogger(stream=io.StringIO()), ids=IdSource(), started=0.0)
+                        logger=JsonLogger(stream=io.StringIO()), ids=IdSource(), started=0.0,
+                        admit=admit)
 
 
 @contextmanager
 def _second_server(h: Harness, **options: float) -> Iterator[HandoffServer]:
     """Another handoff server over the same engine, with test-sized timeouts and caps."""
-    server = HandoffServer(_state(h, replace(h.config, port=free_port())),
+    server = HandoffServer(_state(h, h.config._replace(port=free_port())),
                            **options)  # type: ignore[arg-type]
     server.start()
     try:
@@ -319,7 +320,7 @@ def test_a_privileged_port_is_an_init_error_naming_kafka_relay_port(
 ) -> None:
     with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h, \
             pytest.raises(ConfigError, match="KAFKA_RELAY_PORT=80"):
-        HandoffServer(_state(h, replace(h.config, port=80)))
+        HandoffServer(_state(h, h.config._replace(port=80)))
 
 
 def test_an_address_it_cannot_bind_is_an_init_error_naming_kafka_relay_port(
@@ -381,9 +382,8 @@ def test_before_a_snapstart_restore_the_client_gets_relay_not_restored(
     broker: Broker, tmp_path: Path
 ) -> None:
     with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h:
-        state = replace(_state(h, replace(h.config, port=free_port())),
-                        admit=lambda: "not restored yet")
-        server = HandoffServer(state)
+        server = HandoffServer(_state(h, h.config._replace(port=free_port()),
+                                      admit=lambda: "not restored yet"))
         server.start()
         try:
             client = RelayClient(env={}, port=server.port, token=TOKEN)

@@ -36,6 +36,36 @@ def test_the_core_loads_without_asyncio_and_exports_cimpl_names() -> None:
     assert out.split() == ["False", "True", "True", "True", "True", "ClusterMetadata"]
 
 
+def test_the_model_types_load_when_first_asked_for_and_cimpl_names_win() -> None:
+    out = _run(
+        "import sys\n"
+        "from kafka_relay.producer.core_import import import_core\n"
+        "package = import_core()\n"
+        "import confluent_kafka.cimpl as cimpl\n"
+        "print('confluent_kafka._model' in sys.modules)\n"
+        "from confluent_kafka import TopicCollection, TopicPartition\n"
+        "print('confluent_kafka._model' in sys.modules, TopicCollection.__module__,\n"
+        "      TopicPartition is cimpl.TopicPartition, hasattr(package, 'NoSuchName'))\n")
+    assert out.split() == ["False", "True", "confluent_kafka._model", "True", "False"]
+
+
+def test_the_admin_package_carries_the_metadata_classes_until_another_name_is_asked_for(
+) -> None:
+    out = _run(
+        "import sys\n"
+        "from kafka_relay.producer.core_import import import_core\n"
+        "import_core()\n"
+        "import confluent_kafka.admin as admin\n"
+        "from confluent_kafka.admin import _metadata\n"
+        "print(admin.TopicMetadata is _metadata.TopicMetadata,\n"
+        "      'concurrent.futures' in sys.modules)\n"
+        "from confluent_kafka.admin import AdminClient, ConfigResource\n"
+        "print(AdminClient.__module__, ConfigResource.__name__,\n"
+        "      'concurrent.futures' in sys.modules, hasattr(admin, 'NoSuchName'))\n")
+    assert out.split() == ["True", "False", "confluent_kafka.admin", "ConfigResource", "True",
+                           "False"]
+
+
 def test_a_package_already_imported_is_returned_as_it_is() -> None:
     import confluent_kafka  # noqa: PLC0415
 

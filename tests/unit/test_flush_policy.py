@@ -3,8 +3,6 @@ moment; ``auto`` defers only within the latency bound; the breaker opens, probes
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,7 +77,7 @@ def test_shutdown_strategy_never_holds_an_invocation() -> None:
 
 
 def test_every_strategy_drains_at_shutdown_even_with_the_breaker_open() -> None:
-    opened = replace(_state(0), breaker=Breaker().trip(0, 0))
+    opened = _state(0)._replace(breaker=Breaker().trip(0, 0))
     for strategy in (AUTO, END, PERIODIC, SHUTDOWN):
         for state in (_state(0), opened):
             assert decide(strategy, state, IDLE, now_ms=1, moment=Moment.SHUTDOWN,

@@ -8,7 +8,6 @@ import io
 import json
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -293,8 +292,8 @@ def _built(rig: Rig, events: tuple[str, ...] = (INVOKE, SHUTDOWN), *,
            factory: Any = None) -> tuple[Mode, DeliveryEngine]:
     """The mode ``mode_for`` decides, on an engine deferred as that mode asks (app.assemble)."""
     # Its own journal directory: the rig's engine holds the rig's (one extension per journal).
-    config = replace(rig.config, mode_hint=hint, init_probe_ms=0,
-                     journal_dir=rig.config.journal_dir.with_name("journal-of-mode"))
+    config = rig.config._replace(mode_hint=hint, init_probe_ms=0,
+                                 journal_dir=rig.config.journal_dir.with_name("journal-of-mode"))
     kind = mode_for(events, config)
     engine = DeliveryEngine(config, producer_factory=factory or rig._build, spill=rig.spill,
                             logger=rig.logger, wall_ms=rig.clock.wall_ms,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kafka_relay.observability import JsonLogger, emf_line
-from kafka_relay.observability.log import librdkafka_logger
+from kafka_relay.observability.log import LibrdkafkaLog
 from kafka_relay.observability.metrics import _UNITS
 
 
@@ -77,9 +78,11 @@ def test_unknown_metric_names_are_refused() -> None:
 
 def test_librdkafka_lines_become_json_lines_at_their_level() -> None:
     stream = io.StringIO()
-    logger = librdkafka_logger(JsonLogger(stream=stream, level="INFO"))
-    logger.debug("too chatty")
-    logger.error("FAIL|rdkafka#producer-1| Connect to 127.0.0.1:9 failed")
+    logger = LibrdkafkaLog(JsonLogger(stream=stream, level="INFO"))
+    # As confluent-kafka calls it: logging's levels, librdkafka's facility, name and text.
+    logger.log(logging.DEBUG, "%s [%s] %s", "BROKER", "rdkafka#producer-1", "too chatty")
+    logger.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1",
+               "Connect to 127.0.0.1:9 failed")
     (line,) = stream.getvalue().splitlines()
     event = json.loads(line)
     assert (event["level"], event["event"]) == ("ERROR", "librdkafka")

@@ -9,7 +9,7 @@ lines written to a pipe, with a safety factor for a slow log reader and a loaded
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config
 from kafka_relay.delivery.ledger import Limits
@@ -55,8 +55,7 @@ def spool_spill_ms(batches: int, records: int, nbytes: int, *, memory_mb: int = 
     return cpu_ms / cpu_share(memory_mb)
 
 
-@dataclass(frozen=True)
-class DrainPlan:
+class DrainPlan(NamedTuple):
     flush_until_ms: int  # flush to Kafka until then (wall clock)
     s3_until_ms: int  # an S3 put still running then is abandoned for log lines
 
@@ -72,8 +71,7 @@ def drain_plan(*, deadline_ms: int, margin_ms: int, pending: int, pending_bytes:
     return DrainPlan(flush_until_ms=end - log_reserve - s3_reserve, s3_until_ms=end - log_reserve)
 
 
-@dataclass(frozen=True)
-class BufferPlan:
+class BufferPlan(NamedTuple):
     limits: Limits
     safe: Limits  # what SHUTDOWN can spill (and memory can hold)
     over: tuple[str, ...]  # explicit settings above ``safe``

@@ -17,8 +17,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -40,8 +39,7 @@ __all__ = ["BufferFull", "DeliveryEngine", "DrainReport", "FlushResult", "Gauge"
 _PROBE_POLL_S = 0.02
 
 
-@dataclass(frozen=True)
-class FlushResult:
+class FlushResult(NamedTuple):
     delivered: int
     dead_lettered: int
     spilled: int
@@ -49,11 +47,10 @@ class FlushResult:
     duration_ms: float
 
     def as_dict(self) -> dict[str, float | int]:
-        return dict(self.__dict__)
+        return self._asdict()
 
 
-@dataclass(frozen=True)
-class Gauge:
+class Gauge(NamedTuple):
     """The engine's counts and depth, in one look."""
 
     counts: dict[str, int]
@@ -62,11 +59,10 @@ class Gauge:
     oldest_pending_ms: int  # age of the oldest unsettled record (0 when none)
     broker_state: BrokerState
     failure: str | None  # why the pump stopped for good (None while it runs)
-    by_request: dict[str, dict[str, int]] = field(default_factory=dict)  # see gauge()
+    by_request: dict[str, dict[str, int]]  # see gauge()
 
 
-@dataclass(frozen=True)
-class DrainReport:
+class DrainReport(NamedTuple):
     reason: str
     duration_ms: int
     flush_ms: float
@@ -79,7 +75,7 @@ class DrainReport:
 
     def as_log(self) -> dict[str, Any]:
         """The fields of the ``shutdown.summary`` line."""
-        fields = {k: v for k, v in self.__dict__.items() if k not in ("counts", "flush_ms")}
+        fields = {k: v for k, v in self._asdict().items() if k not in ("counts", "flush_ms")}
         return {**fields, **self.counts}
 
 

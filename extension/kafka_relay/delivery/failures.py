@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.ledger import Ledger, Spill
@@ -20,8 +20,7 @@ from kafka_relay.spill.codec import SPILL_EVENT
 from kafka_relay.spill.sinks import SpillKind
 
 
-@dataclass(frozen=True)
-class Pointer:
+class Pointer(NamedTuple):
     """A DLQ record saying where an oversize record was spilled."""
 
     record: Record

@@ -38,8 +38,8 @@ import os
 import struct
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
@@ -95,17 +95,18 @@ class JournalUnwritable(Exception):
     """The batch could not be journaled; the message says why and what to do."""
 
 
-@dataclass
 class _Segment:
-    path: Path
-    recovered: int  # how many recoveries its records went through
-    unsettled: int = 0
-    size: int = 0
-    header: int = 0  # bytes of its header line (truncated back to when it empties)
+    __slots__ = ("header", "path", "recovered", "size", "unsettled")
+
+    def __init__(self, path: Path, recovered: int) -> None:
+        self.path = path
+        self.recovered = recovered  # how many recoveries its records went through
+        self.unsettled = 0
+        self.size = 0
+        self.header = 0  # bytes of its header line (truncated back to when it empties)
 
 
-@dataclass(frozen=True)
-class Leftovers:
+class Leftovers(NamedTuple):
     """What a dead predecessor left: its records (first copy of each id) and files."""
 
     records: list[Record]

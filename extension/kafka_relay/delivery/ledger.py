@@ -20,8 +20,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, JournalUnwritable, encode
 from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
@@ -48,24 +47,23 @@ class BufferFull(Exception):
         self.refusal = refusal
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     records: int
     bytes: int
 
 
-@dataclass
 class Counts:
-    accepted: int = 0
-    restored: int = 0
-    delivered: int = 0
-    dead_lettered: int = 0
-    spilled: int = 0
-    spooled: int = 0  # parked in /tmp for a later invocation; comes back as ``restored``
-    rejected: int = 0
-    dead_letter_failed: int = 0  # routed to the DLQ, which did not take them: spilled
-    retries: int = 0
-    producers_built: int = 0
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.restored = 0
+        self.delivered = 0
+        self.dead_lettered = 0
+        self.spilled = 0
+        self.spooled = 0  # parked in /tmp for a later invocation; comes back as ``restored``
+        self.rejected = 0
+        self.dead_letter_failed = 0  # routed to the DLQ, which did not take them: spilled
+        self.retries = 0
+        self.producers_built = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -106,19 +104,21 @@ def _log_outcomes(log: JsonLogger, records: Iterable[Record], count: str,
                   where=where.get(count, detail))
 
 
-@dataclass
 class Watch:
-    ids: Sequence[str]
-    ledger: Ledger = field(repr=False)
-    outcomes: dict[str, tuple[Outcome, str | None]] = field(default_factory=dict)
+    __slots__ = ("ids", "ledger", "outcomes")
+
+    def __init__(self, ids: Sequence[str], ledger: Ledger,
+                 outcomes: dict[str, tuple[Outcome, str | None]] | None = None) -> None:
+        self.ids = ids
+        self.ledger = ledger
+        self.outcomes = {} if outcomes is None else outcomes
 
     def wait(self, timeout_s: float) -> list[dict[str, str | None]]:
         """Per-record outcomes; records not settled in time are reported as ``pending``."""
         return self.ledger.wait_settled(self, timeout_s)
 
 
-@dataclass(frozen=True)
-class Recovery:
+class Recovery(NamedTuple):
     """What ``recover_journal`` took back from a dead predecessor."""
 
     records: int  # restored (counted ``restored``)
@@ -127,8 +127,7 @@ class Recovery:
     spilled: int  # came back too often: spilled instead of sent again
 
 
-@dataclass(frozen=True)
-class LedgerState:
+class LedgerState(NamedTuple):
     counts: dict[str, int]
     pending: int
     pending_bytes: int
@@ -139,7 +138,7 @@ class LedgerState:
     journal: dict[str, object]
     overflow: dict[str, object]
     # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
-    by_request: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_request: dict[str, dict[str, int]]
 
     def as_status(self) -> dict[str, Any]:
         return {"counts": self.counts, "pending": self.pending,

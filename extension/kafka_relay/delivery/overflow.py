@@ -31,8 +31,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from kafka_relay.delivery.journal import decode
 from kafka_relay.observability.log import JsonLogger
@@ -44,8 +44,7 @@ _NAME = re.compile(rf"{PREFIX}(\d{{12}})\.bin")
 LIMIT_VAR = "KAFKA_RELAY_SPOOL_MAX_BYTES"
 
 
-@dataclass(frozen=True)
-class SpoolLimits:
+class SpoolLimits(NamedTuple):
     bytes: int  # of files; 0: no spool
     batches: int | None = None  # None: no bound (an explicit KAFKA_RELAY_SPOOL_MAX_BYTES)
     records: int | None = None
@@ -68,8 +67,7 @@ class SpoolFull(Exception):
     """The batch would pass the spool's limit (or could not be written); nothing taken."""
 
 
-@dataclass(frozen=True)
-class Parked:
+class Parked(NamedTuple):
     path: Path
     records: list[Record]
     size: int  # record bytes (Record.size), what the ledger's byte limit counts

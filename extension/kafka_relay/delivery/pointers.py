@@ -6,7 +6,6 @@ cannot be delivered (or is still unacknowledged when the pump stops) logged once
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError
@@ -76,7 +75,7 @@ class Pointers:
         attempts = pointer.attempts + 1
         if attempts < self._limit:
             with self._cond:
-                self._retries.append(replace(pointer, attempts=attempts))
+                self._retries.append(pointer._replace(attempts=attempts))
             self._log.warning("dead_letter.pointer_retry", id=pointer.record.id, error=error,
                               attempts=attempts, spilled_to=pointer.location)
             return

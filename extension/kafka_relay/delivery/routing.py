@@ -3,8 +3,8 @@ record's state, so every path is unit-tested without a broker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError
 
@@ -22,8 +22,7 @@ class Action(str, Enum):
     REBUILD = "rebuild"  # the producer is unusable: a new one re-sends this record
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     delay_ms: int = 0
     reason: str = ""  # the x-relay-error of a dead-letter / why it was spilled

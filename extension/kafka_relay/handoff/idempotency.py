@@ -14,12 +14,11 @@ collide with a checksum such as CRC-32.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kafka_relay.handoff.body import Body
 
@@ -27,24 +26,29 @@ DEFAULT_KEYS = 1_024
 DEFAULT_TTL_S = 300.0
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass
 class _Entry:
-    fingerprint: bytes
-    born: float
-    done: threading.Event = field(default_factory=threading.Event)
-    answer: Answer | None = None
+    __slots__ = ("answer", "born", "done", "fingerprint")
+
+    def __init__(self, fingerprint: bytes, born: float) -> None:
+        self.fingerprint = fingerprint
+        self.born = born
+        self.done = threading.Event()
+        self.answer: Answer | None = None
 
 
 def fingerprint(body: Body, content_type: str, query: str) -> bytes:
     """What a key is bound to: a 128-bit BLAKE2b digest of the request (each part
     length-prefixed, so no two different requests hash the same bytes)."""
+    # Here, not at the top: hashlib loads OpenSSL (~3 ms of CPU), which the extension's
+    # start need not wait for; after the first request this is a dictionary lookup.
+    import hashlib  # noqa: PLC0415
+
     digest = hashlib.blake2b(digest_size=16, person=b"kafka-relay-idem")
     for part in (content_type.encode(errors="surrogateescape"),
                  query.encode(errors="surrogateescape"), body):

@@ -24,7 +24,6 @@ import binascii
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kafka_relay.config import valid_topic_name
@@ -81,10 +80,12 @@ def _valid_topic(topic: str) -> bool:
     return valid_topic_name(topic)
 
 
-@dataclass(frozen=True)
 class Reason:
-    index: int
-    reason: str
+    __slots__ = ("index", "reason")
+
+    def __init__(self, index: int, reason: str) -> None:
+        self.index = index
+        self.reason = reason
 
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "reason": self.reason}

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hmac
 import json
 import socket
 import threading
 import time
+
+# hmac.compare_digest is this constant-time comparison; hmac itself imports OpenSSL's
+# hashlib (~2.5 ms of CPU before the extension is ready) for what this module never uses.
+from _operator import _compare_digest as compare_digest
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -84,31 +86,51 @@ class DeliveryPort(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-@dataclass
 class HandoffState:
     """What the request handlers share. The lifecycle writes none of it: a restore reseeds
     ``ids`` in place, and ``flush_control`` reads what the loop last published."""
 
-    config: Config
-    relay: DeliveryPort
-    signals: EndSignals
-    logger: JsonLogger
-    ids: IdSource
-    started: float
-    flush_strategy: str = ""
-    wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
-    idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
-    # Asked before any record is validated (ids drawn): None admits, a text refuses with 503
-    # (SnapStart: nothing is accepted before the restore).
-    admit: Callable[[], str | None] = lambda: None
-    # The lifecycle loop's flush control (breaker, auto) for /v1/status.
-    flush_control: Callable[[], Mapping[str, object]] = dict
-    # For a wait request: why the broker is not answering after a probe of this many seconds
-    # (delivery.reachability), or None.
-    reprobe: Callable[[float], dict[str, Any] | None] = lambda _timeout_s: None
-    # Whether connection attempts to Kafka fail now (delivery.reachability): a full buffer
-    # then stays full, and the client is told not to wait for room.
-    broker_gone: Callable[[], bool] = lambda: False
+    __slots__ = ("admit", "broker_gone", "config", "flush_control", "flush_strategy",
+                 "idempotency", "ids", "logger", "relay", "reprobe", "signals", "started",
+                 "wall_ms")
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        relay: DeliveryPort,
+        signals: EndSignals,
+        logger: JsonLogger,
+        ids: IdSource,
+        started: float,
+        flush_strategy: str = "",
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        idempotency: IdempotencyCache | None = None,
+        admit: Callable[[], str | None] = lambda: None,
+        flush_control: Callable[[], Mapping[str, object]] = dict,
+        reprobe: Callable[[float], dict[str, Any] | None] = lambda _timeout_s: None,
+        broker_gone: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.config = config
+        self.relay = relay
+        self.signals = signals
+        self.logger = logger
+        self.ids = ids
+        self.started = started
+        self.flush_strategy = flush_strategy
+        self.wall_ms = wall_ms
+        self.idempotency = idempotency if idempotency is not None else IdempotencyCache()
+        # Asked before any record is validated (ids drawn): None admits, a text refuses with
+        # 503 (SnapStart: nothing is accepted before the restore).
+        self.admit = admit
+        # The lifecycle loop's flush control (breaker, auto) for /v1/status.
+        self.flush_control = flush_control
+        # For a wait request: why the broker is not answering after a probe of this many
+        # seconds (delivery.reachability), or None.
+        self.reprobe = reprobe
+        # Whether connection attempts to Kafka fail now (delivery.reachability): a full buffer
+        # then stays full, and the client is told not to wait for room.
+        self.broker_gone = broker_gone
 
 
 def _broker_refusal(problem: dict[str, Any], config: Config) -> str:
@@ -195,7 +217,7 @@ class _Handler(RequestHandler):
         if expected is None:
             return True
         given = self.headers.get(TOKEN_HEADER) or ""
-        return hmac.compare_digest(given.encode(), expected.encode())
+        return compare_digest(given.encode(), expected.encode())
 
     def _query(self) -> dict[str, str]:
         return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query,

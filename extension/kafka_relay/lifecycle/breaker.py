@@ -16,7 +16,7 @@ the backlog leaves over the next few invocations (and in the background while th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 FIRST_PROBE_INTERVAL_MS = 1_000
 MAX_PROBE_INTERVAL_MS = 2_000
@@ -24,8 +24,7 @@ PROBE_BUDGET_MS = 250  # enough for a reconnect and a produce round trip at 20 m
 CATCH_UP_BUDGET_MS = 500
 
 
-@dataclass(frozen=True)
-class Breaker:
+class Breaker(NamedTuple):
     open: bool = False
     opened_ms: int = 0
     settled_mark: int = 0  # records settled (delivered + dead-lettered) when it opened
@@ -44,8 +43,8 @@ class Breaker:
     def probed(self, now_ms: int) -> Breaker:
         """A probe ran without closing it: the next one waits twice as long (capped)."""
         interval = min(MAX_PROBE_INTERVAL_MS, self.probe_interval_ms * 2)
-        return replace(self, next_probe_ms=now_ms + self.probe_interval_ms,
-                       probe_interval_ms=interval, probes=self.probes + 1)
+        return self._replace(next_probe_ms=now_ms + self.probe_interval_ms,
+                             probe_interval_ms=interval, probes=self.probes + 1)
 
     def observe(self, settled: int, pending: int) -> Breaker:
         """Closed again once anything settled since it opened: the broker answers (catching

@@ -7,8 +7,7 @@ deadline becomes ``None`` and the loop substitutes its own budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafka_relay.aws_lambda import INVOKE, SHUTDOWN
 
@@ -19,29 +18,25 @@ _INVOKE_FIELDS = frozenset({"eventType", "requestId", "deadlineMs", "invokedFunc
 _SHUTDOWN_FIELDS = frozenset({"eventType", "shutdownReason", "deadlineMs"})
 
 
-@dataclass(frozen=True)
-class InvokeEvent:
+class InvokeEvent(NamedTuple):
     request_id: str
     deadline_ms: int | None  # epoch ms; None when Lambda sent none we could read
     function_arn: str = ""
 
 
-@dataclass(frozen=True)
-class ShutdownEvent:
+class ShutdownEvent(NamedTuple):
     reason: str  # spindown | timeout | failure, or what Lambda sent, or our own (next_failed)
     deadline_ms: int | None
 
 
-@dataclass(frozen=True)
-class UnknownEvent:
+class UnknownEvent(NamedTuple):
     event_type: str
 
 
 Event = InvokeEvent | ShutdownEvent | UnknownEvent
 
 
-@dataclass(frozen=True)
-class Parsed:
+class Parsed(NamedTuple):
     event: Event
     notes: tuple[str, ...] = ()  # what was unexpected but tolerated
 

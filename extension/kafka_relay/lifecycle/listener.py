@@ -8,22 +8,19 @@ handler-done signals.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent
 from kafka_relay.lifecycle.policy import Observed
 
 
-@dataclass(frozen=True)
-class FlushReport:
+class FlushReport(NamedTuple):
     duration_ms: float
     remaining: int  # records still unsettled when the budget ran out
     settled: int = 0  # records delivered or dead-lettered during the flush
 
 
-@dataclass(frozen=True)
-class ShutdownSummary:
+class ShutdownSummary(NamedTuple):
     drained: int  # settled during the SHUTDOWN drain
     spilled: int  # written to a spill sink at SHUTDOWN
     pending: int  # still unsettled afterwards (should be 0)

@@ -20,8 +20,8 @@ only means not waiting for their acknowledgements before /next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import NamedTuple
 
 from kafka_relay.config import FlushMode, FlushStrategy
 from kafka_relay.lifecycle.breaker import CATCH_UP_BUDGET_MS, PROBE_BUDGET_MS, Breaker
@@ -43,8 +43,7 @@ class Moment(str, Enum):
     SHUTDOWN = "shutdown"
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(NamedTuple):
     """What the rest of the extension reports at a decision point (plain data)."""
 
     pending: int = 0  # unsettled records
@@ -54,8 +53,7 @@ class Observed:
     stopped: str | None = None  # delivery stopped for good (the pump died): why
 
 
-@dataclass(frozen=True)
-class Arrivals:
+class Arrivals(NamedTuple):
     """The INVOKE inter-arrival model of this environment."""
 
     invocations: int = 0
@@ -80,13 +78,12 @@ class Arrivals:
         return self.gap_ms + _DEVIATIONS * self.gap_dev_ms
 
 
-@dataclass(frozen=True)
-class FlushState:
+class FlushState(NamedTuple):
     arrivals: Arrivals = Arrivals()
     last_flush_ms: int = 0
-    breaker: Breaker = field(default_factory=Breaker)
+    breaker: Breaker = Breaker()
 
-    # Built directly, not with dataclasses.replace: these run every invocation.
+    # Built directly, not with _replace (keyword handling): these run every invocation.
     def arrived(self, now_ms: int) -> FlushState:
         return FlushState(self.arrivals.arrived(now_ms), self.last_flush_ms, self.breaker)
 
@@ -107,8 +104,7 @@ class FlushState:
         return FlushState(self.arrivals, now_ms, breaker)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     wait_for_handler: bool
     flush: bool
     reason: str
@@ -132,8 +128,8 @@ def decide(strategy: FlushStrategy, state: FlushState, observed: Observed, *, no
                        max_latency_ms=max_latency_ms)
     if state.breaker.catching_up and moment is not Moment.SHUTDOWN and (
             decision.flush or decision.wait_for_handler):
-        return replace(decision, budget_ms=CATCH_UP_BUDGET_MS,
-                       reason=f"{decision.reason}; catching up after an outage")
+        return decision._replace(budget_ms=CATCH_UP_BUDGET_MS,
+                                 reason=f"{decision.reason}; catching up after an outage")
     return decision
 
 
@@ -164,12 +160,12 @@ def _auto(arrivals: Arrivals, observed: Observed, *, moment: Moment,
     flush = Decision(moment is Moment.INVOKE, moment is Moment.HANDLER_DONE, "")
     predicted = arrivals.predicted_gap_ms()
     if arrivals.invocations < WARMUP_INVOCATIONS or predicted is None:
-        return replace(flush, reason=f"warming up ({arrivals.invocations} invocations)")
+        return flush._replace(reason=f"warming up ({arrivals.invocations} invocations)")
     if not observed.broker_up:
-        return replace(flush, reason="no delivery confirmed yet")
+        return flush._replace(reason="no delivery confirmed yet")
     if predicted > _GAP_SHARE * max_latency_ms:
-        return replace(flush, reason=f"sparse: next invoke predicted in {predicted:.0f} ms")
+        return flush._replace(reason=f"sparse: next invoke predicted in {predicted:.0f} ms")
     if observed.oldest_pending_ms + predicted > max_latency_ms:
-        return replace(flush, reason=f"oldest record {observed.oldest_pending_ms} ms old")
+        return flush._replace(reason=f"oldest record {observed.oldest_pending_ms} ms old")
     return Decision(False, False, f"deferred: next invoke predicted in {predicted:.0f} ms",
                     deferred=True)

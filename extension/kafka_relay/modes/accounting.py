@@ -22,7 +22,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from kafka_relay.delivery.engine import DeliveryEngine, FlushResult, Watch
@@ -38,12 +37,14 @@ STALE_AFTER_S = 960.0
 _REMEMBERED = 4_096  # reported request ids: a late second end signal is not a new request
 
 
-@dataclass
 class _Tally:
-    started: float
-    accepted: int = 0
-    watches: list[Watch] = field(default_factory=list)
-    ended: float | None = None
+    __slots__ = ("accepted", "ended", "started", "watches")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.accepted = 0
+        self.watches: list[Watch] = []
+        self.ended: float | None = None
 
     def outcomes(self) -> dict[str, int]:
         counts = dict.fromkeys(("delivered", "dead_lettered", "spilled"), 0)

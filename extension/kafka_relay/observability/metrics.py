@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NAMESPACE = "KafkaRelay"
 DIMENSIONS = ("FunctionName",)
 
 
-@dataclass(frozen=True)
-class Metric:
+class Metric(NamedTuple):
     name: str
     unit: str
     statistic: str  # the statistic that answers the question in ``meaning``

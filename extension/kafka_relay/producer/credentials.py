@@ -6,17 +6,17 @@
     OAuthCallback    SASL/OAUTHBEARER with an injected token function
     NoCredentials    PLAINTEXT / SSL clusters
 
-A new auth method is one more class with ``apply(settings) -> settings`` and, when something
-of it goes stale while Lambda freezes the environment, ``thaw_check`` (MskIam's token);
-``from_config`` picks the strategy the configuration asks for.
+A new auth method is one more class with ``apply(settings) -> settings``; when something of
+it goes stale while Lambda freezes the environment (MskIam's token), ``on_thaw`` gives the
+pump its ``thaw_check``. ``from_config`` picks the strategy the configuration asks for. The
+strategies are NamedTuples: a dataclass costs CPU at every cold start.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kafka_relay.config import MSK_IAM, Config
 from kafka_relay.errors import AuthError, ConfigError
@@ -44,30 +44,38 @@ class Credentials(Protocol):
         """``settings`` plus what this method needs (a new dict; the argument is not changed)."""
         ...
 
-    def thaw_check(self, log: JsonLogger) -> Callable[[_Polls], None] | None:
-        """What the pump runs with its producer before producing after a freeze (``on_thaw``),
-        or None when nothing goes stale while frozen."""
-        ...
+
+def on_thaw(credentials: Credentials, log: JsonLogger) -> Callable[[_Polls], None] | None:
+    """What the pump runs with its producer before producing after a freeze (``on_thaw``), or
+    None when nothing of ``credentials`` goes stale while frozen."""
+    return credentials.thaw_check(log) if isinstance(credentials, MskIam) else None
 
 
-class _NothingStaleAfterThaw:
-    def thaw_check(self, log: JsonLogger) -> Callable[[_Polls], None] | None:
-        return None
+class NoCredentials:
+    __slots__ = ()
 
-
-@dataclass(frozen=True)
-class NoCredentials(_NothingStaleAfterThaw):
     def apply(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         return dict(settings)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NoCredentials)
 
-@dataclass(frozen=True)
-class StaticSasl(_NothingStaleAfterThaw):
+    def __hash__(self) -> int:
+        return hash(NoCredentials)
+
+    def __repr__(self) -> str:
+        return "NoCredentials()"
+
+
+class StaticSasl(NamedTuple):
     """A SASL username and password: Confluent Cloud API keys, or SCRAM users."""
 
     username: str
-    password: str = field(repr=False)
+    password: str
     mechanism: str = "PLAIN"
+
+    def __repr__(self) -> str:  # never the password
+        return f"StaticSasl(username={self.username!r}, mechanism={self.mechanism!r})"
 
     def apply(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {**settings, "sasl.mechanism": self.mechanism, "sasl.username": self.username,
@@ -81,8 +89,7 @@ def _secrets_manager_value(arn: str, region: str | None) -> str:
     return str(client.get_secret_value(SecretId=arn)["SecretString"])
 
 
-@dataclass(frozen=True)
-class SecretsManager(_NothingStaleAfterThaw):
+class SecretsManager(NamedTuple):
     """Username and password read from a Secrets Manager secret when applied.
 
     Two JSON shapes: ``{"api_key": ..., "api_secret": ...}`` and MSK's SCRAM secrets
@@ -92,7 +99,7 @@ class SecretsManager(_NothingStaleAfterThaw):
     arn: str
     region: str | None = None
     mechanism: str = "PLAIN"
-    fetch: FetchSecret = field(default=_secrets_manager_value, repr=False, compare=False)
+    fetch: FetchSecret = _secrets_manager_value
 
     def resolve(self) -> StaticSasl:
         try:
@@ -123,22 +130,26 @@ class SecretsManager(_NothingStaleAfterThaw):
         return self.resolve().apply(settings)
 
 
-@dataclass(frozen=True)
-class OAuthCallback(_NothingStaleAfterThaw):
+class OAuthCallback(NamedTuple):
     """SASL/OAUTHBEARER: librdkafka asks ``token`` for a fresh token before the old expires."""
 
-    token: TokenFunction = field(repr=False)
+    token: TokenFunction
+
+    def __repr__(self) -> str:
+        return "OAuthCallback()"
 
     def apply(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         return {**settings, "sasl.mechanism": OAUTHBEARER, "oauth_cb": self.token}
 
 
-@dataclass(frozen=True)
-class MskIam:
+class MskIam(NamedTuple):
     """MSK IAM: SASL_SSL + OAUTHBEARER with tokens ``provider`` signs with the role's
     credentials. ``provider`` is kept so that a thaw can make sure the token is fresh."""
 
-    provider: MskIamTokenProvider = field(repr=False)
+    provider: MskIamTokenProvider
+
+    def __repr__(self) -> str:
+        return "MskIam()"
 
     @classmethod
     def from_config(cls, config: Config) -> MskIam:

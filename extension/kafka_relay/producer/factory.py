@@ -8,7 +8,6 @@ Settings, in order of precedence: the user's ``KAFKA_PRODUCER_*`` overrides, the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +15,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_relay.config import PRODUCER_PREFIX, Config
 from kafka_relay.errors import AuthError, ConfigError
+from kafka_relay.observability.log import LibrdkafkaLog
 from kafka_relay.producer.credentials import Credentials, MskIam, from_config
 
 # Seed defaults kept: acks=all + idempotence (no duplicates from librdkafka's own
@@ -72,7 +72,7 @@ class ProducerFactory:
         credentials: Credentials | None = None,
         extra: Mapping[str, Any] | None = None,
         error_cb: Callable[[KafkaError], None] | None = None,
-        logger: logging.Logger | None = None,
+        logger: LibrdkafkaLog | None = None,
     ) -> None:
         self.config = config
         # Kept: MSK IAM's strategy holds the token provider a thaw checks (app.py).

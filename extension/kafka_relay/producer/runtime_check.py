@@ -4,7 +4,8 @@ A layer built for other Python versions, another architecture or a newer glibc
 fails deep inside ``import confluent_kafka``; Lambda would show that as an
 ImportError traceback. This turns it into an ``Extension.ConfigError`` naming the
 runtime, the architecture and what to deploy instead. Stdlib only: it runs
-before anything imports confluent-kafka.
+before anything imports confluent-kafka. What only a mismatch needs (``platform``, ``re``,
+``pathlib``) is imported then: the check runs at every start.
 
 The runtime is read from the interpreter the extension runs under (the function's own
 ``python3``, ``/var/lang/bin`` in Lambda), never from ``AWS_EXECUTION_ENV``: Lambda gives
@@ -15,28 +16,28 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple
 
 from kafka_relay.errors import ConfigError
 from kafka_relay.producer.core_import import import_core
 
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import ModuleType
+
 #: Lambda's architecture names by ``platform.machine()``.
 LAMBDA_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
-_CIMPL = re.compile(r"^cimpl\.cpython-(\d)(\d+)-([a-z0-9_]+)-linux-gnu\.so$")
-_GLIBC_NEEDED = re.compile(r"GLIBC_(\d+\.\d+)")
+_CIMPL = r"^cimpl\.cpython-(\d)(\d+)-([a-z0-9_]+)-linux-gnu\.so$"
+_GLIBC_NEEDED = r"GLIBC_(\d+\.\d+)"
 
 
 class RuntimeMismatchError(ConfigError):
     """The layer's compiled confluent-kafka cannot load on this Lambda runtime."""
 
 
-@dataclass(frozen=True)
-class RuntimeFacts:
+class RuntimeFacts(NamedTuple):
     python: str  # "3.11"
     interpreter: str  # sys.executable, e.g. /var/lang/bin/python3.11 in Lambda
     machine: str  # platform.machine(): x86_64 | aarch64
@@ -66,8 +67,7 @@ class RuntimeFacts:
         return f"{runtime} on {self.arch} (platform.machine() {self.machine}{glibc})"
 
 
-@dataclass(frozen=True)
-class LayerBinaries:
+class LayerBinaries(NamedTuple):
     """Which Python versions and machines the layer's ``cimpl`` modules are built for."""
 
     pythons: tuple[str, ...]
@@ -75,11 +75,13 @@ class LayerBinaries:
 
     @classmethod
     def beside(cls, package_dir: Path | None) -> LayerBinaries:
+        import re  # noqa: PLC0415 - a mismatch only
+
         pythons: set[str] = set()
         machines: set[str] = set()
         if package_dir is not None and package_dir.is_dir():
             for path in package_dir.iterdir():
-                matched = _CIMPL.match(path.name)
+                matched = re.match(_CIMPL, path.name)
                 if matched:
                     pythons.add(f"{matched[1]}.{matched[2]}")
                     machines.add(matched[3])
@@ -92,6 +94,8 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def _confluent_kafka_dir() -> Path | None:
     """Where ``confluent_kafka`` would be imported from, without importing it."""
+    from pathlib import Path  # noqa: PLC0415 - a mismatch only
+
     try:
         spec = importlib.util.find_spec("confluent_kafka")
     except (ImportError, ValueError):
@@ -119,7 +123,9 @@ def mismatch_message(facts: RuntimeFacts, layer: LayerBinaries, error: BaseExcep
                 f"function's runtime to one of {runtimes} (python3.10 and python3.11 run on "
                 "Amazon Linux 2, which cannot load confluent-kafka 2.16.1), or rebuild the "
                 f"layer with ./build.sh build --python-version {facts.python}")
-    needed = _GLIBC_NEEDED.search(str(error))
+    import re  # noqa: PLC0415 - a mismatch only
+
+    needed = re.search(_GLIBC_NEEDED, str(error))
     if needed:
         return (f"{head}: its binaries need glibc >= {needed[1]} {cause}. Use a runtime on "
                 f"Amazon Linux 2023: one of {runtimes}")

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafka_relay.record import Record
 
@@ -89,8 +88,7 @@ def read_ndjson(text: str) -> list[Record]:
     return records
 
 
-@dataclass(frozen=True)
-class SpillRead:
+class SpillRead(NamedTuple):
     records: list[Record]
     incomplete: list[str]  # ids of chunked records with chunks missing from the lines read
 

@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,11 +38,13 @@ class SpillKind(str, Enum):
     LOG = "log"  # KAFKA_RELAY_SPILL log lines, for python -m kafka_relay.tools.replay
 
 
-@dataclass(frozen=True)
 class SpillResult:
-    kind: SpillKind
-    location: str  # s3://bucket/key, the spool file path, or "log"
-    count: int
+    __slots__ = ("count", "kind", "location")
+
+    def __init__(self, kind: SpillKind, location: str, count: int) -> None:
+        self.kind = kind
+        self.location = location  # s3://bucket/key, the spool file path, or "log"
+        self.count = count
 
     @property
     def spooled(self) -> bool:
