@@ -315,7 +315,7 @@ def test_a_decision_said_not_to_need_the_engines_report_does_not_depend_on_it(
         observed: Observed, now_ms: int, moment: Moment) -> None:
     """The loop asks the engine nothing before deciding when ``needs_observation`` says so:
     whatever the engine would have reported, the decision is the same."""
-    state = replace(_state(*sorted(invokes), last_flush_ms=last_flush_ms), breaker=breaker)
+    state = _state(*sorted(invokes), last_flush_ms=last_flush_ms)._replace(breaker=breaker)
     if needs_observation(strategy, state):
         assert strategy.mode is FlushMode.AUTO or breaker.open or breaker.catching_up
         return
