@@ -419,3 +419,20 @@ def test_a_record_larger_than_the_in_flight_cap_still_goes_alone(tmp_path: Path)
     assert rig.counts()["delivered"] == 2
     assert rig.engine.status()["in_flight"] == 0
     rig.assert_accounted()
+
+
+def test_a_record_larger_than_the_window_goes_at_its_turn_while_a_stalled_broker_holds_others(
+    tmp_path: Path,
+) -> None:
+    """Waiting could never make room for it while nothing is delivered; and one over Kafka's
+    size limit must reach librdkafka to be refused and routed (spilled, with a DLQ pointer)."""
+    limits = Limits(records=100, bytes=10 * 1024 * 1024)
+    window = in_flight_window(limits.bytes)
+    rig = Rig(tmp_path, producer=lambda: FakeProducer(hold=True), limits=limits)
+    rig.engine.accept(rig.records(2, value=b"s" * 100))
+    rig.step(2)
+    assert len(rig.producer.sent) == 2  # in flight, never acknowledged
+    rig.engine.accept(rig.records(1, value=b"b" * (window + 1)))
+    rig.engine.accept(rig.records(1, value=b"s" * (window // 2)))
+    rig.step(3)
+    assert [len(s.value or b"") for s in rig.producer.sent] == [100, 100, window + 1]

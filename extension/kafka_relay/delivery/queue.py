@@ -46,13 +46,17 @@ class SendQueue:
 
     def take_due(self, now_ms: int, limit: int, max_bytes: int) -> list[Record]:
         """Up to ``limit`` records due now, keeping in-flight bytes under ``max_bytes`` (one
-        record always goes when nothing is in flight)."""
+        record always goes when nothing is in flight). A record larger than ``max_bytes`` goes
+        when its turn comes: waiting could not make room for it while a stalled broker holds
+        the rest in flight, and one over Kafka's size limit must reach librdkafka to be
+        refused and routed (spilled, with its DLQ pointer)."""
         while self._retry and self._retry[0][0] <= now_ms:
             self.fresh.append(heapq.heappop(self._retry)[2])
         batch: list[Record] = []
         while self.fresh and len(batch) < limit:
             size = self.fresh[0].size
-            if self.in_flight_bytes + size > max_bytes and (batch or self.in_flight):
+            if (self.in_flight_bytes + size > max_bytes and size <= max_bytes
+                    and (batch or self.in_flight)):
                 break
             batch.append(self.fresh.popleft())
             self.in_flight_bytes += size
