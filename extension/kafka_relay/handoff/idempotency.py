@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import threading
 import time
+
+# CPython's own BLAKE2 module, not hashlib: hashlib loads OpenSSL (~3 ms of CPU at start, or
+# ~4 MB resident at the first request), which BLAKE2b does not need.
+from _blake2 import blake2b
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
@@ -45,11 +49,7 @@ class _Entry:
 def fingerprint(body: Body, content_type: str, query: str) -> bytes:
     """What a key is bound to: a 128-bit BLAKE2b digest of the request (each part
     length-prefixed, so no two different requests hash the same bytes)."""
-    # Here, not at the top: hashlib loads OpenSSL (~3 ms of CPU), which the extension's
-    # start need not wait for; after the first request this is a dictionary lookup.
-    import hashlib  # noqa: PLC0415
-
-    digest = hashlib.blake2b(digest_size=16, person=b"kafka-relay-idem")
+    digest = blake2b(digest_size=16, person=b"kafka-relay-idem")
     for part in (content_type.encode(errors="surrogateescape"),
                  query.encode(errors="surrogateescape"), body):
         digest.update(len(part).to_bytes(8, "little"))
