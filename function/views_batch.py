@@ -198,11 +198,16 @@ class BatchLayer:
         moment = parse_hour(hour)
         where = f"dt={moment:%Y-%m-%d}/hour={moment:%H}/"
         bad = 0
+        found = [(table, check, sorted(self._keys(f"{ARCHIVE}/topic={topic}/{where}")))
+                 for topic, table, check in (
+                     (self.config.price_topic, "archive_prices", point_from_row),
+                     (self.config.rss_topic, "archive_feeds", item_from_row))]
+        if not any(keys for _, _, keys in found):
+            # Nothing archived (most hours a sweep or backfill closes): no DuckDB to start.
+            return PeriodViews.empty(), 0
         with engine() as sql:
-            for topic, table, check in (
-                    (self.config.price_topic, "archive_prices", point_from_row),
-                    (self.config.rss_topic, "archive_feeds", item_from_row)):
-                for key in sorted(self._keys(f"{ARCHIVE}/topic={topic}/{where}")):
+            for table, check, keys in found:
+                for key in keys:
                     body = self._get(key) or b""
                     if key.endswith(".ndjson"):
                         rows, unread = self._legacy_rows(key, body, check)

@@ -95,9 +95,13 @@ def dist(tmp_path: Path) -> Path:
     return tmp_path / "dist"
 
 
-def run(dist: Path, variables: dict[str, str] | None = None, **options: Any) -> DeployResult:
+def run(aws: MotoServer, dist: Path, variables: dict[str, str] | None = None,
+        **options: Any) -> DeployResult:
+    """Deploy through the server's one boto3 session: a fresh session per deploy loads every
+    service model again (the CLI test still deploys through a session of its own)."""
     return deploy(
         DeployOptions(dist=dist, **options),
+        session=aws.session(),
         variables=dict(ENV if variables is None else variables),
         log=lambda _line: None,
     )
@@ -127,7 +131,7 @@ def log_group_arn(function: str) -> str:
 
 @pytest.fixture
 def deployed_twice(aws: MotoServer, dist: Path) -> tuple[DeployResult, DeployResult]:
-    return run(dist), run(dist)
+    return run(aws, dist), run(aws, dist)
 
 
 def test_a_second_deploy_changes_nothing(deployed_twice: tuple[DeployResult, DeployResult]) -> None:
@@ -245,9 +249,9 @@ def test_secret_and_spill_bucket_are_granted_only_while_configured(
     secret = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:kafka-AbCdEf"
     configured = {**ENV, "KAFKA_SECRET_ARN": secret, "KAFKA_RELAY_SPILL_BUCKET": "relay-spill"}
 
-    run(dist, configured)
+    run(aws, dist, configured)
     granted = inline_policy(aws, RSS)["Statement"]
-    result = run(dist)  # the same file without them
+    result = run(aws, dist)  # the same file without them
     revoked = inline_policy(aws, RSS)["Statement"]
 
     assert [(s["Action"], s["Resource"]) for s in granted] == [
@@ -265,11 +269,11 @@ def test_secret_and_spill_bucket_are_granted_only_while_configured(
 def test_a_new_layer_build_is_published_and_both_functions_move_to_it(
     aws: MotoServer, dist: Path
 ) -> None:
-    first = run(dist)
+    first = run(aws, dist)
     make_dist(dist, layer_version="2")
 
-    second = run(dist)
-    third = run(dist)
+    second = run(aws, dist)
+    third = run(aws, dist)
 
     lam = aws.client("lambda")
     versions = lam.list_layer_versions(LayerName=LAYER)["LayerVersions"]
@@ -323,7 +327,7 @@ def test_a_dry_run_only_reads_and_creates_nothing(aws: MotoServer, dist: Path) -
 def test_a_dry_run_after_a_rebuild_shows_the_update_without_making_it(
     aws: MotoServer, dist: Path
 ) -> None:
-    deployed = run(dist)
+    deployed = run(aws, dist)
     make_dist(dist, layer_version="2")
     session, calls = recording_session()
 
@@ -535,8 +539,8 @@ def test_functions_join_the_vpc_and_their_role_may_manage_its_network_interfaces
 ) -> None:
     subnet, group = vpc(aws)
 
-    first = run(dist, subnet_ids=(subnet,), security_group_ids=(group,))
-    second = run(dist, subnet_ids=(subnet,), security_group_ids=(group,))
+    first = run(aws, dist, subnet_ids=(subnet,), security_group_ids=(group,))
+    second = run(aws, dist, subnet_ids=(subnet,), security_group_ids=(group,))
 
     config = aws.client("lambda").get_function_configuration(FunctionName=RSS)
     assert config["VpcConfig"]["SubnetIds"] == [subnet]
@@ -555,8 +559,8 @@ def test_a_subnet_without_a_security_group_is_refused(dist: Path) -> None:
 def test_each_log_group_is_created_with_its_retention_and_follows_a_change(
     aws: MotoServer, dist: Path
 ) -> None:
-    first = run(dist)
-    shorter = run(dist, log_retention_days=7)
+    first = run(aws, dist)
+    shorter = run(aws, dist, log_retention_days=7)
 
     logs = aws.client("logs")
     groups = {g["logGroupName"]: g.get("retentionInDays")
@@ -619,14 +623,14 @@ def test_publish_layer_without_an_arm64_build_names_the_build_command(
 def test_teardown_deletes_everything_deploy_made_and_a_second_run_finds_it_absent(
     aws: MotoServer, dist: Path
 ) -> None:
-    run(dist)
+    run(aws, dist)
     quiet = {"log": lambda _line: None}
 
-    preview = teardown(TeardownOptions(dry_run=True), **quiet)
+    preview = teardown(TeardownOptions(dry_run=True), session=aws.session(), **quiet)
     lam = aws.client("lambda")
     assert len(lam.list_functions()["Functions"]) == 2, "a dry run deletes nothing"
-    first = teardown(TeardownOptions(), **quiet)
-    second = teardown(TeardownOptions(), **quiet)
+    first = teardown(TeardownOptions(), session=aws.session(), **quiet)
+    second = teardown(TeardownOptions(), session=aws.session(), **quiet)
 
     assert set(preview.actions.values()) == {"would delete", "absent"}
     assert preview.actions[f"function {RSS}"] == "would delete"
@@ -644,9 +648,9 @@ def test_teardown_deletes_everything_deploy_made_and_a_second_run_finds_it_absen
 
 
 def test_teardown_leaves_other_prefixes_alone(aws: MotoServer, dist: Path) -> None:
-    run(dist, prefix="other")
+    run(aws, dist, prefix="other")
 
-    result = teardown(TeardownOptions(), log=lambda _line: None)
+    result = teardown(TeardownOptions(), session=aws.session(), log=lambda _line: None)
 
     assert set(result.actions.values()) == {"absent"}
     assert len(aws.client("lambda").list_functions()["Functions"]) == 2

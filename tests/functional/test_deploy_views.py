@@ -62,7 +62,7 @@ def test_deploys_every_views_resource_then_changes_nothing(
     aws: MotoServer, function_zip: Path
 ) -> None:
     lines: list[str] = []
-    first = ViewsDeployer(_options(function_zip), session=boto3.Session(),
+    first = ViewsDeployer(_options(function_zip), session=aws.session(),
                           log=lines.append).run()
     assert set(first.actions("function").values()) == {"created"}
     assert len(first.actions("function")) == 4
@@ -81,13 +81,13 @@ def test_deploys_every_views_resource_then_changes_nothing(
     rule = aws.client("events").describe_rule(Name="kafka-relay-views-close")
     assert rule["ScheduleExpression"] == "rate(1 hour)"
 
-    again = ViewsDeployer(_options(function_zip), session=boto3.Session(),
+    again = ViewsDeployer(_options(function_zip), session=aws.session(),
                           log=lines.append).run()
     assert {c.action for c in again.changes} == {"unchanged"}
 
 
 def test_a_dry_run_only_reads(aws: MotoServer, function_zip: Path) -> None:
-    result = ViewsDeployer(_options(function_zip, dry_run=True), session=boto3.Session(),
+    result = ViewsDeployer(_options(function_zip, dry_run=True), session=aws.session(),
                            log=lambda _line: None).run()
     assert {c.action for c in result.changes} <= {"would create", "would update"}
     assert aws.client("lambda").list_functions()["Functions"] == []
