@@ -28,7 +28,7 @@ from kafka_relay.delivery.pointers import Pointers
 from kafka_relay.delivery.routing import Action
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
-from kafka_relay.protocol import ID_HEADER, BrokerState, Outcome
+from kafka_relay.protocol import BrokerState, Outcome
 from kafka_relay.record import Record
 
 PRODUCE_BATCH = 2_000
@@ -199,7 +199,7 @@ class Pump:
 
     def _produce_batch(self, batch: list[Record]) -> None:
         """Hand the batch to librdkafka; what its full queue refuses goes back, first in line.
-        The common record (to its own topic) is produced inline: this runs per record."""
+        This runs per record: no lock round unless a record settled meanwhile."""
         unsettled = self._ledger.unsettled
         produce = self.producer.produce
         report_of = self._report_of
@@ -210,15 +210,13 @@ class Pump:
                 continue
             try:
                 if record.dlq_error is None:
-                    produce(record.topic, value=record.value, key=record.key,
-                            on_delivery=report_of(record), timestamp=record.timestamp_ms or 0,
-                            headers=[*record.headers, (ID_HEADER, record.id.encode())])
+                    target, headers = record.topic, record.kafka_headers()
                 else:
                     target = record.dlq_topic or self._config.dlq_for(record.topic)
-                    produce(target, value=record.value, key=record.key,
-                            on_delivery=report_of(record), timestamp=record.timestamp_ms or 0,
-                            headers=record.kafka_headers(
-                                dlq_topic=target, function=self._config.function_name))
+                    headers = record.kafka_headers(dlq_topic=target,
+                                                   function=self._config.function_name)
+                produce(target, value=record.value, key=record.key, headers=headers,
+                        on_delivery=report_of(record), timestamp=record.timestamp_ms or 0)
             except BufferError:
                 with self._ledger.cond:
                     self._queue.give_back(batch[index:])

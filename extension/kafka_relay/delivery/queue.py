@@ -70,8 +70,7 @@ class SendQueue:
 
     def give_back(self, records: list[Record]) -> None:
         """Taken but not handed to librdkafka (its queue was full): first in line again."""
-        self.in_flight -= len(records)
-        self.in_flight_bytes = max(0, self.in_flight_bytes - sum(r.size for r in records))
+        self.done(records)
         self.fresh.extendleft(reversed(records))
 
     def requeue_missing(self, unsettled: Iterable[Record]) -> None:
