@@ -32,6 +32,11 @@ def encode_request(method: str, path: str, host: str, headers: Mapping[str, str]
     return f"{head}Content-Length: {len(payload)}\r\n\r\n".encode("latin-1") + payload
 
 
+def _timed_out(timeout: float | None, exc: BlockingIOError) -> TimeoutError:
+    # What a kernel timeout raises on a blocking socket (SO_RCVTIMEO/SO_SNDTIMEO).
+    return TimeoutError(f"no progress within {timeout} s ({exc})")
+
+
 class Stale(ConnectionError):
     """The server closed the connection before answering: a kept one may be retried."""
 
@@ -64,31 +69,28 @@ class Connection:
                  ) -> tuple[int, dict[str, str], bytes]:
         """Send ``request`` (then ``body``, when the request is only the head) and read the
         answer: status, headers as sent, body. ``timeout`` bounds each send and receive."""
-        if timeout != self._timeout:
-            self._set_timeout(timeout)
+        self._arm(timeout)
         try:
             self._send(request, body)
             return self._answer()
-        except BlockingIOError as exc:  # what a kernel timeout raises on a blocking socket
-            raise TimeoutError(f"no progress within {timeout} s ({exc})") from exc
+        except BlockingIOError as exc:
+            raise _timed_out(timeout, exc) from exc
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise Stale(str(exc)) from exc
 
     def post(self, request: bytes, timeout: float | None) -> None:
         """Send ``request`` without waiting for its answer: the caller reads it with
         ``settle`` before this connection's next exchange."""
-        if timeout != self._timeout:
-            self._set_timeout(timeout)
+        self._arm(timeout)
         try:
             self._sock.sendall(request)
         except BlockingIOError as exc:
-            raise TimeoutError(f"no progress within {timeout} s ({exc})") from exc
+            raise _timed_out(timeout, exc) from exc
         self.owed += 1
 
     def settle(self, timeout: float | None) -> list[tuple[int, bytes]]:
         """Read the answers owed to ``post``ed requests: status and body of each."""
-        if timeout != self._timeout:
-            self._set_timeout(timeout)
+        self._arm(timeout)
         answers = []
         try:
             while self.owed:
@@ -96,12 +98,15 @@ class Connection:
                 self.owed -= 1
                 answers.append((status, data))
         except BlockingIOError as exc:
-            raise TimeoutError(f"no progress within {timeout} s ({exc})") from exc
+            raise _timed_out(timeout, exc) from exc
         except ConnectionResetError as exc:
             raise Stale(str(exc)) from exc
         return answers
 
-    def _set_timeout(self, timeout: float | None) -> None:
+    def _arm(self, timeout: float | None) -> None:
+        """Bound each send and receive by ``timeout`` (a system call only when it changes)."""
+        if timeout == self._timeout:
+            return
         seconds = 0.0 if timeout is None else max(timeout, _MIN_TIMEOUT_S)
         value = _TIMEVAL.pack(int(seconds), int(seconds % 1 * 1_000_000))
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
