@@ -16,6 +16,8 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Iterable
+from typing import NamedTuple
 
 MAX_LINE = 65536  # bytes in the request line or one header line (as http.server)
 MAX_HEADERS = 100
@@ -36,6 +38,58 @@ class Headers(dict[str, str]):
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         return super().get(name.lower(), default)
+
+
+class BadRequest(Exception):
+    """What cannot be served as an HTTP request; ``answer()`` is the refusal (and closes)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def answer(self) -> bytes:
+        body = str(self).encode()
+        return (f"HTTP/1.1 {self.status} {_REASONS.get(self.status, '')}\r\nConnection: close"
+                f"\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+                .encode("latin-1") + body)
+
+
+class HeaderBlock(NamedTuple):
+    headers: Headers
+    close: bool  # close the connection after answering
+    expects_continue: bool  # send CONTINUE before reading the body
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def parse_request_line(text: str) -> tuple[str, str, str]:
+    """Method, path and version; ``BadRequest`` when ``text`` is not a request line."""
+    words = text.split()
+    if len(words) != 3 or not words[2].startswith("HTTP/"):
+        raise BadRequest(400, f"bad request line {text[:100]!r}")
+    method, path, version = words
+    return method, path, version
+
+
+def parse_headers(version: str, lines: Iterable[str]) -> HeaderBlock:
+    """A request's header lines (without their line ends), by the rules above; ``BadRequest``
+    for a malformed one. Every loopback server here parses with this and the above."""
+    headers = Headers()
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise BadRequest(400, f"malformed header {line[:100]!r}")
+        headers.setdefault(name.lower(), value.strip())
+    connection = (headers.get("Connection") or "").lower()
+    close = version < "HTTP/1.1"
+    if connection == "close":
+        close = True
+    elif connection == "keep-alive" and version >= "HTTP/1.1":
+        close = False
+    expects_continue = ((headers.get("Expect") or "").lower() == "100-continue"
+                        and version >= "HTTP/1.1")
+    return HeaderBlock(headers, close, expects_continue)
 
 
 class RequestHandler(socketserver.StreamRequestHandler):
@@ -79,13 +133,13 @@ class RequestHandler(socketserver.StreamRequestHandler):
             self.close_connection = True
 
     def _parse(self, line: bytes) -> bool:
-        words = line.decode("iso-8859-1").split()
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
-            self._refuse(400, f"bad request line {line[:100]!r}")
+        try:
+            self.command, self.path, self.request_version = parse_request_line(
+                line.decode("iso-8859-1").rstrip("\r\n"))
+        except BadRequest as exc:
+            self._refuse(exc.status, str(exc))
             return False
-        self.command, self.path, self.request_version = words
-        self.close_connection = self.request_version < "HTTP/1.1"
-        headers = Headers()
+        lines = []
         for _ in range(MAX_HEADERS + 1):
             raw = self.rfile.readline(MAX_LINE + 1)
             if len(raw) > MAX_LINE:
@@ -93,31 +147,24 @@ class RequestHandler(socketserver.StreamRequestHandler):
                 return False
             if raw in (b"\r\n", b"\n", b""):
                 break
-            name, colon, value = raw.decode("iso-8859-1").partition(":")
-            if not colon or not name or name != name.strip():
-                self._refuse(400, f"malformed header {raw[:100]!r}")
-                return False
-            headers.setdefault(name.lower(), value.strip())
+            lines.append(raw.decode("iso-8859-1").rstrip("\r\n"))
         else:
             self._refuse(431, "too many headers")
             return False
-        self.headers = headers
-        connection = (headers.get("Connection") or "").lower()
-        if connection == "close":
-            self.close_connection = True
-        elif connection == "keep-alive" and self.request_version >= "HTTP/1.1":
-            self.close_connection = False
-        if (headers.get("Expect") or "").lower() == "100-continue" \
-                and self.request_version >= "HTTP/1.1":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            block = parse_headers(self.request_version, lines)
+        except BadRequest as exc:
+            self._refuse(exc.status, str(exc))
+            return False
+        self.headers = block.headers
+        self.close_connection = block.close
+        if block.expects_continue:
+            self.wfile.write(CONTINUE)
         return True
 
     def _refuse(self, status: int, message: str) -> None:
-        body = message.encode()
         self.close_connection = True
-        self.wfile.write(f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nConnection: close"
-                         f"\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
-                         .encode("latin-1") + body)
+        self.wfile.write(BadRequest(status, message).answer())
 
     # -- the answer, as BaseHTTPRequestHandler builds it --------------------------------
 

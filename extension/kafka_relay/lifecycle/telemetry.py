@@ -20,6 +20,7 @@ from typing import Protocol
 
 from kafka_relay.config import LambdaMode
 from kafka_relay.errors import LambdaApiError
+from kafka_relay.httpwire import CONTINUE, BadRequest, parse_headers, parse_request_line
 from kafka_relay.lifecycle.api import MANAGED_INSTANCES_TELEMETRY_SCHEMA, TELEMETRY_SCHEMA
 from kafka_relay.observability.log import JsonLogger
 
@@ -156,7 +157,7 @@ class TelemetryReceiver:
                 peer.sock.sendall(_CLOSE_OK if close else _OK)
                 if close:
                     return False
-        except _Refused as exc:
+        except BadRequest as exc:
             with contextlib.suppress(OSError):
                 peer.sock.sendall(exc.answer())
             return False
@@ -207,17 +208,6 @@ def subscribe(api: Registrar, uri: str, *, types: list[str], mode: LambdaMode,
         return other
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason = status, reason
-
-    def answer(self) -> bytes:
-        body = str(self).encode()
-        return (f"HTTP/1.1 {self.status} {self.reason}\r\nConnection: close\r\nContent-Type: "
-                f"text/plain\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-
-
 class _Peer:
     """One connection's bytes so far, cut into requests: HTTP/1.1 with a Content-Length or
     chunked body, keep-alive by version and ``Connection``, ``Expect: 100-continue``."""
@@ -231,40 +221,33 @@ class _Peer:
 
     def take(self) -> tuple[bytes, bool] | None:
         """The next complete request's body and whether to close after answering it; None
-        until one is complete. Raises ``_Refused`` for what cannot be an HTTP request."""
+        until one is complete. Raises ``BadRequest`` for what cannot be an HTTP request."""
         buffer = self.buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             if len(buffer) > MAX_HEAD:
-                raise _Refused(431, "Request Header Fields Too Large", "headers too long")
+                raise BadRequest(431, "headers too long")
             return None
-        lines = bytes(buffer[:end]).decode("iso-8859-1").split("\r\n")
-        words = lines[0].split()
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
-            raise _Refused(400, "Bad Request", f"bad request line {lines[0][:100]!r}")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
-                raise _Refused(400, "Bad Request", f"malformed header {line[:100]!r}")
-            headers.setdefault(name.lower(), value.strip())
-        connection = headers.get("connection", "").lower()
-        close = connection == "close" or (words[2] < "HTTP/1.1" and connection != "keep-alive")
+        request_line, *lines = bytes(buffer[:end]).decode("iso-8859-1").split("\r\n")
+        version = parse_request_line(request_line)[2]
+        headers, close, expects_continue = parse_headers(version, lines)
         start = end + 4
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
             found = _chunked(buffer, start)
         else:
-            length = headers.get("content-length", "0")
+            length = headers.get("Content-Length")
+            if length is None:
+                length = "0"
             if not (length.isascii() and length.isdigit()):
-                raise _Refused(400, "Bad Request", f"Content-Length {length[:40]!r}")
+                raise BadRequest(400, f"Content-Length {length[:40]!r}")
             if int(length) > MAX_BODY:
-                raise _Refused(413, "Content Too Large", f"over {MAX_BODY} bytes")
+                raise BadRequest(413, f"over {MAX_BODY} bytes")
             stop = start + int(length)
             found = (bytes(buffer[start:stop]), stop) if len(buffer) >= stop else None
         if found is None:
-            if not self._continued and headers.get("expect", "").lower() == "100-continue":
+            if not self._continued and expects_continue:
                 self._continued = True
-                self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.sock.sendall(CONTINUE)
             return None
         body, consumed = found
         del buffer[:consumed]
@@ -284,10 +267,10 @@ def _chunked(buffer: bytearray, at: int) -> tuple[bytes, int] | None:
         try:
             size = int(size_text, 16)
         except ValueError:
-            raise _Refused(400, "Bad Request", f"chunk size {size_text[:40]!r}") from None
+            raise BadRequest(400, f"chunk size {size_text[:40]!r}") from None
         total += size
         if total > MAX_BODY:
-            raise _Refused(413, "Content Too Large", f"over {MAX_BODY} bytes")
+            raise BadRequest(413, f"over {MAX_BODY} bytes")
         at = eol + 2
         if size == 0:
             break
