@@ -61,6 +61,11 @@ class Gauge(NamedTuple):
     failure: str | None  # why the pump stopped for good (None while it runs)
     by_request: dict[str, dict[str, int]]  # see gauge()
 
+    @property
+    def reached_kafka(self) -> int:
+        """Records Kafka took (delivered or dead-lettered): what tells the broker answers."""
+        return self.counts["delivered"] + self.counts["dead_lettered"]
+
 
 class DrainReport(NamedTuple):
     reason: str

@@ -49,17 +49,13 @@ class Reachability:
     def note_client_error(self, error: KafkaError) -> None:
         """librdkafka's error_cb: remember a failed connection attempt."""
         if is_connect_failure(error):
-            self._failed_connect = (self._monotonic(), self._settled())
+            self._failed_connect = (self._monotonic(), self._engine.gauge().reached_kafka)
 
     def gone(self) -> bool:
         """A connection attempt failed within ``GONE_WINDOW_S`` and nothing settled since."""
         failed = self._failed_connect  # one read: the error callback replaces it whole
         return (failed is not None and self._monotonic() - failed[0] < GONE_WINDOW_S
-                and self._settled() <= failed[1])
-
-    def _settled(self) -> int:
-        counts = self._engine.gauge().counts
-        return counts["delivered"] + counts["dead_lettered"]
+                and self._engine.gauge().reached_kafka <= failed[1])
 
     def problem(self, breaker: object) -> dict[str, Any] | None:
         """Why the broker is not answering (``breaker``: the breaker's published status), or
@@ -68,7 +64,7 @@ class Reachability:
         if self.init_error is None and status.get("state") != "open":
             return None  # the common case, asked every invocation: no gauge needed
         gauge = self._engine.gauge()
-        settled = gauge.counts["delivered"] + gauge.counts["dead_lettered"]
+        settled = gauge.reached_kafka
         error = self._engine.pump.last_error or self.init_error
         opened_ms = int(status.get("opened_ms", 0))
         if self.init_error is not None and gauge.broker_state is not BrokerState.UP:

@@ -116,7 +116,7 @@ class EngineListener:
     def observe(self) -> Observed:
         gauge = self._engine.gauge()
         return Observed(pending=gauge.pending, oldest_pending_ms=gauge.oldest_pending_ms,
-                        settled=gauge.counts["delivered"] + gauge.counts["dead_lettered"],
+                        settled=gauge.reached_kafka,
                         broker_up=gauge.broker_state is BrokerState.UP, stopped=gauge.failure)
 
     def flush(self, budget_ms: int) -> FlushReport:
