@@ -16,6 +16,7 @@ from kafka_relay import __version__
 from kafka_relay.config import MSK_IAM, Config, msk_listener
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
+from kafka_relay.handoff.idempotency import IdempotencyCache
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.telemetry import TelemetryReceiver, subscribe
@@ -78,7 +79,7 @@ def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
     spill.warm()
 
     state = HandoffState(config=config, relay=mode.port, signals=mode.signals, logger=logger,
-                         ids=mode.ids, started=time.monotonic(),
+                         ids=mode.ids, started=time.monotonic(), idempotency=IdempotencyCache(),
                          flush_strategy=str(config.flush), admit=mode.admit,
                          flush_control=lambda: mode.listener.flush_control,
                          reprobe=lambda timeout_s: engine.reachability.reprobe(

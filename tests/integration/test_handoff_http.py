@@ -22,6 +22,7 @@ from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, FlushStrategy
 from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.body import MAPPED_BODY_BYTES
+from kafka_relay.handoff.idempotency import IdempotencyCache
 from kafka_relay.handoff.server import WAIT_PROBE_S, HandoffServer, HandoffState
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.observability.log import JsonLogger
@@ -87,7 +88,7 @@ def _state(h: Harness, config: Config, *,
     """A second server's state over the harness's engine (its own signals, log and ids)."""
     return HandoffState(config=config, relay=h.parts.engine, signals=HandlerSignals(),
                         logger=JsonLogger(stream=io.StringIO()), ids=IdSource(), started=0.0,
-                        admit=admit)
+                        idempotency=IdempotencyCache(), admit=admit)
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import time
 from _operator import _compare_digest as compare_digest
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from kafka_relay import __version__
@@ -86,51 +86,30 @@ class DeliveryPort(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-class HandoffState:
+class HandoffState(NamedTuple):
     """What the request handlers share. The lifecycle writes none of it: a restore reseeds
     ``ids`` in place, and ``flush_control`` reads what the loop last published."""
 
-    __slots__ = ("admit", "broker_gone", "config", "flush_control", "flush_strategy",
-                 "idempotency", "ids", "logger", "relay", "reprobe", "signals", "started",
-                 "wall_ms")
-
-    def __init__(
-        self,
-        *,
-        config: Config,
-        relay: DeliveryPort,
-        signals: EndSignals,
-        logger: JsonLogger,
-        ids: IdSource,
-        started: float,
-        flush_strategy: str = "",
-        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-        idempotency: IdempotencyCache | None = None,
-        admit: Callable[[], str | None] = lambda: None,
-        flush_control: Callable[[], Mapping[str, object]] = dict,
-        reprobe: Callable[[float], dict[str, Any] | None] = lambda _timeout_s: None,
-        broker_gone: Callable[[], bool] = lambda: False,
-    ) -> None:
-        self.config = config
-        self.relay = relay
-        self.signals = signals
-        self.logger = logger
-        self.ids = ids
-        self.started = started
-        self.flush_strategy = flush_strategy
-        self.wall_ms = wall_ms
-        self.idempotency = idempotency if idempotency is not None else IdempotencyCache()
-        # Asked before any record is validated (ids drawn): None admits, a text refuses with
-        # 503 (SnapStart: nothing is accepted before the restore).
-        self.admit = admit
-        # The lifecycle loop's flush control (breaker, auto) for /v1/status.
-        self.flush_control = flush_control
-        # For a wait request: why the broker is not answering after a probe of this many
-        # seconds (delivery.reachability), or None.
-        self.reprobe = reprobe
-        # Whether connection attempts to Kafka fail now (delivery.reachability): a full buffer
-        # then stays full, and the client is told not to wait for room.
-        self.broker_gone = broker_gone
+    config: Config
+    relay: DeliveryPort
+    signals: EndSignals
+    logger: JsonLogger
+    ids: IdSource
+    started: float
+    idempotency: IdempotencyCache  # one per server: keys are the server's clients'
+    flush_strategy: str = ""
+    wall_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    # Asked before any record is validated (ids drawn): None admits, a text refuses with 503
+    # (SnapStart: nothing is accepted before the restore).
+    admit: Callable[[], str | None] = lambda: None
+    # The lifecycle loop's flush control (breaker, auto) for /v1/status.
+    flush_control: Callable[[], Mapping[str, object]] = dict
+    # For a wait request: why the broker is not answering after a probe of this many seconds
+    # (delivery.reachability), or None.
+    reprobe: Callable[[float], dict[str, Any] | None] = lambda _timeout_s: None
+    # Whether connection attempts to Kafka fail now (delivery.reachability): a full buffer
+    # then stays full, and the client is told not to wait for room.
+    broker_gone: Callable[[], bool] = lambda: False
 
 
 def _broker_refusal(problem: dict[str, Any], config: Config) -> str:
