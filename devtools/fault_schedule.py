@@ -149,6 +149,7 @@ class Runner:
         try:
             for number, step in enumerate(steps):
                 if step.kind == "shutdown":
+                    self._reinit_if_reset(box, run, rng, f"{seed}-{number}-reinit")
                     box.shutdown("spindown")
                     run.log_lines += box.log_lines()
                     box.close()
@@ -162,17 +163,21 @@ class Runner:
                     self._send(box, records, run, kill_after=delay)
                 else:
                     self._fault(step)
-            if run.last_reset:
-                # Lambda inits a reset environment again at its next event (and restores
-                # what its journal kept then); without one it would be destroyed, /tmp
-                # with it: the journal's one limit (docs/records.md), not a fault to test.
-                self._send(box, hostile_records(rng, 20, f"{seed}-reinit"), run,
-                           kill_after=None)
+            self._reinit_if_reset(box, run, rng, f"{seed}-reinit")
             box.shutdown("spindown")
         finally:
             run.log_lines += box.log_lines()
             box.close()
         return run
+
+    def _reinit_if_reset(self, box: Sandbox, run: Run, rng: random.Random, mark: str) -> None:
+        """Lambda inits a reset environment again at its next event, which restores what
+        the journal kept; one reset and then destroyed loses its /tmp, the journal's one
+        limit (docs/records.md), so a spin-down here follows that next event."""
+        for attempt in range(3):  # bounded: an init that fails every time fails the verdict
+            if not run.last_reset:
+                return
+            self._send(box, hostile_records(rng, 20, f"{mark}-{attempt}"), run, kill_after=None)
 
     def _open(self, number: int) -> Sandbox:
         env: dict[str, str] = {"KAFKA_RELAY_PORT": str(free_port()),
