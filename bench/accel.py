@@ -34,11 +34,11 @@ class Accel(Protocol):
 
     def check(self, body: Any, has_default_topic: bool) -> int: ...
 
-    def produce_all(self, body: Any, start: int, produce: Callable[..., None],
+    def produce_all(self, body: Any, start: int, produce: Callable[..., None],  # noqa: PLR0917 - the C function's
                     default_topic: str, id_prefix: str, first_id: int,
                     on_delivery: Settle) -> int: ...
 
-    def Settle(self, count: int) -> Settle: ...  # noqa: N802 - the C type's name
+    def Settle(self, count: int) -> Settle: ...
 
 
 class BuildError(RuntimeError):

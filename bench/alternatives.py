@@ -72,7 +72,7 @@ _CGROUP_LABEL = "kafka-relay-alternatives"
 
 class Scenario(NamedTuple):
     name: str
-    count: int  # records per invocation
+    per_invocation: int  # records
     size: int  # bytes per record (key + JSON value), about
     invocations: int  # measured, after one warm-up invocation
     vcpus: float | None  # the CPU quota of client + relay together (None: none)
@@ -154,7 +154,7 @@ class _Taker:
     def flush(self) -> int:
         left = int(self.producer.flush(30))
         self.settle()
-        return left + sum(c.outstanding for _, c in self.bodies)
+        return left + sum(int(c.outstanding) for _, c in self.bodies)
 
 
 class _PythonTaker(_Taker):
@@ -175,7 +175,8 @@ class _PythonTaker(_Taker):
         schema = self.schema
         start = ring.HEADER + position % self.ring.capacity + 4
         try:
-            frames = self.decode(self.readonly[start:start + length])
+            # decode_frames reads any buffer; over a view its fields are views too.
+            frames = self.decode(self.readonly[start:start + length])  # type: ignore[arg-type]
             for topic, _key, _value, headers, timestamp in frames:
                 # The schema's field rules, only for the fields a frame carries.
                 if topic is not None:
@@ -324,6 +325,7 @@ class _Commands:
 
     def __init__(self) -> None:
         self.mark = time.process_time()
+        self.mark_thread = time.thread_time()
         self.on_stop: list[Callable[[], None]] = []
         self.extra: Callable[[], dict[str, Any]] = dict
 
@@ -335,13 +337,16 @@ class _Commands:
         """Run one command; False after "stop" (or a closed stdin)."""
         line = sys.stdin.readline().strip()
         if line == "mark":
-            self.mark = time.process_time()
+            self.mark, self.mark_thread = time.process_time(), time.thread_time()
             self.reply({"marked": True})
             return True
         cpu = time.process_time() - self.mark
+        # The main thread's share: for a ring relay its loop, produce() calls and delivery
+        # callbacks; the rest is librdkafka's threads.
+        main = time.thread_time() - self.mark_thread
         for stop in self.on_stop:
             stop()
-        self.reply({"cpu": cpu, **self.extra()})
+        self.reply({"cpu": cpu, "main_thread_cpu": main, **self.extra()})
         return False
 
 
@@ -411,7 +416,7 @@ class _Client:
         self.delivered = 0
         if path == "inproc":
             self.producer = _producer(spec["bootstrap"])
-            self.send = self._produce_and_flush
+            self.send: Callable[[list[dict[str, Any]]], object] = self._produce_and_flush
             self.finish: Callable[[], int] = lambda: int(self.producer.flush(30))
         elif path == "http":
             from kafka_relay.client import RelayClient  # noqa: PLC0415
@@ -451,18 +456,21 @@ def client_main(spec: dict[str, Any]) -> None:
     commands = _Commands()
     count, size = spec["count"], spec["size"]
     batches = [workload(n, count, size) for n in range(spec["invocations"] + 1)]
-    client = _Client(spec, spec.get("ready"))
+    ready = json.loads(sys.stdin.readline())  # where the relay listens, once it does
+    client = _Client(spec, ready)
     client.send(batches[0])  # warm: connections, metadata, first-use allocations
     client.finish()
     commands.reply({"warm": True})
     if sys.stdin.readline().strip() != "go":
         return
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, thread, wall = time.process_time(), time.thread_time(), time.perf_counter()
     for batch in batches[1:]:
         client.send(batch)
-    wall = time.perf_counter() - wall
+    handed = time.perf_counter() - wall
     left = client.finish()
-    commands.reply({"cpu": time.process_time() - cpu, "wall": wall, "left": left})
+    commands.reply({"cpu": time.process_time() - cpu, "wall": handed, "left": left,
+                    "main_thread_cpu": time.thread_time() - thread,
+                    "delivered_wall": time.perf_counter() - wall})
 
 
 def _pin(spec: dict[str, Any]) -> None:
@@ -478,6 +486,7 @@ class _Child:
     """A role process speaking JSON lines; every answer is waited for at most _ANSWER_S."""
 
     def __init__(self, argv: list[str]) -> None:
+        self.role = " ".join(argv[-3:-1])
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
 
@@ -486,7 +495,7 @@ class _Child:
         ready, _, _ = select.select([self.process.stdout], [], [], _ANSWER_S)
         line = self.process.stdout.readline() if ready else ""
         if not line:
-            raise RuntimeError(f"{self.process.args[-3:]} did not answer (exit "
+            raise RuntimeError(f"{self.role} did not answer (exit "
                                f"{self.process.poll()})")
         answer: dict[str, Any] = json.loads(line)
         return answer
@@ -515,12 +524,15 @@ class Sample:
     records: int  # measured records (the warm-up's not counted)
     given: int  # every record the path was given, warm-up included
     given_bytes: int  # their keys' and values' bytes
-    on_topic: int  # records the topic holds after the run
-    on_topic_bytes: int  # their keys' and values' bytes
     client_cpu_s: float
     relay_cpu_s: float
-    wall_s: float
-    relay: dict[str, Any] = field(default_factory=dict)
+    wall_s: float  # the invocations' (handed over)
+    delivered_wall_s: float  # and the final flush (all delivered)
+    bound: str  # what bounded the CPU: a cgroup quota, pinning, or nothing
+    client_main_thread_cpu_s: float  # the rest of the client's: librdkafka's threads (inproc)
+    relay: dict[str, Any] = field(default_factory=dict)  # its main thread's CPU, its counts
+    on_topic: int = -1  # records the topic holds after the run (-1: not read yet)
+    on_topic_bytes: int = -1  # their keys' and values' bytes
 
     @property
     def us_per_record(self) -> float:
@@ -544,28 +556,30 @@ def _bound(vcpus: float | None) -> Iterator[tuple[Callable[[str, list[str]], lis
         group.remove()
 
 
-def on_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> tuple[int, int]:
-    """(records, key + value bytes) on ``topic``'s partition 0, read to its end. Read, not
-    the high watermark: the local broker's counts batches' offsets its own way."""
+def on_topics(bootstrap: str, topics: Sequence[str], *,
+              timeout: float = 60.0) -> dict[str, tuple[int, int]]:
+    """Per topic, (records, key + value bytes) on its partition 0, read to its end by one
+    consumer. Read, not the high watermark: the local broker counts offsets its own way."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition  # noqa: PLC0415
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"alternatives-{topic}",
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "alternatives-check",
                          "enable.partition.eof": True, "enable.auto.commit": False,
                          "fetch.wait.max.ms": 50})
-    count = size = 0
+    found = dict.fromkeys(topics, (0, 0))
     try:
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING) for topic in topics])
         deadline = time.monotonic() + timeout
-        at_end = False
-        while not at_end and time.monotonic() < deadline:
-            for message in consumer.consume(1000, timeout=1.0):
-                error = message.error()
+        open_topics = set(topics)
+        while open_topics and time.monotonic() < deadline:
+            for message in consumer.consume(1000, timeout=0.1):
+                error, topic = message.error(), str(message.topic())
                 if error is None:
-                    count += 1
-                    size += len(message.key() or b"") + len(message.value() or b"")
+                    count, size = found[topic]
+                    found[topic] = (count + 1, size + len(message.key() or b"")
+                                    + len(message.value() or b""))
                 elif error.code() == KafkaError._PARTITION_EOF:
-                    at_end = True
-        return count, size
+                    open_topics.discard(topic)
+        return found
     finally:
         consumer.close()
 
@@ -574,7 +588,7 @@ def given_bytes(scenario: Scenario) -> int:
     """Key + value bytes of every record a path is given in ``scenario``, warm-up included."""
     return sum(len(r["key"]) + len(value_bytes(r["value"]))
                for n in range(scenario.invocations + 1)
-               for r in workload(n, scenario.count, scenario.size))
+               for r in workload(n, scenario.per_invocation, scenario.size))
 
 
 def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
@@ -583,21 +597,23 @@ def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
     create_topics(bootstrap, [topic])
     run_dir = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=workdir))
     spec: dict[str, Any] = {"path": path, "bootstrap": bootstrap, "topic": topic,
-                            "dir": str(run_dir), "port": free_port(), "count": scenario.count,
-                            "size": scenario.size, "invocations": scenario.invocations,
+                            "dir": str(run_dir), "port": free_port(),
+                            "count": scenario.per_invocation, "size": scenario.size,
+                            "invocations": scenario.invocations,
                             "accel": str(accel_path) if accel_path else None}
     me = [sys.executable, "-m", "bench.alternatives"]
-    with _bound(scenario.vcpus) as (wrap, bound):
+    with _bound(scenario.vcpus) as (wrap, what):
+        bound = what
         if scenario.vcpus is not None and bound.startswith("no cgroup"):
             spec["pin"] = min(os.sched_getaffinity(0))
+            bound += f": client and relay pinned to core {spec['pin']}"
+        # Both start at once (imports, the workload); the client connects once the relay
+        # says where it listens.
         relay = _Child(wrap("extensions", [*me, "--role", "relay", json.dumps(spec)])) \
             if path in RELAYED else None
-        client: _Child | None = None
+        client = _Child(wrap("runtime", [*me, "--role", "client", json.dumps(spec)]))
         try:
-            if relay is not None:
-                spec["ready"] = relay.read()["ready"]
-            client = _Child(wrap("runtime", [*me, "--role", "client", json.dumps(spec)]))
-            client.read()  # warm
+            client.ask(json.dumps(relay.read()["ready"] if relay is not None else None))
             if relay is not None:
                 relay.ask("mark")
             result = client.ask("go")
@@ -606,20 +622,20 @@ def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
             for child in (client, relay):
                 if child is not None:
                     child.close()
-    records = scenario.count * scenario.invocations
-    count, size = on_topic(bootstrap, topic)
+    records = scenario.per_invocation * scenario.invocations
     return Sample(path=path, scenario=scenario.name, topic=topic, records=records,
-                  given=records + scenario.count, given_bytes=given_bytes(scenario),
-                  on_topic=count, on_topic_bytes=size,
+                  given=records + scenario.per_invocation, given_bytes=given_bytes(scenario),
                   client_cpu_s=result["cpu"], relay_cpu_s=relay_result.pop("cpu"),
-                  wall_s=result["wall"], relay=relay_result)
+                  wall_s=result["wall"], delivered_wall_s=result["delivered_wall"],
+                  bound=bound, client_main_thread_cpu_s=result["main_thread_cpu"],
+                  relay=relay_result)
 
 
 # -- the accelerator's per-record cost, in process ------------------------------------------
 
 
-def micro(module: accel.Accel, *, count: int = 100, size: int = 1024,
-          repeat: int = 7) -> dict[str, float]:
+def micro(module: accel.Accel, *, count: int = 100, size: int = 1024, repeat: int = 40,
+          number: int = 10) -> dict[str, float]:
     """µs per record (best of ``repeat``) of the steps the accelerator replaces."""
     from kafka_relay.handoff.schema import records_from_body  # noqa: PLC0415
     from kafka_relay.protocol import FRAMES_TYPE, _chunks, decode_frames, encode_frames  # noqa: PLC0415
@@ -629,19 +645,21 @@ def micro(module: accel.Accel, *, count: int = 100, size: int = 1024,
     body = encode_frames(records)
     ids = IdSource()
 
-    def cost(call: Callable[[], object]) -> float:
-        number = 50
-        return min(timeit.repeat(call, number=number, repeat=repeat)) / number / count * 1e6
-
-    return {
-        "json values": cost(lambda: [value_bytes(r["value"]) for r in records]),
-        "encode_frames (Python)": cost(lambda: encode_frames(records)),
-        "encode (C)": cost(lambda: module.encode(records, _chunks)),
-        "decode_frames (Python)": cost(lambda: decode_frames(body)),
-        "decode + validate + Records (the handoff today)": cost(lambda: records_from_body(
-            body, FRAMES_TYPE, default_topic="t", new_id=ids.next, request_id=None, now_ms=0)),
-        "check (C: decode + validate)": cost(lambda: module.check(body, True)),
+    steps: dict[str, Callable[[], object]] = {
+        "json values": lambda: [value_bytes(r["value"]) for r in records],
+        "encode_frames (Python)": lambda: encode_frames(records),
+        "encode (C)": lambda: module.encode(records, _chunks),
+        "decode_frames (Python)": lambda: decode_frames(body),
+        "decode + validate + Records (the handoff today)": lambda: records_from_body(
+            body, FRAMES_TYPE, default_topic="t", new_id=ids.next, request_id=None, now_ms=0),
+        "check (C: decode + validate)": lambda: module.check(body, True),
     }
+    # Interleaved rounds, the best round of each: other work on the machine only adds time.
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(repeat):
+        for name, step in steps.items():
+            best[name] = min(best[name], timeit.timeit(step, number=number))
+    return {name: seconds / number / count * 1e6 for name, seconds in best.items()}
 
 
 # -- the run and its table ------------------------------------------------------------------
@@ -656,13 +674,15 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path,
         for rep in range(args.reps):
             order = args.paths[rep % len(args.paths):] + args.paths[:rep % len(args.paths)]
             for path in order:
-                topic = f"alt-{token}-{path}-{scenario.count}x{scenario.size}-{rep}"
+                topic = f"alt-{token}-{path}-{scenario.per_invocation}x{scenario.size}-{rep}"
                 sample = measure(path, scenario, bootstrap=bootstrap, workdir=workdir,
                                  accel_path=accel_path, topic=topic)
                 samples.append(sample)
                 say(f"  {scenario.name} rep {rep + 1} {path:12s} {sample.us_per_record:6.1f} "
-                    f"us/record, {sample.rate:8,.0f} records/s, on topic {sample.on_topic}/"
-                    f"{sample.given}")
+                    f"us/record, {sample.rate:8,.0f} records/s")
+    found = on_topics(bootstrap, [s.topic for s in samples])
+    for sample in samples:
+        sample.on_topic, sample.on_topic_bytes = found[sample.topic]
     micro_us = micro(accel.load(accel_path)) if accel_path else {}
     return {"options": {"quick": args.quick, "reps": args.reps, "paths": args.paths,
                         "scenarios": [s._asdict() for s in scenarios(args.quick, args.scale)],
@@ -675,8 +695,9 @@ def table(samples: Sequence[Sample], paths: Sequence[str]) -> list[str]:
     same repetition, and the handoff rate."""
     lines = []
     for name in dict.fromkeys(s.scenario for s in samples):
-        lines.append(f"{name}: client + relay us/record | ÷ inproc, same rep | records/s")
         of = [s for s in samples if s.scenario == name]
+        lines.append(f"{name} ({of[0].bound}): client + relay us/record | ÷ inproc, same rep "
+                     "| handed over, delivered records/s")
         base = [s for s in of if s.path == "inproc"]
         for path in paths:
             mine = [s for s in of if s.path == path]
@@ -687,7 +708,8 @@ def table(samples: Sequence[Sample], paths: Sequence[str]) -> list[str]:
                 f"  {path:12s} {_spread([m.client_cpu_s / m.records * 1e6 for m in mine])} + "
                 f"{_spread([m.relay_cpu_s / m.records * 1e6 for m in mine])} = "
                 f"{_spread([m.us_per_record for m in mine])} | {_spread(ratios, '.2f')}x | "
-                f"{_spread([m.rate / 1000 for m in mine], '.0f')}k")
+                f"{_spread([m.rate / 1000 for m in mine], '.0f')}k, "
+                f"{_spread([m.records / m.delivered_wall_s / 1000 for m in mine], '.0f')}k")
     return lines
 
 
@@ -711,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--role", choices=("client", "relay"), help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a quarter of the invocations")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (5, --quick 3)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (5, --quick 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="invocations x this")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
@@ -723,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if "inproc" not in args.paths:
         args.paths.insert(0, "inproc")  # every ratio is against it
-    args.reps = args.reps or (3 if args.quick else 5)
+    args.reps = args.reps or (2 if args.quick else 5)
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
