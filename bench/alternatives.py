@@ -68,6 +68,7 @@ _RING_BYTES = 64 * 1024 * 1024
 _ANSWER_S = 120.0  # the longest a child may take to answer one command
 _FILLER = Random(24).randbytes(2048).hex()  # text-like, compressible as real data is
 _CGROUP_LABEL = "kafka-relay-alternatives"
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Scenario(NamedTuple):
@@ -300,7 +301,7 @@ def _serve_ring(taker: _Taker, socket_path: str, commands: _Commands) -> None:
             data = conn.recv(64)
             if data[:1] == b"B":
                 _, position, length = message.unpack(data)
-                end = position + ((4 + length + 7) & ~7)
+                end = position + ring.entry_size(length)
                 try:
                     produce = taker.accept(position, length, end)
                 except Refused as exc:
@@ -487,8 +488,10 @@ class _Child:
 
     def __init__(self, argv: list[str]) -> None:
         self.role = " ".join(argv[-3:-1])
-        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
+        paths = [str(_ROOT), str(_ROOT / "extension"), os.environ.get("PYTHONPATH", "")]
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_ROOT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)})
 
     def read(self) -> dict[str, Any]:
         assert self.process.stdout is not None
@@ -737,7 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="invocations x this")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
-    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results",
+    parser.add_argument("--results", type=Path, default=_ROOT / "bench" / "results",
                         help="where the JSON goes (default bench/results)")
     args = parser.parse_args(argv)
     if args.role:

@@ -48,7 +48,12 @@ class RingError(Exception):
     """The relay refused a body (the reason), or the ring had no room for it in time."""
 
 
-def _entry_size(length: int) -> int:
+class RingFull(Exception):
+    """No room for the entry until the relay consumes more."""
+
+
+def entry_size(length: int) -> int:
+    """Bytes an entry of a ``length``-byte body takes (its length word, padded to 8)."""
     return (_LENGTH.size + length + 7) & ~7
 
 
@@ -96,6 +101,29 @@ class Ring:
         (length,) = _LENGTH.unpack_from(self.map, at)
         _LENGTH.pack_into(self.map, at, length | REJECTED)
 
+    def append(self, body: bytes) -> tuple[int, int]:
+        """Write ``body`` as the next entry: its (position, end). RingFull when the relay has
+        not consumed enough yet; RingError when it can never fit."""
+        length = len(body)
+        size = entry_size(length)
+        if size > self.capacity or length >= REJECTED:
+            raise RingError(f"a {length}-byte body does not fit a ring of {self.capacity} bytes")
+        position = self.written
+        at = position % self.capacity
+        skip = self.capacity - at if at + size > self.capacity else 0
+        if position + skip + size - self.consumed > self.capacity:
+            raise RingFull
+        if skip:
+            _LENGTH.pack_into(self.map, HEADER + at, SKIP)
+            position += skip
+            at = 0
+        _LENGTH.pack_into(self.map, HEADER + at, length)
+        start = HEADER + at + _LENGTH.size
+        self.map[start:start + length] = body
+        # Only now is the entry visible (to the relay, and to a restart).
+        _OFFSET.pack_into(self.map, _WRITTEN_AT, position + size)
+        return position, position + size
+
     def pending(self) -> Iterator[tuple[int, memoryview]]:
         """(end, body) of every accepted entry after the consumed offset: what a relay that
         starts over this file must still produce."""
@@ -107,7 +135,7 @@ class Ring:
                 position += self.capacity - at
                 continue
             size = length & ~REJECTED
-            end = position + _entry_size(size)
+            end = position + entry_size(size)
             if not length & REJECTED:
                 yield end, self.body(position, size)
             position = end
@@ -123,7 +151,6 @@ class RingWriter:
     def __init__(self, path: Path, relay: str, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ring = Ring(path)
-        self._written = self.ring.written
         self._clock = clock
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.connect(relay)
@@ -131,35 +158,21 @@ class RingWriter:
     def send(self, body: bytes) -> int:
         """Hand ``body`` over: returns the end of its entry once the relay accepted it, raises
         RingError when it refused it (nothing of it accepted) or no room came in time."""
-        ring, length = self.ring, len(body)
-        size = _entry_size(length)
-        if size > ring.capacity or length >= REJECTED:
-            raise RingError(f"a {length}-byte body does not fit a ring of {ring.capacity} bytes")
-        position = self._written
-        at = position % ring.capacity
-        skip = ring.capacity - at if at + size > ring.capacity else 0
-        self._wait_for_room(position + skip + size)
-        if skip:
-            _LENGTH.pack_into(ring.map, HEADER + at, SKIP)
-            position += skip
-            at = 0
-        _LENGTH.pack_into(ring.map, HEADER + at, length)
-        start = HEADER + at + _LENGTH.size
-        ring.map[start:start + length] = body
-        self._written = position + size
-        _OFFSET.pack_into(ring.map, _WRITTEN_AT, self._written)
-        self.sock.send(MESSAGE.pack(b"B", position, length))
+        deadline = self._clock() + _BUSY_S
+        while True:
+            try:
+                position, end = self.ring.append(body)
+                break
+            except RingFull:
+                if self._clock() > deadline:
+                    raise RingError(f"the ring stayed full for {_BUSY_S} s: nothing "
+                                    "accepted") from None
+                time.sleep(0.001)
+        self.sock.send(MESSAGE.pack(b"B", position, len(body)))
         answer = self.sock.recv(65536)
         if answer[:1] != ACCEPTED:
             raise RingError(answer[1:].decode(errors="replace") or "the relay closed the ring")
-        return self._written
-
-    def _wait_for_room(self, end: int) -> None:
-        deadline = self._clock() + _BUSY_S
-        while end - self.ring.consumed > self.ring.capacity:
-            if self._clock() > deadline:
-                raise RingError(f"the ring stayed full for {_BUSY_S} s: nothing accepted")
-            time.sleep(0.001)
+        return end
 
     def flush(self) -> int:
         """Ask the relay to deliver everything; how many records it still holds after."""

@@ -1,0 +1,48 @@
+"""bench.alternatives measures only paths that deliver: run tiny against the real broker,
+each path puts exactly the records it was given on its topic, byte for byte, once each."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench import accel
+from bench.alternatives import PATHS, RELAYED, Scenario, measure, on_topics, value_bytes, workload
+from tests.conftest import Broker
+
+_TINY = Scenario("tiny", per_invocation=7, size=300, invocations=3, vcpus=None)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_path_puts_exactly_its_records_on_its_topic(
+        broker: Broker, tmp_path: Path, path: str) -> None:
+    topic = f"alternatives.{uuid.uuid4().hex[:12]}"
+    module = accel.build(tmp_path) if path == "ring-c" else None
+    sample = measure(path, _TINY, bootstrap=broker.bootstrap, workdir=tmp_path,
+                     accel_path=module, topic=topic)
+    given = Counter((r["key"].encode(), value_bytes(r["value"]))
+                    for n in range(_TINY.invocations + 1)  # the warm-up invocation too
+                    for r in workload(n, _TINY.per_invocation, _TINY.size))
+    read = broker.read(topic, expected=sample.given)
+    assert Counter((r.key, r.value) for r in read) == given
+    assert sample.given == sum(given.values()) == 28
+    assert on_topics(broker.bootstrap, [topic]) == {topic: (sample.given, sample.given_bytes)}
+    assert sample.relay.get("failed", 0) == 0
+    if path in RELAYED:
+        assert len({r.headers["x-relay-id"] for r in read}) == 28
+    assert sample.client_cpu_s > 0
+    assert sample.wall_s > 0
+    assert (sample.relay_cpu_s > 0) == (path in RELAYED)
+
+
+def test_the_one_vcpu_bound_is_a_quota_or_one_core(broker: Broker, tmp_path: Path) -> None:
+    sample = measure("ring", _TINY._replace(vcpus=1.0), bootstrap=broker.bootstrap,
+                     workdir=tmp_path, accel_path=None,
+                     topic=f"alternatives.{uuid.uuid4().hex[:12]}")
+    assert sample.bound.startswith("cgroup quota 100000 100000") or \
+        "pinned to core" in sample.bound
+    assert on_topics(broker.bootstrap, [sample.topic]) == {
+        sample.topic: (sample.given, sample.given_bytes)}
