@@ -29,11 +29,13 @@ one core (said in the output). CPU is each process's user + sys over the measure
 invocations (``time.process_time``: every thread, librdkafka's included), after one warm-up
 invocation; the relay's includes delivering everything (the client's final flush). Handoff
 rate = records / wall time of the client's invocations (for inproc: produce + flush).
-Every path is checked to have put exactly its records on its topic (the high watermark).
+Every path is checked to have put exactly its records on its topic (count and key + value
+bytes, read back from the broker); the run exits 1 when one did not.
 
 Paths run in rotating order in each repetition; a ratio is a path's CPU ÷ inproc's in the
-same repetition; the table shows medians and ranges. Also measured in-process (``timeit``):
-what the accelerator's encode and check cost per record against the Python they replace.
+same repetition; the table shows medians and ranges. Also measured in-process (the calling
+thread's CPU, best of interleaved rounds): what the accelerator's encode, check and produce
+loop cost per record against the Python they replace, and ``produce()`` itself.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -637,9 +638,11 @@ def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
 # -- the accelerator's per-record cost, in process ------------------------------------------
 
 
-def micro(module: accel.Accel, *, count: int = 100, size: int = 1024, repeat: int = 40,
-          number: int = 10) -> dict[str, float]:
-    """µs per record (best of ``repeat``) of the steps the accelerator replaces."""
+def micro(module: accel.Accel, bootstrap: str, topic: str, *, count: int = 100,
+          size: int = 1024, repeat: int = 40) -> dict[str, float]:
+    """CPU µs per record of the calling thread (the best of ``repeat`` interleaved rounds:
+    other work on the machine only adds time) of the steps the accelerator replaces, and of
+    ``produce()`` itself (librdkafka's threads not counted)."""
     from kafka_relay.handoff.schema import records_from_body  # noqa: PLC0415
     from kafka_relay.protocol import FRAMES_TYPE, _chunks, decode_frames, encode_frames  # noqa: PLC0415
     from kafka_relay.record import IdSource  # noqa: PLC0415
@@ -647,22 +650,38 @@ def micro(module: accel.Accel, *, count: int = 100, size: int = 1024, repeat: in
     records = workload(0, count, size)
     body = encode_frames(records)
     ids = IdSource()
+    producer = _producer(bootstrap)
+    settle = module.Settle(0)
+
+    def produce_bare() -> None:
+        for record in records:
+            producer.produce(topic, value=record["value"]["pad"].encode(),
+                             key=record["key"].encode())
+
+    def produce_relayed() -> None:
+        module.produce_all(body, 0, producer.produce, topic, ids.prefix, 1, settle)
 
     steps: dict[str, Callable[[], object]] = {
-        "json values": lambda: [value_bytes(r["value"]) for r in records],
-        "encode_frames (Python)": lambda: encode_frames(records),
+        "json.dumps per value (the in-handler producer's)": lambda: [
+            value_bytes(r["value"]) for r in records],
+        "encode_frames (Python: the client today)": lambda: encode_frames(records),
         "encode (C)": lambda: module.encode(records, _chunks),
         "decode_frames (Python)": lambda: decode_frames(body),
         "decode + validate + Records (the handoff today)": lambda: records_from_body(
             body, FRAMES_TYPE, default_topic="t", new_id=ids.next, request_id=None, now_ms=0),
         "check (C: decode + validate)": lambda: module.check(body, True),
+        "produce(): key and value only": produce_bare,
+        "produce_all (C): + x-relay-id header, callback": produce_relayed,
     }
-    # Interleaved rounds, the best round of each: other work on the machine only adds time.
     best = dict.fromkeys(steps, float("inf"))
+    clock = time.thread_time
     for _ in range(repeat):
         for name, step in steps.items():
-            best[name] = min(best[name], timeit.timeit(step, number=number))
-    return {name: seconds / number / count * 1e6 for name, seconds in best.items()}
+            start = clock()
+            step()
+            best[name] = min(best[name], clock() - start)
+            producer.flush(30)  # the next round starts with an empty queue
+    return {name: seconds / count * 1e6 for name, seconds in best.items()}
 
 
 # -- the run and its table ------------------------------------------------------------------
@@ -686,7 +705,9 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path,
     found = on_topics(bootstrap, [s.topic for s in samples])
     for sample in samples:
         sample.on_topic, sample.on_topic_bytes = found[sample.topic]
-    micro_us = micro(accel.load(accel_path)) if accel_path else {}
+    micro_topic = f"alt-{token}-micro"
+    create_topics(bootstrap, [micro_topic])
+    micro_us = micro(accel.load(accel_path), bootstrap, micro_topic) if accel_path else {}
     return {"options": {"quick": args.quick, "reps": args.reps, "paths": args.paths,
                         "scenarios": [s._asdict() for s in scenarios(args.quick, args.scale)],
                         "cpus": os.cpu_count(), "python": sys.version.split()[0]},

@@ -62,7 +62,9 @@ def create(path: Path, capacity: int) -> None:
     if capacity % 8 or capacity < 64:
         raise ValueError("the capacity must be a multiple of 8, at least 64")
     with open(path, "xb") as out:
-        out.truncate(HEADER + capacity)
+        # Every block allocated now: a sparse file would meet a full disk as SIGBUS in the
+        # writer's first store to an unbacked page, not as an error here.
+        os.posix_fallocate(out.fileno(), 0, HEADER + capacity)
         out.write(_HEAD.pack(MAGIC, VERSION, capacity, 0, 0))
 
 
