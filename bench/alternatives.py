@@ -228,7 +228,7 @@ class _AccelTaker(_Taker):
         try:
             count = self.accel.check(body, True)
         except ValueError as exc:
-            index, reason = exc.args[0]
+            index, reason = exc.args
             raise Refused(reason if index < 0 else f"record {index}: {reason}") from None
         counter = self.accel.Settle(count)
         self.bodies.append((end, counter))

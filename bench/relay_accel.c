@@ -9,7 +9,7 @@
  *   check(body, has_default_topic) -> int
  *       Decode and validate a whole body without allocating: the rules of
  *       protocol.decode_frames and handoff.schema.validate_frames (flags, lengths, topic
- *       names, timestamps, header names). The record count, or ValueError((index, reason)).
+ *       names, timestamps, header names). The record count, or ValueError(index, reason).
  *   produce_all(body, start, produce, default_topic, id_prefix, first_id, on_delivery) -> int
  *       For a body ``check`` passed: produce(topic, value=, key=, headers=, on_delivery=,
  *       timestamp=) per record from ``start`` on, each with an x-relay-id header
