@@ -80,6 +80,9 @@ class Scenario(NamedTuple):
     vcpus: float | None  # the CPU quota of client + relay together (None: none)
 
 
+SCENARIO_KEYS = ("100x1KB", "10x1KB", "handoff")  # each scenario's name starts with its key
+
+
 def scenarios(quick: bool, scale: float = 1.0) -> list[Scenario]:
     base = [Scenario("100x1KB", 100, 1024, 300, None), Scenario("10x1KB", 10, 1024, 1000, None),
             Scenario("handoff 500x300B 1vCPU", 500, 300, 100, 1.0)]
@@ -692,7 +695,9 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path,
     accel_path = accel.build(workdir) if "ring-c" in args.paths else None
     samples: list[Sample] = []
     token = os.urandom(3).hex()
-    for scenario in scenarios(args.quick, args.scale):
+    chosen = [s for s in scenarios(args.quick, args.scale)
+              if s.name.split()[0] in args.scenarios]
+    for scenario in chosen:
         for rep in range(args.reps):
             order = args.paths[rep % len(args.paths):] + args.paths[:rep % len(args.paths)]
             for path in order:
@@ -709,7 +714,7 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path,
     create_topics(bootstrap, [micro_topic])
     micro_us = micro(accel.load(accel_path), bootstrap, micro_topic) if accel_path else {}
     return {"options": {"quick": args.quick, "reps": args.reps, "paths": args.paths,
-                        "scenarios": [s._asdict() for s in scenarios(args.quick, args.scale)],
+                        "scenarios": [s._asdict() for s in chosen],
                         "cpus": os.cpu_count(), "python": sys.version.split()[0]},
             "samples": [asdict(s) for s in samples], "micro_us_per_record": micro_us}
 
@@ -760,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (5, --quick 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="invocations x this")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIO_KEYS,
+                        default=list(SCENARIO_KEYS), help="which scenarios (default: all)")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     parser.add_argument("--results", type=Path, default=_ROOT / "bench" / "results",
                         help="where the JSON goes (default bench/results)")
