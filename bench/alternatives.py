@@ -182,16 +182,21 @@ class _PythonTaker(_Taker):
         try:
             # decode_frames reads any buffer; over a view its fields are views too.
             frames = self.decode(self.readonly[start:start + length])  # type: ignore[arg-type]
-            for topic, _key, _value, headers, timestamp in frames:
-                # The schema's field rules, only for the fields a frame carries.
+        except ValueError as exc:  # a FrameError, naming the record
+            raise Refused(str(exc)) from None
+        if not frames:
+            raise Refused("no records in the request")
+        for index, (topic, _key, _value, headers, timestamp) in enumerate(frames):
+            # The schema's field rules, only for the fields a frame carries.
+            try:
                 if topic is not None:
                     schema._frame_topic(bytes(topic))
                 if timestamp is not None and not 0 < timestamp < 2**63:
                     raise ValueError(schema._BAD_TIMESTAMP)
                 if headers:
                     schema._named_headers(tuple((bytes(n), bytes(v)) for n, v in headers))
-        except ValueError as exc:  # FrameError is one
-            raise Refused(str(exc)) from None
+            except ValueError as exc:
+                raise Refused(f"record {index}: {exc}") from None
         counter = _PySettle(len(frames))
         self.bodies.append((end, counter))
 
@@ -487,14 +492,24 @@ def _pin(spec: dict[str, Any]) -> None:
 # -- the parent: one measurement, many, the table -----------------------------------------
 
 
-class _Child:
-    """A role process speaking JSON lines; every answer is waited for at most _ANSWER_S."""
+Wrap = Callable[[str, list[str]], list[str]]
 
-    def __init__(self, argv: list[str]) -> None:
-        self.role = " ".join(argv[-3:-1])
+
+def _unwrapped(_kind: str, argv: list[str]) -> list[str]:
+    return argv
+
+
+class Role:
+    """A client or relay process of ``spec``, speaking JSON lines; every answer is waited for
+    at most _ANSWER_S. The relay's first line says where it listens (``ready``)."""
+
+    def __init__(self, role: str, spec: dict[str, Any], wrap: Wrap = _unwrapped) -> None:
+        self.role = f"{spec['path']} {role}"
+        argv = [sys.executable, "-m", "bench.alternatives", "--role", role, json.dumps(spec)]
         paths = [str(_ROOT), str(_ROOT / "extension"), os.environ.get("PYTHONPATH", "")]
         self.process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_ROOT,
+            wrap("extensions" if role == "relay" else "runtime", argv), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, cwd=_ROOT,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)})
 
     def read(self) -> dict[str, Any]:
@@ -551,11 +566,11 @@ class Sample:
 
 
 @contextmanager
-def _bound(vcpus: float | None) -> Iterator[tuple[Callable[[str, list[str]], list[str]], str]]:
+def _bound(vcpus: float | None) -> Iterator[tuple[Wrap, str]]:
     """How to start a process under the quota (wrap), and what bounds the CPU (said once)."""
     group = EnvironmentCgroup.create(vcpus, label=_CGROUP_LABEL)
     if isinstance(group, str):
-        yield (lambda _kind, argv: argv), (f"no cgroup ({group})")
+        yield _unwrapped, f"no cgroup ({group})"
         return
     try:
         yield group.wrap, f"cgroup quota {group.quota()}" if vcpus else "no quota"
@@ -598,17 +613,22 @@ def given_bytes(scenario: Scenario) -> int:
                for r in workload(n, scenario.per_invocation, scenario.size))
 
 
+def role_spec(path: str, scenario: Scenario, *, bootstrap: str, topic: str, workdir: Path,
+              accel_path: Path | None) -> dict[str, Any]:
+    """What a client or relay process of ``path`` is told (its run directory made here)."""
+    return {"path": path, "bootstrap": bootstrap, "topic": topic,
+            "dir": tempfile.mkdtemp(prefix=f"{path}-", dir=workdir), "port": free_port(),
+            "count": scenario.per_invocation, "size": scenario.size,
+            "invocations": scenario.invocations,
+            "accel": str(accel_path) if accel_path else None}
+
+
 def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
             accel_path: Path | None, topic: str) -> Sample:
     """One measurement of ``path``: fresh processes, a fresh topic."""
     create_topics(bootstrap, [topic])
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=workdir))
-    spec: dict[str, Any] = {"path": path, "bootstrap": bootstrap, "topic": topic,
-                            "dir": str(run_dir), "port": free_port(),
-                            "count": scenario.per_invocation, "size": scenario.size,
-                            "invocations": scenario.invocations,
-                            "accel": str(accel_path) if accel_path else None}
-    me = [sys.executable, "-m", "bench.alternatives"]
+    spec = role_spec(path, scenario, bootstrap=bootstrap, topic=topic, workdir=workdir,
+                     accel_path=accel_path)
     with _bound(scenario.vcpus) as (wrap, what):
         bound = what
         if scenario.vcpus is not None and bound.startswith("no cgroup"):
@@ -616,9 +636,8 @@ def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
             bound += f": client and relay pinned to core {spec['pin']}"
         # Both start at once (imports, the workload); the client connects once the relay
         # says where it listens.
-        relay = _Child(wrap("extensions", [*me, "--role", "relay", json.dumps(spec)])) \
-            if path in RELAYED else None
-        client = _Child(wrap("runtime", [*me, "--role", "client", json.dumps(spec)]))
+        relay = Role("relay", spec, wrap) if path in RELAYED else None
+        client = Role("client", spec, wrap)
         try:
             client.ask(json.dumps(relay.read()["ready"] if relay is not None else None))
             if relay is not None:
@@ -626,9 +645,9 @@ def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
             result = client.ask("go")
             relay_result = relay.ask("stop") if relay is not None else {"cpu": 0.0}
         finally:
-            for child in (client, relay):
-                if child is not None:
-                    child.close()
+            for role in (client, relay):
+                if role is not None:
+                    role.close()
     records = scenario.per_invocation * scenario.invocations
     return Sample(path=path, scenario=scenario.name, topic=topic, records=records,
                   given=records + scenario.per_invocation, given_bytes=given_bytes(scenario),

@@ -9,8 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from bench import accel
-from bench.alternatives import PATHS, RELAYED, Scenario, measure, on_topics, value_bytes, workload
+from bench import accel, ring
+from bench.alternatives import (
+    PATHS,
+    RELAYED,
+    Role,
+    Scenario,
+    measure,
+    on_topics,
+    role_spec,
+    value_bytes,
+    workload,
+)
+from kafka_relay.protocol import encode_frames
 from tests.conftest import Broker
 
 _TINY = Scenario("tiny", per_invocation=7, size=300, invocations=3, vcpus=None)
@@ -46,3 +57,25 @@ def test_the_one_vcpu_bound_is_a_quota_or_one_core(broker: Broker, tmp_path: Pat
         "pinned to core" in sample.bound
     assert on_topics(broker.bootstrap, [sample.topic]) == {
         sample.topic: (sample.given, sample.given_bytes)}
+
+
+@pytest.mark.parametrize("path", ["ring-engine", "ring", "ring-c"])
+def test_a_body_the_relay_refuses_reaches_the_writer_and_none_of_it_the_topic(
+        broker: Broker, tmp_path: Path, path: str) -> None:
+    topic = broker.create_topic()
+    spec = role_spec(path, _TINY, bootstrap=broker.bootstrap, topic=topic, workdir=tmp_path,
+                     accel_path=accel.build(tmp_path) if path == "ring-c" else None)
+    relay = Role("relay", spec)
+    try:
+        writer = ring.RingWriter(Path(spec["dir"]) / "relay.ring", relay.read()["ready"])
+        refused = encode_frames([{"key": "kept-back", "value": 1},
+                                 {"key": "bad", "value": 2, "headers": {"x-relay-own": "v"}}])
+        with pytest.raises(ring.RingError, match=r"record 1: .*reserved prefix"):
+            writer.send(refused)
+        writer.send(encode_frames([{"key": "good", "value": 3}]))
+        assert writer.flush() == 0
+        assert list(writer.ring.pending()) == []  # settled, and the refused body never counts
+        writer.close()
+    finally:
+        relay.close()
+    assert [(r.key, r.value) for r in broker.read(topic, expected=1)] == [(b"good", b"3")]
