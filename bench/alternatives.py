@@ -19,6 +19,9 @@ Paths (every one produces with a real confluent-kafka producer, ``producer.facto
                offset moved as bodies settle
   ring-c       the same with the C accelerator (bench/relay_accel.c): the client frames in C,
                the relay validates and produces in C, settles with a C callback
+  ring-rd      ring-c's client and check, the relay producing straight into librdkafka from C
+               (bench/relay_rdkafka.c, its own producer on the wheel's librdkafka): no Python
+               object per record
 
 Scenarios: 100 and 10 records of ~1 KB JSON per invocation (CPU per record, no quota), and
 500 x 300 B under a 1-vCPU quota (handoff rate). The client (the handler's process) and the
@@ -62,7 +65,7 @@ from bench import accel, ring
 from devtools.kafka_broker import KafkaBroker, create_topics, free_port
 from devtools.sandbox.cgroup import EnvironmentCgroup
 
-PATHS = ("inproc", "http", "ring-engine", "ring", "ring-c")
+PATHS = ("inproc", "http", "ring-engine", "ring", "ring-c", "ring-rd")
 RELAYED = frozenset(PATHS) - {"inproc"}
 _TOKEN = "alternatives-token"
 _RING_BYTES = 64 * 1024 * 1024
@@ -148,7 +151,8 @@ class _Taker:
         bodies, end = self.bodies, -1
         while bodies and bodies[0][1].outstanding <= 0:
             end, counter = bodies.popleft()
-            self.failed += len(counter.failed)
+            failed = counter.failed  # the reports (Python, relay_accel) or their count
+            self.failed += failed if isinstance(failed, int) else len(failed)
         if end >= 0:
             self.ring.settle(end)
 
@@ -238,9 +242,14 @@ class _AccelTaker(_Taker):
         except ValueError as exc:
             index, reason = exc.args
             raise Refused(reason if index < 0 else f"record {index}: {reason}") from None
+        first, self.next_id = self.next_id, self.next_id + count
+        return self.producing(body, count, first, end)
+
+    def producing(self, body: memoryview, count: int, first: int,
+                  end: int) -> Callable[[], None]:
+        """The step that produces a checked body, its counter registered."""
         counter = self.accel.Settle(count)
         self.bodies.append((end, counter))
-        first, self.next_id = self.next_id, self.next_id + count
 
         def produce() -> None:
             done = 0
@@ -251,6 +260,39 @@ class _AccelTaker(_Taker):
                     self.producer.poll(0.05)  # librdkafka's queue is full: let it drain
 
         return produce
+
+
+class _RdTaker(_AccelTaker):
+    """The accelerator's check, then straight into librdkafka from C."""
+
+    def __init__(self, ring_file: ring.Ring, topic: str, module: accel.Accel,
+                 rdkafka: accel.Rdkafka, settings: dict[str, str]) -> None:
+        self.rdkafka = rdkafka
+        self.rd = rdkafka.Producer(settings)
+        super().__init__(ring_file, None, topic, module)
+
+    def producing(self, body: memoryview, count: int, first: int,
+                  end: int) -> Callable[[], None]:
+        counter = self.rdkafka.Counter(count)
+        self.bodies.append((end, counter))
+
+        def produce() -> None:
+            done = 0
+            while done < count:
+                done = self.rd.produce_body(body, done, self.topic, self.prefix, first, counter)
+                if done < count:
+                    self.rd.poll(50)  # librdkafka's queue is full: let it drain
+
+        return produce
+
+    def poll(self) -> None:
+        self.rd.poll(0)
+        self.settle()
+
+    def flush(self) -> int:
+        left = self.rd.flush(30_000)
+        self.settle()
+        return left + sum(int(c.outstanding) for _, c in self.bodies)
 
 
 class _EngineTaker(_Taker):
@@ -407,9 +449,17 @@ def relay_main(spec: dict[str, Any]) -> None:
         taker = _EngineTaker(ring_file, parts)
     elif path == "ring":
         taker = _PythonTaker(ring_file, _producer(spec["bootstrap"]), spec["topic"])
-    else:
+    elif path == "ring-c":
         taker = _AccelTaker(ring_file, _producer(spec["bootstrap"]), spec["topic"],
                             accel.load(Path(spec["accel"])))
+    else:
+        from kafka_relay.producer.factory import DEFAULTS  # noqa: PLC0415 - relay only
+
+        settings = {name: str(value).lower() if isinstance(value, bool) else str(value)
+                    for name, value in DEFAULTS.items()}
+        taker = _RdTaker(ring_file, spec["topic"], accel.load(Path(spec["accel"])),
+                         accel.load_rdkafka(Path(spec["rdkafka"])),
+                         {**settings, "bootstrap.servers": spec["bootstrap"]})
     commands.extra = lambda: {"failed": taker.failed,
                               "consumed": ring_file.consumed, "written": ring_file.written}
     _serve_ring(taker, str(Path(spec["dir"]) / "relay.sock"), commands)
@@ -439,7 +489,7 @@ class _Client:
 
             writer = ring.RingWriter(Path(spec["dir"]) / "relay.ring", str(ready))
             self.finish = writer.flush
-            if path == "ring-c":
+            if path in ("ring-c", "ring-rd"):
                 encode = accel.load(Path(spec["accel"])).encode
 
                 def send(records: list[dict[str, Any]]) -> None:
@@ -614,21 +664,22 @@ def given_bytes(scenario: Scenario) -> int:
 
 
 def role_spec(path: str, scenario: Scenario, *, bootstrap: str, topic: str, workdir: Path,
-              accel_path: Path | None) -> dict[str, Any]:
+              accel_path: Path | None, rdkafka_path: Path | None = None) -> dict[str, Any]:
     """What a client or relay process of ``path`` is told (its run directory made here)."""
     return {"path": path, "bootstrap": bootstrap, "topic": topic,
             "dir": tempfile.mkdtemp(prefix=f"{path}-", dir=workdir), "port": free_port(),
             "count": scenario.per_invocation, "size": scenario.size,
             "invocations": scenario.invocations,
-            "accel": str(accel_path) if accel_path else None}
+            "accel": str(accel_path) if accel_path else None,
+            "rdkafka": str(rdkafka_path) if rdkafka_path else None}
 
 
 def measure(path: str, scenario: Scenario, *, bootstrap: str, workdir: Path,
-            accel_path: Path | None, topic: str) -> Sample:
+            accel_path: Path | None, topic: str, rdkafka_path: Path | None = None) -> Sample:
     """One measurement of ``path``: fresh processes, a fresh topic."""
     create_topics(bootstrap, [topic])
     spec = role_spec(path, scenario, bootstrap=bootstrap, topic=topic, workdir=workdir,
-                     accel_path=accel_path)
+                     accel_path=accel_path, rdkafka_path=rdkafka_path)
     with _bound(scenario.vcpus) as (wrap, what):
         bound = what
         if scenario.vcpus is not None and bound.startswith("no cgroup"):
@@ -711,7 +762,8 @@ def micro(module: accel.Accel, bootstrap: str, topic: str, *, count: int = 100,
 
 def run(args: argparse.Namespace, bootstrap: str, workdir: Path,
         say: Callable[[str], None]) -> dict[str, Any]:
-    accel_path = accel.build(workdir) if "ring-c" in args.paths else None
+    accel_path = accel.build(workdir) if {"ring-c", "ring-rd"} & set(args.paths) else None
+    rdkafka_path = accel.build_rdkafka(workdir) if "ring-rd" in args.paths else None
     samples: list[Sample] = []
     token = os.urandom(3).hex()
     chosen = [s for s in scenarios(args.quick, args.scale)
@@ -722,7 +774,8 @@ def run(args: argparse.Namespace, bootstrap: str, workdir: Path,
             for path in order:
                 topic = f"alt-{token}-{path}-{scenario.per_invocation}x{scenario.size}-{rep}"
                 sample = measure(path, scenario, bootstrap=bootstrap, workdir=workdir,
-                                 accel_path=accel_path, topic=topic)
+                                 accel_path=accel_path, rdkafka_path=rdkafka_path,
+                                 topic=topic)
                 samples.append(sample)
                 say(f"  {scenario.name} rep {rep + 1} {path:12s} {sample.us_per_record:6.1f} "
                     f"us/record, {sample.rate:8,.0f} records/s")

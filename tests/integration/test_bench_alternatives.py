@@ -25,15 +25,17 @@ from kafka_relay.protocol import encode_frames
 from tests.conftest import Broker
 
 _TINY = Scenario("tiny", per_invocation=7, size=300, invocations=3, vcpus=None)
+_IN_C = ("ring-c", "ring-rd")
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_each_path_puts_exactly_its_records_on_its_topic(
         broker: Broker, tmp_path: Path, path: str) -> None:
     topic = f"alternatives.{uuid.uuid4().hex[:12]}"
-    module = accel.build(tmp_path) if path == "ring-c" else None
     sample = measure(path, _TINY, bootstrap=broker.bootstrap, workdir=tmp_path,
-                     accel_path=module, topic=topic)
+                     accel_path=accel.build(tmp_path) if path in _IN_C else None,
+                     rdkafka_path=accel.build_rdkafka(tmp_path) if path == "ring-rd" else None,
+                     topic=topic)
     given = Counter((r["key"].encode(), value_bytes(r["value"]))
                     for n in range(_TINY.invocations + 1)  # the warm-up invocation too
                     for r in workload(n, _TINY.per_invocation, _TINY.size))
@@ -59,12 +61,13 @@ def test_the_one_vcpu_bound_is_a_quota_or_one_core(broker: Broker, tmp_path: Pat
         sample.topic: (sample.given, sample.given_bytes)}
 
 
-@pytest.mark.parametrize("path", ["ring-engine", "ring", "ring-c"])
+@pytest.mark.parametrize("path", ["ring-engine", "ring", "ring-c", "ring-rd"])
 def test_a_body_the_relay_refuses_reaches_the_writer_and_none_of_it_the_topic(
         broker: Broker, tmp_path: Path, path: str) -> None:
     topic = broker.create_topic()
     spec = role_spec(path, _TINY, bootstrap=broker.bootstrap, topic=topic, workdir=tmp_path,
-                     accel_path=accel.build(tmp_path) if path == "ring-c" else None)
+                     accel_path=accel.build(tmp_path) if path in _IN_C else None,
+                     rdkafka_path=accel.build_rdkafka(tmp_path) if path == "ring-rd" else None)
     relay = Role("relay", spec)
     try:
         writer = ring.RingWriter(Path(spec["dir"]) / "relay.ring", relay.read()["ready"])
