@@ -82,3 +82,35 @@ def test_a_body_the_relay_refuses_reaches_the_writer_and_none_of_it_the_topic(
     finally:
         relay.close()
     assert [(r.key, r.value) for r in broker.read(topic, expected=1)] == [(b"good", b"3")]
+
+
+@pytest.mark.parametrize("path", ["ring-engine", "ring", "ring-c", "ring-rd"])
+def test_ring_relays_produce_topics_headers_timestamps_and_null_values_as_given(
+        broker: Broker, tmp_path: Path, path: str) -> None:
+    default, other = broker.create_topic(), broker.create_topic()
+    spec = role_spec(path, _TINY, bootstrap=broker.bootstrap, topic=default, workdir=tmp_path,
+                     accel_path=accel.build(tmp_path) if path in _IN_C else None,
+                     rdkafka_path=accel.build_rdkafka(tmp_path) if path == "ring-rd" else None)
+    relay = Role("relay", spec)
+    try:
+        writer = ring.RingWriter(Path(spec["dir"]) / "relay.ring", relay.read()["ready"])
+        writer.send(encode_frames([
+            {"key": "a", "value": {"n": 1}, "headers": {"h": "v", "é": b"\x00\xff"},
+             "timestamp_ms": 1_700_000_000_000},
+            {"key": "b", "value": None},
+            {"value": b"raw", "topic": other},
+        ]))
+        assert writer.flush() == 0
+        writer.close()
+    finally:
+        relay.close()
+    on_default = {r.key: r for r in broker.read(default, expected=2)}
+    [elsewhere] = broker.read(other, expected=1)
+    first, tombstone = on_default[b"a"], on_default[b"b"]
+    assert (first.value, first.timestamp_ms) == (b'{"n":1}', 1_700_000_000_000)
+    assert {k: v for k, v in first.headers.items() if k != "x-relay-id"} == {
+        "h": b"v", "é": b"\x00\xff"}
+    assert tombstone.value is None
+    assert (elsewhere.key, elsewhere.value) == (None, b"raw")
+    assert len({first.headers["x-relay-id"], tombstone.headers["x-relay-id"],
+                elsewhere.headers["x-relay-id"]}) == 3
