@@ -248,18 +248,27 @@ class _AccelTaker(_Taker):
     def producing(self, body: memoryview, count: int, first: int,
                   end: int) -> Callable[[], None]:
         """The step that produces a checked body, its counter registered."""
-        counter = self.accel.Settle(count)
+        counter = self.counter(count)
         self.bodies.append((end, counter))
 
         def produce() -> None:
             done = 0
             while done < count:
-                done = self.accel.produce_all(body, done, self.producer.produce, self.topic,
-                                              self.prefix, first, counter)
+                done = self.produce_from(body, done, first, counter)
                 if done < count:
-                    self.producer.poll(0.05)  # librdkafka's queue is full: let it drain
+                    self.drain()  # librdkafka's queue is full: let it drain
 
         return produce
+
+    def counter(self, count: int) -> Any:
+        return self.accel.Settle(count)
+
+    def produce_from(self, body: memoryview, start: int, first: int, counter: Any) -> int:
+        return self.accel.produce_all(body, start, self.producer.produce, self.topic,
+                                      self.prefix, first, counter)
+
+    def drain(self) -> None:
+        self.producer.poll(0.05)
 
 
 class _RdTaker(_AccelTaker):
@@ -271,19 +280,14 @@ class _RdTaker(_AccelTaker):
         self.rd = rdkafka.Producer(settings)
         super().__init__(ring_file, None, topic, module)
 
-    def producing(self, body: memoryview, count: int, first: int,
-                  end: int) -> Callable[[], None]:
-        counter = self.rdkafka.Counter(count)
-        self.bodies.append((end, counter))
+    def counter(self, count: int) -> Any:
+        return self.rdkafka.Counter(count)
 
-        def produce() -> None:
-            done = 0
-            while done < count:
-                done = self.rd.produce_body(body, done, self.topic, self.prefix, first, counter)
-                if done < count:
-                    self.rd.poll(50)  # librdkafka's queue is full: let it drain
+    def produce_from(self, body: memoryview, start: int, first: int, counter: Any) -> int:
+        return self.rd.produce_body(body, start, self.topic, self.prefix, first, counter)
 
-        return produce
+    def drain(self) -> None:
+        self.rd.poll(50)
 
     def poll(self) -> None:
         self.rd.poll(0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,24 @@ from tests.conftest import Broker
 
 _TINY = Scenario("tiny", per_invocation=7, size=300, invocations=3, vcpus=None)
 _IN_C = ("ring-c", "ring-rd")
+
+
+@contextmanager
+def _ring_relay(path: str, broker: Broker, tmp_path: Path,
+                topic: str) -> Iterator[ring.RingWriter]:
+    """A relay process of ``path`` (default topic ``topic``) and a writer connected to it."""
+    spec = role_spec(path, _TINY, bootstrap=broker.bootstrap, topic=topic, workdir=tmp_path,
+                     accel_path=accel.build(tmp_path) if path in _IN_C else None,
+                     rdkafka_path=accel.build_rdkafka(tmp_path) if path == "ring-rd" else None)
+    relay = Role("relay", spec)
+    try:
+        writer = ring.RingWriter(Path(spec["dir"]) / "relay.ring", relay.read()["ready"])
+        try:
+            yield writer
+        finally:
+            writer.close()
+    finally:
+        relay.close()
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -65,12 +85,7 @@ def test_the_one_vcpu_bound_is_a_quota_or_one_core(broker: Broker, tmp_path: Pat
 def test_a_body_the_relay_refuses_reaches_the_writer_and_none_of_it_the_topic(
         broker: Broker, tmp_path: Path, path: str) -> None:
     topic = broker.create_topic()
-    spec = role_spec(path, _TINY, bootstrap=broker.bootstrap, topic=topic, workdir=tmp_path,
-                     accel_path=accel.build(tmp_path) if path in _IN_C else None,
-                     rdkafka_path=accel.build_rdkafka(tmp_path) if path == "ring-rd" else None)
-    relay = Role("relay", spec)
-    try:
-        writer = ring.RingWriter(Path(spec["dir"]) / "relay.ring", relay.read()["ready"])
+    with _ring_relay(path, broker, tmp_path, topic) as writer:
         refused = encode_frames([{"key": "kept-back", "value": 1},
                                  {"key": "bad", "value": 2, "headers": {"x-relay-own": "v"}}])
         with pytest.raises(ring.RingError, match=r"record 1: .*reserved prefix"):
@@ -78,9 +93,6 @@ def test_a_body_the_relay_refuses_reaches_the_writer_and_none_of_it_the_topic(
         writer.send(encode_frames([{"key": "good", "value": 3}]))
         assert writer.flush() == 0
         assert list(writer.ring.pending()) == []  # settled, and the refused body never counts
-        writer.close()
-    finally:
-        relay.close()
     assert [(r.key, r.value) for r in broker.read(topic, expected=1)] == [(b"good", b"3")]
 
 
@@ -88,12 +100,7 @@ def test_a_body_the_relay_refuses_reaches_the_writer_and_none_of_it_the_topic(
 def test_ring_relays_produce_topics_headers_timestamps_and_null_values_as_given(
         broker: Broker, tmp_path: Path, path: str) -> None:
     default, other = broker.create_topic(), broker.create_topic()
-    spec = role_spec(path, _TINY, bootstrap=broker.bootstrap, topic=default, workdir=tmp_path,
-                     accel_path=accel.build(tmp_path) if path in _IN_C else None,
-                     rdkafka_path=accel.build_rdkafka(tmp_path) if path == "ring-rd" else None)
-    relay = Role("relay", spec)
-    try:
-        writer = ring.RingWriter(Path(spec["dir"]) / "relay.ring", relay.read()["ready"])
+    with _ring_relay(path, broker, tmp_path, default) as writer:
         writer.send(encode_frames([
             {"key": "a", "value": {"n": 1}, "headers": {"h": "v", "é": b"\x00\xff"},
              "timestamp_ms": 1_700_000_000_000},
@@ -101,9 +108,6 @@ def test_ring_relays_produce_topics_headers_timestamps_and_null_values_as_given(
             {"value": b"raw", "topic": other},
         ]))
         assert writer.flush() == 0
-        writer.close()
-    finally:
-        relay.close()
     on_default = {r.key: r for r in broker.read(default, expected=2)}
     [elsewhere] = broker.read(other, expected=1)
     first, tombstone = on_default[b"a"], on_default[b"b"]
