@@ -89,7 +89,7 @@ SCENARIO_KEYS = ("100x1KB", "10x1KB", "handoff")  # each scenario's name starts 
 def scenarios(quick: bool, scale: float = 1.0) -> list[Scenario]:
     base = [Scenario("100x1KB", 100, 1024, 300, None), Scenario("10x1KB", 10, 1024, 1000, None),
             Scenario("handoff 500x300B 1vCPU", 500, 300, 100, 1.0)]
-    factor = scale * (0.25 if quick else 1.0)
+    factor = scale * (0.2 if quick else 1.0)
     return [s._replace(invocations=max(2, round(s.invocations * factor))) for s in base]
 
 
@@ -837,7 +837,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--role", choices=("client", "relay"), help=argparse.SUPPRESS)
     parser.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="a quarter of the invocations")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 repetitions of a fifth of the invocations")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (5, --quick 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="invocations x this")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
