@@ -1,9 +1,11 @@
 """The handoff alternatives, side by side: CPU per record and handoff rate of each way a
 handler could hand records to Kafka, against the real local broker.
 
-    .venv/bin/python -m bench.alternatives [--quick] [--reps N] [--paths ...] [--bootstrap B]
+    .venv/bin/python -m bench.alternatives [--quick] [--reps N] [--paths ...]
+                                           [--scenarios ...] [--bootstrap B]
 
-Paths (every one produces with a real confluent-kafka producer, ``producer.factory.DEFAULTS``):
+Paths (every one produces with librdkafka and ``producer.factory.DEFAULTS``, all but ring-rd
+through confluent-kafka's Producer):
 
   inproc       the baseline: one process, ``json.dumps`` + ``produce()`` per record, a
                delivery callback, ``flush()`` per invocation (a reused in-handler producer)
