@@ -12,8 +12,6 @@ past a connection cap the least recently used idle one is closed, so idle or slo
 clients cannot starve the handler's connection.
 """
 
-from __future__ import annotations
-
 import contextlib
 import errno
 import json
@@ -212,7 +210,7 @@ class _Handler(RequestHandler):
         self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
                     if path == RECORDS_PATH else _SMALL_BODY_LIMIT)
 
-    def _serve(self, route: Callable[[_Handler, Body], None] | None, limit: int) -> None:
+    def _serve(self, route: "Callable[[_Handler, Body], None] | None", limit: int) -> None:
         self.server.mark(self.connection, busy=True)
         try:
             try:

@@ -12,8 +12,6 @@ pump its ``thaw_check``. ``from_config`` picks the strategy the configuration as
 strategies are NamedTuples: a dataclass costs CPU at every cold start.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
@@ -152,7 +150,7 @@ class MskIam(NamedTuple):
         return "MskIam()"
 
     @classmethod
-    def from_config(cls, config: Config) -> MskIam:
+    def from_config(cls, config: Config) -> "MskIam":
         given = config.aws_credentials
         source = (lambda: given) if given is not None else BotocoreCredentials()
         return cls(MskIamTokenProvider(region=config.region or "", credentials=source))
