@@ -8,7 +8,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs milliseconds before registering
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
 # Extensions API event types.
 INVOKE = "INVOKE"
@@ -58,3 +58,13 @@ def _container_credentials_only(env: Mapping[str, str]) -> bool:
 def registration_events(env: Mapping[str, str]) -> list[str]:
     """The events to register for: managed instances accept SHUTDOWN only."""
     return [SHUTDOWN] if mode_hint(env) == MANAGED_INSTANCES else [INVOKE, SHUTDOWN]
+
+
+def ready_before_assembly(env: Mapping[str, str], events: Collection[str]) -> bool:
+    """Whether the extension calls ``/next`` before it assembles the delivery engine, the mode
+    and the handoff server (``prepare.py``): only on demand, where the invocation that started
+    the environment waits behind init anyway. Provisioned concurrency initializes ahead of
+    its invocations (init is the time to do the work), a SnapStart snapshot is taken after
+    init (everything must be settled before it), and managed instances (no INVOKE) run no
+    invocation loop; an unknown initialization type is treated like them."""
+    return INVOKE in events and env.get(INITIALIZATION_TYPE, "").strip().lower() == ON_DEMAND

@@ -13,7 +13,6 @@ clients cannot starve the handler's connection.
 """
 
 import contextlib
-import errno
 import json
 import socket
 import threading
@@ -30,9 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 from kafka_relay import __version__
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
-from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, BodyError, read_body, trim_heap
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
+from kafka_relay.handoff.port import listen
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.httpwire import RequestHandler, ThreadingServer
@@ -405,10 +404,16 @@ class HandoffServer:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         body_deadline_s: float = BODY_DEADLINE_S,
         max_connections: int = MAX_CONNECTIONS,
+        listening: socket.socket | None = None,
     ) -> None:
+        """``listening``: the handoff port bound already (``port.listen``), else bound here."""
         handler = type("Handler", (_Handler,), {"timeout": idle_timeout_s,
                                                 "body_deadline_s": body_deadline_s})
-        self._server = _bind(host, state.config.port, handler)
+        if listening is None:
+            listening = listen(host, state.config.port)
+        self._server = _Server(listening.getsockname(), handler, bind_and_activate=False)
+        self._server.socket.close()  # the unbound one socketserver made
+        self._server.socket = listening
         self._server.state = state
         self._server.max_connections = max_connections
         self._thread = threading.Thread(target=self._server.serve, name="kafka-relay-handoff",
@@ -424,23 +429,3 @@ class HandoffServer:
     def stop(self) -> None:
         self._server.stop()
 
-
-def _bind(host: str, port: int, handler: type[_Handler]) -> _Server:
-    try:
-        return _Server((host, port), handler)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                f"handoff port {host}:{port} is already in use: set KAFKA_RELAY_PORT to a "
-                "free port (the function reads the same variable)"
-            ) from exc
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise ConfigError(
-                f"KAFKA_RELAY_PORT={port}: not allowed to listen on {host}:{port} ({exc.strerror})"
-                ": ports below 1024 need privileges Lambda does not give; use a port from 1024 "
-                "to 65535 (default 4195), the same for function and extension"
-            ) from exc
-        raise ConfigError(
-            f"KAFKA_RELAY_PORT={port}: cannot listen on {host}:{port} ({exc}): set "
-            "KAFKA_RELAY_PORT to a free port from 1024 to 65535"
-        ) from exc
