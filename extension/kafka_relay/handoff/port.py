@@ -7,9 +7,9 @@ import socket
 
 from kafka_relay.errors import ConfigError, PortInUseError, RelayError
 
-# Connections the kernel queues while nothing accepts them yet: a handler's first requests
-# can arrive while the extension is still assembling (socketserver's default is 5).
-BACKLOG = 64
+# Connections the kernel queues while nothing accepts them: a burst of handlers' connects, or
+# a handler's first requests while the extension is still assembling.
+BACKLOG = 512
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -31,7 +31,7 @@ from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
 from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, BodyError, read_body, trim_heap
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
-from kafka_relay.handoff.port import listen
+from kafka_relay.handoff.port import BACKLOG, listen
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.httpwire import RequestHandler, ThreadingServer
@@ -63,7 +63,6 @@ BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
 # client still writing, and it never sees the answer.
 LINGER_S = 2.0
 MAX_CONNECTIONS = 256  # past this, the least recently used idle connection is closed
-_BACKLOG = 512
 # A wait request while the broker is not answering first asks it for metadata this long: a
 # broker that is back is used, one that is not is reported at once, not after the wait.
 WAIT_PROBE_S = 0.5
@@ -125,7 +124,7 @@ class _HttpError(Exception):
 
 class _Server(ThreadingServer):
     # ThreadingServer reuses the address: the port may linger in TIME_WAIT after a reset.
-    request_queue_size = _BACKLOG
+    request_queue_size = BACKLOG
     state: HandoffState
     max_connections = MAX_CONNECTIONS
 
@@ -414,6 +413,7 @@ class HandoffServer:
         self._server = _Server(listening.getsockname(), handler, bind_and_activate=False)
         self._server.socket.close()  # the unbound one socketserver made
         self._server.socket = listening
+        self._server.server_activate()
         self._server.state = state
         self._server.max_connections = max_connections
         self._thread = threading.Thread(target=self._server.serve, name="kafka-relay-handoff",
