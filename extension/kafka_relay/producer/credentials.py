@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
+from kafka_relay.aws_lambda import sdk_importable
 from kafka_relay.config import MSK_IAM, Config
 from kafka_relay.errors import AuthError, ConfigError
 from kafka_relay.observability.log import JsonLogger
@@ -81,6 +82,7 @@ class StaticSasl(NamedTuple):
 
 
 def _secrets_manager_value(arn: str, region: str | None) -> str:
+    sdk_importable()
     import boto3  # noqa: PLC0415 - only environments that use a secret pay for boto3
 
     client = boto3.client("secretsmanager", region_name=region)
