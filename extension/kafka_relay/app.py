@@ -42,12 +42,14 @@ class Parts:
 def assemble(config: Config, logger: JsonLogger, events: Collection[str], *,
              api: ExtensionsApi | None = None, prepared: Prepared | None = None) -> Parts:
     """Everything but the event loop, for the mode ``events`` (what Lambda accepted the
-    registration for) and ``config`` decide; ``prepared`` before (else prepared here first).
-    Without ``api`` (tests) there is no Telemetry."""
+    registration for) and ``config`` decide, on what ``prepare`` made: the caller's (released
+    by the caller, which reports a failure while the first records keep waiting in the port's
+    backlog), else made and released here. Without ``api`` (tests) there is no Telemetry."""
     kind = mode_for(events, config)
-    if prepared is None:
-        prepared = prepare(config, logger, build_producer=not kind.defers_producer,
-                           mode=kind.name, api=api)
+    if prepared is not None:
+        return _assemble(config, logger, kind, prepared)
+    prepared = prepare(config, logger, build_producer=not kind.defers_producer,
+                       mode=kind.name, api=api)
     try:
         return _assemble(config, logger, kind, prepared)
     except BaseException:

@@ -27,5 +27,5 @@ def refusal(sandbox: Sandbox) -> Refusal:
     assert result.error is not None, result
     (line,) = events_named(sandbox.log_lines(), "init.error")
     assert line["after_ready"] is True
-    assert line["error"] in str(result.error["errorMessage"])
+    assert line["error"] in str(result.error["errorMessage"]), result.error
     return Refusal("invoke", str(result.error["errorType"]), str(line["error"]))
