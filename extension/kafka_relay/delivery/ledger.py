@@ -14,8 +14,6 @@ It also tallies these counts per request id (the records' own, the invocation th
 handed them over), so the logs can say what became of each invocation's records.
 """
 
-from __future__ import annotations
-
 import contextlib
 import threading
 import time
@@ -107,7 +105,7 @@ def _log_outcomes(log: JsonLogger, records: Iterable[Record], count: str,
 class Watch:
     __slots__ = ("ids", "ledger", "outcomes")
 
-    def __init__(self, ids: Sequence[str], ledger: Ledger,
+    def __init__(self, ids: Sequence[str], ledger: "Ledger",
                  outcomes: dict[str, tuple[Outcome, str | None]] | None = None) -> None:
         self.ids = ids
         self.ledger = ledger

@@ -26,8 +26,6 @@ a reset) and the next init carries on from them. Not thread-safe: it is used und
 ledger's lock (delivery/ledger.py, delivery/outage.py).
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 import re
