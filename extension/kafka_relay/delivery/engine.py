@@ -183,10 +183,11 @@ class DeliveryEngine:
                 done.set()
 
         threading.Thread(target=ask, name="kafka-relay-probe", daemon=True).start()
-        while not done.wait(_PROBE_POLL_S):
-            given_up = unreachable()
-            if given_up is not None:
-                return given_up
+        with self.pump.polling():  # client errors reach ``unreachable`` through the pump's polls
+            while not done.wait(_PROBE_POLL_S):
+                given_up = unreachable()
+                if given_up is not None:
+                    return given_up
         if answer[0] is None:
             self.pump.broker_state = BrokerState.UP
         return answer[0]
@@ -228,15 +229,15 @@ class DeliveryEngine:
     def flush(self, timeout_s: float, *, retry_now: bool = False) -> FlushResult:
         """Push everything due to Kafka and wait for the outcomes, at most ``timeout_s``.
         ``retry_now`` also sends records still waiting out a retry backoff."""
+        # Nothing owned (a len() read, atomic): no ledger read, no pump wake-up, no flush.
+        if not self._ledger.unsettled and not self._overflow:
+            return FlushResult(0, 0, 0, 0, 0.0)
         start = self._monotonic()
-        before_state = self._ledger.state()
-        if not before_state.pending and not self._overflow:
-            return FlushResult(0, 0, 0, 0, 0.0)  # nothing owned: no pump wake-up, no flush
-        before = before_state.counts
+        before = self._ledger.snapshot().counts
         self._ledger.wait_idle(start + max(0.0, timeout_s), now_ms=self._wall_ms,
                                stopped=lambda: self.pump.failure is not None,
                                retry_now=retry_now, more=self._refill)
-        state = self._ledger.state()
+        state = self._ledger.snapshot()
         after = state.counts
         return FlushResult(
             delivered=after["delivered"] - before["delivered"],
@@ -293,7 +294,7 @@ class DeliveryEngine:
     def gauge(self, *, take_outcomes: bool = False) -> Gauge:
         """``take_outcomes``: also what changed per request id since the last take
         (``by_request``), taken with the counts so the two agree."""
-        state = self._ledger.state(take_outcomes=take_outcomes)
+        state = self._ledger.snapshot(take_outcomes=take_outcomes)
         oldest = state.oldest_accepted_ms
         return Gauge(counts=state.counts, pending=state.pending, pending_bytes=state.pending_bytes,
                      oldest_pending_ms=0 if oldest is None else max(0, self._wall_ms() - oldest),

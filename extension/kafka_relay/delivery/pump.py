@@ -16,7 +16,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
@@ -47,6 +47,8 @@ def in_flight_window(buffer_bytes: int) -> int:
     return max(MIN_IN_FLIGHT_BYTES, min(MAX_IN_FLIGHT_BYTES, buffer_bytes // 8))
 
 
+# librdkafka serves its callbacks (delivery reports, client errors, OAUTHBEARER refreshes)
+# only inside poll(): an idle pump polls this often while it may have some to serve.
 _IDLE_WAIT_S = 0.05
 
 
@@ -104,6 +106,7 @@ class Pump:
         self._on_thaw = on_thaw  # e.g. a fresh MSK IAM token before producing (credentials)
         self._thawed = False
         self._stopping = False
+        self._watchers = 0  # callers waiting on what only poll() serves (``polling``)
         self.broker_state = BrokerState.UNKNOWN
         self.last_error: str | None = None
         self.failure: str | None = None  # why the pump stopped for good
@@ -141,6 +144,19 @@ class Pump:
                 self._thawed = self._on_thaw is not None
                 self._rebuild = self._rebuild or restored
                 self._ledger.cond.notify_all()
+
+    @contextlib.contextmanager
+    def polling(self) -> Iterator[None]:
+        """While inside, the idle pump polls every ``_IDLE_WAIT_S`` (the init probe waits on
+        client errors, which only poll() hands over)."""
+        with self._ledger.cond:
+            self._watchers += 1
+            self._ledger.cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._ledger.cond:
+                self._watchers -= 1
 
     def run(self) -> None:
         """The pump thread's body (tests may call it in their own thread)."""
@@ -184,15 +200,20 @@ class Pump:
         return bool(batch or in_flight or spilled or flushing)
 
     def _idle(self) -> None:
-        """Nothing to do: sleep until accept/flush/stop notify or the next retry falls due."""
+        """Nothing to do: sleep until accept/flush/stop notify or the next retry falls due.
+        While librdkafka holds nothing (no message, no report or error to hand over), no
+        caller waits on its errors and no token goes stale (``on_thaw``), no timer: a timed
+        wake fired at every thaw of a frozen environment, ~0.1 ms of CPU each at 256 MB."""
         with self._ledger.cond:
             queue = self._queue
             if queue.fresh or queue.to_spill or queue.oversize or self._stopping or self._rebuild:
                 return
-            wait_s = _IDLE_WAIT_S
+            wait_s: float | None = None
+            if self._watchers or self._on_thaw is not None or len(self.producer):
+                wait_s = _IDLE_WAIT_S
             due = queue.next_due_ms()
             if due is not None:
-                wait_s = min(wait_s, max(0.0, (due - self._wall_ms()) / 1000))
+                wait_s = min(wait_s or _IDLE_WAIT_S, max(0.0, (due - self._wall_ms()) / 1000))
             self._ledger.cond.wait(wait_s)
 
     # -- producing and its reports -------------------------------------------------------

@@ -64,6 +64,10 @@ class TelemetryReceiver:
         self._listener = self._bind(hosts, port)
         self._wake, self._waker = socket.socketpair()
         self._stopping = False
+        # Lambda's last connection carried one request and was closed by Lambda: it posts each
+        # batch on a new connection, so each is answered with ``Connection: close`` and closed
+        # here, instead of waking once more for Lambda's close.
+        self._one_per_connection = False
         self._thread = threading.Thread(target=self._serve, name="kafka-relay-telemetry",
                                         daemon=True)
 
@@ -110,31 +114,35 @@ class TelemetryReceiver:
                 while not self._stopping:
                     for key, _ in selector.select():
                         if key.fileobj is self._listener:
-                            self._accept(selector, peers)
+                            peer = self._accept(selector, peers)
                         elif key.fileobj is not self._wake:
                             peer = peers[key.fileobj]  # type: ignore[index]
-                            if not self._serve_peer(peer):
-                                selector.unregister(peer.sock)
-                                del peers[peer.sock]
-                                peer.sock.close()
+                        else:
+                            continue
+                        # A new connection's request is usually in already: read it now.
+                        if peer is not None and not self._serve_peer(peer):
+                            selector.unregister(peer.sock)
+                            del peers[peer.sock]
+                            peer.sock.close()
             finally:
                 for sock in peers:
                     sock.close()
 
     def _accept(self, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer]
-                ) -> None:
+                ) -> _Peer | None:
         try:
             sock, _ = self._listener.accept()
         except OSError:  # gone before we took it, or out of descriptors for now
-            return
+            return None
         sock.setblocking(False)
         if len(peers) >= _MAX_PEERS:  # the oldest first: Lambda keeps at most a few
             oldest = next(iter(peers))
             selector.unregister(oldest)
             del peers[oldest]
             oldest.close()
-        peers[sock] = _Peer(sock)
+        peer = peers[sock] = _Peer(sock)
         selector.register(sock, selectors.EVENT_READ)
+        return peer
 
     def _serve_peer(self, peer: _Peer) -> bool:
         """Read what arrived and answer every complete request; False: close it."""
@@ -145,15 +153,20 @@ class TelemetryReceiver:
         except OSError:
             return False
         if not data:
+            self._one_per_connection = peer.served == 1
             return False
         peer.buffer += data
         try:
             while (request := peer.take()) is not None:
                 body, close = request
+                peer.served += 1
+                if peer.served > 1:
+                    self._one_per_connection = False
                 if self._read_later is None or _RESTORE_BYTES in body:
                     self.receive(body)
                 else:
                     self._read_later(functools.partial(self.receive, body))
+                close = close or self._one_per_connection
                 peer.sock.sendall(_CLOSE_OK if close else _OK)
                 if close:
                     return False
@@ -212,11 +225,12 @@ class _Peer:
     """One connection's bytes so far, cut into requests: HTTP/1.1 with a Content-Length or
     chunked body, keep-alive by version and ``Connection``, ``Expect: 100-continue``."""
 
-    __slots__ = ("_continued", "buffer", "sock")
+    __slots__ = ("_continued", "buffer", "served", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        self.served = 0  # requests answered
         self._continued = False
 
     def take(self) -> tuple[bytes, bool] | None:
