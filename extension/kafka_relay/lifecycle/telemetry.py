@@ -77,6 +77,8 @@ class TelemetryReceiver:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # A connection is taken once its first bytes are in: one wake, not two.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
                 sock.bind((host, port))
                 sock.listen(_BACKLOG)
             except OSError as exc:  # socket.gaierror too: the name does not resolve here
@@ -114,68 +116,82 @@ class TelemetryReceiver:
                 while not self._stopping:
                     for key, _ in selector.select():
                         if key.fileobj is self._listener:
-                            peer = self._accept(selector, peers)
+                            self._accept(selector, peers)
                         elif key.fileobj is not self._wake:
                             peer = peers[key.fileobj]  # type: ignore[index]
-                        else:
-                            continue
-                        # A new connection's request is usually in already: read it now.
-                        if peer is not None and not self._serve_peer(peer):
-                            selector.unregister(peer.sock)
-                            del peers[peer.sock]
-                            peer.sock.close()
+                            if not self._serve_peer(peer):
+                                selector.unregister(peer.sock)
+                                del peers[peer.sock]
+                                peer.sock.close()
             finally:
                 for sock in peers:
                     sock.close()
 
     def _accept(self, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer]
-                ) -> _Peer | None:
+                ) -> None:
+        """Take a connection and serve what it sent; keep it (watched) only if it stays open.
+        Its first request is in already (``TCP_DEFER_ACCEPT``): a connection Lambda uses once
+        costs no registration, no mode change, no second wake."""
         try:
             sock, _ = self._listener.accept()
         except OSError:  # gone before we took it, or out of descriptors for now
-            return None
+            return
+        peer = _Peer(sock)
+        if not self._serve_peer(peer):
+            sock.close()
+            return
         sock.setblocking(False)
         if len(peers) >= _MAX_PEERS:  # the oldest first: Lambda keeps at most a few
             oldest = next(iter(peers))
             selector.unregister(oldest)
             del peers[oldest]
             oldest.close()
-        peer = peers[sock] = _Peer(sock)
+        peers[sock] = peer
         selector.register(sock, selectors.EVENT_READ)
-        return peer
 
     def _serve_peer(self, peer: _Peer) -> bool:
-        """Read what arrived and answer every complete request; False: close it."""
-        try:
-            data = peer.sock.recv(_RECV_BYTES)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        if not data:
-            self._one_per_connection = peer.served == 1
-            return False
-        peer.buffer += data
-        try:
-            while (request := peer.take()) is not None:
-                body, close = request
-                peer.served += 1
-                if peer.served > 1:
-                    self._one_per_connection = False
-                if self._read_later is None or _RESTORE_BYTES in body:
-                    self.receive(body)
-                else:
-                    self._read_later(functools.partial(self.receive, body))
-                close = close or self._one_per_connection
-                peer.sock.sendall(_CLOSE_OK if close else _OK)
-                if close:
+        """Read what arrived and answer every complete request; False: close it. A request
+        still incomplete is read once more before waiting: a client that sends its body
+        behind its head (Python's ``http.client``) has usually sent it by then."""
+        for _ in range(2):
+            try:
+                data = peer.sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)  # blocking until kept
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                self._one_per_connection = peer.served == 1
+                return False
+            peer.buffer += data
+            try:
+                if not self._answer(peer):
                     return False
-        except BadRequest as exc:
-            with contextlib.suppress(OSError):
-                peer.sock.sendall(exc.answer())
-            return False
-        except OSError:
-            return False
+            except BadRequest as exc:
+                with contextlib.suppress(OSError):
+                    peer.sock.sendall(exc.answer())
+                return False
+            except OSError:
+                return False
+            if not peer.buffer:
+                return True
+        return True
+
+    def _answer(self, peer: _Peer) -> bool:
+        """Answer every complete request in ``peer``'s buffer; False: close the connection."""
+        while (request := peer.take()) is not None:
+            body, close = request
+            peer.served += 1
+            if peer.served > 1:
+                self._one_per_connection = False
+            if self._read_later is None or _RESTORE_BYTES in body:
+                self.receive(body)
+            else:
+                self._read_later(functools.partial(self.receive, body))
+            close = close or self._one_per_connection
+            peer.sock.sendall(_CLOSE_OK if close else _OK)
+            if close:
+                return False
         return True
 
     def receive(self, body: bytes) -> None:
