@@ -183,11 +183,10 @@ class DeliveryEngine:
                 done.set()
 
         threading.Thread(target=ask, name="kafka-relay-probe", daemon=True).start()
-        with self.pump.polling():  # client errors reach ``unreachable`` through the pump's polls
-            while not done.wait(_PROBE_POLL_S):
-                given_up = unreachable()
-                if given_up is not None:
-                    return given_up
+        while not done.wait(_PROBE_POLL_S):
+            given_up = unreachable()
+            if given_up is not None:
+                return given_up
         if answer[0] is None:
             self.pump.broker_state = BrokerState.UP
         return answer[0]
@@ -233,11 +232,11 @@ class DeliveryEngine:
         if not self._ledger.unsettled and not self._overflow:
             return FlushResult(0, 0, 0, 0, 0.0)
         start = self._monotonic()
-        before = self._ledger.snapshot().counts
+        before = self._ledger.state(storage=False).counts
         self._ledger.wait_idle(start + max(0.0, timeout_s), now_ms=self._wall_ms,
                                stopped=lambda: self.pump.failure is not None,
                                retry_now=retry_now, more=self._refill)
-        state = self._ledger.snapshot()
+        state = self._ledger.state(storage=False)
         after = state.counts
         return FlushResult(
             delivered=after["delivered"] - before["delivered"],
@@ -294,7 +293,7 @@ class DeliveryEngine:
     def gauge(self, *, take_outcomes: bool = False) -> Gauge:
         """``take_outcomes``: also what changed per request id since the last take
         (``by_request``), taken with the counts so the two agree."""
-        state = self._ledger.snapshot(take_outcomes=take_outcomes)
+        state = self._ledger.state(take_outcomes=take_outcomes, storage=False)
         oldest = state.oldest_accepted_ms
         return Gauge(counts=state.counts, pending=state.pending, pending_bytes=state.pending_bytes,
                      oldest_pending_ms=0 if oldest is None else max(0, self._wall_ms() - oldest),

@@ -125,18 +125,6 @@ class Recovery(NamedTuple):
     spilled: int  # came back too often: spilled instead of sent again
 
 
-class Snapshot(NamedTuple):
-    """The counts and the depth: what each invocation reads (``state`` adds the storage's
-    status, which costs as much again)."""
-
-    counts: dict[str, int]
-    pending: int
-    pending_bytes: int
-    oldest_accepted_ms: int | None
-    # With ``take_outcomes=True``: per request id, what changed since the last take.
-    by_request: dict[str, dict[str, int]]
-
-
 class LedgerState(NamedTuple):
     counts: dict[str, int]
     pending: int
@@ -145,8 +133,8 @@ class LedgerState(NamedTuple):
     unaccounted: int  # accepted + restored - settled - pending: 0 unless a record was lost
     in_flight: int
     waiting_retry: int
-    journal: dict[str, object]
-    overflow: dict[str, object]
+    journal: dict[str, object] | None  # None: not asked for (``storage=False``)
+    overflow: dict[str, object] | None
     # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
     by_request: dict[str, dict[str, int]]
 
@@ -155,6 +143,10 @@ class LedgerState(NamedTuple):
                 "pending_bytes": self.pending_bytes, "unaccounted": self.unaccounted,
                 "in_flight": self.in_flight, "waiting_retry": self.waiting_retry,
                 "journal": self.journal, "overflow": self.overflow}
+
+
+def _status(storage: Journal | OverflowSpool | None) -> dict[str, object]:
+    return {"enabled": False} if storage is None else storage.status()
 
 
 def _never_fits(records: int, size: int, limits: Limits) -> str:
@@ -357,33 +349,25 @@ class Ledger:
 
     # -- reading and waiting ------------------------------------------------------------
 
-    def snapshot(self, *, take_outcomes: bool = False) -> Snapshot:
-        """The counts and the depth in one lock round; ``take_outcomes`` also hands over (and
-        restarts) the per-request tally, in the same round, so the two always agree."""
+    def state(self, *, take_outcomes: bool = False, storage: bool = True) -> LedgerState:
+        """A snapshot; ``take_outcomes`` also hands over (and restarts) the per-request tally
+        in the same lock round, so the two agree. ``storage=False`` (what each invocation
+        reads): without the journal's and spool's status (dicts, the journal's O(records))."""
         with self.cond:
             by_request: dict[str, dict[str, int]] = {}
             if take_outcomes and self._outcomes:
                 by_request, self._outcomes = self._outcomes, {}
-            oldest = next(iter(self._unsettled.values()), None)  # dicts keep insertion order
-            return Snapshot(self.counts.as_dict(), len(self._unsettled), self._bytes,
-                            None if oldest is None else oldest.accepted_ms, by_request)
-
-    def state(self, *, take_outcomes: bool = False) -> LedgerState:
-        """``snapshot`` with the queue's and the storage's status (for /v1/status, drains)."""
-        with self.cond:
-            snap = self.snapshot(take_outcomes=take_outcomes)
             c = self.counts
             settled = c.delivered + c.dead_lettered + c.spilled + c.spooled
+            oldest = next(iter(self._unsettled.values()), None)  # dicts keep insertion order
             return LedgerState(
-                counts=snap.counts, pending=snap.pending, pending_bytes=snap.pending_bytes,
-                oldest_accepted_ms=snap.oldest_accepted_ms,
-                unaccounted=c.accepted + c.restored - settled - snap.pending,
+                counts=c.as_dict(), pending=len(self._unsettled), pending_bytes=self._bytes,
+                oldest_accepted_ms=None if oldest is None else oldest.accepted_ms,
+                unaccounted=c.accepted + c.restored - settled - len(self._unsettled),
                 in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
-                journal=(self._journal.status() if self._journal is not None
-                         else {"enabled": False}),
-                overflow=(self._overflow.status() if self._overflow is not None
-                          else {"enabled": False}),
-                by_request=snap.by_request)
+                journal=_status(self._journal) if storage else None,
+                overflow=_status(self._overflow) if storage else None,
+                by_request=by_request)
 
     def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
                   stopped: Callable[[], bool], retry_now: bool = False,

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException
@@ -106,7 +106,6 @@ class Pump:
         self._on_thaw = on_thaw  # e.g. a fresh MSK IAM token before producing (credentials)
         self._thawed = False
         self._stopping = False
-        self._watchers = 0  # callers waiting on what only poll() serves (``polling``)
         self.broker_state = BrokerState.UNKNOWN
         self.last_error: str | None = None
         self.failure: str | None = None  # why the pump stopped for good
@@ -144,19 +143,6 @@ class Pump:
                 self._thawed = self._on_thaw is not None
                 self._rebuild = self._rebuild or restored
                 self._ledger.cond.notify_all()
-
-    @contextlib.contextmanager
-    def polling(self) -> Iterator[None]:
-        """While inside, the idle pump polls every ``_IDLE_WAIT_S`` (the init probe waits on
-        client errors, which only poll() hands over)."""
-        with self._ledger.cond:
-            self._watchers += 1
-            self._ledger.cond.notify_all()
-        try:
-            yield
-        finally:
-            with self._ledger.cond:
-                self._watchers -= 1
 
     def run(self) -> None:
         """The pump thread's body (tests may call it in their own thread)."""
@@ -201,15 +187,17 @@ class Pump:
 
     def _idle(self) -> None:
         """Nothing to do: sleep until accept/flush/stop notify or the next retry falls due.
-        While librdkafka holds nothing (no message, no report or error to hand over), no
-        caller waits on its errors and no token goes stale (``on_thaw``), no timer: a timed
-        wake fired at every thaw of a frozen environment, ~0.1 ms of CPU each at 256 MB."""
+        Once the broker answered, while librdkafka holds nothing (no message, no report or
+        client error to hand over) and no token goes stale (``on_thaw``), without a timer: a
+        timed wake fired at every thaw of a frozen environment, ~0.1 ms of CPU each at
+        256 MB. Before the broker answered, the init probe waits on client errors."""
         with self._ledger.cond:
             queue = self._queue
             if queue.fresh or queue.to_spill or queue.oversize or self._stopping or self._rebuild:
                 return
             wait_s: float | None = None
-            if self._watchers or self._on_thaw is not None or len(self.producer):
+            if (self.broker_state is not BrokerState.UP or self._on_thaw is not None
+                    or len(self.producer)):
                 wait_s = _IDLE_WAIT_S
             due = queue.next_due_ms()
             if due is not None:

@@ -15,6 +15,7 @@ import json
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,6 +37,8 @@ _RECV_BYTES = 65536
 MAX_HEAD = 65536  # bytes of a request line and headers
 MAX_BODY = 4 * 1024 * 1024  # a batch is at most buffering.maxBytes (1 MiB) plus framing
 _STOP_S = 2.0
+# A connection closed by Lambda within this of its one answer was used once, not kept alive.
+ONE_SHOT_S = 1.0
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 _CLOSE_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -54,6 +57,7 @@ class TelemetryReceiver:
         read_later: Callable[[Callable[[], None]], None] | None = None,
         hosts: tuple[str, ...] = _HOSTS,
         port: int = 0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``read_later``: takes a batch's reading (which tells its request ends) to run when
         an end is needed (``EndSignals.mark_later``); without it every batch is read as it
@@ -64,9 +68,11 @@ class TelemetryReceiver:
         self._listener = self._bind(hosts, port)
         self._wake, self._waker = socket.socketpair()
         self._stopping = False
-        # Lambda's last connection carried one request and was closed by Lambda: it posts each
-        # batch on a new connection, so each is answered with ``Connection: close`` and closed
-        # here, instead of waking once more for Lambda's close.
+        self._monotonic = monotonic
+        # A connection carried one request and Lambda closed it at once (not after idling,
+        # as a kept-alive one is): it posts each batch on a new connection, so each is
+        # answered with ``Connection: close`` and closed here, instead of waking once more
+        # for Lambda's close.
         self._one_per_connection = False
         self._thread = threading.Thread(target=self._serve, name="kafka-relay-telemetry",
                                         daemon=True)
@@ -161,7 +167,8 @@ class TelemetryReceiver:
             except OSError:
                 return False
             if not data:
-                self._one_per_connection = peer.served == 1
+                self._one_per_connection = (
+                    peer.served == 1 and self._monotonic() - peer.answered < ONE_SHOT_S)
                 return False
             peer.buffer += data
             try:
@@ -190,6 +197,7 @@ class TelemetryReceiver:
                 self._read_later(functools.partial(self.receive, body))
             close = close or self._one_per_connection
             peer.sock.sendall(_CLOSE_OK if close else _OK)
+            peer.answered = self._monotonic()
             if close:
                 return False
         return True
@@ -241,12 +249,13 @@ class _Peer:
     """One connection's bytes so far, cut into requests: HTTP/1.1 with a Content-Length or
     chunked body, keep-alive by version and ``Connection``, ``Expect: 100-continue``."""
 
-    __slots__ = ("_continued", "buffer", "served", "sock")
+    __slots__ = ("_continued", "answered", "buffer", "served", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
         self.served = 0  # requests answered
+        self.answered = 0.0  # when the last one was (monotonic)
         self._continued = False
 
     def take(self) -> tuple[bytes, bool] | None:
