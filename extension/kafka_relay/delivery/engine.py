@@ -125,7 +125,7 @@ class DeliveryEngine:
         # What fits of the outage spool back into memory, before newer batches are taken.
         self._refill: Callable[[], int] = (
             (lambda: 0) if overflow is None else functools.partial(refill, self._ledger, overflow))
-        # Public for tests that step it by hand; nothing outside delivery/ touches it.
+        # Public for tests that step it by hand; outside delivery/ only its ``failure`` is read.
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, wall_ms=wall_ms,
                          defer_build=defer_producer, on_thaw=on_thaw)
