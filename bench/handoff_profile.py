@@ -51,7 +51,7 @@ class _HandlerMeter:
 
     def __init__(self, profile: bool) -> None:
         self.cpu_s = 0.0
-        self.profile = cProfile.Profile() if profile else None
+        self.profile = cProfile.Profile(time.thread_time) if profile else None
         self._lock = threading.Lock()
         self._original: Callable[..., None] = handoff_server._Handler.handle
 
@@ -103,7 +103,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             client.send(work[0])  # warm: connection, topic metadata
             client.flush()
             meter.cpu_s = 0.0
-            client_profile = cProfile.Profile() if profile == "client" else None
+            client_profile = cProfile.Profile(time.thread_time) if profile == "client" else None
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
             for batch in work[1:]:
                 if client_profile is not None:

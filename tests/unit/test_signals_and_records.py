@@ -72,8 +72,39 @@ def test_batches_kept_unread_are_bounded_oldest_dropped() -> None:
 
 def test_ids_are_unique_per_environment() -> None:
     a, b = IdSource(), IdSource()
-    ids = {a.next() for _ in range(1000)} | {b.next() for _ in range(1000)}
-    assert len(ids) == 2000
+    ids = [*a.take(1), *a.take(999), *b.take(1000)]
+    assert len(set(ids)) == 2000
+
+
+def test_blocks_drawn_by_threads_at_once_never_share_an_id() -> None:
+    source = IdSource("p")
+    blocks: list[list[str]] = []
+    start = threading.Barrier(8)
+
+    def draw() -> None:
+        start.wait()
+        for _ in range(50):
+            blocks.append(source.take(100))  # list.append is atomic
+
+    threads = [threading.Thread(target=draw) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for block in blocks for i in block]
+    assert len(ids) == len(set(ids)) == 8 * 50 * 100
+    assert all(i.startswith("p-") for i in ids)
+
+
+def test_a_reseeded_source_draws_under_its_new_prefix_only() -> None:
+    source = IdSource("old")
+    before = source.take(3)
+    prefix = source.reseed()
+    after = source.take(3)
+    assert prefix != "old"
+    assert source.prefix == prefix
+    assert before == ["old-00000001", "old-00000002", "old-00000003"]
+    assert after == [f"{prefix}-0000000{n}" for n in (1, 2, 3)]
 
 
 def _record(size: int) -> Record:

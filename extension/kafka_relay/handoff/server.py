@@ -305,7 +305,7 @@ class _Handler(RequestHandler):
         try:
             records = records_from_body(body, self.headers.get("Content-Type") or "",
                                         default_topic=state.config.default_topic,
-                                        new_id=state.ids.next, request_id=request_id,
+                                        new_ids=state.ids.take, request_id=request_id,
                                         now_ms=state.wall_ms())
         except InvalidRequest as exc:
             state.relay.note_rejected(exc.records)
