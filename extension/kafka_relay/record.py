@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import string
 import threading
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
@@ -23,11 +24,17 @@ from kafka_relay.protocol import (
     REQUEST_ID_KAFKA_HEADER,
 )
 
+_ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
+
 
 class IdSource:
-    """Unique record ids: a random per-environment prefix and a counter (cheap, sortable)."""
+    """Unique record ids: a random per-environment prefix and a counter (cheap, sortable).
+    An id holds letters, digits, ``.``, ``_`` and ``-`` only: nothing JSON or a header
+    escapes (the handoff's answer joins them as they are)."""
 
     def __init__(self, prefix: str | None = None) -> None:
+        if prefix is not None and not (prefix and _ID_CHARACTERS.issuperset(prefix)):
+            raise ValueError(f"an id prefix is letters, digits, '.', '_' and '-': {prefix!r}")
         self._lock = threading.Lock()
         self._template = f"{prefix or os.urandom(6).hex()}-%08x"
         self._next = 1

@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.record import IdSource, Record
 from kafka_relay.spill.codec import parse_spill_lines, spill_lines
@@ -132,3 +134,9 @@ def test_large_records_spill_as_chunked_log_lines_and_reassemble() -> None:
     (again,) = parse_spill_lines(["2026-01-01T00:00:00Z " + lines[-1], *noise, *lines[:-1]]).records
     assert again.value == original.value
     assert again.id == original.id
+
+
+@pytest.mark.parametrize("prefix", ["", 'a"b', "a\\b", "a b", "é"])
+def test_an_id_prefix_holds_only_what_json_and_headers_carry_as_is(prefix: str) -> None:
+    with pytest.raises(ValueError, match="an id prefix is letters, digits"):
+        IdSource(prefix)

@@ -329,7 +329,7 @@ class _Handler(RequestHandler):
                            None if exc.refusal is Refusal.TOO_LARGE
                            else {"Retry-After": str(retry_s)})
         if watch is None:
-            return _answer(202, {"accepted": len(ids), "ids": ids})
+            return Answer(202, _accepted(ids))
         outcomes = watch.wait(wait_s)
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
@@ -391,6 +391,13 @@ def _bound(query: dict[str, str]) -> str:
     """The query as an idempotency key binds it: ``timeout_ms`` left out, since a retry
     legitimately sends the shorter wait it has left."""
     return "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k != TIMEOUT_PARAM)
+
+
+def _accepted(ids: list[str]) -> bytes:
+    """The 202's body, joined instead of JSON-encoded id by id (~10x cheaper): an id is a
+    prefix and a counter in IdSource's characters, none of which JSON escapes."""
+    listed = '"' + '","'.join(ids) + '"' if ids else ""
+    return f'{{"accepted":{len(ids)},"ids":[{listed}]}}'.encode()
 
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
