@@ -33,13 +33,29 @@ class Answer(NamedTuple):
 
 
 class _Entry:
-    __slots__ = ("answer", "born", "done", "fingerprint")
+    __slots__ = ("_running", "answer", "born", "fingerprint")
 
     def __init__(self, fingerprint: Fingerprint, born: float) -> None:
         self.fingerprint = fingerprint
         self.born = born
-        self.done = threading.Event()
+        # Held until the first request is answered: one per request, and a lock costs a
+        # tenth of a threading.Event (a condition and its lock).
+        self._running = threading.Lock()
+        self._running.acquire()
         self.answer: Answer | None = None
+
+    def done(self) -> bool:
+        return not self._running.locked()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether the first request was answered within ``timeout_s``."""
+        if not self._running.acquire(timeout=timeout_s):
+            return False
+        self._running.release()
+        return True
+
+    def finish(self) -> None:
+        self._running.release()
 
 
 # What a key is bound to: content type, query, body length, keyed hash of each chunk.
@@ -95,7 +111,7 @@ class IdempotencyCache:
             if mine:
                 return self._process(key, entry, process), False
             remaining = deadline - self._monotonic()
-            if not entry.done.wait(max(0.0, remaining)):
+            if not entry.wait(max(0.0, remaining)):
                 raise TimeoutError(key)
             if entry.answer is not None:
                 return entry.answer, True
@@ -105,7 +121,7 @@ class IdempotencyCache:
         now = self._monotonic()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.done.is_set() and now - entry.born > self._ttl_s:
+            if entry is not None and entry.done() and now - entry.born > self._ttl_s:
                 del self._entries[key]
                 entry = None
             if entry is not None:
@@ -126,7 +142,7 @@ class IdempotencyCache:
             return
         done = []
         for old_key, old in self._entries.items():
-            if old.done.is_set():
+            if old.done():
                 done.append(old_key)
                 if len(done) == excess:
                     break
@@ -145,4 +161,4 @@ class IdempotencyCache:
                     entry.born = self._monotonic()
                 elif self._entries.get(key) is entry:
                     del self._entries[key]
-            entry.done.set()
+            entry.finish()
