@@ -1,13 +1,14 @@
 """CPU per record of the handoff, in one process on loopback (no sandbox, no CPU quota).
 
-    .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client]
+    .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client|pump]
 
 Starts a local broker and the extension's parts in-process, sends batches with the stdlib
 client (its default body) and reports, per record: the client thread's CPU (encode + HTTP),
 the handoff thread's CPU (HTTP parse, body parse, validation, accept) and the rest of the
 process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
-cProfile of the client or of the handoff thread. Numbers go in docs/performance.md
-section ("what profiling changed"); this is a developer's tool, not a timed test.
+cProfile of the client or of the handoff thread, timed on that thread's CPU (waits on the
+socket or the GIL are not cost), or of the pump. Numbers go in docs/cost.md ("Per record");
+this is a developer's tool, not a timed test.
 """
 
 from __future__ import annotations
