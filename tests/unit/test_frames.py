@@ -215,12 +215,22 @@ def test_the_value_bytes_are_compact_utf8_json() -> None:
 
 
 def _read(body: bytes, default_topic: str = "t") -> list[Fields] | InvalidRequest:
-    """What the extension makes of a body: each record's fields as sent, or its refusal."""
+    """What the extension makes of a body: each record's fields as sent, or its refusal. Ids
+    are drawn once, for a body accepted whole: a refused one (a lying count) draws none."""
+    drawn: list[int] = []
+
+    def new_ids(count: int) -> list[str]:
+        drawn.append(count)
+        return IdSource("p").take(count)
+
     try:
         records = records_from_body(body, FRAMES_TYPE, default_topic=default_topic,
-                                    new_ids=IdSource("p").take, request_id="req", now_ms=1)
+                                    new_ids=new_ids, request_id="req", now_ms=1)
     except InvalidRequest as exc:
+        assert drawn == []
         return exc
+    assert drawn == [len(records)]
+    assert [r.id for r in records] == [f"p-{n:08x}" for n in range(1, len(records) + 1)]
     return [(None if r.topic == default_topic else r.topic.encode(), r.key, r.value,
              tuple((n.encode(), v) for n, v in r.headers), r.timestamp_ms) for r in records]
 
