@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import string
 import threading
 from json.encoder import encode_basestring_ascii as _q
 from typing import Any
@@ -24,7 +23,7 @@ from kafka_relay.protocol import (
     REQUEST_ID_KAFKA_HEADER,
 )
 
-_ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
+_ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class IdSource:
