@@ -1,13 +1,14 @@
 """CPU per record of the handoff, in one process on loopback (no sandbox, no CPU quota).
 
-    .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client]
+    .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client|pump]
 
 Starts a local broker and the extension's parts in-process, sends batches with the stdlib
 client (its default body) and reports, per record: the client thread's CPU (encode + HTTP),
 the handoff thread's CPU (HTTP parse, body parse, validation, accept) and the rest of the
 process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
-cProfile of the client or of the handoff thread. Numbers go in docs/performance.md
-section ("what profiling changed"); this is a developer's tool, not a timed test.
+cProfile of the client or of the handoff thread, timed on that thread's CPU (waits on the
+socket or the GIL are not cost), or of the pump. Numbers go in docs/cost.md ("Per record");
+this is a developer's tool, not a timed test.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class _HandlerMeter:
 
     def __init__(self, profile: bool) -> None:
         self.cpu_s = 0.0
-        self.profile = cProfile.Profile() if profile else None
+        self.profile = cProfile.Profile(time.thread_time) if profile else None
         self._lock = threading.Lock()
         self._original: Callable[..., None] = handoff_server._Handler.handle
 
@@ -103,7 +104,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             client.send(work[0])  # warm: connection, topic metadata
             client.flush()
             meter.cpu_s = 0.0
-            client_profile = cProfile.Profile() if profile == "client" else None
+            client_profile = cProfile.Profile(time.thread_time) if profile == "client" else None
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
             for batch in work[1:]:
                 if client_profile is not None:

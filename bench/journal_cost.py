@@ -67,7 +67,7 @@ def _round(body: bytes, ledger: Ledger, ids: IdSource) -> tuple[float, float, fl
     clock = time.process_time
     t0 = clock()
     records = validate(parse_body(body, "application/json"), default_topic="bench",
-                       new_id=ids.next, request_id="req", now_ms=0)
+                       new_ids=ids.take, request_id="req", now_ms=0)
     t1 = clock()
     ledger.accept(records)
     t2 = clock()

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kafka_relay.protocol import FRAMES_TYPE, decode_frames
+from kafka_relay.handoff.schema import framed_records
+from kafka_relay.protocol import FRAMES_TYPE
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,10 @@ class Seen:
         """The records of a framed or JSON body, values as JSON (framed values decoded)."""
         if self.headers.get("Content-Type") != FRAMES_TYPE:
             return list(self.json()["records"])
-        return [{"topic": topic, "key": key and key.decode(),
-                 "value": None if value is None else json.loads(value)}
-                for topic, key, value, _headers, _ts in decode_frames(self.body)]
+        read = framed_records(self.body, default_topic="", new_ids=lambda n: [""] * n,
+                              request_id=None, now_ms=0)
+        return [{"topic": r.topic or None, "key": r.key and r.key.decode(),
+                 "value": None if r.value is None else json.loads(r.value)} for r in read]
 
 
 @dataclass(frozen=True)

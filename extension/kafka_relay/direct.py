@@ -66,7 +66,7 @@ def produce(
     deadline = time.monotonic() + timeout_s
     try:
         records = validate(list(items), default_topic=direct.config.default_topic,
-                           new_id=direct.ids.next, request_id=request_id,
+                           new_ids=direct.ids.take, request_id=request_id,
                            now_ms=int(time.time() * 1000))
     except InvalidRequest as exc:
         raise RecordRejected(str(exc), [r.as_dict() for r in exc.reasons]) from exc

@@ -10,6 +10,7 @@ is small: a request line, headers (case-insensitive, the first of a repeated one
 """
 
 import contextlib
+import io
 import socket
 import socketserver
 import threading
@@ -110,14 +111,21 @@ class RequestHandler(socketserver.StreamRequestHandler):
 
     def handle_one_request(self) -> None:
         try:
-            line = self.rfile.readline(MAX_LINE + 1)
-            if not line:
-                self.close_connection = True
-                return
-            if len(line) > MAX_LINE:
-                self._refuse(414, "request line too long")
-                return
-            if not self._parse(line):
+            head = self._whole_head()
+            if head is None:  # line by line
+                line = self.rfile.readline(MAX_LINE + 1)
+                if not line:
+                    self.close_connection = True
+                    return
+                if len(line) > MAX_LINE:
+                    self._refuse(414, "request line too long")
+                    return
+                if not self._request_line(line.decode("iso-8859-1").rstrip("\r\n")):
+                    return
+                lines = self._header_lines()
+                if lines is None or not self._headers(lines):
+                    return
+            elif not (self._request_line(head[0]) and self._headers(head[1:])):
                 return
             method = getattr(self, "do_" + self.command, None)
             if method is None:
@@ -130,25 +138,51 @@ class RequestHandler(socketserver.StreamRequestHandler):
             # unread (the client reads an end call's answer late) resets the connection.
             self.close_connection = True
 
-    def _parse(self, line: bytes) -> bool:
-        try:
-            self.command, self.path, self.request_version = parse_request_line(
-                line.decode("iso-8859-1").rstrip("\r\n"))
-        except BadRequest as exc:
-            self._refuse(exc.status, str(exc))
-            return False
-        lines = []
+    def _whole_head(self) -> list[str] | None:
+        """The request line and header lines, when the whole head is in the read buffer
+        already (a client writes head and body at once): one read and one split instead of
+        a read per line. None when it must be read line by line, which the rules above then
+        apply to: a head not all arrived, one whose first blank line is not CRLF CRLF, one
+        blank-first, too long or with too many headers."""
+        rfile = self.rfile
+        if not isinstance(rfile, io.BufferedReader):
+            return None
+        buffered = rfile.peek()  # what is buffered; if nothing, one read (as readline)
+        end = buffered.find(b"\r\n\r\n")
+        if not 0 < end <= MAX_LINE:
+            return None
+        head = buffered[:end + 2]  # every line with its line end
+        if b"\n\n" in head or b"\n\r\n" in head or head.count(b"\n") > MAX_HEADERS + 1:
+            return None  # a blank line before the CRLF CRLF, or too many lines
+        rfile.read(end + 4)
+        return [line.rstrip("\r\n") for line in head.decode("iso-8859-1").split("\n")[:-1]]
+
+    def _header_lines(self) -> list[str] | None:
+        """The header lines read one by one, up to the blank line (or the end of the
+        stream); None when refused (431)."""
+        lines: list[str] = []
         for _ in range(MAX_HEADERS + 1):
             raw = self.rfile.readline(MAX_LINE + 1)
             if len(raw) > MAX_LINE:
                 self._refuse(431, "header line too long")
-                return False
+                return None
             if raw in (b"\r\n", b"\n", b""):
-                break
+                return lines
             lines.append(raw.decode("iso-8859-1").rstrip("\r\n"))
-        else:
-            self._refuse(431, "too many headers")
+        self._refuse(431, "too many headers")
+        return None
+
+    def _request_line(self, text: str) -> bool:
+        """``command``, ``path`` and ``request_version`` from it; False when refused."""
+        try:
+            self.command, self.path, self.request_version = parse_request_line(text)
+        except BadRequest as exc:
+            self._refuse(exc.status, str(exc))
             return False
+        return True
+
+    def _headers(self, lines: list[str]) -> bool:
+        """``headers`` and the connection's fate from them; False when refused."""
         try:
             block = parse_headers(self.request_version, lines)
         except BadRequest as exc:

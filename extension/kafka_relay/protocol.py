@@ -3,7 +3,8 @@
 Everything both sides must agree on lives here and nowhere else: the default
 port, routes, header names, media types, the outcome and broker-state names,
 the Kafka headers the relay adds, the one ``RelayError`` hierarchy, and the framed
-body's encoder and decoder (so both sides read the same format).
+body's layout and its encoder (the extension reads it with these same structs, in
+``kafka_relay.handoff.schema``, where each record is validated as it is read).
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import mmap
+from typing import Any
 
 DEFAULT_PORT = 4195
 
@@ -200,17 +198,12 @@ FLAG_KEY = 1  # a key (else null)
 FLAG_VALUE_NULL = 2  # a null value (a tombstone)
 FLAG_TIMESTAMP = 4  # timestamp_ms given (else the producer's time)
 FLAG_TOPIC = 8  # a topic (else the extension's default topic)
-_FLAGS = FLAG_KEY | FLAG_VALUE_NULL | FLAG_TIMESTAMP | FLAG_TOPIC
-_BODY = struct.Struct("<4sI")
-_RECORD = struct.Struct("<BHIIHQ")
-_HEADER = struct.Struct("<HI")
+FRAME_FLAGS = FLAG_KEY | FLAG_VALUE_NULL | FLAG_TIMESTAMP | FLAG_TOPIC  # every flag of v1
+FRAMES_HEAD = struct.Struct("<4sI")  # body: magic, record count
+FRAME_RECORD = struct.Struct("<BHIIHQ")  # record: flags, lengths, header count, timestamp
+FRAME_HEADER = struct.Struct("<HI")  # header: name and value lengths
 _RECORD_FIELDS = frozenset({"topic", "key", "value", "value_b64", "headers", "timestamp_ms"})
 _MAX_TIMESTAMP_MS = 2**63  # exclusive: Kafka timestamps are int64 epoch milliseconds
-
-# (topic, key, value, headers as (name, value) bytes, timestamp_ms); None where absent
-Frame = tuple[bytes | None, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...],
-              int | None]
-
 
 class FrameError(ValueError):
     """A record that cannot be framed or a body that cannot be read; ``index`` -1: the body."""
@@ -257,7 +250,7 @@ def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
     """A framed body of records given as the JSON API's objects (``value`` may also be bytes:
     sent as they are). Raises FrameError naming the first record that cannot be sent."""
     parts: list[bytes] = [b""]
-    pack = _RECORD.pack
+    pack = FRAME_RECORD.pack
     chunks = _chunks
     # A batch names a few topics and header sets many times: each is checked and encoded
     # once per body. Keys are exact types (a header set is keyed by its items).
@@ -326,7 +319,7 @@ def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
             except (ValueError, TypeError, RecursionError, struct.error, FrameError):
                 pass
         parts += _frame(item, index)
-    parts[0] = _BODY.pack(FRAMES_MAGIC, count)
+    parts[0] = FRAMES_HEAD.pack(FRAMES_MAGIC, count)
     return b"".join(parts)
 
 
@@ -361,8 +354,8 @@ def _frame(item: Mapping[str, Any], index: int) -> list[bytes]:
     headers = item.get("headers")
     header_parts = _frame_headers(headers, index) if headers else []
     try:
-        head = _RECORD.pack(flags, len(topic), len(key), len(value), len(header_parts) // 3,
-                            timestamp or 0)
+        head = FRAME_RECORD.pack(flags, len(topic), len(key), len(value),
+                                 len(header_parts) // 3, timestamp or 0)
     except struct.error as exc:
         raise FrameError(index, f"a field is too long to frame ({exc})") from None
     return [head, topic, key, value, *header_parts]
@@ -424,7 +417,7 @@ def _frame_headers(headers: Any, index: int) -> list[bytes]:
     if not isinstance(headers, Mapping):
         raise FrameError(index, "'headers' must be an object of string to string")
     out: list[bytes] = []
-    pack = _HEADER.pack
+    pack = FRAME_HEADER.pack
     for name, value in headers.items():
         name_bytes = _text(name, index, "'headers' name")
         if b"\x00" in name_bytes:  # a C string to librdkafka: it would arrive cut short
@@ -441,89 +434,3 @@ def _frame_headers(headers: Any, index: int) -> list[bytes]:
     if len(out) // 3 > 0xFFFF:
         raise FrameError(index, f"{len(out) // 3} headers: at most 65535 per record")
     return out
-
-
-def decode_frames(body: bytes | mmap.mmap) -> list[Frame]:
-    """The records of a framed body. Any inconsistency raises FrameError naming the record:
-    lengths are checked against the body before any slice, so no input reads past it."""
-    size = len(body)
-    if size < _BODY.size:
-        raise FrameError(-1, f"a framed body starts with an {_BODY.size}-byte header; this "
-                             f"one has {size} bytes")
-    magic, count = _BODY.unpack_from(body, 0)
-    if magic != FRAMES_MAGIC:
-        raise FrameError(-1, f"the body starts with {magic!r}, not {FRAMES_MAGIC!r}: not "
-                             f"{FRAMES_TYPE}")
-    room = (size - _BODY.size) // _RECORD.size
-    if count > room:
-        raise FrameError(-1, f"the body announces {count} records but its {size} bytes hold "
-                             f"at most {room}")
-    frames: list[Frame] = []
-    append = frames.append
-    unpack = _RECORD.unpack_from
-    fixed = _RECORD.size
-    pos = _BODY.size
-    for index in range(count):
-        if pos + fixed > size:
-            raise FrameError(index, f"truncated: its {fixed}-byte header passes the end of "
-                                    "the body")
-        flags, topic_len, key_len, value_len, header_count, timestamp = unpack(body, pos)
-        if ((flags & ~_FLAGS) or (topic_len and not flags & FLAG_TOPIC)
-                or (key_len and not flags & FLAG_KEY) or (value_len and flags & FLAG_VALUE_NULL)
-                or (timestamp and not flags & FLAG_TIMESTAMP)):
-            raise FrameError(index, _flag_problem(flags, topic_len, key_len, value_len,
-                                                  timestamp))
-        start = pos + fixed
-        key_at = start + topic_len
-        value_at = key_at + key_len
-        pos = value_at + value_len
-        if pos > size:
-            raise FrameError(index, f"truncated: topic, key and value ({pos - start} bytes) "
-                                    f"pass the end of the body ({size - start} left)")
-        headers: tuple[tuple[bytes, bytes], ...] = ()
-        if header_count:
-            headers, after = _read_headers(body, pos, header_count, index)
-        append((body[start:key_at] if flags & FLAG_TOPIC else None,
-                body[key_at:value_at] if flags & FLAG_KEY else None,
-                None if flags & FLAG_VALUE_NULL else body[value_at:pos],
-                headers,
-                timestamp if flags & FLAG_TIMESTAMP else None))
-        if header_count:
-            pos = after
-    if pos != size:
-        raise FrameError(-1, f"{size - pos} bytes after the last of the {count} records")
-    return frames
-
-
-def _read_headers(body: bytes | mmap.mmap, pos: int, count: int,
-                  index: int) -> tuple[tuple[tuple[bytes, bytes], ...], int]:
-    """The headers from ``pos`` on, and the position after them."""
-    size = len(body)
-    fixed = _HEADER.size
-    out = []
-    for number in range(count):
-        if pos + fixed > size:
-            raise FrameError(index, f"truncated: header {number} of {count} passes the end of "
-                                    "the body")
-        name_len, value_len = _HEADER.unpack_from(body, pos)
-        name_at = pos + fixed
-        value_at = name_at + name_len
-        pos = value_at + value_len
-        if pos > size:
-            raise FrameError(index, f"truncated: header {number} of {count} "
-                                    f"({name_len + value_len} bytes) passes the end of the body")
-        out.append((body[name_at:value_at], body[value_at:pos]))
-    return tuple(out), pos
-
-
-def _flag_problem(flags: int, topic_len: int, key_len: int, value_len: int,
-                  timestamp: int) -> str:
-    if flags & ~_FLAGS:
-        return f"unknown flags 0x{flags & ~_FLAGS:02x} (this extension reads frames v1)"
-    if topic_len and not flags & FLAG_TOPIC:
-        return "a topic length without the topic flag"
-    if key_len and not flags & FLAG_KEY:
-        return "a key length without the key flag"
-    if value_len and flags & FLAG_VALUE_NULL:
-        return "a value length with the null-value flag"
-    return f"timestamp {timestamp} without the timestamp flag"

@@ -94,7 +94,8 @@ def _produce_and_compare(producer: Producer, consumer: Consumer, records: list[R
 def _accepted(body: bytes, content_type: str) -> list[Record] | None:
     try:
         return records_from_body(body, content_type, default_topic=_TOPICS[0],
-                                 new_id=lambda: f"prop-{next(_ids)}", request_id="req",
+                                 new_ids=lambda n: [f"prop-{next(_ids)}" for _ in range(n)],
+                                 request_id="req",
                                  now_ms=0)
     except InvalidRequest:
         event("rejected")

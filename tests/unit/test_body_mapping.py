@@ -30,7 +30,7 @@ def _fields(records: list[Record]) -> list[tuple[Any, ...]]:
 def _read(body: bytes | mmap.mmap, content_type: str) -> list[tuple[Any, ...]] | str:
     try:
         return _fields(records_from_body(body, content_type, default_topic="t",
-                                         new_id=IdSource("p").next, request_id="r", now_ms=1))
+                                         new_ids=IdSource("p").take, request_id="r", now_ms=1))
     except InvalidRequest as exc:
         return str(exc)
 

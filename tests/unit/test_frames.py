@@ -1,9 +1,9 @@
-"""The framed handoff body: encode/decode round trips, hostile bytes, and the same verdict
-and the same Kafka bytes as the JSON path for any record."""
+"""The framed handoff body: the encoder against the format as protocol.py writes it down,
+the extension's one-pass reader against the same (hostile bytes, cuts, bad lengths, bad
+UTF-8 names), and the same verdict and the same Kafka bytes as the JSON path for any record."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import struct
 from typing import Any
@@ -12,24 +12,86 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kafka_relay.config import valid_topic_name
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.protocol import (
     FLAG_KEY,
     FLAG_TIMESTAMP,
     FLAG_TOPIC,
+    FLAG_VALUE_NULL,
     FRAMES_MAGIC,
     FRAMES_TYPE,
     JSON_TYPE,
     FrameError,
-    decode_frames,
     encode_frames,
     encode_value,
 )
 from kafka_relay.record import IdSource, Record
 from tests.record_strategies import items
 
+# The layout as protocol.py's comment states it, spelled out here rather than imported:
+# the reference below reads the format from its description, not from the code under test.
 _RECORD = struct.Struct("<BHIIHQ")
 _HEADER = struct.Struct("<HI")
+
+# (topic, key, value, headers, timestamp_ms) as sent; None where absent
+Fields = tuple[bytes | None, bytes | None, bytes | None, tuple[tuple[bytes, bytes], ...],
+               int | None]
+
+
+def _reference(body: bytes) -> list[Fields] | None:
+    """Every record of a framed body, read naively, field after field; None when the body
+    breaks the format anywhere."""
+    if len(body) < 8 or body[:4] != FRAMES_MAGIC:
+        return None
+    (count,) = struct.unpack_from("<I", body, 4)
+    pos, out = 8, []
+
+    def take(size: int) -> bytes | None:
+        nonlocal pos
+        if pos + size > len(body):
+            return None
+        pos += size
+        return body[pos - size:pos]
+
+    for _ in range(count):
+        head = take(_RECORD.size)
+        if head is None:
+            return None
+        flags, topic_len, key_len, value_len, header_count, timestamp = _RECORD.unpack(head)
+        if (flags > 15 or (topic_len and not flags & FLAG_TOPIC)
+                or (key_len and not flags & FLAG_KEY) or (value_len and flags & FLAG_VALUE_NULL)
+                or (timestamp and not flags & FLAG_TIMESTAMP)):
+            return None
+        topic, key, value = take(topic_len), take(key_len), take(value_len)
+        if topic is None or key is None or value is None:
+            return None
+        headers = []
+        for _ in range(header_count):
+            lengths = take(_HEADER.size)
+            if lengths is None:
+                return None
+            name_len, header_len = _HEADER.unpack(lengths)
+            name, header_value = take(name_len), take(header_len)
+            if name is None or header_value is None:
+                return None
+            headers.append((name, header_value))
+        out.append((topic if flags & FLAG_TOPIC else None, key if flags & FLAG_KEY else None,
+                    None if flags & FLAG_VALUE_NULL else value, tuple(headers),
+                    timestamp if flags & FLAG_TIMESTAMP else None))
+    return out if pos == len(body) else None
+
+
+def _acceptable(fields: Fields, default_topic: str) -> bool:
+    """What the extension must accept of a readable record (the rules schema.py states)."""
+    topic, _key, _value, headers, timestamp = fields
+    try:
+        names = [name.decode() for name, _ in headers]
+        topic_text = default_topic if topic is None else topic.decode()
+    except UnicodeDecodeError:
+        return False
+    return (valid_topic_name(topic_text) and (timestamp is None or 0 < timestamp < 2**63)
+            and not any(n.lower().startswith("x-relay-") or "\x00" in n for n in names))
 
 finite_json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70)
@@ -65,7 +127,7 @@ def _frame(key: bytes = b"k", value: bytes = b"1", *, topic: bytes = b"", flags:
 
 
 def _records(body: bytes, content_type: str = FRAMES_TYPE, topic: str | None = "t") -> list[Record]:
-    return records_from_body(body, content_type, default_topic=topic, new_id=IdSource("p").next,
+    return records_from_body(body, content_type, default_topic=topic, new_ids=IdSource("p").take,
                              request_id="req", now_ms=1)
 
 
@@ -106,7 +168,8 @@ def test_records_sharing_topics_and_headers_each_decode_to_their_own_fields(
 
 
 def _assert_round_trip(records: list[dict[str, Any]]) -> None:
-    frames = decode_frames(encode_frames(records))
+    frames = _reference(encode_frames(records))
+    assert frames is not None
     assert len(frames) == len(records)
     for record, (topic, key, value, headers, timestamp) in zip(records, frames, strict=True):
         raw = record["value"]
@@ -148,37 +211,114 @@ def test_the_value_bytes_are_compact_utf8_json() -> None:
     assert encode_value({"é": [1, 2.5, None, True]}) == '{"é":[1,2.5,null,true]}'.encode()
 
 
-# -- hostile bytes ---------------------------------------------------------------------
+# -- hostile bytes: the extension's reader against the reference -----------------------------
+
+
+def _read(body: bytes, default_topic: str = "t") -> list[Fields] | InvalidRequest:
+    """What the extension makes of a body: each record's fields as sent, or its refusal. Ids
+    are drawn once, for a body accepted whole: a refused one (a lying count) draws none."""
+    drawn: list[int] = []
+
+    def new_ids(count: int) -> list[str]:
+        drawn.append(count)
+        return IdSource("p").take(count)
+
+    try:
+        records = records_from_body(body, FRAMES_TYPE, default_topic=default_topic,
+                                    new_ids=new_ids, request_id="req", now_ms=1)
+    except InvalidRequest as exc:
+        assert drawn == []
+        return exc
+    assert drawn == [len(records)]
+    assert [r.id for r in records] == [f"p-{n:08x}" for n in range(1, len(records) + 1)]
+    return [(None if r.topic == default_topic else r.topic.encode(), r.key, r.value,
+             tuple((n.encode(), v) for n, v in r.headers), r.timestamp_ms) for r in records]
+
+
+def _assert_read_as_the_format_says(body: bytes) -> None:
+    """The reader accepts exactly the readable, non-empty bodies whose every record is
+    acceptable, each record field for field as sent; anything else is refused whole, with
+    reasons that name a record of the body (or -1), and nothing else is raised."""
+    expected = _reference(body)
+    got = _read(body)
+    if expected and all(_acceptable(fields, "t") for fields in expected):
+        assert not isinstance(got, InvalidRequest), got
+        # a record naming the default topic reads back as "no topic": compare so
+        assert got == [(None if topic == b"t" else topic, *rest) for topic, *rest in expected]
+        return
+    assert isinstance(got, InvalidRequest), (body, got)
+    if expected is None:  # unreadable: one reason (the body or a record), none counted
+        assert len(got.reasons) == 1
+        assert got.records == 0
+        return
+    # readable: one reason per refused record (-1: there are none), every record counted
+    refused = [i for i, fields in enumerate(expected) if not _acceptable(fields, "t")]
+    assert [r.index for r in got.reasons] == (refused or [-1])
+    assert got.records == len(expected)
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
-def test_random_bytes_raise_nothing_but_a_frame_error(data: bytes) -> None:
+def test_random_bytes_are_refused_or_read_as_the_format_says(data: bytes) -> None:
     for body in (data, FRAMES_MAGIC + data):
-        with contextlib.suppress(FrameError):
-            decode_frames(body)
-        # and the extension's whole path answers them with a 400 or accepts them
-        with contextlib.suppress(InvalidRequest):
-            _records(body)
+        _assert_read_as_the_format_says(body)
+
+
+names = st.binary(max_size=6) | st.sampled_from([b"t", b"other", b"x-relay-id", b"a\x00b",
+                                                 b"\xff", b"h", b"\xc3\xa9"])
+
+
+@st.composite
+def raw_frames(draw: st.DrawFn) -> bytes:
+    """One record framed by hand: any flags, any bytes as topic and header names (bad UTF-8,
+    reserved, NUL), lengths that match the bytes or not, any timestamp."""
+    flags = draw(st.integers(0, 31) | st.sampled_from([FLAG_KEY, FLAG_KEY | FLAG_TOPIC]))
+    topic = draw(names) if flags & FLAG_TOPIC else b""
+    key = draw(st.binary(max_size=4)) if flags & FLAG_KEY else b""
+    value = b"" if flags & FLAG_VALUE_NULL else draw(st.binary(max_size=6))
+    headers = draw(st.lists(st.tuples(names, st.binary(max_size=3)), max_size=2))
+    timestamp = draw(st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64 - 1])
+                     if flags & FLAG_TIMESTAMP else st.just(0) | st.integers(0, 2**64 - 1))
+    head = _RECORD.pack(flags, len(topic), len(key), len(value), len(headers), timestamp)
+    tail = b"".join(_HEADER.pack(len(n), len(v)) + n + v for n, v in headers)
+    return head + topic + key + value + tail
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(raw_frames(), max_size=4), st.integers(-1, 2), st.binary(max_size=3))
+def test_hand_framed_records_are_refused_or_read_as_the_format_says(
+    frames: list[bytes], miscount: int, tail: bytes,
+) -> None:
+    body = _body(*frames, count=max(0, len(frames) + miscount))
+    _assert_read_as_the_format_says(body)
+    _assert_read_as_the_format_says(body + tail)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(framable, min_size=1, max_size=4), st.data())
-def test_every_cut_or_corrupted_body_is_refused_whole_or_read_within_bounds(
+def test_every_cut_or_corrupted_body_is_refused_whole_or_read_as_the_format_says(
     records: list[dict[str, Any]], data: st.DataObject,
 ) -> None:
     body = encode_frames(records)
     for end in range(len(body)):
-        with pytest.raises(FrameError):
-            decode_frames(body[:end])
+        refused = _read(body[:end])
+        assert isinstance(refused, InvalidRequest)
+        assert (len(refused.reasons), refused.records) == (1, 0)
     position = data.draw(st.integers(0, len(body) - 1))
     corrupted = bytearray(body)
     corrupted[position] = data.draw(st.integers(0, 255))
-    try:
-        frames = decode_frames(bytes(corrupted))
-    except FrameError:
-        return
-    assert sum(len(v or b"") + len(k or b"") for _t, k, v, _h, _ts in frames) <= len(body)
+    _assert_read_as_the_format_says(bytes(corrupted))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(framable, min_size=1, max_size=6))
+def test_usual_and_unusual_records_mixed_in_one_body_each_read_as_sent(
+    records: list[dict[str, Any]],
+) -> None:
+    """The reader's quick way for a plain key + value and its general way interleave."""
+    plain = [{"key": f"k{n}", "value": n} for n in range(len(records))]
+    mixed = [r for pair in zip(plain, records, strict=True) for r in pair]
+    _assert_read_as_the_format_says(encode_frames(mixed))
 
 
 @pytest.mark.parametrize(
@@ -196,17 +336,19 @@ def test_every_cut_or_corrupted_body_is_refused_whole_or_read_within_bounds(
         (_body(_frame(flags=0)), 0, "a key length without the key flag"),
         (_body(_frame(timestamp=5, flags=FLAG_KEY)), 0, "timestamp 5 without the timestamp flag"),
         (_body(_frame(value=b"x" * 10, key=b"")[:25]), 0, "truncated"),
+        (_body(_frame(value=b"x", flags=FLAG_KEY | FLAG_VALUE_NULL)), 0,
+         "a value length with the null-value flag"),
+        (_body(_frame(topic=b"t", flags=FLAG_KEY)), 0, "a topic length without the topic flag"),
     ],
 )
 def test_a_malformed_body_names_the_record_and_the_problem_and_accepts_nothing(
     body: bytes, index: int, reason: str
 ) -> None:
-    with pytest.raises(FrameError) as caught:
-        decode_frames(body)
-    assert (caught.value.index, reason in caught.value.reason) == (index, True), caught.value
     with pytest.raises(InvalidRequest) as rejected:
         _records(body)
-    assert rejected.value.reasons[0].index == index
+    (only,) = rejected.value.reasons
+    assert (only.index, reason in only.reason) == (index, True), only.reason
+    assert rejected.value.records == 0
 
 
 # -- validation: per field, never per value byte ------------------------------------------

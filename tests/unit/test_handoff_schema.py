@@ -20,7 +20,8 @@ _ids = itertools.count()
 
 
 def _validate(items: list[object], default_topic: str | None = "events") -> list[Record]:
-    return validate(items, default_topic=default_topic, new_id=lambda: f"id-{next(_ids)}",
+    return validate(items, default_topic=default_topic,
+                    new_ids=lambda n: [f"id-{next(_ids)}" for _ in range(n)],
                     request_id="req-1", now_ms=123)
 
 

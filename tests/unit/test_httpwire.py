@@ -33,7 +33,13 @@ class _Echo(RequestHandler):
 
 @contextmanager
 def _server() -> Iterator[int]:
-    server = ThreadingServer(("127.0.0.1", 0), _Echo)
+    with _server_of(_Echo) as port:
+        yield port
+
+
+@contextmanager
+def _server_of(handler: type[RequestHandler]) -> Iterator[int]:
+    server = ThreadingServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
@@ -177,3 +183,60 @@ def test_a_client_that_resets_its_connection_ends_it_without_an_error() -> None:
         server.shutdown()
         server.server_close()
     assert errors == []
+
+
+class _EchoHead(RequestHandler):
+    """Answers with what it parsed: method, path, version, every header, keep-alive."""
+
+    timeout = 5
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        answer = json.dumps({"command": self.command, "path": self.path,
+                             "version": self.request_version, "headers": self.headers,
+                             "close": self.close_connection, "body": body.decode()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(answer)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(answer)
+
+    do_GET = do_POST
+
+
+_header_lines = st.lists(
+    st.tuples(st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
+                      min_size=1, max_size=8),
+              st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=12),
+              st.sampled_from(["\r\n", "\n", "\r\r\n"]))
+    | st.sampled_from([("Connection", "keep-alive", "\r\n"), ("Expect", "100-continue", "\r\n"),
+                       ("no colon", "", "\r\n"), (" Lead", "x", "\r\n")]),
+    max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(method=st.sampled_from(["POST", "GET", "PUT"]),
+       version=st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTX/1"]), lines=_header_lines,
+       end=st.sampled_from(["\r\n", "\n"]), cut=st.integers(1, 30))
+def test_a_head_read_in_one_piece_parses_as_one_read_line_by_line(
+        method: str, version: str, lines: list[tuple[str, str, str]], end: str,
+        cut: int) -> None:
+    """The server reads a head that arrived whole in one go, and one that arrives in pieces
+    a line at a time: both give the same request (or the same refusal)."""
+    head = f"{method} /p?q=1 {version}\r\n" + "".join(
+        f"{name}: {value}{line_end}" if value or name != "no colon" else f"{name}{line_end}"
+        for name, value, line_end in lines) + "Content-Length: 2\r\n" + end
+    request = head.encode("latin-1") + b"ok"
+    answers = []
+    with _server_of(_EchoHead) as port:
+        for pieces in ([request], [request[:cut], request[cut:]]):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                for piece in pieces:
+                    sock.sendall(piece)
+                    time.sleep(0.02)  # the server has read what came, before the rest
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            answers.append(b"".join(chunks))
+    assert answers[0] == answers[1]
+    assert answers[0].startswith(b"HTTP/1.1 ")

@@ -320,7 +320,7 @@ def test_snap_start_refuses_records_and_builds_no_producer_until_the_restore(
         assert mode.admit() is None
         assert len(rig.producers) == 1
         assert mode.ids.prefix != init_prefix
-        assert mode.ids.next().startswith(mode.ids.prefix + "-")
+        assert mode.ids.take(1)[0].startswith(mode.ids.prefix + "-")
         (restored,) = rig.events("snapstart.restored")
         assert restored["trigger"] == "telemetry"
         assert (restored["id_prefix"], restored["init_id_prefix"]) == (mode.ids.prefix,

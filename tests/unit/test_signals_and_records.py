@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from kafka_relay.handoff.signals import HandlerSignals
 from kafka_relay.record import IdSource, Record
 from kafka_relay.spill.codec import parse_spill_lines, spill_lines
@@ -113,8 +115,39 @@ def test_batches_kept_unread_are_bounded_oldest_dropped() -> None:
 
 def test_ids_are_unique_per_environment() -> None:
     a, b = IdSource(), IdSource()
-    ids = {a.next() for _ in range(1000)} | {b.next() for _ in range(1000)}
-    assert len(ids) == 2000
+    ids = [*a.take(1), *a.take(999), *b.take(1000)]
+    assert len(set(ids)) == 2000
+
+
+def test_blocks_drawn_by_threads_at_once_never_share_an_id() -> None:
+    source = IdSource("p")
+    blocks: list[list[str]] = []
+    start = threading.Barrier(8)
+
+    def draw() -> None:
+        start.wait()
+        for _ in range(50):
+            blocks.append(source.take(100))  # list.append is atomic
+
+    threads = [threading.Thread(target=draw) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for block in blocks for i in block]
+    assert len(ids) == len(set(ids)) == 8 * 50 * 100
+    assert all(i.startswith("p-") for i in ids)
+
+
+def test_a_reseeded_source_draws_under_its_new_prefix_only() -> None:
+    source = IdSource("old")
+    before = source.take(3)
+    prefix = source.reseed()
+    after = source.take(3)
+    assert prefix != "old"
+    assert source.prefix == prefix
+    assert before == ["old-00000001", "old-00000002", "old-00000003"]
+    assert after == [f"{prefix}-0000000{n}" for n in (1, 2, 3)]
 
 
 def _record(size: int) -> Record:
@@ -142,3 +175,9 @@ def test_large_records_spill_as_chunked_log_lines_and_reassemble() -> None:
     (again,) = parse_spill_lines(["2026-01-01T00:00:00Z " + lines[-1], *noise, *lines[:-1]]).records
     assert again.value == original.value
     assert again.id == original.id
+
+
+@pytest.mark.parametrize("prefix", ["", 'a"b', "a\\b", "a b", "é"])
+def test_an_id_prefix_holds_only_what_json_and_headers_carry_as_is(prefix: str) -> None:
+    with pytest.raises(ValueError, match="an id prefix is letters, digits"):
+        IdSource(prefix)

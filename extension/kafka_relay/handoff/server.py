@@ -195,6 +195,8 @@ class _Handler(RequestHandler):
         return compare_digest(given.encode(), expected.encode())
 
     def _query(self) -> dict[str, str]:
+        if "?" not in self.path:  # most requests: parse_qs would cost more than the rest
+            return {}
         return {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query,
                                                  keep_blank_values=True).items()}
 
@@ -301,7 +303,7 @@ class _Handler(RequestHandler):
         try:
             records = records_from_body(body, self.headers.get("Content-Type") or "",
                                         default_topic=state.config.default_topic,
-                                        new_id=state.ids.next, request_id=request_id,
+                                        new_ids=state.ids.take, request_id=request_id,
                                         now_ms=state.wall_ms())
         except InvalidRequest as exc:
             state.relay.note_rejected(exc.records)
@@ -325,7 +327,7 @@ class _Handler(RequestHandler):
                            None if exc.refusal is Refusal.TOO_LARGE
                            else {"Retry-After": str(retry_s)})
         if watch is None:
-            return _answer(202, {"accepted": len(ids), "ids": ids})
+            return Answer(202, _accepted(ids))
         outcomes = watch.wait(wait_s)
         return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
 
@@ -392,6 +394,13 @@ def _bound(query: dict[str, str]) -> str:
     """The query as an idempotency key binds it: ``timeout_ms`` left out, since a retry
     legitimately sends the shorter wait it has left."""
     return "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k != TIMEOUT_PARAM)
+
+
+def _accepted(ids: list[str]) -> bytes:
+    """The 202's body, joined instead of JSON-encoded id by id (~10x cheaper): an id is a
+    prefix and a counter in IdSource's characters, none of which JSON escapes."""
+    listed = '"' + '","'.join(ids) + '"' if ids else ""
+    return f'{{"accepted":{len(ids)},"ids":[{listed}]}}'.encode()
 
 
 def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
