@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.delivery.ledger import BufferFull, Limits
-from kafka_relay.delivery.pump import in_flight_window
+from kafka_relay.delivery.queue import in_flight_window
 from kafka_relay.protocol import BrokerState
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.unit.engine_fakes import FakeProducer, Rig, Sent, error_for

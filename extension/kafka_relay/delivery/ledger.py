@@ -7,7 +7,11 @@ recovering or releasing the journal are its methods: nobody else takes its lock 
 them. With a journal, every batch it takes is journaled before it is owned (before
 the 202), and every settlement tells it; a batch it cannot journal is refused. With an
 outage spool (delivery/overflow.py), a batch that does not fit in memory waits there, in
-order, and comes back as memory frees up (delivery/outage.py).
+order, and comes back as memory frees up (delivery/outage.py). With a journal, records past
+the first in-flight window of pending bytes (and records waiting out a retry backoff) keep
+no key or value here: the journal holds them, and ``take_due`` reads them back when the pump
+takes the records; every other hand-over (a spill) reads them back first too. A record
+whose bytes cannot be read back is given up, loudly (``records.lost``, ``unaccounted``).
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
 It also tallies these counts per request id (the records' own, the invocation that
@@ -22,9 +26,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, JournalUnwritable, encode
+from kafka_relay.delivery.journal import (
+    MAX_RECOVERIES,
+    Journal,
+    JournalUnwritable,
+    encode_batch,
+)
 from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
-from kafka_relay.delivery.queue import SendQueue
+from kafka_relay.delivery.queue import SendQueue, in_flight_window
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
@@ -147,6 +156,22 @@ class LedgerState(NamedTuple):
                 "journal": self.journal, "overflow": self.overflow}
 
 
+def _payload_bytes(record: Record) -> int:
+    """Its key and value bytes, from ``size`` (which stays when they are dropped)."""
+    if not record.headers:
+        return record.size
+    return record.size - sum(len(k) + len(v) for k, v in record.headers)
+
+
+def _is_cold(record: Record) -> bool:
+    """Its key and value were dropped (the journal holds them)."""
+    return record.value is None and record.key is None and _payload_bytes(record) > 0
+
+
+def _drop_bytes(record: Record) -> None:
+    record.key = record.value = None
+
+
 def _never_fits(records: int, size: int, limits: Limits) -> str:
     over = (f"{records} records > the {limits.records}-record limit "
             "(KAFKA_RELAY_MAX_BUFFER_RECORDS)" if records > limits.records else
@@ -165,6 +190,9 @@ class Ledger:
         self.queue = SendQueue()
         self.counts = Counts()
         self.limits = limits
+        # What the pump may have in flight; pending bytes past it wait without their key
+        # and value when the journal holds them.
+        self.window = in_flight_window(limits.bytes)
         self._retry_after_ms = retry_after_ms
         self._monotonic = monotonic
         self._unsettled: dict[str, Record] = {}
@@ -172,6 +200,9 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
+        # Keys and values of waiting records are dropped (read back from the journal) until
+        # a read-back fails: from then on they stay in memory.
+        self._drop = journal is not None
         self._overflow = overflow
         self._log = logger
         # Per request id since the last state(take_outcomes=True): count name -> records.
@@ -185,7 +216,8 @@ class Ledger:
         size = sum([r.size for r in records])
         ids = [r.id for r in records]
         journal, overflow = self._journal, self._overflow
-        frame = encode(records) if journal is not None or overflow is not None else None
+        frame = (encode_batch(records, size) if journal is not None or overflow is not None
+                 else None)
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed, Refusal.CLOSED)
@@ -219,6 +251,8 @@ class Ledger:
             except BufferFull:
                 self.counts.rejected += len(records)
                 raise
+            if frame is not None and journal is not None:
+                self._drop_waiting(records, size)
             registered = None
             if watch:
                 registered = Watch(ids, self)
@@ -236,12 +270,14 @@ class Ledger:
         they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
+            size = sum([r.size for r in fresh])
             if self._journal is not None:  # owned even when it cannot write (logged once)
                 with contextlib.suppress(JournalUnwritable):
-                    self._journal.append([r.id for r in fresh], encode(fresh),
+                    self._journal.append([r.id for r in fresh], encode_batch(fresh, size),
                                          recovered=recovered)
+                    self._drop_waiting(fresh, size)  # journaled: its bytes can be read back
             self._unsettled.update((r.id, r) for r in fresh)
-            self._bytes += sum([r.size for r in fresh])
+            self._bytes += size
             self.queue.push_all(fresh)
             self.counts.restored += len(fresh)
             # Per request, a crashed predecessor's records are "recovered": that environment
@@ -249,6 +285,18 @@ class Ledger:
             _tally(self._outcomes, fresh, "recovered" if recovered else "restored")
             self.cond.notify_all()
             return len(fresh)
+
+    def _drop_waiting(self, records: Sequence[Record], size: int) -> None:
+        """Under the lock, ``records`` (of ``size`` bytes) just journaled and not yet counted:
+        those past the first window of pending bytes keep no key or value (``take_due``
+        reads them back)."""
+        room = self.window - self._bytes
+        if size <= room or not self._drop:
+            return
+        for record in records:
+            room -= record.size
+            if room < 0 and _payload_bytes(record):
+                _drop_bytes(record)
 
     def note_rejected(self, records: int) -> None:
         with self.cond:
@@ -260,6 +308,79 @@ class Ledger:
             self._closed = self._closed or why
 
     # -- records out ---------------------------------------------------------------------
+
+    def take_due(self, now_ms: int, limit: int) -> list[Record]:
+        """The pump's next batch (the queue's, within the in-flight window), each record with
+        its key and value: read back from the journal where they were dropped, one ``pread``
+        per run of contiguous frames. A record whose bytes cannot be read back is given up."""
+        with self.cond:
+            batch = self.queue.take_due(now_ms, limit, self.window)
+            if self._journal is not None and batch:
+                lost = self._warm(batch)
+                if lost:
+                    self.queue.done(lost)
+                    batch = [r for r in batch if r.id in self._unsettled]
+            return batch
+
+    def retry_later(self, record: Record, due_ms: int) -> None:
+        """Under the lock: ``record`` waits out a backoff until ``due_ms``, without its key
+        and value when the journal holds them."""
+        journal = self._journal
+        if self._drop and journal is not None and journal.holds(record.id) \
+                and _payload_bytes(record):
+            _drop_bytes(record)
+        self.queue.schedule(record, due_ms)
+
+    def _warm(self, records: Iterable[Record]) -> list[Record]:
+        """Under the lock: the key and value back into each of ``records`` that lacks them;
+        those whose bytes cannot be read back (or come back another size) are given up and
+        returned."""
+        cold = [r for r in records if r.value is None and r.key is None and _is_cold(r)]
+        if not cold:
+            return []
+        found, problems = (({}, {}) if self._journal is None
+                           else self._journal.read_back([r.id for r in cold]))
+        lost: list[Record] = []
+        for record in cold:
+            pair = None if record.id in problems else found.get(record.id)
+            if pair is None:
+                problems.setdefault(record.id, "not in the journal")
+                lost.append(record)
+            elif len(pair[0] or b"") + len(pair[1] or b"") != _payload_bytes(record):
+                problems[record.id] = "read back at another size than it was accepted"
+                lost.append(record)
+            else:
+                record.key, record.value = pair
+        if lost:
+            self._give_up(lost, problems)
+        return lost
+
+    def _give_up(self, lost: list[Record], problems: Mapping[str, str]) -> None:
+        """Records whose bytes are gone from the journal cannot be delivered, dead-lettered
+        or spilled byte-identical: they leave without an outcome (counted in
+        ``unaccounted``), logged by id, and nothing more is dropped from memory."""
+        self._drop = False
+        pop = self._unsettled.pop
+        gone = [r for r in lost if pop(r.id, None) is not None]
+        self._bytes -= sum([r.size for r in gone])
+        if self._journal is not None:
+            self._journal.settled([r.id for r in gone])
+        for record in gone:
+            self._watches.pop(record.id, None)
+        if self._log is not None:
+            self._log.error("records.lost", records=len(gone), ids=[r.id for r in gone][:50],
+                            errors=sorted({problems.get(r.id, "?") for r in gone}),
+                            hint="their bytes could not be read back from the crash journal "
+                                 "(KAFKA_RELAY_JOURNAL_DIR): check that nothing else writes "
+                                 "or truncates files there and that the disk is healthy; "
+                                 "from now on records wait in memory")
+        self.cond.notify_all()
+
+    def _owned_warm(self, records: list[Record]) -> list[Record]:
+        """Under the lock: ``records`` with their keys and values, less the ones given up."""
+        if self._journal is not None and self._warm(records):
+            return [r for r in records if r.id in self._unsettled]
+        return records
 
     @property
     def unsettled(self) -> Mapping[str, Record]:
@@ -301,7 +422,7 @@ class Ledger:
         """Spill everything unsettled. A late delivery report of one of them is a duplicate
         under the same x-relay-id, never a second count."""
         with self.cond:
-            records = list(self._unsettled.values())
+            records = self._owned_warm(list(self._unsettled.values()))
         if records:
             self.settle_spilled(records, spill(records, reason=reason, retry_later=False))
         return len(records)
@@ -329,7 +450,8 @@ class Ledger:
                 journal.discard(left.files)
         spilled = 0
         if restored and left.recovered >= MAX_RECOVERIES:
-            records = [r for r in left.records if r.id in self._unsettled]
+            with self.cond:
+                records = self._owned_warm([r for r in left.records if r.id in self._unsettled])
             self.settle_spilled(records, spill(
                 records, retry_later=False,
                 reason=f"restored from the journal {left.recovered} times and the extension "
