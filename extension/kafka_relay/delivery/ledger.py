@@ -8,9 +8,11 @@ them. With a journal, every batch it takes is journaled before it is owned (befo
 the 202), and every settlement tells it; a batch it cannot journal is refused. With an
 outage spool (delivery/overflow.py), a batch that does not fit in memory waits there, in
 order, and comes back as memory frees up (delivery/outage.py). With a journal, records past
-the first in-flight window of pending bytes (and records waiting out a retry backoff) keep
-no key or value here: the journal holds them, and ``take_due`` reads them back when the pump
-takes the records; every other hand-over (a spill) reads them back first too. A record
+the first in-flight window of pending bytes, records handed to librdkafka (which holds its
+own copy until the report) and records waiting out a retry backoff keep no key or value
+here: the journal holds them, and ``take_due`` reads them back when the pump takes the
+records; every other hand-over (a spill) reads them back first too (``warm``), under the
+lock, and nothing is dropped once everything unsettled is being spilled. A record
 whose bytes cannot be read back is given up, loudly (``records.lost``, ``unaccounted``).
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
@@ -322,6 +324,29 @@ class Ledger:
                     batch = [r for r in batch if r.id in self._unsettled]
             return batch
 
+    def produced(self, records: Sequence[Record]) -> None:
+        """Handed to librdkafka, which holds their bytes until the report: with the journal
+        holding them too, the ledger's copies go (a retry, the DLQ or a spill reads them
+        back)."""
+        journal = self._journal
+        if journal is None:
+            return
+        with self.cond:
+            if not self._drop:  # read under the lock: a drain's spill may have begun
+                return
+            holds = journal.holds
+            for record in records:
+                if (record.value is not None or record.key is not None) and holds(record.id) \
+                        and _payload_bytes(record):
+                    _drop_bytes(record)
+
+    def warm(self, records: list[Record]) -> list[Record]:
+        """Under the lock: ``records`` with their keys and values (read back where dropped),
+        less any given up because their bytes could not be read back."""
+        if self._journal is not None and self._warm(records):
+            return [r for r in records if r.id in self._unsettled]
+        return records
+
     def retry_later(self, record: Record, due_ms: int) -> None:
         """Under the lock: ``record`` waits out a backoff until ``due_ms``, without its key
         and value when the journal holds them."""
@@ -376,12 +401,6 @@ class Ledger:
                                  "from now on records wait in memory")
         self.cond.notify_all()
 
-    def _owned_warm(self, records: list[Record]) -> list[Record]:
-        """Under the lock: ``records`` with their keys and values, less the ones given up."""
-        if self._journal is not None and self._warm(records):
-            return [r for r in records if r.id in self._unsettled]
-        return records
-
     @property
     def unsettled(self) -> Mapping[str, Record]:
         """By id. Read without the lock (a lookup is atomic; the answer may change after)."""
@@ -422,7 +441,8 @@ class Ledger:
         """Spill everything unsettled. A late delivery report of one of them is a duplicate
         under the same x-relay-id, never a second count."""
         with self.cond:
-            records = self._owned_warm(list(self._unsettled.values()))
+            self._drop = False  # spilled outside the lock: nothing may drop their bytes now
+            records = self.warm(list(self._unsettled.values()))
         if records:
             self.settle_spilled(records, spill(records, reason=reason, retry_later=False))
         return len(records)
@@ -451,7 +471,7 @@ class Ledger:
         spilled = 0
         if restored and left.recovered >= MAX_RECOVERIES:
             with self.cond:
-                records = self._owned_warm([r for r in left.records if r.id in self._unsettled])
+                records = self.warm([r for r in left.records if r.id in self._unsettled])
             self.settle_spilled(records, spill(
                 records, retry_later=False,
                 reason=f"restored from the journal {left.recovered} times and the extension "

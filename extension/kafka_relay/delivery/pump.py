@@ -185,6 +185,12 @@ class Pump:
     def _produce_batch(self, batch: list[Record]) -> None:
         """Hand the batch to librdkafka; what its full queue refuses goes back, first in line.
         This runs per record: no lock round unless a record settled meanwhile."""
+        try:
+            self._produce_each(batch)
+        finally:  # librdkafka holds the bytes of what it took until the report
+            self._ledger.produced(batch)
+
+    def _produce_each(self, batch: list[Record]) -> None:
         unsettled = self._ledger.unsettled
         produce = self.producer.produce
         report_of = self._report_of
