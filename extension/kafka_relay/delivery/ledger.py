@@ -360,7 +360,9 @@ class Ledger:
         """Under the lock: the key and value back into each of ``records`` that lacks them;
         those whose bytes cannot be read back (or come back another size) are given up and
         returned."""
-        cold = [r for r in records if r.value is None and r.key is None and _is_cold(r)]
+        unsettled = self._unsettled
+        cold = [r for r in records
+                if r.value is None and r.key is None and _is_cold(r) and r.id in unsettled]
         if not cold:
             return []
         found, problems = (({}, {}) if self._journal is None
