@@ -240,7 +240,7 @@ _record = st.tuples(_payload, _payload,
        settle=st.lists(st.integers(min_value=0, max_value=10_000), max_size=60),
        take=st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=30))
 def test_whatever_is_pending_reads_back_as_accepted_across_windows_and_retirements(
-    batches: list[list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]],
+    *, batches: list[list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]],
     window: int, segment: int, frame: int, settle: list[int], take: list[int],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
