@@ -224,6 +224,31 @@ def test_a_truncated_segment_loses_only_what_it_held_loudly_and_memory_keeps_the
         "after a failed read-back, records wait in memory")
 
 
+def test_batches_parked_in_the_outage_spool_come_back_without_their_bytes_and_arrive_whole(
+    tmp_path: Path,
+) -> None:
+    small = Limits(records=10_000, bytes=1_200_000)  # a 150 KB window, memory for ~1,100
+    rig = Rig(tmp_path, limits=small, producer=lambda: FakeProducer(hold=True),
+              journal=True, spool_max_bytes=10_000_000)
+    expected: dict[str, tuple[Any, ...]] = {}
+    for batch in range(20):  # 2 MB: most of it parked on disk, in multi-frame files
+        records = _records(rig, 100, first=100 * batch)
+        expected.update(_copy(records))
+        rig.engine.accept(records)
+    assert rig.engine.status()["overflow"]["records"] > 0
+    rig.step()
+    rig.producer.hold = False
+    for _ in range(200):
+        rig.step()
+        rig.engine.restore_spool()  # refilled as memory frees: journaled, bytes dropped
+        held = _in_memory(rig)
+        assert held <= small.bytes // 8 + 2 * FRAME_BYTES
+        if not rig.engine.gauge().pending and not rig.engine.status()["overflow"]["records"]:
+            break
+    assert _as_sent(rig.all_sent()) == expected
+    rig.assert_accounted()
+
+
 # -- the read-back itself, on random batches -----------------------------------------------
 
 _payload = st.one_of(st.none(), st.binary(max_size=3000))
