@@ -92,10 +92,10 @@ class Failures:
         with self._ledger.cond:
             waiting, self._queue.to_spill = self._queue.to_spill, []
             oversize, self._queue.oversize = self._queue.oversize, []
-            # Their bytes back from the journal if dropped in flight (any given up: not here).
-            kept = {r.id for r in self._ledger.warm([r for r, _ in waiting] + oversize)}
-            waiting = [(r, later) for r, later in waiting if r.id in kept]
-            oversize = [r for r in oversize if r.id in kept]
+            if waiting or oversize:  # their bytes back if dropped in flight (or given up)
+                kept = {r.id for r in self._ledger.warm([r for r, _ in waiting] + oversize)}
+                waiting = [(r, later) for r, later in waiting if r.id in kept]
+                oversize = [r for r in oversize if r.id in kept]
         for retry_later in (True, False):
             group = [r for r, later in waiting if later is retry_later]
             if group:

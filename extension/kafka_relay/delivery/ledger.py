@@ -334,11 +334,11 @@ class Ledger:
         with self.cond:
             if not self._drop:  # read under the lock: a drain's spill may have begun
                 return
-            holds = journal.holds
-            for record in records:
-                if (record.value is not None or record.key is not None) and holds(record.id) \
-                        and _payload_bytes(record):
-                    _drop_bytes(record)
+            journaled = journal.journaled
+            for record in records:  # per record: kept to a few attribute reads
+                if record.id in journaled and (
+                        record.size if not record.headers else _payload_bytes(record)):
+                    record.key = record.value = None
 
     def warm(self, records: list[Record]) -> list[Record]:
         """Under the lock: ``records`` with their keys and values (read back where dropped),
@@ -351,7 +351,7 @@ class Ledger:
         """Under the lock: ``record`` waits out a backoff until ``due_ms``, without its key
         and value when the journal holds them."""
         journal = self._journal
-        if self._drop and journal is not None and journal.holds(record.id) \
+        if self._drop and journal is not None and record.id in journal.journaled \
                 and _payload_bytes(record):
             _drop_bytes(record)
         self.queue.schedule(record, due_ms)
