@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import marshal
+import operator
 import os
 import struct
 import sys
@@ -405,21 +407,21 @@ class Journal:
         lock, like everything else."""
         return self._frame_of
 
-    def read_back(self, record_ids: Iterable[str]) -> tuple[dict[str, KeyValue], dict[str, str]]:
+    def read_back(self, record_ids: Sequence[str]) -> tuple[dict[str, KeyValue], dict[str, str]]:
         """The key and value each of ``record_ids`` was journaled with, read from the page
         cache: one ``pread`` per run of contiguous frames. Returns (found, why not) by id;
         a frame that cannot be read (gone, short, an I/O error, not what was written) is
         logged (``journal.read_failed``) and its ids are in the second map."""
-        wanted: dict[_Frame, set[str]] = {}
-        problems: dict[str, str] = {}
-        for record_id in record_ids:
-            frame = self._frame_of.get(record_id)
-            if frame is None:
-                problems[record_id] = "not in the journal"
-            else:
-                wanted.setdefault(frame, set()).add(record_id)
+        wanted: dict[_Frame | None, set[str]] = {}
+        # Consecutive ids mostly share a frame: grouped per run of the same frame.
+        for frame, group in itertools.groupby(zip(map(self._frame_of.get, record_ids),
+                                                  record_ids, strict=True), key=_ID):
+            names = wanted.setdefault(frame, set())
+            names.update(map(_SECOND, group))
+        problems = dict.fromkeys(wanted.pop(None, ()), "not in the journal")
         found: dict[str, KeyValue] = {}
-        for run in _runs(sorted(wanted, key=lambda f: (id(f.segment), f.offset))):
+        frames = [f for f in wanted if f is not None]
+        for run in _runs(sorted(frames, key=lambda f: (id(f.segment), f.offset))):
             try:
                 data = _read_run(run)
             except OSError:
@@ -481,6 +483,12 @@ def _take(data: bytes, at: int, length: int, names: set[str],
     if magic != _MAGIC or size != length - _FRAME.size:
         raise ValueError("not the frame that was written there")
     entries = marshal.loads(memoryview(data)[at + _FRAME.size:at + length])
+    if len(entries) == len(names):  # the whole frame, as a window mostly takes: C loops
+        pairs = dict(zip(map(_ID, entries), map(_KEY_VALUE, entries), strict=True))
+        if pairs.keys() != names:
+            raise ValueError("records missing from their frame")
+        found.update(pairs)
+        return
     left = len(names)
     for entry in entries:
         if entry[0] in names:
@@ -489,6 +497,11 @@ def _take(data: bytes, at: int, length: int, names: set[str],
             if not left:
                 return
     raise ValueError("records missing from their frame")
+
+
+_ID = operator.itemgetter(0)  # of an ``encode`` entry (and of a pair)
+_SECOND = operator.itemgetter(1)
+_KEY_VALUE = operator.itemgetter(2, 3)
 
 
 def _close_reader(segment: _Segment) -> None:

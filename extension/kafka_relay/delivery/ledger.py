@@ -165,11 +165,6 @@ def _payload_bytes(record: Record) -> int:
     return record.size - sum(len(k) + len(v) for k, v in record.headers)
 
 
-def _is_cold(record: Record) -> bool:
-    """Its key and value were dropped (the journal holds them)."""
-    return record.value is None and record.key is None and _payload_bytes(record) > 0
-
-
 def _drop_bytes(record: Record) -> None:
     record.key = record.value = None
 
@@ -361,23 +356,27 @@ class Ledger:
         those whose bytes cannot be read back (or come back another size) are given up and
         returned."""
         unsettled = self._unsettled
-        cold = [r for r in records
-                if r.value is None and r.key is None and _is_cold(r) and r.id in unsettled]
+        cold = [r for r in records if r.value is None and r.key is None and r.id in unsettled
+                and (r.size if not r.headers else _payload_bytes(r))]
         if not cold:
             return []
         found, problems = (({}, {}) if self._journal is None
                            else self._journal.read_back([r.id for r in cold]))
         lost: list[Record] = []
-        for record in cold:
-            pair = None if record.id in problems else found.get(record.id)
-            if pair is None:
+        for record in cold:  # per record: kept to lookups and attribute writes
+            pair = found.get(record.id)
+            if pair is None or record.id in problems:
                 problems.setdefault(record.id, "not in the journal")
                 lost.append(record)
-            elif len(pair[0] or b"") + len(pair[1] or b"") != _payload_bytes(record):
+                continue
+            key, value = pair
+            if ((0 if key is None else len(key)) + (0 if value is None else len(value))
+                    != (record.size if not record.headers else _payload_bytes(record))):
                 problems[record.id] = "read back at another size than it was accepted"
                 lost.append(record)
-            else:
-                record.key, record.value = pair
+                continue
+            record.key = key
+            record.value = value
         if lost:
             self._give_up(lost, problems)
         return lost
