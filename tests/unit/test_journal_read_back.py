@@ -109,7 +109,7 @@ def test_a_window_is_read_back_with_one_pread_per_run_of_contiguous_frames(
     monkeypatch.setattr(journal_module.os, "pread", counted)
     monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 64 * 1024 * 1024)  # one segment
     rig = _stalled(tmp_path)
-    rig.engine.accept(_records(rig, 3000))  # ~3 MB: frames of at most 128 KB, back to back
+    rig.engine.accept(_records(rig, 3000))  # ~3 MB: frames of at most 64 KB, back to back
     rig.step()
     assert reads == []  # the first window kept its bytes
     rig.producer.hold = False
@@ -308,8 +308,8 @@ def test_whatever_is_pending_reads_back_as_accepted_across_windows_and_retiremen
 def test_a_large_batch_is_framed_in_pieces_that_decode_to_the_whole(tmp_path: Path) -> None:
     records = [Record(id=f"r{i}", topic="t", key=None, value=b"x" * 10_000) for i in range(20)]
     frames = encode_batch(records, sum(r.size for r in records))
-    assert frames.counts == [13, 7]  # at most 128 KB of records each
-    assert len(frames.parts) == 4
+    assert frames.counts == [6, 6, 6, 2]  # at most 64 KB of records each
+    assert len(frames.parts) == 8
     data = b"".join(frames.parts)
     got = [r.id for start, end in journal_module.frame_payloads(data)
            for r in journal_module.decode(data[start:end])]
