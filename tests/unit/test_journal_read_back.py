@@ -59,6 +59,17 @@ def _stalled(tmp_path: Path, **overrides: Any) -> Rig:
                **{"journal": True, **overrides})
 
 
+def _held(tmp_path: Path, count: int = 1500) -> tuple[Rig, dict[str, tuple[Any, ...]]]:
+    """``count`` records accepted at a stalled broker, the first window in librdkafka; what
+    each must arrive as."""
+    rig = _stalled(tmp_path)
+    records = _records(rig, count)
+    expected = _copy(records)
+    rig.engine.accept(records)
+    rig.step()
+    return rig, expected
+
+
 def _release(rig: Rig, rounds: int = 50) -> None:
     rig.producer.hold = False
     for _ in range(rounds):
@@ -106,7 +117,7 @@ def test_a_window_is_read_back_with_one_pread_per_run_of_contiguous_frames(
         reads.append(size)
         return pread(fd, size, offset)
 
-    monkeypatch.setattr(journal_module.os, "pread", counted)
+    monkeypatch.setattr(os, "pread", counted)
     monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 64 * 1024 * 1024)  # one segment
     rig = _stalled(tmp_path)
     rig.engine.accept(_records(rig, 3000))  # ~3 MB: frames of at most 64 KB, back to back
@@ -143,11 +154,7 @@ def test_a_retry_waits_without_its_bytes_and_the_dlq_gets_them_byte_identical(
 def test_a_producer_rebuild_sends_records_whose_bytes_were_dropped_byte_identical(
     tmp_path: Path,
 ) -> None:
-    rig = _stalled(tmp_path)
-    records = _records(rig, 1500)
-    expected = _copy(records)
-    rig.engine.accept(records)
-    rig.step()
+    rig, expected = _held(tmp_path)
     rig.engine.on_client_error(KafkaError(KafkaError._FATAL, fatal=True))
     rig.step()  # purged (REQUEUE), a new producer
     assert len(rig.producers) == 2
@@ -158,11 +165,7 @@ def test_a_producer_rebuild_sends_records_whose_bytes_were_dropped_byte_identica
 
 
 def test_a_shutdown_spill_reads_the_bytes_back_first(tmp_path: Path) -> None:
-    rig = _stalled(tmp_path)
-    records = _records(rig, 1500)
-    expected = _copy(records)
-    rig.engine.accept(records)
-    rig.step()
+    rig, expected = _held(tmp_path)
     report = rig.engine.drain(rig.clock.now_ms + 250, reason="spindown")  # spill at once
     assert (report.spilled_at_shutdown, report.unaccounted) == (1500, 0)
     spilled = parse_spill_lines(rig.log.getvalue().splitlines()).records
@@ -170,11 +173,7 @@ def test_a_shutdown_spill_reads_the_bytes_back_first(tmp_path: Path) -> None:
 
 
 def test_records_of_a_killed_process_come_back_byte_identical(tmp_path: Path) -> None:
-    dead = _stalled(tmp_path)
-    records = _records(dead, 1500)
-    expected = _copy(records)
-    dead.engine.accept(records)
-    dead.step()
+    dead, expected = _held(tmp_path)
     dead.engine.stop()  # what a SIGKILL leaves
     fresh = Rig(tmp_path, limits=LIMITS, journal=True)
     assert fresh.engine.recover_journal() == 1500
@@ -185,11 +184,7 @@ def test_records_of_a_killed_process_come_back_byte_identical(tmp_path: Path) ->
 
 
 def test_an_unlinked_segment_is_still_read_back(tmp_path: Path) -> None:
-    rig = _stalled(tmp_path)
-    records = _records(rig, 1500)
-    expected = _copy(records)
-    rig.engine.accept(records)
-    rig.step()
+    rig, expected = _held(tmp_path)
     for path in (tmp_path / "journal").glob("kafka-relay-journal-*.bin"):
         path.unlink()  # someone cleaning /tmp
     _release(rig)
@@ -200,11 +195,7 @@ def test_an_unlinked_segment_is_still_read_back(tmp_path: Path) -> None:
 def test_a_truncated_segment_loses_only_what_it_held_loudly_and_memory_keeps_the_rest(
     tmp_path: Path,
 ) -> None:
-    rig = _stalled(tmp_path)
-    records = _records(rig, 1500)
-    expected = _copy(records)
-    rig.engine.accept(records)
-    rig.step()
+    rig, expected = _held(tmp_path)
     segment = sorted((tmp_path / "journal").glob("kafka-relay-journal-*.bin"),
                      key=lambda p: p.stat().st_mtime_ns)[0]
     os.truncate(segment, segment.stat().st_size // 2)  # someone else wrote over it
