@@ -305,3 +305,30 @@ def test_a_large_batch_is_framed_in_pieces_that_decode_to_the_whole(tmp_path: Pa
     got = [r.id for start, end in journal_module.frame_payloads(data)
            for r in journal_module.decode(data[start:end])]
     assert got == [r.id for r in records]
+
+
+def test_a_batch_of_more_frames_than_one_writev_takes_is_journaled_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "_IOV_MAX", 3)
+    monkeypatch.setattr(journal_module, "FRAME_BYTES", 1)  # a frame per record
+    journal = Journal(tmp_path, JsonLogger(stream=io.StringIO()))
+    assert journal.open()
+    records = [Record(id=f"r{i}", topic="t", key=None, value=bytes([i]) * 10)
+               for i in range(7)]
+    journal.append([r.id for r in records], encode_batch(records, 70))
+    found, problems = journal.read_back([r.id for r in records])
+    assert (found, problems) == ({r.id: (None, r.value) for r in records}, {})
+    journal.release(remove=True)
+
+
+def test_a_record_restored_twice_in_one_batch_reads_back_with_its_neighbours(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path, JsonLogger(stream=io.StringIO()))
+    assert journal.open()
+    twice = Record(id="a", topic="t", key=b"k", value=b"1")
+    records = [twice, twice, Record(id="b", topic="t", key=None, value=b"2")]
+    journal.append(["a", "a", "b"], encode_batch(records, 5))
+    assert journal.read_back(["a", "b"]) == ({"a": (b"k", b"1"), "b": (None, b"2")}, {})
+    journal.release(remove=True)

@@ -492,14 +492,11 @@ def _take(data: bytes, at: int, length: int, names: set[str],
             raise ValueError("records missing from their frame")
         found.update(pairs)
         return
-    left = len(names)
     for entry in entries:
         if entry[0] in names:
             found[entry[0]] = (entry[2], entry[3])
-            left -= 1
-            if not left:
-                return
-    raise ValueError("records missing from their frame")
+    if not names <= found.keys():
+        raise ValueError("records missing from their frame")
 
 
 _ID = operator.itemgetter(0)  # of an ``encode`` entry (and of a pair)
@@ -514,13 +511,18 @@ def _close_reader(segment: _Segment) -> None:
         segment.reader = None
 
 
+_IOV_MAX = 1024  # buffers one writev takes (Linux)
+
+
 def _write_all(fd: int, parts: list[bytes]) -> None:
     """The buffers, in order, in (nearly always) one syscall."""
-    written = os.writev(fd, parts)
-    total = sum(len(p) for p in parts)
-    rest = memoryview(b"".join(parts))[written:] if written < total else b""
-    while rest:
-        rest = rest[os.write(fd, rest):]
+    for first in range(0, len(parts), _IOV_MAX):
+        chunk = parts[first:first + _IOV_MAX]
+        written = os.writev(fd, chunk)
+        total = sum(len(p) for p in chunk)
+        rest = memoryview(b"".join(chunk))[written:] if written < total else b""
+        while rest:
+            rest = rest[os.write(fd, rest):]
 
 
 def _read_segment(path: Path) -> tuple[list[Record], int]:
