@@ -264,7 +264,7 @@ def test_whatever_is_pending_reads_back_as_accepted_across_windows_and_retiremen
     journal = Journal(directory, JsonLogger(stream=io.StringIO()))
     assert journal.open()
     ledger = Ledger(LIMITS, retry_after_ms=100, journal=journal)
-    ledger.window = window
+    ledger.resident.window = window
     expected: dict[str, tuple[Any, ...]] = {}
     number = 0
     with pytest.MonkeyPatch.context() as patch:
@@ -282,11 +282,13 @@ def test_whatever_is_pending_reads_back_as_accepted_across_windows_and_retiremen
             pending = list(ledger.unsettled.values())
             done = [pending[i % len(pending)] for i in settle[:len(batch)] if pending]
             ledger.settle(done, Outcome.DELIVERED)
-            taken = ledger.take_due(0, take[number % len(take)])
+            with ledger.cond:
+                taken = ledger.warm(ledger.queue.take_due(0, take[number % len(take)], window),
+                                    taken=True)
             for record in taken:
                 if record.id in ledger.unsettled:  # a settled one is skipped by the pump
                     assert (record.key, record.value, record.headers) == expected[record.id]
-            ledger.produced(taken)
+            ledger.resident.drop(taken)
             ledger.queue.give_back(taken)
         rest = ledger.warm(list(ledger.unsettled.values()))
     assert len(rest) == len(ledger.unsettled)

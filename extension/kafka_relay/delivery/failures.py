@@ -70,7 +70,8 @@ class Failures:
         if action in (Action.REQUEUE, Action.REBUILD):
             queue.push(record)  # a rebuilt producer sends it again
         elif action is Action.RETRY:
-            self._ledger.retry_later(record, self._wall_ms() + decision.delay_ms)
+            self._ledger.resident.drop((record,))  # waits: its bytes are in the journal
+            queue.schedule(record, self._wall_ms() + decision.delay_ms)
         elif action is Action.DEAD_LETTER:
             record.dlq_error = decision.reason
             # Routed, not yet acknowledged: the DLQ's own delivery report settles it

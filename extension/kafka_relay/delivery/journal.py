@@ -194,7 +194,8 @@ class Journal:
         self._lock_fd: int | None = None
         self._active: _Segment | None = None
         self._fd: int | None = None
-        self._frame_of: dict[str, _Frame] = {}  # every unsettled record journaled here
+        # Every unsettled record journaled here, by id: where its bytes are read back from.
+        self.journaled: dict[str, _Frame] = {}
         self.error: str | None = None  # why it stopped writing (None: it writes)
 
     # -- opening and closing -------------------------------------------------------------
@@ -236,16 +237,15 @@ class Journal:
             return
         active = self._active
         self._close_active()
-        segments = self._segments()
+        segments = _segments(self.journaled)
         if active is not None:
             segments.setdefault(id(active), active)
         for segment in segments.values():
+            _close_reader(segment)
             if remove:
-                self._retire(segment)
-            else:
-                _close_reader(segment)
+                self._unlink(segment.path)
         if remove:
-            self._frame_of.clear()
+            self.journaled.clear()
             with contextlib.suppress(OSError):
                 (self.directory / LOCK_NAME).unlink()
         os.close(self._lock_fd)
@@ -292,14 +292,14 @@ class Journal:
         active.unsettled += len(ids)
         if len(counts) == 1:  # most batches
             length = len(parts[0]) + len(parts[1])
-            self._frame_of.update(dict.fromkeys(ids, _Frame(active, active.size, length)))
+            self.journaled.update(dict.fromkeys(ids, _Frame(active, active.size, length)))
             active.size += length
             return
         start = 0
         for index, count in enumerate(counts):
             length = len(parts[2 * index]) + len(parts[2 * index + 1])
             frame = _Frame(active, active.size, length)
-            self._frame_of.update(dict.fromkeys(ids[start:start + count], frame))
+            self.journaled.update(dict.fromkeys(ids[start:start + count], frame))
             active.size += length
             start += count
 
@@ -307,7 +307,7 @@ class Journal:
         """Records reached their outcome: a segment goes once none of its records is left
         (never before: ``read_back`` relies on it)."""
         emptied: list[_Segment] = []
-        pop = self._frame_of.pop
+        pop = self.journaled.pop
         for record_id in record_ids:
             frame = pop(record_id, None)
             if frame is not None:
@@ -323,7 +323,8 @@ class Journal:
                     continue
                 except OSError:
                     self._close_active()
-            self._retire(segment)
+            _close_reader(segment)
+            self._unlink(segment.path)
 
     def _refusal(self) -> str:
         return (f"the crash journal cannot write ({self.error}), so this batch could not be "
@@ -356,14 +357,6 @@ class Journal:
         self._fd = None
         self._active = None
 
-    def _retire(self, segment: _Segment) -> None:
-        _close_reader(segment)
-        self._unlink(segment.path)
-
-    def _segments(self) -> dict[int, _Segment]:
-        """The segments holding unsettled records, by identity."""
-        return {id(f.segment): f.segment for f in self._frame_of.values()}
-
     def _unlink(self, path: Path) -> None:
         try:
             path.unlink(missing_ok=True)
@@ -376,7 +369,7 @@ class Journal:
         """Records in own segments that are not this process's (a crashed predecessor's)."""
         if self._lock_fd is None:
             return Leftovers([], [], 0)
-        mine = {s.path for s in self._segments().values()}
+        mine = {s.path for s in _segments(self.journaled).values()}
         try:
             files = sorted(p for p in self.directory.glob(FILE_GLOB) if p not in mine)
         except OSError as exc:
@@ -404,12 +397,6 @@ class Journal:
 
     # -- reading -------------------------------------------------------------------------
 
-    @property
-    def journaled(self) -> Mapping[str, object]:
-        """The ids journaled here (their bytes can be read back); read under the ledger's
-        lock, like everything else."""
-        return self._frame_of
-
     def read_back(self, record_ids: Sequence[str]) -> tuple[dict[str, KeyValue], dict[str, str]]:
         """The key and value each of ``record_ids`` was journaled with, read from the page
         cache: one ``pread`` per run of contiguous frames. Returns (found, why not) by id;
@@ -417,7 +404,7 @@ class Journal:
         logged (``journal.read_failed``) and its ids are in the second map."""
         wanted: dict[_Frame | None, set[str]] = {}
         # Consecutive ids mostly share a frame: grouped per run of the same frame.
-        for frame, group in itertools.groupby(zip(map(self._frame_of.get, record_ids),
+        for frame, group in itertools.groupby(zip(map(self.journaled.get, record_ids),
                                                   record_ids, strict=True), key=_ID):
             names = wanted.setdefault(frame, set())
             names.update(map(_SECOND, group))
@@ -425,26 +412,38 @@ class Journal:
         found: dict[str, KeyValue] = {}
         frames = [f for f in wanted if f is not None]
         for run in _runs(sorted(frames, key=lambda f: (id(f.segment), f.offset))):
-            try:
-                data = _read_run(run)
-            except OSError:
-                data = None  # read frame by frame: what can be read still is
-            for frame in run:
-                names = wanted[frame]
-                try:
-                    base = run[0].offset if data is not None else frame.offset
-                    chunk = data if data is not None else _read_run([frame])
-                    _take(chunk, frame.offset - base, frame.length, names, found)
-                except Exception as exc:  # any: bytes not as written must not stop the pump
-                    why = f"{type(exc).__name__}: {exc}"
-                    problems.update(dict.fromkeys(names, why))
-                    self._log.error("journal.read_failed", file=str(frame.segment.path),
-                                    offset=frame.offset, records=len(names), error=why)
+            for frame, why in _read_run_into(run, wanted, found):
+                problems.update(dict.fromkeys(wanted[frame], why))
+                self._log.error("journal.read_failed", file=str(frame.segment.path),
+                                offset=frame.offset, records=len(wanted[frame]), error=why)
         return found, problems
 
     def status(self) -> dict[str, object]:
         return {"enabled": self.enabled, "dir": str(self.directory), "error": self.error,
-                "segments": len(self._segments()), "records": len(self._frame_of)}
+                "segments": len(_segments(self.journaled)), "records": len(self.journaled)}
+
+
+def _segments(frames: Mapping[str, _Frame]) -> dict[int, _Segment]:
+    """The segments holding these frames, by identity."""
+    return {id(f.segment): f.segment for f in frames.values()}
+
+
+def _read_run_into(run: list[_Frame], wanted: Mapping[_Frame | None, set[str]],
+                   found: dict[str, KeyValue]) -> Iterator[tuple[_Frame, str]]:
+    """The wanted keys and values of a run of frames into ``found``, in one ``pread`` (frame
+    by frame when that fails: what can be read still is); each frame that cannot be read,
+    with why."""
+    try:
+        data: bytes | None = _read_run(run)
+    except OSError:
+        data = None
+    for frame in run:
+        try:
+            base = run[0].offset if data is not None else frame.offset
+            chunk = data if data is not None else _read_run([frame])
+            _take(chunk, frame.offset - base, frame.length, wanted[frame], found)
+        except Exception as exc:  # any: bytes not as written must not stop the pump
+            yield frame, f"{type(exc).__name__}: {exc}"
 
 
 def _runs(frames: list[_Frame]) -> Iterator[list[_Frame]]:

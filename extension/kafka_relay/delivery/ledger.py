@@ -2,25 +2,20 @@
 
 It owns the unsettled records and their bytes, the send queue, the journal, the
 counts and the ``wait=delivered`` watches, and the one condition variable that
-guards them all (the pump waits on it too). Waiting for outcomes, for idleness and
-recovering or releasing the journal are its methods: nobody else takes its lock for
-them. With a journal, every batch it takes is journaled before it is owned (before
-the 202), and every settlement tells it; a batch it cannot journal is refused. With an
-outage spool (delivery/overflow.py), a batch that does not fit in memory waits there, in
-order, and comes back as memory frees up (delivery/outage.py). With a journal, records past
-the first in-flight window of pending bytes, records handed to librdkafka (which holds its
-own copy until the report) and records waiting out a retry backoff keep no key or value
-here: the journal holds them, and ``take_due`` reads them back when the pump takes the
-records; every other hand-over (a spill) reads them back first too (``warm``), under the
-lock, and nothing is dropped once everything unsettled is being spilled. A record
-whose bytes cannot be read back is given up, loudly (``records.lost``, ``unaccounted``).
+guards them all (the pump waits on it too). Waiting for outcomes and for idleness are its
+methods; recovering and releasing the journal (delivery/recovery.py) and moving the outage
+spool (delivery/outage.py) take its lock like them. With a journal, every batch it takes is
+journaled before it is owned (before the 202), and every settlement tells it; a batch it
+cannot journal is refused. Which records keep their key and value in memory meanwhile is
+``resident``'s (delivery/resident.py); ``warm`` reads them back for whoever hands records on
+and gives up, loudly, any whose bytes are gone. With an outage spool
+(delivery/overflow.py), a batch that does not fit in memory waits there, in order, and
+comes back as memory frees up (delivery/outage.py).
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
 It also tallies these counts per request id (the records' own, the invocation that
 handed them over), so the logs can say what became of each invocation's records.
 """
-
-from __future__ import annotations
 
 import contextlib
 import threading
@@ -28,14 +23,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from kafka_relay.delivery.journal import (
-    MAX_RECOVERIES,
-    Journal,
-    JournalUnwritable,
-    encode_batch,
-)
+from kafka_relay.delivery.journal import Journal, JournalUnwritable, encode_batch
 from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
 from kafka_relay.delivery.queue import SendQueue, in_flight_window
+from kafka_relay.delivery.resident import Resident
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
@@ -118,7 +109,7 @@ def _log_outcomes(log: JsonLogger, records: Iterable[Record], count: str,
 class Watch:
     __slots__ = ("ids", "ledger", "outcomes")
 
-    def __init__(self, ids: Sequence[str], ledger: Ledger,
+    def __init__(self, ids: Sequence[str], ledger: "Ledger",
                  outcomes: dict[str, tuple[Outcome, str | None]] | None = None) -> None:
         self.ids = ids
         self.ledger = ledger
@@ -127,15 +118,6 @@ class Watch:
     def wait(self, timeout_s: float) -> list[dict[str, str | None]]:
         """Per-record outcomes; records not settled in time are reported as ``pending``."""
         return self.ledger.wait_settled(self, timeout_s)
-
-
-class Recovery(NamedTuple):
-    """What ``recover_journal`` took back from a dead predecessor."""
-
-    records: int  # restored (counted ``restored``)
-    files: int
-    recovered: int  # how many times these records have now come back
-    spilled: int  # came back too often: spilled instead of sent again
 
 
 class LedgerState(NamedTuple):
@@ -158,17 +140,6 @@ class LedgerState(NamedTuple):
                 "journal": self.journal, "overflow": self.overflow}
 
 
-def _payload_bytes(record: Record) -> int:
-    """Its key and value bytes, from ``size`` (which stays when they are dropped)."""
-    if not record.headers:
-        return record.size
-    return record.size - sum(len(k) + len(v) for k, v in record.headers)
-
-
-def _drop_bytes(record: Record) -> None:
-    record.key = record.value = None
-
-
 def _never_fits(records: int, size: int, limits: Limits) -> str:
     over = (f"{records} records > the {limits.records}-record limit "
             "(KAFKA_RELAY_MAX_BUFFER_RECORDS)" if records > limits.records else
@@ -187,9 +158,6 @@ class Ledger:
         self.queue = SendQueue()
         self.counts = Counts()
         self.limits = limits
-        # What the pump may have in flight; pending bytes past it wait without their key
-        # and value when the journal holds them.
-        self.window = in_flight_window(limits.bytes)
         self._retry_after_ms = retry_after_ms
         self._monotonic = monotonic
         self._unsettled: dict[str, Record] = {}
@@ -197,9 +165,7 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
-        # Keys and values of waiting records are dropped (read back from the journal) until
-        # a read-back fails: from then on they stay in memory.
-        self._drop = journal is not None
+        self.resident = Resident(journal, in_flight_window(limits.bytes), logger)
         self._overflow = overflow
         self._log = logger
         # Per request id since the last state(take_outcomes=True): count name -> records.
@@ -242,14 +208,13 @@ class Ledger:
                         "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
                 if frame is not None and journal is not None:
                     journal.append(ids, frame)
+                    self.resident.drop_waiting(records, size, self._bytes)
             except (SpoolFull, JournalUnwritable) as exc:
                 self.counts.rejected += len(records)
                 raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
             except BufferFull:
                 self.counts.rejected += len(records)
                 raise
-            if frame is not None and journal is not None:
-                self._drop_waiting(records, size)
             registered = None
             if watch:
                 registered = Watch(ids, self)
@@ -272,7 +237,7 @@ class Ledger:
                 with contextlib.suppress(JournalUnwritable):
                     self._journal.append([r.id for r in fresh], encode_batch(fresh, size),
                                          recovered=recovered)
-                    self._drop_waiting(fresh, size)  # journaled: its bytes can be read back
+                    self.resident.drop_waiting(fresh, size, self._bytes)
             self._unsettled.update((r.id, r) for r in fresh)
             self._bytes += size
             self.queue.push_all(fresh)
@@ -282,18 +247,6 @@ class Ledger:
             _tally(self._outcomes, fresh, "recovered" if recovered else "restored")
             self.cond.notify_all()
             return len(fresh)
-
-    def _drop_waiting(self, records: Sequence[Record], size: int) -> None:
-        """Under the lock, ``records`` (of ``size`` bytes) just journaled and not yet counted:
-        those past the first window of pending bytes keep no key or value (``take_due``
-        reads them back)."""
-        room = self.window - self._bytes
-        if size <= room or not self._drop:
-            return
-        for record in records:
-            room -= record.size
-            if room < 0 and _payload_bytes(record):
-                _drop_bytes(record)
 
     def note_rejected(self, records: int) -> None:
         with self.cond:
@@ -306,101 +259,24 @@ class Ledger:
 
     # -- records out ---------------------------------------------------------------------
 
-    def take_due(self, now_ms: int, limit: int) -> list[Record]:
-        """The pump's next batch (the queue's, within the in-flight window), each record with
-        its key and value: read back from the journal where they were dropped, one ``pread``
-        per run of contiguous frames. A record whose bytes cannot be read back is given up."""
-        with self.cond:
-            batch = self.queue.take_due(now_ms, limit, self.window)
-            if self._journal is not None and batch:
-                lost = self._warm(batch)
-                if lost:
-                    self.queue.done(lost)
-                    batch = [r for r in batch if r.id in self._unsettled]
-            return batch
-
-    def produced(self, records: Sequence[Record]) -> None:
-        """Handed to librdkafka, which holds their bytes until the report: with the journal
-        holding them too, the ledger's copies go (a retry, the DLQ or a spill reads them
-        back)."""
-        journal = self._journal
-        if journal is None:
-            return
-        with self.cond:
-            if not self._drop:  # read under the lock: a drain's spill may have begun
-                return
-            journaled = journal.journaled
-            for record in records:  # per record: kept to a few attribute reads
-                if record.id in journaled and (
-                        record.size if not record.headers else _payload_bytes(record)):
-                    record.key = record.value = None
-
-    def warm(self, records: list[Record]) -> list[Record]:
+    def warm(self, records: list[Record], *, taken: bool = False) -> list[Record]:
         """Under the lock: ``records`` with their keys and values (read back where dropped),
-        less any given up because their bytes could not be read back."""
-        if self._journal is not None and self._warm(records):
-            return [r for r in records if r.id in self._unsettled]
-        return records
-
-    def retry_later(self, record: Record, due_ms: int) -> None:
-        """Under the lock: ``record`` waits out a backoff until ``due_ms``, without its key
-        and value when the journal holds them."""
-        journal = self._journal
-        if self._drop and journal is not None and record.id in journal.journaled \
-                and _payload_bytes(record):
-            _drop_bytes(record)
-        self.queue.schedule(record, due_ms)
-
-    def _warm(self, records: Iterable[Record]) -> list[Record]:
-        """Under the lock: the key and value back into each of ``records`` that lacks them;
-        those whose bytes cannot be read back (or come back another size) are given up and
-        returned."""
-        unsettled = self._unsettled
-        cold = [r for r in records if r.value is None and r.key is None and r.id in unsettled
-                and (r.size if not r.headers else _payload_bytes(r))]
-        if not cold:
-            return []
-        found, problems = (({}, {}) if self._journal is None
-                           else self._journal.read_back([r.id for r in cold]))
-        lost: list[Record] = []
-        for record in cold:  # per record: kept to lookups and attribute writes
-            pair = found.get(record.id)
-            if pair is None or record.id in problems:
-                problems.setdefault(record.id, "not in the journal")
-                lost.append(record)
-                continue
-            key, value = pair
-            if ((0 if key is None else len(key)) + (0 if value is None else len(value))
-                    != (record.size if not record.headers else _payload_bytes(record))):
-                problems[record.id] = "read back at another size than it was accepted"
-                lost.append(record)
-                continue
-            record.key = key
-            record.value = value
-        if lost:
-            self._give_up(lost, problems)
-        return lost
-
-    def _give_up(self, lost: list[Record], problems: Mapping[str, str]) -> None:
-        """Records whose bytes are gone from the journal cannot be delivered, dead-lettered
-        or spilled byte-identical: they leave without an outcome (counted in
-        ``unaccounted``), logged by id, and nothing more is dropped from memory."""
-        self._drop = False
+        less those whose bytes cannot be read back: given up, without an outcome (counted in
+        ``unaccounted``). ``taken``: they had left the queue."""
+        problems = self.resident.read_back(records, self._unsettled)
+        if not problems:
+            return records
         pop = self._unsettled.pop
-        gone = [r for r in lost if pop(r.id, None) is not None]
+        gone = [r for r in records if r.id in problems and pop(r.id, None) is not None]
+        for record in gone:
+            self._watches.pop(record.id, None)
         self._bytes -= sum([r.size for r in gone])
         if self._journal is not None:
             self._journal.settled([r.id for r in gone])
-        for record in gone:
-            self._watches.pop(record.id, None)
-        if self._log is not None:
-            self._log.error("records.lost", records=len(gone), ids=[r.id for r in gone][:50],
-                            errors=sorted({problems.get(r.id, "?") for r in gone}),
-                            hint="their bytes could not be read back from the crash journal "
-                                 "(KAFKA_RELAY_JOURNAL_DIR): check that nothing else writes "
-                                 "or truncates files there and that the disk is healthy; "
-                                 "from now on records wait in memory")
+        if taken:
+            self.queue.done(gone)
         self.cond.notify_all()
+        return [r for r in records if r.id not in problems]
 
     @property
     def unsettled(self) -> Mapping[str, Record]:
@@ -442,7 +318,7 @@ class Ledger:
         """Spill everything unsettled. A late delivery report of one of them is a duplicate
         under the same x-relay-id, never a second count."""
         with self.cond:
-            self._drop = False  # spilled outside the lock: nothing may drop their bytes now
+            self.resident.dropping = False  # spilled outside the lock: their bytes stay
             records = self.warm(list(self._unsettled.values()))
         if records:
             self.settle_spilled(records, spill(records, reason=reason, retry_later=False))
@@ -453,40 +329,6 @@ class Ledger:
         with self.cond:
             self.queue.requeue_missing(self._unsettled.values())
             self.cond.notify_all()
-
-    # -- journal -----------------------------------------------------------------------
-
-    def recover_journal(self, spill: Spill) -> Recovery | None:
-        """Own again the records a dead predecessor journaled (counted ``restored``, same
-        ids); None without a journal. Records that came back ``MAX_RECOVERIES`` times
-        without settling are spilled instead: a record that kills the process must not kill
-        every next one too."""
-        with self.cond:
-            journal = self._journal
-            if journal is None or not journal.enabled:
-                return None
-            left = journal.leftovers()
-            restored = self.restore(left.records, recovered=left.recovered + 1)
-            if journal.enabled:  # their records are journaled again: the old files can go
-                journal.discard(left.files)
-        spilled = 0
-        if restored and left.recovered >= MAX_RECOVERIES:
-            with self.cond:
-                records = self.warm([r for r in left.records if r.id in self._unsettled])
-            self.settle_spilled(records, spill(
-                records, retry_later=False,
-                reason=f"restored from the journal {left.recovered} times and the extension "
-                       "died each time before they settled"))
-            spilled = len(records)
-        return Recovery(restored, len(left.files), left.recovered + 1, spilled)
-
-    def release_journal(self, *, clean: bool) -> None:
-        """Stop journaling. ``clean``: remove it when nothing is unsettled (a drain that
-        settled everything); otherwise it stays for the next init, as a killed process
-        leaves it."""
-        with self.cond:
-            if self._journal is not None:
-                self._journal.release(remove=clean and not self._unsettled)
 
     # -- reading and waiting ------------------------------------------------------------
 

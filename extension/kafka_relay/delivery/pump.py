@@ -150,11 +150,16 @@ class Pump:
         if thawed and self._on_thaw is not None:
             self._on_thaw(self.producer)
         with self._ledger.cond:
-            batch = self._ledger.take_due(self._wall_ms(), PRODUCE_BATCH)
+            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH,
+                                         self._ledger.resident.window)
+            if batch:  # with their keys and values (read back where they were dropped)
+                batch = self._ledger.warm(batch, taken=True)
             flushing = self._queue.flush_requests > 0
             in_flight = self._queue.in_flight
         if batch:
             self._produce_batch(batch)
+            with self._ledger.cond:  # librdkafka holds their bytes now, until the report
+                self._ledger.resident.drop(batch)
         try:
             if flushing:
                 self.producer.flush(0.005)
@@ -185,12 +190,6 @@ class Pump:
     def _produce_batch(self, batch: list[Record]) -> None:
         """Hand the batch to librdkafka; what its full queue refuses goes back, first in line.
         This runs per record: no lock round unless a record settled meanwhile."""
-        try:
-            self._produce_each(batch)
-        finally:  # librdkafka holds the bytes of what it took until the report
-            self._ledger.produced(batch)
-
-    def _produce_each(self, batch: list[Record]) -> None:
         unsettled = self._ledger.unsettled
         produce = self.producer.produce
         report_of = self._report_of
