@@ -4,8 +4,9 @@ for an in-handler producer created at init, at each memory size under its CPU qu
 Each sample starts both environments afresh (the order alternating, so the machine's noise
 falls on both alike), invokes each once with the same workload and spins it down. The
 relay's extension also reports its own start: ``init.ready``'s wall time after launch, its
-kernel process start, and its CPU since the process started (``cpu_ms``, every thread); the
-environment's cgroup counts the extension's CPU over the whole init phase.
+kernel process start, and its CPU since the process started when it sent its first ``/next``
+(``cpu_ms``, every thread); the environment's cgroup counts the extension's CPU over the
+whole init phase.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ class InitResult:
     in_handler: FirstReturn  # a module-level producer created at init, flushed per invocation
     ready_ms: Summary  # the sandbox launching the extension -> its init.ready log line
     kernel_ready_ms: Summary  # the kernel's process start time -> init.ready (±10 ms ticks)
-    ready_cpu_ms: Summary | None  # the extension's own count: its CPU at init.ready
+    ready_cpu_ms: Summary | None  # the extension's own count: its CPU at its first /next
     extension_init_cpu_ms: Summary  # the environment's count (cgroup): the extension's CPU
-    # from its launch (launcher included) to its first /next, librdkafka's threads included
+    # from its launch (launcher included) to the end of the init phase (every /next, the
+    # runtime's too), librdkafka's threads included; on demand the extension assembles after
+    # its own /next, so this includes what it did while the runtime still initialized
 
     @property
     def first_ratio(self) -> float:

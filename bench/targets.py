@@ -123,9 +123,9 @@ def checks(results: BenchResults) -> list[Check]:
             Check(f"cold start to the first return: relay ÷ in-handler producer{at}",
                   init.first_ratio if init else None, "<=", COLD_START_RATIO, "x",
                   "medians, side by side"),
-            Check(f"extension CPU: launch → ready{at}",
-                  init.extension_init_cpu_ms.median if init else None, "<=",
-                  READY_CPU_MS, "ms", "median, cgroup accounting, launcher included"),
+            Check(f"extension CPU: launch → ready (its first /next){at}",
+                  _ready_cpu_ms(init) if init else None, "<=", READY_CPU_MS, "ms",
+                  "median, the process's own count, every thread, launcher included"),
         ]
     memory = handoff or (results.handoff[0] if results.handoff else None)
     out += [
@@ -164,3 +164,11 @@ def checks(results: BenchResults) -> list[Check]:
                          float(lost + results.unaccounted), "<=", 0, "records",
                          "read back from the topics"))
     return out
+
+
+def _ready_cpu_ms(init: InitResult) -> float:
+    """The extension's CPU when it sent its first /next (``init.ready``'s ``cpu_ms``). The
+    cgroup's count covers the whole init phase: on demand the extension goes on assembling
+    after its /next while the runtime still initializes."""
+    cpu = init.ready_cpu_ms or init.extension_init_cpu_ms
+    return cpu.median

@@ -529,6 +529,12 @@ def parse_args(argv: Sequence[str] | None) -> DeployOptions:
     parser.add_argument("--log-retention-days", type=int, choices=LOG_RETENTION_DAYS,
                         default=DEFAULT_LOG_RETENTION_DAYS, metavar="DAYS",
                         help="days CloudWatch keeps the functions' logs (default: %(default)s)")
+    parser.add_argument("--msk-cluster-arn", metavar="ARN",
+                        help="with KAFKA_AUTH=msk-iam: the cluster the functions' role may "
+                             "connect to and write its topics")
+    parser.add_argument("--secret-kms-key-arn", metavar="ARN",
+                        help="the customer-managed KMS key KAFKA_SECRET_ARN is encrypted "
+                             "with (the role may decrypt through Secrets Manager)")
     args = parser.parse_args(argv)
     return DeployOptions(
         dist=args.dist,
@@ -541,6 +547,8 @@ def parse_args(argv: Sequence[str] | None) -> DeployOptions:
         subnet_ids=args.subnet_ids,
         security_group_ids=args.security_group_ids,
         log_retention_days=args.log_retention_days,
+        msk_cluster_arn=args.msk_cluster_arn,
+        secret_kms_key_arn=args.secret_kms_key_arn,
     )
 
 

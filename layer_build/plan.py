@@ -37,6 +37,10 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
                       1827, 2192, 2557, 2922, 3288, 3653)
 DEFAULT_LOG_RETENTION_DAYS = 30
 SECRET_ARN_VAR = "KAFKA_SECRET_ARN"
+AUTH_VAR = "KAFKA_AUTH"
+MSK_IAM = "msk-iam"  # KAFKA_AUTH's value for MSK IAM (kafka_relay.config.MSK_IAM)
+_MSK_CLUSTER_ARN = re.compile(r"^arn:[a-z-]+:kafka:[a-z0-9-]+:\d{12}:cluster/[^/]+/[^/]+$")
+_KMS_KEY_ARN = re.compile(r"^arn:[a-z-]+:kms:[a-z0-9-]+:\d{12}:key/.+$")
 SPILL_BUCKET_VAR = "KAFKA_RELAY_SPILL_BUCKET"
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _NAME_LIMIT = 64  # functions, roles and rules alike
@@ -85,6 +89,10 @@ class DeployOptions:
     security_group_ids: tuple[str, ...] = ()
     # Days CloudWatch keeps each function's log group; None leaves the retention alone.
     log_retention_days: int | None = DEFAULT_LOG_RETENTION_DAYS
+    # MSK IAM (KAFKA_AUTH=msk-iam): the cluster the roles may connect and write to.
+    msk_cluster_arn: str | None = None
+    # The customer-managed key KAFKA_SECRET_ARN is encrypted with (None: AWS's own key).
+    secret_kms_key_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +193,29 @@ def role_policy(plan: DeployPlan, function: FunctionPlan, account: Account) -> d
             ],
             "Resource": "*",
         })
+    if plan.secret_arn and plan.options.secret_kms_key_arn:
+        statements.append({
+            "Sid": "DecryptKafkaCredentials",
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": plan.options.secret_kms_key_arn,
+            "Condition": {"StringEquals": {
+                "kms:ViaService": f"secretsmanager.{account.region}.amazonaws.com"}},
+        })
+    if plan.options.msk_cluster_arn:
+        cluster = plan.options.msk_cluster_arn
+        statements += [{
+            "Sid": "MskIamCluster",
+            "Effect": "Allow",
+            "Action": ["kafka-cluster:Connect", "kafka-cluster:WriteDataIdempotently"],
+            "Resource": cluster,
+        }, {
+            # arn:...:cluster/<name>/<uuid> -> arn:...:topic/<name>/<uuid>/*
+            "Sid": "MskIamTopics",
+            "Effect": "Allow",
+            "Action": ["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"],
+            "Resource": cluster.replace(":cluster/", ":topic/", 1) + "/*",
+        }]
     if plan.spill_bucket:
         statements.append({
             "Sid": "SpillUnsentRecords",
@@ -285,6 +316,29 @@ def _check_environment(variables: Mapping[str, str], source: Path) -> None:
         )
 
 
+def _check_auth_grants(options: DeployOptions, variables: Mapping[str, str]) -> None:
+    """The role gets what the functions' authentication needs, or deploy says what is missing."""
+    msk_iam = variables.get(AUTH_VAR, "").strip().lower() == MSK_IAM
+    cluster, key = options.msk_cluster_arn, options.secret_kms_key_arn
+    if msk_iam and not cluster:
+        raise DeployError(
+            f"{AUTH_VAR}={MSK_IAM} needs --msk-cluster-arn: the functions' role is granted "
+            "kafka-cluster:Connect on that cluster and WriteData on its topics, without "
+            "which MSK refuses every connection")
+    if cluster and not msk_iam:
+        raise DeployError(f"--msk-cluster-arn is for {AUTH_VAR}={MSK_IAM}: set it in the env "
+                          "file, or drop the option")
+    if cluster and not _MSK_CLUSTER_ARN.match(cluster):
+        raise DeployError(f"--msk-cluster-arn {cluster!r} is not an MSK cluster ARN "
+                          "(arn:aws:kafka:REGION:ACCOUNT:cluster/NAME/UUID)")
+    if key and not variables.get(SECRET_ARN_VAR):
+        raise DeployError(f"--secret-kms-key-arn is the key {SECRET_ARN_VAR}'s secret is "
+                          f"encrypted with: set {SECRET_ARN_VAR} in the env file, or drop it")
+    if key and not _KMS_KEY_ARN.match(key):
+        raise DeployError(f"--secret-kms-key-arn {key!r} is not a KMS key ARN "
+                          "(arn:aws:kms:REGION:ACCOUNT:key/KEY-ID)")
+
+
 def _check_environment_size(function: FunctionPlan) -> None:
     size = sum(len(k.encode()) + len(v.encode()) for k, v in function.environment.items())
     if size > ENV_LIMIT_BYTES:
@@ -312,6 +366,7 @@ def resolve_plan(
     if variables is None:
         variables = parse_env_file(options.env_file)
     _check_environment(variables, options.env_file)
+    _check_auth_grants(options, variables)
     functions = tuple(
         FunctionPlan(
             spec=spec,

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import TextIO
 
+    from kafka_relay.prepare import Prepared
+
 _STARTED = time.perf_counter()
 _DEFAULT_NAME = "kafka-relay"  # config.EXTENSION_NAME, not imported before registering
 
@@ -40,7 +42,7 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
             pass
         return 0
     name = _name(argv)
-    from kafka_relay.aws_lambda import RUNTIME_API  # noqa: PLC0415
+    from kafka_relay.aws_lambda import RUNTIME_API, ready_before_assembly  # noqa: PLC0415
     from kafka_relay.lifecycle.register import (  # noqa: PLC0415
         RegisterFailed,
         register_for_mode,
@@ -66,6 +68,7 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
     api = ExtensionsApi(runtime_api, name=name)
     api.identifier = registration.identifier
     logger = JsonLogger(stream=stream)
+    prepared: Prepared | None = None
     try:
         config = load_config(env)
         logger = JsonLogger(level=config.log_level, stream=stream)
@@ -77,12 +80,23 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
                                 "SHUTDOWN only, delivering in the background")
         from kafka_relay.producer.runtime_check import require_confluent_kafka  # noqa: PLC0415
         require_confluent_kafka()  # a layer for another runtime: ConfigError, no traceback
+        if ready_before_assembly(env, registration.events):
+            from kafka_relay.config import LambdaMode  # noqa: PLC0415
+            from kafka_relay.prepare import prepare  # noqa: PLC0415
+            prepared = prepare(config, logger, build_producer=True, mode=LambdaMode.ON_DEMAND,
+                               api=api)
+            api.request_next()  # Lambda counts the extension ready from here
+            prepared.ready_cpu_ms = time.process_time() * 1000
         from kafka_relay.app import assemble  # noqa: PLC0415 - heavy imports after register
 
-        parts = assemble(config, logger, registration.events, api=api)
+        parts = assemble(config, logger, registration.events, api=api, prepared=prepared)
     except RelayError as exc:
-        logger.error("init.error", error_type=exc.lambda_error_type, error=str(exc))
-        api.init_error(exc.lambda_error_type, str(exc))
+        after_ready = prepared is not None and prepared.ready_cpu_ms is not None
+        logger.error("init.error", error_type=exc.lambda_error_type, error=str(exc),
+                     **({"after_ready": True} if after_ready else {}))
+        # After /next, init is over for Lambda: the same error ends the environment instead.
+        report = api.exit_error if after_ready else api.init_error
+        report(exc.lambda_error_type, str(exc))
         return 1
 
     try:

@@ -1,4 +1,5 @@
-"""What Lambda names, defined once: event types, environment variables, initialization types.
+"""What Lambda names, defined once: event types, environment variables, initialization types,
+where the runtime keeps the AWS SDK.
 
 The one module that reads ``AWS_LAMBDA_INITIALIZATION_TYPE``. It imports nothing:
 ``__main__`` uses it before registering, when every import still counts against init.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs milliseconds before registering
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
 # Extensions API event types.
 INVOKE = "INVOKE"
@@ -58,3 +59,30 @@ def _container_credentials_only(env: Mapping[str, str]) -> bool:
 def registration_events(env: Mapping[str, str]) -> list[str]:
     """The events to register for: managed instances accept SHUTDOWN only."""
     return [SHUTDOWN] if mode_hint(env) == MANAGED_INSTANCES else [INVOKE, SHUTDOWN]
+
+
+def ready_before_assembly(env: Mapping[str, str], events: Collection[str]) -> bool:
+    """Whether the extension calls ``/next`` before it assembles the delivery engine, the mode
+    and the handoff server (``prepare.py``): only on demand, where the invocation that started
+    the environment waits behind init anyway. Provisioned concurrency initializes ahead of
+    its invocations (init is the time to do the work), a SnapStart snapshot is taken after
+    init (everything must be settled before it), and managed instances (no INVOKE) run no
+    invocation loop; an unknown initialization type is treated like them."""
+    return INVOKE in events and env.get(INITIALIZATION_TYPE, "").strip().lower() == ON_DEMAND
+
+
+def sdk_importable() -> None:
+    """Make the runtime's boto3 and botocore importable. Lambda's Python runtimes keep them
+    in the interpreter's site-packages, which ``site`` puts on ``sys.path``; the layer's
+    launcher starts the extension without ``site`` (``python3 -S``: ~1.5-2.5 ms of CPU at
+    every start), so what needs the SDK (a secret, an S3 spill bucket, MSK IAM) calls this
+    first: the site-packages directories are added after everything else, their ``.pth``
+    files read, as ``site`` would."""
+    import sys  # noqa: PLC0415 - this module imports nothing at load
+
+    if not sys.flags.no_site:
+        return
+    import site  # noqa: PLC0415
+
+    for directory in site.getsitepackages():
+        site.addsitedir(directory)

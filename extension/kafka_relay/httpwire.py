@@ -9,8 +9,6 @@ is small: a request line, headers (case-insensitive, the first of a repeated one
 ``BaseHTTPRequestHandler`` that the handlers make.
 """
 
-from __future__ import annotations
-
 import contextlib
 import socket
 import socketserver

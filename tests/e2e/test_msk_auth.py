@@ -12,11 +12,12 @@ import pytest
 
 from devtools.kafka_broker import free_port, read_topic
 from devtools.moto_server import MotoServer, use_moto
-from devtools.sandbox import Sandbox, SandboxInitError
+from devtools.sandbox import Sandbox
 from devtools.sasl_mechanisms import SCRAM_SHA_512
 from devtools.saslproxy import SaslBroker, sasl_broker
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
+from tests.e2e.refusal import refusal
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 USERS = {"msk-producer": "pw-from-secrets-manager"}
@@ -31,14 +32,14 @@ def _secret(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, password: str) ->
 
 
 def _sandbox(artifacts: Artifacts, scram: SaslBroker, moto: MotoServer, arn: str,
-             topic: str) -> Sandbox:
+             topic: str, **env: str) -> Sandbox:
     return Sandbox(
         layers=[artifacts.layer], function=FUNCTION, handler="any_producer.handler",
         env={"KAFKA_BOOTSTRAP_SERVERS": scram.bootstrap, "KAFKA_TOPIC": topic,
              "KAFKA_RELAY_PORT": str(free_port()), "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
              "KAFKA_SASL_MECHANISM": SCRAM_SHA_512, "KAFKA_SECRET_ARN": arn,
              "KAFKA_PRODUCER_SSL_CA_LOCATION": str(scram.proxy.ca_path),
-             "AWS_ENDPOINT_URL": moto.endpoint_url},
+             "AWS_ENDPOINT_URL": moto.endpoint_url, **env},
         function_name="msk-scram", region=moto.region, timeout_s=15.0,
     )
 
@@ -67,19 +68,23 @@ def test_scram_credentials_from_an_msk_secret_deliver_through_tls(
     assert failed == 0
 
 
-def test_a_wrong_password_in_the_msk_secret_fails_init_with_an_auth_error(
-    artifacts: Artifacts, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("initialization", ["on-demand", "provisioned-concurrency"])
+def test_a_wrong_password_in_the_msk_secret_fails_with_an_auth_error(
+    artifacts: Artifacts, moto: MotoServer, monkeypatch: pytest.MonkeyPatch, initialization: str
 ) -> None:
+    """Provisioned concurrency probes the broker before /next: init fails. On demand the probe
+    runs after /next: the same error ends the first invocation and its environment."""
     arn = _secret(moto, monkeypatch, "stale-password")
     with sasl_broker(mechanisms=(SCRAM_SHA_512,), users=USERS) as scram:
         topic = scram.create_topic("msk.scram")
-        sandbox = _sandbox(artifacts, scram, moto, arn, topic)
-        with sandbox, pytest.raises(SandboxInitError) as caught:
-            sandbox.start()
+        sandbox = _sandbox(artifacts, scram, moto, arn, topic,
+                           AWS_LAMBDA_INITIALIZATION_TYPE=initialization)
+        with sandbox:
+            phase, error_type, message = refusal(sandbox)
 
-    assert caught.value.error_type == "Extension.AuthError"
-    assert "Invalid username or password" in caught.value.message
-    assert "KAFKA_SECRET_ARN" in caught.value.message
-    assert "KAFKA_SASL_MECHANISM=SCRAM-SHA-512" in caught.value.message
-    assert "the SCRAM listener (port 9096 inside AWS, 9196 over public access)" in (
-        caught.value.message)
+    assert phase == ("invoke" if initialization == "on-demand" else "init")
+    assert error_type == "Extension.AuthError"
+    assert "Invalid username or password" in message
+    assert "KAFKA_SECRET_ARN" in message
+    assert "KAFKA_SASL_MECHANISM=SCRAM-SHA-512" in message
+    assert "the SCRAM listener (port 9096 inside AWS, 9196 over public access)" in message

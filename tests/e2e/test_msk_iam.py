@@ -1,7 +1,7 @@
 """MSK IAM end to end: the built layer in the sandbox with ``KAFKA_AUTH=msk-iam`` signs
 OAUTHBEARER tokens with the role's credentials and delivers through a TLS +
 SASL/OAUTHBEARER front that recomputes each token's SigV4 signature (devtools'
-``MskIamVerifier``). Bad tokens fail init with an AuthError that says what the role
+``MskIamVerifier``). Bad tokens fail with an AuthError that says what the role
 needs; a freeze that outlives the token (and the credentials that signed it) is
 followed by a fresh token, not an auth failure."""
 
@@ -20,6 +20,7 @@ from devtools.sasl_mechanisms import OAUTHBEARER, PLAIN
 from devtools.saslproxy import SaslBroker, sasl_broker
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts
+from tests.e2e.refusal import refusal
 
 FUNCTION = Path(__file__).resolve().parent.parent / "fixtures" / "any_function"
 REGION = "eu-west-1"
@@ -76,8 +77,9 @@ def test_msk_iam_tokens_signed_with_the_role_deliver_through_tls(
 
 
 @pytest.mark.parametrize("case", ["tampered", "expired"])
-def test_a_refused_token_fails_init_with_what_the_role_needs(
+def test_a_refused_token_fails_with_what_the_role_needs(
         artifacts: Artifacts, case: str) -> None:
+    """The broker refuses the token after /next (on demand): the first invocation fails."""
     if case == "tampered":  # the front knows another secret for the key: the signature differs
         verifier = MskIamVerifier(REGION, {"ASIAROLEKEY": KnownKey("another-secret",
                                                                    "role-session-token")})
@@ -85,12 +87,10 @@ def test_a_refused_token_fails_init_with_what_the_role_needs(
         verifier = MskIamVerifier(REGION, ROLE_KEYS, clock=lambda: time.time() + 1000)
     with sasl_broker(mechanisms=(PLAIN, OAUTHBEARER), verify_token=verifier) as iam:
         topic = iam.create_topic("msk.iam")
-        sandbox = _sandbox(artifacts, iam, topic, **ROLE)
-        with sandbox, pytest.raises(SandboxInitError) as caught:
-            sandbox.start()
+        with _sandbox(artifacts, iam, topic, **ROLE) as sandbox:
+            phase, error_type, message = refusal(sandbox)
 
-    assert caught.value.error_type == "Extension.AuthError"
-    message = caught.value.message
+    assert (phase, error_type) == ("invoke", "Extension.AuthError")
     reason = "signature does not match" if case == "tampered" else "token expired"
     assert reason in message
     assert "KAFKA_AUTH=msk-iam" in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,42 @@ def test_bad_configuration_fails_init_with_the_variable_named(
         sandbox.start()
     assert caught.value.error_type == "Extension.ConfigError"
     assert "KAFKA_RELAY_FLUSH" in str(caught.value)
+
+
+@pytest.mark.parametrize(("initialization", "before_assembly"),
+                         [("on-demand", True), ("provisioned-concurrency", False)])
+def test_on_demand_the_extension_is_ready_before_it_assembles_and_the_first_records_wait(
+    artifacts: Artifacts, broker: Broker, tmp_path: Path, initialization: str,
+    before_assembly: bool,
+) -> None:
+    """On demand the first /next goes out before the engine, the probe and the handoff server
+    exist: the first invocation's records wait in the port's backlog and arrive all the same.
+    Provisioned concurrency initializes ahead of its invocations: everything before /next."""
+    topic = broker.create_topic()
+    with _sandbox(artifacts, broker, topic, tmp_path,
+                  AWS_LAMBDA_INITIALIZATION_TYPE=initialization) as sandbox:
+        ids = [i for payload in _run(sandbox, 1, 20) for i in payload["ids"]]
+        sandbox.shutdown("spindown")
+        lines = sandbox.log_lines()
+    (ready,) = events_named(lines, "init.ready")
+    assert (ready["cpu_ms"] < ready["assembled_cpu_ms"]) is before_assembly
+    (summary,) = events_named(lines, "shutdown.summary")
+    assert (summary["accepted"], summary["delivered"], summary["unaccounted"]) == (20, 20, 0)
+    got = broker.read(topic, expected=20)
+    assert sorted(r.headers["x-relay-id"].decode() for r in got) == sorted(ids)
+
+
+def test_a_taken_handoff_port_fails_init_before_ready(
+    artifacts: Artifacts, broker: Broker, tmp_path: Path
+) -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        sandbox = _sandbox(artifacts, broker, "t", tmp_path, KAFKA_RELAY_PORT=str(port))
+        with sandbox, pytest.raises(SandboxInitError) as caught:
+            sandbox.start()
+    assert caught.value.error_type == "Extension.PortInUse"
+    assert f"handoff port 127.0.0.1:{port} is already in use" in str(caught.value)
+    assert "KAFKA_RELAY_PORT" in str(caught.value)
 
 
 def test_the_logs_cli_summarises_a_sandbox_log_stream(

@@ -266,6 +266,49 @@ def test_secret_and_spill_bucket_are_granted_only_while_configured(
     ]
 
 
+CLUSTER = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:cluster/prices/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+KEY = f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_msk_iam_and_a_customer_key_are_granted_as_the_templates_grant_them(
+    aws: MotoServer, dist: Path
+) -> None:
+    secret = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:kafka-AbCdEf"
+
+    run(aws, dist, {**ENV, "KAFKA_AUTH": "msk-iam"}, msk_cluster_arn=CLUSTER)
+    iam = inline_policy(aws, RSS)["Statement"][1:]
+    run(aws, dist, {**ENV, "KAFKA_SECRET_ARN": secret}, secret_kms_key_arn=KEY)
+    key = inline_policy(aws, POLYMARKET)["Statement"][1:]
+
+    assert iam == [
+        {"Sid": "MskIamCluster", "Effect": "Allow", "Resource": CLUSTER,
+         "Action": ["kafka-cluster:Connect", "kafka-cluster:WriteDataIdempotently"]},
+        {"Sid": "MskIamTopics", "Effect": "Allow",
+         "Resource": CLUSTER.replace(":cluster/", ":topic/") + "/*",
+         "Action": ["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"]},
+    ]
+    assert [s["Sid"] for s in key] == ["ReadKafkaCredentials", "DecryptKafkaCredentials"]
+    assert key[1]["Action"] == "kms:Decrypt"
+    assert key[1]["Resource"] == KEY
+    assert key[1]["Condition"] == {
+        "StringEquals": {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}}
+
+
+@pytest.mark.parametrize(("variables", "options", "says"), [
+    ({"KAFKA_AUTH": "msk-iam"}, {}, r"KAFKA_AUTH=msk-iam needs --msk-cluster-arn"),
+    ({}, {"msk_cluster_arn": CLUSTER}, r"--msk-cluster-arn is for KAFKA_AUTH=msk-iam"),
+    ({"KAFKA_AUTH": "msk-iam"}, {"msk_cluster_arn": "prices"}, r"is not an MSK cluster ARN"),
+    ({}, {"secret_kms_key_arn": KEY}, r"set KAFKA_SECRET_ARN in the env file, or drop it"),
+    ({"KAFKA_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:k"},
+     {"secret_kms_key_arn": "alias/kafka"}, r"is not a KMS key ARN"),
+])
+def test_an_auth_grant_that_does_not_fit_the_env_file_names_the_option_and_the_fix(
+    dist: Path, variables: dict[str, str], options: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(DeployError, match=says):
+        resolve_plan(DeployOptions(dist=dist, **options), variables={**ENV, **variables})
+
+
 def test_a_new_layer_build_is_published_and_both_functions_move_to_it(
     aws: MotoServer, dist: Path
 ) -> None:

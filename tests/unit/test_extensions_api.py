@@ -95,6 +95,28 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_call_sent
     assert per_connection == [2, 2, 1]
 
 
+def test_a_next_sent_early_is_read_by_the_next_event_and_other_calls_take_their_own_connection(
+) -> None:
+    """``request_next`` sends /next on the kept connection and returns; a call meanwhile (the
+    exit error of an init that failed after it) opens one of its own; ``next_event`` then reads
+    the answer already sent, and the kept connection serves every later call."""
+    seen: list[bytes] = []
+
+    def answer(request: bytes) -> bytes:
+        seen.append(request.split(b"\r\n", 1)[0])
+        return _event(request) if b"event/next" in request else _length(b"")
+
+    with _server(answer) as (address, per_connection):
+        api = _api(address)
+        api.request_next()
+        api.exit_error("Extension.AuthError", "refused")
+        events = [api.next_event() for _ in range(3)]
+    assert events == [{"eventType": "INVOKE", "requestId": "r"}] * 3
+    assert sorted(per_connection) == [1, 3]
+    assert seen.count(b"GET /2020-01-01/extension/event/next HTTP/1.1") == 3
+    assert b"POST /2020-01-01/extension/exit/error HTTP/1.1" in seen
+
+
 def test_connection_close_and_http10_answers_are_not_reused() -> None:
     def answer(request: bytes) -> bytes:
         return _length(b"{}", extra="Connection: close\r\n")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafka_relay.aws_lambda import INVOKE, SHUTDOWN, mode_hint
+from kafka_relay.aws_lambda import INVOKE, SHUTDOWN, mode_hint, ready_before_assembly
 from kafka_relay.client import RelayClient
 from kafka_relay.config import Config, LambdaMode, load_config
 from kafka_relay.delivery.engine import DeliveryEngine
@@ -525,3 +525,20 @@ def test_a_lost_extensions_api_still_drains_within_a_deadline() -> None:
 
     assert listener.shutdowns == [ShutdownEvent("next_failed", 2_500)]
     assert api.errors == []  # the API is gone: a drain, not an exit error
+
+
+@pytest.mark.parametrize(("kind", "events", "early"), [
+    ("on-demand", [INVOKE, SHUTDOWN], True),
+    (" On-Demand ", [INVOKE, SHUTDOWN], True),
+    ("on-demand", [SHUTDOWN], False),  # INVOKE refused: managed instances after all
+    ("provisioned-concurrency", [INVOKE, SHUTDOWN], False),
+    ("snap-start", [INVOKE, SHUTDOWN], False),
+    ("lambda-managed-instances", [SHUTDOWN], False),
+    ("", [INVOKE, SHUTDOWN], False),
+    ("something-new", [INVOKE, SHUTDOWN], False),
+])
+def test_only_on_demand_with_invoke_sends_next_before_assembling(
+        kind: str, events: list[str], early: bool) -> None:
+    """Provisioned concurrency, SnapStart, managed instances and an unknown (or hidden)
+    initialization type assemble everything before /next."""
+    assert ready_before_assembly({"AWS_LAMBDA_INITIALIZATION_TYPE": kind}, events) is early

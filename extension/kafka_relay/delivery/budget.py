@@ -7,8 +7,6 @@ The rates are measured (docs/records.md, "SHUTDOWN is sized in bytes"): packed `
 lines written to a pipe, with a safety factor for a slow log reader and a loaded core.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from kafka_relay.config import EXTENSION_SHUTDOWN_MS, Config

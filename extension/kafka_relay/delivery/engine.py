@@ -11,8 +11,6 @@ SHUTDOWN spills what still waits on disk. The ledger owns the lock; the engine n
 takes it.
 """
 
-from __future__ import annotations
-
 import functools
 import threading
 import time

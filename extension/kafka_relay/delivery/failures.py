@@ -3,8 +3,6 @@
 touches the Producer: a spilled oversize record's DLQ pointer goes back to the pump. When
 the pump itself dies, ``pump_died`` closes the ledger and spills what it held."""
 
-from __future__ import annotations
-
 import json
 import time
 from collections.abc import Callable

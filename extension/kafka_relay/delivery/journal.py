@@ -37,8 +37,6 @@ that does not parse otherwise is renamed ``*.corrupt`` and logged. ``flock`` on 
 file keeps a second live process out. Not thread-safe: the ledger calls it under its lock.
 """
 
-from __future__ import annotations
-
 import contextlib
 import fcntl
 import itertools

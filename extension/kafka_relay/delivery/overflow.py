@@ -26,8 +26,6 @@ killed extension (Lambda keeps ``/tmp`` on a reset) and the next init carries on
 Not thread-safe: it is used under the ledger's lock (delivery/ledger.py, delivery/outage.py).
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 import re

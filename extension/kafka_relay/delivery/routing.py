@@ -1,8 +1,6 @@
 """What to do with a record whose produce failed: a pure function of the error and the
 record's state, so every path is unit-tested without a broker."""
 
-from __future__ import annotations
-
 from enum import Enum
 from typing import NamedTuple
 

@@ -12,8 +12,6 @@ key is refused (422) and never gets another request's ids, even when crafted to
 collide with a checksum such as CRC-32.
 """
 
-from __future__ import annotations
-
 import threading
 import time
 

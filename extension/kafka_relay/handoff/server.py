@@ -12,10 +12,7 @@ past a connection cap the least recently used idle one is closed, so idle or slo
 clients cannot starve the handler's connection.
 """
 
-from __future__ import annotations
-
 import contextlib
-import errno
 import json
 import socket
 import threading
@@ -32,9 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 from kafka_relay import __version__
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
-from kafka_relay.errors import ConfigError, PortInUseError
 from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, BodyError, read_body, trim_heap
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
+from kafka_relay.handoff.port import BACKLOG, listen
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.httpwire import RequestHandler, ThreadingServer
@@ -66,7 +63,6 @@ BODY_DEADLINE_S = 30.0  # a whole body must arrive within this
 # client still writing, and it never sees the answer.
 LINGER_S = 2.0
 MAX_CONNECTIONS = 256  # past this, the least recently used idle connection is closed
-_BACKLOG = 512
 # A wait request while the broker is not answering first asks it for metadata this long: a
 # broker that is back is used, one that is not is reported at once, not after the wait.
 WAIT_PROBE_S = 0.5
@@ -128,7 +124,7 @@ class _HttpError(Exception):
 
 class _Server(ThreadingServer):
     # ThreadingServer reuses the address: the port may linger in TIME_WAIT after a reset.
-    request_queue_size = _BACKLOG
+    request_queue_size = BACKLOG
     state: HandoffState
     max_connections = MAX_CONNECTIONS
 
@@ -212,7 +208,7 @@ class _Handler(RequestHandler):
         self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
                     if path == RECORDS_PATH else _SMALL_BODY_LIMIT)
 
-    def _serve(self, route: Callable[[_Handler, Body], None] | None, limit: int) -> None:
+    def _serve(self, route: "Callable[[_Handler, Body], None] | None", limit: int) -> None:
         self.server.mark(self.connection, busy=True)
         try:
             try:
@@ -407,10 +403,17 @@ class HandoffServer:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         body_deadline_s: float = BODY_DEADLINE_S,
         max_connections: int = MAX_CONNECTIONS,
+        listening: socket.socket | None = None,
     ) -> None:
+        """``listening``: the handoff port bound already (``port.listen``), else bound here."""
         handler = type("Handler", (_Handler,), {"timeout": idle_timeout_s,
                                                 "body_deadline_s": body_deadline_s})
-        self._server = _bind(host, state.config.port, handler)
+        if listening is None:
+            listening = listen(host, state.config.port)
+        self._server = _Server(listening.getsockname(), handler, bind_and_activate=False)
+        self._server.socket.close()  # the unbound one socketserver made
+        self._server.socket = listening
+        self._server.server_activate()
         self._server.state = state
         self._server.max_connections = max_connections
         self._thread = threading.Thread(target=self._server.serve, name="kafka-relay-handoff",
@@ -426,23 +429,3 @@ class HandoffServer:
     def stop(self) -> None:
         self._server.stop()
 
-
-def _bind(host: str, port: int, handler: type[_Handler]) -> _Server:
-    try:
-        return _Server((host, port), handler)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUseError(
-                f"handoff port {host}:{port} is already in use: set KAFKA_RELAY_PORT to a "
-                "free port (the function reads the same variable)"
-            ) from exc
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise ConfigError(
-                f"KAFKA_RELAY_PORT={port}: not allowed to listen on {host}:{port} ({exc.strerror})"
-                ": ports below 1024 need privileges Lambda does not give; use a port from 1024 "
-                "to 65535 (default 4195), the same for function and extension"
-            ) from exc
-        raise ConfigError(
-            f"KAFKA_RELAY_PORT={port}: cannot listen on {host}:{port} ({exc}): set "
-            "KAFKA_RELAY_PORT to a free port from 1024 to 65535"
-        ) from exc

@@ -37,6 +37,7 @@ class ExtensionsApi:
         self._kept: Connection | None = None
         self._kept_lock = threading.Lock()  # a second caller meanwhile gets its own
         self._next: tuple[str, bytes] | None = None  # (identifier, the /next request)
+        self._next_sent = False  # request_next sent one whose answer next_event reads
 
     def _request(
         self,
@@ -98,15 +99,51 @@ class ExtensionsApi:
             self._kept.close()
             self._kept = None
 
-    def next_event(self) -> dict[str, Any]:
+    def _next_request(self) -> bytes:
         # The same bytes every invocation (for the identifier they were made with).
         if self._next is None or self._next[0] != self.identifier:
             self._next = (self.identifier, self._encode("GET", _NEXT))
-        # No client timeout: the call legitimately blocks while the sandbox is frozen.
-        status, _, data = self._send("GET", _NEXT, self._next[1], None)
+        return self._next[1]
+
+    def request_next(self) -> None:
+        """Send /next now; the next ``next_event`` reads its answer. Lambda counts the
+        extension ready from this request, while the caller goes on assembling (on demand,
+        ``app.py``). Until then the kept connection is the /next's: other calls meanwhile
+        open one of their own."""
+        self._kept_lock.acquire()
+        try:
+            conn = self._kept = self._kept or Connection(self._address)
+            conn.post(self._next_request(), None)
+        except (OSError, ValueError) as exc:
+            self._drop()
+            self._kept_lock.release()
+            raise LambdaApiError(f"GET {_NEXT} on {self._address} failed: {exc}") from exc
+        self._next_sent = True
+
+    def next_event(self) -> dict[str, Any]:
+        if self._next_sent:
+            self._next_sent = False
+            status, data = self._next_answer()
+        else:  # no client timeout: the call legitimately blocks while the sandbox is frozen
+            status, _, data = self._send("GET", _NEXT, self._next_request(), None)
         if status != 200:
             raise LambdaApiError(f"event/next answered {status}: {data[:500]!r}")
         return _json_object(data)
+
+    def _next_answer(self) -> tuple[int, bytes]:
+        """The answer to the /next ``request_next`` sent; the kept connection is free again."""
+        conn = self._kept
+        try:
+            assert conn is not None, "request_next keeps the connection it sent /next on"
+            ((status, data),) = conn.settle(None)
+            if conn.closing:
+                self._drop()
+            return status, data
+        except (OSError, ValueError) as exc:
+            self._drop()
+            raise LambdaApiError(f"GET {_NEXT} on {self._address} failed: {exc}") from exc
+        finally:
+            self._kept_lock.release()
 
     def init_error(self, error_type: str, message: str) -> None:
         self._report("init/error", error_type, message)

@@ -14,8 +14,6 @@ a second or more to deliver, so each flush meanwhile is capped at ``CATCH_UP_BUD
 the backlog leaves over the next few invocations (and in the background while they run).
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 FIRST_PROBE_INTERVAL_MS = 1_000
@@ -33,20 +31,20 @@ class Breaker(NamedTuple):
     probes: int = 0
     catching_up: bool = False  # closed after an outage, its backlog not yet delivered
 
-    def trip(self, now_ms: int, settled: int) -> Breaker:
+    def trip(self, now_ms: int, settled: int) -> "Breaker":
         return Breaker(open=True, opened_ms=now_ms, settled_mark=settled,
                        next_probe_ms=now_ms + FIRST_PROBE_INTERVAL_MS)
 
     def probe_due(self, now_ms: int) -> bool:
         return self.open and now_ms >= self.next_probe_ms
 
-    def probed(self, now_ms: int) -> Breaker:
+    def probed(self, now_ms: int) -> "Breaker":
         """A probe ran without closing it: the next one waits twice as long (capped)."""
         interval = min(MAX_PROBE_INTERVAL_MS, self.probe_interval_ms * 2)
         return self._replace(next_probe_ms=now_ms + self.probe_interval_ms,
                              probe_interval_ms=interval, probes=self.probes + 1)
 
-    def observe(self, settled: int, pending: int) -> Breaker:
+    def observe(self, settled: int, pending: int) -> "Breaker":
         """Closed again once anything settled since it opened: the broker answers (catching
         up while records are pending); caught up once none are."""
         if self.open and settled > self.settled_mark:

@@ -5,8 +5,6 @@ back as notes (the loop logs them) and otherwise ignored; a missing or malformed
 deadline becomes ``None`` and the loop substitutes its own budget.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 from kafka_relay.aws_lambda import INVOKE, SHUTDOWN

@@ -5,8 +5,6 @@ The loop knows nothing of HTTP or Kafka; each Lambda mode plugs in the engine li
 handler-done signals.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 

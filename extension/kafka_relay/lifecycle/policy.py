@@ -18,8 +18,6 @@ Records are produced in the background as they arrive whatever is decided here: 
 only means not waiting for their acknowledgements before /next.
 """
 
-from __future__ import annotations
-
 from enum import Enum
 from typing import NamedTuple
 
@@ -61,7 +59,7 @@ class Arrivals(NamedTuple):
     gap_ms: float = 0.0
     gap_dev_ms: float = 0.0
 
-    def arrived(self, now_ms: int) -> Arrivals:
+    def arrived(self, now_ms: int) -> "Arrivals":
         if self.last_invoke_ms is None:
             return Arrivals(1, now_ms)
         gap = float(max(0, now_ms - self.last_invoke_ms))
@@ -84,15 +82,15 @@ class FlushState(NamedTuple):
     breaker: Breaker = Breaker()
 
     # Built directly, not with _replace (keyword handling): these run every invocation.
-    def arrived(self, now_ms: int) -> FlushState:
+    def arrived(self, now_ms: int) -> "FlushState":
         return FlushState(self.arrivals.arrived(now_ms), self.last_flush_ms, self.breaker)
 
-    def observe(self, observed: Observed) -> FlushState:
+    def observe(self, observed: Observed) -> "FlushState":
         return FlushState(self.arrivals, self.last_flush_ms,
                           self.breaker.observe(observed.settled, observed.pending))
 
     def flushed(self, now_ms: int, *, remaining: int, settled_during: int, settled: int,
-                probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> FlushState:
+                probe: bool, budget_ms: int = PROBE_BUDGET_MS) -> "FlushState":
         """After a flush: a flush that settled nothing while records stayed pending opens the
         breaker (or, as a probe, schedules the next one). A flush the invocation's deadline
         cut below a probe's budget proves nothing. One that left nothing pending ends a

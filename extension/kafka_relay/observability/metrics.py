@@ -5,8 +5,6 @@ line is checked against it and the operator docs' metric table is generated from
 it (``kafka_relay.tools.metrics_doc``), so the two cannot drift apart.
 """
 
-from __future__ import annotations
-
 import functools
 import json
 from collections.abc import Mapping

@@ -12,12 +12,11 @@ pump its ``thaw_check``. ``from_config`` picks the strategy the configuration as
 strategies are NamedTuples: a dataclass costs CPU at every cold start.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
+from kafka_relay.aws_lambda import sdk_importable
 from kafka_relay.config import MSK_IAM, Config
 from kafka_relay.errors import AuthError, ConfigError
 from kafka_relay.observability.log import JsonLogger
@@ -83,6 +82,7 @@ class StaticSasl(NamedTuple):
 
 
 def _secrets_manager_value(arn: str, region: str | None) -> str:
+    sdk_importable()
     import boto3  # noqa: PLC0415 - only environments that use a secret pay for boto3
 
     client = boto3.client("secretsmanager", region_name=region)
@@ -152,7 +152,7 @@ class MskIam(NamedTuple):
         return "MskIam()"
 
     @classmethod
-    def from_config(cls, config: Config) -> MskIam:
+    def from_config(cls, config: Config) -> "MskIam":
         given = config.aws_credentials
         source = (lambda: given) if given is not None else BotocoreCredentials()
         return cls(MskIamTokenProvider(region=config.region or "", credentials=source))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kafka_relay.aws_lambda import sdk_importable
 from kafka_relay.config import AwsCredentials
 from kafka_relay.errors import AuthError, ConfigError
 
@@ -42,6 +43,7 @@ class BotocoreCredentials:
     def __call__(self) -> AwsCredentials:
         try:
             if self._resolved is None:
+                sdk_importable()
                 import botocore.session  # noqa: PLC0415 - only msk-iam needs botocore
 
                 self._resolved = botocore.session.get_session().get_credentials()
@@ -61,6 +63,7 @@ class BotocoreCredentials:
 def msk_signer(region: str, credentials: AwsCredentials) -> tuple[str, int]:
     """aws-msk-iam-sasl-signer-python with exactly these credentials (no credential chain)."""
     # Imported here: boto3/botocore load only when MSK IAM is configured.
+    sdk_importable()
     from aws_msk_iam_sasl_signer import (  # type: ignore[import-untyped]  # noqa: PLC0415
         MSKAuthTokenProvider,
     )

@@ -12,8 +12,6 @@ The runtime is read from the interpreter the extension runs under (the function'
 that variable to the runtime process, not to extensions.
 """
 
-from __future__ import annotations
-
 import importlib
 import importlib.util
 import sys
@@ -44,7 +42,7 @@ class RuntimeFacts(NamedTuple):
     glibc: str  # "2.26"; "" when not glibc
 
     @classmethod
-    def current(cls) -> RuntimeFacts:
+    def current(cls) -> "RuntimeFacts":
         import platform  # noqa: PLC0415 - ~3 ms at every start, needed only on a mismatch
 
         libc, version = platform.libc_ver()
@@ -74,7 +72,7 @@ class LayerBinaries(NamedTuple):
     machines: tuple[str, ...]
 
     @classmethod
-    def beside(cls, package_dir: Path | None) -> LayerBinaries:
+    def beside(cls, package_dir: "Path | None") -> "LayerBinaries":
         import re  # noqa: PLC0415 - a mismatch only
 
         pythons: set[str] = set()
@@ -92,7 +90,7 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def _confluent_kafka_dir() -> Path | None:
+def _confluent_kafka_dir() -> "Path | None":
     """Where ``confluent_kafka`` would be imported from, without importing it."""
     from pathlib import Path  # noqa: PLC0415 - a mismatch only
 
@@ -135,9 +133,9 @@ def mismatch_message(facts: RuntimeFacts, layer: LayerBinaries, error: BaseExcep
 
 def require_confluent_kafka(
     *,
-    importer: Callable[[], ModuleType] = import_core,
+    importer: "Callable[[], ModuleType]" = import_core,
     facts: RuntimeFacts | None = None,
-    package_dir: Callable[[], Path | None] = _confluent_kafka_dir,
+    package_dir: "Callable[[], Path | None]" = _confluent_kafka_dir,
 ) -> None:
     """Import confluent-kafka; raise RuntimeMismatchError if its binaries cannot load here."""
     try:

@@ -4,8 +4,6 @@ Writers are generators so sinks stream: each line is written as soon as it is
 built, and a process killed mid-spill keeps every line already written.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple

@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from kafka_relay.aws_lambda import sdk_importable
 from kafka_relay.config import Config
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
@@ -110,6 +111,7 @@ class S3Sink:
         self._deadline = deadline
 
     def _default_client(self) -> Any:
+        sdk_importable()
         import boto3  # noqa: PLC0415 - only environments with a spill bucket pay for boto3
         from botocore.config import Config as BotoConfig  # noqa: PLC0415
 
