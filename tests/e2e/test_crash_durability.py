@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,8 +46,8 @@ def test_records_of_an_extension_killed_mid_invocation_are_delivered_after_the_r
 ) -> None:
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
-    records = [{"key": f"doomed-{i}", "value": {"i": i, "pad": "x" * 200}}
-               for i in range(STRANDED)]
+    records: list[dict[str, Any]] = [{"key": f"doomed-{i}", "value": {"i": i, "pad": "x" * 200}}
+                                     for i in range(STRANDED)]
     # The default configuration: the journal is on without being asked for.
     with _sandbox(artifacts, proxy.address, topic, {"KAFKA_RELAY_FLUSH_BUDGET_MS": "5000"},
                   handler="any_producer.handler_relaying_event_records",

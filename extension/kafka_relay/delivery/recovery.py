@@ -4,8 +4,6 @@ Both run under the ledger's lock (the journal is guarded by it), as the outage s
 steps do (delivery/outage.py).
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal
