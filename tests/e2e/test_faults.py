@@ -27,12 +27,13 @@ import pytest
 
 from devtools.kafka_broker import ConsumedRecord, free_port, read_topic
 from devtools.moto_server import MotoServer
-from devtools.sandbox import InvokeResult, Sandbox, SandboxInitError, ShutdownResult
+from devtools.sandbox import InvokeResult, Sandbox, ShutdownResult
 from devtools.sandbox.environment import process_state
 from devtools.saslproxy import DEFAULT_PASSWORD, DEFAULT_USERNAME, sasl_broker
 from kafka_relay.spill.codec import parse_spill_lines
 from kafka_relay.tools.table import LogLine, LogParser, View, events_named, json_in_line, summarise
 from tests.conftest import Artifacts, Broker, ProxiedBroker
+from tests.e2e.refusal import refusal
 
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION = REPO / "tests" / "fixtures" / "any_function"
@@ -646,17 +647,22 @@ def _sasl_env(ca_path: Path, password: str) -> dict[str, str]:
             "KAFKA_PRODUCER_SSL_CA_LOCATION": str(ca_path), "KAFKA_RELAY_INIT_PROBE_MS": "1500"}
 
 
-def test_wrong_sasl_credentials_fail_init_with_an_auth_error_naming_the_cause(
-    artifacts: Artifacts,
+@pytest.mark.parametrize("initialization", ["on-demand", "provisioned-concurrency"])
+def test_wrong_sasl_credentials_fail_with_an_auth_error_naming_the_cause(
+    artifacts: Artifacts, initialization: str
 ) -> None:
+    """Provisioned concurrency probes the broker before /next: init fails. On demand the probe
+    runs after /next: the same error ends the first invocation and its environment."""
     with sasl_broker() as sasl:
         sandbox = _sandbox(artifacts, sasl.bootstrap, "secure.events",
-                           _sasl_env(sasl.proxy.ca_path, "wrong"))
-        with sandbox, pytest.raises(SandboxInitError) as caught:
-            sandbox.start()
-    assert caught.value.error_type == "Extension.AuthError"
-    assert "Authentication failed" in str(caught.value)
-    assert "KAFKA_API_KEY" in str(caught.value)
+                           {**_sasl_env(sasl.proxy.ca_path, "wrong"),
+                            "AWS_LAMBDA_INITIALIZATION_TYPE": initialization})
+        with sandbox:
+            phase, error_type, message = refusal(sandbox)
+    assert phase == ("invoke" if initialization == "on-demand" else "init")
+    assert error_type == "Extension.AuthError"
+    assert "Authentication failed" in message
+    assert "KAFKA_API_KEY" in message
 
 
 def test_right_sasl_credentials_deliver_over_sasl_ssl(artifacts: Artifacts) -> None:

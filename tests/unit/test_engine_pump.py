@@ -4,6 +4,7 @@ each record exactly once, and the ledger's invariant holds after every step."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -436,3 +437,73 @@ def test_a_record_larger_than_the_window_goes_at_its_turn_while_a_stalled_broker
     rig.engine.accept(rig.records(1, value=b"s" * (window // 2)))
     rig.step(3)
     assert [len(s.value or b"") for s in rig.producer.sent] == [100, 100, window + 1]
+
+
+class _CountingProducer(FakeProducer):
+    """Counts poll/flush calls; ``held`` stands for what librdkafka holds without a record
+    of ours in flight (a report or client error not handed over yet, a DLQ pointer)."""
+
+    polls = 0
+    held = 0
+
+    def poll(self, timeout: float = 0) -> int:
+        self.polls += 1
+        return super().poll(timeout)
+
+    def __len__(self) -> int:
+        return self.held + super().__len__()
+
+
+def _polls_during(producer: _CountingProducer, seconds: float) -> int:
+    before = producer.polls
+    time.sleep(seconds)
+    return producer.polls - before
+
+
+def test_an_idle_pump_polls_only_while_librdkafka_holds_something_or_the_broker_never_answered(
+        tmp_path: Path) -> None:
+    """No timer once the broker answered and nothing is held: a timed wake fired at every
+    thaw of a frozen environment. Before the broker answered (the init probe waits on client
+    errors) and while librdkafka holds anything, the 50 ms polls that hand its callbacks over
+    go on; records wake the pump as before."""
+    rig = Rig(tmp_path, producer=_CountingProducer)
+    producer = rig.producer
+    assert isinstance(producer, _CountingProducer)
+    pump = rig.engine.pump
+    pump.start()
+    try:
+        assert _polls_during(producer, 0.4) >= 4  # the broker has not answered yet
+        pump.broker_state = BrokerState.UP  # what a probe that got an answer sets
+        time.sleep(0.1)  # a wait begun before ends
+        assert _polls_during(producer, 0.4) == 0
+        producer.held = 1
+        rig.engine.accept(rig.records(1))  # wakes it: from now on it sees what is held
+        assert _polls_during(producer, 0.4) >= 4
+        producer.held = 0
+        time.sleep(0.1)
+        assert _polls_during(producer, 0.4) == 0
+        rig.engine.accept(rig.records(2))
+        deadline = time.monotonic() + 5
+        while rig.counts()["delivered"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rig.counts()["delivered"] == 3
+        assert _polls_during(producer, 0.4) == 0
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+def test_the_per_invocation_ledger_read_agrees_with_the_full_one_without_the_storage_status(
+        tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.engine.accept(rig.records(3))
+    ledger = rig.engine._ledger
+    light, full = ledger.state(storage=False), ledger.state()
+    assert (light.journal, light.overflow) == (None, None)
+    assert full.journal is not None
+    assert full.journal["records"] == 3
+    assert light._replace(journal=None, overflow=None) == full._replace(journal=None,
+                                                                         overflow=None)
+    taken = ledger.state(take_outcomes=True, storage=False).by_request
+    assert taken == {"req-1": {"accepted": 3}}
+    assert ledger.state(take_outcomes=True, storage=False).by_request == {}

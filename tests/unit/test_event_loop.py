@@ -68,6 +68,9 @@ class RecordingListener:
     def observe(self) -> Observed:
         return self.observed
 
+    def stopped(self) -> str | None:
+        return self.observed.stopped
+
     def flush(self, budget_ms: int) -> FlushReport:
         self._call("flush", budget_ms)
         if self.flush_results:

@@ -50,8 +50,8 @@ def test_a_batch_to_read_later_is_read_only_by_a_waiter_that_needs_an_end() -> N
     threading.Timer(0.05, still.mark_done, args=("req-2",)).start()
     assert still.wait("req-2", 2)
     assert reads == []
-    threading.Timer(0.05, signals.mark_later, args=(batch("req-3"),)).start()
     started = time.monotonic()
+    threading.Timer(0.05, signals.mark_later, args=(batch("req-3"),)).start()
     assert signals.wait("req-3", 2)  # no end call: the batches are read, oldest first
     assert time.monotonic() - started >= 0.05
     assert reads == ["req-0,req-1", "req-3"]
@@ -59,6 +59,47 @@ def test_a_batch_to_read_later_is_read_only_by_a_waiter_that_needs_an_end() -> N
     signals.mark_later(batch("req-4"))
     assert signals.wait("req-4", 0), "a waiter that gives up reads what is left first"
     assert not signals.wait("req-5", 0.01)
+
+
+class _CountingCondition(threading.Condition):
+    """Counts the wakes of its waiters: True notified, False timed out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakes: list[bool] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.wakes.append(woken)
+        return woken
+
+
+def test_a_batch_kept_unread_does_not_wake_a_waiter_the_end_call_wakes() -> None:
+    """Telemetry's batch comes at about every thaw, while the loop waits for the client's end
+    call: within READ_AFTER_S (a clock that stands still: always within) it is kept without
+    waking the waiter, which the end call then wakes once."""
+    signals = HandlerSignals(monotonic=lambda: 0.0)
+    cond = signals._cond = _CountingCondition()
+    reads: list[str] = []
+    threading.Timer(0.005, signals.mark_later, args=(lambda: reads.append("batch"),)).start()
+    threading.Timer(0.015, signals.mark_done, args=("req-1",)).start()
+    assert signals.wait("req-1", 2)
+    assert cond.wakes.count(True) == 1  # notified once (other wakes: READ_AFTER_S timers)
+    assert reads == []
+
+
+def test_a_waiter_past_read_after_is_woken_by_a_batch_and_reads_it() -> None:
+    """Without the end call (an undecorated handler), a waiter that has waited READ_AFTER_S
+    reads a batch as it comes: woken by it once, after its timed wakes up to READ_AFTER_S."""
+    signals = HandlerSignals()
+    cond = signals._cond = _CountingCondition()
+    threading.Timer(0.1, signals.mark_later,
+                    args=(lambda: signals.mark_done("req-1"),)).start()
+    started = time.monotonic()
+    assert signals.wait("req-1", 2)
+    assert 0.1 <= time.monotonic() - started < 1.0
+    assert cond.wakes[-1]
+    assert cond.wakes.count(True) == 1
 
 
 def test_batches_kept_unread_are_bounded_oldest_dropped() -> None:

@@ -7,6 +7,7 @@ import http.client
 import itertools
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -168,3 +169,50 @@ def test_batches_go_to_read_later_except_one_with_a_restore_read_at_once() -> No
     for read in later:
         read()
     assert ended == ["a", "b"]
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_client_that_posts_each_batch_on_a_new_connection_gets_each_answered_and_closed(
+        ended: tuple[TelemetryReceiver, list[str]]) -> None:
+    """Once a connection carried one batch and its client closed it at once, every next one
+    is answered with ``Connection: close`` and closed by the receiver (no wake for the
+    client's close)."""
+    receiver, got = ended
+    with _connect(receiver) as sock:
+        sock.sendall(_post(_batch("a")))
+        assert _answers(sock, 1) == [b"HTTP/1.1 200 OK"]
+    time.sleep(0.1)  # the receiver reads the close before the next connection comes
+    for request_id in ("b", "c"):
+        with _connect(receiver) as sock:
+            sock.sendall(_post(_batch(request_id)))
+            answer = _read_to_close(sock)  # the receiver closes it
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert answer.count(b"Connection: close") == 1
+    assert got == ["a", "b", "c"]
+
+
+def test_a_connection_kept_alive_after_its_one_batch_keeps_getting_keep_alive_answers() -> None:
+    """A client that closes its connection only after idling (a kept-alive one timing out) is
+    no client of one batch per connection."""
+    now = [0.0]
+    got: list[str] = []
+    receiver = TelemetryReceiver(lambda request_id, _status: got.append(request_id),
+                                 hosts=("127.0.0.1",), monotonic=lambda: now[0])
+    receiver.start()
+    try:
+        with _connect(receiver) as sock:
+            sock.sendall(_post(_batch("a")))
+            assert _answers(sock, 1) == [b"HTTP/1.1 200 OK"]
+            now[0] += 90.0  # idled out
+        with _connect(receiver) as sock:
+            sock.sendall(_post(_batch("b")) + _post(_batch("c")))
+            assert _answers(sock, 2) == [b"HTTP/1.1 200 OK"] * 2
+    finally:
+        receiver.stop()
+    assert got == ["a", "b", "c"]

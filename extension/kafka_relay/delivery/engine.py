@@ -127,7 +127,7 @@ class DeliveryEngine:
         # What fits of the outage spool back into memory, before newer batches are taken.
         self._refill: Callable[[], int] = (
             (lambda: 0) if overflow is None else functools.partial(refill, self._ledger, overflow))
-        # Public for tests that step it by hand; nothing outside delivery/ touches it.
+        # Public for tests that step it by hand; outside delivery/ only its ``failure`` is read.
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
                          spill=spill.spill, logger=logger, wall_ms=wall_ms,
                          defer_build=defer_producer, on_thaw=on_thaw)
@@ -230,15 +230,15 @@ class DeliveryEngine:
     def flush(self, timeout_s: float, *, retry_now: bool = False) -> FlushResult:
         """Push everything due to Kafka and wait for the outcomes, at most ``timeout_s``.
         ``retry_now`` also sends records still waiting out a retry backoff."""
+        # Nothing owned (a len() read, atomic): no ledger read, no pump wake-up, no flush.
+        if not self._ledger.unsettled and not self._overflow:
+            return FlushResult(0, 0, 0, 0, 0.0)
         start = self._monotonic()
-        before_state = self._ledger.state()
-        if not before_state.pending and not self._overflow:
-            return FlushResult(0, 0, 0, 0, 0.0)  # nothing owned: no pump wake-up, no flush
-        before = before_state.counts
+        before = self._ledger.state(storage=False).counts
         self._ledger.wait_idle(start + max(0.0, timeout_s), now_ms=self._wall_ms,
                                stopped=lambda: self.pump.failure is not None,
                                retry_now=retry_now, more=self._refill)
-        state = self._ledger.state()
+        state = self._ledger.state(storage=False)
         after = state.counts
         return FlushResult(
             delivered=after["delivered"] - before["delivered"],
@@ -296,7 +296,7 @@ class DeliveryEngine:
     def gauge(self, *, take_outcomes: bool = False) -> Gauge:
         """``take_outcomes``: also what changed per request id since the last take
         (``by_request``), taken with the counts so the two agree."""
-        state = self._ledger.state(take_outcomes=take_outcomes)
+        state = self._ledger.state(take_outcomes=take_outcomes, storage=False)
         oldest = state.oldest_accepted_ms
         return Gauge(counts=state.counts, pending=state.pending, pending_bytes=state.pending_bytes,
                      oldest_pending_ms=0 if oldest is None else max(0, self._wall_ms() - oldest),

@@ -128,8 +128,8 @@ class LedgerState(NamedTuple):
     unaccounted: int  # accepted + restored - settled - pending: 0 unless a record was lost
     in_flight: int
     waiting_retry: int
-    journal: dict[str, object]
-    overflow: dict[str, object]
+    journal: dict[str, object] | None  # None: not asked for (``storage=False``)
+    overflow: dict[str, object] | None
     # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
     by_request: dict[str, dict[str, int]]
 
@@ -138,6 +138,10 @@ class LedgerState(NamedTuple):
                 "pending_bytes": self.pending_bytes, "unaccounted": self.unaccounted,
                 "in_flight": self.in_flight, "waiting_retry": self.waiting_retry,
                 "journal": self.journal, "overflow": self.overflow}
+
+
+def _status(storage: Journal | OverflowSpool | None) -> dict[str, object]:
+    return {"enabled": False} if storage is None else storage.status()
 
 
 def _never_fits(records: int, size: int, limits: Limits) -> str:
@@ -332,12 +336,13 @@ class Ledger:
 
     # -- reading and waiting ------------------------------------------------------------
 
-    def state(self, *, take_outcomes: bool = False) -> LedgerState:
-        """A snapshot; ``take_outcomes`` also hands over (and restarts) the per-request
-        tally, in the same lock round as the counts, so the two always agree."""
+    def state(self, *, take_outcomes: bool = False, storage: bool = True) -> LedgerState:
+        """A snapshot; ``take_outcomes`` also hands over (and restarts) the per-request tally
+        in the same lock round, so the two agree. ``storage=False`` (what each invocation
+        reads): without the journal's and spool's status (dicts, the journal's O(records))."""
         with self.cond:
             by_request: dict[str, dict[str, int]] = {}
-            if take_outcomes:
+            if take_outcomes and self._outcomes:
                 by_request, self._outcomes = self._outcomes, {}
             c = self.counts
             settled = c.delivered + c.dead_lettered + c.spilled + c.spooled
@@ -347,10 +352,8 @@ class Ledger:
                 oldest_accepted_ms=None if oldest is None else oldest.accepted_ms,
                 unaccounted=c.accepted + c.restored - settled - len(self._unsettled),
                 in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
-                journal=(self._journal.status() if self._journal is not None
-                         else {"enabled": False}),
-                overflow=(self._overflow.status() if self._overflow is not None
-                          else {"enabled": False}),
+                journal=_status(self._journal) if storage else None,
+                overflow=_status(self._overflow) if storage else None,
                 by_request=by_request)
 
     def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],

@@ -346,8 +346,13 @@ class _Handler(RequestHandler):
                 parsed = {}
             found = parsed.get("request_id") if isinstance(parsed, dict) else None
             request_id = found if isinstance(found, str) else None
-        self.server.state.signals.mark_done(request_id)
-        self._send(200, {"ok": True, "request_id": request_id})
+        # The answer first, then the signal: the loop's thread it wakes then finds the GIL free
+        # sooner. (The client reads the answer only before its next request.)
+        try:
+            self._send_answer(Answer(200, b'{"ok":true,"request_id":%s}' % (
+                json.dumps(request_id).encode()), ()))
+        finally:
+            self.server.state.signals.mark_done(request_id)
 
     def _status(self, body: Body) -> None:
         state = self.server.state

@@ -41,6 +41,7 @@ class HandlerSignals:
         self._anonymous = 0
         self._monotonic = monotonic
         self._unread: deque[Callable[[], None]] = deque(maxlen=_UNREAD)
+        self._reading = 0  # waiters past READ_AFTER_S: they read a batch as it comes
         self.seen_any = False  # an end was ever signalled in this environment
 
     def mark_done(self, request_id: str | None) -> None:
@@ -56,10 +57,13 @@ class HandlerSignals:
 
     def mark_later(self, read: Callable[[], None]) -> None:
         """Kept for a waiter (the oldest dropped past a bound: their requests are long over);
-        one waiting now reads it at once."""
+        one that has waited ``READ_AFTER_S`` reads it at once. One that has not is not woken:
+        it reads what is kept once it has (a batch comes at about every thaw, while the loop
+        waits for the client's end call)."""
         with self._cond:
             self._unread.append(read)
-            self._cond.notify_all()
+            if self._reading:
+                self._cond.notify_all()
 
     def wait(self, request_id: str, timeout_s: float) -> bool:
         """True when the handler of ``request_id`` is known to be done within the timeout."""
@@ -79,5 +83,11 @@ class HandlerSignals:
                 remaining = deadline - now
                 if remaining <= 0:
                     return False
-                self._cond.wait(min(remaining, read_from - now) if self._unread
-                                else remaining)
+                if now < read_from:
+                    self._cond.wait(min(remaining, read_from - now))
+                    continue
+                self._reading += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._reading -= 1

@@ -36,6 +36,10 @@ class Listener(Protocol):
     def observe(self) -> Observed:
         """What the flush policy needs now: pending records, the oldest one's age, progress."""
 
+    def stopped(self) -> str | None:
+        """Why delivery stopped for good, None while it runs (asked after every INVOKE: no
+        look at the engine's counts)."""
+
     def flush(self, budget_ms: int) -> FlushReport:
         """Deliver what is pending within ``budget_ms``."""
 

@@ -239,7 +239,7 @@ class EventLoop:
 
     def _delivery_stopped(self) -> str | None:
         try:
-            return self._listener.observe().stopped
+            return self._listener.stopped()
         except Exception as exc:
             self._log.error("lifecycle.listener_failed", step="observe", error=repr(exc))
             return None

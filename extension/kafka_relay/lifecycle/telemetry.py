@@ -15,6 +15,7 @@ import json
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -36,6 +37,8 @@ _RECV_BYTES = 65536
 MAX_HEAD = 65536  # bytes of a request line and headers
 MAX_BODY = 4 * 1024 * 1024  # a batch is at most buffering.maxBytes (1 MiB) plus framing
 _STOP_S = 2.0
+# A connection closed by Lambda within this of its one answer was used once, not kept alive.
+ONE_SHOT_S = 1.0
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 _CLOSE_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
@@ -54,6 +57,7 @@ class TelemetryReceiver:
         read_later: Callable[[Callable[[], None]], None] | None = None,
         hosts: tuple[str, ...] = _HOSTS,
         port: int = 0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``read_later``: takes a batch's reading (which tells its request ends) to run when
         an end is needed (``EndSignals.mark_later``); without it every batch is read as it
@@ -64,6 +68,12 @@ class TelemetryReceiver:
         self._listener = self._bind(hosts, port)
         self._wake, self._waker = socket.socketpair()
         self._stopping = False
+        self._monotonic = monotonic
+        # A connection carried one request and Lambda closed it at once (not after idling,
+        # as a kept-alive one is): it posts each batch on a new connection, so each is
+        # answered with ``Connection: close`` and closed here, instead of waking once more
+        # for Lambda's close.
+        self._one_per_connection = False
         self._thread = threading.Thread(target=self._serve, name="kafka-relay-telemetry",
                                         daemon=True)
 
@@ -73,6 +83,8 @@ class TelemetryReceiver:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # A connection is taken once its first bytes are in: one wake, not two.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
                 sock.bind((host, port))
                 sock.listen(_BACKLOG)
             except OSError as exc:  # socket.gaierror too: the name does not resolve here
@@ -123,9 +135,16 @@ class TelemetryReceiver:
 
     def _accept(self, selector: selectors.BaseSelector, peers: dict[socket.socket, _Peer]
                 ) -> None:
+        """Take a connection and serve what it sent; keep it (watched) only if it stays open.
+        Its first request is in already (``TCP_DEFER_ACCEPT``): a connection Lambda uses once
+        costs no registration, no mode change, no second wake."""
         try:
             sock, _ = self._listener.accept()
         except OSError:  # gone before we took it, or out of descriptors for now
+            return
+        peer = _Peer(sock)
+        if not self._serve_peer(peer):
+            sock.close()
             return
         sock.setblocking(False)
         if len(peers) >= _MAX_PEERS:  # the oldest first: Lambda keeps at most a few
@@ -133,36 +152,54 @@ class TelemetryReceiver:
             selector.unregister(oldest)
             del peers[oldest]
             oldest.close()
-        peers[sock] = _Peer(sock)
+        peers[sock] = peer
         selector.register(sock, selectors.EVENT_READ)
 
     def _serve_peer(self, peer: _Peer) -> bool:
-        """Read what arrived and answer every complete request; False: close it."""
-        try:
-            data = peer.sock.recv(_RECV_BYTES)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        if not data:
-            return False
-        peer.buffer += data
-        try:
-            while (request := peer.take()) is not None:
-                body, close = request
-                if self._read_later is None or _RESTORE_BYTES in body:
-                    self.receive(body)
-                else:
-                    self._read_later(functools.partial(self.receive, body))
-                peer.sock.sendall(_CLOSE_OK if close else _OK)
-                if close:
+        """Read what arrived and answer every complete request; False: close it. A request
+        still incomplete is read once more before waiting: a client that sends its body
+        behind its head (Python's ``http.client``) has usually sent it by then."""
+        for _ in range(2):
+            try:
+                data = peer.sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)  # blocking until kept
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                self._one_per_connection = (
+                    peer.served == 1 and self._monotonic() - peer.answered < ONE_SHOT_S)
+                return False
+            peer.buffer += data
+            try:
+                if not self._answer(peer):
                     return False
-        except BadRequest as exc:
-            with contextlib.suppress(OSError):
-                peer.sock.sendall(exc.answer())
-            return False
-        except OSError:
-            return False
+            except BadRequest as exc:
+                with contextlib.suppress(OSError):
+                    peer.sock.sendall(exc.answer())
+                return False
+            except OSError:
+                return False
+            if not peer.buffer:
+                return True
+        return True
+
+    def _answer(self, peer: _Peer) -> bool:
+        """Answer every complete request in ``peer``'s buffer; False: close the connection."""
+        while (request := peer.take()) is not None:
+            body, close = request
+            peer.served += 1
+            if peer.served > 1:
+                self._one_per_connection = False
+            if self._read_later is None or _RESTORE_BYTES in body:
+                self.receive(body)
+            else:
+                self._read_later(functools.partial(self.receive, body))
+            close = close or self._one_per_connection
+            peer.sock.sendall(_CLOSE_OK if close else _OK)
+            peer.answered = self._monotonic()
+            if close:
+                return False
         return True
 
     def receive(self, body: bytes) -> None:
@@ -212,11 +249,13 @@ class _Peer:
     """One connection's bytes so far, cut into requests: HTTP/1.1 with a Content-Length or
     chunked body, keep-alive by version and ``Connection``, ``Expect: 100-continue``."""
 
-    __slots__ = ("_continued", "buffer", "sock")
+    __slots__ = ("_continued", "answered", "buffer", "served", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        self.served = 0  # requests answered
+        self.answered = 0.0  # when the last one was (monotonic)
         self._continued = False
 
     def take(self) -> tuple[bytes, bool] | None:

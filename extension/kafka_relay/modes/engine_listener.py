@@ -119,6 +119,9 @@ class EngineListener:
                         settled=gauge.reached_kafka,
                         broker_up=gauge.broker_state is BrokerState.UP, stopped=gauge.failure)
 
+    def stopped(self) -> str | None:
+        return self._engine.pump.failure
+
     def flush(self, budget_ms: int) -> FlushReport:
         """Flush in slices; stop once nothing has settled for ``STALL_S`` (before the first
         delivery ``FIRST_CONTACT_STALL_S``, while connection attempts fail ``GONE_STALL_S``)
