@@ -11,8 +11,9 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from kafka_relay.delivery.ledger import BufferFull, Limits
-from kafka_relay.delivery.pump import in_flight_window
+from kafka_relay.delivery.queue import in_flight_window
 from kafka_relay.protocol import BrokerState
+from kafka_relay.record import Record
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.unit.engine_fakes import FakeProducer, Rig, Sent, error_for
 
@@ -286,9 +287,8 @@ def test_a_produce_call_that_raises_dead_letters_that_record_and_the_pump_goes_o
     rig = Rig(tmp_path)
     rig.producer.raise_on_produce = (
         lambda sent: error if sent.topic == "t" and sent.key == b"poison" else None)
-    poison, *good = rig.records(3)
-    poison.key = b"poison"
-    rig.engine.accept([poison, *good])
+    poison = Record(id="r0", topic="t", key=b"poison", value=b"v", request_id="req-1")
+    rig.engine.accept([poison, *rig.records(2)])
     rig.step(2)
     rig.assert_accounted()
     counts = rig.counts()

@@ -27,6 +27,7 @@ from kafka_relay.delivery.outage import refill, spill_parked
 from kafka_relay.delivery.overflow import OverflowSpool, free_space
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.delivery.reachability import Reachability
+from kafka_relay.delivery.recovery import recover_journal, release_journal
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
@@ -116,6 +117,7 @@ class DeliveryEngine:
         journal = Journal(config.journal_dir, logger) if config.journal else None
         if journal is not None:
             journal.open()
+        self._journal = journal
         overflow = (OverflowSpool(config.spool_dir / "overflow", plan.spool, logger)
                     if plan.spool.bytes > 0 else None)
         self._overflow = overflow
@@ -143,11 +145,11 @@ class DeliveryEngine:
         """Stop without draining (tests; an init that fails): the journal stays for the next
         init, as a killed process leaves it."""
         self.pump.stop()
-        self._ledger.release_journal(clean=False)
+        release_journal(self._ledger, self._journal, clean=False)
 
     def recover_journal(self) -> int:
         """Own again what a dead predecessor journaled; the records restored."""
-        recovery = self._ledger.recover_journal(self._spill.spill)
+        recovery = recover_journal(self._ledger, self._journal, self._spill.spill)
         if recovery is None:
             return 0
         if recovery.files:
@@ -275,7 +277,8 @@ class DeliveryEngine:
                                  "spilled: set KAFKA_RELAY_SPILL_BUCKET, or lower "
                                  "KAFKA_RELAY_SPOOL_MAX_BYTES")
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
-        self._ledger.release_journal(clean=True)  # everything settled: leave nothing behind
+        # Everything settled: leave nothing behind.
+        release_journal(self._ledger, self._journal, clean=True)
         state = self._ledger.state()
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,

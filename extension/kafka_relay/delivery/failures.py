@@ -68,6 +68,7 @@ class Failures:
         if action in (Action.REQUEUE, Action.REBUILD):
             queue.push(record)  # a rebuilt producer sends it again
         elif action is Action.RETRY:
+            self._ledger.resident.drop((record,))  # waits: its bytes are in the journal
             queue.schedule(record, self._wall_ms() + decision.delay_ms)
         elif action is Action.DEAD_LETTER:
             record.dlq_error = decision.reason
@@ -90,6 +91,10 @@ class Failures:
         with self._ledger.cond:
             waiting, self._queue.to_spill = self._queue.to_spill, []
             oversize, self._queue.oversize = self._queue.oversize, []
+            if waiting or oversize:  # their bytes back if dropped in flight (or given up)
+                kept = {r.id for r in self._ledger.warm([r for r, _ in waiting] + oversize)}
+                waiting = [(r, later) for r, later in waiting if r.id in kept]
+                oversize = [r for r in oversize if r.id in kept]
         for retry_later in (True, False):
             group = [r for r, later in waiting if later is retry_later]
             if group:

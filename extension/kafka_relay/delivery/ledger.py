@@ -2,12 +2,15 @@
 
 It owns the unsettled records and their bytes, the send queue, the journal, the
 counts and the ``wait=delivered`` watches, and the one condition variable that
-guards them all (the pump waits on it too). Waiting for outcomes, for idleness and
-recovering or releasing the journal are its methods: nobody else takes its lock for
-them. With a journal, every batch it takes is journaled before it is owned (before
-the 202), and every settlement tells it; a batch it cannot journal is refused. With an
-outage spool (delivery/overflow.py), a batch that does not fit in memory waits there, in
-order, and comes back as memory frees up (delivery/outage.py).
+guards them all (the pump waits on it too). Waiting for outcomes and for idleness are its
+methods; recovering and releasing the journal (delivery/recovery.py) and moving the outage
+spool (delivery/outage.py) take its lock like them. With a journal, every batch it takes is
+journaled before it is owned (before the 202), and every settlement tells it; a batch it
+cannot journal is refused. Which records keep their key and value in memory meanwhile is
+``resident``'s (delivery/resident.py); ``warm`` reads them back for whoever hands records on
+and gives up, loudly, any whose bytes are gone. With an outage spool
+(delivery/overflow.py), a batch that does not fit in memory waits there, in order, and
+comes back as memory frees up (delivery/outage.py).
 The invariant it keeps:
 accepted + restored == delivered + dead_lettered + spilled + spooled + pending.
 It also tallies these counts per request id (the records' own, the invocation that
@@ -20,9 +23,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal, JournalUnwritable, encode
+from kafka_relay.delivery.journal import Journal, JournalUnwritable, encode_batch
 from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
-from kafka_relay.delivery.queue import SendQueue
+from kafka_relay.delivery.queue import SendQueue, in_flight_window
+from kafka_relay.delivery.resident import Resident
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
@@ -116,15 +120,6 @@ class Watch:
         return self.ledger.wait_settled(self, timeout_s)
 
 
-class Recovery(NamedTuple):
-    """What ``recover_journal`` took back from a dead predecessor."""
-
-    records: int  # restored (counted ``restored``)
-    files: int
-    recovered: int  # how many times these records have now come back
-    spilled: int  # came back too often: spilled instead of sent again
-
-
 class LedgerState(NamedTuple):
     counts: dict[str, int]
     pending: int
@@ -174,6 +169,7 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
+        self.resident = Resident(journal, in_flight_window(limits.bytes), logger)
         self._overflow = overflow
         self._log = logger
         # Per request id since the last state(take_outcomes=True): count name -> records.
@@ -187,7 +183,8 @@ class Ledger:
         size = sum([r.size for r in records])
         ids = [r.id for r in records]
         journal, overflow = self._journal, self._overflow
-        frame = encode(records) if journal is not None or overflow is not None else None
+        frame = (encode_batch(records, size) if journal is not None or overflow is not None
+                 else None)
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed, Refusal.CLOSED)
@@ -215,6 +212,7 @@ class Ledger:
                         "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
                 if frame is not None and journal is not None:
                     journal.append(ids, frame)
+                    self.resident.drop_waiting(records, size, self._bytes)
             except (SpoolFull, JournalUnwritable) as exc:
                 self.counts.rejected += len(records)
                 raise BufferFull(self._retry_after_ms, str(exc), Refusal.STORAGE) from exc
@@ -238,12 +236,14 @@ class Ledger:
         they are journaled again and get a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
+            size = sum([r.size for r in fresh])
             if self._journal is not None:  # owned even when it cannot write (logged once)
                 with contextlib.suppress(JournalUnwritable):
-                    self._journal.append([r.id for r in fresh], encode(fresh),
+                    self._journal.append([r.id for r in fresh], encode_batch(fresh, size),
                                          recovered=recovered)
+                    self.resident.drop_waiting(fresh, size, self._bytes)
             self._unsettled.update((r.id, r) for r in fresh)
-            self._bytes += sum([r.size for r in fresh])
+            self._bytes += size
             self.queue.push_all(fresh)
             self.counts.restored += len(fresh)
             # Per request, a crashed predecessor's records are "recovered": that environment
@@ -262,6 +262,25 @@ class Ledger:
             self._closed = self._closed or why
 
     # -- records out ---------------------------------------------------------------------
+
+    def warm(self, records: list[Record], *, taken: bool = False) -> list[Record]:
+        """Under the lock: ``records`` with their keys and values (read back where dropped),
+        less those whose bytes cannot be read back: given up, without an outcome (counted in
+        ``unaccounted``). ``taken``: they had left the queue."""
+        problems = self.resident.read_back(records, self._unsettled)
+        if not problems:
+            return records
+        pop = self._unsettled.pop
+        gone = [r for r in records if r.id in problems and pop(r.id, None) is not None]
+        for record in gone:
+            self._watches.pop(record.id, None)
+        self._bytes -= sum([r.size for r in gone])
+        if self._journal is not None:
+            self._journal.settled([r.id for r in gone])
+        if taken:
+            self.queue.done(gone)
+        self.cond.notify_all()
+        return [r for r in records if r.id not in problems]
 
     @property
     def unsettled(self) -> Mapping[str, Record]:
@@ -303,7 +322,8 @@ class Ledger:
         """Spill everything unsettled. A late delivery report of one of them is a duplicate
         under the same x-relay-id, never a second count."""
         with self.cond:
-            records = list(self._unsettled.values())
+            self.resident.dropping = False  # spilled outside the lock: their bytes stay
+            records = self.warm(list(self._unsettled.values()))
         if records:
             self.settle_spilled(records, spill(records, reason=reason, retry_later=False))
         return len(records)
@@ -313,39 +333,6 @@ class Ledger:
         with self.cond:
             self.queue.requeue_missing(self._unsettled.values())
             self.cond.notify_all()
-
-    # -- journal -----------------------------------------------------------------------
-
-    def recover_journal(self, spill: Spill) -> Recovery | None:
-        """Own again the records a dead predecessor journaled (counted ``restored``, same
-        ids); None without a journal. Records that came back ``MAX_RECOVERIES`` times
-        without settling are spilled instead: a record that kills the process must not kill
-        every next one too."""
-        with self.cond:
-            journal = self._journal
-            if journal is None or not journal.enabled:
-                return None
-            left = journal.leftovers()
-            restored = self.restore(left.records, recovered=left.recovered + 1)
-            if journal.enabled:  # their records are journaled again: the old files can go
-                journal.discard(left.files)
-        spilled = 0
-        if restored and left.recovered >= MAX_RECOVERIES:
-            records = [r for r in left.records if r.id in self._unsettled]
-            self.settle_spilled(records, spill(
-                records, retry_later=False,
-                reason=f"restored from the journal {left.recovered} times and the extension "
-                       "died each time before they settled"))
-            spilled = len(records)
-        return Recovery(restored, len(left.files), left.recovered + 1, spilled)
-
-    def release_journal(self, *, clean: bool) -> None:
-        """Stop journaling. ``clean``: remove it when nothing is unsettled (a drain that
-        settled everything); otherwise it stays for the next init, as a killed process
-        leaves it."""
-        with self.cond:
-            if self._journal is not None:
-                self._journal.release(remove=clean and not self._unsettled)
 
     # -- reading and waiting ------------------------------------------------------------
 

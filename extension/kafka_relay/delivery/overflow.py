@@ -20,10 +20,10 @@ when SHUTDOWN cannot spill it). Past a limit a batch is refused with 507, saying
 without it).
 
 Files: ``kafka-relay-overflow-<seq>.bin`` under ``<KAFKA_RELAY_SPOOL_DIR>/overflow``, each one
-batch in the journal's frame format, written to ``*.partial`` and renamed, so a kill never
-leaves half a file to read back. They outlive a killed extension (Lambda keeps ``/tmp`` on
-a reset) and the next init carries on from them. Not thread-safe: it is used under the
-ledger's lock (delivery/ledger.py, delivery/outage.py).
+batch in the journal's frame format (one frame, or several for a large batch), written to
+``*.partial`` and renamed, so a kill never leaves half a file to read back. They outlive a
+killed extension (Lambda keeps ``/tmp`` on a reset) and the next init carries on from them.
+Not thread-safe: it is used under the ledger's lock (delivery/ledger.py, delivery/outage.py).
 """
 
 import contextlib
@@ -32,7 +32,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from kafka_relay.delivery.journal import decode
+from kafka_relay.delivery.journal import Frames, decode, frame_payloads
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 from kafka_relay.spill.sinks import quarantine
@@ -118,11 +118,10 @@ class OverflowSpool:
         """What waits here: (batches, records, file bytes)."""
         return len(self._files), self.records, self.bytes
 
-    def put(self, count: int, frame: tuple[bytes, bytes]) -> Path:
-        """Park one batch of ``count`` records (``frame``: the journal's ``encode`` of it),
-        all of it, or raise SpoolFull saying why."""
-        head, payload = frame
-        size = len(head) + len(payload)
+    def put(self, count: int, frames: Frames) -> Path:
+        """Park one batch of ``count`` records (``frames``: the journal's ``encode_batch`` of
+        it), all of it, or raise SpoolFull saying why."""
+        size = sum(len(part) for part in frames.parts)
         full = self._full(count, size)
         if full is not None:
             raise SpoolFull(f"the memory buffer is full and the disk spool is at its limit "
@@ -134,8 +133,7 @@ class OverflowSpool:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with partial.open("wb") as out:
-                out.write(head)
-                out.write(payload)
+                out.writelines(frames.parts)
             os.replace(partial, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -201,7 +199,10 @@ def _read(path: Path) -> list[Record]:
     data = path.read_bytes()
     if len(data) < 8 or data[:4] != b"KRJ1":
         raise ValueError("not a kafka-relay overflow file")
-    length = int.from_bytes(data[4:8], "little")
-    if 8 + length != len(data):
-        raise ValueError(f"{len(data)} bytes, its frame says {8 + length}")
-    return decode(data[8:])
+    records: list[Record] = []
+    end = 0
+    for start, end in frame_payloads(data):
+        records += decode(data[start:end])
+    if end != len(data):
+        raise ValueError(f"{len(data)} bytes, its frames end at byte {end}")
+    return records

@@ -32,20 +32,6 @@ from kafka_relay.protocol import BrokerState, Outcome
 from kafka_relay.record import Record
 
 PRODUCE_BATCH = 2_000
-# What librdkafka may hold at once (the ledger keeps its own copy until the report), as a
-# share of the buffer: librdkafka's resident memory grows ~3 bytes per byte in flight (the
-# message, its produce request, compression), so past this records wait in the ledger only
-# and a stalled broker does not double the memory of everything pending. An eighth of the
-# 256 MB default buffer (~250 KB) still carries ~10 MB/s at a 20 ms RTT, more than 0.145
-# vCPU hands over; 1,769 MB gets ~1.7 MB.
-MIN_IN_FLIGHT_BYTES = 128 * 1024
-MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
-
-
-def in_flight_window(buffer_bytes: int) -> int:
-    """The bytes librdkafka may hold at once, for a buffer of ``buffer_bytes``."""
-    return max(MIN_IN_FLIGHT_BYTES, min(MAX_IN_FLIGHT_BYTES, buffer_bytes // 8))
-
 
 # librdkafka serves its callbacks (delivery reports, client errors, OAUTHBEARER refreshes)
 # only inside poll(): an idle pump polls this often while it may have some to serve.
@@ -110,7 +96,6 @@ class Pump:
         self.last_error: str | None = None
         self.failure: str | None = None  # why the pump stopped for good
         self._deferred = defer_build
-        self._window = in_flight_window(ledger.limits.bytes)
         self._reports = _Reports()
         # A record's delivery callback: one C call per record, no closure.
         self._report_of = functools.partial(functools.partial, self._reports.note)
@@ -167,11 +152,16 @@ class Pump:
         if thawed and self._on_thaw is not None:
             self._on_thaw(self.producer)
         with self._ledger.cond:
-            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH, self._window)
+            batch = self._queue.take_due(self._wall_ms(), PRODUCE_BATCH,
+                                         self._ledger.resident.window)
+            if batch:  # with their keys and values (read back where they were dropped)
+                batch = self._ledger.warm(batch, taken=True)
             flushing = self._queue.flush_requests > 0
             in_flight = self._queue.in_flight
         if batch:
             self._produce_batch(batch)
+            with self._ledger.cond:  # librdkafka holds their bytes now, until the report
+                self._ledger.resident.drop(batch)
         try:
             if flushing:
                 self.producer.flush(0.005)

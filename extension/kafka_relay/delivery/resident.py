@@ -1,0 +1,100 @@
+"""Which pending records keep their key and value in the process, and getting them back.
+
+With the crash journal on, every accepted byte is in ``/tmp`` already (delivery/journal.py),
+so a record's key and value stay in memory only while it is about to be handed to
+librdkafka: records past the first in-flight window of pending bytes (``drop_waiting``),
+records librdkafka took (it holds its own copy until the report) and records waiting out a
+retry backoff (``drop``) keep neither, and ``read_back`` puts them back from the journal
+(one ``pread`` per run of contiguous frames: page cache, not the process's memory) for
+whoever hands a record on: the pump, routing's spills, SHUTDOWN's spill, a restore spilled
+for coming back too often. A dropped record is told by its ``size``, which stays: key and
+value both ``None`` while ``size`` counts key or value bytes.
+
+A read-back that fails (a file truncated by someone else, an I/O error, bytes not as
+written) is loud: ``records.lost`` names the ids, the ledger gives those records up (counted
+in ``unaccounted``), and from then on nothing more is dropped. Without a journal nothing is
+ever dropped. Not thread-safe: used under the ledger's lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from kafka_relay.delivery.journal import Journal
+from kafka_relay.observability.log import JsonLogger
+from kafka_relay.record import Record
+
+_HINT = ("their bytes could not be read back from the crash journal (KAFKA_RELAY_JOURNAL_DIR): "
+         "check that nothing else writes or truncates files there and that the disk is "
+         "healthy; from now on records wait in memory")
+
+
+def payload_bytes(record: Record) -> int:
+    """Its key and value bytes, from ``size`` (which stays when they are dropped)."""
+    if not record.headers:
+        return record.size
+    return record.size - sum(len(k) + len(v) for k, v in record.headers)
+
+
+class Resident:
+    def __init__(self, journal: Journal | None, window: int,
+                 logger: JsonLogger | None = None) -> None:
+        self.window = window  # what the pump may have in flight (delivery/queue.py)
+        self._journal = journal
+        self._log = logger
+        # Cleared when a read-back failed, or when everything unsettled is being spilled
+        # (outside the lock: nothing may drop their bytes then).
+        self.dropping = journal is not None
+
+    def drop_waiting(self, records: Sequence[Record], size: int, pending_bytes: int) -> None:
+        """``records`` (of ``size`` bytes) were just journaled with ``pending_bytes`` already
+        pending: those past the first window keep no key or value."""
+        room = self.window - pending_bytes
+        if size <= room or not self.dropping:
+            return
+        for record in records:
+            room -= record.size
+            if room < 0 and payload_bytes(record):
+                record.key = record.value = None
+
+    def drop(self, records: Iterable[Record]) -> None:
+        """Handed to librdkafka, or waiting out a backoff: the journaled ones' keys and
+        values go (per record: kept to a few attribute reads)."""
+        if not self.dropping or self._journal is None:
+            return
+        journaled = self._journal.journaled
+        for record in records:
+            if record.id in journaled and (
+                    record.size if not record.headers else payload_bytes(record)):
+                record.key = record.value = None
+
+    def read_back(self, records: Iterable[Record], owned: Mapping[str, Record]
+                  ) -> dict[str, str]:
+        """The key and value back into each of ``records`` (those still ``owned``) that was
+        dropped; why not, by id, for the ones whose bytes cannot be read back (or come back
+        at another size), logged."""
+        if self._journal is None:  # nothing was dropped
+            return {}
+        cold = [r for r in records if r.value is None and r.key is None and r.id in owned
+                and (r.size if not r.headers else payload_bytes(r))]
+        if not cold:
+            return {}
+        found, problems = self._journal.read_back([r.id for r in cold])
+        for record in cold:  # per record: kept to lookups and attribute writes
+            pair = found.get(record.id)
+            if pair is None or record.id in problems:
+                problems.setdefault(record.id, "not in the journal")
+                continue
+            key, value = pair
+            if ((0 if key is None else len(key)) + (0 if value is None else len(value))
+                    != (record.size if not record.headers else payload_bytes(record))):
+                problems[record.id] = "read back at another size than it was accepted"
+                continue
+            record.key = key
+            record.value = value
+        if problems:
+            self.dropping = False
+            if self._log is not None:
+                self._log.error("records.lost", records=len(problems), ids=[*problems][:50],
+                                errors=sorted(set(problems.values())), hint=_HINT)
+        return problems
