@@ -15,7 +15,7 @@ through confluent-kafka's Producer):
                decodes and validates with the handoff's own ``records_from_body`` and hands
                the Records to the engine; the ring is the journal (``KAFKA_RELAY_JOURNAL``
                off); the consumed offset moves at a flush here
-  ring         the ring file and a lean Python relay: ``protocol.decode_frames`` over the
+  ring         the ring file and a lean Python relay: ``ring.decode_frames`` over the
                mapped body (memoryview slices), the schema's field rules, ``produce()`` per
                record with an x-relay-id header, one delivery counter per body, the consumed
                offset moved as bodies settle
@@ -171,23 +171,23 @@ class _Taker:
 class _PythonTaker(_Taker):
     def __init__(self, ring_file: ring.Ring, producer: Any, topic: str) -> None:
         from kafka_relay.handoff import schema  # noqa: PLC0415 - the relay process only
-        from kafka_relay.protocol import ID_HEADER, decode_frames  # noqa: PLC0415
+        from kafka_relay.protocol import ID_HEADER  # noqa: PLC0415
         from kafka_relay.record import IdSource  # noqa: PLC0415
 
         super().__init__(ring_file, producer)
         self.topic = topic
         self.readonly = ring_file.view.toreadonly()
-        self.decode = decode_frames
+        self.decode = ring.decode_frames
         self.schema = schema
         self.id_header = ID_HEADER
-        self.new_id = IdSource().next
+        self.new_ids = IdSource().take
 
     def accept(self, position: int, length: int, end: int) -> Callable[[], None]:
         schema = self.schema
         start = ring.HEADER + position % self.ring.capacity + 4
         try:
             # decode_frames reads any buffer; over a view its fields are views too.
-            frames = self.decode(self.readonly[start:start + length])  # type: ignore[arg-type]
+            frames = self.decode(self.readonly[start:start + length])
         except ValueError as exc:  # a FrameError, naming the record
             raise Refused(str(exc)) from None
         if not frames:
@@ -207,10 +207,10 @@ class _PythonTaker(_Taker):
         self.bodies.append((end, counter))
 
         def produce() -> None:
-            send, new_id, id_header, default = (self.producer.produce, self.new_id,
-                                                self.id_header, self.topic)
-            for topic, key, value, headers, timestamp in frames:
-                record_headers = [(id_header, new_id().encode())]
+            send, id_header, default = self.producer.produce, self.id_header, self.topic
+            for (topic, key, value, headers, timestamp), record_id in zip(
+                    frames, self.new_ids(len(frames)), strict=True):
+                record_headers = [(id_header, record_id.encode())]
                 if headers:
                     record_headers[:0] = [(bytes(n).decode(), bytes(v)) for n, v in headers]
                 while True:
@@ -322,7 +322,7 @@ class _EngineTaker(_Taker):
             # Records hold bytes (produce() takes no memoryview): one copy of the body.
             records = self.records_from_body(
                 bytes(self.ring.body(position, length)), self.frames_type,
-                default_topic=config.default_topic, new_id=self.ids.next, request_id=None,
+                default_topic=config.default_topic, new_ids=self.ids.take, request_id=None,
                 now_ms=int(time.time() * 1000))
             self.parts.engine.accept(records)
         except self.refusals as exc:
@@ -723,7 +723,7 @@ def micro(module: accel.Accel, bootstrap: str, topic: str, *, count: int = 100,
     other work on the machine only adds time) of the steps the accelerator replaces, and of
     ``produce()`` itself (librdkafka's threads not counted)."""
     from kafka_relay.handoff.schema import records_from_body  # noqa: PLC0415
-    from kafka_relay.protocol import FRAMES_TYPE, _chunks, decode_frames, encode_frames  # noqa: PLC0415
+    from kafka_relay.protocol import FRAMES_TYPE, _chunks, encode_frames  # noqa: PLC0415
     from kafka_relay.record import IdSource  # noqa: PLC0415
 
     records = workload(0, count, size)
@@ -745,9 +745,9 @@ def micro(module: accel.Accel, bootstrap: str, topic: str, *, count: int = 100,
             value_bytes(r["value"]) for r in records],
         "encode_frames (Python: the client today)": lambda: encode_frames(records),
         "encode (C)": lambda: module.encode(records, _chunks),
-        "decode_frames (Python)": lambda: decode_frames(body),
+        "decode_frames (Python, the lean relay)": lambda: ring.decode_frames(body),
         "decode + validate + Records (the handoff today)": lambda: records_from_body(
-            body, FRAMES_TYPE, default_topic="t", new_id=ids.next, request_id=None, now_ms=0),
+            body, FRAMES_TYPE, default_topic="t", new_ids=ids.take, request_id=None, now_ms=0),
         "check (C: decode + validate)": lambda: module.check(body, True),
         "produce(): key and value only": produce_bare,
         "produce_all (C): + x-relay-id header, callback": produce_relayed,

@@ -26,6 +26,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 MAGIC = b"KRR1"
 VERSION = 1
@@ -195,3 +196,52 @@ def relay_socket(path: str) -> socket.socket:
     listener.bind(path)
     listener.listen(1)
     return listener
+
+
+Frame = tuple[Any, Any, Any, tuple[tuple[Any, Any], ...], "int | None"]
+
+
+def decode_frames(body: Any) -> list[Frame]:
+    """The lean relay's reader: a framed body's (topic, key, value, headers, timestamp) as
+    slices of ``body`` (views over a view), lengths checked before any slice; ValueError
+    names the record. The layer's own reader (``handoff.schema.framed_records``) builds
+    ``Record``s instead, with every field rule."""
+    from kafka_relay import protocol as p  # noqa: PLC0415 - the relay process only
+
+    size = len(body)
+    if size < p.FRAMES_HEAD.size:
+        raise ValueError("a framed body needs its header")
+    magic, count = p.FRAMES_HEAD.unpack_from(body, 0)
+    if magic != p.FRAMES_MAGIC or count > (size - p.FRAMES_HEAD.size) // p.FRAME_RECORD.size:
+        raise ValueError("not a framed body, or it announces more records than it holds")
+    frames: list[Frame] = []
+    pos, fixed = p.FRAMES_HEAD.size, p.FRAME_RECORD.size
+    for index in range(count):
+        if pos + fixed > size:
+            raise ValueError(f"record {index}: truncated")
+        flags, topic_len, key_len, value_len, header_count, timestamp = (
+            p.FRAME_RECORD.unpack_from(body, pos))
+        start = pos + fixed
+        key_at, value_at = start + topic_len, start + topic_len + key_len
+        pos = value_end = value_at + value_len
+        if pos > size or (flags & ~0x0F) or (key_len and not flags & p.FLAG_KEY) or (
+                value_len and flags & p.FLAG_VALUE_NULL) or (
+                topic_len and not flags & p.FLAG_TOPIC):
+            raise ValueError(f"record {index}: lengths or flags do not fit the body")
+        headers = []
+        for _ in range(header_count):
+            if pos + p.FRAME_HEADER.size > size:
+                raise ValueError(f"record {index}: truncated header")
+            name_len, header_len = p.FRAME_HEADER.unpack_from(body, pos)
+            name_at = pos + p.FRAME_HEADER.size
+            pos = name_at + name_len + header_len
+            if pos > size:
+                raise ValueError(f"record {index}: a header passes the end of the body")
+            headers.append((body[name_at:name_at + name_len], body[name_at + name_len:pos]))
+        frames.append((body[start:key_at] if flags & p.FLAG_TOPIC else None,
+                       body[key_at:value_at] if flags & p.FLAG_KEY else None,
+                       None if flags & p.FLAG_VALUE_NULL else body[value_at:value_end],
+                       tuple(headers), timestamp if flags & p.FLAG_TIMESTAMP else None))
+    if pos != size:
+        raise ValueError("bytes after the last record")
+    return frames

@@ -90,7 +90,7 @@ def _body(frames: list[tuple[int, bytes, bool, bytes, bytes, list[tuple[bytes, b
 def _python(body: bytes) -> list[tuple[Any, ...]] | None:
     try:
         records = records_from_body(body, FRAMES_TYPE, default_topic="default",
-                                    new_id=IdSource("x").next, request_id=None, now_ms=0)
+                                    new_ids=IdSource("x").take, request_id=None, now_ms=0)
     except InvalidRequest:
         return None
     return [(r.topic, r.key, r.value, list(r.headers), r.timestamp_ms or 0) for r in records]

@@ -33,7 +33,7 @@ class Answer(NamedTuple):
 class _Entry:
     __slots__ = ("_running", "answer", "born", "fingerprint")
 
-    def __init__(self, fingerprint: Fingerprint, born: float) -> None:
+    def __init__(self, fingerprint: "Fingerprint", born: float) -> None:
         self.fingerprint = fingerprint
         self.born = born
         # Held until the first request is answered: one per request, and a lock costs a
