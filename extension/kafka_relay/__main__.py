@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from kafka_relay.prepare import Prepared
 
 _STARTED = time.perf_counter()
+# After an error reported past /next, how long the process (and its bound handoff port)
+# outlives the report: Lambda resets the environment meanwhile.
+EXIT_HOLD_S = 2.0
 _DEFAULT_NAME = "kafka-relay"  # config.EXTENSION_NAME, not imported before registering
 
 
@@ -97,6 +100,11 @@ def main(argv: list[str], env: Mapping[str, str], stream: TextIO) -> int:
         # After /next, init is over for Lambda: the same error ends the environment instead.
         report = api.exit_error if after_ready else api.init_error
         report(exc.lambda_error_type, str(exc))
+        if after_ready:
+            # The handoff port stays bound while Lambda resets the environment: a handler's
+            # records wait in its backlog, so the invocation fails with this error, not
+            # with a refused connection that would race it.
+            time.sleep(EXIT_HOLD_S)
         return 1
 
     try:

@@ -17,7 +17,8 @@ class Refusal(NamedTuple):
 def refusal(sandbox: Sandbox) -> Refusal:
     """Start ``sandbox`` and invoke it once. The extension probes the broker before its first
     /next (an init error) or, on demand, after it: the first invocation then fails with the
-    extension's exit error and the environment is reset."""
+    extension's exit error and the environment is reset (or, when the probe failed before
+    the runtime finished its own init, init still fails)."""
     try:
         sandbox.start()
     except SandboxInitError as exc:

@@ -79,7 +79,8 @@ def test_msk_iam_tokens_signed_with_the_role_deliver_through_tls(
 @pytest.mark.parametrize("case", ["tampered", "expired"])
 def test_a_refused_token_fails_with_what_the_role_needs(
         artifacts: Artifacts, case: str) -> None:
-    """The broker refuses the token after /next (on demand): the first invocation fails."""
+    """The broker refuses the token after /next (on demand): the first invocation fails (init,
+    when the refusal came before the runtime finished its own init)."""
     if case == "tampered":  # the front knows another secret for the key: the signature differs
         verifier = MskIamVerifier(REGION, {"ASIAROLEKEY": KnownKey("another-secret",
                                                                    "role-session-token")})
@@ -90,7 +91,8 @@ def test_a_refused_token_fails_with_what_the_role_needs(
         with _sandbox(artifacts, iam, topic, **ROLE) as sandbox:
             phase, error_type, message = refusal(sandbox)
 
-    assert (phase, error_type) == ("invoke", "Extension.AuthError")
+    assert phase in ("init", "invoke")
+    assert error_type == "Extension.AuthError"
     reason = "signature does not match" if case == "tampered" else "token expired"
     assert reason in message
     assert "KAFKA_AUTH=msk-iam" in message

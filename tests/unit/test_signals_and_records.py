@@ -95,9 +95,9 @@ def test_a_waiter_past_read_after_is_woken_by_a_batch_and_reads_it() -> None:
     reads a batch as it comes: woken by it once, after its timed wakes up to READ_AFTER_S."""
     signals = HandlerSignals()
     cond = signals._cond = _CountingCondition()
+    started = time.monotonic()  # before the timer: it fires 0.1 s or more after this
     threading.Timer(0.1, signals.mark_later,
                     args=(lambda: signals.mark_done("req-1"),)).start()
-    started = time.monotonic()
     assert signals.wait("req-1", 2)
     assert 0.1 <= time.monotonic() - started < 1.0
     assert cond.wakes[-1]
