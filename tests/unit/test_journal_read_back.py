@@ -16,12 +16,13 @@ from confluent_kafka import KafkaError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.fault_schedule import small_disk
 from kafka_relay.delivery import journal as journal_module
 from kafka_relay.delivery.journal import FRAME_BYTES, Journal, encode_batch
-from kafka_relay.delivery.ledger import Ledger, Limits
+from kafka_relay.delivery.ledger import BufferFull, Ledger, Limits
 from kafka_relay.delivery.queue import in_flight_window
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.protocol import Outcome
+from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import parse_spill_lines
 from tests.unit.engine_fakes import FakeProducer, Rig, Sent
@@ -334,3 +335,28 @@ def test_a_record_restored_twice_in_one_batch_reads_back_with_its_neighbours(
     journal.append(["a", "a", "b"], encode_batch(records, 5))
     assert journal.read_back(["a", "b"]) == ({"a": (b"k", b"1"), "b": (None, b"2")}, {})
     journal.release(remove=True)
+
+
+def test_a_batch_the_disk_cannot_hold_leaves_nothing_behind_for_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A batch refused because the disk filled midway (after some of its 64 KB frames were
+    written) is cut back off: the space is free for the next batch, and a restart restores
+    only what was accepted, never records that were answered 507."""
+    with small_disk(tmp_path / "journal", size="256k") as disk:
+        if disk is None:
+            pytest.skip("no tmpfs can be mounted here")
+        rig = _stalled(tmp_path)
+        accepted = _records(rig, 20)
+        rig.engine.accept(accepted)
+        refused = _records(rig, 400, first=20)  # ~400 KB: several frames, the disk ends first
+        with pytest.raises(BufferFull) as caught:
+            rig.engine.accept(refused)
+        after = _records(rig, 20, first=420)
+        rig.engine.accept(after)  # the refused batch's frames no longer hold the space
+        rig.engine.stop()  # what a SIGKILL leaves
+        fresh = Rig(tmp_path, limits=LIMITS, journal=True)
+        restored = fresh.engine.recover_journal()
+        fresh.engine.stop()
+    assert caught.value.refusal is Refusal.STORAGE
+    assert restored == len(accepted) + len(after)

@@ -272,14 +272,21 @@ class Journal:
         if not self.open():
             raise JournalUnwritable(self._refusal())
         active = self._active
+        before: int | None = None  # the segment's end before this batch
         try:
             if active is None or active.size >= SEGMENT_BYTES or active.recovered != recovered:
                 active = self._start(recovered)
             assert self._fd is not None
+            before = active.size
             _write_all(self._fd, frames.parts)
         except OSError as exc:
-            # The segment may end in a torn frame now: recovery skips it, and this batch is
-            # refused, so nothing answered 202 is in it. The next batch starts a new segment.
+            # This batch is refused, so none of it may stay: whole frames written before the
+            # error would be restored by the next init (records answered 507, not 202), and
+            # they hold the space a full disk needs back. Cut back to where it began
+            # (shrinking needs no space). The next batch starts a new segment.
+            if before is not None and self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
             self._close_active()
             self._fail("journal.write_failed", f"{type(exc).__name__}: {exc}")
             raise JournalUnwritable(self._refusal()) from exc
