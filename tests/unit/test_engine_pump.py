@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -450,9 +450,11 @@ class _CountingProducer(FakeProducer):
     polls: int = 0
     flushes: int = 0
     held: int = 0
+    timeouts: list[float] = field(default_factory=list)  # the polls'
 
     def poll(self, timeout: float = 0) -> int:
         self.polls += 1
+        self.timeouts.append(timeout)
         return super().poll(timeout)
 
     def flush(self, timeout: float = 0) -> int:
@@ -533,9 +535,11 @@ def ten_second_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_records_in_flight_that_nobody_waits_for_are_polled_once_per_slow_round(
         tmp_path: Path) -> None:
-    """No 1 ms polls while nobody waits for outcomes: rounds at least 5 ms apart."""
+    """No 1 ms polls while nobody waits for outcomes, past a batch's eager ones: rounds at
+    least 5 ms apart."""
     rig, producer, _ = _pump_holding(tmp_path, 3)
     try:
+        time.sleep(0.1)  # past the eager rounds
         polls = _polls_during(producer, 0.3)
         assert 3 <= polls <= 0.3 / 0.005 + 1
         assert producer.flushes == 0
@@ -552,12 +556,15 @@ def test_records_in_flight_that_nobody_waits_for_get_no_poll_before_the_next_rou
     rig, producer, before = _pump_holding(tmp_path, 3)
     try:
         time.sleep(0.3)
-        assert producer.polls - before == 1  # the round that produced them, with poll(0)
+        # The round that produced them, with poll(0), then the eager 1 ms polls, then none.
+        assert producer.polls - before == 1 + pump_module._EAGER_ROUNDS
+        assert producer.timeouts[-pump_module._EAGER_ROUNDS - 1:] == [
+            0, *[0.001] * pump_module._EAGER_ROUNDS]
         assert producer.flushes == 0
         rig.engine.accept(rig.records(2))  # a new batch wakes it at once
         assert _until(lambda: len(producer.sent) == 5, 2.0)
         time.sleep(0.1)
-        assert producer.polls - before == 2
+        assert producer.polls - before == 2 * (1 + pump_module._EAGER_ROUNDS)
         assert rig.counts()["delivered"] == 0
     finally:
         rig.engine.stop()
@@ -576,7 +583,7 @@ def test_a_flush_request_wakes_a_pump_between_slow_rounds_at_once(tmp_path: Path
         assert result.delivered == 3
         assert time.monotonic() - started < 2.0
         assert producer.flushes >= 1
-        assert producer.polls - before == 1
+        assert producer.polls - before == 1 + pump_module._EAGER_ROUNDS
         time.sleep(0.1)  # the round after the flush, then idle
         flushes, polls = producer.flushes, producer.polls
         time.sleep(0.3)
