@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from kafka_relay.delivery import pump as pump_module
 from kafka_relay.delivery.ledger import BufferFull, Limits
 from kafka_relay.delivery.queue import in_flight_window
 from kafka_relay.protocol import BrokerState
@@ -439,16 +442,25 @@ def test_a_record_larger_than_the_window_goes_at_its_turn_while_a_stalled_broker
     assert [len(s.value or b"") for s in rig.producer.sent] == [100, 100, window + 1]
 
 
+@dataclass
 class _CountingProducer(FakeProducer):
-    """Counts poll/flush calls; ``held`` stands for what librdkafka holds without a record
-    of ours in flight (a report or client error not handed over yet, a DLQ pointer)."""
+    """Counts poll and flush calls apart; ``held`` stands for what librdkafka holds without a
+    record of ours in flight (a report or client error not handed over yet, a DLQ pointer)."""
 
-    polls = 0
-    held = 0
+    polls: int = 0
+    flushes: int = 0
+    held: int = 0
+    timeouts: list[float] = field(default_factory=list)  # the polls'
 
     def poll(self, timeout: float = 0) -> int:
         self.polls += 1
+        self.timeouts.append(timeout)
         return super().poll(timeout)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.flushes += 1
+        super().poll(timeout)
+        return len(self.waiting)
 
     def __len__(self) -> int:
         return self.held + super().__len__()
@@ -489,6 +501,117 @@ def test_an_idle_pump_polls_only_while_librdkafka_holds_something_or_the_broker_
         assert rig.counts()["delivered"] == 3
         assert _polls_during(producer, 0.4) == 0
         rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+def _until(done: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return done()
+
+
+def _pump_holding(tmp_path: Path, count: int) -> tuple[Rig, _CountingProducer, int]:
+    """A running pump (the broker answered) with ``count`` records in flight at a broker that
+    has not answered them yet; the polls before they came."""
+    rig = Rig(tmp_path, producer=lambda: _CountingProducer(hold=True))
+    producer = rig.producer
+    assert isinstance(producer, _CountingProducer)
+    rig.engine.pump.broker_state = BrokerState.UP
+    rig.engine.pump.start()
+    time.sleep(0.1)  # its first round is over: idle, without a timer
+    before = producer.polls
+    rig.engine.accept(rig.records(count))
+    assert _until(lambda: len(producer.sent) == count)
+    return rig, producer, before
+
+
+@pytest.fixture
+def ten_second_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unwatched rounds 10 s apart: within a test only a wake-up brings the next one."""
+    monkeypatch.setattr(pump_module, "_UNWATCHED_ROUND_S", 10.0)
+
+
+def test_records_in_flight_that_nobody_waits_for_are_polled_once_per_slow_round(
+        tmp_path: Path) -> None:
+    """No 1 ms polls while nobody waits for outcomes, past a batch's eager ones: rounds at
+    least 5 ms apart."""
+    rig, producer, _ = _pump_holding(tmp_path, 3)
+    try:
+        time.sleep(0.1)  # past the eager rounds
+        polls = _polls_during(producer, 0.3)
+        assert 3 <= polls <= 0.3 / 0.005 + 1
+        assert producer.flushes == 0
+        producer.hold = False
+        assert _until(lambda: rig.counts()["delivered"] == 3)
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+@pytest.mark.usefixtures("ten_second_rounds")
+def test_records_in_flight_that_nobody_waits_for_get_no_poll_before_the_next_round(
+        tmp_path: Path) -> None:
+    rig, producer, before = _pump_holding(tmp_path, 3)
+    try:
+        time.sleep(0.3)
+        # The round that produced them, with poll(0), then the eager 1 ms polls, then none.
+        assert producer.polls - before == 1 + pump_module._EAGER_ROUNDS
+        assert producer.timeouts[-pump_module._EAGER_ROUNDS - 1:] == [
+            0, *[0.001] * pump_module._EAGER_ROUNDS]
+        assert producer.flushes == 0
+        rig.engine.accept(rig.records(2))  # a new batch wakes it at once
+        assert _until(lambda: len(producer.sent) == 5, 2.0)
+        time.sleep(0.1)
+        assert producer.polls - before == 2 * (1 + pump_module._EAGER_ROUNDS)
+        assert rig.counts()["delivered"] == 0
+    finally:
+        rig.engine.stop()
+
+
+@pytest.mark.usefixtures("ten_second_rounds")
+def test_a_flush_request_wakes_a_pump_between_slow_rounds_at_once(tmp_path: Path) -> None:
+    """The flush's rounds flush (no poll, no wait) until the outcomes are in; then the pump
+    is idle as before: no timer once nothing is held."""
+    rig, producer, before = _pump_holding(tmp_path, 3)
+    try:
+        time.sleep(0.1)
+        producer.hold = False  # the reports are ready: only a wake-up hands them over now
+        started = time.monotonic()
+        result = rig.engine.flush(5.0)
+        assert result.delivered == 3
+        assert time.monotonic() - started < 2.0
+        assert producer.flushes >= 1
+        assert producer.polls - before == 1 + pump_module._EAGER_ROUNDS
+        time.sleep(0.1)  # the round after the flush, then idle
+        flushes, polls = producer.flushes, producer.polls
+        time.sleep(0.3)
+        assert (producer.flushes, producer.polls) == (flushes, polls)
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+@pytest.mark.usefixtures("ten_second_rounds")
+def test_a_delivery_watch_wakes_a_pump_between_slow_rounds_at_once(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, producer=lambda: _CountingProducer(hold=True))
+    producer = rig.producer
+    assert isinstance(producer, _CountingProducer)
+    rig.engine.pump.broker_state = BrokerState.UP
+    rig.engine.pump.start()
+    try:
+        watch = rig.engine.accept(rig.records(2), watch=True)
+        assert watch is not None
+        assert _until(lambda: len(producer.sent) == 2)
+        time.sleep(0.1)
+        assert producer.flushes == 0
+        producer.hold = False
+        started = time.monotonic()
+        outcomes = watch.wait(5.0)
+        assert [o["outcome"] for o in outcomes] == ["delivered", "delivered"]
+        assert time.monotonic() - started < 2.0
+        assert producer.flushes >= 1
     finally:
         rig.engine.stop()
 

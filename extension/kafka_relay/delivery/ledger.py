@@ -379,6 +379,7 @@ class Ledger:
         deadline = self._monotonic() + timeout_s
         with self.cond:
             self.queue.flush_requests += 1
+            self.cond.notify_all()  # a pump between unwatched rounds flushes now
             try:
                 while len(watch.outcomes) < len(watch.ids):
                     remaining = deadline - self._monotonic()
