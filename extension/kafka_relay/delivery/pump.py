@@ -91,9 +91,8 @@ class Pump:
         self._config = config
         self._factory = producer_factory
         self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
-        self._pointers = Pointers(max_attempts=config.max_attempts,
-                                  function=config.function_name, cond=ledger.cond,
-                                  logger=logger)
+        self._pointers = Pointers(max_attempts=config.max_attempts, function=config.function_name,
+                                  cond=ledger.cond, logger=logger)
         self._log = logger
         self._wall_ms = wall_ms
         self._rebuild = False
@@ -105,10 +104,8 @@ class Pump:
         self.failure: str | None = None  # why the pump stopped for good
         self._deferred = defer_build
         self._eager_rounds = 0  # 1 ms polls left since the last batch
-        # After a round with records in flight, nobody waiting, no eager round left and
-        # nothing to send now: how many fresh records it left queued (those the in-flight
-        # window holds back); None otherwise. A different count when the pump would wait
-        # means some came meanwhile.
+        # After a round with records in flight, nobody waiting and no eager round left: the
+        # fresh records the window held back (None otherwise; another count: some came).
         self._quiet_left: int | None = None
         self._reports = _Reports()
         # A record's delivery callback: one C call per record, no closure.
@@ -148,9 +145,9 @@ class Pump:
         try:
             while not self._stopping:
                 if not self.step():
-                    self._idle()
+                    self._wait(None)
                 elif self._quiet_left is not None:
-                    self._await_reports(self._quiet_left)
+                    self._wait(self._quiet_left)
         except BaseException as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):  # delivered ones are not spilled again
@@ -187,7 +184,7 @@ class Pump:
         try:
             if flushing:
                 self.producer.flush(0.005)
-            else:  # past the eager rounds it waits on the ledger's condition (_await_reports)
+            else:  # past the eager rounds it waits on the ledger's condition (_wait)
                 self.producer.poll(0.001 if eager else 0)
         except KafkaException as exc:
             self.on_client_error(exc.args[0])
@@ -200,38 +197,27 @@ class Pump:
             self._ledger.cond.notify_all()
         return bool(batch or in_flight or spilled or flushing)
 
-    def _idle(self) -> None:
-        """Nothing to do: sleep until accept/flush/stop notify or the next retry falls due.
-        Once the broker answered, while librdkafka holds nothing (no message, no report or
-        client error to hand over) and no token goes stale (``on_thaw``), without a timer: a
-        timed wake fired at every thaw of a frozen environment, ~0.1 ms of CPU each at
-        256 MB. Before the broker answered, the init probe waits on client errors."""
+    def _wait(self, left: int | None) -> None:
+        """Sleep until accept/flush/stop notify or the next retry falls due. Nothing to do
+        (``left`` None): without a timer once the broker answered, librdkafka holds nothing
+        and no token goes stale (a timed wake fired at every thaw, ~0.1 ms of CPU at 256 MB).
+        Records in flight, nobody waiting (``left`` queued): ``_UNWATCHED_ROUND_S`` at most."""
         with self._ledger.cond:
             queue = self._queue
-            if queue.fresh or queue.to_spill or queue.oversize or self._stopping or self._rebuild:
+            if queue.to_spill or queue.oversize or self._stopping or self._rebuild:
                 return
-            wait_s: float | None = None
-            if (self.broker_state is not BrokerState.UP or self._on_thaw is not None
-                    or len(self.producer)):
-                wait_s = _IDLE_WAIT_S
+            wait_s: float | None = _UNWATCHED_ROUND_S
+            if left is None:
+                if queue.fresh:
+                    return
+                timed = (self.broker_state is not BrokerState.UP  # the probe needs client errors
+                         or self._on_thaw is not None or len(self.producer))
+                wait_s = _IDLE_WAIT_S if timed else None
+            elif len(queue.fresh) != left or queue.flush_requests or self._thawed:
+                return
             due = queue.next_due_ms()
             if due is not None:
                 wait_s = min(wait_s or _IDLE_WAIT_S, max(0.0, (due - self._wall_ms()) / 1000))
-            self._ledger.cond.wait(wait_s)
-
-    def _await_reports(self, left: int) -> None:
-        """Records in flight, nobody waiting for them and nothing to send now (``left``: the
-        fresh records the last round left queued): wait ``_UNWATCHED_ROUND_S`` (or until the
-        next retry falls due) before the next poll, unless something to do came meanwhile."""
-        with self._ledger.cond:
-            queue = self._queue
-            if (len(queue.fresh) != left or queue.flush_requests or queue.to_spill
-                    or queue.oversize or self._stopping or self._rebuild or self._thawed):
-                return
-            wait_s = _UNWATCHED_ROUND_S
-            due = queue.next_due_ms()
-            if due is not None:
-                wait_s = min(wait_s, max(0.0, (due - self._wall_ms()) / 1000))
             self._ledger.cond.wait(wait_s)
 
     # -- producing and its reports -------------------------------------------------------
