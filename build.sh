@@ -23,7 +23,7 @@ usage: ./build.sh <command> [args]      (./build.sh <command> --help: that comma
   test           install every pinned dev tool into .venv, run ruff, mypy, the import rules,
                  the docs build (mkdocs --strict) and the default pytest run (all but slow)
                  [--fast: the unit and functional tiers] (KAFKA_RELAY_TEST_WORKERS=N: N
-                 parallel pytest workers, default 3, with --fast 2)
+                 parallel pytest workers, default 3)
   build          dist/: kafka-relay-layer-<arch>.zip, producer-functions.zip,
                  views-functions.zip (views + DuckDB), manifest.json
                  [--arch x86_64 arm64] [--python-version 3.12 ...] [--for-sandbox] [--out dist]
@@ -163,14 +163,13 @@ case "$cmd" in
     if wants_help "$@"; then help_for test; exit 0; fi
     ensure_venv dev
     tiers="not slow"
-    # Three workers on two cores for the default run: most broker and sandbox tests wait
-    # rather than compute. The fast tiers compute: one worker per core.
+    # Three workers on two cores: most broker and sandbox tests wait rather than compute,
+    # and in the fast tiers a third worker fills the gaps of the tests that sleep.
     workers=3
     args=()
     for arg in "$@"; do
       if [[ "$arg" == --fast ]]; then
         tiers="(unit or functional) and not slow"  # no broker, no sandbox: a loop in seconds
-        workers=2
       else
         args+=("$arg")
       fi

@@ -257,7 +257,7 @@ def _assert_read_as_the_format_says(body: bytes) -> None:
     assert got.records == len(expected)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_are_refused_or_read_as_the_format_says(data: bytes) -> None:
     for body in (data, FRAMES_MAGIC + data):
@@ -284,7 +284,7 @@ def raw_frames(draw: st.DrawFn) -> bytes:
     return head + topic + key + value + tail
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(raw_frames(), max_size=4), st.integers(-1, 2), st.binary(max_size=3))
 def test_hand_framed_records_are_refused_or_read_as_the_format_says(
     frames: list[bytes], miscount: int, tail: bytes,

@@ -214,7 +214,7 @@ _header_lines = st.lists(
     max_size=6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(method=st.sampled_from(["POST", "GET", "PUT"]),
        version=st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTX/1"]), lines=_header_lines,
        end=st.sampled_from(["\r\n", "\n"]), cut=st.integers(1, 30))
