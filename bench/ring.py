@@ -203,10 +203,11 @@ Frame = tuple[Any, Any, Any, tuple[tuple[Any, Any], ...], "int | None"]
 
 def decode_frames(body: Any) -> list[Frame]:
     """The lean relay's reader: a framed body's (topic, key, value, headers, timestamp) as
-    slices of ``body`` (views over a view), lengths checked before any slice; ValueError
-    names the record. The layer's own reader (``handoff.schema.framed_records``) builds
-    ``Record``s instead, with every field rule."""
+    slices of ``body`` (views over a view), lengths checked before any slice by the layer's
+    own rules; ValueError names the record. The layer's reader
+    (``handoff.schema.framed_records``) builds ``Record``s instead, with every field rule."""
     from kafka_relay import protocol as p  # noqa: PLC0415 - the relay process only
+    from kafka_relay.handoff import schema  # noqa: PLC0415
 
     size = len(body)
     if size < p.FRAMES_HEAD.size:
@@ -221,27 +222,26 @@ def decode_frames(body: Any) -> list[Frame]:
             raise ValueError(f"record {index}: truncated")
         flags, topic_len, key_len, value_len, header_count, timestamp = (
             p.FRAME_RECORD.unpack_from(body, pos))
+        if ((flags & ~p.FRAME_FLAGS) or (topic_len and not flags & p.FLAG_TOPIC)
+                or (key_len and not flags & p.FLAG_KEY) or (value_len and flags & p.FLAG_VALUE_NULL)
+                or (timestamp and not flags & p.FLAG_TIMESTAMP)):
+            problem = schema._flag_problem(flags, topic_len, key_len, value_len, timestamp)
+            raise ValueError(f"record {index}: {problem}")
         start = pos + fixed
         key_at, value_at = start + topic_len, start + topic_len + key_len
         pos = value_end = value_at + value_len
-        if pos > size or (flags & ~0x0F) or (key_len and not flags & p.FLAG_KEY) or (
-                value_len and flags & p.FLAG_VALUE_NULL) or (
-                topic_len and not flags & p.FLAG_TOPIC):
-            raise ValueError(f"record {index}: lengths or flags do not fit the body")
-        headers = []
-        for _ in range(header_count):
-            if pos + p.FRAME_HEADER.size > size:
-                raise ValueError(f"record {index}: truncated header")
-            name_len, header_len = p.FRAME_HEADER.unpack_from(body, pos)
-            name_at = pos + p.FRAME_HEADER.size
-            pos = name_at + name_len + header_len
-            if pos > size:
-                raise ValueError(f"record {index}: a header passes the end of the body")
-            headers.append((body[name_at:name_at + name_len], body[name_at + name_len:pos]))
+        if pos > size:
+            raise ValueError(f"record {index}: topic, key and value pass the end of the body")
+        headers: tuple[tuple[Any, Any], ...] = ()
+        if header_count:
+            try:
+                headers, pos = schema._read_headers(body, pos, header_count, index)
+            except schema.InvalidRequest as exc:
+                raise ValueError(str(exc)) from None
         frames.append((body[start:key_at] if flags & p.FLAG_TOPIC else None,
                        body[key_at:value_at] if flags & p.FLAG_KEY else None,
                        None if flags & p.FLAG_VALUE_NULL else body[value_at:value_end],
-                       tuple(headers), timestamp if flags & p.FLAG_TIMESTAMP else None))
+                       headers, timestamp if flags & p.FLAG_TIMESTAMP else None))
     if pos != size:
         raise ValueError("bytes after the last record")
     return frames
