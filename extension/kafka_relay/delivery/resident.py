@@ -76,7 +76,7 @@ class Resident:
         if self._journal is None:  # nothing was dropped
             return {}
         cold = [r for r in records if r.value is None and r.key is None and r.id in owned
-                and (r.size if not r.headers else payload_bytes(r))]
+                and payload_bytes(r)]
         if not cold:
             return {}
         found, problems = self._journal.read_back([r.id for r in cold])
@@ -87,7 +87,7 @@ class Resident:
                 continue
             key, value = pair
             if ((0 if key is None else len(key)) + (0 if value is None else len(value))
-                    != (record.size if not record.headers else payload_bytes(record))):
+                    != payload_bytes(record)):
                 problems[record.id] = "read back at another size than it was accepted"
                 continue
             record.key = key
