@@ -351,8 +351,7 @@ class _Handler(RequestHandler):
         # The answer first, then the signal: the loop's thread it wakes then finds the GIL free
         # sooner. (The client reads the answer only before its next request.)
         try:
-            self._send_answer(Answer(200, b'{"ok":true,"request_id":%s}' % (
-                json.dumps(request_id).encode()), ()))
+            self._send(200, {"ok": True, "request_id": request_id})
         finally:
             self.server.state.signals.mark_done(request_id)
 
