@@ -15,6 +15,7 @@ from kafka_relay.config import MSK_IAM, Config, msk_listener
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.idempotency import IdempotencyCache
+from kafka_relay.handoff.ring_listener import RingListener, ring_reader
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.modes.mode import Mode, mode_for
@@ -62,7 +63,9 @@ def _assemble(config: Config, logger: JsonLogger, kind: type[Mode], prepared: Pr
     spill = SpillChain.from_config(config, logger)
     engine = DeliveryEngine(config, producer_factory=prepared.producer_factory, spill=spill,
                             logger=logger, defer_producer=kind.defers_producer,
-                            on_thaw=on_thaw(prepared.make_producer.credentials, logger))
+                            on_thaw=on_thaw(prepared.make_producer.credentials, logger),
+                            read_ring=None if prepared.ring_listening is None
+                            else ring_reader(config, lambda: int(time.time() * 1000)))
     errors.attach(engine.on_client_error)
     mode = kind(config, engine, logger)
     if not kind.defers_producer:  # SnapStart: no producer, no probe before the snapshot
@@ -88,6 +91,11 @@ def _assemble(config: Config, logger: JsonLogger, kind: type[Mode], prepared: Pr
         engine.stop()
         raise
     server.start()
+    if prepared.ring_listening is not None:
+        rings = RingListener(state, engine.rings, prepared.ring_listening,
+                             take_over=engine.take_over)
+        rings.start()
+        mode.listener.closers.append(rings.stop)
     mode.listener.publish({"breaker": {"state": "closed"}, "deferring": False,
                            "max_latency_ms": config.max_latency_ms})
     mode.listener.closers.append(server.stop)

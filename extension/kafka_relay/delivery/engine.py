@@ -27,7 +27,14 @@ from kafka_relay.delivery.outage import refill, spill_parked
 from kafka_relay.delivery.overflow import OverflowSpool, free_space
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.delivery.reachability import Reachability
-from kafka_relay.delivery.recovery import recover_journal, release_journal
+from kafka_relay.delivery.recovery import (
+    RingReader,
+    recover_journal,
+    recover_rings,
+    release_journal,
+    take_over,
+)
+from kafka_relay.delivery.rings import Entry, RingFile, Rings
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
@@ -89,7 +96,12 @@ class DeliveryEngine:
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  monotonic: Callable[[], float] = time.monotonic,
                  defer_producer: bool = False,
-                 on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
+                 on_thaw: Callable[[ProducerLike], None] | None = None,
+                 read_ring: RingReader | None = None) -> None:
+        """``read_ring``: the handoff's reader of a ring body, to take over ring files (none:
+        the ring transport is off). Without the journal (no crash durability) ring files are
+        taken over without producing what they hold: dead writers' files are deleted, live
+        writers' rings consumed."""
         plan = buffer_limits(config, spool_free_bytes=free_space(config.spool_dir))
         if plan.over:
             logger.warning("buffer.limits_over_spill_budget", variables=list(plan.over),
@@ -110,6 +122,8 @@ class DeliveryEngine:
         self._log = logger
         self._wall_ms = wall_ms
         self._monotonic = monotonic
+        self._rings_on = read_ring is not None
+        self._read_ring = read_ring if config.journal else None
         # On demand, the invocation running now: records that arrive without a request id
         # are its records (one invocation at a time), so the logs can attribute them.
         self.invocation_id: str | None = None
@@ -139,6 +153,14 @@ class DeliveryEngine:
         """Restore what a crashed predecessor journaled, then deliver (building the producer
         first when it was deferred: SnapStart's restore)."""
         self.recover_journal()
+        if self._rings_on:
+            recovery = recover_rings(self._ledger, self._config.ring_dir, self._config.port,
+                                     read=self._read_ring, spill=self._spill.spill,
+                                     logger=self._log)
+            if recovery.files:
+                self._log.warning("ring.taken_over", records=recovery.records,
+                                  files=recovery.files, recovered=recovery.recovered,
+                                  dir=str(self._config.ring_dir))
         self.pump.start()
 
     def stop(self) -> None:
@@ -195,8 +217,15 @@ class DeliveryEngine:
 
     # -- records -----------------------------------------------------------------------------
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
-        """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on."""
+    @property
+    def rings(self) -> Rings:
+        """The ring files whose records the ledger holds (delivery/rings.py)."""
+        return self._ledger.rings
+
+    def accept(self, records: Sequence[Record], *, watch: bool = False,
+               entry: Entry | None = None) -> Watch | None:
+        """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on.
+        ``entry``: the ring entry they came in (their journal)."""
         invocation = self.invocation_id
         dlq_of: dict[str, str] = {}  # one string per topic, not one per record
         for record in records:
@@ -209,7 +238,13 @@ class DeliveryEngine:
                     dlq = dlq_of[topic] = self._config.dlq_for(topic)
                 record.dlq_topic = dlq
         self._refill()
-        return self._ledger.accept(records, watch=watch)
+        return self._ledger.accept(records, watch=watch, entry=entry)
+
+    def take_over(self, file: RingFile) -> int:
+        """A live writer's ring that an earlier extension served: own again what it accepted
+        and did not settle (counted ``restored``; same ids); the records taken."""
+        return take_over(self._ledger, file, read=self._read_ring, spill=self._spill.spill,
+                         logger=self._log).records
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""
@@ -279,6 +314,7 @@ class DeliveryEngine:
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
         # Everything settled: leave nothing behind.
         release_journal(self._ledger, self._journal, clean=True)
+        self._ledger.rings.release()
         state = self._ledger.state()
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,

@@ -27,6 +27,7 @@ from kafka_relay.delivery.journal import Journal, JournalUnwritable, encode_batc
 from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
 from kafka_relay.delivery.queue import SendQueue, in_flight_window
 from kafka_relay.delivery.resident import Resident
+from kafka_relay.delivery.rings import Entry, Rings
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
@@ -156,7 +157,7 @@ class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
                  journal: Journal | None = None, logger: JsonLogger | None = None,
-                 overflow: OverflowSpool | None = None) -> None:
+                 overflow: OverflowSpool | None = None, rings: Rings | None = None) -> None:
         # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
         self.queue = SendQueue()
@@ -169,7 +170,9 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
-        self.resident = Resident(journal, in_flight_window(limits.bytes), logger)
+        # The records that came through ring files: journaled there, not in ``journal``.
+        self.rings = Rings(logger) if rings is None else rings
+        self.resident = Resident(journal, self.rings, in_flight_window(limits.bytes), logger)
         self._overflow = overflow
         self._log = logger
         # Per request id since the last state(take_outcomes=True): count name -> records.
@@ -177,12 +180,15 @@ class Ledger:
 
     # -- records in --------------------------------------------------------------------
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
+    def accept(self, records: Sequence[Record], *, watch: bool = False,
+               entry: Entry | None = None) -> Watch | None:
         """Own all of ``records`` or none (BufferFull). A batch that does not fit in memory, or
-        comes while earlier ones wait there, goes to the outage spool (counted ``spooled``)."""
+        comes while earlier ones wait there, goes to the outage spool (counted ``spooled``).
+        ``entry``: the ring entry that holds them (their journal, instead of ``journal``)."""
         size = sum([r.size for r in records])
         ids = [r.id for r in records]
-        journal, overflow = self._journal, self._overflow
+        journal = self._journal if entry is None else None
+        overflow = self._overflow
         frame = (encode_batch(records, size) if journal is not None or overflow is not None
                  else None)
         with self.cond:
@@ -199,6 +205,8 @@ class Ledger:
                     location = str(overflow.put(len(records), frame))
                     self.counts.spooled += len(records)
                     self.counts.accepted += len(records)
+                    if entry is not None:  # the spool holds them now: the ring is done with them
+                        self.rings.add(entry, [])
                     if not watch:
                         return None
                     parked = Watch(ids, self, dict.fromkeys(ids, (Outcome.SPILLED, location)))
@@ -212,6 +220,9 @@ class Ledger:
                         "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
                 if frame is not None and journal is not None:
                     journal.append(ids, frame)
+                    self.resident.drop_waiting(records, size, self._bytes)
+                elif entry is not None:
+                    self.rings.add(entry, ids)
                     self.resident.drop_waiting(records, size, self._bytes)
             except (SpoolFull, JournalUnwritable) as exc:
                 self.counts.rejected += len(records)
@@ -231,13 +242,18 @@ class Ledger:
             self.cond.notify_all()
             return registered
 
-    def restore(self, records: Iterable[Record], *, recovered: int = 0) -> int:
+    def restore(self, records: Iterable[Record], *, recovered: int = 0,
+                entry: Entry | None = None) -> int:
         """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times);
-        they are journaled again and get a new outcome."""
+        they are journaled again (``entry``: they are in that ring entry) and get a new
+        outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
             size = sum([r.size for r in fresh])
-            if self._journal is not None:  # owned even when it cannot write (logged once)
+            if entry is not None:
+                self.rings.add(entry, [r.id for r in fresh])
+                self.resident.drop_waiting(fresh, size, self._bytes)
+            elif self._journal is not None:  # owned even when it cannot write (logged once)
                 with contextlib.suppress(JournalUnwritable):
                     self._journal.append([r.id for r in fresh], encode_batch(fresh, size),
                                          recovered=recovered)
@@ -277,6 +293,7 @@ class Ledger:
         self._bytes -= sum([r.size for r in gone])
         if self._journal is not None:
             self._journal.settled([r.id for r in gone])
+        self.rings.settled([r.id for r in gone])
         if taken:
             self.queue.done(gone)
         self.cond.notify_all()
@@ -302,6 +319,8 @@ class Ledger:
                 return 0
             if self._journal is not None:
                 self._journal.settled([r.id for r in settled])
+            if self.rings.kept:
+                self.rings.settled([r.id for r in settled])
             self._bytes -= sum([r.size for r in settled])
             count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
             setattr(self.counts, count, getattr(self.counts, count) + len(settled))

@@ -1,0 +1,327 @@
+"""The ring file and its messages: the handoff's shared-memory transport. Stdlib only.
+
+A handler process appends each framed body (``protocol.encode_frames``) to a ring file of
+its own, then tells the extension where it is with one small message on a Unix
+``SOCK_SEQPACKET`` connection and waits for one answer: the HTTP status and JSON body the
+``/v1/records`` route would have answered, so both transports raise the same exceptions.
+The extension reads the body in place. The file is also the crash journal of the records
+it carries: a body is in the page cache before the extension is told of it, so it survives
+a SIGKILL of either process (not a kernel crash, like the journal: no fsync); the header's
+consumed offset says how far every record was settled, and each entry's state word says
+whether the extension took it (``ACCEPTED``), refused it (``REFUSED``) or not yet answered.
+
+File: a 64-byte header (magic, version, capacity, written, consumed, recoveries;
+little-endian, the offsets logical and growing forever), then ``capacity`` bytes of entries.
+An entry is a u32 state word (the body's length and the state bits) and the body, padded to
+8 bytes; an entry that would pass the end of the data starts at its beginning instead,
+after a ``SKIP`` word. One writer per file, holding a ``flock`` on it while it lives: a file
+nobody holds is a dead writer's, which the extension takes over.
+
+Messages (the first on a connection is HELLO; every message gets one answer):
+HELLO  b"H", u16 token length, the token, the ring file's path (UTF-8)
+BODY   b"B", u64 position, u32 length, the request id (UTF-8, may be empty)
+answer u16 status, u32 JSON length, then the JSON, split over as many messages as it takes
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from kafka_relay.protocol import (
+    DEFAULT_PORT,
+    FLAG_KEY,
+    FLAG_VALUE_NULL,
+    FRAME_HEADER,
+    FRAME_RECORD,
+    FRAMES_HEAD,
+    PORT_ENV,
+)
+
+RING_ENV = "KAFKA_RELAY_RING"  # "false": the client hands bodies over HTTP only
+RING_DIR_ENV = "KAFKA_RELAY_RING_DIR"
+MAGIC = b"KRR1"
+VERSION = 1
+HEADER = 64
+# The data bytes of a ring. A handler process has one (16 per vCPU under Managed Instances,
+# all in /tmp, 512 MB by default): 4 MiB holds ~40 bodies of 100 x 1 KB; a body that cannot
+# take half of it goes over HTTP, so a full ring is a stalled relay, not a large body.
+CAPACITY = 4 * 1024 * 1024
+_HEAD = struct.Struct("<4sIQQQI")  # magic, version, capacity, written, consumed, recoveries
+_WRITTEN_AT = 16
+_CONSUMED_AT = 24
+_RECOVERIES_AT = 32
+_OFFSET = struct.Struct("<Q")
+_WORD = struct.Struct("<I")
+SKIP = 0xFFFFFFFF  # the rest of the data is unused: the next entry is at its start
+REFUSED = 0x80000000  # on a state word: refused (never produced), or withdrawn by its writer
+ACCEPTED = 0x40000000  # on a state word: the extension owns the body's records
+LENGTH = 0x3FFFFFFF
+HELLO = b"H"
+BODY = b"B"
+_HELLO = struct.Struct("<cH")
+_BODY = struct.Struct("<cQI")
+_ANSWER = struct.Struct("<HI")
+MAX_MESSAGE = 64 * 1024  # one message of an answer, and the largest HELLO or BODY
+PREFIX = "kafka-relay-ring-"
+
+
+class RingFull(Exception):
+    """No room for the entry until the extension consumes more."""
+
+
+def ring_dir(env: Mapping[str, str]) -> Path:
+    """Where rings live: ``KAFKA_RELAY_RING_DIR``, else ``$TMPDIR/kafka-relay-ring``."""
+    return Path(env.get(RING_DIR_ENV) or Path(env.get("TMPDIR") or "/tmp") / "kafka-relay-ring")
+
+
+def socket_address(port: int) -> str:
+    """The extension's socket for the handoff port ``port``, in the abstract namespace (no
+    file to leak or to outlive it, no path-length limit); its network namespace is the
+    handoff port's, which both sides share."""
+    return f"\0kafka-relay-ring-{port}"
+
+
+def ring_port(env: Mapping[str, str]) -> int:
+    return int(env.get(PORT_ENV) or DEFAULT_PORT)
+
+
+def ring_name(port: int, tag: str) -> str:
+    """A ring's file name: the handoff port of its extension and the writer's random tag."""
+    return f"{PREFIX}{port}-{tag}.ring"
+
+
+def tag_of(path: Path, port: int) -> str | None:
+    """The tag of a ring file of the extension on ``port``; None for any other file."""
+    name, head = path.name, f"{PREFIX}{port}-"
+    tag = name[len(head):-5]
+    if name.startswith(head) and name.endswith(".ring") and len(tag) == 16 and all(
+            c in "0123456789abcdef" for c in tag):
+        return tag
+    return None
+
+
+def record_ids(tag: str, position: int, count: int) -> list[str]:
+    """The ids of a body's records, from where it is (so a record produced again after a
+    crash carries the ``x-relay-id`` of its first try)."""
+    return [f"{tag}-{position:x}-{index}" for index in range(count)]
+
+
+def body_records(body: bytes | memoryview) -> int:
+    """The record count a framed body announces (0 when it has no header)."""
+    return int(FRAMES_HEAD.unpack_from(body, 0)[1]) if len(body) >= FRAMES_HEAD.size else 0
+
+
+def entry_size(length: int) -> int:
+    """Bytes an entry of a ``length``-byte body takes (its state word, padded to 8)."""
+    return (_WORD.size + length + 7) & ~7
+
+
+def fits(length: int, capacity: int = CAPACITY) -> bool:
+    """Whether a body goes through the ring (else over HTTP): half of it at most."""
+    return entry_size(length) <= capacity // 2
+
+
+def create(path: Path, capacity: int = CAPACITY) -> int:
+    """A new ring file of ``capacity`` data bytes (a multiple of 8): its descriptor, open
+    for reading and writing."""
+    if capacity % 8 or capacity < 64:
+        raise ValueError("the capacity must be a multiple of 8, at least 64")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        # Every block allocated now: a sparse file would meet a full disk as SIGBUS in the
+        # writer's first store to an unbacked page, not as an error here.
+        os.posix_fallocate(fd, 0, HEADER + capacity)
+        os.pwrite(fd, _HEAD.pack(MAGIC, VERSION, capacity, 0, 0, 0), 0)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd
+
+
+class Ring:
+    """The mapped file, as either side sees it."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.path = path
+        self.map = mmap.mmap(fd, 0)
+        magic, version, self.capacity, _, _, _ = _HEAD.unpack_from(self.map, 0)
+        if (magic, version) != (MAGIC, VERSION) or len(self.map) != HEADER + self.capacity:
+            self.map.close()
+            raise ValueError(f"{path} is not a ring file of version {VERSION}")
+
+    @classmethod
+    def open(cls, path: Path) -> Ring:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            return cls(fd, path)
+        finally:
+            os.close(fd)
+
+    @property
+    def written(self) -> int:
+        return int(_OFFSET.unpack_from(self.map, _WRITTEN_AT)[0])
+
+    @property
+    def consumed(self) -> int:
+        return int(_OFFSET.unpack_from(self.map, _CONSUMED_AT)[0])
+
+    @property
+    def recoveries(self) -> int:
+        """How many times an extension took this file over from a dead one."""
+        return int(_WORD.unpack_from(self.map, _RECOVERIES_AT)[0])
+
+    def recovered(self) -> int:
+        """Count one more takeover; the new count."""
+        count = self.recoveries + 1
+        _WORD.pack_into(self.map, _RECOVERIES_AT, count)
+        return count
+
+    def state(self, position: int) -> int:
+        """The state word of the entry at logical ``position``."""
+        return int(_WORD.unpack_from(self.map, HEADER + position % self.capacity)[0])
+
+    def body(self, position: int, length: int) -> memoryview:
+        """The body at logical ``position``, in place (no copy)."""
+        at = HEADER + position % self.capacity + _WORD.size
+        return memoryview(self.map)[at:at + length]
+
+    def entry(self, position: int, length: int) -> int | None:
+        """The end of the entry at ``position`` when a ``length``-byte body was written
+        there (a message names it), else None."""
+        if not self.consumed <= position < self.written or position % 8:
+            return None
+        if self.state(position) & LENGTH != length or length > LENGTH:
+            return None
+        end = position + entry_size(length)
+        return end if end <= self.written and position % self.capacity + entry_size(
+            length) <= self.capacity else None
+
+    def mark(self, position: int, bit: int) -> None:
+        """Set ``ACCEPTED`` or ``REFUSED`` on the entry at ``position``."""
+        at = HEADER + position % self.capacity
+        _WORD.pack_into(self.map, at, _WORD.unpack_from(self.map, at)[0] | bit)
+
+    def settle(self, end: int) -> None:
+        """Every entry before logical ``end`` reached its outcome (the extension's side)."""
+        _OFFSET.pack_into(self.map, _CONSUMED_AT, end)
+
+    def append(self, body: bytes) -> tuple[int, int]:
+        """Write ``body`` as the next entry: its (position, end). RingFull when the extension
+        has not consumed enough yet."""
+        length = len(body)
+        size = entry_size(length)
+        if size > self.capacity or length > LENGTH:
+            raise ValueError(f"a {length}-byte body does not fit a ring of {self.capacity} bytes")
+        position = self.written
+        at = position % self.capacity
+        skip = self.capacity - at if at + size > self.capacity else 0
+        if position + skip + size - self.consumed > self.capacity:
+            raise RingFull
+        if skip:
+            _WORD.pack_into(self.map, HEADER + at, SKIP)
+            position += skip
+            at = 0
+        _WORD.pack_into(self.map, HEADER + at, length)
+        start = HEADER + at + _WORD.size
+        self.map[start:start + length] = body
+        # Only now is the entry visible (to the extension, and to a takeover).
+        _OFFSET.pack_into(self.map, _WRITTEN_AT, position + size)
+        return position, position + size
+
+    def entries(self, start: int | None = None) -> Iterator[tuple[int, int, int]]:
+        """(position, state word, end) of every entry from ``start`` (the consumed offset)
+        to the written one."""
+        position, written = self.consumed if start is None else start, self.written
+        while position < written:
+            at = position % self.capacity
+            (word,) = _WORD.unpack_from(self.map, HEADER + at)
+            if word == SKIP:
+                position += self.capacity - at
+                continue
+            end = position + entry_size(word & LENGTH)
+            yield position, word, end
+            position = end
+
+    def pending(self) -> Iterator[tuple[int, int, memoryview]]:
+        """(position, end, body) of every accepted entry after the consumed offset: what an
+        extension that takes this file over must still produce."""
+        for position, word, end in self.entries():
+            if word & ACCEPTED and not word & REFUSED:
+                yield position, end, self.body(position, word & LENGTH)
+
+    def close(self) -> None:
+        self.map.close()
+
+
+def hello(token: str | None, path: Path) -> bytes:
+    raw = (token or "").encode()
+    return _HELLO.pack(HELLO, len(raw)) + raw + os.fsencode(path)
+
+
+def read_hello(message: bytes) -> tuple[str, Path]:
+    """(token, ring path) of a HELLO; ValueError when it is none."""
+    if message[:1] != HELLO or len(message) < _HELLO.size:
+        raise ValueError("the first message on a ring connection must be HELLO")
+    _, size = _HELLO.unpack_from(message, 0)
+    start = _HELLO.size
+    if len(message) < start + size:
+        raise ValueError("a HELLO shorter than its token")
+    return (message[start:start + size].decode(errors="replace"),
+            Path(os.fsdecode(message[start + size:])))
+
+
+def body_message(position: int, length: int, request_id: str | None) -> bytes:
+    return _BODY.pack(BODY, position, length) + (request_id or "").encode()
+
+
+def read_body_message(message: bytes) -> tuple[int, int, str | None]:
+    """(position, length, request id) of a BODY; ValueError when it is none."""
+    if message[:1] != BODY or len(message) < _BODY.size:
+        raise ValueError("not a BODY message")
+    _, position, length = _BODY.unpack_from(message, 0)
+    return position, length, message[_BODY.size:].decode(errors="replace") or None
+
+
+def answer(status: int, data: bytes) -> list[bytes]:
+    """An answer as the messages that carry it."""
+    first = _ANSWER.pack(status, len(data)) + data[:MAX_MESSAGE - _ANSWER.size]
+    rest = range(MAX_MESSAGE - _ANSWER.size, len(data), MAX_MESSAGE)
+    return [first, *(data[at:at + MAX_MESSAGE] for at in rest)]
+
+
+def answer_head(message: bytes) -> tuple[int, int, bytes]:
+    """(status, JSON length, the JSON's first part) of an answer's first message."""
+    if len(message) < _ANSWER.size:
+        raise ValueError("an answer shorter than its head")
+    status, length = _ANSWER.unpack_from(message, 0)
+    return status, length, message[_ANSWER.size:]
+
+
+def payloads(body: bytes | memoryview) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of each record of a body already validated (the handoff's reader read
+    it), as the records were built from it; ValueError when it does not read so."""
+    out: list[tuple[bytes | None, bytes | None]] = []
+    count = body_records(body)
+    pos, fixed, size = FRAMES_HEAD.size, FRAME_RECORD.size, len(body)
+    try:
+        for _ in range(count):
+            flags, topic_len, key_len, value_len, header_count, _ts = FRAME_RECORD.unpack_from(
+                body, pos)
+            key_at = pos + fixed + topic_len
+            value_at = key_at + key_len
+            pos = value_end = value_at + value_len
+            for _header in range(header_count):
+                name_len, header_len = FRAME_HEADER.unpack_from(body, pos)
+                pos += FRAME_HEADER.size + name_len + header_len
+            out.append((bytes(body[key_at:value_at]) if flags & FLAG_KEY else None,
+                        None if flags & FLAG_VALUE_NULL else bytes(body[value_at:value_end])))
+    except struct.error as exc:
+        raise ValueError(f"a body that does not read as it was validated ({exc})") from None
+    if pos != size:
+        raise ValueError("a body that does not read as it was validated")
+    return out
