@@ -25,10 +25,15 @@ answer u16 status, u32 JSON length, then the JSON, split over as many messages a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import mmap
 import os
+import socket
 import struct
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from kafka_relay.protocol import (
@@ -67,6 +72,10 @@ _BODY = struct.Struct("<cQI")
 _ANSWER = struct.Struct("<HI")
 MAX_MESSAGE = 64 * 1024  # one message of an answer, and the largest HELLO or BODY
 PREFIX = "kafka-relay-ring-"
+_BUSY_S = 0.8  # as long as the HTTP client backs off a full buffer (client._MAX_BUSY_S)
+_ROOM_POLL_S = 0.001  # how often a writer looks whether the extension consumed more
+_ATTEMPTS = 3  # announcements of one body after a lost answer
+_RETRY_LISTENER_S = 10.0  # no listener answered: bodies go over HTTP this long
 
 
 class RingFull(Exception):
@@ -325,3 +334,173 @@ def payloads(body: bytes | memoryview) -> list[tuple[bytes | None, bytes | None]
     if pos != size:
         raise ValueError("a body that does not read as it was validated")
     return out
+
+
+class Writer:
+    """A handler process's side: its ring (created at its first body, in the process that
+    sends: a fork or a restored snapshot makes a new one under a name drawn then) and its
+    connection. Thread-safe: one body at a time."""
+
+    def __init__(self, directory: Path, port: int, token: str | None, *,
+                 clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self._directory = directory
+        self._port = port
+        self._token = token
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._ring: Ring | None = None
+        self._fd = -1
+        self._tag = ""
+        self._sock: socket.socket | None = None
+        self._off_until = 0.0  # no listener answered: HTTP until then
+
+    def exchange(self, body: bytes, request_id: str | None, *, busy_deadline: float,
+                 deadline: float) -> tuple[int, bytes] | None:
+        """Hand ``body`` over: the status and JSON the extension answered, or None when no
+        ring listener answers here (send it over HTTP)."""
+        if not fits(len(body)) or self._clock() < self._off_until:
+            return None
+        with self._lock:
+            if self._pid != os.getpid():
+                self._forget()  # inherited from the parent: its ring and connection
+            try:
+                refused = self._connect(deadline)
+            except OSError:
+                self._off_until = self._clock() + _RETRY_LISTENER_S
+                self._close()
+                return None
+            if refused is not None:
+                return refused
+            return self._hand_over(body, request_id, busy_deadline, deadline)
+
+    def _hand_over(self, body: bytes, request_id: str | None, busy_deadline: float,
+                   deadline: float) -> tuple[int, bytes] | None:
+        ring = self._ring
+        assert ring is not None
+        placed = self._append(ring, body, busy_deadline)
+        if placed is None:
+            return 429, json.dumps({
+                "error": f"the ring file stayed full for {_BUSY_S} s (kafka-relay consumed "
+                         "nothing of it)", "retry_after_ms": int(_BUSY_S * 2000)}).encode()
+        position = placed
+        for _attempt in range(_ATTEMPTS):
+            try:
+                if self._sock is None and self._connect(deadline) is not None:
+                    break
+                assert self._sock is not None
+                self._sock.settimeout(max(0.001, deadline - self._clock()))
+                self._sock.send(body_message(position, len(body), request_id))
+                return self._answer(self._sock)
+            except OSError:
+                self._close()
+            # The answer was lost: the entry's state says what became of the body.
+            word = ring.state(position)
+            if word & ACCEPTED:
+                return 202, _accepted(self._tag, position, body)
+            if word & REFUSED:  # nothing of it taken: a new entry
+                placed = self._append(ring, body, busy_deadline)
+                if placed is None:
+                    break
+                position = placed
+        if ring.state(position) & ACCEPTED:
+            return 202, _accepted(self._tag, position, body)
+        ring.mark(position, REFUSED)  # withdrawn: nobody may produce it now
+        return None
+
+    def _append(self, ring: Ring, body: bytes, busy_deadline: float) -> int | None:
+        while True:
+            try:
+                return ring.append(body)[0]
+            except RingFull:
+                if self._clock() >= busy_deadline:
+                    return None
+                self._sleep(_ROOM_POLL_S)
+
+    def _connect(self, deadline: float) -> tuple[int, bytes] | None:
+        """Connected and said hello (the ring made first when there is none): None, else the
+        refusal to answer the body with (OSError: no listener)."""
+        if self._sock is not None:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(max(0.001, deadline - self._clock()))
+            sock.connect(socket_address(self._port))
+            if self._ring is None:
+                self._create()
+            assert self._ring is not None
+            sock.send(hello(self._token, self._ring.path))
+            status, data = self._answer(sock)
+        except BaseException:
+            sock.close()
+            raise
+        if status == 200:
+            self._sock = sock
+            return None
+        sock.close()
+        if status in (401, 503):  # the token, or before a restore: as HTTP would answer
+            self._discard()  # nothing in it; before a snapshot, not kept in it
+            return status, data
+        raise ConnectionRefusedError(f"the ring listener refused this ring ({status})")
+
+    def _create(self) -> None:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        tag = os.urandom(8).hex()
+        path = self._directory / ring_name(self._port, tag)
+        draft = path.with_name(f".{path.name}")
+        fd = create(draft)
+        # Held while the process lives; named only once held, so the extension never takes
+        # over a ring whose writer is alive.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(draft, path)
+        self._ring, self._fd, self._tag, self._pid = Ring(fd, path), fd, tag, os.getpid()
+
+    @staticmethod
+    def _answer(sock: socket.socket) -> tuple[int, bytes]:
+        first = sock.recv(MAX_MESSAGE)
+        if not first:
+            raise ConnectionResetError("the ring listener closed the connection")
+        status, length, data = answer_head(first)
+        while len(data) < length:
+            part = sock.recv(MAX_MESSAGE)
+            if not part:
+                raise ConnectionResetError("the ring listener closed the connection")
+            data += part
+        return status, data
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _discard(self) -> None:
+        """Delete the ring (nothing accepted from it)."""
+        if self._ring is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._ring.path)
+            self._ring.close()
+            os.close(self._fd)
+            self._ring = None
+
+    def _forget(self) -> None:
+        """After a fork: the parent's ring and connection are the parent's."""
+        self._lock = threading.Lock()
+        if self._sock is not None:
+            self._sock.close()  # the parent's connection stays: the socket is still its
+            self._sock = None
+        if self._ring is not None:
+            self._ring.close()
+            os.close(self._fd)  # the parent's flock stays: the open file is still its
+            self._ring = None
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+
+def _accepted(tag: str, position: int, body: bytes) -> bytes:
+    """The answer of a body the extension took when its answer was lost."""
+    ids = record_ids(tag, position, body_records(body))
+    return json.dumps({"accepted": len(ids), "ids": ids}).encode()

@@ -88,12 +88,11 @@ class Resident:
         kept = self._rings.kept
         in_rings = [r.id for r in cold if r.id in kept]
         found, problems = self._rings.read_back(in_rings) if in_rings else ({}, {})
-        if len(in_rings) < len(cold):
-            if self._journal is not None:
-                journaled, trouble = self._journal.read_back(
-                    [r.id for r in cold if r.id not in kept])
-                found.update(journaled)
-                problems.update(trouble)
+        if len(in_rings) < len(cold) and self._journal is not None:
+            journaled, trouble = self._journal.read_back(
+                [r.id for r in cold if r.id not in kept])
+            found.update(journaled)
+            problems.update(trouble)
         for record in cold:  # per record: kept to lookups and attribute writes
             pair = found.get(record.id)
             if pair is None or record.id in problems:

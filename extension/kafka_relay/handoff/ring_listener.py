@@ -27,7 +27,13 @@ from kafka_relay.delivery.rings import Entry, RingFile, Rings
 from kafka_relay.handoff.idempotency import Answer
 from kafka_relay.handoff.port import BACKLOG
 from kafka_relay.handoff.schema import framed_records
-from kafka_relay.handoff.server import HandoffState, accept_records, accepted_body, answer_json
+from kafka_relay.handoff.server import (
+    MAX_BODY_HINT,
+    HandoffState,
+    accept_records,
+    accepted_body,
+    answer_json,
+)
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import FRAMES_TYPE, TOKEN_HEADER, TOKEN_SOURCES, Refusal
 from kafka_relay.record import Record
@@ -220,9 +226,8 @@ class RingListener:
         limit = state.config.max_body_bytes
         if length > limit:
             self._rings.refused(file, position)
-            return answer_json(413, {"error": f"the body is over {limit} bytes "
-                                              "(KAFKA_RELAY_MAX_BODY_BYTES): send smaller "
-                                              "batches"})
+            return answer_json(413, {"error": f"body of {length} bytes is over the {limit}-byte "
+                                              f"limit{MAX_BODY_HINT}"})
         reply = accept_records(
             state, bytes(body), FRAMES_TYPE, request_id, wait=False, wait_s=0.0,
             new_ids=lambda count: record_ids(file.tag, position, count),

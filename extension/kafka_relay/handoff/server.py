@@ -71,6 +71,7 @@ WAIT_PROBE_S = 0.5
 # room, so the handler hears at once (the breaker's probes are 1-2 s apart).
 GONE_RETRY_AFTER_MS = 2_000
 _SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
+MAX_BODY_HINT = " (KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"
 _MAX_KEY_CHARS = 200
 
 
@@ -258,7 +259,7 @@ class _Handler(RequestHandler):
 
     def _limit_hint(self, limit: int) -> str:
         if limit == self.server.state.config.max_body_bytes:
-            return " (KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"
+            return MAX_BODY_HINT
         return " of this route"
 
     def _records(self, body: Body) -> None:
