@@ -423,8 +423,9 @@ class RelayClient:
                 path += f"?{WAIT_PARAM}={WAIT_DELIVERED}&{TIMEOUT_PARAM}={wait_ms}"
             handed = None if ring is None else ring.exchange(
                 body, self.request_id, busy_deadline=busy_deadline, deadline=deadline)
+            headers: Mapping[str, str] = {}
             if handed is not None:
-                status, reply, headers = handed[0], _decode(handed[1]), {}
+                status, reply = handed[0], _decode(handed[1])
             else:
                 status, reply, headers = self._transport.exchange(
                     "POST", path, body, deadline,
