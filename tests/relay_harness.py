@@ -84,3 +84,5 @@ def running_relay(
         if parts.server is not None:
             parts.engine.stop()
             parts.server.stop()
+            if parts.rings is not None:
+                parts.rings.stop()

@@ -29,13 +29,14 @@ from kafka_relay.spill.sinks import SpillChain
 class Parts:
     """The assembled extension: what ``__main__`` runs and tests inspect."""
 
-    __slots__ = ("config", "engine", "logger", "mode", "server")
+    __slots__ = ("config", "engine", "logger", "mode", "rings", "server")
 
     def __init__(self, *, config: Config, engine: DeliveryEngine, server: HandoffServer,
-                 mode: Mode, logger: JsonLogger) -> None:
+                 mode: Mode, logger: JsonLogger, rings: RingListener | None = None) -> None:
         self.config = config
         self.engine = engine
         self.server = server
+        self.rings = rings  # the ring transport's listener (None: off)
         self.mode = mode
         self.logger = logger
 
@@ -91,6 +92,7 @@ def _assemble(config: Config, logger: JsonLogger, kind: type[Mode], prepared: Pr
         engine.stop()
         raise
     server.start()
+    rings = None
     if prepared.ring_listening is not None:
         rings = RingListener(state, engine.rings, prepared.ring_listening,
                              take_over=engine.take_over)
@@ -99,7 +101,8 @@ def _assemble(config: Config, logger: JsonLogger, kind: type[Mode], prepared: Pr
     mode.listener.publish({"breaker": {"state": "closed"}, "deferring": False,
                            "max_latency_ms": config.max_latency_ms})
     mode.listener.closers.append(server.stop)
-    parts = Parts(config=config, engine=engine, server=server, mode=mode, logger=logger)
+    parts = Parts(config=config, engine=engine, server=server, mode=mode, logger=logger,
+                  rings=rings)
     prepared.start_telemetry(mode)
     # cpu_ms: this process's CPU since it started (every thread) when it told Lambda it was
     # ready, the cold start's own cost; assembled_cpu_ms: now, when the port answers.

@@ -439,8 +439,8 @@ class Writer:
             self._sock = sock
             return None
         sock.close()
+        self._discard()  # nothing in it; before a snapshot, not kept in it
         if status in (401, 503):  # the token, or before a restore: as HTTP would answer
-            self._discard()  # nothing in it; before a snapshot, not kept in it
             return status, data
         raise ConnectionRefusedError(f"the ring listener refused this ring ({status})")
 
@@ -475,8 +475,8 @@ class Writer:
             self._sock = None
 
     def _discard(self) -> None:
-        """Delete the ring (nothing accepted from it)."""
-        if self._ring is not None:
+        """Delete the ring when nothing was ever written to it."""
+        if self._ring is not None and not self._ring.written:
             with contextlib.suppress(OSError):
                 os.unlink(self._ring.path)
             self._ring.close()

@@ -168,6 +168,7 @@ class DeliveryEngine:
         init, as a killed process leaves it."""
         self.pump.stop()
         release_journal(self._ledger, self._journal, clean=False)
+        self._ledger.rings.close()
 
     def recover_journal(self) -> int:
         """Own again what a dead predecessor journaled; the records restored."""
@@ -315,6 +316,7 @@ class DeliveryEngine:
         # Everything settled: leave nothing behind.
         release_journal(self._ledger, self._journal, clean=True)
         self._ledger.rings.release()
+        self._ledger.rings.close()
         state = self._ledger.state()
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,

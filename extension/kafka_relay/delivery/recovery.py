@@ -63,9 +63,9 @@ RingReader = Callable[[bytes, list[str]], list[Record]]
 
 def recover_rings(ledger: Ledger, directory: Path, port: int, *, read: RingReader | None,
                   spill: Spill, logger: JsonLogger) -> Recovery:
-    """Take over the ring files of ``port``'s extension whose writers are gone: own again what
-    they hold accepted and unsettled (counted ``restored``, same ids; nothing without
-    ``read``: no crash durability), delete them once consumed."""
+    """Take over the ring files an earlier extension on ``port`` served: own again what they
+    hold accepted and unsettled (counted ``restored``, same ids; nothing without ``read``: no
+    crash durability); those whose writers are gone are deleted once consumed."""
     records = files = 0
     recovered = 0
     for path in sorted(directory.glob(f"{PREFIX}{port}-*.ring")):
@@ -78,9 +78,7 @@ def recover_rings(ledger: Ledger, directory: Path, port: int, *, read: RingReade
             logger.warning("ring.unreadable", path=str(path), error=str(exc))
             continue
         file = ledger.rings.attach(ring, tag)
-        if not file.writer_gone():
-            continue  # its live writer says hello when it sends next (``take_over``)
-        file.orphan = True
+        file.orphan = file.writer_gone()
         taken = take_over(ledger, file, read=read, spill=spill, logger=logger)
         records += taken.records
         files += 1

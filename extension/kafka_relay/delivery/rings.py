@@ -115,12 +115,18 @@ class Rings:
             if file.ring.path in self.files:
                 self._advance(file)
 
-    def writer_left(self, file: RingFile) -> None:
-        """Its writer's connection closed: a writer that is gone leaves the file to us."""
+    def writer_left(self, file: RingFile) -> bool:
+        """Its writer's connection closed: a writer that is gone leaves the file to us. False
+        while its flock is still held (a process closes its socket before its ring file as
+        it exits: ask again)."""
         with self._lock:
-            if file.ring.path in self.files and file.writer_gone():
-                file.orphan = True
-                self._advance(file)
+            if file.ring.path not in self.files:
+                return True
+            if not file.writer_gone():
+                return False
+            file.orphan = True
+            self._advance(file)
+            return True
 
     def _advance(self, file: RingFile) -> None:
         ring = file.ring
@@ -184,6 +190,15 @@ class Rings:
                 if file.orphan or file.writer_gone():
                     file.orphan = True
                     self._advance(file)
+
+    def close(self) -> None:
+        """Let every file go (their flocks too), deleting none: stopped without a drain."""
+        with self._lock:
+            for file in self.files.values():
+                file.ring.close()
+                os.close(file.fd)
+            self.files.clear()
+            self.kept.clear()
 
     def status(self) -> dict[str, object]:
         with self._lock:

@@ -51,6 +51,9 @@ from kafka_relay.ring import (
     tag_of,
 )
 
+_RECHECK_S = 0.05
+_RECHECKS = 100  # then the next init takes the file over
+
 
 def bind(config: Config, logger: JsonLogger) -> socket.socket | None:
     """The listening socket, or None (ring off, or the address taken: handlers then use
@@ -100,6 +103,8 @@ class RingListener:
         self._take_over = take_over
         self._selector = selectors.DefaultSelector()
         self._stop_r, self._stop_w = socket.socketpair()
+        # Rings whose writer's connection closed while it still held the file: asked again.
+        self._departed: dict[RingFile, int] = {}
         self._thread = threading.Thread(target=self._serve, name="kafka-relay-ring",
                                         daemon=True)
 
@@ -118,7 +123,9 @@ class RingListener:
         self._selector.register(self._stop_r, selectors.EVENT_READ, self._stop_r)
         try:
             while True:
-                for key, _events in self._selector.select():
+                ready = self._selector.select(_RECHECK_S if self._departed else None)
+                self._recheck()
+                for key, _events in ready:
                     if key.data is self._stop_r:
                         return
                     if key.data is None:
@@ -133,6 +140,13 @@ class RingListener:
             self._listening.close()
             self._stop_r.close()
             self._stop_w.close()
+
+    def _recheck(self) -> None:
+        for file, left in list(self._departed.items()):
+            if self._rings.writer_left(file) or left <= 1:
+                del self._departed[file]
+            else:
+                self._departed[file] = left - 1
 
     def _accept(self) -> None:
         try:
@@ -170,8 +184,8 @@ class RingListener:
     def _close(self, conn: _Connection) -> None:
         self._selector.unregister(conn.sock)
         conn.sock.close()
-        if conn.file is not None:
-            self._rings.writer_left(conn.file)
+        if conn.file is not None and not self._rings.writer_left(conn.file):
+            self._departed[conn.file] = _RECHECKS
 
     def _hello(self, conn: _Connection, message: bytes) -> tuple[Answer, bool]:
         state = self._state
