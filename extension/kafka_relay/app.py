@@ -93,9 +93,9 @@ def _assemble(config: Config, logger: JsonLogger, kind: type[Mode], prepared: Pr
         raise
     server.start()
     rings = None
-    if prepared.ring_listening is not None:
-        rings = RingListener(state, engine.rings, prepared.ring_listening,
-                             take_over=engine.take_over)
+    if prepared.ring_listening is not None and engine.ring_recovery is not None:
+        rings = RingListener(state, engine.ring_recovery.rings, prepared.ring_listening,
+                             take_over=engine.ring_recovery.take_over)
         rings.start()
         mode.listener.closers.append(rings.stop)
     mode.listener.publish({"breaker": {"state": "closed"}, "deferring": False,

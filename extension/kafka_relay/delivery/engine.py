@@ -29,12 +29,11 @@ from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.delivery.reachability import Reachability
 from kafka_relay.delivery.recovery import (
     RingReader,
+    RingRecovery,
     recover_journal,
-    recover_rings,
     release_journal,
-    take_over,
 )
-from kafka_relay.delivery.rings import Entry, RingFile, Rings
+from kafka_relay.delivery.rings import Entry
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
@@ -122,8 +121,6 @@ class DeliveryEngine:
         self._log = logger
         self._wall_ms = wall_ms
         self._monotonic = monotonic
-        self._rings_on = read_ring is not None
-        self._read_ring = read_ring if config.journal else None
         # On demand, the invocation running now: records that arrive without a request id
         # are its records (one invocation at a time), so the logs can attribute them.
         self.invocation_id: str | None = None
@@ -139,6 +136,10 @@ class DeliveryEngine:
                               monotonic=monotonic, journal=journal, logger=logger,
                               overflow=overflow)
         # What fits of the outage spool back into memory, before newer batches are taken.
+        # Public for the ring listener: the rings, and taking over a live writer's ring.
+        self.ring_recovery = None if read_ring is None else RingRecovery(
+            self._ledger, config, read=read_ring if config.journal else None,
+            spill=spill.spill, logger=logger)
         self._refill: Callable[[], int] = (
             (lambda: 0) if overflow is None else functools.partial(refill, self._ledger, overflow))
         # Public for tests that step it by hand; outside delivery/ only its ``failure`` is read.
@@ -153,14 +154,8 @@ class DeliveryEngine:
         """Restore what a crashed predecessor journaled, then deliver (building the producer
         first when it was deferred: SnapStart's restore)."""
         self.recover_journal()
-        if self._rings_on:
-            recovery = recover_rings(self._ledger, self._config.ring_dir, self._config.port,
-                                     read=self._read_ring, spill=self._spill.spill,
-                                     logger=self._log)
-            if recovery.files:
-                self._log.warning("ring.taken_over", records=recovery.records,
-                                  files=recovery.files, recovered=recovery.recovered,
-                                  dir=str(self._config.ring_dir))
+        if self.ring_recovery is not None:
+            self.ring_recovery.at_start()
         self.pump.start()
 
     def stop(self) -> None:
@@ -218,11 +213,6 @@ class DeliveryEngine:
 
     # -- records -----------------------------------------------------------------------------
 
-    @property
-    def rings(self) -> Rings:
-        """The ring files whose records the ledger holds (delivery/rings.py)."""
-        return self._ledger.rings
-
     def accept(self, records: Sequence[Record], *, watch: bool = False,
                entry: Entry | None = None) -> Watch | None:
         """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on.
@@ -240,12 +230,6 @@ class DeliveryEngine:
                 record.dlq_topic = dlq
         self._refill()
         return self._ledger.accept(records, watch=watch, entry=entry)
-
-    def take_over(self, file: RingFile) -> int:
-        """A live writer's ring that an earlier extension served: own again what it accepted
-        and did not settle (counted ``restored``; same ids); the records taken."""
-        return take_over(self._ledger, file, read=self._read_ring, spill=self._spill.spill,
-                         logger=self._log).records
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""

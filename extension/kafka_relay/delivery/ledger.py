@@ -153,11 +153,17 @@ def _never_fits(records: int, size: int, limits: Limits) -> str:
             "send it in smaller batches")
 
 
+def _full(records: int, size: int, limits: Limits) -> str:
+    return (f"buffer full ({records} records, {size} bytes pending; limits {limits.records} "
+            f"records (KAFKA_RELAY_MAX_BUFFER_RECORDS), {limits.bytes} bytes "
+            "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
+
+
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
                  journal: Journal | None = None, logger: JsonLogger | None = None,
-                 overflow: OverflowSpool | None = None, rings: Rings | None = None) -> None:
+                 overflow: OverflowSpool | None = None) -> None:
         # One condition guards everything below; the pump waits on it for work.
         self.cond = threading.Condition()
         self.queue = SendQueue()
@@ -170,8 +176,7 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
-        # The records that came through ring files: journaled there, not in ``journal``.
-        self.rings = Rings(logger) if rings is None else rings
+        self.rings = Rings()  # the records that came through ring files: journaled there
         self.resident = Resident(journal, self.rings, in_flight_window(limits.bytes), logger)
         self._overflow = overflow
         self._log = logger
@@ -184,11 +189,10 @@ class Ledger:
                entry: Entry | None = None) -> Watch | None:
         """Own all of ``records`` or none (BufferFull). A batch that does not fit in memory, or
         comes while earlier ones wait there, goes to the outage spool (counted ``spooled``).
-        ``entry``: the ring entry that holds them (their journal, instead of ``journal``)."""
+        ``entry``: the ring entry that holds them, their journal."""
         size = sum([r.size for r in records])
         ids = [r.id for r in records]
-        journal = self._journal if entry is None else None
-        overflow = self._overflow
+        journal, overflow = self._journal if entry is None else None, self._overflow
         frame = (encode_batch(records, size) if journal is not None or overflow is not None
                  else None)
         with self.cond:
@@ -212,12 +216,8 @@ class Ledger:
                     parked = Watch(ids, self, dict.fromkeys(ids, (Outcome.SPILLED, location)))
                     return parked
                 if full:
-                    raise BufferFull(
-                        self._retry_after_ms,
-                        f"buffer full ({len(self._unsettled)} records, {self._bytes} bytes "
-                        f"pending; limits {self.limits.records} records "
-                        f"(KAFKA_RELAY_MAX_BUFFER_RECORDS), {self.limits.bytes} bytes "
-                        "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
+                    raise BufferFull(self._retry_after_ms,
+                                     _full(len(self._unsettled), self._bytes, self.limits))
                 if frame is not None and journal is not None:
                     journal.append(ids, frame)
                     self.resident.drop_waiting(records, size, self._bytes)
@@ -244,9 +244,8 @@ class Ledger:
 
     def restore(self, records: Iterable[Record], *, recovered: int = 0,
                 entry: Entry | None = None) -> int:
-        """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times);
-        they are journaled again (``entry``: they are in that ring entry) and get a new
-        outcome."""
+        """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times),
+        journaled again (``entry``: in that ring entry), for a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
             size = sum([r.size for r in fresh])
@@ -291,9 +290,7 @@ class Ledger:
         for record in gone:
             self._watches.pop(record.id, None)
         self._bytes -= sum([r.size for r in gone])
-        if self._journal is not None:
-            self._journal.settled([r.id for r in gone])
-        self.rings.settled([r.id for r in gone])
+        self.resident.released([r.id for r in gone])
         if taken:
             self.queue.done(gone)
         self.cond.notify_all()
@@ -317,10 +314,7 @@ class Ledger:
             settled = [r for r in records if pop(r.id, None) is not None]
             if not settled:
                 return 0
-            if self._journal is not None:
-                self._journal.settled([r.id for r in settled])
-            if self.rings.kept:
-                self.rings.settled([r.id for r in settled])
+            self.resident.released([r.id for r in settled])
             self._bytes -= sum([r.size for r in settled])
             count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
             setattr(self.counts, count, getattr(self.counts, count) + len(settled))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from kafka_relay.config import Config
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal
 from kafka_relay.delivery.ledger import Ledger, Spill
 from kafka_relay.delivery.rings import Entry, RingFile
@@ -59,6 +60,36 @@ def release_journal(ledger: Ledger, journal: Journal | None, *, clean: bool) -> 
 
 # A ring body's Records, validated by the handoff's own reader, with the ids given.
 RingReader = Callable[[bytes, list[str]], list[Record]]
+
+
+class RingRecovery:
+    """Taking over ring files an earlier extension served: at init, and when a writer that
+    outlived it says hello (the ring listener). Without ``read`` (no crash durability) what
+    they hold is let go instead."""
+
+    def __init__(self, ledger: Ledger, config: Config, *, read: RingReader | None,
+                 spill: Spill, logger: JsonLogger) -> None:
+        self.rings = ledger.rings
+        self._ledger = ledger
+        self._config = config
+        self._read = read
+        self._spill = spill
+        self._log = logger
+
+    def at_start(self) -> Recovery:
+        recovery = recover_rings(self._ledger, self._config.ring_dir, self._config.port,
+                                 read=self._read, spill=self._spill, logger=self._log)
+        if recovery.files:
+            self._log.warning("ring.taken_over", records=recovery.records,
+                              files=recovery.files, recovered=recovery.recovered,
+                              dir=str(self._config.ring_dir))
+        return recovery
+
+    def take_over(self, file: RingFile) -> int:
+        """A live writer's ring: own again what it holds accepted and unsettled (counted
+        ``restored``, same ids); the records taken."""
+        return take_over(self._ledger, file, read=self._read, spill=self._spill,
+                         logger=self._log).records
 
 
 def recover_rings(ledger: Ledger, directory: Path, port: int, *, read: RingReader | None,
@@ -117,8 +148,6 @@ def take_over(ledger: Ledger, file: RingFile, *, read: RingReader | None, spill:
             continue
         restored += ledger.restore(records, recovered=count, entry=Entry(file, position, length))
         owned += records
-    if restored:
-        logger.warning("ring.restored", records=restored, path=str(ring.path), recovered=count)
     if count > MAX_RECOVERIES and owned:
         with ledger.cond:
             again = ledger.warm([r for r in owned if r.id in ledger.unsettled])

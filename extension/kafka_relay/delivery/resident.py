@@ -62,6 +62,12 @@ class Resident:
             if room < 0 and payload_bytes(record):
                 record.key = record.value = None
 
+    def released(self, ids: list[str]) -> None:
+        """``ids`` settled or were given up: their journal (or ring) lets them go."""
+        if self._journal is not None:
+            self._journal.settled(ids)
+        self._rings.settled(ids)
+
     def drop(self, records: Iterable[Record]) -> None:
         """Handed to librdkafka, or waiting out a backoff: the journaled ones' keys and
         values go (per record: kept to a few attribute reads)."""

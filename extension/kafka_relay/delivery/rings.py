@@ -22,7 +22,6 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from kafka_relay.observability.log import JsonLogger
 from kafka_relay.ring import ACCEPTED, REFUSED, Ring, payloads
 
 KeyValue = tuple[bytes | None, bytes | None]
@@ -61,11 +60,10 @@ class Entry:
 
 
 class Rings:
-    def __init__(self, logger: JsonLogger | None = None) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self.kept: dict[str, Entry] = {}  # every unsettled record that came through a ring
         self.files: dict[Path, RingFile] = {}
-        self._log = logger
 
     def attach(self, ring: Ring, tag: str) -> RingFile:
         with self._lock:
@@ -153,8 +151,6 @@ class Rings:
             os.unlink(file.ring.path)
         file.ring.close()
         os.close(file.fd)
-        if self._log is not None:
-            self._log.debug("ring.deleted", path=str(file.ring.path))
 
     def read_back(self, record_ids: Sequence[str]) -> tuple[dict[str, KeyValue], dict[str, str]]:
         """The key and value of each of ``record_ids`` (kept here), read from its ring; why
