@@ -76,6 +76,7 @@ _BUSY_S = 0.8  # as long as the HTTP client backs off a full buffer (client._MAX
 _ROOM_POLL_S = 0.001  # how often a writer looks whether the extension consumed more
 _ATTEMPTS = 3  # announcements of one body after a lost answer
 _RETRY_LISTENER_S = 10.0  # no listener answered: bodies go over HTTP this long
+GONE = 410  # the extension was restored from a snapshot since the ring was made
 
 
 class RingFull(Exception):
@@ -362,18 +363,28 @@ class Writer:
         ring listener answers here (send it over HTTP)."""
         if not fits(len(body)) or self._clock() < self._off_until:
             return None
+        if self._pid and self._pid != os.getpid():
+            self._lock = threading.Lock()  # a fork's copy may be held by a thread not copied
         with self._lock:
             if self._pid != os.getpid():
                 self._forget()  # inherited from the parent: its ring and connection
-            try:
-                refused = self._connect(deadline)
-            except OSError:
-                self._off_until = self._clock() + _RETRY_LISTENER_S
+            for _ring in range(2):
+                try:
+                    refused = self._connect(deadline)
+                except OSError:
+                    self._off_until = self._clock() + _RETRY_LISTENER_S
+                    self._close()
+                    return None
+                if refused is not None and refused[0] != GONE:
+                    return refused
+                handed = self._hand_over(body, request_id, busy_deadline,
+                                         deadline) if refused is None else refused
+                if handed is None or handed[0] != GONE:
+                    return handed
+                # Restored from a snapshot: the ring is every copy's; one of our own now.
                 self._close()
-                return None
-            if refused is not None:
-                return refused
-            return self._hand_over(body, request_id, busy_deadline, deadline)
+                self._forget()
+            return None
 
     def _hand_over(self, body: bytes, request_id: str | None, busy_deadline: float,
                    deadline: float) -> tuple[int, bytes] | None:
@@ -440,7 +451,7 @@ class Writer:
             return None
         sock.close()
         self._discard()  # nothing in it; before a snapshot, not kept in it
-        if status in (401, 503):  # the token, or before a restore: as HTTP would answer
+        if status in (401, 503, GONE):  # the token, before or after a restore
             return status, data
         raise ConnectionRefusedError(f"the ring listener refused this ring ({status})")
 
@@ -484,8 +495,8 @@ class Writer:
             self._ring = None
 
     def _forget(self) -> None:
-        """After a fork: the parent's ring and connection are the parent's."""
-        self._lock = threading.Lock()
+        """After a fork (the parent's ring and connection are the parent's) or a restore (the
+        ring is every copy's): a new ring at the next body."""
         if self._sock is not None:
             self._sock.close()  # the parent's connection stays: the socket is still its
             self._sock = None
@@ -496,8 +507,16 @@ class Writer:
         self._pid = os.getpid()
 
     def close(self) -> None:
+        """Close the connection; the ring too once the extension consumed all of it."""
         with self._lock:
             self._close()
+            ring = self._ring
+            if ring is not None and ring.consumed == ring.written:
+                with contextlib.suppress(OSError):
+                    os.unlink(ring.path)
+                ring.close()
+                os.close(self._fd)
+                self._ring = None
 
 
 def _accepted(tag: str, position: int, body: bytes) -> bytes:

@@ -30,11 +30,14 @@ KeyValue = tuple[bytes | None, bytes | None]
 class RingFile:
     """One ring file as the extension holds it."""
 
-    __slots__ = ("fd", "open", "orphan", "ring", "tag")
+    __slots__ = ("era", "fd", "open", "orphan", "ring", "tag")
 
-    def __init__(self, ring: Ring, tag: str) -> None:
+    def __init__(self, ring: Ring, tag: str, era: str) -> None:
         self.ring = ring
         self.tag = tag
+        # The handoff's id prefix when it was attached: after a restore from a snapshot (a
+        # new prefix) the ring is every copy's, so it takes no more bodies.
+        self.era = era
         # Entries whose records the ledger owns, by position: how many are unsettled.
         self.open: dict[int, Entry] = {}
         self.orphan = False  # the writer is gone: delete the file once consumed
@@ -65,11 +68,11 @@ class Rings:
         self.kept: dict[str, Entry] = {}  # every unsettled record that came through a ring
         self.files: dict[Path, RingFile] = {}
 
-    def attach(self, ring: Ring, tag: str) -> RingFile:
+    def attach(self, ring: Ring, tag: str, era: str = "") -> RingFile:
         with self._lock:
             file = self.files.get(ring.path)
             if file is None:
-                file = self.files[ring.path] = RingFile(ring, tag)
+                file = self.files[ring.path] = RingFile(ring, tag, era)
             else:
                 ring.close()
             return file

@@ -51,6 +51,8 @@ from kafka_relay.ring import (
     tag_of,
 )
 
+_RESTORED = answer_json(410, {"error": "restored from a snapshot since this ring was made: "
+                                       "a ring of this copy's own takes the body"})
 _RECHECK_S = 0.05
 _RECHECKS = 100  # then the next init takes the file over
 
@@ -211,9 +213,11 @@ class RingListener:
                                               "both sides"}), False
         known = path in self._rings.files
         try:
-            file = self._rings.attach(Ring.open(path), tag)
+            file = self._rings.attach(Ring.open(path), tag, state.ids.prefix)
         except (OSError, ValueError) as exc:
             return answer_json(404, {"error": f"cannot open {path}: {exc}"}), False
+        if file.era != state.ids.prefix:
+            return _RESTORED, False
         if not known:  # a ring an earlier extension served: what it accepted is ours now
             self._take_over(file)
         conn.file = file
@@ -229,6 +233,9 @@ class RingListener:
         if ring.entry(position, length) is None:
             return answer_json(400, {"error": f"no {length}-byte entry at {position} in "
                                               f"{ring.path}"})
+        if file.era != state.ids.prefix:
+            self._rings.refused(file, position)
+            return _RESTORED
         word = ring.state(position)
         body = ring.body(position, length)
         if word & REFUSED:  # its answer was lost: nothing of it was taken
