@@ -77,9 +77,17 @@ def test_managed_instances_deliver_concurrent_handlers_records_and_account_each_
         # Before any SHUTDOWN: delivered in the background, each request reported.
         got = broker.read(topic, expected=invocations * count, timeout=30)
         reported_before_shutdown = len(_reported(sandbox, invocations, within_s=30))
+        # The default transport: one ring per handler process, all in the shared /tmp.
+        assert sandbox._tmp_dir is not None  # the sandbox's /tmp
+        ring_dir = sandbox._tmp_dir / "kafka-relay-ring"
+        rings_while_running = len(list(ring_dir.glob("kafka-relay-ring-*.ring")))
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
         subscriptions = sandbox.telemetry_subscriptions()
+        rings_after = list(ring_dir.glob("kafka-relay-ring-*.ring"))
+
+    assert rings_while_running == 4
+    assert rings_after == [], "rings consumed whose writers are gone are deleted"
 
     assert [r.status for r in results] == ["success"] * invocations
     assert shutdown.killed == []
