@@ -120,7 +120,7 @@ def record_ids(tag: str, position: int, count: int) -> list[str]:
     return [f"{tag}-{position:x}-{index}" for index in range(count)]
 
 
-def body_records(body: bytes | memoryview) -> int:
+def body_records(body: bytes) -> int:
     """The record count a framed body announces (0 when it has no header)."""
     return int(FRAMES_HEAD.unpack_from(body, 0)[1]) if len(body) >= FRAMES_HEAD.size else 0
 
@@ -154,7 +154,9 @@ def create(path: Path, capacity: int = CAPACITY) -> int:
 
 
 class Ring:
-    """The mapped file, as either side sees it."""
+    """The file, as either side sees it: offsets and state words through a mapping, bodies
+    with ``pwrite``/``pread``, so neither process keeps the bodies' pages in its own
+    resident memory (they are page cache, like the journal's)."""
 
     def __init__(self, fd: int, path: Path) -> None:
         self.path = path
@@ -163,6 +165,7 @@ class Ring:
         if (magic, version) != (MAGIC, VERSION) or len(self.map) != HEADER + self.capacity:
             self.map.close()
             raise ValueError(f"{path} is not a ring file of version {VERSION}")
+        self._fd = os.dup(fd)
 
     @classmethod
     def open(cls, path: Path) -> Ring:
@@ -195,10 +198,12 @@ class Ring:
         """The state word of the entry at logical ``position``."""
         return int(_WORD.unpack_from(self.map, HEADER + position % self.capacity)[0])
 
-    def body(self, position: int, length: int) -> memoryview:
-        """The body at logical ``position``, in place (no copy)."""
-        at = HEADER + position % self.capacity + _WORD.size
-        return memoryview(self.map)[at:at + length]
+    def body(self, position: int, length: int) -> bytes:
+        """The body at logical ``position``."""
+        data = os.pread(self._fd, length, HEADER + position % self.capacity + _WORD.size)
+        if len(data) != length:
+            raise ValueError(f"{self.path} ends inside the body at {position}")
+        return data
 
     def entry(self, position: int, length: int) -> int | None:
         """The end of the entry at ``position`` when a ``length``-byte body was written
@@ -236,9 +241,9 @@ class Ring:
             _WORD.pack_into(self.map, HEADER + at, SKIP)
             position += skip
             at = 0
+        if os.pwrite(self._fd, body, HEADER + at + _WORD.size) != length:
+            raise OSError(f"a short write to {self.path}")
         _WORD.pack_into(self.map, HEADER + at, length)
-        start = HEADER + at + _WORD.size
-        self.map[start:start + length] = body
         # Only now is the entry visible (to the extension, and to a takeover).
         _OFFSET.pack_into(self.map, _WRITTEN_AT, position + size)
         return position, position + size
@@ -257,7 +262,7 @@ class Ring:
             yield position, word, end
             position = end
 
-    def pending(self) -> Iterator[tuple[int, int, memoryview]]:
+    def pending(self) -> Iterator[tuple[int, int, bytes]]:
         """(position, end, body) of every accepted entry after the consumed offset: what an
         extension that takes this file over must still produce."""
         for position, word, end in self.entries():
@@ -266,6 +271,7 @@ class Ring:
 
     def close(self) -> None:
         self.map.close()
+        os.close(self._fd)
 
 
 def hello(token: str | None, path: Path) -> bytes:
@@ -312,7 +318,7 @@ def answer_head(message: bytes) -> tuple[int, int, bytes]:
     return status, length, message[_ANSWER.size:]
 
 
-def payloads(body: bytes | memoryview) -> list[tuple[bytes | None, bytes | None]]:
+def payloads(body: bytes) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of each record of a body already validated (the handoff's reader read
     it), as the records were built from it; ValueError when it does not read so."""
     out: list[tuple[bytes | None, bytes | None]] = []

@@ -139,7 +139,7 @@ def take_over(ledger: Ledger, file: RingFile, *, read: RingReader | None, spill:
     for position, _end, body in list(ring.pending()):
         length = len(body)
         try:
-            records = read(bytes(body), record_ids(file.tag, position, body_records(body)))
+            records = read(body, record_ids(file.tag, position, body_records(body)))
         except ValueError as exc:
             logger.error("records.lost", path=str(ring.path), position=position,
                          error=str(exc), hint="a ring entry accepted earlier no longer reads "

@@ -250,7 +250,7 @@ class RingListener:
             return answer_json(413, {"error": f"body of {length} bytes is over the {limit}-byte "
                                               f"limit{MAX_BODY_HINT}"})
         reply = accept_records(
-            state, bytes(body), FRAMES_TYPE, request_id, wait=False, wait_s=0.0,
+            state, body, FRAMES_TYPE, request_id, wait=False, wait_s=0.0,
             new_ids=lambda count: record_ids(file.tag, position, count),
             entry=Entry(file, position, length))
         if reply.status != 202:
