@@ -216,6 +216,13 @@ class Ring:
         return end if end <= self.written and position % self.capacity + entry_size(
             length) <= self.capacity else None
 
+    def read_into(self, position: int, buffer: mmap.mmap) -> mmap.mmap:
+        """The body at logical ``position``, read into ``buffer`` (its length)."""
+        if os.preadv(self._fd, [buffer], HEADER + position % self.capacity + _WORD.size) != len(
+                buffer):
+            raise ValueError(f"{self.path} ends inside the body at {position}")
+        return buffer
+
     def mark(self, position: int, bit: int) -> None:
         """Set ``ACCEPTED`` or ``REFUSED`` on the entry at ``position``."""
         at = HEADER + position % self.capacity

@@ -16,6 +16,7 @@ waits in its backlog until the extension is assembled, as on the handoff port.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import selectors
 import socket
 import threading
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.rings import Entry, RingFile, Rings
+from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, trim_heap
 from kafka_relay.handoff.idempotency import Answer
 from kafka_relay.handoff.port import BACKLOG
 from kafka_relay.handoff.schema import framed_records
@@ -35,7 +37,7 @@ from kafka_relay.handoff.server import (
     answer_json,
 )
 from kafka_relay.observability.log import JsonLogger
-from kafka_relay.protocol import FRAMES_TYPE, TOKEN_HEADER, TOKEN_SOURCES, Refusal
+from kafka_relay.protocol import FRAMES_HEAD, FRAMES_TYPE, TOKEN_HEADER, TOKEN_SOURCES, Refusal
 from kafka_relay.record import Record
 from kafka_relay.ring import (
     ACCEPTED,
@@ -107,6 +109,7 @@ class RingListener:
         self._stop_r, self._stop_w = socket.socketpair()
         # Rings whose writer's connection closed while it still held the file: asked again.
         self._departed: dict[RingFile, int] = {}
+        self._trim = False  # a large body was taken: trim the heap after its answer
         self._thread = threading.Thread(target=self._serve, name="kafka-relay-ring",
                                         daemon=True)
 
@@ -180,6 +183,9 @@ class RingListener:
                 conn.sock.send(part)
         except OSError:
             keep = False
+        if self._trim:  # answered: a large body's transient copies can go
+            self._trim = False
+            trim_heap()
         if not keep:
             self._close(conn)
 
@@ -237,18 +243,22 @@ class RingListener:
             self._rings.refused(file, position)
             return _RESTORED
         word = ring.state(position)
-        body = ring.body(position, length)
         if word & REFUSED:  # its answer was lost: nothing of it was taken
             return answer_json(409, {"error": "this entry was refused already; append the "
                                               "body again"})
         if word & ACCEPTED:  # its answer was lost: the same answer again
-            return Answer(202, accepted_body(record_ids(file.tag, position,
-                                                        body_records(body))))
+            count = body_records(ring.body(position, min(length, FRAMES_HEAD.size)))
+            return Answer(202, accepted_body(record_ids(file.tag, position, count)))
         limit = state.config.max_body_bytes
         if length > limit:
             self._rings.refused(file, position)
             return answer_json(413, {"error": f"body of {length} bytes is over the {limit}-byte "
                                               f"limit{MAX_BODY_HINT}"})
+        # A large body is read into a mapping of its own, as the HTTP route reads it
+        # (handoff/body.py): unmapped when the records let go of it, not left in the heap.
+        self._trim = length >= MAPPED_BODY_BYTES
+        body: Body = ring.read_into(position, mmap.mmap(-1, length)) if self._trim else (
+            ring.body(position, length))
         reply = accept_records(
             state, body, FRAMES_TYPE, request_id, wait=False, wait_s=0.0,
             new_ids=lambda count: record_ids(file.tag, position, count),
