@@ -27,6 +27,7 @@ from kafka_relay.client import (
     RelayBusy,
     RelayClient,
     RelayError,
+    RelayNotRestored,
 )
 from kafka_relay.config import FlushStrategy
 from kafka_relay.protocol import FRAMES_TYPE, encode_frames
@@ -371,3 +372,24 @@ def test_a_live_writer_after_an_extension_restart_has_its_pending_bodies_taken_o
         client.close()
     got = broker.read(topic, expected=20, timeout=20)
     assert sorted(r.headers["x-relay-id"].decode() for r in got) == sorted(first + second)
+
+
+def test_before_a_snapstart_restore_the_ring_refuses_as_http_does_and_keeps_nothing_open(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t",
+                       env_extra={"AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"}) as h:
+        h.parts.mode.restore_wait_s = 0  # type: ignore[attr-defined]  # SnapStart's
+        refusals = []
+        for make in (_ring_client, _http_client):
+            client = make(h, timeout_s=3.0, token=TOKEN)
+            with pytest.raises(RelayNotRestored) as caught:
+                client.send([{"key": "early", "value": 1}])
+            refusals.append(str(caught.value))
+            client.close()
+        assert refusals[0] == refusals[1]
+        assert _rings(h) == [], "no ring is kept from before the restore"
+        h.parts.mode.restore("test")
+        sent = _ring_client(h, token=TOKEN).send([{"key": "late", "value": 1}])
+        assert sent.accepted == 1
+        assert len(_rings(h)) == 1
