@@ -300,7 +300,6 @@ class DeliveryEngine:
         # Everything settled: leave nothing behind.
         release_journal(self._ledger, self._journal, clean=True)
         self._ledger.rings.release()
-        self._ledger.rings.close()
         state = self._ledger.state()
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,
