@@ -183,14 +183,9 @@ class Ring:
     def consumed(self) -> int:
         return int(_OFFSET.unpack_from(self.map, _CONSUMED_AT)[0])
 
-    @property
-    def recoveries(self) -> int:
-        """How many times an extension took this file over from a dead one."""
-        return int(_WORD.unpack_from(self.map, _RECOVERIES_AT)[0])
-
     def recovered(self) -> int:
-        """Count one more takeover; the new count."""
-        count = self.recoveries + 1
+        """Count one more takeover of this file by an extension; how many now."""
+        count = int(_WORD.unpack_from(self.map, _RECOVERIES_AT)[0]) + 1
         _WORD.pack_into(self.map, _RECOVERIES_AT, count)
         return count
 
