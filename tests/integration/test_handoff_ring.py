@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -39,6 +40,7 @@ from kafka_relay.ring import (
     Writer,
     answer_head,
     body_message,
+    create,
     hello,
     socket_address,
 )
@@ -393,3 +395,31 @@ def test_before_a_snapstart_restore_the_ring_refuses_as_http_does_and_keeps_noth
         sent = _ring_client(h, token=TOKEN).send([{"key": "late", "value": 1}])
         assert sent.accepted == 1
         assert len(_rings(h)) == 1
+
+
+def test_bodies_taken_over_a_fourth_time_are_spilled_not_produced_again(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A body whose extension died each of three times it was taken over is spilled (log
+    lines), not produced a fourth time: a record that kills the process must not kill every
+    next one too."""
+    topic = broker.create_topic()
+    port = free_port()
+    ring_dir = tmp_path / "ring"
+    ring_dir.mkdir()
+    path = ring_dir / f"kafka-relay-ring-{port}-{'ab' * 8}.ring"
+    fd = create(path)
+    ring = Ring(fd, path)
+    os.close(fd)  # the writer is gone
+    position, _end = ring.append(encode_frames([{"key": f"k{i}", "value": i}
+                                                for i in range(3)]))
+    ring.mark(position, ACCEPTED)
+    for _ in range(3):
+        ring.recovered()
+    ring.close()
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                       env_extra={"KAFKA_RELAY_PORT": str(port)}) as h:
+        counts = h.parts.engine.gauge().counts
+        assert (counts["restored"], counts["spilled"]) == (3, 3)
+        assert not path.exists(), "consumed, its writer gone: deleted"
+    assert broker.read(topic, timeout=2) == []
