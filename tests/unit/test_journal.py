@@ -287,7 +287,7 @@ def test_a_journal_that_cannot_write_refuses_batches_logs_once_and_resumes_by_it
 ) -> None:
     write_all = journal_module._write_all
 
-    def full(fd: int, parts: list[bytes]) -> None:
+    def full(fd: int, parts: list[bytes], size: int) -> None:
         raise OSError(28, "No space left on device")
 
     rig = _stalled(tmp_path)

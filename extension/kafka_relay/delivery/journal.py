@@ -307,7 +307,7 @@ class Journal:
         if not self.open():
             raise JournalUnwritable(self._refusal())
         parts, counts = frames
-        size = sum(map(len, parts))
+        size = len(parts[0]) + len(parts[1]) if len(counts) == 1 else sum(map(len, parts))
         active = self._active
         before: int | None = None  # the segment's end before this batch
         try:
@@ -315,12 +315,11 @@ class Journal:
                 active = self._start(recovered)
             assert self._fd is not None
             before = active.size
-            _write_all(self._fd, [*parts, _FRAME.pack(_COMMIT, size)])  # the mark last
+            _write_all(self._fd, [*parts, _FRAME.pack(_COMMIT, size)], size + _FRAME.size)
         except OSError as exc:
-            # This batch is refused, so none of it may stay: whole frames written before the
-            # error would be restored by the next init (records answered 507, not 202), and
-            # they hold the space a full disk needs back. Cut back to where it began
-            # (shrinking needs no space). The next batch starts a new segment.
+            # This batch is refused (507): what of it was written has no commit mark, so no
+            # init restores it, but it holds the space a full disk needs back. Cut back to
+            # where it began (shrinking needs no space). The next batch starts a new segment.
             if before is not None and self._fd is not None:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, before)
@@ -381,7 +380,7 @@ class Journal:
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
                            0o600)
         try:
-            _write_all(self._fd, [header])
+            _write_all(self._fd, [header], len(header))
             segment.reader = os.open(segment.path, os.O_RDONLY)
         except OSError:
             self._close_active()
@@ -560,13 +559,12 @@ def _close_reader(segment: _Segment) -> None:
 _IOV_MAX = 1024  # buffers one writev takes (Linux)
 
 
-def _write_all(fd: int, parts: list[bytes]) -> None:
-    """The buffers, in order, in (nearly always) one syscall."""
-    for first in range(0, len(parts), _IOV_MAX):
-        chunk = parts[first:first + _IOV_MAX]
-        written = os.writev(fd, chunk)
-        total = sum(len(p) for p in chunk)
-        rest = memoryview(b"".join(chunk))[written:] if written < total else b""
+def _write_all(fd: int, parts: list[bytes], size: int) -> None:
+    """The buffers (``size`` bytes in all), in order: nearly always one ``writev``; what it
+    did not take (a short write, more buffers than it takes) is written joined."""
+    written = os.writev(fd, parts[:_IOV_MAX])
+    if written < size:
+        rest = memoryview(b"".join(parts))[written:]
         while rest:
             rest = rest[os.write(fd, rest):]
 
