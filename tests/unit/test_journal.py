@@ -203,7 +203,7 @@ def test_a_corrupt_segment_is_quarantined_and_the_others_restored(tmp_path: Path
                    for e in fresh.events("journal.quarantined")}
     broken = (bad_payload, no_header, other_python, older)
     assert quarantined.keys() == {path.name for path in broken}
-    assert "running the release that wrote it" in quarantined[older.name]
+    assert "running the release and runtime that wrote it" in quarantined[older.name]
     assert all(path.with_name(path.name + ".corrupt").exists() for path in broken)
     assert fresh.engine.gauge().failure is None
     fresh.step(2)

@@ -588,11 +588,11 @@ def _read_segment(path: Path) -> SegmentRead:
         raise ValueError("no kafka-relay journal header on the first line")
     if header.get("version") != VERSION or header.get("python") != PYTHON:
         raise ValueError(f"journal version {header.get('version')!r} of Python "
-                         f"{header.get('python')!r}, written by another kafka-relay release: "
-                         f"this one reads version {VERSION} of Python {PYTHON} only, so its "
-                         "records are not restored; deliver them by running the release that "
-                         "wrote it on this KAFKA_RELAY_JOURNAL_DIR, or replay them from their "
-                         "source")
+                         f"{header.get('python')!r}, written by another kafka-relay release or "
+                         f"Python runtime: this one reads version {VERSION} of Python {PYTHON} "
+                         "only, so its records are not restored; deliver them by running the "
+                         "release and runtime that wrote it on this KAFKA_RELAY_JOURNAL_DIR, or "
+                         "replay them from their source")
     spans, committed = _committed_payloads(data, end + 1)
     records: list[Record] = []
     for start, stop in spans:
