@@ -61,14 +61,15 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
 
 # The extension in a process of its own: two batches answered 202 (their ids printed), then
 # a third of ~200 KB (four 64 KB frames) with the file size limited to 100 KB past where it
-# begins: the kernel's writev stops there, after the batch's first frame, and the next write
-# gets SIGXFSZ, whose default action ends the process on the spot: like a SIGKILL, nothing of
-# the journal's own failure handling runs.
+# begins: the kernel's writev stops there, after the batch's first frame, and the process
+# dies before it writes the rest, none of the journal's failure handling run. "sigxfsz": the
+# next write gets SIGXFSZ, whose default action ends the process on the spot. "sigkill": it
+# stops itself where it would write the rest, and the test SIGKILLs it.
 _DIES_WRITING = """
 import json, os, resource, signal, sys
 from pathlib import Path
 from tests.relay_harness import running_relay
-bootstrap, tmp, topic = sys.argv[1:]
+bootstrap, tmp, topic, death = sys.argv[1:]
 with running_relay(bootstrap, Path(tmp), default_topic=topic, init_probe_ms=200,
                    journal=True) as relay:
     ids = [relay.client.send([{"key": f"k{b}-{i}", "value": "v" * 300} for i in range(50)]).ids
@@ -77,24 +78,37 @@ with running_relay(bootstrap, Path(tmp), default_topic=topic, init_probe_ms=200,
     (segment,) = Path(tmp, "journal").glob("kafka-relay-journal-*.bin")
     limit = segment.stat().st_size + 100_000
     print(limit, flush=True)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    if death == "sigxfsz":
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    else:
+        def stop(fd, data):
+            os.kill(os.getpid(), signal.SIGSTOP)
+            raise AssertionError("not killed while stopped")
+        os.write = stop  # the journal writes the rest of a short writev with os.write
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     relay.client.send([{"key": f"cut-{i}", "value": "x" * 1000} for i in range(200)])
 """
 
 
+@pytest.mark.parametrize("death", [signal.SIGXFSZ, signal.SIGKILL], ids=["sigxfsz", "sigkill"])
 def test_a_batch_the_extension_died_writing_is_not_restored_and_the_ones_before_are(
-    proxied_broker: ProxiedBroker, tmp_path: Path
+    proxied_broker: ProxiedBroker, tmp_path: Path, death: signal.Signals
 ) -> None:
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
     proxy.cut()  # nothing is delivered: every batch stays in the journal
     root = Path(__file__).resolve().parents[2]
-    died = subprocess.run([sys.executable, "-c", _DIES_WRITING, proxy.address, str(tmp_path),
-                           topic], capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "PYTHONPATH": f"{root}:{root / 'extension'}"})
-    assert died.returncode == -signal.SIGXFSZ, died.stderr
-    answered, limit = died.stdout.splitlines()
+    child = subprocess.Popen([sys.executable, "-c", _DIES_WRITING, proxy.address, str(tmp_path),
+                              topic, death.name.lower()], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": f"{root}:{root / 'extension'}"})
+    if death is signal.SIGKILL:
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"the child ended ({status}) instead of stopping"
+        child.kill()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -death, err
+    answered, limit = out.splitlines()
     accepted = [i for ids in json.loads(answered) for i in ids]
     (segment,) = (tmp_path / "journal").glob(FILE_GLOB)
     data = segment.read_bytes()
