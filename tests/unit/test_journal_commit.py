@@ -5,6 +5,7 @@ whose append completed, byte-identical, and nothing of the one that was cut."""
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -84,3 +85,31 @@ def test_a_batch_cut_at_any_byte_is_restored_not_at_all_and_the_completed_ones_w
             whole = [batch for batch, end in zip(batches, ends[1:], strict=True)
                      if written[:end] == data[:end]]
             assert list(map(_fields, read[0])) == [_fields(r) for b in whole for r in b], cut
+
+
+def test_records_of_batches_journaled_one_after_another_read_back_with_one_pread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit mark between two batches does not split a run of frames."""
+    reads: list[int] = []
+    pread = os.pread
+
+    def counted(fd: int, size: int, offset: int) -> bytes:
+        reads.append(size)
+        return pread(fd, size, offset)
+
+    journal = Journal(tmp_path, JsonLogger(stream=io.StringIO()))
+    assert journal.open()
+    records = [Record(id=f"r{i}", topic="t", key=b"k%d" % i, value=os.urandom(50))
+               for i in range(15)]
+    for first in range(0, 15, 3):
+        batch = records[first:first + 3]
+        journal.append([r.id for r in batch], encode_batch(batch, sum(r.size for r in batch)))
+    monkeypatch.setattr(os, "pread", counted)
+    found, problems = journal.read_back([r.id for r in records])
+    assert (found, problems) == ({r.id: (r.key, r.value) for r in records}, {})
+    (segment,) = tmp_path.glob(FILE_GLOB)
+    data = segment.read_bytes()
+    first, mark = data.index(b"\n") + 1, 8
+    assert reads == [len(data) - mark - first]  # the first frame to the last one's end
+    journal.release(remove=True)
