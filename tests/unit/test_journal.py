@@ -165,6 +165,7 @@ def test_a_torn_last_frame_is_skipped_and_the_rest_restored(tmp_path: Path) -> N
         out.write(b"".join(encode(dead.records(3)))[:-7])  # killed mid-write
     fresh = _delivering(tmp_path)
     assert fresh.engine.recover_journal() == 2
+    assert len(fresh.events("journal.torn_tail")) == 1
     assert fresh.events("journal.quarantined") == []
 
 
