@@ -17,6 +17,7 @@ from kafka_relay.delivery import journal as journal_module
 from kafka_relay.delivery.journal import FILE_GLOB, Journal, _read_segment, encode_batch
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
+from tests.unit.test_journal_read_back import counted_preads
 
 Fields = tuple[object, ...]
 
@@ -91,13 +92,6 @@ def test_records_of_batches_journaled_one_after_another_read_back_with_one_pread
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The commit mark between two batches does not split a run of frames."""
-    reads: list[int] = []
-    pread = os.pread
-
-    def counted(fd: int, size: int, offset: int) -> bytes:
-        reads.append(size)
-        return pread(fd, size, offset)
-
     journal = Journal(tmp_path, JsonLogger(stream=io.StringIO()))
     assert journal.open()
     records = [Record(id=f"r{i}", topic="t", key=b"k%d" % i, value=os.urandom(50))
@@ -105,7 +99,7 @@ def test_records_of_batches_journaled_one_after_another_read_back_with_one_pread
     for first in range(0, 15, 3):
         batch = records[first:first + 3]
         journal.append([r.id for r in batch], encode_batch(batch, sum(r.size for r in batch)))
-    monkeypatch.setattr(os, "pread", counted)
+    reads = counted_preads(monkeypatch)
     found, problems = journal.read_back([r.id for r in records])
     assert (found, problems) == ({r.id: (r.key, r.value) for r in records}, {})
     (segment,) = tmp_path.glob(FILE_GLOB)
