@@ -90,6 +90,13 @@ READY_CPU_MS = 80
 COLD_START_RATIO = 1.1
 OUTAGE_OVERHEAD_MS = 50
 OUTAGE_WORST_MS = 1_000
+# Deliverables 1 and 2 at 256 MB, 1 ms RTT: the extension's CPU for a 0-record invocation and
+# the handler's for its end call (ms); CPU per record in the client and in the extension (µs).
+FIXED_AT = (256, 1.0)
+FIXED_EXTENSION_MS = 0.5
+FIXED_END_CALL_MS = 0.3
+CLIENT_US_PER_RECORD = 12
+EXTENSION_US_PER_RECORD = 15
 
 
 def factor_text(x: float) -> str:
@@ -104,8 +111,39 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f} ms"
 
 
+def _fixed_and_per_record(results: BenchResults) -> list[Check]:
+    """The extension's and the end call's CPU per 0-record invocation (``relay-idle`` over the
+    empty handler), and CPU per record on each side of the handoff in the default mode. The
+    client's is the handler's CPU above the empty handler's (the runtime's own work per
+    invocation is the function's, with or without kafka-relay); the extension's is all of
+    its CPU, its fixed cost per invocation included."""
+    memory_mb, rtt_ms = FIXED_AT
+    at = f" @ {memory_mb} MB, {rtt_ms:g} ms RTT"
+    idle = results.scenario("relay-idle", memory_mb, rtt_ms)
+    floor = results.scenario("floor", memory_mb, rtt_ms)
+    name = relay_default(results)
+    relay = results.scenario(name, memory_mb, rtt_ms)
+    records = results.options.get("records", 100)
+    client = (relay.cpu_runtime_us_per_record - floor.cpu_runtime_us_per_record / records
+              if relay is not None and floor is not None and records else None)
+    return [
+        Check(f"extension CPU per 0-record invocation{at}",
+              idle.cpu_extensions_us_per_record / 1000 if idle else None, "<=",
+              FIXED_EXTENSION_MS, "ms", "mean, every thread"),
+        Check(f"handler CPU of the end call (0 records, over the empty handler){at}",
+              (idle.cpu_runtime_us_per_record - floor.cpu_runtime_us_per_record) / 1000
+              if idle and floor else None, "<=", FIXED_END_CALL_MS, "ms", "means"),
+        Check(f"client CPU per record ({name}, over the empty handler){at}", client, "<=",
+              CLIENT_US_PER_RECORD, "µs", "mean"),
+        Check(f"extension CPU per record ({name}, its fixed cost included){at}",
+              relay.cpu_extensions_us_per_record if relay else None, "<=",
+              EXTENSION_US_PER_RECORD, "µs", "mean"),
+    ]
+
+
 def checks(results: BenchResults) -> list[Check]:
     out = [t.check(results) for t in TARGETS]
+    out += _fixed_and_per_record(results)
     handoff = results.handoff_at(HANDOFF_MEMORY_MB)
     shape = f"{handoff.batch_records} x {handoff.record_bytes} B batches" if handoff else ""
     out += [

@@ -1,13 +1,17 @@
 """Crash durability against a real broker: records accepted (202) while the broker was
 unreachable survive the extension dying without a drain, and the next extension on the same
-journal directory restores and delivers every one of them under its id; a journal that cannot
-write refuses batches (507) instead of accepting them unjournaled, and resumes by itself.
-Records handed over HTTP (the ring transport off): a ring is its records' own journal
-(test_handoff_ring.py)."""
+journal directory restores and delivers every one of them under its id, and nothing of a
+batch the process died writing; a journal that cannot write refuses batches (507) instead of
+accepting them unjournaled, and resumes by itself. Records handed over HTTP (the ring
+transport off): a ring is its records' own journal (test_handoff_ring.py)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +21,7 @@ import pytest
 
 from kafka_relay.client import RelayClient
 from kafka_relay.config import FlushStrategy
+from kafka_relay.delivery.journal import FILE_GLOB, _read_segment, frame_payloads
 from kafka_relay.protocol import RelayStorageUnavailable
 from tests.conftest import ProxiedBroker
 from tests.relay_harness import TOKEN, running_relay
@@ -54,6 +59,78 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
     assert not (tmp_path / "journal").exists(), "a clean exit leaves no journal behind"
     got = broker.read(topic, timeout=30)  # to its end: a duplicate carries the same id
     assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)
+
+
+# The extension in a process of its own: two batches answered 202 (their ids printed), then
+# a third of ~200 KB (four 64 KB frames) with the file size limited to 100 KB past where it
+# begins: the kernel's writev stops there, after the batch's first frame, and the process
+# dies before it writes the rest, none of the journal's failure handling run. "sigxfsz": the
+# next write gets SIGXFSZ, whose default action ends the process on the spot. "sigkill": it
+# stops itself where it would write the rest, and the test SIGKILLs it.
+_DIES_WRITING = """
+import json, os, resource, signal, sys
+from pathlib import Path
+from tests.relay_harness import running_relay
+bootstrap, tmp, topic, death = sys.argv[1:]
+with running_relay(bootstrap, Path(tmp), default_topic=topic, init_probe_ms=200,
+                   journal=True, ring=False) as relay:
+    ids = [relay.client.send([{"key": f"k{b}-{i}", "value": "v" * 300} for i in range(50)]).ids
+           for b in range(2)]
+    print(json.dumps(ids), flush=True)
+    (segment,) = Path(tmp, "journal").glob("kafka-relay-journal-*.bin")
+    limit = segment.stat().st_size + 100_000
+    print(limit, flush=True)
+    if death == "sigxfsz":
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    else:
+        def stop(fd, data):
+            os.kill(os.getpid(), signal.SIGSTOP)
+            raise AssertionError("not killed while stopped")
+        os.write = stop  # the journal writes the rest of a short writev with os.write
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    relay.client.send([{"key": f"cut-{i}", "value": "x" * 1000} for i in range(200)])
+"""
+
+
+@pytest.mark.parametrize("death", [signal.SIGXFSZ, signal.SIGKILL], ids=["sigxfsz", "sigkill"])
+def test_a_batch_the_extension_died_writing_is_not_restored_and_the_ones_before_are(
+    proxied_broker: ProxiedBroker, tmp_path: Path, death: signal.Signals
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    proxy.cut()  # nothing is delivered: every batch stays in the journal
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen([sys.executable, "-c", _DIES_WRITING, proxy.address, str(tmp_path),
+                              topic, death.name.lower()], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": f"{root}:{root / 'extension'}"})
+    if death is signal.SIGKILL:
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"the child ended ({status}) instead of stopping"
+        child.kill()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -death, err
+    answered, limit = out.splitlines()
+    accepted = [i for ids in json.loads(answered) for i in ids]
+    (segment,) = (tmp_path / "journal").glob(FILE_GLOB)
+    data = segment.read_bytes()
+    assert len(data) == int(limit), "the kill landed inside the third batch's writev"
+    left = _read_segment(segment)
+    assert [r.id for r in left.records] == accepted
+    cut = data[len(data) - left.torn:]
+    assert len(list(frame_payloads(cut))) == 1, "the cut batch's first frame is whole"
+
+    proxy.restore()
+    with running_relay(proxy.address, tmp_path, default_topic=topic, ring=False,
+                       journal=True) as fresh:
+        relay = fresh.parts.engine
+        assert relay.gauge().counts["restored"] == len(accepted) == 100
+        (torn,) = fresh.log_events("journal.torn_tail")
+        assert (torn["bytes"], torn["restored"]) == (left.torn, len(accepted))
+        relay.flush(30.0)
+        assert relay.gauge().counts["delivered"] == len(accepted)
+    got = broker.read(topic, timeout=30)
+    assert sorted(r.headers["x-relay-id"].decode() for r in got) == sorted(accepted)
 
 
 @contextmanager

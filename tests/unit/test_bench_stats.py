@@ -123,6 +123,34 @@ def test_issue_targets_marked_met_or_short_with_auto() -> None:
     assert seed.verdict == "SHORT"  # 2.5 / 600 > 1/300
 
 
+def test_fixed_cost_and_per_record_checks_take_the_empty_handler_as_the_floor() -> None:
+    results = _results(auto=True)
+    results.invocations += [  # the references' CPU is per invocation (they send nothing)
+        _scenario("floor", 256, 1, caller=0.7, billed=2, cpu_us=900.0),
+        _scenario("relay-idle", 256, 1, caller=1.5, billed=3, cpu_us=1400.0),
+    ]
+    found = _by_label(checks(results))
+    at = " @ 256 MB, 1 ms RTT"
+    extension = found[f"extension CPU per 0-record invocation{at}"]
+    assert extension.measured == pytest.approx(0.7)
+    assert extension.verdict == "SHORT"
+    end_call = found[f"handler CPU of the end call (0 records, over the empty handler){at}"]
+    assert end_call.measured == pytest.approx(0.25)
+    assert end_call.verdict == "met"
+    client = found[f"client CPU per record (auto, over the empty handler){at}"]
+    assert client.measured == pytest.approx(11 - 450 / 100)
+    assert client.verdict == "met"
+    per_record = found[f"extension CPU per record (auto, its fixed cost included){at}"]
+    assert (per_record.measured, per_record.verdict) == (11, "met")
+
+
+def test_fixed_cost_checks_are_not_run_without_their_references() -> None:
+    found = _by_label(checks(_results(auto=True)))
+    fixed = found["extension CPU per 0-record invocation @ 256 MB, 1 ms RTT"]
+    client = found["client CPU per record (auto, over the empty handler) @ 256 MB, 1 ms RTT"]
+    assert (fixed.verdict, client.verdict) == ("not run", "not run")
+
+
 def test_a_skipped_auto_leaves_its_targets_not_run_with_the_reason() -> None:
     found = _by_label(checks(_results(auto=False)))
     billed = found["billed: auto ÷ reused @ 256 MB, 1 ms RTT"]

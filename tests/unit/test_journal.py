@@ -12,9 +12,12 @@ import pytest
 from kafka_relay.config import load_config
 from kafka_relay.delivery import journal as journal_module
 from kafka_relay.delivery.journal import (
+    _COMMIT,
+    _FRAME,
     FILE_PREFIX,
     LOCK_NAME,
     PYTHON,
+    VERSION,
     _read_segment,
     decode,
     encode,
@@ -59,7 +62,7 @@ def test_an_accepted_batch_is_in_the_journal_before_accept_returns(tmp_path: Pat
     records = rig.records(3)
     rig.engine.accept(records)
     (segment,) = _segments(tmp_path)
-    assert _header(segment) == {"format": "kafka-relay-journal", "version": 1,
+    assert _header(segment) == {"format": "kafka-relay-journal", "version": VERSION,
                                 "python": PYTHON, "recovered": 0}
     assert _journaled(tmp_path) == ["r1", "r2", "r3"]
     assert rig.engine.status()["journal"]["records"] == 3
@@ -162,6 +165,7 @@ def test_a_torn_last_frame_is_skipped_and_the_rest_restored(tmp_path: Path) -> N
         out.write(b"".join(encode(dead.records(3)))[:-7])  # killed mid-write
     fresh = _delivering(tmp_path)
     assert fresh.engine.recover_journal() == 2
+    assert len(fresh.events("journal.torn_tail")) == 1
     assert fresh.events("journal.quarantined") == []
 
 
@@ -180,26 +184,48 @@ def test_a_corrupt_segment_is_quarantined_and_the_others_restored(tmp_path: Path
     dead.engine.accept(dead.records(2))
     _die(dead)
     journal_dir = tmp_path / "journal"
-    header = json.dumps({"format": "kafka-relay-journal", "version": 1, "python": PYTHON})
+    header = json.dumps({"format": "kafka-relay-journal", "version": VERSION, "python": PYTHON})
     frame = b"".join(encode(dead.records(1)))
-    bad_frame = journal_dir / f"{FILE_PREFIX}1-badframe.bin"
-    bad_frame.write_bytes(f"{header}\n".encode() + b"garbage!" + frame)
+    mark = _FRAME.pack(_COMMIT, len(frame))
     bad_payload = journal_dir / f"{FILE_PREFIX}1-badpayload.bin"
-    bad_payload.write_bytes(f"{header}\n".encode() + frame[:8] + b"\xff" * (len(frame) - 8))
+    bad_payload.write_bytes(f"{header}\n".encode() + frame[:8] + b"\xff" * (len(frame) - 8)
+                            + mark)
     no_header = journal_dir / f"{FILE_PREFIX}1-noheader.bin"
-    no_header.write_bytes(b'{"id":"r9","topic":"t"}\n' + frame)
+    no_header.write_bytes(b'{"id":"r9","topic":"t"}\n' + frame + mark)
     other_python = journal_dir / f"{FILE_PREFIX}1-otherpython.bin"
-    other_python.write_bytes(header.replace(PYTHON, "2.7").encode() + b"\n" + frame)
+    other_python.write_bytes(header.replace(PYTHON, "2.7").encode() + b"\n" + frame + mark)
+    older = journal_dir / f"{FILE_PREFIX}1-version1.bin"  # no commit marks: not read
+    older.write_bytes(header.replace(f'"version": {VERSION}', '"version": 1').encode() + b"\n"
+                      + frame)
 
     fresh = _delivering(tmp_path)
     assert fresh.engine.recover_journal() == 2
-    quarantined = {Path(e["file"]).name for e in fresh.events("journal.quarantined")}
-    broken = (bad_frame, bad_payload, no_header, other_python)
-    assert quarantined == {path.name for path in broken}
+    quarantined = {Path(e["file"]).name: e["error"]
+                   for e in fresh.events("journal.quarantined")}
+    broken = (bad_payload, no_header, other_python, older)
+    assert quarantined.keys() == {path.name for path in broken}
+    assert "running the release and runtime that wrote it" in quarantined[older.name]
     assert all(path.with_name(path.name + ".corrupt").exists() for path in broken)
     assert fresh.engine.gauge().failure is None
     fresh.step(2)
     assert fresh.counts()["delivered"] == 2
+
+
+def test_bytes_after_the_last_committed_batch_are_skipped_and_logged(tmp_path: Path) -> None:
+    """A kill mid-write leaves a batch without its commit mark, and whatever may follow it
+    is not a batch either: the committed batches before it come back, nothing of the rest."""
+    dead = _stalled(tmp_path)
+    dead.engine.accept(dead.records(2))
+    _die(dead)
+    (segment,) = _segments(tmp_path)
+    frame = b"".join(encode(dead.records(3)))
+    with segment.open("ab") as out:
+        out.write(frame + b"garbage!" + _FRAME.pack(_COMMIT, len(frame)))
+    fresh = _delivering(tmp_path)
+    assert fresh.engine.recover_journal() == 2
+    (torn,) = fresh.events("journal.torn_tail")
+    assert (torn["bytes"], torn["restored"]) == (len(frame) + 16, 2)
+    assert fresh.events("journal.quarantined") == []
 
 
 def test_foreign_files_are_never_read_or_deleted(tmp_path: Path) -> None:
@@ -262,7 +288,7 @@ def test_a_journal_that_cannot_write_refuses_batches_logs_once_and_resumes_by_it
 ) -> None:
     write_all = journal_module._write_all
 
-    def full(fd: int, parts: list[bytes]) -> None:
+    def full(fd: int, parts: list[bytes], size: int) -> None:
         raise OSError(28, "No space left on device")
 
     rig = _stalled(tmp_path)

@@ -108,9 +108,8 @@ def test_with_the_journal_off_every_value_stays_in_memory(tmp_path: Path) -> Non
     assert _in_memory(rig) == sum(len(r.key or b"") + len(r.value or b"") for r in records)
 
 
-def test_a_window_is_read_back_with_one_pread_per_run_of_contiguous_frames(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def counted_preads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every ``pread`` from now on."""
     reads: list[int] = []
     pread = os.pread
 
@@ -119,6 +118,13 @@ def test_a_window_is_read_back_with_one_pread_per_run_of_contiguous_frames(
         return pread(fd, size, offset)
 
     monkeypatch.setattr(os, "pread", counted)
+    return reads
+
+
+def test_a_window_is_read_back_with_one_pread_per_run_of_contiguous_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = counted_preads(monkeypatch)
     monkeypatch.setattr(journal_module, "SEGMENT_BYTES", 64 * 1024 * 1024)  # one segment
     rig = _stalled(tmp_path)
     rig.engine.accept(_records(rig, 3000))  # ~3 MB: frames of at most 64 KB, back to back
