@@ -11,7 +11,7 @@ through confluent-kafka's Producer):
                delivery callback, ``flush()`` per invocation (a reused in-handler producer)
   http         kafka-relay today: ``RelayClient.send`` per invocation to the real handoff
                server and delivery engine (journal on) in a second process
-  ring-engine  the ring file (bench/ring.py) as the transport into today's engine: the relay
+  ring-engine  the ring file (kafka_relay.ring) as the transport into today's engine: the relay
                decodes and validates with the handoff's own ``records_from_body`` and hands
                the Records to the engine; the ring is the journal (``KAFKA_RELAY_JOURNAL``
                off); the consumed offset moves at a flush here
@@ -145,7 +145,7 @@ class _Taker:
         raise NotImplementedError
 
     def refused(self, position: int, end: int) -> None:
-        self.ring.reject(position)
+        self.ring.mark(position, ring.REFUSED)
         self.bodies.append((end, _PySettle(0)))
 
     def settle(self) -> None:
@@ -176,7 +176,7 @@ class _PythonTaker(_Taker):
 
         super().__init__(ring_file, producer)
         self.topic = topic
-        self.readonly = ring_file.view.toreadonly()
+        self.readonly = memoryview(ring_file.map).toreadonly()
         self.decode = ring.decode_frames
         self.schema = schema
         self.id_header = ID_HEADER
@@ -238,7 +238,8 @@ class _AccelTaker(_Taker):
         self.next_id = 1
 
     def accept(self, position: int, length: int, end: int) -> Callable[[], None]:
-        body = self.ring.body(position, length)
+        start = ring.HEADER + position % self.ring.capacity + 4
+        body = memoryview(self.ring.map)[start:start + length]  # in place, for C
         try:
             count = self.accel.check(body, True)
         except ValueError as exc:
@@ -363,9 +364,9 @@ def _serve_ring(taker: _Taker, socket_path: str, commands: _Commands) -> None:
                     produce = taker.accept(position, length, end)
                 except Refused as exc:
                     taker.refused(position, end)
-                    conn.send(ring.REFUSED + str(exc).encode())
+                    conn.send(ring.ANSWER_REFUSED + str(exc).encode())
                     continue
-                conn.send(ring.ACCEPTED)
+                conn.send(ring.ANSWER_ACCEPTED)
                 produce()
             elif data == ring.FLUSH:
                 conn.send(ring.FLUSH + str(taker.flush()).encode())
@@ -446,8 +447,7 @@ def relay_main(spec: dict[str, Any]) -> None:
             pass
         return
     ring_path = Path(spec["dir"]) / "relay.ring"
-    ring.create(ring_path, _RING_BYTES)
-    ring_file = ring.Ring(ring_path)
+    ring_file = ring.new_ring(ring_path, _RING_BYTES)
     taker: _Taker
     if path == "ring-engine":
         parts = _assemble(spec, journal=False)
@@ -486,8 +486,9 @@ class _Client:
             self.finish: Callable[[], int] = lambda: int(self.producer.flush(30))
         elif path == "http":
             from kafka_relay.client import RelayClient  # noqa: PLC0415
+            from kafka_relay.ring import RING_ENV  # noqa: PLC0415
 
-            client = RelayClient(env={}, port=int(ready), token=_TOKEN)
+            client = RelayClient(env={RING_ENV: "false"}, port=int(ready), token=_TOKEN)
             self.send = client.send
             self.finish = lambda: int(client.flush()["remaining"])
         else:

@@ -1,10 +1,13 @@
 """CPU per record of the handoff, in one process on loopback (no sandbox, no CPU quota).
 
     .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client|pump]
+        [--transport ring|http]
 
 Starts a local broker and the extension's parts in-process, sends batches with the stdlib
-client (its default body) and reports, per record: the client thread's CPU (encode + HTTP),
-the handoff thread's CPU (HTTP parse, body parse, validation, accept) and the rest of the
+client (its default body and its default transport, the ring file; ``--transport http``:
+loopback HTTP) and reports, per record: the client thread's CPU (encode + hand-over), the
+handoff threads' CPU (the ring listener's or the HTTP server's: body parse, validation,
+accept) and the rest of the
 process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
 cProfile of the client or of the handoff thread, timed on that thread's CPU (waits on the
 socket or the GIL are not cost), or of the pump. Numbers go in docs/cost.md ("Per record");
@@ -31,6 +34,7 @@ from kafka_relay.client import RelayClient
 from kafka_relay.config import load_config
 from kafka_relay.delivery.pump import Pump
 from kafka_relay.handoff import server as handoff_server
+from kafka_relay.handoff.ring_listener import RingListener
 from kafka_relay.observability.log import JsonLogger
 
 _TOKEN = "profile-token"
@@ -47,37 +51,48 @@ def make_records(count: int, size: int, batch: int) -> list[dict[str, Any]]:
                        "pad": pad}} for i in range(count)]
 
 
+# What each transport runs per body on the extension's side: (class, method) metered.
+_HANDLERS: list[tuple[Any, str]] = [(handoff_server._Handler, "handle"),
+                                    (RingListener, "_readable")]
+
+
 class _HandlerMeter:
-    """Wraps the handoff handler: CPU of the handoff threads, optionally profiled."""
+    """Wraps the handoff handlers: CPU of the handoff threads, optionally profiled."""
 
     def __init__(self, profile: bool) -> None:
         self.cpu_s = 0.0
         self.profile = cProfile.Profile(time.thread_time) if profile else None
         self._lock = threading.Lock()
-        self._original: Callable[..., None] = handoff_server._Handler.handle
+        self._originals: list[Callable[..., None]] = [getattr(owner, name)
+                                                      for owner, name in _HANDLERS]
 
     def install(self) -> None:
-        meter, original = self, self._original
+        for (owner, name), original in zip(_HANDLERS, self._originals, strict=True):
+            setattr(owner, name, self._metered(original))
 
-        def handle(handler: Any) -> None:
+    def _metered(self, original: Callable[..., None]) -> Callable[..., None]:
+        meter = self
+
+        def handle(*args: Any) -> None:
             start = time.thread_time()
             try:
                 if meter.profile is not None:
-                    meter.profile.runcall(original, handler)
+                    meter.profile.runcall(original, *args)
                 else:
-                    original(handler)
+                    original(*args)
             finally:
                 with meter._lock:
                     meter.cpu_s += time.thread_time() - start
 
-        handoff_server._Handler.handle = handle  # type: ignore[method-assign,assignment]
+        return handle
 
     def remove(self) -> None:
-        handoff_server._Handler.handle = self._original  # type: ignore[method-assign]
+        for (owner, name), original in zip(_HANDLERS, self._originals, strict=True):
+            setattr(owner, name, original)
 
 
 def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | None,
-        sort: str = "tottime") -> None:
+        sort: str = "tottime", transport: str = "ring") -> None:
     topic = f"profile-{size}b"
     create_topics(bootstrap, [topic])
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +100,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
                               "KAFKA_RELAY_TOKEN": _TOKEN, "KAFKA_RELAY_PORT": str(free_port()),
                               "KAFKA_RELAY_SPOOL_DIR": str(Path(tmp) / "spool"),
                               "KAFKA_RELAY_JOURNAL_DIR": str(Path(tmp) / "journal"),
+                              "KAFKA_RELAY_RING_DIR": str(Path(tmp) / "ring"),
                               "KAFKA_RELAY_TELEMETRY": "false"})
         meter = _HandlerMeter(profile == "server")
         meter.install()
@@ -98,7 +114,9 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
         parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"),
                          (INVOKE, SHUTDOWN))
         Pump.run = original_run  # type: ignore[method-assign]
-        client = RelayClient(env={}, port=config.port, token=_TOKEN)
+        client = RelayClient(env={"KAFKA_RELAY_RING_DIR": str(Path(tmp) / "ring"),
+                                  "KAFKA_RELAY_RING": str(transport == "ring")},
+                             port=config.port, token=_TOKEN)
         try:
             work = [make_records(count, size, b) for b in range(batches)]
             client.send(work[0])  # warm: connection, topic metadata
@@ -119,11 +137,14 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             client.close()
             parts.engine.stop()
             parts.server.stop()
+            if parts.rings is not None:
+                parts.rings.stop()
             meter.remove()
         n = count * (batches - 1)
         rest = total_cpu - client_cpu - meter.cpu_s
-        print(f"{count} x {size} B, {batches - 1} batches: client {client_cpu / n * 1e6:.1f} "
-              f"us/record, handoff thread {meter.cpu_s / n * 1e6:.1f} us/record, pump + "
+        print(f"{transport}: {count} x {size} B, {batches - 1} batches: client "
+              f"{client_cpu / n * 1e6:.1f} us/record, handoff thread "
+              f"{meter.cpu_s / n * 1e6:.1f} us/record, pump + "
               f"librdkafka {rest / n * 1e6:.1f} us/record; handoff {n / wall:,.0f} records/s; "
               f"flush left {flushed['remaining']}")
         chosen = client_profile or meter.profile or pump_profile
@@ -141,17 +162,19 @@ def main() -> None:
                         metavar="COUNTxBYTES", help="records per batch x bytes per record")
     parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
+    parser.add_argument("--transport", choices=("ring", "http"), default="ring",
+                        help="the client's transport (default: its own default, the ring)")
     args = parser.parse_args()
     cases = [tuple(int(n) for n in case.split("x", 1)) for case in args.cases]
     if args.bootstrap:
         for count, size in cases:
             run(args.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort)
+                profile=args.profile, sort=args.sort, transport=args.transport)
         return
     with KafkaBroker() as broker:
         for count, size in cases:
             run(broker.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort)
+                profile=args.profile, sort=args.sort, transport=args.transport)
 
 
 if __name__ == "__main__":

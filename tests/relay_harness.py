@@ -16,6 +16,7 @@ from kafka_relay.config import Config, load_config
 from kafka_relay.lifecycle.events import InvokeEvent, ShutdownEvent, parse_event
 from kafka_relay.lifecycle.loop import EventLoop
 from kafka_relay.observability.log import JsonLogger
+from kafka_relay.ring import RING_DIR_ENV
 from kafka_relay.tools.table import events_named
 
 TOKEN = "test-session-token"
@@ -43,7 +44,8 @@ class Harness:
         self.parts = parts
         self.loop = LoopDriver(parts)
         self._log = log
-        self.client = RelayClient(env={}, port=parts.config.port, token=TOKEN)
+        self.client = RelayClient(env={RING_DIR_ENV: str(parts.config.ring_dir)},
+                                  port=parts.config.port, token=TOKEN)
 
     @property
     def config(self) -> Config:
@@ -67,6 +69,7 @@ def running_relay(
         "KAFKA_RELAY_PORT": str(free_port()),
         "KAFKA_RELAY_SPOOL_DIR": str(tmp_path / "spool"),
         "KAFKA_RELAY_JOURNAL_DIR": str(tmp_path / "journal"),
+        RING_DIR_ENV: str(tmp_path / "ring"),
         "KAFKA_RELAY_TELEMETRY": "false",
         **(env_extra or {}),
     }
@@ -81,3 +84,5 @@ def running_relay(
         if parts.server is not None:
             parts.engine.stop()
             parts.server.stop()
+            if parts.rings is not None:
+                parts.rings.stop()

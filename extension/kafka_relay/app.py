@@ -15,6 +15,7 @@ from kafka_relay.config import MSK_IAM, Config, msk_listener
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.errors import AuthError, RelayError
 from kafka_relay.handoff.idempotency import IdempotencyCache
+from kafka_relay.handoff.ring_listener import RingListener, ring_reader
 from kafka_relay.handoff.server import HandoffServer, HandoffState
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.modes.mode import Mode, mode_for
@@ -28,13 +29,14 @@ from kafka_relay.spill.sinks import SpillChain
 class Parts:
     """The assembled extension: what ``__main__`` runs and tests inspect."""
 
-    __slots__ = ("config", "engine", "logger", "mode", "server")
+    __slots__ = ("config", "engine", "logger", "mode", "rings", "server")
 
     def __init__(self, *, config: Config, engine: DeliveryEngine, server: HandoffServer,
-                 mode: Mode, logger: JsonLogger) -> None:
+                 mode: Mode, logger: JsonLogger, rings: RingListener | None = None) -> None:
         self.config = config
         self.engine = engine
         self.server = server
+        self.rings = rings  # the ring transport's listener (None: off)
         self.mode = mode
         self.logger = logger
 
@@ -62,7 +64,9 @@ def _assemble(config: Config, logger: JsonLogger, kind: type[Mode], prepared: Pr
     spill = SpillChain.from_config(config, logger)
     engine = DeliveryEngine(config, producer_factory=prepared.producer_factory, spill=spill,
                             logger=logger, defer_producer=kind.defers_producer,
-                            on_thaw=on_thaw(prepared.make_producer.credentials, logger))
+                            on_thaw=on_thaw(prepared.make_producer.credentials, logger),
+                            read_ring=None if prepared.ring_listening is None
+                            else ring_reader(config, lambda: int(time.time() * 1000)))
     errors.attach(engine.on_client_error)
     mode = kind(config, engine, logger)
     if not kind.defers_producer:  # SnapStart: no producer, no probe before the snapshot
@@ -88,10 +92,17 @@ def _assemble(config: Config, logger: JsonLogger, kind: type[Mode], prepared: Pr
         engine.stop()
         raise
     server.start()
+    rings = None
+    if prepared.ring_listening is not None and engine.ring_recovery is not None:
+        rings = RingListener(state, engine.ring_recovery.rings, prepared.ring_listening,
+                             take_over=engine.ring_recovery.take_over)
+        rings.start()
+        mode.listener.closers.append(rings.stop)
     mode.listener.publish({"breaker": {"state": "closed"}, "deferring": False,
                            "max_latency_ms": config.max_latency_ms})
     mode.listener.closers.append(server.stop)
-    parts = Parts(config=config, engine=engine, server=server, mode=mode, logger=logger)
+    parts = Parts(config=config, engine=engine, server=server, mode=mode, logger=logger,
+                  rings=rings)
     prepared.start_telemetry(mode)
     # cpu_ms: this process's CPU since it started (every thread) when it told Lambda it was
     # ready, the cold start's own cost; assembled_cpu_ms: now, when the port answers.

@@ -10,6 +10,12 @@
 ``send`` returns once the extension owns the records (202); ``send(..., wait=True)``
 returns per-record outcomes (delivered / dead_lettered / spilled / pending).
 
+- Transport: a batch sent without ``wait`` is appended to a ring file of this process's own
+  and announced on a Unix socket (``kafka_relay.ring``; the extension reads it in place and
+  answers as ``POST /v1/records`` would: the same results and exceptions); where no ring
+  listener answers (``KAFKA_RELAY_RING=false``, an extension without one) it goes over
+  loopback HTTP, as ``wait=True``, flush, status and the end call always do.
+
 - Encoding: each ``value`` is encoded here once, as the bytes that go to Kafka, into the
   framed body (``protocol.FRAMES_TYPE``): the extension does not parse it again. A record
   that cannot be encoded is ``RecordRejected`` before anything is sent.
@@ -94,6 +100,7 @@ from kafka_relay.protocol import (
     encode_frames,
     handoff_token,
 )
+from kafka_relay.ring import RING_ENV, Writer, ring_dir
 
 __all__ = ["BatchTooLarge", "BrokerUnavailable", "RecordRejected", "RelayBusy", "RelayClient",
            "RelayError", "RelayNotRestored", "RelayShuttingDown", "RelayStorageUnavailable",
@@ -298,8 +305,12 @@ class RelayClient:
         self._sleep = sleep
         self._new_key = new_key
         self._framed = framed
-        self._transport = _Transport(host, self.port, token=token or handoff_token(env),
+        token = token or handoff_token(env)
+        self._transport = _Transport(host, self.port, token=token,
                                      clock=clock, attempt_timeout_s=attempt_timeout_s)
+        ring_on = (env.get(RING_ENV) or "").strip().lower() not in ("false", "0", "no", "off")
+        self._ring = Writer(ring_dir(env), self.port, token, clock=clock,
+                            sleep=sleep) if ring_on and framed else None
         self._remaining_ms: Callable[[], float] | None = None
         self.request_id: str | None = None
 
@@ -389,6 +400,8 @@ class RelayClient:
     def close(self) -> None:
         """Close the idle connections (ones in use close when their request ends)."""
         self._transport.close()
+        if self._ring is not None:
+            self._ring.close()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -396,6 +409,7 @@ class RelayClient:
         """One logical POST: one idempotency key for all its tries (a new one after a 429,
         which took nothing)."""
         body, content_type = _encode(batch, framed=self._framed)
+        ring = self._ring if not wait and content_type == FRAMES_TYPE else None
         start = self._clock()
         deadline = start + self._budget_s()
         busy_deadline = min(deadline, start + _MAX_BUSY_S)
@@ -407,10 +421,16 @@ class RelayClient:
                 # The extension never needs the invocation's deadline: we say how long to wait.
                 wait_ms = int(max(0.0, deadline - self._clock() - _REPLY_MARGIN_S) * 1000)
                 path += f"?{WAIT_PARAM}={WAIT_DELIVERED}&{TIMEOUT_PARAM}={wait_ms}"
-            status, reply, headers = self._transport.exchange(
-                "POST", path, body, deadline,
-                {**self._context_headers(), "Content-Type": content_type,
-                 IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
+            handed = None if ring is None else ring.exchange(
+                body, self.request_id, busy_deadline=busy_deadline, deadline=deadline)
+            headers: Mapping[str, str] = {}
+            if handed is not None:
+                status, reply = handed[0], _decode(handed[1])
+            else:
+                status, reply, headers = self._transport.exchange(
+                    "POST", path, body, deadline,
+                    {**self._context_headers(), "Content-Type": content_type,
+                     IDEMPOTENCY_KEY_HEADER: key}, long_wait=wait)
             if status not in _RETRIED:
                 return _expect(status, reply, 200 if wait else 202)
             pause = max(backoff, _retry_after_s(reply, headers))

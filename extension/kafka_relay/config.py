@@ -24,6 +24,7 @@ from kafka_relay.protocol import (
     TOKEN_ENV,
     handoff_token,
 )
+from kafka_relay.ring import RING_DIR_ENV, RING_ENV, ring_dir
 
 EXTENSION_NAME = "kafka-relay"
 PRODUCER_PREFIX = "KAFKA_PRODUCER_"
@@ -196,6 +197,15 @@ JOURNAL = Variable("KAFKA_RELAY_JOURNAL", True, "true | false",
 JOURNAL_DIR = Variable("KAFKA_RELAY_JOURNAL_DIR", None, "directory",
                        "Where the journal goes (one extension per directory).",
                        shown_default="$TMPDIR/kafka-relay-journal (/tmp/...)")
+RING = Variable(RING_ENV, True, "true | false",
+                "Hand each batch over through a ring file of the handler process's own in "
+                "KAFKA_RELAY_RING_DIR and one message on a Unix socket, instead of a loopback "
+                "HTTP request; the ring is also the crash journal of the records it carries. "
+                "Off: every batch goes over HTTP.", reader="extension, client")
+RING_DIR = Variable(RING_DIR_ENV, None, "directory",
+                    "Where the handler processes' ring files go (4 MiB each, one per process).",
+                    reader="extension, client",
+                    shown_default="$TMPDIR/kafka-relay-ring (/tmp/...)")
 PORT = Variable(PORT_ENV, DEFAULT_PORT, "port", "The handoff port on 127.0.0.1 (set the "
                 "same on both sides).", reader="extension, client", minimum=1,
                 maximum=65535)
@@ -229,8 +239,8 @@ VARIABLES = (
     BOOTSTRAP, AUTH, API_KEY, API_SECRET, SECRET_ARN, SECURITY_PROTOCOL, SASL_MECHANISM,
     TOPIC, DLQ_TOPIC, PRODUCER_PROPERTY, FLUSH, MAX_LATENCY_MS, FLUSH_BUDGET_MS,
     MAX_BUFFER_RECORDS, MAX_BUFFER_BYTES, MAX_BODY_BYTES, MAX_ATTEMPTS, RETRY_BACKOFF_MS,
-    SPILL_BUCKET, SPOOL_DIR, SPOOL_MAX_BYTES, JOURNAL, JOURNAL_DIR, PORT, TOKEN, TELEMETRY,
-    SHUTDOWN_MARGIN_MS, INIT_PROBE_MS, LOG_LEVEL, FALLBACK, PYTHON,
+    SPILL_BUCKET, SPOOL_DIR, SPOOL_MAX_BYTES, JOURNAL, JOURNAL_DIR, RING, RING_DIR, PORT, TOKEN,
+    TELEMETRY, SHUTDOWN_MARGIN_MS, INIT_PROBE_MS, LOG_LEVEL, FALLBACK, PYTHON,
 )
 
 
@@ -334,6 +344,9 @@ class Config(NamedTuple):
     # docs/durability.md).
     journal: bool = True
     journal_dir: Path = Path("/tmp/kafka-relay-journal")
+    # The ring transport (kafka_relay.ring): its listener, and the rings it takes over.
+    ring: bool = True
+    ring_dir: Path = Path("/tmp/kafka-relay-ring")
     telemetry: bool = True
     log_level: str = "INFO"
     function_name: str = ""
@@ -536,6 +549,8 @@ def load_config(env: Mapping[str, str], **explicit: Any) -> Config:
         journal=_bool(env, JOURNAL),
         journal_dir=Path(_text(env, JOURNAL_DIR.name)
                          or Path(_text(env, "TMPDIR") or "/tmp") / "kafka-relay-journal"),
+        ring=_bool(env, RING),
+        ring_dir=ring_dir(env),
         telemetry=_bool(env, TELEMETRY),
         log_level=log_level,
         function_name=_text(env, "AWS_LAMBDA_FUNCTION_NAME") or "",

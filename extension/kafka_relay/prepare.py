@@ -7,8 +7,10 @@ delivery engine, the mode, the broker probe and the handoff server while the fir
 wait in the handoff port's listen backlog (``aws_lambda.ready_before_assembly`` decides when;
 ``__main__`` runs the steps). Found before ``/next`` (an init error): the configuration, a
 layer for another runtime, settings librdkafka refuses, a secret that cannot be read, a
-taken handoff port. Found after it (``/exit/error``, the same type and message): credentials
-the broker refuses. Everywhere else ``assemble`` calls ``prepare`` itself, before the rest.
+taken handoff port. The ring transport's socket is bound here too (its handlers' first
+messages wait in its backlog the same way). Found after it (``/exit/error``, the same type
+and message): credentials the broker refuses. Everywhere else ``assemble`` calls
+``prepare`` itself, before the rest.
 
 Imports nothing the delivery engine, the modes or the handoff server need.
 """
@@ -23,6 +25,7 @@ from confluent_kafka import KafkaError, Producer
 
 from kafka_relay.config import Config, LambdaMode
 from kafka_relay.handoff.port import listen
+from kafka_relay.handoff.ring_listener import bind
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.telemetry import TelemetryReceiver, subscribe
 from kafka_relay.observability.log import JsonLogger, LibrdkafkaLog
@@ -95,8 +98,10 @@ class Prepared:
 
     def __init__(self, *, listening: socket.socket, make_producer: ProducerFactory,
                  errors: ClientErrors, first_producer: Producer | None,
-                 telemetry: TelemetryReceiver | None, slot: ModeSlot) -> None:
+                 telemetry: TelemetryReceiver | None, slot: ModeSlot,
+                 ring_listening: socket.socket | None = None) -> None:
         self.listening = listening
+        self.ring_listening = ring_listening  # None: the ring transport is off
         self.make_producer = make_producer
         self.errors = errors
         self._first = first_producer
@@ -121,6 +126,8 @@ class Prepared:
     def close(self) -> None:
         """An init that fails after this: release the port and the receiver's socket."""
         self.listening.close()
+        if self.ring_listening is not None:
+            self.ring_listening.close()
         if self.telemetry is not None:
             self.telemetry.stop()
 
@@ -143,7 +150,8 @@ def prepare(config: Config, logger: JsonLogger, *, build_producer: bool, mode: L
     telemetry = (_subscribe(api, slot, mode, logger)
                  if config.telemetry and api is not None else None)
     return Prepared(listening=listening, make_producer=make_producer, errors=errors,
-                    first_producer=first, telemetry=telemetry, slot=slot)
+                    first_producer=first, telemetry=telemetry, slot=slot,
+                    ring_listening=bind(config, logger))
 
 
 def _subscribe(api: ExtensionsApi, slot: ModeSlot, mode: LambdaMode,

@@ -1,8 +1,10 @@
 """Process death in the local Lambda sandbox with the built layer: the extension is SIGKILLed
 mid-invocation while the broker is paused, Lambda resets the environment (keeping /tmp),
-and the next environment's extension restores the journal and delivers every accepted id,
-byte-identical (most of them waited past the in-flight window, with their bytes in the
-journal only). All with the default configuration (the journal is on by default)."""
+and the next environment's extension restores the journal (records handed over HTTP) or
+takes over the dead handler's ring file (the default transport) and delivers every accepted
+id, byte-identical (most of them waited past the in-flight window, with their bytes in the
+journal or the ring only). All with the default configuration (the journal is on by
+default)."""
 
 from __future__ import annotations
 
@@ -41,15 +43,21 @@ def _kill_once_handed_over(sandbox: Sandbox, killed: list[int]) -> None:
     killed.append(pid)
 
 
+@pytest.mark.parametrize(("transport", "restored_event"),
+                         [("ring", "ring.taken_over"), ("http", "journal.restored")])
 def test_records_of_an_extension_killed_mid_invocation_are_delivered_after_the_reset(
-    artifacts: Artifacts, proxied_broker: ProxiedBroker, tmp_path: Path
+    artifacts: Artifacts, proxied_broker: ProxiedBroker, tmp_path: Path, transport: str,
+    restored_event: str,
 ) -> None:
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
     records: list[dict[str, Any]] = [{"key": f"doomed-{i}", "value": {"i": i, "pad": "x" * 200}}
                                      for i in range(STRANDED)]
     # The default configuration: the journal is on without being asked for.
-    with _sandbox(artifacts, proxy.address, topic, {"KAFKA_RELAY_FLUSH_BUDGET_MS": "5000"},
+    env = {"KAFKA_RELAY_FLUSH_BUDGET_MS": "5000"}
+    if transport == "http":
+        env["KAFKA_RELAY_RING"] = "false"
+    with _sandbox(artifacts, proxy.address, topic, env,
                   handler="any_producer.handler_relaying_event_records",
                   log_path=tmp_path / "sandbox.log") as sandbox:
         sent = _invoke(sandbox, {"records": [{"key": "warm", "value": 0}]}).payload["ids"]
@@ -77,7 +85,7 @@ def test_records_of_an_extension_killed_mid_invocation_are_delivered_after_the_r
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     _assert_clean_exit(shutdown)
-    (restored,) = events_named(lines, "journal.restored")
+    (restored,) = events_named(lines, restored_event)
     assert restored["records"] == STRANDED
     summary = events_named(lines, "shutdown.summary")[-1]
     assert (summary["restored"], summary["accepted"]) == (STRANDED, 5)

@@ -25,6 +25,7 @@ from devtools.kafka_broker import free_port
 from devtools.sandbox import Sandbox
 from kafka_relay.client import RelayClient
 from kafka_relay.protocol import RelayError
+from kafka_relay.ring import Ring
 from kafka_relay.tools.table import events_named
 from tests.conftest import Artifacts, Broker, ProxiedBroker
 
@@ -77,9 +78,22 @@ def test_managed_instances_deliver_concurrent_handlers_records_and_account_each_
         # Before any SHUTDOWN: delivered in the background, each request reported.
         got = broker.read(topic, expected=invocations * count, timeout=30)
         reported_before_shutdown = len(_reported(sandbox, invocations, within_s=30))
+        # The default transport: one ring per handler process, all in the shared /tmp.
+        assert sandbox._tmp_dir is not None  # the sandbox's /tmp
+        ring_dir = sandbox._tmp_dir / "kafka-relay-ring"
+        rings_while_running = len(list(ring_dir.glob("kafka-relay-ring-*.ring")))
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
         subscriptions = sandbox.telemetry_subscriptions()
+        rings = [Ring.open(path) for path in ring_dir.glob("kafka-relay-ring-*.ring")]
+        consumed = [ring.consumed == ring.written > 0 for ring in rings]
+        for ring in rings:
+            ring.close()
+
+    assert rings_while_running == 4
+    # Left for the next init to delete (SHUTDOWN ends the environment and its /tmp): each
+    # consumed to its end, nothing a takeover would produce again.
+    assert consumed == [True] * len(rings)
 
     assert [r.status for r in results] == ["success"] * invocations
     assert shutdown.killed == []
@@ -213,7 +227,11 @@ def test_snap_start_builds_the_producer_after_the_restore_and_delivers(
     got = broker.read(topic, expected=60)
     ids = {i for r in results for i in r.payload["ids"]}
     assert {r.headers["x-relay-id"].decode() for r in got} == ids
-    assert {i.split("-")[0] for i in ids} == {after["id_prefix"]}
+    # Handed over through the handler's ring (the default transport), made after the
+    # restore: its ids carry the ring's tag, drawn then, not anything from before the snapshot.
+    (tag,) = {i.split("-")[0] for i in ids}
+    assert len(tag) == 16
+    assert tag not in (ready["init_id_prefix"], after["id_prefix"])
     assert _relay_errors(lines) == []
 
 
@@ -240,7 +258,8 @@ def test_snap_start_hidden_from_the_extension_is_told_by_its_credentials_and_res
     assert after["id_prefix"] != ready["init_id_prefix"]
     ids = {i for r in results for i in r.payload["ids"]}
     assert {r.headers["x-relay-id"].decode() for r in broker.read(topic, expected=20)} == ids
-    assert {i.split("-")[0] for i in ids} == {after["id_prefix"]}  # the post-restore prefix
+    (tag,) = {i.split("-")[0] for i in ids}  # the tag of a ring made after the restore
+    assert tag != ready["init_id_prefix"]
     assert shutdown.exit_codes == {"kafka-relay": 0}
     assert _summary(lines)["producers_built"] == 1
 

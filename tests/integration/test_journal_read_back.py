@@ -51,7 +51,7 @@ def test_records_a_stalled_broker_held_past_the_window_arrive_byte_identical(
 ) -> None:
     topic = proxied_broker.broker.create_topic()
     sent: dict[str, tuple[bytes, bytes, bytes]] = {}
-    with running_relay(proxied_broker.proxy.address, tmp_path, default_topic=topic,
+    with running_relay(proxied_broker.proxy.address, tmp_path, default_topic=topic, ring=False,
                        journal=True, max_buffer_bytes=BUFFER_BYTES) as relay:
         engine = relay.parts.engine
         relay.client.send([{"key": "warm", "value": b"up"}])  # connected before the stall
@@ -79,7 +79,7 @@ def test_records_held_without_their_bytes_survive_the_extension_dying(
     proxy = proxied_broker.proxy
     sent: dict[str, tuple[bytes, bytes, bytes]] = {}
     proxy.cut()  # nothing reaches Kafka
-    with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
+    with running_relay(proxy.address, tmp_path, default_topic=topic, ring=False, init_probe_ms=200,
                        journal=True, max_buffer_bytes=BUFFER_BYTES) as dead:
         for batch in _batches():
             ids = dead.client.send(batch).ids
@@ -88,7 +88,7 @@ def test_records_held_without_their_bytes_survive_the_extension_dying(
         assert _held_bytes(dead.parts.engine) <= in_flight_window(BUFFER_BYTES)
         # Leaving the block stops the engine without a drain: what a SIGKILL leaves behind.
     proxy.restore()
-    with running_relay(proxy.address, tmp_path, default_topic=topic, journal=True,
+    with running_relay(proxy.address, tmp_path, default_topic=topic, ring=False, journal=True,
                        max_buffer_bytes=BUFFER_BYTES) as fresh:
         engine = fresh.parts.engine
         assert engine.gauge().counts["restored"] == RECORDS

@@ -2,7 +2,8 @@
 unreachable survive the extension dying without a drain, and the next extension on the same
 journal directory restores and delivers every one of them under its id, and nothing of a
 batch the process died writing; a journal that cannot write refuses batches (507) instead of
-accepting them unjournaled, and resumes by itself."""
+accepting them unjournaled, and resumes by itself. Records handed over HTTP (the ring
+transport off): a ring is its records' own journal (test_handoff_ring.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
     proxy.cut()  # nothing reaches Kafka: every accepted record stays pending
-    with running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
+    with running_relay(proxy.address, tmp_path, default_topic=topic, ring=False, init_probe_ms=200,
                        journal=True) as dead:
         sent: list[str] = []
         for batch in range(5):
@@ -44,7 +45,8 @@ def test_records_accepted_before_the_extension_died_are_delivered_by_the_next_on
     assert list((tmp_path / "journal").glob("kafka-relay-journal-*.bin"))
 
     proxy.restore()
-    with running_relay(proxy.address, tmp_path, default_topic=topic, journal=True) as fresh:
+    with running_relay(proxy.address, tmp_path, default_topic=topic, ring=False,
+                       journal=True) as fresh:
         relay = fresh.parts.engine
         assert relay.gauge().counts["restored"] == 500
         deadline = time.monotonic() + 60
@@ -71,7 +73,7 @@ from pathlib import Path
 from tests.relay_harness import running_relay
 bootstrap, tmp, topic, death = sys.argv[1:]
 with running_relay(bootstrap, Path(tmp), default_topic=topic, init_probe_ms=200,
-                   journal=True) as relay:
+                   journal=True, ring=False) as relay:
     ids = [relay.client.send([{"key": f"k{b}-{i}", "value": "v" * 300} for i in range(50)]).ids
            for b in range(2)]
     print(json.dumps(ids), flush=True)
@@ -119,7 +121,8 @@ def test_a_batch_the_extension_died_writing_is_not_restored_and_the_ones_before_
     assert len(list(frame_payloads(cut))) == 1, "the cut batch's first frame is whole"
 
     proxy.restore()
-    with running_relay(proxy.address, tmp_path, default_topic=topic, journal=True) as fresh:
+    with running_relay(proxy.address, tmp_path, default_topic=topic, ring=False,
+                       journal=True) as fresh:
         relay = fresh.parts.engine
         assert relay.gauge().counts["restored"] == len(accepted) == 100
         (torn,) = fresh.log_events("journal.torn_tail")
@@ -151,7 +154,8 @@ def test_a_full_journal_disk_refuses_batches_with_507_and_journaling_resumes_by_
     topic = broker.create_topic()
     proxy.cut()  # nothing is delivered, so nothing leaves the journal: its disk fills
     with _tiny_filesystem(tmp_path / "small", "64k") as small, \
-            running_relay(proxy.address, tmp_path, default_topic=topic, init_probe_ms=200,
+            running_relay(proxy.address, tmp_path, default_topic=topic, ring=False,
+                          init_probe_ms=200,
                           flush=FlushStrategy.parse("shutdown"),
                           env_extra={"KAFKA_RELAY_JOURNAL_DIR": str(small / "journal")}) as h:
         client = RelayClient(env={}, port=h.config.port, token=TOKEN, sleep=lambda _s: None,

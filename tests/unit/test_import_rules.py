@@ -34,11 +34,13 @@ def _top(module: str) -> str:
     return module.split(".", 1)[0]
 
 
-# The handler side: the client, the wire protocol and the kept-alive connection they share.
-HANDLER_SIDE = {"kafka_relay.protocol", "kafka_relay.httpconn"}
+# The handler side: the client, the wire protocol, the kept-alive connection and the ring
+# file they share.
+HANDLER_SIDE = {"kafka_relay.protocol", "kafka_relay.httpconn", "kafka_relay.ring"}
 
 
-@pytest.mark.parametrize("name", ["client.py", "protocol.py", "httpconn.py", "__init__.py"])
+@pytest.mark.parametrize("name", ["client.py", "protocol.py", "httpconn.py", "ring.py",
+                                  "__init__.py"])
 def test_the_handler_side_of_the_layer_imports_only_the_stdlib_and_the_protocol(
     name: str,
 ) -> None:

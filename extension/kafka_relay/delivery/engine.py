@@ -27,7 +27,13 @@ from kafka_relay.delivery.outage import refill, spill_parked
 from kafka_relay.delivery.overflow import OverflowSpool, free_space
 from kafka_relay.delivery.pump import ProducerLike, Pump
 from kafka_relay.delivery.reachability import Reachability
-from kafka_relay.delivery.recovery import recover_journal, release_journal
+from kafka_relay.delivery.recovery import (
+    RingReader,
+    RingRecovery,
+    recover_journal,
+    release_journal,
+)
+from kafka_relay.delivery.rings import Entry
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
@@ -89,7 +95,12 @@ class DeliveryEngine:
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  monotonic: Callable[[], float] = time.monotonic,
                  defer_producer: bool = False,
-                 on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
+                 on_thaw: Callable[[ProducerLike], None] | None = None,
+                 read_ring: RingReader | None = None) -> None:
+        """``read_ring``: the handoff's reader of a ring body, to take over ring files (none:
+        the ring transport is off). Without the journal (no crash durability) ring files are
+        taken over without producing what they hold: dead writers' files are deleted, live
+        writers' rings consumed."""
         plan = buffer_limits(config, spool_free_bytes=free_space(config.spool_dir))
         if plan.over:
             logger.warning("buffer.limits_over_spill_budget", variables=list(plan.over),
@@ -125,6 +136,10 @@ class DeliveryEngine:
                               monotonic=monotonic, journal=journal, logger=logger,
                               overflow=overflow)
         # What fits of the outage spool back into memory, before newer batches are taken.
+        # Public for the ring listener: the rings, and taking over a live writer's ring.
+        self.ring_recovery = None if read_ring is None else RingRecovery(
+            self._ledger, config, read=read_ring if config.journal else None,
+            spill=spill.spill, logger=logger)
         self._refill: Callable[[], int] = (
             (lambda: 0) if overflow is None else functools.partial(refill, self._ledger, overflow))
         # Public for tests that step it by hand; outside delivery/ only its ``failure`` is read.
@@ -139,6 +154,8 @@ class DeliveryEngine:
         """Restore what a crashed predecessor journaled, then deliver (building the producer
         first when it was deferred: SnapStart's restore)."""
         self.recover_journal()
+        if self.ring_recovery is not None:
+            self.ring_recovery.at_start()
         self.pump.start()
 
     def stop(self) -> None:
@@ -146,6 +163,7 @@ class DeliveryEngine:
         init, as a killed process leaves it."""
         self.pump.stop()
         release_journal(self._ledger, self._journal, clean=False)
+        self._ledger.rings.close()
 
     def recover_journal(self) -> int:
         """Own again what a dead predecessor journaled; the records restored."""
@@ -195,8 +213,10 @@ class DeliveryEngine:
 
     # -- records -----------------------------------------------------------------------------
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
-        """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on."""
+    def accept(self, records: Sequence[Record], *, watch: bool = False,
+               entry: Entry | None = None) -> Watch | None:
+        """Own all of ``records`` (BufferFull: none). ``watch``: a handle to wait on.
+        ``entry``: the ring entry they came in (their journal)."""
         invocation = self.invocation_id
         dlq_of: dict[str, str] = {}  # one string per topic, not one per record
         for record in records:
@@ -209,7 +229,7 @@ class DeliveryEngine:
                     dlq = dlq_of[topic] = self._config.dlq_for(topic)
                 record.dlq_topic = dlq
         self._refill()
-        return self._ledger.accept(records, watch=watch)
+        return self._ledger.accept(records, watch=watch, entry=entry)
 
     def note_rejected(self, records: int) -> None:
         """Records refused by validation (400): never accepted, but counted."""
@@ -279,6 +299,7 @@ class DeliveryEngine:
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
         # Everything settled: leave nothing behind.
         release_journal(self._ledger, self._journal, clean=True)
+        self._ledger.rings.release()
         state = self._ledger.state()
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,

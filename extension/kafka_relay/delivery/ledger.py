@@ -27,6 +27,7 @@ from kafka_relay.delivery.journal import Journal, JournalUnwritable, encode_batc
 from kafka_relay.delivery.overflow import OverflowSpool, SpoolFull
 from kafka_relay.delivery.queue import SendQueue, in_flight_window
 from kafka_relay.delivery.resident import Resident
+from kafka_relay.delivery.rings import Entry, Rings
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import Outcome, Refusal
 from kafka_relay.record import Record
@@ -152,6 +153,12 @@ def _never_fits(records: int, size: int, limits: Limits) -> str:
             "send it in smaller batches")
 
 
+def _full(records: int, size: int, limits: Limits) -> str:
+    return (f"buffer full ({records} records, {size} bytes pending; limits {limits.records} "
+            f"records (KAFKA_RELAY_MAX_BUFFER_RECORDS), {limits.bytes} bytes "
+            "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
+
+
 class Ledger:
     def __init__(self, limits: Limits, *, retry_after_ms: int,
                  monotonic: Callable[[], float] = time.monotonic,
@@ -169,7 +176,8 @@ class Ledger:
         self._watches: dict[str, Watch] = {}
         self._closed: str | None = None  # why no more records are accepted
         self._journal = journal
-        self.resident = Resident(journal, in_flight_window(limits.bytes), logger)
+        self.rings = Rings()  # the records that came through ring files: journaled there
+        self.resident = Resident(journal, self.rings, in_flight_window(limits.bytes), logger)
         self._overflow = overflow
         self._log = logger
         # Per request id since the last state(take_outcomes=True): count name -> records.
@@ -177,12 +185,14 @@ class Ledger:
 
     # -- records in --------------------------------------------------------------------
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
+    def accept(self, records: Sequence[Record], *, watch: bool = False,
+               entry: Entry | None = None) -> Watch | None:
         """Own all of ``records`` or none (BufferFull). A batch that does not fit in memory, or
-        comes while earlier ones wait there, goes to the outage spool (counted ``spooled``)."""
+        comes while earlier ones wait there, goes to the outage spool (counted ``spooled``).
+        ``entry``: the ring entry that holds them, their journal."""
         size = sum([r.size for r in records])
         ids = [r.id for r in records]
-        journal, overflow = self._journal, self._overflow
+        journal, overflow = self._journal if entry is None else None, self._overflow
         frame = (encode_batch(records, size) if journal is not None or overflow is not None
                  else None)
         with self.cond:
@@ -199,19 +209,20 @@ class Ledger:
                     location = str(overflow.put(len(records), frame))
                     self.counts.spooled += len(records)
                     self.counts.accepted += len(records)
+                    if entry is not None:  # the spool holds them now: the ring is done with them
+                        self.rings.add(entry, [])
                     if not watch:
                         return None
                     parked = Watch(ids, self, dict.fromkeys(ids, (Outcome.SPILLED, location)))
                     return parked
                 if full:
-                    raise BufferFull(
-                        self._retry_after_ms,
-                        f"buffer full ({len(self._unsettled)} records, {self._bytes} bytes "
-                        f"pending; limits {self.limits.records} records "
-                        f"(KAFKA_RELAY_MAX_BUFFER_RECORDS), {self.limits.bytes} bytes "
-                        "(KAFKA_RELAY_MAX_BUFFER_BYTES))")
+                    raise BufferFull(self._retry_after_ms,
+                                     _full(len(self._unsettled), self._bytes, self.limits))
                 if frame is not None and journal is not None:
                     journal.append(ids, frame)
+                    self.resident.drop_waiting(records, size, self._bytes)
+                elif entry is not None:
+                    self.rings.add(entry, ids)
                     self.resident.drop_waiting(records, size, self._bytes)
             except (SpoolFull, JournalUnwritable) as exc:
                 self.counts.rejected += len(records)
@@ -231,13 +242,17 @@ class Ledger:
             self.cond.notify_all()
             return registered
 
-    def restore(self, records: Iterable[Record], *, recovered: int = 0) -> int:
-        """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times);
-        they are journaled again and get a new outcome."""
+    def restore(self, records: Iterable[Record], *, recovered: int = 0,
+                entry: Entry | None = None) -> int:
+        """Re-own records spooled (or journaled by a dead predecessor, ``recovered`` times),
+        journaled again (``entry``: in that ring entry), for a new outcome."""
         with self.cond:
             fresh = [r for r in records if r.id not in self._unsettled]
             size = sum([r.size for r in fresh])
-            if self._journal is not None:  # owned even when it cannot write (logged once)
+            if entry is not None:
+                self.rings.add(entry, [r.id for r in fresh])
+                self.resident.drop_waiting(fresh, size, self._bytes)
+            elif self._journal is not None:  # owned even when it cannot write (logged once)
                 with contextlib.suppress(JournalUnwritable):
                     self._journal.append([r.id for r in fresh], encode_batch(fresh, size),
                                          recovered=recovered)
@@ -275,8 +290,7 @@ class Ledger:
         for record in gone:
             self._watches.pop(record.id, None)
         self._bytes -= sum([r.size for r in gone])
-        if self._journal is not None:
-            self._journal.settled([r.id for r in gone])
+        self.resident.released([r.id for r in gone])
         if taken:
             self.queue.done(gone)
         self.cond.notify_all()
@@ -300,8 +314,7 @@ class Ledger:
             settled = [r for r in records if pop(r.id, None) is not None]
             if not settled:
                 return 0
-            if self._journal is not None:
-                self._journal.settled([r.id for r in settled])
+            self.resident.released([r.id for r in settled])
             self._bytes -= sum([r.size for r in settled])
             count = _OUTCOME_COUNT.get(outcome) or ("spooled" if spooled else "spilled")
             setattr(self.counts, count, getattr(self.counts, count) + len(settled))

@@ -13,7 +13,9 @@ value both ``None`` while ``size`` counts key or value bytes.
 A read-back that fails (a file truncated by someone else, an I/O error, bytes not as
 written) is loud: ``records.lost`` names the ids, the ledger gives those records up (counted
 in ``unaccounted``), and from then on nothing more is dropped. Without a journal nothing is
-ever dropped. Not thread-safe: used under the ledger's lock.
+ever dropped. Records that came through a ring file (delivery/rings.py) are dropped the same
+way, journal or not, and read back from their ring. Not thread-safe: used under the
+ledger's lock.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from kafka_relay.delivery.journal import Journal
+from kafka_relay.delivery.rings import Rings
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
 
@@ -37,18 +40,20 @@ def payload_bytes(record: Record) -> int:
 
 
 class Resident:
-    def __init__(self, journal: Journal | None, window: int,
+    def __init__(self, journal: Journal | None, rings: Rings, window: int,
                  logger: JsonLogger | None = None) -> None:
         self.window = window  # what the pump may have in flight (delivery/queue.py)
         self._journal = journal
+        self._rings = rings
         self._log = logger
         # Cleared when a read-back failed, or when everything unsettled is being spilled
-        # (outside the lock: nothing may drop their bytes then).
-        self.dropping = journal is not None
+        # (outside the lock: nothing may drop their bytes then). Only journaled records and
+        # ring records are ever dropped.
+        self.dropping = True
 
     def drop_waiting(self, records: Sequence[Record], size: int, pending_bytes: int) -> None:
-        """``records`` (of ``size`` bytes) were just journaled with ``pending_bytes`` already
-        pending: those past the first window keep no key or value."""
+        """``records`` (of ``size`` bytes) were just journaled (or came in a ring) with
+        ``pending_bytes`` already pending: those past the first window keep no key or value."""
         room = self.window - pending_bytes
         if size <= room or not self.dropping:
             return
@@ -57,14 +62,23 @@ class Resident:
             if room < 0 and payload_bytes(record):
                 record.key = record.value = None
 
+    def released(self, ids: list[str]) -> None:
+        """``ids`` settled or were given up: their journal (or ring) lets them go."""
+        if self._journal is not None:
+            self._journal.settled(ids)
+        self._rings.settled(ids)
+
     def drop(self, records: Iterable[Record]) -> None:
         """Handed to librdkafka, or waiting out a backoff: the journaled ones' keys and
         values go (per record: kept to a few attribute reads)."""
-        if not self.dropping or self._journal is None:
+        if not self.dropping:
             return
-        journaled = self._journal.journaled
+        journaled = {} if self._journal is None else self._journal.journaled
+        kept = self._rings.kept
+        if not (journaled or kept):
+            return
         for record in records:
-            if record.id in journaled and (
+            if (record.id in journaled or record.id in kept) and (
                     record.size if not record.headers else payload_bytes(record)):
                 record.key = record.value = None
 
@@ -73,13 +87,18 @@ class Resident:
         """The key and value back into each of ``records`` (those still ``owned``) that was
         dropped; why not, by id, for the ones whose bytes cannot be read back (or come back
         at another size), logged."""
-        if self._journal is None:  # nothing was dropped
-            return {}
         cold = [r for r in records if r.value is None and r.key is None and r.id in owned
                 and payload_bytes(r)]
         if not cold:
             return {}
-        found, problems = self._journal.read_back([r.id for r in cold])
+        kept = self._rings.kept
+        in_rings = [r.id for r in cold if r.id in kept]
+        found, problems = self._rings.read_back(in_rings) if in_rings else ({}, {})
+        if len(in_rings) < len(cold) and self._journal is not None:
+            journaled, trouble = self._journal.read_back(
+                [r.id for r in cold if r.id not in kept])
+            found.update(journaled)
+            problems.update(trouble)
         for record in cold:  # per record: kept to lookups and attribute writes
             pair = found.get(record.id)
             if pair is None or record.id in problems:

@@ -29,10 +29,11 @@ from urllib.parse import parse_qs, urlsplit
 from kafka_relay import __version__
 from kafka_relay.config import Config
 from kafka_relay.delivery.engine import BufferFull, FlushResult, Watch
+from kafka_relay.delivery.rings import Entry
 from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, BodyError, read_body, trim_heap
 from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatch, fingerprint
 from kafka_relay.handoff.port import BACKLOG, listen
-from kafka_relay.handoff.schema import InvalidRequest, records_from_body
+from kafka_relay.handoff.schema import InvalidRequest, NewIds, records_from_body
 from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.httpwire import RequestHandler, ThreadingServer
 from kafka_relay.observability.log import JsonLogger
@@ -70,13 +71,15 @@ WAIT_PROBE_S = 0.5
 # room, so the handler hears at once (the breaker's probes are 1-2 s apart).
 GONE_RETRY_AFTER_MS = 2_000
 _SMALL_BODY_LIMIT = 64 * 1024  # routes other than /v1/records
+MAX_BODY_HINT = " (KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"
 _MAX_KEY_CHARS = 200
 
 
 class DeliveryPort(Protocol):
     """What the server needs of the delivery engine."""
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None: ...
+    def accept(self, records: Sequence[Record], *, watch: bool = False,
+               entry: Entry | None = None) -> Watch | None: ...
     def note_rejected(self, records: int) -> None: ...
     def flush(self, timeout_s: float) -> FlushResult: ...
     def status(self) -> dict[str, Any]: ...
@@ -175,7 +178,7 @@ class _Handler(RequestHandler):
 
     def _send(self, status: int, body: dict[str, Any],
               headers: dict[str, str] | None = None) -> None:
-        self._send_answer(_answer(status, body, headers))
+        self._send_answer(answer_json(status, body, headers))
 
     def _send_answer(self, answer: Answer) -> None:
         self.send_response(answer.status)
@@ -256,7 +259,7 @@ class _Handler(RequestHandler):
 
     def _limit_hint(self, limit: int) -> str:
         if limit == self.server.state.config.max_body_bytes:
-            return " (KAFKA_RELAY_MAX_BODY_BYTES): send smaller batches"
+            return MAX_BODY_HINT
         return " of this route"
 
     def _records(self, body: Body) -> None:
@@ -284,52 +287,9 @@ class _Handler(RequestHandler):
         self._send_answer(answer)
 
     def _accept(self, body: Body, query: dict[str, str], wait_s: float) -> Answer:
-        state = self.server.state
-        request_id = self.headers.get(REQUEST_ID_HEADER) or None
-        refusal = state.admit()
-        if refusal is not None:
-            return _answer(503, {"error": refusal, "retry_after_ms": 0,
-                                 REFUSAL_FIELD: Refusal.NOT_RESTORED.value},
-                           {"Retry-After": "1"})
-        wait = query.get(WAIT_PARAM) == WAIT_DELIVERED
-        problem = state.reprobe(WAIT_PROBE_S) if wait else None
-        if problem is not None:
-            # Waiting would only run out the caller's time: say why now, accept nothing.
-            state.logger.warning("handoff.wait_refused", broker=problem["state"],
-                                 error=problem["error"], request_id=request_id)
-            return _answer(503, {"error": _broker_refusal(problem, state.config),
-                                 BROKER_FIELD: problem, "retry_after_ms": 1000},
-                           {"Retry-After": "1"})
-        try:
-            records = records_from_body(body, self.headers.get("Content-Type") or "",
-                                        default_topic=state.config.default_topic,
-                                        new_ids=state.ids.take, request_id=request_id,
-                                        now_ms=state.wall_ms())
-        except InvalidRequest as exc:
-            state.relay.note_rejected(exc.records)
-            state.logger.warning("handoff.rejected", reasons=len(exc.reasons),
-                                 first=exc.reasons[0].reason, request_id=request_id)
-            return _answer(400, {"error": "request rejected, nothing accepted",
-                                 "reasons": [r.as_dict() for r in exc.reasons]})
-        ids = [r.id for r in records]
-        try:
-            watch = state.relay.accept(records, watch=wait)
-        except BufferFull as exc:
-            error, retry_ms = str(exc), exc.retry_after_ms
-            if retry_ms and exc.refusal in (Refusal.BUSY, Refusal.STORAGE) \
-                    and state.broker_gone():
-                error += "; Kafka is not answering (connections fail), so room comes no sooner"
-                retry_ms = max(retry_ms, GONE_RETRY_AFTER_MS)
-            retry_s = max(1, (retry_ms + 999) // 1000)
-            return _answer(exc.refusal.status,
-                           {"error": error, "retry_after_ms": retry_ms,
-                            REFUSAL_FIELD: exc.refusal.value},
-                           None if exc.refusal is Refusal.TOO_LARGE
-                           else {"Retry-After": str(retry_s)})
-        if watch is None:
-            return Answer(202, _accepted(ids))
-        outcomes = watch.wait(wait_s)
-        return _answer(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
+        return accept_records(self.server.state, body, self.headers.get("Content-Type") or "",
+                              self.headers.get(REQUEST_ID_HEADER) or None,
+                              wait=query.get(WAIT_PARAM) == WAIT_DELIVERED, wait_s=wait_s)
 
     def _flush(self, body: Body) -> None:
         state = self.server.state
@@ -395,14 +355,65 @@ def _bound(query: dict[str, str]) -> str:
     return "&".join(f"{k}={v}" for k, v in sorted(query.items()) if k != TIMEOUT_PARAM)
 
 
-def _accepted(ids: list[str]) -> bytes:
+def accepted_body(ids: list[str]) -> bytes:
     """The 202's body, joined instead of JSON-encoded id by id (~10x cheaper): an id is a
     prefix and a counter in IdSource's characters, none of which JSON escapes."""
     listed = '"' + '","'.join(ids) + '"' if ids else ""
     return f'{{"accepted":{len(ids)},"ids":[{listed}]}}'.encode()
 
 
-def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+def accept_records(state: HandoffState, body: Body, content_type: str, request_id: str | None,
+                   *, wait: bool, wait_s: float, new_ids: NewIds | None = None,
+                   entry: Entry | None = None) -> Answer:
+    """Admit, validate and hand over one body of records: the answer either transport gives
+    (the HTTP route, the ring listener). ``new_ids``: the records' ids (else drawn from
+    ``state.ids``); ``entry``: the ring entry that holds the body."""
+    refusal = state.admit()
+    if refusal is not None:
+        return answer_json(503, {"error": refusal, "retry_after_ms": 0,
+                             REFUSAL_FIELD: Refusal.NOT_RESTORED.value},
+                       {"Retry-After": "1"})
+    problem = state.reprobe(WAIT_PROBE_S) if wait else None
+    if problem is not None:
+        # Waiting would only run out the caller's time: say why now, accept nothing.
+        state.logger.warning("handoff.wait_refused", broker=problem["state"],
+                             error=problem["error"], request_id=request_id)
+        return answer_json(503, {"error": _broker_refusal(problem, state.config),
+                             BROKER_FIELD: problem, "retry_after_ms": 1000},
+                       {"Retry-After": "1"})
+    try:
+        records = records_from_body(body, content_type,
+                                    default_topic=state.config.default_topic,
+                                    new_ids=new_ids or state.ids.take, request_id=request_id,
+                                    now_ms=state.wall_ms())
+    except InvalidRequest as exc:
+        state.relay.note_rejected(exc.records)
+        state.logger.warning("handoff.rejected", reasons=len(exc.reasons),
+                             first=exc.reasons[0].reason, request_id=request_id)
+        return answer_json(400, {"error": "request rejected, nothing accepted",
+                             "reasons": [r.as_dict() for r in exc.reasons]})
+    ids = [r.id for r in records]
+    try:
+        watch = state.relay.accept(records, watch=wait, entry=entry)
+    except BufferFull as exc:
+        error, retry_ms = str(exc), exc.retry_after_ms
+        if retry_ms and exc.refusal in (Refusal.BUSY, Refusal.STORAGE) \
+                and state.broker_gone():
+            error += "; Kafka is not answering (connections fail), so room comes no sooner"
+            retry_ms = max(retry_ms, GONE_RETRY_AFTER_MS)
+        retry_s = max(1, (retry_ms + 999) // 1000)
+        return answer_json(exc.refusal.status,
+                       {"error": error, "retry_after_ms": retry_ms,
+                        REFUSAL_FIELD: exc.refusal.value},
+                       None if exc.refusal is Refusal.TOO_LARGE
+                       else {"Retry-After": str(retry_s)})
+    if watch is None:
+        return Answer(202, accepted_body(ids))
+    outcomes = watch.wait(wait_s)
+    return answer_json(200, {"accepted": len(ids), "ids": ids, "outcomes": outcomes})
+
+
+def answer_json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
     return Answer(status, json.dumps(body, separators=(",", ":")).encode(),
                   tuple((headers or {}).items()))
 

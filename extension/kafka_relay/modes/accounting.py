@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka_relay.delivery.engine import DeliveryEngine, FlushResult, Watch
+from kafka_relay.delivery.rings import Entry
 from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.protocol import Outcome
 from kafka_relay.record import Record
@@ -75,11 +76,13 @@ class RequestAccounting:
 
     # -- the handoff server's DeliveryPort ---------------------------------------------------
 
-    def accept(self, records: Sequence[Record], *, watch: bool = False) -> Watch | None:
+    def accept(self, records: Sequence[Record], *, watch: bool = False,
+               entry: Entry | None = None) -> Watch | None:
         request_id = records[0].request_id if records else None
         if not request_id:
-            return self._engine.accept(records, watch=watch)
-        registered = self._engine.accept(records, watch=True)  # BufferFull: nothing counted
+            return self._engine.accept(records, watch=watch, entry=entry)
+        # BufferFull: nothing counted
+        registered = self._engine.accept(records, watch=True, entry=entry)
         assert registered is not None
         with self._lock:
             tally = self._tally(request_id)
