@@ -86,6 +86,9 @@ class _Reports:
         self.of: Callable[[Record], _Callback] = note.__get__
         self.of_dlq: Callable[[Record], _Callback] = note_dlq.__get__
 
+    def __bool__(self) -> bool:
+        return bool(self.delivered or self.dead_lettered or self.errors)
+
     def take(self) -> tuple[list[Record], list[Record], list[tuple[Record, KafkaError]]]:
         """(delivered, dead-lettered, failed with their errors) since the last take."""
         taken = self.delivered[:], self.dead_lettered[:], self.errors[:]
@@ -93,6 +96,27 @@ class _Reports:
         self.dead_lettered.clear()
         self.errors.clear()
         return taken
+
+
+def _take_batch(ledger: Ledger, now_ms: int) -> tuple[list[Record], bool, int, int]:
+    """Under the ledger's lock: the records to produce now (with their keys and values, read
+    back where they were dropped), whether anyone waits for outcomes, how many are in flight
+    (the batch counted), how many wait queued."""
+    queue = ledger.queue
+    batch = queue.take_due(now_ms, PRODUCE_BATCH, ledger.resident.window)
+    if batch:
+        batch = ledger.warm(batch, taken=True)
+    return batch, queue.flush_requests > 0, queue.in_flight, len(queue.fresh)
+
+
+def _unproducible_why(exc: Exception) -> tuple[ErrorKind, int | None, str]:
+    """What routing is told of a ``produce`` call that raised."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if isinstance(error, KafkaError):
+        return classify(error), error.code(), describe(error)
+    if isinstance(exc, KafkaException):
+        return ErrorKind.POISON, None, f"KafkaException: {exc}"
+    return ErrorKind.POISON, None, f"produce raised {type(exc).__name__}: {exc}"
 
 
 class Pump:
@@ -174,14 +198,14 @@ class Pump:
             rebuild, self._rebuild = self._rebuild, False
             thawed, self._thawed = self._thawed, False
             if not (rebuild or thawed):  # the usual round: the batch in the same lock round
-                batch, flushing, in_flight, left = self._take_batch()
+                batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
         if rebuild or thawed:
             if rebuild:  # before taking a batch: the rebuild re-queues everything unsettled
                 self._replace_producer()
             if thawed and self._on_thaw is not None:
                 self._on_thaw(self.producer)
             with self._ledger.cond:
-                batch, flushing, in_flight, left = self._take_batch()
+                batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
         if batch:
             self._produce_batch(batch)
         eager = bool(in_flight and not batch and not flushing and self._eager_rounds)
@@ -196,23 +220,12 @@ class Pump:
                 self.producer.poll(0.001 if eager else 0)
         except KafkaException as exc:
             self.on_client_error(exc.args[0])
-        reported = bool(self._reports.delivered or self._reports.dead_lettered
-                        or self._reports.errors)
+        reported = bool(self._reports)
         self._quiet_left = (left if in_flight and not flushing and not self._eager_rounds
                             and not (left and reported) else None)
         self._settle_reports(batch)  # notifies the waiters
         spilled = self._spill_waiting()
         return bool(batch or in_flight or spilled or flushing)
-
-    def _take_batch(self) -> tuple[list[Record], bool, int, int]:
-        """Under the lock: the records to produce now (with their keys and values, read back
-        where they were dropped), whether anyone waits for outcomes, how many are in flight
-        (the batch counted), how many wait queued."""
-        queue = self._queue
-        batch = queue.take_due(self._wall_ms(), PRODUCE_BATCH, self._ledger.resident.window)
-        if batch:
-            batch = self._ledger.warm(batch, taken=True)
-        return batch, queue.flush_requests > 0, queue.in_flight, len(queue.fresh)
 
     def _wait(self, left: int | None) -> None:
         """Sleep until accept/flush/stop notify or the next retry falls due. Nothing to do
@@ -273,17 +286,11 @@ class Pump:
 
     def _unproducible(self, record: Record, exc: Exception) -> None:
         """``produce`` raised for this record: it settles (DLQ, else spill), never the pump."""
-        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-        if isinstance(error, KafkaError):
-            self._failed(record, classify(error), error.code(), describe(error))
-        elif isinstance(exc, KafkaException):
-            self._failed(record, ErrorKind.POISON, None, f"KafkaException: {exc}")
-        else:
+        if not isinstance(exc, KafkaException):
             self._log.error("record.unproducible", id=record.id, topic=record.topic,
                             to_dlq=record.dlq_error is not None,
                             error=f"{type(exc).__name__}: {exc}")
-            self._failed(record, ErrorKind.POISON, None,
-                         f"produce raised {type(exc).__name__}: {exc}")
+        self._failed(record, *_unproducible_why(exc))
 
     def _settle_reports(self, produced: list[Record] | None = None) -> None:
         """The reports of the last poll/flush, in one lock round with one notify: the bytes of
