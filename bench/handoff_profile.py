@@ -1,14 +1,17 @@
 """CPU per record of the handoff, in one process on loopback (no sandbox, no CPU quota).
 
     .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client|pump]
+                                              [--delivery]
 
 Starts a local broker and the extension's parts in-process, sends batches with the stdlib
 client (its default body) and reports, per record: the client thread's CPU (encode + HTTP),
-the handoff thread's CPU (HTTP parse, body parse, validation, accept) and the rest of the
-process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
-cProfile of the client or of the handoff thread, timed on that thread's CPU (waits on the
-socket or the GIL are not cost), or of the pump. Numbers go in docs/cost.md ("Per record");
-this is a developer's tool, not a timed test.
+the handoff thread's CPU (HTTP parse, body parse, validation, accept), the pump thread's and
+the rest of the process (the pump and librdkafka's threads), plus the handoff rate.
+``--delivery`` measures the delivery side alone: each batch's records handed straight to the
+engine (no client, no HTTP), then waited for until settled, as an invocation's would be.
+``--profile`` prints a cProfile of the client, the handoff thread or the pump thread, timed
+on that thread's CPU (waits on the socket, the GIL or librdkafka are not cost). Numbers go in
+docs/cost.md ("Per record"); this is a developer's tool, not a timed test.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
 import tempfile
 import threading
@@ -29,9 +33,11 @@ from kafka_relay.app import assemble
 from kafka_relay.aws_lambda import INVOKE, SHUTDOWN
 from kafka_relay.client import RelayClient
 from kafka_relay.config import load_config
+from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.delivery.pump import Pump
 from kafka_relay.handoff import server as handoff_server
 from kafka_relay.observability.log import JsonLogger
+from kafka_relay.record import IdSource, Record
 
 _TOKEN = "profile-token"
 _FILLER = "x" * 4096
@@ -76,8 +82,49 @@ class _HandlerMeter:
         handoff_server._Handler.handle = self._original  # type: ignore[method-assign]
 
 
+class _PumpMeter:
+    """Wraps the pump thread's body: its CPU, optionally profiled."""
+
+    def __init__(self, profile: bool) -> None:
+        self.cpu_s = 0.0
+        self.profile = cProfile.Profile(time.thread_time) if profile else None
+        self._original = Pump.run
+
+    def install(self) -> None:
+        meter, original = self, self._original
+
+        def run(pump: Pump) -> None:
+            start = time.thread_time()
+            try:
+                if meter.profile is not None:
+                    meter.profile.runcall(original, pump)
+                else:
+                    original(pump)
+            finally:
+                meter.cpu_s = time.thread_time() - start
+
+        Pump.run = run  # type: ignore[method-assign,assignment]
+
+    def remove(self) -> None:
+        Pump.run = self._original  # type: ignore[method-assign]
+
+
+def _deliver(engine: DeliveryEngine, topic: str, batches: list[list[dict[str, Any]]]) -> None:
+    """Each batch accepted straight into ``engine``, then waited for until settled."""
+    ids = IdSource()
+    for number, batch in enumerate(batches):
+        records = [Record(record_id, topic, item["key"].encode(),
+                          json.dumps(item["value"], separators=(",", ":")).encode(), (), None,
+                          f"request-{number}")
+                   for record_id, item in zip(ids.take(len(batch)), batch, strict=True)]
+        engine.accept(records)
+        deadline = time.monotonic() + 10
+        while engine.gauge().pending and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
 def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | None,
-        sort: str = "tottime") -> None:
+        sort: str = "tottime", delivery: bool = False) -> None:
     topic = f"profile-{size}b"
     create_topics(bootstrap, [topic])
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,16 +135,11 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
                               "KAFKA_RELAY_TELEMETRY": "false"})
         meter = _HandlerMeter(profile == "server")
         meter.install()
-        pump_profile = cProfile.Profile() if profile == "pump" else None
-        original_run = Pump.run
-        if pump_profile is not None:
-            def profiled(pump: Pump) -> None:
-                pump_profile.runcall(original_run, pump)
-
-            Pump.run = profiled  # type: ignore[method-assign,assignment]
+        pump_meter = _PumpMeter(profile == "pump")
+        pump_meter.install()
         parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"),
                          (INVOKE, SHUTDOWN))
-        Pump.run = original_run  # type: ignore[method-assign]
+        pump_meter.remove()
         client = RelayClient(env={}, port=config.port, token=_TOKEN)
         try:
             work = [make_records(count, size, b) for b in range(batches)]
@@ -106,7 +148,9 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             meter.cpu_s = 0.0
             client_profile = cProfile.Profile(time.thread_time) if profile == "client" else None
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
-            for batch in work[1:]:
+            if delivery:
+                _deliver(parts.engine, topic, work[1:])
+            for batch in [] if delivery else work[1:]:
                 if client_profile is not None:
                     client_profile.runcall(client.send, batch)
                 else:
@@ -122,11 +166,16 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             meter.remove()
         n = count * (batches - 1)
         rest = total_cpu - client_cpu - meter.cpu_s
-        print(f"{count} x {size} B, {batches - 1} batches: client {client_cpu / n * 1e6:.1f} "
-              f"us/record, handoff thread {meter.cpu_s / n * 1e6:.1f} us/record, pump + "
-              f"librdkafka {rest / n * 1e6:.1f} us/record; handoff {n / wall:,.0f} records/s; "
-              f"flush left {flushed['remaining']}")
-        chosen = client_profile or meter.profile or pump_profile
+        pump = (f"pump + librdkafka {rest / n * 1e6:.1f} us/record (the pump thread "
+                f"{pump_meter.cpu_s / n * 1e6:.1f})")
+        if delivery:  # the main thread built and accepted the records, and waited
+            print(f"{count} x {size} B, {batches - 1} batches, delivery alone: {pump}")
+        else:
+            print(f"{count} x {size} B, {batches - 1} batches: client "
+                  f"{client_cpu / n * 1e6:.1f} us/record, handoff thread "
+                  f"{meter.cpu_s / n * 1e6:.1f} us/record, {pump}; handoff {n / wall:,.0f} "
+                  f"records/s; flush left {flushed['remaining']}")
+        chosen = client_profile or meter.profile or pump_meter.profile
         if chosen is not None:
             out = io.StringIO()
             pstats.Stats(chosen, stream=out).sort_stats(sort).print_stats(24)
@@ -140,18 +189,20 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["100x1024", "500x300"],
                         metavar="COUNTxBYTES", help="records per batch x bytes per record")
     parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative")
+    parser.add_argument("--delivery", action="store_true",
+                        help="the delivery side alone: records accepted straight into the engine")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     args = parser.parse_args()
     cases = [tuple(int(n) for n in case.split("x", 1)) for case in args.cases]
     if args.bootstrap:
         for count, size in cases:
             run(args.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort)
+                profile=args.profile, sort=args.sort, delivery=args.delivery)
         return
     with KafkaBroker() as broker:
         for count, size in cases:
             run(broker.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort)
+                profile=args.profile, sort=args.sort, delivery=args.delivery)
 
 
 if __name__ == "__main__":
