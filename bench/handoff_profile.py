@@ -53,60 +53,35 @@ def make_records(count: int, size: int, batch: int) -> list[dict[str, Any]]:
                        "pad": pad}} for i in range(count)]
 
 
-class _HandlerMeter:
-    """Wraps the handoff handler: CPU of the handoff threads, optionally profiled."""
+class _Meter:
+    """Wraps a method the measured threads run (the handoff handler, the pump's body): their
+    CPU, optionally profiled."""
 
-    def __init__(self, profile: bool) -> None:
+    def __init__(self, owner: type, name: str, profile: bool) -> None:
         self.cpu_s = 0.0
         self.profile = cProfile.Profile(time.thread_time) if profile else None
         self._lock = threading.Lock()
-        self._original: Callable[..., None] = handoff_server._Handler.handle
+        self._owner, self._name = owner, name
+        self._original: Callable[..., None] = getattr(owner, name)
 
     def install(self) -> None:
         meter, original = self, self._original
 
-        def handle(handler: Any) -> None:
+        def measured(instance: Any) -> None:
             start = time.thread_time()
             try:
                 if meter.profile is not None:
-                    meter.profile.runcall(original, handler)
+                    meter.profile.runcall(original, instance)
                 else:
-                    original(handler)
+                    original(instance)
             finally:
                 with meter._lock:
                     meter.cpu_s += time.thread_time() - start
 
-        handoff_server._Handler.handle = handle  # type: ignore[method-assign,assignment]
+        setattr(self._owner, self._name, measured)
 
     def remove(self) -> None:
-        handoff_server._Handler.handle = self._original  # type: ignore[method-assign]
-
-
-class _PumpMeter:
-    """Wraps the pump thread's body: its CPU, optionally profiled."""
-
-    def __init__(self, profile: bool) -> None:
-        self.cpu_s = 0.0
-        self.profile = cProfile.Profile(time.thread_time) if profile else None
-        self._original = Pump.run
-
-    def install(self) -> None:
-        meter, original = self, self._original
-
-        def run(pump: Pump) -> None:
-            start = time.thread_time()
-            try:
-                if meter.profile is not None:
-                    meter.profile.runcall(original, pump)
-                else:
-                    original(pump)
-            finally:
-                meter.cpu_s = time.thread_time() - start
-
-        Pump.run = run  # type: ignore[method-assign,assignment]
-
-    def remove(self) -> None:
-        Pump.run = self._original  # type: ignore[method-assign]
+        setattr(self._owner, self._name, self._original)
 
 
 def _deliver(engine: DeliveryEngine, topic: str, batches: list[list[dict[str, Any]]]) -> None:
@@ -133,9 +108,9 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
                               "KAFKA_RELAY_SPOOL_DIR": str(Path(tmp) / "spool"),
                               "KAFKA_RELAY_JOURNAL_DIR": str(Path(tmp) / "journal"),
                               "KAFKA_RELAY_TELEMETRY": "false"})
-        meter = _HandlerMeter(profile == "server")
+        meter = _Meter(handoff_server._Handler, "handle", profile == "server")
         meter.install()
-        pump_meter = _PumpMeter(profile == "pump")
+        pump_meter = _Meter(Pump, "run", profile == "pump")
         pump_meter.install()
         parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"),
                          (INVOKE, SHUTDOWN))
