@@ -1,17 +1,19 @@
 """CPU per record of the handoff, in one process on loopback (no sandbox, no CPU quota).
 
     .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client|pump]
-        [--transport ring|http]
+        [--transport ring|http] [--delivery]
 
 Starts a local broker and the extension's parts in-process, sends batches with the stdlib
 client (its default body and its default transport, the ring file; ``--transport http``:
 loopback HTTP) and reports, per record: the client thread's CPU (encode + hand-over), the
 handoff threads' CPU (the ring listener's or the HTTP server's: body parse, validation,
-accept) and the rest of the
-process (the pump and librdkafka's threads), plus the handoff rate. ``--profile`` prints a
-cProfile of the client or of the handoff thread, timed on that thread's CPU (waits on the
-socket or the GIL are not cost), or of the pump. Numbers go in docs/cost.md ("Per record");
-this is a developer's tool, not a timed test.
+accept), the pump thread's and the rest of the process (the pump and librdkafka's threads),
+plus the handoff rate. ``--delivery`` measures the delivery side alone: each batch's records
+handed straight to the engine (no client, no transport), then waited for until settled, as an
+invocation's would be. ``--profile`` prints a cProfile of the client, the handoff threads or
+the pump thread, timed on that thread's CPU (waits on the socket, the GIL or librdkafka are
+not cost). Numbers go in docs/cost.md ("Per record"); this is a developer's tool, not a
+timed test.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import pstats
 import tempfile
 import threading
@@ -32,10 +35,12 @@ from kafka_relay.app import assemble
 from kafka_relay.aws_lambda import INVOKE, SHUTDOWN
 from kafka_relay.client import RelayClient
 from kafka_relay.config import load_config
+from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.delivery.pump import Pump
 from kafka_relay.handoff import server as handoff_server
 from kafka_relay.handoff.ring_listener import RingListener
 from kafka_relay.observability.log import JsonLogger
+from kafka_relay.record import IdSource, Record
 
 _TOKEN = "profile-token"
 _FILLER = "x" * 4096
@@ -54,26 +59,29 @@ def make_records(count: int, size: int, batch: int) -> list[dict[str, Any]]:
 # What each transport runs per body on the extension's side: (class, method) metered.
 _HANDLERS: list[tuple[Any, str]] = [(handoff_server._Handler, "handle"),
                                     (RingListener, "_readable")]
+_PUMP: list[tuple[Any, str]] = [(Pump, "run")]
 
 
-class _HandlerMeter:
-    """Wraps the handoff handlers: CPU of the handoff threads, optionally profiled."""
+class _Meter:
+    """Wraps methods the measured threads run (the handoff handlers, the pump's body): their
+    CPU, optionally profiled."""
 
-    def __init__(self, profile: bool) -> None:
+    def __init__(self, methods: list[tuple[Any, str]], profile: bool) -> None:
         self.cpu_s = 0.0
         self.profile = cProfile.Profile(time.thread_time) if profile else None
         self._lock = threading.Lock()
+        self._methods = methods
         self._originals: list[Callable[..., None]] = [getattr(owner, name)
-                                                      for owner, name in _HANDLERS]
+                                                      for owner, name in methods]
 
     def install(self) -> None:
-        for (owner, name), original in zip(_HANDLERS, self._originals, strict=True):
+        for (owner, name), original in zip(self._methods, self._originals, strict=True):
             setattr(owner, name, self._metered(original))
 
     def _metered(self, original: Callable[..., None]) -> Callable[..., None]:
         meter = self
 
-        def handle(*args: Any) -> None:
+        def measured(*args: Any) -> None:
             start = time.thread_time()
             try:
                 if meter.profile is not None:
@@ -84,15 +92,29 @@ class _HandlerMeter:
                 with meter._lock:
                     meter.cpu_s += time.thread_time() - start
 
-        return handle
+        return measured
 
     def remove(self) -> None:
-        for (owner, name), original in zip(_HANDLERS, self._originals, strict=True):
+        for (owner, name), original in zip(self._methods, self._originals, strict=True):
             setattr(owner, name, original)
 
 
+def _deliver(engine: DeliveryEngine, topic: str, batches: list[list[dict[str, Any]]]) -> None:
+    """Each batch accepted straight into ``engine``, then waited for until settled."""
+    ids = IdSource()
+    for number, batch in enumerate(batches):
+        records = [Record(record_id, topic, item["key"].encode(),
+                          json.dumps(item["value"], separators=(",", ":")).encode(), (), None,
+                          f"request-{number}")
+                   for record_id, item in zip(ids.take(len(batch)), batch, strict=True)]
+        engine.accept(records)
+        deadline = time.monotonic() + 10
+        while engine.gauge().pending and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
 def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | None,
-        sort: str = "tottime", transport: str = "ring") -> None:
+        sort: str = "tottime", transport: str = "ring", delivery: bool = False) -> None:
     topic = f"profile-{size}b"
     create_topics(bootstrap, [topic])
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,18 +124,13 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
                               "KAFKA_RELAY_JOURNAL_DIR": str(Path(tmp) / "journal"),
                               "KAFKA_RELAY_RING_DIR": str(Path(tmp) / "ring"),
                               "KAFKA_RELAY_TELEMETRY": "false"})
-        meter = _HandlerMeter(profile == "server")
+        meter = _Meter(_HANDLERS, profile == "server")
         meter.install()
-        pump_profile = cProfile.Profile() if profile == "pump" else None
-        original_run = Pump.run
-        if pump_profile is not None:
-            def profiled(pump: Pump) -> None:
-                pump_profile.runcall(original_run, pump)
-
-            Pump.run = profiled  # type: ignore[method-assign,assignment]
+        pump_meter = _Meter(_PUMP, profile == "pump")
+        pump_meter.install()
         parts = assemble(config, JsonLogger(stream=io.StringIO(), level="ERROR"),
                          (INVOKE, SHUTDOWN))
-        Pump.run = original_run  # type: ignore[method-assign]
+        pump_meter.remove()
         client = RelayClient(env={"KAFKA_RELAY_RING_DIR": str(Path(tmp) / "ring"),
                                   "KAFKA_RELAY_RING": str(transport == "ring")},
                              port=config.port, token=_TOKEN)
@@ -124,7 +141,9 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             meter.cpu_s = 0.0
             client_profile = cProfile.Profile(time.thread_time) if profile == "client" else None
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
-            for batch in work[1:]:
+            if delivery:
+                _deliver(parts.engine, topic, work[1:])
+            for batch in [] if delivery else work[1:]:
                 if client_profile is not None:
                     client_profile.runcall(client.send, batch)
                 else:
@@ -142,12 +161,16 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             meter.remove()
         n = count * (batches - 1)
         rest = total_cpu - client_cpu - meter.cpu_s
-        print(f"{transport}: {count} x {size} B, {batches - 1} batches: client "
-              f"{client_cpu / n * 1e6:.1f} us/record, handoff thread "
-              f"{meter.cpu_s / n * 1e6:.1f} us/record, pump + "
-              f"librdkafka {rest / n * 1e6:.1f} us/record; handoff {n / wall:,.0f} records/s; "
-              f"flush left {flushed['remaining']}")
-        chosen = client_profile or meter.profile or pump_profile
+        pump = (f"pump + librdkafka {rest / n * 1e6:.1f} us/record (the pump thread "
+                f"{pump_meter.cpu_s / n * 1e6:.1f})")
+        if delivery:  # the main thread built and accepted the records, and waited
+            print(f"{count} x {size} B, {batches - 1} batches, delivery alone: {pump}")
+        else:
+            print(f"{transport}: {count} x {size} B, {batches - 1} batches: client "
+                  f"{client_cpu / n * 1e6:.1f} us/record, handoff threads "
+                  f"{meter.cpu_s / n * 1e6:.1f} us/record, {pump}; handoff {n / wall:,.0f} "
+                  f"records/s; flush left {flushed['remaining']}")
+        chosen = client_profile or meter.profile or pump_meter.profile
         if chosen is not None:
             out = io.StringIO()
             pstats.Stats(chosen, stream=out).sort_stats(sort).print_stats(24)
@@ -161,6 +184,8 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["100x1024", "500x300"],
                         metavar="COUNTxBYTES", help="records per batch x bytes per record")
     parser.add_argument("--sort", default="tottime", help="pstats order: tottime, cumulative")
+    parser.add_argument("--delivery", action="store_true",
+                        help="the delivery side alone: records accepted straight into the engine")
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     parser.add_argument("--transport", choices=("ring", "http"), default="ring",
                         help="the client's transport (default: its own default, the ring)")
@@ -169,12 +194,14 @@ def main() -> None:
     if args.bootstrap:
         for count, size in cases:
             run(args.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort, transport=args.transport)
+                profile=args.profile, sort=args.sort, transport=args.transport,
+                delivery=args.delivery)
         return
     with KafkaBroker() as broker:
         for count, size in cases:
             run(broker.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort, transport=args.transport)
+                profile=args.profile, sort=args.sort, transport=args.transport,
+                delivery=args.delivery)
 
 
 if __name__ == "__main__":

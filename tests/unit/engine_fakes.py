@@ -48,16 +48,25 @@ class FakeProducer:
     waiting: list[tuple[Sent, DeliveryCallback]] = field(default_factory=list)
     purged: int = 0
 
-    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
-        message = Sent(topic, kwargs.get("value"), kwargs.get("key"),
-                       dict(kwargs.get("headers") or []), kwargs.get("timestamp", 0))
+    def produce(  # noqa: PLR0917 - confluent-kafka's signature, by position or name
+            self, topic: str, value: bytes | None = None, key: bytes | None = None,
+            partition: int = -1, callback: DeliveryCallback | None = None,
+            on_delivery: DeliveryCallback | None = None, timestamp: int = 0,
+            headers: list[tuple[str, str | bytes]] | None = None) -> None:
+        del partition
+        # As confluent-kafka does: a text header value goes out as its UTF-8 bytes.
+        message = Sent(topic, value, key,
+                       {name: v.encode() if isinstance(v, str) else v
+                        for name, v in headers or []}, timestamp)
+        report = callback or on_delivery
+        assert report is not None, "every record is produced with a delivery callback"
         error = self.raise_on_produce(message)
         if error is not None:
             raise error
         if len(self.waiting) >= self.capacity:
             raise BufferError("Local: Queue full")
         self.sent.append(message)
-        self.waiting.append((message, kwargs["on_delivery"]))
+        self.waiting.append((message, report))
 
     def poll(self, timeout: float = 0) -> int:
         if self.hold:

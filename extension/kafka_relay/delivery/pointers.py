@@ -33,7 +33,10 @@ class Pointers:
         self._out: dict[str, Pointer] = {}  # produced, not yet acknowledged (by record id)
 
     def due(self) -> list[Pointer]:
-        """The pointers to produce again (each once)."""
+        """The pointers to produce again (each once). Only the pump's thread adds them (their
+        reports run in its polls), and it asks: none is read without a lock round."""
+        if not self._retries:
+            return []
         with self._cond:
             due, self._retries = self._retries, []
             return due

@@ -4,8 +4,11 @@ spilled, and how many are in flight. Not thread-safe: the ledger's condition gua
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import accumulate, islice
+from operator import attrgetter
 
 from kafka_relay.record import Record
 
@@ -17,6 +20,8 @@ from kafka_relay.record import Record
 # carries ~10 MB/s at a 20 ms RTT, more than 0.145 vCPU hands over; 1,769 MB gets ~1.7 MB.
 MIN_IN_FLIGHT_BYTES = 128 * 1024
 MAX_IN_FLIGHT_BYTES = 8 * 1024 * 1024
+
+_SIZE = attrgetter("size")
 
 
 def in_flight_window(buffer_bytes: int) -> int:
@@ -66,21 +71,33 @@ class SendQueue:
         refused and routed (spilled, with its DLQ pointer)."""
         while self._retry and self._retry[0][0] <= now_ms:
             self.fresh.append(heapq.heappop(self._retry)[2])
-        batch: list[Record] = []
-        while self.fresh and len(batch) < limit:
-            size = self.fresh[0].size
-            if (self.in_flight_bytes + size > max_bytes and size <= max_bytes
-                    and (batch or self.in_flight)):
-                break
-            batch.append(self.fresh.popleft())
-            self.in_flight_bytes += size
-        self.in_flight += len(batch)
-        return batch
+        fresh = self.fresh
+        head = list(islice(fresh, limit)) if len(fresh) > limit else list(fresh)
+        size = sum(map(_SIZE, head))
+        taken = len(head)
+        if self.in_flight_bytes + size > max_bytes:  # per batch, not per record: how many
+            sizes = list(accumulate(map(_SIZE, head), initial=self.in_flight_bytes))  # fit
+            taken = max(0, bisect_right(sizes, max_bytes) - 1)
+            for record in head[taken:]:  # past the window, only what could never fit goes
+                if record.size <= max_bytes and (taken or self.in_flight):
+                    break
+                taken += 1
+            head = head[:taken]
+            size = sizes[taken] - self.in_flight_bytes
+        if taken == len(fresh):
+            fresh.clear()
+        else:
+            popleft = fresh.popleft
+            for _ in range(taken):
+                popleft()
+        self.in_flight_bytes += size
+        self.in_flight += taken
+        return head
 
     def done(self, records: Sequence[Record]) -> None:
         """Their delivery reports came (or they never reached librdkafka)."""
         self.in_flight -= len(records)
-        self.in_flight_bytes = max(0, self.in_flight_bytes - sum(r.size for r in records))
+        self.in_flight_bytes = max(0, self.in_flight_bytes - sum(map(_SIZE, records)))
 
     def give_back(self, records: list[Record]) -> None:
         """Taken but not handed to librdkafka (its queue was full): first in line again."""
