@@ -231,10 +231,9 @@ class Processes:
             raise
         finally:
             os.close(write_fd)
-        holder: list[Proc] = []
-        pump = OutputPump(read_fd, lambda line: self._on_line(holder[0], line), name=name)
+        pump = OutputPump(read_fd, lambda line: self._on_line(proc, line), name=name)
         proc = Proc(name, kind, popen, pump)
-        holder.append(proc)
+        pump.start()  # only now that its lines have a process to belong to
         with self._cond:
             self.all.append(proc)
         threading.Thread(target=self._watch, args=(proc,), daemon=True,

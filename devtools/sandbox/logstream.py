@@ -78,6 +78,11 @@ class OutputPump:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sandbox-log-{name}", daemon=True)
+
+    def start(self) -> None:
+        """Read from now on. The caller first makes whatever ``on_line`` needs: the process
+        may have written already, and a pump whose ``on_line`` raises ends and closes the
+        pipe, so the process's next write fails (Python exits 120 on it)."""
         self._thread.start()
 
     def settled(self) -> bool:

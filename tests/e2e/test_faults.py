@@ -240,14 +240,17 @@ def test_a_connection_dropped_while_frozen_is_reopened_and_the_next_invocation_d
     topic = broker.create_topic()
     with _sandbox(artifacts, proxy.address, topic) as sandbox:
         sent = _delivered(sandbox, "before", 10)
+        opened = proxy.stats.connections
         proxy.cut()  # the idle connection dies while nothing in the environment runs
         proxy.restore()
         after = _invoke(sandbox, {"run": "after", "count": 10})
         sent += after.payload["ids"]
         done = _done(sandbox, after)
+        reopened = proxy.stats.connections - opened
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     assert (done["delivered"], done["pending"]) == (10, 0), "delivered before the next freeze"
+    assert reopened == 1, "the known broker reconnected, not a re-bootstrap (bootstrap, then it)"
     _assert_clean_exit(shutdown)
     _assert_summary(lines, accepted=20, delivered=20)
     _assert_dedupable(_read_all(broker, topic), sent)

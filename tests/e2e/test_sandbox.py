@@ -25,7 +25,8 @@ import pytest
 from devtools.sandbox import Sandbox, SandboxError, SandboxInitError, cgroup
 from devtools.sandbox.__main__ import main as sandbox_cli
 from devtools.sandbox.cgroup import EnvironmentCgroup, Hierarchies, quota_us, vcpus_for_memory
-from devtools.sandbox.environment import process_state
+from devtools.sandbox.environment import Processes, process_state
+from devtools.sandbox.logstream import OutputPump
 from devtools.sandbox.sandbox import RUNTIME_SHUTDOWN_MS
 from devtools.sandbox.telemetry import Destination, TelemetryHub, TelemetryRequestError
 
@@ -388,6 +389,38 @@ def test_telemetry_batches_honour_max_items_and_timeout() -> None:
         hub.subscribe("subscriber", outside)
     with pytest.raises(TelemetryRequestError, match="maxItems"):
         hub.subscribe("subscriber", {**subscription, "buffering": {"maxItems": 5}})
+
+
+def test_a_process_writing_at_once_keeps_its_output_pipe_and_every_line() -> None:
+    # A pump reads nothing before start(), and spawn() starts it once the process's record
+    # exists: a line read earlier had no process to go to, the pump ended and closed the
+    # pipe, and the process's next write failed (an extension exited 120 during init).
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, b"written before the reader starts\n")
+    lines: list[str] = []
+    pump = OutputPump(read_fd, lines.append, name="early")
+    time.sleep(0.05)  # a reading pump would have taken the line by now
+    assert lines == []
+    assert not pump.settled()  # still in the pipe
+    pump.start()
+    os.write(write_fd, b"after\n")
+    os.close(write_fd)
+    pump.join(5)
+    assert lines == ["written before the reader starts", "after"]
+
+    cond = threading.Condition()
+    seen: list[tuple[str, str]] = []
+    procs = Processes(cond, on_line=lambda proc, line: seen.append((proc.name, line)))
+    try:
+        writer = procs.spawn("writer", "extension",
+                             [sys.executable, "-c", "print('at once', flush=True)"],
+                             env=os.environ, cwd=REPO)
+        with cond:
+            cond.wait_for(lambda: writer.exit_code is not None, 10)
+        writer.pump.join(5)
+    finally:
+        procs.close()
+    assert (writer.exit_code, seen) == (0, [("writer", "at once")])
 
 
 def test_telemetry_subscriber_gets_runtime_done_for_each_invoke(

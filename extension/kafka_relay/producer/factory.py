@@ -27,6 +27,13 @@ DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
     "socket.keepalive.enable": True,
     "reconnect.backoff.max.ms": 1000,
+    # A broker closes connections idle while Lambda froze the environment, so at a thaw all of
+    # them are gone at once. librdkafka's default then re-bootstraps: it forgets the brokers
+    # it knew and finds the leader again on its 1 s metadata timer (1-2 s before the first
+    # delivery, past the flush's stall limit). Without it, the known broker is reconnected
+    # after one reconnect backoff; broker names are stable (MSK's are), and their addresses
+    # are resolved again at each connection.
+    "metadata.recovery.strategy": "none",
 }
 
 
