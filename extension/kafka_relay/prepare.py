@@ -24,8 +24,7 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, Producer
 
 from kafka_relay.config import Config, LambdaMode
-from kafka_relay.handoff.port import listen
-from kafka_relay.handoff.ring_listener import bind
+from kafka_relay.handoff.port import listen, listen_ring
 from kafka_relay.lifecycle.api import ExtensionsApi
 from kafka_relay.lifecycle.telemetry import TelemetryReceiver, subscribe
 from kafka_relay.observability.log import JsonLogger, LibrdkafkaLog
@@ -151,7 +150,7 @@ def prepare(config: Config, logger: JsonLogger, *, build_producer: bool, mode: L
                  if config.telemetry and api is not None else None)
     return Prepared(listening=listening, make_producer=make_producer, errors=errors,
                     first_producer=first, telemetry=telemetry, slot=slot,
-                    ring_listening=bind(config, logger))
+                    ring_listening=listen_ring(config, logger))
 
 
 def _subscribe(api: ExtensionsApi, slot: ModeSlot, mode: LambdaMode,

@@ -27,7 +27,6 @@ from kafka_relay.config import Config
 from kafka_relay.delivery.rings import Entry, RingFile, Rings
 from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, trim_heap
 from kafka_relay.handoff.idempotency import Answer
-from kafka_relay.handoff.port import BACKLOG
 from kafka_relay.handoff.schema import framed_records
 from kafka_relay.handoff.server import (
     MAX_BODY_HINT,
@@ -36,7 +35,6 @@ from kafka_relay.handoff.server import (
     accepted_body,
     answer_json,
 )
-from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import FRAMES_HEAD, FRAMES_TYPE, TOKEN_HEADER, TOKEN_SOURCES, Refusal
 from kafka_relay.record import Record
 from kafka_relay.ring import (
@@ -49,7 +47,6 @@ from kafka_relay.ring import (
     read_body_message,
     read_hello,
     record_ids,
-    socket_address,
     tag_of,
 )
 
@@ -57,23 +54,6 @@ _RESTORED = answer_json(410, {"error": "restored from a snapshot since this ring
                                        "a ring of this copy's own takes the body"})
 _RECHECK_S = 0.05
 _RECHECKS = 100  # then the next init takes the file over
-
-
-def bind(config: Config, logger: JsonLogger) -> socket.socket | None:
-    """The listening socket, or None (ring off, or the address taken: handlers then use
-    HTTP, logged)."""
-    if not config.ring:
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(socket_address(config.port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        logger.warning("ring.unavailable", error=str(exc),
-                       hint="handlers hand records over HTTP instead")
-        return None
-    return sock
 
 
 def ring_reader(config: Config, wall_ms: Callable[[], int]) -> Callable[[bytes, list[str]],
