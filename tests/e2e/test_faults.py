@@ -238,7 +238,10 @@ def test_a_connection_dropped_while_frozen_is_reopened_and_the_next_invocation_d
 ) -> None:
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
-    with _sandbox(artifacts, proxy.address, topic) as sandbox:
+    # librdkafka's debug log says when it re-bootstraps (a count of the proxy's connections
+    # would also count a reconnect retried under load).
+    with _sandbox(artifacts, proxy.address, topic, {"KAFKA_PRODUCER_DEBUG": "generic",
+                                                    "KAFKA_RELAY_LOG_LEVEL": "DEBUG"}) as sandbox:
         sent = _delivered(sandbox, "before", 10)
         opened = proxy.stats.connections
         proxy.cut()  # the idle connection dies while nothing in the environment runs
@@ -250,7 +253,8 @@ def test_a_connection_dropped_while_frozen_is_reopened_and_the_next_invocation_d
         shutdown = sandbox.shutdown("spindown")
         lines = sandbox.log_lines()
     assert (done["delivered"], done["pending"]) == (10, 0), "delivered before the next freeze"
-    assert reopened == 1, "the known broker reconnected, not a re-bootstrap (bootstrap, then it)"
+    assert reopened >= 1, "the known broker reconnected"
+    assert [line for line in lines if "Starting re-bootstrap" in line] == []
     _assert_clean_exit(shutdown)
     _assert_summary(lines, accepted=20, delivered=20)
     _assert_dedupable(_read_all(broker, topic), sent)

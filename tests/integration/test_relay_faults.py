@@ -178,16 +178,21 @@ def test_a_connection_the_broker_closed_while_idle_is_reopened_to_the_known_brok
     # As a broker closes idle connections (connections.max.idle.ms) while Lambda freezes the
     # environment: its only connection gone, librdkafka must not re-bootstrap (that forgets
     # the broker and waits for two 1 s metadata timers, past the flush's stall limit).
+    # librdkafka's own debug log says when it starts one (a count of the proxy's connections
+    # would also count a reconnect retried under load).
     broker, proxy = proxied_broker.broker, proxied_broker.proxy
     topic = broker.create_topic()
-    with running_relay(proxy.address, tmp_path, default_topic=topic) as h:
+    with running_relay(proxy.address, tmp_path, default_topic=topic,
+                       producer_overrides={"debug": "generic"}) as h:
         sent = _invoke(h, "before", 5)
         assert h.parts.engine.gauge().counts["delivered"] == 5
         opened = proxy.stats.connections
         assert proxy.drop_connections() >= 1
         sent += _invoke(h, "after", 5, start=5)
         assert h.parts.engine.gauge().pending == 0, "delivered within its own invocation"
-        assert proxy.stats.connections - opened == 1, "one new connection: to the known broker"
+        assert proxy.stats.connections > opened, "reconnected"
+        rebootstraps = [line for line in h.log_lines() if "Starting re-bootstrap" in line]
+        assert rebootstraps == []
         _assert_accounted(h)
     got = broker.read(topic, expected=len(sent), timeout=20)
     assert {r.headers["x-relay-id"].decode() for r in got} == set(sent)

@@ -16,6 +16,7 @@ from kafka_relay.producer.credentials import (
     StaticSasl,
     from_config,
 )
+from kafka_relay.producer.factory import producer_settings
 
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": "b-1.msk.eu-west-1.amazonaws.com:9098"}
 ROLE = {"AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "ASIAROLE",
@@ -45,6 +46,15 @@ def test_msk_iam_strategy_sets_the_token_callback_and_no_username() -> None:
     assert settings_["oauth_cb"] is strategy.provider
     assert not {"sasl.username", "sasl.password"} & set(settings_)
     assert strategy.provider.region == "eu-west-1"
+
+
+def test_only_msk_iam_re_bootstraps_so_a_thaw_reaches_the_broker_after_the_token_refresh(
+) -> None:
+    msk = load_config({**BASE, **ROLE, "KAFKA_AUTH": "msk-iam"})
+    iam = producer_settings(msk, from_config(msk))
+    plain = load_config(BASE)
+    assert iam["metadata.recovery.strategy"] == "rebootstrap"
+    assert producer_settings(plain, from_config(plain))["metadata.recovery.strategy"] == "none"
 
 
 def test_the_credentials_expiry_is_read_from_aws_credential_expiration() -> None:

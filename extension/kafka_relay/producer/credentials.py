@@ -158,8 +158,12 @@ class MskIam(NamedTuple):
         return cls(MskIamTokenProvider(region=config.region or "", credentials=source))
 
     def apply(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        # A token signed before a freeze may have expired by the thaw. Reconnecting the known
+        # broker at once (factory.DEFAULTS) would present it; re-bootstrapping reaches the
+        # broker on librdkafka's 1 s metadata timer, after its token refresh (the pump's
+        # thaw check serves it), as MSK IAM producers always did.
         return {**settings, "security.protocol": "SASL_SSL", "sasl.mechanism": OAUTHBEARER,
-                "oauth_cb": self.provider}
+                "oauth_cb": self.provider, "metadata.recovery.strategy": "rebootstrap"}
 
     def after_thaw(self, poll: Callable[[float], object], *,
                    timeout_s: float = THAW_TOKEN_WAIT_S) -> bool | None:
