@@ -206,6 +206,9 @@ class _Handler(RequestHandler):
         self._serve(_GET_ROUTES.get(urlsplit(self.path).path), 0)
 
     def do_POST(self) -> None:
+        if self.path == INVOCATION_END_PATH and _bodiless(self.headers):
+            self._end_now()
+            return
         path = urlsplit(self.path).path
         self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
                     if path == RECORDS_PATH else _SMALL_BODY_LIMIT)
@@ -348,10 +351,25 @@ class _Handler(RequestHandler):
                 parsed = {}
             found = parsed.get("request_id") if isinstance(parsed, dict) else None
             request_id = found if isinstance(found, str) else None
+        self._ended(request_id)
+
+    def _end_now(self) -> None:
+        """The client's end call (every invocation, the request id in its header, no body):
+        nothing to read, so none of ``_serve``'s body reading, socket deadlines and busy
+        marks, on the thread the environment's thaw woke for it. Anything it refuses (a
+        wrong token) goes the common way."""
+        if not self._authorized():
+            self._serve(_Handler._end, _SMALL_BODY_LIMIT)
+            return
+        self.server.mark(self.connection, busy=False)  # recently used: evicted last
+        self._ended(self.headers.get(REQUEST_ID_HEADER))
+
+    def _ended(self, request_id: str | None) -> None:
         # The answer first, then the signal: the loop's thread it wakes then finds the GIL free
         # sooner. (The client reads the answer only before its next request.)
         try:
-            self._send(200, {"ok": True, "request_id": request_id})
+            self._send_answer(Answer(200, b'{"ok":true,"request_id":%s}'
+                                     % json.dumps(request_id).encode()))
         finally:
             self.server.state.signals.mark_done(request_id)
 
@@ -369,6 +387,11 @@ _GET_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {STATUS_PATH: _Han
 _POST_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {
     RECORDS_PATH: _Handler._records, FLUSH_PATH: _Handler._flush,
     INVOCATION_END_PATH: _Handler._end}
+
+
+def _bodiless(headers: Mapping[str, str]) -> bool:
+    """No body follows the head (no length or 0, not chunked)."""
+    return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
 
 
 def _wait_budget_s(query: dict[str, str]) -> float:
