@@ -34,7 +34,7 @@ from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatc
 from kafka_relay.handoff.port import BACKLOG, listen
 from kafka_relay.handoff.schema import InvalidRequest, records_from_body
 from kafka_relay.handoff.signals import EndSignals
-from kafka_relay.httpwire import RequestHandler, ThreadingServer
+from kafka_relay.httpwire import RequestHandler, ThreadingServer, reason
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
     BROKER_FIELD,
@@ -178,14 +178,13 @@ class _Handler(RequestHandler):
         self._send_answer(_answer(status, body, headers))
 
     def _send_answer(self, answer: Answer) -> None:
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer.body)))
-        for name, value in answer.headers:
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers(answer.body)
+        """Head and body in one send, the head formatted at once (no answer here sets
+        ``Connection`` through its headers: closing is ``close_connection``'s)."""
+        extra = "".join(f"{name}: {value}\r\n" for name, value in answer.headers)
+        close = "Connection: close\r\n" if self.close_connection else ""
+        head = (f"HTTP/1.1 {answer.status} {reason(answer.status)}\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(answer.body)}\r\n{extra}{close}\r\n")
+        self.wfile.write(head.encode("latin-1") + answer.body)
 
     def _authorized(self) -> bool:
         expected = self.server.state.config.token
