@@ -411,7 +411,8 @@ def test_the_bodiless_end_call_is_answered_byte_for_byte_as_one_with_a_body(
             head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
         assert by_header.endswith(b'{"ok":true,"request_id":"r-\\"A"}')
         assert by_header.replace(b'\\"A', b'\\"B') == by_body
-        assert signals.wait('r-"A', 5) and signals.wait('r-"B', 5)  # signalled after the answer
+        assert signals.wait('r-"A', 5)  # signalled after the answer
+        assert signals.wait('r-"B', 5)
         refused = _raw_exchange(h.config.port, b"POST /v1/invocation/end HTTP/1.1\r\nHost: x"
                                 b"\r\nX-Kafka-Relay-Request-Id: r-3\r\nConnection: close\r\n\r\n")
         assert _status_of(refused) == 401
