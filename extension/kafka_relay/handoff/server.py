@@ -205,8 +205,13 @@ class _Handler(RequestHandler):
         self._serve(_GET_ROUTES.get(urlsplit(self.path).path), 0)
 
     def do_POST(self) -> None:
-        if self.path == INVOCATION_END_PATH and _bodiless(self.headers):
-            self._end_now()
+        if self.path == INVOCATION_END_PATH and _bodiless(self.headers) \
+                and self._authorized():
+            # The client's end call (every invocation, the request id in its header, no
+            # body): nothing to read, so none of ``_serve``'s body reading, socket deadlines
+            # and busy marks. Refused (a wrong token), it goes the common way.
+            self.server.mark(self.connection, busy=False)  # recently used: evicted last
+            self._end(b"")
             return
         path = urlsplit(self.path).path
         self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
@@ -350,20 +355,6 @@ class _Handler(RequestHandler):
                 parsed = {}
             found = parsed.get("request_id") if isinstance(parsed, dict) else None
             request_id = found if isinstance(found, str) else None
-        self._ended(request_id)
-
-    def _end_now(self) -> None:
-        """The client's end call (every invocation, the request id in its header, no body):
-        nothing to read, so none of ``_serve``'s body reading, socket deadlines and busy
-        marks, on the thread the environment's thaw woke for it. Anything it refuses (a
-        wrong token) goes the common way."""
-        if not self._authorized():
-            self._serve(_Handler._end, _SMALL_BODY_LIMIT)
-            return
-        self.server.mark(self.connection, busy=False)  # recently used: evicted last
-        self._ended(self.headers.get(REQUEST_ID_HEADER))
-
-    def _ended(self, request_id: str | None) -> None:
         # The answer first, then the signal: the loop's thread it wakes then finds the GIL free
         # sooner. (The client reads the answer only before its next request.)
         try:
