@@ -32,11 +32,16 @@ _REASONS = {
 }
 
 
+def reason(status: int) -> str:
+    """The reason phrase of ``status`` ("" for one not listed)."""
+    return _REASONS.get(status, "")
+
+
 class Headers(dict[str, str]):
     """Request headers by lower-cased name."""
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        return super().get(name.lower(), default)
+        return dict.get(self, name.lower(), default)
 
 
 class BadRequest(Exception):
@@ -80,13 +85,14 @@ def parse_headers(version: str, lines: Iterable[str]) -> HeaderBlock:
         if not colon or not name or name != name.strip():
             raise BadRequest(400, f"malformed header {line[:100]!r}")
         headers.setdefault(name.lower(), value.strip())
-    connection = (headers.get("Connection") or "").lower()
+    find = dict.get  # the names are lower-cased already
+    connection = find(headers, "connection", "").lower()
     close = version < "HTTP/1.1"
     if connection == "close":
         close = True
     elif connection == "keep-alive" and version >= "HTTP/1.1":
         close = False
-    expects_continue = ((headers.get("Expect") or "").lower() == "100-continue"
+    expects_continue = (find(headers, "expect", "").lower() == "100-continue"
                         and version >= "HTTP/1.1")
     return HeaderBlock(headers, close, expects_continue)
 
@@ -142,7 +148,7 @@ class RequestHandler(socketserver.StreamRequestHandler):
         """The request line and header lines, when the whole head is in the read buffer
         already (a client writes head and body at once): one read and one split instead of
         a read per line. None when it must be read line by line, which the rules above then
-        apply to: a head not all arrived, one whose first blank line is not CRLF CRLF, one
+        apply to: a head not all arrived, one with a line not ended by CRLF, one
         blank-first, too long or with too many headers."""
         rfile = self.rfile
         if not isinstance(rfile, io.BufferedReader):
@@ -151,11 +157,12 @@ class RequestHandler(socketserver.StreamRequestHandler):
         end = buffered.find(b"\r\n\r\n")
         if not 0 < end <= MAX_LINE:
             return None
-        head = buffered[:end + 2]  # every line with its line end
-        if b"\n\n" in head or b"\n\r\n" in head or head.count(b"\n") > MAX_HEADERS + 1:
-            return None  # a blank line before the CRLF CRLF, or too many lines
+        head = buffered[:end]
+        breaks = head.count(b"\n")
+        if breaks != head.count(b"\r\n") or breaks > MAX_HEADERS:
+            return None  # a bare LF (a blank line may hide there), or too many lines
         rfile.read(end + 4)
-        return [line.rstrip("\r\n") for line in head.decode("iso-8859-1").split("\n")[:-1]]
+        return head.decode("iso-8859-1").split("\r\n")
 
     def _header_lines(self) -> list[str] | None:
         """The header lines read one by one, up to the blank line (or the end of the
@@ -201,8 +208,8 @@ class RequestHandler(socketserver.StreamRequestHandler):
     # -- the answer, as BaseHTTPRequestHandler builds it --------------------------------
 
     def send_response(self, code: int, message: str | None = None) -> None:
-        reason = message if message is not None else _REASONS.get(code, "")
-        self._head = [f"{self.protocol_version} {code} {reason}\r\n"]
+        phrase = message if message is not None else reason(code)
+        self._head = [f"{self.protocol_version} {code} {phrase}\r\n"]
 
     def send_header(self, keyword: str, value: str) -> None:
         self._head.append(f"{keyword}: {value}\r\n")

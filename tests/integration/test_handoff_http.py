@@ -394,3 +394,26 @@ def test_before_a_snapstart_restore_the_client_gets_relay_not_restored(
         finally:
             server.stop()
         assert h.parts.engine.gauge().counts["accepted"] == 0
+
+
+def test_the_bodiless_end_call_is_answered_byte_for_byte_as_one_with_a_body(
+    broker: Broker, tmp_path: Path
+) -> None:
+    with running_relay(broker.bootstrap, tmp_path, default_topic="t") as h:
+        signals = h.parts.mode.signals
+        assert isinstance(signals, HandlerSignals)
+        head = (f"POST /v1/invocation/end HTTP/1.1\r\nHost: x\r\n{TOKEN_HEADER}: {TOKEN}\r\n"
+                "Connection: close\r\n")
+        by_header = _raw_exchange(h.config.port, (
+            head + 'X-Kafka-Relay-Request-Id: r-"A\r\nContent-Length: 0\r\n\r\n').encode())
+        body = json.dumps({"request_id": 'r-"B'}).encode()
+        by_body = _raw_exchange(h.config.port, (
+            head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        assert by_header.endswith(b'{"ok":true,"request_id":"r-\\"A"}')
+        assert by_header.replace(b'\\"A', b'\\"B') == by_body
+        assert signals.wait('r-"A', 5)  # signalled after the answer
+        assert signals.wait('r-"B', 5)
+        refused = _raw_exchange(h.config.port, b"POST /v1/invocation/end HTTP/1.1\r\nHost: x"
+                                b"\r\nX-Kafka-Relay-Request-Id: r-3\r\nConnection: close\r\n\r\n")
+        assert _status_of(refused) == 401
+        assert not signals.wait("r-3", 0)

@@ -92,6 +92,27 @@ def test_a_kept_alive_connection_carries_many_batches_while_another_idles(
     assert got == ["a", "b", "c", "d", "e"]
 
 
+def test_a_body_that_arrives_in_pieces_gets_one_continue_and_one_answer(
+        ended: tuple[TelemetryReceiver, list[str]]) -> None:
+    receiver, got = ended
+    request = _post(_batch("a"), extra="Expect: 100-continue\r\n")
+    head, body = request[:request.index(b"\r\n\r\n") + 4], _batch("a")
+    with _connect(receiver) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head)
+        assert _answers(sock, 1) == [b"HTTP/1.1 100 Continue"]
+        for start in range(0, len(body), 20):  # each piece read on its own
+            sock.sendall(body[start:start + 20])
+            time.sleep(0.01)
+        sock.sendall(_post(b"[]", extra="Expect: 100-continue\r\n"))  # all in: no Continue
+        sock.shutdown(socket.SHUT_WR)
+        answers = b""
+        while chunk := sock.recv(65536):
+            answers += chunk
+    assert answers == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" * 2
+    assert got == ["a"]
+
+
 @settings(max_examples=25, deadline=None)
 @given(cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=8, unique=True))
 def test_requests_split_anywhere_are_read_whole(cuts: list[int]) -> None:

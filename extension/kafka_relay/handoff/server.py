@@ -35,7 +35,7 @@ from kafka_relay.handoff.idempotency import Answer, IdempotencyCache, KeyMismatc
 from kafka_relay.handoff.port import BACKLOG, listen
 from kafka_relay.handoff.schema import InvalidRequest, NewIds, records_from_body
 from kafka_relay.handoff.signals import EndSignals
-from kafka_relay.httpwire import RequestHandler, ThreadingServer
+from kafka_relay.httpwire import RequestHandler, ThreadingServer, reason
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import (
     BROKER_FIELD,
@@ -181,14 +181,13 @@ class _Handler(RequestHandler):
         self._send_answer(answer_json(status, body, headers))
 
     def _send_answer(self, answer: Answer) -> None:
-        self.send_response(answer.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer.body)))
-        for name, value in answer.headers:
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers(answer.body)
+        """Head and body in one send, the head formatted at once (no answer here sets
+        ``Connection`` through its headers: closing is ``close_connection``'s)."""
+        extra = "".join(f"{name}: {value}\r\n" for name, value in answer.headers)
+        close = "Connection: close\r\n" if self.close_connection else ""
+        head = (f"HTTP/1.1 {answer.status} {reason(answer.status)}\r\nContent-Type: "
+                f"application/json\r\nContent-Length: {len(answer.body)}\r\n{extra}{close}\r\n")
+        self.wfile.write(head.encode("latin-1") + answer.body)
 
     def _authorized(self) -> bool:
         expected = self.server.state.config.token
@@ -209,6 +208,14 @@ class _Handler(RequestHandler):
         self._serve(_GET_ROUTES.get(urlsplit(self.path).path), 0)
 
     def do_POST(self) -> None:
+        if self.path == INVOCATION_END_PATH and _bodiless(self.headers) \
+                and self._authorized():
+            # The client's end call (every invocation, the request id in its header, no
+            # body): nothing to read, so none of ``_serve``'s body reading, socket deadlines
+            # and busy marks. Refused (a wrong token), it goes the common way.
+            self.server.mark(self.connection, busy=False)  # recently used: evicted last
+            self._end(b"")
+            return
         path = urlsplit(self.path).path
         self._serve(_POST_ROUTES.get(path), self.server.state.config.max_body_bytes
                     if path == RECORDS_PATH else _SMALL_BODY_LIMIT)
@@ -311,7 +318,8 @@ class _Handler(RequestHandler):
         # The answer first, then the signal: the loop's thread it wakes then finds the GIL free
         # sooner. (The client reads the answer only before its next request.)
         try:
-            self._send(200, {"ok": True, "request_id": request_id})
+            self._send_answer(Answer(200, b'{"ok":true,"request_id":%s}'
+                                     % json.dumps(request_id).encode()))
         finally:
             self.server.state.signals.mark_done(request_id)
 
@@ -329,6 +337,11 @@ _GET_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {STATUS_PATH: _Han
 _POST_ROUTES: Mapping[str, Callable[[_Handler, Body], None]] = {
     RECORDS_PATH: _Handler._records, FLUSH_PATH: _Handler._flush,
     INVOCATION_END_PATH: _Handler._end}
+
+
+def _bodiless(headers: Mapping[str, str]) -> bool:
+    """No body follows the head (no length or 0, not chunked)."""
+    return headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
 
 
 def _wait_budget_s(query: dict[str, str]) -> float:
