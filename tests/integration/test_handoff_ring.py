@@ -376,6 +376,29 @@ def test_a_live_writer_after_an_extension_restart_has_its_pending_bodies_taken_o
     assert sorted(r.headers["x-relay-id"].decode() for r in got) == sorted(first + second)
 
 
+def test_a_live_writers_ring_with_nothing_pending_is_no_takeover_at_the_next_init(
+    broker: Broker, tmp_path: Path
+) -> None:
+    topic = broker.create_topic()
+    port = free_port()
+    env = {"KAFKA_RELAY_PORT": str(port)}
+    client = RelayClient(env={RING_DIR_ENV: str(tmp_path / "ring")}, port=port, token=TOKEN)
+    try:
+        with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                           env_extra=env) as h:
+            client.send([{"key": f"a{i}", "value": i} for i in range(10)])
+            assert h.client.flush()["remaining"] == 0
+        with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                           env_extra=env) as h:
+            assert h.log_events("ring.taken_over") == []
+            assert client.send([{"key": "b", "value": 1}]).accepted == 1
+            assert h.client.flush()["remaining"] == 0
+            assert h.parts.engine.gauge().counts["restored"] == 0
+    finally:
+        client.close()
+    assert len(broker.read(topic, expected=11, timeout=20)) == 11
+
+
 def test_before_a_snapstart_restore_the_ring_refuses_as_http_does_and_keeps_nothing_open(
     broker: Broker, tmp_path: Path
 ) -> None:

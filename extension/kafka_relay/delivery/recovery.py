@@ -112,7 +112,7 @@ def recover_rings(ledger: Ledger, directory: Path, port: int, *, read: RingReade
         file.orphan = file.writer_gone()
         taken = take_over(ledger, file, read=read, spill=spill, logger=logger)
         records += taken.records
-        files += 1
+        files += taken.files  # a ring with nothing pending (a live writer's new one) is no news
         recovered = max(recovered, taken.recovered)
         ledger.rings.advance(file)  # consumed already: deleted now
     return Recovery(records, files, recovered, 0)
