@@ -54,7 +54,8 @@ def _send_until_refused(h: Harness, *, value: str, max_batches: int) -> tuple[li
 
 @pytest.mark.parametrize("outage_s", [
     pytest.param(float(os.environ.get("OUTAGE_S", "6")), id="short"),
-    pytest.param(900.0, id="15-minutes", marks=pytest.mark.slow),
+    # Longer than the suite's per-test timeout by design: its own, with a margin to settle.
+    pytest.param(900.0, id="15-minutes", marks=[pytest.mark.slow, pytest.mark.timeout(1200)]),
 ])
 def test_an_outage_rides_through_on_disk_without_an_error_and_arrives_in_order_per_key(
     proxied_broker: ProxiedBroker, tmp_path: Path, outage_s: float
