@@ -367,6 +367,7 @@ def test_a_live_writer_after_an_extension_restart_has_its_pending_bodies_taken_o
                            env_extra=env) as h:
             (taken,) = h.log_events("ring.taken_over")  # at init: its writer lives on
             assert taken["records"] == 10
+            assert h.client.status()["rings"] == {"files": 1, "records": 10}
             second = client.send([{"key": f"b{i}", "value": i} for i in range(10)]).ids
             assert h.client.flush()["remaining"] == 0
             assert h.parts.engine.gauge().counts["restored"] == 10

@@ -622,11 +622,12 @@ def test_the_per_invocation_ledger_read_agrees_with_the_full_one_without_the_sto
     rig.engine.accept(rig.records(3))
     ledger = rig.engine._ledger
     light, full = ledger.state(storage=False), ledger.state()
-    assert (light.journal, light.overflow) == (None, None)
+    assert (light.journal, light.overflow, light.rings) == (None, None, None)
     assert full.journal is not None
     assert full.journal["records"] == 3
-    assert light._replace(journal=None, overflow=None) == full._replace(journal=None,
-                                                                         overflow=None)
+    assert full.rings == {"files": 0, "records": 0}
+    assert light._replace(journal=None, overflow=None, rings=None) == full._replace(
+        journal=None, overflow=None, rings=None)
     taken = ledger.state(take_outcomes=True, storage=False).by_request
     assert taken == {"req-1": {"accepted": 3}}
     assert ledger.state(take_outcomes=True, storage=False).by_request == {}

@@ -131,6 +131,7 @@ class LedgerState(NamedTuple):
     waiting_retry: int
     journal: dict[str, object] | None  # None: not asked for (``storage=False``)
     overflow: dict[str, object] | None
+    rings: dict[str, object] | None  # the ring files held and their unsettled records
     # With ``state(take_outcomes=True)``: per request id, what changed since the last take.
     by_request: dict[str, dict[str, int]]
 
@@ -138,7 +139,7 @@ class LedgerState(NamedTuple):
         return {"counts": self.counts, "pending": self.pending,
                 "pending_bytes": self.pending_bytes, "unaccounted": self.unaccounted,
                 "in_flight": self.in_flight, "waiting_retry": self.waiting_retry,
-                "journal": self.journal, "overflow": self.overflow}
+                "journal": self.journal, "overflow": self.overflow, "rings": self.rings}
 
 
 def _status(storage: Journal | OverflowSpool | None) -> dict[str, object]:
@@ -352,7 +353,8 @@ class Ledger:
     def state(self, *, take_outcomes: bool = False, storage: bool = True) -> LedgerState:
         """A snapshot; ``take_outcomes`` also hands over (and restarts) the per-request tally
         in the same lock round, so the two agree. ``storage=False`` (what each invocation
-        reads): without the journal's and spool's status (dicts, the journal's O(records))."""
+        reads): without the journal's, spool's and rings' status (dicts, the journal's
+        O(records))."""
         with self.cond:
             by_request: dict[str, dict[str, int]] = {}
             if take_outcomes and self._outcomes:
@@ -367,6 +369,7 @@ class Ledger:
                 in_flight=self.queue.in_flight, waiting_retry=self.queue.waiting_retry(),
                 journal=_status(self._journal) if storage else None,
                 overflow=_status(self._overflow) if storage else None,
+                rings=self.rings.status() if storage else None,
                 by_request=by_request)
 
     def wait_idle(self, deadline: float, *, now_ms: Callable[[], int],
