@@ -366,13 +366,13 @@ def test_a_live_writer_after_an_extension_restart_has_its_pending_bodies_taken_o
     client = RelayClient(env={RING_DIR_ENV: str(tmp_path / "ring")}, port=port, token=TOKEN)
     try:
         with running_relay(unreachable, tmp_path, default_topic=topic, init_probe_ms=100,
-                           flush=FlushStrategy.parse("shutdown"), env_extra=env):
+                           flush=FlushStrategy.parse("shutdown"), env_extra=env) as down:
             first = client.send([{"key": f"a{i}", "value": i} for i in range(10)]).ids
+            assert down.client.status()["rings"] == {"files": 1, "records": 10}
         with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
                            env_extra=env) as h:
             (taken,) = h.log_events("ring.taken_over")  # at init: its writer lives on
             assert taken["records"] == 10
-            assert h.client.status()["rings"] == {"files": 1, "records": 10}
             second = client.send([{"key": f"b{i}", "value": i} for i in range(10)]).ids
             assert h.client.flush()["remaining"] == 0
             assert h.parts.engine.gauge().counts["restored"] == 10
