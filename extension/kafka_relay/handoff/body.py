@@ -60,6 +60,11 @@ class BodyError(Exception):
         self.status = status
 
 
+def too_large(length: int, limit: int, hint: str) -> BodyError:
+    """The 413 of a ``length``-byte body over ``limit`` (either transport's)."""
+    return BodyError(413, f"body of {length} bytes is over the {limit}-byte limit{hint}")
+
+
 def read_body(
     headers: Headers,
     rfile: BufferedIOBase,
@@ -103,7 +108,7 @@ class _Reader:
             raise BodyError(400, f"Content-Length {raw!r} is not a byte count")
         length = int(raw)
         if length > limit:
-            raise BodyError(413, f"body of {length} bytes is over the {limit}-byte limit{hint}")
+            raise too_large(length, limit, hint)
         if length >= MAPPED_BODY_BYTES:
             return self._mapped(length)
         return self._exactly(length)

@@ -20,12 +20,11 @@ import mmap
 import selectors
 import socket
 import threading
-from _operator import _compare_digest as compare_digest
 from collections.abc import Callable
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.rings import Entry, RingFile, Rings
-from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, trim_heap
+from kafka_relay.handoff.body import MAPPED_BODY_BYTES, Body, too_large, trim_heap
 from kafka_relay.handoff.idempotency import Answer
 from kafka_relay.handoff.schema import framed_records
 from kafka_relay.handoff.server import (
@@ -34,8 +33,10 @@ from kafka_relay.handoff.server import (
     accept_records,
     accepted_body,
     answer_json,
+    not_restored,
+    token_refusal,
 )
-from kafka_relay.protocol import FRAMES_HEAD, FRAMES_TYPE, TOKEN_HEADER, TOKEN_SOURCES, Refusal
+from kafka_relay.protocol import FRAMES_HEAD, FRAMES_TYPE
 from kafka_relay.record import Record
 from kafka_relay.ring import (
     ACCEPTED,
@@ -181,15 +182,12 @@ class RingListener:
             token, path = read_hello(message)
         except ValueError as exc:
             return answer_json(400, {"error": str(exc)}), False
-        expected = state.config.token
-        if expected is not None and not compare_digest(token.encode(), expected.encode()):
-            return answer_json(401, {"error": f"{'wrong' if token else 'missing'} "
-                                              f"{TOKEN_HEADER} header: send the first set of "
-                                              f"{', '.join(TOKEN_SOURCES)} as the token"}), False
+        refused = token_refusal(state.config.token, token)
+        if refused is not None:
+            return answer_json(401, {"error": refused}), False
         refusal = state.admit()
         if refusal is not None:  # nothing kept open before a restore (SnapStart)
-            return answer_json(503, {"error": refusal, "retry_after_ms": 0,
-                                     "refusal": Refusal.NOT_RESTORED.value}), False
+            return not_restored(refusal), False
         tag = tag_of(path, state.config.port)
         if tag is None or path.parent != state.config.ring_dir:
             return answer_json(404, {"error": f"{path} is not a ring file of this extension "
@@ -232,8 +230,8 @@ class RingListener:
         limit = state.config.max_body_bytes
         if length > limit:
             self._rings.refused(file, position)
-            return answer_json(413, {"error": f"body of {length} bytes is over the {limit}-byte "
-                                              f"limit{MAX_BODY_HINT}"})
+            refused = too_large(length, limit, MAX_BODY_HINT)
+            return answer_json(refused.status, {"error": str(refused)})
         # A large body is read into a mapping of its own, as the HTTP route reads it
         # (handoff/body.py): unmapped when the records let go of it, not left in the heap.
         self._trim = length >= MAPPED_BODY_BYTES

@@ -189,12 +189,8 @@ class _Handler(RequestHandler):
                 f"application/json\r\nContent-Length: {len(answer.body)}\r\n{extra}{close}\r\n")
         self.wfile.write(head.encode("latin-1") + answer.body)
 
-    def _authorized(self) -> bool:
-        expected = self.server.state.config.token
-        if expected is None:
-            return True
-        given = self.headers.get(TOKEN_HEADER) or ""
-        return compare_digest(given.encode(), expected.encode())
+    def _token_refusal(self) -> str | None:
+        return token_refusal(self.server.state.config.token, self.headers.get(TOKEN_HEADER))
 
     def _query(self) -> dict[str, str]:
         if "?" not in self.path:  # most requests: parse_qs would cost more than the rest
@@ -209,7 +205,7 @@ class _Handler(RequestHandler):
 
     def do_POST(self) -> None:
         if self.path == INVOCATION_END_PATH and _bodiless(self.headers) \
-                and self._authorized():
+                and self._token_refusal() is None:
             # The client's end call (every invocation, the request id in its header, no
             # body): nothing to read, so none of ``_serve``'s body reading, socket deadlines
             # and busy marks. Refused (a wrong token), it goes the common way.
@@ -231,11 +227,9 @@ class _Handler(RequestHandler):
                 self.close_connection = True  # the stream position is unknown now
                 self._linger = True
                 raise _HttpError(exc.status, str(exc)) from exc
-            if not self._authorized():
-                given = self.headers.get(TOKEN_HEADER)
-                raise _HttpError(401, f"{'wrong' if given else 'missing'} {TOKEN_HEADER} "
-                                      "header: send the first set of "
-                                      f"{', '.join(TOKEN_SOURCES)} as the token")
+            refused = self._token_refusal()
+            if refused is not None:
+                raise _HttpError(401, refused)
             if route is None:
                 raise _HttpError(404, f"no route {self.command} {self.path}: see {STATUS_PATH}")
             route(self, body)
@@ -383,17 +377,15 @@ def accept_records(state: HandoffState, body: Body, content_type: str, request_i
     ``state.ids``); ``entry``: the ring entry that holds the body."""
     refusal = state.admit()
     if refusal is not None:
-        return answer_json(503, {"error": refusal, "retry_after_ms": 0,
-                             REFUSAL_FIELD: Refusal.NOT_RESTORED.value},
-                       {"Retry-After": "1"})
+        return not_restored(refusal)
     problem = state.reprobe(WAIT_PROBE_S) if wait else None
     if problem is not None:
         # Waiting would only run out the caller's time: say why now, accept nothing.
         state.logger.warning("handoff.wait_refused", broker=problem["state"],
                              error=problem["error"], request_id=request_id)
         return answer_json(503, {"error": _broker_refusal(problem, state.config),
-                             BROKER_FIELD: problem, "retry_after_ms": 1000},
-                       {"Retry-After": "1"})
+                                 BROKER_FIELD: problem, "retry_after_ms": 1000},
+                           {"Retry-After": "1"})
     try:
         records = records_from_body(body, content_type,
                                     default_topic=state.config.default_topic,
@@ -404,7 +396,7 @@ def accept_records(state: HandoffState, body: Body, content_type: str, request_i
         state.logger.warning("handoff.rejected", reasons=len(exc.reasons),
                              first=exc.reasons[0].reason, request_id=request_id)
         return answer_json(400, {"error": "request rejected, nothing accepted",
-                             "reasons": [r.as_dict() for r in exc.reasons]})
+                                 "reasons": [r.as_dict() for r in exc.reasons]})
     ids = [r.id for r in records]
     try:
         watch = state.relay.accept(records, watch=wait, entry=entry)
@@ -416,10 +408,10 @@ def accept_records(state: HandoffState, body: Body, content_type: str, request_i
             retry_ms = max(retry_ms, GONE_RETRY_AFTER_MS)
         retry_s = max(1, (retry_ms + 999) // 1000)
         return answer_json(exc.refusal.status,
-                       {"error": error, "retry_after_ms": retry_ms,
-                        REFUSAL_FIELD: exc.refusal.value},
-                       None if exc.refusal is Refusal.TOO_LARGE
-                       else {"Retry-After": str(retry_s)})
+                           {"error": error, "retry_after_ms": retry_ms,
+                            REFUSAL_FIELD: exc.refusal.value},
+                           None if exc.refusal is Refusal.TOO_LARGE
+                           else {"Retry-After": str(retry_s)})
     if watch is None:
         return Answer(202, accepted_body(ids))
     outcomes = watch.wait(wait_s)
@@ -429,6 +421,21 @@ def accept_records(state: HandoffState, body: Body, content_type: str, request_i
 def answer_json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
     return Answer(status, json.dumps(body, separators=(",", ":")).encode(),
                   tuple((headers or {}).items()))
+
+
+def not_restored(refusal: str) -> Answer:
+    """The 503 of a body (or a ring's HELLO) before a SnapStart restore: nothing taken."""
+    return answer_json(503, {"error": refusal, "retry_after_ms": 0,
+                             REFUSAL_FIELD: Refusal.NOT_RESTORED.value}, {"Retry-After": "1"})
+
+
+def token_refusal(expected: str | None, given: str | None) -> str | None:
+    """Why a request's handoff token (either transport's) is refused, or None: it matches,
+    or none is set."""
+    if expected is None or compare_digest((given or "").encode(), expected.encode()):
+        return None
+    return (f"{'wrong' if given else 'missing'} {TOKEN_HEADER} header: send the first set of "
+            f"{', '.join(TOKEN_SOURCES)} as the token")
 
 
 class HandoffServer:
