@@ -37,13 +37,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from kafka_relay.protocol import (
-    DEFAULT_PORT,
     FLAG_KEY,
     FLAG_VALUE_NULL,
     FRAME_HEADER,
     FRAME_RECORD,
     FRAMES_HEAD,
-    PORT_ENV,
 )
 
 RING_ENV = "KAFKA_RELAY_RING"  # "false": the client hands bodies over HTTP only
@@ -93,10 +91,6 @@ def socket_address(port: int) -> str:
     file to leak or to outlive it, no path-length limit); its network namespace is the
     handoff port's, which both sides share."""
     return f"\0kafka-relay-ring-{port}"
-
-
-def ring_port(env: Mapping[str, str]) -> int:
-    return int(env.get(PORT_ENV) or DEFAULT_PORT)
 
 
 def ring_name(port: int, tag: str) -> str:

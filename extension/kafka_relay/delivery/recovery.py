@@ -124,11 +124,11 @@ def take_over(ledger: Ledger, file: RingFile, *, read: RingReader | None, spill:
     ``read``, let them go: logged). Records that came back ``MAX_RECOVERIES`` times without
     settling are spilled instead."""
     ring = file.ring
-    if not any(True for _ in ring.pending()):
+    pending = list(ring.pending())  # one pass: each body read once
+    if not pending:
         return Recovery(0, 0, 0, 0)
     if read is None:
-        logger.warning("ring.not_restored", path=str(ring.path),
-                       bodies=sum(1 for _ in ring.pending()),
+        logger.warning("ring.not_restored", path=str(ring.path), bodies=len(pending),
                        hint="KAFKA_RELAY_JOURNAL=false: records accepted before the extension "
                             "restarted are not produced again")
         ledger.rings.advance(file)
@@ -136,7 +136,7 @@ def take_over(ledger: Ledger, file: RingFile, *, read: RingReader | None, spill:
     count = ring.recovered()
     restored = 0
     owned: list[Record] = []
-    for position, _end, body in list(ring.pending()):
+    for position, _end, body in pending:
         length = len(body)
         try:
             records = read(body, record_ids(file.tag, position, body_records(body)))
