@@ -1,7 +1,7 @@
 """CPU per record of the handoff, in one process on loopback (no sandbox, no CPU quota).
 
     .venv/bin/python -m bench.handoff_profile [--batches 200] [--profile server|client|pump]
-        [--transport ring|http] [--delivery]
+        [--transport ring|http] [--delivery [--flush-after MS | --gap MS]] [--rtt MS]
 
 Starts a local broker and the extension's parts in-process, sends batches with the stdlib
 client (its default body and its default transport, the ring file; ``--transport http``:
@@ -10,10 +10,14 @@ handoff threads' CPU (the ring listener's or the HTTP server's: body parse, vali
 accept), the pump thread's and the rest of the process (the pump and librdkafka's threads),
 plus the handoff rate. ``--delivery`` measures the delivery side alone: each batch's records
 handed straight to the engine (no client, no transport), then waited for until settled, as an
-invocation's would be. ``--profile`` prints a cProfile of the client, the handoff threads or
-the pump thread, timed on that thread's CPU (waits on the socket, the GIL or librdkafka are
-not cost). Numbers go in docs/cost.md ("Per record"); this is a developer's tool, not a
-timed test.
+invocation's would be; ``--flush-after MS``: the handler works MS, then the batch is flushed (as
+``end`` does; the flush's wait is reported); ``--gap MS``: nobody waits, the next batch comes
+MS later (as ``auto`` does once it defers). ``--rtt MS``: the broker behind the bench's latency
+proxy (its asyncio thread's CPU lands in "pump + librdkafka", not in the pump thread's). The
+pump's rounds (``Pump.step`` calls) per batch are reported. ``--profile`` prints a cProfile
+of the client, the handoff threads or the pump thread, timed on that thread's CPU (waits on
+the socket, the GIL or librdkafka are not cost). Numbers go in docs/cost.md ("Per record");
+this is a developer's tool, not a timed test.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.infra import network
 from devtools.kafka_broker import KafkaBroker, create_topics, free_port
 from kafka_relay.app import assemble
 from kafka_relay.aws_lambda import INVOKE, SHUTDOWN
@@ -99,22 +104,54 @@ class _Meter:
             setattr(owner, name, original)
 
 
-def _deliver(engine: DeliveryEngine, topic: str, batches: list[list[dict[str, Any]]]) -> None:
-    """Each batch accepted straight into ``engine``, then waited for until settled."""
+class _Rounds:
+    """Counts the pump's rounds (``Pump.step`` calls) while installed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._step = Pump.step
+
+    def install(self) -> None:
+        step = self._step
+
+        def counted(pump: Pump) -> bool:
+            self.count += 1
+            return step(pump)
+
+        Pump.step = counted  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        Pump.step = self._step  # type: ignore[method-assign]
+
+
+def _deliver(engine: DeliveryEngine, topic: str, batches: list[list[dict[str, Any]]], *,
+             flush_after_ms: float | None, gap_ms: float | None) -> list[float]:
+    """Each batch accepted straight into ``engine``, then (by default) waited for until
+    settled; ``flush_after_ms``: flushed that long after; ``gap_ms``: the next batch that long
+    after, nobody waiting. The flushes' waits in ms (none without ``flush_after_ms``)."""
     ids = IdSource()
+    waits: list[float] = []
     for number, batch in enumerate(batches):
         records = [Record(record_id, topic, item["key"].encode(),
                           json.dumps(item["value"], separators=(",", ":")).encode(), (), None,
                           f"request-{number}")
                    for record_id, item in zip(ids.take(len(batch)), batch, strict=True)]
         engine.accept(records)
-        deadline = time.monotonic() + 10
-        while engine.gauge().pending and time.monotonic() < deadline:
-            time.sleep(0.001)
+        if flush_after_ms is not None:
+            time.sleep(flush_after_ms / 1000)
+            waits.append(engine.flush(10).duration_ms)
+        elif gap_ms is not None:
+            time.sleep(gap_ms / 1000)
+        else:
+            deadline = time.monotonic() + 10
+            while engine.gauge().pending and time.monotonic() < deadline:
+                time.sleep(0.001)
+    return waits
 
 
 def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | None,
-        sort: str = "tottime", transport: str = "ring", delivery: bool = False) -> None:
+        sort: str = "tottime", transport: str = "ring", delivery: bool = False,
+        flush_after_ms: float | None = None, gap_ms: float | None = None) -> None:
     topic = f"profile-{size}b"
     create_topics(bootstrap, [topic])
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,10 +176,14 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             client.send(work[0])  # warm: connection, topic metadata
             client.flush()
             meter.cpu_s = 0.0
+            rounds = _Rounds()
+            rounds.install()
+            waits: list[float] = []
             client_profile = cProfile.Profile(time.thread_time) if profile == "client" else None
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
             if delivery:
-                _deliver(parts.engine, topic, work[1:])
+                waits = _deliver(parts.engine, topic, work[1:], flush_after_ms=flush_after_ms,
+                                 gap_ms=gap_ms)
             for batch in [] if delivery else work[1:]:
                 if client_profile is not None:
                     client_profile.runcall(client.send, batch)
@@ -152,6 +193,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             client_cpu = time.thread_time() - thread0
             flushed = client.flush()
             total_cpu = time.process_time() - cpu0
+            rounds.remove()
         finally:
             client.close()
             parts.engine.stop()
@@ -162,7 +204,12 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
         n = count * (batches - 1)
         rest = total_cpu - client_cpu - meter.cpu_s
         pump = (f"pump + librdkafka {rest / n * 1e6:.1f} us/record (the pump thread "
-                f"{pump_meter.cpu_s / n * 1e6:.1f})")
+                f"{pump_meter.cpu_s / n * 1e6:.1f}, {rounds.count / (batches - 1):.1f} rounds "
+                f"per batch)")
+        if waits:
+            waits.sort()
+            pump += (f"; flush wait median {waits[len(waits) // 2]:.2f} ms, p90 "
+                     f"{waits[len(waits) * 9 // 10]:.2f} ms")
         if delivery:  # the main thread built and accepted the records, and waited
             print(f"{count} x {size} B, {batches - 1} batches, delivery alone: {pump}")
         else:
@@ -189,19 +236,32 @@ def main() -> None:
     parser.add_argument("--bootstrap", help="an existing broker (default: start a local one)")
     parser.add_argument("--transport", choices=("ring", "http"), default="ring",
                         help="the client's transport (default: its own default, the ring)")
+    waiting = parser.add_mutually_exclusive_group()
+    waiting.add_argument("--flush-after", type=float, metavar="MS",
+                         help="with --delivery: flush each batch MS after it (as 'end')")
+    waiting.add_argument("--gap", type=float, metavar="MS",
+                         help="with --delivery: the next batch MS later, nobody waiting")
+    parser.add_argument("--rtt", type=float, metavar="MS",
+                        help="a local broker behind the bench's latency proxy")
     args = parser.parse_args()
     cases = [tuple(int(n) for n in case.split("x", 1)) for case in args.cases]
+    options: dict[str, Any] = {
+        "batches": args.batches, "profile": args.profile, "sort": args.sort,
+        "transport": args.transport, "delivery": args.delivery,
+        "flush_after_ms": args.flush_after, "gap_ms": args.gap}
     if args.bootstrap:
         for count, size in cases:
-            run(args.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort, transport=args.transport,
-                delivery=args.delivery)
+            run(args.bootstrap, count=count, size=size, **options)
+        return
+    if args.rtt is not None:
+        with network() as net:
+            net.set_rtt(args.rtt)
+            for count, size in cases:
+                run(net.bootstrap, count=count, size=size, **options)
         return
     with KafkaBroker() as broker:
         for count, size in cases:
-            run(broker.bootstrap, count=count, size=size, batches=args.batches,
-                profile=args.profile, sort=args.sort, transport=args.transport,
-                delivery=args.delivery)
+            run(broker.bootstrap, count=count, size=size, **options)
 
 
 if __name__ == "__main__":
