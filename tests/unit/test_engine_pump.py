@@ -4,10 +4,12 @@ each record exactly once, and the ledger's invariant holds after every step."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -613,6 +615,131 @@ def test_a_delivery_watch_wakes_a_pump_between_slow_rounds_at_once(tmp_path: Pat
         assert time.monotonic() - started < 2.0
         assert producer.flushes >= 1
     finally:
+        rig.engine.stop()
+
+
+@dataclass
+class _LingeringProducer(_CountingProducer):
+    """Reports come ``delay_s`` after a record was produced (librdkafka's linger and the
+    broker's round trip), as librdkafka's would: a poll blocks until one is due or its timeout
+    passes; a flush sends at once."""
+
+    delay_s: float = 0.05
+    due: list[float] = field(default_factory=list)  # per waiting record, when it reports
+
+    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
+        super().produce(topic, *args, **kwargs)
+        self.due.append(time.monotonic() + self.delay_s)
+
+    def poll(self, timeout: float = 0) -> int:
+        self.polls += 1
+        self.timeouts.append(timeout)
+        if self.due and self.due[0] > time.monotonic():
+            time.sleep(max(0.0, min(timeout, self.due[0] - time.monotonic())))
+        # What was produced together reports together, as librdkafka's batch does.
+        first = self.due[0] if self.due and self.due[0] <= time.monotonic() else -1.0
+        ready = sum(1 for due in self.due if due <= first + 0.01)
+        answered, self.waiting = self.waiting[:ready], self.waiting[ready:]
+        del self.due[:ready]
+        for message, callback in answered:
+            callback(self.respond(message), message)
+        return len(answered)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.flushes += 1
+        self.due = [0.0] * len(self.due)
+        return FakeProducer.poll(self) and 0
+
+
+@pytest.fixture
+def lingering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
+    """A running pump whose reports come 50 ms after each produce; a wait that ends late by
+    a loaded machine's scheduling is not taken for a freeze."""
+    monkeypatch.setattr(pump_module, "_LATE_S", 10.0)
+    rig = Rig(tmp_path, producer=lambda: _LingeringProducer(delay_s=0.05))
+    rig.engine.pump.broker_state = BrokerState.UP
+    rig.engine.pump.start()
+    return rig
+
+
+def test_once_the_report_delay_is_known_an_unwatched_batch_takes_one_wait_and_one_poll(
+        lingering: Rig) -> None:
+    """The first batch teaches when reports come (1 ms polls, then the slow rounds); from
+    the second on, the pump sleeps until they are due and polls once: two polls per batch,
+    the one that produced it and the one that takes its reports."""
+    rig = lingering
+    producer = rig.producer
+    assert isinstance(producer, _LingeringProducer)
+    try:
+        for batch in range(1, 4):
+            before = len(producer.timeouts)
+            rig.engine.accept(rig.records(10))
+            assert _until(lambda b=batch: rig.counts()["delivered"] == 10 * b)  # type: ignore[misc]
+            time.sleep(0.02)  # the round after the last report, then idle
+            if batch == 1:
+                assert producer.timeouts[before:before + 1 + pump_module._EAGER_ROUNDS] == [
+                    0, *[0.001] * pump_module._EAGER_ROUNDS]
+            else:
+                assert producer.timeouts[before:] == [0, pump_module._REPORT_POLL_S]
+        assert producer.flushes == 0
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+def test_a_flush_request_wakes_a_pump_sleeping_until_the_reports_are_due(
+        lingering: Rig) -> None:
+    """The sleep until the reports are due is on the ledger's condition: a flush wakes it at
+    once and is answered by a flush (which sends without lingering), not at the due time."""
+    rig = lingering
+    producer = rig.producer
+    assert isinstance(producer, _LingeringProducer)
+    try:
+        rig.engine.accept(rig.records(5))
+        assert _until(lambda: rig.counts()["delivered"] == 5)  # the delay is learned
+        producer.delay_s = 1.0
+        rig.engine.accept(rig.records(5))
+        assert _until(lambda: len(producer.sent) == 10)
+        time.sleep(0.02)
+        started = time.monotonic()
+        result = rig.engine.flush(5.0)
+        assert (result.delivered, result.remaining) == (5, 0)
+        assert time.monotonic() - started < 0.5
+        assert producer.flushes == 1
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+def test_a_watch_on_records_waiting_out_a_backoff_does_not_make_the_pump_flush(
+        tmp_path: Path) -> None:
+    """Nothing in flight while a waiter waits (its records wait out a retry backoff): the pump
+    has nothing to flush and sleeps; it used to flush in a loop that returned at once."""
+    rig = Rig(tmp_path, producer=_CountingProducer, retry_backoff_ms=10_000)
+    producer = rig.producer
+    assert isinstance(producer, _CountingProducer)
+    producer.respond = error_for("t", KafkaError._MSG_TIMED_OUT)
+    rig.engine.pump.broker_state = BrokerState.UP
+    rig.engine.pump.start()
+    try:
+        watch = rig.engine.accept(rig.records(2), watch=True)
+        assert watch is not None
+        assert _until(lambda: rig.engine.status()["waiting_retry"] == 2)
+        polls = producer.polls
+        outcomes: list[list[dict[str, str | None]]] = []
+        waiter = threading.Thread(target=lambda: outcomes.append(watch.wait(1.0)), daemon=True)
+        waiter.start()
+        time.sleep(0.3)  # the watch waits (on the rig's clock, which stands still)
+        assert producer.flushes == 0
+        # Only the 50 ms polls of a broker that answered with an error (client errors), and
+        # the round the watch's notify began.
+        assert producer.polls - polls <= 0.3 / 0.05 + 2
+        rig.clock.advance(1_000)  # its timeout passes; the backoff's 10 s do not
+        waiter.join(5.0)
+        assert [o["outcome"] for o in outcomes[0]] == ["pending", "pending"]
+        rig.assert_accounted()
+    finally:
+        rig.clock.advance(1_000)
         rig.engine.stop()
 
 
