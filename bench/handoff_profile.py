@@ -118,7 +118,7 @@ class _Rounds:
             self.count += 1
             return step(pump)
 
-        Pump.step = counted  # type: ignore[method-assign]
+        Pump.step = counted  # type: ignore[method-assign,assignment]
 
     def remove(self) -> None:
         Pump.step = self._step  # type: ignore[method-assign]

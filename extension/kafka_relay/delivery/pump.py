@@ -258,7 +258,7 @@ class Pump:
         reported = bool(self._reports)
         if reported:
             self._learn(now, timeout, watched=flushing)
-        self._plan_quiet(in_flight and not flushing, left, reported=reported,
+        self._plan_quiet(bool(in_flight) and not flushing, left, reported=reported,
                          polled=timeout == _REPORT_POLL_S)
         self._settle_reports(batch)  # notifies the waiters
         spilled = self._spill_waiting()
