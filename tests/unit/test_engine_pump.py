@@ -687,6 +687,26 @@ def test_once_the_report_delay_is_known_an_unwatched_batch_takes_one_wait_and_on
         rig.engine.stop()
 
 
+def test_a_wait_that_ends_late_teaches_no_report_delay(
+        lingering: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait that outlived its timeout (every one, here) stands for a freeze: what the batch
+    waited then is not the broker's delay, so every batch keeps the eager polls."""
+    monkeypatch.setattr(pump_module, "_LATE_S", -1.0)
+    rig = lingering
+    producer = rig.producer
+    assert isinstance(producer, _LingeringProducer)
+    try:
+        for batch in range(1, 3):
+            before = len(producer.timeouts)
+            rig.engine.accept(rig.records(10))
+            assert _until(lambda b=batch: rig.counts()["delivered"] == 10 * b)  # type: ignore[misc]
+            assert producer.timeouts[before:before + 1 + pump_module._EAGER_ROUNDS] == [
+                0, *[0.001] * pump_module._EAGER_ROUNDS]
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
 def test_a_flush_request_wakes_a_pump_sleeping_until_the_reports_are_due(
         lingering: Rig) -> None:
     """The sleep until the reports are due is on the ledger's condition: a flush wakes it at
