@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -652,83 +652,73 @@ class _LingeringProducer(_CountingProducer):
 
 
 @pytest.fixture
-def lingering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
+def lingering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+              ) -> Iterator[tuple[Rig, _LingeringProducer]]:
     """A running pump whose reports come 50 ms after each produce; a wait that ends late by
     a loaded machine's scheduling is not taken for a freeze."""
     monkeypatch.setattr(pump_module, "_LATE_S", 10.0)
     rig = Rig(tmp_path, producer=lambda: _LingeringProducer(delay_s=0.05))
+    producer = rig.producer
+    assert isinstance(producer, _LingeringProducer)
     rig.engine.pump.broker_state = BrokerState.UP
     rig.engine.pump.start()
-    return rig
+    try:
+        yield rig, producer
+    finally:
+        rig.engine.stop()
+
+
+def _batch_polls(rig: Rig, producer: _LingeringProducer, delivered: int) -> list[float]:
+    """Hand over 10 records, wait until ``delivered`` in all; the polls' timeouts meanwhile."""
+    before = len(producer.timeouts)
+    rig.engine.accept(rig.records(10))
+    assert _until(lambda: rig.counts()["delivered"] == delivered)
+    time.sleep(0.02)  # the round after the last report, then idle
+    return producer.timeouts[before:]
 
 
 def test_once_the_report_delay_is_known_an_unwatched_batch_takes_one_wait_and_one_poll(
-        lingering: Rig) -> None:
+        lingering: tuple[Rig, _LingeringProducer]) -> None:
     """The first batch teaches when reports come (1 ms polls, then the slow rounds); from
     the second on, the pump sleeps until they are due and polls once: two polls per batch,
     the one that produced it and the one that takes its reports."""
-    rig = lingering
-    producer = rig.producer
-    assert isinstance(producer, _LingeringProducer)
-    try:
-        for batch in range(1, 4):
-            before = len(producer.timeouts)
-            rig.engine.accept(rig.records(10))
-            assert _until(lambda b=batch: rig.counts()["delivered"] == 10 * b)  # type: ignore[misc]
-            time.sleep(0.02)  # the round after the last report, then idle
-            if batch == 1:
-                assert producer.timeouts[before:before + 1 + pump_module._EAGER_ROUNDS] == [
-                    0, *[0.001] * pump_module._EAGER_ROUNDS]
-            else:
-                assert producer.timeouts[before:] == [0, pump_module._REPORT_POLL_S]
-        assert producer.flushes == 0
-        rig.assert_accounted()
-    finally:
-        rig.engine.stop()
+    rig, producer = lingering
+    eager = [0, *[0.001] * pump_module._EAGER_ROUNDS]
+    assert _batch_polls(rig, producer, 10)[:len(eager)] == eager
+    assert _batch_polls(rig, producer, 20) == [0, pump_module._REPORT_POLL_S]
+    assert _batch_polls(rig, producer, 30) == [0, pump_module._REPORT_POLL_S]
+    assert producer.flushes == 0
+    rig.assert_accounted()
 
 
 def test_a_wait_that_ends_late_teaches_no_report_delay(
-        lingering: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+        lingering: tuple[Rig, _LingeringProducer], monkeypatch: pytest.MonkeyPatch) -> None:
     """A wait that outlived its timeout (every one, here) stands for a freeze: what the batch
     waited then is not the broker's delay, so every batch keeps the eager polls."""
     monkeypatch.setattr(pump_module, "_LATE_S", -1.0)
-    rig = lingering
-    producer = rig.producer
-    assert isinstance(producer, _LingeringProducer)
-    try:
-        for batch in range(1, 3):
-            before = len(producer.timeouts)
-            rig.engine.accept(rig.records(10))
-            assert _until(lambda b=batch: rig.counts()["delivered"] == 10 * b)  # type: ignore[misc]
-            assert producer.timeouts[before:before + 1 + pump_module._EAGER_ROUNDS] == [
-                0, *[0.001] * pump_module._EAGER_ROUNDS]
-        rig.assert_accounted()
-    finally:
-        rig.engine.stop()
+    rig, producer = lingering
+    eager = [0, *[0.001] * pump_module._EAGER_ROUNDS]
+    assert _batch_polls(rig, producer, 10)[:len(eager)] == eager
+    assert _batch_polls(rig, producer, 20)[:len(eager)] == eager
+    rig.assert_accounted()
 
 
 def test_a_flush_request_wakes_a_pump_sleeping_until_the_reports_are_due(
-        lingering: Rig) -> None:
+        lingering: tuple[Rig, _LingeringProducer]) -> None:
     """The sleep until the reports are due is on the ledger's condition: a flush wakes it at
     once and is answered by a flush (which sends without lingering), not at the due time."""
-    rig = lingering
-    producer = rig.producer
-    assert isinstance(producer, _LingeringProducer)
-    try:
-        rig.engine.accept(rig.records(5))
-        assert _until(lambda: rig.counts()["delivered"] == 5)  # the delay is learned
-        producer.delay_s = 1.0
-        rig.engine.accept(rig.records(5))
-        assert _until(lambda: len(producer.sent) == 10)
-        time.sleep(0.02)
-        started = time.monotonic()
-        result = rig.engine.flush(5.0)
-        assert (result.delivered, result.remaining) == (5, 0)
-        assert time.monotonic() - started < 0.5
-        assert producer.flushes == 1
-        rig.assert_accounted()
-    finally:
-        rig.engine.stop()
+    rig, producer = lingering
+    _batch_polls(rig, producer, 10)  # the delay is learned
+    producer.delay_s = 1.0
+    rig.engine.accept(rig.records(5))
+    assert _until(lambda: len(producer.sent) == 15)
+    time.sleep(0.02)
+    started = time.monotonic()
+    result = rig.engine.flush(5.0)
+    assert (result.delivered, result.remaining) == (5, 0)
+    assert time.monotonic() - started < 0.5
+    assert producer.flushes == 1
+    rig.assert_accounted()
 
 
 def test_a_watch_on_records_waiting_out_a_backoff_does_not_make_the_pump_flush(
