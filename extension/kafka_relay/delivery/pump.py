@@ -52,8 +52,8 @@ _MAX_REPORT_S = 0.1  # a longer delay (an outage, a reconnect) teaches no more t
 # A wait or poll that ended this much later than asked slept through a freeze (or the CPU
 # quota's throttling): the delay it saw is not the broker's, and the batch's clock restarts.
 _LATE_S = 0.005
-# Until the delay is learned, and when the reports are late, as before: a batch's first rounds
-# poll for 1 ms each, as a waiter's would; then the pump takes reports only this often.
+# Until the delay is learned, as before: a batch's first rounds poll for 1 ms each, as a
+# waiter's would; then (and once reports come later than learned) it takes them this often.
 _EAGER_ROUNDS = 5
 _UNWATCHED_ROUND_S = 0.005
 
