@@ -70,8 +70,6 @@ _BODY = struct.Struct("<cQI")
 _ANSWER = struct.Struct("<HI")
 MAX_MESSAGE = 64 * 1024  # one message of an answer, and the largest HELLO or BODY
 PREFIX = "kafka-relay-ring-"
-_BUSY_S = 0.8  # as long as the HTTP client backs off a full buffer (client._MAX_BUSY_S)
-_ROOM_POLL_S = 0.001  # how often a writer looks whether the extension consumed more
 _ATTEMPTS = 3  # announcements of one body after a lost answer
 _RETRY_LISTENER_S = 10.0  # no listener answered: bodies go over HTTP this long
 GONE = 410  # the extension was restored from a snapshot since the ring was made
@@ -345,12 +343,11 @@ class Writer:
     connection. Thread-safe: one body at a time."""
 
     def __init__(self, directory: Path, port: int, token: str | None, *,
-                 clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+                 clock: Callable[[], float]) -> None:
         self._directory = directory
         self._port = port
         self._token = token
         self._clock = clock
-        self._sleep = sleep
         self._lock = threading.Lock()
         self._pid = 0
         self._ring: Ring | None = None
@@ -359,10 +356,10 @@ class Writer:
         self._sock: socket.socket | None = None
         self._off_until = 0.0  # no listener answered: HTTP until then
 
-    def exchange(self, body: bytes, request_id: str | None, *, busy_deadline: float,
+    def exchange(self, body: bytes, request_id: str | None, *,
                  deadline: float) -> tuple[int, bytes] | None:
         """Hand ``body`` over: the status and JSON the extension answered, or None when no
-        ring listener answers here (send it over HTTP)."""
+        ring listener answers here or the ring has no room (send it over HTTP)."""
         if not fits(len(body)) or self._clock() < self._off_until:
             return None
         if self._pid and self._pid != os.getpid():
@@ -379,7 +376,7 @@ class Writer:
                     return None
                 if refused is not None and refused[0] != GONE:
                     return refused
-                handed = self._hand_over(body, request_id, busy_deadline,
+                handed = self._hand_over(body, request_id,
                                          deadline) if refused is None else refused
                 if handed is None or handed[0] != GONE:
                     return handed
@@ -388,16 +385,16 @@ class Writer:
                 self._forget()
             return None
 
-    def _hand_over(self, body: bytes, request_id: str | None, busy_deadline: float,
+    def _hand_over(self, body: bytes, request_id: str | None,
                    deadline: float) -> tuple[int, bytes] | None:
+        """None: not taken (no room in the ring, or withdrawn after lost answers)."""
         ring = self._ring
         assert ring is not None
-        placed = self._append(ring, body, busy_deadline)
-        if placed is None:
-            return 429, json.dumps({
-                "error": f"the ring file stayed full for {_BUSY_S} s (kafka-relay consumed "
-                         "nothing of it)", "retry_after_ms": int(_BUSY_S * 2000)}).encode()
-        position = placed
+        # No room: the ring's bodies wait for the broker (an outage, a backlog). HTTP takes
+        # this one at once, into memory, the journal or the outage spool, as without a ring.
+        position = _append(ring, body)
+        if position is None:
+            return None
         for _attempt in range(_ATTEMPTS):
             try:
                 if self._sock is None and self._connect(deadline) is not None:
@@ -413,23 +410,14 @@ class Writer:
             if word & ACCEPTED:
                 return 202, _accepted(self._tag, position, body)
             if word & REFUSED:  # nothing of it taken: a new entry
-                placed = self._append(ring, body, busy_deadline)
+                placed = _append(ring, body)
                 if placed is None:
-                    break
+                    return None
                 position = placed
         if ring.state(position) & ACCEPTED:
             return 202, _accepted(self._tag, position, body)
         ring.mark(position, REFUSED)  # withdrawn: nobody may produce it now
         return None
-
-    def _append(self, ring: Ring, body: bytes, busy_deadline: float) -> int | None:
-        while True:
-            try:
-                return ring.append(body)[0]
-            except RingFull:
-                if self._clock() >= busy_deadline:
-                    return None
-                self._sleep(_ROOM_POLL_S)
 
     def _connect(self, deadline: float) -> tuple[int, bytes] | None:
         """Connected and said hello (the ring made first when there is none): None, else the
@@ -525,3 +513,11 @@ def _accepted(tag: str, position: int, body: bytes) -> bytes:
     """The answer of a body the extension took when its answer was lost."""
     ids = record_ids(tag, position, body_records(body))
     return json.dumps({"accepted": len(ids), "ids": ids}).encode()
+
+
+def _append(ring: Ring, body: bytes) -> int | None:
+    """The new entry's position; None when the ring has no room for it."""
+    try:
+        return ring.append(body)[0]
+    except RingFull:
+        return None
