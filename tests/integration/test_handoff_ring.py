@@ -151,7 +151,7 @@ def test_every_refusal_raises_what_http_raises(broker: Broker, tmp_path: Path) -
         pending = []
         for path in _rings(h):
             ring = Ring.open(path)
-            pending += [bytes(body) for _position, _end, body in ring.pending()]
+            pending += [bytes(body) for _position, _end, _request_id, body in ring.pending()]
             ring.close()
         assert pending == [encode_frames([{"key": str(i), "value": i} for i in range(5)])]
 
@@ -201,7 +201,7 @@ def test_an_announcement_repeated_after_a_lost_answer_hands_the_body_over_once(
         sock.send(hello(TOKEN, path))
         assert answer_head(sock.recv(65536))[0] == 200
         body_length = ring.state(position) & 0x3FFFFFFF
-        sock.send(body_message(position, body_length, None))
+        sock.send(body_message(position, body_length))
         status, _length, data = answer_head(sock.recv(65536))
         sock.close()
         ring.close()
@@ -306,6 +306,7 @@ import os, signal, sys
 from kafka_relay.client import RelayClient
 client = RelayClient(env={"KAFKA_RELAY_RING_DIR": sys.argv[1]}, port=int(sys.argv[2]),
                      token=sys.argv[3])
+client.begin(type("Context", (), {"aws_request_id": "req-killed"})())
 ids = client.send([{"key": f"k{i}", "value": {"i": i, "pad": "x" * 3000}}
                    for i in range(300)]).ids
 print(" ".join(ids), flush=True)
@@ -319,7 +320,8 @@ def test_an_extension_starting_over_a_dead_writers_ring_delivers_what_it_accepte
     """The first extension accepts through the ring while the broker is unreachable (most
     records past the in-flight window keep no bytes: read back from the ring) and stops
     without draining, as a killed one would; the writer is SIGKILLed; the next extension
-    takes the ring over at init and delivers every record byte-identical, then deletes it."""
+    takes the ring over at init and delivers every record byte-identical, counted for the
+    invocation that handed them over, then deletes it."""
     topic = broker.create_topic()
     port = free_port()
     unreachable = f"127.0.0.1:{free_port()}"
@@ -347,8 +349,11 @@ def test_an_extension_starting_over_a_dead_writers_ring_delivers_what_it_accepte
         (taken,) = h.log_events("ring.taken_over")
         assert taken["records"] == 300
         assert h.client.flush()["remaining"] == 0
-        assert h.parts.engine.gauge().counts["restored"] == 300
+        gauge = h.parts.engine.gauge(take_outcomes=True)
+        assert gauge.counts["restored"] == 300
+        assert gauge.by_request == {"req-killed": {"recovered": 300, "delivered": 300}}
         assert list(h.config.ring_dir.glob("kafka-relay-ring-*.ring")) == []
+        assert h.client.status()["rings"] == {"files": 0, "records": 0}
     got = broker.read(topic, expected=300, timeout=20)
     assert [(r.headers["x-relay-id"].decode(), r.key, r.value) for r in got] == [
         (ids[i], f"k{i}".encode(), json.dumps({"i": i, "pad": "x" * 3000},
@@ -356,26 +361,46 @@ def test_an_extension_starting_over_a_dead_writers_ring_delivers_what_it_accepte
         for i in range(300)]
 
 
+class _Context:
+    def __init__(self, request_id: str) -> None:
+        self.aws_request_id = request_id
+
+
 def test_a_live_writer_after_an_extension_restart_has_its_pending_bodies_taken_over(
     broker: Broker, tmp_path: Path
 ) -> None:
+    """Taken over at each restart, shown in /v1/status, and counted for the invocation that
+    handed the records over, not under "-"."""
     topic = broker.create_topic()
     port = free_port()
     env = {"KAFKA_RELAY_PORT": str(port)}
     unreachable = f"127.0.0.1:{free_port()}"
     client = RelayClient(env={RING_DIR_ENV: str(tmp_path / "ring")}, port=port, token=TOKEN)
     try:
-        with running_relay(unreachable, tmp_path, default_topic=topic, init_probe_ms=100,
-                           flush=FlushStrategy.parse("shutdown"), env_extra=env) as down:
-            first = client.send([{"key": f"a{i}", "value": i} for i in range(10)]).ids
-            assert down.client.status()["rings"] == {"files": 1, "records": 10}
+        for restart in range(2):  # the broker unreachable: the records stay pending
+            with running_relay(unreachable, tmp_path, default_topic=topic, init_probe_ms=100,
+                               flush=FlushStrategy.parse("shutdown"), env_extra=env) as down:
+                if restart:
+                    (taken,) = down.log_events("ring.taken_over")
+                    assert (taken["records"], taken["recovered"]) == (10, 1)
+                else:
+                    client.begin(_Context("req-a"))
+                    first = client.send([{"key": f"a{i}", "value": i} for i in range(10)]).ids
+                assert down.client.status()["rings"] == {"files": 1, "records": 10}
+                assert down.parts.engine.gauge(take_outcomes=True).by_request == {
+                    "req-a": {"recovered" if restart else "accepted": 10}}
         with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
                            env_extra=env) as h:
             (taken,) = h.log_events("ring.taken_over")  # at init: its writer lives on
-            assert taken["records"] == 10
+            assert (taken["records"], taken["recovered"]) == (10, 2)
+            client.begin(_Context("req-b"))
             second = client.send([{"key": f"b{i}", "value": i} for i in range(10)]).ids
             assert h.client.flush()["remaining"] == 0
-            assert h.parts.engine.gauge().counts["restored"] == 10
+            gauge = h.parts.engine.gauge(take_outcomes=True)
+            assert gauge.counts["restored"] == 10
+            assert gauge.by_request == {"req-a": {"recovered": 10, "delivered": 10},
+                                        "req-b": {"accepted": 10, "delivered": 10}}
+            assert h.client.status()["rings"] == {"files": 1, "records": 0}
     finally:
         client.close()
     got = broker.read(topic, expected=20, timeout=20)
