@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,13 @@ from kafka_relay.client import (
     RelayClient,
     RelayError,
     RelayNotRestored,
+    RelayShuttingDown,
 )
 from kafka_relay.config import FlushStrategy
 from kafka_relay.protocol import FRAMES_TYPE, encode_frames
 from kafka_relay.ring import (
     ACCEPTED,
+    REFUSED,
     RING_DIR_ENV,
     RING_ENV,
     Ring,
@@ -210,6 +213,66 @@ def test_an_announcement_repeated_after_a_lost_answer_hands_the_body_over_once(
         writer.close()
         assert h.parts.engine.gauge().counts["accepted"] == 1
     assert [r.key for r in broker.read(topic, expected=1, timeout=3)] == [b"once"]
+
+
+def test_a_refusal_racing_an_announcement_after_a_lost_answer_raises_what_http_raises(
+    tmp_path: Path
+) -> None:
+    """The client's read of the answer times out while the extension waits for the ledger (its
+    lock held here); the extension then refuses the body (it is shutting down) before the
+    client, which found the entry not yet answered, announces it again: the entry is refused
+    already, so the client hands the body over afresh and raises what HTTP raises for it."""
+    unreachable = f"127.0.0.1:{free_port()}"
+    with running_relay(unreachable, tmp_path, default_topic="t", init_probe_ms=100,
+                       flush=FlushStrategy.parse("shutdown")) as h:
+        ledger = h.parts.engine._ledger
+        release = threading.Event()
+
+        def hold() -> None:
+            with ledger.cond:
+                release.wait(10)
+                ledger.close("the extension is shutting down and accepts no more records")
+
+        holder = threading.Thread(target=hold, daemon=True)
+        skew = [0.0]
+
+        def clock() -> float:
+            writer = client._ring
+            assert writer is not None
+            if holder.is_alive() and writer._sock is None and not release.is_set():
+                # The answer was lost and the entry is not answered yet: the extension refuses
+                # it now, before the client announces it again.
+                release.set()
+                holder.join(10)
+                ring = Ring.open(path)
+                deadline = time.monotonic() + 5
+                while not any(word & REFUSED for _p, word, _e in ring.entries()) and (
+                        time.monotonic() < deadline):
+                    time.sleep(0.01)
+                refused = [word & REFUSED for _p, word, _e in ring.entries()]
+                ring.close()
+                assert refused == [0, REFUSED]
+                skew[0] = -30.0  # time enough from here on
+            return time.monotonic() + skew[0]
+
+        client = _ring_client(h, token=TOKEN, timeout_s=0.5, clock=clock)
+        assert client.send([{"key": "first", "value": 1}]).accepted == 1
+        (path,) = _rings(h)
+        holder.start()
+        with pytest.raises(RelayShuttingDown) as over_ring:
+            client.send([{"key": "raced", "value": 1}])
+        assert release.is_set(), "the race did not happen"
+        with pytest.raises(RelayShuttingDown) as over_http:
+            _http_client(h, token=TOKEN).send([{"key": "raced", "value": 1}])
+        assert str(over_ring.value) == str(over_http.value)
+        assert h.parts.engine.gauge().counts["accepted"] == 1
+        ring = Ring.open(path)
+        try:  # the raced entry, and the one handed over afresh: both refused
+            assert [word & (ACCEPTED | REFUSED) for _p, word, _e in ring.entries()] == [
+                ACCEPTED, REFUSED, REFUSED]
+        finally:
+            ring.close()
+        client.close()
 
 
 def test_bodies_wrap_around_the_ring_in_order(broker: Broker, tmp_path: Path) -> None:
