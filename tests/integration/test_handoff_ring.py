@@ -424,6 +424,52 @@ def test_an_extension_starting_over_a_dead_writers_ring_delivers_what_it_accepte
         for i in range(300)]
 
 
+_KILLED_AS_A_CHILD_LINGERS = """
+import os, signal, sys, time
+from kafka_relay.client import RelayClient
+client = RelayClient(env={"KAFKA_RELAY_RING_DIR": sys.argv[1]}, port=int(sys.argv[2]),
+                     token=sys.argv[3])
+print(client.send([{"key": f"k{i}", "value": i} for i in range(10)]).accepted, flush=True)
+parent = os.getpid()
+if os.fork() == 0:  # shares the ring's open file and its flock: a killed writer's last moments
+    while os.getppid() == parent:
+        time.sleep(0.001)
+    time.sleep(0.02)
+    os._exit(0)
+signal.pause()
+"""
+
+
+def test_shutdown_deletes_the_consumed_rings_of_writers_killed_just_before_it(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Lambda kills the runtime before SHUTDOWN; its flock comes free a few ms later (here 20
+    ms, by a child sharing it). The drain waits for it, briefly, and deletes the consumed
+    ring; a writer that lives on (this process) keeps its ring."""
+    topic = broker.create_topic()
+    port = free_port()
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                       env_extra={"KAFKA_RELAY_PORT": str(port)}) as h:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_AS_A_CHILD_LINGERS, str(h.config.ring_dir),
+             str(port), TOKEN], cwd=REPO, stdout=subprocess.PIPE, text=True,
+            env={"PYTHONPATH": f"{REPO / 'extension'}:{REPO}"})
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "10"
+        (killed,) = _rings(h)
+        assert h.client.send([{"key": "alive", "value": 1}]).accepted == 1
+        (alive,) = set(_rings(h)) - {killed}
+        assert h.client.flush()["remaining"] == 0
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        started = time.monotonic()
+        assert h.loop.shutdown("spindown", int(time.time() * 1000) + 2000) == 0
+        took = time.monotonic() - started
+        assert _rings(h) == [alive]
+        assert took < 1.0, "a live writer's ring is waited for only briefly"
+    assert len(broker.read(topic, expected=11, timeout=20)) == 11
+
+
 class _Context:
     def __init__(self, request_id: str) -> None:
         self.aws_request_id = request_id
