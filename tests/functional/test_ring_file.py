@@ -98,7 +98,7 @@ def _header(version: int, capacity: int, written: int, consumed: int) -> bytes:
     return head + bytes(ring.HEADER - len(head))
 
 
-def _version_1_file(path: Path, capacity: int, entries: list[tuple[int, bytes]],
+def version_1_file(path: Path, capacity: int, entries: list[tuple[int, bytes]],
                     consumed: int = 0) -> None:
     """A ring file as version 1 wrote it: each entry a state word and the body, padded to 8."""
     data = b""
@@ -112,7 +112,7 @@ def _version_1_file(path: Path, capacity: int, entries: list[tuple[int, bytes]],
 def test_a_version_1_ring_is_taken_over_with_its_bodies_and_no_request_ids(
         tmp_path: Path) -> None:
     path = tmp_path / "old.ring"
-    _version_1_file(path, 256, [(ring.ACCEPTED, b"settled"), (ring.REFUSED, b"refused"),
+    version_1_file(path, 256, [(ring.ACCEPTED, b"settled"), (ring.REFUSED, b"refused"),
                                 (ring.ACCEPTED, b"pending-one"), (0, b"never answered"),
                                 (ring.ACCEPTED, b"pending-two")], consumed=16)
     old = ring.Ring.open(path)

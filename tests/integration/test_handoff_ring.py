@@ -6,6 +6,7 @@ extension that starts over a ring takes over what it accepted and did not settle
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
@@ -48,6 +49,7 @@ from kafka_relay.ring import (
     socket_address,
 )
 from tests.conftest import Broker
+from tests.functional.test_ring_file import version_1_file
 from tests.relay_harness import TOKEN, Harness, running_relay
 
 REPO = Path(__file__).resolve().parents[2]
@@ -586,3 +588,43 @@ def test_bodies_taken_over_a_fourth_time_are_spilled_not_produced_again(
         assert (counts["restored"], counts["spilled"]) == (3, 3)
         assert not path.exists(), "consumed, its writer gone: deleted"
     assert broker.read(topic, timeout=2) == []
+
+
+def test_a_version_1_ring_is_taken_over_loudly_and_its_writer_sent_to_http(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A dead writer's ring of the earlier format: its accepted bodies are delivered (counted
+    under no request: version 1 entries have no request id) and the file deleted; a live
+    writer of that format is refused at HELLO, naming the versions."""
+    topic = broker.create_topic()
+    port = free_port()
+    ring_dir = tmp_path / "ring"
+    ring_dir.mkdir()
+    dead = ring_dir / f"kafka-relay-ring-{port}-{'ab' * 8}.ring"
+    version_1_file(dead, 4096, [
+        (ACCEPTED, encode_frames([{"key": f"old{i}", "value": i} for i in range(3)])),
+        (REFUSED, encode_frames([{"key": "refused", "value": 0}]))])
+    live = ring_dir / f"kafka-relay-ring-{port}-{'cd' * 8}.ring"
+    version_1_file(live, 4096, [])
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # its writer lives
+        with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                           env_extra={"KAFKA_RELAY_PORT": str(port)}) as h:
+            assert sorted(e["path"] for e in h.log_events("ring.old_version")) == [
+                str(dead), str(live)]
+            assert h.client.flush()["remaining"] == 0
+            gauge = h.parts.engine.gauge(take_outcomes=True)
+            assert gauge.counts["restored"] == 3
+            assert gauge.by_request == {"-": {"recovered": 3, "delivered": 3}}
+            assert not dead.exists(), "consumed, its writer gone: deleted"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.settimeout(5)
+            sock.connect(socket_address(port))
+            sock.send(hello(TOKEN, live))
+            status, _length, data = answer_head(sock.recv(65536))
+            sock.close()
+            assert status == 404
+            assert "version 1; this extension takes version 2" in json.loads(data)["error"]
+            assert len(h.log_events("ring.old_version")) == 3
+    assert sorted(r.key for r in broker.read(topic, expected=3, timeout=20)) == [
+        b"old0", b"old1", b"old2"]
