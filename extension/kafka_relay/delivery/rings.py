@@ -188,10 +188,10 @@ class Rings:
     def release(self, until: float, *, monotonic: Callable[[], float],
                 sleep: Callable[[float], None] = time.sleep) -> None:
         """A drain settled what it could: rings consumed to their end whose writers are gone
-        go; the rest stay for the next init. Lambda kills the runtime before SHUTDOWN, but
-        a killed writer's flock comes free a few ms later (SIGKILL to free: median 2 ms, at
-        most 5 in docs/cost.md): a ring still held is looked at again until ``until``
-        (monotonic), so an environment reset does not leave it to the next init."""
+        go; the rest stay for the next init. Lambda kills the runtime before SHUTDOWN, but a
+        killed writer's flock comes free a few ms later (0-4.5 ms measured, docs/cost.md "At
+        SHUTDOWN"): a ring still held is looked at again until ``until`` (monotonic), so an
+        environment reset does not leave it to the next init."""
         while True:
             with self._lock:
                 for file in list(self.files.values()):
