@@ -2,10 +2,12 @@
 file finds exactly the bodies accepted and not yet settled, with the request id each was
 handed over for, through wrap-around, refusals, bodies never answered and a writer killed
 with SIGKILL; a ring of the earlier version (no request ids) still reads; any other bytes
-read as entries or as ``ValueError``, never anything else."""
+read as entries or as ``ValueError``, never anything else. SHUTDOWN deletes a consumed ring
+once its killed writer lets go of it, and waits only so long for one that lives on."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import struct
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kafka_relay import ring
+from kafka_relay.delivery.rings import Rings
 
 # (body, its request id, its answer: accepted, refused or none yet; how many of the oldest
 # entries settle after it)
@@ -154,3 +157,58 @@ def test_any_bytes_in_a_ring_file_read_as_entries_or_raise_value_error(
                        for position, _end, _request_id, body in pending)
         finally:
             any_ring.close()
+
+
+def _consumed_ring(path: Path) -> tuple[int, ring.Ring]:
+    """A ring whose writer holds its flock, every entry settled: (the writer's fd, its Ring)."""
+    fd = ring.create(path)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    writer = ring.Ring(fd, path)
+    position, end = writer.append(b"body", b"request")
+    writer.mark(position, ring.ACCEPTED)
+    writer.settle(end)
+    return fd, writer
+
+
+def test_shutdown_deletes_a_consumed_ring_once_its_killed_writer_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / ring.ring_name(4195, "ab" * 8)
+    fd, writer = _consumed_ring(path)
+    rings = Rings()
+    rings.attach(ring.Ring.open(path), "ab" * 8)
+    now = [0.0]
+    looks: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the killed writer's flock comes free at the 3rd look
+        looks.append(seconds)
+        now[0] += seconds
+        if len(looks) == 3:
+            writer.close()
+            os.close(fd)
+
+    rings.release(0.05, monotonic=lambda: now[0], sleep=sleep)
+    assert len(looks) == 3
+    assert not path.exists()
+    assert rings.files == {}
+
+
+def test_shutdown_leaves_a_live_writers_ring_after_a_bounded_wait(tmp_path: Path) -> None:
+    path = tmp_path / ring.ring_name(4195, "cd" * 8)
+    fd, writer = _consumed_ring(path)
+    rings = Rings()
+    rings.attach(ring.Ring.open(path), "cd" * 8)
+    now = [0.0]
+    looks: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        looks.append(seconds)
+        now[0] += seconds
+
+    try:
+        rings.release(0.05, monotonic=lambda: now[0], sleep=sleep)
+        assert 0.05 <= now[0] < 0.05 + looks[0] * 2
+        assert path.exists()
+        assert list(rings.files) == [path]
+    finally:
+        rings.close()
+        writer.close()
+        os.close(fd)

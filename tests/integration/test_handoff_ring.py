@@ -228,10 +228,11 @@ def test_a_refusal_racing_an_announcement_after_a_lost_answer_raises_what_http_r
     with running_relay(unreachable, tmp_path, default_topic="t", init_probe_ms=100,
                        flush=FlushStrategy.parse("shutdown")) as h:
         ledger = h.parts.engine._ledger
-        release = threading.Event()
+        held, release = threading.Event(), threading.Event()
 
         def hold() -> None:
             with ledger.cond:
+                held.set()
                 release.wait(10)
                 ledger.close("the extension is shutting down and accepts no more records")
 
@@ -261,6 +262,7 @@ def test_a_refusal_racing_an_announcement_after_a_lost_answer_raises_what_http_r
         assert client.send([{"key": "first", "value": 1}]).accepted == 1
         (path,) = _rings(h)
         holder.start()
+        assert held.wait(5)
         with pytest.raises(RelayShuttingDown) as over_ring:
             client.send([{"key": "raced", "value": 1}])
         assert release.is_set(), "the race did not happen"
