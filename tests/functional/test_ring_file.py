@@ -162,56 +162,46 @@ def test_any_bytes_in_a_ring_file_read_as_entries_or_raise_value_error(
             any_ring.close()
 
 
-def _consumed_ring(path: Path) -> tuple[int, ring.Ring]:
-    """A ring whose writer holds its flock, every entry settled: (the writer's fd, its Ring)."""
+def _release_at_shutdown(path: Path, lets_go_at: int | None) -> tuple[int, float, Rings]:
+    """SHUTDOWN's release of a consumed ring whose writer holds its flock and lets go at the
+    ``lets_go_at``-th look (None: it lives on), on a fake clock: (looks, seconds waited, the
+    rings left attached; closed by the caller)."""
     fd = ring.create(path)
     fcntl.flock(fd, fcntl.LOCK_EX)
     writer = ring.Ring(fd, path)
     position, end = writer.append(b"body", b"request")
     writer.mark(position, ring.ACCEPTED)
     writer.settle(end)
-    return fd, writer
-
-
-def test_shutdown_deletes_a_consumed_ring_once_its_killed_writer_lets_go(tmp_path: Path) -> None:
-    path = tmp_path / ring.ring_name(4195, "ab" * 8)
-    fd, writer = _consumed_ring(path)
     rings = Rings()
-    rings.attach(ring.Ring.open(path), "ab" * 8)
-    now = [0.0]
-    looks: list[float] = []
+    rings.attach(ring.Ring.open(path), path.name[-21:-5])
+    now, looks = [0.0], [0]
 
-    def sleep(seconds: float) -> None:  # the killed writer's flock comes free at the 3rd look
-        looks.append(seconds)
+    def sleep(seconds: float) -> None:
+        looks[0] += 1
         now[0] += seconds
-        if len(looks) == 3:
+        if looks[0] == lets_go_at:
             writer.close()
             os.close(fd)
 
     rings.release(0.05, monotonic=lambda: now[0], sleep=sleep)
-    assert len(looks) == 3
+    if lets_go_at is None or looks[0] < lets_go_at:
+        writer.close()
+        os.close(fd)
+    return looks[0], now[0], rings
+
+
+def test_shutdown_deletes_a_consumed_ring_once_its_killed_writer_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / ring.ring_name(4195, "ab" * 8)
+    looks, _waited, rings = _release_at_shutdown(path, lets_go_at=3)
+    assert looks == 3
     assert not path.exists()
     assert rings.files == {}
 
 
 def test_shutdown_leaves_a_live_writers_ring_after_a_bounded_wait(tmp_path: Path) -> None:
     path = tmp_path / ring.ring_name(4195, "cd" * 8)
-    fd, writer = _consumed_ring(path)
-    rings = Rings()
-    rings.attach(ring.Ring.open(path), "cd" * 8)
-    now = [0.0]
-    looks: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        looks.append(seconds)
-        now[0] += seconds
-
-    try:
-        rings.release(0.05, monotonic=lambda: now[0], sleep=sleep)
-        assert 0.05 <= now[0] < 0.05 + looks[0] * 2
-        assert path.exists()
-        assert list(rings.files) == [path]
-    finally:
-        rings.close()
-        writer.close()
-        os.close(fd)
+    looks, waited, rings = _release_at_shutdown(path, lets_go_at=None)
+    rings.close()
+    assert 0.05 <= waited < 0.052
+    assert looks == 50
+    assert path.exists()
