@@ -39,6 +39,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from kafka_relay.protocol import (
     FLAG_KEY,
@@ -155,6 +156,9 @@ def create(path: Path, capacity: int = CAPACITY) -> int:
     return fd
 
 
+_Buffer = TypeVar("_Buffer", mmap.mmap, bytearray)
+
+
 class Ring:
     """The file, as either side sees it: offsets and state words through a mapping, bodies
     with ``pwrite``/``pread``, so neither process keeps the bodies' pages in its own
@@ -192,12 +196,6 @@ class Ring:
     def consumed(self) -> int:
         return int(_OFFSET.unpack_from(self.map, _CONSUMED_AT)[0])
 
-    def recovered(self) -> int:
-        """Count one more takeover of this file by an extension; how many now."""
-        count = int(_WORD.unpack_from(self.map, _RECOVERIES_AT)[0]) + 1
-        _WORD.pack_into(self.map, _RECOVERIES_AT, count)
-        return count
-
     def state(self, position: int) -> int:
         """The state word of the entry at logical ``position``."""
         return int(_WORD.unpack_from(self.map, HEADER + position % self.capacity)[0])
@@ -206,10 +204,6 @@ class Ring:
         """The request id's length in the entry at data offset ``at``."""
         return int(_ENTRY.unpack_from(self.map, HEADER + at)[1]) if self._head == ENTRY_HEAD \
             else 0
-
-    def _body_at(self, position: int) -> int:
-        at = position % self.capacity
-        return HEADER + at + self._head + self._id_length(at)
 
     def request_id(self, position: int) -> str | None:
         """The request id the entry at logical ``position`` was written with."""
@@ -220,10 +214,7 @@ class Ring:
 
     def body(self, position: int, length: int) -> bytes:
         """The body at logical ``position``."""
-        data = os.pread(self._fd, length, self._body_at(position))
-        if len(data) != length:
-            raise ValueError(f"{self.path} ends inside the body at {position}")
-        return data
+        return bytes(self.read_into(position, bytearray(length)))
 
     def entry(self, position: int, length: int) -> int | None:
         """The end of the entry at ``position`` when a ``length``-byte body was written
@@ -237,9 +228,11 @@ class Ring:
         end = position + size
         return end if end <= self.written and at + size <= self.capacity else None
 
-    def read_into(self, position: int, buffer: mmap.mmap) -> mmap.mmap:
+    def read_into(self, position: int, buffer: _Buffer) -> _Buffer:
         """The body at logical ``position``, read into ``buffer`` (its length)."""
-        if os.preadv(self._fd, [buffer], self._body_at(position)) != len(buffer):
+        at = position % self.capacity
+        if os.preadv(self._fd, [buffer], HEADER + at + self._head + self._id_length(at)) != len(
+                buffer):
             raise ValueError(f"{self.path} ends inside the body at {position}")
         return buffer
 
@@ -290,17 +283,24 @@ class Ring:
             yield position, word, end
             position = end
 
-    def pending(self) -> Iterator[tuple[int, int, str | None, bytes]]:
-        """(position, end, request id, body) of every accepted entry after the consumed
-        offset: what an extension that takes this file over must still produce."""
-        for position, word, end in self.entries():
-            if word & ACCEPTED and not word & REFUSED:
-                yield position, end, self.request_id(position), self.body(position,
-                                                                          word & LENGTH)
-
     def close(self) -> None:
         self.map.close()
         os.close(self._fd)
+
+
+def count_takeover(ring: Ring) -> int:
+    """Count one more takeover of ``ring`` by an extension; how many now."""
+    count = int(_WORD.unpack_from(ring.map, _RECOVERIES_AT)[0]) + 1
+    _WORD.pack_into(ring.map, _RECOVERIES_AT, count)
+    return count
+
+
+def pending(ring: Ring) -> Iterator[tuple[int, int, str | None, bytes]]:
+    """(position, end, request id, body) of every accepted entry after the consumed offset:
+    what an extension that takes the file over must still produce."""
+    for position, word, end in ring.entries():
+        if word & ACCEPTED and not word & REFUSED:
+            yield position, end, ring.request_id(position), ring.body(position, word & LENGTH)
 
 
 def hello(token: str | None, path: Path) -> bytes:

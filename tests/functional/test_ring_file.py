@@ -60,7 +60,7 @@ def test_a_restart_finds_the_accepted_bodies_not_yet_settled_in_order(
 
         restarted = ring.Ring.open(path)
         found = [(end, request_id, body) for _position, end, request_id, body
-                 in restarted.pending()]
+                 in ring.pending(restarted)]
         restarted.close()
     assert found == [(end, request_id or None, body) for end, request_id, body, answer
                      in entries[settled:] if answer == ring.ACCEPTED]
@@ -121,7 +121,7 @@ def test_a_version_1_ring_is_taken_over_with_its_bodies_and_no_request_ids(
     old = ring.Ring.open(path)
     try:
         assert old.version == ring.OLD_VERSION != ring.VERSION
-        assert [(request_id, body) for _position, _end, request_id, body in old.pending()] == [
+        assert [(request_id, body) for _position, _end, request_id, body in ring.pending(old)] == [
             (None, b"pending-one"), (None, b"pending-two")]
         position, word, _end = list(old.entries())[1]
         assert old.entry(position, word & ring.LENGTH) is not None  # a BODY could name it
@@ -152,7 +152,7 @@ def test_any_bytes_in_a_ring_file_read_as_entries_or_raise_value_error(
             assert all(end > position for position, _word, end in any_ring.entries())
             problem = None
             try:
-                pending = list(any_ring.pending())
+                pending = list(ring.pending(any_ring))
             except ValueError as exc:  # a length past the end of the file
                 problem, pending = str(exc), []
             assert problem is None or "ends inside the body" in problem

@@ -44,8 +44,10 @@ from kafka_relay.ring import (
     Writer,
     answer_head,
     body_message,
+    count_takeover,
     create,
     hello,
+    pending,
     socket_address,
 )
 from tests.conftest import Broker
@@ -152,12 +154,12 @@ def test_every_refusal_raises_what_http_raises(broker: Broker, tmp_path: Path) -
         assert busy[0] == busy[1]
         assert h.parts.engine.gauge().counts["accepted"] == 5
         # Every refused body is marked: the 5 accepted records are all a takeover would find.
-        pending = []
+        found = []
         for path in _rings(h):
             ring = Ring.open(path)
-            pending += [bytes(body) for _position, _end, _request_id, body in ring.pending()]
+            found += [bytes(body) for _position, _end, _request_id, body in pending(ring)]
             ring.close()
-        assert pending == [encode_frames([{"key": str(i), "value": i} for i in range(5)])]
+        assert found == [encode_frames([{"key": str(i), "value": i} for i in range(5)])]
 
 
 def test_a_ring_without_room_hands_the_body_over_http_at_once(tmp_path: Path) -> None:
@@ -586,7 +588,7 @@ def test_bodies_taken_over_a_fourth_time_are_spilled_not_produced_again(
                                                 for i in range(3)]))
     ring.mark(position, ACCEPTED)
     for _ in range(3):
-        ring.recovered()
+        count_takeover(ring)
     ring.close()
     with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
                        env_extra={"KAFKA_RELAY_PORT": str(port)}) as h:

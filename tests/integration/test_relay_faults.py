@@ -247,3 +247,41 @@ def test_a_record_the_real_producer_cannot_take_is_spilled_and_the_pump_goes_on(
     assert [r.id for r in spilled] == ["poison-1"]
     got = broker.read(topic, expected=5, timeout=20)
     assert {r.headers["x-relay-id"].decode() for r in got} == set(ids)
+
+
+def test_records_parked_while_connections_fail_stay_parked_until_the_broker_answers(
+    proxied_broker: ProxiedBroker, tmp_path: Path
+) -> None:
+    broker, proxy = proxied_broker.broker, proxied_broker.proxy
+    topic = broker.create_topic()
+    dlq = broker.create_topic(f"dlq.{topic}")
+    with running_relay(proxy.address, tmp_path, default_topic=topic, max_attempts=1,
+                       retry_backoff_ms=100,
+                       producer_overrides={"message.timeout.ms": "1000",
+                                           "reconnect.backoff.max.ms": "200"}) as h:
+        engine = h.parts.engine
+        _invoke(h, "warm", 1)
+        proxy.cut()
+        ids = _invoke(h, "cut", 5, start=1)
+        # One attempt, then the DLQ's, both time out: parked in the /tmp spool.
+        deadline = time.monotonic() + 30
+        while engine.gauge().counts["spooled"] < 5 and time.monotonic() < deadline:
+            engine.flush(0.5)
+        assert engine.gauge().counts["spooled"] == 5
+        assert engine.reachability.gone()
+        # Sent now they would fail and be parked again: they stay where they are.
+        assert engine.restore_spool() == 0
+        assert engine.gauge().counts["restored"] == 0
+        proxy.restore()
+        _invoke(h, "back", 1, start=6)  # delivered: the broker answers again
+        while engine.gauge().counts["delivered"] < 2 and time.monotonic() < deadline + 30:
+            engine.flush(0.5, retry_now=True)
+        assert not engine.reachability.gone()
+        assert engine.restore_spool() == 5
+        while engine.gauge().pending and time.monotonic() < deadline + 60:
+            engine.flush(0.5, retry_now=True)
+        _assert_accounted(h)
+        counts = engine.gauge().counts
+        assert (counts["delivered"], counts["dead_lettered"], counts["restored"]) == (2, 5, 5)
+    on_dlq = broker.read(dlq, expected=5, timeout=20)
+    assert {r.headers["x-relay-id"].decode() for r in on_dlq} == set(ids)

@@ -15,7 +15,16 @@ from kafka_relay.delivery.ledger import NO_REQUEST, Ledger, Spill
 from kafka_relay.delivery.rings import Entry, RingFile
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
-from kafka_relay.ring import PREFIX, VERSION, Ring, body_records, record_ids, tag_of
+from kafka_relay.ring import (
+    PREFIX,
+    VERSION,
+    Ring,
+    body_records,
+    count_takeover,
+    pending,
+    record_ids,
+    tag_of,
+)
 
 
 class Recovery(NamedTuple):
@@ -130,19 +139,19 @@ def take_over(ledger: Ledger, file: RingFile, *, read: RingReader | None, spill:
     ``read``, let them go: logged). Records that came back ``MAX_RECOVERIES`` times without
     settling are spilled instead."""
     ring = file.ring
-    pending = list(ring.pending())  # one pass: each body read once
-    if not pending:
+    bodies = list(pending(ring))  # one pass: each body read once
+    if not bodies:
         return Recovery(0, 0, 0, 0)
     if read is None:
-        logger.warning("ring.not_restored", path=str(ring.path), bodies=len(pending),
+        logger.warning("ring.not_restored", path=str(ring.path), bodies=len(bodies),
                        hint="KAFKA_RELAY_JOURNAL=false: records accepted before the extension "
                             "restarted are not produced again")
         ledger.rings.advance(file)
         return Recovery(0, 0, 0, 0)
-    count = ring.recovered()
+    count = count_takeover(ring)
     restored = 0
     owned: list[Record] = []
-    for position, _end, request_id, body in pending:
+    for position, _end, request_id, body in bodies:
         length = len(body)
         try:
             records = read(body, record_ids(file.tag, position, body_records(body)),
