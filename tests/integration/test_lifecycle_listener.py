@@ -19,7 +19,7 @@ def test_a_drain_that_raises_at_shutdown_still_spills_every_pending_record(
                        flush=FlushStrategy.parse("shutdown")) as h:
         ids = h.client.send([{"key": f"k{i}", "value": i} for i in range(50)]).ids
 
-        def corrupt_spool(*, final: bool = False) -> int:
+        def corrupt_spool() -> int:
             raise ValueError("corrupt spool file")
 
         h.parts.engine.restore_spool = corrupt_spool  # type: ignore[method-assign]

@@ -235,15 +235,11 @@ class DeliveryEngine:
         """Records refused by validation (400): never accepted, but counted."""
         self._ledger.note_rejected(records)
 
-    def restore_spool(self, *, final: bool = False) -> int:
+    def restore_spool(self) -> int:
         """Re-own what earlier invocations parked in the /tmp spool (sent first), and what
-        fits of the outage spool. Not while connection attempts to the broker fail
-        (``reachability.gone()``): sent then, they would only fail and be parked again. The
-        SHUTDOWN drain (``final``) takes them whatever: /tmp goes with the environment."""
+        fits of the outage spool."""
         if self.pump.failure is not None:
             return 0  # nobody would send them: leave the files for the next environment
-        if not final and self.reachability.gone():
-            return 0
         spooled = self._spill.take_spooled()
         # Nothing spooled (every invocation but a few): no ledger lock, no pump wake-up.
         restored = (self._ledger.restore(spooled) if spooled else 0) + self._refill()
@@ -279,7 +275,7 @@ class DeliveryEngine:
         started = self._wall_ms()
         self._ledger.close("the extension is shutting down and accepts no more records")
         self._spill.final = True
-        self.restore_spool(final=True)
+        self.restore_spool()
         before = self._ledger.state()
         plan = drain_plan(deadline_ms=deadline_ms, margin_ms=self._config.shutdown_margin_ms,
                           pending=before.pending, pending_bytes=before.pending_bytes,
