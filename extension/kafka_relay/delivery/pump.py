@@ -146,6 +146,10 @@ class Pump:
         # After a round with records in flight, nobody waiting and no eager round left: the
         # fresh records the window held back (None otherwise; another count: some came).
         self._quiet_left: int | None = None
+        # Held (a deferred invocation called /next): after the round owed, no round until
+        # released, so the next handler runs without the pump beside it (``hold``).
+        self._held = False
+        self._round_owed = False
         self._reports = _Reports()
         self.producer: ProducerLike
         if not defer_build:  # SnapStart defers it past the snapshot: built by start()
@@ -177,10 +181,39 @@ class Pump:
                 self._rebuild = self._rebuild or restored
                 self._ledger.cond.notify_all()
 
+    def hold(self) -> None:
+        """One round now (what was handed over goes out), then none until ``release`` or
+        until someone waits for outcomes (a flush, a drain, ``wait=delivered``), a rebuild
+        or a stop: the delivery reports that come in at the thaw wait for the next
+        invocation's handler to end instead of taking the CPU beside it."""
+        with self._ledger.cond:
+            self._held = self._round_owed = True
+            self._ledger.cond.notify_all()
+
+    def release(self) -> None:
+        if not self._held:  # every invocation that flushes: no lock round for nothing
+            return
+        with self._ledger.cond:
+            self._held = False
+            self._ledger.cond.notify_all()
+
+    def _sleep_held(self) -> bool:
+        """Held with its round done and nothing urgent: sleep until that changes; True when
+        it slept."""
+        with self._ledger.cond:
+            queue = self._queue
+            if not self._held or self._round_owed or self._stopping or self._rebuild \
+                    or queue.flush_requests or queue.to_spill or queue.oversize:
+                return False
+            self._ledger.cond.wait()
+            return True
+
     def run(self) -> None:
         """The pump thread's body (tests may call it in their own thread)."""
         try:
             while not self._stopping:
+                if self._held and self._sleep_held():
+                    continue
                 if not self.step():
                     self._wait(None)
                 elif self._quiet_left is not None:
@@ -197,6 +230,7 @@ class Pump:
         with self._ledger.cond:
             rebuild, self._rebuild = self._rebuild, False
             thawed, self._thawed = self._thawed, False
+            self._round_owed = False
             if not (rebuild or thawed):  # the usual round: the batch in the same lock round
                 batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
         if rebuild or thawed:

@@ -156,27 +156,35 @@ class EventLoop:
         except Exception as exc:
             self._log.error("lifecycle.listener_failed", step="on_invoke", error=repr(exc))
         flush: FlushReport | None = None
+        deferred = False
         try:
-            flush = self._wait_and_flush(event)
+            flush, deferred = self._wait_and_flush(event)
         except Exception as exc:
             self._log.error("lifecycle.listener_failed", step="flush", error=repr(exc))
         try:
-            self._listener.invocation_done(event, flush)
+            self._listener.invocation_done(event, flush, deferred=deferred)
         except Exception as exc:
             self._log.error("lifecycle.listener_failed", step="invocation_done",
                             error=repr(exc))
 
-    def _wait_and_flush(self, event: InvokeEvent) -> FlushReport | None:
+    def _wait_and_flush(self, event: InvokeEvent) -> tuple[FlushReport | None, bool]:
+        """The flush's report (None: none), and whether the invocation deferred after its
+        handler ended. A deferred invocation still waits for the handler's end when the
+        client tells it (a decorated handler), so that the extension's own work (the
+        report, the pump's round) runs after the handler instead of beside it."""
         config = self._config
         deadline_ms = event.deadline_ms or self._wall_ms() + config.flush_budget_ms
         decision = self._decide(Moment.INVOKE)
-        if not decision.wait_for_handler:
-            return None
         remaining_s = (deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms()) / 1000
+        if not decision.wait_for_handler:
+            if decision.deferred and self._listener.ends_called():
+                self._listener.handler_done(event.request_id, max(0.0, remaining_s))
+                return None, True
+            return None, False
         done = self._listener.handler_done(event.request_id, max(0.0, remaining_s))
         after = self._decide(Moment.HANDLER_DONE)
         if not after.flush:
-            return None
+            return None, False
         budget_ms = min(config.flush_budget_ms, after.budget_ms or config.flush_budget_ms,
                         deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms())
         report = self._listener.flush(max(0, budget_ms))
@@ -198,7 +206,7 @@ class EventLoop:
         if report.remaining:
             self._log.warning("flush.incomplete", remaining=report.remaining,
                               budget_ms=budget_ms, handler_done=done)
-        return report
+        return report, False
 
     def _observe(self) -> Observed:
         observed = self._listener.observe()
