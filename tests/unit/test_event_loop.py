@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class ScriptedApi:
                  step_ms: int = 0) -> None:
         self._events = list(events)
         self.exit_errors: list[tuple[str, str]] = []
+        self.on_request_next: Callable[[], None] = lambda: None
         self._clock, self._step_ms = clock, step_ms
 
     def next_event(self) -> dict[str, Any]:
@@ -39,6 +41,9 @@ class ScriptedApi:
         if isinstance(event, Exception):
             raise event
         return event
+
+    def request_next(self) -> None:
+        self.on_request_next()
 
     def exit_error(self, error_type: str, message: str) -> None:
         self.exit_errors.append((error_type, message))
@@ -148,16 +153,19 @@ def test_auto_flushes_while_warming_up_then_stops_waiting_for_frequent_invocatio
 
 def test_a_deferring_auto_waits_for_an_end_the_client_tells_but_does_not_flush() -> None:
     """With the client's end call (a decorated handler) a deferred invocation waits for the
-    handler to end, so the listener's own work for it runs after the handler, not beside
-    it; without one it calls /next at once, as Telemetry's end comes 25 ms or more late."""
+    handler to end and sends /next before the listener's own work for it, which so runs
+    after the handler instead of beside it; without one it calls /next at once, as
+    Telemetry's end comes 25 ms or more late."""
     for called in (True, False):
         clock = [NOW]
         n = WARMUP_INVOCATIONS + 3
         api = ScriptedApi(*[_invoke(f"r{i}", deadline_ms=NOW + 60_000) for i in range(n)],
                           _SHUTDOWN, clock=clock, step_ms=100)
         listener = RecordingListener(called=called)
+        api.on_request_next = lambda listener=listener: listener.calls.append(  # type: ignore[misc]
+            ("request_next", None))
         _run(api, listener, flush="auto", clock=clock)
-        waited = ["handler_done"] if called else []
+        waited = ["handler_done", "request_next"] if called else []
         last_two = ["on_invoke", *waited, "invocation_done"] * 2
         assert listener.names()[-len(last_two) - 1:] == [*last_two, "shutdown"]
         done = [arg for name, arg in listener.calls if name == "invocation_done"]

@@ -45,6 +45,9 @@ _IDLE_WAIT_S = 0.05
 # or a stop notifies the ledger's condition and wakes it at once.
 _EAGER_ROUNDS = 5
 _UNWATCHED_ROUND_S = 0.005
+# An eager poll that returns this much past its 1 ms was frozen (or starved) meanwhile: a held
+# pump takes no more eager rounds, the reports wait for the next handler's end.
+_FROZEN_S = 0.05
 
 
 class ProducerLike(Protocol):
@@ -203,7 +206,8 @@ class Pump:
         with self._ledger.cond:
             queue = self._queue
             if not self._held or self._round_owed or self._stopping or self._rebuild \
-                    or queue.flush_requests or queue.to_spill or queue.oversize:
+                    or queue.flush_requests or queue.to_spill or queue.oversize \
+                    or (self._eager_rounds and queue.in_flight):
                 return False
             self._ledger.cond.wait()
             return True
@@ -250,8 +254,13 @@ class Pump:
         try:
             if flushing:
                 self.producer.flush(0.005)
+            elif eager:
+                started = time.monotonic()
+                self.producer.poll(0.001)
+                if self._held and time.monotonic() - started > _FROZEN_S:
+                    self._eager_rounds = 0  # frozen meanwhile: the thaw is the next handler's
             else:  # past the eager rounds it waits on the ledger's condition (_wait)
-                self.producer.poll(0.001 if eager else 0)
+                self.producer.poll(0)
         except KafkaException as exc:
             self.on_client_error(exc.args[0])
         reported = bool(self._reports)

@@ -8,6 +8,7 @@ exception from the listener during an INVOKE is logged and the loop carries on.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -44,6 +45,13 @@ class EventSource(Protocol):
     def next_event(self) -> dict[str, Any]: ...
 
     def exit_error(self, error_type: str, message: str) -> None: ...
+
+
+class InvokeSource(EventSource, Protocol):
+    """The Extensions API as the INVOKE loop uses it: also /next sent ahead of reading it."""
+
+    def request_next(self) -> None:
+        """Send /next now; the next ``next_event`` reads its answer."""
 
 
 class Ending:
@@ -103,7 +111,7 @@ class EventLoop:
         config: Config,
         logger: JsonLogger,
         *,
-        api: EventSource | None = None,
+        api: InvokeSource | None = None,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self._listener = listener
@@ -179,6 +187,7 @@ class EventLoop:
         if not decision.wait_for_handler:
             if decision.deferred and self._listener.ends_called():
                 self._listener.handler_done(event.request_id, max(0.0, remaining_s))
+                self._request_next()
                 return None, True
             return None, False
         done = self._listener.handler_done(event.request_id, max(0.0, remaining_s))
@@ -207,6 +216,15 @@ class EventLoop:
             self._log.warning("flush.incomplete", remaining=report.remaining,
                               budget_ms=budget_ms, handler_done=done)
         return report, False
+
+    def _request_next(self) -> None:
+        """/next now, before the invocation's report and the pump's round (the next
+        ``next_event`` reads its answer): nothing the handler waits for is left, and the
+        environment may freeze once the runtime answered too."""
+        if self._api is None:
+            return
+        with contextlib.suppress(LambdaApiError):  # next_event asks again on its own
+            self._api.request_next()
 
     def _observe(self) -> Observed:
         observed = self._listener.observe()
