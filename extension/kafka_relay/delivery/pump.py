@@ -149,8 +149,8 @@ class Pump:
         # After a round with records in flight, nobody waiting and no eager round left: the
         # fresh records the window held back (None otherwise; another count: some came).
         self._quiet_left: int | None = None
-        # Held (a deferred invocation called /next): after the round owed, no round until
-        # released, so the next handler runs without the pump beside it (``hold``).
+        # Held (``auto`` deferring, a handler's end told): after the round owed and its
+        # eager polls, no round until held again or released (``hold``).
         self._held = False
         self._round_owed = False
         self._reports = _Reports()
@@ -185,10 +185,12 @@ class Pump:
                 self._ledger.cond.notify_all()
 
     def hold(self) -> None:
-        """One round now (what was handed over goes out), then none until ``release`` or
-        until someone waits for outcomes (a flush, a drain, ``wait=delivered``), a rebuild
-        or a stop: the delivery reports that come in at the thaw wait for the next
-        invocation's handler to end instead of taking the CPU beside it."""
+        """One round now (what was handed over goes out) and its batch's eager polls (at a
+        low RTT its acknowledgements settle before the freeze), then no round until the next
+        ``hold`` or ``release``, or until someone waits for outcomes (a flush, a drain,
+        ``wait=delivered``), a rebuild or a stop: the reports that come in at the thaw and
+        the next handler's records wait for that handler's end instead of taking the CPU
+        beside it."""
         with self._ledger.cond:
             self._held = self._round_owed = True
             self._ledger.cond.notify_all()
