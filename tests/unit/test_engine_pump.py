@@ -631,3 +631,41 @@ def test_the_per_invocation_ledger_read_agrees_with_the_full_one_without_the_sto
     taken = ledger.state(take_outcomes=True, storage=False).by_request
     assert taken == {"req-1": {"accepted": 3}}
     assert ledger.state(take_outcomes=True, storage=False).by_request == {}
+
+
+@pytest.mark.usefixtures("ten_second_rounds")
+def test_a_held_pump_sends_what_it_was_given_then_runs_no_round_until_held_again_or_flushed(
+        tmp_path: Path) -> None:
+    """``hold`` (a deferred invocation's handler ended): one round, then none — no batch of
+    what comes next, no poll for the reports that come in — until the next ``hold`` or a
+    ``release``; a flush request still runs at once."""
+    rig = Rig(tmp_path, producer=lambda: _CountingProducer(hold=True))
+    producer = rig.producer
+    assert isinstance(producer, _CountingProducer)
+    pump = rig.engine.pump
+    pump.broker_state = BrokerState.UP
+    pump.start()
+    try:
+        time.sleep(0.1)
+        rig.engine.accept(rig.records(3))
+        pump.hold()
+        assert _until(lambda: len(producer.sent) == 3)
+        time.sleep(0.1)
+        polls = producer.polls
+        producer.hold = False  # their reports are ready: only a round hands them over
+        rig.engine.accept(rig.records(2))  # the next handler's records
+        time.sleep(0.3)
+        assert (len(producer.sent), producer.polls, rig.counts()["delivered"]) == (3, polls, 0)
+        pump.hold()  # the next handler ended: its records go, the reports are taken
+        assert _until(lambda: rig.counts()["delivered"] == 5)
+        assert len(producer.sent) == 5
+        rig.engine.accept(rig.records(1))
+        time.sleep(0.1)
+        assert len(producer.sent) == 5
+        assert rig.engine.flush(5.0).delivered == 1  # a flush does not wait for a round
+        pump.release()
+        rig.engine.accept(rig.records(1))
+        assert _until(lambda: rig.counts()["delivered"] == 7)
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()

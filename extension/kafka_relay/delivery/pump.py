@@ -45,6 +45,9 @@ _IDLE_WAIT_S = 0.05
 # or a stop notifies the ledger's condition and wakes it at once.
 _EAGER_ROUNDS = 5
 _UNWATCHED_ROUND_S = 0.005
+# An eager poll that returns this much past its 1 ms was frozen (or starved) meanwhile: a held
+# pump takes no more eager rounds, the reports wait for the next handler's end.
+_FROZEN_S = 0.05
 
 
 class ProducerLike(Protocol):
@@ -146,6 +149,10 @@ class Pump:
         # After a round with records in flight, nobody waiting and no eager round left: the
         # fresh records the window held back (None otherwise; another count: some came).
         self._quiet_left: int | None = None
+        # Held (``auto`` deferring, a handler's end told): after the round owed and its
+        # eager polls, no round until held again or released (``hold``).
+        self._held = False
+        self._round_owed = False
         self._reports = _Reports()
         self.producer: ProducerLike
         if not defer_build:  # SnapStart defers it past the snapshot: built by start()
@@ -177,10 +184,42 @@ class Pump:
                 self._rebuild = self._rebuild or restored
                 self._ledger.cond.notify_all()
 
+    def hold(self) -> None:
+        """One round now (what was handed over goes out) and its batch's eager polls (at a
+        low RTT its acknowledgements settle before the freeze), then no round until the next
+        ``hold`` or ``release``, or until someone waits for outcomes (a flush, a drain,
+        ``wait=delivered``), a rebuild or a stop: the reports that come in at the thaw and
+        the next handler's records wait for that handler's end instead of taking the CPU
+        beside it."""
+        with self._ledger.cond:
+            self._held = self._round_owed = True
+            self._ledger.cond.notify_all()
+
+    def release(self) -> None:
+        if not self._held:  # every invocation that flushes: no lock round for nothing
+            return
+        with self._ledger.cond:
+            self._held = False
+            self._ledger.cond.notify_all()
+
+    def _sleep_held(self) -> bool:
+        """Held with its round done and nothing urgent: sleep until that changes; True when
+        it slept."""
+        with self._ledger.cond:
+            queue = self._queue
+            if not self._held or self._round_owed or self._stopping or self._rebuild \
+                    or queue.flush_requests or queue.to_spill or queue.oversize \
+                    or (self._eager_rounds and queue.in_flight):
+                return False
+            self._ledger.cond.wait()
+            return True
+
     def run(self) -> None:
         """The pump thread's body (tests may call it in their own thread)."""
         try:
             while not self._stopping:
+                if self._held and self._sleep_held():
+                    continue
                 if not self.step():
                     self._wait(None)
                 elif self._quiet_left is not None:
@@ -197,6 +236,7 @@ class Pump:
         with self._ledger.cond:
             rebuild, self._rebuild = self._rebuild, False
             thawed, self._thawed = self._thawed, False
+            self._round_owed = False
             if not (rebuild or thawed):  # the usual round: the batch in the same lock round
                 batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
         if rebuild or thawed:
@@ -216,8 +256,13 @@ class Pump:
         try:
             if flushing:
                 self.producer.flush(0.005)
+            elif eager:
+                started = time.monotonic()
+                self.producer.poll(0.001)
+                if self._held and time.monotonic() - started > _FROZEN_S:
+                    self._eager_rounds = 0  # frozen meanwhile: the thaw is the next handler's
             else:  # past the eager rounds it waits on the ledger's condition (_wait)
-                self.producer.poll(0.001 if eager else 0)
+                self.producer.poll(0)
         except KafkaException as exc:
             self.on_client_error(exc.args[0])
         reported = bool(self._reports)
