@@ -184,7 +184,7 @@ class _PythonTaker(_Taker):
 
     def accept(self, position: int, length: int, end: int) -> Callable[[], None]:
         schema = self.schema
-        start = ring.HEADER + position % self.ring.capacity + 4
+        start = ring.HEADER + position % self.ring.capacity + ring.ENTRY_HEAD
         try:
             # decode_frames reads any buffer; over a view its fields are views too.
             frames = self.decode(self.readonly[start:start + length])
@@ -238,7 +238,7 @@ class _AccelTaker(_Taker):
         self.next_id = 1
 
     def accept(self, position: int, length: int, end: int) -> Callable[[], None]:
-        start = ring.HEADER + position % self.ring.capacity + 4
+        start = ring.HEADER + position % self.ring.capacity + ring.ENTRY_HEAD
         body = memoryview(self.ring.map)[start:start + length]  # in place, for C
         try:
             count = self.accel.check(body, True)

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kafka_relay.ring import HEADER, REFUSED, Ring, RingFull, create, entry_size
+from kafka_relay.ring import ENTRY_HEAD, HEADER, REFUSED, Ring, RingFull, create, entry_size
 
-__all__ = ["HEADER", "REFUSED", "Ring", "entry_size", "new_ring"]
+__all__ = ["ENTRY_HEAD", "HEADER", "REFUSED", "Ring", "entry_size", "new_ring"]
 
 MESSAGE = struct.Struct("<cQI")  # b"B", position, length: a body to take
 FLUSH = b"F"

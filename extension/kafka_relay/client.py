@@ -309,8 +309,8 @@ class RelayClient:
         self._transport = _Transport(host, self.port, token=token,
                                      clock=clock, attempt_timeout_s=attempt_timeout_s)
         ring_on = (env.get(RING_ENV) or "").strip().lower() not in ("false", "0", "no", "off")
-        self._ring = Writer(ring_dir(env), self.port, token, clock=clock,
-                            sleep=sleep) if ring_on and framed else None
+        self._ring = Writer(ring_dir(env), self.port, token,
+                            clock=clock) if ring_on and framed else None
         self._remaining_ms: Callable[[], float] | None = None
         self.request_id: str | None = None
 
@@ -422,7 +422,7 @@ class RelayClient:
                 wait_ms = int(max(0.0, deadline - self._clock() - _REPLY_MARGIN_S) * 1000)
                 path += f"?{WAIT_PARAM}={WAIT_DELIVERED}&{TIMEOUT_PARAM}={wait_ms}"
             handed = None if ring is None else ring.exchange(
-                body, self.request_id, busy_deadline=busy_deadline, deadline=deadline)
+                body, self.request_id, deadline=deadline)
             headers: Mapping[str, str] = {}
             if handed is not None:
                 status, reply = handed[0], _decode(handed[1])

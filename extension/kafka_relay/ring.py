@@ -12,14 +12,18 @@ whether the extension took it (``ACCEPTED``), refused it (``REFUSED``) or not ye
 
 File: a 64-byte header (magic, version, capacity, written, consumed, recoveries;
 little-endian, the offsets logical and growing forever), then ``capacity`` bytes of entries.
-An entry is a u32 state word (the body's length and the state bits) and the body, padded to
-8 bytes; an entry that would pass the end of the data starts at its beginning instead,
-after a ``SKIP`` word. One writer per file, holding a ``flock`` on it while it lives: a file
-nobody holds is a dead writer's, which the extension takes over.
+An entry is a u32 state word (the body's length and the state bits), a u16 request id length
+and two zero bytes, the request id (UTF-8: the invocation that handed the body over, so a
+takeover still counts its records for it), then the body, padded to 8 bytes; an entry that
+would pass the end of the data starts at its beginning instead, after a ``SKIP`` word. One
+writer per file, holding a ``flock`` on it while it lives: a file nobody holds is a dead
+writer's, which the extension takes over. Version 1 entries had no request id (a u32 state
+word, then the body): the extension still takes such a file over (its records counted
+under no request), and refuses its writer's HELLO.
 
 Messages (the first on a connection is HELLO; every message gets one answer):
 HELLO  b"H", u16 token length, the token, the ring file's path (UTF-8)
-BODY   b"B", u64 position, u32 length, the request id (UTF-8, may be empty)
+BODY   b"B", u64 position, u32 length
 answer u16 status, u32 JSON length, then the JSON, split over as many messages as it takes
 """
 
@@ -35,6 +39,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from kafka_relay.protocol import (
     FLAG_KEY,
@@ -47,7 +52,8 @@ from kafka_relay.protocol import (
 RING_ENV = "KAFKA_RELAY_RING"  # "false": the client hands bodies over HTTP only
 RING_DIR_ENV = "KAFKA_RELAY_RING_DIR"
 MAGIC = b"KRR1"
-VERSION = 1
+VERSION = 2
+OLD_VERSION = 1  # entries without a request id: read for a takeover, never written
 HEADER = 64
 # The data bytes of a ring. A handler process has one (16 per vCPU under Managed Instances,
 # all in /tmp, 512 MB by default): 4 MiB holds ~40 bodies of 100 x 1 KB; a body that cannot
@@ -59,6 +65,9 @@ _CONSUMED_AT = 24
 _RECOVERIES_AT = 32
 _OFFSET = struct.Struct("<Q")
 _WORD = struct.Struct("<I")
+_ENTRY = struct.Struct("<IH2x")  # state word, request id length; then the id, then the body
+ENTRY_HEAD = _ENTRY.size  # an entry's head: its request id (or, without one, its body) follows
+MAX_REQUEST_ID = 0xFFFF  # bytes; a body whose request id is longer goes over HTTP
 SKIP = 0xFFFFFFFF  # the rest of the data is unused: the next entry is at its start
 REFUSED = 0x80000000  # on a state word: refused (never produced), or withdrawn by its writer
 ACCEPTED = 0x40000000  # on a state word: the extension owns the body's records
@@ -70,11 +79,10 @@ _BODY = struct.Struct("<cQI")
 _ANSWER = struct.Struct("<HI")
 MAX_MESSAGE = 64 * 1024  # one message of an answer, and the largest HELLO or BODY
 PREFIX = "kafka-relay-ring-"
-_BUSY_S = 0.8  # as long as the HTTP client backs off a full buffer (client._MAX_BUSY_S)
-_ROOM_POLL_S = 0.001  # how often a writer looks whether the extension consumed more
 _ATTEMPTS = 3  # announcements of one body after a lost answer
 _RETRY_LISTENER_S = 10.0  # no listener answered: bodies go over HTTP this long
 GONE = 410  # the extension was restored from a snapshot since the ring was made
+REFUSED_ALREADY = 409  # an entry announced again after its refusal's answer was lost
 
 
 class RingFull(Exception):
@@ -119,14 +127,15 @@ def body_records(body: bytes) -> int:
     return int(FRAMES_HEAD.unpack_from(body, 0)[1]) if len(body) >= FRAMES_HEAD.size else 0
 
 
-def entry_size(length: int) -> int:
-    """Bytes an entry of a ``length``-byte body takes (its state word, padded to 8)."""
-    return (_WORD.size + length + 7) & ~7
+def entry_size(length: int, id_length: int = 0, head: int = ENTRY_HEAD) -> int:
+    """Bytes an entry of a ``length``-byte body takes (its head, the ``id_length``-byte
+    request id, padded to 8; ``head``: a version 1 entry's is its state word alone)."""
+    return (head + id_length + length + 7) & ~7
 
 
-def fits(length: int, capacity: int = CAPACITY) -> bool:
+def fits(length: int, id_length: int = 0, capacity: int = CAPACITY) -> bool:
     """Whether a body goes through the ring (else over HTTP): half of it at most."""
-    return entry_size(length) <= capacity // 2
+    return id_length <= MAX_REQUEST_ID and entry_size(length, id_length) <= capacity // 2
 
 
 def create(path: Path, capacity: int = CAPACITY) -> int:
@@ -147,6 +156,9 @@ def create(path: Path, capacity: int = CAPACITY) -> int:
     return fd
 
 
+_Buffer = TypeVar("_Buffer", mmap.mmap, bytearray)
+
+
 class Ring:
     """The file, as either side sees it: offsets and state words through a mapping, bodies
     with ``pwrite``/``pread``, so neither process keeps the bodies' pages in its own
@@ -155,10 +167,17 @@ class Ring:
     def __init__(self, fd: int, path: Path) -> None:
         self.path = path
         self.map = mmap.mmap(fd, 0)
-        magic, version, self.capacity, _, _, _ = _HEAD.unpack_from(self.map, 0)
-        if (magic, version) != (MAGIC, VERSION) or len(self.map) != HEADER + self.capacity:
+        magic, version, capacity, written, consumed, _ = _HEAD.unpack_from(self.map, 0)
+        self.version: int = version
+        self.capacity: int = capacity
+        if magic != MAGIC or self.version not in (VERSION, OLD_VERSION) or len(
+                self.map) != HEADER + self.capacity or self.capacity % 8 or self.capacity < 64 \
+                or consumed % 8 or not 0 <= written - consumed <= self.capacity:
             self.map.close()
-            raise ValueError(f"{path} is not a ring file of version {VERSION}")
+            raise ValueError(f"{path} is not a ring file of version {VERSION} (or "
+                             f"{OLD_VERSION})")
+        # Where an entry's request id starts (a version 1 entry has none: its body starts there).
+        self._head = ENTRY_HEAD if self.version == VERSION else _WORD.size
         self._fd = os.dup(fd)
 
     @classmethod
@@ -177,22 +196,25 @@ class Ring:
     def consumed(self) -> int:
         return int(_OFFSET.unpack_from(self.map, _CONSUMED_AT)[0])
 
-    def recovered(self) -> int:
-        """Count one more takeover of this file by an extension; how many now."""
-        count = int(_WORD.unpack_from(self.map, _RECOVERIES_AT)[0]) + 1
-        _WORD.pack_into(self.map, _RECOVERIES_AT, count)
-        return count
-
     def state(self, position: int) -> int:
         """The state word of the entry at logical ``position``."""
         return int(_WORD.unpack_from(self.map, HEADER + position % self.capacity)[0])
 
+    def _id_length(self, at: int) -> int:
+        """The request id's length in the entry at data offset ``at``."""
+        return int(_ENTRY.unpack_from(self.map, HEADER + at)[1]) if self._head == ENTRY_HEAD \
+            else 0
+
+    def request_id(self, position: int) -> str | None:
+        """The request id the entry at logical ``position`` was written with."""
+        at = position % self.capacity
+        start = HEADER + at + self._head
+        raw = self.map[start:start + self._id_length(at)]
+        return raw.decode(errors="replace") or None
+
     def body(self, position: int, length: int) -> bytes:
         """The body at logical ``position``."""
-        data = os.pread(self._fd, length, HEADER + position % self.capacity + _WORD.size)
-        if len(data) != length:
-            raise ValueError(f"{self.path} ends inside the body at {position}")
-        return data
+        return bytes(self.read_into(position, bytearray(length)))
 
     def entry(self, position: int, length: int) -> int | None:
         """The end of the entry at ``position`` when a ``length``-byte body was written
@@ -201,13 +223,15 @@ class Ring:
             return None
         if self.state(position) & LENGTH != length or length > LENGTH:
             return None
-        end = position + entry_size(length)
-        return end if end <= self.written and position % self.capacity + entry_size(
-            length) <= self.capacity else None
+        at = position % self.capacity
+        size = entry_size(length, self._id_length(at), self._head)
+        end = position + size
+        return end if end <= self.written and at + size <= self.capacity else None
 
-    def read_into(self, position: int, buffer: mmap.mmap) -> mmap.mmap:
+    def read_into(self, position: int, buffer: _Buffer) -> _Buffer:
         """The body at logical ``position``, read into ``buffer`` (its length)."""
-        if os.preadv(self._fd, [buffer], HEADER + position % self.capacity + _WORD.size) != len(
+        at = position % self.capacity
+        if os.preadv(self._fd, [buffer], HEADER + at + self._head + self._id_length(at)) != len(
                 buffer):
             raise ValueError(f"{self.path} ends inside the body at {position}")
         return buffer
@@ -221,12 +245,12 @@ class Ring:
         """Every entry before logical ``end`` reached its outcome (the extension's side)."""
         _OFFSET.pack_into(self.map, _CONSUMED_AT, end)
 
-    def append(self, body: bytes) -> tuple[int, int]:
-        """Write ``body`` as the next entry: its (position, end). RingFull when the extension
-        has not consumed enough yet."""
-        length = len(body)
-        size = entry_size(length)
-        if size > self.capacity or length > LENGTH:
+    def append(self, body: bytes, request_id: bytes = b"") -> tuple[int, int]:
+        """Write ``body`` as the next entry, with the ``request_id`` (UTF-8) it was handed over
+        for: its (position, end). RingFull when the extension has not consumed enough yet."""
+        length, id_length = len(body), len(request_id)
+        size = entry_size(length, id_length)
+        if size > self.capacity or length > LENGTH or id_length > MAX_REQUEST_ID:
             raise ValueError(f"a {length}-byte body does not fit a ring of {self.capacity} bytes")
         position = self.written
         at = position % self.capacity
@@ -237,9 +261,10 @@ class Ring:
             _WORD.pack_into(self.map, HEADER + at, SKIP)
             position += skip
             at = 0
-        if os.pwrite(self._fd, body, HEADER + at + _WORD.size) != length:
+        if os.pwritev(self._fd, [request_id, body], HEADER + at + ENTRY_HEAD) != (
+                id_length + length):
             raise OSError(f"a short write to {self.path}")
-        _WORD.pack_into(self.map, HEADER + at, length)
+        _ENTRY.pack_into(self.map, HEADER + at, length, id_length)
         # Only now is the entry visible (to the extension, and to a takeover).
         _OFFSET.pack_into(self.map, _WRITTEN_AT, position + size)
         return position, position + size
@@ -254,20 +279,28 @@ class Ring:
             if word == SKIP:
                 position += self.capacity - at
                 continue
-            end = position + entry_size(word & LENGTH)
+            end = position + entry_size(word & LENGTH, self._id_length(at), self._head)
             yield position, word, end
             position = end
-
-    def pending(self) -> Iterator[tuple[int, int, bytes]]:
-        """(position, end, body) of every accepted entry after the consumed offset: what an
-        extension that takes this file over must still produce."""
-        for position, word, end in self.entries():
-            if word & ACCEPTED and not word & REFUSED:
-                yield position, end, self.body(position, word & LENGTH)
 
     def close(self) -> None:
         self.map.close()
         os.close(self._fd)
+
+
+def count_takeover(ring: Ring) -> int:
+    """Count one more takeover of ``ring`` by an extension; how many now."""
+    count = int(_WORD.unpack_from(ring.map, _RECOVERIES_AT)[0]) + 1
+    _WORD.pack_into(ring.map, _RECOVERIES_AT, count)
+    return count
+
+
+def pending(ring: Ring) -> Iterator[tuple[int, int, str | None, bytes]]:
+    """(position, end, request id, body) of every accepted entry after the consumed offset:
+    what an extension that takes the file over must still produce."""
+    for position, word, end in ring.entries():
+        if word & ACCEPTED and not word & REFUSED:
+            yield position, end, ring.request_id(position), ring.body(position, word & LENGTH)
 
 
 def hello(token: str | None, path: Path) -> bytes:
@@ -287,16 +320,16 @@ def read_hello(message: bytes) -> tuple[str, Path]:
             Path(os.fsdecode(message[start + size:])))
 
 
-def body_message(position: int, length: int, request_id: str | None) -> bytes:
-    return _BODY.pack(BODY, position, length) + (request_id or "").encode()
+def body_message(position: int, length: int) -> bytes:
+    return _BODY.pack(BODY, position, length)
 
 
-def read_body_message(message: bytes) -> tuple[int, int, str | None]:
-    """(position, length, request id) of a BODY; ValueError when it is none."""
-    if message[:1] != BODY or len(message) < _BODY.size:
+def read_body_message(message: bytes) -> tuple[int, int]:
+    """(position, length) of a BODY; ValueError when it is none."""
+    if message[:1] != BODY or len(message) != _BODY.size:
         raise ValueError("not a BODY message")
-    _, position, length = _BODY.unpack_from(message, 0)
-    return position, length, message[_BODY.size:].decode(errors="replace") or None
+    _, position, length = _BODY.unpack(message)
+    return position, length
 
 
 def answer(status: int, data: bytes) -> list[bytes]:
@@ -345,12 +378,11 @@ class Writer:
     connection. Thread-safe: one body at a time."""
 
     def __init__(self, directory: Path, port: int, token: str | None, *,
-                 clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+                 clock: Callable[[], float]) -> None:
         self._directory = directory
         self._port = port
         self._token = token
         self._clock = clock
-        self._sleep = sleep
         self._lock = threading.Lock()
         self._pid = 0
         self._ring: Ring | None = None
@@ -359,11 +391,12 @@ class Writer:
         self._sock: socket.socket | None = None
         self._off_until = 0.0  # no listener answered: HTTP until then
 
-    def exchange(self, body: bytes, request_id: str | None, *, busy_deadline: float,
+    def exchange(self, body: bytes, request_id: str | None, *,
                  deadline: float) -> tuple[int, bytes] | None:
         """Hand ``body`` over: the status and JSON the extension answered, or None when no
-        ring listener answers here (send it over HTTP)."""
-        if not fits(len(body)) or self._clock() < self._off_until:
+        ring listener answers here or the ring has no room (send it over HTTP)."""
+        rid = (request_id or "").encode()
+        if not fits(len(body), len(rid)) or self._clock() < self._off_until:
             return None
         if self._pid and self._pid != os.getpid():
             self._lock = threading.Lock()  # a fork's copy may be held by a thread not copied
@@ -379,7 +412,7 @@ class Writer:
                     return None
                 if refused is not None and refused[0] != GONE:
                     return refused
-                handed = self._hand_over(body, request_id, busy_deadline,
+                handed = self._hand_over(body, rid,
                                          deadline) if refused is None else refused
                 if handed is None or handed[0] != GONE:
                     return handed
@@ -388,48 +421,44 @@ class Writer:
                 self._forget()
             return None
 
-    def _hand_over(self, body: bytes, request_id: str | None, busy_deadline: float,
+    def _hand_over(self, body: bytes, request_id: bytes,
                    deadline: float) -> tuple[int, bytes] | None:
+        """None: not taken (no room in the ring, or withdrawn after lost answers)."""
         ring = self._ring
         assert ring is not None
-        placed = self._append(ring, body, busy_deadline)
-        if placed is None:
-            return 429, json.dumps({
-                "error": f"the ring file stayed full for {_BUSY_S} s (kafka-relay consumed "
-                         "nothing of it)", "retry_after_ms": int(_BUSY_S * 2000)}).encode()
-        position = placed
+        # No room: the ring's bodies wait for the broker (an outage, a backlog). HTTP takes
+        # this one at once, into memory, the journal or the outage spool, as without a ring.
+        position = _append(ring, body, request_id)
+        if position is None:
+            return None
         for _attempt in range(_ATTEMPTS):
             try:
                 if self._sock is None and self._connect(deadline) is not None:
                     break
                 assert self._sock is not None
                 self._sock.settimeout(max(0.001, deadline - self._clock()))
-                self._sock.send(body_message(position, len(body), request_id))
-                return self._answer(self._sock)
+                self._sock.send(body_message(position, len(body)))
+                handed = self._answer(self._sock)
+                if handed[0] != REFUSED_ALREADY:
+                    return handed
+                # Refused after its answer was lost and before this announcement: as over
+                # HTTP, where a refusal is not remembered, it is handed over afresh.
             except OSError:
                 self._close()
-            # The answer was lost: the entry's state says what became of the body.
-            word = ring.state(position)
-            if word & ACCEPTED:
-                return 202, _accepted(self._tag, position, body)
-            if word & REFUSED:  # nothing of it taken: a new entry
-                placed = self._append(ring, body, busy_deadline)
-                if placed is None:
-                    break
-                position = placed
+                # The answer was lost: the entry's state says what became of the body.
+                word = ring.state(position)
+                if word & ACCEPTED:
+                    return 202, _accepted(self._tag, position, body)
+                if not word & REFUSED:
+                    continue  # not answered yet: announced again
+            placed = _append(ring, body, request_id)  # nothing taken
+            if placed is None:
+                break
+            position = placed
         if ring.state(position) & ACCEPTED:
             return 202, _accepted(self._tag, position, body)
         ring.mark(position, REFUSED)  # withdrawn: nobody may produce it now
         return None
-
-    def _append(self, ring: Ring, body: bytes, busy_deadline: float) -> int | None:
-        while True:
-            try:
-                return ring.append(body)[0]
-            except RingFull:
-                if self._clock() >= busy_deadline:
-                    return None
-                self._sleep(_ROOM_POLL_S)
 
     def _connect(self, deadline: float) -> tuple[int, bytes] | None:
         """Connected and said hello (the ring made first when there is none): None, else the
@@ -525,3 +554,11 @@ def _accepted(tag: str, position: int, body: bytes) -> bytes:
     """The answer of a body the extension took when its answer was lost."""
     ids = record_ids(tag, position, body_records(body))
     return json.dumps({"accepted": len(ids), "ids": ids}).encode()
+
+
+def _append(ring: Ring, body: bytes, request_id: bytes) -> int | None:
+    """The new entry's position; None when the ring has no room for it."""
+    try:
+        return ring.append(body, request_id)[0]
+    except RingFull:
+        return None

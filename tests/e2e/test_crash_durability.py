@@ -87,6 +87,15 @@ def test_records_of_an_extension_killed_mid_invocation_are_delivered_after_the_r
     _assert_clean_exit(shutdown)
     (restored,) = events_named(lines, restored_event)
     assert restored["records"] == STRANDED
+    # Counted for the invocation that handed them over, not under "-".
+    crashed_counts: dict[str, int] = {}
+    for outcomes in events_named(lines, "records.outcomes"):
+        for name, count in outcomes["by_request"].get(crashed.request_id, {}).items():
+            crashed_counts[name] = crashed_counts.get(name, 0) + count
+    assert (crashed_counts.get("recovered"), crashed_counts.get("delivered")) == (
+        STRANDED, STRANDED)
+    assert not any("-" in outcomes["by_request"] for outcomes in events_named(
+        lines, "records.outcomes"))
     summary = events_named(lines, "shutdown.summary")[-1]
     assert (summary["restored"], summary["accepted"]) == (STRANDED, 5)
     assert (summary["delivered"], summary["pending"], summary["unaccounted"]) == (

@@ -6,6 +6,7 @@ extension that starts over a ring takes over what it accepted and did not settle
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,22 +31,27 @@ from kafka_relay.client import (
     RelayClient,
     RelayError,
     RelayNotRestored,
+    RelayShuttingDown,
 )
 from kafka_relay.config import FlushStrategy
 from kafka_relay.protocol import FRAMES_TYPE, encode_frames
 from kafka_relay.ring import (
     ACCEPTED,
+    REFUSED,
     RING_DIR_ENV,
     RING_ENV,
     Ring,
     Writer,
     answer_head,
     body_message,
+    count_takeover,
     create,
     hello,
+    pending,
     socket_address,
 )
 from tests.conftest import Broker
+from tests.functional.test_ring_file import version_1_file
 from tests.relay_harness import TOKEN, Harness, running_relay
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,13 +71,12 @@ def _ring_client(h: Harness, **kwargs: Any) -> RelayClient:
 
 
 def _writer(h: Harness, token: str = TOKEN) -> Writer:
-    return Writer(h.config.ring_dir, h.config.port, token, clock=time.monotonic,
-                  sleep=time.sleep)
+    return Writer(h.config.ring_dir, h.config.port, token, clock=time.monotonic)
 
 
 def _hand(writer: Writer, body: bytes) -> tuple[int, dict[str, Any]]:
     now = time.monotonic()
-    handed = writer.exchange(body, None, busy_deadline=now + 0.8, deadline=now + 5)
+    handed = writer.exchange(body, None, deadline=now + 5)
     assert handed is not None, "the ring listener did not answer"
     return handed[0], json.loads(handed[1])
 
@@ -148,15 +154,15 @@ def test_every_refusal_raises_what_http_raises(broker: Broker, tmp_path: Path) -
         assert busy[0] == busy[1]
         assert h.parts.engine.gauge().counts["accepted"] == 5
         # Every refused body is marked: the 5 accepted records are all a takeover would find.
-        pending = []
+        found = []
         for path in _rings(h):
             ring = Ring.open(path)
-            pending += [bytes(body) for _position, _end, body in ring.pending()]
+            found += [bytes(body) for _position, _end, _request_id, body in pending(ring)]
             ring.close()
-        assert pending == [encode_frames([{"key": str(i), "value": i} for i in range(5)])]
+        assert found == [encode_frames([{"key": str(i), "value": i} for i in range(5)])]
 
 
-def test_a_ring_without_room_is_relay_busy_and_accepts_nothing(tmp_path: Path) -> None:
+def test_a_ring_without_room_hands_the_body_over_http_at_once(tmp_path: Path) -> None:
     unreachable = f"127.0.0.1:{free_port()}"
     with running_relay(unreachable, tmp_path, default_topic="t", init_probe_ms=100,
                        spool_max_bytes=0, max_buffer_bytes=64 << 20,
@@ -164,11 +170,16 @@ def test_a_ring_without_room_is_relay_busy_and_accepts_nothing(tmp_path: Path) -
         big = [{"key": "k", "value": "x" * 19_000} for _ in range(100)]
         h.client.send(big)
         h.client.send(big)  # the ring holds two: the broker settles nothing
+        journal_before = h.client.status()["journal"]["records"]
         started = time.monotonic()
-        with pytest.raises(RelayBusy, match="ring file stayed full"):
-            h.client.send(big)
-        assert 0.7 < time.monotonic() - started < 3.0
-        assert h.parts.engine.gauge().counts["accepted"] == 200
+        third = h.client.send(big)
+        assert time.monotonic() - started < 0.5  # no wait for room
+        assert third.accepted == 100
+        # Over HTTP: journaled by the extension, not in the ring.
+        status = h.client.status()
+        assert status["journal"]["records"] == journal_before + 100
+        assert status["rings"]["records"] == 200
+        assert h.parts.engine.gauge().counts["accepted"] == 300
 
 
 def test_without_a_ring_listener_the_client_uses_http(broker: Broker, tmp_path: Path) -> None:
@@ -201,7 +212,7 @@ def test_an_announcement_repeated_after_a_lost_answer_hands_the_body_over_once(
         sock.send(hello(TOKEN, path))
         assert answer_head(sock.recv(65536))[0] == 200
         body_length = ring.state(position) & 0x3FFFFFFF
-        sock.send(body_message(position, body_length, None))
+        sock.send(body_message(position, body_length))
         status, _length, data = answer_head(sock.recv(65536))
         sock.close()
         ring.close()
@@ -210,6 +221,68 @@ def test_an_announcement_repeated_after_a_lost_answer_hands_the_body_over_once(
         writer.close()
         assert h.parts.engine.gauge().counts["accepted"] == 1
     assert [r.key for r in broker.read(topic, expected=1, timeout=3)] == [b"once"]
+
+
+def test_a_refusal_racing_an_announcement_after_a_lost_answer_raises_what_http_raises(
+    tmp_path: Path
+) -> None:
+    """The client's read of the answer times out while the extension waits for the ledger (its
+    lock held here); the extension then refuses the body (it is shutting down) before the
+    client, which found the entry not yet answered, announces it again: the entry is refused
+    already, so the client hands the body over afresh and raises what HTTP raises for it."""
+    unreachable = f"127.0.0.1:{free_port()}"
+    with running_relay(unreachable, tmp_path, default_topic="t", init_probe_ms=100,
+                       flush=FlushStrategy.parse("shutdown")) as h:
+        ledger = h.parts.engine._ledger
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with ledger.cond:
+                held.set()
+                release.wait(10)
+                ledger.close("the extension is shutting down and accepts no more records")
+
+        holder = threading.Thread(target=hold, daemon=True)
+        skew = [0.0]
+
+        def clock() -> float:
+            writer = client._ring
+            assert writer is not None
+            if holder.is_alive() and writer._sock is None and not release.is_set():
+                # The answer was lost and the entry is not answered yet: the extension refuses
+                # it now, before the client announces it again.
+                release.set()
+                holder.join(10)
+                ring = Ring.open(path)
+                deadline = time.monotonic() + 5
+                while not any(word & REFUSED for _p, word, _e in ring.entries()) and (
+                        time.monotonic() < deadline):
+                    time.sleep(0.01)
+                refused = [word & REFUSED for _p, word, _e in ring.entries()]
+                ring.close()
+                assert refused == [0, REFUSED]
+                skew[0] = -30.0  # time enough from here on
+            return time.monotonic() + skew[0]
+
+        client = _ring_client(h, token=TOKEN, timeout_s=0.5, clock=clock)
+        assert client.send([{"key": "first", "value": 1}]).accepted == 1
+        (path,) = _rings(h)
+        holder.start()
+        assert held.wait(5)
+        with pytest.raises(RelayShuttingDown) as over_ring:
+            client.send([{"key": "raced", "value": 1}])
+        assert release.is_set(), "the race did not happen"
+        with pytest.raises(RelayShuttingDown) as over_http:
+            _http_client(h, token=TOKEN).send([{"key": "raced", "value": 1}])
+        assert str(over_ring.value) == str(over_http.value)
+        assert h.parts.engine.gauge().counts["accepted"] == 1
+        ring = Ring.open(path)
+        try:  # the raced entry, and the one handed over afresh: both refused
+            assert [word & (ACCEPTED | REFUSED) for _p, word, _e in ring.entries()] == [
+                ACCEPTED, REFUSED, REFUSED]
+        finally:
+            ring.close()
+        client.close()
 
 
 def test_bodies_wrap_around_the_ring_in_order(broker: Broker, tmp_path: Path) -> None:
@@ -306,6 +379,7 @@ import os, signal, sys
 from kafka_relay.client import RelayClient
 client = RelayClient(env={"KAFKA_RELAY_RING_DIR": sys.argv[1]}, port=int(sys.argv[2]),
                      token=sys.argv[3])
+client.begin(type("Context", (), {"aws_request_id": "req-killed"})())
 ids = client.send([{"key": f"k{i}", "value": {"i": i, "pad": "x" * 3000}}
                    for i in range(300)]).ids
 print(" ".join(ids), flush=True)
@@ -319,7 +393,8 @@ def test_an_extension_starting_over_a_dead_writers_ring_delivers_what_it_accepte
     """The first extension accepts through the ring while the broker is unreachable (most
     records past the in-flight window keep no bytes: read back from the ring) and stops
     without draining, as a killed one would; the writer is SIGKILLed; the next extension
-    takes the ring over at init and delivers every record byte-identical, then deletes it."""
+    takes the ring over at init and delivers every record byte-identical, counted for the
+    invocation that handed them over, then deletes it."""
     topic = broker.create_topic()
     port = free_port()
     unreachable = f"127.0.0.1:{free_port()}"
@@ -347,8 +422,11 @@ def test_an_extension_starting_over_a_dead_writers_ring_delivers_what_it_accepte
         (taken,) = h.log_events("ring.taken_over")
         assert taken["records"] == 300
         assert h.client.flush()["remaining"] == 0
-        assert h.parts.engine.gauge().counts["restored"] == 300
+        gauge = h.parts.engine.gauge(take_outcomes=True)
+        assert gauge.counts["restored"] == 300
+        assert gauge.by_request == {"req-killed": {"recovered": 300, "delivered": 300}}
         assert list(h.config.ring_dir.glob("kafka-relay-ring-*.ring")) == []
+        assert h.client.status()["rings"] == {"files": 0, "records": 0}
     got = broker.read(topic, expected=300, timeout=20)
     assert [(r.headers["x-relay-id"].decode(), r.key, r.value) for r in got] == [
         (ids[i], f"k{i}".encode(), json.dumps({"i": i, "pad": "x" * 3000},
@@ -356,26 +434,92 @@ def test_an_extension_starting_over_a_dead_writers_ring_delivers_what_it_accepte
         for i in range(300)]
 
 
+_KILLED_AS_A_CHILD_LINGERS = """
+import os, signal, sys, time
+from kafka_relay.client import RelayClient
+client = RelayClient(env={"KAFKA_RELAY_RING_DIR": sys.argv[1]}, port=int(sys.argv[2]),
+                     token=sys.argv[3])
+print(client.send([{"key": f"k{i}", "value": i} for i in range(10)]).accepted, flush=True)
+parent = os.getpid()
+if os.fork() == 0:  # shares the ring's open file and its flock: a killed writer's last moments
+    while os.getppid() == parent:
+        time.sleep(0.001)
+    time.sleep(0.02)
+    os._exit(0)
+signal.pause()
+"""
+
+
+def test_shutdown_deletes_the_consumed_rings_of_writers_killed_just_before_it(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Lambda kills the runtime before SHUTDOWN; its flock comes free a few ms later (here 20
+    ms, by a child sharing it). The drain waits for it, briefly, and deletes the consumed
+    ring; a writer that lives on (this process) keeps its ring."""
+    topic = broker.create_topic()
+    port = free_port()
+    with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                       env_extra={"KAFKA_RELAY_PORT": str(port)}) as h:
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_AS_A_CHILD_LINGERS, str(h.config.ring_dir),
+             str(port), TOKEN], cwd=REPO, stdout=subprocess.PIPE, text=True,
+            env={"PYTHONPATH": f"{REPO / 'extension'}:{REPO}"})
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "10"
+        (killed,) = _rings(h)
+        assert h.client.send([{"key": "alive", "value": 1}]).accepted == 1
+        (alive,) = set(_rings(h)) - {killed}
+        assert h.client.flush()["remaining"] == 0
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        started = time.monotonic()
+        assert h.loop.shutdown("spindown", int(time.time() * 1000) + 2000) == 0
+        took = time.monotonic() - started
+        assert _rings(h) == [alive]
+        assert took < 1.0, "a live writer's ring is waited for only briefly"
+    assert len(broker.read(topic, expected=11, timeout=20)) == 11
+
+
+class _Context:
+    def __init__(self, request_id: str) -> None:
+        self.aws_request_id = request_id
+
+
 def test_a_live_writer_after_an_extension_restart_has_its_pending_bodies_taken_over(
     broker: Broker, tmp_path: Path
 ) -> None:
+    """Taken over at each restart, shown in /v1/status, and counted for the invocation that
+    handed the records over, not under "-"."""
     topic = broker.create_topic()
     port = free_port()
     env = {"KAFKA_RELAY_PORT": str(port)}
     unreachable = f"127.0.0.1:{free_port()}"
     client = RelayClient(env={RING_DIR_ENV: str(tmp_path / "ring")}, port=port, token=TOKEN)
     try:
-        with running_relay(unreachable, tmp_path, default_topic=topic, init_probe_ms=100,
-                           flush=FlushStrategy.parse("shutdown"), env_extra=env) as down:
-            first = client.send([{"key": f"a{i}", "value": i} for i in range(10)]).ids
-            assert down.client.status()["rings"] == {"files": 1, "records": 10}
+        for restart in range(2):  # the broker unreachable: the records stay pending
+            with running_relay(unreachable, tmp_path, default_topic=topic, init_probe_ms=100,
+                               flush=FlushStrategy.parse("shutdown"), env_extra=env) as down:
+                if restart:
+                    (taken,) = down.log_events("ring.taken_over")
+                    assert (taken["records"], taken["recovered"]) == (10, 1)
+                else:
+                    client.begin(_Context("req-a"))
+                    first = client.send([{"key": f"a{i}", "value": i} for i in range(10)]).ids
+                assert down.client.status()["rings"] == {"files": 1, "records": 10}
+                assert down.parts.engine.gauge(take_outcomes=True).by_request == {
+                    "req-a": {"recovered" if restart else "accepted": 10}}
         with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
                            env_extra=env) as h:
             (taken,) = h.log_events("ring.taken_over")  # at init: its writer lives on
-            assert taken["records"] == 10
+            assert (taken["records"], taken["recovered"]) == (10, 2)
+            client.begin(_Context("req-b"))
             second = client.send([{"key": f"b{i}", "value": i} for i in range(10)]).ids
             assert h.client.flush()["remaining"] == 0
-            assert h.parts.engine.gauge().counts["restored"] == 10
+            gauge = h.parts.engine.gauge(take_outcomes=True)
+            assert gauge.counts["restored"] == 10
+            assert gauge.by_request == {"req-a": {"recovered": 10, "delivered": 10},
+                                        "req-b": {"accepted": 10, "delivered": 10}}
+            assert h.client.status()["rings"] == {"files": 1, "records": 0}
     finally:
         client.close()
     got = broker.read(topic, expected=20, timeout=20)
@@ -444,7 +588,7 @@ def test_bodies_taken_over_a_fourth_time_are_spilled_not_produced_again(
                                                 for i in range(3)]))
     ring.mark(position, ACCEPTED)
     for _ in range(3):
-        ring.recovered()
+        count_takeover(ring)
     ring.close()
     with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
                        env_extra={"KAFKA_RELAY_PORT": str(port)}) as h:
@@ -452,3 +596,43 @@ def test_bodies_taken_over_a_fourth_time_are_spilled_not_produced_again(
         assert (counts["restored"], counts["spilled"]) == (3, 3)
         assert not path.exists(), "consumed, its writer gone: deleted"
     assert broker.read(topic, timeout=2) == []
+
+
+def test_a_version_1_ring_is_taken_over_loudly_and_its_writer_sent_to_http(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A dead writer's ring of the earlier format: its accepted bodies are delivered (counted
+    under no request: version 1 entries have no request id) and the file deleted; a live
+    writer of that format is refused at HELLO, naming the versions."""
+    topic = broker.create_topic()
+    port = free_port()
+    ring_dir = tmp_path / "ring"
+    ring_dir.mkdir()
+    dead = ring_dir / f"kafka-relay-ring-{port}-{'ab' * 8}.ring"
+    version_1_file(dead, 4096, [
+        (ACCEPTED, encode_frames([{"key": f"old{i}", "value": i} for i in range(3)])),
+        (REFUSED, encode_frames([{"key": "refused", "value": 0}]))])
+    live = ring_dir / f"kafka-relay-ring-{port}-{'cd' * 8}.ring"
+    version_1_file(live, 4096, [])
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # its writer lives
+        with running_relay(broker.bootstrap, tmp_path, default_topic=topic,
+                           env_extra={"KAFKA_RELAY_PORT": str(port)}) as h:
+            assert sorted(e["path"] for e in h.log_events("ring.old_version")) == [
+                str(dead), str(live)]
+            assert h.client.flush()["remaining"] == 0
+            gauge = h.parts.engine.gauge(take_outcomes=True)
+            assert gauge.counts["restored"] == 3
+            assert gauge.by_request == {"-": {"recovered": 3, "delivered": 3}}
+            assert not dead.exists(), "consumed, its writer gone: deleted"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.settimeout(5)
+            sock.connect(socket_address(port))
+            sock.send(hello(TOKEN, live))
+            status, _length, data = answer_head(sock.recv(65536))
+            sock.close()
+            assert status == 404
+            assert "version 1; this extension takes version 2" in json.loads(data)["error"]
+            assert len(h.log_events("ring.old_version")) == 3
+    assert [r.key for r in broker.read(topic, expected=3, timeout=20)] == [
+        b"old0", b"old1", b"old2"]

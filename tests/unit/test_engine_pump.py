@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -618,109 +617,6 @@ def test_a_delivery_watch_wakes_a_pump_between_slow_rounds_at_once(tmp_path: Pat
         rig.engine.stop()
 
 
-@dataclass
-class _LingeringProducer(_CountingProducer):
-    """Reports come ``delay_s`` after a record was produced (librdkafka's linger and the
-    broker's round trip), as librdkafka's would: a poll blocks until one is due or its timeout
-    passes; a flush sends at once."""
-
-    delay_s: float = 0.05
-    due: list[float] = field(default_factory=list)  # per waiting record, when it reports
-
-    def produce(self, topic: str, *args: Any, **kwargs: Any) -> None:
-        super().produce(topic, *args, **kwargs)
-        self.due.append(time.monotonic() + self.delay_s)
-
-    def poll(self, timeout: float = 0) -> int:
-        self.polls += 1
-        self.timeouts.append(timeout)
-        if self.due and self.due[0] > time.monotonic():
-            time.sleep(max(0.0, min(timeout, self.due[0] - time.monotonic())))
-        # What was produced together reports together, as librdkafka's batch does.
-        first = self.due[0] if self.due and self.due[0] <= time.monotonic() else -1.0
-        ready = sum(1 for due in self.due if due <= first + 0.01)
-        answered, self.waiting = self.waiting[:ready], self.waiting[ready:]
-        del self.due[:ready]
-        for message, callback in answered:
-            callback(self.respond(message), message)
-        return len(answered)
-
-    def flush(self, timeout: float = 0) -> int:
-        self.flushes += 1
-        self.due = [0.0] * len(self.due)
-        return FakeProducer.poll(self) and 0
-
-
-@pytest.fixture
-def lingering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-              ) -> Iterator[tuple[Rig, _LingeringProducer]]:
-    """A running pump whose reports come 50 ms after each produce; a wait that ends late by
-    a loaded machine's scheduling is not taken for a freeze."""
-    monkeypatch.setattr(pump_module, "_LATE_S", 10.0)
-    rig = Rig(tmp_path, producer=lambda: _LingeringProducer(delay_s=0.05))
-    producer = rig.producer
-    assert isinstance(producer, _LingeringProducer)
-    rig.engine.pump.broker_state = BrokerState.UP
-    rig.engine.pump.start()
-    try:
-        yield rig, producer
-    finally:
-        rig.engine.stop()
-
-
-def _batch_polls(rig: Rig, producer: _LingeringProducer, delivered: int) -> list[float]:
-    """Hand over 10 records, wait until ``delivered`` in all; the polls' timeouts meanwhile."""
-    before = len(producer.timeouts)
-    rig.engine.accept(rig.records(10))
-    assert _until(lambda: rig.counts()["delivered"] == delivered)
-    time.sleep(0.02)  # the round after the last report, then idle
-    return producer.timeouts[before:]
-
-
-def test_once_the_report_delay_is_known_an_unwatched_batch_takes_one_wait_and_one_poll(
-        lingering: tuple[Rig, _LingeringProducer]) -> None:
-    """The first batch teaches when reports come (1 ms polls, then the slow rounds); from
-    the second on, the pump sleeps until they are due and polls once: two polls per batch,
-    the one that produced it and the one that takes its reports."""
-    rig, producer = lingering
-    eager = [0, *[0.001] * pump_module._EAGER_ROUNDS]
-    assert _batch_polls(rig, producer, 10)[:len(eager)] == eager
-    assert _batch_polls(rig, producer, 20) == [0, pump_module._REPORT_POLL_S]
-    assert _batch_polls(rig, producer, 30) == [0, pump_module._REPORT_POLL_S]
-    assert producer.flushes == 0
-    rig.assert_accounted()
-
-
-def test_a_wait_that_ends_late_teaches_no_report_delay(
-        lingering: tuple[Rig, _LingeringProducer], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A wait that outlived its timeout (every one, here) stands for a freeze: what the batch
-    waited then is not the broker's delay, so every batch keeps the eager polls."""
-    monkeypatch.setattr(pump_module, "_LATE_S", -1.0)
-    rig, producer = lingering
-    eager = [0, *[0.001] * pump_module._EAGER_ROUNDS]
-    assert _batch_polls(rig, producer, 10)[:len(eager)] == eager
-    assert _batch_polls(rig, producer, 20)[:len(eager)] == eager
-    rig.assert_accounted()
-
-
-def test_a_flush_request_wakes_a_pump_sleeping_until_the_reports_are_due(
-        lingering: tuple[Rig, _LingeringProducer]) -> None:
-    """The sleep until the reports are due is on the ledger's condition: a flush wakes it at
-    once and is answered by a flush (which sends without lingering), not at the due time."""
-    rig, producer = lingering
-    _batch_polls(rig, producer, 10)  # the delay is learned
-    producer.delay_s = 1.0
-    rig.engine.accept(rig.records(5))
-    assert _until(lambda: len(producer.sent) == 15)
-    time.sleep(0.02)
-    started = time.monotonic()
-    result = rig.engine.flush(5.0)
-    assert (result.delivered, result.remaining) == (5, 0)
-    assert time.monotonic() - started < 0.5
-    assert producer.flushes == 1
-    rig.assert_accounted()
-
-
 def test_a_watch_on_records_waiting_out_a_backoff_does_not_make_the_pump_flush(
         tmp_path: Path) -> None:
     """Nothing in flight while a waiter waits (its records wait out a retry backoff): the pump
@@ -768,3 +664,41 @@ def test_the_per_invocation_ledger_read_agrees_with_the_full_one_without_the_sto
     taken = ledger.state(take_outcomes=True, storage=False).by_request
     assert taken == {"req-1": {"accepted": 3}}
     assert ledger.state(take_outcomes=True, storage=False).by_request == {}
+
+
+@pytest.mark.usefixtures("ten_second_rounds")
+def test_a_held_pump_sends_what_it_was_given_then_runs_no_round_until_held_again_or_flushed(
+        tmp_path: Path) -> None:
+    """``hold`` (a deferred invocation's handler ended): one round, then none — no batch of
+    what comes next, no poll for the reports that come in — until the next ``hold`` or a
+    ``release``; a flush request still runs at once."""
+    rig = Rig(tmp_path, producer=lambda: _CountingProducer(hold=True))
+    producer = rig.producer
+    assert isinstance(producer, _CountingProducer)
+    pump = rig.engine.pump
+    pump.broker_state = BrokerState.UP
+    pump.start()
+    try:
+        time.sleep(0.1)
+        rig.engine.accept(rig.records(3))
+        pump.hold()
+        assert _until(lambda: len(producer.sent) == 3)
+        time.sleep(0.1)
+        polls = producer.polls
+        producer.hold = False  # their reports are ready: only a round hands them over
+        rig.engine.accept(rig.records(2))  # the next handler's records
+        time.sleep(0.3)
+        assert (len(producer.sent), producer.polls, rig.counts()["delivered"]) == (3, polls, 0)
+        pump.hold()  # the next handler ended: its records go, the reports are taken
+        assert _until(lambda: rig.counts()["delivered"] == 5)
+        assert len(producer.sent) == 5
+        rig.engine.accept(rig.records(1))
+        time.sleep(0.1)
+        assert len(producer.sent) == 5
+        assert rig.engine.flush(5.0).delivered == 1  # a flush does not wait for a round
+        pump.release()
+        rig.engine.accept(rig.records(1))
+        assert _until(lambda: rig.counts()["delivered"] == 7)
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class ScriptedApi:
                  step_ms: int = 0) -> None:
         self._events = list(events)
         self.exit_errors: list[tuple[str, str]] = []
+        self.on_request_next: Callable[[], None] = lambda: None
         self._clock, self._step_ms = clock, step_ms
 
     def next_event(self) -> dict[str, Any]:
@@ -40,6 +42,9 @@ class ScriptedApi:
             raise event
         return event
 
+    def request_next(self) -> None:
+        self.on_request_next()
+
     def exit_error(self, error_type: str, message: str) -> None:
         self.exit_errors.append((error_type, message))
 
@@ -49,6 +54,7 @@ class RecordingListener:
     fail_on: set[str] = field(default_factory=set)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     done: bool = True
+    called: bool = False  # the client's end call came (a decorated handler)
     observed: Observed = field(default_factory=Observed)
     flush_results: list[FlushReport] = field(default_factory=list)  # then: all delivered
     published: list[dict[str, object]] = field(default_factory=list)
@@ -80,8 +86,12 @@ class RecordingListener:
     def publish(self, status: Any) -> None:
         self.published.append(dict(status))
 
-    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-        self._call("invocation_done", flush is not None)
+    def ends_called(self) -> bool:
+        return self.called
+
+    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None, *,
+                        deferred: bool = False) -> None:
+        self._call("invocation_done", (flush is not None, deferred))
 
     def shutdown(self, event: ShutdownEvent) -> ShutdownSummary:
         self._call("shutdown", event)
@@ -141,6 +151,30 @@ def test_auto_flushes_while_warming_up_then_stops_waiting_for_frequent_invocatio
     assert listener.published[-1]["deferring"] is True
 
 
+def test_a_deferring_auto_waits_for_an_end_the_client_tells_but_does_not_flush() -> None:
+    """With the client's end call (a decorated handler) a deferred invocation waits for the
+    handler to end and sends /next before the listener's own work for it, which so runs
+    after the handler instead of beside it; without one it calls /next at once, as
+    Telemetry's end comes 25 ms or more late."""
+    for called in (True, False):
+        clock = [NOW]
+        n = WARMUP_INVOCATIONS + 3
+        api = ScriptedApi(*[_invoke(f"r{i}", deadline_ms=NOW + 60_000) for i in range(n)],
+                          _SHUTDOWN, clock=clock, step_ms=100)
+        listener = RecordingListener(called=called)
+        api.on_request_next = lambda listener=listener: listener.calls.append(  # type: ignore[misc]
+            ("request_next", None))
+        _run(api, listener, flush="auto", clock=clock)
+        waited = ["handler_done", "request_next"] if called else []
+        last_two = ["on_invoke", *waited, "invocation_done"] * 2
+        assert listener.names()[-len(last_two) - 1:] == [*last_two, "shutdown"]
+        done = [arg for name, arg in listener.calls if name == "invocation_done"]
+        assert done[-2:] == [(False, called)] * 2  # not flushed; deferred past its end
+        assert listener.names().count("flush") == WARMUP_INVOCATIONS - 1
+        assert listener.names().count("handler_done") == (
+            n if called else WARMUP_INVOCATIONS - 1)
+
+
 def test_auto_flushes_again_when_the_oldest_record_nears_the_bound() -> None:
     clock = [NOW]
     n = WARMUP_INVOCATIONS + 2
@@ -174,8 +208,9 @@ def test_the_open_breaker_probes_briefly_and_closes_when_a_record_settles() -> N
                                                 FlushReport(250.0, remaining=5)])
 
     class Settles(RecordingListener):
-        def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-            super().invocation_done(event, flush)
+        def invocation_done(self, event: InvokeEvent, flush: FlushReport | None, *,
+                            deferred: bool = False) -> None:
+            super().invocation_done(event, flush, deferred=deferred)
             if event.request_id == "r1":  # the probe ran; the broker answers afterwards
                 self.observed = Observed(pending=0, settled=7)
 

@@ -94,3 +94,23 @@ def test_each_invocation_writes_one_line_carrying_its_counts_and_their_emf_metri
         assert line["FlushMs"] == line["flush_ms"] == 2.5
         assert line["FunctionName"] == (rig.config.function_name or "unknown")
     assert len(rig.events("invocation.done")) == 2
+
+
+def test_a_deferred_invocation_whose_handler_ended_is_reported_at_once(tmp_path: Path) -> None:
+    """``auto`` deferring with a decorated handler: the loop waited for the handler's end,
+    so the line goes out before /next and counts that invocation's records."""
+    rig = Rig(tmp_path)
+    listener = _listener(rig)
+    first, second = InvokeEvent("r1", None), InvokeEvent("r2", None)
+    listener.on_invoke(first)
+    _send(rig, "r1", 4)
+    listener.invocation_done(first, None, deferred=True)
+    assert [(e["request_id"], e["accepted"]) for e in rig.events("invocation.done")] == [
+        ("r1", 4)]
+    listener.on_invoke(second)  # nothing left to report for r1
+    _send(rig, "r2", 1)
+    listener.invocation_done(second, None, deferred=True)
+    listener.shutdown(ShutdownEvent("spindown", rig.clock.wall_ms()))
+    done = rig.events("invocation.done")
+    assert [(e["request_id"], e["accepted"]) for e in done] == [("r1", 4), ("r2", 1)]
+    rig.assert_accounted()

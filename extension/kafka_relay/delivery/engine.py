@@ -33,7 +33,7 @@ from kafka_relay.delivery.recovery import (
     recover_journal,
     release_journal,
 )
-from kafka_relay.delivery.rings import Entry
+from kafka_relay.delivery.rings import RING_RELEASE_S, Entry
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
@@ -299,7 +299,8 @@ class DeliveryEngine:
         self.pump.stop(join_s=max(0.0, min(0.2, (deadline_ms - self._wall_ms()) / 1000)))
         # Everything settled: leave nothing behind.
         release_journal(self._ledger, self._journal, clean=True)
-        self._ledger.rings.release()
+        self._ledger.rings.release(self._monotonic() + max(0.0, min(
+            RING_RELEASE_S, (end - self._wall_ms()) / 1000)), monotonic=self._monotonic)
         state = self._ledger.state()
         return DrainReport(
             reason=reason, duration_ms=self._wall_ms() - started, flush_ms=drained.duration_ms,

@@ -38,24 +38,16 @@ _Callback = Callable[[KafkaError | None, object], None]
 # only inside poll(): an idle pump polls this often while it may have some to serve.
 _IDLE_WAIT_S = 0.05
 # While records are in flight and nobody waits for their outcomes (no flush, drain or
-# ``wait=delivered``), the pump sleeps on the ledger's condition until their reports are due,
-# then polls once until they come: two wake-ups per batch where 1 ms polls took ~7 (librdkafka
-# holds a batch ``linger.ms`` before sending it, so early polls find nothing). When they are
-# due is learned: the delay from producing a batch to its first report (linger + the broker's
-# round trip), smoothed as TCP smooths an RTT. A flush request, a delivery watch, a new batch,
-# a thaw or a stop notifies the condition and wakes it at once; a poll cannot be woken, so it
-# blocks only once the reports are due, and then for at most ``_REPORT_POLL_S``.
-_REPORT_POLL_S = 0.002
-_REPORT_MARGIN_S = 0.001  # the report poll starts this much before they are due
-_REPORT_ALPHA = 0.25
-_MAX_REPORT_S = 0.1  # a longer delay (an outage, a reconnect) teaches no more than this
-# A wait or poll that ended this much later than asked slept through a freeze (or the CPU
-# quota's throttling): the delay it saw is not the broker's, and the batch's clock restarts.
-_LATE_S = 0.005
-# Until the delay is learned, as before: a batch's first rounds poll for 1 ms each, as a
-# waiter's would; then (and once reports come later than learned) it takes them this often.
+# ``wait=delivered``), a batch's first rounds poll for 1 ms each, as a waiter's would: at a
+# low RTT its reports come within them, so a flush that follows finds them settled. Then the
+# pump takes reports only this often: a round costs a poll and several lock rounds, ~20 per
+# invocation at a 20 ms RTT in 1 ms rounds. A flush request, a delivery watch, a new batch
+# or a stop notifies the ledger's condition and wakes it at once.
 _EAGER_ROUNDS = 5
 _UNWATCHED_ROUND_S = 0.005
+# An eager poll that returns this much past its 1 ms was frozen (or starved) meanwhile: a held
+# pump takes no more eager rounds, the reports wait for the next handler's end.
+_FROZEN_S = 0.05
 
 
 class ProducerLike(Protocol):
@@ -135,9 +127,7 @@ class Pump:
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  defer_build: bool = False,
-                 on_thaw: Callable[[ProducerLike], None] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        """``monotonic``: the clock the pump's waits run on (the condition's own)."""
+                 on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
         self._ledger = ledger
         self._queue = ledger.queue
         self._config = config
@@ -147,7 +137,6 @@ class Pump:
                                   cond=ledger.cond, logger=logger)
         self._log = logger
         self._wall_ms = wall_ms
-        self._monotonic = monotonic
         self._rebuild = False
         self._on_thaw = on_thaw  # e.g. a fresh MSK IAM token before producing (credentials)
         self._thawed = False
@@ -156,19 +145,14 @@ class Pump:
         self.last_error: str | None = None
         self.failure: str | None = None  # why the pump stopped for good
         self._deferred = defer_build
-        self._eager_rounds = 0  # 1 ms polls left since the last batch (delay not learned)
+        self._eager_rounds = 0  # 1 ms polls left since the last batch
         # After a round with records in flight, nobody waiting and no eager round left: the
-        # fresh records the window held back (None otherwise; another count: some came), and
-        # how long to sleep at most.
+        # fresh records the window held back (None otherwise; another count: some came).
         self._quiet_left: int | None = None
-        self._quiet_s = _UNWATCHED_ROUND_S
-        # The learned delay from producing a batch to its first report (None: not yet); when
-        # the last batch was produced; when the oldest batch without a report since was, and
-        # whether its delay may teach (not once a wait ran late: a freeze).
-        self._report_s: float | None = None
-        self._batch_at = 0.0
-        self._unreported_since: float | None = None
-        self._teaches = False
+        # Held (``auto`` deferring, a handler's end told): after the round owed and its
+        # eager polls, no round until held again or released (``hold``).
+        self._held = False
+        self._round_owed = False
         self._reports = _Reports()
         self.producer: ProducerLike
         if not defer_build:  # SnapStart defers it past the snapshot: built by start()
@@ -200,10 +184,42 @@ class Pump:
                 self._rebuild = self._rebuild or restored
                 self._ledger.cond.notify_all()
 
+    def hold(self) -> None:
+        """One round now (what was handed over goes out) and its batch's eager polls (at a
+        low RTT its acknowledgements settle before the freeze), then no round until the next
+        ``hold`` or ``release``, or until someone waits for outcomes (a flush, a drain,
+        ``wait=delivered``), a rebuild or a stop: the reports that come in at the thaw and
+        the next handler's records wait for that handler's end instead of taking the CPU
+        beside it."""
+        with self._ledger.cond:
+            self._held = self._round_owed = True
+            self._ledger.cond.notify_all()
+
+    def release(self) -> None:
+        if not self._held:  # every invocation that flushes: no lock round for nothing
+            return
+        with self._ledger.cond:
+            self._held = False
+            self._ledger.cond.notify_all()
+
+    def _sleep_held(self) -> bool:
+        """Held with its round done and nothing urgent: sleep until that changes; True when
+        it slept."""
+        with self._ledger.cond:
+            queue = self._queue
+            if not self._held or self._round_owed or self._stopping or self._rebuild \
+                    or queue.flush_requests or queue.to_spill or queue.oversize \
+                    or (self._eager_rounds and queue.in_flight):
+                return False
+            self._ledger.cond.wait()
+            return True
+
     def run(self) -> None:
         """The pump thread's body (tests may call it in their own thread)."""
         try:
             while not self._stopping:
+                if self._held and self._sleep_held():
+                    continue
                 if not self.step():
                     self._wait(None)
                 elif self._quiet_left is not None:
@@ -220,6 +236,7 @@ class Pump:
         with self._ledger.cond:
             rebuild, self._rebuild = self._rebuild, False
             thawed, self._thawed = self._thawed, False
+            self._round_owed = False
             if not (rebuild or thawed):  # the usual round: the batch in the same lock round
                 batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
         if rebuild or thawed:
@@ -229,95 +246,47 @@ class Pump:
                 self._on_thaw(self.producer)
             with self._ledger.cond:
                 batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
-        now = self._monotonic()
         # A waiter with nothing in flight (its last reports settled before it woke): nothing
         # to flush, and a flush that returns at once made the pump spin until the waiter got
         # the GIL back to leave (~100 empty rounds per flushed batch, measured).
         flushing = flushing and bool(batch or in_flight)
         if batch:
             self._produce_batch(batch)
-            self._batch_at = now
-            if self._unreported_since is None:
-                self._unreported_since, self._teaches = now, True
-        timeout = 0.0
+        eager = bool(in_flight and not batch and not flushing and self._eager_rounds)
         if batch:
             self._eager_rounds = _EAGER_ROUNDS
-        elif in_flight and not flushing:
-            if self._report_s is not None:
-                timeout = _REPORT_POLL_S if now >= self._reports_due() else 0.0
-            elif self._eager_rounds:
-                self._eager_rounds -= 1
-                timeout = 0.001
+        elif eager:
+            self._eager_rounds -= 1
         try:
             if flushing:
                 self.producer.flush(0.005)
-            else:  # between report polls it waits on the ledger's condition (_wait)
-                self.producer.poll(timeout)
+            elif eager:
+                started = time.monotonic()
+                self.producer.poll(0.001)
+                if self._held and time.monotonic() - started > _FROZEN_S:
+                    self._eager_rounds = 0  # frozen meanwhile: the thaw is the next handler's
+            else:  # past the eager rounds it waits on the ledger's condition (_wait)
+                self.producer.poll(0)
         except KafkaException as exc:
             self.on_client_error(exc.args[0])
-        reports = self._reports
-        reported = bool(reports)
-        if reports.delivered or reports.dead_lettered:  # a failure's timing teaches nothing
-            self._learn(now, timeout, watched=flushing)
-        self._plan_quiet(bool(in_flight) and not flushing, left, reported=reported,
-                         polled=timeout == _REPORT_POLL_S)
+        reported = bool(self._reports)
+        self._quiet_left = (left if in_flight and not flushing and not self._eager_rounds
+                            and not (left and reported) else None)
         self._settle_reports(batch)  # notifies the waiters
         spilled = self._spill_waiting()
         # Read after settling: a round that settled the last records is followed by the wait.
-        if not self._queue.in_flight:  # (a purge, a failure) no batch waits for its reports
-            self._unreported_since = None
-            return bool(batch or spilled)
-        return True
-
-    def _reports_due(self) -> float:
-        """When the report poll starts: the oldest unreported batch's reports due, less the
-        margin (the latest batch's, once some reports came)."""
-        assert self._report_s is not None
-        sent = self._batch_at if self._unreported_since is None else self._unreported_since
-        return sent + self._report_s - _REPORT_MARGIN_S
-
-    def _learn(self, polled_at: float, timeout: float, *, watched: bool) -> None:
-        """Reports came in the round whose poll began at ``polled_at``: learn the delay from
-        the oldest unreported batch (not from a flush, which sends without lingering, nor
-        across a freeze). Reports a poll found waiting came before it, by a margin at least."""
-        since, self._unreported_since = self._unreported_since, None
-        now = self._monotonic()
-        if since is None or watched or not self._teaches or now - polled_at > timeout + _LATE_S:
-            return
-        if timeout == 0.0 or now - polled_at < timeout / 8:
-            now = polled_at - _REPORT_MARGIN_S
-        sample = min(_MAX_REPORT_S, max(0.0, now - since))
-        learned = self._report_s
-        self._report_s = sample if learned is None else (
-            learned + _REPORT_ALPHA * (sample - learned))
-
-    def _plan_quiet(self, unwatched: bool, left: int, *, reported: bool, polled: bool) -> None:
-        """Whether the pump sleeps after this round (``_quiet_left``), and at most how long."""
-        self._quiet_left, self._quiet_s = None, _UNWATCHED_ROUND_S
-        if not unwatched:
-            return
-        if self._report_s is None:  # as before: the eager polls, then the slow rounds
-            if not self._eager_rounds and not (left and reported):
-                self._quiet_left = left
-            return
-        ahead = self._reports_due() - self._monotonic()
-        if ahead > 0:  # fresh records held back by the window: the slow rounds' pace at most
-            self._quiet_left = left
-            self._quiet_s = min(ahead, _UNWATCHED_ROUND_S) if left else ahead
-        elif polled and not reported:  # late: the slow rounds until they come
-            self._quiet_left = left
+        return bool(batch or spilled or self._queue.in_flight)
 
     def _wait(self, left: int | None) -> None:
         """Sleep until accept/flush/stop notify or the next retry falls due. Nothing to do
         (``left`` None): without a timer once the broker answered, librdkafka holds nothing
         and no token goes stale (a timed wake fired at every thaw, ~0.1 ms of CPU at 256 MB).
-        Records in flight, nobody waiting (``left`` queued): until their reports are due, or
-        ``_UNWATCHED_ROUND_S`` (``_quiet_s``)."""
+        Records in flight, nobody waiting (``left`` queued): ``_UNWATCHED_ROUND_S`` at most."""
         with self._ledger.cond:
             queue = self._queue
             if queue.to_spill or queue.oversize or self._stopping or self._rebuild:
                 return
-            wait_s: float | None = self._quiet_s
+            wait_s: float | None = _UNWATCHED_ROUND_S
             if left is None:
                 if queue.fresh:
                     return
@@ -329,16 +298,7 @@ class Pump:
             due = queue.next_due_ms()
             if due is not None:
                 wait_s = min(wait_s or _IDLE_WAIT_S, max(0.0, (due - self._wall_ms()) / 1000))
-            if left is None or wait_s is None:
-                self._ledger.cond.wait(wait_s)
-                return
-            wake_at = self._monotonic() + wait_s
             self._ledger.cond.wait(wait_s)
-            now = self._monotonic()
-            if now > wake_at + _LATE_S:  # frozen (or throttled): librdkafka's threads were too
-                self._batch_at = now
-                if self._unreported_since is not None:
-                    self._unreported_since, self._teaches = now, False
 
     # -- producing and its reports -------------------------------------------------------
 

@@ -8,7 +8,10 @@ metadata probe that succeeds (``reprobe``) ends either, without waiting for a re
 
 ``gone()`` tells a broker that is away right now from one that is reconnecting: librdkafka
 reported a failed connection attempt (refused, timed out, unresolvable) within the last
-``GONE_WINDOW_S`` and no record settled since. A flush gives up early then, and a full buffer
+``GONE_WINDOW_S`` and no record settled since. librdkafka reports a failure identical to a
+broker's last one at most once per 30 s (the known broker is retried, not re-bootstrapped),
+so the evidence holds that long; while the broker is back, pending records settle within
+a reconnect backoff and end it sooner. A flush gives up early then, and a full buffer
 tells the client not to wait for room. A connection that merely dropped (say while the
 environment was frozen) is reopened without a failed attempt, so it keeps the flush's budget.
 """
@@ -29,8 +32,10 @@ if TYPE_CHECKING:
     from kafka_relay.delivery.engine import DeliveryEngine
 
 # librdkafka retries a failed connection at least every reconnect.backoff.max.ms (1 s by
-# default) while it has records to send, so a broker still away fails again within this.
-GONE_WINDOW_S = 2.0
+# default) while it has records to send, but reports the same failure of the same broker
+# again only after 30 s (its suppression interval): a broker still away is reported
+# within this.
+GONE_WINDOW_S = 31.0
 
 
 class Reachability:

@@ -11,11 +11,20 @@ from typing import NamedTuple
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.journal import MAX_RECOVERIES, Journal
-from kafka_relay.delivery.ledger import Ledger, Spill
+from kafka_relay.delivery.ledger import NO_REQUEST, Ledger, Spill
 from kafka_relay.delivery.rings import Entry, RingFile
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import Record
-from kafka_relay.ring import PREFIX, Ring, body_records, record_ids, tag_of
+from kafka_relay.ring import (
+    PREFIX,
+    VERSION,
+    Ring,
+    body_records,
+    count_takeover,
+    pending,
+    record_ids,
+    tag_of,
+)
 
 
 class Recovery(NamedTuple):
@@ -58,8 +67,9 @@ def release_journal(ledger: Ledger, journal: Journal | None, *, clean: bool) -> 
             journal.release(remove=clean and not ledger.unsettled)
 
 
-# A ring body's Records, validated by the handoff's own reader, with the ids given.
-RingReader = Callable[[bytes, list[str]], list[Record]]
+# A ring body's Records, validated by the handoff's own reader, with the ids and the request
+# id given.
+RingReader = Callable[[bytes, list[str], str | None], list[Record]]
 
 
 class RingRecovery:
@@ -108,6 +118,11 @@ def recover_rings(ledger: Ledger, directory: Path, port: int, *, read: RingReade
         except (OSError, ValueError) as exc:
             logger.warning("ring.unreadable", path=str(path), error=str(exc))
             continue
+        if ring.version != VERSION:
+            logger.warning("ring.old_version", path=str(path), version=ring.version,
+                           hint=f"an earlier kafka-relay's ring (version {ring.version}): "
+                                "taken over; its entries carry no request id, so its records "
+                                f"are counted under request {NO_REQUEST!r}")
         file = ledger.rings.attach(ring, tag)
         file.orphan = file.writer_gone()
         taken = take_over(ledger, file, read=read, spill=spill, logger=logger)
@@ -124,22 +139,23 @@ def take_over(ledger: Ledger, file: RingFile, *, read: RingReader | None, spill:
     ``read``, let them go: logged). Records that came back ``MAX_RECOVERIES`` times without
     settling are spilled instead."""
     ring = file.ring
-    pending = list(ring.pending())  # one pass: each body read once
-    if not pending:
+    bodies = list(pending(ring))  # one pass: each body read once
+    if not bodies:
         return Recovery(0, 0, 0, 0)
     if read is None:
-        logger.warning("ring.not_restored", path=str(ring.path), bodies=len(pending),
+        logger.warning("ring.not_restored", path=str(ring.path), bodies=len(bodies),
                        hint="KAFKA_RELAY_JOURNAL=false: records accepted before the extension "
                             "restarted are not produced again")
         ledger.rings.advance(file)
         return Recovery(0, 0, 0, 0)
-    count = ring.recovered()
+    count = count_takeover(ring)
     restored = 0
     owned: list[Record] = []
-    for position, _end, body in pending:
+    for position, _end, request_id, body in bodies:
         length = len(body)
         try:
-            records = read(body, record_ids(file.tag, position, body_records(body)))
+            records = read(body, record_ids(file.tag, position, body_records(body)),
+                           request_id)
         except ValueError as exc:
             logger.error("records.lost", path=str(ring.path), position=position,
                          error=str(exc), hint="a ring entry accepted earlier no longer reads "

@@ -19,12 +19,16 @@ import contextlib
 import fcntl
 import os
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from kafka_relay.ring import ACCEPTED, REFUSED, Ring, payloads
 
 KeyValue = tuple[bytes | None, bytes | None]
+# How long SHUTDOWN waits for killed writers to let go of consumed rings (see ``release``).
+RING_RELEASE_S = 0.05
+_RELEASE_POLL_S = 0.001
 
 
 class RingFile:
@@ -181,14 +185,23 @@ class Rings:
                     found[record_id] = read[index]
         return found, problems
 
-    def release(self) -> None:
+    def release(self, until: float, *, monotonic: Callable[[], float],
+                sleep: Callable[[float], None] = time.sleep) -> None:
         """A drain settled what it could: rings consumed to their end whose writers are gone
-        go; the rest stay for the next init."""
-        with self._lock:
-            for file in list(self.files.values()):
-                if file.orphan or file.writer_gone():
-                    file.orphan = True
-                    self._advance(file)
+        go; the rest stay for the next init. Lambda kills the runtime before SHUTDOWN, but a
+        killed writer's flock comes free a few ms later (0-4.5 ms measured, docs/cost.md "At
+        SHUTDOWN"): a ring still held is looked at again until ``until`` (monotonic), so an
+        environment reset does not leave it to the next init."""
+        while True:
+            with self._lock:
+                for file in list(self.files.values()):
+                    if file.orphan or file.writer_gone():
+                        file.orphan = True
+                        self._advance(file)
+                held = any(not file.orphan for file in self.files.values())
+            if not held or monotonic() >= until:
+                return
+            sleep(_RELEASE_POLL_S)
 
     def close(self) -> None:
         """Let every file go (their flocks too), deleting none: stopped without a drain."""

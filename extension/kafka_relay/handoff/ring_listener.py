@@ -42,6 +42,8 @@ from kafka_relay.ring import (
     ACCEPTED,
     MAX_MESSAGE,
     REFUSED,
+    REFUSED_ALREADY,
+    VERSION,
     Ring,
     answer,
     body_records,
@@ -57,14 +59,15 @@ _RECHECK_S = 0.05
 _RECHECKS = 100  # then the next init takes the file over
 
 
-def ring_reader(config: Config, wall_ms: Callable[[], int]) -> Callable[[bytes, list[str]],
-                                                                         list[Record]]:
-    """A ring body's Records with the ids given (a takeover's reader), by the handoff's
-    rules; ValueError (InvalidRequest) when it does not validate."""
+def ring_reader(config: Config, wall_ms: Callable[[], int]) -> Callable[
+        [bytes, list[str], str | None], list[Record]]:
+    """A ring body's Records with the ids and request id given (a takeover's reader), by the
+    handoff's rules; ValueError (InvalidRequest) when it does not validate."""
 
-    def read(body: bytes, ids: list[str]) -> list[Record]:
+    def read(body: bytes, ids: list[str], request_id: str | None) -> list[Record]:
         return framed_records(body, default_topic=config.default_topic,
-                              new_ids=lambda _count: ids, request_id=None, now_ms=wall_ms())
+                              new_ids=lambda _count: ids, request_id=request_id,
+                              now_ms=wall_ms())
 
     return read
 
@@ -197,8 +200,24 @@ class RingListener:
                                               "both sides"}), False
         known = path in self._rings.files
         try:
-            file = self._rings.attach(Ring.open(path), tag, state.ids.prefix)
+            ring = Ring.open(path)
         except (OSError, ValueError) as exc:
+            return answer_json(404, {"error": f"cannot open {path}: {exc}"}), False
+        if ring.version != VERSION:  # an older client's: it hands its bodies over HTTP
+            ring.close()
+            state.logger.warning("ring.old_version", path=str(path), version=ring.version,
+                                 hint=f"a handler's client writes ring files of version "
+                                      f"{ring.version}, this extension version {VERSION}: "
+                                      "its records go over HTTP; use the client of the "
+                                      "same layer")
+            return answer_json(404, {"error": f"{path} is a ring file of version "
+                                              f"{ring.version}; this extension takes "
+                                              f"version {VERSION} over the ring: use the "
+                                              "client of the same kafka-relay layer"}), False
+        try:
+            file = self._rings.attach(ring, tag, state.ids.prefix)
+        except OSError as exc:
+            ring.close()
             return answer_json(404, {"error": f"cannot open {path}: {exc}"}), False
         if file.era != state.ids.prefix:
             return _RESTORED, False
@@ -210,7 +229,7 @@ class RingListener:
     def _body(self, file: RingFile, message: bytes) -> Answer:
         state = self._state
         try:
-            position, length, request_id = read_body_message(message)
+            position, length = read_body_message(message)
         except ValueError as exc:
             return answer_json(400, {"error": str(exc)})
         ring = file.ring
@@ -222,8 +241,8 @@ class RingListener:
             return _RESTORED
         word = ring.state(position)
         if word & REFUSED:  # its answer was lost: nothing of it was taken
-            return answer_json(409, {"error": "this entry was refused already; append the "
-                                              "body again"})
+            return answer_json(REFUSED_ALREADY, {"error": "this entry was refused already; "
+                                                          "append the body again"})
         if word & ACCEPTED:  # its answer was lost: the same answer again
             count = body_records(ring.body(position, min(length, FRAMES_HEAD.size)))
             return Answer(202, accepted_body(record_ids(file.tag, position, count)))
@@ -238,7 +257,7 @@ class RingListener:
         body: Body = ring.read_into(position, mmap.mmap(-1, length)) if self._trim else (
             ring.body(position, length))
         reply = accept_records(
-            state, body, FRAMES_TYPE, request_id, wait=False, wait_s=0.0,
+            state, body, FRAMES_TYPE, ring.request_id(position), wait=False, wait_s=0.0,
             new_ids=lambda count: record_ids(file.tag, position, count),
             entry=Entry(file, position, length))
         if reply.status != 202:

@@ -315,7 +315,7 @@ class _Handler(RequestHandler):
             self._send_answer(Answer(200, b'{"ok":true,"request_id":%s}'
                                      % json.dumps(request_id).encode()))
         finally:
-            self.server.state.signals.mark_done(request_id)
+            self.server.state.signals.mark_done(request_id, called=True)
 
     def _status(self, body: Body) -> None:
         state = self.server.state

@@ -27,7 +27,8 @@ READ_AFTER_S = 0.025
 class EndSignals(Protocol):
     """Where a request's end is told: the handoff's end route, Telemetry's reports."""
 
-    def mark_done(self, request_id: str | None) -> None: ...
+    def mark_done(self, request_id: str | None, *, called: bool = False) -> None:
+        """``called``: told by the client's end call (not by Telemetry)."""
 
     def mark_later(self, read: Callable[[], None]) -> None:
         """Ends may be in something not read yet (a Telemetry batch): ``read()`` marks them,
@@ -43,10 +44,14 @@ class HandlerSignals:
         self._unread: deque[Callable[[], None]] = deque(maxlen=_UNREAD)
         self._reading = 0  # waiters past READ_AFTER_S: they read a batch as it comes
         self.seen_any = False  # an end was ever signalled in this environment
+        # The client's end call came here: a decorated handler, whose every end is told as
+        # it returns (not Telemetry's, which comes 25 ms or more later).
+        self.called = False
 
-    def mark_done(self, request_id: str | None) -> None:
+    def mark_done(self, request_id: str | None, *, called: bool = False) -> None:
         with self._cond:
             self.seen_any = True
+            self.called = self.called or called
             if request_id:
                 self._ended[request_id] = None
                 while len(self._ended) > _REMEMBERED:

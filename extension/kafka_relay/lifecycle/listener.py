@@ -46,8 +46,15 @@ class Listener(Protocol):
     def publish(self, status: Mapping[str, object]) -> None:
         """The loop's flush control (breaker, auto) changed: show it in /v1/status."""
 
-    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-        """The invocation's work is over (report it); the loop calls /next next."""
+    def ends_called(self) -> bool:
+        """Whether handlers here tell their end as they return (the client's end call), so
+        a deferred invocation may wait for it."""
+
+    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None, *,
+                        deferred: bool = False) -> None:
+        """The invocation's work is over (report it); the loop calls /next next. ``flush``
+        None: not flushed; ``deferred``: its handler ended, but the acknowledgements are
+        not waited for (``auto``)."""
 
     def shutdown(self, event: ShutdownEvent) -> ShutdownSummary:
         """Stop accepting, drain until the deadline, spill the rest, release everything.

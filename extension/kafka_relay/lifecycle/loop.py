@@ -8,6 +8,7 @@ exception from the listener during an INVOKE is logged and the loop carries on.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -44,6 +45,13 @@ class EventSource(Protocol):
     def next_event(self) -> dict[str, Any]: ...
 
     def exit_error(self, error_type: str, message: str) -> None: ...
+
+
+class InvokeSource(EventSource, Protocol):
+    """The Extensions API as the INVOKE loop uses it: also /next sent ahead of reading it."""
+
+    def request_next(self) -> None:
+        """Send /next now; the next ``next_event`` reads its answer."""
 
 
 class Ending:
@@ -103,7 +111,7 @@ class EventLoop:
         config: Config,
         logger: JsonLogger,
         *,
-        api: EventSource | None = None,
+        api: InvokeSource | None = None,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self._listener = listener
@@ -156,27 +164,36 @@ class EventLoop:
         except Exception as exc:
             self._log.error("lifecycle.listener_failed", step="on_invoke", error=repr(exc))
         flush: FlushReport | None = None
+        deferred = False
         try:
-            flush = self._wait_and_flush(event)
+            flush, deferred = self._wait_and_flush(event)
         except Exception as exc:
             self._log.error("lifecycle.listener_failed", step="flush", error=repr(exc))
         try:
-            self._listener.invocation_done(event, flush)
+            self._listener.invocation_done(event, flush, deferred=deferred)
         except Exception as exc:
             self._log.error("lifecycle.listener_failed", step="invocation_done",
                             error=repr(exc))
 
-    def _wait_and_flush(self, event: InvokeEvent) -> FlushReport | None:
+    def _wait_and_flush(self, event: InvokeEvent) -> tuple[FlushReport | None, bool]:
+        """The flush's report (None: none), and whether the invocation deferred after its
+        handler ended. A deferred invocation still waits for the handler's end when the
+        client tells it (a decorated handler), so that the extension's own work (the
+        report, the pump's round) runs after the handler instead of beside it."""
         config = self._config
         deadline_ms = event.deadline_ms or self._wall_ms() + config.flush_budget_ms
         decision = self._decide(Moment.INVOKE)
-        if not decision.wait_for_handler:
-            return None
         remaining_s = (deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms()) / 1000
+        if not decision.wait_for_handler:
+            if decision.deferred and self._listener.ends_called():
+                self._listener.handler_done(event.request_id, max(0.0, remaining_s))
+                self._request_next()
+                return None, True
+            return None, False
         done = self._listener.handler_done(event.request_id, max(0.0, remaining_s))
         after = self._decide(Moment.HANDLER_DONE)
         if not after.flush:
-            return None
+            return None, False
         budget_ms = min(config.flush_budget_ms, after.budget_ms or config.flush_budget_ms,
                         deadline_ms - _INVOKE_MARGIN_MS - self._wall_ms())
         report = self._listener.flush(max(0, budget_ms))
@@ -198,7 +215,16 @@ class EventLoop:
         if report.remaining:
             self._log.warning("flush.incomplete", remaining=report.remaining,
                               budget_ms=budget_ms, handler_done=done)
-        return report
+        return report, False
+
+    def _request_next(self) -> None:
+        """/next now, before the invocation's report and the pump's round (the next
+        ``next_event`` reads its answer): nothing the handler waits for is left, and the
+        environment may freeze once the runtime answered too."""
+        if self._api is None:
+            return
+        with contextlib.suppress(LambdaApiError):  # next_event asks again on its own
+            self._api.request_next()
 
     def _observe(self) -> Observed:
         observed = self._listener.observe()

@@ -1,10 +1,11 @@
 """The flush policy: a pure function of (strategy, state, what the engine reports, clock, moment).
 
 ``auto``      (the default) wait for the handler and flush before /next while the environment
-              is new or invocations are sparse; once they come often enough, call /next at
-              once and let the next invocation carry the records out — only while the next
-              INVOKE is predicted well within ``max_latency_ms`` and the oldest pending record
-              plus that prediction stays within it;
+              is new or invocations are sparse; once they come often enough, call /next
+              without waiting for acknowledgements (the loop still waits for a handler end
+              the client tells) and let the next invocation carry the records out — only
+              while the next INVOKE is predicted well within ``max_latency_ms`` and the
+              oldest pending record plus that prediction stays within it;
 ``end``       wait for the handler, flush before calling /next;
 ``periodic``  the same, but only when the last flush is older than the interval —
               otherwise call /next at once and pay nothing after the handler;

@@ -160,8 +160,8 @@ class AccountedSignals:
         self._signals = signals
         self._accounting = accounting
 
-    def mark_done(self, request_id: str | None) -> None:
-        self._signals.mark_done(request_id)
+    def mark_done(self, request_id: str | None, *, called: bool = False) -> None:
+        self._signals.mark_done(request_id, called=called)
         self._accounting.ended(request_id)
 
     def mark_later(self, read: Callable[[], None]) -> None:

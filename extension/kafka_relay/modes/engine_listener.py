@@ -157,8 +157,17 @@ class EngineListener:
     def publish(self, status: Mapping[str, object]) -> None:
         self.flush_control = dict(status)  # replaced whole: /v1/status reads it unlocked
 
-    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None) -> None:
-        if flush is None:  # not flushed (deferred, breaker open): its handler may still run
+    def ends_called(self) -> bool:
+        return self._signals.called
+
+    def invocation_done(self, event: InvokeEvent, flush: FlushReport | None, *,
+                        deferred: bool = False) -> None:
+        if deferred:  # its handler ended: the pump sends its records, then waits for the next
+            self._engine.pump.hold()
+            self._report(0.0)
+            return
+        self._engine.pump.release()
+        if flush is None:  # not flushed (breaker open): its handler may still run
             self._unreported = event.request_id or None
             return
         self._report(flush.duration_ms)

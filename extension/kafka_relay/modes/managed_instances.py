@@ -30,7 +30,7 @@ from kafka_relay.handoff.signals import EndSignals
 from kafka_relay.lifecycle.background_loop import BackgroundLoop
 from kafka_relay.lifecycle.events import ShutdownEvent
 from kafka_relay.lifecycle.listener import ShutdownSummary
-from kafka_relay.lifecycle.loop import EventSource
+from kafka_relay.lifecycle.loop import InvokeSource
 from kafka_relay.modes.accounting import AccountedSignals, RequestAccounting
 from kafka_relay.modes.engine_listener import EngineListener
 from kafka_relay.modes.on_demand import OnDemand
@@ -63,7 +63,7 @@ class ManagedInstances:
     def restore(self, trigger: str) -> None:
         self._on_demand.restore(trigger)
 
-    def loop(self, api: EventSource) -> BackgroundLoop:
+    def loop(self, api: InvokeSource) -> BackgroundLoop:
         background = ManagedInstancesListener(self.listener, self._engine, self.accounting,
                                               self._log)
         return BackgroundLoop(background, self._log, api=api)

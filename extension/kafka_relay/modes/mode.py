@@ -23,7 +23,7 @@ from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.handoff.server import DeliveryPort
 from kafka_relay.handoff.signals import EndSignals
-from kafka_relay.lifecycle.loop import EventSource
+from kafka_relay.lifecycle.loop import InvokeSource
 from kafka_relay.modes.engine_listener import EngineListener
 from kafka_relay.modes.managed_instances import ManagedInstances
 from kafka_relay.modes.on_demand import OnDemand
@@ -54,7 +54,7 @@ class Mode(Protocol):
         """The environment was restored from a snapshot (Telemetry ``platform.restoreStart``,
         or SnapStart's first INVOKE): what every copy would share is made anew. Never raises."""
 
-    def loop(self, api: EventSource) -> Loop:
+    def loop(self, api: InvokeSource) -> Loop:
         """The event loop this mode runs."""
 
     def init_fields(self) -> dict[str, Any]:

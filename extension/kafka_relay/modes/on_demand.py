@@ -14,7 +14,7 @@ from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.handoff.server import DeliveryPort
 from kafka_relay.handoff.signals import EndSignals, HandlerSignals
-from kafka_relay.lifecycle.loop import EventLoop, EventSource
+from kafka_relay.lifecycle.loop import EventLoop, InvokeSource
 from kafka_relay.modes.engine_listener import EngineListener
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import IdSource
@@ -52,7 +52,7 @@ class OnDemand:
                                "at init: records handed over before the snapshot may be sent "
                                "by every copy")
 
-    def loop(self, api: EventSource) -> EventLoop:
+    def loop(self, api: InvokeSource) -> EventLoop:
         return EventLoop(self.listener, self._config, self._log, api=api)
 
     def init_fields(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from kafka_relay.config import Config, LambdaMode
 from kafka_relay.delivery.engine import DeliveryEngine
 from kafka_relay.handoff.server import DeliveryPort
 from kafka_relay.handoff.signals import EndSignals, HandlerSignals
-from kafka_relay.lifecycle.loop import EventLoop, EventSource
+from kafka_relay.lifecycle.loop import EventLoop, InvokeSource
 from kafka_relay.modes.engine_listener import EngineListener
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.record import IdSource
@@ -101,7 +101,7 @@ class SnapStart:
             return None
         return REFUSAL
 
-    def loop(self, api: EventSource) -> EventLoop:
+    def loop(self, api: InvokeSource) -> EventLoop:
         return EventLoop(self.listener, self._config, self._log,
                          api=RestoreOnInvoke(api, self.restore))
 
@@ -113,7 +113,7 @@ class RestoreOnInvoke:
     """The Extensions API, restoring on the first INVOKE if Telemetry did not already: the
     loop sees the INVOKE only once the producer exists."""
 
-    def __init__(self, api: EventSource, restore: Callable[[str], None]) -> None:
+    def __init__(self, api: InvokeSource, restore: Callable[[str], None]) -> None:
         self._api = api
         self._restore = restore
 
@@ -122,6 +122,9 @@ class RestoreOnInvoke:
         if event.get("eventType") == INVOKE:
             self._restore("invoke")
         return event
+
+    def request_next(self) -> None:
+        self._api.request_next()
 
     def exit_error(self, error_type: str, message: str) -> None:
         self._api.exit_error(error_type, message)
