@@ -696,7 +696,7 @@ def test_a_held_pump_sends_what_it_was_given_then_runs_no_round_until_held_again
         time.sleep(0.1)
         assert len(producer.sent) == 5
         assert rig.engine.flush(5.0).delivered == 1  # a flush does not wait for a round
-        pump.release()
+        pump.hold(False)
         rig.engine.accept(rig.records(1))
         assert _until(lambda: rig.counts()["delivered"] == 7)
         rig.assert_accounted()

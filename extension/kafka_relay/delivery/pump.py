@@ -122,6 +122,81 @@ def _unproducible_why(exc: Exception) -> tuple[ErrorKind, int | None, str]:
     return ErrorKind.POISON, None, f"produce raised {type(exc).__name__}: {exc}"
 
 
+class _Sender:
+    """Hands batches to librdkafka, each record with the note its report calls."""
+
+    __slots__ = ("_config", "_ledger", "_log", "reports")
+
+    def __init__(self, ledger: Ledger, config: Config, logger: JsonLogger) -> None:
+        self._ledger = ledger
+        self._config = config
+        self._log = logger
+        self.reports = _Reports()
+
+    def produce(self, producer: ProducerLike, batch: list[Record],
+                failed: Callable[[Record, ErrorKind, int | None, str], None]) -> None:
+        """Hand the batch to librdkafka; what its full queue refuses goes back, first in line.
+        This runs per record: no lock round unless a record settled meanwhile. Arguments go
+        by position (keywords cost confluent-kafka ~0.5 us more per call) and the record id
+        as text (librdkafka stores it as UTF-8, the same bytes as ``id.encode()``)."""
+        unsettled = self._ledger.unsettled
+        produce = producer.produce
+        report_of = self.reports.of
+        for index, record in enumerate(batch):
+            if record.id not in unsettled:  # settled meanwhile (spilled at a drain)
+                with self._ledger.cond:
+                    self._ledger.queue.done((record,))
+                continue
+            try:
+                if record.dlq_error is None:
+                    produce(record.topic, record.value, record.key, -1, report_of(record), None,
+                            record.timestamp_ms or 0,
+                            [*record.headers, (ID_HEADER, record.id)] if record.headers
+                            else [(ID_HEADER, record.id)])
+                else:
+                    target = record.dlq_topic or self._config.dlq_for(record.topic)
+                    produce(target, record.value, record.key, -1, self.reports.of_dlq(record),
+                            None, record.timestamp_ms or 0,
+                            record.kafka_headers(dlq_topic=target,
+                                                 function=self._config.function_name))
+            except BufferError:
+                with self._ledger.cond:
+                    self._ledger.queue.give_back(batch[index:])
+                return
+            except Exception as exc:  # this record settles (DLQ, else spill), never the pump
+                if not isinstance(exc, KafkaException):
+                    self._log.error("record.unproducible", id=record.id, topic=record.topic,
+                                    to_dlq=record.dlq_error is not None,
+                                    error=f"{type(exc).__name__}: {exc}")
+                failed(record, *_unproducible_why(exc))
+
+
+def _settle(ledger: Ledger, produced: list[Record] | None, delivered: list[Record],
+            dead_lettered: list[Record], *, was_up: bool) -> bool:
+    """Under the ledger's lock: the bytes of the records just ``produced`` dropped (librdkafka
+    holds them until the report), the delivered and dead-lettered ones settled; whether any
+    reached Kafka."""
+    queue = ledger.queue
+    if produced:
+        ledger.resident.drop(produced)
+    if not (delivered or dead_lettered):
+        return False
+    queue.done(delivered)
+    queue.done(dead_lettered)
+    if not was_up:  # the cluster is back: records waiting out a backoff go now, not in 30 s
+        queue.release_retries()
+    if dead_lettered:  # reached the DLQ: their outcome says so
+        ledger.settle(dead_lettered, Outcome.DEAD_LETTERED)
+    ledger.settle(delivered, Outcome.DELIVERED)
+    return True
+
+
+def _build(ledger: Ledger, factory: Callable[[], ProducerLike]) -> ProducerLike:
+    with ledger.cond:
+        ledger.counts.producers_built += 1
+    return factory()
+
+
 class Pump:
     def __init__(self, ledger: Ledger, config: Config, *,
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
@@ -130,7 +205,6 @@ class Pump:
                  on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
         self._ledger = ledger
         self._queue = ledger.queue
-        self._config = config
         self._factory = producer_factory
         self._failures = Failures(ledger, config, spill=spill, logger=logger, wall_ms=wall_ms)
         self._pointers = Pointers(max_attempts=config.max_attempts, function=config.function_name,
@@ -153,17 +227,18 @@ class Pump:
         # eager polls, no round until held again or released (``hold``).
         self._held = False
         self._round_owed = False
-        self._reports = _Reports()
+        self._sender = _Sender(ledger, config, logger)
+        self._reports = self._sender.reports
         self.producer: ProducerLike
         if not defer_build:  # SnapStart defers it past the snapshot: built by start()
-            self.producer = self._build()
+            self.producer = _build(self._ledger, self._factory)
         self._thread = threading.Thread(target=self.run, name="kafka-relay-pump", daemon=True)
 
     def start(self) -> None:
         """Build the producer if it was deferred (no broker connection and no producer
         identity exist before), then run the pump thread."""
         if self._deferred:  # a build that raises leaves it deferred: the next start retries
-            self.producer = self._build()
+            self.producer = _build(self._ledger, self._factory)
             self._deferred = False
         self._thread.start()
 
@@ -184,22 +259,17 @@ class Pump:
                 self._rebuild = self._rebuild or restored
                 self._ledger.cond.notify_all()
 
-    def hold(self) -> None:
-        """One round now (what was handed over goes out) and its batch's eager polls (at a
-        low RTT its acknowledgements settle before the freeze), then no round until the next
-        ``hold`` or ``release``, or until someone waits for outcomes (a flush, a drain,
+    def hold(self, held: bool = True) -> None:
+        """Held: one round now (what was handed over goes out) and its batch's eager polls
+        (at a low RTT its acknowledgements settle before the freeze), then no round until
+        the next ``hold``, or until someone waits for outcomes (a flush, a drain,
         ``wait=delivered``), a rebuild or a stop: the reports that come in at the thaw and
         the next handler's records wait for that handler's end instead of taking the CPU
-        beside it."""
-        with self._ledger.cond:
-            self._held = self._round_owed = True
-            self._ledger.cond.notify_all()
-
-    def release(self) -> None:
-        if not self._held:  # every invocation that flushes: no lock round for nothing
+        beside it. ``held=False`` lets it run freely again."""
+        if not (held or self._held):  # every invocation that flushes: no lock round
             return
         with self._ledger.cond:
-            self._held = False
+            self._held = self._round_owed = held
             self._ledger.cond.notify_all()
 
     def _sleep_held(self) -> bool:
@@ -251,7 +321,7 @@ class Pump:
         # the GIL back to leave (~100 empty rounds per flushed batch, measured).
         flushing = flushing and bool(batch or in_flight)
         if batch:
-            self._produce_batch(batch)
+            self._sender.produce(self.producer, batch, self._failed)
         eager = bool(in_flight and not batch and not flushing and self._eager_rounds)
         if batch:
             self._eager_rounds = _EAGER_ROUNDS
@@ -302,66 +372,16 @@ class Pump:
 
     # -- producing and its reports -------------------------------------------------------
 
-    def _produce_batch(self, batch: list[Record]) -> None:
-        """Hand the batch to librdkafka; what its full queue refuses goes back, first in line.
-        This runs per record: no lock round unless a record settled meanwhile. Arguments go
-        by position (keywords cost confluent-kafka ~0.5 us more per call) and the record id
-        as text (librdkafka stores it as UTF-8, the same bytes as ``id.encode()``)."""
-        unsettled = self._ledger.unsettled
-        produce = self.producer.produce
-        report_of = self._reports.of
-        for index, record in enumerate(batch):
-            if record.id not in unsettled:  # settled meanwhile (spilled at a drain)
-                with self._ledger.cond:
-                    self._queue.done((record,))
-                continue
-            try:
-                if record.dlq_error is None:
-                    produce(record.topic, record.value, record.key, -1, report_of(record), None,
-                            record.timestamp_ms or 0,
-                            [*record.headers, (ID_HEADER, record.id)] if record.headers
-                            else [(ID_HEADER, record.id)])
-                else:
-                    target = record.dlq_topic or self._config.dlq_for(record.topic)
-                    produce(target, record.value, record.key, -1, self._reports.of_dlq(record),
-                            None, record.timestamp_ms or 0,
-                            record.kafka_headers(dlq_topic=target,
-                                                 function=self._config.function_name))
-            except BufferError:
-                with self._ledger.cond:
-                    self._queue.give_back(batch[index:])
-                return
-            except Exception as exc:
-                self._unproducible(record, exc)
-
-    def _unproducible(self, record: Record, exc: Exception) -> None:
-        """``produce`` raised for this record: it settles (DLQ, else spill), never the pump."""
-        if not isinstance(exc, KafkaException):
-            self._log.error("record.unproducible", id=record.id, topic=record.topic,
-                            to_dlq=record.dlq_error is not None,
-                            error=f"{type(exc).__name__}: {exc}")
-        self._failed(record, *_unproducible_why(exc))
-
     def _settle_reports(self, produced: list[Record] | None = None) -> None:
-        """The reports of the last poll/flush, in one lock round with one notify: the bytes of
-        the records just ``produced`` dropped (librdkafka holds them until the report), the
-        delivered and dead-lettered ones settled; then each failure through routing."""
+        """The reports of the last poll/flush, in one lock round with one notify (``_settle``);
+        then each failure through routing."""
         if not (produced or self._reports):
             return  # nothing changed that a waiter could see: no lock round, no notify
         delivered, dead_lettered, errors = self._reports.take()
         with self._ledger.cond:
-            if produced:
-                self._ledger.resident.drop(produced)
-            if delivered or dead_lettered:
-                self._queue.done(delivered)
-                self._queue.done(dead_lettered)
-                if self.broker_state is not BrokerState.UP:
-                    # The cluster is back: records waiting out a backoff go now, not in 30 s.
-                    self._queue.release_retries()
+            if _settle(self._ledger, produced, delivered, dead_lettered,
+                       was_up=self.broker_state is BrokerState.UP):
                 self.broker_state = BrokerState.UP
-                if dead_lettered:  # reached the DLQ: their outcome says so
-                    self._ledger.settle(dead_lettered, Outcome.DEAD_LETTERED)
-                self._ledger.settle(delivered, Outcome.DELIVERED)
             self._ledger.cond.notify_all()
         for record, error in errors:
             self._failed(record, classify(error), error.code(), describe(error))
@@ -402,11 +422,6 @@ class Pump:
             self._pointers.send(self.producer, pointer)
         return spilled > 0 or bool(retries)
 
-    def _build(self) -> ProducerLike:
-        with self._ledger.cond:
-            self._ledger.counts.producers_built += 1
-        return self._factory()
-
     def _replace_producer(self) -> None:
         """A fatal error, or a restore: purge the old instance (its records come back as
         REQUEUE) and build a new one (a new idempotent producer id)."""
@@ -418,4 +433,4 @@ class Pump:
             self._log.warning("producer.purge_failed", error=str(exc))
         self._settle_reports()  # purged ones come back REQUEUE; delivered ones are not resent
         self._ledger.requeue_unsettled()
-        self.producer = self._build()
+        self.producer = _build(self._ledger, self._factory)

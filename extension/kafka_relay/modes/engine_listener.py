@@ -166,7 +166,7 @@ class EngineListener:
             self._engine.pump.hold()
             self._report(0.0)
             return
-        self._engine.pump.release()
+        self._engine.pump.hold(False)
         if flush is None:  # not flushed (breaker open): its handler may still run
             self._unreported = event.request_id or None
             return
