@@ -39,7 +39,6 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
 
 from kafka_relay.protocol import (
     FLAG_KEY,
@@ -156,7 +155,10 @@ def create(path: Path, capacity: int = CAPACITY) -> int:
     return fd
 
 
-_Buffer = TypeVar("_Buffer", mmap.mmap, bytearray)
+def _id_length(ring_map: mmap.mmap, head: int, at: int) -> int:
+    """The request id's length in the entry at data offset ``at`` of a ring's mapping
+    (``head``: its entries' head size; a version 1 entry has no request id)."""
+    return int(_ENTRY.unpack_from(ring_map, HEADER + at)[1]) if head == ENTRY_HEAD else 0
 
 
 class Ring:
@@ -200,21 +202,23 @@ class Ring:
         """The state word of the entry at logical ``position``."""
         return int(_WORD.unpack_from(self.map, HEADER + position % self.capacity)[0])
 
-    def _id_length(self, at: int) -> int:
-        """The request id's length in the entry at data offset ``at``."""
-        return int(_ENTRY.unpack_from(self.map, HEADER + at)[1]) if self._head == ENTRY_HEAD \
-            else 0
+    def _body_at(self, position: int) -> int:
+        """The file offset of the body of the entry at logical ``position`` (after its
+        request id)."""
+        at = position % self.capacity
+        return HEADER + at + self._head + _id_length(self.map, self._head, at)
 
     def request_id(self, position: int) -> str | None:
         """The request id the entry at logical ``position`` was written with."""
-        at = position % self.capacity
-        start = HEADER + at + self._head
-        raw = self.map[start:start + self._id_length(at)]
+        raw = self.map[HEADER + position % self.capacity + self._head:self._body_at(position)]
         return raw.decode(errors="replace") or None
 
     def body(self, position: int, length: int) -> bytes:
         """The body at logical ``position``."""
-        return bytes(self.read_into(position, bytearray(length)))
+        data = os.pread(self._fd, length, self._body_at(position))
+        if len(data) != length:
+            raise ValueError(f"{self.path} ends inside the body at {position}")
+        return data
 
     def entry(self, position: int, length: int) -> int | None:
         """The end of the entry at ``position`` when a ``length``-byte body was written
@@ -224,15 +228,13 @@ class Ring:
         if self.state(position) & LENGTH != length or length > LENGTH:
             return None
         at = position % self.capacity
-        size = entry_size(length, self._id_length(at), self._head)
+        size = entry_size(length, _id_length(self.map, self._head, at), self._head)
         end = position + size
         return end if end <= self.written and at + size <= self.capacity else None
 
-    def read_into(self, position: int, buffer: _Buffer) -> _Buffer:
+    def read_into(self, position: int, buffer: mmap.mmap) -> mmap.mmap:
         """The body at logical ``position``, read into ``buffer`` (its length)."""
-        at = position % self.capacity
-        if os.preadv(self._fd, [buffer], HEADER + at + self._head + self._id_length(at)) != len(
-                buffer):
+        if os.preadv(self._fd, [buffer], self._body_at(position)) != len(buffer):
             raise ValueError(f"{self.path} ends inside the body at {position}")
         return buffer
 
@@ -279,7 +281,8 @@ class Ring:
             if word == SKIP:
                 position += self.capacity - at
                 continue
-            end = position + entry_size(word & LENGTH, self._id_length(at), self._head)
+            end = position + entry_size(word & LENGTH, _id_length(self.map, self._head, at),
+                                        self._head)
             yield position, word, end
             position = end
 
