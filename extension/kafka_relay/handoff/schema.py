@@ -23,6 +23,7 @@ import base64
 import binascii
 import functools
 import json
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -222,11 +223,13 @@ def framed_records(
     unpack = FRAME_RECORD.unpack_from
     new, init = object.__new__, Record.__init__  # Record(...) without type.__call__'s cost
     pos = head
+    default = default_topic is not None
     for index in range(count):
-        if pos + fixed > size:
+        try:  # a header that passes the end of the body: no check per record when none does
+            flags, topic_len, key_len, value_len, header_count, timestamp = unpack(body, pos)
+        except struct.error:
             raise _unreadable(index, f"truncated: its {fixed}-byte header passes the end of "
-                                     "the body")
-        flags, topic_len, key_len, value_len, header_count, timestamp = unpack(body, pos)
+                                     "the body") from None
         # The usual record (a key and a value, nothing else) needs no other flag check.
         usual = flags == FLAG_KEY and not (topic_len or timestamp or header_count)
         if not usual and ((flags & ~FRAME_FLAGS) or (topic_len and not flags & FLAG_TOPIC)
@@ -242,7 +245,7 @@ def framed_records(
         if pos > size:
             raise _unreadable(index, f"truncated: topic, key and value ({pos - start} bytes) "
                                      f"pass the end of the body ({size - start} left)")
-        if usual and default_topic is not None:
+        if usual and default:
             record = new(Record)
             init(record, "", default_topic, body[key_at:value_at], body[value_at:pos],
                  (), None, request_id, now_ms, None, key_len + value_len)
