@@ -146,8 +146,9 @@ def test_every_record_decodes_to_its_fields_with_the_value_as_kafka_gets_it(
     _assert_round_trip(records)
 
 
-_ABSENT_AS_NULL = st.fixed_dictionaries({}, optional={"topic": st.none(), "headers": st.none()
-                                                     | st.just({}), "timestamp_ms": st.none()})
+_ABSENT_AS_NULL: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
+    {}, optional={"topic": st.none(), "headers": st.none() | st.just({}),
+                  "timestamp_ms": st.none()})
 
 
 @settings(max_examples=200, deadline=None)

@@ -223,7 +223,6 @@ def framed_records(
     unpack = FRAME_RECORD.unpack_from
     new, init = object.__new__, Record.__init__  # Record(...) without type.__call__'s cost
     pos = head
-    default = default_topic is not None
     for index in range(count):
         try:  # a header that passes the end of the body: no check per record when none does
             flags, topic_len, key_len, value_len, header_count, timestamp = unpack(body, pos)
@@ -245,7 +244,7 @@ def framed_records(
         if pos > size:
             raise _unreadable(index, f"truncated: topic, key and value ({pos - start} bytes) "
                                      f"pass the end of the body ({size - start} left)")
-        if usual and default:
+        if usual and default_topic is not None:
             record = new(Record)
             init(record, "", default_topic, body[key_at:value_at], body[value_at:pos],
                  (), None, request_id, now_ms, None, key_len + value_len)
