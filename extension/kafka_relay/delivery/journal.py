@@ -346,6 +346,8 @@ class Journal:
     def settled(self, record_ids: Iterable[str]) -> None:
         """Records reached their outcome: a segment goes once none of its records is left
         (never before: ``read_back`` relies on it)."""
+        if not self.journaled:  # records that came through a ring (the ring journals them)
+            return
         emptied: list[_Segment] = []
         pop = self.journaled.pop
         for record_id in record_ids:

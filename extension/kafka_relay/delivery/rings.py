@@ -20,6 +20,7 @@ import fcntl
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -104,13 +105,17 @@ class Rings:
             return
         with self._lock:
             pop = self.kept.pop
+            entries = [pop(record_id, None) for record_id in ids]
+            # Mostly one body's records: its entry counted down once, not once per record.
+            first = entries[0] if entries else None
+            counted = ({first: len(entries)} if first is not None
+                       and entries.count(first) == len(entries)
+                       else Counter(filter(None, entries)))
             done: set[RingFile] = set()
-            for record_id in ids:
-                entry = pop(record_id, None)
-                if entry is not None:
-                    entry.unsettled -= 1
-                    if not entry.unsettled:
-                        done.add(entry.file)
+            for entry, records in counted.items():
+                entry.unsettled -= records
+                if not entry.unsettled:
+                    done.add(entry.file)
             for file in done:
                 self._advance(file)
 
