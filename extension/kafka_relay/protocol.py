@@ -256,9 +256,8 @@ def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
     # once per body. Keys are exact types (a header set is keyed by its items).
     topics: dict[str, bytes] = {}
     header_blocks: dict[tuple[tuple[Any, Any], ...], tuple[int, bytes]] = {}
-    count = 0
-    for index, item in enumerate(records):
-        count += 1
+    index = -1
+    for index, item in enumerate(records):  # the last index counts the records
         # The usual record, inline: this runs per record and should cost little more than
         # json.dumps of its value. Anything unusual (a null value, value_b64) or wrong goes
         # the general way, which explains what is wrong.
@@ -280,12 +279,12 @@ def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
                     flags = FLAG_KEY
                 else:
                     raise TypeError
+                if len(item) - ("key" in item) == 1:  # a value, and a key or none: no more
+                    parts += (pack(flags, 0, len(key), len(value), 0, 0), key, value)
+                    continue
                 topic = item.get("topic")
                 headers = item.get("headers")
                 timestamp = item.get("timestamp_ms")
-                if topic is None and not headers and timestamp is None:
-                    parts += (pack(flags, 0, len(key), len(value), 0, 0), key, value)
-                    continue
                 if topic is None:
                     topic = b""
                 elif type(topic) is str:
@@ -319,7 +318,7 @@ def encode_frames(records: Iterable[Mapping[str, Any]]) -> bytes:
             except (ValueError, TypeError, RecursionError, struct.error, FrameError):
                 pass
         parts += _frame(item, index)
-    parts[0] = FRAMES_HEAD.pack(FRAMES_MAGIC, count)
+    parts[0] = FRAMES_HEAD.pack(FRAMES_MAGIC, index + 1)
     return b"".join(parts)
 
 

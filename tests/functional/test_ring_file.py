@@ -205,3 +205,14 @@ def test_shutdown_leaves_a_live_writers_ring_after_a_bounded_wait(tmp_path: Path
     assert 0.05 <= waited < 0.052
     assert looks == 50
     assert path.exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(tag=st.text("0123456789abcdef", min_size=16, max_size=16),
+       position=st.integers(0, 2**64 - 1).map(lambda n: n & ~7), count=st.integers(0, 600))
+def test_a_ring_records_id_is_its_rings_tag_its_entrys_position_in_hex_and_its_index(
+        tag: str, position: int, count: int) -> None:
+    ids = ring.record_ids(tag, position, count)
+    assert len(ids) == count
+    for index, record_id in enumerate(ids):
+        assert record_id.split("-") == [tag, format(position, "x"), str(index)]

@@ -146,6 +146,23 @@ def test_every_record_decodes_to_its_fields_with_the_value_as_kafka_gets_it(
     _assert_round_trip(records)
 
 
+_ABSENT_AS_NULL: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
+    {}, optional={"topic": st.none(), "headers": st.none() | st.just({}),
+                  "timestamp_ms": st.none()})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(framable, _ABSENT_AS_NULL), max_size=6))
+def test_a_field_given_as_null_or_empty_frames_as_the_field_left_out(
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    records = [record for record, _nulls in pairs]
+    with_nulls = [{**record, **{name: value for name, value in nulls.items()
+                                if name not in record}} for record, nulls in pairs]
+    assert encode_frames(with_nulls) == encode_frames(records)
+    _assert_round_trip(with_nulls)
+
+
 @st.composite
 def batches_sharing_topics_and_headers(draw: st.DrawFn) -> list[dict[str, Any]]:
     """Records that name the same few topics and header sets again and again, as a batch

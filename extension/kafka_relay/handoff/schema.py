@@ -23,6 +23,7 @@ import base64
 import binascii
 import functools
 import json
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -223,31 +224,34 @@ def framed_records(
     new, init = object.__new__, Record.__init__  # Record(...) without type.__call__'s cost
     pos = head
     for index in range(count):
-        if pos + fixed > size:
+        try:  # a header that passes the end of the body: no check per record when none does
+            flags, topic_len, key_len, value_len, header_count, timestamp = unpack(body, pos)
+        except struct.error:
             raise _unreadable(index, f"truncated: its {fixed}-byte header passes the end of "
-                                     "the body")
-        flags, topic_len, key_len, value_len, header_count, timestamp = unpack(body, pos)
-        # The usual record (a key and a value, nothing else) needs no other flag check.
-        usual = flags == FLAG_KEY and not (topic_len or timestamp or header_count)
-        if not usual and ((flags & ~FRAME_FLAGS) or (topic_len and not flags & FLAG_TOPIC)
-                          or (key_len and not flags & FLAG_KEY)
-                          or (value_len and flags & FLAG_VALUE_NULL)
-                          or (timestamp and not flags & FLAG_TIMESTAMP)):
+                                     "the body") from None
+        start = pos + fixed
+        if flags == FLAG_KEY and not (topic_len or timestamp or header_count) \
+                and default_topic is not None:
+            # The usual record (a key and a value, nothing else): no other check.
+            value_at = start + key_len
+            pos = value_at + value_len
+            if pos > size:
+                raise _truncated(index, pos - start, size - start)
+            record = new(Record)
+            init(record, "", default_topic, body[start:value_at], body[value_at:pos],
+                 (), None, request_id, now_ms, None, key_len + value_len)
+            append(record)
+            continue
+        if ((flags & ~FRAME_FLAGS) or (topic_len and not flags & FLAG_TOPIC)
+                or (key_len and not flags & FLAG_KEY) or (value_len and flags & FLAG_VALUE_NULL)
+                or (timestamp and not flags & FLAG_TIMESTAMP)):
             raise _unreadable(index, _flag_problem(flags, topic_len, key_len, value_len,
                                                    timestamp))
-        start = pos + fixed
         key_at = start + topic_len
         value_at = key_at + key_len
         pos = value_at + value_len
         if pos > size:
-            raise _unreadable(index, f"truncated: topic, key and value ({pos - start} bytes) "
-                                     f"pass the end of the body ({size - start} left)")
-        if usual and default_topic is not None:
-            record = new(Record)
-            init(record, "", default_topic, body[key_at:value_at], body[value_at:pos],
-                 (), None, request_id, now_ms, None, key_len + value_len)
-            append(record)
-            continue
+            raise _truncated(index, pos - start, size - start)
         value = None if flags & FLAG_VALUE_NULL else body[value_at:pos]
         raw_headers: tuple[tuple[bytes, bytes], ...] = ()
         if header_count:
@@ -283,6 +287,11 @@ def _unreadable(index: int, reason: str) -> InvalidRequest:
     """A framed body that cannot be read past ``index`` (-1: the body): nothing of it is
     accepted, and its records are not counted (how many it holds is not known)."""
     return InvalidRequest([Reason(index, reason)])
+
+
+def _truncated(index: int, length: int, left: int) -> InvalidRequest:
+    return _unreadable(index, f"truncated: topic, key and value ({length} bytes) pass the end "
+                              f"of the body ({left} left)")
 
 
 def _read_headers(body: Body, pos: int, count: int,
