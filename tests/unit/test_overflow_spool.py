@@ -169,3 +169,22 @@ def test_the_limit_is_what_shutdown_can_spill_within_half_the_free_space_unless_
         off.engine.accept(off.records(1))
     assert refused.value.refusal is Refusal.BUSY
     assert off.engine.status()["overflow"] == {"enabled": False}
+
+
+def test_without_the_journal_a_batch_parked_on_disk_arrives_byte_for_byte_as_given(
+    tmp_path: Path
+) -> None:
+    # Without the journal (ring batches, or KAFKA_RELAY_JOURNAL=false) a batch is encoded only
+    # once the spool takes it.
+    rig = _stalled(tmp_path, journal=False)
+    rig.engine.accept(rig.records(4))
+    rig.step()
+    parked = [record for n in range(3)
+              for record in rig.records(1, value=bytes([n]) * (n + 1) + b"\x00\xff")]
+    rig.engine.accept(parked)
+    assert rig.counts()["spooled"] == 3
+    _release(rig)
+    sent = {m.relay_id: (m.key, m.value) for m in rig.all_sent()}
+    assert [sent[r.id] for r in parked] == [(r.key, r.value) for r in parked]
+    assert rig.counts()["delivered"] == 7
+    rig.assert_accounted()

@@ -194,8 +194,9 @@ class Ledger:
         size = sum([r.size for r in records])
         ids = [r.id for r in records]
         journal, overflow = self._journal if entry is None else None, self._overflow
-        frame = (encode_batch(records, size) if journal is not None or overflow is not None
-                 else None)
+        # Encoded outside the lock for the journal; for the outage spool only once it takes
+        # the batch (rarely: a full buffer, or batches parked already), under the lock.
+        frame = encode_batch(records, size) if journal is not None else None
         with self.cond:
             if self._closed is not None:
                 raise BufferFull(0, self._closed, Refusal.CLOSED)
@@ -206,8 +207,9 @@ class Ledger:
             full = (len(self._unsettled) + len(records) > self.limits.records
                     or self._bytes + size > self.limits.bytes)
             try:
-                if overflow is not None and frame is not None and (full or overflow):
-                    location = str(overflow.put(len(records), frame))
+                if overflow is not None and (full or overflow):
+                    location = str(overflow.put(len(records), frame if frame is not None
+                                                else encode_batch(records, size)))
                     self.counts.spooled += len(records)
                     self.counts.accepted += len(records)
                     if entry is not None:  # the spool holds them now: the ring is done with them
