@@ -347,12 +347,12 @@ class Pump:
         flushing = flushing and bool(batch or in_flight)
         self._held_back = bool(left and in_flight and not batch and not flushing)
         if batch:
+            if in_flight == len(batch):  # nothing was in flight: librdkafka forms a new batch
+                self._forming_since = time.monotonic()
             self._sender.produce(self.producer, batch, self._failed)
         eager = bool(in_flight and not batch and not flushing and self._eager_rounds)
         if batch:
             self._eager_rounds = _EAGER_ROUNDS
-            if in_flight == len(batch):  # nothing was in flight: a new batch forms
-                self._forming_since = time.monotonic()
         elif eager:
             self._eager_rounds -= 1
         try:
