@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from kafka_relay.config import load_config
 from kafka_relay.delivery import pump as pump_module
 from kafka_relay.delivery.ledger import BufferFull, Limits
 from kafka_relay.delivery.queue import in_flight_window
+from kafka_relay.producer.factory import linger_s
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import parse_spill_lines
@@ -612,6 +614,17 @@ def test_a_flush_takes_records_held_behind_a_batch_in_flight_at_once(tmp_path: P
         rig.assert_accounted()
     finally:
         rig.engine.stop()
+
+
+@pytest.mark.parametrize(("env", "seconds"), [
+    ({}, 0.005),  # the default
+    ({"KAFKA_PRODUCER_LINGER_MS": "20"}, 0.02),
+    ({"KAFKA_PRODUCER_QUEUE_BUFFERING_MAX_MS": "7.5"}, 0.0075),  # librdkafka's alias
+    ({"KAFKA_PRODUCER_LINGER_MS": "soon"}, 0.005),  # refused when the producer is built
+])
+def test_the_pump_times_the_batch_forming_with_the_linger_the_producer_is_built_with(
+        env: dict[str, str], seconds: float) -> None:
+    assert linger_s(load_config({"KAFKA_BOOTSTRAP_SERVERS": "fake:9092", **env})) == seconds
 
 
 def test_records_handed_over_within_the_linger_join_the_batch_forming(tmp_path: Path) -> None:
