@@ -26,6 +26,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import tempfile
 import threading
@@ -104,6 +105,20 @@ class _Meter:
             setattr(owner, name, original)
 
 
+def _librdkafka_cpu_s() -> float:
+    """CPU of this process's librdkafka threads (named ``rdk:...``) so far, from each thread's
+    schedstat (ns, unlike ``stat``'s 10 ms ticks). They live as long as the producer, so the
+    difference across a run is theirs."""
+    total_ns = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith("rdk:"):
+                total_ns += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total_ns / 1e9
+
+
 class _Rounds:
     """Counts the pump's rounds (``Pump.step`` calls) while installed."""
 
@@ -160,7 +175,10 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
                               "KAFKA_RELAY_SPOOL_DIR": str(Path(tmp) / "spool"),
                               "KAFKA_RELAY_JOURNAL_DIR": str(Path(tmp) / "journal"),
                               "KAFKA_RELAY_RING_DIR": str(Path(tmp) / "ring"),
-                              "KAFKA_RELAY_TELEMETRY": "false"})
+                              "KAFKA_RELAY_TELEMETRY": "false",
+                              # librdkafka settings to compare (KAFKA_PRODUCER_LINGER_MS=20 ...)
+                              **{name: value for name, value in os.environ.items()
+                                 if name.startswith("KAFKA_PRODUCER_")}})
         meter = _Meter(_HANDLERS, profile == "server")
         meter.install()
         pump_meter = _Meter(_PUMP, profile == "pump")
@@ -181,6 +199,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             waits: list[float] = []
             client_profile = cProfile.Profile(time.thread_time) if profile == "client" else None
             cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+            rdk0 = _librdkafka_cpu_s()
             if delivery:
                 waits = _deliver(parts.engine, topic, work[1:], flush_after_ms=flush_after_ms,
                                  gap_ms=gap_ms)
@@ -193,6 +212,7 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
             client_cpu = time.thread_time() - thread0
             flushed = client.flush()
             total_cpu = time.process_time() - cpu0
+            rdk_cpu = _librdkafka_cpu_s() - rdk0
             rounds.remove()
         finally:
             client.close()
@@ -204,8 +224,8 @@ def run(bootstrap: str, *, count: int, size: int, batches: int, profile: str | N
         n = count * (batches - 1)
         rest = total_cpu - client_cpu - meter.cpu_s
         pump = (f"pump + librdkafka {rest / n * 1e6:.1f} us/record (the pump thread "
-                f"{pump_meter.cpu_s / n * 1e6:.1f}, {rounds.count / (batches - 1):.1f} rounds "
-                f"per batch)")
+                f"{pump_meter.cpu_s / n * 1e6:.1f}, librdkafka's threads {rdk_cpu / n * 1e6:.1f}, "
+                f"{rounds.count / (batches - 1):.1f} rounds per batch)")
         if waits:
             waits.sort()
             pump += (f"; flush wait median {waits[len(waits) // 2]:.2f} ms, p90 "
