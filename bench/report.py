@@ -124,7 +124,7 @@ def render(results: BenchResults, found: Sequence[Check]) -> str:
                      [(arch, _num(s["zipped_bytes"] / 2**20, 2),
                        _num(s["unzipped_bytes"] / 2**20, 2))
                       for arch, s in sorted(results.layer_sizes.items())])
-    out += ["", "Targets (issue 14)", ""]
+    out += ["", "Targets", ""]
     out += _rows(("target", "measured", "wanted", "verdict", "note"),
                  [(c.label, _measured(c), _wanted(c), c.verdict, c.note) for c in found])
     return "\n".join(out)

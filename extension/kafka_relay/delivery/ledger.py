@@ -194,8 +194,7 @@ class Ledger:
         size = sum([r.size for r in records])
         ids = [r.id for r in records]
         journal, overflow = self._journal if entry is None else None, self._overflow
-        # Encoded outside the lock for the journal; for the outage spool only once it takes
-        # the batch (rarely: a full buffer, or batches parked already), under the lock.
+        # Encoded outside the lock for the journal; for the spool only once it takes the batch.
         frame = encode_batch(records, size) if journal is not None else None
         with self.cond:
             if self._closed is not None:
@@ -208,8 +207,7 @@ class Ledger:
                     or self._bytes + size > self.limits.bytes)
             try:
                 if overflow is not None and (full or overflow):
-                    location = str(overflow.put(len(records), frame if frame is not None
-                                                else encode_batch(records, size)))
+                    location = str(overflow.put(len(records), frame or encode_batch(records, size)))
                     self.counts.spooled += len(records)
                     self.counts.accepted += len(records)
                     if entry is not None:  # the spool holds them now: the ring is done with them
