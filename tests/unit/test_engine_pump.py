@@ -559,6 +559,7 @@ def test_records_in_flight_that_nobody_waits_for_get_no_poll_before_the_next_rou
     rig, producer, before = _pump_holding(tmp_path, 3)
     try:
         time.sleep(0.3)
+        rig.clock.advance(50)  # past the batch's 5 ms linger
         # The round that produced them, with poll(0), then the eager 1 ms polls, then none.
         assert producer.polls - before == 1 + pump_module._EAGER_ROUNDS
         assert producer.timeouts[-pump_module._EAGER_ROUNDS - 1:] == [
@@ -584,7 +585,7 @@ def test_records_that_would_queue_behind_a_batch_in_flight_wait_for_its_reports(
     until its reports came, then go."""
     rig, producer, _ = _pump_holding(tmp_path, 3)
     try:
-        time.sleep(0.05)  # past the 5 ms linger
+        rig.clock.advance(50)  # past the batch's 5 ms linger
         rig.engine.accept(rig.records(2))
         time.sleep(0.1)
         assert len(producer.sent) == 3
@@ -601,7 +602,7 @@ def test_records_that_would_queue_behind_a_batch_in_flight_wait_for_its_reports(
 def test_a_flush_takes_records_held_behind_a_batch_in_flight_at_once(tmp_path: Path) -> None:
     rig, producer, _ = _pump_holding(tmp_path, 3)
     try:
-        time.sleep(0.05)
+        rig.clock.advance(50)  # past the batch's 5 ms linger
         rig.engine.accept(rig.records(2))
         time.sleep(0.05)
         assert len(producer.sent) == 3
@@ -630,15 +631,9 @@ def test_the_pump_times_the_batch_forming_with_the_linger_the_producer_is_built_
 def test_records_handed_over_within_the_linger_join_the_batch_forming(tmp_path: Path) -> None:
     """Within ``linger.ms`` of the produce that found nothing in flight, librdkafka still
     forms that batch: new records go at once and share its request."""
-    rig = Rig(tmp_path, producer=lambda: _CountingProducer(hold=True),
-              producer_overrides={"linger.ms": "10000"})
-    producer = rig.producer
-    assert isinstance(producer, _CountingProducer)
-    rig.engine.pump.broker_state = BrokerState.UP
-    rig.engine.pump.start()
+    rig, producer, _ = _pump_holding(tmp_path, 3)
     try:
-        rig.engine.accept(rig.records(3))
-        assert _until(lambda: len(producer.sent) == 3)
+        rig.clock.advance(2)  # within the 5 ms linger, less the margin producing takes
         rig.engine.accept(rig.records(2))
         assert _until(lambda: len(producer.sent) == 5, 1.0)
     finally:

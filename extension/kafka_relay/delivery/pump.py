@@ -217,6 +217,7 @@ class Pump:
     def __init__(self, ledger: Ledger, config: Config, *,
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 monotonic: Callable[[], float] = time.monotonic,
                  defer_build: bool = False,
                  on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
         self._ledger = ledger
@@ -226,7 +227,7 @@ class Pump:
         self._pointers = Pointers(max_attempts=config.max_attempts, function=config.function_name,
                                   cond=ledger.cond, logger=logger)
         self._log = logger
-        self._wall_ms = wall_ms
+        self._wall_ms, self._monotonic = wall_ms, monotonic
         self._rebuild = False
         self._on_thaw = on_thaw  # e.g. a fresh MSK IAM token before producing (credentials)
         self._thawed = False
@@ -325,7 +326,7 @@ class Pump:
     def step(self) -> bool:
         """One round: rebuild if due, produce a batch, poll (or flush), do waiting spills.
         True when there was something to do. Tests call it without the thread."""
-        hold_back = time.monotonic() - self._forming_since >= self._linger_s - _LINGER_MARGIN_S
+        hold_back = self._monotonic() - self._forming_since >= self._linger_s - _LINGER_MARGIN_S
         with self._ledger.cond:
             rebuild, self._rebuild = self._rebuild, False
             thawed, self._thawed = self._thawed, False
@@ -348,7 +349,7 @@ class Pump:
         self._held_back = bool(left and in_flight and not batch and not flushing)
         if batch:
             if in_flight == len(batch):  # nothing was in flight: librdkafka forms a new batch
-                self._forming_since = time.monotonic()
+                self._forming_since = self._monotonic()
             self._sender.produce(self.producer, batch, self._failed)
         eager = bool(in_flight and not batch and not flushing and self._eager_rounds)
         if batch:
