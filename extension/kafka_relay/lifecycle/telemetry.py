@@ -199,8 +199,8 @@ class TelemetryReceiver:
             else:
                 self._read_later(functools.partial(self.receive, body))
             close = close or self._one_per_connection
+            peer.answered = self._monotonic()  # before the send: Lambda may close on reading it
             peer.sock.sendall(_CLOSE_OK if close else _OK)
-            peer.answered = self._monotonic()
             if close:
                 return False
         return True
