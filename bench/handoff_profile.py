@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.infra import network
+from bench.threads import read_tasks
 from devtools.kafka_broker import KafkaBroker, create_topics, free_port
 from kafka_relay.app import assemble
 from kafka_relay.aws_lambda import INVOKE, SHUTDOWN
@@ -109,14 +110,8 @@ def _librdkafka_cpu_s() -> float:
     """CPU of this process's librdkafka threads (named ``rdk:...``) so far, from each thread's
     schedstat (ns, unlike ``stat``'s 10 ms ticks). They live as long as the producer, so the
     difference across a run is theirs."""
-    total_ns = 0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            if (task / "comm").read_text().startswith("rdk:"):
-                total_ns += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return total_ns / 1e9
+    return sum(task.cpu_ns for task in read_tasks(os.getpid()).values()
+               if task.kernel_name.startswith("rdk:")) / 1e9
 
 
 class _Rounds:
