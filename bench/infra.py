@@ -16,6 +16,7 @@ from pathlib import Path
 
 from devtools.faultproxy import FaultProxy
 from devtools.kafka_broker import KafkaBroker, create_topics, free_port, read_topic
+from devtools.procfs import START_TIME, stat_fields
 from devtools.sandbox import Sandbox, SandboxInitError
 from layer_build.manifest import Manifest
 from layer_build.zipper import extract_zip
@@ -243,8 +244,7 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 def process_start_epoch(pid: int) -> float:
     """When ``pid`` started, in epoch seconds (the kernel counts in clock ticks: ±10 ms)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    start_ticks = int(stat[stat.rfind(")") + 2:].split()[19])
+    start_ticks = int(stat_fields(Path(f"/proc/{pid}/stat").read_text())[START_TIME])
     uptime_s = float(Path("/proc/uptime").read_text().split()[0])
     now = time.time()
     return now - (uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))

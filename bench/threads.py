@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bench.infra import BenchError, Network, extension_pid, network, sandbox
 from bench.invocations import CASES
+from devtools.procfs import STIME, UTIME, read_stat
 from devtools.sandbox import Sandbox
 
 CASE = next(c for c in CASES if c.name == "relay-idle")
@@ -72,13 +73,6 @@ def parse_status(text: str) -> tuple[str, int]:
     return fields["Name"].strip(), int(fields["voluntary_ctxt_switches"])
 
 
-def parse_stat_ticks(text: str) -> int:
-    """utime + stime from ``/proc/<pid>/stat`` (after the parenthesised name, which may hold
-    spaces): the process's CPU in clock ticks, exited threads included."""
-    rest = text[text.rfind(")") + 2:].split()
-    return int(rest[11]) + int(rest[12])
-
-
 def parse_py_spy(text: str) -> dict[int, str]:
     """Kernel tid -> Python thread name from ``py-spy dump --json``."""
     names: dict[int, str] = {}
@@ -103,8 +97,11 @@ def read_tasks(pid: int) -> dict[int, Task]:
 
 
 def process_cpu_ms(pid: int) -> float:
-    return parse_stat_ticks(Path(f"/proc/{pid}/stat").read_text()) * 1000 / os.sysconf(
-        "SC_CLK_TCK")
+    """The process's CPU (utime + stime, exited threads included), in ms."""
+    fields = read_stat(pid)
+    if fields is None:
+        raise BenchError(f"the extension process {pid} is gone")
+    return (int(fields[UTIME]) + int(fields[STIME])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def py_spy() -> str | None:

@@ -35,6 +35,7 @@ from typing import Any
 
 from devtools.faultproxy import FaultProxy
 from devtools.kafka_broker import ConsumedRecord, free_port, read_topic
+from devtools.procfs import STATE, stat_fields
 from devtools.sandbox import Sandbox
 from devtools.sandbox.errors import SandboxError
 from kafka_relay.protocol import ID_HEADER, encode_value
@@ -256,8 +257,7 @@ def _kill_extension(box: Sandbox, start: int, delay_s: float, killed: list[int])
 
 def _frozen(pid: int) -> bool:
     """Whether ``pid`` is stopped (the sandbox freezes with SIGSTOP between invocations)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2] in "Tt"
+    return stat_fields(Path(f"/proc/{pid}/stat").read_text())[STATE] in ("T", "t")
 
 
 def expected(record: Mapping[str, Any]) -> tuple[bytes | None, bytes | None, dict[str, bytes]]:

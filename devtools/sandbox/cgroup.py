@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.procfs import CSTIME, UTIME, read_stat
+
 #: Lambda: 1,769 MB of memory buys one full vCPU; CPU scales linearly with memory.
 MB_PER_VCPU = 1769
 PERIOD_US = 100_000
@@ -247,10 +249,7 @@ def proc_cpu_ms(pids: Iterable[int]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
-        try:
-            raw = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2:].split()
-        total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        fields = read_stat(pid)
+        if fields is not None:
+            total += sum(int(v) for v in fields[UTIME:CSTIME + 1])  # children reaped included
     return total * 1000 / ticks

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from devtools.procfs import PGRP, STATE, read_stat
 from devtools.sandbox.cgroup import CpuTimes, EnvironmentCgroup, proc_cpu_ms
 from devtools.sandbox.errors import SandboxError
 from devtools.sandbox.logstream import OutputPump
@@ -256,8 +257,9 @@ class Processes:
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            fields = _stat_fields(int(entry))
-            if fields and fields[2].isdigit() and int(fields[2]) in groups and fields[0] != "Z":
+            fields = read_stat(int(entry))
+            if fields and fields[PGRP].isdigit() and int(fields[PGRP]) in groups \
+                    and fields[STATE] != "Z":
                 found.append(int(entry))
         return sorted(found)
 
@@ -271,8 +273,8 @@ class Processes:
         self.signal_groups(signal.SIGSTOP)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            states = [_stat_fields(pid) for pid in self.pids()]
-            if all(s is None or s[0] in "TtZX" for s in states):
+            states = [read_stat(pid) for pid in self.pids()]
+            if all(s is None or s[STATE] in "TtZX" for s in states):
                 return
             time.sleep(0.002)
 
@@ -320,16 +322,7 @@ class Processes:
             self.cgroup.remove()
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2:].split()
-
-
 def process_state(pid: int) -> str | None:
     """The kernel's one-letter state of ``pid`` (``T`` when stopped), None when gone."""
-    fields = _stat_fields(pid)
-    return fields[0] if fields else None
+    fields = read_stat(pid)
+    return fields[STATE] if fields else None

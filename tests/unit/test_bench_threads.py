@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from bench.threads import (
     Row,
     Task,
     parse_py_spy,
     parse_schedstat,
-    parse_stat_ticks,
     parse_status,
     rows,
 )
@@ -28,15 +25,6 @@ def test_schedstat_gives_the_nanoseconds_on_the_cpu() -> None:
 
 def test_status_gives_the_kernel_name_and_the_voluntary_switches_only() -> None:
     assert parse_status(STATUS) == ("rdk:broker-1", 1234)
-
-
-@given(name=st.text(st.characters(codec="utf-8", exclude_characters="\0\n"), max_size=15),
-       utime=st.integers(0, 2**40), stime=st.integers(0, 2**40))
-def test_stat_ticks_add_user_and_system_whatever_the_name_holds(
-        name: str, utime: int, stime: int) -> None:
-    stat = (f"619 ({name}) S 614 614 30356 0 -1 4194304 105 0 0 0 {utime} {stime} 0 0 20 0 "
-            "1 0 5111755 3133440 418\n")
-    assert parse_stat_ticks(stat) == utime + stime
 
 
 def test_py_spy_names_threads_by_their_kernel_tid() -> None:
