@@ -21,6 +21,7 @@ import selectors
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from kafka_relay.config import Config
 from kafka_relay.delivery.rings import Entry, RingFile, Rings
@@ -57,6 +58,7 @@ _RESTORED = answer_json(410, {"error": "restored from a snapshot since this ring
                                        "a ring of this copy's own takes the body"})
 _RECHECK_S = 0.05
 _RECHECKS = 100  # then the next init takes the file over
+_MAX_TOLD_OLD = 1024  # older rings remembered as told about, before starting over
 
 
 def ring_reader(config: Config, wall_ms: Callable[[], int]) -> Callable[
@@ -93,6 +95,8 @@ class RingListener:
         self._stop_r, self._stop_w = socket.socketpair()
         # Rings whose writer's connection closed while it still held the file: asked again.
         self._departed: dict[RingFile, int] = {}
+        # Older writers told once each: such a client says hello again at every send.
+        self._told_old: set[Path] = set()
         self._trim = False  # a large body was taken: trim the heap after its answer
         self._thread = threading.Thread(target=self._serve, name="kafka-relay-ring",
                                         daemon=True)
@@ -202,29 +206,37 @@ class RingListener:
         try:
             ring = Ring.open(path)
         except (OSError, ValueError) as exc:
-            return answer_json(404, {"error": f"cannot open {path}: {exc}"}), False
+            return _cannot_open(path, exc), False
         if ring.version != VERSION:  # an older client's: it hands its bodies over HTTP
             ring.close()
-            state.logger.warning("ring.old_version", path=str(path), version=ring.version,
-                                 hint=f"a handler's client writes ring files of version "
-                                      f"{ring.version}, this extension version {VERSION}: "
-                                      "its records go over HTTP; use the client of the "
-                                      "same layer")
-            return answer_json(404, {"error": f"{path} is a ring file of version "
-                                              f"{ring.version}; this extension takes "
-                                              f"version {VERSION} over the ring: use the "
-                                              "client of the same kafka-relay layer"}), False
+            return self._older(path, ring.version), False
         try:
             file = self._rings.attach(ring, tag, state.ids.prefix)
         except OSError as exc:
             ring.close()
-            return answer_json(404, {"error": f"cannot open {path}: {exc}"}), False
+            return _cannot_open(path, exc), False
         if file.era != state.ids.prefix:
             return _RESTORED, False
         if not known:  # a ring an earlier extension served: what it accepted is ours now
             self._take_over(file)
         conn.file = file
         return answer_json(200, {"ok": True}), True
+
+    def _older(self, path: Path, version: int) -> Answer:
+        """The refusal of a ring of an older format; logged once per file (such a client
+        says hello again at every send)."""
+        if len(self._told_old) >= _MAX_TOLD_OLD:
+            self._told_old.clear()
+        if path not in self._told_old:
+            self._told_old.add(path)
+            self._state.logger.warning(
+                "ring.old_version", path=str(path), version=version,
+                hint=f"a handler's client writes ring files of version {version}, this "
+                     f"extension version {VERSION}: its records go over HTTP; use the client "
+                     "of the same layer")
+        return answer_json(404, {"error": f"{path} is a ring file of version {version}; this "
+                                          f"extension takes version {VERSION} over the ring: "
+                                          "use the client of the same kafka-relay layer"})
 
     def _body(self, file: RingFile, message: bytes) -> Answer:
         state = self._state
@@ -263,3 +275,7 @@ class RingListener:
         if reply.status != 202:
             self._rings.refused(file, position)
         return reply
+
+
+def _cannot_open(path: Path, exc: Exception) -> Answer:
+    return answer_json(404, {"error": f"cannot open {path}: {exc}"})
