@@ -1,0 +1,200 @@
+"""Each (topic, key)'s records in acceptance order across failures, for the send queue: a
+record that waits (out a retry's backoff, or put back) holds its key's later records back
+until it goes, and goes ahead of them. Records of other keys go on. Not thread-safe: the
+ledger's condition guards it (through ``SendQueue``)."""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable
+from itertools import chain
+
+from kafka_relay.record import Record
+
+OrderKey = tuple[str, bytes]
+
+# Batches taken are logged until a failure reads their ranks back, or nothing is in flight.
+# Past twice what is in flight and this many records, the oldest batches leave the log: a
+# record of theirs still in flight that fails ranks behind what was read back before and
+# ahead of what is logged (ties by when they failed, their report order).
+_LOG_SLACK = 4096
+
+
+def order_key(record: Record) -> OrderKey | None:
+    """The (topic, key) whose order ``record`` keeps; None when it promises none: without a
+    key librdkafka picks its partition at random, and one on its way to the DLQ left its
+    topic's order."""
+    key = record.key
+    if key is None or record.dlq_error is not None:
+        return None
+    return record.topic, key
+
+
+class _Line:
+    """One key's records that wait, by rank: those waiting out a backoff or put back
+    (``waiting``; ``due``: their time came, behind an earlier one that still waits), and the
+    key's records never taken yet, held behind them (``held``, in acceptance order)."""
+
+    __slots__ = ("due", "held", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[int, int, Record]] = []  # heap of (rank, seq, record)
+        self.due: set[Record] = set()
+        self.held: list[Record] = []
+
+
+class KeyOrder:
+    """A record's rank is the ordinal of its first take: first takes go in acceptance order
+    (what this keeps), and a record taken again keeps its rank. Ranks are read only when a
+    record fails: each take logs its batch (one append), so with nothing failing a take pays
+    nothing per record, and with no key waiting the queue never asks here."""
+
+    def __init__(self) -> None:
+        self.lines: dict[OrderKey, _Line] = {}
+        self.going: dict[Record, int] = {}  # released to the front of fresh, with their ranks
+        self.rank: dict[Record, int] = {}  # in flight, read back from the log or ``going``
+        self._log: deque[tuple[int, list[Record]]] = deque()  # (first rank, batch)
+        self._logged = 0
+        self._next = 0
+        self._dropped = -1  # the rank of an in-flight record whose batch left the log
+        self._seq = 0
+
+    def taken(self, head: list[Record], ranks: dict[Record, int] | None,
+              in_flight: int) -> None:
+        """``head`` left the queue (``ranks``: those taken again, with their ranks);
+        ``in_flight`` counts it."""
+        log = self._log
+        if in_flight == len(head):  # nothing else in flight: no rank logged is needed again
+            log.clear()
+            self._logged = 0
+            if self.rank:
+                self.rank.clear()
+        if ranks:
+            self.rank.update(ranks)
+        log.append((self._next, head))
+        self._next += len(head)
+        self._logged += len(head)
+        while self._logged > 2 * in_flight + _LOG_SLACK:
+            first, batch = log.popleft()
+            self._logged -= len(batch)
+            self._dropped = first + len(batch) - 1
+
+    def forget(self, records: Iterable[Record]) -> None:
+        """They left flight (delivered, or failed and routed)."""
+        pop = self.rank.pop
+        for record in records:
+            pop(record, None)
+
+    def restart(self) -> None:
+        """A new producer: nothing is in flight."""
+        self._log.clear()
+        self._logged = 0
+        self.rank.clear()
+
+    def _rank_of(self, record: Record) -> int:
+        rank = self.rank.pop(record, None)
+        if rank is None and self._log:  # the first failure since these batches were taken
+            setdefault = self.rank.setdefault  # a record taken again keeps its first rank
+            for first, batch in self._log:
+                for ordinal, taken in enumerate(batch, first):
+                    setdefault(taken, ordinal)
+            self._log.clear()
+            self._logged = 0
+            rank = self.rank.pop(record, None)
+        return self._dropped if rank is None else rank
+
+    def wait(self, key: OrderKey, record: Record) -> None:
+        """``record`` (taken before) waits: its key's later records wait behind it."""
+        line = self.lines.get(key)
+        if line is None:
+            line = self.lines[key] = _Line()
+        self._seq += 1
+        heapq.heappush(line.waiting, (self._rank_of(record), self._seq, record))
+
+    def due(self, key: OrderKey, record: Record) -> list[Record]:
+        """``record``'s time came: what of its key goes now, in order (nothing while an
+        earlier one waits on); the line ends when none waits."""
+        line = self.lines[key]
+        waiting, due = line.waiting, line.due
+        due.add(record)
+        out = []
+        while waiting and waiting[0][2] in due:
+            rank, _, first = heapq.heappop(waiting)
+            due.discard(first)
+            self.going[first] = rank
+            out.append(first)
+        if not waiting:
+            del self.lines[key]
+            out += line.held
+        return out
+
+    def release_all(self) -> list[Record]:
+        """Every line's records, each key's in order (a drain, or the broker back)."""
+        out: list[Record] = []
+        for line in self.lines.values():
+            while line.waiting:
+                rank, _, record = heapq.heappop(line.waiting)
+                self.going[record] = rank
+                out.append(record)
+            out += line.held
+        self.lines.clear()
+        return out
+
+    def sendable(self, fresh: deque[Record],
+                 limit: int) -> tuple[list[Record], dict[Record, int]]:
+        """Up to ``limit`` records off the front of ``fresh`` that may go now, and the ranks
+        of those taken again. One whose key waits on an earlier record joins that key's line,
+        once: never taken, it is held behind; taken before, with a rank past the first that
+        waits, it waits among them by rank, due."""
+        head: list[Record] = []
+        ranks: dict[Record, int] = {}
+        lines, going = self.lines, self.going
+        while fresh and len(head) < limit:
+            record = fresh.popleft()
+            rank = going.pop(record, None)
+            key = order_key(record) if lines else None
+            line = None if key is None else lines.get(key)
+            if line is None or (rank is not None and rank < line.waiting[0][0]):
+                head.append(record)
+                if rank is not None:
+                    ranks[record] = rank
+            elif rank is None:
+                line.held.append(record)
+            else:
+                self._seq += 1
+                heapq.heappush(line.waiting, (rank, self._seq, record))
+                line.due.add(record)
+        if not fresh:
+            going.clear()  # what it still names left fresh otherwise (settled, spilled)
+        return head, ranks
+
+    def unsent(self, records: list[Record], ranks: dict[Record, int]) -> None:
+        """``records`` go back to the front of fresh untaken (past the in-flight window)."""
+        for record in records:
+            rank = ranks.pop(record, None)
+            if rank is not None:
+                self.going[record] = rank
+
+    def given_back(self, records: list[Record],
+                   put_back: Callable[[Record, int], None]) -> list[Record]:
+        """Taken, then refused by librdkafka's full queue: those whose key waits on an earlier
+        record join its line (``put_back`` due now); the rest, returned, keep their ranks."""
+        back = []
+        for record in records:
+            if order_key(record) in self.lines:
+                put_back(record, 0)
+                continue
+            rank = self.rank.pop(record, None)
+            if rank is not None:
+                self.going[record] = rank
+            back.append(record)
+        return back
+
+    def queued_ids(self) -> set[str]:
+        return {record.id for line in self.lines.values()
+                for record in chain((entry[2] for entry in line.waiting), line.held)}
+
+    def waiting(self) -> int:
+        """Records due behind an earlier one of their key, and those held behind them."""
+        return sum(len(line.due) + len(line.held) for line in self.lines.values())
