@@ -147,6 +147,19 @@ def test_a_record_given_back_by_a_full_queue_stays_behind_its_keys_waiting_one()
     assert queue.take_due(500, 10, BIG) == [a1, a2, a3]
 
 
+def test_a_record_released_but_not_yet_taken_goes_before_its_keys_later_one_put_back() -> None:
+    queue = SendQueue()
+    a1, a2 = _records([b"a", b"a"])
+    queue.push_all([a1, a2])
+    assert queue.take_due(0, 2, BIG) == [a1, a2]
+    queue.put_back(a1)
+    queue.done([a1])
+    queue.release_retries()  # a1 is first in fresh, not taken yet
+    queue.put_back(a2)
+    queue.done([a2])
+    assert queue.take_due(0, 10, BIG) == [a1, a2]
+
+
 class KeyOrderMachine(RuleBasedStateMachine):
     """The queue driven as the pump and routing drive it, checked against acceptance order."""
 

@@ -15,10 +15,11 @@ from kafka_relay.record import Record
 OrderKey = tuple[str, bytes]
 
 # Batches taken are logged until a failure reads their ranks back, or nothing is in flight.
-# Past twice what is in flight and this many records, the oldest batches leave the log: a
-# record of theirs still in flight that fails ranks behind what was read back before and
-# ahead of what is logged (ties by when they failed, their report order).
-_LOG_SLACK = 4096
+# Past twice what is in flight and this many records, the oldest batches leave the log (it
+# keeps delivered records alive meanwhile): a record of theirs still in flight that fails
+# ranks behind what was read back before and ahead of what is logged (ties by when they
+# failed: their report order).
+LOG_SLACK = 1024
 
 
 def order_key(record: Record) -> OrderKey | None:
@@ -53,32 +54,27 @@ class KeyOrder:
     def __init__(self) -> None:
         self.lines: dict[OrderKey, _Line] = {}
         self.going: dict[Record, int] = {}  # released to the front of fresh, with their ranks
+        self._going_keys: dict[OrderKey, int] = {}  # how many of ``going`` per key
         self.rank: dict[Record, int] = {}  # in flight, read back from the log or ``going``
-        self._log: deque[tuple[int, list[Record]]] = deque()  # (first rank, batch)
-        self._logged = 0
-        self._next = 0
+        # Batches taken (the queue appends each), the first record ranked ``_base``.
+        self.log: deque[list[Record]] = deque()
+        self.logged = 0  # records in the log
+        self._base = 0
         self._dropped = -1  # the rank of an in-flight record whose batch left the log
         self._seq = 0
 
-    def taken(self, head: list[Record], ranks: dict[Record, int] | None,
-              in_flight: int) -> None:
-        """``head`` left the queue (``ranks``: those taken again, with their ranks);
-        ``in_flight`` counts it."""
-        log = self._log
-        if in_flight == len(head):  # nothing else in flight: no rank logged is needed again
-            log.clear()
-            self._logged = 0
-            if self.rank:
-                self.rank.clear()
+    def taken(self, ranks: dict[Record, int] | None, in_flight: int) -> None:
+        """After a take logged its batch past ``LOG_SLACK`` records beyond twice what is in
+        flight, or took records again (``ranks``): those ranks kept, the oldest batches out of
+        the log down to ``LOG_SLACK`` / 2 past what is in flight (the next trim is a while off)."""
         if ranks:
             self.rank.update(ranks)
-        log.append((self._next, head))
-        self._next += len(head)
-        self._logged += len(head)
-        while self._logged > 2 * in_flight + _LOG_SLACK:
-            first, batch = log.popleft()
-            self._logged -= len(batch)
-            self._dropped = first + len(batch) - 1
+        log, keep = self.log, in_flight + LOG_SLACK // 2
+        while self.logged > keep and len(log) > 1:
+            batch = log.popleft()
+            self.logged -= len(batch)
+            self._base += len(batch)
+            self._dropped = self._base - 1
 
     def forget(self, records: Iterable[Record]) -> None:
         """They left flight (delivered, or failed and routed)."""
@@ -87,20 +83,23 @@ class KeyOrder:
             pop(record, None)
 
     def restart(self) -> None:
-        """A new producer: nothing is in flight."""
-        self._log.clear()
-        self._logged = 0
-        self.rank.clear()
+        """Nothing is in flight (a new producer, or all reported): no rank is read back."""
+        if self.log:
+            self._base += self.logged
+            self.logged = 0
+            self.log.clear()
+        if self.rank:
+            self.rank.clear()
 
     def _rank_of(self, record: Record) -> int:
         rank = self.rank.pop(record, None)
-        if rank is None and self._log:  # the first failure since these batches were taken
+        if rank is None and self.log:  # the first failure since these batches were taken
             setdefault = self.rank.setdefault  # a record taken again keeps its first rank
-            for first, batch in self._log:
-                for ordinal, taken in enumerate(batch, first):
-                    setdefault(taken, ordinal)
-            self._log.clear()
-            self._logged = 0
+            for ordinal, taken in enumerate(chain.from_iterable(self.log), self._base):
+                setdefault(taken, ordinal)
+            self._base += self.logged
+            self.logged = 0
+            self.log.clear()
             rank = self.rank.pop(record, None)
         return self._dropped if rank is None else rank
 
@@ -113,32 +112,39 @@ class KeyOrder:
         heapq.heappush(line.waiting, (self._rank_of(record), self._seq, record))
 
     def due(self, key: OrderKey, record: Record) -> list[Record]:
-        """``record``'s time came: what of its key goes now, in order (nothing while an
-        earlier one waits on); the line ends when none waits."""
+        """``record``'s time came: what of its key goes now, in order."""
         line = self.lines[key]
+        line.due.add(record)
+        return self._ready(key, line)
+
+    def _ready(self, key: OrderKey, line: _Line) -> list[Record]:
+        """What of ``line`` goes now, in order: its first records whose time came, none while
+        an earlier one waits on or its key's records released before are still in fresh
+        (they go first: these go when the last of them is taken); its held records once none
+        waits, the line ended."""
+        if self._going_keys.get(key):
+            return []
         waiting, due = line.waiting, line.due
-        due.add(record)
         out = []
         while waiting and waiting[0][2] in due:
             rank, _, first = heapq.heappop(waiting)
             due.discard(first)
             self.going[first] = rank
             out.append(first)
+        if out:
+            self._going_keys[key] = len(out)
         if not waiting:
             del self.lines[key]
             out += line.held
         return out
 
     def release_all(self) -> list[Record]:
-        """Every line's records, each key's in order (a drain, or the broker back)."""
+        """Every line's records, each key's in order (a drain, or the broker back); a key with
+        records released before still in fresh goes once they are taken."""
         out: list[Record] = []
-        for line in self.lines.values():
-            while line.waiting:
-                rank, _, record = heapq.heappop(line.waiting)
-                self.going[record] = rank
-                out.append(record)
-            out += line.held
-        self.lines.clear()
+        for key, line in list(self.lines.items()):
+            line.due.update(entry[2] for entry in line.waiting)
+            out += self._ready(key, line)
         return out
 
     def sendable(self, fresh: deque[Record],
@@ -149,11 +155,11 @@ class KeyOrder:
         waits, it waits among them by rank, due."""
         head: list[Record] = []
         ranks: dict[Record, int] = {}
-        lines, going = self.lines, self.going
+        lines, going, going_keys = self.lines, self.going, self._going_keys
         while fresh and len(head) < limit:
             record = fresh.popleft()
             rank = going.pop(record, None)
-            key = order_key(record) if lines else None
+            key = order_key(record) if lines or rank is not None else None
             line = None if key is None else lines.get(key)
             if line is None or (rank is not None and rank < line.waiting[0][0]):
                 head.append(record)
@@ -165,16 +171,22 @@ class KeyOrder:
                 self._seq += 1
                 heapq.heappush(line.waiting, (rank, self._seq, record))
                 line.due.add(record)
-        if not fresh:
-            going.clear()  # what it still names left fresh otherwise (settled, spilled)
+            if rank is not None and key is not None:
+                going_keys[key] -= 1
+                if not going_keys[key]:  # the last released of its key: the line's turn
+                    del going_keys[key]
+                    if key in lines:
+                        fresh.extendleft(reversed(self._ready(key, lines[key])))
         return head, ranks
 
     def unsent(self, records: list[Record], ranks: dict[Record, int]) -> None:
         """``records`` go back to the front of fresh untaken (past the in-flight window)."""
         for record in records:
             rank = ranks.pop(record, None)
-            if rank is not None:
+            key = order_key(record)
+            if rank is not None and key is not None:
                 self.going[record] = rank
+                self._going_keys[key] = self._going_keys.get(key, 0) + 1
 
     def given_back(self, records: list[Record],
                    put_back: Callable[[Record, int], None]) -> list[Record]:
@@ -182,12 +194,14 @@ class KeyOrder:
         record join its line (``put_back`` due now); the rest, returned, keep their ranks."""
         back = []
         for record in records:
-            if order_key(record) in self.lines:
+            key = order_key(record)
+            if key in self.lines:
                 put_back(record, 0)
                 continue
             rank = self.rank.pop(record, None)
-            if rank is not None:
+            if rank is not None and key is not None:
                 self.going[record] = rank
+                self._going_keys[key] = self._going_keys.get(key, 0) + 1
             back.append(record)
         return back
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from itertools import accumulate, islice
 from operator import attrgetter
 
-from kafka_relay.delivery.keyorder import KeyOrder, order_key
+from kafka_relay.delivery.keyorder import LOG_SLACK, KeyOrder, order_key
 from kafka_relay.record import Record
 
 # What librdkafka may hold at once (the ledger keeps its own copy until the report), as a
@@ -135,16 +135,21 @@ class SendQueue:
                     popleft()
         self.in_flight_bytes += size
         self.in_flight += taken
-        if head:
-            order.taken(head, ranks, self.in_flight)
+        if head:  # logged for the ranks a failure reads back: per batch, not per record
+            order.log.append(head)
+            order.logged += taken
+            if ranks or order.logged > 2 * self.in_flight + LOG_SLACK:
+                order.taken(ranks, self.in_flight)
         return head
 
     def done(self, records: Sequence[Record]) -> None:
         """Their delivery reports came (or they never reached librdkafka)."""
         self.in_flight -= len(records)
         self.in_flight_bytes = max(0, self.in_flight_bytes - sum(map(_SIZE, records)))
-        if self._order.rank:
+        if self._order.rank:  # only after a failure read ranks back
             self._order.forget(records)
+            if not self.in_flight:
+                self._order.restart()
 
     def give_back(self, records: list[Record]) -> None:
         """Taken but not handed to librdkafka (its queue was full): first in line again."""
