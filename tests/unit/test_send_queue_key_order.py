@@ -226,41 +226,42 @@ class KeyOrderMachine(RuleBasedStateMachine):
                 self.in_flight.remove(record)
                 self.waiting.add(record.id)
 
+    def _out_of_flight(self, pick: int) -> Record:
+        return self.in_flight.pop(pick % len(self.in_flight))
+
+    def _delivered(self, record: Record) -> None:
+        self.queue.done([record])
+        del self.unsettled[record.id]
+        self.delivered.append(record.id)
+
     @precondition(lambda self: self.in_flight)
     @rule(pick=st.integers(min_value=0), base_ms=st.sampled_from([0, 5, 20, 100]))
     def fail(self, pick: int, base_ms: int) -> None:
         """A transient failure, routed before it leaves flight (as the pump does)."""
-        record = self.in_flight.pop(pick % len(self.in_flight))
+        record = self._out_of_flight(pick)
         record.attempts += 1
         self.queue.schedule(record, self.now + backoff_ms(record.attempts, base_ms))
         self.queue.done([record])
         self.waiting.add(record.id)
 
     @precondition(lambda self: self.in_flight)
-    @rule(pick=st.integers(min_value=0))
-    def purged(self, pick: int) -> None:
-        record = self.in_flight.pop(pick % len(self.in_flight))
-        self.queue.put_back(record)
+    @rule(pick=st.integers(min_value=0), dead_letter=st.booleans())
+    def purged_or_dead_lettered(self, pick: int, dead_letter: bool) -> None:
+        """Purged: put back. Dead-lettered: it leaves its key's order for the DLQ."""
+        record = self._out_of_flight(pick)
+        if dead_letter:
+            record.dlq_error = "gave up"
+            self.queue.push(record)
+            self.waiting.discard(record.id)
+        else:
+            self.queue.put_back(record)
+            self.waiting.add(record.id)
         self.queue.done([record])
-        self.waiting.add(record.id)
-
-    @precondition(lambda self: self.in_flight)
-    @rule(pick=st.integers(min_value=0))
-    def dead_letter(self, pick: int) -> None:
-        """Gave up on its topic: it leaves its key's order for the DLQ."""
-        record = self.in_flight.pop(pick % len(self.in_flight))
-        record.dlq_error = "gave up"
-        self.queue.push(record)
-        self.queue.done([record])
-        self.waiting.discard(record.id)
 
     @precondition(lambda self: self.in_flight)
     @rule(pick=st.integers(min_value=0))
     def deliver(self, pick: int) -> None:
-        record = self.in_flight.pop(pick % len(self.in_flight))
-        self.queue.done([record])
-        del self.unsettled[record.id]
-        self.delivered.append(record.id)
+        self._delivered(self._out_of_flight(pick))
 
     @rule()
     def rebuild(self) -> None:
@@ -294,18 +295,10 @@ class KeyOrderMachine(RuleBasedStateMachine):
             0, 0, 0)
 
     def deliver_all(self) -> None:
-        batch = self.queue.take_due(self.now + 10**7, BIG, BIG)
-        self._check_taken(batch)
-        for record in batch:
-            self.in_flight.remove(record)
-            self.queue.done([record])
-            del self.unsettled[record.id]
-            self.delivered.append(record.id)
+        self._check_taken(self.queue.take_due(self.now + 10**7, BIG, BIG))
         for record in list(self.in_flight):
             self.in_flight.remove(record)
-            self.queue.done([record])
-            del self.unsettled[record.id]
-            self.delivered.append(record.id)
+            self._delivered(record)
 
 
 KeyOrderMachine.TestCase.settings = settings(max_examples=400, stateful_step_count=40,
