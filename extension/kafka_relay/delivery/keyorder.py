@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
-from itertools import chain
+from itertools import chain, islice
 
 from kafka_relay.record import Record
 
@@ -156,13 +156,23 @@ class KeyOrder:
         head: list[Record] = []
         ranks: dict[Record, int] = {}
         lines, going, going_keys = self.lines, self.going, self._going_keys
+        if not going:  # most often none of the first ``limit`` is held: one pass to see
+            first = list(islice(fresh, limit))
+            if not any([r.key is not None and (r.topic, r.key) in lines
+                        and r.dlq_error is None for r in first]):
+                for _ in range(len(first)):
+                    fresh.popleft()
+                return first, ranks
+        popleft, take = fresh.popleft, head.append
         while fresh and len(head) < limit:
-            record = fresh.popleft()
-            rank = going.pop(record, None)
-            key = order_key(record) if lines or rank is not None else None
+            record = popleft()
+            rank = going.pop(record, None) if going else None
+            key = None  # order_key, inlined: this runs per record while any key waits
+            if record.key is not None and record.dlq_error is None:
+                key = (record.topic, record.key)
             line = None if key is None else lines.get(key)
             if line is None or (rank is not None and rank < line.waiting[0][0]):
-                head.append(record)
+                take(record)
                 if rank is not None:
                     ranks[record] = rank
             elif rank is None:
