@@ -14,11 +14,10 @@ from kafka_relay.record import Record
 
 OrderKey = tuple[str, bytes]
 
-# Batches taken are logged until a failure reads their ranks back, or nothing is in flight.
-# Past twice what is in flight and this many records, the oldest batches leave the log (it
-# keeps delivered records alive meanwhile): a record of theirs still in flight that fails
-# ranks behind what was read back before and ahead of what is logged (ties by when they
-# failed: their report order).
+# Batches taken are logged until a failure reads their ranks back. Past twice what is in
+# flight and this many records, the oldest batches leave the log (it keeps delivered records
+# alive meanwhile): a record of theirs still in flight that fails ranks behind what was read
+# back before and ahead of what is logged (ties by when they failed: their report order).
 LOG_SLACK = 1024
 
 
