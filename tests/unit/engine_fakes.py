@@ -138,11 +138,11 @@ class Rig:
         return self.producers[-1]
 
     def records(self, count: int, *, topic: str = "t", value: bytes = b"v",
-                timestamp_ms: int | None = None) -> list[Record]:
+                timestamp_ms: int | None = None, key: bytes | None = b"k") -> list[Record]:
         out = []
         for _ in range(count):
             self._ids += 1
-            out.append(Record(id=f"r{self._ids}", topic=topic, key=b"k", value=value,
+            out.append(Record(id=f"r{self._ids}", topic=topic, key=key, value=value,
                               timestamp_ms=timestamp_ms, request_id="req-1"))
         return out
 

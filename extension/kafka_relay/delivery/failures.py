@@ -66,7 +66,7 @@ class Failures:
             record.dlq_attempts = record.attempts
             record.error_kind = "transient" if kind is ErrorKind.TRANSIENT else "permanent"
         if action in (Action.REQUEUE, Action.REBUILD):
-            queue.push(record)  # a rebuilt producer sends it again
+            queue.put_back(record)  # a rebuilt producer sends it again, first of its key
         elif action is Action.RETRY:
             self._ledger.resident.drop((record,))  # waits: its bytes are in the journal
             queue.schedule(record, self._wall_ms() + decision.delay_ms)

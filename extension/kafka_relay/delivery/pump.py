@@ -397,13 +397,13 @@ class Pump:
                 self._rebuild = True
 
     def _failed(self, record: Record, kind: ErrorKind, code: int | None, reason: str) -> None:
-        """Its produce failed (it left librdkafka, if it ever got there): route and apply."""
+        """Its produce failed (it left librdkafka, if it ever got there): route and apply,
+        then count it out of flight (routing reads its rank among its key's records there)."""
+        decision = self._failures.failed(record, kind, code, reason)
         with self._ledger.cond:
             self._queue.done((record,))
-        decision = self._failures.failed(record, kind, code, reason)
-        if decision is None:
-            return
-        with self._ledger.cond:
+            if decision is None:
+                return
             if kind is not ErrorKind.REQUEUE:
                 self.last_error = reason
             if kind is ErrorKind.TRANSIENT:

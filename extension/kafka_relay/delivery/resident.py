@@ -1,14 +1,16 @@
 """Which pending records keep their key and value in the process, and getting them back.
 
 With the crash journal on, every accepted byte is in ``/tmp`` already (delivery/journal.py),
-so a record's key and value stay in memory only while it is about to be handed to
-librdkafka: records past the first in-flight window of pending bytes (``drop_waiting``),
-records librdkafka took (it holds its own copy until the report) and records waiting out a
-retry backoff (``drop``) keep neither, and ``read_back`` puts them back from the journal
+so a record's value stays in memory only while it is about to be handed to librdkafka:
+records past the first in-flight window of pending bytes (``drop_waiting``), records
+librdkafka took (it holds its own copy until the report) and records waiting out a retry
+backoff (``drop``) keep none, and ``read_back`` puts it back from the journal
 (one ``pread`` per run of contiguous frames: page cache, not the process's memory) for
 whoever hands a record on: the pump, routing's spills, SHUTDOWN's spill, a restore spilled
-for coming back too often. A dropped record is told by its ``size``, which stays: key and
-value both ``None`` while ``size`` counts key or value bytes.
+for coming back too often. Keys stay: a key names the record's place in its key's order
+(delivery/keyorder.py), and is small beside its value. A dropped record is told by its
+``size``, which stays: its value ``None`` while ``size`` counts more than its key's bytes
+(an empty value is never dropped: nothing to save, and it would read as a tombstone).
 
 A read-back that fails (a file truncated by someone else, an I/O error, bytes not as
 written) is loud: ``records.lost`` names the ids, the ledger gives those records up (counted
@@ -53,14 +55,14 @@ class Resident:
 
     def drop_waiting(self, records: Sequence[Record], size: int, pending_bytes: int) -> None:
         """``records`` (of ``size`` bytes) were just journaled (or came in a ring) with
-        ``pending_bytes`` already pending: those past the first window keep no key or value."""
+        ``pending_bytes`` already pending: those past the first window keep no value."""
         room = self.window - pending_bytes
         if size <= room or not self.dropping:
             return
         for record in records:
             room -= record.size
-            if room < 0 and payload_bytes(record):
-                record.key = record.value = None
+            if room < 0 and record.value:
+                record.value = None
 
     def released(self, ids: list[str]) -> None:
         """``ids`` settled or were given up: their journal (or ring) lets them go."""
@@ -69,8 +71,8 @@ class Resident:
         self._rings.settled(ids)
 
     def drop(self, records: Iterable[Record]) -> None:
-        """Handed to librdkafka, or waiting out a backoff: the journaled ones' keys and
-        values go (per record: kept to a few attribute reads)."""
+        """Handed to librdkafka, or waiting out a backoff: the journaled ones' values go (per
+        record: kept to a few attribute reads)."""
         if not self.dropping:
             return
         journaled = {} if self._journal is None else self._journal.journaled
@@ -78,17 +80,16 @@ class Resident:
         if not (journaled or kept):
             return
         for record in records:
-            if (record.id in journaled or record.id in kept) and (
-                    record.size if not record.headers else payload_bytes(record)):
-                record.key = record.value = None
+            if record.value and (record.id in journaled or record.id in kept):
+                record.value = None
 
     def read_back(self, records: Iterable[Record], owned: Mapping[str, Record]
                   ) -> dict[str, str]:
-        """The key and value back into each of ``records`` (those still ``owned``) that was
+        """The value back into each of ``records`` (those still ``owned``) that was
         dropped; why not, by id, for the ones whose bytes cannot be read back (or come back
         at another size), logged."""
-        cold = [r for r in records if r.value is None and r.key is None and r.id in owned
-                and payload_bytes(r)]
+        cold = [r for r in records if r.value is None and r.id in owned
+                and payload_bytes(r) > len(r.key or b"")]
         if not cold:
             return {}
         kept = self._rings.kept
