@@ -578,17 +578,29 @@ def test_records_in_flight_that_nobody_waits_for_get_no_poll_before_the_next_rou
         rig.engine.stop()
 
 
+def _two_behind_a_batch_in_flight(tmp_path: Path,
+                                  settle_s: float) -> tuple[Rig, _CountingProducer]:
+    """Three records in flight, held by the broker; two more accepted past that batch's linger,
+    and ``settle_s`` for the pump to take them if it would: none of them is sent."""
+    rig, producer, _ = _pump_holding(tmp_path, 3)
+    try:
+        rig.clock.advance(50)  # past the batch's 5 ms linger
+        rig.engine.accept(rig.records(2))
+        time.sleep(settle_s)
+        assert len(producer.sent) == 3
+    except BaseException:
+        rig.engine.stop()
+        raise
+    return rig, producer
+
+
 def test_records_that_would_queue_behind_a_batch_in_flight_wait_for_its_reports(
         tmp_path: Path) -> None:
     """Past the linger of the batch in flight (librdkafka's idempotent producer would hold
     them behind it, its broker thread polling without a wait): the next records stay queued
     until its reports came, then go."""
-    rig, producer, _ = _pump_holding(tmp_path, 3)
+    rig, producer = _two_behind_a_batch_in_flight(tmp_path, 0.1)
     try:
-        rig.clock.advance(50)  # past the batch's 5 ms linger
-        rig.engine.accept(rig.records(2))
-        time.sleep(0.1)
-        assert len(producer.sent) == 3
         assert rig.engine.status()["in_flight"] == 3
         producer.hold = False  # the broker answers
         assert _until(lambda: len(producer.sent) == 5, 2.0)
@@ -600,12 +612,8 @@ def test_records_that_would_queue_behind_a_batch_in_flight_wait_for_its_reports(
 
 
 def test_a_flush_takes_records_held_behind_a_batch_in_flight_at_once(tmp_path: Path) -> None:
-    rig, producer, _ = _pump_holding(tmp_path, 3)
+    rig, producer = _two_behind_a_batch_in_flight(tmp_path, 0.05)
     try:
-        rig.clock.advance(50)  # past the batch's 5 ms linger
-        rig.engine.accept(rig.records(2))
-        time.sleep(0.05)
-        assert len(producer.sent) == 3
         flushing = threading.Thread(target=lambda: rig.engine.flush(5.0), daemon=True)
         flushing.start()
         assert _until(lambda: len(producer.sent) == 5, 1.0)
