@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from kafka_relay.config import load_config
 from kafka_relay.delivery import pump as pump_module
 from kafka_relay.delivery.ledger import BufferFull, Limits
 from kafka_relay.delivery.queue import in_flight_window
+from kafka_relay.producer.factory import linger_s
 from kafka_relay.protocol import BrokerState
 from kafka_relay.record import Record
 from kafka_relay.spill.codec import parse_spill_lines
@@ -557,16 +559,91 @@ def test_records_in_flight_that_nobody_waits_for_get_no_poll_before_the_next_rou
     rig, producer, before = _pump_holding(tmp_path, 3)
     try:
         time.sleep(0.3)
+        rig.clock.advance(50)  # past the batch's 5 ms linger
         # The round that produced them, with poll(0), then the eager 1 ms polls, then none.
         assert producer.polls - before == 1 + pump_module._EAGER_ROUNDS
         assert producer.timeouts[-pump_module._EAGER_ROUNDS - 1:] == [
             0, *[0.001] * pump_module._EAGER_ROUNDS]
         assert producer.flushes == 0
-        rig.engine.accept(rig.records(2))  # a new batch wakes it at once
-        assert _until(lambda: len(producer.sent) == 5, 2.0)
+        # A new batch wakes it at once for one round (its reports taken with poll(0)); the
+        # batch waits behind the one in flight (their reports never came), not in librdkafka.
+        rig.engine.accept(rig.records(2))
+        assert _until(lambda: producer.polls - before == 2 + pump_module._EAGER_ROUNDS, 2.0)
         time.sleep(0.1)
-        assert producer.polls - before == 2 * (1 + pump_module._EAGER_ROUNDS)
+        assert producer.polls - before == 2 + pump_module._EAGER_ROUNDS
+        assert producer.timeouts[-1] == 0
+        assert len(producer.sent) == 3
         assert rig.counts()["delivered"] == 0
+    finally:
+        rig.engine.stop()
+
+
+def _two_behind_a_batch_in_flight(tmp_path: Path,
+                                  settle_s: float) -> tuple[Rig, _CountingProducer]:
+    """Three records in flight, held by the broker; two more accepted past that batch's linger,
+    and ``settle_s`` for the pump to take them if it would: none of them is sent."""
+    rig, producer, _ = _pump_holding(tmp_path, 3)
+    try:
+        rig.clock.advance(50)  # past the batch's 5 ms linger
+        rig.engine.accept(rig.records(2))
+        time.sleep(settle_s)
+        assert len(producer.sent) == 3
+    except BaseException:
+        rig.engine.stop()
+        raise
+    return rig, producer
+
+
+def test_records_that_would_queue_behind_a_batch_in_flight_wait_for_its_reports(
+        tmp_path: Path) -> None:
+    """Past the linger of the batch in flight (librdkafka's idempotent producer would hold
+    them behind it, its broker thread polling without a wait): the next records stay queued
+    until its reports came, then go."""
+    rig, producer = _two_behind_a_batch_in_flight(tmp_path, 0.1)
+    try:
+        assert rig.engine.status()["in_flight"] == 3
+        producer.hold = False  # the broker answers
+        assert _until(lambda: len(producer.sent) == 5, 2.0)
+        assert _until(lambda: rig.counts()["delivered"] == 5, 2.0)
+        assert producer.flushes == 0
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+def test_a_flush_takes_records_held_behind_a_batch_in_flight_at_once(tmp_path: Path) -> None:
+    rig, producer = _two_behind_a_batch_in_flight(tmp_path, 0.05)
+    try:
+        flushing = threading.Thread(target=lambda: rig.engine.flush(5.0), daemon=True)
+        flushing.start()
+        assert _until(lambda: len(producer.sent) == 5, 1.0)
+        producer.hold = False
+        flushing.join(5.0)
+        assert rig.counts()["delivered"] == 5
+        rig.assert_accounted()
+    finally:
+        rig.engine.stop()
+
+
+@pytest.mark.parametrize(("env", "seconds"), [
+    ({}, 0.005),  # the default
+    ({"KAFKA_PRODUCER_LINGER_MS": "20"}, 0.02),
+    ({"KAFKA_PRODUCER_QUEUE_BUFFERING_MAX_MS": "7.5"}, 0.0075),  # librdkafka's alias
+    ({"KAFKA_PRODUCER_LINGER_MS": "soon"}, 0.005),  # refused when the producer is built
+])
+def test_the_pump_times_the_batch_forming_with_the_linger_the_producer_is_built_with(
+        env: dict[str, str], seconds: float) -> None:
+    assert linger_s(load_config({"KAFKA_BOOTSTRAP_SERVERS": "fake:9092", **env})) == seconds
+
+
+def test_records_handed_over_within_the_linger_join_the_batch_forming(tmp_path: Path) -> None:
+    """Within ``linger.ms`` of the produce that found nothing in flight, librdkafka still
+    forms that batch: new records go at once and share its request."""
+    rig, producer, _ = _pump_holding(tmp_path, 3)
+    try:
+        rig.clock.advance(2)  # within the 5 ms linger, less the margin producing takes
+        rig.engine.accept(rig.records(2))
+        assert _until(lambda: len(producer.sent) == 5, 1.0)
     finally:
         rig.engine.stop()
 

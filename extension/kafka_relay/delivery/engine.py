@@ -144,7 +144,7 @@ class DeliveryEngine:
             (lambda: 0) if overflow is None else functools.partial(refill, self._ledger, overflow))
         # Public for tests that step it by hand; outside delivery/ only its ``failure`` is read.
         self.pump = Pump(self._ledger, config, producer_factory=producer_factory,
-                         spill=spill.spill, logger=logger, wall_ms=wall_ms,
+                         spill=spill.spill, logger=logger, wall_ms=wall_ms, monotonic=monotonic,
                          defer_build=defer_producer, on_thaw=on_thaw)
         self.reachability = Reachability(self, wall_ms=wall_ms, monotonic=monotonic)
 

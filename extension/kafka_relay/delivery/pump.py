@@ -27,6 +27,7 @@ from kafka_relay.delivery.pointers import Pointers
 from kafka_relay.delivery.routing import Action
 from kafka_relay.observability.log import JsonLogger
 from kafka_relay.producer.classify import ErrorKind, classify, describe
+from kafka_relay.producer.factory import linger_s
 from kafka_relay.protocol import ID_HEADER, BrokerState, Outcome
 from kafka_relay.record import Record
 
@@ -45,6 +46,16 @@ _IDLE_WAIT_S = 0.05
 # or a stop notifies the ledger's condition and wakes it at once.
 _EAGER_ROUNDS = 5
 _UNWATCHED_ROUND_S = 0.005
+# librdkafka's idempotent producer sends a partition's next batch only once the one in flight
+# is answered, and its broker thread busy-polls meanwhile (rd_kafka_toppar_producer_serve: the
+# batch's linger has set its wake-up to "now", then the in-flight limit, 5 requests, is taken
+# against the partition's in-flight *messages*): ~40-70 us of CPU per record at a 20 ms RTT
+# with a batch every 5-13 ms. So while nobody waits, records that would queue behind a batch
+# in flight wait here for its reports instead; records handed over within the linger still
+# join the batch forming, and a flush, drain or watch takes everything at once. "Within" ends
+# this much before the linger does: producing a batch takes ~1 ms per few hundred records, and
+# a record that reaches librdkafka just after its batch left waits a whole round trip.
+_LINGER_MARGIN_S = 0.002
 # An eager poll that returns this much past its 1 ms was frozen (or starved) meanwhile: a held
 # pump takes no more eager rounds, the reports wait for the next handler's end.
 _FROZEN_S = 0.05
@@ -101,15 +112,20 @@ class _Reports:
         return taken
 
 
-def _take_batch(ledger: Ledger, now_ms: int) -> tuple[list[Record], bool, int, int]:
+def _take_batch(ledger: Ledger, now_ms: int, *,
+                hold_back: bool) -> tuple[list[Record], bool, int, int]:
     """Under the ledger's lock: the records to produce now (with their keys and values, read
     back where they were dropped), whether anyone waits for outcomes, how many are in flight
-    (the batch counted), how many wait queued."""
+    (the batch counted), how many wait queued. ``hold_back`` (what is in flight has left its
+    linger): none while records are in flight and nobody waits, unless a full batch queued."""
     queue = ledger.queue
-    batch = queue.take_due(now_ms, PRODUCE_BATCH, ledger.resident.window)
-    if batch:
-        batch = ledger.warm(batch, taken=True)
-    return batch, queue.flush_requests > 0, queue.in_flight, len(queue.fresh)
+    flushing = queue.flush_requests > 0
+    batch: list[Record] = []
+    if not (hold_back and queue.in_flight and not flushing and len(queue.fresh) < PRODUCE_BATCH):
+        batch = queue.take_due(now_ms, PRODUCE_BATCH, ledger.resident.window)
+        if batch:
+            batch = ledger.warm(batch, taken=True)
+    return batch, flushing, queue.in_flight, len(queue.fresh)
 
 
 def _unproducible_why(exc: Exception) -> tuple[ErrorKind, int | None, str]:
@@ -201,6 +217,7 @@ class Pump:
     def __init__(self, ledger: Ledger, config: Config, *,
                  producer_factory: Callable[[], ProducerLike], spill: Spill, logger: JsonLogger,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 monotonic: Callable[[], float] = time.monotonic,
                  defer_build: bool = False,
                  on_thaw: Callable[[ProducerLike], None] | None = None) -> None:
         self._ledger = ledger
@@ -210,7 +227,7 @@ class Pump:
         self._pointers = Pointers(max_attempts=config.max_attempts, function=config.function_name,
                                   cond=ledger.cond, logger=logger)
         self._log = logger
-        self._wall_ms = wall_ms
+        self._wall_ms, self._monotonic = wall_ms, monotonic
         self._rebuild = False
         self._on_thaw = on_thaw  # e.g. a fresh MSK IAM token before producing (credentials)
         self._thawed = False
@@ -220,6 +237,11 @@ class Pump:
         self.failure: str | None = None  # why the pump stopped for good
         self._deferred = defer_build
         self._eager_rounds = 0  # 1 ms polls left since the last batch
+        # When the batch librdkafka is forming began (a produce with nothing in flight): past
+        # its linger, what is in flight holds the next records back (_take_batch).
+        self._linger_s = linger_s(config)
+        self._forming_since = 0.0
+        self._held_back = False  # the last round left records queued behind those in flight
         # After a round with records in flight, nobody waiting and no eager round left: the
         # fresh records the window held back (None otherwise; another count: some came).
         self._quiet_left: int | None = None
@@ -279,7 +301,8 @@ class Pump:
             queue = self._queue
             if not self._held or self._round_owed or self._stopping or self._rebuild \
                     or queue.flush_requests or queue.to_spill or queue.oversize \
-                    or (self._eager_rounds and queue.in_flight):
+                    or (self._eager_rounds and queue.in_flight) \
+                    or (self._held_back and not queue.in_flight):  # now free to go
                 return False
             self._ledger.cond.wait()
             return True
@@ -303,24 +326,30 @@ class Pump:
     def step(self) -> bool:
         """One round: rebuild if due, produce a batch, poll (or flush), do waiting spills.
         True when there was something to do. Tests call it without the thread."""
+        hold_back = self._monotonic() - self._forming_since >= self._linger_s - _LINGER_MARGIN_S
         with self._ledger.cond:
             rebuild, self._rebuild = self._rebuild, False
             thawed, self._thawed = self._thawed, False
             self._round_owed = False
             if not (rebuild or thawed):  # the usual round: the batch in the same lock round
-                batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
+                batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms(),
+                                                               hold_back=hold_back)
         if rebuild or thawed:
             if rebuild:  # before taking a batch: the rebuild re-queues everything unsettled
                 self._replace_producer()
             if thawed and self._on_thaw is not None:
                 self._on_thaw(self.producer)
             with self._ledger.cond:
-                batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms())
+                batch, flushing, in_flight, left = _take_batch(self._ledger, self._wall_ms(),
+                                                               hold_back=hold_back)
         # A waiter with nothing in flight (its last reports settled before it woke): nothing
         # to flush, and a flush that returns at once made the pump spin until the waiter got
         # the GIL back to leave (~100 empty rounds per flushed batch, measured).
         flushing = flushing and bool(batch or in_flight)
+        self._held_back = bool(left and in_flight and not batch and not flushing)
         if batch:
+            if in_flight == len(batch):  # nothing was in flight: librdkafka forms a new batch
+                self._forming_since = self._monotonic()
             self._sender.produce(self.producer, batch, self._failed)
         eager = bool(in_flight and not batch and not flushing and self._eager_rounds)
         if batch:

@@ -15,8 +15,9 @@ Whatever the strategy, an open circuit breaker (the broker did not answer) skips
 and the flush except for a short probe now and then, and while it catches up after an outage
 a flush is capped at ``CATCH_UP_BUDGET_MS`` (``breaker.py``).
 
-Records are produced in the background as they arrive whatever is decided here: deferring
-only means not waiting for their acknowledgements before /next.
+Records are produced in the background as they arrive (or, behind a batch in flight, once its
+reports came: ``delivery/pump.py``) whatever is decided here: deferring only means not waiting
+for their acknowledgements before /next.
 """
 
 from enum import Enum

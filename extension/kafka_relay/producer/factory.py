@@ -37,6 +37,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def linger_s(config: Config) -> float:
+    """How long librdkafka lets a batch form (``linger.ms``, or its alias
+    ``queue.buffering.max.ms``, as the user set it, else the default), in seconds."""
+    overrides = config.producer_overrides
+    value = overrides.get("linger.ms", overrides.get("queue.buffering.max.ms",
+                                                     DEFAULTS["linger.ms"]))
+    try:
+        return float(value) / 1000
+    except ValueError:  # librdkafka refuses it when the producer is built, naming the variable
+        return float(DEFAULTS["linger.ms"]) / 1000
+
+
 _CREDENTIAL_ERRORS = (KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION)
 
 
