@@ -18,7 +18,7 @@ OrderKey = tuple[str, bytes]
 # flight and this many records, the oldest batches leave the log (it keeps delivered records
 # alive meanwhile): a record of theirs still in flight that fails ranks behind what was read
 # back before and ahead of what is logged (ties by when they failed: their report order).
-LOG_SLACK = 1024
+_LOG_SLACK = 1024
 
 
 def order_key(record: Record) -> OrderKey | None:
@@ -55,23 +55,30 @@ class KeyOrder:
         self.going: dict[Record, int] = {}  # released to the front of fresh, with their ranks
         self._going_keys: dict[OrderKey, int] = {}  # how many of ``going`` per key
         self.rank: dict[Record, int] = {}  # in flight, read back from the log or ``going``
-        # Batches taken (the queue appends each), the first record ranked ``_base``.
-        self.log: deque[list[Record]] = deque()
-        self.logged = 0  # records in the log
+        # Batches taken (``taken`` appends each), the first record ranked ``_base``.
+        self._log: deque[list[Record]] = deque()
+        self._logged = 0  # records in the log
         self._base = 0
         self._dropped = -1  # the rank of an in-flight record whose batch left the log
         self._seq = 0
 
-    def taken(self, ranks: dict[Record, int] | None, in_flight: int) -> None:
-        """After a take logged its batch past ``LOG_SLACK`` records beyond twice what is in
-        flight, or took records again (``ranks``): those ranks kept, the oldest batches out of
-        the log down to ``LOG_SLACK`` / 2 past what is in flight (the next trim is a while off)."""
+    def taken(self, head: list[Record], ranks: dict[Record, int] | None,
+              in_flight: int) -> None:
+        """``head`` left the queue (``ranks``: those taken again, with their ranks, kept) and
+        ``in_flight`` counts it: logged, one append per batch. Past ``_LOG_SLACK`` records
+        beyond twice what is in flight, the oldest batches leave the log down to
+        ``_LOG_SLACK`` / 2 past what is in flight (the next trim is a while off)."""
+        log = self._log
+        log.append(head)
+        self._logged += len(head)
         if ranks:
             self.rank.update(ranks)
-        log, keep = self.log, in_flight + LOG_SLACK // 2
-        while self.logged > keep and len(log) > 1:
+        elif self._logged <= 2 * in_flight + _LOG_SLACK:
+            return
+        keep = in_flight + _LOG_SLACK // 2
+        while self._logged > keep and len(log) > 1:
             batch = log.popleft()
-            self.logged -= len(batch)
+            self._logged -= len(batch)
             self._base += len(batch)
             self._dropped = self._base - 1
 
@@ -83,22 +90,22 @@ class KeyOrder:
 
     def restart(self) -> None:
         """Nothing is in flight (a new producer, or all reported): no rank is read back."""
-        if self.log:
-            self._base += self.logged
-            self.logged = 0
-            self.log.clear()
+        if self._log:
+            self._base += self._logged
+            self._logged = 0
+            self._log.clear()
         if self.rank:
             self.rank.clear()
 
     def _rank_of(self, record: Record) -> int:
         rank = self.rank.pop(record, None)
-        if rank is None and self.log:  # the first failure since these batches were taken
+        if rank is None and self._log:  # the first failure since these batches were taken
             setdefault = self.rank.setdefault  # a record taken again keeps its first rank
-            for ordinal, taken in enumerate(chain.from_iterable(self.log), self._base):
+            for ordinal, taken in enumerate(chain.from_iterable(self._log), self._base):
                 setdefault(taken, ordinal)
-            self._base += self.logged
-            self.logged = 0
-            self.log.clear()
+            self._base += self._logged
+            self._logged = 0
+            self._log.clear()
             rank = self.rank.pop(record, None)
         return self._dropped if rank is None else rank
 
@@ -191,11 +198,14 @@ class KeyOrder:
     def unsent(self, records: list[Record], ranks: dict[Record, int]) -> None:
         """``records`` go back to the front of fresh untaken (past the in-flight window)."""
         for record in records:
-            rank = ranks.pop(record, None)
-            key = order_key(record)
-            if rank is not None and key is not None:
-                self.going[record] = rank
-                self._going_keys[key] = self._going_keys.get(key, 0) + 1
+            self._going_again(record, order_key(record), ranks.pop(record, None))
+
+    def _going_again(self, record: Record, key: OrderKey | None, rank: int | None) -> None:
+        """``record``, back at the front of fresh, keeps ``rank`` (if taken before) among
+        its key's records released ahead of that key's line."""
+        if rank is not None and key is not None:
+            self.going[record] = rank
+            self._going_keys[key] = self._going_keys.get(key, 0) + 1
 
     def given_back(self, records: list[Record],
                    put_back: Callable[[Record, int], None]) -> list[Record]:
@@ -207,10 +217,7 @@ class KeyOrder:
             if key in self.lines:
                 put_back(record, 0)
                 continue
-            rank = self.rank.pop(record, None)
-            if rank is not None and key is not None:
-                self.going[record] = rank
-                self._going_keys[key] = self._going_keys.get(key, 0) + 1
+            self._going_again(record, key, self.rank.pop(record, None))
             back.append(record)
         return back
 

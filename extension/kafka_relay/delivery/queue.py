@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from itertools import accumulate, islice
 from operator import attrgetter
 
-from kafka_relay.delivery.keyorder import LOG_SLACK, KeyOrder, order_key
+from kafka_relay.delivery.keyorder import KeyOrder, order_key
 from kafka_relay.record import Record
 
 # What librdkafka may hold at once (the ledger keeps its own copy until the report), as a
@@ -136,10 +136,7 @@ class SendQueue:
         self.in_flight_bytes += size
         self.in_flight += taken
         if head:  # logged for the ranks a failure reads back: per batch, not per record
-            order.log.append(head)
-            order.logged += taken
-            if ranks or order.logged > 2 * self.in_flight + LOG_SLACK:
-                order.taken(ranks, self.in_flight)
+            order.taken(head, ranks, self.in_flight)
         return head
 
     def done(self, records: Sequence[Record]) -> None:
